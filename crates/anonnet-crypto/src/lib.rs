@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod identity;
+
+pub use identity::{random_bytes, verify_signature, IdentityKey, NodeId, OnionKey};
+
+/// Errors from the cryptographic layer. Every one is fatal for the circuit or record it
+/// concerns, never for the process.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CryptoError {
+    /// The operating system's random number generator failed.
+    #[error("the OS random number generator failed")]
+    Rng,
+    /// A public key is not a valid curve point (or is of small order).
+    #[error("invalid public key")]
+    BadKey,
+    /// A signature does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+}

@@ -1,0 +1,502 @@
+//! Relay messages: what travels inside the onion layers, end to end between the client and
+//! one hop. Spec: `docs/protocol.md` §6 "Relay messages".
+//!
+//! Layout inside the opened layer (the `inner` bytes of a `DELIVER` layer):
+//! `relay_cmd (1) ‖ stream_id u16 ‖ len u16 ‖ payload [len] ‖ zero padding`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Bytes;
+
+use crate::cell::KEY_LEN;
+use crate::{invalid, DestroyReason, Reader, WireError, Writer};
+
+/// Bytes of the relay message header: command (1) ‖ stream id (2) ‖ length (2).
+pub const RELAY_HEADER_LEN: usize = 5;
+
+/// A stream's number within its circuit. 0 means "the circuit itself" (EXTEND, EXTENDED,
+/// TRUNCATED, DROP); streams use 1..=65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u16);
+
+impl StreamId {
+    /// The circuit-level id 0.
+    pub const CIRCUIT: StreamId = StreamId(0);
+}
+
+/// Where a `BEGIN` asks the exit to connect. Host names travel unresolved: the exit
+/// resolves them, never the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A DNS name, 1..=255 bytes of printable ASCII without spaces.
+    Host(String),
+    /// A literal IPv4 or IPv6 address.
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Host(h) => f.write_str(h),
+            Target::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
+            Target::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// Why a stream ended (the one-byte reason of `END`, Tor's numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Unspecified failure.
+    Misc,
+    /// The exit could not resolve the host name.
+    ResolveFailed,
+    /// The destination refused the connection.
+    ConnectRefused,
+    /// The exit policy does not allow the destination.
+    ExitPolicy,
+    /// The circuit is being destroyed.
+    Destroy,
+    /// The stream closed normally.
+    Done,
+    /// Connecting timed out.
+    Timeout,
+    /// No route to the destination (network or host unreachable).
+    NoRoute,
+    /// The exit had an internal error.
+    Internal,
+    /// The exit is out of resources (stream limit).
+    ResourceLimit,
+    /// The destination reset the connection.
+    ConnReset,
+    /// The other side broke the protocol.
+    Protocol,
+    /// Some other code, kept as received.
+    Other(u8),
+}
+
+impl EndReason {
+    /// The reason byte.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            EndReason::Misc => 1,
+            EndReason::ResolveFailed => 2,
+            EndReason::ConnectRefused => 3,
+            EndReason::ExitPolicy => 4,
+            EndReason::Destroy => 5,
+            EndReason::Done => 6,
+            EndReason::Timeout => 7,
+            EndReason::NoRoute => 8,
+            EndReason::Internal => 10,
+            EndReason::ResourceLimit => 11,
+            EndReason::ConnReset => 12,
+            EndReason::Protocol => 13,
+            EndReason::Other(b) => b,
+        }
+    }
+
+    /// The reason for a byte; unknown codes are kept as [`EndReason::Other`].
+    pub fn from_byte(b: u8) -> Self {
+        match b {
+            1 => EndReason::Misc,
+            2 => EndReason::ResolveFailed,
+            3 => EndReason::ConnectRefused,
+            4 => EndReason::ExitPolicy,
+            5 => EndReason::Destroy,
+            6 => EndReason::Done,
+            7 => EndReason::Timeout,
+            8 => EndReason::NoRoute,
+            10 => EndReason::Internal,
+            11 => EndReason::ResourceLimit,
+            12 => EndReason::ConnReset,
+            13 => EndReason::Protocol,
+            other => EndReason::Other(other),
+        }
+    }
+}
+
+/// One relay message (§6.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayMsg {
+    /// Open a stream at the exit: `atype u8 ‖ address ‖ port u16`, atype 1 = host name
+    /// (`len u8 ‖ bytes`), 4 = IPv4 (4 bytes), 6 = IPv6 (16 bytes).
+    Begin {
+        /// The destination host.
+        target: Target,
+        /// The destination TCP port (1..=65535).
+        port: u16,
+    },
+    /// Stream bytes, 1..=`max_data` bytes.
+    Data(Bytes),
+    /// The stream is closed: `reason u8`.
+    End(EndReason),
+    /// The exit connected the stream. Empty payload.
+    Connected,
+    /// Extend the circuit to another relay: `node_id [32] ‖ atype u8 (4|6) ‖ ip ‖ port u16 ‖
+    /// onion_key [32] ‖ client_pk [32]`.
+    Extend {
+        /// NodeId of the next relay (pinned when dialing it).
+        node_id: [u8; KEY_LEN],
+        /// Its QUIC address.
+        addr: SocketAddr,
+        /// Its onion key `B`.
+        onion_key: [u8; KEY_LEN],
+        /// The client's ephemeral key `X` for the new hop.
+        client_pk: [u8; KEY_LEN],
+    },
+    /// The new hop's `CREATED`, passed back: `server_pk [32] ‖ auth [32]`.
+    Extended {
+        /// The new hop's ephemeral key `Y`.
+        server_pk: [u8; KEY_LEN],
+        /// The new hop's handshake MAC.
+        auth: [u8; KEY_LEN],
+    },
+    /// Extending failed, or the rest of the circuit went away: `reason u8`.
+    Truncated(DestroyReason),
+    /// Long-range padding; dropped by the hop it reaches. Empty payload.
+    Drop,
+}
+
+impl RelayMsg {
+    fn command(&self) -> u8 {
+        match self {
+            RelayMsg::Begin { .. } => 1,
+            RelayMsg::Data(_) => 2,
+            RelayMsg::End(_) => 3,
+            RelayMsg::Connected => 4,
+            RelayMsg::Extend { .. } => 6,
+            RelayMsg::Extended { .. } => 7,
+            RelayMsg::Truncated(_) => 9,
+            RelayMsg::Drop => 10,
+        }
+    }
+
+    fn is_circuit_level(&self) -> bool {
+        matches!(
+            self,
+            RelayMsg::Extend { .. }
+                | RelayMsg::Extended { .. }
+                | RelayMsg::Truncated(_)
+                | RelayMsg::Drop
+        )
+    }
+}
+
+/// A relay message with the stream it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayCell {
+    /// The stream, or [`StreamId::CIRCUIT`] for circuit-level messages.
+    pub stream_id: StreamId,
+    /// The message.
+    pub msg: RelayMsg,
+}
+
+fn put_ip(w: &mut Writer, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            w.put_u8(4);
+            w.put(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            w.put_u8(6);
+            w.put(&a.octets());
+        }
+    }
+}
+
+fn take_ip(r: &mut Reader<'_>, atype: u8) -> Result<IpAddr, WireError> {
+    match atype {
+        4 => Ok(IpAddr::V4(Ipv4Addr::from(r.take_array::<4>()?))),
+        6 => Ok(IpAddr::V6(Ipv6Addr::from(r.take_array::<16>()?))),
+        _ => Err(invalid("address type", "not 4 or 6")),
+    }
+}
+
+/// Check a host name for `BEGIN`: 1..=255 bytes of printable ASCII, no spaces.
+///
+/// # Errors
+/// [`WireError::Invalid`] otherwise.
+pub fn check_host(host: &str) -> Result<(), WireError> {
+    if host.is_empty() || host.len() > 255 {
+        return Err(invalid("host name", "length not in 1..=255"));
+    }
+    if !host.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid("host name", "not printable ASCII"));
+    }
+    Ok(())
+}
+
+impl RelayCell {
+    /// A cell for `msg` on `stream_id`.
+    pub fn new(stream_id: StreamId, msg: RelayMsg) -> Self {
+        RelayCell { stream_id, msg }
+    }
+
+    /// The most payload bytes that fit in an inner area of `inner_len` bytes.
+    pub fn max_payload(inner_len: usize) -> usize {
+        inner_len.saturating_sub(RELAY_HEADER_LEN)
+    }
+
+    /// Write the message into `out` (the whole inner area), zero-filling the rest.
+    ///
+    /// # Errors
+    /// [`WireError::TooLong`] when the payload does not fit, [`WireError::Invalid`] when
+    /// the stream id does not suit the command or a host name is invalid.
+    pub fn encode_into(&self, out: &mut [u8]) -> Result<(), WireError> {
+        let circuit_level = self.msg.is_circuit_level();
+        if circuit_level != (self.stream_id == StreamId::CIRCUIT) {
+            return Err(invalid("stream id", "0 exactly for circuit-level messages"));
+        }
+        let room = Self::max_payload(out.len());
+        let out_len = out.len();
+        let (header, rest) =
+            out.split_at_mut_checked(RELAY_HEADER_LEN)
+                .ok_or(WireError::TooLong {
+                    what: "relay header",
+                    len: RELAY_HEADER_LEN,
+                    room: out_len,
+                })?;
+        let payload_len = match &self.msg {
+            RelayMsg::Data(data) => {
+                if data.is_empty() {
+                    return Err(invalid("DATA", "empty"));
+                }
+                let dst = rest.get_mut(..data.len()).ok_or(WireError::TooLong {
+                    what: "DATA",
+                    len: data.len(),
+                    room,
+                })?;
+                dst.copy_from_slice(data);
+                data.len()
+            }
+            other => {
+                let payload = Self::encode_payload(other)?;
+                let dst = rest.get_mut(..payload.len()).ok_or(WireError::TooLong {
+                    what: "relay payload",
+                    len: payload.len(),
+                    room,
+                })?;
+                dst.copy_from_slice(&payload);
+                payload.len()
+            }
+        };
+        let len = u16::try_from(payload_len).map_err(|_| WireError::TooLong {
+            what: "relay payload",
+            len: payload_len,
+            room: usize::from(u16::MAX),
+        })?;
+        header.copy_from_slice(&[
+            self.msg.command(),
+            self.stream_id.0.to_be_bytes()[0],
+            self.stream_id.0.to_be_bytes()[1],
+            len.to_be_bytes()[0],
+            len.to_be_bytes()[1],
+        ]);
+        if let Some(pad) = rest.get_mut(payload_len..) {
+            pad.fill(0);
+        }
+        Ok(())
+    }
+
+    fn encode_payload(msg: &RelayMsg) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::new();
+        match msg {
+            RelayMsg::Begin { target, port } => {
+                if *port == 0 {
+                    return Err(invalid("BEGIN port", "0"));
+                }
+                match target {
+                    Target::Host(h) => {
+                        check_host(h)?;
+                        w.put_u8(1);
+                        w.put_u8(h.len() as u8);
+                        w.put(h.as_bytes());
+                    }
+                    Target::Ip(ip) => put_ip(&mut w, *ip),
+                }
+                w.put_u16(*port);
+            }
+            RelayMsg::End(reason) => w.put_u8(reason.to_byte()),
+            RelayMsg::Connected | RelayMsg::Drop | RelayMsg::Data(_) => {}
+            RelayMsg::Extend {
+                node_id,
+                addr,
+                onion_key,
+                client_pk,
+            } => {
+                w.put(node_id);
+                put_ip(&mut w, addr.ip());
+                w.put_u16(addr.port());
+                w.put(onion_key);
+                w.put(client_pk);
+            }
+            RelayMsg::Extended { server_pk, auth } => {
+                w.put(server_pk);
+                w.put(auth);
+            }
+            RelayMsg::Truncated(reason) => w.put_u8(reason.to_byte()),
+        }
+        Ok(w.into_vec())
+    }
+
+    /// Decode the inner area of a `DELIVER` layer. `DATA` payloads are slices of `inner`
+    /// (no copy).
+    ///
+    /// # Errors
+    /// [`WireError`] for an unknown command, a length beyond the area, a stream id that
+    /// does not suit the command, a malformed payload or non-zero padding.
+    pub fn decode(inner: &Bytes) -> Result<Self, WireError> {
+        let mut r = Reader::new(inner);
+        let cmd = r.take_u8()?;
+        let stream_id = StreamId(r.take_u16()?);
+        let len = usize::from(r.take_u16()?);
+        let payload = r.take(len)?;
+        r.finish_zero_padding("relay cell")?;
+        let mut p = Reader::new(payload);
+        let msg = match cmd {
+            1 => {
+                let atype = p.take_u8()?;
+                let target = if atype == 1 {
+                    let n = usize::from(p.take_u8()?);
+                    let host = std::str::from_utf8(p.take(n)?)
+                        .map_err(|_| invalid("host name", "not ASCII"))?;
+                    check_host(host)?;
+                    Target::Host(host.to_owned())
+                } else {
+                    Target::Ip(take_ip(&mut p, atype)?)
+                };
+                let port = p.take_u16()?;
+                if port == 0 {
+                    return Err(invalid("BEGIN port", "0"));
+                }
+                RelayMsg::Begin { target, port }
+            }
+            2 => {
+                if len == 0 {
+                    return Err(invalid("DATA", "empty"));
+                }
+                let start = RELAY_HEADER_LEN;
+                p.take_rest();
+                RelayMsg::Data(inner.slice(start..start + len))
+            }
+            3 => RelayMsg::End(EndReason::from_byte(p.take_u8()?)),
+            4 => RelayMsg::Connected,
+            6 => {
+                let node_id = p.take_array()?;
+                let atype = p.take_u8()?;
+                let ip = take_ip(&mut p, atype)?;
+                let port = p.take_u16()?;
+                RelayMsg::Extend {
+                    node_id,
+                    addr: SocketAddr::new(ip, port),
+                    onion_key: p.take_array()?,
+                    client_pk: p.take_array()?,
+                }
+            }
+            7 => RelayMsg::Extended {
+                server_pk: p.take_array()?,
+                auth: p.take_array()?,
+            },
+            9 => RelayMsg::Truncated(DestroyReason::from_byte(p.take_u8()?)),
+            10 => RelayMsg::Drop,
+            _ => return Err(invalid("relay command", "unknown command")),
+        };
+        p.finish()?;
+        if msg.is_circuit_level() != (stream_id == StreamId::CIRCUIT) {
+            return Err(invalid("stream id", "0 exactly for circuit-level messages"));
+        }
+        Ok(RelayCell { stream_id, msg })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(cell: RelayCell) {
+        let mut area = vec![0xAA; 200];
+        cell.encode_into(&mut area).unwrap();
+        let back = RelayCell::decode(&Bytes::from(area.clone())).unwrap();
+        assert_eq!(back, cell);
+        // Every truncation is an error, never a panic.
+        for n in 0..area.len() {
+            let _ = RelayCell::decode(&Bytes::copy_from_slice(&area[..n]));
+        }
+    }
+
+    #[test]
+    fn every_relay_message_round_trips() {
+        let s = StreamId(7);
+        round_trip(RelayCell::new(
+            s,
+            RelayMsg::Begin {
+                target: Target::Host("example.com".into()),
+                port: 443,
+            },
+        ));
+        round_trip(RelayCell::new(
+            s,
+            RelayMsg::Begin {
+                target: Target::Ip("::1".parse().unwrap()),
+                port: 80,
+            },
+        ));
+        round_trip(RelayCell::new(
+            s,
+            RelayMsg::Begin {
+                target: Target::Ip("10.1.2.3".parse().unwrap()),
+                port: 80,
+            },
+        ));
+        round_trip(RelayCell::new(
+            s,
+            RelayMsg::Data(Bytes::from_static(b"hello")),
+        ));
+        round_trip(RelayCell::new(s, RelayMsg::End(EndReason::ExitPolicy)));
+        round_trip(RelayCell::new(s, RelayMsg::Connected));
+        round_trip(RelayCell::new(
+            StreamId::CIRCUIT,
+            RelayMsg::Extend {
+                node_id: [1; 32],
+                addr: "127.0.0.1:4000".parse().unwrap(),
+                onion_key: [2; 32],
+                client_pk: [3; 32],
+            },
+        ));
+        round_trip(RelayCell::new(
+            StreamId::CIRCUIT,
+            RelayMsg::Extended {
+                server_pk: [4; 32],
+                auth: [5; 32],
+            },
+        ));
+        round_trip(RelayCell::new(
+            StreamId::CIRCUIT,
+            RelayMsg::Truncated(DestroyReason::ConnectFailed),
+        ));
+        round_trip(RelayCell::new(StreamId::CIRCUIT, RelayMsg::Drop));
+    }
+
+    #[test]
+    fn relay_cell_rejects_bad_input() {
+        // Oversized DATA.
+        let big = RelayCell::new(StreamId(1), RelayMsg::Data(Bytes::from(vec![1; 196])));
+        assert!(big.encode_into(&mut [0; 200]).is_err());
+        // Stream id 0 on a stream message, and a stream id on a circuit message.
+        assert!(RelayCell::new(StreamId(0), RelayMsg::Connected)
+            .encode_into(&mut [0; 50])
+            .is_err());
+        assert!(RelayCell::new(StreamId(3), RelayMsg::Drop)
+            .encode_into(&mut [0; 50])
+            .is_err());
+        // Length beyond the area.
+        assert!(RelayCell::decode(&Bytes::from_static(&[2, 0, 1, 0, 9, 1, 2])).is_err());
+        // Unknown command, non-zero padding, bad host.
+        assert!(RelayCell::decode(&Bytes::from_static(&[99, 0, 1, 0, 0])).is_err());
+        assert!(RelayCell::decode(&Bytes::from_static(&[4, 0, 1, 0, 0, 1])).is_err());
+        assert!(RelayCell::decode(&Bytes::from_static(&[
+            1, 0, 1, 0, 6, 1, 2, b'a', b' ', 0, 80
+        ]))
+        .is_err());
+    }
+}
