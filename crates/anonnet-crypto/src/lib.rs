@@ -1,9 +1,17 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod descriptor;
+pub mod handshake;
 pub mod identity;
+pub mod layer;
+pub mod onion;
 
+pub use descriptor::{sign_descriptor, verify_descriptor, DescriptorError, VerifiedDescriptor};
+pub use handshake::{ClientHandshake, ClientHello, HandshakeError, HopKeys, ServerReply};
 pub use identity::{random_bytes, verify_signature, IdentityKey, NodeId, OnionKey};
+pub use layer::{LayerError, LayerOpener, LayerSealer};
+pub use onion::{ClientOnion, OnionError, RelayOnion};
 
 /// Errors from the cryptographic layer. Every one is fatal for the circuit or record it
 /// concerns, never for the process.

@@ -230,6 +230,34 @@ impl SignedDescriptor {
     }
 }
 
+impl SignedDescriptor {
+    /// The text form: one line of standard base64 (RFC 4648 §4) of [`SignedDescriptor::encode`].
+    ///
+    /// # Errors
+    /// As [`SignedDescriptor::encode`].
+    pub fn to_base64(&self) -> Result<String, WireError> {
+        use base64::Engine as _;
+        Ok(base64::engine::general_purpose::STANDARD.encode(self.encode()?))
+    }
+
+    /// Parse the text form; surrounding whitespace is ignored.
+    ///
+    /// # Errors
+    /// [`WireError::Invalid`] for bad base64 or text over 4 KiB, else as
+    /// [`SignedDescriptor::decode`].
+    pub fn from_base64(text: &str) -> Result<Self, WireError> {
+        use base64::Engine as _;
+        let text = text.trim();
+        if text.len() > 4096 {
+            return Err(invalid("descriptor", "text too long"));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| invalid("descriptor", "not base64"))?;
+        Self::decode(&bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
