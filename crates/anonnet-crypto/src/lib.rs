@@ -11,7 +11,9 @@ pub use descriptor::{sign_descriptor, verify_descriptor, DescriptorError, Verifi
 pub use handshake::{ClientHandshake, ClientHello, HandshakeError, HopKeys, ServerReply};
 pub use identity::{random_bytes, verify_signature, IdentityKey, NodeId, OnionKey};
 pub use layer::{LayerError, LayerOpener, LayerSealer};
-pub use onion::{ClientOnion, OnionError, RelayOnion};
+pub use onion::{
+    ClientBackward, ClientForward, ClientOnion, OnionError, RelayBackward, RelayForward, RelayOnion,
+};
 
 /// Errors from the cryptographic layer. Every one is fatal for the circuit or record it
 /// concerns, never for the process.

@@ -41,9 +41,11 @@ pub enum OnionError {
 }
 
 /// The client's onion: a forward sealer and a backward opener per hop, in path order.
+/// [`ClientOnion::split`] separates the directions for the two tasks of a built circuit.
 #[derive(Default)]
 pub struct ClientOnion {
-    hops: Vec<(LayerSealer, LayerOpener)>,
+    forward: ClientForward,
+    backward: ClientBackward,
 }
 
 impl ClientOnion {
@@ -54,20 +56,55 @@ impl ClientOnion {
 
     /// Add the next hop's keys (after its handshake completed).
     pub fn push_hop(&mut self, keys: &HopKeys) {
-        self.hops.push((
-            LayerSealer::new(&keys.forward),
-            LayerOpener::new(&keys.backward),
-        ));
+        self.forward.0.push(LayerSealer::new(&keys.forward));
+        self.backward.0.push(LayerOpener::new(&keys.backward));
     }
 
     /// Number of hops.
     pub fn len(&self) -> usize {
-        self.hops.len()
+        self.forward.0.len()
     }
 
     /// True when no hop is set up.
     pub fn is_empty(&self) -> bool {
-        self.hops.is_empty()
+        self.forward.0.is_empty()
+    }
+
+    /// See [`ClientForward::seal_forward`].
+    ///
+    /// # Errors
+    /// As [`ClientForward::seal_forward`].
+    pub fn seal_forward(&mut self, cell: &mut [u8], hop: usize) -> Result<(), OnionError> {
+        self.forward.seal_forward(cell, hop)
+    }
+
+    /// See [`ClientBackward::open_backward`].
+    ///
+    /// # Errors
+    /// As [`ClientBackward::open_backward`].
+    pub fn open_backward(&mut self, cell: &mut [u8]) -> Result<(usize, Range<usize>), OnionError> {
+        self.backward.open_backward(cell)
+    }
+
+    /// The two directions, for separate tasks.
+    pub fn split(self) -> (ClientForward, ClientBackward) {
+        (self.forward, self.backward)
+    }
+}
+
+/// The client's forward layers (one sealer per hop).
+#[derive(Default)]
+pub struct ClientForward(Vec<LayerSealer>);
+
+impl ClientForward {
+    /// Number of hops.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no hop is set up.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Seal a cell for hop `hop`, in place. `cell` is a whole first-leg cell whose relay
@@ -77,10 +114,10 @@ impl ClientOnion {
     /// # Errors
     /// [`OnionError::Size`] when `hop` is not a built hop or the cell is too short.
     pub fn seal_forward(&mut self, cell: &mut [u8], hop: usize) -> Result<(), OnionError> {
-        if hop >= self.hops.len() || cell.len() <= message_offset(hop) {
+        if hop >= self.0.len() || cell.len() <= message_offset(hop) {
             return Err(OnionError::Size);
         }
-        for (h, (sealer, _)) in self.hops.iter_mut().enumerate().take(hop + 1).rev() {
+        for (h, sealer) in self.0.iter_mut().enumerate().take(hop + 1).rev() {
             let kind = if h == hop {
                 LayerKind::Deliver
             } else {
@@ -95,7 +132,13 @@ impl ClientOnion {
         *cell.first_mut().ok_or(OnionError::Size)? = CellCommand::Relay as u8;
         Ok(())
     }
+}
 
+/// The client's backward layers (one opener per hop).
+#[derive(Default)]
+pub struct ClientBackward(Vec<LayerOpener>);
+
+impl ClientBackward {
     /// Open a cell that arrived from the guard, in place, peeling layers until one says
     /// `DELIVER`. Returns the hop the message came from and the range of its relay message
     /// in `cell`.
@@ -105,8 +148,8 @@ impl ClientOnion {
     /// dead), [`OnionError::BadKind`] for a bad kind or a FORWARD from the last hop,
     /// [`OnionError::Size`] when the cell is too short.
     pub fn open_backward(&mut self, cell: &mut [u8]) -> Result<(usize, Range<usize>), OnionError> {
-        let n = self.hops.len();
-        for (h, (_, opener)) in self.hops.iter_mut().enumerate() {
+        let n = self.0.len();
+        for (h, opener) in self.0.iter_mut().enumerate() {
             let region = cell.get_mut(layer_offset(h)..).ok_or(OnionError::Size)?;
             opener.open(region)?;
             let kind_byte = *cell
@@ -122,21 +165,30 @@ impl ClientOnion {
     }
 }
 
-/// A relay's layer of one circuit: opens forward cells, seals backward ones.
+/// A relay's layer of one circuit: [`RelayForward`] opens cells from the client side,
+/// [`RelayBackward`] seals cells towards it. The halves are independent, so the two
+/// directions of a circuit can run in separate tasks.
 pub struct RelayOnion {
-    forward: LayerOpener,
-    backward: LayerSealer,
+    /// Opens cells travelling away from the client.
+    pub forward: RelayForward,
+    /// Seals cells travelling towards the client.
+    pub backward: RelayBackward,
 }
 
 impl RelayOnion {
     /// The layer for the keys agreed in this hop's handshake.
     pub fn new(keys: &HopKeys) -> Self {
         RelayOnion {
-            forward: LayerOpener::new(&keys.forward),
-            backward: LayerSealer::new(&keys.backward),
+            forward: RelayForward(LayerOpener::new(&keys.forward)),
+            backward: RelayBackward(LayerSealer::new(&keys.backward)),
         }
     }
+}
 
+/// The forward half of a relay's layer.
+pub struct RelayForward(LayerOpener);
+
+impl RelayForward {
     /// Open a whole `RELAY` cell from the previous hop in place and say what it holds: for
     /// [`LayerKind::Forward`] the next leg's cell is `cell[BODY..]` once its first byte is set
     /// to `0x03`; for [`LayerKind::Deliver`] the relay message is `cell[INNER..]`.
@@ -146,11 +198,16 @@ impl RelayOnion {
     /// [`OnionError::Size`]. The caller destroys the circuit on any of them.
     pub fn open_forward(&mut self, cell: &mut [u8]) -> Result<LayerKind, OnionError> {
         let region = cell.get_mut(relay_layout::SEQ..).ok_or(OnionError::Size)?;
-        self.forward.open(region)?;
+        self.0.open(region)?;
         let kind = *cell.get(relay_layout::BODY).ok_or(OnionError::Size)?;
         LayerKind::from_byte(kind).map_err(|_| OnionError::BadKind)
     }
+}
 
+/// The backward half of a relay's layer.
+pub struct RelayBackward(LayerSealer);
+
+impl RelayBackward {
     /// Seal a whole cell travelling towards the client in place. `cell[INNER..]` already
     /// holds either the next hop's cell without its command byte (`kind` = FORWARD) or a
     /// relay message from this hop (`kind` = DELIVER).
@@ -160,7 +217,7 @@ impl RelayOnion {
     pub fn seal_backward(&mut self, cell: &mut [u8], kind: LayerKind) -> Result<(), OnionError> {
         *cell.get_mut(relay_layout::BODY).ok_or(OnionError::Size)? = kind as u8;
         let region = cell.get_mut(relay_layout::SEQ..).ok_or(OnionError::Size)?;
-        self.backward.seal(region)?;
+        self.0.seal(region)?;
         *cell.first_mut().ok_or(OnionError::Size)? = CellCommand::Relay as u8;
         Ok(())
     }
@@ -202,7 +259,7 @@ mod tests {
     ) -> Result<(usize, Vec<u8>), (usize, OnionError)> {
         for (h, relay) in relays.iter_mut().enumerate() {
             tamper(h, &mut cell);
-            match relay.open_forward(&mut cell).map_err(|e| (h, e))? {
+            match relay.forward.open_forward(&mut cell).map_err(|e| (h, e))? {
                 LayerKind::Deliver => return Ok((h, cell[relay_layout::INNER..].to_vec())),
                 LayerKind::Forward => {
                     cell = cell[relay_layout::BODY..].to_vec();
@@ -242,6 +299,7 @@ mod tests {
         let mut cell = vec![0u8; exit_len];
         cell[relay_layout::INNER..relay_layout::INNER + 5].copy_from_slice(b"reply");
         n.relays[2]
+            .backward
             .seal_backward(&mut cell, LayerKind::Deliver)
             .unwrap();
         for h in [1, 0] {
@@ -251,6 +309,7 @@ mod tests {
             cell = outer;
             assert_eq!(cell.len(), CELL_LEN - LAYER_OVERHEAD * h);
             n.relays[h]
+                .backward
                 .seal_backward(&mut cell, LayerKind::Forward)
                 .unwrap();
         }
@@ -284,14 +343,14 @@ mod tests {
         let third = client_cell(&mut n.client, 2, b"3");
         // The guard forwards cell 1; a malicious guard then replays its output to the middle.
         let mut guard_out = first.clone();
-        n.relays[0].open_forward(&mut guard_out).unwrap();
+        n.relays[0].forward.open_forward(&mut guard_out).unwrap();
         let mut to_middle = guard_out[relay_layout::BODY..].to_vec();
         to_middle[0] = 3;
         let replay = to_middle.clone();
-        n.relays[1].open_forward(&mut to_middle).unwrap();
+        n.relays[1].forward.open_forward(&mut to_middle).unwrap();
         let mut replay = replay;
         assert!(matches!(
-            n.relays[1].open_forward(&mut replay),
+            n.relays[1].forward.open_forward(&mut replay),
             Err(OnionError::Layer(LayerError::Sequence {
                 expected: 1,
                 got: 0
@@ -300,7 +359,7 @@ mod tests {
         // The guard gets cell 3 before cell 2: a skip.
         let mut skipped = third.clone();
         assert!(matches!(
-            n.relays[0].open_forward(&mut skipped),
+            n.relays[0].forward.open_forward(&mut skipped),
             Err(OnionError::Layer(LayerError::Sequence {
                 expected: 1,
                 got: 2

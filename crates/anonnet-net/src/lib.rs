@@ -1,1 +1,120 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod endpoint;
+mod manager;
+mod tls;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anonnet_crypto::NodeId;
+use quinn::VarInt;
+
+pub use endpoint::{Endpoint, Link, MAX_PENDING_HANDSHAKES};
+pub use manager::LinkManager;
+
+/// ALPN protocol name of anonnet links; a peer speaking anything else fails the handshake.
+pub const ALPN: &[u8] = b"anonnet/1";
+
+/// Bidirectional streams a peer may have open towards us at once (circuit legs plus RPCs).
+/// Past it, the peer's `open_bi` waits silently, so it is set high.
+pub const MAX_BIDI_STREAMS: u32 = 4096;
+/// Receive window per stream, in bytes (2 MiB).
+pub const STREAM_RECEIVE_WINDOW: u32 = 2 << 20;
+/// Receive window per connection, in bytes (16 MiB): bounds what one peer can make us buffer.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+/// Send window per connection, in bytes (16 MiB).
+pub const CONNECTION_SEND_WINDOW: u64 = 16 << 20;
+/// Keep-alive interval: an idle link sends a PING this often, so NAT bindings and the idle
+/// timeout never expire a link that is wanted.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Idle timeout in milliseconds (60 s): a link with no packets from the peer for this long
+/// is closed. It also bounds how long a handshake can hang.
+pub const MAX_IDLE_TIMEOUT_MS: u32 = 60_000;
+
+/// Errors of the link layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// An endpoint was created outside a tokio runtime.
+    #[error("anonnet-net endpoints must be created inside a tokio runtime")]
+    NoRuntime,
+    /// The UDP socket could not be bound (address in use, not permitted, not local).
+    #[error("cannot bind UDP socket {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Building the self-signed certificate from the identity key failed.
+    #[error("cannot build the TLS certificate from the identity key: {0}")]
+    Certificate(String),
+    /// The rustls or QUIC crypto configuration was refused (a bug, not a network event).
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+    /// A dial could not even start (e.g. an unusable address).
+    #[error("cannot dial {addr}: {source}")]
+    Connect {
+        /// The address dialed.
+        addr: SocketAddr,
+        /// quinn's reason.
+        #[source]
+        source: quinn::ConnectError,
+    },
+    /// The QUIC/TLS handshake failed or timed out (peer unreachable, wrong protocol,
+    /// refused certificate, ...).
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// quinn's reason.
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    /// The peer proved a different identity than the one dialed: the handshake was aborted.
+    #[error("peer at {addr} is not {expected}: its certificate proves {}", actual.map_or_else(|| "a non-Ed25519 key".to_string(), |id| id.to_string()))]
+    IdentityMismatch {
+        /// The address dialed.
+        addr: SocketAddr,
+        /// The NodeId the caller asked for.
+        expected: NodeId,
+        /// The NodeId the certificate proves; None when its key is not Ed25519.
+        actual: Option<NodeId>,
+    },
+    /// The endpoint was closed with [`Endpoint::close`].
+    #[error("endpoint closed")]
+    Closed,
+    /// The link was closed or lost while opening or accepting a stream.
+    #[error("link lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The OS could not report the socket's local address.
+    #[error("cannot read the local address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// Transport tuning shared by both sides of every link.
+///
+/// [`MAX_BIDI_STREAMS`] bidirectional streams, no unidirectional streams, no datagrams,
+/// windows [`STREAM_RECEIVE_WINDOW`] / [`CONNECTION_RECEIVE_WINDOW`] /
+/// [`CONNECTION_SEND_WINDOW`], keep-alive [`KEEP_ALIVE_INTERVAL`], idle timeout
+/// [`MAX_IDLE_TIMEOUT_MS`], and `pad_to_mtu` so packet sizes say nothing about cell
+/// contents (DESIGN §4 "Circuits").
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(None)
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .send_window(CONNECTION_SEND_WINDOW)
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .max_idle_timeout(Some(VarInt::from_u32(MAX_IDLE_TIMEOUT_MS).into()))
+        .pad_to_mtu(true);
+    t
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,355 @@
+//! QUIC endpoints (one UDP socket each) and the links they make.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anonnet_crypto::{IdentityKey, NodeId};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::crypto::CryptoProvider;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+
+use crate::tls::{self, OptionalEd25519Client, PinnedServer};
+use crate::{transport_config, NetError, ALPN};
+
+/// Inbound handshakes a relay endpoint runs at once; further peers wait in quinn's queue
+/// of incoming connections until one finishes and is taken by [`Endpoint::accept`].
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// Completed inbound links buffered for [`Endpoint::accept`].
+const ACCEPT_QUEUE: usize = 64;
+
+/// Application close code sent by [`Endpoint::close`] and [`Link::close`].
+const CLOSE_CODE: u32 = 0;
+
+/// A QUIC endpoint: one UDP socket that dials links and, for relays, accepts them.
+///
+/// Cheap to clone; all clones share the socket. The accept machinery stops when the last
+/// clone is dropped, but links already made stay up until they close or are dropped.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    quic: quinn::Endpoint,
+    provider: Arc<CryptoProvider>,
+    transport: Arc<quinn::TransportConfig>,
+    /// Relays: the certificate presented to peers (also when dialing). Clients: None.
+    cert: Option<Arc<CertifiedKey>>,
+    node_id: Option<NodeId>,
+    /// Relays: finished inbound handshakes. Clients: None (they never accept).
+    incoming: Option<Mutex<mpsc::Receiver<Result<Link, NetError>>>>,
+    /// Dropping this stops the accept task (it holds a handle to `quic`).
+    _stop_accepting: Option<oneshot::Sender<()>>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("local_addr", &self.inner.quic.local_addr().ok())
+            .field("node_id", &self.inner.node_id)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Relay endpoint: a QUIC server bound to `bind` that presents a self-signed certificate
+    /// made from `identity` (DESIGN §4 "Links").
+    ///
+    /// Client certificates are offered but optional: a relay dialing in presents its own
+    /// (its [`Link::peer_node_id`] is then known), a client presents none. The same
+    /// endpoint also dials out with [`Endpoint::connect`], presenting its certificate, so a
+    /// relay needs one UDP socket. Inbound handshakes run in the background (at most
+    /// [`MAX_PENDING_HANDSHAKES`] at once); take the results with [`Endpoint::accept`].
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`NetError::NoRuntime`] outside a tokio runtime, [`NetError::Certificate`] or
+    /// [`NetError::TlsConfig`] if the TLS setup fails, [`NetError::Bind`] (naming `bind`)
+    /// when the UDP socket cannot be bound, e.g. the port is taken.
+    pub fn relay(identity: &IdentityKey, bind: SocketAddr) -> Result<Self, NetError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+        let provider = tls::provider();
+        let transport = Arc::new(transport_config());
+        let cert = tls::certified_key(identity, &provider)?;
+
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| NetError::TlsConfig(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(OptionalEd25519Client::new(provider.clone())))
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(cert.clone())));
+        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        // Clients never resume (see `client_tls`), so tickets would be wasted bytes.
+        server_tls.send_tls13_tickets = 0;
+        let server_crypto = QuicServerConfig::try_from(server_tls)
+            .map_err(|e| NetError::TlsConfig(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+
+        let quic = quinn::Endpoint::server(server_config, bind)
+            .map_err(|source| NetError::Bind { addr: bind, source })?;
+
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        runtime.spawn(accept_loop(quic.clone(), tx, stop_rx));
+
+        Ok(Endpoint {
+            inner: Arc::new(Inner {
+                quic,
+                provider,
+                transport,
+                cert: Some(cert),
+                node_id: Some(identity.node_id()),
+                incoming: Some(Mutex::new(rx)),
+                _stop_accepting: Some(stop_tx),
+            }),
+        })
+    }
+
+    /// Client endpoint: dials only and presents no certificate, so relays cannot tell who
+    /// the client is. Bound to `bind` (e.g. `127.0.0.1:0` or `0.0.0.0:0`).
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`NetError::NoRuntime`] outside a tokio runtime, [`NetError::Bind`] (naming `bind`)
+    /// when the UDP socket cannot be bound.
+    pub fn client(bind: SocketAddr) -> Result<Self, NetError> {
+        tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+        let quic = quinn::Endpoint::client(bind)
+            .map_err(|source| NetError::Bind { addr: bind, source })?;
+        Ok(Endpoint {
+            inner: Arc::new(Inner {
+                quic,
+                provider: tls::provider(),
+                transport: Arc::new(transport_config()),
+                cert: None,
+                node_id: None,
+                incoming: None,
+                _stop_accepting: None,
+            }),
+        })
+    }
+
+    /// The UDP address actually bound (useful after binding port 0).
+    ///
+    /// # Errors
+    /// [`NetError::LocalAddr`] when the OS cannot report it.
+    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
+        self.inner.quic.local_addr().map_err(NetError::LocalAddr)
+    }
+
+    /// The NodeId this endpoint proves to its peers: `Some` for relay endpoints, `None` for
+    /// anonymous client endpoints.
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.inner.node_id
+    }
+
+    fn client_tls(&self, verifier: Arc<PinnedServer>) -> Result<quinn::ClientConfig, NetError> {
+        let builder = rustls::ClientConfig::builder_with_provider(self.inner.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| NetError::TlsConfig(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut tls = match &self.inner.cert {
+            Some(cert) => {
+                builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(cert.clone())))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        // The name is meaningless with pinned keys; don't put one on the wire.
+        tls.enable_sni = false;
+        // A resumption ticket would let a relay link two of our connections.
+        tls.resumption = rustls::client::Resumption::disabled();
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| NetError::TlsConfig(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(self.inner.transport.clone());
+        Ok(config)
+    }
+
+    /// Dial the node at `addr` and check that its certificate's Ed25519 key hashes
+    /// (BLAKE3) to `expected`; the handshake is aborted otherwise. The TLS 1.3 signature
+    /// check proves the peer holds that key. Relay endpoints present their certificate,
+    /// client endpoints none.
+    ///
+    /// There is no timeout here besides QUIC's idle timeout (60 s, see
+    /// [`transport_config`]); callers wrap this in their own deadline.
+    ///
+    /// # Errors
+    /// [`NetError::IdentityMismatch`] when the peer proves another identity (or a non-Ed25519
+    /// key), [`NetError::Handshake`] when the handshake fails or times out,
+    /// [`NetError::Connect`] when the dial cannot start (e.g. unroutable address),
+    /// [`NetError::Closed`] after [`Endpoint::close`], [`NetError::TlsConfig`] if the
+    /// TLS configuration cannot be built.
+    pub async fn connect(&self, addr: SocketAddr, expected: NodeId) -> Result<Link, NetError> {
+        let verifier = Arc::new(PinnedServer::new(expected, self.inner.provider.clone()));
+        let config = self.client_tls(verifier.clone())?;
+        let connecting = self
+            .inner
+            .quic
+            .connect_with(config, addr, tls::CERT_NAME)
+            .map_err(|source| match source {
+                quinn::ConnectError::EndpointStopping => NetError::Closed,
+                source => NetError::Connect { addr, source },
+            })?;
+        let conn = match connecting.await {
+            Ok(conn) => conn,
+            Err(source) => {
+                return Err(match verifier.refused() {
+                    Some(actual) => NetError::IdentityMismatch {
+                        addr,
+                        expected,
+                        actual,
+                    },
+                    None => NetError::Handshake { addr, source },
+                })
+            }
+        };
+        let link = Link::new(conn);
+        // The verifier already enforced this; checked again so a Link from `connect` always
+        // carries the identity it was asked for.
+        let actual = link.peer_node_id();
+        if actual != Some(expected) {
+            link.close();
+            return Err(NetError::IdentityMismatch {
+                addr,
+                expected,
+                actual,
+            });
+        }
+        Ok(link)
+    }
+
+    /// The next inbound link whose handshake has completed.
+    ///
+    /// Returns `None` once the endpoint is closed, and at once for client endpoints (they
+    /// never accept). A peer whose handshake failed comes back as `Some(Err(..))`
+    /// ([`NetError::Handshake`]); the caller should log it and keep accepting.
+    /// Several tasks may call this at once; each link goes to one of them.
+    pub async fn accept(&self) -> Option<Result<Link, NetError>> {
+        let incoming = self.inner.incoming.as_ref()?;
+        incoming.lock().await.recv().await
+    }
+
+    /// Close every link of this endpoint at once and stop accepting. Dials after this fail
+    /// with [`NetError::Closed`]; [`Endpoint::accept`] returns `None` once the handshakes
+    /// in flight are drained.
+    pub fn close(&self) {
+        self.inner
+            .quic
+            .close(quinn::VarInt::from_u32(CLOSE_CODE), b"endpoint closed");
+    }
+}
+
+/// Takes inbound connections and runs their handshakes concurrently, so that one slow
+/// peer never holds up the others.
+async fn accept_loop(
+    quic: quinn::Endpoint,
+    tx: mpsc::Sender<Result<Link, NetError>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let incoming = tokio::select! {
+            _ = &mut stop => return,
+            incoming = quic.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            let result = match incoming.await {
+                Ok(conn) => Ok(Link::new(conn)),
+                Err(source) => {
+                    tracing::debug!(error = %source, "inbound handshake failed");
+                    Err(NetError::Handshake { addr, source })
+                }
+            };
+            // Fails only when the endpoint is gone; the link is then dropped, which closes it.
+            let _ = tx.send(result).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One QUIC connection to a peer, with the peer identity its certificate proved.
+///
+/// Cheap to clone. The connection closes when [`Link::close`] is called or when the last
+/// clone (and every stream of it) is dropped.
+#[derive(Clone, Debug)]
+pub struct Link {
+    conn: quinn::Connection,
+    peer: Option<[u8; 32]>,
+}
+
+impl Link {
+    fn new(conn: quinn::Connection) -> Self {
+        let peer = tls::peer_key_of(&conn);
+        Link { conn, peer }
+    }
+
+    /// The peer's 32-byte Ed25519 identity key, proved by its certificate. Always `Some`
+    /// for links made with [`Endpoint::connect`]; on accepted links only when the peer
+    /// presented a certificate (relays do, clients don't).
+    pub fn peer_identity(&self) -> Option<[u8; 32]> {
+        self.peer
+    }
+
+    /// `BLAKE3(peer_identity)`: the peer's NodeId, when it proved one.
+    pub fn peer_node_id(&self) -> Option<NodeId> {
+        self.peer.as_ref().map(NodeId::from_identity)
+    }
+
+    /// The peer's current UDP address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// The underlying quinn connection (stats, RTT, datagrams, close reason).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Open a bidirectional stream (one circuit leg, or one RPC). The peer learns of it
+    /// only when the first bytes are written. Waits while the peer's stream limit
+    /// ([`crate::MAX_BIDI_STREAMS`]) is reached.
+    ///
+    /// # Errors
+    /// [`NetError::Connection`] when the link is closed or lost.
+    pub async fn open_bi(&self) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
+        Ok(self.conn.open_bi().await?)
+    }
+
+    /// The next bidirectional stream the peer opened.
+    ///
+    /// # Errors
+    /// [`NetError::Connection`] when the link is closed or lost.
+    pub async fn accept_bi(&self) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
+        Ok(self.conn.accept_bi().await?)
+    }
+
+    /// Whether the link is closed (by either side, by an error or by the idle timeout).
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Close the link at once for every clone; unsent and unread data is discarded.
+    pub fn close(&self) {
+        self.conn
+            .close(quinn::VarInt::from_u32(CLOSE_CODE), b"link closed");
+    }
+}
