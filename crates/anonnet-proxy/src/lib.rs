@@ -1,1 +1,167 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonnet_client::{Client, ClientError, ErrorKind};
+use anonnet_wire::Target;
+use fast_socks5::server::{
+    AuthMethodSuccessState as _, Socks5ServerProtocol, StandardAuthentication,
+    StandardAuthenticationStarted,
+};
+use fast_socks5::util::target_addr::TargetAddr;
+use fast_socks5::{ReplyError, Socks5Command};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+/// How long a SOCKS client may take to finish its handshake and request.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// SOCKS connections served at once; more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Errors of the front ends.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The listening socket could not be bound (typically: the port is taken).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The SOCKS5 reply code for a failure of this kind (RFC 1928 §6).
+pub fn socks_reply(kind: ErrorKind) -> ReplyError {
+    match kind {
+        ErrorKind::ExitPolicy => ReplyError::ConnectionNotAllowed,
+        ErrorKind::ConnectionRefused => ReplyError::ConnectionRefused,
+        ErrorKind::HostUnreachable => ReplyError::HostUnreachable,
+        ErrorKind::Timeout => ReplyError::TtlExpired,
+        ErrorKind::BadRequest => ReplyError::AddressTypeNotSupported,
+        _ => ReplyError::GeneralFailure,
+    }
+}
+
+/// A bound SOCKS5 listener.
+#[derive(Debug)]
+pub struct SocksServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl SocksServer {
+    /// Bind `addr` (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// [`ProxyError::Bind`] naming the address when it cannot be bound.
+    pub async fn bind(addr: SocketAddr) -> Result<SocksServer, ProxyError> {
+        let bind_err = |source| ProxyError::Bind { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        Ok(SocksServer {
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve connections through `client` until this future is dropped.
+    pub async fn serve(self, client: Arc<Client>) {
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            match self.listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_socks(tcp, client).await {
+                            debug!(%peer, "SOCKS connection ended: {e}");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    warn!("SOCKS accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Serve one SOCKS5 connection: handshake (no auth, or any username/password — later used
+/// as the isolation key), `CONNECT` through the client, then copy bytes both ways.
+///
+/// # Errors
+/// A description of why the connection ended early (already answered with a reply code
+/// where the protocol allows one).
+pub async fn serve_socks(tcp: TcpStream, client: Arc<Client>) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let handshake = async {
+        let started = Socks5ServerProtocol::start(tcp)
+            .negotiate_auth(StandardAuthentication::allow_no_auth(true))
+            .await
+            .map_err(|e| e.to_string())?;
+        let proto = match started {
+            StandardAuthenticationStarted::NoAuthentication(a) => {
+                Socks5ServerProtocol::finish_auth(a)
+            }
+            StandardAuthenticationStarted::PasswordAuthentication(a) => {
+                let (_user, _pass, a) = a
+                    .read_username_password()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                a.accept().await.map_err(|e| e.to_string())?.finish_auth()
+            }
+        };
+        proto.read_command().await.map_err(|e| e.to_string())
+    };
+    let (proto, cmd, target) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+    if cmd != Socks5Command::TCPConnect {
+        proto
+            .reply_error(&ReplyError::CommandNotSupported)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Err(format!("unsupported command {cmd:?}"));
+    }
+    let (target, port) = match target {
+        TargetAddr::Ip(sa) => (Target::Ip(sa.ip()), sa.port()),
+        TargetAddr::Domain(host, port) => (Target::Host(host), port),
+    };
+    let stream = match client.connect(target, port).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reply = socks_reply(e.kind());
+            debug!("CONNECT failed: {e} → {reply:?}");
+            proto.reply_error(&reply).await.map_err(|e| e.to_string())?;
+            return Err(error_text(&e));
+        }
+    };
+    let mut tcp = proto
+        .reply_success(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = stream;
+    tokio::io::copy_bidirectional(&mut tcp, &mut stream)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn error_text(e: &ClientError) -> String {
+    format!("{e} ({:?})", e.kind())
+}

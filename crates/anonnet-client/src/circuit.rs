@@ -1,0 +1,664 @@
+//! Client circuits: telescoping construction and the two tasks that carry a built
+//! circuit, with streams multiplexed on it. Spec: `docs/protocol.md` §5–§7, §9.
+//!
+//! The onion arithmetic is [`anonnet_crypto::ClientOnion`]; this module only moves
+//! whole cells between it and the guard's QUIC stream. Every channel is bounded: a stream
+//! whose reader stalls pushes back through its channel, the circuit reader and QUIC flow
+//! control (window-based SENDME flow control comes with the daemon issue).
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use anonnet_crypto::onion::message_offset;
+use anonnet_crypto::{
+    ClientBackward, ClientForward, ClientHandshake, ClientOnion, NodeId, VerifiedDescriptor,
+};
+use anonnet_net::LinkManager;
+use anonnet_wire::cell::CellCommand;
+use anonnet_wire::{
+    Create, Created, Destroy, DestroyReason, EndReason, RelayCell, RelayMsg, StreamId, Target,
+    CELL_LEN,
+};
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, PollSender};
+use tracing::{debug, info};
+
+/// Relay messages queued towards the guard, shared by all streams of a circuit.
+const FORWARD_QUEUE: usize = 64;
+/// Events queued towards one stream.
+const STREAM_QUEUE: usize = 64;
+/// Streams open at once on one circuit.
+pub const MAX_STREAMS_PER_CIRCUIT: usize = 512;
+
+/// Why a circuit could not be built or used.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CircuitError {
+    /// The QUIC link to the guard failed.
+    #[error("link to guard {0}: {1}")]
+    Link(String, String),
+    /// A hop refused or broke the handshake.
+    #[error("hop {hop} handshake: {why}")]
+    Handshake {
+        /// 0 = guard.
+        hop: usize,
+        /// What happened.
+        why: String,
+    },
+    /// A hop could not extend the circuit (`TRUNCATED` or `DESTROY` with this reason).
+    #[error("hop {hop} could not extend: {reason:?}")]
+    Extend {
+        /// The hop that failed to extend.
+        hop: usize,
+        /// Its reason.
+        reason: DestroyReason,
+    },
+    /// Building took longer than allowed.
+    #[error("circuit build timed out")]
+    Timeout,
+    /// The circuit is closed (destroyed, or its link died).
+    #[error("circuit closed")]
+    Closed,
+    /// Too many streams on this circuit.
+    #[error("stream limit of this circuit reached")]
+    TooManyStreams,
+    /// A relay sent something the protocol does not allow.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The exit answered `END` with this reason.
+    #[error("exit refused the stream: {0:?}")]
+    Refused(EndReason),
+    /// The exit did not answer in time.
+    #[error("exit did not answer BEGIN in time")]
+    Timeout,
+    /// The circuit failed.
+    #[error(transparent)]
+    Circuit(#[from] CircuitError),
+}
+
+enum StreamEvent {
+    Connected,
+    Data(Bytes),
+    End(EndReason),
+}
+
+struct Forward {
+    hop: usize,
+    cell: RelayCell,
+}
+
+#[derive(Default)]
+struct StreamTable {
+    next: u16,
+    streams: HashMap<StreamId, mpsc::Sender<StreamEvent>>,
+}
+
+impl StreamTable {
+    fn allocate(&mut self, tx: mpsc::Sender<StreamEvent>) -> Option<StreamId> {
+        if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
+            return None;
+        }
+        loop {
+            self.next = self.next.wrapping_add(1).max(1);
+            let id = StreamId(self.next);
+            if let std::collections::hash_map::Entry::Vacant(e) = self.streams.entry(id) {
+                e.insert(tx);
+                return Some(id);
+            }
+        }
+    }
+}
+
+static NEXT_CIRCUIT: AtomicU64 = AtomicU64::new(1);
+
+/// A built circuit. Cheap to share; it closes when the last handle and every stream on it
+/// are dropped, or when a relay or the link ends it.
+pub struct Circuit {
+    id: u64,
+    path: Vec<VerifiedDescriptor>,
+    forward: mpsc::Sender<Forward>,
+    streams: Mutex<StreamTable>,
+    closed: CancellationToken,
+    built_in: Duration,
+    created: Instant,
+}
+
+impl std::fmt::Debug for Circuit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Circuit")
+            .field("id", &self.id)
+            .field("hops", &self.path.len())
+            .finish()
+    }
+}
+
+async fn read_cell(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, CircuitError> {
+    let mut cell = vec![0u8; len];
+    recv.read_exact(&mut cell)
+        .await
+        .map_err(|_| CircuitError::Closed)?;
+    Ok(cell)
+}
+
+impl Circuit {
+    /// Build a circuit through `path` (guard first) with telescoping `CREATE`/`EXTEND`.
+    ///
+    /// # Errors
+    /// [`CircuitError`] for a failed link, handshake or extension. The caller applies its
+    /// own timeout.
+    pub async fn build(
+        links: &LinkManager,
+        path: Vec<VerifiedDescriptor>,
+    ) -> Result<Arc<Circuit>, CircuitError> {
+        let started = Instant::now();
+        let guard = path
+            .first()
+            .ok_or(CircuitError::Protocol("empty path".into()))?;
+        let guard_addr = *guard
+            .descriptor
+            .addresses
+            .first()
+            .ok_or(CircuitError::Protocol("guard without address".into()))?;
+        let link = links
+            .get(guard_addr, guard.node_id)
+            .await
+            .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
+        let (mut send, mut recv) = link
+            .open_bi()
+            .await
+            .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
+        let hs_err = |hop: usize, why: String| CircuitError::Handshake { hop, why };
+
+        let hs = ClientHandshake::start(guard.node_id, guard.descriptor.onion_key)
+            .map_err(|e| hs_err(0, e.to_string()))?;
+        let hello = hs.hello();
+        let create = Create {
+            cell_len: CELL_LEN as u16,
+            node_id: hello.node_id,
+            onion_key: hello.onion_key,
+            client_pk: hello.client_pk,
+        };
+        let bytes = create.encode().map_err(|e| hs_err(0, e.to_string()))?;
+        send.write_all(&bytes)
+            .await
+            .map_err(|_| CircuitError::Closed)?;
+        let reply = read_cell(&mut recv, CELL_LEN).await?;
+        let created = Created::decode(&reply).map_err(|_| match Destroy::decode(&reply) {
+            Ok(d) => CircuitError::Extend {
+                hop: 0,
+                reason: d.reason,
+            },
+            Err(_) => hs_err(0, "no CREATED".into()),
+        })?;
+        let keys = hs
+            .finish(&anonnet_crypto::ServerReply {
+                server_pk: created.server_pk,
+                auth: created.auth,
+            })
+            .map_err(|e| hs_err(0, e.to_string()))?;
+        let mut onion = ClientOnion::new();
+        onion.push_hop(&keys);
+
+        for (hop, relay) in path.iter().enumerate().skip(1) {
+            let addr = *relay
+                .descriptor
+                .addresses
+                .first()
+                .ok_or(CircuitError::Protocol("relay without address".into()))?;
+            let hs = ClientHandshake::start(relay.node_id, relay.descriptor.onion_key)
+                .map_err(|e| hs_err(hop, e.to_string()))?;
+            let hello = hs.hello();
+            let extend = RelayCell::new(
+                StreamId::CIRCUIT,
+                RelayMsg::Extend {
+                    node_id: hello.node_id,
+                    addr,
+                    onion_key: hello.onion_key,
+                    client_pk: hello.client_pk,
+                },
+            );
+            let mut cell = vec![0u8; CELL_LEN];
+            let last = hop - 1;
+            extend
+                .encode_into(cell.get_mut(message_offset(last)..).unwrap_or_default())
+                .map_err(|e| hs_err(hop, e.to_string()))?;
+            onion
+                .seal_forward(&mut cell, last)
+                .map_err(|e| hs_err(hop, e.to_string()))?;
+            send.write_all(&cell)
+                .await
+                .map_err(|_| CircuitError::Closed)?;
+            let mut reply = read_cell(&mut recv, CELL_LEN).await?;
+            if reply.first() == Some(&(CellCommand::Destroy as u8)) {
+                let reason = Destroy::decode(&reply)
+                    .map(|d| d.reason)
+                    .unwrap_or(DestroyReason::None);
+                return Err(CircuitError::Extend { hop: last, reason });
+            }
+            let (from, range) = onion
+                .open_backward(&mut reply)
+                .map_err(|e| CircuitError::Protocol(e.to_string()))?;
+            let msg = RelayCell::decode(&Bytes::from(reply).slice(range))
+                .map_err(|e| CircuitError::Protocol(e.to_string()))?;
+            match (from == last, msg.msg) {
+                (true, RelayMsg::Extended { server_pk, auth }) => {
+                    let keys = hs
+                        .finish(&anonnet_crypto::ServerReply { server_pk, auth })
+                        .map_err(|e| hs_err(hop, e.to_string()))?;
+                    onion.push_hop(&keys);
+                }
+                (true, RelayMsg::Truncated(reason)) => {
+                    return Err(CircuitError::Extend { hop: last, reason })
+                }
+                (_, other) => {
+                    return Err(CircuitError::Protocol(format!(
+                        "expected EXTENDED from hop {last}, got {other:?} from hop {from}"
+                    )))
+                }
+            }
+        }
+
+        let (fwd_layers, bwd_layers) = onion.split();
+        let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+        let circuit = Arc::new(Circuit {
+            id: NEXT_CIRCUIT.fetch_add(1, Ordering::Relaxed),
+            path,
+            forward: tx,
+            streams: Mutex::new(StreamTable::default()),
+            closed: CancellationToken::new(),
+            built_in: started.elapsed(),
+            created: Instant::now(),
+        });
+        tokio::spawn(writer_task(fwd_layers, send, rx, circuit.closed.clone()));
+        tokio::spawn(reader_task(
+            bwd_layers,
+            recv,
+            Arc::downgrade(&circuit),
+            circuit.closed.clone(),
+        ));
+        info!(
+            circuit = circuit.id,
+            build_ms = circuit.built_in.as_secs_f64() * 1000.0,
+            path = %circuit.path.iter().map(|r| r.node_id.short()).collect::<Vec<_>>().join(","),
+            "circuit built"
+        );
+        Ok(circuit)
+    }
+
+    /// Local number of this circuit (for logs).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The NodeIds of the path, guard first.
+    pub fn path(&self) -> Vec<NodeId> {
+        self.path.iter().map(|r| r.node_id).collect()
+    }
+
+    /// How long the build took.
+    pub fn build_time(&self) -> Duration {
+        self.built_in
+    }
+
+    /// When the circuit was built.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// True once the circuit can carry nothing more.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// True when the exit's policy summary allows `port`.
+    pub fn exit_allows_port(&self, port: u16) -> bool {
+        self.path
+            .last()
+            .is_some_and(|e| e.descriptor.exit_allows_port(port))
+    }
+
+    /// Close the circuit: both tasks stop and the guard gets `DESTROY`.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    fn exit_hop(&self) -> usize {
+        self.path.len().saturating_sub(1)
+    }
+
+    /// Bytes of stream data one `DATA` cell to the exit carries.
+    pub fn max_data(&self) -> usize {
+        RelayCell::max_payload(CELL_LEN - message_offset(self.exit_hop()))
+    }
+
+    /// Open a stream to `target:port` through the exit, waiting at most `timeout` for
+    /// `CONNECTED`.
+    ///
+    /// # Errors
+    /// [`StreamError::Refused`] with the exit's END reason, [`StreamError::Timeout`],
+    /// [`StreamError::Circuit`] when the circuit is closed or full.
+    pub async fn begin(
+        self: &Arc<Self>,
+        target: Target,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<DataStream, StreamError> {
+        if self.is_closed() {
+            return Err(CircuitError::Closed.into());
+        }
+        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+        let id = self
+            .streams
+            .lock()
+            .map_err(|_| CircuitError::Closed)?
+            .allocate(tx)
+            .ok_or(CircuitError::TooManyStreams)?;
+        let mut stream = DataStream {
+            circuit: self.clone(),
+            id,
+            rx: None,
+            pending: Bytes::new(),
+            sender: PollSender::new(self.forward.clone()),
+            ended: false,
+        };
+        self.forward
+            .send(Forward {
+                hop: self.exit_hop(),
+                cell: RelayCell::new(id, RelayMsg::Begin { target, port }),
+            })
+            .await
+            .map_err(|_| CircuitError::Closed)?;
+        let answer = tokio::select! {
+            a = tokio::time::timeout(timeout, rx.recv()) => a,
+            () = self.closed.cancelled() => return Err(CircuitError::Closed.into()),
+        };
+        match answer {
+            Ok(Some(StreamEvent::Connected)) => {
+                stream.rx = Some(rx);
+                Ok(stream)
+            }
+            Ok(Some(StreamEvent::End(reason))) => {
+                stream.ended = true;
+                Err(StreamError::Refused(reason))
+            }
+            Ok(Some(StreamEvent::Data(_))) => {
+                self.close();
+                Err(CircuitError::Protocol("DATA before CONNECTED".into()).into())
+            }
+            Ok(None) => Err(CircuitError::Closed.into()),
+            Err(_) => Err(StreamError::Timeout),
+        }
+    }
+
+    fn forget_stream(&self, id: StreamId) {
+        if let Ok(mut t) = self.streams.lock() {
+            t.streams.remove(&id);
+        }
+    }
+}
+
+impl Drop for Circuit {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+async fn writer_task(
+    mut layers: ClientForward,
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Forward>,
+    closed: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = closed.cancelled() => break,
+            n = rx.recv() => n,
+        };
+        let Some(Forward { hop, cell }) = next else {
+            break;
+        };
+        let mut buf = vec![0u8; CELL_LEN];
+        let sealed = buf
+            .get_mut(message_offset(hop)..)
+            .map(|area| cell.encode_into(area).is_ok())
+            .unwrap_or(false)
+            && layers.seal_forward(&mut buf, hop).is_ok();
+        if !sealed {
+            debug!("dropping an unencodable relay message");
+            continue;
+        }
+        let ok = tokio::select! {
+            r = send.write_all(&buf) => r.is_ok(),
+            () = closed.cancelled() => false,
+        };
+        if !ok {
+            break;
+        }
+    }
+    closed.cancel();
+    if let Ok(d) = (Destroy {
+        reason: DestroyReason::Finished,
+    })
+    .encode(CELL_LEN)
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.write_all(&d)).await;
+    }
+    let _ = send.finish();
+}
+
+async fn reader_task(
+    mut layers: ClientBackward,
+    mut recv: RecvStream,
+    circuit: std::sync::Weak<Circuit>,
+    closed: CancellationToken,
+) {
+    let why = loop {
+        let cell = tokio::select! {
+            biased;
+            () = closed.cancelled() => break "closed locally".to_string(),
+            c = read_cell(&mut recv, CELL_LEN) => c,
+        };
+        let Ok(mut cell) = cell else {
+            break "link closed".to_string();
+        };
+        match cell.first().copied().map(CellCommand::from_byte) {
+            Some(Ok(CellCommand::Relay)) => {}
+            Some(Ok(CellCommand::Padding)) => continue,
+            Some(Ok(CellCommand::Destroy)) => {
+                break format!(
+                    "DESTROY from guard: {:?}",
+                    Destroy::decode(&cell).map(|d| d.reason)
+                );
+            }
+            _ => break "unexpected cell".to_string(),
+        }
+        let (hop, range) = match layers.open_backward(&mut cell) {
+            Ok(r) => r,
+            Err(e) => break format!("bad cell: {e}"),
+        };
+        let msg = match RelayCell::decode(&Bytes::from(cell).slice(range)) {
+            Ok(m) => m,
+            Err(e) => break format!("bad relay message: {e}"),
+        };
+        let Some(circ) = circuit.upgrade() else {
+            break "circuit dropped".to_string();
+        };
+        let exit = circ.exit_hop();
+        let event = match msg.msg {
+            RelayMsg::Drop => continue,
+            RelayMsg::Truncated(reason) => break format!("TRUNCATED by hop {hop}: {reason:?}"),
+            RelayMsg::Connected if hop == exit => StreamEvent::Connected,
+            RelayMsg::Data(d) if hop == exit => StreamEvent::Data(d),
+            RelayMsg::End(r) if hop == exit => StreamEvent::End(r),
+            other => break format!("unexpected {other:?} from hop {hop}"),
+        };
+        let is_end = matches!(event, StreamEvent::End(_));
+        let tx = circ
+            .streams
+            .lock()
+            .ok()
+            .and_then(|t| t.streams.get(&msg.stream_id).cloned());
+        drop(circ);
+        if let Some(tx) = tx {
+            // Waiting here is the back-pressure of a slow stream reader.
+            tokio::select! {
+                _ = tx.send(event) => {}
+                () = closed.cancelled() => break "closed locally".to_string(),
+            }
+            if is_end {
+                if let Some(c) = circuit.upgrade() {
+                    c.forget_stream(msg.stream_id);
+                }
+            }
+        }
+    };
+    debug!("circuit reader stopped: {why}");
+    closed.cancel();
+    // Dropping the senders tells every open stream that the circuit is gone.
+    if let Some(c) = circuit.upgrade() {
+        if let Ok(mut t) = c.streams.lock() {
+            t.streams.clear();
+        }
+    }
+}
+
+/// A stream through a circuit: bytes written go to the destination, bytes read come from
+/// it. Reads end with `Ok(0)` when the exit closed the stream normally and with an error
+/// when the stream or circuit failed. Dropping it sends `END`. There is no half-close:
+/// `shutdown` only flushes.
+pub struct DataStream {
+    circuit: Arc<Circuit>,
+    id: StreamId,
+    rx: Option<mpsc::Receiver<StreamEvent>>,
+    pending: Bytes,
+    sender: PollSender<Forward>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for DataStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataStream")
+            .field("circuit", &self.circuit.id)
+            .field("stream", &self.id.0)
+            .finish()
+    }
+}
+
+impl DataStream {
+    /// The circuit carrying this stream.
+    pub fn circuit(&self) -> &Arc<Circuit> {
+        &self.circuit
+    }
+}
+
+impl AsyncRead for DataStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                let chunk = self.pending.split_to(n);
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(rx.poll_recv(cx)) {
+                Some(StreamEvent::Data(d)) => self.pending = d,
+                Some(StreamEvent::Connected) => {}
+                Some(StreamEvent::End(EndReason::Done)) => self.ended = true,
+                Some(StreamEvent::End(reason)) => {
+                    self.ended = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        format!("stream ended by the exit: {reason:?}"),
+                    )));
+                }
+                None => {
+                    self.ended = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "circuit closed",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for DataStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "circuit closed");
+        if ready!(self.sender.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(closed()));
+        }
+        let n = buf.len().min(self.circuit.max_data());
+        let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        let item = Forward {
+            hop: self.circuit.exit_hop(),
+            cell: RelayCell::new(self.id, RelayMsg::Data(data)),
+        };
+        match self.sender.send_item(item) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for DataStream {
+    fn drop(&mut self) {
+        self.circuit.forget_stream(self.id);
+        if self.ended || self.circuit.is_closed() {
+            return;
+        }
+        let end = Forward {
+            hop: self.circuit.exit_hop(),
+            cell: RelayCell::new(self.id, RelayMsg::End(EndReason::Done)),
+        };
+        if let Err(mpsc::error::TrySendError::Full(end)) = self.circuit.forward.try_send(end) {
+            let tx = self.circuit.forward.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(end).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Circuits through three in-process relays on loopback: real QUIC, real TCP, one process.
+//! The multi-process end-to-end tests live in the `tests/` crate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use anonnet_client::{Client, ClientConfig, ErrorKind};
+use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, Relay, RelayConfig};
+use anonnet_wire::{PortRange, Target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn relays(n: usize, dir: &std::path::Path) -> Vec<Relay> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let cfg = RelayConfig {
+            data_dir: dir.join(format!("relay-{i}")),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            exit_policy: Some(ExitPolicy::with_rules(vec![ExitRule {
+                action: Action::Accept,
+                net: "127.0.0.0/8".parse().unwrap(),
+                ports: PortRange::ALL,
+            }])),
+            guard: true,
+            bandwidth: 1000,
+            descriptor_file: None,
+            limits: Limits::default(),
+        };
+        out.push(Relay::start(cfg).await.unwrap());
+    }
+    out
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("anonnet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_through_three_relays_echoes_bytes_and_reports_failures() {
+    let dir = tempdir("inproc");
+    let relays = relays(3, &dir).await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let client = Client::start(ClientConfig {
+        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
+        quic_bind: "127.0.0.1:0".parse().unwrap(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client.wait_ready())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut s = client
+        .connect(Target::Host("localhost".into()), echo_port)
+        .await
+        .unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut rd, mut wr) = tokio::io::split(&mut s);
+    let send = payload.clone();
+    let writer = async move {
+        wr.write_all(&send).await.unwrap();
+    };
+    let reader = async {
+        let mut got = vec![0u8; payload.len()];
+        rd.read_exact(&mut got).await.unwrap();
+        got
+    };
+    let ((), got) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, payload);
+
+    // Every relay carried cells: the path used all three.
+    for r in &relays {
+        assert!(
+            r.stats()
+                .cells_forward
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+    }
+
+    // A closed port is refused, a private address is not allowed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let err = client
+        .connect(Target::Ip("127.0.0.1".parse().unwrap()), closed_port)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    let err = client
+        .connect(Target::Ip("10.0.0.1".parse().unwrap()), 80)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ExitPolicy, "{err}");
+    let err = client
+        .connect(Target::Host("no-such-host.invalid".into()), 80)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HostUnreachable, "{err}");
+
+    for r in &relays {
+        r.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
