@@ -1,1 +1,232 @@
-//! placeholder
+//! Helpers for the end-to-end tests: find the `anonnet` binary, start a testnet as a real
+//! child process, serve files over HTTP on loopback, speak raw SOCKS5 to read reply codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The `anonnet` binary built by `cargo test --workspace` (target/<profile>/anonnet).
+pub fn anonnet_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("anonnet");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p anonnet` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh directory under the OS temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "anonnet-e2e-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running `anonnet testnet` child. Dropping it sends SIGTERM and waits (bounded) for it
+/// to stop its relays and client.
+pub struct Testnet {
+    child: Child,
+    pub socks: SocketAddr,
+    pub dir: PathBuf,
+    pub stdout: Vec<String>,
+}
+
+impl Testnet {
+    pub fn start(relays: usize, dir: &Path) -> Testnet {
+        let mut child = Command::new(anonnet_bin())
+            .args([
+                "testnet",
+                "--relays",
+                &relays.to_string(),
+                "--socks",
+                "127.0.0.1:0",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut lines = Vec::new();
+        let mut net = Testnet {
+            child,
+            socks: "0.0.0.0:0".parse().unwrap(),
+            dir: dir.to_path_buf(),
+            stdout: Vec::new(),
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("testnet did not print `SOCKS5 ready` in time; got {lines:?}")
+            });
+            lines.push(line.clone());
+            if let Some(addr) = line.strip_prefix("SOCKS5 ready on ") {
+                net.socks = addr.trim().parse().unwrap();
+                break;
+            }
+        }
+        // Collect the lines printed right after (the curl command).
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            lines.push(line);
+        }
+        net.stdout = lines;
+        net
+    }
+
+    /// Every relay's `stats.json` under the testnet directory.
+    pub fn relay_stats(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.file_name().is_some_and(|n| n == "stats.json") {
+                    if let Ok(v) = serde_json::from_slice(&std::fs::read(&p).unwrap()) {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Serve `files` (path → body) over HTTP/1.1 on 127.0.0.1:0 with hyper; returns the port.
+pub async fn serve_files(files: Vec<(String, Bytes)>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let files = std::sync::Arc::new(files);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let files = files.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let files = files.clone();
+                    async move {
+                        let body = files
+                            .iter()
+                            .find(|(p, _)| p == req.uri().path())
+                            .map(|(_, b)| b.clone());
+                        let resp = match body {
+                            Some(b) => Response::new(Full::new(b)),
+                            None => {
+                                let mut r =
+                                    Response::new(Full::new(Bytes::from_static(b"not found")));
+                                *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                                r
+                            }
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// Send a SOCKS5 no-auth CONNECT for `ip:port` (or a host name) and return the reply code
+/// byte (RFC 1928 §6: 0 success, 2 not allowed, 4 host unreachable, 5 refused, 7 command
+/// not supported …).
+pub async fn socks_connect_reply(socks: SocketAddr, cmd: u8, host: &str, port: u16) -> u8 {
+    let mut s = tokio::net::TcpStream::connect(socks).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice).await.unwrap();
+    assert_eq!(choice, [5, 0]);
+    let mut req = vec![5, cmd, 0];
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => {
+            req.push(1);
+            req.extend_from_slice(&a.octets());
+        }
+        Ok(std::net::IpAddr::V6(a)) => {
+            req.push(4);
+            req.extend_from_slice(&a.octets());
+        }
+        Err(_) => {
+            req.push(3);
+            req.push(host.len() as u8);
+            req.extend_from_slice(host.as_bytes());
+        }
+    }
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).await.unwrap();
+    reply[1]
+}
+
+/// Run system curl through the SOCKS proxy (`--socks5-hostname`, names resolved by the
+/// exit), saving the body to `out`. Returns curl's exit status and stderr.
+pub fn curl_socks(socks: SocketAddr, url: &str, out: &Path) -> (i32, String) {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "120", "--socks5-hostname"])
+        .arg(socks.to_string())
+        .arg("-o")
+        .arg(out)
+        .arg(url)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}

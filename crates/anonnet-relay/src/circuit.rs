@@ -281,6 +281,7 @@ async fn backward_task(
                     teardown.destroy(DestroyReason::Internal);
                     break;
                 }
+                shared.stats.cells_backward.fetch_add(1, Ordering::Relaxed);
                 cell
             }
             else => break,

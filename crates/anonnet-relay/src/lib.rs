@@ -116,7 +116,7 @@ pub struct Stats {
     pub circuits_open: AtomicUsize,
     /// Relay cells opened from the client side.
     pub cells_forward: AtomicU64,
-    /// Relay cells wrapped towards the client.
+    /// Relay cells sent towards the client (wrapped from the next hop or originated here).
     pub cells_backward: AtomicU64,
     /// Cells whose tag or sequence number failed (each destroyed its circuit).
     pub cells_rejected: AtomicU64,
