@@ -1,1 +1,346 @@
-fn main() {}
+//! `anonnet`: the daemon binary. It is wiring only — read the config, build the role
+//! (client, relay, or a whole local testnet), serve until told to stop. The protocol lives
+//! in the library crates.
+//!
+//! Machine-readable lines go to stdout (one per mode, flushed), logs to stderr:
+//! - `anonnet relay`: `RELAY ready <node_id_hex> <bound_addr> <descriptor_file_path>`
+//! - `anonnet run` and `anonnet testnet`: `SOCKS5 ready on <ADDR>`
+
+mod config;
+mod shutdown;
+mod site;
+mod testnet;
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anonnet_client::{Client, ClientConfig, ClientError};
+use anonnet_proxy::SocksServer;
+use anonnet_relay::{Relay, RelayError};
+use clap::{Parser, Subcommand};
+use tracing::{info, warn};
+
+use crate::config::ConfigError;
+use crate::shutdown::Shutdown;
+
+/// Name of the port file `anonnet run` writes in its state directory.
+pub const PORTS_FILE: &str = "ports.json";
+
+/// anonnet: an onion-routing anonymity network.
+#[derive(Debug, Parser)]
+#[command(name = "anonnet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the client daemon: SOCKS5 proxy (default 127.0.0.1:9050) over onion circuits.
+    Run {
+        /// Client config file [default: the OS config directory's anonnet/client.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Exit when standard input closes (used by `anonnet testnet`).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// Run a relay (one UDP port, QUIC); optionally an exit.
+    Relay {
+        /// Relay config file (see config/relay.toml).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Exit when standard input closes (used by `anonnet testnet`).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// Start a whole network on this machine: N relay processes, a demo web site and the
+    /// client's SOCKS5 proxy in front. Ctrl-C stops everything.
+    Testnet {
+        /// Number of relay processes (3..=64) [default: 5].
+        #[arg(long, value_name = "N", value_parser = parse_relays)]
+        relays: Option<usize>,
+        /// SOCKS5 address of the client, IP:PORT; "auto" or port 0 picks a free port
+        /// [default: 127.0.0.1:9050].
+        #[arg(long, value_name = "ADDR", value_parser = config::parse_socks_listen)]
+        socks: Option<SocketAddr>,
+        /// Directory for configs, keys and logs [default: a fresh directory under the OS
+        /// temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Testnet config file (see config/testnet.toml); flags override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_relays(s: &str) -> Result<usize, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of relays"))?;
+    config::check_testnet_relays(n)
+}
+
+/// Everything that stops a mode, as the user will read it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config file is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `anonnet run` without `--config` and no file at the standard place.
+    #[error(
+        "no client config: looked for {looked} (not found). Pass --config FILE, or copy \
+         config/client.toml there and list at least 3 relay descriptor files in \
+         `client.bootstrap`"
+    )]
+    NoClientConfig {
+        /// Where it looked.
+        looked: String,
+    },
+    /// The relay could not start.
+    #[error("relay: {0}")]
+    Relay(#[from] RelayError),
+    /// The client could not start or bootstrap.
+    #[error("client: {0}")]
+    Client(#[from] ClientError),
+    /// The SOCKS5 port could not be bound.
+    #[error(
+        "{source}. Port {port} is taken (another anonnet or Tor?): change `client.socks_listen` \
+         in {file}, or set it to \"auto\" to pick a free port"
+    )]
+    SocksBind {
+        /// The port asked for.
+        port: u16,
+        /// The config file.
+        file: String,
+        /// The bind error (it names the address).
+        source: anonnet_proxy::ProxyError,
+    },
+    /// A local I/O step failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The testnet could not start.
+    #[error("testnet: {0}")]
+    Testnet(String),
+}
+
+impl Error {
+    /// An I/O error with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("anonnet: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                config,
+                exit_with_parent,
+            } => run_client(config, exit_with_parent).await,
+            Command::Relay {
+                config,
+                exit_with_parent,
+            } => run_relay(&config, exit_with_parent).await,
+            Command::Testnet {
+                relays,
+                socks,
+                dir,
+                config,
+            } => run_testnet(relays, socks, dir, config).await,
+        }
+    });
+    // Don't wait for tasks still parked on the network.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("anonnet: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Print one machine-readable line on stdout and flush it, so a parent reading the pipe
+/// sees it at once.
+pub fn print_line(line: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(Error::io("writing to stdout"))
+}
+
+async fn run_relay(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
+    let mut shutdown = Shutdown::new(exit_with_parent).map_err(Error::io("signal handlers"))?;
+    let settings = config::load_relay(config)?;
+    info!(config = %settings.file.display(), "starting relay");
+    let relay = Relay::start(settings.relay).await?;
+    print_line(&format!(
+        "RELAY ready {} {} {}",
+        relay.node_id(),
+        relay.local_addr(),
+        settings.descriptor_file.display()
+    ))?;
+    let why = shutdown.wait().await;
+    info!("{why}: relay shutting down");
+    relay.shutdown();
+    Ok(())
+}
+
+/// `ports.json` in the state directory while the client runs; removed when dropped.
+struct PortsFile(PathBuf);
+
+impl PortsFile {
+    fn write(state_dir: &Path, socks: SocketAddr) -> Result<PortsFile, Error> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join(PORTS_FILE);
+        let tmp = state_dir.join(format!("{PORTS_FILE}.tmp"));
+        let body = serde_json::json!({ "socks": socks.to_string() }).to_string() + "\n";
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(Error::io(format!("writing {}", path.display())))?;
+        Ok(PortsFile(path))
+    }
+}
+
+impl Drop for PortsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Create `dir` (and parents); on Unix the directory itself gets mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    let what = || format!("creating directory {}", dir.display());
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(Error::io(what()))
+}
+
+async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(), Error> {
+    let mut shutdown = Shutdown::new(exit_with_parent).map_err(Error::io("signal handlers"))?;
+    let path = match config {
+        Some(p) => p,
+        None => match config::default_client_config() {
+            Some(p) if p.exists() => p,
+            Some(p) => {
+                return Err(Error::NoClientConfig {
+                    looked: p.display().to_string(),
+                })
+            }
+            None => {
+                return Err(Error::NoClientConfig {
+                    looked: "the OS config directory (none: this user has no home directory)"
+                        .into(),
+                })
+            }
+        },
+    };
+    let settings = config::load_client(&path)?;
+    info!(config = %settings.file.display(), relays = settings.bootstrap.len(), "starting client");
+
+    let socks = SocksServer::bind(settings.socks_listen)
+        .await
+        .map_err(|source| Error::SocksBind {
+            port: settings.socks_listen.port(),
+            file: settings.file.display().to_string(),
+            source,
+        })?;
+    let socks_addr = socks.local_addr();
+    let _ports = PortsFile::write(&settings.state_dir, socks_addr)?;
+
+    let mut client_config = ClientConfig {
+        bootstrap: settings.bootstrap,
+        ..ClientConfig::default()
+    };
+    if let Some(t) = settings.circuit_build_timeout {
+        client_config.circuit_build_timeout = t;
+    }
+    if let Some(t) = settings.stream_timeout {
+        client_config.stream_timeout = t;
+    }
+    let client: Arc<Client> = Client::start(client_config).await?;
+    info!(socks = %socks_addr, "building the first circuit");
+    tokio::select! {
+        r = client.wait_ready() => r?,
+        why = shutdown.wait() => {
+            info!("{why}: client shutting down before it was ready");
+            return Ok(());
+        }
+    }
+    print_line(&format!("SOCKS5 ready on {socks_addr}"))?;
+    let serving = tokio::spawn(socks.serve(client));
+    let why = tokio::select! {
+        why = shutdown.wait() => why,
+        r = serving => {
+            // serve() only returns if the listener fails for good.
+            warn!("SOCKS5 listener stopped: {r:?}");
+            return Err(Error::Io {
+                what: format!("SOCKS5 listener on {socks_addr}"),
+                source: std::io::Error::other("stopped accepting connections"),
+            });
+        }
+    };
+    info!("{why}: client shutting down");
+    Ok(())
+}
+
+async fn run_testnet(
+    relays: Option<usize>,
+    socks: Option<SocketAddr>,
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<(), Error> {
+    let mut shutdown = Shutdown::new(false).map_err(Error::io("signal handlers"))?;
+    let file = match &config {
+        Some(path) => config::load_testnet(path)?,
+        None => config::TestnetSettings::default(),
+    };
+    let default_socks =
+        config::parse_socks_listen(config::DEFAULT_SOCKS).map_err(Error::Testnet)?;
+    let options = testnet::TestnetOptions {
+        relays: relays
+            .or(file.relays)
+            .unwrap_or(config::DEFAULT_TESTNET_RELAYS),
+        socks: socks.or(file.socks_listen).unwrap_or(default_socks),
+        dir: dir.or(file.dir),
+        exit_policy: file.exit_policy.unwrap_or_else(|| {
+            config::TESTNET_EXIT_POLICY
+                .iter()
+                .map(|l| (*l).to_owned())
+                .collect()
+        }),
+    };
+    testnet::run(options, &mut shutdown).await
+}

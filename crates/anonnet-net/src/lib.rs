@@ -95,13 +95,22 @@ pub enum NetError {
     LocalAddr(#[source] std::io::Error),
 }
 
+/// Whether links pad every QUIC datagram to the path MTU (see [`transport_config`]).
+pub const PAD_TO_MTU: bool = false;
+
 /// Transport tuning shared by both sides of every link.
 ///
 /// [`MAX_BIDI_STREAMS`] bidirectional streams, no unidirectional streams, no datagrams,
 /// windows [`STREAM_RECEIVE_WINDOW`] / [`CONNECTION_RECEIVE_WINDOW`] /
 /// [`CONNECTION_SEND_WINDOW`], keep-alive [`KEEP_ALIVE_INTERVAL`], idle timeout
-/// [`MAX_IDLE_TIMEOUT_MS`], and `pad_to_mtu` so packet sizes say nothing about cell
-/// contents (DESIGN §4 "Circuits").
+/// [`MAX_IDLE_TIMEOUT_MS`].
+///
+/// `pad_to_mtu` is OFF, against DESIGN §4 "Circuits", because it breaks bulk transfers in
+/// quinn-proto 0.11.19: `PacketBuilder::finish_and_track` counts a *padded* ACK-only packet
+/// as bytes in flight, and nothing ever acknowledges an ACK-only packet, so the receiving
+/// side of a one-way transfer fills its congestion window with ACKs and the transfer stalls
+/// after 0.5–2 MiB (reproduced by `anonnet-client`'s `bulk_download_does_not_stall` test
+/// when this is switched on). See `docs/protocol.md` §10.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
@@ -112,7 +121,7 @@ pub fn transport_config() -> quinn::TransportConfig {
         .send_window(CONNECTION_SEND_WINDOW)
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
         .max_idle_timeout(Some(VarInt::from_u32(MAX_IDLE_TIMEOUT_MS).into()))
-        .pad_to_mtu(true);
+        .pad_to_mtu(PAD_TO_MTU);
     t
 }
 

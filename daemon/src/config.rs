@@ -1,0 +1,1029 @@
+//! Configuration files: TOML, every key validated, relative paths resolved against the
+//! directory of the file that names them. The documented defaults live in `config/`.
+//!
+//! Each error names the file, the line when known, the key (`relay.listen`) and what is
+//! allowed, because a config error is the first thing a new operator sees.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, RelayConfig};
+use anonnet_wire::{PortRange, SignedDescriptor};
+use directories::ProjectDirs;
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Name of the client config file in the OS-standard config directory.
+pub const CLIENT_FILE: &str = "client.toml";
+/// Default SOCKS5 listener of the client (and of the testnet).
+pub const DEFAULT_SOCKS: &str = "127.0.0.1:9050";
+/// Default UDP address of a relay's QUIC listener.
+pub const DEFAULT_RELAY_LISTEN: &str = "0.0.0.0:9001";
+/// Default advertised relay bandwidth (bytes per second).
+pub const DEFAULT_BANDWIDTH: u32 = 10_000_000;
+/// Fewest relay descriptors a client can build 3-hop circuits from.
+pub const MIN_BOOTSTRAP: usize = 3;
+/// Default number of relays in a testnet.
+pub const DEFAULT_TESTNET_RELAYS: usize = 5;
+/// Fewest relays in a testnet (guard, middle, exit).
+pub const MIN_TESTNET_RELAYS: usize = 3;
+/// Most relays in a testnet (each is a process).
+pub const MAX_TESTNET_RELAYS: usize = 64;
+/// Exit policy of testnet relays: loopback only (the default rules then reject every
+/// other private range; public addresses stay allowed).
+pub const TESTNET_EXIT_POLICY: &[&str] = &["accept 127.0.0.0/8:*", "accept [::1]/128:*"];
+
+/// The allowed forms of an exit policy line, quoted in errors.
+const POLICY_SYNTAX: &str = "expected \"accept|reject NET:PORTS\" where NET is a CIDR \
+     (10.0.0.0/8, [fd00::]/8), a bare IP (1.2.3.4, [::1]) or * (any; *4 / *6 for one \
+     family) and PORTS is *, N or N-M (1..=65535), e.g. \"accept 127.0.0.0/8:*\" or \
+     \"reject *:25\"";
+
+/// The project's OS-standard directories (`org.anonnet.anonnet`), if the OS has a home
+/// directory for this user.
+pub fn project_dirs() -> Option<ProjectDirs> {
+    ProjectDirs::from("org", "anonnet", "anonnet")
+}
+
+/// Where `anonnet run` looks for its config when no `--config` is given.
+pub fn default_client_config() -> Option<PathBuf> {
+    project_dirs().map(|d| d.config_dir().join(CLIENT_FILE))
+}
+
+/// A config file that cannot be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file does not exist or cannot be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is read but a key or value is not allowed.
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value, when known.
+        line: Option<usize>,
+        /// Dotted key (`relay.listen`, `client.bootstrap[2]`), when known.
+        key: Option<String>,
+        /// What is wrong and what is allowed.
+        why: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "config file {}: cannot read: {source}", path.display())
+            }
+            ConfigError::Invalid {
+                path,
+                line,
+                key,
+                why,
+            } => {
+                write!(f, "config file {}", path.display())?;
+                if let Some(line) = line {
+                    write!(f, ", line {line}")?;
+                }
+                if let Some(key) = key {
+                    write!(f, ", key `{key}`")?;
+                }
+                write!(f, ": {why}")
+            }
+        }
+    }
+}
+
+/// A file being loaded: its path, its text and the directory relative paths start from.
+struct Source {
+    path: PathBuf,
+    dir: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn read(path: &Path) -> Result<Source, ConfigError> {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Source { path, dir, text })
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(&self.text).map_err(|e| {
+            let start = e.span().map(|s| s.start);
+            ConfigError::Invalid {
+                path: self.path.clone(),
+                line: start.map(|s| self.line_of(s)),
+                key: start.and_then(|s| key_at(&self.text, s)),
+                why: e.message().trim().to_owned(),
+            }
+        })
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        let before = self.text.get(..offset).unwrap_or(&self.text);
+        before.matches('\n').count() + 1
+    }
+
+    /// An error about `key`, located at `span` when the value came from the file.
+    fn invalid<T>(
+        &self,
+        key: impl Into<String>,
+        at: Option<&Spanned<T>>,
+        why: String,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            line: at.map(|s| self.line_of(s.span().start)),
+            key: Some(key.into()),
+            why,
+        }
+    }
+
+    /// `value` as a path, relative ones taken from the config file's directory.
+    fn path(&self, value: &str) -> PathBuf {
+        self.dir.join(value)
+    }
+}
+
+/// The dotted key whose key or value starts at `offset`: the table header above it plus
+/// the bare key on its line. `None` inside multi-line values.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?.trim();
+    let table = before.get(..line_start)?.lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+    });
+    if line.starts_with('[') {
+        // The error is about a table header itself (an unknown section).
+        return Some(
+            line.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned(),
+        );
+    }
+    let key = line.split('=').next()?.trim();
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if !bare || !line.contains('=') {
+        return None;
+    }
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    value.trim().parse().map_err(|_| {
+        format!("{value:?} is not an address; expected IP:PORT such as \"127.0.0.1:9001\" or \"[::1]:9001\"")
+    })
+}
+
+fn check_range(value: u64, lo: u64, hi: u64, unit: &str) -> Result<u64, String> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{value} is out of range; allowed {lo}..={hi} {unit}"
+        ))
+    }
+}
+
+// ---------------------------------------------------------------- exit policy lines
+
+/// Parse one Tor-like exit policy line, `ACTION NET:PORTS`. `*` as NET expands to one rule
+/// per address family.
+///
+/// # Errors
+/// A message naming the part that is wrong and the allowed syntax.
+pub fn parse_policy_line(line: &str) -> Result<Vec<ExitRule>, String> {
+    let mut words = line.split_whitespace();
+    let (Some(action), Some(target), None) = (words.next(), words.next(), words.next()) else {
+        return Err(format!("{line:?}: {POLICY_SYNTAX}"));
+    };
+    let action = match action.to_ascii_lowercase().as_str() {
+        "accept" => Action::Accept,
+        "reject" => Action::Reject,
+        other => {
+            return Err(format!(
+                "{line:?}: action {other:?} is not accept or reject; {POLICY_SYNTAX}"
+            ))
+        }
+    };
+    let Some((net, ports)) = target.rsplit_once(':') else {
+        return Err(format!("{line:?}: missing \":PORTS\"; {POLICY_SYNTAX}"));
+    };
+    let ports = parse_ports(ports).map_err(|why| format!("{line:?}: {why}; {POLICY_SYNTAX}"))?;
+    let nets = parse_net(net).map_err(|why| format!("{line:?}: {why}; {POLICY_SYNTAX}"))?;
+    Ok(nets
+        .into_iter()
+        .map(|net| ExitRule { action, net, ports })
+        .collect())
+}
+
+fn parse_ports(ports: &str) -> Result<PortRange, String> {
+    if ports == "*" {
+        return Ok(PortRange::ALL);
+    }
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!("port {p:?} is not a number in 1..=65535")),
+        }
+    };
+    let (lo, hi) = match ports.split_once('-') {
+        Some((lo, hi)) => (port(lo)?, port(hi)?),
+        None => {
+            let p = port(ports)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(format!("port range {ports:?} runs backwards"));
+    }
+    Ok(PortRange { lo, hi })
+}
+
+fn parse_net(net: &str) -> Result<Vec<IpNet>, String> {
+    let any: &[&str] = match net {
+        "*" => &["0.0.0.0/0", "::/0"],
+        "*4" => &["0.0.0.0/0"],
+        "*6" => &["::/0"],
+        one => return parse_one_net(one).map(|n| vec![n]),
+    };
+    any.iter().map(|n| parse_one_net(n)).collect()
+}
+
+/// A CIDR or a bare IP (a /32 or /128), IPv6 optionally in brackets (`[::1]/128`).
+fn parse_one_net(net: &str) -> Result<IpNet, String> {
+    let unbracketed;
+    let bare = if let Some(rest) = net.strip_prefix('[') {
+        let Some((addr, len)) = rest.split_once(']') else {
+            return Err(format!("address {net:?} has no closing ']'"));
+        };
+        unbracketed = format!("{addr}{len}");
+        unbracketed.as_str()
+    } else {
+        net
+    };
+    let parsed = if bare.contains('/') {
+        bare.parse::<IpNet>().map(|n| n.trunc()).ok()
+    } else {
+        bare.parse::<IpAddr>().map(IpNet::from).ok()
+    };
+    parsed.ok_or_else(|| format!("address {net:?} is not a CIDR, an IP or *"))
+}
+
+fn parse_policy(
+    src: &Source,
+    key: &str,
+    lines: &[Spanned<String>],
+) -> Result<Vec<ExitRule>, ConfigError> {
+    let mut rules = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let parsed = parse_policy_line(line.get_ref())
+            .map_err(|why| src.invalid(format!("{key}[{i}]"), Some(line), why))?;
+        rules.extend(parsed);
+    }
+    Ok(rules)
+}
+
+// ---------------------------------------------------------------- relay
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayFile {
+    #[serde(default)]
+    relay: RelaySection,
+    #[serde(default)]
+    exit: ExitSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaySection {
+    data_dir: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    advertise: Option<Spanned<String>>,
+    guard: Option<bool>,
+    bandwidth: Option<Spanned<u32>>,
+    descriptor_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExitSection {
+    enabled: Option<bool>,
+    #[serde(default)]
+    policy: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_circuits: Option<Spanned<u64>>,
+    max_streams_per_circuit: Option<Spanned<u64>>,
+    connect_timeout_secs: Option<Spanned<u64>>,
+    max_links: Option<Spanned<u64>>,
+}
+
+/// A loaded relay config file.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// The file it came from (absolute).
+    pub file: PathBuf,
+    /// What to start the relay with. `descriptor_file` is always set.
+    pub relay: RelayConfig,
+    /// Where the relay writes its descriptor.
+    pub descriptor_file: PathBuf,
+}
+
+/// Load and validate a relay config file.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, key and allowed values.
+pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
+    let src = Source::read(path)?;
+    let file: RelayFile = src.parse()?;
+    let r = &file.relay;
+
+    let data_dir = match &r.data_dir {
+        Some(d) => src.path(d.get_ref()),
+        None => project_dirs()
+            .map(|p| p.data_dir().join("relay"))
+            .ok_or_else(|| {
+                src.invalid(
+                    "relay.data_dir",
+                    None::<&Spanned<()>>,
+                    "no default: this user has no home directory; set a directory".into(),
+                )
+            })?,
+    };
+    let listen = match &r.listen {
+        Some(l) => {
+            parse_addr(l.get_ref()).map_err(|why| src.invalid("relay.listen", Some(l), why))?
+        }
+        None => parse_addr(DEFAULT_RELAY_LISTEN)
+            .map_err(|why| src.invalid("relay.listen", None::<&Spanned<()>>, why))?,
+    };
+    let advertise = match &r.advertise {
+        Some(a) => {
+            let addr = parse_addr(a.get_ref())
+                .map_err(|why| src.invalid("relay.advertise", Some(a), why))?;
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(src.invalid(
+                    "relay.advertise",
+                    Some(a),
+                    format!("{addr} is not reachable; expected the public IP:PORT of this relay"),
+                ));
+            }
+            Some(addr)
+        }
+        None => None,
+    };
+    if advertise.is_none() && listen.ip().is_unspecified() {
+        return Err(src.invalid(
+            "relay.advertise",
+            r.listen.as_ref(),
+            format!(
+                "required because `relay.listen` ({listen}) is an unspecified address; \
+                 set it to the public IP:PORT clients reach this relay at"
+            ),
+        ));
+    }
+    let bandwidth = match &r.bandwidth {
+        Some(b) if *b.get_ref() == 0 => {
+            return Err(src.invalid(
+                "relay.bandwidth",
+                Some(b),
+                format!("0 is not allowed; bytes per second, 1..={}", u32::MAX),
+            ))
+        }
+        Some(b) => *b.get_ref(),
+        None => DEFAULT_BANDWIDTH,
+    };
+    let descriptor_file = r
+        .descriptor_file
+        .as_ref()
+        .map_or_else(|| data_dir.join("descriptor"), |d| src.path(d.get_ref()));
+
+    let exit_policy = if file.exit.enabled.unwrap_or(false) {
+        Some(ExitPolicy::with_rules(parse_policy(
+            &src,
+            "exit.policy",
+            &file.exit.policy,
+        )?))
+    } else {
+        // Still validate the lines, so a typo is found before the exit is turned on.
+        parse_policy(&src, "exit.policy", &file.exit.policy)?;
+        None
+    };
+
+    let defaults = Limits::default();
+    let l = &file.limits;
+    let limit = |key: &str, v: &Option<Spanned<u64>>, default: u64, hi: u64, unit: &str| match v {
+        Some(s) => check_range(*s.get_ref(), 1, hi, unit)
+            .map_err(|why| src.invalid(format!("limits.{key}"), Some(s), why)),
+        None => Ok(default),
+    };
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let limits = Limits {
+        max_circuits: as_usize(limit(
+            "max_circuits",
+            &l.max_circuits,
+            as_u64(defaults.max_circuits),
+            1_000_000,
+            "circuits",
+        )?),
+        max_streams_per_circuit: as_usize(limit(
+            "max_streams_per_circuit",
+            &l.max_streams_per_circuit,
+            as_u64(defaults.max_streams_per_circuit),
+            65_535,
+            "streams",
+        )?),
+        connect_timeout: Duration::from_secs(limit(
+            "connect_timeout_secs",
+            &l.connect_timeout_secs,
+            defaults.connect_timeout.as_secs(),
+            600,
+            "seconds",
+        )?),
+        max_links: as_usize(limit(
+            "max_links",
+            &l.max_links,
+            as_u64(defaults.max_links),
+            1_000_000,
+            "links",
+        )?),
+    };
+
+    Ok(RelaySettings {
+        file: src.path.clone(),
+        relay: RelayConfig {
+            data_dir,
+            listen,
+            advertise,
+            exit_policy,
+            guard: r.guard.unwrap_or(true),
+            bandwidth,
+            descriptor_file: Some(descriptor_file.clone()),
+            limits,
+        },
+        descriptor_file,
+    })
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    #[serde(default)]
+    client: ClientSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientSection {
+    socks_listen: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    bootstrap: Vec<Spanned<String>>,
+    circuit_build_timeout_secs: Option<Spanned<u64>>,
+    stream_timeout_secs: Option<Spanned<u64>>,
+}
+
+/// A loaded client config file.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// The file it came from (absolute).
+    pub file: PathBuf,
+    /// Where to bind the SOCKS5 listener (port 0 for "auto").
+    pub socks_listen: SocketAddr,
+    /// Where `ports.json` (and later guards and keys) live.
+    pub state_dir: PathBuf,
+    /// The bootstrap relays' descriptors, parsed (signatures are checked by the client).
+    pub bootstrap: Vec<SignedDescriptor>,
+    /// `client.circuit_build_timeout_secs`, when set.
+    pub circuit_build_timeout: Option<Duration>,
+    /// `client.stream_timeout_secs`, when set.
+    pub stream_timeout: Option<Duration>,
+}
+
+/// Parse a SOCKS listen value: `"auto"` (127.0.0.1, a free port) or `IP:PORT`.
+///
+/// # Errors
+/// A message naming the allowed forms.
+pub fn parse_socks_listen(value: &str) -> Result<SocketAddr, String> {
+    if value.trim().eq_ignore_ascii_case("auto") {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+    parse_addr(value).map_err(|why| format!("{why}, or \"auto\" to pick a free port"))
+}
+
+/// Load and validate a client config file, reading every bootstrap descriptor file.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, key and allowed values; a missing or malformed
+/// descriptor file is named too.
+pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
+    let src = Source::read(path)?;
+    let file: ClientFile = src.parse()?;
+    let c = &file.client;
+
+    let socks_listen = match &c.socks_listen {
+        Some(s) => parse_socks_listen(s.get_ref())
+            .map_err(|why| src.invalid("client.socks_listen", Some(s), why))?,
+        None => parse_socks_listen(DEFAULT_SOCKS)
+            .map_err(|why| src.invalid("client.socks_listen", None::<&Spanned<()>>, why))?,
+    };
+    let state_dir = match &c.state_dir {
+        Some(d) => src.path(d.get_ref()),
+        None => project_dirs()
+            .map(|p| {
+                p.state_dir()
+                    .unwrap_or_else(|| p.data_local_dir())
+                    .to_path_buf()
+            })
+            .ok_or_else(|| {
+                src.invalid(
+                    "client.state_dir",
+                    None::<&Spanned<()>>,
+                    "no default: this user has no home directory; set a directory".into(),
+                )
+            })?,
+    };
+    if c.bootstrap.len() < MIN_BOOTSTRAP {
+        return Err(src.invalid(
+            "client.bootstrap",
+            c.bootstrap.first(),
+            format!(
+                "lists {} relay descriptor file(s); at least {MIN_BOOTSTRAP} are needed \
+                 (guard, middle, exit), e.g. bootstrap = [\"relays/r1.desc\", \
+                 \"relays/r2.desc\", \"relays/r3.desc\"]",
+                c.bootstrap.len()
+            ),
+        ));
+    }
+    let mut bootstrap = Vec::with_capacity(c.bootstrap.len());
+    for (i, entry) in c.bootstrap.iter().enumerate() {
+        let key = format!("client.bootstrap[{i}]");
+        let desc_path = src.path(entry.get_ref());
+        let text = std::fs::read_to_string(&desc_path).map_err(|e| {
+            src.invalid(
+                &key,
+                Some(entry),
+                format!(
+                    "cannot read relay descriptor file {}: {e}",
+                    desc_path.display()
+                ),
+            )
+        })?;
+        let desc = SignedDescriptor::from_base64(&text).map_err(|e| {
+            src.invalid(
+                &key,
+                Some(entry),
+                format!(
+                    "{} is not a relay descriptor (one base64 line as written by \
+                     `anonnet relay`): {e}",
+                    desc_path.display()
+                ),
+            )
+        })?;
+        bootstrap.push(desc);
+    }
+    let secs = |key: &str, v: &Option<Spanned<u64>>| -> Result<Option<Duration>, ConfigError> {
+        v.as_ref()
+            .map(|s| {
+                check_range(*s.get_ref(), 1, 3600, "seconds")
+                    .map(Duration::from_secs)
+                    .map_err(|why| src.invalid(format!("client.{key}"), Some(s), why))
+            })
+            .transpose()
+    };
+    Ok(ClientSettings {
+        file: src.path.clone(),
+        socks_listen,
+        state_dir,
+        bootstrap,
+        circuit_build_timeout: secs("circuit_build_timeout_secs", &c.circuit_build_timeout_secs)?,
+        stream_timeout: secs("stream_timeout_secs", &c.stream_timeout_secs)?,
+    })
+}
+
+// ---------------------------------------------------------------- testnet
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestnetFile {
+    #[serde(default)]
+    testnet: TestnetSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestnetSection {
+    relays: Option<Spanned<u64>>,
+    socks_listen: Option<Spanned<String>>,
+    dir: Option<Spanned<String>>,
+    exit_policy: Option<Vec<Spanned<String>>>,
+}
+
+/// A loaded testnet config file (every field optional; command-line flags override).
+#[derive(Debug, Clone, Default)]
+pub struct TestnetSettings {
+    /// `testnet.relays`.
+    pub relays: Option<usize>,
+    /// `testnet.socks_listen` (port 0 for `"auto"`).
+    pub socks_listen: Option<SocketAddr>,
+    /// `testnet.dir`, resolved.
+    pub dir: Option<PathBuf>,
+    /// `testnet.exit_policy`, validated lines.
+    pub exit_policy: Option<Vec<String>>,
+}
+
+/// Check a testnet relay count.
+///
+/// # Errors
+/// A message naming the allowed range.
+pub fn check_testnet_relays(n: u64) -> Result<usize, String> {
+    check_range(
+        n,
+        MIN_TESTNET_RELAYS as u64,
+        MAX_TESTNET_RELAYS as u64,
+        "relays",
+    )
+    .map(|n| usize::try_from(n).unwrap_or(MAX_TESTNET_RELAYS))
+}
+
+/// Load and validate a testnet config file.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, key and allowed values.
+pub fn load_testnet(path: &Path) -> Result<TestnetSettings, ConfigError> {
+    let src = Source::read(path)?;
+    let file: TestnetFile = src.parse()?;
+    let t = &file.testnet;
+    let relays = t
+        .relays
+        .as_ref()
+        .map(|r| {
+            check_testnet_relays(*r.get_ref())
+                .map_err(|why| src.invalid("testnet.relays", Some(r), why))
+        })
+        .transpose()?;
+    let socks_listen = t
+        .socks_listen
+        .as_ref()
+        .map(|s| {
+            parse_socks_listen(s.get_ref())
+                .map_err(|why| src.invalid("testnet.socks_listen", Some(s), why))
+        })
+        .transpose()?;
+    let exit_policy = t
+        .exit_policy
+        .as_ref()
+        .map(|lines| {
+            parse_policy(&src, "testnet.exit_policy", lines)
+                .map(|_| lines.iter().map(|l| l.get_ref().clone()).collect())
+        })
+        .transpose()?;
+    Ok(TestnetSettings {
+        relays,
+        socks_listen,
+        dir: t.dir.as_ref().map(|d| src.path(d.get_ref())),
+        exit_policy,
+    })
+}
+
+/// `s` as a TOML basic string, quoted and escaped, for generated config files.
+pub fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory for one test.
+    fn test_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("anonnet-config-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn relay_config_with_every_key_parses() {
+        let dir = test_dir("relay-full");
+        let file = write(
+            &dir,
+            "relay.toml",
+            r#"
+[relay]
+data_dir = "data"
+listen = "0.0.0.0:9001"
+advertise = "203.0.113.5:9001"
+guard = false
+bandwidth = 5000
+descriptor_file = "out/relay.desc"
+
+[exit]
+enabled = true
+policy = ["accept 127.0.0.0/8:*", "reject *:25", "accept [::1]/128:80-443"]
+
+[limits]
+max_circuits = 100
+max_streams_per_circuit = 10
+connect_timeout_secs = 5
+max_links = 50
+"#,
+        );
+        let s = load_relay(&file).unwrap();
+        let r = &s.relay;
+        assert_eq!(r.data_dir, dir.join("data"));
+        assert_eq!(r.listen, "0.0.0.0:9001".parse().unwrap());
+        assert_eq!(r.advertise, Some("203.0.113.5:9001".parse().unwrap()));
+        assert!(!r.guard);
+        assert_eq!(r.bandwidth, 5000);
+        assert_eq!(s.descriptor_file, dir.join("out/relay.desc"));
+        assert_eq!(r.limits.max_circuits, 100);
+        assert_eq!(r.limits.max_streams_per_circuit, 10);
+        assert_eq!(r.limits.connect_timeout, Duration::from_secs(5));
+        assert_eq!(r.limits.max_links, 50);
+        let p = r.exit_policy.as_ref().unwrap();
+        assert!(p.allows("127.0.0.1".parse().unwrap(), 8080));
+        assert!(!p.allows("1.1.1.1".parse().unwrap(), 25));
+        assert!(!p.allows("::1".parse().unwrap(), 8080));
+        assert!(p.allows("::1".parse().unwrap(), 443));
+        assert!(!p.allows("10.0.0.1".parse().unwrap(), 80));
+        assert!(p.allows("1.1.1.1".parse().unwrap(), 80));
+    }
+
+    #[test]
+    fn relay_defaults_apply_to_missing_keys() {
+        let dir = test_dir("relay-defaults");
+        let file = write(&dir, "relay.toml", "[relay]\nlisten = \"127.0.0.1:0\"\n");
+        let s = load_relay(&file).unwrap();
+        assert!(s.relay.guard);
+        assert_eq!(s.relay.bandwidth, DEFAULT_BANDWIDTH);
+        assert!(s.relay.exit_policy.is_none());
+        assert_eq!(s.relay.advertise, None);
+        assert_eq!(s.relay.limits.max_circuits, Limits::default().max_circuits);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_key_and_allowed_keys() {
+        let dir = test_dir("unknown-key");
+        let file = write(
+            &dir,
+            "relay.toml",
+            "[relay]\nlisten = \"127.0.0.1:0\"\nlistne = \"1.2.3.4:5\"\n",
+        );
+        let e = load_relay(&file).unwrap_err().to_string();
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("relay.listne"), "{e}");
+        assert!(e.contains("`listen`") && e.contains("`advertise`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_rejected() {
+        let dir = test_dir("unknown-section");
+        let file = write(&dir, "relay.toml", "[relays]\nlisten = \"127.0.0.1:0\"\n");
+        let e = load_relay(&file).unwrap_err().to_string();
+        assert!(e.contains("`relays`") && e.contains("`relay`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let dir = test_dir("wrong-type");
+        let file = write(&dir, "relay.toml", "[relay]\nguard = \"yes\"\n");
+        let e = load_relay(&file).unwrap_err().to_string();
+        assert!(e.contains("relay.guard") && e.contains("line 2"), "{e}");
+        assert!(e.contains("bool"), "{e}");
+    }
+
+    #[test]
+    fn bad_policy_line_names_key_index_and_syntax() {
+        let dir = test_dir("bad-policy");
+        let file = write(
+            &dir,
+            "relay.toml",
+            "[relay]\nlisten = \"127.0.0.1:0\"\n[exit]\nenabled = true\npolicy = [\n  \"accept 127.0.0.0/8:*\",\n  \"allow 10.0.0.0/8:*\",\n]\n",
+        );
+        let e = load_relay(&file).unwrap_err().to_string();
+        assert!(e.contains("exit.policy[1]"), "{e}");
+        assert!(e.contains("line 7"), "{e}");
+        assert!(
+            e.contains("\"allow\"") && e.contains("accept or reject"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn policy_lines_parse_like_tor() {
+        let one = |l: &str| parse_policy_line(l).unwrap();
+        assert_eq!(one("reject *:25").len(), 2);
+        assert_eq!(one("accept *4:*").len(), 1);
+        let r = &one("accept 10.1.2.3:8000-8080")[0];
+        assert_eq!(r.net, "10.1.2.3/32".parse::<IpNet>().unwrap());
+        assert_eq!(r.ports, PortRange { lo: 8000, hi: 8080 });
+        let r = &one("ACCEPT [::1]:443")[0];
+        assert_eq!(r.net, "::1/128".parse::<IpNet>().unwrap());
+        assert_eq!(r.action, Action::Accept);
+        let r = &one("reject [fd00::]/8:*")[0];
+        assert_eq!(r.net, "fd00::/8".parse::<IpNet>().unwrap());
+        assert_eq!(r.ports, PortRange::ALL);
+        for bad in [
+            "accept",
+            "accept 127.0.0.1",
+            "accept 127.0.0.1:0",
+            "accept 127.0.0.1:99999",
+            "accept 127.0.0.1:90-80",
+            "accept 300.0.0.1:80",
+            "accept [::1:80",
+            "accept 1.2.3.4:80 extra",
+            "deny *:*",
+        ] {
+            let e = parse_policy_line(bad).unwrap_err();
+            assert!(e.contains("accept|reject NET:PORTS"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn unspecified_listen_needs_advertise() {
+        let dir = test_dir("advertise");
+        let file = write(&dir, "relay.toml", "[relay]\nlisten = \"0.0.0.0:9001\"\n");
+        let e = load_relay(&file).unwrap_err().to_string();
+        assert!(e.contains("relay.advertise") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_and_range_name_allowed_values() {
+        let dir = test_dir("bad-values");
+        let file = write(&dir, "relay.toml", "[relay]\nlisten = \"localhost\"\n");
+        let e = load_relay(&file).unwrap_err().to_string();
+        assert!(e.contains("relay.listen") && e.contains("IP:PORT"), "{e}");
+        let file = write(
+            &dir,
+            "relay.toml",
+            "[relay]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_circuits = 0\n",
+        );
+        let e = load_relay(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("limits.max_circuits") && e.contains("1..="),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_config_file_is_named() {
+        let dir = test_dir("missing-file");
+        let e = load_client(&dir.join("nope.toml")).unwrap_err().to_string();
+        assert!(e.contains("nope.toml") && e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn missing_bootstrap_file_names_key_and_path() {
+        let dir = test_dir("missing-bootstrap");
+        let file = write(
+            &dir,
+            "client.toml",
+            "[client]\nbootstrap = [\"r1.desc\", \"r2.desc\", \"r3.desc\"]\n",
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(e.contains("client.bootstrap[0]"), "{e}");
+        assert!(
+            e.contains(&dir.join("r1.desc").display().to_string()),
+            "{e}"
+        );
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn too_few_bootstrap_relays_is_an_error() {
+        let dir = test_dir("few-bootstrap");
+        let file = write(&dir, "client.toml", "[client]\nbootstrap = [\"r1.desc\"]\n");
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.bootstrap") && e.contains("at least 3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_descriptor_file_is_reported() {
+        let dir = test_dir("bad-descriptor");
+        for n in 1..=3 {
+            write(&dir, &format!("r{n}.desc"), "not base64!\n");
+        }
+        let file = write(
+            &dir,
+            "client.toml",
+            "[client]\nbootstrap = [\"r1.desc\", \"r2.desc\", \"r3.desc\"]\n",
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a relay descriptor"), "{e}");
+    }
+
+    #[test]
+    fn socks_listen_accepts_auto_and_addresses() {
+        assert_eq!(
+            parse_socks_listen("auto").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert_eq!(
+            parse_socks_listen("[::1]:9150").unwrap(),
+            "[::1]:9150".parse().unwrap()
+        );
+        let e = parse_socks_listen("9050").unwrap_err();
+        assert!(e.contains("\"auto\""), "{e}");
+        let dir = test_dir("socks-listen");
+        let file = write(&dir, "client.toml", "[client]\nsocks_listen = \"nine\"\n");
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.socks_listen") && e.contains("auto"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn testnet_config_validates_relays_and_policy() {
+        let dir = test_dir("testnet");
+        let file = write(
+            &dir,
+            "testnet.toml",
+            "[testnet]\nrelays = 4\nsocks_listen = \"auto\"\ndir = \"net\"\nexit_policy = [\"accept 127.0.0.0/8:*\"]\n",
+        );
+        let t = load_testnet(&file).unwrap();
+        assert_eq!(t.relays, Some(4));
+        assert_eq!(t.socks_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(t.dir, Some(dir.join("net")));
+        let file = write(&dir, "testnet.toml", "[testnet]\nrelays = 2\n");
+        let e = load_testnet(&file).unwrap_err().to_string();
+        assert!(e.contains("testnet.relays") && e.contains("3..=64"), "{e}");
+    }
+
+    #[test]
+    fn shipped_default_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        // relay.toml listens on 0.0.0.0 and leaves `advertise` for the operator to set:
+        // every key parses, and the one error is the missing advertise address.
+        let e = load_relay(&root.join("relay.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relay.advertise"), "{e}");
+        let src = Source::read(&root.join("relay.toml")).unwrap();
+        let relay: RelayFile = src.parse().unwrap();
+        assert_eq!(
+            relay.relay.bandwidth.map(|b| *b.get_ref()),
+            Some(DEFAULT_BANDWIDTH)
+        );
+        load_testnet(&root.join("testnet.toml")).unwrap();
+        // client.toml needs descriptor files: only the syntax and keys are checked here.
+        let src = Source::read(&root.join("client.toml")).unwrap();
+        src.parse::<ClientFile>().unwrap();
+    }
+
+    #[test]
+    fn toml_string_quotes_and_escapes() {
+        let tricky = r#"C:\dir "quoted" 'single'"#;
+        let doc = format!("k = {}\n", toml_string(tricky));
+        let parsed: toml::Table = toml::from_str(&doc).unwrap();
+        assert_eq!(parsed["k"].as_str(), Some(tricky));
+    }
+}

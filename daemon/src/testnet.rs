@@ -1,0 +1,508 @@
+//! `anonnet testnet`: a whole network on loopback, each relay and the client a separate
+//! process of this same binary, plus the demo site.
+//!
+//! Layout of the testnet directory:
+//! ```text
+//! DIR/relay-<i>/relay.toml   generated config (listen 127.0.0.1:0, exit for loopback)
+//! DIR/relay-<i>/relay.log    the relay's stderr
+//! DIR/relay-<i>/descriptor   its signed descriptor (plus keys and stats.json)
+//! DIR/client/client.toml     bootstrap = every relay's descriptor
+//! DIR/client/client.log      the client's stderr
+//! DIR/client/ports.json      the SOCKS address actually bound
+//! ```
+//!
+//! Children are started with `--exit-with-parent` and a piped stdin, so they exit on their
+//! own if this process dies without cleaning up, and with `kill_on_drop` as a backstop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::toml_string;
+use crate::shutdown::Shutdown;
+use crate::site::DemoSite;
+use crate::{create_private_dir, print_line, Error};
+
+/// How long all relays together may take to print their ready line.
+const RELAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client may take to bind SOCKS and build its first circuit.
+const CLIENT_READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long children get to exit by themselves once their stdin closes, before SIGKILL.
+const GRACEFUL_STOP: Duration = Duration::from_secs(3);
+/// How often running children are checked for unexpected exits.
+const CHILD_POLL: Duration = Duration::from_millis(500);
+/// Lines of a child's log quoted when it fails.
+const LOG_TAIL_LINES: usize = 8;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct TestnetOptions {
+    /// Relay processes (at least 3).
+    pub relays: usize,
+    /// The client's SOCKS5 address (port 0 picks a free port).
+    pub socks: SocketAddr,
+    /// The directory for everything; `None` creates a fresh one under the OS temp dir.
+    pub dir: Option<PathBuf>,
+    /// Exit policy lines of every relay (validated).
+    pub exit_policy: Vec<String>,
+}
+
+/// One child process of the testnet.
+struct ChildProc {
+    name: String,
+    log: PathBuf,
+    child: Child,
+    /// Held open while the child should run: closing it tells the child to exit.
+    stdin: Option<ChildStdin>,
+    /// Set once the child has exited (and was reported).
+    exited: Option<ExitStatus>,
+}
+
+/// Everything the testnet started, stopped together.
+#[derive(Default)]
+struct Testnet {
+    children: Vec<ChildProc>,
+    site: Option<JoinHandle<()>>,
+}
+
+/// A relay's `RELAY ready` line.
+#[derive(Debug)]
+struct ReadyRelay {
+    node_id: String,
+    addr: SocketAddr,
+    descriptor: PathBuf,
+}
+
+/// Start the testnet, print the ready lines, run until a signal, stop every child.
+///
+/// # Errors
+/// [`Error`] when a directory, config or child cannot be set up or a child does not get
+/// ready; every child already started is stopped first.
+pub async fn run(options: TestnetOptions, shutdown: &mut Shutdown) -> Result<(), Error> {
+    let mut net = Testnet::default();
+    let started = tokio::select! {
+        r = start(&options, &mut net) => r.map(Some),
+        why = shutdown.wait() => {
+            info!("{why}: stopping the testnet while it was starting");
+            Ok(None)
+        }
+    };
+    match started {
+        Ok(Some(())) => {
+            let why = net.watch(shutdown).await;
+            info!("{why}: stopping the testnet");
+            net.stop().await;
+            Ok(())
+        }
+        Ok(None) => {
+            net.stop().await;
+            Ok(())
+        }
+        Err(e) => {
+            net.stop().await;
+            Err(e)
+        }
+    }
+}
+
+async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error> {
+    let dir = match &options.dir {
+        Some(d) => {
+            create_private_dir(d)?;
+            std::path::absolute(d).map_err(Error::io(format!("resolving {}", d.display())))?
+        }
+        None => fresh_dir()?,
+    };
+    if options.socks.port() != 0 {
+        // Fail before starting anything when the SOCKS port is taken, naming the flag to
+        // change (the client would name its generated config file instead).
+        if let Err(e) = std::net::TcpListener::bind(options.socks) {
+            return Err(Error::Testnet(format!(
+                "cannot listen for SOCKS5 on {}: {e}. Port {} is taken (another anonnet or \
+                 Tor?): pass --socks auto to pick a free port, or --socks 127.0.0.1:PORT",
+                options.socks,
+                options.socks.port()
+            )));
+        }
+    }
+    let exe = std::env::current_exe().map_err(Error::io("finding the anonnet executable"))?;
+    info!(dir = %dir.display(), relays = options.relays, "starting testnet");
+
+    // All relays start at once; their ready lines are read afterwards under one deadline.
+    for i in 1..=options.relays {
+        let rdir = dir.join(format!("relay-{i}"));
+        create_private_dir(&rdir)?;
+        let config = rdir.join("relay.toml");
+        write_file(&config, &relay_toml(i, &options.exit_policy))?;
+        let child = spawn(
+            &exe,
+            format!("relay-{i}"),
+            &["relay", "--config"],
+            &config,
+            &rdir.join("relay.log"),
+        )?;
+        net.children.push(child);
+    }
+    let deadline = Instant::now() + RELAY_READY_TIMEOUT;
+    let mut descriptors = Vec::with_capacity(options.relays);
+    for child in &mut net.children {
+        let line = read_ready(child, "RELAY ready ", deadline).await?;
+        let relay = parse_relay_ready(&line).ok_or_else(|| {
+            Error::Testnet(format!(
+                "{} printed a malformed ready line: {line:?}",
+                child.name
+            ))
+        })?;
+        info!(
+            relay = %child.name,
+            node = %relay.node_id.get(..8).unwrap_or(&relay.node_id),
+            addr = %relay.addr,
+            "relay ready"
+        );
+        descriptors.push(relay.descriptor);
+    }
+
+    let site = DemoSite::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(Error::io("binding the demo site on 127.0.0.1"))?;
+    let site_addr = site.local_addr();
+    net.site = Some(tokio::spawn(site.serve()));
+    info!(addr = %site_addr, "demo site listening");
+
+    let cdir = dir.join("client");
+    create_private_dir(&cdir)?;
+    let config = cdir.join("client.toml");
+    write_file(&config, &client_toml(options.socks, &descriptors))?;
+    let client_log = cdir.join("client.log");
+    let mut client = spawn(
+        &exe,
+        "client".into(),
+        &["run", "--config"],
+        &config,
+        &client_log,
+    )?;
+    let ready = read_ready(
+        &mut client,
+        "SOCKS5 ready on ",
+        Instant::now() + CLIENT_READY_TIMEOUT,
+    )
+    .await;
+    net.children.push(client);
+    let line = ready?;
+    let socks: SocketAddr = line
+        .trim_start_matches("SOCKS5 ready on ")
+        .trim()
+        .parse()
+        .map_err(|_| {
+            Error::Testnet(format!(
+                "the client printed a malformed ready line: {line:?}"
+            ))
+        })?;
+
+    print_line(&format!("SOCKS5 ready on {socks}"))?;
+    print_line(&format!(
+        "curl --socks5-hostname {socks} http://localhost:{}/",
+        site_addr.port()
+    ))?;
+    print_line(&format!(
+        "Logs: {}/relay-*/relay.log and {}. Ctrl-C stops the testnet.",
+        dir.display(),
+        client_log.display()
+    ))?;
+    Ok(())
+}
+
+/// A new, empty directory `anonnet-testnet-<pid>-<n>` under the OS temp dir.
+fn fresh_dir() -> Result<PathBuf, Error> {
+    let base = std::env::temp_dir();
+    let pid = std::process::id();
+    let mut last = None;
+    for n in 0..1000 {
+        let dir = base.join(format!("anonnet-testnet-{pid}-{n}"));
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        match builder.create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(Error::io(format!("creating {}", dir.display()))(e)),
+        }
+    }
+    Err(Error::io(format!(
+        "creating a testnet directory in {}",
+        base.display()
+    ))(
+        last.unwrap_or_else(|| std::io::Error::other("no free name")),
+    ))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(Error::io(format!("writing {}", path.display())))
+}
+
+fn relay_toml(i: usize, exit_policy: &[String]) -> String {
+    let policy: Vec<String> = exit_policy.iter().map(|l| toml_string(l)).collect();
+    format!(
+        "# Generated by `anonnet testnet` for relay-{i}. Paths are relative to this file.\n\
+         [relay]\n\
+         data_dir = \".\"\n\
+         listen = \"127.0.0.1:0\"\n\
+         guard = true\n\
+         \n\
+         [exit]\n\
+         enabled = true\n\
+         policy = [{}]\n",
+        policy.join(", ")
+    )
+}
+
+fn client_toml(socks: SocketAddr, descriptors: &[PathBuf]) -> String {
+    let bootstrap: Vec<String> = descriptors
+        .iter()
+        .map(|d| format!("    {},\n", toml_string(&d.display().to_string())))
+        .collect();
+    format!(
+        "# Generated by `anonnet testnet`. Paths are relative to this file.\n\
+         [client]\n\
+         socks_listen = {}\n\
+         state_dir = \".\"\n\
+         bootstrap = [\n{}]\n",
+        toml_string(&socks.to_string()),
+        bootstrap.concat()
+    )
+}
+
+/// Start `exe ARGS CONFIG --exit-with-parent`, stdout piped, stderr to `log`.
+fn spawn(
+    exe: &Path,
+    name: String,
+    args: &[&str],
+    config: &Path,
+    log: &Path,
+) -> Result<ChildProc, Error> {
+    let stderr =
+        std::fs::File::create(log).map_err(Error::io(format!("creating {}", log.display())))?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .arg(config)
+        .arg("--exit-with-parent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(Error::io(format!("starting {name} ({})", exe.display())))?;
+    debug!(%name, pid = ?child.id(), "started");
+    let stdin = child.stdin.take();
+    Ok(ChildProc {
+        name,
+        log: log.to_path_buf(),
+        child,
+        stdin,
+        exited: None,
+    })
+}
+
+/// Read the child's stdout until a line starting with `prefix`, by `deadline`. The rest of
+/// its stdout is drained in the background so the child never blocks on a full pipe.
+async fn read_ready(
+    child: &mut ChildProc,
+    prefix: &str,
+    deadline: Instant,
+) -> Result<String, Error> {
+    let Some(stdout) = child.child.stdout.take() else {
+        return Err(Error::Testnet(format!(
+            "{}: stdout is not piped",
+            child.name
+        )));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.starts_with(prefix) => {
+                let name = child.name.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        debug!(child = %name, "stdout: {line}");
+                    }
+                });
+                return Ok(line);
+            }
+            Ok(Ok(Some(line))) => debug!(child = %child.name, "stdout: {line}"),
+            Ok(Ok(None) | Err(_)) => {
+                // stdout closed: the child is exiting; give it a moment to be reaped.
+                let status = tokio::time::timeout(Duration::from_secs(5), child.child.wait()).await;
+                let status = match status {
+                    Ok(Ok(s)) => {
+                        child.exited = Some(s);
+                        s.to_string()
+                    }
+                    _ => "closed its stdout".to_owned(),
+                };
+                return Err(Error::Testnet(format!(
+                    "{} exited before it was ready ({status}); its log {}:\n{}",
+                    child.name,
+                    child.log.display(),
+                    log_tail(&child.log)
+                )));
+            }
+            Err(_) => {
+                return Err(Error::Testnet(format!(
+                    "{} did not print \"{}...\" in time; its log {}:\n{}",
+                    child.name,
+                    prefix.trim(),
+                    child.log.display(),
+                    log_tail(&child.log)
+                )));
+            }
+        }
+    }
+}
+
+/// `RELAY ready <node_id_hex> <bound_addr> <descriptor_file_path>`; the path may contain
+/// spaces.
+fn parse_relay_ready(line: &str) -> Option<ReadyRelay> {
+    let rest = line.strip_prefix("RELAY ready ")?;
+    let mut parts = rest.splitn(3, ' ');
+    let node_id = parts.next()?.to_owned();
+    let addr = parts.next()?.parse().ok()?;
+    let descriptor = PathBuf::from(parts.next()?);
+    Some(ReadyRelay {
+        node_id,
+        addr,
+        descriptor,
+    })
+}
+
+/// The last lines of a log file, indented, for error messages.
+fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+            let tail: Vec<String> = lines
+                .get(start..)
+                .unwrap_or_default()
+                .iter()
+                .map(|l| format!("    {l}"))
+                .collect();
+            if tail.is_empty() {
+                "    (empty)".to_owned()
+            } else {
+                tail.join("\n")
+            }
+        }
+        Err(e) => format!("    (cannot read: {e})"),
+    }
+}
+
+impl Testnet {
+    /// Run until a signal, reporting children that exit on their own.
+    async fn watch(&mut self, shutdown: &mut Shutdown) -> &'static str {
+        let mut tick = tokio::time::interval(CHILD_POLL);
+        loop {
+            tokio::select! {
+                why = shutdown.wait() => return why,
+                _ = tick.tick() => {
+                    for c in &mut self.children {
+                        if c.exited.is_some() {
+                            continue;
+                        }
+                        if let Ok(Some(status)) = c.child.try_wait() {
+                            c.exited = Some(status);
+                            warn!(
+                                "{} exited unexpectedly ({status}); its log {}:\n{}",
+                                c.name,
+                                c.log.display(),
+                                log_tail(&c.log)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stop every child and wait for it: close stdin (they exit by themselves), then
+    /// SIGKILL whatever is still running after [`GRACEFUL_STOP`].
+    async fn stop(&mut self) {
+        if let Some(site) = self.site.take() {
+            site.abort();
+        }
+        for c in &mut self.children {
+            c.stdin = None;
+        }
+        let deadline = Instant::now() + GRACEFUL_STOP;
+        for c in &mut self.children {
+            if c.exited.is_some() {
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, c.child.wait()).await {
+                Ok(Ok(status)) => {
+                    debug!(child = %c.name, %status, "stopped");
+                    c.exited = Some(status);
+                }
+                Ok(Err(e)) => warn!("waiting for {}: {e}", c.name),
+                Err(_) => {
+                    warn!("{} did not stop in time; killing it", c.name);
+                    if let Err(e) = c.child.kill().await {
+                        warn!("killing {}: {e}", c.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_ready_line_parses_with_spaces_in_path() {
+        let r = parse_relay_ready("RELAY ready abcd 127.0.0.1:4000 /tmp/a dir/descriptor").unwrap();
+        assert_eq!(r.node_id, "abcd");
+        assert_eq!(r.addr, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(r.descriptor, PathBuf::from("/tmp/a dir/descriptor"));
+        assert!(parse_relay_ready("RELAY ready abcd notanaddr /x").is_none());
+        assert!(parse_relay_ready("SOCKS5 ready on 127.0.0.1:1").is_none());
+    }
+
+    #[test]
+    fn generated_configs_load() {
+        let dir = std::env::temp_dir().join(format!("anonnet-testnet-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy: Vec<String> = crate::config::TESTNET_EXIT_POLICY
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let relay = dir.join("relay.toml");
+        std::fs::write(&relay, relay_toml(1, &policy)).unwrap();
+        let s = crate::config::load_relay(&relay).unwrap();
+        assert_eq!(s.relay.data_dir, dir.join("."));
+        let p = s.relay.exit_policy.unwrap();
+        assert!(p.allows("127.0.0.1".parse().unwrap(), 8080));
+        assert!(p.allows("::1".parse().unwrap(), 8080));
+        assert!(!p.allows("10.0.0.1".parse().unwrap(), 8080));
+        // The client config parses up to the (missing) descriptor files.
+        let client = dir.join("client.toml");
+        let descs: Vec<PathBuf> = (1..=3)
+            .map(|i| dir.join(format!("r \"{i}\".desc")))
+            .collect();
+        std::fs::write(&client, client_toml("127.0.0.1:0".parse().unwrap(), &descs)).unwrap();
+        let e = crate::config::load_client(&client).unwrap_err().to_string();
+        assert!(
+            e.contains("client.bootstrap[0]") && e.contains("r \"1\".desc"),
+            "{e}"
+        );
+    }
+}
