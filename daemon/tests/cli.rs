@@ -42,6 +42,9 @@ fn unknown_config_key_names_file_and_key() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("relay.toml") && err.contains("listne"), "{err}");
+    assert!(
+        err.contains("relay.toml") && err.contains("listne"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
