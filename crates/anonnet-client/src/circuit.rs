@@ -198,10 +198,7 @@ impl Circuit {
             .map_err(|_| CircuitError::Closed)?;
         let reply = read_cell(&mut recv, CELL_LEN).await?;
         let created = Created::decode(&reply).map_err(|_| match Destroy::decode(&reply) {
-            Ok(d) => CircuitError::Extend {
-                hop: 0,
-                reason: d.reason,
-            },
+            Ok(d) => hs_err(0, format!("guard refused CREATE: {:?}", d.reason)),
             Err(_) => hs_err(0, "no CREATED".into()),
         })?;
         let keys = hs
@@ -322,6 +319,15 @@ impl Circuit {
     /// True once the circuit can carry nothing more.
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// True when another stream fits on this circuit (fewer than
+    /// [`MAX_STREAMS_PER_CIRCUIT`] open).
+    pub fn has_stream_capacity(&self) -> bool {
+        self.streams
+            .lock()
+            .map(|t| t.streams.len() < MAX_STREAMS_PER_CIRCUIT)
+            .unwrap_or(false)
     }
 
     /// True when the exit's policy summary allows `port`.

@@ -244,10 +244,13 @@ impl Client {
                 }
                 Ok(Err(e)) => {
                     warn!("circuit build failed: {e}");
-                    if let CircuitError::Extend { hop, .. } = e {
-                        avoid.extend(ids.get(hop + 1).copied());
-                    } else if let CircuitError::Link(..) = e {
-                        avoid.extend(ids.first().copied());
+                    // Avoid the relay that failed: the one a hop could not extend to, the
+                    // hop whose handshake failed, or the guard whose link failed.
+                    match &e {
+                        CircuitError::Extend { hop, .. } => avoid.extend(ids.get(hop + 1).copied()),
+                        CircuitError::Handshake { hop, .. } => avoid.extend(ids.get(*hop).copied()),
+                        CircuitError::Link(..) => avoid.extend(ids.first().copied()),
+                        _ => {}
                     }
                     last = e.into();
                 }
@@ -280,7 +283,7 @@ impl Client {
                 .live_circuits()
                 .into_iter()
                 .rev()
-                .find(|c| c.exit_allows_port(port));
+                .find(|c| c.exit_allows_port(port) && c.has_stream_capacity());
             let circuit = match reuse {
                 Some(c) => c,
                 None => self.build_circuit(port).await?,
@@ -290,6 +293,10 @@ impl Client {
                 .await
             {
                 Ok(s) => return Ok(s),
+                // The circuit is fine, only full: the next round picks or builds another.
+                Err(StreamError::Circuit(e @ CircuitError::TooManyStreams)) => {
+                    last = ClientError::Stream(StreamError::Circuit(e));
+                }
                 Err(StreamError::Circuit(e)) => {
                     warn!(
                         circuit = circuit.id(),

@@ -170,3 +170,123 @@ async fn bulk_download_does_not_stall() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn net(name: &str) -> (std::path::PathBuf, Vec<Relay>, std::sync::Arc<Client>) {
+    let dir = tempdir(name);
+    let relays = relays(3, &dir).await;
+    let client = Client::start(ClientConfig {
+        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
+        quic_bind: "127.0.0.1:0".parse().unwrap(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    client.wait_ready().await.unwrap();
+    (dir, relays, client)
+}
+
+/// Failed connects release their exit stream slot: more failures than the per-circuit
+/// stream limit, then a good connect on the same circuit still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connects_do_not_exhaust_the_exit() {
+    let (dir, relays, client) = net("failed").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for _ in 0..anonnet_client::circuit::MAX_STREAMS_PER_CIRCUIT + 20 {
+        let err = client
+            .connect(Target::Ip("127.0.0.1".parse().unwrap()), closed_port)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    }
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = open.local_addr().unwrap().port();
+    tokio::spawn(async move { while open.accept().await.is_ok() {} });
+    client
+        .connect(Target::Ip("127.0.0.1".parse().unwrap()), port)
+        .await
+        .unwrap();
+    assert_eq!(client.circuits().len(), 1, "the circuit was never replaced");
+    for r in &relays {
+        r.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// More concurrent streams than one circuit carries: a second circuit takes the rest and
+/// the streams on the first keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_circuit_is_not_closed_when_another_stream_comes() {
+    let (dir, relays, client) = net("full").await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mut streams = Vec::new();
+    for _ in 0..anonnet_client::circuit::MAX_STREAMS_PER_CIRCUIT + 8 {
+        streams.push(
+            client
+                .connect(Target::Ip("127.0.0.1".parse().unwrap()), port)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(client.circuits().len(), 2);
+    for s in [streams.first_mut().unwrap()] {
+        s.write_all(b"still here").await.unwrap();
+        let mut got = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"still here");
+    }
+    for r in &relays {
+        r.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bytes written before the stream is dropped all reach the destination: the exit sends
+/// queued DATA before it acts on END.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_written_before_end_reaches_the_destination() {
+    let (dir, relays, client) = net("end").await;
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = sink.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                let _ = s.read_to_end(&mut all).await;
+                let _ = tx.send(all.len()).await;
+            });
+        }
+    });
+    for _ in 0..5 {
+        let mut s = client
+            .connect(Target::Ip("127.0.0.1".parse().unwrap()), port)
+            .await
+            .unwrap();
+        s.write_all(&vec![1u8; 200_000]).await.unwrap();
+        drop(s);
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, 200_000);
+    }
+    for r in &relays {
+        r.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

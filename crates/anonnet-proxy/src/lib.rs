@@ -43,7 +43,6 @@ pub fn socks_reply(kind: ErrorKind) -> ReplyError {
         ErrorKind::ConnectionRefused => ReplyError::ConnectionRefused,
         ErrorKind::HostUnreachable => ReplyError::HostUnreachable,
         ErrorKind::Timeout => ReplyError::TtlExpired,
-        ErrorKind::BadRequest => ReplyError::AddressTypeNotSupported,
         _ => ReplyError::GeneralFailure,
     }
 }

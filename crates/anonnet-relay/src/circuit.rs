@@ -473,7 +473,10 @@ impl ForwardTask {
                     port,
                     rx,
                     self.out.clone(),
-                    token,
+                    ExitTokens {
+                        stream: token,
+                        circuit: self.teardown.token.clone(),
+                    },
                     RelayCell::max_payload(self.cell_len - relay_layout::INNER),
                 ));
                 Ok(())
@@ -493,6 +496,8 @@ impl ForwardTask {
                 Ok(())
             }
             RelayMsg::End(_) => {
+                // Dropping the slot closes the data channel: the writer sends what is
+                // queued, then closes the connection. Cancelling stops the reader.
                 if let Some(slot) = self.streams.remove(&id) {
                     slot.token.cancel();
                 }
@@ -567,6 +572,15 @@ fn end_reason_for(e: &std::io::Error) -> EndReason {
     }
 }
 
+/// The two ways an exit stream is stopped.
+struct ExitTokens {
+    /// Cancelled when the stream is over for reading: `END` from the client, the
+    /// destination's EOF, a failed connect. The forward task forgets cancelled streams.
+    stream: CancellationToken,
+    /// Cancelled when the whole circuit goes: also stops the writer at once.
+    circuit: CancellationToken,
+}
+
 /// Resolve (at the exit), apply the exit policy to the resolved address, connect, then
 /// pump bytes both ways until either side ends.
 #[allow(clippy::too_many_arguments)]
@@ -578,9 +592,12 @@ async fn exit_stream(
     port: u16,
     mut data_rx: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<Outgoing>,
-    token: CancellationToken,
+    tokens: ExitTokens,
     max_payload: usize,
 ) {
+    // However this function ends, the stream slot is released.
+    let token = tokens.stream.clone();
+    let _release = tokens.stream.drop_guard();
     let send = |msg: RelayMsg| {
         let out = out.clone();
         async move {
@@ -630,12 +647,26 @@ async fn exit_stream(
     let _ = tcp.set_nodelay(true);
     send(RelayMsg::Connected).await;
     let (mut rd, mut wr) = tcp.into_split();
-    let writer_token = token.clone();
+    // The writer sends DATA in order. When the stream ends for reading (the client's END,
+    // or the destination's EOF answered with our END) it sends what is already queued and
+    // closes; when the circuit goes it stops at once.
+    let circuit_token = tokens.circuit;
+    let stream_token = token.clone();
     let writer = tokio::spawn(async move {
+        let mut draining = false;
         loop {
-            let data = tokio::select! {
-                d = data_rx.recv() => d,
-                () = writer_token.cancelled() => None,
+            let data = if draining {
+                data_rx.try_recv().ok()
+            } else {
+                tokio::select! {
+                    biased;
+                    () = circuit_token.cancelled() => None,
+                    d = data_rx.recv() => d,
+                    () = stream_token.cancelled() => {
+                        draining = true;
+                        continue;
+                    }
+                }
             };
             let Some(data) = data else { break };
             if wr.write_all(&data).await.is_err() {

@@ -17,24 +17,28 @@ pub const IDENTITY_FILE: &str = "identity.key";
 /// File name of the onion key secret.
 pub const ONION_FILE: &str = "onion.key";
 
-/// Create `dir` (mode 0700) if missing and check that nobody but the owner can write it.
+/// Create `dir` with mode 0700 if missing; refuse an existing directory that group or
+/// others can write (someone else could replace the keys).
 ///
 /// # Errors
 /// [`RelayError::Keys`] naming the path when it cannot be created or is group/world
 /// writable.
 pub fn prepare_dir(dir: &Path) -> Result<(), RelayError> {
+    let existed = dir.exists();
     fs::create_dir_all(dir).map_err(|e| keys_err(dir, &e.to_string()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        if !existed {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| keys_err(dir, &e.to_string()))?;
+        }
         let meta = fs::metadata(dir).map_err(|e| keys_err(dir, &e.to_string()))?;
         if meta.permissions().mode() & 0o022 != 0 {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
-                keys_err(
-                    dir,
-                    &format!("is group/world writable and chmod failed: {e}"),
-                )
-            })?;
+            return Err(keys_err(
+                dir,
+                "is writable by group or others; chmod 700 it before keys are stored there",
+            ));
         }
     }
     Ok(())
@@ -118,9 +122,10 @@ pub fn load_keys(dir: &Path) -> Result<(IdentityKey, OnionKey), RelayError> {
     Ok((IdentityKey::from_seed(&seed), OnionKey::from_secret(&onion)))
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn keys_are_created_once_and_reloaded() {
@@ -130,9 +135,7 @@ mod tests {
         let (id2, on2) = load_keys(&dir).unwrap();
         assert_eq!(id1.public(), id2.public());
         assert_eq!(on1.public(), on2.public());
-        #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(dir.join(IDENTITY_FILE))
                 .unwrap()
                 .permissions()
@@ -141,6 +144,10 @@ mod tests {
             fs::set_permissions(dir.join(ONION_FILE), fs::Permissions::from_mode(0o644)).unwrap();
             assert!(load_keys(&dir).is_err());
         }
+        fs::set_permissions(dir.join(ONION_FILE), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(load_keys(&dir).is_err(), "world-writable data dir refused");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         fs::write(dir.join(IDENTITY_FILE), b"short").unwrap();
         assert!(load_keys(&dir).is_err());
         let _ = fs::remove_dir_all(&dir);

@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""Independent check of the test vectors in docs/protocol.md.
+
+Written from the text of docs/protocol.md only (not from the Rust code), with
+standard primitives from `cryptography` (X25519, Ed25519, ChaCha20-Poly1305) and
+`blake3`; HKDF and HMAC are spelled out from RFC 5869 / RFC 2104 with hashlib/hmac.
+
+    pip install cryptography blake3
+    python3 docs/vectors/verify_vectors.py
+
+Exits 0 when every vector matches, 1 on any mismatch (each one is printed).
+It also checks that every expected value below is printed in docs/protocol.md.
+"""
+
+import base64
+import hashlib
+import hmac
+import pathlib
+import re
+import struct
+import sys
+
+try:
+    import blake3
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+except ImportError as e:  # pragma: no cover
+    sys.exit(f"missing module ({e}); run: pip install cryptography blake3")
+
+FAILURES = []
+
+
+def check(name, got, expected):
+    if isinstance(got, (bytes, bytearray)):
+        got = bytes(got).hex()
+    if got == expected:
+        print(f"ok    {name}")
+    else:
+        print(f"FAIL  {name}\n      got      {got}\n      expected {expected}")
+        FAILURES.append(name)
+
+
+def check_true(name, cond):
+    check(name, "true" if cond else "false", "true")
+
+
+# ---------------------------------------------------------------- §2 identities
+
+def ed25519_public(seed: bytes) -> bytes:
+    pk = Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    return pk.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def node_id(identity_public: bytes) -> bytes:
+    # NodeId = BLAKE3-256(identity public key), plain unkeyed hash, 32 bytes.
+    return blake3.blake3(identity_public).digest(length=32)
+
+
+def x25519_public(secret: bytes) -> bytes:
+    # Secrets are used as given; X25519 clamps them (RFC 7748 §5).
+    pk = X25519PrivateKey.from_private_bytes(secret).public_key()
+    return pk.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def x25519(secret: bytes, public: bytes) -> bytes:
+    out = X25519PrivateKey.from_private_bytes(secret).exchange(
+        X25519PublicKey.from_public_bytes(public)
+    )
+    if out == bytes(32):
+        raise ValueError("non-contributory X25519 result")
+    return out
+
+
+# ---------------------------------------------------------------- §5 handshake
+
+PROTOID = b"anonnet-ntor-x25519-sha256-1"
+
+
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int) -> bytes:
+    prk = hmac_sha256(salt, ikm)  # HKDF-Extract (RFC 5869 §2.2)
+    okm, t, i = b"", b"", 1  # HKDF-Expand (RFC 5869 §2.3)
+    while len(okm) < length:
+        t = hmac_sha256(prk, t + info + bytes([i]))
+        okm += t
+        i += 1
+    return okm[:length]
+
+
+def derive(exp_xy, exp_xb, nid, B, X, Y):
+    secret_input = exp_xy + exp_xb + nid + B + X + Y + PROTOID
+    assert len(secret_input) == 220
+    okm = hkdf_sha256(PROTOID + b":extract", secret_input, PROTOID + b":expand", 96)
+    auth_key, kf, kb = okm[0:32], okm[32:64], okm[64:96]
+    auth = hmac_sha256(auth_key, nid + B + Y + X + PROTOID + b"Server")
+    # The note of §5.2: zero-padding the key to the 64-byte block gives the same HMAC.
+    assert auth == hmac_sha256(auth_key + bytes(32), nid + B + Y + X + PROTOID + b"Server")
+    return auth, kf, kb
+
+
+def handshake_vector():
+    identity_seed, b, x, y = b"\x11" * 32, b"\x22" * 32, b"\x33" * 32, b"\x44" * 32
+    nid = node_id(ed25519_public(identity_seed))
+    B, X, Y = x25519_public(b), x25519_public(x), x25519_public(y)
+    # Client side: X25519(x, Y), X25519(x, B).
+    c_auth, c_kf, c_kb = derive(x25519(x, Y), x25519(x, B), nid, B, X, Y)
+    # Relay side: X25519(y, X), X25519(b, X).
+    r_auth, r_kf, r_kb = derive(x25519(y, X), x25519(b, X), nid, B, X, Y)
+    check_true("§5.3 client and relay derive the same AUTH, Kf, Kb",
+               (c_auth, c_kf, c_kb) == (r_auth, r_kf, r_kb))
+    expected = HANDSHAKE
+    for name, got in zip(
+        ["NODE_ID", "B", "X", "Y", "AUTH", "Kf", "Kb"],
+        [nid, B, X, Y, c_auth, c_kf, c_kb],
+    ):
+        check(f"§5.3 {name}", got, expected[name])
+    # A small-order X (all zeros) must be refused as non-contributory.
+    try:
+        x25519(b, bytes(32))
+        check_true("§5.2 non-contributory X refused", False)
+    except ValueError:
+        check_true("§5.2 non-contributory X refused", True)
+
+
+HANDSHAKE = {
+    "NODE_ID": "4a78877c4a0926fc5d5cb282bb45c11c8489b202fe1890fa0c6593e6192b9f75",
+    "B": "0faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20",
+    "X": "7b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b14",
+    "Y": "ff2ee45601ec1b67310c7790404585ae697331eee1c1f8cf2419731c1fff3e6b",
+    "AUTH": "392d5208cd14de179610df8fddb2336c9513176f2d1e0349738ac0d36175c7c4",
+    "Kf": "a7889429bd08d5fefc8ceed501b97de0336b69d3fdfaf57b040009fcbfcbb0ec",
+    "Kb": "5a3aa3d199a8aa5b4d6a1734537e1e3ef83f42054dfa57b432ab6c78eb96247a",
+}
+
+# ---------------------------------------------------------------- §7 onion layers
+
+CELL_LEN = 1024
+LAYER = 25  # seq (8) + tag (16) + kind (1)
+RELAY, FORWARD, DELIVER = 0x03, 1, 2
+
+
+def nonce(seq: int) -> bytes:
+    return b"\x00\x00\x00\x00" + struct.pack(">Q", seq)
+
+
+def seal(cell: bytearray, off: int, key: bytes, seq: int):
+    """Seal the layer region cell[off:]: seq (8) ‖ tag (16) ‖ body, body in place."""
+    body = bytes(cell[off + 24:])
+    ct = ChaCha20Poly1305(key).encrypt(nonce(seq), body, b"")
+    cell[off:off + 8] = struct.pack(">Q", seq)
+    cell[off + 8:off + 24] = ct[-16:]
+    cell[off + 24:] = ct[:-16]
+
+
+class Opener:
+    """Accepts exactly seq 0, 1, 2, … (§7.1)."""
+
+    def __init__(self, key):
+        self.key, self.expected = key, 0
+
+    def open(self, cell: bytearray, off: int):
+        (seq,) = struct.unpack(">Q", cell[off:off + 8])
+        if seq != self.expected:
+            raise ValueError(f"sequence {seq}, expected {self.expected}")
+        tag, body = bytes(cell[off + 8:off + 24]), bytes(cell[off + 24:])
+        try:
+            pt = ChaCha20Poly1305(self.key).decrypt(nonce(seq), body + tag, b"")
+        except InvalidTag:
+            raise ValueError("bad tag") from None
+        cell[off + 24:] = pt
+        self.expected += 1
+
+
+class ClientOnion:
+    def __init__(self, hop_keys):
+        self.kf = [kf for kf, _ in hop_keys]
+        self.fseq = [0] * len(hop_keys)
+        self.bopen = [Opener(kb) for _, kb in hop_keys]
+
+    def seal_forward(self, msg: bytes, t: int) -> bytearray:
+        # §7.2
+        c = bytearray(CELL_LEN)
+        c[26 + 25 * t:26 + 25 * t + len(msg)] = msg
+        for h in range(t, -1, -1):
+            c[25 + 25 * h] = DELIVER if h == t else FORWARD
+            seal(c, 1 + 25 * h, self.kf[h], self.fseq[h])
+            self.fseq[h] += 1
+        c[0] = RELAY
+        return c
+
+    def open_backward(self, c: bytearray):
+        # §7.3 "Client, backward"
+        for h, opener in enumerate(self.bopen):
+            opener.open(c, 1 + 25 * h)
+            kind = c[25 + 25 * h]
+            if kind == DELIVER:
+                return h, bytes(c[26 + 25 * h:])
+            if kind != FORWARD or h == len(self.bopen) - 1:
+                raise ValueError("bad kind")
+        raise ValueError("no hop")
+
+
+class RelayHop:
+    def __init__(self, kf, kb):
+        self.fopen, self.kb, self.bseq = Opener(kf), kb, 0
+
+    def forward(self, c: bytearray):
+        # §7.3 "Forward": returns ("FORWARD", next cell) or ("DELIVER", message).
+        if c[0] != RELAY:
+            raise ValueError("not RELAY")
+        self.fopen.open(c, 1)
+        kind = c[25]
+        if kind == FORWARD:
+            return "FORWARD", bytearray([RELAY]) + c[26:]
+        if kind == DELIVER:
+            return "DELIVER", bytes(c[26:])
+        raise ValueError("bad kind")
+
+    def _seal_backward(self, c: bytearray, kind: int):
+        c[25] = kind
+        seal(c, 1, self.kb, self.bseq)
+        self.bseq += 1
+        c[0] = RELAY
+        return c
+
+    def originate(self, msg: bytes, leg_len: int) -> bytearray:
+        c = bytearray(leg_len)
+        c[26:26 + len(msg)] = msg
+        return self._seal_backward(c, DELIVER)
+
+    def wrap(self, d: bytearray) -> bytearray:
+        # C = 0x03 ‖ [24] ‖ FORWARD ‖ D[1..]
+        c = bytearray(1 + 24 + 1) + d[1:]
+        return self._seal_backward(c, FORWARD)
+
+
+def vector_keys():
+    return [(bytes([i]) * 32, bytes([i + 100]) * 32) for i in (1, 2, 3)]
+
+
+MSG_DATA_HI = bytes.fromhex("02000100026869")  # DATA "hi" on stream 1
+
+ONION_FWD_PREFIX = (
+    "030000000000000000e63b2e1802ae49bbb497c1783049770600274dd1ee5216"
+    "c2044252d97fd5253e953dc4ac26ebee4faacd7134ef7b646ff5103dd47d465a"
+    "b4137afdeaa36bc03496c79b6ec23b6f"
+)
+ONION_FWD_BLAKE3 = "1a885e8ca9e1759080340aa9b25de909a7a2b2f8c2657da93dd939f64733ff94"
+ONION_BWD_PREFIX = (
+    "03000000000000000070a1923f4b3afa8b85e0d3987afba8f32d3160c70f70e7"
+    "af165f753682c327cac7e9eca44ca138c6f91bdd3e60055447d49a3a046a5312"
+    "957b0c492359ac045c930c1fc5f84c73"
+)
+ONION_BWD_BLAKE3 = "651e30aa11adda625f237dd6681a6ce51d0faeae66de6583fb8d4061b32af78a"
+
+
+def onion_vectors():
+    keys = vector_keys()
+    client = ClientOnion(keys)
+    cell = client.seal_forward(MSG_DATA_HI, 2)
+    check("§7.4 forward C[0..80]", cell[:80], ONION_FWD_PREFIX)
+    check("§7.4 forward BLAKE3(C)", blake3.blake3(bytes(cell)).hexdigest(), ONION_FWD_BLAKE3)
+
+    # Carry it through three relays: sizes shrink by 25 per leg, hop 2 gets the message.
+    relays = [RelayHop(kf, kb) for kf, kb in keys]
+    c, got = bytearray(cell), None
+    for h, r in enumerate(relays):
+        check_true(f"§4.1 leg {h} cell is {CELL_LEN - 25 * h} bytes", len(c) == CELL_LEN - 25 * h)
+        kind, out = r.forward(c)
+        if kind == "DELIVER":
+            got = (h, out[:len(MSG_DATA_HI)], out[len(MSG_DATA_HI):])
+            break
+        c = out
+    check_true("§7.3 forward vector reaches hop 2 with the message and zero padding",
+               got is not None and got[0] == 2 and got[1] == MSG_DATA_HI
+               and got[2] == bytes(len(got[2])))
+
+    # Backward: hop 2 originates, hops 1 and 0 wrap, the client peels.
+    relays = [RelayHop(kf, kb) for kf, kb in keys]
+    c = relays[2].originate(MSG_DATA_HI, CELL_LEN - 2 * 25)
+    c = relays[1].wrap(c)
+    c = relays[0].wrap(c)
+    check_true("§7.4 backward cell is 1024 bytes", len(c) == CELL_LEN)
+    check("§7.4 backward C[0..80]", c[:80], ONION_BWD_PREFIX)
+    check("§7.4 backward BLAKE3(C)", blake3.blake3(bytes(c)).hexdigest(), ONION_BWD_BLAKE3)
+    hop, msg = ClientOnion(keys).open_backward(bytearray(c))
+    check_true("§7.3 client opens the backward vector as hop 2's message",
+               hop == 2 and msg[:7] == MSG_DATA_HI)
+
+    # §7.1 / §7.3: a flipped bit, a replay and a skip each die at the next hop.
+    def fresh():
+        cl = ClientOnion(keys)
+        return cl, [RelayHop(kf, kb) for kf, kb in keys]
+
+    cl, rs = fresh()
+    c0 = cl.seal_forward(MSG_DATA_HI, 2)
+    _, to_middle = rs[0].forward(bytearray(c0))
+    bad = bytearray(to_middle)
+    bad[500] ^= 1  # the guard tampers with the middle's layer
+    try:
+        rs[1].forward(bad)
+        check_true("§7.3 flipped bit rejected by the next hop", False)
+    except ValueError:
+        check_true("§7.3 flipped bit rejected by the next hop", True)
+    cl, rs = fresh()
+    c0 = cl.seal_forward(MSG_DATA_HI, 2)
+    _, to_middle = rs[0].forward(bytearray(c0))
+    rs[1].forward(bytearray(to_middle))
+    try:
+        rs[1].forward(bytearray(to_middle))  # replay
+        check_true("§7.1 replayed cell rejected", False)
+    except ValueError as e:
+        check_true("§7.1 replayed cell rejected", "sequence" in str(e))
+    cl, rs = fresh()
+    cl.seal_forward(MSG_DATA_HI, 2)
+    c1 = cl.seal_forward(MSG_DATA_HI, 2)
+    try:
+        rs[0].forward(bytearray(c1))  # skip of seq 0
+        check_true("§7.1 skipped cell rejected", False)
+    except ValueError as e:
+        check_true("§7.1 skipped cell rejected", "sequence" in str(e))
+
+
+# ---------------------------------------------------------------- §3 descriptors
+
+DESC_CONTEXT = b"anonnet relay descriptor v1\0"
+
+
+def encode_body(identity, onion, addrs, flags, ports, bandwidth, published, expires):
+    out = bytes([1]) + identity + onion + bytes([len(addrs)])
+    for ip, port in addrs:
+        out += bytes([4 if len(ip) == 4 else 6]) + ip + struct.pack(">H", port)
+    out += bytes([flags, len(ports)])
+    for lo, hi in ports:
+        out += struct.pack(">HH", lo, hi)
+    out += struct.pack(">IQQ", bandwidth, published, expires)
+    return out
+
+
+DESC_BODY = (
+    "01d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c97787"
+    "370faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f"
+    "2001047f0000011b5903020050005001bb01bb000f4240000000006553f10000"
+    "00000065554280"
+)
+DESC_SIG = (
+    "dff96e6b997f8229770c4f23710f4ad3bf5f6e060df269c6176883e64c5e2f74"
+    "8c016554e408bccb1d01e4fbc9b38fe8432e266e1d7431ddfd4d507e6f93150d"
+)
+DESC_TEXT = (
+    "AGcB0EqyMnQrtKs6E2i9RhXk5tAiSrcaAWuvhSCjMsl3hzcPqmhO0ohnuX9Kai3uXfjO"
+    "l052twGOPyKhxM8meFcPIAEEfwAAARtZAwIAUABQAbsBuwAPQkAAAAAAZVPxAAAAAABl"
+    "VUKA3/lua5l/gil3DE8jcQ9K079fbgYN8mnGF2iD5kxeL3SMAWVU5Ai8yx0B5PvJs4/o"
+    "Qy4mbh10Md39TVB+b5MVDQ=="
+)
+
+
+def descriptor_vector():
+    seed = b"\x11" * 32
+    identity = ed25519_public(seed)
+    onion = x25519_public(b"\x22" * 32)
+    body = encode_body(
+        identity, onion, [(bytes([127, 0, 0, 1]), 7001)], 0x01 | 0x02,
+        [(80, 80), (443, 443)], 1_000_000, 1_700_000_000, 1_700_086_400,
+    )
+    check("§3.3 body", body, DESC_BODY)
+    sig = Ed25519PrivateKey.from_private_bytes(seed).sign(DESC_CONTEXT + body)
+    check("§3.3 signature", sig, DESC_SIG)
+    signed = struct.pack(">H", len(body)) + body + sig
+    check("§3.3 text", base64.b64encode(signed).decode(), DESC_TEXT)
+    # Verify as a reader would: parse the text form, check with the body's own key.
+    raw = base64.b64decode(DESC_TEXT)
+    (n,) = struct.unpack(">H", raw[:2])
+    rbody, rsig = raw[2:2 + n], raw[2 + n:]
+    ok = len(rsig) == 64 and len(DESC_CONTEXT) == 28
+    try:
+        Ed25519PublicKey.from_public_bytes(rbody[1:33]).verify(rsig, DESC_CONTEXT + rbody)
+    except Exception:
+        ok = False
+    check_true("§3.2 text form parses and its signature verifies", ok)
+    check("§3.3 NodeId", node_id(rbody[1:33]), HANDSHAKE["NODE_ID"])
+
+
+# ---------------------------------------------------------------- §6 relay messages
+
+def relay_msg(cmd, stream, payload):
+    return bytes([cmd]) + struct.pack(">HH", stream, len(payload)) + payload
+
+
+def message_examples():
+    host = b"example.com"
+    m = relay_msg(1, 1, bytes([1, len(host)]) + host + struct.pack(">H", 443))
+    check("§6.3 BEGIN host", m, "010001000f010b6578616d706c652e636f6d01bb")
+    m = relay_msg(1, 2, bytes([4, 192, 0, 2, 7]) + struct.pack(">H", 80))
+    check("§6.3 BEGIN IPv4", m, "010002000704c00002070050")
+    m = relay_msg(3, 1, bytes([6]))
+    check("§6.3 END DONE", m, "030001000106")
+    m = relay_msg(6, 0, b"\xaa" * 32 + bytes([4, 127, 0, 0, 1]) + struct.pack(">H", 7002)
+                  + b"\xbb" * 32 + b"\xcc" * 32)
+    check("§6.3 EXTEND", m,
+          "0600000067" + "aa" * 32 + "047f0000011b5a" + "bb" * 32 + "cc" * 32)
+    check_true("§6.1 max DATA per hop is 993, 968, 943",
+               [CELL_LEN - 25 * h - 26 - 5 for h in range(3)] == [993, 968, 943])
+
+
+# ---------------------------------------------------------------- the document
+
+def document_prints_the_vectors():
+    doc = pathlib.Path(__file__).resolve().parent.parent / "protocol.md"
+    if not doc.exists():
+        check_true("docs/protocol.md exists", False)
+        return
+    flat = re.sub(r"\s+", "", doc.read_text(encoding="utf-8"))
+    values = list(HANDSHAKE.values()) + [
+        ONION_FWD_PREFIX, ONION_FWD_BLAKE3, ONION_BWD_PREFIX, ONION_BWD_BLAKE3,
+        DESC_BODY, DESC_SIG, DESC_TEXT,
+        "010001000f010b6578616d706c652e636f6d01bb", "010002000704c00002070050",
+        "030001000106",
+    ]
+    missing = [v for v in values if v not in flat]
+    check_true(f"docs/protocol.md prints every vector (missing: {missing})", not missing)
+
+
+def main():
+    handshake_vector()
+    onion_vectors()
+    descriptor_vector()
+    message_examples()
+    document_prints_the_vectors()
+    if FAILURES:
+        print(f"\n{len(FAILURES)} mismatch(es)")
+        return 1
+    print("\nall vectors match")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
