@@ -31,6 +31,21 @@ async fn relays(n: usize, dir: &std::path::Path) -> Vec<Relay> {
     out
 }
 
+/// A TCP echo server on 127.0.0.1:0; returns its port.
+async fn spawn_echo_server() -> u16 {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
 fn tempdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("anonnet-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -41,16 +56,7 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 async fn stream_through_three_relays_echoes_bytes_and_reports_failures() {
     let dir = tempdir("inproc");
     let relays = relays(3, &dir).await;
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_port = echo.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let echo_port = spawn_echo_server().await;
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
@@ -219,16 +225,7 @@ async fn failed_connects_do_not_exhaust_the_exit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_circuit_is_not_closed_when_another_stream_comes() {
     let (dir, relays, client) = net("full").await;
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = echo.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let port = spawn_echo_server().await;
     let mut streams = Vec::new();
     for _ in 0..anonnet_client::circuit::MAX_STREAMS_PER_CIRCUIT + 8 {
         streams.push(
