@@ -125,6 +125,17 @@ impl StreamTable {
 
 static NEXT_CIRCUIT: AtomicU64 = AtomicU64::new(1);
 
+/// Byte counters shared by every stream of a client (see `status::Counters`).
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    /// Bytes written by applications into streams.
+    pub bytes_sent: AtomicU64,
+    /// Bytes read by applications from streams.
+    pub bytes_received: AtomicU64,
+    /// Bytes delivered by the circuit reader but not yet read by the application.
+    pub buffered: AtomicU64,
+}
+
 /// A built circuit. Cheap to share; it closes when the last handle and every stream on it
 /// are dropped, or when a relay or the link ends it.
 pub struct Circuit {
@@ -135,6 +146,7 @@ pub struct Circuit {
     closed: CancellationToken,
     built_in: Duration,
     created: Instant,
+    counters: Arc<StreamCounters>,
 }
 
 impl std::fmt::Debug for Circuit {
@@ -163,6 +175,7 @@ impl Circuit {
     pub async fn build(
         links: &LinkManager,
         path: Vec<VerifiedDescriptor>,
+        counters: Arc<StreamCounters>,
     ) -> Result<Arc<Circuit>, CircuitError> {
         let started = Instant::now();
         let guard = path
@@ -279,6 +292,7 @@ impl Circuit {
             closed: CancellationToken::new(),
             built_in: started.elapsed(),
             created: Instant::now(),
+            counters,
         });
         tokio::spawn(writer_task(fwd_layers, send, rx, circuit.closed.clone()));
         tokio::spawn(reader_task(
@@ -319,6 +333,11 @@ impl Circuit {
     /// True once the circuit can carry nothing more.
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// Streams open on this circuit now.
+    pub fn stream_count(&self) -> usize {
+        self.streams.lock().map(|t| t.streams.len()).unwrap_or(0)
     }
 
     /// True when another stream fits on this circuit (fewer than
@@ -514,6 +533,10 @@ async fn reader_task(
             other => break format!("unexpected {other:?} from hop {hop}"),
         };
         let is_end = matches!(event, StreamEvent::End(_));
+        let data_len = match &event {
+            StreamEvent::Data(d) => d.len() as u64,
+            _ => 0,
+        };
         let tx = circ
             .streams
             .lock()
@@ -522,9 +545,22 @@ async fn reader_task(
         drop(circ);
         if let Some(tx) = tx {
             // Waiting here is the back-pressure of a slow stream reader.
-            tokio::select! {
-                _ = tx.send(event) => {}
-                () = closed.cancelled() => break "closed locally".to_string(),
+            // Count the bytes as buffered before the stream can read them, so the count
+            // never goes below zero.
+            if let Some(c) = circuit.upgrade() {
+                c.counters.buffered.fetch_add(data_len, Ordering::Relaxed);
+            }
+            let delivered = tokio::select! {
+                r = tx.send(event) => r.is_ok(),
+                () = closed.cancelled() => false,
+            };
+            if !delivered {
+                if let Some(c) = circuit.upgrade() {
+                    c.counters.buffered.fetch_sub(data_len, Ordering::Relaxed);
+                }
+                if closed.is_cancelled() {
+                    break "closed locally".to_string();
+                }
             }
             if is_end {
                 if let Some(c) = circuit.upgrade() {
@@ -583,6 +619,9 @@ impl AsyncRead for DataStream {
                 let n = self.pending.len().min(buf.remaining());
                 let chunk = self.pending.split_to(n);
                 buf.put_slice(&chunk);
+                let c = &self.circuit.counters;
+                c.buffered.fetch_sub(n as u64, Ordering::Relaxed);
+                c.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                 return Poll::Ready(Ok(()));
             }
             if self.ended {
@@ -634,7 +673,13 @@ impl AsyncWrite for DataStream {
             cell: RelayCell::new(self.id, RelayMsg::Data(data)),
         };
         match self.sender.send_item(item) {
-            Ok(()) => Poll::Ready(Ok(n)),
+            Ok(()) => {
+                self.circuit
+                    .counters
+                    .bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                Poll::Ready(Ok(n))
+            }
             Err(_) => Poll::Ready(Err(closed())),
         }
     }
@@ -651,6 +696,20 @@ impl AsyncWrite for DataStream {
 impl Drop for DataStream {
     fn drop(&mut self) {
         self.circuit.forget_stream(self.id);
+        // Bytes delivered but never read leave the buffered count.
+        let mut unread = self.pending.len() as u64;
+        if let Some(rx) = self.rx.as_mut() {
+            rx.close();
+            while let Ok(ev) = rx.try_recv() {
+                if let StreamEvent::Data(d) = ev {
+                    unread += d.len() as u64;
+                }
+            }
+        }
+        self.circuit
+            .counters
+            .buffered
+            .fetch_sub(unread, Ordering::Relaxed);
         if self.ended || self.circuit.is_closed() {
             return;
         }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonnet_client::{Client, ClientError, ErrorKind};
+use anonnet_client::{Client, ClientError, ErrorKind, IsolationKey};
 use anonnet_wire::Target;
 use fast_socks5::server::{
     AuthMethodSuccessState as _, Socks5ServerProtocol, StandardAuthentication,
@@ -39,7 +39,7 @@ pub enum ProxyError {
 /// The SOCKS5 reply code for a failure of this kind (RFC 1928 §6).
 pub fn socks_reply(kind: ErrorKind) -> ReplyError {
     match kind {
-        ErrorKind::ExitPolicy => ReplyError::ConnectionNotAllowed,
+        ErrorKind::ExitPolicy | ErrorKind::Disabled => ReplyError::ConnectionNotAllowed,
         ErrorKind::ConnectionRefused => ReplyError::ConnectionRefused,
         ErrorKind::HostUnreachable => ReplyError::HostUnreachable,
         ErrorKind::Timeout => ReplyError::TtlExpired,
@@ -113,21 +113,27 @@ pub async fn serve_socks(tcp: TcpStream, client: Arc<Client>) -> Result<(), Stri
             .negotiate_auth(StandardAuthentication::allow_no_auth(true))
             .await
             .map_err(|e| e.to_string())?;
-        let proto = match started {
-            StandardAuthenticationStarted::NoAuthentication(a) => {
-                Socks5ServerProtocol::finish_auth(a)
-            }
+        let (proto, isolation) = match started {
+            StandardAuthenticationStarted::NoAuthentication(a) => (
+                Socks5ServerProtocol::finish_auth(a),
+                IsolationKey::default(),
+            ),
             StandardAuthenticationStarted::PasswordAuthentication(a) => {
-                let (_user, _pass, a) = a
+                let (user, pass, a) = a
                     .read_username_password()
                     .await
                     .map_err(|e| e.to_string())?;
-                a.accept().await.map_err(|e| e.to_string())?.finish_auth()
+                let key = IsolationKey::from_credentials(user.as_bytes(), pass.as_bytes());
+                (
+                    a.accept().await.map_err(|e| e.to_string())?.finish_auth(),
+                    key,
+                )
             }
         };
-        proto.read_command().await.map_err(|e| e.to_string())
+        let (proto, cmd, target) = proto.read_command().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((proto, cmd, target, isolation))
     };
-    let (proto, cmd, target) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    let (proto, cmd, target, isolation) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| "handshake timed out".to_string())??;
     if cmd != Socks5Command::TCPConnect {
@@ -141,10 +147,13 @@ pub async fn serve_socks(tcp: TcpStream, client: Arc<Client>) -> Result<(), Stri
         TargetAddr::Ip(sa) => (Target::Ip(sa.ip()), sa.port()),
         TargetAddr::Domain(host, port) => (Target::Host(host), port),
     };
-    let stream = match client.connect(target, port).await {
+    let stream = match client.connect_isolated(target, port, &isolation).await {
         Ok(s) => s,
         Err(e) => {
             let reply = socks_reply(e.kind());
+            if e.kind() == ErrorKind::Disabled {
+                warn!("refusing a SOCKS connection: proxying is off (`anonnet proxy on`)");
+            }
             debug!("CONNECT failed: {e} → {reply:?}");
             proto.reply_error(&reply).await.map_err(|e| e.to_string())?;
             return Err(error_text(&e));

@@ -1,0 +1,597 @@
+//! The client proper: a pool of pre-built circuits, stream isolation, circuit rotation,
+//! "new identity", retries, bootstrap progress and counters. Spec: `docs/protocol.md` §9.
+//!
+//! Circuits in the pool are *clean* until a stream is attached; the first stream gives a
+//! clean circuit its isolation key, and from then on only streams with the same key use it
+//! (Tor's IsolateSOCKSAuth). A circuit takes no new streams once it has been in use for
+//! `max_dirtiness` (10 minutes by default) or after "new identity"; its open streams go on.
+//! A background task keeps `pool_size` clean circuits ready, so a new connection does not
+//! wait for a build.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anonnet_net::{Endpoint, LinkManager};
+use anonnet_wire::{SignedDescriptor, Target};
+use tokio::sync::{broadcast, watch, Notify};
+use tracing::{info, warn};
+
+use crate::circuit::{Circuit, CircuitError, DataStream, StreamCounters, StreamError};
+use crate::directory::Directory;
+use crate::status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
+use crate::ClientError;
+
+/// Attempts at building a circuit for one request before giving up.
+const BUILD_ATTEMPTS: usize = 3;
+/// Attempts at opening one stream (each on a fresh circuit after a circuit failure).
+const STREAM_ATTEMPTS: u32 = 3;
+/// First pause before retrying a stream on another circuit; doubles per attempt.
+const STREAM_RETRY: Duration = Duration::from_millis(100);
+/// First pause after a failed pool build; doubles up to [`MAX_POOL_RETRY`].
+const POOL_RETRY: Duration = Duration::from_millis(500);
+/// Longest pause between pool builds while builds fail.
+const MAX_POOL_RETRY: Duration = Duration::from_secs(30);
+/// How often the pool looks for circuits past their dirtiness limit.
+const POOL_TICK: Duration = Duration::from_secs(5);
+/// Events kept for slow event-stream readers.
+const EVENT_QUEUE: usize = 256;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Relay descriptors to start from (the bootstrap list).
+    pub bootstrap: Vec<SignedDescriptor>,
+    /// UDP address of the client's QUIC endpoint (it only dials).
+    pub quic_bind: SocketAddr,
+    /// Longest time one circuit build may take.
+    pub circuit_build_timeout: Duration,
+    /// Longest time the exit may take to answer `BEGIN`.
+    pub stream_timeout: Duration,
+    /// Clean exit circuits kept ready (at least 1).
+    pub pool_size: usize,
+    /// A circuit takes no new streams after it has been in use this long (Tor's
+    /// MaxCircuitDirtiness, 10 minutes).
+    pub max_dirtiness: Duration,
+    /// Pool circuits get exits that allow this port (443 by default).
+    pub pool_port: u16,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            bootstrap: Vec::new(),
+            quic_bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            circuit_build_timeout: Duration::from_secs(30),
+            stream_timeout: Duration::from_secs(30),
+            pool_size: 3,
+            max_dirtiness: Duration::from_secs(600),
+            pool_port: 443,
+        }
+    }
+}
+
+/// Streams with different keys never share a circuit; streams with the same key may. The
+/// SOCKS front end derives it from the username/password pair, the HTTP front end from
+/// `Proxy-Authorization`. The default key (no credentials) is a group of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct IsolationKey(Vec<u8>);
+
+impl IsolationKey {
+    /// The key for a username/password pair (RFC 1929 credentials).
+    pub fn from_credentials(user: &[u8], password: &[u8]) -> Self {
+        let mut k = Vec::with_capacity(user.len() + password.len() + 5);
+        k.push(1);
+        k.extend_from_slice(&(user.len() as u32).to_be_bytes());
+        k.extend_from_slice(user);
+        k.extend_from_slice(password);
+        IsolationKey(k)
+    }
+}
+
+struct Slot {
+    circuit: Arc<Circuit>,
+    /// `None` while clean.
+    isolation: Option<IsolationKey>,
+    first_used: Option<Instant>,
+    retired: bool,
+}
+
+impl Slot {
+    fn state(&self) -> &'static str {
+        if self.retired {
+            "retired"
+        } else if self.isolation.is_some() {
+            "in use"
+        } else {
+            "clean"
+        }
+    }
+}
+
+#[derive(Default)]
+struct CounterAtomics {
+    circuits_built: AtomicU64,
+    circuits_built_on_demand: AtomicU64,
+    circuit_build_failures: AtomicU64,
+    streams_opened: AtomicU64,
+    stream_failures: AtomicU64,
+}
+
+/// The client: keeps circuits ready and opens streams through them.
+pub struct Client {
+    config: ClientConfig,
+    links: LinkManager,
+    directory: RwLock<Directory>,
+    pool: Mutex<Vec<Slot>>,
+    refill: Arc<Notify>,
+    enabled: AtomicBool,
+    bootstrap: watch::Sender<Bootstrap>,
+    ready: watch::Sender<Option<Result<(), ClientError>>>,
+    events: broadcast::Sender<ClientEvent>,
+    counters: CounterAtomics,
+    stream_counters: Arc<StreamCounters>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn path_hex(c: &Circuit) -> Vec<String> {
+    c.path().iter().map(|id| id.to_hex()).collect()
+}
+
+impl Client {
+    /// Verify the bootstrap descriptors, open the QUIC endpoint and start filling the
+    /// circuit pool in the background.
+    ///
+    /// # Errors
+    /// [`ClientError::NotEnoughRelays`] when fewer than 3 descriptors verify,
+    /// [`ClientError::Endpoint`] when the endpoint cannot be bound.
+    pub async fn start(mut config: ClientConfig) -> Result<Arc<Client>, ClientError> {
+        config.pool_size = config.pool_size.max(1);
+        let mut directory = Directory::new();
+        let now = now_unix();
+        for d in &config.bootstrap {
+            if let Err(e) = directory.insert(d, now) {
+                warn!("ignoring a bootstrap descriptor: {e}");
+            }
+        }
+        if directory.len() < 3 {
+            return Err(ClientError::NotEnoughRelays {
+                usable: directory.len(),
+            });
+        }
+        let endpoint =
+            Endpoint::client(config.quic_bind).map_err(|e| ClientError::Endpoint(e.to_string()))?;
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let client = Arc::new(Client {
+            links: LinkManager::new(endpoint, 256),
+            directory: RwLock::new(directory),
+            pool: Mutex::new(Vec::new()),
+            refill: Arc::new(Notify::new()),
+            enabled: AtomicBool::new(true),
+            bootstrap: watch::channel(Bootstrap::new(0, "starting")).0,
+            ready: watch::channel(None).0,
+            events,
+            counters: CounterAtomics::default(),
+            stream_counters: Arc::new(StreamCounters::default()),
+            config,
+        });
+        client.set_bootstrap(10, "directory loaded");
+        info!(relays = client.relay_count(), "client starting");
+        tokio::spawn(maintain_pool(Arc::downgrade(&client)));
+        Ok(client)
+    }
+
+    fn relay_count(&self) -> usize {
+        self.directory.read().map(|d| d.len()).unwrap_or(0)
+    }
+
+    fn set_bootstrap(&self, percent: u8, phase: &str) {
+        let b = Bootstrap::new(percent, phase);
+        info!(percent, phase, "bootstrap");
+        self.bootstrap.send_replace(b.clone());
+        let _ = self.events.send(ClientEvent::Bootstrap(b));
+    }
+
+    fn emit(&self, event: ClientEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Wait until bootstrapping reached 100 % (a first circuit is built).
+    ///
+    /// # Errors
+    /// The error that stopped bootstrapping (no usable path at all).
+    pub async fn wait_ready(&self) -> Result<(), ClientError> {
+        let mut rx = self.ready.subscribe();
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return Err(ClientError::NotEnoughRelays { usable: 0 });
+            }
+        }
+    }
+
+    /// Switch proxying on or off. While off, every new stream is refused with
+    /// [`ClientError::Disabled`] before anything is sent; open streams go on.
+    pub fn set_enabled(&self, enabled: bool) {
+        if self.enabled.swap(enabled, Ordering::SeqCst) != enabled {
+            info!(enabled, "proxying switched");
+            self.emit(ClientEvent::ProxyEnabled { enabled });
+        }
+    }
+
+    /// Whether proxying is on.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+
+    /// "New identity": every current circuit stops taking new streams (open streams go
+    /// on); new requests use fresh circuits.
+    pub fn new_identity(&self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            for slot in pool.iter_mut() {
+                slot.retired = true;
+            }
+        }
+        info!("new identity: all circuits retired");
+        self.emit(ClientEvent::NewIdentity);
+        self.refill.notify_one();
+    }
+
+    /// Subscribe to events (bootstrap, circuits built and closed, errors). A reader that
+    /// falls more than 256 events behind misses the oldest.
+    pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.events.subscribe()
+    }
+
+    /// A snapshot for the status display.
+    pub fn status(&self) -> ClientStatus {
+        let circuits: Vec<CircuitInfo> = self
+            .pool
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .filter(|s| !s.circuit.is_closed())
+                    .map(|s| CircuitInfo {
+                        id: s.circuit.id(),
+                        path: path_hex(&s.circuit),
+                        age_secs: s.circuit.created().elapsed().as_secs_f64(),
+                        build_ms: s.circuit.build_time().as_secs_f64() * 1000.0,
+                        streams: s.circuit.stream_count(),
+                        state: s.state().to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let streams = circuits.iter().map(|c| c.streams).sum();
+        let sc = &self.stream_counters;
+        let c = &self.counters;
+        ClientStatus {
+            enabled: self.is_enabled(),
+            bootstrap: self.bootstrap.borrow().clone(),
+            relays: self.relay_count(),
+            circuits,
+            streams,
+            counters: Counters {
+                circuits_built: c.circuits_built.load(Ordering::Relaxed),
+                circuits_built_on_demand: c.circuits_built_on_demand.load(Ordering::Relaxed),
+                circuit_build_failures: c.circuit_build_failures.load(Ordering::Relaxed),
+                streams_opened: c.streams_opened.load(Ordering::Relaxed),
+                stream_failures: c.stream_failures.load(Ordering::Relaxed),
+                bytes_sent: sc.bytes_sent.load(Ordering::Relaxed),
+                bytes_received: sc.bytes_received.load(Ordering::Relaxed),
+                buffered_bytes: sc.buffered.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    /// The circuits open now (clean, in use and retired).
+    pub fn circuits(&self) -> Vec<Arc<Circuit>> {
+        self.with_pool(|pool| pool.iter().map(|s| s.circuit.clone()).collect())
+    }
+
+    /// Run `f` on the pool after dropping closed circuits, retiring those past their
+    /// dirtiness limit and closing retired ones that carry no stream.
+    fn with_pool<T>(&self, f: impl FnOnce(&mut Vec<Slot>) -> T) -> T {
+        let mut closed = Vec::new();
+        let out = {
+            let mut guard = match self.pool.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let max_dirty = self.config.max_dirtiness;
+            for slot in guard.iter_mut() {
+                if slot.first_used.is_some_and(|t| t.elapsed() >= max_dirty) {
+                    slot.retired = true;
+                }
+                if slot.retired && slot.circuit.stream_count() == 0 {
+                    slot.circuit.close();
+                }
+            }
+            guard.retain(|s| {
+                let keep = !s.circuit.is_closed();
+                if !keep {
+                    closed.push(s.circuit.id());
+                }
+                keep
+            });
+            f(&mut guard)
+        };
+        for id in closed {
+            self.emit(ClientEvent::CircuitClosed { id });
+        }
+        out
+    }
+
+    /// Clean circuits ready in the pool now.
+    fn clean_count(&self) -> usize {
+        let port = self.config.pool_port;
+        self.with_pool(|pool| {
+            pool.iter()
+                .filter(|s| !s.retired && s.isolation.is_none() && s.circuit.exit_allows_port(port))
+                .count()
+        })
+    }
+
+    /// Take a circuit for a stream to `port` with `isolation`: one already used by the same
+    /// key, else a clean one from the pool (which then belongs to the key).
+    fn pick(&self, port: u16, isolation: &IsolationKey) -> Option<Arc<Circuit>> {
+        let picked = self.with_pool(|pool| {
+            let usable = |s: &Slot| {
+                !s.retired && s.circuit.exit_allows_port(port) && s.circuit.has_stream_capacity()
+            };
+            if let Some(s) = pool
+                .iter()
+                .rev()
+                .find(|s| usable(s) && s.isolation.as_ref() == Some(isolation))
+            {
+                return Some((s.circuit.clone(), false));
+            }
+            let s = pool
+                .iter_mut()
+                .find(|s| usable(s) && s.isolation.is_none())?;
+            s.isolation = Some(isolation.clone());
+            s.first_used = Some(Instant::now());
+            Some((s.circuit.clone(), true))
+        });
+        let (circuit, took_clean) = picked?;
+        if took_clean {
+            self.refill.notify_one();
+        }
+        Some(circuit)
+    }
+
+    /// Build a new circuit whose exit allows `port`, retrying other paths up to 3 times.
+    /// It joins the pool clean, or already owned by `owner`.
+    ///
+    /// # Errors
+    /// [`ClientError::Path`] when no path exists, else the last build failure.
+    async fn build_circuit(
+        &self,
+        port: u16,
+        owner: Option<&IsolationKey>,
+    ) -> Result<Arc<Circuit>, ClientError> {
+        let mut last = ClientError::Circuit(CircuitError::Closed);
+        let mut avoid = Vec::new();
+        for _ in 0..BUILD_ATTEMPTS {
+            let path = {
+                let dir = self
+                    .directory
+                    .read()
+                    .map_err(|_| ClientError::NotEnoughRelays { usable: 0 })?;
+                match dir.choose_path(port, &avoid, &mut rand::rng()) {
+                    Ok(p) => p,
+                    // Relays we avoided may be all there is: try them again.
+                    Err(_) if !avoid.is_empty() => {
+                        avoid.clear();
+                        dir.choose_path(port, &avoid, &mut rand::rng())?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let ids: Vec<_> = path.iter().map(|r| r.node_id).collect();
+            let built = tokio::time::timeout(
+                self.config.circuit_build_timeout,
+                Circuit::build(&self.links, path, self.stream_counters.clone()),
+            )
+            .await
+            .unwrap_or(Err(CircuitError::Timeout));
+            match built {
+                Ok(c) => {
+                    self.counters.circuits_built.fetch_add(1, Ordering::Relaxed);
+                    self.emit(ClientEvent::CircuitBuilt {
+                        id: c.id(),
+                        path: path_hex(&c),
+                        build_ms: c.build_time().as_secs_f64() * 1000.0,
+                    });
+                    self.with_pool(|pool| {
+                        pool.push(Slot {
+                            circuit: c.clone(),
+                            isolation: owner.cloned(),
+                            first_used: owner.map(|_| Instant::now()),
+                            retired: false,
+                        })
+                    });
+                    return Ok(c);
+                }
+                Err(e) => {
+                    self.counters
+                        .circuit_build_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!("circuit build failed: {e}");
+                    self.emit(ClientEvent::Error {
+                        message: format!("circuit build failed: {e}"),
+                    });
+                    // Avoid the relay that failed: the one a hop could not extend to, the
+                    // hop whose handshake failed, or the guard whose link failed.
+                    match &e {
+                        CircuitError::Extend { hop, .. } => avoid.extend(ids.get(hop + 1).copied()),
+                        CircuitError::Handshake { hop, .. } => avoid.extend(ids.get(*hop).copied()),
+                        CircuitError::Link(..) => avoid.extend(ids.first().copied()),
+                        _ => {}
+                    }
+                    last = e.into();
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Open a stream to `target:port` with the default isolation key.
+    ///
+    /// # Errors
+    /// As [`Client::connect_isolated`].
+    pub async fn connect(&self, target: Target, port: u16) -> Result<DataStream, ClientError> {
+        self.connect_isolated(target, port, &IsolationKey::default())
+            .await
+    }
+
+    /// Open a stream to `target:port` on a circuit of the `isolation` group: one it already
+    /// uses, else a clean pre-built one, else a new one. A circuit that fails under the
+    /// stream is closed and the stream retried on another after a short backoff (100 ms,
+    /// doubling; 3 attempts). Host names go to the exit unresolved.
+    ///
+    /// # Errors
+    /// [`ClientError`]; [`ClientError::kind`] says which reply a front end should give.
+    /// [`ClientError::Disabled`] while proxying is off.
+    pub async fn connect_isolated(
+        &self,
+        target: Target,
+        port: u16,
+        isolation: &IsolationKey,
+    ) -> Result<DataStream, ClientError> {
+        if !self.is_enabled() {
+            return Err(ClientError::Disabled);
+        }
+        if port == 0 {
+            return Err(ClientError::BadTarget("port 0".into()));
+        }
+        if let Target::Host(h) = &target {
+            anonnet_wire::relay::check_host(h)
+                .map_err(|e| ClientError::BadTarget(e.to_string()))?;
+        }
+        let result = self.open_stream(target, port, isolation).await;
+        match &result {
+            Ok(_) => self.counters.streams_opened.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self
+                .counters
+                .stream_failures
+                .fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    async fn open_stream(
+        &self,
+        target: Target,
+        port: u16,
+        isolation: &IsolationKey,
+    ) -> Result<DataStream, ClientError> {
+        let mut last = ClientError::Circuit(CircuitError::Closed);
+        for attempt in 0..STREAM_ATTEMPTS {
+            let circuit = match self.pick(port, isolation) {
+                Some(c) => c,
+                None => {
+                    self.counters
+                        .circuits_built_on_demand
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.build_circuit(port, Some(isolation)).await?
+                }
+            };
+            match circuit
+                .begin(target.clone(), port, self.config.stream_timeout)
+                .await
+            {
+                Ok(s) => return Ok(s),
+                // The circuit is fine, only full: the next round picks or builds another.
+                Err(StreamError::Circuit(e @ CircuitError::TooManyStreams)) => {
+                    last = ClientError::Stream(StreamError::Circuit(e));
+                }
+                Err(StreamError::Circuit(e)) => {
+                    warn!(
+                        circuit = circuit.id(),
+                        "stream failed on circuit: {e}; retrying"
+                    );
+                    circuit.close();
+                    last = ClientError::Stream(StreamError::Circuit(e));
+                    tokio::time::sleep(STREAM_RETRY * 2u32.pow(attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Keep `pool_size` clean circuits ready; report bootstrap progress until the first one.
+async fn maintain_pool(client: std::sync::Weak<Client>) {
+    let mut delay = POOL_RETRY;
+    let mut ready = false;
+    loop {
+        let Some(c) = client.upgrade() else { return };
+        let wanted = c.config.pool_size;
+        if c.clean_count() < wanted {
+            if !ready {
+                c.set_bootstrap(40, "building first circuit");
+            }
+            let port = c.config.pool_port;
+            let port = match c.directory.read() {
+                Ok(d) if d.has_exit_for(port) => port,
+                Ok(d) => (1..=u16::MAX).find(|p| d.has_exit_for(*p)).unwrap_or(port),
+                Err(_) => port,
+            };
+            match c.build_circuit(port, None).await {
+                Ok(circuit) => {
+                    delay = POOL_RETRY;
+                    if !ready {
+                        ready = true;
+                        info!(
+                            circuit = circuit.id(),
+                            build_ms = circuit.build_time().as_secs_f64() * 1000.0,
+                            "bootstrapped: first circuit built"
+                        );
+                        c.set_bootstrap(100, "ready");
+                        c.ready.send_replace(Some(Ok(())));
+                    }
+                    continue;
+                }
+                Err(e @ ClientError::Path(_)) if !ready => {
+                    warn!("cannot bootstrap: {e}");
+                    c.emit(ClientEvent::Error {
+                        message: e.to_string(),
+                    });
+                    c.ready.send_replace(Some(Err(e)));
+                    return;
+                }
+                Err(e) => {
+                    warn!("pool circuit failed: {e}; retrying in {delay:?}");
+                    drop(c);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_POOL_RETRY);
+                    continue;
+                }
+            }
+        }
+        let refill = c.refill.clone();
+        drop(c);
+        let notified = refill.notified();
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(POOL_TICK) => {}
+        }
+    }
+}

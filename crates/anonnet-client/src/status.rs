@@ -1,0 +1,115 @@
+//! What the client reports about itself: bootstrap progress, circuits, counters, events.
+//! These are the shapes the control API serves (`docs/control-api.md`).
+
+use serde::Serialize;
+
+/// Bootstrap progress: a percentage and the name of the phase.
+///
+/// Phases: 0 `starting`, 10 `directory loaded` (descriptors verified), 40 `building first
+/// circuit`, 100 `ready` (a circuit is built; SOCKS requests are served).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bootstrap {
+    /// 0..=100.
+    pub percent: u8,
+    /// Phase name.
+    pub phase: String,
+}
+
+impl Bootstrap {
+    pub(crate) fn new(percent: u8, phase: &str) -> Self {
+        Bootstrap {
+            percent,
+            phase: phase.to_owned(),
+        }
+    }
+}
+
+/// One circuit as the status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CircuitInfo {
+    /// Local circuit number.
+    pub id: u64,
+    /// NodeIds (hex) of guard, middle, exit.
+    pub path: Vec<String>,
+    /// Seconds since it was built.
+    pub age_secs: f64,
+    /// Build time (milliseconds).
+    pub build_ms: f64,
+    /// Streams open on it.
+    pub streams: usize,
+    /// `clean` (pre-built, unused), `in use`, or `retired` (takes no new streams: too old,
+    /// or a new identity was asked for).
+    pub state: String,
+}
+
+/// A snapshot of the client.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientStatus {
+    /// Whether the proxy forwards requests (false after "proxy off").
+    pub enabled: bool,
+    /// Bootstrap progress.
+    pub bootstrap: Bootstrap,
+    /// Relays in the directory.
+    pub relays: usize,
+    /// Open circuits.
+    pub circuits: Vec<CircuitInfo>,
+    /// Streams open now.
+    pub streams: usize,
+    /// Counters since start.
+    pub counters: Counters,
+}
+
+/// Counters since the client started.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Circuits built (pool and on demand).
+    pub circuits_built: u64,
+    /// Of those, built because a request found no usable circuit (the request waited).
+    pub circuits_built_on_demand: u64,
+    /// Circuit builds that failed.
+    pub circuit_build_failures: u64,
+    /// Streams opened.
+    pub streams_opened: u64,
+    /// Stream requests refused or failed.
+    pub stream_failures: u64,
+    /// Bytes sent to destinations.
+    pub bytes_sent: u64,
+    /// Bytes received from destinations.
+    pub bytes_received: u64,
+    /// Bytes received but not yet read by the application (all streams).
+    pub buffered_bytes: u64,
+}
+
+/// Something that happened, for the control API's event stream.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ClientEvent {
+    /// Bootstrap progress changed.
+    Bootstrap(Bootstrap),
+    /// A circuit was built.
+    CircuitBuilt {
+        /// Local circuit number.
+        id: u64,
+        /// NodeIds (hex), guard first.
+        path: Vec<String>,
+        /// Build time (milliseconds).
+        build_ms: f64,
+    },
+    /// A circuit closed.
+    CircuitClosed {
+        /// Local circuit number.
+        id: u64,
+    },
+    /// Proxying was switched on or off.
+    ProxyEnabled {
+        /// The new state.
+        enabled: bool,
+    },
+    /// All circuits were retired.
+    NewIdentity,
+    /// Something failed.
+    Error {
+        /// What.
+        message: String,
+    },
+}
