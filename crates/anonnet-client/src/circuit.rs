@@ -14,12 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use anonnet_crypto::onion::layer_tag;
 use anonnet_crypto::onion::message_offset;
 use anonnet_crypto::{
     ClientBackward, ClientForward, ClientHandshake, ClientOnion, NodeId, VerifiedDescriptor,
 };
 use anonnet_net::LinkManager;
 use anonnet_wire::cell::CellCommand;
+use anonnet_wire::flow::{
+    CircuitDeliverWindow, SendmeTags, StreamDeliverWindow, CIRCUIT_INCREMENT, CIRCUIT_WINDOW,
+    STREAM_INCREMENT, STREAM_WINDOW,
+};
 use anonnet_wire::{
     Create, Created, Destroy, DestroyReason, EndReason, RelayCell, RelayMsg, StreamId, Target,
     CELL_LEN,
@@ -28,13 +33,16 @@ use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, PollSender};
+use tokio::sync::Semaphore;
+use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender};
 use tracing::{debug, info};
 
 /// Relay messages queued towards the guard, shared by all streams of a circuit.
 const FORWARD_QUEUE: usize = 64;
-/// Events queued towards one stream.
-const STREAM_QUEUE: usize = 64;
+/// Events queued towards one stream: a whole stream window of `DATA` plus `CONNECTED`
+/// and `END`, so the circuit reader never waits on a stream whose exit respects flow
+/// control (§6.4).
+const STREAM_QUEUE: usize = STREAM_WINDOW as usize + 8;
 /// Streams open at once on one circuit.
 pub const MAX_STREAMS_PER_CIRCUIT: usize = 512;
 
@@ -101,14 +109,24 @@ struct Forward {
     cell: RelayCell,
 }
 
+/// What the circuit reader needs to deliver to one stream.
+#[derive(Clone)]
+struct StreamEntry {
+    tx: mpsc::Sender<StreamEvent>,
+    /// Deliver window for `DATA` from the exit (consumption is counted by the stream).
+    deliver: Arc<Mutex<StreamDeliverWindow>>,
+    /// Package window for `DATA` to the exit (permits).
+    package: Arc<Semaphore>,
+}
+
 #[derive(Default)]
 struct StreamTable {
     next: u16,
-    streams: HashMap<StreamId, mpsc::Sender<StreamEvent>>,
+    streams: HashMap<StreamId, StreamEntry>,
 }
 
 impl StreamTable {
-    fn allocate(&mut self, tx: mpsc::Sender<StreamEvent>) -> Option<StreamId> {
+    fn allocate(&mut self, tx: StreamEntry) -> Option<StreamId> {
         if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
             return None;
         }
@@ -147,6 +165,10 @@ pub struct Circuit {
     built_in: Duration,
     created: Instant,
     counters: Arc<StreamCounters>,
+    /// Circuit package window for `DATA` to the exit (permits, §6.4).
+    package: Arc<Semaphore>,
+    /// Tags the exit's circuit SENDMEs must echo.
+    sendme_tags: Arc<Mutex<SendmeTags>>,
 }
 
 impl std::fmt::Debug for Circuit {
@@ -293,8 +315,17 @@ impl Circuit {
             built_in: started.elapsed(),
             created: Instant::now(),
             counters,
+            package: Arc::new(Semaphore::new(CIRCUIT_WINDOW as usize)),
+            sendme_tags: Arc::new(Mutex::new(SendmeTags::default())),
         });
-        tokio::spawn(writer_task(fwd_layers, send, rx, circuit.closed.clone()));
+        tokio::spawn(writer_task(
+            fwd_layers,
+            send,
+            rx,
+            circuit.sendme_tags.clone(),
+            circuit.path.len().saturating_sub(1),
+            circuit.closed.clone(),
+        ));
         tokio::spawn(reader_task(
             bwd_layers,
             recv,
@@ -386,11 +417,16 @@ impl Circuit {
             return Err(CircuitError::Closed.into());
         }
         let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+        let entry = StreamEntry {
+            tx,
+            deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
+            package: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
+        };
         let id = self
             .streams
             .lock()
             .map_err(|_| CircuitError::Closed)?
-            .allocate(tx)
+            .allocate(entry.clone())
             .ok_or(CircuitError::TooManyStreams)?;
         let mut stream = DataStream {
             circuit: self.clone(),
@@ -399,6 +435,10 @@ impl Circuit {
             pending: Bytes::new(),
             sender: PollSender::new(self.forward.clone()),
             ended: false,
+            deliver: entry.deliver,
+            circuit_window: PollSemaphore::new(self.package.clone()),
+            stream_window: PollSemaphore::new(entry.package),
+            permits: (None, None),
         };
         self.forward
             .send(Forward {
@@ -446,6 +486,8 @@ async fn writer_task(
     mut layers: ClientForward,
     mut send: SendStream,
     mut rx: mpsc::Receiver<Forward>,
+    sendme_tags: Arc<Mutex<SendmeTags>>,
+    exit: usize,
     closed: CancellationToken,
 ) {
     loop {
@@ -458,14 +500,21 @@ async fn writer_task(
             break;
         };
         let mut buf = vec![0u8; CELL_LEN];
-        let sealed = buf
+        let encoded = buf
             .get_mut(message_offset(hop)..)
             .map(|area| cell.encode_into(area).is_ok())
-            .unwrap_or(false)
-            && layers.seal_forward(&mut buf, hop).is_ok();
-        if !sealed {
-            debug!("dropping an unencodable relay message");
-            continue;
+            .unwrap_or(false);
+        let tag = match layers.seal_forward(&mut buf, hop) {
+            Ok(tag) if encoded => tag,
+            _ => {
+                debug!("dropping an unencodable relay message");
+                continue;
+            }
+        };
+        if hop == exit && matches!(cell.msg, RelayMsg::Data(_)) {
+            if let Ok(mut tags) = sendme_tags.lock() {
+                tags.on_data_sent(tag);
+            }
         }
         let ok = tokio::select! {
             r = send.write_all(&buf) => r.is_ok(),
@@ -492,6 +541,7 @@ async fn reader_task(
     circuit: std::sync::Weak<Circuit>,
     closed: CancellationToken,
 ) {
+    let mut deliver = CircuitDeliverWindow::default();
     let why = loop {
         let cell = tokio::select! {
             biased;
@@ -516,6 +566,7 @@ async fn reader_task(
             Ok(r) => r,
             Err(e) => break format!("bad cell: {e}"),
         };
+        let tag = layer_tag(&cell, hop).unwrap_or_default();
         let msg = match RelayCell::decode(&Bytes::from(cell).slice(range)) {
             Ok(m) => m,
             Err(e) => break format!("bad relay message: {e}"),
@@ -524,11 +575,64 @@ async fn reader_task(
             break "circuit dropped".to_string();
         };
         let exit = circ.exit_hop();
+        let entry = circ
+            .streams
+            .lock()
+            .ok()
+            .and_then(|t| t.streams.get(&msg.stream_id).cloned());
         let event = match msg.msg {
             RelayMsg::Drop => continue,
+            RelayMsg::Sendme(Some(echo)) if hop == exit => {
+                let ok = circ
+                    .sendme_tags
+                    .lock()
+                    .map(|mut t| t.on_sendme(&echo).is_ok())
+                    .unwrap_or(false);
+                if !ok {
+                    break "exit sent a circuit SENDME that proves nothing".to_string();
+                }
+                circ.package.add_permits(CIRCUIT_INCREMENT as usize);
+                continue;
+            }
+            RelayMsg::Sendme(None) if hop == exit => {
+                if let Some(e) = &entry {
+                    let inc = STREAM_INCREMENT as usize;
+                    if e.package.available_permits() + inc > STREAM_WINDOW as usize {
+                        break "exit sent an unexpected stream SENDME".to_string();
+                    }
+                    e.package.add_permits(inc);
+                }
+                continue;
+            }
+            RelayMsg::Data(d) if hop == exit => {
+                match deliver.on_data(tag) {
+                    Ok(Some(echo)) => {
+                        let sendme = Forward {
+                            hop: exit,
+                            cell: RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(echo))),
+                        };
+                        // The writer drains this queue on its own; waiting is brief.
+                        if circ.forward.send(sendme).await.is_err() {
+                            break "circuit closed".to_string();
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => break format!("exit broke the circuit window: {e}"),
+                }
+                if let Some(e) = &entry {
+                    let ok = e
+                        .deliver
+                        .lock()
+                        .map(|mut w| w.on_data().is_ok())
+                        .unwrap_or(false);
+                    if !ok {
+                        break format!("exit broke the window of stream {}", msg.stream_id.0);
+                    }
+                }
+                StreamEvent::Data(d)
+            }
             RelayMsg::Truncated(reason) => break format!("TRUNCATED by hop {hop}: {reason:?}"),
             RelayMsg::Connected if hop == exit => StreamEvent::Connected,
-            RelayMsg::Data(d) if hop == exit => StreamEvent::Data(d),
             RelayMsg::End(r) if hop == exit => StreamEvent::End(r),
             other => break format!("unexpected {other:?} from hop {hop}"),
         };
@@ -537,13 +641,8 @@ async fn reader_task(
             StreamEvent::Data(d) => d.len() as u64,
             _ => 0,
         };
-        let tx = circ
-            .streams
-            .lock()
-            .ok()
-            .and_then(|t| t.streams.get(&msg.stream_id).cloned());
         drop(circ);
-        if let Some(tx) = tx {
+        if let Some(StreamEntry { tx, .. }) = entry {
             // Waiting here is the back-pressure of a slow stream reader.
             // Count the bytes as buffered before the stream can read them, so the count
             // never goes below zero.
@@ -590,6 +689,16 @@ pub struct DataStream {
     pending: Bytes,
     sender: PollSender<Forward>,
     ended: bool,
+    /// Deliver window: counts consumed cells and says when a stream SENDME is due.
+    deliver: Arc<Mutex<StreamDeliverWindow>>,
+    /// Package windows for writing (§6.4).
+    circuit_window: PollSemaphore,
+    stream_window: PollSemaphore,
+    /// Permits acquired for the next DATA cell (circuit, stream).
+    permits: (
+        Option<tokio::sync::OwnedSemaphorePermit>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
 }
 
 impl std::fmt::Debug for DataStream {
@@ -605,6 +714,24 @@ impl DataStream {
     /// The circuit carrying this stream.
     pub fn circuit(&self) -> &Arc<Circuit> {
         &self.circuit
+    }
+
+    /// Tell the exit that 50 more cells were consumed. Never waits: when the circuit's
+    /// queue is full the SENDME goes from a small task instead.
+    fn send_stream_sendme(&self) {
+        let sendme = Forward {
+            hop: self.circuit.exit_hop(),
+            cell: RelayCell::new(self.id, RelayMsg::Sendme(None)),
+        };
+        if let Err(mpsc::error::TrySendError::Full(sendme)) = self.circuit.forward.try_send(sendme)
+        {
+            let tx = self.circuit.forward.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(sendme).await;
+                });
+            }
+        }
     }
 }
 
@@ -631,7 +758,17 @@ impl AsyncRead for DataStream {
                 return Poll::Ready(Ok(()));
             };
             match ready!(rx.poll_recv(cx)) {
-                Some(StreamEvent::Data(d)) => self.pending = d,
+                Some(StreamEvent::Data(d)) => {
+                    self.pending = d;
+                    let due = self
+                        .deliver
+                        .lock()
+                        .map(|mut w| w.on_consumed())
+                        .unwrap_or(false);
+                    if due {
+                        self.send_stream_sendme();
+                    }
+                }
                 Some(StreamEvent::Connected) => {}
                 Some(StreamEvent::End(EndReason::Done)) => self.ended = true,
                 Some(StreamEvent::End(reason)) => {
@@ -663,6 +800,19 @@ impl AsyncWrite for DataStream {
             return Poll::Ready(Ok(0));
         }
         let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "circuit closed");
+        // One DATA cell needs a permit from the circuit and the stream package windows.
+        if self.permits.0.is_none() {
+            match ready!(self.circuit_window.poll_acquire(cx)) {
+                Some(p) => self.permits.0 = Some(p),
+                None => return Poll::Ready(Err(closed())),
+            }
+        }
+        if self.permits.1.is_none() {
+            match ready!(self.stream_window.poll_acquire(cx)) {
+                Some(p) => self.permits.1 = Some(p),
+                None => return Poll::Ready(Err(closed())),
+            }
+        }
         if ready!(self.sender.poll_reserve(cx)).is_err() {
             return Poll::Ready(Err(closed()));
         }
@@ -674,6 +824,12 @@ impl AsyncWrite for DataStream {
         };
         match self.sender.send_item(item) {
             Ok(()) => {
+                if let Some(p) = self.permits.0.take() {
+                    p.forget();
+                }
+                if let Some(p) = self.permits.1.take() {
+                    p.forget();
+                }
                 self.circuit
                     .counters
                     .bytes_sent

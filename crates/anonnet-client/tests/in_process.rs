@@ -303,3 +303,73 @@ async fn data_written_before_end_reaches_the_destination() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reader that stalls while the destination keeps sending: the exit stops reading once
+/// the circuit and stream windows are spent, so neither the relays nor the client buffer
+/// more than a window; reading again resumes the transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_keeps_buffers_bounded() {
+    use anonnet_wire::flow::{CIRCUIT_WINDOW, STREAM_WINDOW};
+    use std::sync::atomic::Ordering::Relaxed;
+    let (dir, relays, client) = net("stall").await;
+    let srv = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = srv.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = srv.accept().await.unwrap();
+        let chunk = vec![3u8; 64 << 10];
+        // Far more than any window: 256 MiB, unless the reader stalls the sender first.
+        for _ in 0..4096 {
+            if s.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut s = client
+        .connect(Target::Ip("127.0.0.1".parse().unwrap()), port)
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    s.read_exact(&mut first).await.unwrap();
+    let exit_bytes = || {
+        relays
+            .iter()
+            .map(|r| r.stats().exit_bytes.load(Relaxed))
+            .sum::<u64>()
+    };
+    // Stall: let the windows fill, then check nothing grows for two more seconds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let read_at_1s = exit_bytes();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read_at_3s = exit_bytes();
+    let status = client.status();
+    let cell_data = 943u64;
+    assert_eq!(
+        read_at_1s, read_at_3s,
+        "the exit stopped reading from the destination"
+    );
+    assert!(
+        read_at_3s <= u64::from(CIRCUIT_WINDOW + 1) * cell_data,
+        "the exit read at most a circuit window: {read_at_3s}"
+    );
+    assert!(
+        status.counters.buffered_bytes <= u64::from(STREAM_WINDOW + 1) * cell_data,
+        "the client buffers at most a stream window: {}",
+        status.counters.buffered_bytes
+    );
+    // Reading again resumes the transfer well past the windows.
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0usize;
+    while total < (8 << 20) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        total += n;
+    }
+    assert!(exit_bytes() > read_at_3s + (4 << 20));
+    for r in &relays {
+        r.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,7 +74,7 @@ impl ClientOnion {
     ///
     /// # Errors
     /// As [`ClientForward::seal_forward`].
-    pub fn seal_forward(&mut self, cell: &mut [u8], hop: usize) -> Result<(), OnionError> {
+    pub fn seal_forward(&mut self, cell: &mut [u8], hop: usize) -> Result<[u8; 16], OnionError> {
         self.forward.seal_forward(cell, hop)
     }
 
@@ -109,14 +109,16 @@ impl ClientForward {
 
     /// Seal a cell for hop `hop`, in place. `cell` is a whole first-leg cell whose relay
     /// message is already at [`message_offset`]`(hop)`; this writes the command byte, the kind
-    /// bytes and the layers of hops `hop, hop−1, …, 0`.
+    /// bytes and the layers of hops `hop, hop−1, …, 0`. Returns the tag of hop `hop`'s own
+    /// layer (what that hop's circuit `SENDME` will echo, §6.4).
     ///
     /// # Errors
     /// [`OnionError::Size`] when `hop` is not a built hop or the cell is too short.
-    pub fn seal_forward(&mut self, cell: &mut [u8], hop: usize) -> Result<(), OnionError> {
+    pub fn seal_forward(&mut self, cell: &mut [u8], hop: usize) -> Result<[u8; 16], OnionError> {
         if hop >= self.0.len() || cell.len() <= message_offset(hop) {
             return Err(OnionError::Size);
         }
+        let mut hop_tag = [0u8; 16];
         for (h, sealer) in self.0.iter_mut().enumerate().take(hop + 1).rev() {
             let kind = if h == hop {
                 LayerKind::Deliver
@@ -128,10 +130,28 @@ impl ClientForward {
                 .get_mut(relay_layout::BODY - relay_layout::SEQ)
                 .ok_or(OnionError::Size)? = kind as u8;
             sealer.seal(region)?;
+            if h == hop {
+                hop_tag = layer_tag(cell, h).ok_or(OnionError::Size)?;
+            }
         }
         *cell.first_mut().ok_or(OnionError::Size)? = CellCommand::Relay as u8;
-        Ok(())
+        Ok(hop_tag)
     }
+}
+
+/// The 16-byte tag of hop `hop`'s layer in a client cell (sealed, or just opened by
+/// [`ClientBackward::open_backward`]).
+pub fn layer_tag(cell: &[u8], hop: usize) -> Option<[u8; 16]> {
+    let start = layer_offset(hop) + anonnet_wire::cell::SEQ_LEN;
+    cell.get(start..start + 16)?.try_into().ok()
+}
+
+/// The 16-byte tag of a relay's own layer in a whole relay cell (after
+/// [`RelayForward::open_forward`] or [`RelayBackward::seal_backward`]).
+pub fn relay_cell_tag(cell: &[u8]) -> Option<[u8; 16]> {
+    cell.get(relay_layout::TAG..relay_layout::TAG + 16)?
+        .try_into()
+        .ok()
 }
 
 /// The client's backward layers (one opener per hop).

@@ -21,8 +21,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anonnet_crypto::onion::relay_cell_tag;
 use anonnet_crypto::{RelayBackward, RelayForward};
 use anonnet_wire::cell::{relay_layout, CellCommand, LayerKind};
+use anonnet_wire::flow::{
+    CircuitDeliverWindow, SendmeTags, StreamDeliverWindow, CIRCUIT_INCREMENT, CIRCUIT_WINDOW,
+    STREAM_INCREMENT, STREAM_WINDOW,
+};
 use anonnet_wire::{
     Create, Created, Destroy, DestroyReason, EndReason, RelayCell, RelayMsg, StreamId, Target,
     LAYER_OVERHEAD,
@@ -31,7 +36,7 @@ use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -41,8 +46,9 @@ use crate::RelayShared;
 const CELL_QUEUE: usize = 64;
 /// Messages buffered for the backward task (originated by this relay).
 const BACKWARD_QUEUE: usize = 64;
-/// `DATA` payloads buffered towards one exit TCP connection.
-const EXIT_WRITE_QUEUE: usize = 32;
+/// `DATA` payloads buffered towards one exit TCP connection: a whole stream window, so a
+/// client that respects flow control never makes the circuit wait on a slow destination.
+const EXIT_WRITE_QUEUE: usize = STREAM_WINDOW as usize + 12;
 /// How long extending to the next relay may take (seconds).
 const EXTEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `DESTROY` write may take when tearing down.
@@ -51,6 +57,25 @@ const DESTROY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the backward task sends for this relay.
 enum Outgoing {
     Msg(RelayCell),
+}
+
+/// Flow control of the `DATA` this relay exchanges as an exit (§6.4): the package window
+/// towards the client (permits), the tags its circuit SENDMEs must echo, and the deliver
+/// window for `DATA` from the client.
+struct CircuitFlow {
+    package: Arc<Semaphore>,
+    tags: Mutex<SendmeTags>,
+    deliver: Mutex<CircuitDeliverWindow>,
+}
+
+impl CircuitFlow {
+    fn new() -> Self {
+        CircuitFlow {
+            package: Arc::new(Semaphore::new(CIRCUIT_WINDOW as usize)),
+            tags: Mutex::new(SendmeTags::default()),
+            deliver: Mutex::new(CircuitDeliverWindow::default()),
+        }
+    }
 }
 
 /// Shared between the tasks of one circuit: why it ended, and the token that ends it.
@@ -202,15 +227,20 @@ async fn run_circuit(
     spawn_leg_reader(prev_recv, cell_len, 0, prev_tx, teardown.clone());
     let (next_tx, next_rx) = mpsc::channel(CELL_QUEUE);
     let (out_tx, out_rx) = mpsc::channel(BACKWARD_QUEUE);
-    let backward = tokio::spawn(backward_task(
-        shared.clone(),
-        cell_len,
-        onion.backward,
-        prev_send,
-        next_rx,
-        out_rx,
-        teardown.clone(),
-    ));
+    let flow = Arc::new(CircuitFlow::new());
+    let backward = tokio::spawn(
+        BackwardTask {
+            shared: shared.clone(),
+            cell_len,
+            layer: onion.backward,
+            prev_send,
+            next_rx,
+            out_rx,
+            flow: flow.clone(),
+            teardown: teardown.clone(),
+        }
+        .run(),
+    );
     let forward = ForwardTask {
         shared,
         cell_len,
@@ -219,6 +249,7 @@ async fn run_circuit(
         next_tx: Some(next_tx),
         out: out_tx,
         streams: HashMap::new(),
+        flow,
         teardown: teardown.clone(),
     };
     forward.run(prev_rx).await;
@@ -234,74 +265,107 @@ async fn send_destroy(send: &mut SendStream, cell_len: usize, reason: DestroyRea
     let _ = send.finish();
 }
 
-async fn backward_task(
+/// The backward direction of a circuit: cells from the next hop and messages this relay
+/// originates, sealed with this hop's layer and written to the previous hop.
+struct BackwardTask {
     shared: Arc<RelayShared>,
     cell_len: usize,
-    mut layer: RelayBackward,
-    mut prev_send: SendStream,
-    mut next_rx: mpsc::Receiver<Vec<u8>>,
-    mut out_rx: mpsc::Receiver<Outgoing>,
+    layer: RelayBackward,
+    prev_send: SendStream,
+    next_rx: mpsc::Receiver<Vec<u8>>,
+    out_rx: mpsc::Receiver<Outgoing>,
+    flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
-) {
-    loop {
-        let mut cell = tokio::select! {
-            biased;
-            () = teardown.token.cancelled() => break,
-            Some(mut cell) = next_rx.recv() => {
-                // A cell from the next hop sits at offset LAYER_OVERHEAD; its first byte is
-                // the command on the next leg.
-                match cell.get(LAYER_OVERHEAD).copied().map(CellCommand::from_byte) {
-                    Some(Ok(CellCommand::Relay)) => {
-                        if layer.seal_backward(&mut cell, LayerKind::Forward).is_err() {
-                            teardown.destroy(DestroyReason::Internal);
+}
+
+impl BackwardTask {
+    async fn run(mut self) {
+        self.relay_cells().await;
+        let reason = self.teardown.reason();
+        send_destroy(&mut self.prev_send, self.cell_len, reason).await;
+    }
+
+    async fn relay_cells(&mut self) {
+        let BackwardTask {
+            shared,
+            cell_len,
+            layer,
+            prev_send,
+            next_rx,
+            out_rx,
+            flow,
+            teardown,
+        } = self;
+        let cell_len = *cell_len;
+        loop {
+            let mut cell = tokio::select! {
+                biased;
+                () = teardown.token.cancelled() => break,
+                Some(mut cell) = next_rx.recv() => {
+                    // A cell from the next hop sits at offset LAYER_OVERHEAD; its first byte is
+                    // the command on the next leg.
+                    match cell.get(LAYER_OVERHEAD).copied().map(CellCommand::from_byte) {
+                        Some(Ok(CellCommand::Relay)) => {
+                            if layer.seal_backward(&mut cell, LayerKind::Forward).is_err() {
+                                teardown.destroy(DestroyReason::Internal);
+                                break;
+                            }
+                            shared.stats.cells_backward.fetch_add(1, Ordering::Relaxed);
+                            cell
+                        }
+                        Some(Ok(CellCommand::Padding)) => continue,
+                        Some(Ok(CellCommand::Destroy)) => {
+                            teardown.destroy(DestroyReason::ChannelClosed);
                             break;
                         }
-                        shared.stats.cells_backward.fetch_add(1, Ordering::Relaxed);
-                        cell
-                    }
-                    Some(Ok(CellCommand::Padding)) => continue,
-                    Some(Ok(CellCommand::Destroy)) => {
-                        teardown.destroy(DestroyReason::ChannelClosed);
-                        break;
-                    }
-                    _ => {
-                        teardown.destroy(DestroyReason::Protocol);
-                        break;
+                        _ => {
+                            teardown.destroy(DestroyReason::Protocol);
+                            break;
+                        }
                     }
                 }
-            }
-            Some(Outgoing::Msg(msg)) = out_rx.recv() => {
-                let mut cell = vec![0u8; cell_len];
-                let sealed = cell
-                    .get_mut(relay_layout::INNER..)
-                    .ok_or(())
-                    .and_then(|inner| msg.encode_into(inner).map_err(|_| ()))
-                    .and_then(|()| layer.seal_backward(&mut cell, LayerKind::Deliver).map_err(|_| ()));
-                if sealed.is_err() {
-                    teardown.destroy(DestroyReason::Internal);
-                    break;
+                Some(Outgoing::Msg(msg)) = out_rx.recv() => {
+                    let mut cell = vec![0u8; cell_len];
+                    let is_data = matches!(msg.msg, RelayMsg::Data(_));
+                    let sealed = cell
+                        .get_mut(relay_layout::INNER..)
+                        .ok_or(())
+                        .and_then(|inner| msg.encode_into(inner).map_err(|_| ()))
+                        .and_then(|()| layer.seal_backward(&mut cell, LayerKind::Deliver).map_err(|_| ()));
+                    if sealed.is_err() {
+                        teardown.destroy(DestroyReason::Internal);
+                        break;
+                    }
+                    if is_data {
+                        if let (Some(tag), Ok(mut tags)) = (relay_cell_tag(&cell), flow.tags.lock()) {
+                            tags.on_data_sent(tag);
+                        }
+                    }
+                    shared.stats.cells_backward.fetch_add(1, Ordering::Relaxed);
+                    cell
                 }
-                shared.stats.cells_backward.fetch_add(1, Ordering::Relaxed);
-                cell
+                else => break,
+            };
+            let written = tokio::select! {
+                r = prev_send.write_all(&cell) => r.is_ok(),
+                () = teardown.token.cancelled() => false,
+            };
+            cell.clear();
+            if !written {
+                teardown.destroy(DestroyReason::ChannelClosed);
+                break;
             }
-            else => break,
-        };
-        let written = tokio::select! {
-            r = prev_send.write_all(&cell) => r.is_ok(),
-            () = teardown.token.cancelled() => false,
-        };
-        cell.clear();
-        if !written {
-            teardown.destroy(DestroyReason::ChannelClosed);
-            break;
         }
     }
-    send_destroy(&mut prev_send, cell_len, teardown.reason()).await;
 }
 
 struct ExitSlot {
     data: mpsc::Sender<Bytes>,
     token: CancellationToken,
+    /// Stream package window towards the client (permits).
+    package: Arc<Semaphore>,
+    /// Stream deliver window for `DATA` from the client.
+    deliver: Arc<Mutex<StreamDeliverWindow>>,
 }
 
 struct ForwardTask {
@@ -313,6 +377,7 @@ struct ForwardTask {
     next_tx: Option<mpsc::Sender<Vec<u8>>>,
     out: mpsc::Sender<Outgoing>,
     streams: HashMap<StreamId, ExitSlot>,
+    flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
 }
 
@@ -393,12 +458,13 @@ impl ForwardTask {
                 Ok(())
             }
             LayerKind::Deliver => {
+                let tag = relay_cell_tag(&cell).unwrap_or_default();
                 let inner = Bytes::from(cell).slice(relay_layout::INNER..);
                 let msg = RelayCell::decode(&inner).map_err(|e| {
                     warn!("destroying circuit: bad relay message: {e}");
                     Violation(DestroyReason::Protocol)
                 })?;
-                self.handle_message(msg).await
+                self.handle_message(msg, tag).await
             }
         }
     }
@@ -410,7 +476,7 @@ impl ForwardTask {
             .await;
     }
 
-    async fn handle_message(&mut self, cell: RelayCell) -> Result<(), Violation> {
+    async fn handle_message(&mut self, cell: RelayCell, tag: [u8; 16]) -> Result<(), Violation> {
         let id = cell.stream_id;
         match cell.msg {
             RelayMsg::Extend {
@@ -458,11 +524,15 @@ impl ForwardTask {
                 }
                 let (tx, rx) = mpsc::channel(EXIT_WRITE_QUEUE);
                 let token = self.teardown.token.child_token();
+                let package = Arc::new(Semaphore::new(STREAM_WINDOW as usize));
+                let deliver = Arc::new(Mutex::new(StreamDeliverWindow::default()));
                 self.streams.insert(
                     id,
                     ExitSlot {
                         data: tx,
                         token: token.clone(),
+                        package: package.clone(),
+                        deliver: deliver.clone(),
                     },
                 );
                 tokio::spawn(exit_stream(
@@ -477,12 +547,40 @@ impl ForwardTask {
                         stream: token,
                         circuit: self.teardown.token.clone(),
                     },
+                    ExitWindows {
+                        circuit: self.flow.package.clone(),
+                        stream: package,
+                        deliver,
+                    },
                     RelayCell::max_payload(self.cell_len - relay_layout::INNER),
                 ));
                 Ok(())
             }
             RelayMsg::Data(data) => {
+                // Every DATA counts for the circuit window, even for a stream we forgot.
+                let due = self
+                    .flow
+                    .deliver
+                    .lock()
+                    .map_err(|_| Violation(DestroyReason::Internal))?
+                    .on_data(tag)
+                    .map_err(|e| {
+                        warn!("destroying circuit: {e}");
+                        Violation(DestroyReason::Protocol)
+                    })?;
+                if let Some(t) = due {
+                    self.send_back(StreamId::CIRCUIT, RelayMsg::Sendme(Some(t)))
+                        .await;
+                }
                 if let Some(slot) = self.streams.get(&id) {
+                    slot.deliver
+                        .lock()
+                        .map_err(|_| Violation(DestroyReason::Internal))?
+                        .on_data()
+                        .map_err(|e| {
+                            warn!("destroying circuit: stream {}: {e}", id.0);
+                            Violation(DestroyReason::Protocol)
+                        })?;
                     let sent = tokio::select! {
                         r = slot.data.send(data) => r.is_ok(),
                         () = self.teardown.token.cancelled() => true,
@@ -504,6 +602,30 @@ impl ForwardTask {
                 Ok(())
             }
             RelayMsg::Drop => Ok(()),
+            RelayMsg::Sendme(Some(echo)) => {
+                self.flow
+                    .tags
+                    .lock()
+                    .map_err(|_| Violation(DestroyReason::Internal))?
+                    .on_sendme(&echo)
+                    .map_err(|e| {
+                        warn!("destroying circuit: {e}");
+                        Violation(DestroyReason::Protocol)
+                    })?;
+                self.flow.package.add_permits(CIRCUIT_INCREMENT as usize);
+                Ok(())
+            }
+            RelayMsg::Sendme(None) => {
+                if let Some(slot) = self.streams.get(&id) {
+                    let inc = STREAM_INCREMENT as usize;
+                    if slot.package.available_permits() + inc > STREAM_WINDOW as usize {
+                        warn!("destroying circuit: stream {}: unexpected SENDME", id.0);
+                        return Err(Violation(DestroyReason::Protocol));
+                    }
+                    slot.package.add_permits(inc);
+                }
+                Ok(())
+            }
             RelayMsg::Connected | RelayMsg::Extended { .. } | RelayMsg::Truncated(_) => {
                 Err(Violation(DestroyReason::Protocol))
             }
@@ -581,6 +703,16 @@ struct ExitTokens {
     circuit: CancellationToken,
 }
 
+/// The flow-control windows an exit stream works with (§6.4).
+struct ExitWindows {
+    /// The circuit's package window towards the client.
+    circuit: Arc<Semaphore>,
+    /// This stream's package window towards the client.
+    stream: Arc<Semaphore>,
+    /// This stream's deliver window for `DATA` from the client.
+    deliver: Arc<Mutex<StreamDeliverWindow>>,
+}
+
 /// Resolve (at the exit), apply the exit policy to the resolved address, connect, then
 /// pump bytes both ways until either side ends.
 #[allow(clippy::too_many_arguments)]
@@ -593,6 +725,7 @@ async fn exit_stream(
     mut data_rx: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<Outgoing>,
     tokens: ExitTokens,
+    windows: ExitWindows,
     max_payload: usize,
 ) {
     // However this function ends, the stream slot is released.
@@ -652,6 +785,8 @@ async fn exit_stream(
     // closes; when the circuit goes it stops at once.
     let circuit_token = tokens.circuit;
     let stream_token = token.clone();
+    let deliver = windows.deliver.clone();
+    let sendme_out = out.clone();
     let writer = tokio::spawn(async move {
         let mut draining = false;
         loop {
@@ -672,11 +807,33 @@ async fn exit_stream(
             if wr.write_all(&data).await.is_err() {
                 break;
             }
+            // Written to the destination: consumed. Every 50 cells earn the client a
+            // stream SENDME.
+            let due = deliver.lock().map(|mut d| d.on_consumed()).unwrap_or(false);
+            if due {
+                let sendme = RelayCell::new(id, RelayMsg::Sendme(None));
+                let _ = sendme_out.send(Outgoing::Msg(sendme)).await;
+            }
         }
         let _ = wr.shutdown().await;
     });
     let mut buf = vec![0u8; max_payload];
     let reason = loop {
+        // One DATA cell needs a permit from the circuit and the stream package windows;
+        // without them the exit stops reading, and the destination's TCP window fills.
+        let permits = tokio::select! {
+            p = async {
+                let c = windows.circuit.acquire().await.ok()?;
+                let s = windows.stream.acquire().await.ok()?;
+                Some((c, s))
+            } => p,
+            () = token.cancelled() => break None,
+        };
+        let Some((circuit_permit, stream_permit)) = permits else {
+            break None;
+        };
+        circuit_permit.forget();
+        stream_permit.forget();
         let n = tokio::select! {
             r = rd.read(&mut buf) => r,
             () = token.cancelled() => break None,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anonnet_crypto::onion::message_offset;
 use anonnet_crypto::{ClientHandshake, ClientOnion, ServerReply};
 use anonnet_net::Endpoint;
-use anonnet_relay::{Limits, Relay, RelayConfig};
+use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, Relay, RelayConfig};
+use anonnet_wire::PortRange;
 use anonnet_wire::{
     Create, Created, Destroy, DestroyReason, RelayCell, RelayMsg, StreamId, CELL_LEN,
 };
@@ -20,7 +21,11 @@ async fn relay(name: &str) -> Relay {
         data_dir: dir,
         listen: "127.0.0.1:0".parse().unwrap(),
         advertise: None,
-        exit_policy: None,
+        exit_policy: Some(ExitPolicy::with_rules(vec![ExitRule {
+            action: Action::Accept,
+            net: "127.0.0.0/8".parse().unwrap(),
+            ports: PortRange::ALL,
+        }])),
         guard: true,
         bandwidth: 1,
         descriptor_file: None,
@@ -110,5 +115,96 @@ async fn relay_destroys_circuit_on_flipped_bit_replay_and_skip() {
 
     assert_eq!(relay.stats().cells_rejected.load(Ordering::Relaxed), 3);
     assert_eq!(relay.stats().cells_forward.load(Ordering::Relaxed), 1);
+    relay.shutdown();
+}
+
+/// Read cells from a one-hop circuit until `stop` says so; returns the messages seen.
+async fn read_messages(
+    recv: &mut quinn::RecvStream,
+    onion: &mut ClientOnion,
+    mut stop: impl FnMut(&RelayMsg, &[u8; 16]) -> bool,
+) -> Option<DestroyReason> {
+    for _ in 0..5000 {
+        let mut cell = vec![0u8; CELL_LEN];
+        tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut cell))
+            .await
+            .expect("a cell within 5 s")
+            .expect("a whole cell");
+        if let Ok(d) = Destroy::decode(&cell) {
+            return Some(d.reason);
+        }
+        let (_, range) = onion.open_backward(&mut cell).unwrap();
+        let tag = anonnet_crypto::onion::layer_tag(&cell, 0).unwrap();
+        let msg = RelayCell::decode(&bytes::Bytes::copy_from_slice(&cell[range])).unwrap();
+        if stop(&msg.msg, &tag) {
+            return None;
+        }
+    }
+    panic!("no stop condition in 5000 cells");
+}
+
+/// An exit accepts a circuit SENDME only with the tag of the cell it acknowledges: a
+/// client cannot make it send more than a window without having received the cells.
+#[tokio::test]
+async fn exit_destroys_circuit_on_forged_sendme() {
+    let relay = relay("sendme").await;
+    let srv = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = srv.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = srv.accept().await.unwrap();
+        let chunk = vec![5u8; 64 << 10];
+        for _ in 0..64 {
+            if tokio::io::AsyncWriteExt::write_all(&mut s, &chunk)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let (mut send, mut recv, mut onion, _ep) = one_hop(&relay).await;
+    let mut cell = vec![0u8; CELL_LEN];
+    RelayCell::new(
+        StreamId(1),
+        RelayMsg::Begin {
+            target: anonnet_wire::Target::Ip("127.0.0.1".parse().unwrap()),
+            port,
+        },
+    )
+    .encode_into(&mut cell[message_offset(0)..])
+    .unwrap();
+    onion.seal_forward(&mut cell, 0).unwrap();
+    send.write_all(&cell).await.unwrap();
+    // Count DATA cells: without SENDMEs the exit stops after one stream window...
+    let mut data = 0u32;
+    let mut last_tag = [0u8; 16];
+    let got = read_messages(&mut recv, &mut onion, |m, tag| {
+        if matches!(m, RelayMsg::Data(_)) {
+            data += 1;
+            if data == 100 {
+                last_tag = *tag;
+            }
+        }
+        data == anonnet_wire::flow::STREAM_WINDOW
+    })
+    .await;
+    assert_eq!(got, None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        relay.stats().exit_bytes.load(Ordering::Relaxed)
+            <= u64::from(anonnet_wire::flow::STREAM_WINDOW) * 993,
+        "the exit read no more than one window of 993-byte payloads"
+    );
+    // ...and a SENDME whose tag is not the 100th cell's destroys the circuit.
+    let mut forged = last_tag;
+    forged[0] ^= 1;
+    let mut cell = vec![0u8; CELL_LEN];
+    RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(forged)))
+        .encode_into(&mut cell[message_offset(0)..])
+        .unwrap();
+    onion.seal_forward(&mut cell, 0).unwrap();
+    send.write_all(&cell).await.unwrap();
+    let got = read_messages(&mut recv, &mut onion, |_, _| false).await;
+    assert_eq!(got, Some(DestroyReason::Protocol));
     relay.shutdown();
 }

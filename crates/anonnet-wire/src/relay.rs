@@ -13,6 +13,8 @@ use crate::{invalid, DestroyReason, Reader, WireError, Writer};
 
 /// Bytes of the relay message header: command (1) ‖ stream id (2) ‖ length (2).
 pub const RELAY_HEADER_LEN: usize = 5;
+/// Version byte of an authenticated circuit-level SENDME.
+pub const SENDME_VERSION: u8 = 1;
 
 /// A stream's number within its circuit. 0 means "the circuit itself" (EXTEND, EXTENDED,
 /// TRUNCATED, DROP); streams use 1..=65535.
@@ -155,6 +157,11 @@ pub enum RelayMsg {
     Truncated(DestroyReason),
     /// Long-range padding; dropped by the hop it reaches. Empty payload.
     Drop,
+    /// Flow-control acknowledgement (§6.4). On stream 0 (circuit level) the payload is
+    /// `version u8 (= 1) ‖ tag [16]`: the onion-layer tag of the DATA cell that completed
+    /// the acknowledged increment, which only a receiver of that cell can know. On a stream
+    /// the payload is empty.
+    Sendme(Option<[u8; 16]>),
 }
 
 impl RelayMsg {
@@ -168,17 +175,21 @@ impl RelayMsg {
             RelayMsg::Extended { .. } => 7,
             RelayMsg::Truncated(_) => 9,
             RelayMsg::Drop => 10,
+            RelayMsg::Sendme(_) => 5,
         }
     }
 
-    fn is_circuit_level(&self) -> bool {
-        matches!(
-            self,
+    /// `Some(true)` for messages that must use stream 0, `Some(false)` for messages that
+    /// must use a stream, `None` for SENDME (either; its payload says which).
+    fn is_circuit_level(&self) -> Option<bool> {
+        match self {
             RelayMsg::Extend { .. }
-                | RelayMsg::Extended { .. }
-                | RelayMsg::Truncated(_)
-                | RelayMsg::Drop
-        )
+            | RelayMsg::Extended { .. }
+            | RelayMsg::Truncated(_)
+            | RelayMsg::Drop => Some(true),
+            RelayMsg::Sendme(tag) => Some(tag.is_some()),
+            _ => Some(false),
+        }
     }
 }
 
@@ -244,7 +255,7 @@ impl RelayCell {
     /// the stream id does not suit the command or a host name is invalid.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<(), WireError> {
         let circuit_level = self.msg.is_circuit_level();
-        if circuit_level != (self.stream_id == StreamId::CIRCUIT) {
+        if circuit_level != Some(self.stream_id == StreamId::CIRCUIT) {
             return Err(invalid("stream id", "0 exactly for circuit-level messages"));
         }
         let room = Self::max_payload(out.len());
@@ -335,6 +346,11 @@ impl RelayCell {
                 w.put(auth);
             }
             RelayMsg::Truncated(reason) => w.put_u8(reason.to_byte()),
+            RelayMsg::Sendme(Some(tag)) => {
+                w.put_u8(SENDME_VERSION);
+                w.put(tag);
+            }
+            RelayMsg::Sendme(None) => {}
         }
         Ok(w.into_vec())
     }
@@ -399,10 +415,17 @@ impl RelayCell {
             },
             9 => RelayMsg::Truncated(DestroyReason::from_byte(p.take_u8()?)),
             10 => RelayMsg::Drop,
+            5 if stream_id == StreamId::CIRCUIT => {
+                if p.take_u8()? != SENDME_VERSION {
+                    return Err(invalid("SENDME version", "not 1"));
+                }
+                RelayMsg::Sendme(Some(p.take_array()?))
+            }
+            5 => RelayMsg::Sendme(None),
             _ => return Err(invalid("relay command", "unknown command")),
         };
         p.finish()?;
-        if msg.is_circuit_level() != (stream_id == StreamId::CIRCUIT) {
+        if msg.is_circuit_level() != Some(stream_id == StreamId::CIRCUIT) {
             return Err(invalid("stream id", "0 exactly for circuit-level messages"));
         }
         Ok(RelayCell { stream_id, msg })
@@ -475,6 +498,16 @@ mod tests {
             RelayMsg::Truncated(DestroyReason::ConnectFailed),
         ));
         round_trip(RelayCell::new(StreamId::CIRCUIT, RelayMsg::Drop));
+        round_trip(RelayCell::new(
+            StreamId::CIRCUIT,
+            RelayMsg::Sendme(Some([9; 16])),
+        ));
+        round_trip(RelayCell::new(StreamId(4), RelayMsg::Sendme(None)));
+        // A circuit SENDME without its tag, or a stream SENDME with one, is refused.
+        assert!(RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(None))
+            .encode_into(&mut [0; 50])
+            .is_err());
+        assert!(RelayCell::decode(&Bytes::from_static(&[5, 0, 0, 0, 1, 2])).is_err());
     }
 
     #[test]
