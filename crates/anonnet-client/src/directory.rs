@@ -79,7 +79,9 @@ impl Directory {
             .any(|r| r.descriptor.exit_allows_port(port))
     }
 
-    /// Choose guard, middle and exit for a connection to `port`, avoiding `avoid`.
+    /// Choose guard, middle and exit for a connection to `port`, avoiding `avoid` in every
+    /// position and, when another exit allows the port, the exits in `other_exits` (exits of
+    /// circuits that belong to other isolation groups, so two groups do not share an exit).
     ///
     /// # Errors
     /// [`PathError::NoExitForPort`] when no exit allows the port,
@@ -88,6 +90,7 @@ impl Directory {
         &self,
         port: u16,
         avoid: &[NodeId],
+        other_exits: &[NodeId],
         rng: &mut impl Rng,
     ) -> Result<Vec<VerifiedDescriptor>, PathError> {
         let usable: Vec<&VerifiedDescriptor> = self
@@ -96,13 +99,16 @@ impl Directory {
             .filter(|r| !avoid.contains(&r.node_id))
             .collect();
         let weight = |r: &&VerifiedDescriptor| f64::from(r.descriptor.bandwidth.max(1));
-        let exits: Vec<&VerifiedDescriptor> = usable
+        let mut exits: Vec<&VerifiedDescriptor> = usable
             .iter()
             .copied()
             .filter(|r| r.descriptor.exit_allows_port(port))
             .collect();
         if exits.is_empty() {
             return Err(PathError::NoExitForPort(port));
+        }
+        if exits.iter().any(|r| !other_exits.contains(&r.node_id)) {
+            exits.retain(|r| !other_exits.contains(&r.node_id));
         }
         let too_few = PathError::NotEnoughRelays(3);
         // Try each exit choice a few times; small networks may pin the others down.
@@ -169,7 +175,7 @@ mod tests {
         .unwrap();
         let mut rng = rand::rng();
         for _ in 0..50 {
-            let path = dir.choose_path(80, &[], &mut rng).unwrap();
+            let path = dir.choose_path(80, &[], &[], &mut rng).unwrap();
             assert_eq!(path.len(), 3);
             assert!(path[0].descriptor.is_guard());
             assert!(path[2].descriptor.exit_allows_port(80));
@@ -178,9 +184,37 @@ mod tests {
             assert_ne!(path[0].node_id, path[2].node_id);
         }
         assert_eq!(
-            dir.choose_path(443, &[], &mut rng).unwrap_err(),
+            dir.choose_path(443, &[], &[], &mut rng).unwrap_err(),
             PathError::NoExitForPort(443)
         );
+        // The only exit is used by another group: it is still chosen rather than failing.
+        let exit = path_exit(&dir);
+        let p = dir.choose_path(80, &[], &[exit], &mut rng).unwrap();
+        assert_eq!(p[2].node_id, exit);
+    }
+
+    fn path_exit(dir: &Directory) -> NodeId {
+        dir.choose_path(80, &[], &[], &mut rand::rng()).unwrap()[2].node_id
+    }
+
+    #[test]
+    fn other_groups_exits_are_avoided_when_possible() {
+        let mut dir = Directory::new();
+        for seed in 1..=5 {
+            dir.insert(
+                &relay(seed, FLAG_GUARD | FLAG_EXIT, vec![PortRange::ALL]),
+                200,
+            )
+            .unwrap();
+        }
+        let mut rng = rand::rng();
+        for _ in 0..50 {
+            let first = dir.choose_path(80, &[], &[], &mut rng).unwrap();
+            let second = dir
+                .choose_path(80, &[], &[first[2].node_id], &mut rng)
+                .unwrap();
+            assert_ne!(first[2].node_id, second[2].node_id);
+        }
     }
 
     #[test]
@@ -192,7 +226,7 @@ mod tests {
             .unwrap();
         let mut rng = rand::rng();
         assert!(matches!(
-            dir.choose_path(80, &[], &mut rng),
+            dir.choose_path(80, &[], &[], &mut rng),
             Err(PathError::NotEnoughRelays(3))
         ));
         let mut forged = relay(3, FLAG_GUARD, vec![]);

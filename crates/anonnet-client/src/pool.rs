@@ -347,8 +347,20 @@ impl Client {
         })
     }
 
+    /// Exits of live circuits that do not belong to `owner`: a clean pool circuit is built
+    /// away from every other circuit's exit, a group's circuit away from other groups'.
+    fn exits_not_of(&self, owner: Option<&IsolationKey>) -> Vec<anonnet_crypto::NodeId> {
+        self.with_pool(|pool| {
+            pool.iter()
+                .filter(|s| !s.retired && (owner.is_none() || s.isolation.as_ref() != owner))
+                .filter_map(|s| s.circuit.path().last().copied())
+                .collect()
+        })
+    }
+
     /// Take a circuit for a stream to `port` with `isolation`: one already used by the same
-    /// key, else a clean one from the pool (which then belongs to the key).
+    /// key, else a clean one from the pool (which then belongs to the key), preferring a
+    /// clean circuit whose exit no other group uses.
     fn pick(&self, port: u16, isolation: &IsolationKey) -> Option<Arc<Circuit>> {
         let picked = self.with_pool(|pool| {
             let usable = |s: &Slot| {
@@ -361,9 +373,17 @@ impl Client {
             {
                 return Some((s.circuit.clone(), false));
             }
-            let s = pool
-                .iter_mut()
-                .find(|s| usable(s) && s.isolation.is_none())?;
+            let taken: Vec<_> = pool
+                .iter()
+                .filter(|s| !s.retired && s.isolation.as_ref().is_some_and(|k| k != isolation))
+                .filter_map(|s| s.circuit.path().last().copied())
+                .collect();
+            let fresh_exit = |s: &Slot| s.circuit.path().last().is_some_and(|e| !taken.contains(e));
+            let index = pool
+                .iter()
+                .position(|s| usable(s) && s.isolation.is_none() && fresh_exit(s))
+                .or_else(|| pool.iter().position(|s| usable(s) && s.isolation.is_none()))?;
+            let s = pool.get_mut(index)?;
             s.isolation = Some(isolation.clone());
             s.first_used = Some(Instant::now());
             Some((s.circuit.clone(), true))
@@ -393,12 +413,13 @@ impl Client {
                     .directory
                     .read()
                     .map_err(|_| ClientError::NotEnoughRelays { usable: 0 })?;
-                match dir.choose_path(port, &avoid, &mut rand::rng()) {
+                let other_exits = self.exits_not_of(owner);
+                match dir.choose_path(port, &avoid, &other_exits, &mut rand::rng()) {
                     Ok(p) => p,
                     // Relays we avoided may be all there is: try them again.
                     Err(_) if !avoid.is_empty() => {
                         avoid.clear();
-                        dir.choose_path(port, &avoid, &mut rand::rng())?
+                        dir.choose_path(port, &avoid, &other_exits, &mut rand::rng())?
                     }
                     Err(e) => return Err(e.into()),
                 }

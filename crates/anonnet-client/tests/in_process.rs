@@ -373,3 +373,79 @@ async fn a_stalled_reader_keeps_buffers_bounded() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Wait (bounded) until the pool holds `n` clean circuits.
+async fn pool_warm(client: &Client, n: usize) {
+    for _ in 0..200 {
+        let clean = client
+            .status()
+            .circuits
+            .iter()
+            .filter(|c| c.state == "clean")
+            .count();
+        if clean >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pool did not fill: {:#?}", client.status());
+}
+
+/// Different credentials never share a circuit (and get different exits); the same
+/// credentials reuse theirs; with the pool warm no request waits for a circuit build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_groups_get_their_own_circuits_from_a_warm_pool() {
+    use anonnet_client::IsolationKey;
+    let dir = tempdir("iso");
+    let relays = relays(5, &dir).await;
+    let client = Client::start(ClientConfig {
+        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
+        quic_bind: "127.0.0.1:0".parse().unwrap(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    client.wait_ready().await.unwrap();
+    pool_warm(&client, 3).await;
+    let port = spawn_echo_server().await;
+    let alice = IsolationKey::from_credentials(b"alice", b"x");
+    let bob = IsolationKey::from_credentials(b"bob", b"y");
+    let target = || Target::Ip("127.0.0.1".parse().unwrap());
+    let mut alice_circuits = Vec::new();
+    let mut bob_circuits = Vec::new();
+    for _ in 0..3 {
+        let a = client
+            .connect_isolated(target(), port, &alice)
+            .await
+            .unwrap();
+        let b = client.connect_isolated(target(), port, &bob).await.unwrap();
+        alice_circuits.push((a.circuit().id(), a.circuit().path()[2]));
+        bob_circuits.push((b.circuit().id(), b.circuit().path()[2]));
+    }
+    assert!(
+        alice_circuits.windows(2).all(|w| w[0] == w[1]),
+        "{alice_circuits:?}"
+    );
+    assert!(
+        bob_circuits.windows(2).all(|w| w[0] == w[1]),
+        "{bob_circuits:?}"
+    );
+    assert_ne!(alice_circuits[0].0, bob_circuits[0].0, "separate circuits");
+    assert_ne!(alice_circuits[0].1, bob_circuits[0].1, "separate exits");
+    let counters = client.status().counters;
+    assert_eq!(
+        counters.circuits_built_on_demand, 0,
+        "every stream found a ready circuit: {counters:?}"
+    );
+    // New identity: the next request gets another circuit.
+    client.new_identity();
+    let a = client
+        .connect_isolated(target(), port, &alice)
+        .await
+        .unwrap();
+    assert_ne!(a.circuit().id(), alice_circuits[0].0);
+    for r in &relays {
+        r.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
