@@ -20,6 +20,15 @@ use toml::Spanned;
 pub const CLIENT_FILE: &str = "client.toml";
 /// Default SOCKS5 listener of the client (and of the testnet).
 pub const DEFAULT_SOCKS: &str = "127.0.0.1:9050";
+/// Default HTTP proxy listener of the client (and of the testnet).
+pub const DEFAULT_HTTP: &str = "127.0.0.1:9080";
+/// Default control API listener of the client: loopback, a free port (the CLI and tray
+/// find it in `ports.json`).
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:0";
+/// Most pre-built clean exit circuits `client.pool_size` may ask for.
+pub const MAX_POOL_SIZE: u64 = 32;
+/// Longest `client.max_circuit_dirtiness_secs` (one day).
+pub const MAX_DIRTINESS_SECS: u64 = 86_400;
 /// Default UDP address of a relay's QUIC listener.
 pub const DEFAULT_RELAY_LISTEN: &str = "0.0.0.0:9001";
 /// Default advertised relay bandwidth (bytes per second).
@@ -511,11 +520,15 @@ struct ClientFile {
 #[serde(deny_unknown_fields)]
 struct ClientSection {
     socks_listen: Option<Spanned<String>>,
+    http_listen: Option<Spanned<String>>,
+    control_listen: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     #[serde(default)]
     bootstrap: Vec<Spanned<String>>,
     circuit_build_timeout_secs: Option<Spanned<u64>>,
     stream_timeout_secs: Option<Spanned<u64>>,
+    pool_size: Option<Spanned<u64>>,
+    max_circuit_dirtiness_secs: Option<Spanned<u64>>,
 }
 
 /// A loaded client config file.
@@ -525,6 +538,10 @@ pub struct ClientSettings {
     pub file: PathBuf,
     /// Where to bind the SOCKS5 listener (port 0 for "auto").
     pub socks_listen: SocketAddr,
+    /// Where to bind the HTTP proxy listener (port 0 for "auto").
+    pub http_listen: SocketAddr,
+    /// Where to bind the control API (loopback only; port 0 for "auto").
+    pub control_listen: SocketAddr,
     /// Where `ports.json` (and later guards and keys) live.
     pub state_dir: PathBuf,
     /// The bootstrap relays' descriptors, parsed (signatures are checked by the client).
@@ -533,6 +550,11 @@ pub struct ClientSettings {
     pub circuit_build_timeout: Option<Duration>,
     /// `client.stream_timeout_secs`, when set.
     pub stream_timeout: Option<Duration>,
+    /// `client.pool_size`: clean exit circuits kept ready, 1..=[`MAX_POOL_SIZE`], when set.
+    pub pool_size: Option<usize>,
+    /// `client.max_circuit_dirtiness_secs`: a circuit takes no new streams this long after
+    /// its first use, when set.
+    pub max_dirtiness: Option<Duration>,
 }
 
 /// Parse a SOCKS listen value: `"auto"` (127.0.0.1, a free port) or `IP:PORT`.
@@ -540,10 +562,97 @@ pub struct ClientSettings {
 /// # Errors
 /// A message naming the allowed forms.
 pub fn parse_socks_listen(value: &str) -> Result<SocketAddr, String> {
+    parse_listen(value)
+}
+
+/// Parse a local listener address (SOCKS, HTTP): `"auto"` (127.0.0.1, a free port) or
+/// `IP:PORT` (port 0 also picks a free port).
+///
+/// # Errors
+/// A message naming the allowed forms.
+pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
     if value.trim().eq_ignore_ascii_case("auto") {
         return Ok(SocketAddr::from(([127, 0, 0, 1], 0)));
     }
     parse_addr(value).map_err(|why| format!("{why}, or \"auto\" to pick a free port"))
+}
+
+/// Whether two listeners would fight over one port: the same fixed port on the same IP, or
+/// on any IP when either is the unspecified address. Port 0 ("auto") never clashes.
+pub fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// A listener key, its parsed address and its value in the file (for the line number).
+type Listener<'a> = (&'a str, SocketAddr, Option<&'a Spanned<String>>);
+
+/// The error for the first pair of `listeners` that clash, naming both keys.
+fn check_listeners(src: &Source, listeners: &[Listener<'_>]) -> Result<(), ConfigError> {
+    for (i, (key_a, a, _)) in listeners.iter().enumerate() {
+        for (key_b, b, at_b) in listeners.iter().skip(i + 1) {
+            if listeners_clash(*a, *b) {
+                return Err(src.invalid(
+                    *key_b,
+                    *at_b,
+                    format!(
+                        "{b} clashes with `{key_a}` ({a}): each listener needs its own \
+                         port; choose another IP:PORT or \"auto\" to pick a free port"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parse `client.control_listen`: `"auto"` or `IP:PORT` on a loopback address (the control
+/// API is local only).
+///
+/// # Errors
+/// A message naming the allowed forms.
+pub fn parse_control_listen(value: &str) -> Result<SocketAddr, String> {
+    let addr = parse_listen(value)?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address; the control API is local only: use \
+             \"127.0.0.1:PORT\", \"[::1]:PORT\" or \"auto\""
+        ));
+    }
+    Ok(addr)
+}
+
+/// `client.state_dir`, resolved: relative to the file, else the OS state directory.
+fn state_dir_of(src: &Source, c: &ClientSection) -> Result<PathBuf, ConfigError> {
+    match &c.state_dir {
+        Some(d) => Ok(src.path(d.get_ref())),
+        None => project_dirs()
+            .map(|p| {
+                p.state_dir()
+                    .unwrap_or_else(|| p.data_local_dir())
+                    .to_path_buf()
+            })
+            .ok_or_else(|| {
+                src.invalid(
+                    "client.state_dir",
+                    None::<&Spanned<()>>,
+                    "no default: this user has no home directory; set a directory".into(),
+                )
+            }),
+    }
+}
+
+/// The state directory a client config file names, for the control subcommands: the
+/// file's keys are checked, but not the bootstrap descriptor files (a running daemon has
+/// read them already).
+///
+/// # Errors
+/// [`ConfigError`] naming the file, key and allowed values.
+pub fn client_state_dir(path: &Path) -> Result<PathBuf, ConfigError> {
+    let src = Source::read(path)?;
+    let file: ClientFile = src.parse()?;
+    state_dir_of(&src, &file.client)
 }
 
 /// Load and validate a client config file, reading every bootstrap descriptor file.
@@ -562,22 +671,49 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
         None => parse_socks_listen(DEFAULT_SOCKS)
             .map_err(|why| src.invalid("client.socks_listen", None::<&Spanned<()>>, why))?,
     };
-    let state_dir = match &c.state_dir {
-        Some(d) => src.path(d.get_ref()),
-        None => project_dirs()
-            .map(|p| {
-                p.state_dir()
-                    .unwrap_or_else(|| p.data_local_dir())
-                    .to_path_buf()
-            })
-            .ok_or_else(|| {
-                src.invalid(
-                    "client.state_dir",
-                    None::<&Spanned<()>>,
-                    "no default: this user has no home directory; set a directory".into(),
-                )
-            })?,
+    let http_listen = match &c.http_listen {
+        Some(s) => parse_listen(s.get_ref())
+            .map_err(|why| src.invalid("client.http_listen", Some(s), why))?,
+        None => parse_listen(DEFAULT_HTTP)
+            .map_err(|why| src.invalid("client.http_listen", None::<&Spanned<()>>, why))?,
     };
+    let control_listen = match &c.control_listen {
+        Some(s) => parse_control_listen(s.get_ref())
+            .map_err(|why| src.invalid("client.control_listen", Some(s), why))?,
+        None => parse_control_listen(DEFAULT_CONTROL)
+            .map_err(|why| src.invalid("client.control_listen", None::<&Spanned<()>>, why))?,
+    };
+    check_listeners(
+        &src,
+        &[
+            ("client.socks_listen", socks_listen, c.socks_listen.as_ref()),
+            ("client.http_listen", http_listen, c.http_listen.as_ref()),
+            (
+                "client.control_listen",
+                control_listen,
+                c.control_listen.as_ref(),
+            ),
+        ],
+    )?;
+    let pool_size = c
+        .pool_size
+        .as_ref()
+        .map(|s| {
+            check_range(*s.get_ref(), 1, MAX_POOL_SIZE, "circuits")
+                .map(|n| usize::try_from(n).unwrap_or(1))
+                .map_err(|why| src.invalid("client.pool_size", Some(s), why))
+        })
+        .transpose()?;
+    let max_dirtiness = c
+        .max_circuit_dirtiness_secs
+        .as_ref()
+        .map(|s| {
+            check_range(*s.get_ref(), 1, MAX_DIRTINESS_SECS, "seconds")
+                .map(Duration::from_secs)
+                .map_err(|why| src.invalid("client.max_circuit_dirtiness_secs", Some(s), why))
+        })
+        .transpose()?;
+    let state_dir = state_dir_of(&src, c)?;
     if c.bootstrap.len() < MIN_BOOTSTRAP {
         return Err(src.invalid(
             "client.bootstrap",
@@ -629,10 +765,14 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
     Ok(ClientSettings {
         file: src.path.clone(),
         socks_listen,
+        http_listen,
+        control_listen,
         state_dir,
         bootstrap,
         circuit_build_timeout: secs("circuit_build_timeout_secs", &c.circuit_build_timeout_secs)?,
         stream_timeout: secs("stream_timeout_secs", &c.stream_timeout_secs)?,
+        pool_size,
+        max_dirtiness,
     })
 }
 
@@ -650,6 +790,7 @@ struct TestnetFile {
 struct TestnetSection {
     relays: Option<Spanned<u64>>,
     socks_listen: Option<Spanned<String>>,
+    http_listen: Option<Spanned<String>>,
     dir: Option<Spanned<String>>,
     exit_policy: Option<Vec<Spanned<String>>>,
 }
@@ -661,6 +802,8 @@ pub struct TestnetSettings {
     pub relays: Option<usize>,
     /// `testnet.socks_listen` (port 0 for `"auto"`).
     pub socks_listen: Option<SocketAddr>,
+    /// `testnet.http_listen` (port 0 for `"auto"`).
+    pub http_listen: Option<SocketAddr>,
     /// `testnet.dir`, resolved.
     pub dir: Option<PathBuf>,
     /// `testnet.exit_policy`, validated lines.
@@ -705,6 +848,23 @@ pub fn load_testnet(path: &Path) -> Result<TestnetSettings, ConfigError> {
                 .map_err(|why| src.invalid("testnet.socks_listen", Some(s), why))
         })
         .transpose()?;
+    let http_listen = t
+        .http_listen
+        .as_ref()
+        .map(|s| {
+            parse_listen(s.get_ref())
+                .map_err(|why| src.invalid("testnet.http_listen", Some(s), why))
+        })
+        .transpose()?;
+    if let (Some(socks), Some(http)) = (socks_listen, http_listen) {
+        check_listeners(
+            &src,
+            &[
+                ("testnet.socks_listen", socks, t.socks_listen.as_ref()),
+                ("testnet.http_listen", http, t.http_listen.as_ref()),
+            ],
+        )?;
+    }
     let exit_policy = t
         .exit_policy
         .as_ref()
@@ -716,6 +876,7 @@ pub fn load_testnet(path: &Path) -> Result<TestnetSettings, ConfigError> {
     Ok(TestnetSettings {
         relays,
         socks_listen,
+        http_listen,
         dir: t.dir.as_ref().map(|d| src.path(d.get_ref())),
         exit_policy,
     })
@@ -982,16 +1143,140 @@ max_links = 50
     }
 
     #[test]
+    fn http_listen_is_validated_like_socks_listen() {
+        let dir = test_dir("http-listen");
+        let file = write(
+            &dir,
+            "client.toml",
+            "[client]\nhttp_listen = \"localhost:80\"\n",
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.http_listen") && e.contains("line 2") && e.contains("auto"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_listen("AUTO").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn socks_and_http_on_one_port_is_an_error_naming_both_keys() {
+        let dir = test_dir("listen-clash");
+        let file = write(
+            &dir,
+            "client.toml",
+            "[client]\nsocks_listen = \"127.0.0.1:9050\"\nhttp_listen = \"127.0.0.1:9050\"\n",
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.http_listen") && e.contains("client.socks_listen"),
+            "{e}"
+        );
+        assert!(e.contains("line 3"), "{e}");
+        // The default SOCKS port against an HTTP listener on every interface.
+        let file = write(
+            &dir,
+            "client.toml",
+            "[client]\nhttp_listen = \"0.0.0.0:9050\"\n",
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(e.contains("clashes with `client.socks_listen`"), "{e}");
+        // "auto" never clashes.
+        assert!(!listeners_clash(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        ));
+        assert!(!listeners_clash(
+            "127.0.0.1:9050".parse().unwrap(),
+            "127.0.0.2:9050".parse().unwrap()
+        ));
+        let file = write(
+            &dir,
+            "testnet.toml",
+            "[testnet]\nsocks_listen = \"127.0.0.1:7000\"\nhttp_listen = \"127.0.0.1:7000\"\n",
+        );
+        let e = load_testnet(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("testnet.http_listen") && e.contains("testnet.socks_listen"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pool_size_and_dirtiness_are_range_checked() {
+        let dir = test_dir("pool-keys");
+        let file = write(&dir, "client.toml", "[client]\npool_size = 0\n");
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.pool_size") && e.contains("1..=32"),
+            "{e}"
+        );
+        let file = write(
+            &dir,
+            "client.toml",
+            "[client]\nmax_circuit_dirtiness_secs = 100000\n",
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.max_circuit_dirtiness_secs") && e.contains("1..=86400"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn control_listen_must_be_loopback() {
+        let dir = test_dir("control-listen");
+        let file = write(
+            &dir,
+            "client.toml",
+            "[client]\ncontrol_listen = \"0.0.0.0:9051\"\n",
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.control_listen") && e.contains("loopback") && e.contains("line 2"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_control_listen("auto").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert_eq!(
+            parse_control_listen("[::1]:9051").unwrap(),
+            "[::1]:9051".parse().unwrap()
+        );
+        let file = write(
+            &dir,
+            "client.toml",
+            "[client]\nsocks_listen = \"127.0.0.1:9051\"\ncontrol_listen = \"127.0.0.1:9051\"\n",
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(e.contains("clashes with `client.socks_listen`"), "{e}");
+    }
+
+    #[test]
+    fn state_dir_for_the_cli_needs_no_descriptors() {
+        let dir = test_dir("cli-state-dir");
+        let file = write(&dir, "client.toml", "[client]\nstate_dir = \"st\"\n");
+        assert_eq!(client_state_dir(&file).unwrap(), dir.join("st"));
+        let file = write(&dir, "client.toml", "[client]\nstat_dir = \"st\"\n");
+        let e = client_state_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("client.stat_dir"), "{e}");
+    }
+
+    #[test]
     fn testnet_config_validates_relays_and_policy() {
         let dir = test_dir("testnet");
         let file = write(
             &dir,
             "testnet.toml",
-            "[testnet]\nrelays = 4\nsocks_listen = \"auto\"\ndir = \"net\"\nexit_policy = [\"accept 127.0.0.0/8:*\"]\n",
+            "[testnet]\nrelays = 4\nsocks_listen = \"auto\"\nhttp_listen = \"auto\"\ndir = \"net\"\nexit_policy = [\"accept 127.0.0.0/8:*\"]\n",
         );
         let t = load_testnet(&file).unwrap();
         assert_eq!(t.relays, Some(4));
         assert_eq!(t.socks_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(t.http_listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(t.dir, Some(dir.join("net")));
         let file = write(&dir, "testnet.toml", "[testnet]\nrelays = 2\n");
         let e = load_testnet(&file).unwrap_err().to_string();

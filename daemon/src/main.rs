@@ -4,9 +4,12 @@
 //!
 //! Machine-readable lines go to stdout (one per mode, flushed), logs to stderr:
 //! - `anonnet relay`: `RELAY ready <node_id_hex> <bound_addr> <descriptor_file_path>`
-//! - `anonnet run` and `anonnet testnet`: `SOCKS5 ready on <ADDR>`
+//! - `anonnet run` and `anonnet testnet`: `SOCKS5 ready on <ADDR>`, then
+//!   `HTTP proxy ready on <ADDR>` (both listeners are bound and served by then)
 
+mod cli;
 mod config;
+mod control;
 mod shutdown;
 mod site;
 mod testnet;
@@ -18,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anonnet_client::{Client, ClientConfig, ClientError};
-use anonnet_proxy::SocksServer;
+use anonnet_proxy::{HttpProxy, SocksServer};
 use anonnet_relay::{Relay, RelayError};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
@@ -33,13 +36,44 @@ pub const PORTS_FILE: &str = "ports.json";
 #[derive(Debug, Parser)]
 #[command(name = "anonnet", version, about, long_about = None)]
 struct Cli {
+    /// Log verbosity on stderr: error, warn, info, debug or trace. Overrides `RUST_LOG`;
+    /// without either, `info`.
+    #[arg(long, global = true, value_name = "LEVEL", value_enum)]
+    log_level: Option<LogLevel>,
+    /// Client config file for `run` and the control subcommands (`anonnet --config FILE
+    /// status`); also accepted after the subcommand, which wins.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+/// `--log-level` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the client daemon: SOCKS5 proxy (default 127.0.0.1:9050) over onion circuits.
+    /// Run the client daemon: SOCKS5 proxy (default 127.0.0.1:9050) and HTTP proxy
+    /// (default 127.0.0.1:9080) over onion circuits.
     Run {
         /// Client config file [default: the OS config directory's anonnet/client.toml].
         #[arg(long, value_name = "FILE")]
@@ -67,6 +101,10 @@ enum Command {
         /// [default: 127.0.0.1:9050].
         #[arg(long, value_name = "ADDR", value_parser = config::parse_socks_listen)]
         socks: Option<SocketAddr>,
+        /// HTTP proxy address of the client, IP:PORT; "auto" or port 0 picks a free port
+        /// [default: 127.0.0.1:9080].
+        #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
+        http: Option<SocketAddr>,
         /// Directory for configs, keys and logs [default: a fresh directory under the OS
         /// temp dir].
         #[arg(long, value_name = "DIR")]
@@ -75,6 +113,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Control subcommands over the running daemon's control API.
+    #[command(flatten)]
+    Control(cli::ControlCommand),
 }
 
 fn parse_relays(s: &str) -> Result<usize, String> {
@@ -119,6 +160,19 @@ pub enum Error {
         /// The bind error (it names the address).
         source: anonnet_proxy::ProxyError,
     },
+    /// The HTTP proxy port could not be bound.
+    #[error(
+        "{source}. Port {port} is taken: change `client.http_listen` in {file}, or set it to \
+         \"auto\" to pick a free port"
+    )]
+    HttpBind {
+        /// The port asked for.
+        port: u16,
+        /// The config file.
+        file: String,
+        /// The bind error (it names the address).
+        source: anonnet_proxy::ProxyError,
+    },
     /// A local I/O step failed.
     #[error("{what}: {source}")]
     Io {
@@ -130,6 +184,9 @@ pub enum Error {
     /// The testnet could not start.
     #[error("testnet: {0}")]
     Testnet(String),
+    /// The control API could not start, or a control subcommand failed (one line).
+    #[error("{0}")]
+    Control(String),
 }
 
 impl Error {
@@ -142,7 +199,7 @@ impl Error {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -151,11 +208,21 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if cli.config.is_some()
+            && matches!(cli.command, Command::Relay { .. } | Command::Testnet { .. })
+        {
+            return Err(Error::Control(
+                "`--config` before the subcommand names a client config; for `relay` and \
+                 `testnet` put `--config FILE` after the subcommand"
+                    .into(),
+            ));
+        }
         match cli.command {
             Command::Run {
                 config,
                 exit_with_parent,
-            } => run_client(config, exit_with_parent).await,
+            } => run_client(config.or(cli.config), exit_with_parent).await,
+            Command::Control(command) => cli::run(command, cli.config).await,
             Command::Relay {
                 config,
                 exit_with_parent,
@@ -163,9 +230,10 @@ fn main() -> ExitCode {
             Command::Testnet {
                 relays,
                 socks,
+                http,
                 dir,
                 config,
-            } => run_testnet(relays, socks, dir, config).await,
+            } => run_testnet(relays, socks, http, dir, config, cli.log_level).await,
         }
     });
     // Don't wait for tasks still parked on the network.
@@ -179,10 +247,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs go to stderr, filtered by `--log-level`, else `RUST_LOG`, else `info`.
+fn init_logging(level: Option<LogLevel>) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level.as_str()),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -220,11 +291,16 @@ async fn run_relay(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
 struct PortsFile(PathBuf);
 
 impl PortsFile {
-    fn write(state_dir: &Path, socks: SocketAddr) -> Result<PortsFile, Error> {
+    /// Write `{"socks": "IP:PORT", "http": "IP:PORT", …}`, one entry per listener.
+    fn write(state_dir: &Path, ports: &[(&str, SocketAddr)]) -> Result<PortsFile, Error> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(PORTS_FILE);
         let tmp = state_dir.join(format!("{PORTS_FILE}.tmp"));
-        let body = serde_json::json!({ "socks": socks.to_string() }).to_string() + "\n";
+        let map: serde_json::Map<String, serde_json::Value> = ports
+            .iter()
+            .map(|(name, addr)| ((*name).to_owned(), addr.to_string().into()))
+            .collect();
+        let body = serde_json::Value::Object(map).to_string() + "\n";
         std::fs::write(&tmp, body)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(Error::io(format!("writing {}", path.display())))?;
@@ -250,23 +326,7 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
 
 async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(), Error> {
     let mut shutdown = Shutdown::new(exit_with_parent).map_err(Error::io("signal handlers"))?;
-    let path = match config {
-        Some(p) => p,
-        None => match config::default_client_config() {
-            Some(p) if p.exists() => p,
-            Some(p) => {
-                return Err(Error::NoClientConfig {
-                    looked: p.display().to_string(),
-                })
-            }
-            None => {
-                return Err(Error::NoClientConfig {
-                    looked: "the OS config directory (none: this user has no home directory)"
-                        .into(),
-                })
-            }
-        },
-    };
+    let path = cli::client_config_path(config)?;
     let settings = config::load_client(&path)?;
     info!(config = %settings.file.display(), relays = settings.bootstrap.len(), "starting client");
 
@@ -278,7 +338,25 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
             source,
         })?;
     let socks_addr = socks.local_addr();
-    let _ports = PortsFile::write(&settings.state_dir, socks_addr)?;
+    let http = HttpProxy::bind(settings.http_listen)
+        .await
+        .map_err(|source| Error::HttpBind {
+            port: settings.http_listen.port(),
+            file: settings.file.display().to_string(),
+            source,
+        })?;
+    let http_addr = http.local_addr();
+    // The cookie is written before ports.json names the port, so a reader finds both.
+    let control = control::bind(&settings).await?;
+    let control_addr = control.local_addr();
+    let _ports = PortsFile::write(
+        &settings.state_dir,
+        &[
+            ("socks", socks_addr),
+            ("http", http_addr),
+            ("control", control_addr),
+        ],
+    )?;
 
     let mut client_config = ClientConfig {
         bootstrap: settings.bootstrap,
@@ -290,8 +368,16 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     if let Some(t) = settings.stream_timeout {
         client_config.stream_timeout = t;
     }
+    if let Some(n) = settings.pool_size {
+        client_config.pool_size = n;
+    }
+    if let Some(t) = settings.max_dirtiness {
+        client_config.max_dirtiness = t;
+    }
     let client: Arc<Client> = Client::start(client_config).await?;
-    info!(socks = %socks_addr, "building the first circuit");
+    // Served during bootstrap too, so the tray can show its progress.
+    let _serving_control = control::spawn(control, client.clone());
+    info!(socks = %socks_addr, http = %http_addr, "building the first circuit");
     tokio::select! {
         r = client.wait_ready() => r?,
         why = shutdown.wait() => {
@@ -299,15 +385,24 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
             return Ok(());
         }
     }
+    let serving_socks = tokio::spawn(socks.serve(client.clone()));
+    let serving_http = tokio::spawn(http.serve(client));
     print_line(&format!("SOCKS5 ready on {socks_addr}"))?;
-    let serving = tokio::spawn(socks.serve(client));
+    print_line(&format!("HTTP proxy ready on {http_addr}"))?;
     let why = tokio::select! {
         why = shutdown.wait() => why,
-        r = serving => {
+        r = serving_socks => {
             // serve() only returns if the listener fails for good.
             warn!("SOCKS5 listener stopped: {r:?}");
             return Err(Error::Io {
                 what: format!("SOCKS5 listener on {socks_addr}"),
+                source: std::io::Error::other("stopped accepting connections"),
+            });
+        }
+        r = serving_http => {
+            warn!("HTTP proxy listener stopped: {r:?}");
+            return Err(Error::Io {
+                what: format!("HTTP proxy listener on {http_addr}"),
                 source: std::io::Error::other("stopped accepting connections"),
             });
         }
@@ -319,8 +414,10 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
 async fn run_testnet(
     relays: Option<usize>,
     socks: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     dir: Option<PathBuf>,
     config: Option<PathBuf>,
+    log_level: Option<LogLevel>,
 ) -> Result<(), Error> {
     let mut shutdown = Shutdown::new(false).map_err(Error::io("signal handlers"))?;
     let file = match &config {
@@ -329,11 +426,13 @@ async fn run_testnet(
     };
     let default_socks =
         config::parse_socks_listen(config::DEFAULT_SOCKS).map_err(Error::Testnet)?;
+    let default_http = config::parse_listen(config::DEFAULT_HTTP).map_err(Error::Testnet)?;
     let options = testnet::TestnetOptions {
         relays: relays
             .or(file.relays)
             .unwrap_or(config::DEFAULT_TESTNET_RELAYS),
         socks: socks.or(file.socks_listen).unwrap_or(default_socks),
+        http: http.or(file.http_listen).unwrap_or(default_http),
         dir: dir.or(file.dir),
         exit_policy: file.exit_policy.unwrap_or_else(|| {
             config::TESTNET_EXIT_POLICY
@@ -341,6 +440,7 @@ async fn run_testnet(
                 .map(|l| (*l).to_owned())
                 .collect()
         }),
+        log_level: log_level.map(LogLevel::as_str),
     };
     testnet::run(options, &mut shutdown).await
 }

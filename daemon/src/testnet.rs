@@ -8,7 +8,8 @@
 //! DIR/relay-<i>/descriptor   its signed descriptor (plus keys and stats.json)
 //! DIR/client/client.toml     bootstrap = every relay's descriptor
 //! DIR/client/client.log      the client's stderr
-//! DIR/client/ports.json      the SOCKS address actually bound
+//! DIR/client/ports.json      the SOCKS and HTTP addresses actually bound
+//! DIR/client/control.cookie  the control API's cookie (and "control" in ports.json)
 //! ```
 //!
 //! Children are started with `--exit-with-parent` and a piped stdin, so they exit on their
@@ -25,14 +26,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::toml_string;
+use crate::config::{listeners_clash, toml_string};
 use crate::shutdown::Shutdown;
 use crate::site::DemoSite;
 use crate::{create_private_dir, print_line, Error};
 
 /// How long all relays together may take to print their ready line.
 const RELAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the client may take to bind SOCKS and build its first circuit.
+/// How long the client may take to bind SOCKS and HTTP and build its first circuit.
 const CLIENT_READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long children get to exit by themselves once their stdin closes, before SIGKILL.
 const GRACEFUL_STOP: Duration = Duration::from_secs(3);
@@ -40,6 +41,10 @@ const GRACEFUL_STOP: Duration = Duration::from_secs(3);
 const CHILD_POLL: Duration = Duration::from_millis(500);
 /// Lines of a child's log quoted when it fails.
 const LOG_TAIL_LINES: usize = 8;
+/// The client's (and the testnet's) SOCKS ready line, before the address.
+const SOCKS_READY: &str = "SOCKS5 ready on ";
+/// The client's (and the testnet's) HTTP proxy ready line, before the address.
+const HTTP_READY: &str = "HTTP proxy ready on ";
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -48,10 +53,14 @@ pub struct TestnetOptions {
     pub relays: usize,
     /// The client's SOCKS5 address (port 0 picks a free port).
     pub socks: SocketAddr,
+    /// The client's HTTP proxy address (port 0 picks a free port).
+    pub http: SocketAddr,
     /// The directory for everything; `None` creates a fresh one under the OS temp dir.
     pub dir: Option<PathBuf>,
     /// Exit policy lines of every relay (validated).
     pub exit_policy: Vec<String>,
+    /// `--log-level` passed on to every child (`error` … `trace`), when given.
+    pub log_level: Option<&'static str>,
 }
 
 /// One child process of the testnet.
@@ -120,15 +129,27 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         }
         None => fresh_dir()?,
     };
-    if options.socks.port() != 0 {
-        // Fail before starting anything when the SOCKS port is taken, naming the flag to
-        // change (the client would name its generated config file instead).
-        if let Err(e) = std::net::TcpListener::bind(options.socks) {
+    // Fail before starting anything when a proxy port is taken, naming the flag to change
+    // (the client would name its generated config file instead).
+    if listeners_clash(options.socks, options.http) {
+        return Err(Error::Testnet(format!(
+            "--socks {} and --http {} ask for the same port: give each its own port, or \
+             \"auto\"",
+            options.socks, options.http
+        )));
+    }
+    for (flag, proto, addr) in [
+        ("--socks", "SOCKS5", options.socks),
+        ("--http", "the HTTP proxy", options.http),
+    ] {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(Error::Testnet(format!(
-                "cannot listen for SOCKS5 on {}: {e}. Port {} is taken (another anonnet or \
-                 Tor?): pass --socks auto to pick a free port, or --socks 127.0.0.1:PORT",
-                options.socks,
-                options.socks.port()
+                "cannot listen for {proto} on {addr}: {e}. Port {} is taken (another anonnet \
+                 or Tor?): pass {flag} auto to pick a free port, or {flag} 127.0.0.1:PORT",
+                addr.port()
             )));
         }
     }
@@ -147,13 +168,16 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
             &["relay", "--config"],
             &config,
             &rdir.join("relay.log"),
+            options.log_level,
         )?;
         net.children.push(child);
     }
     let deadline = Instant::now() + RELAY_READY_TIMEOUT;
     let mut descriptors = Vec::with_capacity(options.relays);
     for child in &mut net.children {
-        let line = read_ready(child, "RELAY ready ", deadline).await?;
+        let line = read_ready(child, &["RELAY ready "], deadline)
+            .await?
+            .concat();
         let relay = parse_relay_ready(&line).ok_or_else(|| {
             Error::Testnet(format!(
                 "{} printed a malformed ready line: {line:?}",
@@ -179,7 +203,10 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let cdir = dir.join("client");
     create_private_dir(&cdir)?;
     let config = cdir.join("client.toml");
-    write_file(&config, &client_toml(options.socks, &descriptors))?;
+    write_file(
+        &config,
+        &client_toml(options.socks, options.http, &descriptors),
+    )?;
     let client_log = cdir.join("client.log");
     let mut client = spawn(
         &exe,
@@ -187,29 +214,45 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         &["run", "--config"],
         &config,
         &client_log,
+        options.log_level,
     )?;
+    // Both lines come only once both listeners are served, so nothing is printed here
+    // before either proxy works.
     let ready = read_ready(
         &mut client,
-        "SOCKS5 ready on ",
+        &[SOCKS_READY, HTTP_READY],
         Instant::now() + CLIENT_READY_TIMEOUT,
     )
     .await;
     net.children.push(client);
-    let line = ready?;
-    let socks: SocketAddr = line
-        .trim_start_matches("SOCKS5 ready on ")
-        .trim()
-        .parse()
-        .map_err(|_| {
-            Error::Testnet(format!(
-                "the client printed a malformed ready line: {line:?}"
-            ))
-        })?;
+    let lines = ready?;
+    let addr_in = |prefix: &str| -> Result<SocketAddr, Error> {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| {
+                Error::Testnet(format!(
+                    "the client printed a malformed ready line: {lines:?}"
+                ))
+            })
+    };
+    let socks = addr_in(SOCKS_READY)?;
+    let http = addr_in(HTTP_READY)?;
 
-    print_line(&format!("SOCKS5 ready on {socks}"))?;
+    print_line(&format!("{SOCKS_READY}{socks}"))?;
     print_line(&format!(
         "curl --socks5-hostname {socks} http://localhost:{}/",
         site_addr.port()
+    ))?;
+    print_line(&format!("{HTTP_READY}{http}"))?;
+    print_line(&format!(
+        "curl -x http://{http} http://localhost:{}/",
+        site_addr.port()
+    ))?;
+    print_line(&format!(
+        "anonnet --config {} status",
+        shell_word(&config.display().to_string())
     ))?;
     print_line(&format!(
         "Logs: {}/relay-*/relay.log and {}. Ctrl-C stops the testnet.",
@@ -217,6 +260,19 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         client_log.display()
     ))?;
     Ok(())
+}
+
+/// `word` as one POSIX shell word: as is when it is plain, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// A new, empty directory `anonnet-testnet-<pid>-<n>` under the OS temp dir.
@@ -263,7 +319,7 @@ fn relay_toml(i: usize, exit_policy: &[String]) -> String {
     )
 }
 
-fn client_toml(socks: SocketAddr, descriptors: &[PathBuf]) -> String {
+fn client_toml(socks: SocketAddr, http: SocketAddr, descriptors: &[PathBuf]) -> String {
     let bootstrap: Vec<String> = descriptors
         .iter()
         .map(|d| format!("    {},\n", toml_string(&d.display().to_string())))
@@ -272,24 +328,32 @@ fn client_toml(socks: SocketAddr, descriptors: &[PathBuf]) -> String {
         "# Generated by `anonnet testnet`. Paths are relative to this file.\n\
          [client]\n\
          socks_listen = {}\n\
+         http_listen = {}\n\
          state_dir = \".\"\n\
          bootstrap = [\n{}]\n",
         toml_string(&socks.to_string()),
+        toml_string(&http.to_string()),
         bootstrap.concat()
     )
 }
 
-/// Start `exe ARGS CONFIG --exit-with-parent`, stdout piped, stderr to `log`.
+/// Start `exe [--log-level L] ARGS CONFIG --exit-with-parent`, stdout piped, stderr to
+/// `log`.
 fn spawn(
     exe: &Path,
     name: String,
     args: &[&str],
     config: &Path,
     log: &Path,
+    log_level: Option<&str>,
 ) -> Result<ChildProc, Error> {
     let stderr =
         std::fs::File::create(log).map_err(Error::io(format!("creating {}", log.display())))?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(level) = log_level {
+        command.args(["--log-level", level]);
+    }
+    let mut child = command
         .args(args)
         .arg(config)
         .arg("--exit-with-parent")
@@ -310,13 +374,14 @@ fn spawn(
     })
 }
 
-/// Read the child's stdout until a line starting with `prefix`, by `deadline`. The rest of
-/// its stdout is drained in the background so the child never blocks on a full pipe.
+/// Read the child's stdout until it has printed a line starting with each of `prefixes`,
+/// in that order, by `deadline`; returns those lines. The rest of its stdout is drained in
+/// the background so the child never blocks on a full pipe.
 async fn read_ready(
     child: &mut ChildProc,
-    prefix: &str,
+    prefixes: &[&str],
     deadline: Instant,
-) -> Result<String, Error> {
+) -> Result<Vec<String>, Error> {
     let Some(stdout) = child.child.stdout.take() else {
         return Err(Error::Testnet(format!(
             "{}: stdout is not piped",
@@ -324,17 +389,19 @@ async fn read_ready(
         )));
     };
     let mut lines = BufReader::new(stdout).lines();
+    let mut found = Vec::with_capacity(prefixes.len());
     loop {
+        let Some(prefix) = prefixes.get(found.len()) else {
+            let name = child.name.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    debug!(child = %name, "stdout: {line}");
+                }
+            });
+            return Ok(found);
+        };
         match tokio::time::timeout_at(deadline, lines.next_line()).await {
-            Ok(Ok(Some(line))) if line.starts_with(prefix) => {
-                let name = child.name.clone();
-                tokio::spawn(async move {
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        debug!(child = %name, "stdout: {line}");
-                    }
-                });
-                return Ok(line);
-            }
+            Ok(Ok(Some(line))) if line.starts_with(prefix) => found.push(line),
             Ok(Ok(Some(line))) => debug!(child = %child.name, "stdout: {line}"),
             Ok(Ok(None) | Err(_)) => {
                 // stdout closed: the child is exiting; give it a moment to be reaped.
@@ -498,7 +565,8 @@ mod tests {
         let descs: Vec<PathBuf> = (1..=3)
             .map(|i| dir.join(format!("r \"{i}\".desc")))
             .collect();
-        std::fs::write(&client, client_toml("127.0.0.1:0".parse().unwrap(), &descs)).unwrap();
+        let auto = "127.0.0.1:0".parse().unwrap();
+        std::fs::write(&client, client_toml(auto, auto, &descs)).unwrap();
         let e = crate::config::load_client(&client).unwrap_err().to_string();
         assert!(
             e.contains("client.bootstrap[0]") && e.contains("r \"1\".desc"),

@@ -48,3 +48,69 @@ fn unknown_config_key_names_file_and_key() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A fresh directory for one test.
+fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("anonnet-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn invalid_socks_listen_stops_run_naming_the_key() {
+    let dir = test_dir("bad-socks");
+    let cfg = dir.join("client.toml");
+    std::fs::write(&cfg, "[client]\nsocks_listen = \"localhost:9050\"\n").unwrap();
+    let out = anonnet()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client.toml") && err.contains("client.socks_listen"),
+        "{err}"
+    );
+    assert!(err.contains("IP:PORT") && err.contains("auto"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing is ready: {out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn socks_and_http_on_one_port_stop_run_naming_both_keys() {
+    let dir = test_dir("clash");
+    let cfg = dir.join("client.toml");
+    std::fs::write(
+        &cfg,
+        "[client]\nsocks_listen = \"127.0.0.1:9150\"\nhttp_listen = \"127.0.0.1:9150\"\n",
+    )
+    .unwrap();
+    let out = anonnet()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client.http_listen") && err.contains("client.socks_listen"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn log_level_flag_is_documented_and_checked() {
+    let out = anonnet().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--log-level"), "{text}");
+    let out = anonnet()
+        .args(["--log-level", "loud", "run"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error, warn, info, debug, trace"), "{err}");
+}

@@ -47,6 +47,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub struct Testnet {
     child: Child,
     pub socks: SocketAddr,
+    /// The client's HTTP proxy (`HTTP proxy ready on` line).
+    pub http: SocketAddr,
     pub dir: PathBuf,
     pub stdout: Vec<String>,
 }
@@ -59,6 +61,8 @@ impl Testnet {
                 "--relays",
                 &relays.to_string(),
                 "--socks",
+                "127.0.0.1:0",
+                "--http",
                 "127.0.0.1:0",
                 "--dir",
             ])
@@ -82,17 +86,22 @@ impl Testnet {
         let mut net = Testnet {
             child,
             socks: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
             dir: dir.to_path_buf(),
             stdout: Vec::new(),
         };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("testnet did not print `SOCKS5 ready` in time; got {lines:?}")
+                panic!("testnet did not print `SOCKS5 ready` and `HTTP proxy ready` in time; got {lines:?}")
             });
             lines.push(line.clone());
             if let Some(addr) = line.strip_prefix("SOCKS5 ready on ") {
                 net.socks = addr.trim().parse().unwrap();
+            }
+            if let Some(addr) = line.strip_prefix("HTTP proxy ready on ") {
+                net.http = addr.trim().parse().unwrap();
+                assert_ne!(net.socks.port(), 0, "SOCKS line comes first: {lines:?}");
                 break;
             }
         }
@@ -232,4 +241,44 @@ pub fn curl_socks(socks: SocketAddr, url: &str, out: &Path) -> (i32, String) {
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// Run system curl through the HTTP proxy (`-x http://PROXY`; with `tunnel`, `-p` makes it
+/// a CONNECT tunnel), body to `out`. Returns the HTTP status curl saw (`%{http_code}`, 0
+/// when none), its exit code and stderr. For a refused CONNECT curl prints the proxy's
+/// status in its error and `%{http_connect}` holds it.
+pub fn curl_http(proxy: SocketAddr, url: &str, tunnel: bool, out: &Path) -> CurlResult {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-x"])
+        .arg(format!("http://{proxy}"))
+        .args(["-w", "%{http_code} %{http_connect}", "-o"])
+        .arg(out);
+    if tunnel {
+        cmd.arg("-p");
+    }
+    let o = cmd
+        .arg(url)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let written = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut codes = written.split_whitespace().map(|c| c.parse().unwrap_or(0));
+    CurlResult {
+        status: codes.next().unwrap_or(0),
+        connect_status: codes.next().unwrap_or(0),
+        exit: o.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// What [`curl_http`] saw.
+#[derive(Debug)]
+pub struct CurlResult {
+    /// `%{http_code}`: the final response's status (0 if none).
+    pub status: u16,
+    /// `%{http_connect}`: the proxy's answer to CONNECT (0 without a tunnel).
+    pub connect_status: u16,
+    /// curl's exit code.
+    pub exit: i32,
+    /// curl's stderr.
+    pub stderr: String,
 }

@@ -1,6 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod http;
+
+pub use http::HttpProxy;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

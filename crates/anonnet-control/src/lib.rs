@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod client;
+mod cookie;
+mod error;
+pub mod server;
+pub mod types;
+
+pub use client::{ControlClient, EventStream, PORTS_FILE, PORTS_KEY};
+pub use cookie::{Cookie, COOKIE_FILE, COOKIE_LEN};
+pub use error::ControlError;
+pub use server::{ControlHandler, ControlServer, HandlerError, HandlerFuture};
+pub use types::{
+    Ack, Bootstrap, CircuitInfo, Counters, ErrorBody, Event, ProxyRequest, PublishRequest,
+    ServiceInfo, Status, UnpublishRequest,
+};
+
+#[cfg(test)]
+mod tests;

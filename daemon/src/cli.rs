@@ -1,0 +1,411 @@
+//! The control subcommands — `anonnet status`, `circuits`, `new-identity`, `proxy on|off`,
+//! `service list|publish|unpublish` — over the running daemon's control API.
+//!
+//! The daemon is found through its client config (`--config FILE`, else the OS-standard
+//! file, as for `anonnet run`): the config names the state directory, where the daemon
+//! keeps `ports.json` and `control.cookie`. Output is for people unless `--json` is given;
+//! any failure is one line on stderr and a non-zero exit.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anonnet_control::{
+    CircuitInfo, ControlClient, ControlError, PublishRequest, ServiceInfo, Status,
+};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::{config, print_line, Error};
+
+/// Hex digits of a relay id shown in human output.
+const SHORT_ID: usize = 8;
+
+/// Which daemon to talk to, and how to print.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Target {
+    /// Client config file of the daemon [default: the OS config directory's
+    /// anonnet/client.toml, as for `anonnet run`].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON (the control API's answer) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Forward requests through the network.
+    On,
+    /// Refuse every new request; nothing is sent anywhere.
+    Off,
+}
+
+/// The control subcommands (flattened into the top-level command list).
+#[derive(Debug, Subcommand)]
+pub enum ControlCommand {
+    /// Show the running daemon: bootstrap progress, proxy on/off, circuits, streams, bytes.
+    Status(Target),
+    /// List the daemon's circuits: relays (guard → middle → exit), state and age.
+    Circuits(Target),
+    /// New identity: every current circuit stops taking new streams; new requests get
+    /// fresh circuits.
+    NewIdentity(Target),
+    /// Switch proxying on or off. While off, SOCKS and HTTP requests are refused and
+    /// nothing is sent anywhere.
+    Proxy {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: OnOff,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hidden services of the daemon.
+    Service {
+        #[command(subcommand)]
+        action: ServiceCommand,
+    },
+}
+
+/// `anonnet service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List the hidden services.
+    List(Target),
+    /// Publish a local server as a hidden service and print its .anon address.
+    Publish {
+        /// The local server: PORT (on 127.0.0.1) or IP:PORT.
+        #[arg(value_name = "LOCAL")]
+        local: String,
+        /// Port on the .anon address [default: 80].
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take a hidden service down.
+    Unpublish {
+        /// Its .anon address.
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+impl ControlCommand {
+    fn target(&self) -> &Target {
+        match self {
+            ControlCommand::Status(t)
+            | ControlCommand::Circuits(t)
+            | ControlCommand::NewIdentity(t)
+            | ControlCommand::Proxy { target: t, .. } => t,
+            ControlCommand::Service { action } => match action {
+                ServiceCommand::List(t)
+                | ServiceCommand::Publish { target: t, .. }
+                | ServiceCommand::Unpublish { target: t, .. } => t,
+            },
+        }
+    }
+}
+
+/// Where the client config is: `config` if given, else the OS-standard file (which must
+/// exist). The same rule as `anonnet run`.
+///
+/// # Errors
+/// [`Error::NoClientConfig`] naming where it looked.
+pub fn client_config_path(config: Option<PathBuf>) -> Result<PathBuf, Error> {
+    match config {
+        Some(p) => Ok(p),
+        None => match config::default_client_config() {
+            Some(p) if p.exists() => Ok(p),
+            Some(p) => Err(Error::NoClientConfig {
+                looked: p.display().to_string(),
+            }),
+            None => Err(Error::NoClientConfig {
+                looked: "the OS config directory (none: this user has no home directory)".into(),
+            }),
+        },
+    }
+}
+
+/// Run one control subcommand. `global_config` is a `--config` given before the
+/// subcommand (`anonnet --config FILE status`); one after it wins.
+///
+/// # Errors
+/// [`Error::Control`] with one line for the user (daemon not running, cookie rejected, …),
+/// or a config error.
+pub async fn run(command: ControlCommand, global_config: Option<PathBuf>) -> Result<(), Error> {
+    let target = command.target().clone();
+    let path = client_config_path(target.config.clone().or(global_config))?;
+    // `components()` drops `.` parts, so messages show `DIR/ports.json`, not `DIR/./…`.
+    let state_dir: PathBuf = config::client_state_dir(&path)?.components().collect();
+    let client = ControlClient::from_state_dir(&state_dir).map_err(|e| failed(e, &path))?;
+    let json = target.json;
+    let out = match command {
+        ControlCommand::Status(_) => {
+            let status = client.status().await.map_err(|e| failed(e, &path))?;
+            render(json, &status, format_status)?
+        }
+        ControlCommand::Circuits(_) => {
+            let circuits = client.circuits().await.map_err(|e| failed(e, &path))?;
+            render(json, &circuits, |c| format_circuits(c))?
+        }
+        ControlCommand::NewIdentity(_) => {
+            client.new_identity().await.map_err(|e| failed(e, &path))?;
+            render(json, &serde_json::json!({"ok": true}), |_| {
+                "new identity: every current circuit stops taking new streams".to_owned()
+            })?
+        }
+        ControlCommand::Proxy { state, .. } => {
+            let enabled = client
+                .set_proxy(state == OnOff::On)
+                .await
+                .map_err(|e| failed(e, &path))?;
+            render(json, &serde_json::json!({"enabled": enabled}), |_| {
+                if enabled {
+                    "proxy: on".to_owned()
+                } else {
+                    "proxy: off (SOCKS and HTTP requests are refused until `anonnet proxy on`)"
+                        .to_owned()
+                }
+            })?
+        }
+        ControlCommand::Service { action } => match action {
+            ServiceCommand::List(_) => {
+                let services = client.services().await.map_err(|e| failed(e, &path))?;
+                render(json, &services, |s| format_services(s))?
+            }
+            ServiceCommand::Publish { local, port, .. } => {
+                let target = if local.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("127.0.0.1:{local}")
+                } else {
+                    local
+                };
+                let service = client
+                    .publish(&PublishRequest { target, port })
+                    .await
+                    .map_err(|e| failed(e, &path))?;
+                render(json, &service, |s| {
+                    format!("published {}:{} → {}", s.address, s.port, s.target)
+                })?
+            }
+            ServiceCommand::Unpublish { address, .. } => {
+                client
+                    .unpublish(&address)
+                    .await
+                    .map_err(|e| failed(e, &path))?;
+                render(json, &serde_json::json!({"ok": true}), |_| {
+                    format!("unpublished {address}")
+                })?
+            }
+        },
+    };
+    print_line(out.trim_end())
+}
+
+/// The error as one line, with what to do when no daemon answers.
+fn failed(e: ControlError, config: &std::path::Path) -> Error {
+    if e.daemon_down() {
+        Error::Control(format!(
+            "{e}; start it with `anonnet run --config {}`",
+            config.display()
+        ))
+    } else {
+        Error::Control(e.to_string())
+    }
+}
+
+/// `value` as pretty JSON, or as text made by `human`.
+fn render<T: Serialize + ?Sized>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&T) -> String,
+) -> Result<String, Error> {
+    if json {
+        serde_json::to_string_pretty(value)
+            .map_err(|e| Error::Control(format!("cannot print JSON: {e}")))
+    } else {
+        Ok(human(value))
+    }
+}
+
+fn format_status(s: &Status) -> String {
+    let count = |state: &str| s.circuits.iter().filter(|c| c.state == state).count();
+    let c = &s.counters;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bootstrap: {}% ({})",
+        s.bootstrap.percent, s.bootstrap.phase
+    );
+    let _ = writeln!(out, "proxy:     {}", if s.enabled { "on" } else { "off" });
+    let _ = writeln!(out, "relays:    {}", s.relays);
+    let _ = writeln!(
+        out,
+        "circuits:  {} ({} clean, {} in use, {} retired); {} built, {} failed",
+        s.circuits.len(),
+        count("clean"),
+        count("in use"),
+        count("retired"),
+        c.circuits_built,
+        c.circuit_build_failures
+    );
+    let _ = writeln!(
+        out,
+        "streams:   {} open; {} opened, {} failed",
+        s.streams, c.streams_opened, c.stream_failures
+    );
+    let _ = writeln!(
+        out,
+        "traffic:   {} sent, {} received",
+        bytes(c.bytes_sent),
+        bytes(c.bytes_received)
+    );
+    out
+}
+
+fn format_circuits(circuits: &[CircuitInfo]) -> String {
+    if circuits.is_empty() {
+        return "no circuits".to_owned();
+    }
+    let mut out = format!(
+        "{:>6}  {:<8}  {:>7}  {:>9}  {:>7}  PATH (guard → middle → exit)\n",
+        "ID", "STATE", "AGE", "BUILD", "STREAMS"
+    );
+    for c in circuits {
+        let path: Vec<&str> = c
+            .path
+            .iter()
+            .map(|id| id.get(..SHORT_ID).unwrap_or(id))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<8}  {:>7}  {:>6.1} ms  {:>7}  {}",
+            c.id,
+            c.state,
+            age(c.age_secs),
+            c.build_ms,
+            c.streams,
+            path.join(" → ")
+        );
+    }
+    out
+}
+
+fn format_services(services: &[ServiceInfo]) -> String {
+    if services.is_empty() {
+        return "no hidden services".to_owned();
+    }
+    let mut out = String::new();
+    for s in services {
+        let _ = writeln!(
+            out,
+            "{}:{} → {} ({})",
+            s.address,
+            s.port,
+            s.target,
+            if s.published {
+                "published"
+            } else {
+                "not published"
+            }
+        );
+    }
+    out
+}
+
+/// `42s`, `3m05s`, `2h03m`.
+fn age(secs: f64) -> String {
+    let s = if secs.is_finite() && secs > 0.0 {
+        secs as u64
+    } else {
+        0
+    };
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `512 B`, `1.5 KiB`, `64.0 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit}")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use anonnet_control::{Bootstrap, Counters};
+
+    #[test]
+    fn human_status_shows_progress_proxy_circuits_and_bytes() {
+        let status = Status {
+            enabled: false,
+            bootstrap: Bootstrap {
+                percent: 40,
+                phase: "building first circuit".into(),
+            },
+            relays: 5,
+            circuits: vec![CircuitInfo {
+                id: 3,
+                path: vec![
+                    "a1b2c3d4".repeat(8),
+                    "e5f6a7b8".repeat(8),
+                    "01234567".repeat(8),
+                ],
+                age_secs: 65.2,
+                build_ms: 4.25,
+                streams: 1,
+                state: "in use".into(),
+            }],
+            streams: 1,
+            counters: Counters {
+                bytes_sent: 512,
+                bytes_received: 64 << 20,
+                ..Counters::default()
+            },
+        };
+        let text = format_status(&status);
+        assert!(
+            text.contains("bootstrap: 40% (building first circuit)"),
+            "{text}"
+        );
+        assert!(text.contains("proxy:     off"), "{text}");
+        assert!(text.contains("1 in use"), "{text}");
+        assert!(text.contains("512 B sent, 64.0 MiB received"), "{text}");
+        let table = format_circuits(&status.circuits);
+        assert!(table.contains("a1b2c3d4 → e5f6a7b8 → 01234567"), "{table}");
+        assert!(
+            table.contains("1m05s") && table.contains("4.2 ms"),
+            "{table}"
+        );
+        assert_eq!(format_circuits(&[]), "no circuits");
+    }
+
+    #[test]
+    fn ages_and_sizes_read_well() {
+        assert_eq!(age(0.4), "0s");
+        assert_eq!(age(59.9), "59s");
+        assert_eq!(age(3600.0 * 2.0 + 180.0), "2h03m");
+        assert_eq!(age(f64::NAN), "0s");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+}

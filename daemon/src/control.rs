@@ -1,0 +1,218 @@
+//! The daemon's side of the control API (`docs/control-api.md`): the cookie, the loopback
+//! listener on `client.control_listen`, and [`ClientControl`], which answers the API from
+//! the running [`Client`]. HTTP, authentication and routing live in `anonnet-control`.
+
+use std::sync::Arc;
+
+use anonnet_client::{Client, ClientEvent, ClientStatus};
+use anonnet_control::{
+    Bootstrap, CircuitInfo, ControlError, ControlHandler, ControlServer, Cookie, Counters, Event,
+    Status,
+};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::ClientSettings;
+use crate::Error;
+
+/// Events queued for control API readers before the slowest misses the oldest (it then gets
+/// a `lagged` line; the daemon never waits for it).
+const EVENT_QUEUE: usize = 256;
+
+/// Write a fresh cookie to `<state_dir>/control.cookie` (0600) and bind the control API on
+/// `client.control_listen`. Done before the client starts, so a taken port stops the
+/// daemon at once with a message naming the key.
+///
+/// # Errors
+/// [`Error::Control`] naming the file or the address and the config key to change.
+pub async fn bind(settings: &ClientSettings) -> Result<ControlServer, Error> {
+    let cookie = Cookie::create_in(&settings.state_dir)
+        .map_err(|e| Error::Control(format!("control cookie: {e}")))?;
+    let addr = settings.control_listen;
+    ControlServer::bind(addr, cookie)
+        .await
+        .map_err(|e| match e {
+            ControlError::Bind { .. } => Error::Control(format!(
+                "{e}. Port {} is taken: change `client.control_listen` in {}, or set it to \
+             \"auto\" to pick a free port",
+                addr.port(),
+                settings.file.display()
+            )),
+            other => Error::Control(format!(
+                "{other} (`client.control_listen` in {})",
+                settings.file.display()
+            )),
+        })
+}
+
+/// Serve the control API over `client` in the background.
+pub fn spawn(server: ControlServer, client: Arc<Client>) -> JoinHandle<()> {
+    info!(addr = %server.local_addr(), "control API listening");
+    tokio::spawn(server.serve(ClientControl::new(client)))
+}
+
+/// [`ControlHandler`] over the client.
+pub struct ClientControl {
+    client: Arc<Client>,
+    events: broadcast::Sender<Event>,
+}
+
+impl ClientControl {
+    /// A handler for `client`. A task translates the client's events into the control
+    /// API's; it ends when the client does.
+    pub fn new(client: Arc<Client>) -> Arc<ClientControl> {
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let mut from_client = client.events();
+        let to_readers = events.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = match from_client.recv().await {
+                    Ok(e) => control_event(e),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => Event::Lagged { missed },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                // No reader is fine: the event is dropped.
+                let _ = to_readers.send(event);
+            }
+        });
+        Arc::new(ClientControl { client, events })
+    }
+}
+
+impl ControlHandler for ClientControl {
+    fn status(&self) -> Status {
+        control_status(self.client.status())
+    }
+
+    fn set_proxy(&self, enabled: bool) {
+        self.client.set_enabled(enabled);
+    }
+
+    fn new_identity(&self) {
+        self.client.new_identity();
+    }
+
+    fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
+
+/// The client's status in the control API's shape (the same JSON).
+fn control_status(s: ClientStatus) -> Status {
+    let c = s.counters;
+    Status {
+        enabled: s.enabled,
+        bootstrap: Bootstrap {
+            percent: s.bootstrap.percent,
+            phase: s.bootstrap.phase,
+        },
+        relays: s.relays,
+        circuits: s
+            .circuits
+            .into_iter()
+            .map(|c| CircuitInfo {
+                id: c.id,
+                path: c.path,
+                age_secs: c.age_secs,
+                build_ms: c.build_ms,
+                streams: c.streams,
+                state: c.state,
+            })
+            .collect(),
+        streams: s.streams,
+        counters: Counters {
+            circuits_built: c.circuits_built,
+            circuits_built_on_demand: c.circuits_built_on_demand,
+            circuit_build_failures: c.circuit_build_failures,
+            streams_opened: c.streams_opened,
+            stream_failures: c.stream_failures,
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            buffered_bytes: c.buffered_bytes,
+        },
+    }
+}
+
+/// The client's event in the control API's shape (the same JSON).
+fn control_event(e: ClientEvent) -> Event {
+    match e {
+        ClientEvent::Bootstrap(b) => Event::Bootstrap(Bootstrap {
+            percent: b.percent,
+            phase: b.phase,
+        }),
+        ClientEvent::CircuitBuilt { id, path, build_ms } => {
+            Event::CircuitBuilt { id, path, build_ms }
+        }
+        ClientEvent::CircuitClosed { id } => Event::CircuitClosed { id },
+        ClientEvent::ProxyEnabled { enabled } => Event::ProxyEnabled { enabled },
+        ClientEvent::NewIdentity => Event::NewIdentity,
+        ClientEvent::Error { message } => Event::Error { message },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use anonnet_client::CircuitInfo as ClientCircuit;
+
+    /// The control API's JSON is the client's JSON: what the client serializes, the
+    /// control types read back unchanged.
+    #[test]
+    fn control_types_serialize_exactly_like_the_client_types() {
+        let status = ClientStatus {
+            enabled: false,
+            bootstrap: anonnet_client::Bootstrap {
+                percent: 40,
+                phase: "building first circuit".into(),
+            },
+            relays: 5,
+            circuits: vec![ClientCircuit {
+                id: 9,
+                path: vec!["ab".repeat(32); 3],
+                age_secs: 1.5,
+                build_ms: 4.0,
+                streams: 2,
+                state: "in use".into(),
+            }],
+            streams: 2,
+            counters: anonnet_client::Counters {
+                circuits_built: 1,
+                circuits_built_on_demand: 2,
+                circuit_build_failures: 3,
+                streams_opened: 4,
+                stream_failures: 5,
+                bytes_sent: 6,
+                bytes_received: 7,
+                buffered_bytes: 8,
+            },
+        };
+        let client_json = serde_json::to_value(&status).unwrap();
+        let control_json = serde_json::to_value(control_status(status)).unwrap();
+        assert_eq!(client_json, control_json);
+
+        let events = vec![
+            ClientEvent::Bootstrap(anonnet_client::Bootstrap {
+                percent: 100,
+                phase: "ready".into(),
+            }),
+            ClientEvent::CircuitBuilt {
+                id: 1,
+                path: vec!["cd".repeat(32)],
+                build_ms: 2.5,
+            },
+            ClientEvent::CircuitClosed { id: 1 },
+            ClientEvent::ProxyEnabled { enabled: true },
+            ClientEvent::NewIdentity,
+            ClientEvent::Error {
+                message: "boom".into(),
+            },
+        ];
+        for e in events {
+            let client_json = serde_json::to_value(&e).unwrap();
+            let control_json = serde_json::to_value(control_event(e)).unwrap();
+            assert_eq!(client_json, control_json);
+        }
+    }
+}

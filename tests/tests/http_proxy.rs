@@ -1,0 +1,124 @@
+//! End to end, real processes: the client's HTTP proxy (`anonnet testnet --http`) in front
+//! of 3 relay processes, driven by the system curl — absolute-form `GET http://…`, CONNECT
+//! tunnels (`curl -p`), and refusals as HTTP statuses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use anonnet_tests::{curl_http, serve_files, temp_dir, Testnet};
+use bytes::Bytes;
+
+const PAGE: &[u8] = b"<html><body>hello through the anonnet HTTP proxy</body></html>\n";
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Send `request` as is and read the whole answer (the proxy closes after a refusal).
+fn raw_request(proxy: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+async fn start_testnet(name: &str) -> Testnet {
+    let dir = temp_dir(name);
+    tokio::task::spawn_blocking(move || Testnet::start(3, &dir))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_fetches_a_page_through_the_http_proxy_by_get_and_by_connect() {
+    let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
+    let net = start_testnet("http-ok").await;
+    let http = net.http;
+    assert!(
+        net.stdout
+            .iter()
+            .any(|l| l.starts_with(&format!("curl -x http://{http} http://localhost:"))),
+        "testnet prints a ready-to-paste curl -x command: {:?}",
+        net.stdout
+    );
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(net.dir.join("client/ports.json")).unwrap()).unwrap();
+    assert_eq!(ports["http"], http.to_string(), "{ports}");
+    assert_eq!(ports["socks"], net.socks.to_string(), "{ports}");
+
+    let dir = net.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        // Absolute-form GET, by IP.
+        let out = dir.join("get.html");
+        let r = curl_http(http, &format!("http://127.0.0.1:{port}/"), false, &out);
+        assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
+        assert_eq!(std::fs::read(&out).unwrap(), PAGE);
+
+        // Absolute-form GET by name: the exit resolves `localhost`, not this machine.
+        let out = dir.join("get-name.html");
+        let r = curl_http(http, &format!("http://localhost:{port}/"), false, &out);
+        assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
+        assert_eq!(std::fs::read(&out).unwrap(), PAGE);
+
+        // A missing path is the destination's 404, relayed.
+        let out = dir.join("missing.html");
+        let r = curl_http(http, &format!("http://127.0.0.1:{port}/nope"), false, &out);
+        assert_eq!((r.exit, r.status), (0, 404), "{r:?}");
+
+        // CONNECT tunnel (curl --proxytunnel), then plain HTTP inside it.
+        let out = dir.join("tunnel.html");
+        let r = curl_http(http, &format!("http://127.0.0.1:{port}/"), true, &out);
+        assert_eq!((r.exit, r.connect_status, r.status), (0, 200, 200), "{r:?}");
+        assert_eq!(std::fs::read(&out).unwrap(), PAGE);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_proxy_answers_403_for_exit_policy_and_502_for_closed_port() {
+    let net = start_testnet("http-refusals").await;
+    let http = net.http;
+    let dir = net.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = dir.join("refused.txt");
+        // 10.0.0.0/8 is outside the testnet exits' policy (loopback only among private
+        // ranges): 403, with the reason in the body.
+        let r = curl_http(http, "http://10.0.0.1/", false, &out);
+        assert_eq!(r.status, 403, "{r:?}");
+        let body = std::fs::read_to_string(&out).unwrap();
+        assert!(body.contains("policy"), "{body}");
+
+        // The same through CONNECT: curl reports the proxy's 403 and fails.
+        let r = curl_http(http, "http://10.0.0.1/", true, &out);
+        assert_eq!(r.connect_status, 403, "{r:?}");
+        assert_ne!(r.exit, 0, "{r:?}");
+        assert!(r.stderr.contains("403"), "{r:?}");
+
+        // A closed port: 502 naming the refusal, for GET and for CONNECT.
+        let port = closed_port();
+        let r = curl_http(http, &format!("http://127.0.0.1:{port}/"), false, &out);
+        assert_eq!(r.status, 502, "{r:?}");
+        let body = std::fs::read_to_string(&out).unwrap();
+        assert!(body.contains("refused"), "{body}");
+        let r = curl_http(http, &format!("http://127.0.0.1:{port}/"), true, &out);
+        assert_eq!(r.connect_status, 502, "{r:?}");
+        assert!(r.stderr.contains("502"), "{r:?}");
+
+        // https:// in absolute form (those go through CONNECT) and a request that is not
+        // for a proxy at all: 400 with the reason.
+        for request in [
+            "GET https://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        ] {
+            let answer = raw_request(http, request);
+            assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+        }
+    })
+    .await
+    .unwrap();
+}
