@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anonnet_net::{Endpoint, LinkManager};
-use anonnet_wire::{SignedDescriptor, Target};
+use anonnet_wire::{EndReason, SignedDescriptor, Target};
 use tokio::sync::{broadcast, watch, Notify};
 use tracing::{info, warn};
 
@@ -337,6 +337,16 @@ impl Client {
         out
     }
 
+    /// Let `circuit` take no new streams.
+    fn retire(&self, circuit: &Arc<Circuit>) {
+        self.with_pool(|pool| {
+            for s in pool.iter_mut().filter(|s| Arc::ptr_eq(&s.circuit, circuit)) {
+                s.retired = true;
+            }
+        });
+        self.refill.notify_one();
+    }
+
     /// Clean circuits ready in the pool now.
     fn clean_count(&self) -> usize {
         let port = self.config.pool_port;
@@ -549,6 +559,19 @@ impl Client {
                     );
                     circuit.close();
                     last = ClientError::Stream(StreamError::Circuit(e));
+                    tokio::time::sleep(STREAM_RETRY * 2u32.pow(attempt)).await;
+                }
+                // The exit did not answer in time, or is out of resources: this circuit
+                // takes no more streams, and the request tries another.
+                Err(
+                    e @ (StreamError::Timeout | StreamError::Refused(EndReason::ResourceLimit)),
+                ) => {
+                    warn!(
+                        circuit = circuit.id(),
+                        "BEGIN failed: {e}; retiring the circuit, retrying"
+                    );
+                    self.retire(&circuit);
+                    last = ClientError::Stream(e);
                     tokio::time::sleep(STREAM_RETRY * 2u32.pow(attempt)).await;
                 }
                 Err(e) => return Err(e.into()),
