@@ -375,6 +375,8 @@ mod tests {
                 state: "in use".into(),
             }],
             streams: 1,
+            guards: Vec::new(),
+            avoided_relays: Vec::new(),
             counters: Counters {
                 bytes_sent: 512,
                 bytes_received: 64 << 20,

@@ -529,6 +529,7 @@ struct ClientSection {
     stream_timeout_secs: Option<Spanned<u64>>,
     pool_size: Option<Spanned<u64>>,
     max_circuit_dirtiness_secs: Option<Spanned<u64>>,
+    allow_same_subnet_paths: Option<Spanned<bool>>,
 }
 
 /// A loaded client config file.
@@ -555,6 +556,9 @@ pub struct ClientSettings {
     /// `client.max_circuit_dirtiness_secs`: a circuit takes no new streams this long after
     /// its first use, when set.
     pub max_dirtiness: Option<Duration>,
+    /// `client.allow_same_subnet_paths` (default false): let relays of one /16 or /32
+    /// share a path — only for test networks on one machine.
+    pub allow_same_subnet: bool,
 }
 
 /// Parse a SOCKS listen value: `"auto"` (127.0.0.1, a free port) or `IP:PORT`.
@@ -773,6 +777,10 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
         stream_timeout: secs("stream_timeout_secs", &c.stream_timeout_secs)?,
         pool_size,
         max_dirtiness,
+        allow_same_subnet: c
+            .allow_same_subnet_paths
+            .as_ref()
+            .is_some_and(|b| *b.get_ref()),
     })
 }
 

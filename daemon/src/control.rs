@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anonnet_client::{Client, ClientEvent, ClientStatus};
 use anonnet_control::{
-    Bootstrap, CircuitInfo, ControlError, ControlHandler, ControlServer, Cookie, Counters, Event,
-    Status,
+    AvoidedRelay, Bootstrap, CircuitInfo, ControlError, ControlHandler, ControlServer, Cookie,
+    Counters, Event, Status,
 };
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -121,6 +121,16 @@ fn control_status(s: ClientStatus) -> Status {
             })
             .collect(),
         streams: s.streams,
+        guards: s.guards,
+        avoided_relays: s
+            .avoided_relays
+            .into_iter()
+            .map(|a| AvoidedRelay {
+                node_id: a.node_id,
+                failures: a.failures,
+                retry_in_secs: a.retry_in_secs,
+            })
+            .collect(),
         counters: Counters {
             circuits_built: c.circuits_built,
             circuits_built_on_demand: c.circuits_built_on_demand,
@@ -177,6 +187,12 @@ mod tests {
                 state: "in use".into(),
             }],
             streams: 2,
+            guards: vec!["cd".repeat(32)],
+            avoided_relays: vec![anonnet_client::guards::AvoidedRelay {
+                node_id: "ef".repeat(32),
+                failures: 3,
+                retry_in_secs: 12.5,
+            }],
             counters: anonnet_client::Counters {
                 circuits_built: 1,
                 circuits_built_on_demand: 2,

@@ -374,6 +374,8 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     if let Some(t) = settings.max_dirtiness {
         client_config.max_dirtiness = t;
     }
+    client_config.state_dir = Some(settings.state_dir.clone());
+    client_config.allow_same_subnet = settings.allow_same_subnet;
     let client: Arc<Client> = Client::start(client_config).await?;
     // Served during bootstrap too, so the tray can show its progress.
     let _serving_control = control::spawn(control, client.clone());

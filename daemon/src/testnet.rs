@@ -330,6 +330,8 @@ fn client_toml(socks: SocketAddr, http: SocketAddr, descriptors: &[PathBuf]) -> 
          socks_listen = {}\n\
          http_listen = {}\n\
          state_dir = \".\"\n\
+         # Every testnet relay is on 127.0.0.1: allow one /16 in a path (test only).\n\
+         allow_same_subnet_paths = true\n\
          bootstrap = [\n{}]\n",
         toml_string(&socks.to_string()),
         toml_string(&http.to_string()),

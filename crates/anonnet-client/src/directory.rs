@@ -79,37 +79,40 @@ impl Directory {
             .any(|r| r.descriptor.exit_allows_port(port))
     }
 
-    /// Choose guard, middle and exit for a connection to `port`, avoiding `avoid` in every
-    /// position and, when another exit allows the port, the exits in `other_exits` (exits of
-    /// circuits that belong to other isolation groups, so two groups do not share an exit).
+    /// Choose guard, middle and exit (§9.1): three distinct relays, the exit's policy
+    /// summary allowing the port, no two in the same /16 (IPv4) or /32 (IPv6) unless
+    /// `allow_same_subnet`, the first hop one of `req.guards` (or, when that list is empty, any
+    /// relay flagged guard), none in `req.avoid`, and the exit outside `req.other_exits` when
+    /// another exit allows the port. Each position is drawn weighted by advertised bandwidth.
     ///
     /// # Errors
     /// [`PathError::NoExitForPort`] when no exit allows the port,
     /// [`PathError::NotEnoughRelays`] when the remaining relays cannot fill a path.
     pub fn choose_path(
         &self,
-        port: u16,
-        avoid: &[NodeId],
-        other_exits: &[NodeId],
+        req: &PathRequest<'_>,
         rng: &mut impl Rng,
     ) -> Result<Vec<VerifiedDescriptor>, PathError> {
         let usable: Vec<&VerifiedDescriptor> = self
             .relays
             .values()
-            .filter(|r| !avoid.contains(&r.node_id))
+            .filter(|r| !req.avoid.contains(&r.node_id))
             .collect();
         let weight = |r: &&VerifiedDescriptor| f64::from(r.descriptor.bandwidth.max(1));
         let mut exits: Vec<&VerifiedDescriptor> = usable
             .iter()
             .copied()
-            .filter(|r| r.descriptor.exit_allows_port(port))
+            .filter(|r| r.descriptor.exit_allows_port(req.port))
             .collect();
         if exits.is_empty() {
-            return Err(PathError::NoExitForPort(port));
+            return Err(PathError::NoExitForPort(req.port));
         }
-        if exits.iter().any(|r| !other_exits.contains(&r.node_id)) {
-            exits.retain(|r| !other_exits.contains(&r.node_id));
+        if exits.iter().any(|r| !req.other_exits.contains(&r.node_id)) {
+            exits.retain(|r| !req.other_exits.contains(&r.node_id));
         }
+        let apart = |a: &VerifiedDescriptor, b: &VerifiedDescriptor| {
+            a.node_id != b.node_id && (req.allow_same_subnet || subnet(a) != subnet(b))
+        };
         let too_few = PathError::NotEnoughRelays(3);
         // Try each exit choice a few times; small networks may pin the others down.
         for _ in 0..8 {
@@ -119,7 +122,14 @@ impl Directory {
             let guards: Vec<&VerifiedDescriptor> = usable
                 .iter()
                 .copied()
-                .filter(|r| r.descriptor.is_guard() && r.node_id != exit.node_id)
+                .filter(|r| {
+                    let allowed = if req.guards.is_empty() {
+                        r.descriptor.is_guard()
+                    } else {
+                        req.guards.contains(&r.node_id)
+                    };
+                    allowed && apart(r, exit)
+                })
                 .collect();
             let Ok(guard) = guards.choose_weighted(rng, weight) else {
                 continue;
@@ -127,7 +137,7 @@ impl Directory {
             let middles: Vec<&VerifiedDescriptor> = usable
                 .iter()
                 .copied()
-                .filter(|r| r.node_id != exit.node_id && r.node_id != guard.node_id)
+                .filter(|r| apart(r, exit) && apart(r, guard))
                 .collect();
             let Ok(middle) = middles.choose_weighted(rng, weight) else {
                 continue;
@@ -136,6 +146,65 @@ impl Directory {
         }
         Err(too_few)
     }
+
+    /// Relays flagged guard, for choosing a guard set.
+    pub fn guard_candidates(&self) -> Vec<&VerifiedDescriptor> {
+        self.relays
+            .values()
+            .filter(|r| r.descriptor.is_guard())
+            .collect()
+    }
+}
+
+/// What a path must satisfy (see [`Directory::choose_path`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PathRequest<'a> {
+    /// Destination port the exit must allow.
+    pub port: u16,
+    /// Relays not to use in any position (failed or avoided ones).
+    pub avoid: &'a [NodeId],
+    /// Exits to avoid when another exit allows the port (other isolation groups' exits).
+    pub other_exits: &'a [NodeId],
+    /// Allowed first hops (the guard set); empty means any relay flagged guard.
+    pub guards: &'a [NodeId],
+    /// Let relays of one /16 (IPv4) or /32 (IPv6) share a path. Only for test networks on
+    /// one machine (`client.allow_same_subnet_paths`); never on a real network.
+    pub allow_same_subnet: bool,
+}
+
+impl PathRequest<'_> {
+    /// A request for `port` with no other constraint.
+    pub fn port(port: u16) -> PathRequest<'static> {
+        PathRequest {
+            port,
+            avoid: &[],
+            other_exits: &[],
+            guards: &[],
+            allow_same_subnet: false,
+        }
+    }
+}
+
+/// The network a relay's first address belongs to for the path rule: the /16 of an IPv4
+/// address, the /32 of an IPv6 address (IPv4-mapped IPv6 counts as IPv4).
+pub fn subnet(r: &VerifiedDescriptor) -> Option<[u8; 4]> {
+    let ip = r.descriptor.addresses.first()?.ip();
+    Some(match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            [4, o[0], o[1], 0]
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => {
+                let o = v4.octets();
+                [4, o[0], o[1], 0]
+            }
+            None => {
+                let o = v6.octets();
+                [o[0], o[1], o[2], o[3]]
+            }
+        },
+    })
 }
 
 #[cfg(test)]
@@ -150,9 +219,7 @@ mod tests {
         let d = RelayDescriptor {
             identity: id.public(),
             onion_key: [seed; 32],
-            addresses: vec![format!("127.0.0.1:{}", 5000 + u16::from(seed))
-                .parse()
-                .unwrap()],
+            addresses: vec![format!("10.{seed}.0.1:5000").parse().unwrap()],
             flags,
             exit_ports: ports,
             bandwidth: 1000,
@@ -175,7 +242,7 @@ mod tests {
         .unwrap();
         let mut rng = rand::rng();
         for _ in 0..50 {
-            let path = dir.choose_path(80, &[], &[], &mut rng).unwrap();
+            let path = dir.choose_path(&PathRequest::port(80), &mut rng).unwrap();
             assert_eq!(path.len(), 3);
             assert!(path[0].descriptor.is_guard());
             assert!(path[2].descriptor.exit_allows_port(80));
@@ -184,17 +251,28 @@ mod tests {
             assert_ne!(path[0].node_id, path[2].node_id);
         }
         assert_eq!(
-            dir.choose_path(443, &[], &[], &mut rng).unwrap_err(),
+            dir.choose_path(&PathRequest::port(443), &mut rng)
+                .unwrap_err(),
             PathError::NoExitForPort(443)
         );
         // The only exit is used by another group: it is still chosen rather than failing.
         let exit = path_exit(&dir);
-        let p = dir.choose_path(80, &[], &[exit], &mut rng).unwrap();
+        let p = dir
+            .choose_path(
+                &PathRequest {
+                    other_exits: &[exit],
+                    ..PathRequest::port(80)
+                },
+                &mut rng,
+            )
+            .unwrap();
         assert_eq!(p[2].node_id, exit);
     }
 
     fn path_exit(dir: &Directory) -> NodeId {
-        dir.choose_path(80, &[], &[], &mut rand::rng()).unwrap()[2].node_id
+        dir.choose_path(&PathRequest::port(80), &mut rand::rng())
+            .unwrap()[2]
+            .node_id
     }
 
     #[test]
@@ -209,11 +287,89 @@ mod tests {
         }
         let mut rng = rand::rng();
         for _ in 0..50 {
-            let first = dir.choose_path(80, &[], &[], &mut rng).unwrap();
+            let first = dir.choose_path(&PathRequest::port(80), &mut rng).unwrap();
             let second = dir
-                .choose_path(80, &[], &[first[2].node_id], &mut rng)
+                .choose_path(
+                    &PathRequest {
+                        other_exits: &[first[2].node_id],
+                        ..PathRequest::port(80)
+                    },
+                    &mut rng,
+                )
                 .unwrap();
             assert_ne!(first[2].node_id, second[2].node_id);
+        }
+    }
+
+    fn relay_at(seed: u8, addr: &str) -> SignedDescriptor {
+        let id = IdentityKey::from_seed(&[seed; 32]);
+        let d = RelayDescriptor {
+            identity: id.public(),
+            onion_key: [seed; 32],
+            addresses: vec![addr.parse().unwrap()],
+            flags: FLAG_GUARD | FLAG_EXIT,
+            exit_ports: vec![PortRange::ALL],
+            bandwidth: 1000,
+            published: 100,
+            expires: 10_000,
+        };
+        anonnet_crypto::sign_descriptor(&id, &d).unwrap()
+    }
+
+    #[test]
+    fn no_two_relays_of_one_subnet_share_a_path_unless_allowed() {
+        let mut dir = Directory::new();
+        // Two pairs share a /16 (IPv4) and a /32 (IPv6); the rest are apart.
+        for (seed, addr) in [
+            (1, "192.0.2.1:1"),
+            (2, "192.0.7.7:1"),
+            (3, "[2001:db8:1::1]:1"),
+            (4, "[2001:db8:ffff::1]:1"),
+            (5, "198.51.100.1:1"),
+        ] {
+            dir.insert(&relay_at(seed, addr), 200).unwrap();
+        }
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let p = dir.choose_path(&PathRequest::port(80), &mut rng).unwrap();
+            let nets: Vec<_> = p.iter().map(subnet).collect();
+            assert!(
+                nets[0] != nets[1] && nets[1] != nets[2] && nets[0] != nets[2],
+                "{nets:?}"
+            );
+        }
+        // On one machine (the testnet) the rule is switched off explicitly.
+        let mut local = Directory::new();
+        for seed in 1..=3 {
+            local
+                .insert(&relay_at(seed, &format!("127.0.0.1:{seed}")), 200)
+                .unwrap();
+        }
+        assert!(local.choose_path(&PathRequest::port(80), &mut rng).is_err());
+        let req = PathRequest {
+            allow_same_subnet: true,
+            ..PathRequest::port(80)
+        };
+        assert_eq!(local.choose_path(&req, &mut rng).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_first_hop_comes_from_the_guard_set() {
+        let mut dir = Directory::new();
+        for seed in 1..=6 {
+            dir.insert(&relay_at(seed, &format!("10.{seed}.0.1:1")), 200)
+                .unwrap();
+        }
+        let guard = IdentityKey::from_seed(&[4; 32]).node_id();
+        let req = PathRequest {
+            guards: &[guard],
+            ..PathRequest::port(80)
+        };
+        for _ in 0..50 {
+            assert_eq!(
+                dir.choose_path(&req, &mut rand::rng()).unwrap()[0].node_id,
+                guard
+            );
         }
     }
 
@@ -226,7 +382,7 @@ mod tests {
             .unwrap();
         let mut rng = rand::rng();
         assert!(matches!(
-            dir.choose_path(80, &[], &[], &mut rng),
+            dir.choose_path(&PathRequest::port(80), &mut rng),
             Err(PathError::NotEnoughRelays(3))
         ));
         let mut forged = relay(3, FLAG_GUARD, vec![]);

@@ -3,13 +3,14 @@
 
 pub mod circuit;
 pub mod directory;
+pub mod guards;
 mod pool;
 pub mod status;
 
 use anonnet_wire::EndReason;
 
 pub use circuit::{Circuit, CircuitError, DataStream, StreamError};
-pub use directory::{Directory, PathError};
+pub use directory::{Directory, PathError, PathRequest};
 pub use pool::{Client, ClientConfig, IsolationKey};
 pub use status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 

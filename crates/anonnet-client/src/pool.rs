@@ -19,7 +19,8 @@ use tokio::sync::{broadcast, watch, Notify};
 use tracing::{info, warn};
 
 use crate::circuit::{Circuit, CircuitError, DataStream, StreamCounters, StreamError};
-use crate::directory::Directory;
+use crate::directory::{Directory, PathRequest};
+use crate::guards::{GuardSet, RelayScores};
 use crate::status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 use crate::ClientError;
 
@@ -51,6 +52,10 @@ pub struct ClientConfig {
     pub stream_timeout: Duration,
     /// Clean exit circuits kept ready (at least 1).
     pub pool_size: usize,
+    /// Where the guard set is kept (`guards.json`); `None` keeps it in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Let relays of one /16 or /32 share a path: for test networks on one machine only.
+    pub allow_same_subnet: bool,
     /// A circuit takes no new streams after it has been in use this long (Tor's
     /// MaxCircuitDirtiness, 10 minutes).
     pub max_dirtiness: Duration,
@@ -66,6 +71,8 @@ impl Default for ClientConfig {
             circuit_build_timeout: Duration::from_secs(30),
             stream_timeout: Duration::from_secs(30),
             pool_size: 3,
+            state_dir: None,
+            allow_same_subnet: false,
             max_dirtiness: Duration::from_secs(600),
             pool_port: 443,
         }
@@ -132,6 +139,8 @@ pub struct Client {
     events: broadcast::Sender<ClientEvent>,
     counters: CounterAtomics,
     stream_counters: Arc<StreamCounters>,
+    guards: Mutex<GuardSet>,
+    scores: Mutex<RelayScores>,
 }
 
 impl std::fmt::Debug for Client {
@@ -186,6 +195,8 @@ impl Client {
             events,
             counters: CounterAtomics::default(),
             stream_counters: Arc::new(StreamCounters::default()),
+            guards: Mutex::new(GuardSet::load(config.state_dir.as_deref())),
+            scores: Mutex::new(RelayScores::default()),
             config,
         });
         client.set_bootstrap(10, "directory loaded");
@@ -286,6 +297,8 @@ impl Client {
             relays: self.relay_count(),
             circuits,
             streams,
+            guards: self.guards().iter().map(|g| g.to_hex()).collect(),
+            avoided_relays: self.scores().report(Instant::now()),
             counters: Counters {
                 circuits_built: c.circuits_built.load(Ordering::Relaxed),
                 circuits_built_on_demand: c.circuits_built_on_demand.load(Ordering::Relaxed),
@@ -335,6 +348,41 @@ impl Client {
             self.emit(ClientEvent::CircuitClosed { id });
         }
         out
+    }
+
+    fn scores(&self) -> std::sync::MutexGuard<'_, RelayScores> {
+        match self.scores.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The guard set's members usable now (topped up and saved when relays are missing or
+    /// avoided).
+    fn guard_ids(&self, avoided: &[anonnet_crypto::NodeId]) -> Vec<anonnet_crypto::NodeId> {
+        let mut guards = match self.guards.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Ok(dir) = self.directory.read() {
+            if guards.ensure(&dir, avoided, now_unix(), &mut rand::rng()) {
+                if let Err(e) = guards.save() {
+                    warn!("cannot save the guard set: {e}");
+                }
+                info!(guards = ?guards.ids().iter().map(|g| g.short()).collect::<Vec<_>>(), "guard set");
+            }
+            return guards
+                .ids()
+                .into_iter()
+                .filter(|g| dir.get(g).is_some() && !avoided.contains(g))
+                .collect();
+        }
+        guards.ids()
+    }
+
+    /// The persistent guard set (NodeIds, in the order chosen).
+    pub fn guards(&self) -> Vec<anonnet_crypto::NodeId> {
+        self.guards.lock().map(|g| g.ids()).unwrap_or_default()
     }
 
     /// Let `circuit` take no new streams.
@@ -419,17 +467,29 @@ impl Client {
         let mut avoid = Vec::new();
         for _ in 0..BUILD_ATTEMPTS {
             let path = {
+                let other_exits = self.exits_not_of(owner);
+                let scored = self.scores().avoided(Instant::now());
+                let guards = self.guard_ids(&scored);
                 let dir = self
                     .directory
                     .read()
                     .map_err(|_| ClientError::NotEnoughRelays { usable: 0 })?;
-                let other_exits = self.exits_not_of(owner);
-                match dir.choose_path(port, &avoid, &other_exits, &mut rand::rng()) {
+                let mut all_avoid = avoid.clone();
+                all_avoid.extend(scored.iter().copied());
+                let mut req = PathRequest {
+                    port,
+                    avoid: &all_avoid,
+                    other_exits: &other_exits,
+                    guards: &guards,
+                    allow_same_subnet: self.config.allow_same_subnet,
+                };
+                match dir.choose_path(&req, &mut rand::rng()) {
                     Ok(p) => p,
-                    // Relays we avoided may be all there is: try them again.
-                    Err(_) if !avoid.is_empty() => {
+                    // The relays we avoid may be all there is: try them again.
+                    Err(_) if !all_avoid.is_empty() => {
                         avoid.clear();
-                        dir.choose_path(port, &avoid, &other_exits, &mut rand::rng())?
+                        req.avoid = &[];
+                        dir.choose_path(&req, &mut rand::rng())?
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -444,6 +504,9 @@ impl Client {
             match built {
                 Ok(c) => {
                     self.counters.circuits_built.fetch_add(1, Ordering::Relaxed);
+                    for id in &ids {
+                        self.scores().success(*id);
+                    }
                     self.emit(ClientEvent::CircuitBuilt {
                         id: c.id(),
                         path: path_hex(&c),
@@ -469,11 +532,15 @@ impl Client {
                     });
                     // Avoid the relay that failed: the one a hop could not extend to, the
                     // hop whose handshake failed, or the guard whose link failed.
-                    match &e {
-                        CircuitError::Extend { hop, .. } => avoid.extend(ids.get(hop + 1).copied()),
-                        CircuitError::Handshake { hop, .. } => avoid.extend(ids.get(*hop).copied()),
-                        CircuitError::Link(..) => avoid.extend(ids.first().copied()),
-                        _ => {}
+                    let blamed = match &e {
+                        CircuitError::Extend { hop, .. } => ids.get(hop + 1).copied(),
+                        CircuitError::Handshake { hop, .. } => ids.get(*hop).copied(),
+                        CircuitError::Link(..) => ids.first().copied(),
+                        _ => None,
+                    };
+                    if let Some(id) = blamed {
+                        avoid.push(id);
+                        self.scores().failure(id, Instant::now());
                     }
                     last = e.into();
                 }

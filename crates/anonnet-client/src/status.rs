@@ -55,6 +55,10 @@ pub struct ClientStatus {
     pub circuits: Vec<CircuitInfo>,
     /// Streams open now.
     pub streams: usize,
+    /// The persistent guard set (NodeIds, hex): first hops of every circuit.
+    pub guards: Vec<String>,
+    /// Relays avoided after repeated failures, with their backoff.
+    pub avoided_relays: Vec<crate::guards::AvoidedRelay>,
     /// Counters since start.
     pub counters: Counters,
 }

@@ -60,6 +60,7 @@ async fn stream_through_three_relays_echoes_bytes_and_reports_failures() {
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
+        allow_same_subnet: true,
         ..ClientConfig::default()
     })
     .await
@@ -146,6 +147,7 @@ async fn bulk_download_does_not_stall() {
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
+        allow_same_subnet: true,
         ..ClientConfig::default()
     })
     .await
@@ -183,6 +185,7 @@ async fn net(name: &str) -> (std::path::PathBuf, Vec<Relay>, std::sync::Arc<Clie
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
+        allow_same_subnet: true,
         ..ClientConfig::default()
     })
     .await
@@ -401,6 +404,7 @@ async fn isolation_groups_get_their_own_circuits_from_a_warm_pool() {
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
+        allow_same_subnet: true,
         ..ClientConfig::default()
     })
     .await

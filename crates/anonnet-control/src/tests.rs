@@ -47,6 +47,8 @@ impl ControlHandler for TestHandler {
                 state: "clean".into(),
             }],
             streams: 0,
+            guards: vec!["ab".repeat(32)],
+            avoided_relays: Vec::new(),
             counters: Counters::default(),
         }
     }

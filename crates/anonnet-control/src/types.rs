@@ -75,8 +75,24 @@ pub struct Status {
     pub circuits: Vec<CircuitInfo>,
     /// Streams open now.
     pub streams: usize,
+    /// The persistent guard set (NodeIds, hex): first hops of every circuit.
+    pub guards: Vec<String>,
+    /// Relays avoided after repeated circuit failures.
+    pub avoided_relays: Vec<AvoidedRelay>,
     /// Counters since start.
     pub counters: Counters,
+}
+
+/// A relay the client avoids for a while after repeated failures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AvoidedRelay {
+    /// NodeId (hex).
+    pub node_id: String,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Seconds until it is tried again.
+    pub retry_in_secs: f64,
 }
 
 /// Body of `POST /v1/proxy`, and its answer (the state after the call).
@@ -210,6 +226,8 @@ mod tests {
                 state: "in use".into(),
             }],
             streams: 1,
+            guards: vec!["ab".repeat(32)],
+            avoided_relays: Vec::new(),
             counters: Counters {
                 circuits_built: 4,
                 streams_opened: 2,

@@ -7,6 +7,7 @@
 
 pub mod cell;
 pub mod descriptor;
+pub mod dht;
 pub mod flow;
 pub mod reader;
 pub mod relay;

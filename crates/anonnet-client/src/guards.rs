@@ -1,0 +1,278 @@
+//! The persistent guard set and relay scoring (sans-IO apart from reading and writing the
+//! guard file). Spec: `docs/protocol.md` §9.1.
+//!
+//! A client picks a few guards once and keeps them in `guards.json` in its state
+//! directory, so that the first hop of every circuit comes from the same small set across
+//! restarts (a client that picked a fresh first hop per circuit would soon meet a hostile
+//! one). Relays that keep failing are avoided for a while, with exponential backoff.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anonnet_crypto::NodeId;
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::directory::Directory;
+
+/// File name of the guard set in the state directory.
+pub const GUARD_FILE: &str = "guards.json";
+/// Guards kept in the set.
+pub const NUM_GUARDS: usize = 3;
+/// Failures in a row after which a relay is avoided.
+pub const FAILURES_BEFORE_AVOIDING: u32 = 2;
+/// First avoidance period; doubles with each further failure.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest avoidance period.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct GuardRecord {
+    /// NodeId, 64 hex characters.
+    node_id: String,
+    /// When it was chosen (Unix seconds).
+    added: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct GuardFile {
+    version: u8,
+    guards: Vec<GuardRecord>,
+}
+
+/// The guard set, optionally backed by a file.
+#[derive(Debug, Default)]
+pub struct GuardSet {
+    path: Option<PathBuf>,
+    guards: Vec<(NodeId, u64)>,
+}
+
+fn parse_node_id(hex_id: &str) -> Option<NodeId> {
+    let bytes = hex::decode(hex_id).ok()?;
+    Some(NodeId(bytes.try_into().ok()?))
+}
+
+impl GuardSet {
+    /// Load the set from `dir/guards.json` (none yet: empty). An unreadable or corrupt file
+    /// is moved aside to `guards.json.bad` with a warning and the set starts empty.
+    pub fn load(dir: Option<&Path>) -> GuardSet {
+        let Some(dir) = dir else {
+            return GuardSet::default();
+        };
+        let path = dir.join(GUARD_FILE);
+        let guards = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<GuardFile>(&bytes) {
+                Ok(f) if f.version == 1 => f
+                    .guards
+                    .iter()
+                    .filter_map(|g| Some((parse_node_id(&g.node_id)?, g.added)))
+                    .collect(),
+                _ => {
+                    warn!("{} is not a guard file; moving it aside", path.display());
+                    let _ = std::fs::rename(&path, path.with_extension("json.bad"));
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        GuardSet {
+            path: Some(path),
+            guards,
+        }
+    }
+
+    /// The guards, in the order they were chosen.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.guards.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Make sure [`NUM_GUARDS`] guards of the set are in `dir` and not in `avoid`, adding
+    /// guard-flagged relays (weighted by bandwidth) as needed. Returns true when the set
+    /// changed (then [`GuardSet::save`] it).
+    pub fn ensure(
+        &mut self,
+        dir: &Directory,
+        avoid: &[NodeId],
+        now_unix: u64,
+        rng: &mut impl Rng,
+    ) -> bool {
+        let usable = |id: &NodeId| dir.get(id).is_some() && !avoid.contains(id);
+        let mut changed = false;
+        while self.guards.iter().filter(|(id, _)| usable(id)).count() < NUM_GUARDS {
+            let candidates: Vec<_> = dir
+                .guard_candidates()
+                .into_iter()
+                .filter(|r| {
+                    !avoid.contains(&r.node_id) && !self.guards.iter().any(|(g, _)| *g == r.node_id)
+                })
+                .collect();
+            let Ok(pick) =
+                candidates.choose_weighted(rng, |r| f64::from(r.descriptor.bandwidth.max(1)))
+            else {
+                break;
+            };
+            self.guards.push((pick.node_id, now_unix));
+            changed = true;
+        }
+        changed
+    }
+
+    /// Write the set to its file (atomically: temporary file, then rename).
+    ///
+    /// # Errors
+    /// The I/O error, when the state directory is not writable.
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let file = GuardFile {
+            version: 1,
+            guards: self
+                .guards
+                .iter()
+                .map(|(id, added)| GuardRecord {
+                    node_id: id.to_hex(),
+                    added: *added,
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Score {
+    failures: u32,
+    avoid_until: Option<Instant>,
+}
+
+/// Circuit-build successes and failures per relay; a relay that failed
+/// [`FAILURES_BEFORE_AVOIDING`] times in a row is avoided for [`FIRST_BACKOFF`], doubling
+/// with each further failure up to [`MAX_BACKOFF`]. A success clears it. Bounded: relays
+/// not in the directory are forgotten by [`RelayScores::retain`].
+#[derive(Debug, Default)]
+pub struct RelayScores {
+    scores: HashMap<NodeId, Score>,
+}
+
+/// A relay being avoided, for the status.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AvoidedRelay {
+    /// NodeId (hex).
+    pub node_id: String,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Seconds until it is tried again.
+    pub retry_in_secs: f64,
+}
+
+impl RelayScores {
+    /// A circuit through `id` failed because of it.
+    pub fn failure(&mut self, id: NodeId, now: Instant) {
+        let s = self.scores.entry(id).or_insert(Score {
+            failures: 0,
+            avoid_until: None,
+        });
+        s.failures = s.failures.saturating_add(1);
+        if s.failures >= FAILURES_BEFORE_AVOIDING {
+            let doublings = (s.failures - FAILURES_BEFORE_AVOIDING).min(16);
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1u32 << doublings)
+                .min(MAX_BACKOFF);
+            s.avoid_until = Some(now + backoff);
+        }
+    }
+
+    /// A circuit through `id` was built.
+    pub fn success(&mut self, id: NodeId) {
+        self.scores.remove(&id);
+    }
+
+    /// Relays to avoid now.
+    pub fn avoided(&self, now: Instant) -> Vec<NodeId> {
+        self.scores
+            .iter()
+            .filter(|(_, s)| s.avoid_until.is_some_and(|t| t > now))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The avoided relays with their failure counts, for the status.
+    pub fn report(&self, now: Instant) -> Vec<AvoidedRelay> {
+        let mut v: Vec<AvoidedRelay> = self
+            .scores
+            .iter()
+            .filter_map(|(id, s)| {
+                let until = s.avoid_until.filter(|t| *t > now)?;
+                Some(AvoidedRelay {
+                    node_id: id.to_hex(),
+                    failures: s.failures,
+                    retry_in_secs: (until - now).as_secs_f64(),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    }
+
+    /// Forget relays `keep` says no to (gone from the directory).
+    pub fn retain(&mut self, keep: impl Fn(&NodeId) -> bool) {
+        self.scores.retain(|id, _| keep(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u8) -> NodeId {
+        NodeId([i; 32])
+    }
+
+    #[test]
+    fn a_relay_that_keeps_failing_is_avoided_with_backoff() {
+        let mut s = RelayScores::default();
+        let t0 = Instant::now();
+        s.failure(id(1), t0);
+        assert!(s.avoided(t0).is_empty(), "one failure is not a pattern");
+        s.failure(id(1), t0);
+        assert_eq!(s.avoided(t0), vec![id(1)]);
+        assert!(s.avoided(t0 + FIRST_BACKOFF).is_empty());
+        s.failure(id(1), t0);
+        assert_eq!(
+            s.avoided(t0 + FIRST_BACKOFF),
+            vec![id(1)],
+            "backoff doubled"
+        );
+        assert!(s.avoided(t0 + FIRST_BACKOFF * 2).is_empty());
+        for _ in 0..40 {
+            s.failure(id(1), t0);
+        }
+        assert!(s.avoided(t0 + MAX_BACKOFF).is_empty(), "capped");
+        s.success(id(1));
+        assert!(s.avoided(t0).is_empty());
+        assert!(s.report(t0).is_empty());
+    }
+
+    #[test]
+    fn guard_file_round_trips_and_a_corrupt_one_is_set_aside() {
+        let dir = std::env::temp_dir().join(format!("anonnet-guards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut g = GuardSet::load(Some(&dir));
+        assert!(g.ids().is_empty());
+        g.guards = vec![(id(1), 5), (id(2), 6)];
+        g.save().unwrap();
+        assert_eq!(GuardSet::load(Some(&dir)).ids(), vec![id(1), id(2)]);
+        std::fs::write(dir.join(GUARD_FILE), b"{not json").unwrap();
+        assert!(GuardSet::load(Some(&dir)).ids().is_empty());
+        assert!(dir.join("guards.json.bad").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,649 @@
+//! What a storage node (a relay) keeps for others: verified, expiring records, bounded per
+//! key, per peer and in total, with a per-peer request rate limit. Spec:
+//! `docs/protocol.md` §11.7.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anonnet_crypto::{verify_descriptor, DescriptorError, NodeId};
+use anonnet_wire::dht::{
+    Record, RecordKind, StoreStatus, MAX_RECORDS, REJECT_INVALID, REJECT_STALE,
+};
+use anonnet_wire::{SignedDescriptor, WireError};
+
+use crate::descriptor_key;
+
+/// Longest a record may still be valid when it is stored or read: 3 days (seconds).
+/// Relays sign descriptors valid for one day (§3.2); a record claiming more is refused, so
+/// that a replayed record cannot outlive its owner's next key or address change for long.
+pub const MAX_RECORD_TTL: u64 = 3 * 86_400;
+/// Most peers whose request rate [`Storage::allow_request`] tracks at once.
+pub const MAX_RATE_PEERS: usize = 4096;
+
+/// Why a record is not acceptable (for logs and for readers of `VALUE` answers).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The body does not parse as the record kind says.
+    #[error("malformed record: {0}")]
+    Malformed(#[from] WireError),
+    /// The embedded descriptor is forged, expired or from the future.
+    #[error("record descriptor: {0}")]
+    Descriptor(#[from] DescriptorError),
+    /// The record is stored under a key that is not the one its owner's NodeId gives.
+    #[error("record key does not match its owner")]
+    WrongKey,
+    /// The record claims to stay valid longer than [`MAX_RECORD_TTL`].
+    #[error("record valid until {expires}, more than 3 days after {now}")]
+    TooLongLived {
+        /// Its `expires` (Unix seconds).
+        expires: u64,
+        /// The time of the check (Unix seconds).
+        now: u64,
+    },
+}
+
+/// What [`verify_record`] learned about a valid record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedRecord {
+    /// The node the record belongs to (for a relay descriptor: the relay).
+    pub owner: NodeId,
+    /// Version: the `published` time (Unix seconds); larger replaces smaller.
+    pub published: u64,
+    /// End of validity (Unix seconds).
+    pub expires: u64,
+}
+
+/// Check `record` as stored under `key` at `now_unix` (Unix seconds), §11.3. For
+/// [`RecordKind::RelayDescriptor`]: the body decodes as a signed descriptor, it verifies
+/// (signature, `expires > now`, `published ≤ now + 3600`), `key ==
+/// descriptor_key(its NodeId)`, and `expires ≤ now + MAX_RECORD_TTL`.
+///
+/// Storage nodes call it before storing; readers call it on every record of a `VALUE`
+/// answer before using it.
+///
+/// # Errors
+/// [`RecordError`] saying which check failed.
+pub fn verify_record(
+    key: &[u8; 32],
+    record: &Record,
+    now_unix: u64,
+) -> Result<VerifiedRecord, RecordError> {
+    match record.kind {
+        RecordKind::RelayDescriptor => {
+            let signed = SignedDescriptor::decode(&record.body)?;
+            let v = verify_descriptor(&signed, now_unix)?;
+            if descriptor_key(&v.node_id) != *key {
+                return Err(RecordError::WrongKey);
+            }
+            if v.descriptor.expires > now_unix.saturating_add(MAX_RECORD_TTL) {
+                return Err(RecordError::TooLongLived {
+                    expires: v.descriptor.expires,
+                    now: now_unix,
+                });
+            }
+            Ok(VerifiedRecord {
+                owner: v.node_id,
+                published: v.descriptor.published,
+                expires: v.descriptor.expires,
+            })
+        }
+    }
+}
+
+/// Why [`Storage::store`] refused a record.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The record failed [`verify_record`]: malformed, forged, expired, too long-lived, or
+    /// stored under a key that does not match its owner.
+    #[error("invalid record")]
+    Invalid,
+    /// A newer record of the same owner (or another one of the same version) is stored.
+    #[error("stale record: a newer one is stored")]
+    Stale,
+    /// A bound is reached: records per key, per storing peer, or in total.
+    #[error("storage full")]
+    Full,
+}
+
+impl StoreError {
+    /// The `STORED` status to answer with (§11.2).
+    pub fn status(self) -> StoreStatus {
+        match self {
+            StoreError::Invalid => StoreStatus::Rejected(REJECT_INVALID),
+            StoreError::Stale => StoreStatus::Rejected(REJECT_STALE),
+            StoreError::Full => StoreStatus::Full,
+        }
+    }
+}
+
+/// Bounds of a [`Storage`] (§11.7). `Default` gives the relay defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Records per key (distinct owners), default 4. At most [`MAX_RECORDS`] are returned.
+    pub per_key: usize,
+    /// Records attributed to one storing peer (the NodeId of the link that sent `STORE`),
+    /// default 64.
+    pub per_peer: usize,
+    /// Records in total, default 10 000.
+    pub total: usize,
+    /// Sustained DHT requests per peer per second (all types), default 20.
+    pub requests_per_peer_per_sec: u32,
+    /// Requests a peer may send at once after being idle (token-bucket size), default 40.
+    pub burst: u32,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        StorageLimits {
+            per_key: 4,
+            per_peer: 64,
+            total: 10_000,
+            requests_per_peer_per_sec: 20,
+            burst: 40,
+        }
+    }
+}
+
+/// Event counters of a [`Storage`], monotonic since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageCounters {
+    /// Records stored (new, replacing an older version, or re-stored unchanged).
+    pub stored: u64,
+    /// `STORE`s refused by [`verify_record`].
+    pub rejected_invalid: u64,
+    /// `STORE`s refused because a newer version is held.
+    pub rejected_stale: u64,
+    /// `STORE`s refused by a bound.
+    pub rejected_full: u64,
+    /// Requests refused by [`Storage::allow_request`].
+    pub rate_limited: u64,
+    /// Records dropped because they expired.
+    pub expired: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    record: Record,
+    owner: NodeId,
+    from: NodeId,
+    published: u64,
+    expires: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn refilled(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * rate).min(burst)
+    }
+}
+
+/// A storage node's records (§11.7). Only records that pass [`verify_record`] get in.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    limits: StorageLimits,
+    by_key: HashMap<[u8; 32], Vec<Stored>>,
+    per_peer: HashMap<NodeId, usize>,
+    total: usize,
+    rate: HashMap<NodeId, TokenBucket>,
+    counters: StorageCounters,
+}
+
+impl Storage {
+    /// An empty store with `limits`.
+    pub fn new(limits: StorageLimits) -> Self {
+        Storage {
+            limits,
+            by_key: HashMap::new(),
+            per_peer: HashMap::new(),
+            total: 0,
+            rate: HashMap::new(),
+            counters: StorageCounters::default(),
+        }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> &StorageLimits {
+        &self.limits
+    }
+
+    /// Store `record` under `key`, sent by peer `from` (the NodeId its link's certificate
+    /// proves) at `now_unix` (Unix seconds).
+    ///
+    /// Of two records of one owner under one key, the one with the larger `published`
+    /// stays; re-storing the identical record is accepted and changes nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] when [`verify_record`] fails; [`StoreError::Stale`] when the
+    /// held record of that owner is newer, or as new but different;
+    /// [`StoreError::Full`] when the key, the peer or the store is at its bound (expired
+    /// records are dropped first).
+    pub fn store(
+        &mut self,
+        from: NodeId,
+        key: [u8; 32],
+        record: Record,
+        now_unix: u64,
+    ) -> Result<(), StoreError> {
+        let v = match verify_record(&key, &record, now_unix) {
+            Ok(v) => v,
+            Err(_) => {
+                self.counters.rejected_invalid += 1;
+                return Err(StoreError::Invalid);
+            }
+        };
+        let result = self.place(from, key, record, v, now_unix);
+        match result {
+            Ok(()) => self.counters.stored += 1,
+            Err(StoreError::Stale) => self.counters.rejected_stale += 1,
+            Err(StoreError::Full) => self.counters.rejected_full += 1,
+            Err(StoreError::Invalid) => self.counters.rejected_invalid += 1,
+        }
+        result
+    }
+
+    fn peer_count(&self, peer: &NodeId) -> usize {
+        self.per_peer.get(peer).copied().unwrap_or(0)
+    }
+
+    fn place(
+        &mut self,
+        from: NodeId,
+        key: [u8; 32],
+        record: Record,
+        v: VerifiedRecord,
+        now_unix: u64,
+    ) -> Result<(), StoreError> {
+        let existing = self.by_key.get(&key).and_then(|list| {
+            list.iter()
+                .position(|s| s.owner == v.owner && s.record.kind == record.kind)
+        });
+        let new = Stored {
+            record,
+            owner: v.owner,
+            from,
+            published: v.published,
+            expires: v.expires,
+        };
+        if let Some(pos) = existing {
+            let Some(held) = self.by_key.get(&key).and_then(|l| l.get(pos)) else {
+                return Err(StoreError::Full); // unreachable: `pos` was just found
+            };
+            let held_from = held.from;
+            let held_live = held.expires > now_unix;
+            if held_live && held.published == new.published && held.record == new.record {
+                return Ok(());
+            }
+            if held_live && held.published >= new.published {
+                return Err(StoreError::Stale);
+            }
+            if held_from != from && self.peer_count(&from) >= self.limits.per_peer {
+                return Err(StoreError::Full);
+            }
+            if let Some(slot) = self.by_key.get_mut(&key).and_then(|l| l.get_mut(pos)) {
+                *slot = new;
+            }
+            self.uncount_peer(held_from);
+            *self.per_peer.entry(from).or_insert(0) += 1;
+            return Ok(());
+        }
+        let key_full = |s: &Self| s.by_key.get(&key).map_or(0, Vec::len) >= s.limits.per_key;
+        let bound_hit = |s: &Self| {
+            key_full(s) || s.peer_count(&from) >= s.limits.per_peer || s.total >= s.limits.total
+        };
+        if bound_hit(self) {
+            self.expire(now_unix);
+            if bound_hit(self) {
+                return Err(StoreError::Full);
+            }
+        }
+        self.by_key.entry(key).or_default().push(new);
+        *self.per_peer.entry(from).or_insert(0) += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    fn uncount_peer(&mut self, peer: NodeId) {
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// The records under `key` still valid at `now_unix` (Unix seconds), newest first, at
+    /// most [`MAX_RECORDS`] (what fits a `VALUE` answer).
+    pub fn get(&self, key: &[u8; 32], now_unix: u64) -> Vec<Record> {
+        let Some(list) = self.by_key.get(key) else {
+            return Vec::new();
+        };
+        let mut live: Vec<&Stored> = list.iter().filter(|s| s.expires > now_unix).collect();
+        live.sort_by_key(|s| std::cmp::Reverse(s.published));
+        live.into_iter()
+            .take(MAX_RECORDS)
+            .map(|s| s.record.clone())
+            .collect()
+    }
+
+    /// Drop every record whose `expires ≤ now_unix` (Unix seconds); counted in
+    /// [`StorageCounters::expired`].
+    pub fn expire(&mut self, now_unix: u64) {
+        let mut gone: Vec<NodeId> = Vec::new();
+        self.by_key.retain(|_, list| {
+            list.retain(|s| {
+                let keep = s.expires > now_unix;
+                if !keep {
+                    gone.push(s.from);
+                }
+                keep
+            });
+            !list.is_empty()
+        });
+        self.total -= gone.len();
+        self.counters.expired += gone.len() as u64;
+        for peer in gone {
+            self.uncount_peer(peer);
+        }
+    }
+
+    /// Records held (expired ones included until [`Storage::expire`] runs).
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// True when no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Whether peer `from` may make one more DHT request at `now` (any type; call it for
+    /// every request before doing any work). A token bucket per peer:
+    /// [`StorageLimits::burst`] tokens, refilled at
+    /// [`StorageLimits::requests_per_peer_per_sec`]; each request takes one. A refusal is
+    /// counted in [`StorageCounters::rate_limited`]; answer it with `STORED` `RateLimited`
+    /// or by resetting the stream.
+    ///
+    /// At most [`MAX_RATE_PEERS`] peers are tracked: when a new peer arrives at the bound,
+    /// peers idle long enough to have a full bucket are forgotten (nothing is lost), and if
+    /// none is, the one with the most tokens.
+    pub fn allow_request(&mut self, from: NodeId, now: Instant) -> bool {
+        let rate = f64::from(self.limits.requests_per_peer_per_sec);
+        let burst = f64::from(self.limits.burst.max(1));
+        if !self.rate.contains_key(&from) && self.rate.len() >= MAX_RATE_PEERS {
+            self.rate
+                .retain(|_, b| b.refilled(now, rate, burst) < burst);
+            if self.rate.len() >= MAX_RATE_PEERS {
+                let fullest = self
+                    .rate
+                    .iter()
+                    .max_by(|a, b| {
+                        a.1.refilled(now, rate, burst)
+                            .total_cmp(&b.1.refilled(now, rate, burst))
+                    })
+                    .map(|(id, _)| *id);
+                if let Some(id) = fullest {
+                    self.rate.remove(&id);
+                }
+            }
+        }
+        let bucket = self.rate.entry(from).or_insert(TokenBucket {
+            tokens: burst,
+            last: now,
+        });
+        bucket.tokens = bucket.refilled(now, rate, burst);
+        bucket.last = bucket.last.max(now);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            self.counters.rate_limited += 1;
+            false
+        }
+    }
+
+    /// Peers whose request rate is being tracked, at most [`MAX_RATE_PEERS`].
+    pub fn tracked_peers(&self) -> usize {
+        self.rate.len()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> StorageCounters {
+        self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use anonnet_crypto::{sign_descriptor, IdentityKey};
+    use anonnet_wire::RelayDescriptor;
+
+    use super::*;
+    use crate::test_support::*;
+
+    fn rec(n: u32, published: u64) -> ([u8; 32], Record) {
+        let key = descriptor_key(&identity(n).node_id());
+        let r = Record::relay_descriptor(&descriptor_at(n, published)).unwrap();
+        (key, r)
+    }
+
+    fn peer(n: u32) -> NodeId {
+        identity(10_000 + n).node_id()
+    }
+
+    #[test]
+    fn storage_accepts_valid_record_under_its_key() {
+        let mut s = Storage::new(StorageLimits::default());
+        let (key, r) = rec(1, NOW - 100);
+        s.store(peer(1), key, r.clone(), NOW).unwrap();
+        assert_eq!(s.get(&key, NOW), vec![r.clone()]);
+        assert_eq!(s.len(), 1);
+        // Re-storing the same record is fine and changes nothing.
+        s.store(peer(2), key, r, NOW).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.counters().stored, 2);
+        assert!(s.get(&[0; 32], NOW).is_empty());
+    }
+
+    #[test]
+    fn forged_descriptor_record_is_never_stored() {
+        let mut s = Storage::new(StorageLimits::default());
+        let (key, mut r) = rec(1, NOW - 100);
+        // Bad signature.
+        let last = r.body.len() - 1;
+        r.body[last] ^= 1;
+        assert_eq!(s.store(peer(1), key, r, NOW), Err(StoreError::Invalid));
+        // Right signature, wrong key: relay 2's descriptor under relay 1's key.
+        let (_, r2) = rec(2, NOW - 100);
+        assert_eq!(s.store(peer(1), key, r2, NOW), Err(StoreError::Invalid));
+        assert!(matches!(
+            verify_record(&key, &rec(2, NOW - 100).1, NOW),
+            Err(RecordError::WrongKey)
+        ));
+        // A descriptor whose identity field names a key that did not sign it.
+        let thief = IdentityKey::from_seed(&[0x77; 32]);
+        let victim = identity(1);
+        let mut d = RelayDescriptor::decode_body(&descriptor_at(1, NOW - 100).body).unwrap();
+        d.onion_key = [0x66; 32];
+        let mut signed = sign_descriptor(
+            &thief,
+            &RelayDescriptor {
+                identity: thief.public(),
+                ..d.clone()
+            },
+        )
+        .unwrap();
+        signed.body = d.encode_body().unwrap(); // victim's identity, thief's signature
+        let forged = Record::relay_descriptor(&signed).unwrap();
+        assert_eq!(
+            s.store(peer(1), descriptor_key(&victim.node_id()), forged, NOW),
+            Err(StoreError::Invalid)
+        );
+        // Garbage body.
+        let junk = Record {
+            kind: RecordKind::RelayDescriptor,
+            body: vec![0; 10],
+        };
+        assert_eq!(s.store(peer(1), key, junk, NOW), Err(StoreError::Invalid));
+        assert!(s.is_empty());
+        assert_eq!(s.counters().rejected_invalid, 4);
+        assert_eq!(
+            StoreError::Invalid.status(),
+            StoreStatus::Rejected(REJECT_INVALID)
+        );
+    }
+
+    #[test]
+    fn expired_future_and_too_long_lived_records_are_refused() {
+        let mut s = Storage::new(StorageLimits::default());
+        let (key, r) = rec(1, NOW - 86_400);
+        assert_eq!(s.store(peer(1), key, r, NOW), Err(StoreError::Invalid));
+        let (key, r) = rec(1, NOW + 7200);
+        assert_eq!(s.store(peer(1), key, r, NOW), Err(StoreError::Invalid));
+        // Valid for a year: refused.
+        let id = identity(1);
+        let mut d = RelayDescriptor::decode_body(&descriptor_at(1, NOW).body).unwrap();
+        d.expires = NOW + 365 * 86_400;
+        let long = Record::relay_descriptor(&sign_descriptor(&id, &d).unwrap()).unwrap();
+        assert!(matches!(
+            verify_record(&key, &long, NOW),
+            Err(RecordError::TooLongLived { .. })
+        ));
+        assert_eq!(s.store(peer(1), key, long, NOW), Err(StoreError::Invalid));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn newer_descriptor_replaces_older_and_older_is_stale() {
+        let mut s = Storage::new(StorageLimits::default());
+        let (key, old) = rec(1, NOW - 3600);
+        let (_, new) = rec(1, NOW - 60);
+        s.store(peer(1), key, old.clone(), NOW).unwrap();
+        s.store(peer(2), key, new.clone(), NOW).unwrap();
+        assert_eq!(s.get(&key, NOW), vec![new]);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.store(peer(3), key, old, NOW), Err(StoreError::Stale));
+        assert_eq!(s.counters().rejected_stale, 1);
+        assert_eq!(
+            StoreError::Stale.status(),
+            StoreStatus::Rejected(REJECT_STALE)
+        );
+    }
+
+    #[test]
+    fn storage_is_bounded_per_peer_and_in_total() {
+        let limits = StorageLimits {
+            per_peer: 3,
+            total: 5,
+            ..StorageLimits::default()
+        };
+        let mut s = Storage::new(limits);
+        for n in 0..3 {
+            let (k, r) = rec(n, NOW - 10);
+            s.store(peer(1), k, r, NOW).unwrap();
+        }
+        let (k, r) = rec(3, NOW - 10);
+        assert_eq!(s.store(peer(1), k, r.clone(), NOW), Err(StoreError::Full));
+        s.store(peer(2), k, r, NOW).unwrap();
+        let (k, r) = rec(4, NOW - 10);
+        s.store(peer(2), k, r, NOW).unwrap();
+        let (k, r) = rec(5, NOW - 10);
+        assert_eq!(s.store(peer(3), k, r, NOW), Err(StoreError::Full), "total");
+        assert_eq!(s.len(), 5);
+        assert_eq!(s.counters().rejected_full, 2);
+        // Once they expire, room comes back.
+        let later = NOW - 10 + 86_400;
+        let (k, r) = rec(5, later - 10);
+        s.store(peer(3), k, r, later).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.counters().expired, 5);
+    }
+
+    #[test]
+    fn storage_is_bounded_per_key() {
+        // Relay descriptors have one owner per key; bound the key to 1 and check that a
+        // second owner cannot join it even with a valid record (it fails the key check
+        // first, so exercise the bound with per_key = 0).
+        let mut s = Storage::new(StorageLimits {
+            per_key: 0,
+            ..StorageLimits::default()
+        });
+        let (k, r) = rec(1, NOW - 10);
+        assert_eq!(s.store(peer(1), k, r, NOW), Err(StoreError::Full));
+        let mut s = Storage::new(StorageLimits {
+            per_key: 1,
+            ..StorageLimits::default()
+        });
+        let (k, r) = rec(1, NOW - 10);
+        s.store(peer(1), k, r, NOW).unwrap();
+        let (_, newer) = rec(1, NOW - 5);
+        s.store(peer(1), k, newer, NOW).unwrap();
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn expire_drops_records_and_frees_peer_quota() {
+        let mut s = Storage::new(StorageLimits {
+            per_peer: 1,
+            ..StorageLimits::default()
+        });
+        let (k, r) = rec(1, NOW - 10);
+        s.store(peer(1), k, r.clone(), NOW).unwrap();
+        let end = NOW - 10 + 86_400;
+        assert!(s.get(&k, end).is_empty(), "expired records are not served");
+        s.expire(end);
+        assert!(s.is_empty());
+        assert_eq!(s.counters().expired, 1);
+        let (k2, r2) = rec(2, end - 10);
+        s.store(peer(1), k2, r2, end).unwrap();
+    }
+
+    #[test]
+    fn requests_are_rate_limited_per_peer_with_burst() {
+        let mut s = Storage::new(StorageLimits {
+            requests_per_peer_per_sec: 10,
+            burst: 5,
+            ..StorageLimits::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert!(s.allow_request(peer(1), t0));
+        }
+        assert!(!s.allow_request(peer(1), t0));
+        assert!(s.allow_request(peer(2), t0), "other peers are not affected");
+        // 100 ms later one token is back (10 per second).
+        assert!(s.allow_request(peer(1), t0 + Duration::from_millis(100)));
+        assert!(!s.allow_request(peer(1), t0 + Duration::from_millis(100)));
+        // Long idle: the bucket is full again, not more.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..5 {
+            assert!(s.allow_request(peer(1), later));
+        }
+        assert!(!s.allow_request(peer(1), later));
+        assert_eq!(s.counters().rate_limited, 3);
+    }
+
+    #[test]
+    fn rate_limiter_tracks_a_bounded_number_of_peers() {
+        let mut s = Storage::new(StorageLimits::default());
+        let t0 = Instant::now();
+        for n in 0..(MAX_RATE_PEERS as u32 + 100) {
+            let id = NodeId(*blake3::hash(&n.to_be_bytes()).as_bytes());
+            assert!(s.allow_request(id, t0));
+            assert!(s.tracked_peers() <= MAX_RATE_PEERS);
+        }
+        // Idle peers are forgotten first.
+        let later = t0 + Duration::from_secs(10);
+        assert!(s.allow_request(peer(1), later));
+        assert_eq!(s.tracked_peers(), 1);
+    }
+}
