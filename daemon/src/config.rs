@@ -33,8 +33,9 @@ pub const MAX_DIRTINESS_SECS: u64 = 86_400;
 pub const DEFAULT_RELAY_LISTEN: &str = "0.0.0.0:9001";
 /// Default advertised relay bandwidth (bytes per second).
 pub const DEFAULT_BANDWIDTH: u32 = 10_000_000;
-/// Fewest relay descriptors a client can build 3-hop circuits from.
-pub const MIN_BOOTSTRAP: usize = 3;
+/// Fewest bootstrap relay descriptors a client needs: one entry point to the DHT, which
+/// finds the rest (§11).
+pub const MIN_BOOTSTRAP: usize = 1;
 /// Default number of relays in a testnet.
 pub const DEFAULT_TESTNET_RELAYS: usize = 5;
 /// Fewest relays in a testnet (guard, middle, exit).
@@ -318,6 +319,43 @@ fn parse_policy(
     Ok(rules)
 }
 
+/// Read and parse the relay descriptor files listed under `key` (paths relative to the
+/// config file); an error names `key[i]`, the file and what is wrong.
+fn read_descriptors(
+    src: &Source,
+    key: &str,
+    entries: &[Spanned<String>],
+) -> Result<Vec<SignedDescriptor>, ConfigError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let desc_path = src.path(entry.get_ref());
+        let text = std::fs::read_to_string(&desc_path).map_err(|e| {
+            src.invalid(
+                &key,
+                Some(entry),
+                format!(
+                    "cannot read relay descriptor file {}: {e}",
+                    desc_path.display()
+                ),
+            )
+        })?;
+        let desc = SignedDescriptor::from_base64(&text).map_err(|e| {
+            src.invalid(
+                &key,
+                Some(entry),
+                format!(
+                    "{} is not a relay descriptor (one base64 line as written by \
+                     `anonnet relay`): {e}",
+                    desc_path.display()
+                ),
+            )
+        })?;
+        out.push(desc);
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------- relay
 
 #[derive(Debug, Default, Deserialize)]
@@ -329,6 +367,15 @@ struct RelayFile {
     exit: ExitSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    dht: DhtSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DhtSection {
+    #[serde(default)]
+    bootstrap: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -502,6 +549,7 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
             bandwidth,
             descriptor_file: Some(descriptor_file.clone()),
             limits,
+            dht_bootstrap: read_descriptors(&src, "dht.bootstrap", &file.dht.bootstrap)?,
         },
         descriptor_file,
     })
@@ -723,40 +771,13 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
             "client.bootstrap",
             c.bootstrap.first(),
             format!(
-                "lists {} relay descriptor file(s); at least {MIN_BOOTSTRAP} are needed \
-                 (guard, middle, exit), e.g. bootstrap = [\"relays/r1.desc\", \
-                 \"relays/r2.desc\", \"relays/r3.desc\"]",
+                "lists {} relay descriptor file(s); at least {MIN_BOOTSTRAP} is needed to \
+                 enter the DHT, e.g. bootstrap = [\"relays/r1.desc\", \"relays/r2.desc\"]",
                 c.bootstrap.len()
             ),
         ));
     }
-    let mut bootstrap = Vec::with_capacity(c.bootstrap.len());
-    for (i, entry) in c.bootstrap.iter().enumerate() {
-        let key = format!("client.bootstrap[{i}]");
-        let desc_path = src.path(entry.get_ref());
-        let text = std::fs::read_to_string(&desc_path).map_err(|e| {
-            src.invalid(
-                &key,
-                Some(entry),
-                format!(
-                    "cannot read relay descriptor file {}: {e}",
-                    desc_path.display()
-                ),
-            )
-        })?;
-        let desc = SignedDescriptor::from_base64(&text).map_err(|e| {
-            src.invalid(
-                &key,
-                Some(entry),
-                format!(
-                    "{} is not a relay descriptor (one base64 line as written by \
-                     `anonnet relay`): {e}",
-                    desc_path.display()
-                ),
-            )
-        })?;
-        bootstrap.push(desc);
-    }
+    let bootstrap = read_descriptors(&src, "client.bootstrap", &c.bootstrap)?;
     let secs = |key: &str, v: &Option<Spanned<u64>>| -> Result<Option<Duration>, ConfigError> {
         v.as_ref()
             .map(|s| {
@@ -1106,10 +1127,10 @@ max_links = 50
     #[test]
     fn too_few_bootstrap_relays_is_an_error() {
         let dir = test_dir("few-bootstrap");
-        let file = write(&dir, "client.toml", "[client]\nbootstrap = [\"r1.desc\"]\n");
+        let file = write(&dir, "client.toml", "[client]\nbootstrap = []\n");
         let e = load_client(&file).unwrap_err().to_string();
         assert!(
-            e.contains("client.bootstrap") && e.contains("at least 3"),
+            e.contains("client.bootstrap") && e.contains("at least 1"),
             "{e}"
         );
     }

@@ -74,6 +74,13 @@ struct ChildProc {
     exited: Option<ExitStatus>,
 }
 
+impl ChildProc {
+    /// The OS process id (0 once it has exited).
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+}
+
 /// Everything the testnet started, stopped together.
 #[derive(Default)]
 struct Testnet {
@@ -156,41 +163,55 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let exe = std::env::current_exe().map_err(Error::io("finding the anonnet executable"))?;
     info!(dir = %dir.display(), relays = options.relays, "starting testnet");
 
-    // All relays start at once; their ready lines are read afterwards under one deadline.
-    for i in 1..=options.relays {
-        let rdir = dir.join(format!("relay-{i}"));
-        create_private_dir(&rdir)?;
-        let config = rdir.join("relay.toml");
-        write_file(&config, &relay_toml(i, &options.exit_policy))?;
-        let child = spawn(
-            &exe,
-            format!("relay-{i}"),
-            &["relay", "--config"],
-            &config,
-            &rdir.join("relay.log"),
-            options.log_level,
-        )?;
-        net.children.push(child);
-    }
+    // Relay-1 founds the DHT, relay-2 joins through it, and the rest start at once and
+    // join through those two, the network's bootstrap relays.
     let deadline = Instant::now() + RELAY_READY_TIMEOUT;
     let mut descriptors = Vec::with_capacity(options.relays);
-    for child in &mut net.children {
-        let line = read_ready(child, &["RELAY ready "], deadline)
-            .await?
-            .concat();
-        let relay = parse_relay_ready(&line).ok_or_else(|| {
-            Error::Testnet(format!(
-                "{} printed a malformed ready line: {line:?}",
-                child.name
-            ))
-        })?;
-        info!(
-            relay = %child.name,
-            node = %relay.node_id.get(..8).unwrap_or(&relay.node_id),
-            addr = %relay.addr,
-            "relay ready"
-        );
-        descriptors.push(relay.descriptor);
+    let mut ready_info = Vec::with_capacity(options.relays);
+    let waves: [std::ops::RangeInclusive<usize>; 3] = [1..=1, 2..=2, 3..=options.relays];
+    for wave in waves {
+        let first_child = net.children.len();
+        let bootstrap: Vec<PathBuf> = descriptors.iter().take(2).cloned().collect();
+        for i in wave {
+            let rdir = dir.join(format!("relay-{i}"));
+            create_private_dir(&rdir)?;
+            let config = rdir.join("relay.toml");
+            write_file(&config, &relay_toml(i, &options.exit_policy, &bootstrap))?;
+            let child = spawn(
+                &exe,
+                format!("relay-{i}"),
+                &["relay", "--config"],
+                &config,
+                &rdir.join("relay.log"),
+                options.log_level,
+            )?;
+            net.children.push(child);
+        }
+        for child in net.children.iter_mut().skip(first_child) {
+            let line = read_ready(child, &["RELAY ready "], deadline)
+                .await?
+                .concat();
+            let relay = parse_relay_ready(&line).ok_or_else(|| {
+                Error::Testnet(format!(
+                    "{} printed a malformed ready line: {line:?}",
+                    child.name
+                ))
+            })?;
+            info!(
+                relay = %child.name,
+                node = %relay.node_id.get(..8).unwrap_or(&relay.node_id),
+                addr = %relay.addr,
+                "relay ready"
+            );
+            ready_info.push(serde_json::json!({
+                "name": child.name,
+                "pid": child.pid(),
+                "node_id": relay.node_id,
+                "addr": relay.addr.to_string(),
+                "descriptor": relay.descriptor.display().to_string(),
+            }));
+            descriptors.push(relay.descriptor);
+        }
     }
 
     let site = DemoSite::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -203,9 +224,11 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let cdir = dir.join("client");
     create_private_dir(&cdir)?;
     let config = cdir.join("client.toml");
+    // The client knows only the two bootstrap relays; the DHT gives it the rest.
+    let client_bootstrap: Vec<PathBuf> = descriptors.iter().take(2).cloned().collect();
     write_file(
         &config,
-        &client_toml(options.socks, options.http, &descriptors),
+        &client_toml(options.socks, options.http, &client_bootstrap),
     )?;
     let client_log = cdir.join("client.log");
     let mut client = spawn(
@@ -224,7 +247,15 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         Instant::now() + CLIENT_READY_TIMEOUT,
     )
     .await;
+    let client_pid = client.pid();
     net.children.push(client);
+    // Who is who, for tools and tests: `testnet.json`.
+    let layout = serde_json::json!({
+        "relays": ready_info,
+        "bootstrap": client_bootstrap.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
+        "client": { "pid": client_pid, "config": config.display().to_string() },
+    });
+    write_file(&dir.join("testnet.json"), &layout.to_string())?;
     let lines = ready?;
     let addr_in = |prefix: &str| -> Result<SocketAddr, Error> {
         lines
@@ -303,8 +334,12 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(Error::io(format!("writing {}", path.display())))
 }
 
-fn relay_toml(i: usize, exit_policy: &[String]) -> String {
+fn relay_toml(i: usize, exit_policy: &[String], dht_bootstrap: &[PathBuf]) -> String {
     let policy: Vec<String> = exit_policy.iter().map(|l| toml_string(l)).collect();
+    let bootstrap: Vec<String> = dht_bootstrap
+        .iter()
+        .map(|d| toml_string(&d.display().to_string()))
+        .collect();
     format!(
         "# Generated by `anonnet testnet` for relay-{i}. Paths are relative to this file.\n\
          [relay]\n\
@@ -314,8 +349,12 @@ fn relay_toml(i: usize, exit_policy: &[String]) -> String {
          \n\
          [exit]\n\
          enabled = true\n\
-         policy = [{}]\n",
-        policy.join(", ")
+         policy = [{}]\n\
+         \n\
+         [dht]\n\
+         bootstrap = [{}]\n",
+        policy.join(", "),
+        bootstrap.join(", ")
     )
 }
 
@@ -555,7 +594,7 @@ mod tests {
             .map(|s| (*s).to_owned())
             .collect();
         let relay = dir.join("relay.toml");
-        std::fs::write(&relay, relay_toml(1, &policy)).unwrap();
+        std::fs::write(&relay, relay_toml(1, &policy, &[])).unwrap();
         let s = crate::config::load_relay(&relay).unwrap();
         assert_eq!(s.relay.data_dir, dir.join("."));
         let p = s.relay.exit_policy.unwrap();

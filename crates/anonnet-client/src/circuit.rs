@@ -43,6 +43,8 @@ const FORWARD_QUEUE: usize = 64;
 /// and `END`, so the circuit reader never waits on a stream whose exit respects flow
 /// control (§6.4).
 const STREAM_QUEUE: usize = STREAM_WINDOW as usize + 8;
+/// Longest wait for the QUIC link to the guard.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams open at once on one circuit.
 pub const MAX_STREAMS_PER_CIRCUIT: usize = 512;
 
@@ -208,9 +210,10 @@ impl Circuit {
             .addresses
             .first()
             .ok_or(CircuitError::Protocol("guard without address".into()))?;
-        let link = links
-            .get(guard_addr, guard.node_id)
+        // A dead guard's UDP port may swallow QUIC Initials silently: give up early.
+        let link = tokio::time::timeout(LINK_TIMEOUT, links.get(guard_addr, guard.node_id))
             .await
+            .map_err(|_| CircuitError::Link(guard.node_id.short(), "timed out".into()))?
             .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
         let (mut send, mut recv) = link
             .open_bi()

@@ -23,6 +23,7 @@ use crate::directory::{Directory, PathRequest};
 use crate::guards::{GuardSet, RelayScores};
 use crate::status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 use crate::ClientError;
+use anonnet_dht::{Contact, DhtNode, LookupKind, RoutingTable};
 
 /// Attempts at building a circuit for one request before giving up.
 const BUILD_ATTEMPTS: usize = 3;
@@ -129,7 +130,9 @@ struct CounterAtomics {
 /// The client: keeps circuits ready and opens streams through them.
 pub struct Client {
     config: ClientConfig,
-    links: LinkManager,
+    links: Arc<LinkManager>,
+    dht: Arc<DhtNode>,
+    seeds: Vec<Contact>,
     directory: RwLock<Directory>,
     pool: Mutex<Vec<Slot>>,
     refill: Arc<Notify>,
@@ -141,6 +144,9 @@ pub struct Client {
     stream_counters: Arc<StreamCounters>,
     guards: Mutex<GuardSet>,
     scores: Mutex<RelayScores>,
+    /// Set once the first discovery round is over: guards are chosen from the discovered
+    /// network, not from the bootstrap relays alone.
+    discovered: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Client {
@@ -171,21 +177,40 @@ impl Client {
         config.pool_size = config.pool_size.max(1);
         let mut directory = Directory::new();
         let now = now_unix();
+        let mut seeds = Vec::new();
         for d in &config.bootstrap {
-            if let Err(e) = directory.insert(d, now) {
-                warn!("ignoring a bootstrap descriptor: {e}");
+            match Contact::from_descriptor(d, now) {
+                Ok(c) => {
+                    let _ = directory.insert(d, now);
+                    seeds.push(c);
+                }
+                Err(e) => warn!("ignoring a bootstrap descriptor: {e}"),
             }
         }
-        if directory.len() < 3 {
-            return Err(ClientError::NotEnoughRelays {
-                usable: directory.len(),
-            });
+        // Relays learned from the DHT in an earlier run (re-verified; expired ones dropped).
+        let table_own = anonnet_crypto::NodeId(rand::random());
+        let table = match config
+            .state_dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.join(DHT_TABLE_FILE)).ok())
+        {
+            Some(bytes) => RoutingTable::from_persisted(table_own, &bytes, now, Instant::now()),
+            None => RoutingTable::new(table_own),
+        };
+        for c in table.contacts() {
+            let _ = directory.insert(&c.descriptor, now);
+        }
+        if directory.is_empty() {
+            return Err(ClientError::NotEnoughRelays { usable: 0 });
         }
         let endpoint =
             Endpoint::client(config.quic_bind).map_err(|e| ClientError::Endpoint(e.to_string()))?;
         let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let links = Arc::new(LinkManager::new(endpoint, 256));
         let client = Arc::new(Client {
-            links: LinkManager::new(endpoint, 256),
+            dht: DhtNode::client(table, links.clone()),
+            seeds,
+            links,
             directory: RwLock::new(directory),
             pool: Mutex::new(Vec::new()),
             refill: Arc::new(Notify::new()),
@@ -197,12 +222,47 @@ impl Client {
             stream_counters: Arc::new(StreamCounters::default()),
             guards: Mutex::new(GuardSet::load(config.state_dir.as_deref())),
             scores: Mutex::new(RelayScores::default()),
+            discovered: watch::channel(false).0,
             config,
         });
         client.set_bootstrap(10, "directory loaded");
         info!(relays = client.relay_count(), "client starting");
+        tokio::spawn(discover_relays(Arc::downgrade(&client)));
         tokio::spawn(maintain_pool(Arc::downgrade(&client)));
         Ok(client)
+    }
+
+    /// Add the routing table's contacts to the directory and save the table. Returns how
+    /// many relays were new.
+    fn absorb_contacts(&self) -> usize {
+        let now = now_unix();
+        let contacts = self.dht.contacts();
+        let mut added = 0;
+        if let Ok(mut dir) = self.directory.write() {
+            let before = dir.len();
+            for c in &contacts {
+                let _ = dir.insert(&c.descriptor, now);
+            }
+            added = dir.len().saturating_sub(before);
+        }
+        if let Some(dir) = &self.config.state_dir {
+            let path = dir.join(DHT_TABLE_FILE);
+            let tmp = path.with_extension("tmp");
+            let saved = std::fs::write(&tmp, self.dht.persisted())
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = saved {
+                warn!("cannot save {}: {e}", path.display());
+            }
+        }
+        if added > 0 {
+            info!(
+                added,
+                relays = self.relay_count(),
+                "relays discovered through the DHT"
+            );
+            self.refill.notify_one();
+        }
+        added
     }
 
     fn relay_count(&self) -> usize {
@@ -648,10 +708,66 @@ impl Client {
     }
 }
 
+/// File in the state directory holding the relays learned from the DHT (§11.5).
+pub const DHT_TABLE_FILE: &str = "dht-table";
+/// How often the client refreshes its view of the network.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(300);
+/// Longest wait for the first discovery round before circuits are built anyway.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(20);
+/// Quick discovery rounds after start, while they keep finding relays.
+const DISCOVERY_ROUNDS: usize = 10;
+/// Pause between quick discovery rounds.
+const DISCOVERY_ROUND_PAUSE: Duration = Duration::from_secs(1);
+
+/// Fill the directory from the DHT (client mode: look up, never store or answer): join
+/// through the bootstrap relays and the saved table, then refresh periodically with
+/// lookups of random ids.
+async fn discover_relays(client: std::sync::Weak<Client>) {
+    let Some(c) = client.upgrade() else { return };
+    let dht = c.dht.clone();
+    let mut seeds = c.seeds.clone();
+    seeds.extend(dht.contacts());
+    drop(c);
+    let known = tokio::time::timeout(DISCOVERY_WAIT, dht.join(&seeds)).await;
+    info!(contacts = ?known.ok(), "DHT join done");
+    if let Some(c) = client.upgrade() {
+        c.absorb_contacts();
+        c.discovered.send_replace(true);
+    }
+    // While the network is young (relays still joining) a round may find more: repeat
+    // quickly until a round adds nothing, at most DISCOVERY_ROUNDS times.
+    for round in 0..DISCOVERY_ROUNDS {
+        let Some(c) = client.upgrade() else { return };
+        let added = c.absorb_contacts();
+        drop(c);
+        if added == 0 && round > 0 {
+            break;
+        }
+        tokio::time::sleep(DISCOVERY_ROUND_PAUSE).await;
+        let targets: Vec<[u8; 32]> = (0..4).map(|_| rand::random()).collect();
+        for t in targets {
+            let _ = dht.lookup(t, LookupKind::Node).await;
+        }
+    }
+    loop {
+        tokio::time::sleep(DISCOVERY_INTERVAL).await;
+        dht.refresh().await;
+        let _ = dht.lookup(rand::random(), LookupKind::Node).await;
+        let Some(c) = client.upgrade() else { return };
+        c.absorb_contacts();
+    }
+}
+
 /// Keep `pool_size` clean circuits ready; report bootstrap progress until the first one.
 async fn maintain_pool(client: std::sync::Weak<Client>) {
     let mut delay = POOL_RETRY;
     let mut ready = false;
+    if let Some(c) = client.upgrade() {
+        c.set_bootstrap(20, "discovering relays");
+        let mut discovered = c.discovered.subscribe();
+        drop(c);
+        let _ = tokio::time::timeout(DISCOVERY_WAIT, discovered.wait_for(|d| *d)).await;
+    }
     loop {
         let Some(c) = client.upgrade() else { return };
         let wanted = c.config.pool_size;
@@ -680,14 +796,7 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
                     }
                     continue;
                 }
-                Err(e @ ClientError::Path(_)) if !ready => {
-                    warn!("cannot bootstrap: {e}");
-                    c.emit(ClientEvent::Error {
-                        message: e.to_string(),
-                    });
-                    c.ready.send_replace(Some(Err(e)));
-                    return;
-                }
+
                 Err(e) => {
                     warn!("pool circuit failed: {e}; retrying in {delay:?}");
                     drop(c);

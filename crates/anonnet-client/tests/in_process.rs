@@ -25,6 +25,7 @@ async fn relays(n: usize, dir: &std::path::Path) -> Vec<Relay> {
             bandwidth: 1000,
             descriptor_file: None,
             limits: Limits::default(),
+            dht_bootstrap: Vec::new(),
         };
         out.push(Relay::start(cfg).await.unwrap());
     }

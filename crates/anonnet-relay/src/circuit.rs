@@ -134,11 +134,12 @@ pub(crate) async fn serve_leg(
     shared: Arc<RelayShared>,
     mut send: SendStream,
     mut recv: RecvStream,
+    first: u8,
     from_relay: bool,
 ) {
-    let mut prefix = [0u8; Create::PREFIX_LEN];
+    let mut prefix = [first, 0, 0];
     let created = tokio::time::timeout(EXTEND_TIMEOUT, async {
-        recv.read_exact(&mut prefix).await.ok()?;
+        recv.read_exact(prefix.get_mut(1..)?).await.ok()?;
         let cell_len = Create::peek_cell_len(&prefix).ok()?;
         let mut cell = vec![0u8; cell_len];
         cell.get_mut(..Create::PREFIX_LEN)?.copy_from_slice(&prefix);

@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anonnet_crypto::{IdentityKey, NodeId, OnionKey};
+use anonnet_dht::{Contact, DhtNode, RoutingTable, StorageLimits};
 use anonnet_net::{Endpoint, LinkManager};
 use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
+use anonnet_wire::dht::DHT_STREAM_TAG;
 use anonnet_wire::{RelayDescriptor, SignedDescriptor};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -99,6 +101,9 @@ pub struct RelayConfig {
     pub descriptor_file: Option<PathBuf>,
     /// Resource limits.
     pub limits: Limits,
+    /// Relays to join the DHT through (their signed descriptors). Empty for the first
+    /// relay of a network; the persisted routing table is used as well.
+    pub dht_bootstrap: Vec<SignedDescriptor>,
 }
 
 /// Counters of what this relay did, readable while it runs and written to
@@ -147,11 +152,12 @@ impl Stats {
 pub(crate) struct RelayShared {
     pub(crate) node_id: NodeId,
     pub(crate) onion_key: OnionKey,
-    pub(crate) links: LinkManager,
+    pub(crate) links: Arc<LinkManager>,
     pub(crate) exit_policy: Option<Arc<ExitPolicy>>,
     pub(crate) limits: Limits,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) dht: Arc<DhtNode>,
 }
 
 /// Holds one slot of the circuit limit while a circuit lives.
@@ -214,17 +220,44 @@ impl Relay {
             .clone()
             .unwrap_or_else(|| config.data_dir.join("descriptor"));
         write_atomically(&descriptor_file, descriptor_text(&descriptor)?.as_bytes())?;
+        let links = Arc::new(LinkManager::new(endpoint.clone(), config.limits.max_links));
+        let table_file = config.data_dir.join(DHT_TABLE_FILE);
+        let table = match std::fs::read(&table_file) {
+            Ok(bytes) => RoutingTable::from_persisted(node_id, &bytes, now_unix(), Instant::now()),
+            Err(_) => RoutingTable::new(node_id),
+        };
+        let dht = DhtNode::relay(
+            descriptor.clone(),
+            node_id,
+            table,
+            links.clone(),
+            StorageLimits::default(),
+        );
         let shared = Arc::new(RelayShared {
             node_id,
             onion_key,
-            links: LinkManager::new(endpoint.clone(), config.limits.max_links),
+            links: links.clone(),
             exit_policy,
             limits: config.limits.clone(),
             stats: stats.clone(),
             shutdown: shutdown.clone(),
+            dht: dht.clone(),
         });
         info!(%node_id, %local_addr, exit = config.exit_policy.is_some(), "relay listening");
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        let seeds: Vec<Contact> = config
+            .dht_bootstrap
+            .iter()
+            .filter_map(|d| match Contact::from_descriptor(d, now_unix()) {
+                Ok(c) if c.node_id != node_id => Some(c),
+                Ok(_) => None,
+                Err(e) => {
+                    warn!("ignoring a DHT bootstrap descriptor: {e}");
+                    None
+                }
+            })
+            .collect();
+        tokio::spawn(run_dht(dht, seeds, table_file, shutdown.clone()));
         tokio::spawn(maintenance(
             identity,
             shared,
@@ -331,28 +364,74 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<RelayShared>) {
             Some(Ok(link)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let from_relay = link.peer_node_id().is_some();
+                    let peer = link.peer_node_id();
+                    let remote = link.remote_addr();
                     loop {
                         let stream = tokio::select! {
                             s = link.accept_bi() => s,
                             () = shared.shutdown.cancelled() => break,
                         };
-                        match stream {
-                            Ok((send, recv)) => {
-                                tokio::spawn(circuit::serve_leg(
-                                    shared.clone(),
-                                    send,
-                                    recv,
-                                    from_relay,
-                                ));
-                            }
-                            Err(_) => break,
-                        }
+                        let Ok((send, recv)) = stream else { break };
+                        tokio::spawn(serve_stream(shared.clone(), send, recv, peer, remote));
                     }
                 });
             }
         }
     }
+}
+
+/// File in the data directory holding the DHT routing table (§11.5).
+pub const DHT_TABLE_FILE: &str = "dht-table";
+/// How often the relay refreshes its buckets and saves its routing table.
+pub const DHT_MAINTENANCE: Duration = Duration::from_secs(60);
+
+/// Read a stream's first byte and hand it to the circuit code (`CREATE`, §4.2) or the DHT
+/// service (`0x10`, §11.2).
+async fn serve_stream(
+    shared: Arc<RelayShared>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: Option<NodeId>,
+    remote: SocketAddr,
+) {
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut first)).await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    match first {
+        [DHT_STREAM_TAG] => shared.dht.serve_stream(peer, remote, send, recv).await,
+        [b] => circuit::serve_leg(shared, send, recv, b, peer.is_some()).await,
+    }
+}
+
+/// Join the DHT, publish the descriptor, then keep buckets fresh and the table saved.
+async fn run_dht(
+    dht: Arc<DhtNode>,
+    seeds: Vec<Contact>,
+    table_file: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let joined = tokio::select! {
+        n = dht.join(&seeds) => n,
+        () = shutdown.cancelled() => return,
+    };
+    let stored = dht.publish_descriptor().await;
+    info!(
+        contacts = joined,
+        stored, "joined the DHT and published the descriptor"
+    );
+    let mut tick = tokio::time::interval(DHT_MAINTENANCE);
+    loop {
+        if let Err(e) = write_atomically(&table_file, &dht.persisted()) {
+            warn!("{e}");
+        }
+        tokio::select! {
+            _ = tick.tick() => dht.refresh().await,
+            () = shutdown.cancelled() => break,
+        }
+    }
+    let _ = write_atomically(&table_file, &dht.persisted());
 }
 
 /// Rewrite `stats.json` when counters change and the descriptor every
@@ -373,7 +452,19 @@ async fn maintenance(
         tokio::select! {
             () = shared.shutdown.cancelled() => break,
             _ = tick.tick() => {
-                let now = shared.stats.to_json();
+                let mut now = shared.stats.to_json();
+                let dht = &shared.dht;
+                let c = dht.storage_counters();
+                now["dht"] = serde_json::json!({
+                    "contacts": dht.len(),
+                    "records": dht.stored_records(),
+                    "stored": c.stored,
+                    "rejected_invalid": c.rejected_invalid,
+                    "rejected_stale": c.rejected_stale,
+                    "rejected_full": c.rejected_full,
+                    "rate_limited": c.rate_limited,
+                    "expired": c.expired,
+                });
                 if now != last {
                     if let Err(e) = write_atomically(&stats_file, now.to_string().as_bytes()) {
                         warn!("{e}");
@@ -382,11 +473,20 @@ async fn maintenance(
                 }
             }
             _ = refresh.tick() => {
-                let written = make_descriptor(&identity, &shared.onion_key, &config, advertise)
-                    .and_then(|d| descriptor_text(&d))
+                let fresh = make_descriptor(&identity, &shared.onion_key, &config, advertise);
+                let written = fresh
+                    .as_ref()
+                    .map_err(|e| RelayError::Descriptor(e.to_string()))
+                    .and_then(descriptor_text)
                     .and_then(|t| write_atomically(&descriptor_file, t.as_bytes()));
                 if let Err(e) = written {
                     warn!("refreshing descriptor: {e}");
+                }
+                if let Ok(d) = fresh {
+                    // Republish the re-signed descriptor in the DHT.
+                    shared.dht.set_descriptor(d);
+                    let dht = shared.dht.clone();
+                    tokio::spawn(async move { dht.publish_descriptor().await });
                 }
             }
         }

@@ -30,6 +30,7 @@ async fn relay(name: &str) -> Relay {
         bandwidth: 1,
         descriptor_file: None,
         limits: Limits::default(),
+        dht_bootstrap: Vec::new(),
     })
     .await
     .unwrap()

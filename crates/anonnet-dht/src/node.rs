@@ -1,0 +1,501 @@
+//! The thin async shell around the sans-IO core: the DHT RPC service over QUIC links
+//! (`anonnet-net`) and the driver of iterative lookups. Spec: `docs/protocol.md` §11.
+//!
+//! One request per QUIC bidirectional stream: `0x10 ‖ len u32 ‖ message`, answered by
+//! `len u32 ‖ message`. A relay runs a full node (answers, stores, announces itself); a
+//! client runs in client mode: it only looks up, never stores or answers, and never
+//! announces (it has no identity to announce).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anonnet_crypto::NodeId;
+use anonnet_net::LinkManager;
+use anonnet_wire::dht::{
+    frame_len, frame_request, frame_response, DhtMessage, Record, StoreStatus, MAX_NODES,
+};
+use anonnet_wire::SignedDescriptor;
+use quinn::{RecvStream, SendStream};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::{
+    descriptor_key, verify_record, Contact, Insert, Lookup, LookupKind, LookupResult, RoutingTable,
+    Storage, StorageCounters, StorageLimits, K,
+};
+
+/// How long one DHT request may take (seconds) before it counts as failed.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often buckets not touched are refreshed by a lookup.
+pub const BUCKET_REFRESH: Duration = Duration::from_secs(3600);
+
+/// Why a DHT request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The QUIC link could not be opened (includes a NodeId mismatch).
+    #[error("link: {0}")]
+    Link(#[from] anonnet_net::NetError),
+    /// The stream broke or the peer closed it early.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The answer did not parse, or does not answer the request.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+    /// No answer in [`QUERY_TIMEOUT`].
+    #[error("timed out")]
+    Timeout,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A DHT participant: a relay's full node or a client's lookup-only node.
+pub struct DhtNode {
+    own: NodeId,
+    /// `None` in client mode.
+    announce: Mutex<Option<SignedDescriptor>>,
+    table: Mutex<RoutingTable>,
+    /// `None` in client mode.
+    storage: Option<Mutex<Storage>>,
+    links: Arc<LinkManager>,
+    next_txid: AtomicU64,
+}
+
+impl std::fmt::Debug for DhtNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhtNode").field("own", &self.own).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl DhtNode {
+    /// A relay's full node: answers and stores; `descriptor` is what it announces.
+    pub fn relay(
+        descriptor: SignedDescriptor,
+        own: NodeId,
+        table: RoutingTable,
+        links: Arc<LinkManager>,
+        limits: StorageLimits,
+    ) -> Arc<DhtNode> {
+        Arc::new(DhtNode {
+            own,
+            announce: Mutex::new(Some(descriptor)),
+            table: Mutex::new(table),
+            storage: Some(Mutex::new(Storage::new(limits))),
+            links,
+            next_txid: AtomicU64::new(rand::random()),
+        })
+    }
+
+    /// A client's lookup-only node. `table` is keyed on a random id that is never sent.
+    pub fn client(table: RoutingTable, links: Arc<LinkManager>) -> Arc<DhtNode> {
+        Arc::new(DhtNode {
+            own: table.own(),
+            announce: Mutex::new(None),
+            table: Mutex::new(table),
+            storage: None,
+            links,
+            next_txid: AtomicU64::new(rand::random()),
+        })
+    }
+
+    /// The node's own id (a relay's NodeId; a client's random table key).
+    pub fn own(&self) -> NodeId {
+        self.own
+    }
+
+    /// Replace the descriptor this relay announces and publishes (after re-signing).
+    pub fn set_descriptor(&self, d: SignedDescriptor) {
+        *lock(&self.announce) = Some(d);
+    }
+
+    /// Every contact in the routing table (verified descriptors).
+    pub fn contacts(&self) -> Vec<Contact> {
+        lock(&self.table).contacts()
+    }
+
+    /// Contacts in the routing table.
+    pub fn len(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    /// True when the routing table is empty.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.table).is_empty()
+    }
+
+    /// The routing table in its persisted form (`RoutingTable::to_persisted`).
+    pub fn persisted(&self) -> Vec<u8> {
+        lock(&self.table).to_persisted()
+    }
+
+    /// Storage counters (all zero in client mode).
+    pub fn storage_counters(&self) -> StorageCounters {
+        self.storage
+            .as_ref()
+            .map(|s| lock(s).counters())
+            .unwrap_or_default()
+    }
+
+    /// Records stored here now.
+    pub fn stored_records(&self) -> usize {
+        self.storage.as_ref().map(|s| lock(s).len()).unwrap_or(0)
+    }
+
+    fn txid(&self) -> u64 {
+        self.next_txid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Add verified contacts to the routing table; a full bucket's oldest contact is pinged
+    /// in the background and kept if it answers (LRU with liveness).
+    pub fn learn(self: &Arc<Self>, contacts: &[Contact]) {
+        let now = Instant::now();
+        for c in contacts {
+            if c.node_id == self.own {
+                continue;
+            }
+            let outcome = lock(&self.table).insert(c.clone(), now);
+            if let Insert::Pending { ping } = outcome {
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let txid = node.txid();
+                    let alive = matches!(
+                        node.request(&ping, DhtMessage::Ping { txid }).await,
+                        Ok(DhtMessage::Pong { .. })
+                    );
+                    lock(&node.table).ping_result(ping.node_id, alive, Instant::now());
+                });
+            }
+        }
+    }
+
+    /// Send one request to `contact` and wait (at most [`QUERY_TIMEOUT`]) for its answer.
+    ///
+    /// # Errors
+    /// [`RpcError`] when the link, the stream or the answer fails, or time runs out.
+    pub async fn request(
+        &self,
+        contact: &Contact,
+        msg: DhtMessage,
+    ) -> Result<DhtMessage, RpcError> {
+        let exchange = async {
+            let link = self.links.get(contact.addr, contact.node_id).await?;
+            let (mut send, mut recv) = link.open_bi().await?;
+            let framed = frame_request(&msg).map_err(|e| RpcError::BadAnswer(e.to_string()))?;
+            send.write_all(&framed)
+                .await
+                .map_err(|e| RpcError::Stream(e.to_string()))?;
+            let _ = send.finish();
+            let answer = read_framed(&mut recv).await?;
+            let answer =
+                DhtMessage::decode(&answer).map_err(|e| RpcError::BadAnswer(e.to_string()))?;
+            if !answer.answers(&msg) {
+                return Err(RpcError::BadAnswer("does not answer the request".into()));
+            }
+            Ok(answer)
+        };
+        tokio::time::timeout(QUERY_TIMEOUT, exchange)
+            .await
+            .unwrap_or(Err(RpcError::Timeout))
+    }
+
+    /// Run an iterative lookup for `target` (α = 3 in parallel, each query bounded by
+    /// [`QUERY_TIMEOUT`], driven by answers and deadlines, never by sleeps). Contacts met on
+    /// the way are learned. Value records are verified before they count.
+    pub async fn lookup(self: &Arc<Self>, target: [u8; 32], kind: LookupKind) -> LookupResult {
+        let seeds = lock(&self.table).closest(&target, K);
+        let key = match &kind {
+            LookupKind::Value { key } => Some(*key),
+            LookupKind::Node => None,
+        };
+        let own = (!self.is_client()).then_some(self.own);
+        let mut lookup = Lookup::new(target, kind, seeds, own, Instant::now(), QUERY_TIMEOUT);
+        let mut inflight: JoinSet<(NodeId, Result<DhtMessage, RpcError>)> = JoinSet::new();
+        loop {
+            let now = Instant::now();
+            lookup.handle_timeout(now);
+            for contact in lookup.poll_queries(now) {
+                let request = lookup.request(self.txid());
+                let node = self.clone();
+                inflight.spawn(async move {
+                    let answer = node.request(&contact, request).await;
+                    (contact.node_id, answer)
+                });
+            }
+            if lookup.is_done() {
+                break;
+            }
+            let deadline = lookup.poll_timeout();
+            tokio::select! {
+                joined = inflight.join_next(), if !inflight.is_empty() => {
+                    let Some(Ok((from, answer))) = joined else { continue };
+                    let now = Instant::now();
+                    match answer {
+                        Ok(DhtMessage::Nodes { nodes, .. }) => {
+                            let contacts = Contact::from_answer(&nodes, now_unix());
+                            self.learn(&contacts);
+                            lookup.on_nodes(from, contacts, now);
+                        }
+                        Ok(DhtMessage::Value { records, nodes, .. }) => {
+                            let contacts = Contact::from_answer(&nodes, now_unix());
+                            self.learn(&contacts);
+                            let records: Vec<Record> = records
+                                .into_iter()
+                                .filter(|r| key.is_some_and(|k| verify_record(&k, r, now_unix()).is_ok()))
+                                .collect();
+                            lookup.on_value(from, records, contacts, now);
+                        }
+                        Ok(_) | Err(_) => lookup.on_failure(from, now),
+                    }
+                }
+                () = sleep_until(deadline), if deadline.is_some() => {}
+                else => break,
+            }
+        }
+        inflight.abort_all();
+        lookup.result()
+    }
+
+    fn is_client(&self) -> bool {
+        self.storage.is_none()
+    }
+
+    /// Join: learn `seeds`, announce this relay to them (relay mode), look up our own id
+    /// and refresh every bucket once. Returns the number of contacts known afterwards.
+    pub async fn join(self: &Arc<Self>, seeds: &[Contact]) -> usize {
+        self.learn(seeds);
+        self.announce_to(seeds).await;
+        let own = *self.own.as_bytes();
+        let _ = self.lookup(own, LookupKind::Node).await;
+        let targets = lock(&self.table).join_targets();
+        self.lookup_all(targets).await;
+        self.len()
+    }
+
+    /// Look up random ids in buckets not refreshed for [`BUCKET_REFRESH`].
+    pub async fn refresh(self: &Arc<Self>) {
+        let targets = lock(&self.table).refresh_targets(Instant::now(), BUCKET_REFRESH);
+        self.lookup_all(targets).await;
+    }
+
+    async fn lookup_all(self: &Arc<Self>, targets: Vec<[u8; 32]>) {
+        // A few at a time: each is itself α-parallel.
+        for chunk in targets.chunks(4) {
+            let mut set = JoinSet::new();
+            for t in chunk {
+                let node = self.clone();
+                let t = *t;
+                set.spawn(async move {
+                    node.lookup(t, LookupKind::Node).await;
+                    lock(&node.table).mark_refreshed(&t, Instant::now());
+                });
+            }
+            while set.join_next().await.is_some() {}
+        }
+    }
+
+    /// Tell `contacts` about this relay (ANNOUNCE with its descriptor); no-op in client
+    /// mode.
+    pub async fn announce_to(self: &Arc<Self>, contacts: &[Contact]) {
+        let Some(descriptor) = lock(&self.announce).clone() else {
+            return;
+        };
+        let mut set = JoinSet::new();
+        for c in contacts.iter().take(K) {
+            let c = c.clone();
+            let node = self.clone();
+            let descriptor = descriptor.clone();
+            set.spawn(async move {
+                let txid = node.txid();
+                let _ = node
+                    .request(&c, DhtMessage::Announce { txid, descriptor })
+                    .await;
+            });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Publish this relay's descriptor: STORE it on the K nodes closest to its key (and
+    /// announce it to them). Returns how many stored it.
+    pub async fn publish_descriptor(self: &Arc<Self>) -> usize {
+        let Some(descriptor) = lock(&self.announce).clone() else {
+            return 0;
+        };
+        let key = descriptor_key(&self.own);
+        let Ok(record) = Record::relay_descriptor(&descriptor) else {
+            return 0;
+        };
+        let closest = self.lookup(key, LookupKind::Node).await.closest;
+        self.announce_to(&closest).await;
+        let mut set = JoinSet::new();
+        for c in closest {
+            let node = self.clone();
+            let record = record.clone();
+            set.spawn(async move {
+                let txid = node.txid();
+                matches!(
+                    node.request(&c, DhtMessage::Store { txid, key, record })
+                        .await,
+                    Ok(DhtMessage::Stored {
+                        status: StoreStatus::Stored,
+                        ..
+                    })
+                )
+            });
+        }
+        let mut stored = 0;
+        while let Some(r) = set.join_next().await {
+            stored += usize::from(matches!(r, Ok(true)));
+        }
+        stored
+    }
+
+    /// Find a relay's descriptor by NodeId (a value lookup under its descriptor key).
+    pub async fn find_descriptor(self: &Arc<Self>, id: &NodeId) -> Option<SignedDescriptor> {
+        let key = descriptor_key(id);
+        let result = self.lookup(key, LookupKind::Value { key }).await;
+        result
+            .records
+            .iter()
+            .filter_map(|r| SignedDescriptor::decode(&r.body).ok())
+            .max_by_key(|d| {
+                anonnet_wire::RelayDescriptor::decode_body(&d.body)
+                    .map(|b| b.published)
+                    .unwrap_or(0)
+            })
+    }
+
+    /// Serve one DHT stream opened by a peer (its tag byte already read). `peer` is the
+    /// NodeId its certificate proved (relays), `None` for clients; `remote` its address.
+    /// A client in client mode never calls this.
+    pub async fn serve_stream(
+        self: &Arc<Self>,
+        peer: Option<NodeId>,
+        remote: SocketAddr,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
+        let served = async {
+            let mut len = [0u8; 4];
+            recv.read_exact(&mut len).await.ok()?;
+            let n = frame_len(len).ok()?;
+            let mut body = vec![0u8; n];
+            recv.read_exact(&mut body).await.ok()?;
+            let msg = DhtMessage::decode(&body).ok()?;
+            let answer = self.handle(peer, remote, msg)?;
+            let framed = frame_response(&answer).ok()?;
+            send.write_all(&framed).await.ok()?;
+            let _ = send.finish();
+            Some(())
+        };
+        if tokio::time::timeout(QUERY_TIMEOUT, served)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+        }
+    }
+
+    /// Answer one request (sans-IO apart from spawning the learning pings). `None` drops
+    /// the stream (malformed, rate-limited, or not a request).
+    fn handle(
+        self: &Arc<Self>,
+        peer: Option<NodeId>,
+        remote: SocketAddr,
+        msg: DhtMessage,
+    ) -> Option<DhtMessage> {
+        let storage = self.storage.as_ref()?;
+        // Relays are rate-limited by the NodeId their certificate proves, clients by IP.
+        let key = peer.unwrap_or_else(|| {
+            NodeId(*blake3::hash(remote.ip().to_string().as_bytes()).as_bytes())
+        });
+        let allowed = lock(storage).allow_request(key, Instant::now());
+        let now = now_unix();
+        let closest = |target: &[u8; 32]| -> Vec<SignedDescriptor> {
+            lock(&self.table)
+                .closest(target, MAX_NODES)
+                .into_iter()
+                .map(|c| c.descriptor)
+                .collect()
+        };
+        match msg {
+            DhtMessage::Store { txid, .. } if !allowed => Some(DhtMessage::Stored {
+                txid,
+                status: StoreStatus::RateLimited,
+            }),
+            _ if !allowed => None,
+            DhtMessage::Ping { txid } => Some(DhtMessage::Pong { txid }),
+            DhtMessage::FindNode { txid, target } => Some(DhtMessage::Nodes {
+                txid,
+                nodes: closest(&target),
+            }),
+            DhtMessage::FindValue { txid, key } => Some(DhtMessage::Value {
+                txid,
+                records: lock(storage).get(&key, now),
+                nodes: closest(&key),
+            }),
+            DhtMessage::Store {
+                txid,
+                key: record_key,
+                record,
+            } => {
+                let status = match lock(storage).store(key, record_key, record, now) {
+                    Ok(()) => StoreStatus::Stored,
+                    Err(e) => {
+                        debug!("STORE refused: {e}");
+                        e.status()
+                    }
+                };
+                Some(DhtMessage::Stored { txid, status })
+            }
+            DhtMessage::Announce { txid, descriptor } => {
+                match Contact::from_descriptor(&descriptor, now) {
+                    // The announced NodeId must be the one the link's certificate proved.
+                    Ok(c) if Some(c.node_id) == peer => self.learn(&[c]),
+                    Ok(c) => warn!(
+                        claimed = %c.node_id.short(),
+                        "dropping an ANNOUNCE whose NodeId the link does not prove"
+                    ),
+                    Err(e) => debug!("dropping a bad ANNOUNCE: {e}"),
+                }
+                Some(DhtMessage::Pong { txid })
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn read_framed(recv: &mut RecvStream) -> Result<Vec<u8>, RpcError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| RpcError::Stream(e.to_string()))?;
+    let n = frame_len(len).map_err(|e| RpcError::BadAnswer(e.to_string()))?;
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| RpcError::Stream(e.to_string()))?;
+    Ok(body)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

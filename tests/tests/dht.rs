@@ -1,0 +1,129 @@
+//! End to end, real processes: 20 relays form a DHT; a client that knows only the two
+//! bootstrap relays discovers the others, builds circuits through relays it learned there,
+//! and after a restart with both bootstrap relays stopped still builds circuits from its
+//! persisted table, with the same guards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+use anonnet_control::{ControlClient, Status};
+use anonnet_tests::{anonnet_bin, curl_socks, serve_files, temp_dir, Testnet};
+use bytes::Bytes;
+
+const PAGE: &[u8] = b"found through the DHT\n";
+
+async fn status(state_dir: &std::path::Path) -> Status {
+    ControlClient::from_state_dir(state_dir)
+        .unwrap()
+        .status()
+        .await
+        .unwrap()
+}
+
+fn kill(pid: u64) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_discovers_relays_through_the_dht_and_survives_losing_its_bootstrap_relays() {
+    let dir = temp_dir("dht");
+    let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
+    let net = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || Testnet::start(20, &dir)
+    })
+    .await
+    .unwrap();
+    let layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("testnet.json")).unwrap()).unwrap();
+    let relays = layout["relays"].as_array().unwrap();
+    assert_eq!(relays.len(), 20);
+    let bootstrap: HashSet<String> = relays
+        .iter()
+        .take(2)
+        .map(|r| r["node_id"].as_str().unwrap().to_owned())
+        .collect();
+    let client_state = dir.join("client");
+
+    // Discovery: at least 18 of the 20 relays, from two bootstrap descriptors.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut s = status(&client_state).await;
+    while s.relays < 18 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s = status(&client_state).await;
+    }
+    assert!(s.relays >= 18, "discovered only {} relays", s.relays);
+
+    // Circuits go through relays learned from the DHT.
+    let url = format!("http://127.0.0.1:{port}/");
+    let (code, err) = curl_socks(net.socks, &url, &dir.join("page"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(dir.join("page")).unwrap(), PAGE);
+    let s = status(&client_state).await;
+    let used: HashSet<String> = s.circuits.iter().flat_map(|c| c.path.clone()).collect();
+    assert!(
+        used.iter().any(|id| !bootstrap.contains(id)),
+        "circuits use relays that are not the bootstrap ones: {used:?}"
+    );
+    let guards_before = s.guards.clone();
+    assert_eq!(guards_before.len(), 3, "{s:?}");
+
+    // Stop the client and both bootstrap relays, then start the client again.
+    kill(layout["client"]["pid"].as_u64().unwrap());
+    for r in relays.iter().take(2) {
+        kill(r["pid"].as_u64().unwrap());
+    }
+    let ports = client_state.join("ports.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ports.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let config = layout["client"]["config"].as_str().unwrap().to_owned();
+    let mut child = tokio::process::Command::new(anonnet_bin())
+        .args(["run", "--config", &config])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(client_state.join("restart.log")).unwrap(),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let socks: SocketAddr = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(a) = l.strip_prefix("SOCKS5 ready on ") {
+                return a.trim().parse().unwrap();
+            }
+        }
+        panic!("the restarted client exited before it was ready");
+    })
+    .await
+    .expect("restarted client ready within 90 s");
+
+    let (code, err) = curl_socks(socks, &url, &dir.join("page2"));
+    assert_eq!(code, 0, "after the restart: {err}");
+    let s = status(&client_state).await;
+    assert!(
+        s.guards.starts_with(&guards_before),
+        "guards kept across the restart: {guards_before:?} then {:?}",
+        s.guards
+    );
+    assert!(
+        s.relays >= 18,
+        "the persisted table still knows the network: {}",
+        s.relays
+    );
+    if let Some(pid) = child.id() {
+        kill(u64::from(pid));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    drop(net);
+    let _ = std::fs::remove_dir_all(&dir);
+}
