@@ -98,7 +98,7 @@ impl Directory {
             .values()
             .filter(|r| !req.avoid.contains(&r.node_id))
             .collect();
-        let weight = |r: &&VerifiedDescriptor| f64::from(r.descriptor.bandwidth.max(1));
+        let weight = |r: &&VerifiedDescriptor| bandwidth_weight(r);
         let mut exits: Vec<&VerifiedDescriptor> = usable
             .iter()
             .copied()
@@ -154,6 +154,16 @@ impl Directory {
             .filter(|r| r.descriptor.is_guard())
             .collect()
     }
+}
+
+/// Largest advertised bandwidth that counts for path selection (bytes/s, 100 MB/s).
+/// Bandwidth is self-reported: the cap keeps one relay that claims `u32::MAX` from taking
+/// nearly every draw (it gets at most 10× a relay at the 10 MB/s default).
+pub const MAX_BANDWIDTH_WEIGHT: u32 = 100_000_000;
+
+/// A relay's weight in path selection: its advertised bandwidth within 1..=100 MB/s.
+pub fn bandwidth_weight(r: &VerifiedDescriptor) -> f64 {
+    f64::from(r.descriptor.bandwidth.clamp(1, MAX_BANDWIDTH_WEIGHT))
 }
 
 /// What a path must satisfy (see [`Directory::choose_path`]).

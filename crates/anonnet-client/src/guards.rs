@@ -110,7 +110,7 @@ impl GuardSet {
                 })
                 .collect();
             let Ok(pick) =
-                candidates.choose_weighted(rng, |r| f64::from(r.descriptor.bandwidth.max(1)))
+                candidates.choose_weighted(rng, |r| crate::directory::bandwidth_weight(r))
             else {
                 break;
             };

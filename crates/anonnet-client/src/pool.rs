@@ -529,7 +529,10 @@ impl Client {
             let path = {
                 let other_exits = self.exits_not_of(owner);
                 let scored = self.scores().avoided(Instant::now());
-                let guards = self.guard_ids(&scored);
+                // The first usable guard of the set is the primary one; the others are
+                // only used when no path can start at it.
+                let usable_guards = self.guard_ids(&scored);
+                let primary: Vec<_> = usable_guards.iter().take(1).copied().collect();
                 let dir = self
                     .directory
                     .read()
@@ -540,10 +543,12 @@ impl Client {
                     port,
                     avoid: &all_avoid,
                     other_exits: &other_exits,
-                    guards: &guards,
+                    guards: &primary,
                     allow_same_subnet: self.config.allow_same_subnet,
                 };
-                match dir.choose_path(&req, &mut rand::rng()) {
+                let first_try = dir.choose_path(&req, &mut rand::rng());
+                req.guards = &usable_guards;
+                match first_try.or_else(|_| dir.choose_path(&req, &mut rand::rng())) {
                     Ok(p) => p,
                     // The relays we avoid may be all there is: try them again.
                     Err(_) if !all_avoid.is_empty() => {
