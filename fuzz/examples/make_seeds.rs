@@ -1,0 +1,301 @@
+//! Writes the seed inputs under `fuzz/seeds/<target>/` (committed): one valid example of
+//! each message kind, so the fuzzers start from inputs that get past the first checks.
+//! Run from the repository root after a format change:
+//! `cargo run --manifest-path fuzz/Cargo.toml --example make_seeds`.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use anonnet_crypto::{sign_descriptor, IdentityKey};
+use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
+use anonnet_wire::{
+    Create, Created, Destroy, DestroyReason, EndReason, PortRange, RelayCell, RelayDescriptor,
+    RelayMsg, StreamId, Target, CELL_LEN, MIN_CELL_LEN,
+};
+use bytes::Bytes;
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new("fuzz/seeds").join(target);
+    fs::create_dir_all(&dir).expect("create seed dir");
+    fs::write(dir.join(name), bytes).expect("write seed");
+}
+
+fn cells() {
+    for len in [CELL_LEN, MIN_CELL_LEN] {
+        let create = Create {
+            cell_len: len as u16,
+            node_id: [1; 32],
+            onion_key: [2; 32],
+            client_pk: [3; 32],
+        };
+        write("cells", &format!("create-{len}"), &create.encode().unwrap());
+    }
+    let created = Created {
+        server_pk: [4; 32],
+        auth: [5; 32],
+    };
+    write("cells", "created", &created.encode(CELL_LEN).unwrap());
+    let destroy = Destroy {
+        reason: DestroyReason::Protocol,
+    };
+    write("cells", "destroy", &destroy.encode(CELL_LEN).unwrap());
+}
+
+fn relay_cells() {
+    let inner = CELL_LEN - 26;
+    let s = StreamId(7);
+    let c = StreamId::CIRCUIT;
+    let msgs = [
+        (
+            "begin-host",
+            s,
+            RelayMsg::Begin {
+                target: Target::Host("example.com".into()),
+                port: 443,
+            },
+        ),
+        (
+            "begin-v4",
+            s,
+            RelayMsg::Begin {
+                target: Target::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+                port: 80,
+            },
+        ),
+        (
+            "begin-v6",
+            s,
+            RelayMsg::Begin {
+                target: Target::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                port: 8080,
+            },
+        ),
+        (
+            "data",
+            s,
+            RelayMsg::Data(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n")),
+        ),
+        ("end", s, RelayMsg::End(EndReason::Done)),
+        ("connected", s, RelayMsg::Connected),
+        (
+            "extend-v4",
+            c,
+            RelayMsg::Extend {
+                node_id: [1; 32],
+                addr: "192.0.2.1:5000".parse().unwrap(),
+                onion_key: [2; 32],
+                client_pk: [3; 32],
+            },
+        ),
+        (
+            "extend-v6",
+            c,
+            RelayMsg::Extend {
+                node_id: [1; 32],
+                addr: "[2001:db8::1]:5000".parse().unwrap(),
+                onion_key: [2; 32],
+                client_pk: [3; 32],
+            },
+        ),
+        (
+            "extended",
+            c,
+            RelayMsg::Extended {
+                server_pk: [4; 32],
+                auth: [5; 32],
+            },
+        ),
+        (
+            "truncated",
+            c,
+            RelayMsg::Truncated(DestroyReason::ConnectFailed),
+        ),
+        ("drop", c, RelayMsg::Drop),
+        ("sendme-circuit", c, RelayMsg::Sendme(Some([9; 16]))),
+        ("sendme-stream", s, RelayMsg::Sendme(None)),
+    ];
+    for (name, stream_id, msg) in msgs {
+        let mut area = vec![0u8; inner];
+        RelayCell::new(stream_id, msg)
+            .encode_into(&mut area)
+            .unwrap();
+        write("relay_cell", name, &area);
+        // Short areas too: the fuzzer's default length limit is 4 KiB but smaller is faster.
+        let used = area.iter().rposition(|&b| b != 0).map_or(5, |i| i + 1);
+        write("relay_cell", &format!("{name}-short"), &area[..used.max(5)]);
+    }
+}
+
+fn descriptors() {
+    let identity = IdentityKey::from_seed(&[0x42; 32]);
+    let desc = RelayDescriptor {
+        identity: identity.public(),
+        onion_key: [2; 32],
+        addresses: vec![
+            SocketAddr::from(([127, 0, 0, 1], 5000)),
+            "[::1]:5001".parse().unwrap(),
+        ],
+        flags: FLAG_EXIT | FLAG_GUARD,
+        exit_ports: vec![
+            PortRange { lo: 80, hi: 80 },
+            PortRange { lo: 443, hi: 8080 },
+        ],
+        bandwidth: 1_000_000,
+        published: 1_700_000_000,
+        expires: 1_700_086_400,
+    };
+    let signed = sign_descriptor(&identity, &desc).unwrap();
+    write("descriptor", "signed", &signed.encode().unwrap());
+    write(
+        "descriptor",
+        "signed-base64",
+        signed.to_base64().unwrap().as_bytes(),
+    );
+    write("descriptor", "body", &signed.body);
+}
+
+fn http() {
+    let reqs: [(&str, &str); 8] = [
+        ("get-absolute", "GET http://example.com/index.html?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\nProxy-Connection: keep-alive\r\n\r\n"),
+        ("get-auth", "GET http://example.com:8080/ HTTP/1.1\r\nHost: example.com:8080\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\nConnection: keep-alive, X-Trace\r\nX-Trace: 1\r\nTE: trailers\r\n\r\n"),
+        ("connect", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
+        ("connect-v6", "CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: [2001:db8::1]:443\r\nProxy-Authorization: basic YTo=\r\n\r\n"),
+        ("post-body", "POST http://10.0.0.1/form HTTP/1.1\r\nHost: 10.0.0.1\r\nContent-Length: 5\r\n\r\nhello"),
+        ("chunked", "PUT http://[::1]:81/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ("origin-form", "GET /only/a/path HTTP/1.1\r\nHost: example.com\r\n\r\n"),
+        ("pipelined", "GET http://a/ HTTP/1.1\r\n\r\nGET https://b/ HTTP/1.1\r\n\r\nGET ftp://c/ HTTP/1.0\r\n\r\n"),
+    ];
+    for (name, text) in reqs {
+        write("http_request", name, text.as_bytes());
+    }
+}
+
+fn control() {
+    let docs: [(&str, &str); 10] = [
+        ("status", r#"{"enabled":true,"bootstrap":{"percent":100,"phase":"ready"},"relays":5,"circuits":[{"id":7,"path":["aa","bb","cc"],"age_secs":12.5,"build_ms":3.25,"streams":1,"state":"in use"}],"streams":1,"counters":{"circuits_built":4,"streams_opened":2,"bytes_received":1024}}"#),
+        ("proxy", r#"{"enabled":false}"#),
+        ("publish", r#"{"target":"127.0.0.1:8080","port":80}"#),
+        ("unpublish", r#"{"address":"abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvw.anon"}"#),
+        ("services", r#"[{"address":"x.anon","port":80,"target":"127.0.0.1:8080","published":true}]"#),
+        ("error", r#"{"error":"unauthorized"}"#),
+        ("events", "{\"event\":\"bootstrap\",\"percent\":40,\"phase\":\"building first circuit\"}\n{\"event\":\"circuit_built\",\"id\":3,\"path\":[\"ab\"],\"build_ms\":2.5}\n{\"event\":\"circuit_closed\",\"id\":3}\n{\"event\":\"proxy_enabled\",\"enabled\":true}\n{\"event\":\"new_identity\"}\n{\"event\":\"error\",\"message\":\"x\"}\n{\"event\":\"lagged\",\"missed\":9}\n{\"event\":\"service_published\",\"address\":\"x.anon\"}"),
+        ("ack", r#"{"ok":true}"#),
+        ("cookie", "3f1c00000000000000000000000000000000000000000000000000000000009a\n"),
+        ("bearer", "Bearer abababababababababababababababababababababababababababababababab"),
+    ];
+    for (name, text) in docs {
+        write("control_json", name, text.as_bytes());
+    }
+}
+
+fn socks() {
+    let seeds: [(&str, &[u8]); 6] = [
+        // no auth; CONNECT example.com:443
+        ("noauth-domain", b"\x05\x01\x00\x05\x01\x00\x03\x0bexample.com\x01\xbb"),
+        // no auth; CONNECT 10.0.0.1:80
+        ("noauth-v4", b"\x05\x01\x00\x05\x01\x00\x01\x0a\x00\x00\x01\x00\x50"),
+        // no auth; CONNECT [::1]:8080
+        ("noauth-v6", b"\x05\x01\x00\x05\x01\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x1f\x90"),
+        // username/password "user"/"pass"; CONNECT example.com:443
+        ("userpass", b"\x05\x02\x00\x02\x01\x04user\x04pass\x05\x01\x00\x03\x0bexample.com\x01\xbb"),
+        // BIND and UDP ASSOCIATE (refused with CommandNotSupported)
+        ("bind", b"\x05\x01\x00\x05\x02\x00\x01\x00\x00\x00\x00\x00\x00"),
+        ("udp", b"\x05\x01\x00\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00"),
+    ];
+    for (name, bytes) in seeds {
+        write("socks", name, bytes);
+    }
+}
+
+fn dht() {
+    use anonnet_wire::dht::{frame_request, frame_response, DhtMessage, Record, StoreStatus};
+    let identity = IdentityKey::from_seed(&[0x43; 32]);
+    let desc = RelayDescriptor {
+        identity: identity.public(),
+        onion_key: [6; 32],
+        addresses: vec![SocketAddr::from(([192, 0, 2, 7], 5000))],
+        flags: FLAG_GUARD,
+        exit_ports: vec![],
+        bandwidth: 500_000,
+        published: 1_699_999_000,
+        expires: 1_700_086_400,
+    };
+    let signed = sign_descriptor(&identity, &desc).unwrap();
+    let record = Record::relay_descriptor(&signed).unwrap();
+    let msgs = [
+        ("ping", DhtMessage::Ping { txid: 1 }),
+        ("pong", DhtMessage::Pong { txid: 1 }),
+        (
+            "find-node",
+            DhtMessage::FindNode {
+                txid: 2,
+                target: [0xab; 32],
+            },
+        ),
+        (
+            "nodes",
+            DhtMessage::Nodes {
+                txid: 2,
+                nodes: vec![signed.clone(), signed.clone()],
+            },
+        ),
+        (
+            "find-value",
+            DhtMessage::FindValue {
+                txid: 3,
+                key: [7; 32],
+            },
+        ),
+        (
+            "value",
+            DhtMessage::Value {
+                txid: 3,
+                records: vec![record.clone()],
+                nodes: vec![signed.clone()],
+            },
+        ),
+        (
+            "store",
+            DhtMessage::Store {
+                txid: 4,
+                key: [7; 32],
+                record,
+            },
+        ),
+        (
+            "stored",
+            DhtMessage::Stored {
+                txid: 4,
+                status: StoreStatus::Rejected(2),
+            },
+        ),
+        (
+            "announce",
+            DhtMessage::Announce {
+                txid: 5,
+                descriptor: signed,
+            },
+        ),
+    ];
+    for (name, msg) in msgs {
+        write("dht", name, &msg.encode().unwrap());
+        let framed = if msg.is_request() {
+            frame_request(&msg)
+        } else {
+            frame_response(&msg)
+        };
+        write("dht", &format!("{name}-framed"), &framed.unwrap());
+    }
+}
+
+fn main() {
+    dht();
+    cells();
+    relay_cells();
+    descriptors();
+    http();
+    control();
+    socks();
+    println!("seeds written under fuzz/seeds/");
+}
