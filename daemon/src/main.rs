@@ -283,7 +283,9 @@ async fn run_relay(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
     ))?;
     let why = shutdown.wait().await;
     info!("{why}: relay shutting down");
-    relay.shutdown();
+    relay
+        .shutdown_gracefully(std::time::Duration::from_secs(2))
+        .await;
     Ok(())
 }
 

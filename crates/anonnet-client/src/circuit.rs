@@ -44,7 +44,7 @@ const FORWARD_QUEUE: usize = 64;
 /// control (§6.4).
 const STREAM_QUEUE: usize = STREAM_WINDOW as usize + 8;
 /// Longest wait for the QUIC link to the guard.
-pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Streams open at once on one circuit.
 pub const MAX_STREAMS_PER_CIRCUIT: usize = 512;
 
@@ -171,6 +171,8 @@ pub struct Circuit {
     package: Arc<Semaphore>,
     /// Tags the exit's circuit SENDMEs must echo.
     sendme_tags: Arc<Mutex<SendmeTags>>,
+    /// Set when the QUIC link to the guard died under the circuit (not a DESTROY).
+    guard_lost: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Circuit {
@@ -320,6 +322,7 @@ impl Circuit {
             counters,
             package: Arc::new(Semaphore::new(CIRCUIT_WINDOW as usize)),
             sendme_tags: Arc::new(Mutex::new(SendmeTags::default())),
+            guard_lost: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(writer_task(
             fwd_layers,
@@ -362,6 +365,12 @@ impl Circuit {
     /// When the circuit was built.
     pub fn created(&self) -> Instant {
         self.created
+    }
+
+    /// True when the circuit ended because the link to its guard died (the guard crashed
+    /// or became unreachable), as opposed to a `DESTROY` or a local close.
+    pub fn lost_its_guard(&self) -> bool {
+        self.guard_lost.load(Ordering::Relaxed)
     }
 
     /// True once the circuit can carry nothing more.
@@ -552,6 +561,9 @@ async fn reader_task(
             c = read_cell(&mut recv, CELL_LEN) => c,
         };
         let Ok(mut cell) = cell else {
+            if let Some(c) = circuit.upgrade() {
+                c.guard_lost.store(true, Ordering::Relaxed);
+            }
             break "link closed".to_string();
         };
         match cell.first().copied().map(CellCommand::from_byte) {

@@ -189,6 +189,18 @@ impl RelayScores {
         }
     }
 
+    /// `id` is known to be down (its link died): avoid it at once, as if it had failed
+    /// [`FAILURES_BEFORE_AVOIDING`] times.
+    pub fn down(&mut self, id: NodeId, now: Instant) {
+        while self
+            .scores
+            .get(&id)
+            .is_none_or(|s| s.failures < FAILURES_BEFORE_AVOIDING)
+        {
+            self.failure(id, now);
+        }
+    }
+
     /// A circuit through `id` was built.
     pub fn success(&mut self, id: NodeId) {
         self.scores.remove(&id);

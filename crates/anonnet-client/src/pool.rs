@@ -381,6 +381,7 @@ impl Client {
     /// dirtiness limit and closing retired ones that carry no stream.
     fn with_pool<T>(&self, f: impl FnOnce(&mut Vec<Slot>) -> T) -> T {
         let mut closed = Vec::new();
+        let mut lost_guards = Vec::new();
         let out = {
             let mut guard = match self.pool.lock() {
                 Ok(g) => g,
@@ -399,6 +400,9 @@ impl Client {
                 let keep = !s.circuit.is_closed();
                 if !keep {
                     closed.push(s.circuit.id());
+                    if s.circuit.lost_its_guard() {
+                        lost_guards.extend(s.circuit.path().first().copied());
+                    }
                 }
                 keep
             });
@@ -406,6 +410,14 @@ impl Client {
         };
         for id in closed {
             self.emit(ClientEvent::CircuitClosed { id });
+        }
+        if !lost_guards.is_empty() {
+            let now = Instant::now();
+            let mut scores = self.scores();
+            for g in lost_guards {
+                warn!(guard = %g.short(), "link to the guard died; avoiding it for now");
+                scores.down(g, now);
+            }
         }
         out
     }

@@ -244,6 +244,13 @@ impl Endpoint {
             .quic
             .close(quinn::VarInt::from_u32(CLOSE_CODE), b"endpoint closed");
     }
+
+    /// Wait until every connection has sent its close and drained (after
+    /// [`Endpoint::close`]), so peers learn of the shutdown at once instead of by their idle
+    /// timeout. Callers bound it with a timeout.
+    pub async fn wait_idle(&self) {
+        self.inner.quic.wait_idle().await;
+    }
 }
 
 /// Takes inbound connections and runs their handshakes concurrently, so that one slow

@@ -26,12 +26,15 @@ pub const STREAM_RECEIVE_WINDOW: u32 = 2 << 20;
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
 /// Send window per connection, in bytes (16 MiB).
 pub const CONNECTION_SEND_WINDOW: u64 = 16 << 20;
-/// Keep-alive interval: an idle link sends a PING this often, so NAT bindings and the idle
-/// timeout never expire a link that is wanted.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Idle timeout in milliseconds (60 s): a link with no packets from the peer for this long
-/// is closed. It also bounds how long a handshake can hang.
-pub const MAX_IDLE_TIMEOUT_MS: u32 = 60_000;
+/// Keep-alive interval: an idle link sends a PING this often (2 s), so NAT bindings and the
+/// idle timeout never expire a link that is wanted.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Idle timeout in milliseconds (6 s): a link with no packets from the peer for this long
+/// is closed, and its circuits with it. This is how a crashed neighbour is noticed (a
+/// relay that stops cleanly closes its links at once): short enough that a download
+/// through a dead relay fails, and the next request gets a new circuit, within seconds
+/// (DESIGN §6). It also bounds how long a handshake can hang.
+pub const MAX_IDLE_TIMEOUT_MS: u32 = 6_000;
 
 /// Errors of the link layer.
 #[derive(Debug, thiserror::Error)]

@@ -129,6 +129,8 @@ pub struct Stats {
     pub exit_streams: AtomicU64,
     /// Bytes read from exit TCP connections.
     pub exit_bytes: AtomicU64,
+    /// Woken whenever a circuit closes (for graceful shutdown).
+    pub circuit_closed: tokio::sync::Notify,
 }
 
 impl Stats {
@@ -166,6 +168,7 @@ pub(crate) struct CircuitPermit(Arc<Stats>);
 impl Drop for CircuitPermit {
     fn drop(&mut self) {
         self.0.circuits_open.fetch_sub(1, Ordering::Relaxed);
+        self.0.circuit_closed.notify_waiters();
     }
 }
 
@@ -299,6 +302,27 @@ impl Relay {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
         self.endpoint.close();
+    }
+
+    /// Shut down and give the goodbyes time to leave, at most `within`: circuits send
+    /// `DESTROY` to both neighbours, then the QUIC endpoint closes every link and drains, so
+    /// neighbours and clients fail their circuits at once rather than after the idle
+    /// timeout.
+    pub async fn shutdown_gracefully(&self, within: Duration) {
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + within;
+        // Circuit tasks end after their DESTROY writes (each bounded by 2 s).
+        loop {
+            let closed = self.stats.circuit_closed.notified();
+            if self.stats.circuits_open.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                break;
+            }
+        }
+        self.endpoint.close();
+        let _ = tokio::time::timeout_at(deadline, self.endpoint.wait_idle()).await;
     }
 }
 
