@@ -26,8 +26,8 @@ use hyper::http::uri::Scheme;
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
 use crate::ProxyError;
@@ -299,10 +299,7 @@ pub fn isolation_from(headers: &HeaderMap) -> Result<IsolationKey, Refusal> {
 
 /// A bound HTTP proxy listener.
 #[derive(Debug)]
-pub struct HttpProxy {
-    listener: TcpListener,
-    local_addr: SocketAddr,
-}
+pub struct HttpProxy(crate::listener::Listener);
 
 impl HttpProxy {
     /// Bind `addr` (port 0 picks a free port).
@@ -310,43 +307,27 @@ impl HttpProxy {
     /// # Errors
     /// [`ProxyError::Bind`] naming the address when it cannot be bound.
     pub async fn bind(addr: SocketAddr) -> Result<HttpProxy, ProxyError> {
-        let bind_err = |source| ProxyError::Bind { addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
-        let local_addr = listener.local_addr().map_err(bind_err)?;
-        Ok(HttpProxy {
-            listener,
-            local_addr,
-        })
+        Ok(HttpProxy(crate::listener::Listener::bind(addr).await?))
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.0.local_addr()
     }
 
     /// Serve connections through `client` until this future is dropped. At most
     /// [`MAX_CONNECTIONS`] connections and tunnels are served at once.
     pub async fn serve(self, client: Arc<Client>) {
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            match self.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_http(tcp, client, permit).await {
-                            debug!(%peer, "HTTP proxy connection ended: {e}");
-                        }
-                    });
+        self.0
+            .run("HTTP proxy", move |tcp, permit| {
+                let client = client.clone();
+                async move {
+                    serve_http(tcp, client, permit)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
-                Err(e) => {
-                    warn!("HTTP proxy accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+            })
+            .await;
     }
 }
 

@@ -2,6 +2,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod http;
+mod listener;
 
 pub use http::HttpProxy;
 
@@ -17,8 +18,7 @@ use fast_socks5::server::{
 };
 use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{ReplyError, Socks5Command};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 /// How long a SOCKS client may take to finish its handshake and request.
@@ -53,10 +53,7 @@ pub fn socks_reply(kind: ErrorKind) -> ReplyError {
 
 /// A bound SOCKS5 listener.
 #[derive(Debug)]
-pub struct SocksServer {
-    listener: TcpListener,
-    local_addr: SocketAddr,
-}
+pub struct SocksServer(listener::Listener);
 
 impl SocksServer {
     /// Bind `addr` (port 0 picks a free port).
@@ -64,43 +61,27 @@ impl SocksServer {
     /// # Errors
     /// [`ProxyError::Bind`] naming the address when it cannot be bound.
     pub async fn bind(addr: SocketAddr) -> Result<SocksServer, ProxyError> {
-        let bind_err = |source| ProxyError::Bind { addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
-        let local_addr = listener.local_addr().map_err(bind_err)?;
-        Ok(SocksServer {
-            listener,
-            local_addr,
-        })
+        Ok(SocksServer(listener::Listener::bind(addr).await?))
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.0.local_addr()
     }
 
-    /// Serve connections through `client` until this future is dropped.
+    /// Serve connections through `client` until this future is dropped. At most
+    /// [`MAX_CONNECTIONS`] connections are served at once.
     pub async fn serve(self, client: Arc<Client>) {
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            match self.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_socks(tcp, client).await {
-                            debug!(%peer, "SOCKS connection ended: {e}");
-                        }
-                        drop(permit);
-                    });
+        self.0
+            .run("SOCKS", move |tcp, permit| {
+                let client = client.clone();
+                async move {
+                    let served = serve_socks(tcp, client).await;
+                    drop(permit);
+                    served
                 }
-                Err(e) => {
-                    warn!("SOCKS accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+            })
+            .await;
     }
 }
 
