@@ -620,19 +620,15 @@ async fn reader_task(
                 continue;
             }
             RelayMsg::Data(d) if hop == exit => {
-                match deliver.on_data(tag) {
-                    Ok(Some(echo)) => {
-                        let sendme = Forward {
-                            hop: exit,
-                            cell: RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(echo))),
-                        };
-                        // The writer drains this queue on its own; waiting is brief.
-                        if circ.forward.send(sendme).await.is_err() {
-                            break "circuit closed".to_string();
-                        }
+                if let Some(echo) = deliver.on_data(tag) {
+                    let sendme = Forward {
+                        hop: exit,
+                        cell: RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(echo))),
+                    };
+                    // The writer drains this queue on its own; waiting is brief.
+                    if circ.forward.send(sendme).await.is_err() {
+                        break "circuit closed".to_string();
                     }
-                    Ok(None) => {}
-                    Err(e) => break format!("exit broke the circuit window: {e}"),
                 }
                 if let Some(e) = &entry {
                     let ok = e

@@ -54,11 +54,6 @@ const EXTEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `DESTROY` write may take when tearing down.
 const DESTROY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the backward task sends for this relay.
-enum Outgoing {
-    Msg(RelayCell),
-}
-
 /// Flow control of the `DATA` this relay exchanges as an exit (§6.4): the package window
 /// towards the client (permits), the tags its circuit SENDMEs must echo, and the deliver
 /// window for `DATA` from the client.
@@ -274,7 +269,7 @@ struct BackwardTask {
     layer: RelayBackward,
     prev_send: SendStream,
     next_rx: mpsc::Receiver<Vec<u8>>,
-    out_rx: mpsc::Receiver<Outgoing>,
+    out_rx: mpsc::Receiver<RelayCell>,
     flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
 }
@@ -325,7 +320,7 @@ impl BackwardTask {
                         }
                     }
                 }
-                Some(Outgoing::Msg(msg)) = out_rx.recv() => {
+                Some(msg) = out_rx.recv() => {
                     let mut cell = vec![0u8; cell_len];
                     let is_data = matches!(msg.msg, RelayMsg::Data(_));
                     let sealed = cell
@@ -376,7 +371,7 @@ struct ForwardTask {
     next_send: Option<SendStream>,
     /// Given to the next-hop reader once the circuit is extended.
     next_tx: Option<mpsc::Sender<Vec<u8>>>,
-    out: mpsc::Sender<Outgoing>,
+    out: mpsc::Sender<RelayCell>,
     streams: HashMap<StreamId, ExitSlot>,
     flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
@@ -471,10 +466,7 @@ impl ForwardTask {
     }
 
     async fn send_back(&self, stream_id: StreamId, msg: RelayMsg) {
-        let _ = self
-            .out
-            .send(Outgoing::Msg(RelayCell::new(stream_id, msg)))
-            .await;
+        let _ = self.out.send(RelayCell::new(stream_id, msg)).await;
     }
 
     async fn handle_message(&mut self, cell: RelayCell, tag: [u8; 16]) -> Result<(), Violation> {
@@ -564,11 +556,7 @@ impl ForwardTask {
                     .deliver
                     .lock()
                     .map_err(|_| Violation(DestroyReason::Internal))?
-                    .on_data(tag)
-                    .map_err(|e| {
-                        warn!("destroying circuit: {e}");
-                        Violation(DestroyReason::Protocol)
-                    })?;
+                    .on_data(tag);
                 if let Some(t) = due {
                     self.send_back(StreamId::CIRCUIT, RelayMsg::Sendme(Some(t)))
                         .await;
@@ -724,7 +712,7 @@ async fn exit_stream(
     target: Target,
     port: u16,
     mut data_rx: mpsc::Receiver<Bytes>,
-    out: mpsc::Sender<Outgoing>,
+    out: mpsc::Sender<RelayCell>,
     tokens: ExitTokens,
     windows: ExitWindows,
     max_payload: usize,
@@ -735,7 +723,7 @@ async fn exit_stream(
     let send = |msg: RelayMsg| {
         let out = out.clone();
         async move {
-            let _ = out.send(Outgoing::Msg(RelayCell::new(id, msg))).await;
+            let _ = out.send(RelayCell::new(id, msg)).await;
         }
     };
     let connect = async {
@@ -813,7 +801,7 @@ async fn exit_stream(
             let due = deliver.lock().map(|mut d| d.on_consumed()).unwrap_or(false);
             if due {
                 let sendme = RelayCell::new(id, RelayMsg::Sendme(None));
-                let _ = sendme_out.send(Outgoing::Msg(sendme)).await;
+                let _ = sendme_out.send(sendme).await;
             }
         }
         let _ = wr.shutdown().await;
@@ -848,7 +836,7 @@ async fn exit_stream(
                     .exit_bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
                 let sent = tokio::select! {
-                    r = out.send(Outgoing::Msg(RelayCell::new(id, RelayMsg::Data(chunk)))) => r.is_ok(),
+                    r = out.send(RelayCell::new(id, RelayMsg::Data(chunk))) => r.is_ok(),
                     () = token.cancelled() => false,
                 };
                 if !sent {
