@@ -552,6 +552,7 @@ impl Client {
                 let mut all_avoid = avoid.clone();
                 all_avoid.extend(scored.iter().copied());
                 let mut req = PathRequest {
+                    any_last_hop: false,
                     port,
                     avoid: &all_avoid,
                     other_exits: &other_exits,

@@ -1,8 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-mod circuit;
+pub mod circuit;
 pub mod exit_policy;
+mod hs;
 pub mod keystore;
 
 use std::net::SocketAddr;
@@ -67,6 +68,14 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// QUIC links kept to other relays.
     pub max_links: usize,
+    /// Introduction-point registrations held at once (§13.2); further `ESTABLISH_INTRO`s
+    /// lose their circuit (RESOURCELIMIT).
+    pub max_intro_points: usize,
+    /// Client circuits waiting at this rendezvous point at once (§13.3).
+    pub max_pending_rendezvous: usize,
+    /// DHT requests run at once on behalf of circuits (§13.6); more get
+    /// `DHT_RESULT` UNAVAILABLE.
+    pub max_dht_requests: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +85,9 @@ impl Default for Limits {
             max_streams_per_circuit: 512,
             connect_timeout: Duration::from_secs(15),
             max_links: 1024,
+            max_intro_points: 1024,
+            max_pending_rendezvous: 4096,
+            max_dht_requests: 32,
         }
     }
 }
@@ -129,6 +141,16 @@ pub struct Stats {
     pub exit_streams: AtomicU64,
     /// Bytes read from exit TCP connections.
     pub exit_bytes: AtomicU64,
+    /// Introduction-point registrations held now (§13.2).
+    pub intro_points: AtomicUsize,
+    /// `INTRODUCE2`s passed to services.
+    pub introductions: AtomicU64,
+    /// Circuit pairs joined at this rendezvous point.
+    pub rendezvous_joined: AtomicU64,
+    /// `DHT_FETCH` requests served for circuits (§13.6).
+    pub dht_fetches: AtomicU64,
+    /// `DHT_STORE` requests served for circuits (§13.6).
+    pub dht_stores: AtomicU64,
     /// Woken whenever a circuit closes (for graceful shutdown).
     pub circuit_closed: tokio::sync::Notify,
 }
@@ -147,6 +169,11 @@ impl Stats {
             "cells_rejected": g(&self.cells_rejected),
             "exit_streams": g(&self.exit_streams),
             "exit_bytes": g(&self.exit_bytes),
+            "intro_points": self.intro_points.load(Ordering::Relaxed),
+            "introductions": g(&self.introductions),
+            "rendezvous_joined": g(&self.rendezvous_joined),
+            "dht_fetches_for_circuits": g(&self.dht_fetches),
+            "dht_stores_for_circuits": g(&self.dht_stores),
         })
     }
 }
@@ -160,6 +187,8 @@ pub(crate) struct RelayShared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) dht: Arc<DhtNode>,
+    pub(crate) hs: hs::HsRegistry,
+    pub(crate) dht_requests: Arc<tokio::sync::Semaphore>,
 }
 
 /// Holds one slot of the circuit limit while a circuit lives.
@@ -190,7 +219,7 @@ pub struct Relay {
     endpoint: Endpoint,
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -245,6 +274,11 @@ impl Relay {
             stats: stats.clone(),
             shutdown: shutdown.clone(),
             dht: dht.clone(),
+            hs: hs::HsRegistry::new(
+                config.limits.max_intro_points,
+                config.limits.max_pending_rendezvous,
+            ),
+            dht_requests: Arc::new(tokio::sync::Semaphore::new(config.limits.max_dht_requests)),
         });
         info!(%node_id, %local_addr, exit = config.exit_policy.is_some(), "relay listening");
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
