@@ -520,6 +520,7 @@ async fn maintenance(
                     "rejected_invalid": c.rejected_invalid,
                     "rejected_stale": c.rejected_stale,
                     "rejected_full": c.rejected_full,
+                    "rejected_taken": c.rejected_taken,
                     "rate_limited": c.rate_limited,
                     "expired": c.expired,
                 });

@@ -322,7 +322,7 @@ pub struct RelayCell {
     pub msg: RelayMsg,
 }
 
-fn put_ip(w: &mut Writer, ip: IpAddr) {
+pub(crate) fn put_ip(w: &mut Writer, ip: IpAddr) {
     match ip {
         IpAddr::V4(a) => {
             w.put_u8(4);
@@ -335,7 +335,7 @@ fn put_ip(w: &mut Writer, ip: IpAddr) {
     }
 }
 
-fn take_ip(r: &mut Reader<'_>, atype: u8) -> Result<IpAddr, WireError> {
+pub(crate) fn take_ip(r: &mut Reader<'_>, atype: u8) -> Result<IpAddr, WireError> {
     match atype {
         4 => Ok(IpAddr::V4(Ipv4Addr::from(r.take_array::<4>()?))),
         6 => Ok(IpAddr::V6(Ipv6Addr::from(r.take_array::<16>()?))),
