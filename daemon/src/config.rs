@@ -404,6 +404,9 @@ struct LimitsSection {
     max_streams_per_circuit: Option<Spanned<u64>>,
     connect_timeout_secs: Option<Spanned<u64>>,
     max_links: Option<Spanned<u64>>,
+    max_intro_points: Option<Spanned<u64>>,
+    max_pending_rendezvous: Option<Spanned<u64>>,
+    max_dht_requests: Option<Spanned<u64>>,
 }
 
 /// A loaded relay config file.
@@ -536,6 +539,27 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
             1_000_000,
             "links",
         )?),
+        max_intro_points: as_usize(limit(
+            "max_intro_points",
+            &l.max_intro_points,
+            as_u64(defaults.max_intro_points),
+            1_000_000,
+            "registrations",
+        )?),
+        max_pending_rendezvous: as_usize(limit(
+            "max_pending_rendezvous",
+            &l.max_pending_rendezvous,
+            as_u64(defaults.max_pending_rendezvous),
+            1_000_000,
+            "circuits",
+        )?),
+        max_dht_requests: as_usize(limit(
+            "max_dht_requests",
+            &l.max_dht_requests,
+            as_u64(defaults.max_dht_requests),
+            10_000,
+            "requests",
+        )?),
     };
 
     Ok(RelaySettings {
@@ -562,6 +586,28 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
 struct ClientFile {
     #[serde(default)]
     client: ClientSection,
+    /// `[[service]]` tables: hidden services to publish.
+    #[serde(default)]
+    service: Vec<ServiceSection>,
+    /// `[names]`: the local `.dark` address book, `name = "<address>.anon"`.
+    #[serde(default)]
+    names: std::collections::BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    target: Option<Spanned<String>>,
+    port: Option<Spanned<u64>>,
+    name: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+}
+
+/// The default key file of a service published for `target` (in the state directory):
+/// `services/<ip>-<port>/service.key`.
+pub fn default_service_key(state_dir: &Path, target: SocketAddr) -> PathBuf {
+    let label = format!("{}-{}", target.ip(), target.port()).replace(':', "_");
+    state_dir.join("services").join(label).join("service.key")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -607,6 +653,10 @@ pub struct ClientSettings {
     /// `client.allow_same_subnet_paths` (default false): let relays of one /16 or /32
     /// share a path — only for test networks on one machine.
     pub allow_same_subnet: bool,
+    /// `[[service]]` entries: hidden services to publish at start.
+    pub services: Vec<anonnet_client::ServiceConfig>,
+    /// `[names]`: `.dark` names (without the suffix) resolved locally, overriding the DHT.
+    pub address_book: std::collections::HashMap<String, anonnet_crypto::hs::HsAddress>,
 }
 
 /// Parse a SOCKS listen value: `"auto"` (127.0.0.1, a free port) or `IP:PORT`.
@@ -787,7 +837,74 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
             })
             .transpose()
     };
+    let mut services = Vec::new();
+    for (i, sec) in file.service.iter().enumerate() {
+        let key = |k: &str| format!("service[{i}].{k}");
+        let Some(t) = &sec.target else {
+            return Err(src.invalid(
+                key("target"),
+                None::<&Spanned<()>>,
+                "is required: the local server to publish, e.g. target = \"127.0.0.1:8080\"".into(),
+            ));
+        };
+        let target: SocketAddr = t.get_ref().parse().map_err(|_| {
+            src.invalid(
+                key("target"),
+                Some(t),
+                format!("{:?} is not IP:PORT (e.g. \"127.0.0.1:8080\")", t.get_ref()),
+            )
+        })?;
+        let port = match &sec.port {
+            Some(p) => check_range(*p.get_ref(), 1, 65535, "port")
+                .map_err(|why| src.invalid(key("port"), Some(p), why))?
+                as u16,
+            None => 80,
+        };
+        let dark_name = match &sec.name {
+            Some(n) => {
+                let parsed = anonnet_crypto::dark::DarkName::parse(n.get_ref()).map_err(|e| {
+                    src.invalid(
+                        key("name"),
+                        Some(n),
+                        format!("{e}: 1 to 63 of a-z, 0-9 and '-', e.g. name = \"demo\""),
+                    )
+                })?;
+                Some(parsed.as_str().to_owned())
+            }
+            None => None,
+        };
+        let key_file = match &sec.key_file {
+            Some(k) => src.path(k.get_ref()),
+            None => default_service_key(&state_dir, target),
+        };
+        services.push(anonnet_client::ServiceConfig {
+            target,
+            port,
+            key_file,
+            dark_name,
+        });
+    }
+    let mut address_book = std::collections::HashMap::new();
+    for (name, addr) in &file.names {
+        let n = anonnet_crypto::dark::DarkName::parse(name).map_err(|e| {
+            src.invalid(
+                format!("names.{name}"),
+                Some(addr),
+                format!("{e}: names are 1 to 63 of a-z, 0-9 and '-'"),
+            )
+        })?;
+        let a = anonnet_crypto::hs::HsAddress::parse(addr.get_ref()).map_err(|e| {
+            src.invalid(
+                format!("names.{name}"),
+                Some(addr),
+                format!("{e}: the value must be a <56 characters>.anon address"),
+            )
+        })?;
+        address_book.insert(n.as_str().to_owned(), a);
+    }
     Ok(ClientSettings {
+        services,
+        address_book,
         file: src.path.clone(),
         socks_listen,
         http_listen,

@@ -230,6 +230,8 @@ pub struct Circuit {
     /// The relays chosen from the directory (all of `ids`, or all but an end named by
     /// link specifiers).
     path: Vec<VerifiedDescriptor>,
+    /// The last relay.
+    last: Option<HopSpec>,
     /// False for circuits built to a named end (introduction/rendezvous/DHT circuits).
     ends_at_exit: bool,
     /// Each relay's handshake key `Y`.
@@ -419,6 +421,7 @@ impl Circuit {
         let circuit = Arc::new(Circuit {
             id: NEXT_CIRCUIT.fetch_add(1, Ordering::Relaxed),
             ids: hops.iter().map(|h| h.node_id).collect(),
+            last: hops.last().copied(),
             path,
             ends_at_exit,
             bindings,
@@ -464,6 +467,17 @@ impl Circuit {
     /// signature binds to (§13.2).
     pub fn binding(&self, hop: usize) -> Option<[u8; 32]> {
         self.bindings.get(hop).copied()
+    }
+
+    /// The last relay's link specifiers (the rendezvous or introduction point of a
+    /// hidden-service circuit).
+    pub fn last_hop(&self) -> Option<HopSpec> {
+        self.last
+    }
+
+    /// Wait until the circuit is closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
     }
 
     /// Number of relays on the circuit (without an end-to-end hop).

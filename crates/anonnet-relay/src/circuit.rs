@@ -31,8 +31,8 @@ use anonnet_wire::flow::{
     STREAM_INCREMENT, STREAM_WINDOW,
 };
 use anonnet_wire::relay::{
-    COOKIE_LEN, DHT_NOT_FOUND, DHT_OK, DHT_REFUSED, DHT_UNAVAILABLE, INTRODUCE_BUSY, INTRODUCE_OK,
-    INTRODUCE_UNKNOWN,
+    COOKIE_LEN, DHT_NOT_FOUND, DHT_OK, DHT_REFUSED, DHT_UNAVAILABLE, ESTABLISH_INTRO_CONTEXT,
+    INTRODUCE_BUSY, INTRODUCE_OK, INTRODUCE_UNKNOWN,
 };
 use anonnet_wire::{
     Create, Created, Destroy, DestroyReason, EndReason, RelayCell, RelayMsg, StreamId, Target,
@@ -48,9 +48,6 @@ use tracing::{debug, info, warn};
 
 use crate::hs::{IntroEntry, Refused, RendezvousEntry, Splice};
 use crate::RelayShared;
-
-/// What an `ESTABLISH_INTRO` signature covers, before `auth_key ‖ Y` (§13.2).
-pub const ESTABLISH_INTRO_CONTEXT: &[u8] = b"anonnet-hs-establish-intro-v1";
 
 /// Cells buffered between a leg reader and the task that consumes them.
 const CELL_QUEUE: usize = 64;

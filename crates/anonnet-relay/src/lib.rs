@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod circuit;
+mod circuit;
 pub mod exit_policy;
 mod hs;
 pub mod keystore;

@@ -249,6 +249,8 @@ pub enum RelayMsg {
     },
 }
 
+/// What an `ESTABLISH_INTRO` signature covers, before `auth_key ‖ Y` (§13.2).
+pub const ESTABLISH_INTRO_CONTEXT: &[u8] = b"anonnet-hs-establish-intro-v1";
 /// Bytes of a rendezvous cookie.
 pub const COOKIE_LEN: usize = 20;
 /// `INTRODUCE_ACK` status: the introduction was passed to the service.
