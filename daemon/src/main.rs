@@ -404,7 +404,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
         tokio::spawn(announce_when_published(hosted));
     }
     let serving_socks = tokio::spawn(socks.serve(client.clone()));
-    let serving_http = tokio::spawn(http.serve(client));
+    let serving_http = tokio::spawn(http.serve(client.clone()));
     print_line(&format!("SOCKS5 ready on {socks_addr}"))?;
     print_line(&format!("HTTP proxy ready on {http_addr}"))?;
     let why = tokio::select! {
@@ -426,6 +426,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
         }
     };
     info!("{why}: client shutting down");
+    client.shutdown(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
 

@@ -881,6 +881,19 @@ impl Client {
         services.len() != before
     }
 
+    /// Stop for good, telling the network at once: stop the hosted services, close the
+    /// QUIC endpoint (relays see every link close and destroy this client's circuits, so
+    /// introduction points drop the services' registrations) and wait, at most `within`,
+    /// for the goodbyes to leave.
+    pub async fn shutdown(&self, within: Duration) {
+        for s in lock_services(&self.services).drain(..) {
+            s.stop();
+        }
+        let endpoint = self.links.endpoint();
+        endpoint.close();
+        let _ = tokio::time::timeout(within, endpoint.wait_idle()).await;
+    }
+
     /// The hidden services this client hosts.
     pub fn services(&self) -> Vec<Arc<HostedService>> {
         lock_services(&self.services).clone()
