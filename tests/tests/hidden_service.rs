@@ -5,6 +5,8 @@
 //! names are fetched through circuits) while relays served such fetches for circuits; the
 //! service daemon is restarted and its address still works.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
