@@ -280,7 +280,14 @@ impl ServiceKey {
         }
         let seed = Zeroizing::new(self.signing.to_bytes());
         let expanded = ExpandedSecretKey::from(&*seed);
-        let mut hash_prefix = blake3::derive_key(BLINDED_PREFIX_CONTEXT, &expanded.hash_prefix);
+        // The period is part of the nonce prefix: with one prefix for all periods, the same
+        // message signed under two periods' keys would share its nonce r while the secret
+        // scalars differ by a public factor, and the two signatures would give away `a`.
+        let mut hasher = blake3::Hasher::new_derive_key(BLINDED_PREFIX_CONTEXT);
+        hasher.update(&expanded.hash_prefix);
+        hasher.update(&period.to_be_bytes());
+        let mut hash_prefix = *hasher.finalize().as_bytes();
+        hasher.zeroize();
         let esk = ExpandedSecretKey {
             scalar: h * expanded.scalar,
             hash_prefix,
@@ -313,8 +320,8 @@ fn blinding_factor(public: &[u8; KEY_LEN], period: u64) -> Scalar {
 }
 
 /// A service's signing key blinded for one time period (§12.2): secret scalar `a' = h·a`
-/// and nonce prefix `BLAKE3-derive_key("anonnet 2026 hs blinded nonce prefix", prefix)`,
-/// zeroized on drop. Its signatures are ordinary Ed25519 signatures under
+/// and nonce prefix `BLAKE3-derive_key("anonnet 2026 hs blinded nonce prefix", prefix ‖
+/// period u64)`, zeroized on drop. Its signatures are ordinary Ed25519 signatures under
 /// [`BlindedKey::public`] `= h·A`.
 pub struct BlindedKey {
     esk: ExpandedSecretKey,
@@ -818,6 +825,18 @@ mod tests {
             // Blinded keys are valid addresses' keys too: prime order, canonical.
             HsAddress::from_public(b.public()).unwrap();
         }
+    }
+
+    #[test]
+    fn one_message_signed_in_two_periods_uses_two_nonces() {
+        let key = ServiceKey::from_seed(&[0x61; 32]);
+        let s1 = key.blinded(1).unwrap().sign(b"same message");
+        let s2 = key.blinded(2).unwrap().sign(b"same message");
+        assert_ne!(
+            s1[..32],
+            s2[..32],
+            "R must differ, or the two S values reveal a"
+        );
     }
 
     #[test]
