@@ -422,6 +422,47 @@ mod tests {
         ));
     }
 
+    /// The test vector printed in docs/protocol.md §12.5 (and re-derived by
+    /// docs/vectors/verify_vectors.py): owner seed 0x41×32, name "example", the address of
+    /// service seed 0x61×32, published 1 800 000 000, expires 1 800 086 400, 8 bits of work.
+    #[test]
+    fn dark_test_vector() {
+        let name = DarkName::parse("example").unwrap();
+        let r = make_dark_record(
+            &IdentityKey::from_seed(&[0x41; 32]),
+            &name,
+            &ServiceKey::from_seed(&[0x61; 32]).address(),
+            1_800_000_000,
+            1_800_086_400,
+            8,
+        );
+        let mut h = pow_hasher(&r.name, &r.address, &r.owner, r.published, r.expires);
+        h.update(&r.pow_nonce.to_be_bytes());
+        let got = [
+            hex::encode(dark_key(&name)),
+            r.pow_nonce.to_string(),
+            h.finalize().to_hex().to_string(),
+            hex::encode(r.encode().unwrap()),
+        ];
+        assert_eq!(got, DARK_VECTOR, "{got:#?}");
+        verify_dark_record(&r, 1_800_000_000, 8).unwrap();
+    }
+
+    /// dark_key("example"), pow_nonce, work hash, record.
+    const DARK_VECTOR: [&str; 4] = [
+        "4fbc98964b960102bdd39ec72b2f09b0b81bfe54ab4e9019c9b29959b6d9666a",
+        "5",
+        "0008f6b6de3298f6928102960eff2219927c28c0b46f1a9b1b215aa84abe20d1",
+        concat!(
+            "01076578616d706c65af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77",
+            "be07547f289383341ddb995fe25169d141cab9bbba92baa01f9f2e1ece7df4cb",
+            "2ac05190f37fcc1f9d000000006b49d200000000006b4b238000000000000000",
+            "05d9aa9aa2ee45b0918638b976ec6b7603f904a0050ac7a7a5736963d08f4e8e",
+            "1f2565ddcd1a5b3c48b5fd1d98841bf13c0d5bc8031b8f6f537ed3f9b4c67656",
+            "0b",
+        ),
+    ];
+
     #[test]
     fn full_difficulty_record_is_made_and_checked() {
         // ~4 million hashes in expectation; BLAKE3 is built optimised (profile.dev.package).

@@ -280,7 +280,14 @@ impl ServiceKey {
         }
         let seed = Zeroizing::new(self.signing.to_bytes());
         let expanded = ExpandedSecretKey::from(&*seed);
-        let mut hash_prefix = blake3::derive_key(BLINDED_PREFIX_CONTEXT, &expanded.hash_prefix);
+        // The period is part of the nonce prefix: with one prefix for all periods, the same
+        // message signed under two periods' keys would share its nonce r while the secret
+        // scalars differ by a public factor, and the two signatures would give away `a`.
+        let mut hasher = blake3::Hasher::new_derive_key(BLINDED_PREFIX_CONTEXT);
+        hasher.update(&expanded.hash_prefix);
+        hasher.update(&period.to_be_bytes());
+        let mut hash_prefix = *hasher.finalize().as_bytes();
+        hasher.zeroize();
         let esk = ExpandedSecretKey {
             scalar: h * expanded.scalar,
             hash_prefix,
@@ -313,8 +320,8 @@ fn blinding_factor(public: &[u8; KEY_LEN], period: u64) -> Scalar {
 }
 
 /// A service's signing key blinded for one time period (§12.2): secret scalar `a' = h·a`
-/// and nonce prefix `BLAKE3-derive_key("anonnet 2026 hs blinded nonce prefix", prefix)`,
-/// zeroized on drop. Its signatures are ordinary Ed25519 signatures under
+/// and nonce prefix `BLAKE3-derive_key("anonnet 2026 hs blinded nonce prefix", prefix ‖
+/// period u64)`, zeroized on drop. Its signatures are ordinary Ed25519 signatures under
 /// [`BlindedKey::public`] `= h·A`.
 pub struct BlindedKey {
     esk: ExpandedSecretKey,
@@ -821,6 +828,18 @@ mod tests {
     }
 
     #[test]
+    fn one_message_signed_in_two_periods_uses_two_nonces() {
+        let key = ServiceKey::from_seed(&[0x61; 32]);
+        let s1 = key.blinded(1).unwrap().sign(b"same message");
+        let s2 = key.blinded(2).unwrap().sign(b"same message");
+        assert_ne!(
+            s1[..32],
+            s2[..32],
+            "R must differ, or the two S values reveal a"
+        );
+    }
+
+    #[test]
     fn descriptor_index_changes_every_period() {
         let key = ServiceKey::from_seed(&[0x61; 32]);
         let b = key.blinded(20_000).unwrap().public();
@@ -943,6 +962,103 @@ mod tests {
             .0
             .is_empty());
     }
+
+    /// The test vectors printed in docs/protocol.md §12.1–§12.4 (and re-derived by
+    /// docs/vectors/verify_vectors.py).
+    #[test]
+    fn hs_test_vectors() {
+        use anonnet_wire::hs::IntroducePlaintext;
+        let key = ServiceKey::from_seed(&[0x61; 32]);
+        let addr = key.address();
+        let period = 20_000;
+        let blinded = key.blinded(period).unwrap();
+        let intro_key = IntroKey::from_secret(&[0x55; 32]);
+        let body = HsDescriptorBody {
+            enc_key: intro_key.public(),
+            intro_points: vec![IntroPoint {
+                relay: RelayLink {
+                    node_id: [0x01; 32],
+                    onion_key: [0x02; 32],
+                    addr: "127.0.0.1:7001".parse().unwrap(),
+                },
+                auth_key: [0x88; 32],
+            }],
+        };
+        let expires = (period + 1) * PERIOD_SECS + 3600;
+        let d = seal_descriptor_with_salt(&key, period, 1, expires, &[0x5a; 16], &body).unwrap();
+        let bytes = d.encode().unwrap();
+        assert_eq!(open_descriptor(&d, &addr, expires - 1).unwrap(), body);
+        let plaintext = IntroducePlaintext {
+            cookie: [0xc0; 20],
+            rendezvous: RelayLink {
+                node_id: [0x03; 32],
+                onion_key: [0x04; 32],
+                addr: "127.0.0.1:7002".parse().unwrap(),
+            },
+            client_pk: [0x33; 32],
+        }
+        .encode()
+        .unwrap();
+        let sealed =
+            seal_introduce_with_secret(&[0x66; 32], &intro_key.public(), &[0x88; 32], &plaintext)
+                .unwrap();
+        let (opened, _) = open_introduce(&intro_key, &[0x88; 32], &sealed).unwrap();
+        assert_eq!(&opened[..], &plaintext[..]);
+        let got = [
+            hex::encode(addr.public()),
+            addr.to_host(),
+            hex::encode(blinding_factor(addr.public(), period).to_bytes()),
+            hex::encode(blinded.public()),
+            hex::encode(descriptor_index(&blinded.public(), period)),
+            hex::encode(body_key(
+                addr.public(),
+                &blinded.public(),
+                period,
+                &[0x5a; 16],
+            )),
+            hex::encode(&bytes[..96]),
+            hex::encode(d.signature),
+            blake3::hash(&bytes).to_hex().to_string(),
+            hex::encode(intro_key.public()),
+            hex::encode(&sealed),
+        ];
+        assert_eq!(got, HS_VECTOR, "{got:#?}");
+    }
+
+    /// A, host, h, A', index, body key, descriptor[0..96], descriptor signature,
+    /// BLAKE3(descriptor), enc_key, sealed introduction for: service seed 0x61×32;
+    /// period 20 000; descriptor revision 1, expires 1 728 090 000 (an hour after period
+    /// 20 001 starts), salt 0x5a×16, body: enc_key from X25519 secret 0x55×32, one intro
+    /// point (node 0x01×32, onion key 0x02×32, 127.0.0.1:7001, auth
+    /// key 0x88×32); introduce: ephemeral secret 0x66×32, auth key 0x88×32, plaintext
+    /// cookie 0xc0×20, rendezvous (0x03×32, 0x04×32, 127.0.0.1:7002), client_pk 0x33×32.
+    const HS_VECTOR: [&str; 11] = [
+        "af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77be07547f289383341d",
+        "v4dkhyzjc4koj42wygojwfondfi6y3tgmkvhppqhkr7sre4dgqoupmqb.anon",
+        "a8812f05b7018eb0ca0dbd99c36c4722687b6dc5f7f2e70fb3fd01396297df0d",
+        "7356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d",
+        "bf25e51582839ef05e7e70f730a85d566b6ab6c0e7c136eb4e76b8e4a35ef008",
+        "a9955d8889165a6ac19598469ace0047a99fd4d5701b6c68d4652a3ef60ba865",
+        concat!(
+            "017356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d",
+            "0000000000004e2000000000000000010000000067008f905a5a5a5a5a5a5a5a",
+            "5a5a5a5a5a5a5a5a018abd9a738c9c415fdef47f8c09f22809ed179b4a597c",
+        ),
+        concat!(
+            "b889e4fa6fcea65907edc10c4dd8db9313ba9eb2fa9b177d998fffc86cfbb5da",
+            "7601a6fe2d2de8025b57bae89937d97f00541e1ac1e4a890a94f306df5e79801",
+        ),
+        "52ceb4ec0602307deb639461018c65d63d5500c93b0973324040e9ae8ca98656",
+        "38ab664bd86f77d7e66bdd9ae0792913a94fd8b33a1260027e4b46c1f4884c67",
+        concat!(
+            "219e4d800da968d2a5fcb009c784f4746c7138edb9ee4844b739e830b05cf424",
+            "e2a95abe0d7a6268cbbcfaabf65a4ac170025b381ed0f990779ab42e719712f8",
+            "2d51f6eb82331748940acd18ccb424e9eab2c9c4e46af143c8ccf775056b2dca",
+            "ffa103f396ea5ce27511d6df9db820255bc24835519ebc4603ea60fbdf897438",
+            "57435595fa011d04b5ba741c29784951aeee07355d3bee5e7590787521ac9984",
+            "47e420619153cbc2bfb6be65adf1f51e40ec09cc33c306",
+        ),
+    ];
 
     #[test]
     fn keys_round_trip_through_their_secret_bytes() {

@@ -373,7 +373,7 @@ pub fn check_dark_name(name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-/// A `.dark` name record (§12.5), 90..=217 bytes:
+/// A `.dark` name record (§12.5), 155..=217 bytes:
 ///
 /// ```text
 /// version u8 (= 1) ‖ name_len u8 ‖ name [name_len] ‖ address [32] ‖ owner [32] ‖
@@ -421,7 +421,7 @@ impl DarkRecord {
         Ok(w.into_vec())
     }
 
-    /// Encode (90..=217 bytes).
+    /// Encode (155..=217 bytes).
     ///
     /// # Errors
     /// As [`DarkRecord::signed_bytes`].
