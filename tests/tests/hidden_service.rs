@@ -47,7 +47,10 @@ fn fetch(net: &Testnet, url: &str, tries: usize) -> (String, Duration) {
     panic!("fetching {url} failed {tries} times: {errors:?}");
 }
 
-/// Start `anonnet run --config CONFIG` and wait for its `HIDDEN SERVICE ready` line.
+/// Start `anonnet run --config CONFIG` and wait for its `HIDDEN SERVICE ready` line. The
+/// caller kills and waits for the child; if this panics first, `--exit-with-parent` ends
+/// the child when its stdin closes with the test process.
+#[allow(clippy::zombie_processes)]
 fn start_service(config: &str) -> (Child, String) {
     let mut child = Command::new(anonnet_bin())
         .args(["run", "--config", config, "--exit-with-parent"])
