@@ -623,3 +623,31 @@ async fn serve_streams(
     }
     circuit.close();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_file_is_created_private_and_keeps_the_address() {
+        let dir = std::env::temp_dir().join(format!("anonnet-host-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("services").join("a").join("service.key");
+        let first = load_or_create_key(&path).unwrap().address();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_or_create_key(&path).unwrap().address(), first);
+        // A file of the wrong size is an error naming it, not a new key.
+        std::fs::write(&path, b"short").unwrap();
+        let err = load_or_create_key(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("service.key") && err.contains("expected 32"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

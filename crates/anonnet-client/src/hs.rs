@@ -526,3 +526,116 @@ pub(crate) fn log_connected(address: &HsAddress, started: Instant, reused: bool)
         "hidden-service stream open"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anonnet_crypto::dark::make_dark_record;
+    use anonnet_crypto::hs::ServiceKey;
+    use anonnet_crypto::IdentityKey;
+
+    fn record(owner: u8, name: &DarkName, address: &HsAddress, published: u64) -> Bytes {
+        let owner = IdentityKey::from_seed(&[owner; 32]);
+        let r = make_dark_record(
+            &owner,
+            name,
+            address,
+            published,
+            published + 86_400,
+            DARK_POW_BITS,
+        );
+        Bytes::from(r.encode().unwrap())
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("anonnet-hs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn names_pin_the_first_owner_and_refuse_a_changed_one() {
+        let dir = temp_dir("pins");
+        let now = now_secs();
+        let name = DarkName::parse("shop.dark").unwrap();
+        let site = ServiceKey::from_seed(&[1; 32]).address();
+        let other_site = ServiceKey::from_seed(&[2; 32]).address();
+        let cache = HsCache::new(Some(&dir), HashMap::new());
+        // First sight: the earliest record wins and its owner is pinned (and saved).
+        let first = record(7, &name, &site, now - 100);
+        let later = record(8, &name, &other_site, now - 50);
+        assert_eq!(
+            cache
+                .choose_name(&name, &[later.clone(), first.clone()], now)
+                .unwrap(),
+            site
+        );
+        let saved = std::fs::read_to_string(dir.join(PINS_FILE)).unwrap();
+        assert!(saved.contains("\"shop\""), "{saved}");
+
+        // A restarted client reads the pin: only another owner's record → refused.
+        let cache = HsCache::new(Some(&dir), HashMap::new());
+        let err = cache.choose_name(&name, &[later.clone()], now).unwrap_err();
+        assert!(matches!(err, HsFailure::OwnerChanged { .. }), "{err}");
+        assert!(err.to_string().contains(PINS_FILE), "{err}");
+        // The pinned owner's record is still taken when it is there.
+        assert_eq!(
+            cache.choose_name(&name, &[later, first], now).unwrap(),
+            site
+        );
+
+        // Records that do not verify are ignored: a flipped byte, or nothing at all.
+        let mut bad = record(9, &name, &site, now).to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let err = cache
+            .choose_name(&name, &[Bytes::from(bad)], now)
+            .unwrap_err();
+        assert!(matches!(err, HsFailure::UnknownName(_)), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_address_book_overrides_the_dht() {
+        let name = DarkName::parse("wiki").unwrap();
+        let booked = ServiceKey::from_seed(&[3; 32]).address();
+        let cache = HsCache::new(None, HashMap::from([("wiki".to_owned(), booked)]));
+        assert_eq!(cache.known_name(&name), Some(booked));
+        assert_eq!(cache.known_name(&DarkName::parse("other").unwrap()), None);
+    }
+
+    #[test]
+    fn fetch_periods_include_the_neighbour_near_a_boundary() {
+        let p = 20_000u64;
+        let start = p * PERIOD_SECS;
+        assert_eq!(periods_to_fetch(start + 10), vec![p, p - 1]);
+        assert_eq!(periods_to_fetch(start + PERIOD_SECS / 2), vec![p]);
+        assert_eq!(periods_to_fetch(start + PERIOD_SECS - 10), vec![p, p + 1]);
+    }
+
+    #[test]
+    fn descriptor_cache_is_bounded() {
+        let cache = HsCache::new(None, HashMap::new());
+        for i in 0..(DESCRIPTOR_CACHE + 10) {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let a = ServiceKey::from_seed(&seed).address();
+            cache.put_descriptor(
+                a,
+                HsDescriptorBody {
+                    enc_key: [0; 32],
+                    intro_points: Vec::new(),
+                },
+            );
+        }
+        assert_eq!(lock(&cache.descriptors).len(), DESCRIPTOR_CACHE);
+    }
+
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+}
