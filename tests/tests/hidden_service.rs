@@ -91,12 +91,18 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
     let address = service["address"].as_str().unwrap().to_owned();
     let name = service["name"].as_str().unwrap().to_owned();
     let client_config = layout["client"]["config"].as_str().unwrap().to_owned();
-    assert!(address.ends_with(".anon") && address.len() == 56 + 5, "{address}");
+    assert!(
+        address.ends_with(".anon") && address.len() == 56 + 5,
+        "{address}"
+    );
     assert_eq!(name, "demo.dark");
     // The testnet prints ready-to-paste commands for both.
     let printed = net.stdout.join("\n");
     assert!(
-        printed.contains(&format!("curl --socks5-hostname {} http://{address}/", net.socks)),
+        printed.contains(&format!(
+            "curl --socks5-hostname {} http://{address}/",
+            net.socks
+        )),
         "{printed}"
     );
     assert!(printed.contains("http://demo.dark/"), "{printed}");
@@ -140,7 +146,10 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let fetched_for_circuits = sum("dht_fetches_for_circuits");
-    assert!(fetched_for_circuits >= 2, "relays served {fetched_for_circuits}");
+    assert!(
+        fetched_for_circuits >= 2,
+        "relays served {fetched_for_circuits}"
+    );
     assert!(
         sum("rendezvous_joined") >= 1,
         "no rendezvous recorded by the relays"

@@ -576,7 +576,9 @@ mod tests {
 
         // A restarted client reads the pin: only another owner's record → refused.
         let cache = HsCache::new(Some(&dir), HashMap::new());
-        let err = cache.choose_name(&name, &[later.clone()], now).unwrap_err();
+        let err = cache
+            .choose_name(&name, std::slice::from_ref(&later), now)
+            .unwrap_err();
         assert!(matches!(err, HsFailure::OwnerChanged { .. }), "{err}");
         assert!(err.to_string().contains(PINS_FILE), "{err}");
         // The pinned owner's record is still taken when it is there.
