@@ -147,6 +147,51 @@ impl Directory {
         Err(too_few)
     }
 
+    /// A guard and a middle for a circuit whose last hop is a relay named elsewhere (an
+    /// introduction or rendezvous point, §13): the rules of [`Directory::choose_path`]
+    /// (guard from `req.guards`, distinct relays, subnets apart, none in `req.avoid`)
+    /// without an exit. The caller puts the named relay in `req.avoid`.
+    ///
+    /// # Errors
+    /// [`PathError::NotEnoughRelays`] when no two relays fit.
+    pub fn choose_prefix(
+        &self,
+        req: &PathRequest<'_>,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<VerifiedDescriptor>, PathError> {
+        let usable: Vec<&VerifiedDescriptor> = self
+            .relays
+            .values()
+            .filter(|r| !req.avoid.contains(&r.node_id))
+            .collect();
+        let weight = |r: &&VerifiedDescriptor| bandwidth_weight(r);
+        let guards: Vec<&VerifiedDescriptor> = usable
+            .iter()
+            .copied()
+            .filter(|r| {
+                if req.guards.is_empty() {
+                    r.descriptor.is_guard()
+                } else {
+                    req.guards.contains(&r.node_id)
+                }
+            })
+            .collect();
+        let guard = *guards
+            .choose_weighted(rng, weight)
+            .map_err(|_| PathError::NotEnoughRelays(2))?;
+        let middles: Vec<&VerifiedDescriptor> = usable
+            .iter()
+            .copied()
+            .filter(|r| {
+                r.node_id != guard.node_id && (req.allow_same_subnet || subnet(r) != subnet(guard))
+            })
+            .collect();
+        let middle = *middles
+            .choose_weighted(rng, weight)
+            .map_err(|_| PathError::NotEnoughRelays(2))?;
+        Ok(vec![guard.clone(), middle.clone()])
+    }
+
     /// Relays flagged guard, for choosing a guard set.
     pub fn guard_candidates(&self) -> Vec<&VerifiedDescriptor> {
         self.relays

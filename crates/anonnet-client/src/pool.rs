@@ -801,20 +801,22 @@ impl Client {
                     guards: &primary,
                     allow_same_subnet: self.config.allow_same_subnet,
                 };
-                let first = dir.choose_path(&req, &mut rand::rng());
+                let choose = |req: &PathRequest<'_>| {
+                    if end.is_some() {
+                        dir.choose_prefix(req, &mut rand::rng())
+                    } else {
+                        dir.choose_path(req, &mut rand::rng())
+                    }
+                };
+                let first = choose(&req);
                 req.guards = &usable_guards;
-                let first = first.or_else(|_| dir.choose_path(&req, &mut rand::rng()));
-                let mut path = match first {
+                match first.or_else(|_| choose(&req)) {
                     Ok(p) => p,
                     Err(_) => {
                         req.avoid = &failed;
-                        dir.choose_path(&req, &mut rand::rng())?
+                        choose(&req)?
                     }
-                };
-                if end.is_some() {
-                    path.truncate(2);
                 }
-                path
             };
             let ids: Vec<_> = path.iter().map(|r| r.node_id).collect();
             let built = tokio::time::timeout(
