@@ -407,6 +407,12 @@ struct LimitsSection {
     max_intro_points: Option<Spanned<u64>>,
     max_pending_rendezvous: Option<Spanned<u64>>,
     max_dht_requests: Option<Spanned<u64>>,
+    max_inbound_links: Option<Spanned<u64>>,
+    max_inbound_links_per_ip: Option<Spanned<u64>>,
+    max_circuits_per_relay: Option<Spanned<u64>>,
+    max_circuits_per_client_ip: Option<Spanned<u64>>,
+    max_pending_streams_per_link: Option<Spanned<u64>>,
+    first_byte_timeout_secs: Option<Spanned<u64>>,
 }
 
 /// A loaded relay config file.
@@ -559,6 +565,48 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
             as_u64(defaults.max_dht_requests),
             10_000,
             "requests",
+        )?),
+        max_inbound_links: as_usize(limit(
+            "max_inbound_links",
+            &l.max_inbound_links,
+            as_u64(defaults.max_inbound_links),
+            1_000_000,
+            "links",
+        )?),
+        max_inbound_links_per_ip: as_usize(limit(
+            "max_inbound_links_per_ip",
+            &l.max_inbound_links_per_ip,
+            as_u64(defaults.max_inbound_links_per_ip),
+            1_000_000,
+            "links",
+        )?),
+        max_circuits_per_relay: as_usize(limit(
+            "max_circuits_per_relay",
+            &l.max_circuits_per_relay,
+            as_u64(defaults.max_circuits_per_relay),
+            1_000_000,
+            "circuits",
+        )?),
+        max_circuits_per_client_ip: as_usize(limit(
+            "max_circuits_per_client_ip",
+            &l.max_circuits_per_client_ip,
+            as_u64(defaults.max_circuits_per_client_ip),
+            1_000_000,
+            "circuits",
+        )?),
+        max_pending_streams_per_link: as_usize(limit(
+            "max_pending_streams_per_link",
+            &l.max_pending_streams_per_link,
+            as_u64(defaults.max_pending_streams_per_link),
+            4096,
+            "streams",
+        )?),
+        first_byte_timeout: Duration::from_secs(limit(
+            "first_byte_timeout_secs",
+            &l.first_byte_timeout_secs,
+            defaults.first_byte_timeout.as_secs(),
+            600,
+            "seconds",
         )?),
     };
 
@@ -1077,6 +1125,12 @@ max_circuits = 100
 max_streams_per_circuit = 10
 connect_timeout_secs = 5
 max_links = 50
+max_inbound_links = 40
+max_inbound_links_per_ip = 4
+max_circuits_per_relay = 30
+max_circuits_per_client_ip = 20
+max_pending_streams_per_link = 16
+first_byte_timeout_secs = 3
 "#,
         );
         let s = load_relay(&file).unwrap();
@@ -1091,6 +1145,12 @@ max_links = 50
         assert_eq!(r.limits.max_streams_per_circuit, 10);
         assert_eq!(r.limits.connect_timeout, Duration::from_secs(5));
         assert_eq!(r.limits.max_links, 50);
+        assert_eq!(r.limits.max_inbound_links, 40);
+        assert_eq!(r.limits.max_inbound_links_per_ip, 4);
+        assert_eq!(r.limits.max_circuits_per_relay, 30);
+        assert_eq!(r.limits.max_circuits_per_client_ip, 20);
+        assert_eq!(r.limits.max_pending_streams_per_link, 16);
+        assert_eq!(r.limits.first_byte_timeout, Duration::from_secs(3));
         let p = r.exit_policy.as_ref().unwrap();
         assert!(p.allows("127.0.0.1".parse().unwrap(), 8080));
         assert!(!p.allows("1.1.1.1".parse().unwrap(), 25));

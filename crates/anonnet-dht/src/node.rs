@@ -18,6 +18,7 @@ use anonnet_wire::dht::{
 };
 use anonnet_wire::SignedDescriptor;
 use quinn::{RecvStream, SendStream};
+use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -28,6 +29,9 @@ use crate::{
 
 /// How long one DHT request may take (seconds) before it counts as failed.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes reserved for a request before its body arrives; the buffer grows with what is
+/// actually received, up to the frame's length (`MAX_MESSAGE_LEN`).
+const REQUEST_BUFFER: usize = 4096;
 /// How often buckets not touched are refreshed by a lookup.
 pub const BUCKET_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -483,8 +487,13 @@ impl DhtNode {
             let mut len = [0u8; 4];
             recv.read_exact(&mut len).await.ok()?;
             let n = frame_len(len).ok()?;
-            let mut body = vec![0u8; n];
-            recv.read_exact(&mut body).await.ok()?;
+            // Grown as bytes arrive: a bare length prefix commits no 64 KiB buffer.
+            let mut body = Vec::with_capacity(n.min(REQUEST_BUFFER));
+            let limit = u64::try_from(n).ok()?;
+            (&mut recv).take(limit).read_to_end(&mut body).await.ok()?;
+            if body.len() != n {
+                return None;
+            }
             let msg = DhtMessage::decode(&body).ok()?;
             let answer = self.handle(peer, remote, msg)?;
             let framed = frame_response(&answer).ok()?;

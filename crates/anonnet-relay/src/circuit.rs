@@ -144,8 +144,10 @@ pub(crate) async fn serve_leg(
     mut send: SendStream,
     mut recv: RecvStream,
     first: u8,
-    from_relay: bool,
+    peer: crate::PeerKey,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let from_relay = peer.is_relay();
     let mut prefix = [first, 0, 0];
     let created = tokio::time::timeout(EXTEND_TIMEOUT, async {
         recv.read_exact(prefix.get_mut(1..)?).await.ok()?;
@@ -158,12 +160,13 @@ pub(crate) async fn serve_leg(
         Some((cell_len, Create::decode(&cell).ok()?))
     })
     .await;
+    drop(pending);
     let Ok(Some((cell_len, create))) = created else {
         debug!("leg closed before a valid CREATE");
         return;
     };
-    let Some(_permit) = shared.circuit_permit() else {
-        warn!("circuit limit reached; refusing CREATE");
+    let Some(_permit) = shared.circuit_permit(peer) else {
+        debug!(from_relay, "circuit limit reached; refusing CREATE");
         if let Ok(d) = (Destroy {
             reason: DestroyReason::ResourceLimit,
         })
