@@ -9,8 +9,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anonnet_control::{ControlError, PublishRequest, ServiceInfo, Status};
 
-/// Most "Publish localhost:PORT" entries in the menu (lowest ports first).
-pub const MAX_PUBLISH_ENTRIES: usize = 10;
+/// Most "Publish localhost:PORT" entries in the menu itself: the newest listeners (a dev
+/// server just started is among them); the others go to a "More local servers" submenu.
+pub const MAX_PUBLISH_ENTRIES: usize = 8;
+/// Most entries in the "More local servers" submenu.
+pub const MAX_MORE_ENTRIES: usize = 40;
 /// Ports below this are system services (DNS, SSH, CUPS, …), never offered for
 /// publishing from the menu; `anonnet service publish` still takes them.
 pub const FIRST_OFFERED_PORT: u16 = 1024;
@@ -53,7 +56,8 @@ pub struct Running {
     pub services: Services,
     /// Ports of the daemon's own listeners (`ports.json`: SOCKS, HTTP proxy, control).
     pub own_ports: Vec<u16>,
-    /// Loopback-reachable TCP listeners of this machine (`proc_net::loopback_targets`).
+    /// This user's loopback-reachable TCP listeners, newest first
+    /// (`proc_net::loopback_targets`).
     pub listening: Vec<SocketAddr>,
 }
 
@@ -569,8 +573,8 @@ pub fn notice_line(notice: &Notice) -> String {
     }
 }
 
-/// The local servers offered for publishing: loopback listeners on unprivileged ports,
-/// minus the daemon's own ports and the servers already published.
+/// The local servers offered for publishing, newest first: loopback listeners on
+/// unprivileged ports, minus the daemon's own ports and the servers already published.
 pub fn publishable(r: &Running) -> Vec<SocketAddr> {
     let published: Vec<SocketAddr> = match &r.services {
         Services::Available(list) => list.iter().filter_map(|s| s.target.parse().ok()).collect(),
@@ -630,20 +634,37 @@ fn services_menu(r: &Running) -> Vec<Entry> {
         }
     }
     let offered = publishable(r);
-    for addr in offered.iter().take(MAX_PUBLISH_ENTRIES) {
-        menu.push(Entry::item(
+    let publish_entry = |addr: &SocketAddr| {
+        Entry::item(
             Action::PublishLocal(*addr),
             format!("Publish {}", local_name(*addr)),
-        ));
-    }
-    if offered.len() > MAX_PUBLISH_ENTRIES {
-        menu.push(Entry::label(
-            "more-ports",
-            format!(
-                "… {} more (anonnet service publish PORT)",
-                offered.len() - MAX_PUBLISH_ENTRIES
-            ),
-        ));
+        )
+    };
+    let by_port = |list: &[SocketAddr]| {
+        let mut list = list.to_vec();
+        list.sort_by_key(|a| (a.port(), a.is_ipv6()));
+        list
+    };
+    let (newest, others) = offered.split_at(offered.len().min(MAX_PUBLISH_ENTRIES));
+    menu.extend(by_port(newest).iter().map(publish_entry));
+    if !others.is_empty() {
+        // The newest of the others, by port.
+        let kept = &others[..others.len().min(MAX_MORE_ENTRIES)];
+        let mut more: Vec<Entry> = by_port(kept).iter().map(publish_entry).collect();
+        if others.len() > MAX_MORE_ENTRIES {
+            more.push(Entry::label(
+                "more-ports",
+                format!(
+                    "… {} more (anonnet service publish PORT)",
+                    others.len() - MAX_MORE_ENTRIES
+                ),
+            ));
+        }
+        menu.push(Entry::Submenu {
+            id: "submenu:more-local-servers".into(),
+            text: "More local servers".into(),
+            entries: more,
+        });
     }
     menu
 }
@@ -1051,17 +1072,32 @@ mod tests {
             })
         );
 
-        // Only the first few, then a hint.
-        r.listening = (0..15)
+        // The newest few in the menu, the others in a submenu, then a hint.
+        let n = MAX_PUBLISH_ENTRIES + MAX_MORE_ENTRIES + 5;
+        r.listening = (0..n as u16)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i)))
+            .rev()
             .collect();
         let out = render(&view(r));
-        let n = texts(&out.menu)
+        let top: Vec<&str> = out
+            .menu
             .iter()
+            .map(Entry::text)
             .filter(|t| t.starts_with("Publish "))
-            .count();
-        assert_eq!(n, MAX_PUBLISH_ENTRIES);
-        assert!(find(&out.menu, "… 5 more (anonnet service publish PORT)").is_some());
+            .collect();
+        let newest: Vec<String> = (n - MAX_PUBLISH_ENTRIES..n)
+            .map(|i| format!("Publish localhost:{}", 20_000 + i))
+            .collect();
+        assert_eq!(top, newest, "the newest listeners, by port");
+        let Some(Entry::Submenu { entries, .. }) = find(&out.menu, "More local servers") else {
+            panic!("no More local servers submenu");
+        };
+        assert_eq!(entries.len(), MAX_MORE_ENTRIES + 1);
+        assert_eq!(entries[0].text(), "Publish localhost:20005");
+        assert_eq!(
+            entries[MAX_MORE_ENTRIES].text(),
+            "… 5 more (anonnet service publish PORT)"
+        );
     }
 
     #[test]

@@ -10,26 +10,37 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// `st` of a listening socket in `/proc/net/tcp*` (`TCP_LISTEN`).
 const TCP_LISTEN: &str = "0A";
 
-/// The listening sockets of one `/proc/net/tcp` (IPv4) or `/proc/net/tcp6` table: their
-/// local addresses. Lines that do not parse are skipped (the header, a future column
-/// layout).
-pub fn parse_listeners(table: &str) -> Vec<SocketAddr> {
+/// One listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// Its local address.
+    pub addr: SocketAddr,
+    /// Owner's user id.
+    pub uid: u32,
+    /// Socket inode: the kernel hands them out in increasing order, so a larger one is
+    /// (almost always) a newer socket.
+    pub inode: u64,
+}
+
+/// The listening sockets of one `/proc/net/tcp` (IPv4) or `/proc/net/tcp6` table. Lines
+/// that do not parse are skipped (the header, a future column layout).
+pub fn parse_listeners(table: &str) -> Vec<Listener> {
     table
         .lines()
         .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let _slot = fields.next()?;
-            let local = fields.next()?;
-            let _remote = fields.next()?;
-            let state = fields.next()?;
-            if state != TCP_LISTEN {
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode …
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&TCP_LISTEN) {
                 return None;
             }
-            parse_addr(local)
+            Some(Listener {
+                addr: parse_addr(fields.get(1)?)?,
+                uid: fields.get(7)?.parse().ok()?,
+                inode: fields.get(9)?.parse().ok()?,
+            })
         })
         .collect()
 }
-
 /// `0100007F:1F90` → 127.0.0.1:8080. The address is the kernel's `__be32` words printed
 /// as host-order integers, so each 8-digit word goes back through native byte order; the
 /// port is a plain number.
@@ -54,14 +65,17 @@ fn parse_addr(field: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Where each listener is reached from this machine, one address per port, by port: a
-/// loopback listener at its own address, one on every interface (`0.0.0.0`, `::`) at
-/// `127.0.0.1` or `[::1]`; listeners bound to other addresses only are left out (they are
-/// not on loopback). IPv4 wins when a port listens on both.
-pub fn loopback_targets(listeners: &[SocketAddr]) -> Vec<SocketAddr> {
-    let mut by_port: BTreeMap<u16, SocketAddr> = BTreeMap::new();
-    for l in listeners {
-        let ip = match l.ip() {
+/// Where the listeners of user `uid` (every user's with `None`) are reached from this
+/// machine, one address per port, newest first: a loopback listener at its own address,
+/// one on every interface (`0.0.0.0`, `::`) at `127.0.0.1` or `[::1]`; listeners bound to
+/// other addresses only are left out (they are not on loopback). IPv4 wins when a port
+/// listens on both.
+pub fn loopback_targets(listeners: &[Listener], uid: Option<u32>) -> Vec<SocketAddr> {
+    // port → (address, newest inode)
+    let mut by_port: BTreeMap<u16, (SocketAddr, u64)> = BTreeMap::new();
+    for l in listeners.iter().filter(|l| uid.is_none_or(|u| u == l.uid)) {
+        let port = l.addr.port();
+        let ip = match l.addr.ip() {
             IpAddr::V6(v6) => v6
                 .to_ipv4_mapped()
                 .map(IpAddr::V4)
@@ -69,30 +83,43 @@ pub fn loopback_targets(listeners: &[SocketAddr]) -> Vec<SocketAddr> {
             v4 => v4,
         };
         let target = match ip {
-            IpAddr::V4(a) if a.is_loopback() => SocketAddr::new(ip, l.port()),
+            IpAddr::V4(a) if a.is_loopback() => SocketAddr::new(ip, port),
             IpAddr::V4(a) if a.is_unspecified() => {
-                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), l.port())
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)
             }
             IpAddr::V6(a) if a.is_loopback() || a.is_unspecified() => {
-                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), l.port())
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)
             }
             _ => continue,
         };
-        let better = |old: &SocketAddr| {
-            target.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) || (old.is_ipv6() && target.is_ipv4())
-        };
-        match by_port.get(&l.port()) {
-            Some(old) if !better(old) => {}
-            _ => {
-                by_port.insert(l.port(), target);
-            }
+        let entry = by_port.entry(port).or_insert((target, l.inode));
+        entry.1 = entry.1.max(l.inode);
+        let better = target.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)
+            || (entry.0.is_ipv6() && target.is_ipv4());
+        if better {
+            entry.0 = target;
         }
     }
-    by_port.into_values().collect()
+    let mut targets: Vec<(SocketAddr, u64)> = by_port.into_values().collect();
+    targets.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.port().cmp(&b.0.port())));
+    targets.into_iter().map(|(addr, _)| addr).collect()
 }
 
-/// The loopback-reachable TCP listeners of this machine ([`loopback_targets`] of both
-/// tables). Empty where `/proc/net` is missing (not Linux).
+/// The user id this process runs as (the owner of `/proc/self`).
+fn own_uid() -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// This user's loopback-reachable TCP listeners, newest first ([`loopback_targets`] of
+/// both tables). Empty where `/proc/net` is missing (not Linux).
 pub fn read_loopback_targets() -> Vec<SocketAddr> {
     let mut listeners = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -100,7 +127,7 @@ pub fn read_loopback_targets() -> Vec<SocketAddr> {
             listeners.extend(parse_listeners(&text));
         }
     }
-    loopback_targets(&listeners)
+    loopback_targets(&listeners, own_uid())
 }
 
 #[cfg(test)]
@@ -129,53 +156,74 @@ mod tests {
         list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
+    fn listener(addr: &str, uid: u32, inode: u64) -> Listener {
+        Listener {
+            addr: addr.parse().unwrap(),
+            uid,
+            inode,
+        }
+    }
+
     #[cfg(target_endian = "little")]
     #[test]
-    fn proc_net_tcp_lists_only_listening_sockets_with_their_addresses() {
+    fn proc_net_tcp_lists_only_listening_sockets_with_owner_and_inode() {
         assert_eq!(
             parse_listeners(TCP),
-            addrs(&[
-                "127.0.0.1:8080",
-                "0.0.0.0:22",
-                "127.0.0.53:53",
-                "10.2.0.15:5001"
-            ])
+            [
+                listener("127.0.0.1:8080", 1000, 41210),
+                listener("0.0.0.0:22", 0, 17231),
+                listener("127.0.0.53:53", 101, 15020),
+                listener("10.2.0.15:5001", 1000, 41888),
+            ]
         );
         assert_eq!(
             parse_listeners(TCP6),
-            addrs(&["[::1]:8081", "[::]:22", "[::ffff:127.0.0.1]:9000"])
+            [
+                listener("[::1]:8081", 1000, 5123),
+                listener("[::]:22", 0, 17233),
+                listener("[::ffff:127.0.0.1]:9000", 1000, 5124),
+            ]
         );
     }
 
     #[test]
     fn malformed_lines_are_skipped() {
-        let text = "garbage\n 0: ZZ:1F90 00000000:0000 0A\n 1: 0100007F 00000000:0000 0A\n\
-                    2: 0100007F:1F90 00000000:0000\n 3: 01007F:1F90 00000000:0000 0A\n";
+        let text = "garbage\n 0: ZZ:1F90 00000000:0000 0A 0:0 0:0 0 1000 0 1\n\
+                    1: 0100007F 00000000:0000 0A 0:0 0:0 0 1000 0 1\n\
+                    2: 0100007F:1F90 00000000:0000\n\
+                    3: 01007F:1F90 00000000:0000 0A 0:0 0:0 0 1000 0 1\n\
+                    4: 0100007F:1F90 00000000:0000 0A 0:0 0:0 0 x 0 1\n";
         assert!(parse_listeners(text).is_empty());
         assert!(parse_listeners("").is_empty());
     }
 
     #[test]
-    fn targets_are_reachable_on_loopback_one_per_port_ipv4_first() {
-        let listeners = addrs(&[
-            "[::1]:8081",
-            "127.0.0.1:8080",
-            "[::]:22",
-            "0.0.0.0:22",
-            "127.0.0.53:53",
-            "10.2.0.15:5001",
-            "[::ffff:127.0.0.1]:9000",
-            "[fe80::1]:7000",
-        ]);
+    fn targets_are_reachable_on_loopback_one_per_port_newest_first() {
+        let listeners = [
+            listener("[::1]:8081", 1000, 50),
+            listener("127.0.0.1:8080", 1000, 40),
+            listener("[::]:2222", 1000, 10),
+            listener("0.0.0.0:2222", 1000, 11),
+            listener("127.0.0.53:5353", 1000, 5),
+            listener("10.2.0.15:5001", 1000, 60),
+            listener("[::ffff:127.0.0.1]:9000", 1000, 70),
+            listener("[fe80::1]:7000", 1000, 80),
+            listener("127.0.0.1:3000", 0, 90),
+        ];
         assert_eq!(
-            loopback_targets(&listeners),
+            loopback_targets(&listeners, Some(1000)),
             addrs(&[
-                "127.0.0.1:22",
-                "127.0.0.53:53",
-                "127.0.0.1:8080",
+                "127.0.0.1:9000",
                 "[::1]:8081",
-                "127.0.0.1:9000"
+                "127.0.0.1:8080",
+                "127.0.0.1:2222",
+                "127.0.0.53:5353",
             ])
+        );
+        // Another user's server is offered only when every user's are asked for.
+        assert_eq!(
+            loopback_targets(&listeners, None)[0],
+            addrs(&["127.0.0.1:3000"])[0]
         );
     }
 
@@ -184,10 +232,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         if std::path::Path::new("/proc/net/tcp").exists() {
-            assert!(
-                read_loopback_targets().contains(&SocketAddr::from(([127, 0, 0, 1], port))),
-                "port {port} missing"
-            );
+            let targets = read_loopback_targets();
+            let mine = SocketAddr::from(([127, 0, 0, 1], port));
+            assert!(targets.contains(&mine), "port {port} missing: {targets:?}");
         }
     }
 }
