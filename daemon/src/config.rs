@@ -394,6 +394,15 @@ struct LimitsSection {
     max_streams_per_circuit: Option<Spanned<u64>>,
     connect_timeout_secs: Option<Spanned<u64>>,
     max_links: Option<Spanned<u64>>,
+    max_intro_points: Option<Spanned<u64>>,
+    max_pending_rendezvous: Option<Spanned<u64>>,
+    max_dht_requests: Option<Spanned<u64>>,
+    max_inbound_links: Option<Spanned<u64>>,
+    max_inbound_links_per_ip: Option<Spanned<u64>>,
+    max_circuits_per_relay: Option<Spanned<u64>>,
+    max_circuits_per_client_ip: Option<Spanned<u64>>,
+    max_pending_streams_per_link: Option<Spanned<u64>>,
+    first_byte_timeout_secs: Option<Spanned<u64>>,
 }
 
 /// A loaded relay config file.
@@ -526,6 +535,69 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
             1_000_000,
             "links",
         )?),
+        max_intro_points: as_usize(limit(
+            "max_intro_points",
+            &l.max_intro_points,
+            as_u64(defaults.max_intro_points),
+            1_000_000,
+            "registrations",
+        )?),
+        max_pending_rendezvous: as_usize(limit(
+            "max_pending_rendezvous",
+            &l.max_pending_rendezvous,
+            as_u64(defaults.max_pending_rendezvous),
+            1_000_000,
+            "circuits",
+        )?),
+        max_dht_requests: as_usize(limit(
+            "max_dht_requests",
+            &l.max_dht_requests,
+            as_u64(defaults.max_dht_requests),
+            10_000,
+            "requests",
+        )?),
+        max_inbound_links: as_usize(limit(
+            "max_inbound_links",
+            &l.max_inbound_links,
+            as_u64(defaults.max_inbound_links),
+            1_000_000,
+            "links",
+        )?),
+        max_inbound_links_per_ip: as_usize(limit(
+            "max_inbound_links_per_ip",
+            &l.max_inbound_links_per_ip,
+            as_u64(defaults.max_inbound_links_per_ip),
+            1_000_000,
+            "links",
+        )?),
+        max_circuits_per_relay: as_usize(limit(
+            "max_circuits_per_relay",
+            &l.max_circuits_per_relay,
+            as_u64(defaults.max_circuits_per_relay),
+            1_000_000,
+            "circuits",
+        )?),
+        max_circuits_per_client_ip: as_usize(limit(
+            "max_circuits_per_client_ip",
+            &l.max_circuits_per_client_ip,
+            as_u64(defaults.max_circuits_per_client_ip),
+            1_000_000,
+            "circuits",
+        )?),
+        max_pending_streams_per_link: as_usize(limit(
+            "max_pending_streams_per_link",
+            &l.max_pending_streams_per_link,
+            as_u64(defaults.max_pending_streams_per_link),
+            4096,
+            "streams",
+        )?),
+        first_byte_timeout: Duration::from_secs(limit(
+            "first_byte_timeout_secs",
+            &l.first_byte_timeout_secs,
+            defaults.first_byte_timeout.as_secs(),
+            600,
+            "seconds",
+        )?),
     };
 
     Ok(RelaySettings {
@@ -552,6 +624,28 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
 struct ClientFile {
     #[serde(default)]
     client: ClientSection,
+    /// `[[service]]` tables: hidden services to publish.
+    #[serde(default)]
+    service: Vec<ServiceSection>,
+    /// `[names]`: the local `.dark` address book, `name = "<address>.anon"`.
+    #[serde(default)]
+    names: std::collections::BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    target: Option<Spanned<String>>,
+    port: Option<Spanned<u64>>,
+    name: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+}
+
+/// The default key file of a service published for `target` (in the state directory):
+/// `services/<ip>-<port>/service.key`.
+pub fn default_service_key(state_dir: &Path, target: SocketAddr) -> PathBuf {
+    let label = format!("{}-{}", target.ip(), target.port()).replace(':', "_");
+    state_dir.join("services").join(label).join("service.key")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -597,6 +691,10 @@ pub struct ClientSettings {
     /// `client.allow_same_subnet_paths` (default false): let relays of one /16 or /32
     /// share a path — only for test networks on one machine.
     pub allow_same_subnet: bool,
+    /// `[[service]]` entries: hidden services to publish at start.
+    pub services: Vec<anonnet_client::ServiceConfig>,
+    /// `[names]`: `.dark` names (without the suffix) resolved locally, overriding the DHT.
+    pub address_book: std::collections::HashMap<String, anonnet_crypto::hs::HsAddress>,
 }
 
 /// Parse a SOCKS listen value: `"auto"` (127.0.0.1, a free port) or `IP:PORT`.
@@ -771,7 +869,74 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
             })
             .transpose()
     };
+    let mut services = Vec::new();
+    for (i, sec) in file.service.iter().enumerate() {
+        let key = |k: &str| format!("service[{i}].{k}");
+        let Some(t) = &sec.target else {
+            return Err(src.invalid(
+                key("target"),
+                None::<&Spanned<()>>,
+                "is required: the local server to publish, e.g. target = \"127.0.0.1:8080\"".into(),
+            ));
+        };
+        let target: SocketAddr = t.get_ref().parse().map_err(|_| {
+            src.invalid(
+                key("target"),
+                Some(t),
+                format!("{:?} is not IP:PORT (e.g. \"127.0.0.1:8080\")", t.get_ref()),
+            )
+        })?;
+        let port = match &sec.port {
+            Some(p) => check_range(*p.get_ref(), 1, 65535, "port")
+                .map_err(|why| src.invalid(key("port"), Some(p), why))?
+                as u16,
+            None => 80,
+        };
+        let dark_name = match &sec.name {
+            Some(n) => {
+                let parsed = anonnet_crypto::dark::DarkName::parse(n.get_ref()).map_err(|e| {
+                    src.invalid(
+                        key("name"),
+                        Some(n),
+                        format!("{e}: 1 to 63 of a-z, 0-9 and '-', e.g. name = \"demo\""),
+                    )
+                })?;
+                Some(parsed.as_str().to_owned())
+            }
+            None => None,
+        };
+        let key_file = match &sec.key_file {
+            Some(k) => src.path(k.get_ref()),
+            None => default_service_key(&state_dir, target),
+        };
+        services.push(anonnet_client::ServiceConfig {
+            target,
+            port,
+            key_file,
+            dark_name,
+        });
+    }
+    let mut address_book = std::collections::HashMap::new();
+    for (name, addr) in &file.names {
+        let n = anonnet_crypto::dark::DarkName::parse(name).map_err(|e| {
+            src.invalid(
+                format!("names.{name}"),
+                Some(addr),
+                format!("{e}: names are 1 to 63 of a-z, 0-9 and '-'"),
+            )
+        })?;
+        let a = anonnet_crypto::hs::HsAddress::parse(addr.get_ref()).map_err(|e| {
+            src.invalid(
+                format!("names.{name}"),
+                Some(addr),
+                format!("{e}: the value must be a <56 characters>.anon address"),
+            )
+        })?;
+        address_book.insert(n.as_str().to_owned(), a);
+    }
     Ok(ClientSettings {
+        services,
+        address_book,
         file: src.path.clone(),
         socks_listen,
         http_listen,
@@ -944,6 +1109,12 @@ max_circuits = 100
 max_streams_per_circuit = 10
 connect_timeout_secs = 5
 max_links = 50
+max_inbound_links = 40
+max_inbound_links_per_ip = 4
+max_circuits_per_relay = 30
+max_circuits_per_client_ip = 20
+max_pending_streams_per_link = 16
+first_byte_timeout_secs = 3
 "#,
         );
         let s = load_relay(&file).unwrap();
@@ -958,6 +1129,12 @@ max_links = 50
         assert_eq!(r.limits.max_streams_per_circuit, 10);
         assert_eq!(r.limits.connect_timeout, Duration::from_secs(5));
         assert_eq!(r.limits.max_links, 50);
+        assert_eq!(r.limits.max_inbound_links, 40);
+        assert_eq!(r.limits.max_inbound_links_per_ip, 4);
+        assert_eq!(r.limits.max_circuits_per_relay, 30);
+        assert_eq!(r.limits.max_circuits_per_client_ip, 20);
+        assert_eq!(r.limits.max_pending_streams_per_link, 16);
+        assert_eq!(r.limits.first_byte_timeout, Duration::from_secs(3));
         let p = r.exit_policy.as_ref().unwrap();
         assert!(p.allows("127.0.0.1".parse().unwrap(), 8080));
         assert!(!p.allows("1.1.1.1".parse().unwrap(), 25));

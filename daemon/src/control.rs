@@ -5,15 +5,20 @@
 use std::sync::Arc;
 
 use anonnet_client::{Client, ClientEvent, ClientStatus};
+use std::net::SocketAddr;
+
+use anonnet_control::server::{HandlerError, HandlerFuture};
 use anonnet_control::{
     AvoidedRelay, Bootstrap, CircuitInfo, ControlError, ControlHandler, ControlServer, Cookie,
-    Counters, Event, Status,
+    Counters, Event, PublishRequest, ServiceInfo, Status, UnpublishRequest,
 };
+use anonnet_crypto::hs::HsAddress;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::ClientSettings;
+use crate::services::Services;
 use crate::Error;
 
 /// Events queued for control API readers before the slowest misses the oldest (it then gets
@@ -47,21 +52,26 @@ pub async fn bind(settings: &ClientSettings) -> Result<ControlServer, Error> {
 }
 
 /// Serve the control API over `client` in the background.
-pub fn spawn(server: ControlServer, client: Arc<Client>) -> JoinHandle<()> {
+pub fn spawn(
+    server: ControlServer,
+    client: Arc<Client>,
+    services: Arc<Services>,
+) -> JoinHandle<()> {
     info!(addr = %server.local_addr(), "control API listening");
-    tokio::spawn(server.serve(ClientControl::new(client)))
+    tokio::spawn(server.serve(ClientControl::new(client, services)))
 }
 
 /// [`ControlHandler`] over the client.
 pub struct ClientControl {
     client: Arc<Client>,
+    services: Arc<Services>,
     events: broadcast::Sender<Event>,
 }
 
 impl ClientControl {
     /// A handler for `client`. A task translates the client's events into the control
     /// API's; it ends when the client does.
-    pub fn new(client: Arc<Client>) -> Arc<ClientControl> {
+    pub fn new(client: Arc<Client>, services: Arc<Services>) -> Arc<ClientControl> {
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let mut from_client = client.events();
         let to_readers = events.clone();
@@ -76,7 +86,11 @@ impl ClientControl {
                 let _ = to_readers.send(event);
             }
         });
-        Arc::new(ClientControl { client, events })
+        Arc::new(ClientControl {
+            client,
+            services,
+            events,
+        })
     }
 }
 
@@ -95,6 +109,46 @@ impl ControlHandler for ClientControl {
 
     fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    fn services(&self) -> HandlerFuture<'_, Result<Vec<ServiceInfo>, HandlerError>> {
+        Box::pin(async { Ok(self.services.list()) })
+    }
+
+    fn publish(
+        &self,
+        request: PublishRequest,
+    ) -> HandlerFuture<'_, Result<ServiceInfo, HandlerError>> {
+        Box::pin(async move {
+            let target: SocketAddr = request.target.parse().map_err(|_| {
+                HandlerError::BadRequest(format!(
+                    "target {:?} is not IP:PORT, e.g. 127.0.0.1:8080",
+                    request.target
+                ))
+            })?;
+            let port = request.port.unwrap_or(80);
+            if port == 0 {
+                return Err(HandlerError::BadRequest("port 0 is not allowed".into()));
+            }
+            self.services
+                .publish(target, port)
+                .map_err(HandlerError::BadRequest)
+        })
+    }
+
+    fn unpublish(&self, request: UnpublishRequest) -> HandlerFuture<'_, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let address = HsAddress::parse(&request.address)
+                .map_err(|e| HandlerError::BadRequest(format!("{}: {e}", request.address)))?;
+            if self.services.unpublish(&address) {
+                Ok(())
+            } else {
+                Err(HandlerError::NotFound(format!(
+                    "{} is not hosted by this daemon",
+                    request.address
+                )))
+            }
+        })
     }
 }
 
@@ -140,6 +194,9 @@ fn control_status(s: ClientStatus) -> Status {
             bytes_sent: c.bytes_sent,
             bytes_received: c.bytes_received,
             buffered_bytes: c.buffered_bytes,
+            hs_descriptor_fetches: c.hs_descriptor_fetches,
+            hs_connects: c.hs_connects,
+            dht_direct_value_lookups: c.dht_direct_value_lookups,
         },
     }
 }
@@ -202,6 +259,9 @@ mod tests {
                 bytes_sent: 6,
                 bytes_received: 7,
                 buffered_bytes: 8,
+                hs_descriptor_fetches: 9,
+                hs_connects: 10,
+                dht_direct_value_lookups: 11,
             },
         };
         let client_json = serde_json::to_value(&status).unwrap();

@@ -10,6 +10,7 @@
 mod cli;
 mod config;
 mod control;
+mod services;
 mod shutdown;
 mod site;
 mod testnet;
@@ -144,6 +145,9 @@ pub enum Error {
     /// The relay could not start.
     #[error("relay: {0}")]
     Relay(#[from] RelayError),
+    /// A hidden service could not start.
+    #[error("hidden service: {0}")]
+    Service(String),
     /// The client could not start or bootstrap.
     #[error("client: {0}")]
     Client(#[from] ClientError),
@@ -378,9 +382,16 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     }
     client_config.state_dir = Some(settings.state_dir.clone());
     client_config.allow_same_subnet = settings.allow_same_subnet;
+    client_config.address_book = settings.address_book.clone();
     let client: Arc<Client> = Client::start(client_config).await?;
+    let services = services::Services::start(
+        client.clone(),
+        &settings.state_dir,
+        settings.services.clone(),
+    )
+    .map_err(|e| Error::Service(format!("{e} ([[service]] in {})", settings.file.display())))?;
     // Served during bootstrap too, so the tray can show its progress.
-    let _serving_control = control::spawn(control, client.clone());
+    let _serving_control = control::spawn(control, client.clone(), services);
     info!(socks = %socks_addr, http = %http_addr, "building the first circuit");
     tokio::select! {
         r = client.wait_ready() => r?,
@@ -389,8 +400,11 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
             return Ok(());
         }
     }
+    for hosted in client.services() {
+        tokio::spawn(announce_when_published(hosted));
+    }
     let serving_socks = tokio::spawn(socks.serve(client.clone()));
-    let serving_http = tokio::spawn(http.serve(client));
+    let serving_http = tokio::spawn(http.serve(client.clone()));
     print_line(&format!("SOCKS5 ready on {socks_addr}"))?;
     print_line(&format!("HTTP proxy ready on {http_addr}"))?;
     let why = tokio::select! {
@@ -412,7 +426,37 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
         }
     };
     info!("{why}: client shutting down");
+    client.shutdown(std::time::Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Prefix of the line a client daemon prints once a configured hidden service's
+/// descriptor (and `.dark` name, if any) is stored: `HIDDEN SERVICE ready <address>
+/// <name or ->`.
+pub const SERVICE_READY: &str = "HIDDEN SERVICE ready ";
+/// How long a daemon waits for a service's first publication before it stops announcing.
+const SERVICE_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn announce_when_published(hosted: Arc<anonnet_client::HostedService>) {
+    let started = std::time::Instant::now();
+    let wants_name = hosted.config().dark_name.is_some();
+    while started.elapsed() < SERVICE_READY_WAIT {
+        if hosted.is_published() && (!wants_name || hosted.is_name_registered()) {
+            let name = hosted
+                .config()
+                .dark_name
+                .as_ref()
+                .map(|n| format!("{n}.dark"))
+                .unwrap_or_else(|| "-".into());
+            let line = format!("{SERVICE_READY}{} {name}", hosted.address());
+            if let Err(e) = print_line(&line) {
+                warn!("{e}");
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    warn!(service = %hosted.address(), "not published after {SERVICE_READY_WAIT:?}");
 }
 
 async fn run_testnet(

@@ -35,6 +35,10 @@ use crate::{create_private_dir, print_line, Error};
 const RELAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the client may take to bind SOCKS and HTTP and build its first circuit.
 const CLIENT_READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest wait for the service daemon to publish the demo site (descriptor and name).
+const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The `.dark` name the testnet registers for its demo site.
+pub const DEMO_NAME: &str = "demo";
 /// How long children get to exit by themselves once their stdin closes, before SIGKILL.
 const GRACEFUL_STOP: Duration = Duration::from_secs(3);
 /// How often running children are checked for unexpected exits.
@@ -249,11 +253,62 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     .await;
     let client_pid = client.pid();
     net.children.push(client);
+    // The demo site as a hidden service, hosted by a daemon of its own.
+    let sdir = dir.join("service");
+    create_private_dir(&sdir)?;
+    let service_config = sdir.join("service.toml");
+    let key_file = crate::config::default_service_key(&sdir, site_addr);
+    let address = anonnet_client::host::load_or_create_key(&key_file)
+        .map_err(|e| Error::Testnet(e.to_string()))?
+        .address();
+    let auto = SocketAddr::from(([127, 0, 0, 1], 0));
+    write_file(
+        &service_config,
+        &format!(
+            "{}
+[[service]]
+target = {}
+port = 80
+name = {}
+",
+            client_toml(auto, auto, &client_bootstrap).replace(
+                "[client]",
+                "[client]
+control_listen = \"auto\""
+            ),
+            toml_string(&site_addr.to_string()),
+            toml_string(DEMO_NAME),
+        ),
+    )?;
+    let service_log = sdir.join("service.log");
+    let mut service = spawn(
+        &exe,
+        "service".into(),
+        &["run", "--config"],
+        &service_config,
+        &service_log,
+        options.log_level,
+    )?;
+    let service_pid = service.pid();
+    let service_ready = read_ready(
+        &mut service,
+        &[SOCKS_READY, HTTP_READY, crate::SERVICE_READY],
+        Instant::now() + SERVICE_READY_TIMEOUT,
+    )
+    .await;
+    net.children.push(service);
     // Who is who, for tools and tests: `testnet.json`.
     let layout = serde_json::json!({
         "relays": ready_info,
         "bootstrap": client_bootstrap.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
         "client": { "pid": client_pid, "config": config.display().to_string() },
+        "service": {
+            "pid": service_pid,
+            "config": service_config.display().to_string(),
+            "address": address.to_host(),
+            "name": format!("{DEMO_NAME}.dark"),
+            "target": site_addr.to_string(),
+        },
     });
     write_file(&dir.join("testnet.json"), &layout.to_string())?;
     let lines = ready?;
@@ -270,6 +325,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     };
     let socks = addr_in(SOCKS_READY)?;
     let http = addr_in(HTTP_READY)?;
+    service_ready?;
 
     print_line(&format!("{SOCKS_READY}{socks}"))?;
     print_line(&format!(
@@ -282,13 +338,21 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         site_addr.port()
     ))?;
     print_line(&format!(
+        "Hidden service: http://{address}/ and http://{DEMO_NAME}.dark/ (the demo site)"
+    ))?;
+    print_line(&format!("curl --socks5-hostname {socks} http://{address}/"))?;
+    print_line(&format!(
+        "curl --socks5-hostname {socks} http://{DEMO_NAME}.dark/"
+    ))?;
+    print_line(&format!(
         "anonnet --config {} status",
         shell_word(&config.display().to_string())
     ))?;
     print_line(&format!(
-        "Logs: {}/relay-*/relay.log and {}. Ctrl-C stops the testnet.",
+        "Logs: {}/relay-*/relay.log, {} and {}. Ctrl-C stops the testnet.",
         dir.display(),
-        client_log.display()
+        client_log.display(),
+        service_log.display()
     ))?;
     Ok(())
 }

@@ -415,6 +415,260 @@ def message_examples():
                [CELL_LEN - 25 * h - 26 - 5 for h in range(3)] == [993, 968, 943])
 
 
+
+# ---------------------------------------------------------------- §12 hidden services
+#
+# Ed25519 point arithmetic in pure Python (RFC 8032 §5.1, extended coordinates), because
+# the blinded key A' = h·A and signing with the blinded scalar need scalar × point, which
+# `cryptography` does not expose. Slow but small; signatures are then checked with
+# `cryptography`'s ordinary Ed25519 verification.
+
+ED_P = 2**255 - 19
+ED_L = 2**252 + 27742317777372353535851937790883648493
+ED_D = (-121665 * pow(121666, ED_P - 2, ED_P)) % ED_P
+ED_SQRT_M1 = pow(2, (ED_P - 1) // 4, ED_P)
+ED_IDENTITY = (0, 1, 1, 0)
+
+
+def ed_add(p, q):
+    (x1, y1, z1, t1), (x2, y2, z2, t2) = p, q
+    a = (y1 - x1) * (y2 - x2) % ED_P
+    b = (y1 + x1) * (y2 + x2) % ED_P
+    c = 2 * t1 * t2 * ED_D % ED_P
+    d = 2 * z1 * z2 % ED_P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % ED_P, g * h % ED_P, f * g % ED_P, e * h % ED_P)
+
+
+def ed_mul(k, p):
+    q = ED_IDENTITY
+    while k:
+        if k & 1:
+            q = ed_add(q, p)
+        p, k = ed_add(p, p), k >> 1
+    return q
+
+
+def ed_encode(p):
+    x, y, z, _ = p
+    zi = pow(z, ED_P - 2, ED_P)
+    x, y = x * zi % ED_P, y * zi % ED_P
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+
+def ed_decode(b):
+    y = int.from_bytes(b, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    if y >= ED_P:
+        raise ValueError("non-canonical y")
+    x2 = (y * y - 1) * pow(ED_D * y * y + 1, ED_P - 2, ED_P) % ED_P
+    x = pow(x2, (ED_P + 3) // 8, ED_P)
+    if (x * x - x2) % ED_P:
+        x = x * ED_SQRT_M1 % ED_P
+    if (x * x - x2) % ED_P:
+        raise ValueError("not on the curve")
+    if x & 1 != sign:
+        if x == 0:
+            raise ValueError("x = 0 with sign bit")
+        x = ED_P - x
+    return (x, y, 1, x * y % ED_P)
+
+
+ED_B = ed_decode((4 * pow(5, ED_P - 2, ED_P) % ED_P).to_bytes(32, "little"))
+
+
+def derive_key(context: str, material: bytes, length: int = 32) -> bytes:
+    return blake3.blake3(material, derive_key_context=context).digest(length=length)
+
+
+def anon_host(pk: bytes) -> str:
+    # §12.1: base32(A ‖ checksum[2] ‖ version[1]), lower case, no padding, + ".anon".
+    version = bytes([1])
+    checksum = blake3.blake3(b"anonnet .anon checksum" + pk + version).digest(length=2)
+    label = base64.b32encode(pk + checksum + version).decode().lower().rstrip("=")
+    return label + ".anon"
+
+
+def anon_parse(host: str) -> bytes:
+    label = host.lower().rsplit(".anon", 1)[0].rsplit(".", 1)[-1]
+    raw = base64.b32decode(label.upper())
+    pk, checksum, version = raw[:32], raw[32:34], raw[34:]
+    if blake3.blake3(b"anonnet .anon checksum" + pk + version).digest(length=2) != checksum:
+        raise ValueError("checksum")
+    return pk
+
+
+def blinding_factor(pk: bytes, period: int) -> int:
+    wide = derive_key("anonnet 2026 hs blinding factor", pk + struct.pack(">Q", period), 64)
+    return int.from_bytes(wide, "little") % ED_L
+
+
+def blinded_sign(seed: bytes, period: int, msg: bytes):
+    """§12.2: sign msg with the blinded key of `seed` for `period`; returns (A', sig)."""
+    expanded = hashlib.sha512(seed).digest()
+    a = bytearray(expanded[:32])
+    a[0] &= 248
+    a[31] &= 127
+    a[31] |= 64
+    a = int.from_bytes(a, "little")
+    pk = ed_encode(ed_mul(a, ED_B))
+    h = blinding_factor(pk, period)
+    a_blind = h * a % ED_L
+    prefix_blind = derive_key("anonnet 2026 hs blinded nonce prefix",
+                              expanded[32:] + struct.pack(">Q", period))
+    blinded_pk = ed_encode(ed_mul(h, ed_decode(pk)))
+    assert blinded_pk == ed_encode(ed_mul(a_blind, ED_B))
+    r = int.from_bytes(hashlib.sha512(prefix_blind + msg).digest(), "little") % ED_L
+    big_r = ed_encode(ed_mul(r, ED_B))
+    k = int.from_bytes(hashlib.sha512(big_r + blinded_pk + msg).digest(), "little") % ED_L
+    return blinded_pk, big_r + ((r + k * a_blind) % ED_L).to_bytes(32, "little")
+
+
+def relay_link(node_id: bytes, onion_key: bytes, ip: bytes, port: int) -> bytes:
+    return node_id + onion_key + bytes([4 if len(ip) == 4 else 6]) + ip + struct.pack(">H", port)
+
+
+HS = {
+    "A": "af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77be07547f289383341d",
+    "host": "v4dkhyzjc4koj42wygojwfondfi6y3tgmkvhppqhkr7sre4dgqoupmqb.anon",
+    "h": "a8812f05b7018eb0ca0dbd99c36c4722687b6dc5f7f2e70fb3fd01396297df0d",
+    "A'": "7356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d",
+    "index": "bf25e51582839ef05e7e70f730a85d566b6ab6c0e7c136eb4e76b8e4a35ef008",
+    "body_key": "a9955d8889165a6ac19598469ace0047a99fd4d5701b6c68d4652a3ef60ba865",
+    "desc[0..96]": (
+        "017356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d"
+        "0000000000004e2000000000000000010000000067008f905a5a5a5a5a5a5a5a"
+        "5a5a5a5a5a5a5a5a018abd9a738c9c415fdef47f8c09f22809ed179b4a597c"
+    ),
+    "signature": (
+        "b889e4fa6fcea65907edc10c4dd8db9313ba9eb2fa9b177d998fffc86cfbb5da"
+        "7601a6fe2d2de8025b57bae89937d97f00541e1ac1e4a890a94f306df5e79801"
+    ),
+    "BLAKE3(desc)": "52ceb4ec0602307deb639461018c65d63d5500c93b0973324040e9ae8ca98656",
+    "enc_key": "38ab664bd86f77d7e66bdd9ae0792913a94fd8b33a1260027e4b46c1f4884c67",
+    "sealed": (
+        "219e4d800da968d2a5fcb009c784f4746c7138edb9ee4844b739e830b05cf424"
+        "e2a95abe0d7a6268cbbcfaabf65a4ac170025b381ed0f990779ab42e719712f8"
+        "2d51f6eb82331748940acd18ccb424e9eab2c9c4e46af143c8ccf775056b2dca"
+        "ffa103f396ea5ce27511d6df9db820255bc24835519ebc4603ea60fbdf897438"
+        "57435595fa011d04b5ba741c29784951aeee07355d3bee5e7590787521ac9984"
+        "47e420619153cbc2bfb6be65adf1f51e40ec09cc33c306"
+    ),
+}
+
+
+def hs_vectors():
+    seed, period = b"\x61" * 32, 20_000
+    pk = ed25519_public(seed)
+    check("§12.1 A (service seed 0x61×32)", pk, HS["A"])
+    host = anon_host(pk)
+    check("§12.1 host name", host, HS["host"])
+    check_true("§12.1 host is 61 characters", len(host) == 61)
+    check("§12.1 parse (upper case, with a subdomain)", anon_parse("www." + host.upper()), HS["A"])
+    typo = host[:10] + ("a" if host[10] != "a" else "b") + host[11:]
+    try:
+        anon_parse(typo)
+        check_true("§12.1 a typo fails the checksum", False)
+    except ValueError:
+        check_true("§12.1 a typo fails the checksum", True)
+
+    check("§12.2 blinding factor h (little-endian scalar)",
+          blinding_factor(pk, period).to_bytes(32, "little"), HS["h"])
+    message = b"anonnet blinded signature test"
+    blinded_pk, sig = blinded_sign(seed, period, message)
+    check("§12.2 blinded key A' for period 20000", blinded_pk, HS["A'"])
+    try:
+        Ed25519PublicKey.from_public_bytes(blinded_pk).verify(sig, message)
+        ok = True
+    except Exception:
+        ok = False
+    check_true("§12.2 a blinded signature verifies as plain Ed25519 under A'", ok)
+    check_true("§12.2 A' differs per period and from A",
+               len({pk, blinded_pk, blinded_sign(seed, period + 1, message)[0]}) == 3)
+    index = derive_key("anonnet 2026 hs descriptor index", blinded_pk + struct.pack(">Q", period))
+    check("§12.3 descriptor index", index, HS["index"])
+
+    # §12.3 descriptor: body, body key, AEAD, signature.
+    enc_key = x25519_public(b"\x55" * 32)
+    check("§12.4 enc_key (X25519 secret 0x55×32)", enc_key, HS["enc_key"])
+    intro = relay_link(b"\x01" * 32, b"\x02" * 32, bytes([127, 0, 0, 1]), 7001) + b"\x88" * 32
+    body = enc_key + bytes([1]) + intro
+    body += bytes(378 - len(body))
+    revision, expires, salt = 1, 20_001 * 86_400 + 3600, b"\x5a" * 16
+    header = bytes([1]) + blinded_pk + struct.pack(">QQQ", period, revision, expires) + salt
+    check_true("§12.3 header is 73 bytes", len(header) == 73)
+    body_key = derive_key("anonnet 2026 hs descriptor body key",
+                          pk + blinded_pk + struct.pack(">Q", period) + salt)
+    check("§12.3 body key", body_key, HS["body_key"])
+    ct = ChaCha20Poly1305(body_key).encrypt(bytes(12), body, header)
+    unsigned = header + struct.pack(">H", len(ct)) + ct
+    _, dsig = blinded_sign(seed, period, b"anonnet-hs-descriptor-v1" + unsigned)
+    desc = unsigned + dsig
+    check_true("§12.3 descriptor is 533 bytes", len(desc) == 533)
+    check("§12.3 descriptor[0..96]", desc[:96], HS["desc[0..96]"])
+    check("§12.3 descriptor signature", dsig, HS["signature"])
+    check("§12.3 BLAKE3(descriptor)", blake3.blake3(desc).hexdigest(), HS["BLAKE3(desc)"])
+    # A client that knows the address: A' from A, the key from A, open with the header as AAD.
+    opened = ChaCha20Poly1305(body_key).decrypt(bytes(12), desc[75:75 + 394], desc[:73])
+    check_true("§12.3 the body opens with the address-derived key", opened == body)
+
+    # §12.4 introduction.
+    plaintext = (b"\xc0" * 20 + relay_link(b"\x03" * 32, b"\x04" * 32, bytes([127, 0, 0, 1]), 7002)
+                 + b"\x33" * 32)
+    plaintext += bytes(135 - len(plaintext))
+    e, auth_key = b"\x66" * 32, b"\x88" * 32
+    big_e = x25519_public(e)
+    shared = x25519(e, enc_key)
+    key = derive_key("anonnet 2026 hs introduce key", shared + big_e + enc_key + auth_key)
+    sealed = big_e + ChaCha20Poly1305(key).encrypt(bytes(12), plaintext, auth_key)
+    check("§12.4 sealed introduction", sealed, HS["sealed"])
+    # The service's side: X25519(enc secret, E).
+    key2 = derive_key("anonnet 2026 hs introduce key",
+                      x25519(b"\x55" * 32, sealed[:32]) + sealed[:32] + enc_key + auth_key)
+    check_true("§12.4 the service opens it",
+               ChaCha20Poly1305(key2).decrypt(bytes(12), sealed[32:], auth_key) == plaintext)
+
+
+DARK = {
+    "key": "4fbc98964b960102bdd39ec72b2f09b0b81bfe54ab4e9019c9b29959b6d9666a",
+    "nonce": 5,
+    "pow": "0008f6b6de3298f6928102960eff2219927c28c0b46f1a9b1b215aa84abe20d1",
+    "record": (
+        "01076578616d706c65af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77"
+        "be07547f289383341ddb995fe25169d141cab9bbba92baa01f9f2e1ece7df4cb"
+        "2ac05190f37fcc1f9d000000006b49d200000000006b4b238000000000000000"
+        "05d9aa9aa2ee45b0918638b976ec6b7603f904a0050ac7a7a5736963d08f4e8e"
+        "1f2565ddcd1a5b3c48b5fd1d98841bf13c0d5bc8031b8f6f537ed3f9b4c67656"
+        "0b"
+    ),
+}
+
+
+def leading_zero_bits(h: bytes) -> int:
+    n = int.from_bytes(h, "big")
+    return 256 - n.bit_length()
+
+
+def dark_vector():
+    name = b"example"
+    check("§12.5 dark_key(\"example\")", derive_key("anonnet 2026 dark name key", name), DARK["key"])
+    owner_seed = b"\x41" * 32
+    owner = ed25519_public(owner_seed)
+    address = ed25519_public(b"\x61" * 32)
+    published, expires = 1_800_000_000, 1_800_086_400
+    fields = bytes([len(name)]) + name + address + owner + struct.pack(">QQ", published, expires)
+    nonce = 0
+    while leading_zero_bits(blake3.blake3(b"anonnet-dark-pow-v1" + fields
+                                          + struct.pack(">Q", nonce)).digest()) < 8:
+        nonce += 1
+    check("§12.5 first nonce with 8 bits of work", str(nonce), str(DARK["nonce"]))
+    pow_hash = blake3.blake3(b"anonnet-dark-pow-v1" + fields + struct.pack(">Q", nonce)).digest()
+    check("§12.5 work hash", pow_hash, DARK["pow"])
+    unsigned = bytes([1]) + fields + struct.pack(">Q", nonce)
+    sig = Ed25519PrivateKey.from_private_bytes(owner_seed).sign(b"anonnet-dark-record-v1" + unsigned)
+    check("§12.5 record", unsigned + sig, DARK["record"])
+
+
 # ---------------------------------------------------------------- the document
 
 def document_prints_the_vectors():
@@ -428,7 +682,7 @@ def document_prints_the_vectors():
         DESC_BODY, DESC_SIG, DESC_TEXT,
         "010001000f010b6578616d706c652e636f6d01bb", "010002000704c00002070050",
         "030001000106",
-    ]
+    ] + [v for v in HS.values()] + [DARK["key"], DARK["pow"], DARK["record"]]
     missing = [v for v in values if v not in flat]
     check_true(f"docs/protocol.md prints every vector (missing: {missing})", not missing)
 
@@ -438,6 +692,8 @@ def main():
     onion_vectors()
     descriptor_vector()
     message_examples()
+    hs_vectors()
+    dark_vector()
     document_prints_the_vectors()
     if FAILURES:
         print(f"\n{len(FAILURES)} mismatch(es)")

@@ -289,6 +289,77 @@ fn dht() {
     }
 }
 
+fn hidden_services() {
+    use anonnet_crypto::dark::{make_dark_record, DarkName};
+    use anonnet_crypto::hs::{
+        seal_descriptor_with_salt, seal_introduce_with_secret, IntroKey, ServiceKey,
+    };
+    use anonnet_wire::hs::{HsDescriptorBody, IntroPoint, IntroducePlaintext, RelayLink};
+
+    let service = ServiceKey::from_seed(&[0x61; 32]);
+    let intro_key = IntroKey::from_secret(&[0x55; 32]);
+    let link = |n: u8, addr: &str| RelayLink {
+        node_id: [n; 32],
+        onion_key: [n + 1; 32],
+        addr: addr.parse().unwrap(),
+    };
+    let body = HsDescriptorBody {
+        enc_key: intro_key.public(),
+        intro_points: vec![
+            IntroPoint {
+                relay: link(1, "127.0.0.1:7001"),
+                auth_key: [0x88; 32],
+            },
+            IntroPoint {
+                relay: link(3, "[2001:db8::3]:7003"),
+                auth_key: [0x89; 32],
+            },
+        ],
+    };
+    // Valid until 2030; the targets take `now` from the input's last bytes.
+    let desc =
+        seal_descriptor_with_salt(&service, 20_000, 1, 1_900_000_000, &[0x5a; 16], &body).unwrap();
+    write("hs_descriptor", "descriptor", &desc.encode().unwrap());
+    write("hs_descriptor", "body", &body.encode().unwrap());
+
+    let plaintext = IntroducePlaintext {
+        cookie: [0xc0; 20],
+        rendezvous: link(5, "127.0.0.1:7002"),
+        client_pk: [0x33; 32],
+    }
+    .encode()
+    .unwrap();
+    let sealed =
+        seal_introduce_with_secret(&[0x66; 32], &intro_key.public(), &[0x88; 32], &plaintext)
+            .unwrap();
+    write("hs_introduce", "sealed", &sealed);
+    write("hs_introduce", "plaintext", &plaintext);
+
+    let name = DarkName::parse("example").unwrap();
+    let owner = IdentityKey::from_seed(&[0x41; 32]);
+    let record = make_dark_record(
+        &owner,
+        &name,
+        &service.address(),
+        1_800_000_000,
+        1_800_086_400,
+        8,
+    );
+    write("dark_record", "record", &record.encode().unwrap());
+
+    let host = service.address().to_host();
+    write("anon_address", "address", host.as_bytes());
+    write(
+        "anon_address",
+        "subdomain",
+        format!("www.{}.", host.to_uppercase()).as_bytes(),
+    );
+    write("anon_address", "dark", b"www.Example.dark");
+    // A ‖ checksum ‖ version as raw bytes (the target base32-encodes the first 35).
+    let raw = [&service.address().public()[..], &[0, 0, 1]].concat();
+    write("anon_address", "raw-key", &raw);
+}
+
 fn main() {
     dht();
     cells();
@@ -297,5 +368,6 @@ fn main() {
     http();
     control();
     socks();
+    hidden_services();
     println!("seeds written under fuzz/seeds/");
 }

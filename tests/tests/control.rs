@@ -240,22 +240,41 @@ async fn control_api_refuses_without_cookie_and_cli_toggles_proxy_and_identity()
     let text = anonnet_ok(&config, &["circuits"]).await;
     assert!(text.contains("in use") && text.contains(" → "), "{text}");
 
-    // Hidden services are not there yet: an empty list, and a clear refusal to publish.
+    // Hidden services through the CLI: none at first; publish a local port, see it
+    // listed, take it down again.
     assert_eq!(
         anonnet_ok(&config, &["service", "list"]).await.trim(),
         "no hidden services"
     );
+    let published = anonnet_ok(&config, &["service", "publish", "8080"]).await;
+    let address = published
+        .split_whitespace()
+        .find_map(|w| w.split(':').next().filter(|a| a.ends_with(".anon")))
+        .unwrap_or_else(|| panic!("no .anon address in {published:?}"))
+        .to_owned();
+    assert!(published.contains("127.0.0.1:8080"), "{published}");
+    let list = anonnet_ok(&config, &["service", "list"]).await;
+    assert!(list.contains(&address), "{list}");
+    // Publishing the same target again gives the same service.
+    let again = anonnet_ok(&config, &["service", "publish", "8080"]).await;
+    assert!(again.contains(&address), "{again}");
+    anonnet_ok(&config, &["service", "unpublish", &address]).await;
+    assert_eq!(
+        anonnet_ok(&config, &["service", "list"]).await.trim(),
+        "no hidden services"
+    );
+    // A mistyped address is refused with the reason.
     let out = anonnet(&[
         "service",
-        "publish",
-        "8080",
+        "unpublish",
+        "nothere.anon",
         "--config",
         config.to_str().unwrap(),
     ])
     .await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("later release"), "{err}");
+    assert!(err.contains("nothere.anon"), "{err}");
 
     net.stop();
     // Once the daemon is gone, the CLI says so.

@@ -7,8 +7,9 @@
 //!   relay says nothing; its neighbours must notice on their own), SIGTERM a clean stop
 //!   (the relay closes its circuits and QUIC connections on the way out).
 //! * The client daemon is stopped and started again on its own state directory: it keeps
-//!   its guards and serves requests on its new SOCKS address. (The client has no long-term
-//!   keys or hidden services yet, so guards are all there is to keep.)
+//!   its guards, and the hidden service published through its control API comes back with
+//!   the same key and address (reached through the network by `.anon`), and it serves
+//!   requests on its new SOCKS address.
 //!
 //! Measured times are printed: `cargo test -p anonnet-tests --test faults -- --nocapture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -451,7 +452,7 @@ async fn stopping_the_guard_middle_or_exit_fails_the_download_clearly_and_the_ne
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarting_the_client_keeps_guards() {
+async fn restarting_the_client_keeps_guards_and_services() {
     let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
     let dir = temp_dir("faults-restart");
     let net = {
@@ -478,6 +479,16 @@ async fn restarting_the_client_keeps_guards() {
     assert_eq!(before.guards.len(), 3, "{before:?}");
     assert!(before.counters.streams_opened >= 1, "{before:?}");
     let guard_file = std::fs::read(state.join("guards.json")).unwrap();
+    // A hidden service published through the control API (its key goes to the state dir).
+    let published = ControlClient::from_state_dir(&state)
+        .unwrap()
+        .publish(&anonnet_control::PublishRequest {
+            target: format!("127.0.0.1:{port}"),
+            port: Some(80),
+        })
+        .await
+        .unwrap();
+    let address = published.address.clone();
 
     // Stop the client (SIGTERM: a clean stop removes ports.json on the way out) and wait
     // until the process is gone.
@@ -543,6 +554,24 @@ async fn restarting_the_client_keeps_guards() {
         "still the same guards after a request"
     );
     assert_eq!(s.counters.streams_opened, 1, "{s:?}");
+    // The service is back: listed with the same address, and reachable by it.
+    let services = ControlClient::from_state_dir(&state)
+        .unwrap()
+        .services()
+        .await
+        .unwrap();
+    assert!(
+        services.iter().any(|x| x.address == address),
+        "{address} is hosted again after the restart: {services:?}"
+    );
+    fetch_until(
+        socks,
+        &format!("http://{address}/"),
+        &dir.join("page-anon"),
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the service after the restart: {e}{}", logs(&dir, &[])));
     assert_eq!(
         std::fs::read(state.join("guards.json")).unwrap(),
         guard_file,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use anonnet_crypto::onion::layer_tag;
 use anonnet_crypto::onion::message_offset;
 use anonnet_crypto::{
-    ClientBackward, ClientForward, ClientHandshake, ClientOnion, NodeId, VerifiedDescriptor,
+    ClientBackward, ClientForward, ClientHandshake, ClientOnion, HopKeys, NodeId,
+    VerifiedDescriptor,
 };
 use anonnet_net::LinkManager;
 use anonnet_wire::cell::CellCommand;
@@ -36,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender};
 use tracing::{debug, info};
+use zeroize::Zeroizing;
 
 /// Relay messages queued towards the guard, shared by all streams of a circuit.
 const FORWARD_QUEUE: usize = 64;
@@ -145,6 +147,69 @@ impl StreamTable {
 
 static NEXT_CIRCUIT: AtomicU64 = AtomicU64::new(1);
 
+/// Messages from the last relay queued for [`Circuit::control_messages`].
+const CONTROL_QUEUE: usize = 32;
+/// Streams from the far end waiting for the service (§13.5).
+const INCOMING_QUEUE: usize = 16;
+
+/// A relay named by its link specifiers: enough to extend a circuit to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopSpec {
+    /// The relay's NodeId (pinned when its link is opened).
+    pub node_id: NodeId,
+    /// Its onion key `B`.
+    pub onion_key: [u8; 32],
+    /// Its QUIC address.
+    pub addr: std::net::SocketAddr,
+}
+
+/// The keys of an end-to-end hop until the writer and reader tasks take them.
+#[derive(Default)]
+struct PendingHop {
+    waiting: [AtomicBool; 2],
+    seal: Mutex<Option<Zeroizing<[u8; 32]>>>,
+    open: Mutex<Option<Zeroizing<[u8; 32]>>>,
+}
+
+impl PendingHop {
+    fn set(&self, seal: [u8; 32], open: [u8; 32]) {
+        if let (Ok(mut s), Ok(mut o)) = (self.seal.lock(), self.open.lock()) {
+            *s = Some(Zeroizing::new(seal));
+            *o = Some(Zeroizing::new(open));
+        }
+        for w in &self.waiting {
+            w.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The sealing key, once (writer side).
+    fn take_seal(&self) -> Option<Zeroizing<[u8; 32]>> {
+        if !self.waiting[0].swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        self.seal.lock().ok().and_then(|mut s| s.take())
+    }
+
+    /// The opening key, once (reader side).
+    fn take_open(&self) -> Option<Zeroizing<[u8; 32]>> {
+        if !self.waiting[1].swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        self.open.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+/// A stream opened by the far end of a rendezvous circuit (service side, §13.5).
+#[derive(Debug)]
+pub struct IncomingStream {
+    /// The `BEGIN` target as the client wrote it (the `.anon` host).
+    pub target: Target,
+    /// The port asked for.
+    pub port: u16,
+    /// The stream; answer with [`DataStream::accept`] or [`DataStream::refuse`].
+    pub stream: DataStream,
+}
+
 /// Byte counters shared by every stream of a client (see `status::Counters`).
 #[derive(Debug, Default)]
 pub struct StreamCounters {
@@ -160,7 +225,25 @@ pub struct StreamCounters {
 /// are dropped, or when a relay or the link ends it.
 pub struct Circuit {
     id: u64,
+    /// NodeIds of every relay, guard first.
+    ids: Vec<NodeId>,
+    /// The relays chosen from the directory (all of `ids`, or all but an end named by
+    /// link specifiers).
     path: Vec<VerifiedDescriptor>,
+    /// The last relay.
+    last: Option<HopSpec>,
+    /// False for circuits built to a named end (introduction/rendezvous/DHT circuits).
+    ends_at_exit: bool,
+    /// Each relay's handshake key `Y`.
+    bindings: Vec<[u8; 32]>,
+    /// Layers the client keeps: relays, plus one once an end-to-end hop is added.
+    hops: Arc<AtomicUsize>,
+    /// An end-to-end hop's keys on their way to the writer and reader tasks.
+    pending: Arc<PendingHop>,
+    /// Where §13 messages from the last relay go.
+    control: Mutex<Option<mpsc::Sender<RelayMsg>>>,
+    /// Where streams opened by the far end go (service side).
+    incoming: Mutex<Option<mpsc::Sender<IncomingStream>>>,
     forward: mpsc::Sender<Forward>,
     streams: Mutex<StreamTable>,
     closed: CancellationToken,
@@ -179,7 +262,7 @@ impl std::fmt::Debug for Circuit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Circuit")
             .field("id", &self.id)
-            .field("hops", &self.path.len())
+            .field("hops", &self.hops.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -203,17 +286,42 @@ impl Circuit {
         path: Vec<VerifiedDescriptor>,
         counters: Arc<StreamCounters>,
     ) -> Result<Arc<Circuit>, CircuitError> {
+        Self::build_to(links, path, None, counters).await
+    }
+
+    /// As [`Circuit::build`], then extend to `end`, a relay known only by its link
+    /// specifiers (an introduction or rendezvous point named in a hidden-service
+    /// descriptor or introduction, §13). Such a circuit never carries exit streams.
+    ///
+    /// # Errors
+    /// As [`Circuit::build`].
+    pub async fn build_to(
+        links: &LinkManager,
+        path: Vec<VerifiedDescriptor>,
+        end: Option<HopSpec>,
+        counters: Arc<StreamCounters>,
+    ) -> Result<Arc<Circuit>, CircuitError> {
         let started = Instant::now();
-        let guard = path
+        let mut hops: Vec<HopSpec> = Vec::with_capacity(path.len() + 1);
+        for r in &path {
+            let addr = *r
+                .descriptor
+                .addresses
+                .first()
+                .ok_or(CircuitError::Protocol("relay without address".into()))?;
+            hops.push(HopSpec {
+                node_id: r.node_id,
+                onion_key: r.descriptor.onion_key,
+                addr,
+            });
+        }
+        let ends_at_exit = end.is_none();
+        hops.extend(end);
+        let guard = hops
             .first()
             .ok_or(CircuitError::Protocol("empty path".into()))?;
-        let guard_addr = *guard
-            .descriptor
-            .addresses
-            .first()
-            .ok_or(CircuitError::Protocol("guard without address".into()))?;
         // A dead guard's UDP port may swallow QUIC Initials silently: give up early.
-        let link = tokio::time::timeout(LINK_TIMEOUT, links.get(guard_addr, guard.node_id))
+        let link = tokio::time::timeout(LINK_TIMEOUT, links.get(guard.addr, guard.node_id))
             .await
             .map_err(|_| CircuitError::Link(guard.node_id.short(), "timed out".into()))?
             .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
@@ -223,7 +331,7 @@ impl Circuit {
             .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
         let hs_err = |hop: usize, why: String| CircuitError::Handshake { hop, why };
 
-        let hs = ClientHandshake::start(guard.node_id, guard.descriptor.onion_key)
+        let hs = ClientHandshake::start(guard.node_id, guard.onion_key)
             .map_err(|e| hs_err(0, e.to_string()))?;
         let hello = hs.hello();
         let create = Create {
@@ -249,21 +357,17 @@ impl Circuit {
             .map_err(|e| hs_err(0, e.to_string()))?;
         let mut onion = ClientOnion::new();
         onion.push_hop(&keys);
+        let mut bindings = vec![created.server_pk];
 
-        for (hop, relay) in path.iter().enumerate().skip(1) {
-            let addr = *relay
-                .descriptor
-                .addresses
-                .first()
-                .ok_or(CircuitError::Protocol("relay without address".into()))?;
-            let hs = ClientHandshake::start(relay.node_id, relay.descriptor.onion_key)
+        for (hop, relay) in hops.iter().enumerate().skip(1) {
+            let hs = ClientHandshake::start(relay.node_id, relay.onion_key)
                 .map_err(|e| hs_err(hop, e.to_string()))?;
             let hello = hs.hello();
             let extend = RelayCell::new(
                 StreamId::CIRCUIT,
                 RelayMsg::Extend {
                     node_id: hello.node_id,
-                    addr,
+                    addr: relay.addr,
                     onion_key: hello.onion_key,
                     client_pk: hello.client_pk,
                 },
@@ -297,6 +401,7 @@ impl Circuit {
                         .finish(&anonnet_crypto::ServerReply { server_pk, auth })
                         .map_err(|e| hs_err(hop, e.to_string()))?;
                     onion.push_hop(&keys);
+                    bindings.push(server_pk);
                 }
                 (true, RelayMsg::Truncated(reason)) => {
                     return Err(CircuitError::Extend { hop: last, reason })
@@ -311,9 +416,19 @@ impl Circuit {
 
         let (fwd_layers, bwd_layers) = onion.split();
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+        let hop_count = Arc::new(AtomicUsize::new(hops.len()));
+        let pending = Arc::new(PendingHop::default());
         let circuit = Arc::new(Circuit {
             id: NEXT_CIRCUIT.fetch_add(1, Ordering::Relaxed),
+            ids: hops.iter().map(|h| h.node_id).collect(),
+            last: hops.last().copied(),
             path,
+            ends_at_exit,
+            bindings,
+            hops: hop_count.clone(),
+            pending: pending.clone(),
+            control: Mutex::new(None),
+            incoming: Mutex::new(None),
             forward: tx,
             streams: Mutex::new(StreamTable::default()),
             closed: CancellationToken::new(),
@@ -329,7 +444,8 @@ impl Circuit {
             send,
             rx,
             circuit.sendme_tags.clone(),
-            circuit.path.len().saturating_sub(1),
+            hop_count,
+            pending,
             circuit.closed.clone(),
         ));
         tokio::spawn(reader_task(
@@ -341,10 +457,83 @@ impl Circuit {
         info!(
             circuit = circuit.id,
             build_ms = circuit.built_in.as_secs_f64() * 1000.0,
-            path = %circuit.path.iter().map(|r| r.node_id.short()).collect::<Vec<_>>().join(","),
+            path = %circuit.ids.iter().map(|r| r.short()).collect::<Vec<_>>().join(","),
             "circuit built"
         );
         Ok(circuit)
+    }
+
+    /// The relay handshake key `Y` of hop `hop` (0 = guard): what an `ESTABLISH_INTRO`
+    /// signature binds to (§13.2).
+    pub fn binding(&self, hop: usize) -> Option<[u8; 32]> {
+        self.bindings.get(hop).copied()
+    }
+
+    /// The last relay's link specifiers (the rendezvous or introduction point of a
+    /// hidden-service circuit).
+    pub fn last_hop(&self) -> Option<HopSpec> {
+        self.last
+    }
+
+    /// Wait until the circuit is closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// Number of relays on the circuit (without an end-to-end hop).
+    pub fn relay_hops(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Receive the hidden-service and DHT messages (§13) the last relay sends on this
+    /// circuit, from now on. A second call replaces the first receiver. Messages that
+    /// arrive while nobody listens, or while the queue (32) is full, are dropped.
+    pub fn control_messages(&self) -> mpsc::Receiver<RelayMsg> {
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        if let Ok(mut c) = self.control.lock() {
+            *c = Some(tx);
+        }
+        rx
+    }
+
+    /// Send a circuit-level message to the last relay (§13).
+    ///
+    /// # Errors
+    /// [`CircuitError::Closed`] when the circuit is gone.
+    pub async fn send_to_last_relay(&self, msg: RelayMsg) -> Result<(), CircuitError> {
+        self.forward
+            .send(Forward {
+                hop: self.ids.len().saturating_sub(1),
+                cell: RelayCell::new(StreamId::CIRCUIT, msg),
+            })
+            .await
+            .map_err(|_| CircuitError::Closed)
+    }
+
+    /// Add the end-to-end hop of a rendezvous circuit (§13.5) with the keys of the
+    /// end-to-end handshake: from now on streams go to the other end, not to the last
+    /// relay. The client uses the keys as any hop's; the service (`service_side`) uses
+    /// them the other way round, sealing with the backward key and opening with the
+    /// forward one. Call it once, before any cell to or from the new hop.
+    pub fn add_end_to_end_hop(&self, keys: &HopKeys, service_side: bool) {
+        let (seal, open) = if service_side {
+            (keys.backward, keys.forward)
+        } else {
+            (keys.forward, keys.backward)
+        };
+        self.pending.set(seal, open);
+        self.hops.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// On a service's rendezvous circuit: receive the streams the client opens (`BEGIN`
+    /// from the end-to-end hop). Each is answered by [`DataStream::accept`] or
+    /// [`DataStream::refuse`]. At most 16 wait; more are refused (RESOURCELIMIT).
+    pub fn incoming_streams(&self) -> mpsc::Receiver<IncomingStream> {
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        if let Ok(mut c) = self.incoming.lock() {
+            *c = Some(tx);
+        }
+        rx
     }
 
     /// Local number of this circuit (for logs).
@@ -352,9 +541,9 @@ impl Circuit {
         self.id
     }
 
-    /// The NodeIds of the path, guard first.
+    /// The NodeIds of the path, guard first (relays only).
     pub fn path(&self) -> Vec<NodeId> {
-        self.path.iter().map(|r| r.node_id).collect()
+        self.ids.clone()
     }
 
     /// How long the build took.
@@ -394,9 +583,12 @@ impl Circuit {
 
     /// True when the exit's policy summary allows `port`.
     pub fn exit_allows_port(&self, port: u16) -> bool {
-        self.path
-            .last()
-            .is_some_and(|e| e.descriptor.exit_allows_port(port))
+        self.ends_at_exit
+            && self.hops.load(Ordering::SeqCst) == self.ids.len()
+            && self
+                .path
+                .last()
+                .is_some_and(|e| e.descriptor.exit_allows_port(port))
     }
 
     /// Close the circuit: both tasks stop and the guard gets `DESTROY`.
@@ -404,8 +596,9 @@ impl Circuit {
         self.closed.cancel();
     }
 
+    /// The hop streams go to: the exit, or the other end of a rendezvous circuit.
     fn exit_hop(&self) -> usize {
-        self.path.len().saturating_sub(1)
+        self.hops.load(Ordering::SeqCst).saturating_sub(1)
     }
 
     /// Bytes of stream data one `DATA` cell to the exit carries.
@@ -440,18 +633,7 @@ impl Circuit {
             .map_err(|_| CircuitError::Closed)?
             .allocate(entry.clone())
             .ok_or(CircuitError::TooManyStreams)?;
-        let mut stream = DataStream {
-            circuit: self.clone(),
-            id,
-            rx: None,
-            pending: Bytes::new(),
-            sender: PollSender::new(self.forward.clone()),
-            ended: false,
-            deliver: entry.deliver,
-            circuit_window: PollSemaphore::new(self.package.clone()),
-            stream_window: PollSemaphore::new(entry.package),
-            permits: (None, None),
-        };
+        let mut stream = self.stream_handle(id, &entry, None);
         self.forward
             .send(Forward {
                 hop: self.exit_hop(),
@@ -481,6 +663,74 @@ impl Circuit {
         }
     }
 
+    /// A `BEGIN` from the far end of a rendezvous circuit: hand the new stream to
+    /// [`Circuit::incoming_streams`]. `Err` (closing the circuit) for a stream id in use.
+    fn accept_begin(
+        self: &Arc<Self>,
+        id: StreamId,
+        target: Target,
+        port: u16,
+    ) -> Result<(), String> {
+        let Some(tx) = self.incoming.lock().ok().and_then(|c| c.clone()) else {
+            return Err("BEGIN on a circuit that accepts no streams".into());
+        };
+        let (etx, erx) = mpsc::channel(STREAM_QUEUE);
+        let entry = StreamEntry {
+            tx: etx,
+            deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
+            package: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
+        };
+        {
+            let mut table = self
+                .streams
+                .lock()
+                .map_err(|_| "stream table".to_string())?;
+            if table.streams.contains_key(&id) {
+                return Err(format!("BEGIN for stream {} already open", id.0));
+            }
+            if table.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
+                drop(table);
+                let _ = self.forward.try_send(Forward {
+                    hop: self.exit_hop(),
+                    cell: RelayCell::new(id, RelayMsg::End(EndReason::ResourceLimit)),
+                });
+                return Ok(());
+            }
+            table.streams.insert(id, entry.clone());
+        }
+        let stream = self.stream_handle(id, &entry, Some(erx));
+        if let Err(mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s)) = tx
+            .try_send(IncomingStream {
+                target,
+                port,
+                stream,
+            })
+        {
+            s.stream.refuse(EndReason::ResourceLimit);
+        }
+        Ok(())
+    }
+
+    fn stream_handle(
+        self: &Arc<Self>,
+        id: StreamId,
+        entry: &StreamEntry,
+        rx: Option<mpsc::Receiver<StreamEvent>>,
+    ) -> DataStream {
+        DataStream {
+            circuit: self.clone(),
+            id,
+            rx,
+            pending: Bytes::new(),
+            sender: PollSender::new(self.forward.clone()),
+            ended: false,
+            deliver: entry.deliver.clone(),
+            circuit_window: PollSemaphore::new(self.package.clone()),
+            stream_window: PollSemaphore::new(entry.package.clone()),
+            permits: (None, None),
+        }
+    }
+
     fn forget_stream(&self, id: StreamId) {
         if let Ok(mut t) = self.streams.lock() {
             t.streams.remove(&id);
@@ -499,7 +749,8 @@ async fn writer_task(
     mut send: SendStream,
     mut rx: mpsc::Receiver<Forward>,
     sendme_tags: Arc<Mutex<SendmeTags>>,
-    exit: usize,
+    hops: Arc<AtomicUsize>,
+    pending: Arc<PendingHop>,
     closed: CancellationToken,
 ) {
     loop {
@@ -511,6 +762,10 @@ async fn writer_task(
         let Some(Forward { hop, cell }) = next else {
             break;
         };
+        if let Some(key) = pending.take_seal() {
+            layers.push_key(&key);
+        }
+        let exit = hops.load(Ordering::SeqCst).saturating_sub(1);
         let mut buf = vec![0u8; CELL_LEN];
         let encoded = buf
             .get_mut(message_offset(hop)..)
@@ -577,6 +832,11 @@ async fn reader_task(
             }
             _ => break "unexpected cell".to_string(),
         }
+        if let Some(c) = circuit.upgrade() {
+            if let Some(key) = c.pending.take_open() {
+                layers.push_key(&key);
+            }
+        }
         let (hop, range) = match layers.open_backward(&mut cell) {
             Ok(r) => r,
             Err(e) => break format!("bad cell: {e}"),
@@ -595,8 +855,23 @@ async fn reader_task(
             .lock()
             .ok()
             .and_then(|t| t.streams.get(&msg.stream_id).cloned());
+        let last_relay = circ.ids.len().saturating_sub(1);
         let event = match msg.msg {
             RelayMsg::Drop => continue,
+            m if m.is_hs() && hop == last_relay => {
+                let tx = circ.control.lock().ok().and_then(|c| c.clone());
+                let delivered = tx.is_some_and(|tx| tx.try_send(m).is_ok());
+                if !delivered {
+                    debug!(circuit = circ.id, "dropping a §13 message nobody waits for");
+                }
+                continue;
+            }
+            RelayMsg::Begin { target, port } if hop == exit && exit >= circ.ids.len() => {
+                match circ.accept_begin(msg.stream_id, target, port) {
+                    Ok(()) => continue,
+                    Err(why) => break why,
+                }
+            }
             RelayMsg::Sendme(Some(echo)) if hop == exit => {
                 let ok = circ
                     .sendme_tags
@@ -725,6 +1000,32 @@ impl DataStream {
     /// The circuit carrying this stream.
     pub fn circuit(&self) -> &Arc<Circuit> {
         &self.circuit
+    }
+
+    /// Service side: tell the client its stream is open (`CONNECTED`, §13.5).
+    ///
+    /// # Errors
+    /// [`CircuitError::Closed`] when the circuit is gone.
+    pub async fn accept(&self) -> Result<(), CircuitError> {
+        self.circuit
+            .forward
+            .send(Forward {
+                hop: self.circuit.exit_hop(),
+                cell: RelayCell::new(self.id, RelayMsg::Connected),
+            })
+            .await
+            .map_err(|_| CircuitError::Closed)
+    }
+
+    /// Service side: refuse the stream with `END` `reason` (e.g. CONNECTREFUSED when the
+    /// local server is down).
+    pub fn refuse(mut self, reason: EndReason) {
+        self.ended = true;
+        let end = Forward {
+            hop: self.circuit.exit_hop(),
+            cell: RelayCell::new(self.id, RelayMsg::End(reason)),
+        };
+        let _ = self.circuit.forward.try_send(end);
     }
 
     /// Tell the exit that 50 more cells were consumed. Never waits: when the circuit's

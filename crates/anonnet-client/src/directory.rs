@@ -102,7 +102,7 @@ impl Directory {
         let mut exits: Vec<&VerifiedDescriptor> = usable
             .iter()
             .copied()
-            .filter(|r| r.descriptor.exit_allows_port(req.port))
+            .filter(|r| req.any_last_hop || r.descriptor.exit_allows_port(req.port))
             .collect();
         if exits.is_empty() {
             return Err(PathError::NoExitForPort(req.port));
@@ -147,6 +147,51 @@ impl Directory {
         Err(too_few)
     }
 
+    /// A guard and a middle for a circuit whose last hop is a relay named elsewhere (an
+    /// introduction or rendezvous point, §13): the rules of [`Directory::choose_path`]
+    /// (guard from `req.guards`, distinct relays, subnets apart, none in `req.avoid`)
+    /// without an exit. The caller puts the named relay in `req.avoid`.
+    ///
+    /// # Errors
+    /// [`PathError::NotEnoughRelays`] when no two relays fit.
+    pub fn choose_prefix(
+        &self,
+        req: &PathRequest<'_>,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<VerifiedDescriptor>, PathError> {
+        let usable: Vec<&VerifiedDescriptor> = self
+            .relays
+            .values()
+            .filter(|r| !req.avoid.contains(&r.node_id))
+            .collect();
+        let weight = |r: &&VerifiedDescriptor| bandwidth_weight(r);
+        let guards: Vec<&VerifiedDescriptor> = usable
+            .iter()
+            .copied()
+            .filter(|r| {
+                if req.guards.is_empty() {
+                    r.descriptor.is_guard()
+                } else {
+                    req.guards.contains(&r.node_id)
+                }
+            })
+            .collect();
+        let guard = *guards
+            .choose_weighted(rng, weight)
+            .map_err(|_| PathError::NotEnoughRelays(2))?;
+        let middles: Vec<&VerifiedDescriptor> = usable
+            .iter()
+            .copied()
+            .filter(|r| {
+                r.node_id != guard.node_id && (req.allow_same_subnet || subnet(r) != subnet(guard))
+            })
+            .collect();
+        let middle = *middles
+            .choose_weighted(rng, weight)
+            .map_err(|_| PathError::NotEnoughRelays(2))?;
+        Ok(vec![guard.clone(), middle.clone()])
+    }
+
     /// Relays flagged guard, for choosing a guard set.
     pub fn guard_candidates(&self) -> Vec<&VerifiedDescriptor> {
         self.relays
@@ -180,12 +225,16 @@ pub struct PathRequest<'a> {
     /// Let relays of one /16 (IPv4) or /32 (IPv6) share a path. Only for test networks on
     /// one machine (`client.allow_same_subnet_paths`); never on a real network.
     pub allow_same_subnet: bool,
+    /// Any relay may be the last hop and `port` is ignored: an internal circuit for hidden
+    /// services and DHT requests (§13), whose last hop opens no exit stream.
+    pub any_last_hop: bool,
 }
 
 impl PathRequest<'_> {
     /// A request for `port` with no other constraint.
     pub fn port(port: u16) -> PathRequest<'static> {
         PathRequest {
+            any_last_hop: false,
             port,
             avoid: &[],
             other_exits: &[],
@@ -270,6 +319,7 @@ mod tests {
         let p = dir
             .choose_path(
                 &PathRequest {
+                    any_last_hop: false,
                     other_exits: &[exit],
                     ..PathRequest::port(80)
                 },
@@ -301,6 +351,7 @@ mod tests {
             let second = dir
                 .choose_path(
                     &PathRequest {
+                        any_last_hop: false,
                         other_exits: &[first[2].node_id],
                         ..PathRequest::port(80)
                     },
@@ -357,6 +408,7 @@ mod tests {
         }
         assert!(local.choose_path(&PathRequest::port(80), &mut rng).is_err());
         let req = PathRequest {
+            any_last_hop: false,
             allow_same_subnet: true,
             ..PathRequest::port(80)
         };
@@ -372,6 +424,7 @@ mod tests {
         }
         let guard = IdentityKey::from_seed(&[4; 32]).node_id();
         let req = PathRequest {
+            any_last_hop: false,
             guards: &[guard],
             ..PathRequest::port(80)
         };

@@ -4,6 +4,8 @@
 pub mod circuit;
 pub mod directory;
 pub mod guards;
+pub mod host;
+pub mod hs;
 mod pool;
 pub mod status;
 
@@ -11,6 +13,8 @@ use anonnet_wire::EndReason;
 
 pub use circuit::{Circuit, CircuitError, DataStream, StreamError};
 pub use directory::{Directory, PathError, PathRequest};
+pub use host::{HostedService, ServiceConfig, ServiceError};
+pub use hs::HsFailure;
 pub use pool::{Client, ClientConfig, IsolationKey};
 pub use status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 
@@ -35,6 +39,8 @@ pub enum ErrorKind {
     BadRequest,
     /// Proxying is switched off ("proxy off"): nothing is sent anywhere.
     Disabled,
+    /// The request is refused here on purpose (a `.dark` name whose owner key changed).
+    NotAllowed,
     /// Something else went wrong at the exit or here.
     Other,
 }
@@ -67,6 +73,9 @@ pub enum ClientError {
     /// Proxying is switched off.
     #[error("proxying is switched off (anonnet proxy on)")]
     Disabled,
+    /// A hidden-service connection failed (§13).
+    #[error(transparent)]
+    HiddenService(#[from] HsFailure),
 }
 
 impl ClientError {
@@ -89,6 +98,14 @@ impl ClientError {
             },
             ClientError::BadTarget(_) => ErrorKind::BadRequest,
             ClientError::Disabled => ErrorKind::Disabled,
+            ClientError::HiddenService(f) => match f {
+                HsFailure::BadAddress(_) | HsFailure::BadName(_) => ErrorKind::BadRequest,
+                HsFailure::NoDescriptor(_)
+                | HsFailure::UnknownName(_)
+                | HsFailure::Introduction(_) => ErrorKind::HostUnreachable,
+                HsFailure::Rendezvous(_) => ErrorKind::Timeout,
+                HsFailure::OwnerChanged { .. } => ErrorKind::NotAllowed,
+            },
         }
     }
 }

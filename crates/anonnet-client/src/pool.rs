@@ -18,9 +18,22 @@ use anonnet_wire::{EndReason, SignedDescriptor, Target};
 use tokio::sync::{broadcast, watch, Notify};
 use tracing::{info, warn};
 
-use crate::circuit::{Circuit, CircuitError, DataStream, StreamCounters, StreamError};
+use std::collections::HashMap;
+
+use anonnet_crypto::dark::{DarkName, DARK_SUFFIX};
+use anonnet_crypto::hs::{HsAddress, ANON_SUFFIX};
+use anonnet_wire::dht::RecordKind;
+use anonnet_wire::hs::HsDescriptorBody;
+use anonnet_wire::relay::COOKIE_LEN;
+use anonnet_wire::RelayMsg;
+use rand::seq::SliceRandom;
+use tracing::debug;
+
+use crate::circuit::{Circuit, CircuitError, DataStream, HopSpec, StreamCounters, StreamError};
 use crate::directory::{Directory, PathRequest};
 use crate::guards::{GuardSet, RelayScores};
+use crate::host::{self, HostedService, ServiceConfig, ServiceError};
+use crate::hs::{self, dht_fetch, HsCache, HsFailure, Introduction};
 use crate::status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 use crate::ClientError;
 use anonnet_dht::{Contact, DhtNode, LookupKind, RoutingTable};
@@ -62,6 +75,9 @@ pub struct ClientConfig {
     pub max_dirtiness: Duration,
     /// Pool circuits get exits that allow this port (443 by default).
     pub pool_port: u16,
+    /// Local address book: `.dark` names (without the suffix) that resolve here without
+    /// the DHT and override it.
+    pub address_book: HashMap<String, HsAddress>,
 }
 
 impl Default for ClientConfig {
@@ -76,6 +92,7 @@ impl Default for ClientConfig {
             allow_same_subnet: false,
             max_dirtiness: Duration::from_secs(600),
             pool_port: 443,
+            address_book: HashMap::new(),
         }
     }
 }
@@ -122,6 +139,8 @@ impl Slot {
 struct CounterAtomics {
     circuits_built: AtomicU64,
     circuits_built_on_demand: AtomicU64,
+    hs_descriptor_fetches: AtomicU64,
+    hs_connects: AtomicU64,
     circuit_build_failures: AtomicU64,
     streams_opened: AtomicU64,
     stream_failures: AtomicU64,
@@ -147,6 +166,10 @@ pub struct Client {
     /// Set once the first discovery round is over: guards are chosen from the discovered
     /// network, not from the bootstrap relays alone.
     discovered: watch::Sender<bool>,
+    /// Hidden-service caches (descriptors, names, pins, rendezvous circuits).
+    hs: HsCache,
+    /// Hidden services this daemon hosts.
+    services: Mutex<Vec<Arc<HostedService>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -223,6 +246,8 @@ impl Client {
             guards: Mutex::new(GuardSet::load(config.state_dir.as_deref())),
             scores: Mutex::new(RelayScores::default()),
             discovered: watch::channel(false).0,
+            hs: HsCache::new(config.state_dir.as_deref(), config.address_book.clone()),
+            services: Mutex::new(Vec::new()),
             config,
         });
         client.set_bootstrap(10, "directory loaded");
@@ -318,6 +343,7 @@ impl Client {
                 slot.retired = true;
             }
         }
+        self.hs.clear_circuits();
         info!("new identity: all circuits retired");
         self.emit(ClientEvent::NewIdentity);
         self.refill.notify_one();
@@ -368,6 +394,9 @@ impl Client {
                 bytes_sent: sc.bytes_sent.load(Ordering::Relaxed),
                 bytes_received: sc.bytes_received.load(Ordering::Relaxed),
                 buffered_bytes: sc.buffered.load(Ordering::Relaxed),
+                hs_descriptor_fetches: c.hs_descriptor_fetches.load(Ordering::Relaxed),
+                hs_connects: c.hs_connects.load(Ordering::Relaxed),
+                dht_direct_value_lookups: self.dht.find_value_sent(),
             },
         }
     }
@@ -552,6 +581,7 @@ impl Client {
                 let mut all_avoid = avoid.clone();
                 all_avoid.extend(scored.iter().copied());
                 let mut req = PathRequest {
+                    any_last_hop: false,
                     port,
                     avoid: &all_avoid,
                     other_exits: &other_exits,
@@ -659,7 +689,12 @@ impl Client {
             anonnet_wire::relay::check_host(h)
                 .map_err(|e| ClientError::BadTarget(e.to_string()))?;
         }
-        let result = self.open_stream(target, port, isolation).await;
+        let result = match &target {
+            Target::Host(h) if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX) => {
+                self.connect_hidden(h, port, isolation).await
+            }
+            _ => self.open_stream(target, port, isolation).await,
+        };
         match &result {
             Ok(_) => self.counters.streams_opened.fetch_add(1, Ordering::Relaxed),
             Err(_) => self
@@ -722,6 +757,344 @@ impl Client {
             }
         }
         Err(last)
+    }
+}
+
+fn is_suffix(host: &str, suffix: &str) -> bool {
+    host.len() > suffix.len()
+        && host
+            .get(host.len() - suffix.len()..)
+            .is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+}
+
+impl Client {
+    /// Build a circuit for hidden-service work (§13): guard, middle, then `end` when given
+    /// (a relay named by a descriptor or an introduction), else any relay as the last hop.
+    /// Relays in `avoid` are not used. It does not join the exit pool.
+    ///
+    /// # Errors
+    /// [`ClientError::Path`] when no path exists, else the last build failure.
+    pub async fn build_internal(
+        &self,
+        end: Option<HopSpec>,
+        avoid: &[anonnet_crypto::NodeId],
+    ) -> Result<Arc<Circuit>, ClientError> {
+        let mut last = ClientError::Circuit(CircuitError::Closed);
+        let mut failed: Vec<anonnet_crypto::NodeId> = avoid.to_vec();
+        failed.extend(end.map(|e| e.node_id));
+        for _ in 0..BUILD_ATTEMPTS {
+            let path = {
+                let scored = self.scores().avoided(Instant::now());
+                let usable_guards = self.guard_ids(&scored);
+                let primary: Vec<_> = usable_guards.iter().take(1).copied().collect();
+                let dir = self
+                    .directory
+                    .read()
+                    .map_err(|_| ClientError::NotEnoughRelays { usable: 0 })?;
+                let mut all_avoid = failed.clone();
+                all_avoid.extend(scored.iter().copied());
+                let mut req = PathRequest {
+                    any_last_hop: true,
+                    port: 0,
+                    avoid: &all_avoid,
+                    other_exits: &[],
+                    guards: &primary,
+                    allow_same_subnet: self.config.allow_same_subnet,
+                };
+                let choose = |req: &PathRequest<'_>| {
+                    if end.is_some() {
+                        dir.choose_prefix(req, &mut rand::rng())
+                    } else {
+                        dir.choose_path(req, &mut rand::rng())
+                    }
+                };
+                let first = choose(&req);
+                req.guards = &usable_guards;
+                match first.or_else(|_| choose(&req)) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        req.avoid = &failed;
+                        choose(&req)?
+                    }
+                }
+            };
+            let ids: Vec<_> = path.iter().map(|r| r.node_id).collect();
+            let built = tokio::time::timeout(
+                self.config.circuit_build_timeout,
+                Circuit::build_to(&self.links, path, end, self.stream_counters.clone()),
+            )
+            .await
+            .unwrap_or(Err(CircuitError::Timeout));
+            match built {
+                Ok(c) => {
+                    self.counters.circuits_built.fetch_add(1, Ordering::Relaxed);
+                    return Ok(c);
+                }
+                Err(e) => {
+                    self.counters
+                        .circuit_build_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!("internal circuit build failed: {e}");
+                    let blamed = match &e {
+                        CircuitError::Extend { hop, .. } => ids.get(hop + 1).copied(),
+                        CircuitError::Handshake { hop, .. } => ids.get(*hop).copied(),
+                        CircuitError::Link(..) => ids.first().copied(),
+                        _ => None,
+                    };
+                    // The named end cannot be replaced: only blame relays we chose.
+                    if let Some(id) = blamed {
+                        failed.push(id);
+                        self.scores().failure(id, Instant::now());
+                    } else if end.is_some() {
+                        return Err(e.into());
+                    }
+                    last = e.into();
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Publish `config` as a hidden service hosted by this client (§13): introduction
+    /// points, descriptor and `.dark` name follow in the background.
+    ///
+    /// # Errors
+    /// [`ServiceError`] for an unusable key file or name.
+    pub fn publish(
+        self: &Arc<Self>,
+        config: ServiceConfig,
+    ) -> Result<Arc<HostedService>, ServiceError> {
+        let service = host::start(self, config)?;
+        lock_services(&self.services).push(service.clone());
+        Ok(service)
+    }
+
+    /// Stop hosting the service with `address`. True when it was hosted.
+    pub fn unpublish(&self, address: &HsAddress) -> bool {
+        let mut services = lock_services(&self.services);
+        let before = services.len();
+        services.retain(|s| {
+            let keep = s.address() != *address;
+            if !keep {
+                s.stop();
+            }
+            keep
+        });
+        services.len() != before
+    }
+
+    /// Stop for good, telling the network at once: stop the hosted services, close the
+    /// QUIC endpoint (relays see every link close and destroy this client's circuits, so
+    /// introduction points drop the services' registrations) and wait, at most `within`,
+    /// for the goodbyes to leave.
+    pub async fn shutdown(&self, within: Duration) {
+        for s in lock_services(&self.services).drain(..) {
+            s.stop();
+        }
+        let endpoint = self.links.endpoint();
+        endpoint.close();
+        let _ = tokio::time::timeout(within, endpoint.wait_idle()).await;
+    }
+
+    /// The hidden services this client hosts.
+    pub fn services(&self) -> Vec<Arc<HostedService>> {
+        lock_services(&self.services).clone()
+    }
+
+    /// Resolve a `.dark` name: the address book, a fresh cache entry, else the DHT through
+    /// a circuit (pinning the owner key the first time).
+    ///
+    /// # Errors
+    /// [`ClientError::HiddenService`] for a malformed or unknown name, or a changed owner.
+    pub async fn resolve_name(&self, host: &str) -> Result<HsAddress, ClientError> {
+        let name = DarkName::parse(host).map_err(|e| HsFailure::BadName(format!("{host}: {e}")))?;
+        if let Some(a) = self.hs.known_name(&name) {
+            return Ok(a);
+        }
+        let circuit = self.build_internal(None, &[]).await?;
+        let records = dht_fetch(&circuit, hs::name_key(&name), RecordKind::DarkName).await;
+        circuit.close();
+        let records = records.map_err(|e| HsFailure::UnknownName(format!("{name}: {e}")))?;
+        Ok(self.hs.choose_name(&name, &records, now_unix())?)
+    }
+
+    /// Fetch `address`'s descriptor through a circuit (the cache when fresh).
+    async fn hs_descriptor(
+        &self,
+        address: &HsAddress,
+        refresh: bool,
+    ) -> Result<HsDescriptorBody, ClientError> {
+        if !refresh {
+            if let Some(d) = self.hs.descriptor(address) {
+                return Ok(d);
+            }
+        }
+        let now = now_unix();
+        let circuit = self.build_internal(None, &[]).await?;
+        let mut found = None;
+        for period in hs::periods_to_fetch(now) {
+            let Some(key) = hs::descriptor_key(address, period) else {
+                continue;
+            };
+            self.counters
+                .hs_descriptor_fetches
+                .fetch_add(1, Ordering::Relaxed);
+            match dht_fetch(&circuit, key, RecordKind::HsDescriptor).await {
+                Ok(records) => {
+                    if let Some(d) = hs::best_descriptor(address, &records, now) {
+                        found = Some(d);
+                        break;
+                    }
+                }
+                Err(e) => debug!("descriptor fetch: {e}"),
+            }
+        }
+        circuit.close();
+        let desc = found.ok_or_else(|| HsFailure::NoDescriptor(address.to_host()))?;
+        self.hs.put_descriptor(*address, desc.clone());
+        Ok(desc)
+    }
+
+    async fn connect_hidden(
+        &self,
+        host: &str,
+        port: u16,
+        isolation: &IsolationKey,
+    ) -> Result<DataStream, ClientError> {
+        let started = Instant::now();
+        let address = if is_suffix(host, DARK_SUFFIX) {
+            self.resolve_name(host).await?
+        } else {
+            HsAddress::parse(host).map_err(|e| HsFailure::BadAddress(e.to_string()))?
+        };
+        self.counters.hs_connects.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.hs.rendezvous_circuit(&address, &isolation.0) {
+            match c
+                .begin(hs::begin_target(&address), port, self.config.stream_timeout)
+                .await
+            {
+                Ok(s) => {
+                    hs::log_connected(&address, started, true);
+                    return Ok(s);
+                }
+                Err(StreamError::Refused(r)) => return Err(StreamError::Refused(r).into()),
+                Err(e) => {
+                    debug!("cached rendezvous circuit failed: {e}");
+                    c.close();
+                }
+            }
+        }
+        let mut last = ClientError::HiddenService(HsFailure::Introduction("no attempt".into()));
+        for attempt in 0..2 {
+            let desc = self.hs_descriptor(&address, attempt > 0).await?;
+            match self.rendezvous_with(&address, &desc).await {
+                Ok(circuit) => {
+                    let stream = circuit
+                        .begin(hs::begin_target(&address), port, self.config.stream_timeout)
+                        .await?;
+                    self.hs
+                        .put_rendezvous_circuit(address, &isolation.0, &circuit);
+                    hs::log_connected(&address, started, false);
+                    return Ok(stream);
+                }
+                Err(e) => {
+                    warn!(service = %address, "connecting to the service: {e}");
+                    self.hs.forget_descriptor(&address);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Park a rendezvous circuit, introduce through the descriptor's introduction points
+    /// (in random order) and wait for the service: the joined circuit with its end-to-end
+    /// hop.
+    async fn rendezvous_with(
+        &self,
+        address: &HsAddress,
+        desc: &HsDescriptorBody,
+    ) -> Result<Arc<Circuit>, ClientError> {
+        let cookie: [u8; COOKIE_LEN] = rand::random();
+        let mut points = desc.intro_points.clone();
+        points.shuffle(&mut rand::rng());
+        let first = points.first().cloned();
+        let rp = async {
+            let c = self.build_internal(None, &[]).await?;
+            let mut rx = c.control_messages();
+            c.send_to_last_relay(RelayMsg::EstablishRendezvous { cookie })
+                .await?;
+            hs::wait_for(&mut rx, "RENDEZVOUS_ESTABLISHED", |m| {
+                matches!(m, RelayMsg::RendezvousEstablished).then_some(())
+            })
+            .await
+            .map_err(HsFailure::Rendezvous)?;
+            Ok::<_, ClientError>((c, rx))
+        };
+        // The first introduction circuit is built while the rendezvous point is set up.
+        let intro = async {
+            match &first {
+                Some(p) => Some(self.build_internal(Some(hs::hop_of(&p.relay)), &[]).await),
+                None => None,
+            }
+        };
+        let (rp, first_circuit) = tokio::join!(rp, intro);
+        let (rp_circuit, mut rp_rx) = rp?;
+        let rp_hop = rp_circuit
+            .last_hop()
+            .ok_or(ClientError::Circuit(CircuitError::Closed))?;
+        let mut first_circuit = first_circuit;
+        let mut why = String::from("the descriptor lists no introduction point");
+        for point in &points {
+            let intro = Introduction::new(address, desc, cookie, hs::link_of(&rp_hop))?;
+            let sealed = intro.sealed(desc, &point.auth_key)?;
+            let circuit = match first_circuit.take() {
+                Some(c) => c,
+                None => {
+                    self.build_internal(Some(hs::hop_of(&point.relay)), &[])
+                        .await
+                }
+            };
+            let circuit = match circuit {
+                Ok(c) => c,
+                Err(e) => {
+                    why = format!("introduction point unreachable: {e}");
+                    continue;
+                }
+            };
+            let introduced = hs::introduce(&circuit, point.auth_key, sealed).await;
+            circuit.close();
+            if let Err(e) = introduced {
+                why = e;
+                continue;
+            }
+            let reply = hs::wait_for(&mut rp_rx, "RENDEZVOUS2", |m| match m {
+                RelayMsg::Rendezvous2 { server_pk, auth } => Some((server_pk, auth)),
+                _ => None,
+            })
+            .await
+            .map_err(HsFailure::Rendezvous)?;
+            let keys = intro
+                .handshake
+                .finish(&anonnet_crypto::ServerReply {
+                    server_pk: reply.0,
+                    auth: reply.1,
+                })
+                .map_err(|e| HsFailure::Rendezvous(format!("end-to-end handshake: {e}")))?;
+            rp_circuit.add_end_to_end_hop(&keys, false);
+            return Ok(rp_circuit);
+        }
+        rp_circuit.close();
+        Err(HsFailure::Introduction(why).into())
+    }
+}
+
+fn lock_services(
+    m: &Mutex<Vec<Arc<HostedService>>>,
+) -> std::sync::MutexGuard<'_, Vec<Arc<HostedService>>> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -82,6 +82,13 @@ pub struct Counters {
     pub bytes_received: u64,
     /// Bytes received but not yet read by the application (all streams).
     pub buffered_bytes: u64,
+    /// Hidden-service descriptor lookups, each through a circuit (§13.6).
+    pub hs_descriptor_fetches: u64,
+    /// Connections to hidden services attempted.
+    pub hs_connects: u64,
+    /// DHT value lookups this client sent from its own address. Descriptors and names
+    /// are fetched through circuits, so this stays 0.
+    pub dht_direct_value_lookups: u64,
 }
 
 /// Something that happened, for the control API's event stream.

@@ -4,8 +4,10 @@
 //! The daemon implements [`ControlHandler`] over its client; the server does the HTTP,
 //! the authentication, the routing and the event stream. Limits: at most
 //! [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's backlog), request
-//! headers within [`HEADER_TIMEOUT`] (also the idle limit of a kept-alive connection),
-//! request bodies of at most [`MAX_BODY`] bytes.
+//! headers within [`HEADER_TIMEOUT`] (also the idle limit of a kept-alive connection; a
+//! connection that sends nothing is closed after it), request bodies of at most
+//! [`MAX_BODY`] bytes; a request without the cookie is answered 401 and its connection
+//! closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,8 +39,10 @@ use crate::{ControlError, Cookie};
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Time a client has to send a request's headers (and the idle limit between requests on
-/// one connection).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// one connection). Short, because a connection holds one of the [`MAX_CONNECTIONS`] slots
+/// before it has shown the cookie: the CLI and the tray send their request at once, so a
+/// local process that opens connections and sends nothing keeps a slot at most this long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest request body accepted (bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 /// Event lines buffered per event-stream reader before it counts as lagging.
@@ -227,6 +231,9 @@ async fn respond(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"anonnet\""),
         );
+        // An unauthenticated connection gives its slot back at once.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
     let method = req.method().clone();

@@ -392,3 +392,35 @@ async fn from_state_dir_tells_not_running_refused_and_rejected_apart() {
     assert_eq!(status.relays, 5);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn silent_and_unauthenticated_connections_cannot_starve_the_cli() {
+    let (addr, cookie) = start(TestHandler::new(16)).await;
+    // A 401 closes the connection even when the client asked to keep it alive.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("the server closed the connection after the 401")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    // Every slot held by a connection that sends nothing: the CLI still gets in once the
+    // header timeout frees them.
+    let mut silent = Vec::new();
+    for _ in 0..crate::server::MAX_CONNECTIONS + 8 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        ControlClient::connect(addr, cookie).status(),
+    )
+    .await
+    .expect("the CLI got an answer despite the silent connections")
+    .unwrap();
+    assert!(status.enabled);
+    assert!(started.elapsed() < crate::server::HEADER_TIMEOUT * 3);
+}

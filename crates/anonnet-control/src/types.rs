@@ -59,6 +59,13 @@ pub struct Counters {
     pub bytes_received: u64,
     /// Bytes received but not yet read by the application (all streams).
     pub buffered_bytes: u64,
+    /// Hidden-service descriptor lookups, each through a circuit.
+    pub hs_descriptor_fetches: u64,
+    /// Connections to hidden services attempted.
+    pub hs_connects: u64,
+    /// DHT value lookups the client sent from its own address (0: descriptors and names
+    /// are fetched through circuits).
+    pub dht_direct_value_lookups: u64,
 }
 
 /// A snapshot of the daemon (`GET /v1/status`).
@@ -125,6 +132,8 @@ pub struct ServiceInfo {
     pub target: String,
     /// Whether its descriptor is published.
     pub published: bool,
+    /// Its `.dark` name (`name.dark`), empty when it has none.
+    pub name: String,
 }
 
 /// Body of `POST /v1/services/publish`.

@@ -46,7 +46,7 @@ fn nonce(seq: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-fn key(k: &[u8; 32]) -> LessSafeKey {
+pub(crate) fn key(k: &[u8; 32]) -> LessSafeKey {
     // A 32-byte key is exactly what CHACHA20_POLY1305 takes, so this cannot fail; the
     // match keeps the failure path explicit rather than a panic.
     match UnboundKey::new(&CHACHA20_POLY1305, k) {

@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod dark;
 pub mod descriptor;
 pub mod handshake;
+pub mod hs;
 pub mod identity;
 pub mod layer;
 pub mod onion;

@@ -97,6 +97,12 @@ impl ClientOnion {
 pub struct ClientForward(Vec<LayerSealer>);
 
 impl ClientForward {
+    /// Add a hop sealed with `key` after the existing ones (the end-to-end hop of a
+    /// rendezvous circuit, §13.5).
+    pub fn push_key(&mut self, key: &[u8; 32]) {
+        self.0.push(LayerSealer::new(key));
+    }
+
     /// Number of hops.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -159,6 +165,12 @@ pub fn relay_cell_tag(cell: &[u8]) -> Option<[u8; 16]> {
 pub struct ClientBackward(Vec<LayerOpener>);
 
 impl ClientBackward {
+    /// Add a hop opened with `key` after the existing ones (the end-to-end hop of a
+    /// rendezvous circuit, §13.5).
+    pub fn push_key(&mut self, key: &[u8; 32]) {
+        self.0.push(LayerOpener::new(key));
+    }
+
     /// Open a cell that arrived from the guard, in place, peeling layers until one says
     /// `DELIVER`. Returns the hop the message came from and the range of its relay message
     /// in `cell`.

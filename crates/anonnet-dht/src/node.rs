@@ -18,6 +18,7 @@ use anonnet_wire::dht::{
 };
 use anonnet_wire::SignedDescriptor;
 use quinn::{RecvStream, SendStream};
+use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -28,6 +29,9 @@ use crate::{
 
 /// How long one DHT request may take (seconds) before it counts as failed.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes reserved for a request before its body arrives; the buffer grows with what is
+/// actually received, up to the frame's length (`MAX_MESSAGE_LEN`).
+const REQUEST_BUFFER: usize = 4096;
 /// How often buckets not touched are refreshed by a lookup.
 pub const BUCKET_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -66,6 +70,10 @@ pub struct DhtNode {
     storage: Option<Mutex<Storage>>,
     links: Arc<LinkManager>,
     next_txid: AtomicU64,
+    /// `FIND_VALUE` requests this node sent itself (not on anyone's behalf).
+    find_value_sent: AtomicU64,
+    /// `STORE` requests this node sent.
+    store_sent: AtomicU64,
 }
 
 impl std::fmt::Debug for DhtNode {
@@ -97,6 +105,8 @@ impl DhtNode {
             storage: Some(Mutex::new(Storage::new(limits))),
             links,
             next_txid: AtomicU64::new(rand::random()),
+            find_value_sent: AtomicU64::new(0),
+            store_sent: AtomicU64::new(0),
         })
     }
 
@@ -109,6 +119,8 @@ impl DhtNode {
             storage: None,
             links,
             next_txid: AtomicU64::new(rand::random()),
+            find_value_sent: AtomicU64::new(0),
+            store_sent: AtomicU64::new(0),
         })
     }
 
@@ -155,6 +167,18 @@ impl DhtNode {
         self.storage.as_ref().map(|s| lock(s).len()).unwrap_or(0)
     }
 
+    /// `FIND_VALUE` requests this node has sent over its own links. A client fetches
+    /// hidden-service descriptors and names through circuits (§13.6), so for a client this
+    /// stays 0.
+    pub fn find_value_sent(&self) -> u64 {
+        self.find_value_sent.load(Ordering::Relaxed)
+    }
+
+    /// `STORE` requests this node has sent over its own links.
+    pub fn store_sent(&self) -> u64 {
+        self.store_sent.load(Ordering::Relaxed)
+    }
+
     fn txid(&self) -> u64 {
         self.next_txid.fetch_add(1, Ordering::Relaxed)
     }
@@ -191,6 +215,15 @@ impl DhtNode {
         contact: &Contact,
         msg: DhtMessage,
     ) -> Result<DhtMessage, RpcError> {
+        match &msg {
+            DhtMessage::FindValue { .. } => {
+                self.find_value_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            DhtMessage::Store { .. } => {
+                self.store_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         let exchange = async {
             let link = self.links.get(contact.addr, contact.node_id).await?;
             let (mut send, mut recv) = link.open_bi().await?;
@@ -340,8 +373,70 @@ impl DhtNode {
         };
         let closest = self.lookup(key, LookupKind::Node).await.closest;
         self.announce_to(&closest).await;
+        self.store_on(closest, key, record).await
+    }
+
+    /// Store `record` under `key` on the (up to) `replicas` nodes closest to `key`, and in
+    /// this relay's own storage when it is a full node and the record verifies. Returns how
+    /// many nodes (this one included) accepted it. Used for records published through a
+    /// circuit (§13.6).
+    pub async fn store_record(
+        self: &Arc<Self>,
+        key: [u8; 32],
+        record: Record,
+        replicas: usize,
+    ) -> usize {
+        let mut stored = 0;
+        if let Some(storage) = &self.storage {
+            // The relay that stores on a client's behalf keeps a copy when it is itself
+            // among the closest nodes it knows of; it counts as one replica.
+            let own_distance = crate::distance(self.own.as_bytes(), &key);
+            let closest = lock(&self.table).closest(&key, replicas);
+            let own_is_close = closest.len() < replicas
+                || closest
+                    .last()
+                    .is_some_and(|c| crate::distance(c.node_id.as_bytes(), &key) > own_distance);
+            if own_is_close
+                && lock(storage)
+                    .store(self.own, key, record.clone(), now_unix())
+                    .is_ok()
+            {
+                stored += 1;
+            }
+        }
+        let mut closest = self.lookup(key, LookupKind::Node).await.closest;
+        closest.truncate(replicas);
+        stored + self.store_on(closest, key, record).await
+    }
+
+    /// Find the records stored under `key`: this node's own storage first, then a value
+    /// lookup. Every record returned verified under `key` (§11.3).
+    pub async fn find_records(self: &Arc<Self>, key: [u8; 32]) -> Vec<Record> {
+        if let Some(storage) = &self.storage {
+            let local = lock(storage).get(&key, now_unix());
+            if !local.is_empty() {
+                return local;
+            }
+        }
+        let result = self.lookup(key, LookupKind::Value { key }).await;
+        let now = now_unix();
+        let mut records: Vec<Record> = Vec::new();
+        for r in result.records {
+            if verify_record(&key, &r, now).is_ok() && !records.contains(&r) {
+                records.push(r);
+            }
+        }
+        records
+    }
+
+    async fn store_on(
+        self: &Arc<Self>,
+        nodes: Vec<Contact>,
+        key: [u8; 32],
+        record: Record,
+    ) -> usize {
         let mut set = JoinSet::new();
-        for c in closest {
+        for c in nodes {
             let node = self.clone();
             let record = record.clone();
             set.spawn(async move {
@@ -392,8 +487,13 @@ impl DhtNode {
             let mut len = [0u8; 4];
             recv.read_exact(&mut len).await.ok()?;
             let n = frame_len(len).ok()?;
-            let mut body = vec![0u8; n];
-            recv.read_exact(&mut body).await.ok()?;
+            // Grown as bytes arrive: a bare length prefix commits no 64 KiB buffer.
+            let mut body = Vec::with_capacity(n.min(REQUEST_BUFFER));
+            let limit = u64::try_from(n).ok()?;
+            (&mut recv).take(limit).read_to_end(&mut body).await.ok()?;
+            if body.len() != n {
+                return None;
+            }
             let msg = DhtMessage::decode(&body).ok()?;
             let answer = self.handle(peer, remote, msg)?;
             let framed = frame_response(&answer).ok()?;

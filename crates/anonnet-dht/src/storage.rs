@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use anonnet_crypto::dark::{dark_key, verify_dark_record, DarkError, DARK_POW_BITS};
+use anonnet_crypto::hs::{self, HsError};
 use anonnet_crypto::{verify_descriptor, DescriptorError, NodeId};
 use anonnet_wire::dht::{
-    Record, RecordKind, StoreStatus, MAX_RECORDS, REJECT_INVALID, REJECT_STALE,
+    Record, RecordKind, StoreStatus, MAX_RECORDS, REJECT_INVALID, REJECT_STALE, REJECT_TAKEN,
 };
+use anonnet_wire::hs::{DarkRecord, HsDescriptor};
 use anonnet_wire::{SignedDescriptor, WireError};
 
 use crate::descriptor_key;
@@ -30,7 +33,16 @@ pub enum RecordError {
     /// The embedded descriptor is forged, expired or from the future.
     #[error("record descriptor: {0}")]
     Descriptor(#[from] DescriptorError),
-    /// The record is stored under a key that is not the one its owner's NodeId gives.
+    /// The hidden-service descriptor is forged or expired (§12.3).
+    #[error("hidden-service descriptor: {0}")]
+    HsDescriptor(#[from] HsError),
+    /// The `.dark` name record is forged, expired, from the future, or has too little work
+    /// (§12.5).
+    #[error(".dark record: {0}")]
+    DarkName(#[from] DarkError),
+    /// The record is stored under a key that is not the one its contents give (relay
+    /// descriptor: its NodeId's descriptor key; hidden-service descriptor: its index;
+    /// `.dark` record: its name's key).
     #[error("record key does not match its owner")]
     WrongKey,
     /// The record claims to stay valid longer than [`MAX_RECORD_TTL`].
@@ -46,18 +58,27 @@ pub enum RecordError {
 /// What [`verify_record`] learned about a valid record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifiedRecord {
-    /// The node the record belongs to (for a relay descriptor: the relay).
+    /// Who the record belongs to: `NodeId::from_identity` of the relay's identity key, of
+    /// a hidden-service descriptor's blinded key, or of a `.dark` record's owner key.
     pub owner: NodeId,
-    /// Version: the `published` time (Unix seconds); larger replaces smaller.
+    /// Version; larger replaces smaller for one owner: `published` (Unix seconds) of a
+    /// relay descriptor or `.dark` record, `revision` of a hidden-service descriptor.
     pub published: u64,
     /// End of validity (Unix seconds).
     pub expires: u64,
 }
 
-/// Check `record` as stored under `key` at `now_unix` (Unix seconds), §11.3. For
-/// [`RecordKind::RelayDescriptor`]: the body decodes as a signed descriptor, it verifies
-/// (signature, `expires > now`, `published ≤ now + 3600`), `key ==
-/// descriptor_key(its NodeId)`, and `expires ≤ now + MAX_RECORD_TTL`.
+/// Check `record` as stored under `key` at `now_unix` (Unix seconds), §11.3 and §12.6.
+/// Every kind must have `expires ≤ now + MAX_RECORD_TTL`. Further, for
+/// - [`RecordKind::RelayDescriptor`]: the body decodes as a signed descriptor, it verifies
+///   (signature, `expires > now`, `published ≤ now + 3600`), and `key ==
+///   descriptor_key(its NodeId)`;
+/// - [`RecordKind::HsDescriptor`]: the body decodes as an [`HsDescriptor`], it verifies
+///   under its blinded key ([`hs::verify_descriptor`]: signature, `expires > now`), and
+///   `key` is its index;
+/// - [`RecordKind::DarkName`]: the body decodes as a [`DarkRecord`], it verifies
+///   ([`verify_dark_record`] with [`DARK_POW_BITS`]: signature, work, `expires > now`,
+///   `published ≤ now + 3600`), and `key == dark_key(name)`.
 ///
 /// Storage nodes call it before storing; readers call it on every record of a `VALUE`
 /// answer before using it.
@@ -69,26 +90,51 @@ pub fn verify_record(
     record: &Record,
     now_unix: u64,
 ) -> Result<VerifiedRecord, RecordError> {
-    match record.kind {
+    let (right_key, v) = match record.kind {
         RecordKind::RelayDescriptor => {
             let signed = SignedDescriptor::decode(&record.body)?;
             let v = verify_descriptor(&signed, now_unix)?;
-            if descriptor_key(&v.node_id) != *key {
-                return Err(RecordError::WrongKey);
-            }
-            if v.descriptor.expires > now_unix.saturating_add(MAX_RECORD_TTL) {
-                return Err(RecordError::TooLongLived {
-                    expires: v.descriptor.expires,
-                    now: now_unix,
-                });
-            }
-            Ok(VerifiedRecord {
+            let right_key = descriptor_key(&v.node_id);
+            let v = VerifiedRecord {
                 owner: v.node_id,
                 published: v.descriptor.published,
                 expires: v.descriptor.expires,
-            })
+            };
+            (right_key, v)
         }
+        RecordKind::HsDescriptor => {
+            let desc = HsDescriptor::decode(&record.body)?;
+            let v = hs::verify_descriptor(&desc, now_unix)?;
+            let right_key = v.index;
+            let v = VerifiedRecord {
+                owner: NodeId::from_identity(&v.blinded_key),
+                published: v.revision,
+                expires: v.expires,
+            };
+            (right_key, v)
+        }
+        RecordKind::DarkName => {
+            let dark = DarkRecord::decode(&record.body)?;
+            let v = verify_dark_record(&dark, now_unix, DARK_POW_BITS)?;
+            let right_key = dark_key(&v.name);
+            let v = VerifiedRecord {
+                owner: NodeId::from_identity(&v.owner),
+                published: v.published,
+                expires: v.expires,
+            };
+            (right_key, v)
+        }
+    };
+    if right_key != *key {
+        return Err(RecordError::WrongKey);
     }
+    if v.expires > now_unix.saturating_add(MAX_RECORD_TTL) {
+        return Err(RecordError::TooLongLived {
+            expires: v.expires,
+            now: now_unix,
+        });
+    }
+    Ok(v)
 }
 
 /// Why [`Storage::store`] refused a record.
@@ -105,6 +151,10 @@ pub enum StoreError {
     /// A bound is reached: records per key, per storing peer, or in total.
     #[error("storage full")]
     Full,
+    /// The key holds a live `.dark` record of another owner: names are first come, first
+    /// served (§12.6).
+    #[error("name taken by another owner")]
+    Taken,
 }
 
 impl StoreError {
@@ -114,6 +164,7 @@ impl StoreError {
             StoreError::Invalid => StoreStatus::Rejected(REJECT_INVALID),
             StoreError::Stale => StoreStatus::Rejected(REJECT_STALE),
             StoreError::Full => StoreStatus::Full,
+            StoreError::Taken => StoreStatus::Rejected(REJECT_TAKEN),
         }
     }
 }
@@ -157,6 +208,8 @@ pub struct StorageCounters {
     pub rejected_stale: u64,
     /// `STORE`s refused by a bound.
     pub rejected_full: u64,
+    /// `STORE`s of a `.dark` record refused because another owner holds the name.
+    pub rejected_taken: u64,
     /// Requests refused by [`Storage::allow_request`].
     pub rate_limited: u64,
     /// Records dropped because they expired.
@@ -217,11 +270,14 @@ impl Storage {
     /// Store `record` under `key`, sent by peer `from` (the NodeId its link's certificate
     /// proves) at `now_unix` (Unix seconds).
     ///
-    /// Of two records of one owner under one key, the one with the larger `published`
-    /// stays; re-storing the identical record is accepted and changes nothing.
+    /// Of two records of one owner under one key, the one with the larger version
+    /// ([`VerifiedRecord::published`]) stays; re-storing the identical record is accepted
+    /// and changes nothing. A `.dark` record is refused while the key holds a live `.dark`
+    /// record of another owner (first come, first served, §12.6).
     ///
     /// # Errors
-    /// [`StoreError::Invalid`] when [`verify_record`] fails; [`StoreError::Stale`] when the
+    /// [`StoreError::Invalid`] when [`verify_record`] fails; [`StoreError::Taken`] when
+    /// another owner holds the name; [`StoreError::Stale`] when the
     /// held record of that owner is newer, or as new but different;
     /// [`StoreError::Full`] when the key, the peer or the store is at its bound (expired
     /// records are dropped first).
@@ -245,6 +301,7 @@ impl Storage {
             Err(StoreError::Stale) => self.counters.rejected_stale += 1,
             Err(StoreError::Full) => self.counters.rejected_full += 1,
             Err(StoreError::Invalid) => self.counters.rejected_invalid += 1,
+            Err(StoreError::Taken) => self.counters.rejected_taken += 1,
         }
         result
     }
@@ -261,6 +318,18 @@ impl Storage {
         v: VerifiedRecord,
         now_unix: u64,
     ) -> Result<(), StoreError> {
+        if record.kind == RecordKind::DarkName {
+            let taken = self.by_key.get(&key).is_some_and(|list| {
+                list.iter().any(|s| {
+                    s.record.kind == RecordKind::DarkName
+                        && s.owner != v.owner
+                        && s.expires > now_unix
+                })
+            });
+            if taken {
+                return Err(StoreError::Taken);
+            }
+        }
         let existing = self.by_key.get(&key).and_then(|list| {
             list.iter()
                 .position(|s| s.owner == v.owner && s.record.kind == record.kind)
@@ -605,6 +674,115 @@ mod tests {
         assert_eq!(s.counters().expired, 1);
         let (k2, r2) = rec(2, end - 10);
         s.store(peer(1), k2, r2, end).unwrap();
+    }
+
+    fn hs_record(revision: u64) -> ([u8; 32], Record) {
+        use anonnet_crypto::hs::{seal_descriptor, time_period, ServiceKey};
+        use anonnet_wire::hs::HsDescriptorBody;
+        let key = ServiceKey::from_seed(&[0x61; 32]);
+        let period = time_period(NOW);
+        let body = HsDescriptorBody {
+            enc_key: [9; 32],
+            intro_points: vec![],
+        };
+        let d = seal_descriptor(&key, period, revision, NOW + 3 * 3600, &body).unwrap();
+        let index = hs::descriptor_index(&d.blinded_key, period);
+        (index, Record::hs_descriptor(&d).unwrap())
+    }
+
+    fn dark_record(owner: u32, name: &str, published: u64) -> ([u8; 32], Record) {
+        use anonnet_crypto::dark::{make_dark_record, DarkName};
+        use anonnet_crypto::hs::ServiceKey;
+        let name = DarkName::parse(name).unwrap();
+        let address = ServiceKey::from_seed(&[0x61; 32]).address();
+        let r = make_dark_record(
+            &identity(owner),
+            &name,
+            &address,
+            published,
+            published + 86_400,
+            DARK_POW_BITS,
+        );
+        (dark_key(&name), Record::dark_name(&r).unwrap())
+    }
+
+    #[test]
+    fn hs_descriptor_is_stored_under_its_index_and_newer_revision_replaces() {
+        let mut s = Storage::new(StorageLimits::default());
+        let (index, r1) = hs_record(1);
+        let (_, r2) = hs_record(2);
+        let v = verify_record(&index, &r1, NOW).unwrap();
+        assert_eq!(
+            v.published, 1,
+            "the version of a descriptor is its revision"
+        );
+        s.store(peer(1), index, r1.clone(), NOW).unwrap();
+        s.store(peer(2), index, r2.clone(), NOW).unwrap();
+        assert_eq!(s.get(&index, NOW), vec![r2]);
+        assert_eq!(s.store(peer(1), index, r1, NOW), Err(StoreError::Stale));
+        // Expired descriptors are refused.
+        let (index, r) = hs_record(3);
+        assert!(matches!(
+            verify_record(&index, &r, NOW + 3 * 3600),
+            Err(RecordError::HsDescriptor(HsError::Expired { .. }))
+        ));
+    }
+
+    #[test]
+    fn hs_descriptor_under_the_wrong_key_is_refused() {
+        let mut s = Storage::new(StorageLimits::default());
+        let (index, r) = hs_record(1);
+        let mut wrong = index;
+        wrong[0] ^= 1;
+        assert!(matches!(
+            verify_record(&wrong, &r, NOW),
+            Err(RecordError::WrongKey)
+        ));
+        assert_eq!(
+            s.store(peer(1), wrong, r.clone(), NOW),
+            Err(StoreError::Invalid)
+        );
+        // A flipped byte of the signed part: refused.
+        let mut forged = r;
+        forged.body[100] ^= 1;
+        assert_eq!(
+            s.store(peer(1), index, forged, NOW),
+            Err(StoreError::Invalid)
+        );
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn dark_name_is_first_come_and_its_owner_may_refresh_it() {
+        let mut s = Storage::new(StorageLimits::default());
+        let (key, first) = dark_record(1, "example", NOW - 100);
+        let (_, squatter) = dark_record(2, "example", NOW - 50);
+        let (_, refresh) = dark_record(1, "example", NOW - 10);
+        s.store(peer(1), key, first.clone(), NOW).unwrap();
+        assert_eq!(
+            s.store(peer(2), key, squatter.clone(), NOW),
+            Err(StoreError::Taken)
+        );
+        assert_eq!(s.counters().rejected_taken, 1);
+        assert_eq!(
+            StoreError::Taken.status(),
+            StoreStatus::Rejected(REJECT_TAKEN)
+        );
+        s.store(peer(3), key, refresh.clone(), NOW).unwrap();
+        assert_eq!(s.get(&key, NOW), vec![refresh]);
+        assert_eq!(s.store(peer(1), key, first, NOW), Err(StoreError::Stale));
+        // Under another name's key, a valid record is refused.
+        let (other_key, _) = dark_record(1, "other", NOW - 100);
+        assert_eq!(
+            s.store(peer(1), other_key, squatter.clone(), NOW),
+            Err(StoreError::Invalid)
+        );
+        // Once the owner's record has expired, the name is free again.
+        let later = NOW - 10 + 86_400;
+        assert!(s.get(&key, later).is_empty());
+        let (_, newcomer) = dark_record(2, "example", later - 5);
+        s.store(peer(2), key, newcomer.clone(), later).unwrap();
+        assert_eq!(s.get(&key, later), vec![newcomer]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! QUIC endpoints (one UDP socket each) and the links they make.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anonnet_crypto::{IdentityKey, NodeId};
@@ -23,6 +25,79 @@ const ACCEPT_QUEUE: usize = 64;
 /// Application close code sent by [`Endpoint::close`] and [`Link::close`].
 const CLOSE_CODE: u32 = 0;
 
+/// Bounds on the inbound links of a relay endpoint (`docs/protocol.md` §8.4). A link
+/// counts from the moment its first packet is taken (handshake included) until the last
+/// clone of its [`Link`] is dropped; a connection beyond either bound is refused before
+/// any handshake work (QUIC `CONNECTION_REFUSED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundLimits {
+    /// Inbound links at once, from everyone. Default 4096.
+    pub max_links: usize,
+    /// Inbound links at once from one IP address. Default 64.
+    pub max_links_per_ip: usize,
+}
+
+impl Default for InboundLimits {
+    fn default() -> Self {
+        InboundLimits {
+            max_links: 4096,
+            max_links_per_ip: 64,
+        }
+    }
+}
+
+/// Counts inbound links per IP address against [`InboundLimits`].
+#[derive(Debug)]
+struct InboundCount {
+    limits: InboundLimits,
+    per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    refused: AtomicU64,
+}
+
+impl InboundCount {
+    /// A slot for a link from `ip`, or `None` (counted as refused) when a bound is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<InboundSlot> {
+        let Ok(mut map) = self.per_ip.lock() else {
+            return None;
+        };
+        let total: usize = map.values().sum();
+        let here = map.get(&ip).copied().unwrap_or(0);
+        if total >= self.limits.max_links || here >= self.limits.max_links_per_ip {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *map.entry(ip).or_insert(0) += 1;
+        Some(InboundSlot {
+            count: self.clone(),
+            ip,
+        })
+    }
+
+    fn total(&self) -> usize {
+        self.per_ip.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+}
+
+/// One inbound link's place in [`InboundCount`], given back on drop.
+#[derive(Debug)]
+struct InboundSlot {
+    count: Arc<InboundCount>,
+    ip: IpAddr,
+}
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.count.per_ip.lock() {
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
 /// A QUIC endpoint: one UDP socket that dials links and, for relays, accepts them.
 ///
 /// Cheap to clone; all clones share the socket. The accept machinery stops when the last
@@ -41,6 +116,8 @@ struct Inner {
     node_id: Option<NodeId>,
     /// Relays: finished inbound handshakes. Clients: None (they never accept).
     incoming: Option<Mutex<mpsc::Receiver<Result<Link, NetError>>>>,
+    /// Relays: the inbound link count. Clients: None.
+    inbound: Option<Arc<InboundCount>>,
     /// Dropping this stops the accept task (it holds a handle to `quic`).
     _stop_accepting: Option<oneshot::Sender<()>>,
 }
@@ -71,6 +148,19 @@ impl Endpoint {
     /// [`NetError::TlsConfig`] if the TLS setup fails, [`NetError::Bind`] (naming `bind`)
     /// when the UDP socket cannot be bound, e.g. the port is taken.
     pub fn relay(identity: &IdentityKey, bind: SocketAddr) -> Result<Self, NetError> {
+        Self::relay_with_limits(identity, bind, InboundLimits::default())
+    }
+
+    /// [`Endpoint::relay`] with explicit bounds on inbound links: a connection beyond
+    /// them is refused before its handshake (see [`InboundLimits`]).
+    ///
+    /// # Errors
+    /// As [`Endpoint::relay`].
+    pub fn relay_with_limits(
+        identity: &IdentityKey,
+        bind: SocketAddr,
+        limits: InboundLimits,
+    ) -> Result<Self, NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let provider = tls::provider();
         let transport = Arc::new(transport_config());
@@ -94,7 +184,12 @@ impl Endpoint {
 
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let (stop_tx, stop_rx) = oneshot::channel();
-        runtime.spawn(accept_loop(quic.clone(), tx, stop_rx));
+        let inbound = Arc::new(InboundCount {
+            limits,
+            per_ip: std::sync::Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+        });
+        runtime.spawn(accept_loop(quic.clone(), tx, stop_rx, inbound.clone()));
 
         Ok(Endpoint {
             inner: Arc::new(Inner {
@@ -104,6 +199,7 @@ impl Endpoint {
                 cert: Some(cert),
                 node_id: Some(identity.node_id()),
                 incoming: Some(Mutex::new(rx)),
+                inbound: Some(inbound),
                 _stop_accepting: Some(stop_tx),
             }),
         })
@@ -129,6 +225,7 @@ impl Endpoint {
                 cert: None,
                 node_id: None,
                 incoming: None,
+                inbound: None,
                 _stop_accepting: None,
             }),
         })
@@ -146,6 +243,19 @@ impl Endpoint {
     /// anonymous client endpoints.
     pub fn node_id(&self) -> Option<NodeId> {
         self.inner.node_id
+    }
+
+    /// Inbound links open now (handshakes in progress included); 0 for clients.
+    pub fn inbound_links(&self) -> usize {
+        self.inner.inbound.as_ref().map_or(0, |c| c.total())
+    }
+
+    /// Inbound connections refused so far by the [`InboundLimits`]; 0 for clients.
+    pub fn inbound_refused(&self) -> u64 {
+        self.inner
+            .inbound
+            .as_ref()
+            .map_or(0, |c| c.refused.load(Ordering::Relaxed))
     }
 
     fn client_tls(&self, verifier: Arc<PinnedServer>) -> Result<quinn::ClientConfig, NetError> {
@@ -210,7 +320,7 @@ impl Endpoint {
                 })
             }
         };
-        let link = Link::new(conn);
+        let link = Link::new(conn, None);
         // The verifier already enforced this; checked again so a Link from `connect` always
         // carries the identity it was asked for.
         let actual = link.peer_node_id();
@@ -259,6 +369,7 @@ async fn accept_loop(
     quic: quinn::Endpoint,
     tx: mpsc::Sender<Result<Link, NetError>>,
     mut stop: oneshot::Receiver<()>,
+    inbound: Arc<InboundCount>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
@@ -276,11 +387,16 @@ async fn accept_loop(
                 None => return,
             },
         };
+        let addr = incoming.remote_address();
+        let Some(slot) = inbound.admit(addr.ip()) else {
+            tracing::debug!("inbound link limit reached; refusing a connection");
+            incoming.refuse();
+            continue;
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
-            let addr = incoming.remote_address();
             let result = match incoming.await {
-                Ok(conn) => Ok(Link::new(conn)),
+                Ok(conn) => Ok(Link::new(conn, Some(Arc::new(slot)))),
                 Err(source) => {
                     tracing::debug!(error = %source, "inbound handshake failed");
                     Err(NetError::Handshake { addr, source })
@@ -301,12 +417,18 @@ async fn accept_loop(
 pub struct Link {
     conn: quinn::Connection,
     peer: Option<[u8; 32]>,
+    /// Inbound links: the place counted against [`InboundLimits`] until the last clone goes.
+    _slot: Option<Arc<InboundSlot>>,
 }
 
 impl Link {
-    fn new(conn: quinn::Connection) -> Self {
+    fn new(conn: quinn::Connection, slot: Option<Arc<InboundSlot>>) -> Self {
         let peer = tls::peer_key_of(&conn);
-        Link { conn, peer }
+        Link {
+            conn,
+            peer,
+            _slot: slot,
+        }
     }
 
     /// The peer's 32-byte Ed25519 identity key, proved by its certificate. Always `Some`

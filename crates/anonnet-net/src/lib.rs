@@ -11,7 +11,7 @@ use std::time::Duration;
 use anonnet_crypto::NodeId;
 use quinn::VarInt;
 
-pub use endpoint::{Endpoint, Link, MAX_PENDING_HANDSHAKES};
+pub use endpoint::{Endpoint, InboundLimits, Link, MAX_PENDING_HANDSHAKES};
 pub use manager::LinkManager;
 
 /// ALPN protocol name of anonnet links; a peer speaking anything else fails the handshake.

@@ -278,3 +278,42 @@ async fn link_manager_is_bounded_and_forgets_failed_dials() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn inbound_links_beyond_the_per_ip_limit_are_refused_until_one_closes() {
+    bounded(async {
+        let identity = IdentityKey::generate().unwrap();
+        let limits = InboundLimits {
+            max_links: 10,
+            max_links_per_ip: 2,
+        };
+        let server = Endpoint::relay_with_limits(&identity, loopback(), limits).unwrap();
+        let addr = server.local_addr().unwrap();
+        let id = identity.node_id();
+        let (tx, mut accepted) = mpsc::unbounded_channel();
+        let acceptor = server.clone();
+        tokio::spawn(async move {
+            while let Some(result) = acceptor.accept().await {
+                if let Ok(link) = result {
+                    let _ = tx.send(link);
+                }
+            }
+        });
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let client = Endpoint::client(loopback()).unwrap();
+            held.push((client.connect(addr, id).await.unwrap(), client));
+            held.push((accepted.recv().await.unwrap(), server.clone()));
+        }
+        assert_eq!(server.inbound_links(), 2);
+        let third = Endpoint::client(loopback()).unwrap();
+        assert!(third.connect(addr, id).await.is_err());
+        assert_eq!(server.inbound_refused(), 1);
+        // A closed and forgotten link gives its place back.
+        held.truncate(2);
+        assert_eq!(server.inbound_links(), 1);
+        let link = third.connect(addr, id).await.unwrap();
+        assert!(!link.is_closed());
+    })
+    .await;
+}

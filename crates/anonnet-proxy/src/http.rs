@@ -59,11 +59,12 @@ const HOP_BY_HOP: [&str; 7] = [
 /// own short text.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// The HTTP status for a failure of this kind: 403 exit policy, 503 proxying switched off,
+/// The HTTP status for a failure of this kind: 403 exit policy or refused here (a `.dark`
+/// name whose owner changed), 503 proxying switched off,
 /// 504 timeout, 400 bad request, 502 anything else.
 pub fn http_status(kind: ErrorKind) -> StatusCode {
     match kind {
-        ErrorKind::ExitPolicy => StatusCode::FORBIDDEN,
+        ErrorKind::ExitPolicy | ErrorKind::NotAllowed => StatusCode::FORBIDDEN,
         ErrorKind::Disabled => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
@@ -118,6 +119,7 @@ impl Refusal {
             ErrorKind::ConnectionRefused => format!("{dest} refused the connection"),
             ErrorKind::HostUnreachable => format!("{dest} could not be resolved or reached"),
             ErrorKind::BadRequest => format!("bad destination {dest}: {e}"),
+            ErrorKind::NotAllowed => format!("refusing {dest}: {e}"),
             ErrorKind::NotReady => format!("the client is not ready yet: {e}"),
             ErrorKind::CircuitFailed => format!("no working circuit to {dest}: {e}"),
             _ => format!("cannot reach {dest}: {e}"),

@@ -43,7 +43,9 @@ pub enum ProxyError {
 /// The SOCKS5 reply code for a failure of this kind (RFC 1928 §6).
 pub fn socks_reply(kind: ErrorKind) -> ReplyError {
     match kind {
-        ErrorKind::ExitPolicy | ErrorKind::Disabled => ReplyError::ConnectionNotAllowed,
+        ErrorKind::ExitPolicy | ErrorKind::Disabled | ErrorKind::NotAllowed => {
+            ReplyError::ConnectionNotAllowed
+        }
         ErrorKind::ConnectionRefused => ReplyError::ConnectionRefused,
         ErrorKind::HostUnreachable => ReplyError::HostUnreachable,
         ErrorKind::Timeout => ReplyError::TtlExpired,

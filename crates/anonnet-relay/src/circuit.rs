@@ -17,20 +17,26 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anonnet_crypto::onion::relay_cell_tag;
 use anonnet_crypto::{RelayBackward, RelayForward};
+use anonnet_dht::verify_record;
 use anonnet_wire::cell::{relay_layout, CellCommand, LayerKind};
+use anonnet_wire::dht::{Record, RecordKind};
 use anonnet_wire::flow::{
     CircuitDeliverWindow, SendmeTags, StreamDeliverWindow, CIRCUIT_INCREMENT, CIRCUIT_WINDOW,
     STREAM_INCREMENT, STREAM_WINDOW,
 };
+use anonnet_wire::relay::{
+    COOKIE_LEN, DHT_NOT_FOUND, DHT_OK, DHT_REFUSED, DHT_UNAVAILABLE, ESTABLISH_INTRO_CONTEXT,
+    INTRODUCE_BUSY, INTRODUCE_OK, INTRODUCE_UNKNOWN,
+};
 use anonnet_wire::{
     Create, Created, Destroy, DestroyReason, EndReason, RelayCell, RelayMsg, StreamId, Target,
-    LAYER_OVERHEAD,
+    LAYER_OVERHEAD, RELAY_HEADER_LEN,
 };
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
@@ -40,6 +46,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::hs::{IntroEntry, Refused, RendezvousEntry, Splice};
 use crate::RelayShared;
 
 /// Cells buffered between a leg reader and the task that consumes them.
@@ -74,13 +81,20 @@ impl CircuitFlow {
 }
 
 /// Shared between the tasks of one circuit: why it ended, and the token that ends it.
-struct Teardown {
-    token: CancellationToken,
+pub(crate) struct Teardown {
+    pub(crate) token: CancellationToken,
     reason: Mutex<Option<DestroyReason>>,
 }
 
 impl Teardown {
-    fn destroy(&self, reason: DestroyReason) {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        Teardown {
+            token,
+            reason: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn destroy(&self, reason: DestroyReason) {
         if let Ok(mut r) = self.reason.lock() {
             r.get_or_insert(reason);
         }
@@ -130,8 +144,10 @@ pub(crate) async fn serve_leg(
     mut send: SendStream,
     mut recv: RecvStream,
     first: u8,
-    from_relay: bool,
+    peer: crate::PeerKey,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let from_relay = peer.is_relay();
     let mut prefix = [first, 0, 0];
     let created = tokio::time::timeout(EXTEND_TIMEOUT, async {
         recv.read_exact(prefix.get_mut(1..)?).await.ok()?;
@@ -144,12 +160,13 @@ pub(crate) async fn serve_leg(
         Some((cell_len, Create::decode(&cell).ok()?))
     })
     .await;
+    drop(pending);
     let Ok(Some((cell_len, create))) = created else {
         debug!("leg closed before a valid CREATE");
         return;
     };
-    let Some(_permit) = shared.circuit_permit() else {
-        warn!("circuit limit reached; refusing CREATE");
+    let Some(_permit) = shared.circuit_permit(peer) else {
+        debug!(from_relay, "circuit limit reached; refusing CREATE");
         if let Ok(d) = (Destroy {
             reason: DestroyReason::ResourceLimit,
         })
@@ -205,20 +222,18 @@ pub(crate) async fn serve_leg(
     info!(cell_len, from_relay, "circuit created");
     let onion = anonnet_crypto::RelayOnion::new(&keys);
     drop(keys);
-    run_circuit(shared, cell_len, onion, send, recv).await;
+    run_circuit(shared, cell_len, onion, reply.server_pk, send, recv).await;
 }
 
 async fn run_circuit(
     shared: Arc<RelayShared>,
     cell_len: usize,
     onion: anonnet_crypto::RelayOnion,
+    binding: [u8; 32],
     prev_send: SendStream,
     prev_recv: RecvStream,
 ) {
-    let teardown = Arc::new(Teardown {
-        token: shared.shutdown.child_token(),
-        reason: Mutex::new(None),
-    });
+    let teardown = Arc::new(Teardown::new(shared.shutdown.child_token()));
     let (prev_tx, prev_rx) = mpsc::channel(CELL_QUEUE);
     spawn_leg_reader(prev_recv, cell_len, 0, prev_tx, teardown.clone());
     let (next_tx, next_rx) = mpsc::channel(CELL_QUEUE);
@@ -247,6 +262,15 @@ async fn run_circuit(
         streams: HashMap::new(),
         flow,
         teardown: teardown.clone(),
+        hs: HsState {
+            circuit: NEXT_CIRCUIT.fetch_add(1, Ordering::Relaxed),
+            binding,
+            splice: Arc::new(OnceLock::new()),
+            intro_key: None,
+            cookie: None,
+            introductions: 0,
+            dht_requests: Arc::new(Semaphore::new(DHT_REQUESTS_PER_CIRCUIT)),
+        },
     };
     forward.run(prev_rx).await;
     let _ = backward.await;
@@ -364,6 +388,34 @@ struct ExitSlot {
     deliver: Arc<Mutex<StreamDeliverWindow>>,
 }
 
+/// Local numbering of circuits (registrations remember which circuit made them).
+static NEXT_CIRCUIT: AtomicU64 = AtomicU64::new(1);
+/// DHT requests (§13.6) one circuit may have running at once.
+const DHT_REQUESTS_PER_CIRCUIT: usize = 2;
+/// Introductions one client circuit may send (§13.4).
+const INTRODUCTIONS_PER_CIRCUIT: u32 = 8;
+/// Records one `DHT_RESULT` answer carries at most.
+const DHT_RESULT_RECORDS: usize = 8;
+/// Storage nodes a record published through a circuit goes to.
+const DHT_REPLICAS: usize = 8;
+
+/// A circuit's hidden-service state at this relay (§13).
+struct HsState {
+    circuit: u64,
+    /// This hop's handshake key `Y`: what `ESTABLISH_INTRO` signatures bind to.
+    binding: [u8; 32],
+    /// Set once this circuit is joined to another at a rendezvous point.
+    splice: Arc<OnceLock<Splice>>,
+    /// The introduction key this circuit registered.
+    intro_key: Option<[u8; 32]>,
+    /// The rendezvous cookie this circuit registered.
+    cookie: Option<[u8; COOKIE_LEN]>,
+    /// `INTRODUCE1`s sent on this circuit.
+    introductions: u32,
+    /// Slots for running DHT requests.
+    dht_requests: Arc<Semaphore>,
+}
+
 struct ForwardTask {
     shared: Arc<RelayShared>,
     cell_len: usize,
@@ -375,6 +427,7 @@ struct ForwardTask {
     streams: HashMap<StreamId, ExitSlot>,
     flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
+    hs: HsState,
 }
 
 /// Why the forward task must stop the circuit.
@@ -395,6 +448,13 @@ impl ForwardTask {
             }
         }
         self.teardown.destroy(DestroyReason::Finished);
+        if let Some(key) = self.hs.intro_key.take() {
+            let stats = &self.shared.stats;
+            self.shared.hs.remove_intro(&key, self.hs.circuit, stats);
+        }
+        if let Some(cookie) = self.hs.cookie.take() {
+            self.shared.hs.remove_rendezvous(&cookie, self.hs.circuit);
+        }
         for (_, slot) in self.streams.drain() {
             slot.token.cancel();
         }
@@ -433,6 +493,28 @@ impl ForwardTask {
             .cells_forward
             .fetch_add(1, Ordering::Relaxed);
         match kind {
+            LayerKind::Forward if self.next_send.is_none() => {
+                // The end of a circuit joined at this rendezvous point: the other circuit's
+                // backward task wraps the cell as if it came from its next hop (§13.5).
+                let splice = self
+                    .hs
+                    .splice
+                    .get()
+                    .ok_or(Violation(DestroyReason::Protocol))?;
+                let first = cell
+                    .get_mut(relay_layout::BODY)
+                    .ok_or(Violation(DestroyReason::Protocol))?;
+                *first = CellCommand::Relay as u8;
+                let sent = tokio::select! {
+                    r = splice.backward.send(cell) => r.is_ok(),
+                    () = self.teardown.token.cancelled() => true,
+                    () = splice.teardown.token.cancelled() => false,
+                };
+                if !sent {
+                    return Err(Violation(DestroyReason::ChannelClosed));
+                }
+                Ok(())
+            }
             LayerKind::Forward => {
                 let next = self
                     .next_send
@@ -615,10 +697,251 @@ impl ForwardTask {
                 }
                 Ok(())
             }
-            RelayMsg::Connected | RelayMsg::Extended { .. } | RelayMsg::Truncated(_) => {
-                Err(Violation(DestroyReason::Protocol))
+            RelayMsg::EstablishIntro {
+                auth_key,
+                signature,
+            } => self.establish_intro(auth_key, &signature).await,
+            RelayMsg::Introduce1 { auth_key, sealed } => self.introduce(auth_key, sealed).await,
+            RelayMsg::EstablishRendezvous { cookie } => self.establish_rendezvous(cookie).await,
+            RelayMsg::Rendezvous1 {
+                cookie,
+                server_pk,
+                auth,
+            } => self.rendezvous(cookie, server_pk, auth).await,
+            RelayMsg::DhtFetch { key, kind } => {
+                self.dht_request(DhtRequest::Fetch { key, kind }).await;
+                Ok(())
             }
+            RelayMsg::DhtStore { key, kind, body } => {
+                self.dht_request(DhtRequest::Store { key, kind, body })
+                    .await;
+                Ok(())
+            }
+            RelayMsg::Connected
+            | RelayMsg::Extended { .. }
+            | RelayMsg::Truncated(_)
+            | RelayMsg::Introduce2 { .. }
+            | RelayMsg::Rendezvous2 { .. }
+            | RelayMsg::IntroEstablished
+            | RelayMsg::RendezvousEstablished
+            | RelayMsg::IntroduceAck(_)
+            | RelayMsg::DhtResult { .. } => Err(Violation(DestroyReason::Protocol)),
         }
+    }
+
+    /// True when this relay is the last hop and the circuit has no other role yet: the
+    /// only state in which it may become an introduction or rendezvous circuit.
+    fn is_bare_end(&self) -> bool {
+        self.next_send.is_none()
+            && self.next_tx.is_some()
+            && self.streams.is_empty()
+            && self.hs.intro_key.is_none()
+            && self.hs.cookie.is_none()
+            && self.hs.splice.get().is_none()
+    }
+
+    /// `ESTABLISH_INTRO` (§13.2): check the signature over this circuit's binding, then
+    /// register the key.
+    async fn establish_intro(
+        &mut self,
+        auth_key: [u8; 32],
+        signature: &[u8; 64],
+    ) -> Result<(), Violation> {
+        if !self.is_bare_end() {
+            return Err(Violation(DestroyReason::Protocol));
+        }
+        let mut signed = Vec::with_capacity(ESTABLISH_INTRO_CONTEXT.len() + 64);
+        signed.extend_from_slice(ESTABLISH_INTRO_CONTEXT);
+        signed.extend_from_slice(&auth_key);
+        signed.extend_from_slice(&self.hs.binding);
+        if anonnet_crypto::verify_signature(&auth_key, &signed, signature).is_err() {
+            warn!("destroying circuit: ESTABLISH_INTRO signature does not verify");
+            return Err(Violation(DestroyReason::Protocol));
+        }
+        let entry = IntroEntry {
+            circuit: self.hs.circuit,
+            out: self.out.clone(),
+            area: self.cell_len - relay_layout::INNER,
+        };
+        if self
+            .shared
+            .hs
+            .add_intro(auth_key, entry, &self.shared.stats)
+            .is_err()
+        {
+            warn!("introduction-point limit reached; refusing ESTABLISH_INTRO");
+            return Err(Violation(DestroyReason::ResourceLimit));
+        }
+        self.hs.intro_key = Some(auth_key);
+        debug!(circuit = self.hs.circuit, "introduction point established");
+        self.send_back(StreamId::CIRCUIT, RelayMsg::IntroEstablished)
+            .await;
+        Ok(())
+    }
+
+    /// `INTRODUCE1` (§13.4): pass it to the service as `INTRODUCE2`, answer the client.
+    async fn introduce(&mut self, auth_key: [u8; 32], sealed: Bytes) -> Result<(), Violation> {
+        if self.next_send.is_some() || self.hs.intro_key.is_some() {
+            return Err(Violation(DestroyReason::Protocol));
+        }
+        self.hs.introductions += 1;
+        let status = if self.hs.introductions > INTRODUCTIONS_PER_CIRCUIT {
+            INTRODUCE_BUSY
+        } else {
+            match self.shared.hs.intro(&auth_key) {
+                None => INTRODUCE_UNKNOWN,
+                Some((_, area)) if RELAY_HEADER_LEN + 32 + sealed.len() > area => {
+                    // It would not fit the service's circuit: refuse, never break it.
+                    return Err(Violation(DestroyReason::Protocol));
+                }
+                Some((service, _)) => {
+                    let msg = RelayCell::new(
+                        StreamId::CIRCUIT,
+                        RelayMsg::Introduce2 { auth_key, sealed },
+                    );
+                    match service.try_send(msg) {
+                        Ok(()) => {
+                            self.shared
+                                .stats
+                                .introductions
+                                .fetch_add(1, Ordering::Relaxed);
+                            INTRODUCE_OK
+                        }
+                        Err(_) => INTRODUCE_BUSY,
+                    }
+                }
+            }
+        };
+        self.send_back(StreamId::CIRCUIT, RelayMsg::IntroduceAck(status))
+            .await;
+        Ok(())
+    }
+
+    /// `ESTABLISH_RENDEZVOUS` (§13.3): park this circuit under the cookie.
+    async fn establish_rendezvous(&mut self, cookie: [u8; COOKIE_LEN]) -> Result<(), Violation> {
+        if !self.is_bare_end() {
+            return Err(Violation(DestroyReason::Protocol));
+        }
+        let backward = self
+            .next_tx
+            .take()
+            .ok_or(Violation(DestroyReason::Internal))?;
+        let entry = RendezvousEntry {
+            circuit: self.hs.circuit,
+            cell_len: self.cell_len,
+            out: self.out.clone(),
+            backward,
+            splice: self.hs.splice.clone(),
+            teardown: self.teardown.clone(),
+        };
+        match self.shared.hs.add_rendezvous(cookie, entry) {
+            Ok(()) => {}
+            Err(Refused::Full) => return Err(Violation(DestroyReason::ResourceLimit)),
+            Err(Refused::Duplicate) => return Err(Violation(DestroyReason::Protocol)),
+        }
+        self.hs.cookie = Some(cookie);
+        self.send_back(StreamId::CIRCUIT, RelayMsg::RendezvousEstablished)
+            .await;
+        Ok(())
+    }
+
+    /// `RENDEZVOUS1` (§13.5): join this (service) circuit to the client circuit waiting
+    /// under the cookie and send the client `RENDEZVOUS2`.
+    async fn rendezvous(
+        &mut self,
+        cookie: [u8; COOKIE_LEN],
+        server_pk: [u8; 32],
+        auth: [u8; 32],
+    ) -> Result<(), Violation> {
+        if !self.is_bare_end() {
+            return Err(Violation(DestroyReason::Protocol));
+        }
+        let Some(client) = self.shared.hs.take_rendezvous(&cookie) else {
+            debug!("RENDEZVOUS1 for an unknown cookie");
+            return Err(Violation(DestroyReason::Protocol));
+        };
+        if client.cell_len != self.cell_len {
+            // The circuits arrive at different depths: their cells cannot be spliced.
+            client.teardown.destroy(DestroyReason::Protocol);
+            return Err(Violation(DestroyReason::Protocol));
+        }
+        let own_backward = self
+            .next_tx
+            .take()
+            .ok_or(Violation(DestroyReason::Internal))?;
+        let _ = client.splice.set(Splice {
+            backward: own_backward,
+            teardown: self.teardown.clone(),
+        });
+        let _ = self.hs.splice.set(Splice {
+            backward: client.backward.clone(),
+            teardown: client.teardown.clone(),
+        });
+        // Either circuit ending ends the other.
+        let (a, b) = (self.teardown.clone(), client.teardown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = a.token.cancelled() => b.destroy(DestroyReason::ChannelClosed),
+                () = b.token.cancelled() => a.destroy(DestroyReason::ChannelClosed),
+            }
+        });
+        self.shared
+            .stats
+            .rendezvous_joined
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(
+            service = self.hs.circuit,
+            client = client.circuit,
+            "rendezvous: circuits joined"
+        );
+        let _ = client
+            .out
+            .send(RelayCell::new(
+                StreamId::CIRCUIT,
+                RelayMsg::Rendezvous2 { server_pk, auth },
+            ))
+            .await;
+        Ok(())
+    }
+
+    /// `DHT_FETCH` / `DHT_STORE` (§13.6): run the request in its own task (bounded per
+    /// circuit and per relay) and answer with `DHT_RESULT`.
+    async fn dht_request(&mut self, request: DhtRequest) {
+        let unavailable = RelayMsg::DhtResult {
+            status: DHT_UNAVAILABLE,
+            index: 0,
+            count: 0,
+            kind: 0,
+            body: Bytes::new(),
+        };
+        let permits = (
+            self.hs.dht_requests.clone().try_acquire_owned(),
+            self.shared.dht_requests.clone().try_acquire_owned(),
+        );
+        let (Ok(circuit_slot), Ok(relay_slot)) = permits else {
+            self.send_back(StreamId::CIRCUIT, unavailable).await;
+            return;
+        };
+        let shared = self.shared.clone();
+        let out = self.out.clone();
+        let token = self.teardown.token.clone();
+        let area = self.cell_len - relay_layout::INNER;
+        tokio::spawn(async move {
+            let _slots = (circuit_slot, relay_slot);
+            let answers = tokio::select! {
+                a = serve_dht_request(&shared, request, area) => a,
+                () = token.cancelled() => return,
+            };
+            for msg in answers {
+                if out
+                    .send(RelayCell::new(StreamId::CIRCUIT, msg))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
     }
 
     /// Open the next leg: dial the relay (pinning its NodeId), send `CREATE`, await
@@ -668,6 +991,91 @@ impl ForwardTask {
             .circuits_extended
             .fetch_add(1, Ordering::Relaxed);
         Ok(created)
+    }
+}
+
+/// A DHT request made through a circuit (§13.6).
+enum DhtRequest {
+    Fetch {
+        key: [u8; 32],
+        kind: u8,
+    },
+    Store {
+        key: [u8; 32],
+        kind: u8,
+        body: Bytes,
+    },
+}
+
+/// Run `request` on the relay's DHT node; the `DHT_RESULT` messages to send back, each
+/// fitting an inner area of `area` bytes.
+async fn serve_dht_request(
+    shared: &RelayShared,
+    request: DhtRequest,
+    area: usize,
+) -> Vec<RelayMsg> {
+    let result = |status, count, kind, body| RelayMsg::DhtResult {
+        status,
+        index: 0,
+        count,
+        kind,
+        body,
+    };
+    let now = crate::now_unix();
+    match request {
+        DhtRequest::Fetch { key, kind } => {
+            shared.stats.dht_fetches.fetch_add(1, Ordering::Relaxed);
+            let Ok(kind) = RecordKind::from_byte(kind) else {
+                return vec![result(DHT_NOT_FOUND, 0, 0, Bytes::new())];
+            };
+            // Room for the record body behind the 4-byte result header.
+            let room = RelayCell::max_payload(area).saturating_sub(4);
+            let records: Vec<Record> = shared
+                .dht
+                .find_records(key)
+                .await
+                .into_iter()
+                .filter(|r| r.kind == kind && r.body.len() <= room)
+                .filter(|r| verify_record(&key, r, now).is_ok())
+                .take(DHT_RESULT_RECORDS)
+                .collect();
+            if records.is_empty() {
+                return vec![result(DHT_NOT_FOUND, 0, 0, Bytes::new())];
+            }
+            let count = records.len() as u8;
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| RelayMsg::DhtResult {
+                    status: DHT_OK,
+                    index: i as u8,
+                    count,
+                    kind: r.kind.to_byte(),
+                    body: Bytes::from(r.body),
+                })
+                .collect()
+        }
+        DhtRequest::Store { key, kind, body } => {
+            shared.stats.dht_stores.fetch_add(1, Ordering::Relaxed);
+            let record = RecordKind::from_byte(kind).map(|kind| Record {
+                kind,
+                body: body.to_vec(),
+            });
+            let Ok(record) = record else {
+                return vec![result(DHT_REFUSED, 0, kind, Bytes::new())];
+            };
+            if verify_record(&key, &record, now).is_err() {
+                return vec![result(DHT_REFUSED, 0, kind, Bytes::new())];
+            }
+            let stored = shared.dht.store_record(key, record, DHT_REPLICAS).await;
+            let status = if stored > 0 { DHT_OK } else { DHT_REFUSED };
+            vec![result(
+                status,
+                u8::try_from(stored).unwrap_or(u8::MAX),
+                kind,
+                Bytes::new(),
+            )]
+        }
     }
 }
 

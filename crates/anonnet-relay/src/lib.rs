@@ -3,17 +3,19 @@
 
 mod circuit;
 pub mod exit_policy;
+mod hs;
 pub mod keystore;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anonnet_crypto::{IdentityKey, NodeId, OnionKey};
 use anonnet_dht::{Contact, DhtNode, RoutingTable, StorageLimits};
-use anonnet_net::{Endpoint, LinkManager};
+use anonnet_net::{Endpoint, InboundLimits, Link, LinkManager};
 use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
 use anonnet_wire::dht::DHT_STREAM_TAG;
 use anonnet_wire::{RelayDescriptor, SignedDescriptor};
@@ -67,6 +69,31 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// QUIC links kept to other relays.
     pub max_links: usize,
+    /// Introduction-point registrations held at once (§13.2); further `ESTABLISH_INTRO`s
+    /// lose their circuit (RESOURCELIMIT).
+    pub max_intro_points: usize,
+    /// Client circuits waiting at this rendezvous point at once (§13.3).
+    pub max_pending_rendezvous: usize,
+    /// DHT requests run at once on behalf of circuits (§13.6); more get
+    /// `DHT_RESULT` UNAVAILABLE.
+    pub max_dht_requests: usize,
+    /// Inbound QUIC links at once; further connections are refused before their
+    /// handshake (§8.4).
+    pub max_inbound_links: usize,
+    /// Inbound QUIC links at once from one IP address; further connections from it are
+    /// refused before their handshake.
+    pub max_inbound_links_per_ip: usize,
+    /// Circuits open at once whose previous hop is one relay (the NodeId its link
+    /// certificate proves); further `CREATE`s on its links get `DESTROY` (RESOURCELIMIT).
+    pub max_circuits_per_relay: usize,
+    /// Circuits open at once whose previous hop is a client (no certificate) at one IP
+    /// address; further `CREATE`s get `DESTROY` (RESOURCELIMIT).
+    pub max_circuits_per_client_ip: usize,
+    /// Streams of one link that have not yet become a circuit (no whole `CREATE` yet) or
+    /// are serving a DHT request; a stream beyond it is reset at once.
+    pub max_pending_streams_per_link: usize,
+    /// Time a new stream has to send its first byte before it is dropped.
+    pub first_byte_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -76,6 +103,15 @@ impl Default for Limits {
             max_streams_per_circuit: 512,
             connect_timeout: Duration::from_secs(15),
             max_links: 1024,
+            max_intro_points: 1024,
+            max_pending_rendezvous: 4096,
+            max_dht_requests: 32,
+            max_inbound_links: 4096,
+            max_inbound_links_per_ip: 64,
+            max_circuits_per_relay: 4096,
+            max_circuits_per_client_ip: 256,
+            max_pending_streams_per_link: 256,
+            first_byte_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -129,6 +165,26 @@ pub struct Stats {
     pub exit_streams: AtomicU64,
     /// Bytes read from exit TCP connections.
     pub exit_bytes: AtomicU64,
+    /// Introduction-point registrations held now (§13.2).
+    pub intro_points: AtomicUsize,
+    /// `INTRODUCE2`s passed to services.
+    pub introductions: AtomicU64,
+    /// Circuit pairs joined at this rendezvous point.
+    pub rendezvous_joined: AtomicU64,
+    /// `DHT_FETCH` requests served for circuits (§13.6).
+    pub dht_fetches: AtomicU64,
+    /// `DHT_STORE` requests served for circuits (§13.6).
+    pub dht_stores: AtomicU64,
+    /// `CREATE`s refused by the relay-wide circuit limit ([`Limits::max_circuits`]).
+    pub circuits_refused_total_limit: AtomicU64,
+    /// `CREATE`s refused by a per-peer circuit limit ([`Limits::max_circuits_per_relay`],
+    /// [`Limits::max_circuits_per_client_ip`]).
+    pub circuits_refused_peer_limit: AtomicU64,
+    /// New streams reset because their link had [`Limits::max_pending_streams_per_link`]
+    /// streams not yet past `CREATE`.
+    pub streams_refused: AtomicU64,
+    /// New streams dropped for sending no byte within [`Limits::first_byte_timeout`].
+    pub streams_timed_out: AtomicU64,
     /// Woken whenever a circuit closes (for graceful shutdown).
     pub circuit_closed: tokio::sync::Notify,
 }
@@ -147,6 +203,15 @@ impl Stats {
             "cells_rejected": g(&self.cells_rejected),
             "exit_streams": g(&self.exit_streams),
             "exit_bytes": g(&self.exit_bytes),
+            "intro_points": self.intro_points.load(Ordering::Relaxed),
+            "introductions": g(&self.introductions),
+            "rendezvous_joined": g(&self.rendezvous_joined),
+            "dht_fetches_for_circuits": g(&self.dht_fetches),
+            "dht_stores_for_circuits": g(&self.dht_stores),
+            "circuits_refused_total_limit": g(&self.circuits_refused_total_limit),
+            "circuits_refused_peer_limit": g(&self.circuits_refused_peer_limit),
+            "streams_refused": g(&self.streams_refused),
+            "streams_timed_out": g(&self.streams_timed_out),
         })
     }
 }
@@ -160,23 +225,89 @@ pub(crate) struct RelayShared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) dht: Arc<DhtNode>,
+    pub(crate) hs: hs::HsRegistry,
+    pub(crate) dht_requests: Arc<tokio::sync::Semaphore>,
+    /// Circuits open per previous hop, for the per-peer limits.
+    pub(crate) circuits_per_peer: Arc<CircuitsPerPeer>,
 }
 
-/// Holds one slot of the circuit limit while a circuit lives.
-pub(crate) struct CircuitPermit(Arc<Stats>);
+/// Circuits open per previous hop.
+pub(crate) type CircuitsPerPeer = Mutex<HashMap<PeerKey, usize>>;
+
+/// Who a circuit's previous hop is, for the per-peer circuit limits: a relay by the
+/// NodeId its link proved, a client (no certificate) by its IP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum PeerKey {
+    Relay(NodeId),
+    Client(IpAddr),
+}
+
+impl PeerKey {
+    fn of(peer: Option<NodeId>, remote: SocketAddr) -> PeerKey {
+        peer.map_or(PeerKey::Client(remote.ip()), PeerKey::Relay)
+    }
+
+    pub(crate) fn is_relay(&self) -> bool {
+        matches!(self, PeerKey::Relay(_))
+    }
+}
+
+/// Holds one slot of the circuit limits (relay-wide and per peer) while a circuit lives.
+pub(crate) struct CircuitPermit {
+    stats: Arc<Stats>,
+    per_peer: Option<(Arc<CircuitsPerPeer>, PeerKey)>,
+}
 
 impl Drop for CircuitPermit {
     fn drop(&mut self) {
-        self.0.circuits_open.fetch_sub(1, Ordering::Relaxed);
-        self.0.circuit_closed.notify_waiters();
+        if let Some((map, key)) = &self.per_peer {
+            if let Ok(mut map) = map.lock() {
+                if let Some(n) = map.get_mut(key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        map.remove(key);
+                    }
+                }
+            }
+        }
+        self.stats.circuits_open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.circuit_closed.notify_waiters();
     }
 }
 
 impl RelayShared {
-    pub(crate) fn circuit_permit(&self) -> Option<CircuitPermit> {
+    /// A slot for a new circuit from `peer`, or `None` when the relay-wide or that peer's
+    /// limit is reached (each refusal is counted in [`Stats`]).
+    pub(crate) fn circuit_permit(&self, peer: PeerKey) -> Option<CircuitPermit> {
         let open = self.stats.circuits_open.fetch_add(1, Ordering::Relaxed);
-        let permit = CircuitPermit(self.stats.clone());
-        (open < self.limits.max_circuits).then_some(permit)
+        let mut permit = CircuitPermit {
+            stats: self.stats.clone(),
+            per_peer: None,
+        };
+        if open >= self.limits.max_circuits {
+            self.stats
+                .circuits_refused_total_limit
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let cap = match peer {
+            PeerKey::Relay(_) => self.limits.max_circuits_per_relay,
+            PeerKey::Client(_) => self.limits.max_circuits_per_client_ip,
+        };
+        let Ok(mut map) = self.circuits_per_peer.lock() else {
+            return None;
+        };
+        let n = map.entry(peer).or_insert(0);
+        if *n >= cap {
+            drop(map);
+            self.stats
+                .circuits_refused_peer_limit
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        permit.per_peer = Some((self.circuits_per_peer.clone(), peer));
+        Some(permit)
     }
 }
 
@@ -190,7 +321,7 @@ pub struct Relay {
     endpoint: Endpoint,
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -206,7 +337,14 @@ impl Relay {
     pub async fn start(config: RelayConfig) -> Result<Relay, RelayError> {
         let (identity, onion_key) = keystore::load_keys(&config.data_dir)?;
         let node_id = identity.node_id();
-        let endpoint = Endpoint::relay(&identity, config.listen)?;
+        let endpoint = Endpoint::relay_with_limits(
+            &identity,
+            config.listen,
+            InboundLimits {
+                max_links: config.limits.max_inbound_links,
+                max_links_per_ip: config.limits.max_inbound_links_per_ip,
+            },
+        )?;
         let local_addr = endpoint.local_addr()?;
         let advertise = config.advertise.unwrap_or(local_addr);
         if advertise.ip().is_unspecified() {
@@ -245,6 +383,12 @@ impl Relay {
             stats: stats.clone(),
             shutdown: shutdown.clone(),
             dht: dht.clone(),
+            hs: hs::HsRegistry::new(
+                config.limits.max_intro_points,
+                config.limits.max_pending_rendezvous,
+            ),
+            dht_requests: Arc::new(tokio::sync::Semaphore::new(config.limits.max_dht_requests)),
+            circuits_per_peer: Arc::new(Mutex::new(HashMap::new())),
         });
         info!(%node_id, %local_addr, exit = config.exit_policy.is_some(), "relay listening");
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -264,6 +408,7 @@ impl Relay {
         tokio::spawn(maintenance(
             identity,
             shared,
+            endpoint.clone(),
             config.clone(),
             advertise,
             descriptor_file,
@@ -386,21 +531,43 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<RelayShared>) {
             None => break,
             Some(Err(e)) => debug!("link handshake failed: {e}"),
             Some(Ok(link)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let peer = link.peer_node_id();
-                    let remote = link.remote_addr();
-                    loop {
-                        let stream = tokio::select! {
-                            s = link.accept_bi() => s,
-                            () = shared.shutdown.cancelled() => break,
-                        };
-                        let Ok((send, recv)) = stream else { break };
-                        tokio::spawn(serve_stream(shared.clone(), send, recv, peer, remote));
-                    }
-                });
+                tokio::spawn(serve_link(shared.clone(), link));
             }
         }
+    }
+}
+
+/// Take the streams of one inbound link until it closes. At most
+/// [`Limits::max_pending_streams_per_link`] of them may be before their circuit exists
+/// (or serving a DHT request); a stream beyond that is reset at once.
+async fn serve_link(shared: Arc<RelayShared>, link: Link) {
+    let peer = link.peer_node_id();
+    let remote = link.remote_addr();
+    let pending = Arc::new(tokio::sync::Semaphore::new(
+        shared.limits.max_pending_streams_per_link,
+    ));
+    loop {
+        let stream = tokio::select! {
+            s = link.accept_bi() => s,
+            () = shared.shutdown.cancelled() => break,
+        };
+        let Ok((mut send, mut recv)) = stream else {
+            break;
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            shared.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            continue;
+        };
+        tokio::spawn(serve_stream(
+            shared.clone(),
+            send,
+            recv,
+            peer,
+            remote,
+            permit,
+        ));
     }
 }
 
@@ -417,15 +584,34 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     peer: Option<NodeId>,
     remote: SocketAddr,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut first = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut first)).await;
-    if !matches!(read, Ok(Ok(()))) {
-        return;
+    let read = tokio::time::timeout(
+        shared.limits.first_byte_timeout,
+        recv.read_exact(&mut first),
+    )
+    .await;
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            shared
+                .stats
+                .streams_timed_out
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     }
     match first {
-        [DHT_STREAM_TAG] => shared.dht.serve_stream(peer, remote, send, recv).await,
-        [b] => circuit::serve_leg(shared, send, recv, b, peer.is_some()).await,
+        [DHT_STREAM_TAG] => {
+            shared.dht.serve_stream(peer, remote, send, recv).await;
+            drop(pending);
+        }
+        [b] => {
+            let key = PeerKey::of(peer, remote);
+            circuit::serve_leg(shared, send, recv, b, key, pending).await;
+        }
     }
 }
 
@@ -463,6 +649,7 @@ async fn run_dht(
 async fn maintenance(
     identity: IdentityKey,
     shared: Arc<RelayShared>,
+    endpoint: Endpoint,
     config: RelayConfig,
     advertise: SocketAddr,
     descriptor_file: PathBuf,
@@ -477,6 +664,8 @@ async fn maintenance(
             () = shared.shutdown.cancelled() => break,
             _ = tick.tick() => {
                 let mut now = shared.stats.to_json();
+                now["links_inbound"] = endpoint.inbound_links().into();
+                now["links_refused"] = endpoint.inbound_refused().into();
                 let dht = &shared.dht;
                 let c = dht.storage_counters();
                 now["dht"] = serde_json::json!({
@@ -486,6 +675,7 @@ async fn maintenance(
                     "rejected_invalid": c.rejected_invalid,
                     "rejected_stale": c.rejected_stale,
                     "rejected_full": c.rejected_full,
+                    "rejected_taken": c.rejected_taken,
                     "rate_limited": c.rate_limited,
                     "expired": c.expired,
                 });

@@ -12,6 +12,7 @@
 //! is bounded and checked before anything is allocated; decoders never panic.
 
 use crate::descriptor::MAX_BODY_LEN;
+use crate::hs::{DarkRecord, HsDescriptor};
 use crate::{invalid, Reader, SignedDescriptor, WireError, Writer};
 
 /// First byte of a QUIC bidirectional stream that carries one DHT request and its response.
@@ -51,6 +52,12 @@ pub enum RecordKind {
     /// A relay descriptor: the body is [`SignedDescriptor::encode`], stored under
     /// `BLAKE3-derive_key("anonnet 2026 relay descriptor key", NodeId)`.
     RelayDescriptor = 1,
+    /// A hidden-service descriptor (§12.6): the body is [`HsDescriptor::encode`], stored
+    /// under its descriptor index (§12.3).
+    HsDescriptor = 2,
+    /// A `.dark` name record (§12.6): the body is [`DarkRecord::encode`], stored under
+    /// `BLAKE3-derive_key("anonnet 2026 dark name key", name)` (§12.5).
+    DarkName = 3,
 }
 
 impl RecordKind {
@@ -66,6 +73,8 @@ impl RecordKind {
     pub fn from_byte(b: u8) -> Result<Self, WireError> {
         match b {
             1 => Ok(RecordKind::RelayDescriptor),
+            2 => Ok(RecordKind::HsDescriptor),
+            3 => Ok(RecordKind::DarkName),
             _ => Err(invalid("record kind", "unknown kind")),
         }
     }
@@ -78,7 +87,9 @@ pub struct Record {
     /// What the body holds.
     pub kind: RecordKind,
     /// The record itself, 0..=[`MAX_RECORD_LEN`] bytes. For
-    /// [`RecordKind::RelayDescriptor`]: [`SignedDescriptor::encode`].
+    /// [`RecordKind::RelayDescriptor`]: [`SignedDescriptor::encode`]; for
+    /// [`RecordKind::HsDescriptor`]: [`HsDescriptor::encode`]; for
+    /// [`RecordKind::DarkName`]: [`DarkRecord::encode`].
     pub body: Vec<u8>,
 }
 
@@ -91,6 +102,28 @@ impl Record {
         Ok(Record {
             kind: RecordKind::RelayDescriptor,
             body: signed.encode()?,
+        })
+    }
+
+    /// A hidden-service descriptor record holding `desc` (§12.6).
+    ///
+    /// # Errors
+    /// As [`HsDescriptor::encode`].
+    pub fn hs_descriptor(desc: &HsDescriptor) -> Result<Self, WireError> {
+        Ok(Record {
+            kind: RecordKind::HsDescriptor,
+            body: desc.encode()?,
+        })
+    }
+
+    /// A `.dark` name record holding `record` (§12.6).
+    ///
+    /// # Errors
+    /// As [`DarkRecord::encode`].
+    pub fn dark_name(record: &DarkRecord) -> Result<Self, WireError> {
+        Ok(Record {
+            kind: RecordKind::DarkName,
+            body: record.encode()?,
         })
     }
 
@@ -130,6 +163,9 @@ pub const REJECT_STALE: u8 = 2;
 /// Reason byte of [`StoreStatus::Rejected`]: the node does not store records (client mode
 /// or storage switched off).
 pub const REJECT_NOT_STORING: u8 = 3;
+/// Reason byte of [`StoreStatus::Rejected`]: the key holds a live `.dark` name record of
+/// another owner; names are first come, first served (§12.6).
+pub const REJECT_TAKEN: u8 = 4;
 
 /// The answer to `STORE`: `status u8 ‖ reason u8` (§11.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +173,7 @@ pub enum StoreStatus {
     /// Status 0: the record is stored (or was already, byte for byte).
     Stored,
     /// Status 1 with a reason byte ([`REJECT_INVALID`], [`REJECT_STALE`],
-    /// [`REJECT_NOT_STORING`]; other values are kept as received).
+    /// [`REJECT_NOT_STORING`], [`REJECT_TAKEN`]; other values are kept as received).
     Rejected(u8),
     /// Status 2: the sender exceeded its request rate; try later.
     RateLimited,
@@ -709,7 +745,7 @@ mod tests {
         }
         .encode()
         .unwrap();
-        s[41] = 2; // record kind
+        s[41] = 4; // record kind
         assert!(DhtMessage::decode(&s).is_err());
         let mut st = DhtMessage::Stored {
             txid: 1,
@@ -724,6 +760,52 @@ mod tests {
         let mut req = frame_request(&DhtMessage::Ping { txid: 1 }).unwrap();
         req[0] = 0x01; // a CREATE cell, not a DHT stream
         assert!(unframe_request(&req).is_err());
+    }
+
+    #[test]
+    fn hidden_service_and_dark_name_records_round_trip() {
+        let hs = HsDescriptor {
+            blinded_key: [1; 32],
+            period: 2,
+            revision: 3,
+            expires: 4,
+            salt: [5; 16],
+            ciphertext: vec![6; crate::hs::HS_CIPHERTEXT_LEN],
+            signature: [7; 64],
+        };
+        let dark = DarkRecord {
+            name: "example".into(),
+            address: [8; 32],
+            owner: [9; 32],
+            published: 10,
+            expires: 11,
+            pow_nonce: 12,
+            signature: [13; 64],
+        };
+        for (record, kind) in [
+            (Record::hs_descriptor(&hs).unwrap(), 2),
+            (Record::dark_name(&dark).unwrap(), 3),
+        ] {
+            assert_eq!(record.kind.to_byte(), kind);
+            let m = DhtMessage::Store {
+                txid: 1,
+                key: [0; 32],
+                record: record.clone(),
+            };
+            assert_eq!(DhtMessage::decode(&m.encode().unwrap()).unwrap(), m);
+        }
+        assert_eq!(
+            HsDescriptor::decode(&Record::hs_descriptor(&hs).unwrap().body).unwrap(),
+            hs
+        );
+        assert_eq!(
+            DarkRecord::decode(&Record::dark_name(&dark).unwrap().body).unwrap(),
+            dark
+        );
+        assert_eq!(
+            StoreStatus::from_bytes(1, REJECT_TAKEN).unwrap(),
+            StoreStatus::Rejected(REJECT_TAKEN)
+        );
     }
 
     #[test]

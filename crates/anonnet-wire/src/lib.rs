@@ -9,6 +9,7 @@ pub mod cell;
 pub mod descriptor;
 pub mod dht;
 pub mod flow;
+pub mod hs;
 pub mod reader;
 pub mod relay;
 

@@ -162,7 +162,111 @@ pub enum RelayMsg {
     /// the acknowledged increment, which only a receiver of that cell can know. On a stream
     /// the payload is empty.
     Sendme(Option<[u8; 16]>),
+    /// Service → introduction point (§13.2): `auth_key [32] ‖ signature [64]`, the
+    /// Ed25519 signature by `auth_key` over `"anonnet-hs-establish-intro-v1" ‖ auth_key ‖ Y`
+    /// where `Y` is the introduction point's handshake key of this circuit.
+    EstablishIntro {
+        /// The introduction point's authentication key (Ed25519, per service and relay).
+        auth_key: [u8; KEY_LEN],
+        /// Signature binding the key to this circuit.
+        signature: [u8; 64],
+    },
+    /// Client → rendezvous point (§13.3): `cookie [20]`.
+    EstablishRendezvous {
+        /// Random rendezvous cookie.
+        cookie: [u8; COOKIE_LEN],
+    },
+    /// Client → introduction point (§13.4): `auth_key [32] ‖ sealed [..]`.
+    Introduce1 {
+        /// Which service registration at this relay to introduce to.
+        auth_key: [u8; KEY_LEN],
+        /// The introduction sealed to the service's encryption key (§12.4).
+        sealed: Bytes,
+    },
+    /// Introduction point → service (§13.4): the `INTRODUCE1` payload unchanged.
+    Introduce2 {
+        /// The registration it arrived for.
+        auth_key: [u8; KEY_LEN],
+        /// The sealed introduction.
+        sealed: Bytes,
+    },
+    /// Service → rendezvous point (§13.5): `cookie [20] ‖ Y [32] ‖ AUTH [32]`.
+    Rendezvous1 {
+        /// The client's rendezvous cookie.
+        cookie: [u8; COOKIE_LEN],
+        /// The service's ephemeral key `Y` of the end-to-end handshake.
+        server_pk: [u8; KEY_LEN],
+        /// The service's handshake MAC.
+        auth: [u8; KEY_LEN],
+    },
+    /// Rendezvous point → client (§13.5): `Y [32] ‖ AUTH [32]`.
+    Rendezvous2 {
+        /// The service's ephemeral key `Y`.
+        server_pk: [u8; KEY_LEN],
+        /// The service's handshake MAC.
+        auth: [u8; KEY_LEN],
+    },
+    /// Introduction point → service: the registration is active. Empty payload.
+    IntroEstablished,
+    /// Rendezvous point → client: the cookie is registered. Empty payload.
+    RendezvousEstablished,
+    /// Introduction point → client: `status u8` ([`INTRODUCE_OK`], [`INTRODUCE_UNKNOWN`],
+    /// [`INTRODUCE_BUSY`]).
+    IntroduceAck(u8),
+    /// Client → last hop (§13.6): fetch DHT records on the client's behalf, `key [32] ‖
+    /// kind u8`.
+    DhtFetch {
+        /// The DHT key.
+        key: [u8; KEY_LEN],
+        /// The record kind wanted (§11.3, §12.6).
+        kind: u8,
+    },
+    /// Client → last hop (§13.6): store a DHT record on the client's behalf, `key [32] ‖
+    /// kind u8 ‖ body [..]`.
+    DhtStore {
+        /// The DHT key.
+        key: [u8; KEY_LEN],
+        /// The record kind.
+        kind: u8,
+        /// The record body.
+        body: Bytes,
+    },
+    /// Last hop → client (§13.6): `status u8 ‖ index u8 ‖ count u8 ‖ kind u8 ‖ body [..]`.
+    /// A fetch answers with `count` cells (`index` 0..count), one record each, or one
+    /// cell with `count = 0`; a store answers with one cell whose `count` is the number of
+    /// storage nodes that accepted the record.
+    DhtResult {
+        /// [`DHT_OK`], [`DHT_NOT_FOUND`], [`DHT_REFUSED`] or [`DHT_UNAVAILABLE`].
+        status: u8,
+        /// Position of this record in the answer.
+        index: u8,
+        /// Records in the answer (fetch) or nodes that stored (store).
+        count: u8,
+        /// Record kind (0 when no record).
+        kind: u8,
+        /// Record body (empty when no record).
+        body: Bytes,
+    },
 }
+
+/// What an `ESTABLISH_INTRO` signature covers, before `auth_key ‖ Y` (§13.2).
+pub const ESTABLISH_INTRO_CONTEXT: &[u8] = b"anonnet-hs-establish-intro-v1";
+/// Bytes of a rendezvous cookie.
+pub const COOKIE_LEN: usize = 20;
+/// `INTRODUCE_ACK` status: the introduction was passed to the service.
+pub const INTRODUCE_OK: u8 = 0;
+/// `INTRODUCE_ACK` status: no service is registered under that key here.
+pub const INTRODUCE_UNKNOWN: u8 = 1;
+/// `INTRODUCE_ACK` status: the service's circuit is congested or over its rate.
+pub const INTRODUCE_BUSY: u8 = 2;
+/// `DHT_RESULT` status: records found / record stored.
+pub const DHT_OK: u8 = 0;
+/// `DHT_RESULT` status: no record under the key.
+pub const DHT_NOT_FOUND: u8 = 1;
+/// `DHT_RESULT` status: no storage node accepted the record.
+pub const DHT_REFUSED: u8 = 2;
+/// `DHT_RESULT` status: the relay runs no DHT, or is over its limit of DHT requests.
+pub const DHT_UNAVAILABLE: u8 = 3;
 
 impl RelayMsg {
     fn command(&self) -> u8 {
@@ -176,7 +280,24 @@ impl RelayMsg {
             RelayMsg::Truncated(_) => 9,
             RelayMsg::Drop => 10,
             RelayMsg::Sendme(_) => 5,
+            RelayMsg::EstablishIntro { .. } => 32,
+            RelayMsg::EstablishRendezvous { .. } => 33,
+            RelayMsg::Introduce1 { .. } => 34,
+            RelayMsg::Introduce2 { .. } => 35,
+            RelayMsg::Rendezvous1 { .. } => 36,
+            RelayMsg::Rendezvous2 { .. } => 37,
+            RelayMsg::IntroEstablished => 38,
+            RelayMsg::RendezvousEstablished => 39,
+            RelayMsg::IntroduceAck(_) => 40,
+            RelayMsg::DhtFetch { .. } => 48,
+            RelayMsg::DhtStore { .. } => 49,
+            RelayMsg::DhtResult { .. } => 50,
         }
+    }
+
+    /// True for the hidden-service and DHT messages of §13 (all on stream 0).
+    pub fn is_hs(&self) -> bool {
+        self.command() >= 32
     }
 
     /// `Some(true)` for messages that must use stream 0, `Some(false)` for messages that
@@ -187,6 +308,7 @@ impl RelayMsg {
             | RelayMsg::Extended { .. }
             | RelayMsg::Truncated(_)
             | RelayMsg::Drop => Some(true),
+            m if m.is_hs() => Some(true),
             RelayMsg::Sendme(tag) => Some(tag.is_some()),
             _ => Some(false),
         }
@@ -202,7 +324,7 @@ pub struct RelayCell {
     pub msg: RelayMsg,
 }
 
-fn put_ip(w: &mut Writer, ip: IpAddr) {
+pub(crate) fn put_ip(w: &mut Writer, ip: IpAddr) {
     match ip {
         IpAddr::V4(a) => {
             w.put_u8(4);
@@ -215,7 +337,7 @@ fn put_ip(w: &mut Writer, ip: IpAddr) {
     }
 }
 
-fn take_ip(r: &mut Reader<'_>, atype: u8) -> Result<IpAddr, WireError> {
+pub(crate) fn take_ip(r: &mut Reader<'_>, atype: u8) -> Result<IpAddr, WireError> {
     match atype {
         4 => Ok(IpAddr::V4(Ipv4Addr::from(r.take_array::<4>()?))),
         6 => Ok(IpAddr::V6(Ipv6Addr::from(r.take_array::<16>()?))),
@@ -351,6 +473,56 @@ impl RelayCell {
                 w.put(tag);
             }
             RelayMsg::Sendme(None) => {}
+            RelayMsg::EstablishIntro {
+                auth_key,
+                signature,
+            } => {
+                w.put(auth_key);
+                w.put(signature);
+            }
+            RelayMsg::EstablishRendezvous { cookie } => w.put(cookie),
+            RelayMsg::Introduce1 { auth_key, sealed }
+            | RelayMsg::Introduce2 { auth_key, sealed } => {
+                w.put(auth_key);
+                w.put(sealed);
+            }
+            RelayMsg::Rendezvous1 {
+                cookie,
+                server_pk,
+                auth,
+            } => {
+                w.put(cookie);
+                w.put(server_pk);
+                w.put(auth);
+            }
+            RelayMsg::Rendezvous2 { server_pk, auth } => {
+                w.put(server_pk);
+                w.put(auth);
+            }
+            RelayMsg::IntroEstablished | RelayMsg::RendezvousEstablished => {}
+            RelayMsg::IntroduceAck(status) => w.put_u8(*status),
+            RelayMsg::DhtFetch { key, kind } => {
+                w.put(key);
+                w.put_u8(*kind);
+            }
+            RelayMsg::DhtStore { key, kind, body } => {
+                w.put(key);
+                w.put_u8(*kind);
+                w.put(body);
+            }
+            RelayMsg::DhtResult {
+                status,
+                index,
+                count,
+                kind,
+                body,
+            } => {
+                w.put_u8(*status);
+                w.put_u8(*index);
+                w.put_u8(*count);
+                w.put_u8(*kind);
+                w.put(body);
+            }
         }
         Ok(w.into_vec())
     }
@@ -422,6 +594,53 @@ impl RelayCell {
                 RelayMsg::Sendme(Some(p.take_array()?))
             }
             5 => RelayMsg::Sendme(None),
+            32 => RelayMsg::EstablishIntro {
+                auth_key: p.take_array()?,
+                signature: p.take_array()?,
+            },
+            33 => RelayMsg::EstablishRendezvous {
+                cookie: p.take_array()?,
+            },
+            34 | 35 => {
+                let auth_key = p.take_array()?;
+                let sealed = Bytes::copy_from_slice(p.take_rest());
+                if sealed.is_empty() {
+                    return Err(invalid("INTRODUCE", "empty introduction"));
+                }
+                if cmd == 34 {
+                    RelayMsg::Introduce1 { auth_key, sealed }
+                } else {
+                    RelayMsg::Introduce2 { auth_key, sealed }
+                }
+            }
+            36 => RelayMsg::Rendezvous1 {
+                cookie: p.take_array()?,
+                server_pk: p.take_array()?,
+                auth: p.take_array()?,
+            },
+            37 => RelayMsg::Rendezvous2 {
+                server_pk: p.take_array()?,
+                auth: p.take_array()?,
+            },
+            38 => RelayMsg::IntroEstablished,
+            39 => RelayMsg::RendezvousEstablished,
+            40 => RelayMsg::IntroduceAck(p.take_u8()?),
+            48 => RelayMsg::DhtFetch {
+                key: p.take_array()?,
+                kind: p.take_u8()?,
+            },
+            49 => RelayMsg::DhtStore {
+                key: p.take_array()?,
+                kind: p.take_u8()?,
+                body: Bytes::copy_from_slice(p.take_rest()),
+            },
+            50 => RelayMsg::DhtResult {
+                status: p.take_u8()?,
+                index: p.take_u8()?,
+                count: p.take_u8()?,
+                kind: p.take_u8()?,
+                body: Bytes::copy_from_slice(p.take_rest()),
+            },
             _ => return Err(invalid("relay command", "unknown command")),
         };
         p.finish()?;
@@ -445,6 +664,65 @@ mod tests {
         for n in 0..area.len() {
             let _ = RelayCell::decode(&Bytes::copy_from_slice(&area[..n]));
         }
+    }
+
+    #[test]
+    fn hidden_service_messages_round_trip() {
+        let c = StreamId::CIRCUIT;
+        for msg in [
+            RelayMsg::EstablishIntro {
+                auth_key: [1; 32],
+                signature: [2; 64],
+            },
+            RelayMsg::EstablishRendezvous { cookie: [3; 20] },
+            RelayMsg::Introduce1 {
+                auth_key: [4; 32],
+                sealed: Bytes::from_static(b"sealed"),
+            },
+            RelayMsg::Introduce2 {
+                auth_key: [5; 32],
+                sealed: Bytes::from_static(b"x"),
+            },
+            RelayMsg::Rendezvous1 {
+                cookie: [6; 20],
+                server_pk: [7; 32],
+                auth: [8; 32],
+            },
+            RelayMsg::Rendezvous2 {
+                server_pk: [9; 32],
+                auth: [10; 32],
+            },
+            RelayMsg::IntroEstablished,
+            RelayMsg::RendezvousEstablished,
+            RelayMsg::IntroduceAck(INTRODUCE_UNKNOWN),
+            RelayMsg::DhtFetch {
+                key: [11; 32],
+                kind: 2,
+            },
+            RelayMsg::DhtStore {
+                key: [12; 32],
+                kind: 3,
+                body: Bytes::from_static(b"record"),
+            },
+            RelayMsg::DhtResult {
+                status: DHT_OK,
+                index: 1,
+                count: 2,
+                kind: 2,
+                body: Bytes::from_static(b"body"),
+            },
+        ] {
+            round_trip(RelayCell::new(c, msg.clone()));
+            // Never on a stream.
+            let mut area = vec![0; 200];
+            assert!(RelayCell::new(StreamId(1), msg)
+                .encode_into(&mut area)
+                .is_err());
+        }
+        // An empty introduction is refused.
+        let mut area = vec![0; 64];
+        area[..5].copy_from_slice(&[34, 0, 0, 0, 32]);
+        assert!(RelayCell::decode(&Bytes::from(area)).is_err());
     }
 
     #[test]

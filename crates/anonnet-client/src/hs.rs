@@ -1,0 +1,643 @@
+//! Hidden services, client side: reaching `<address>.anon` and `name.dark` (§12, §13).
+//!
+//! Every DHT request of a hidden-service connection (the descriptor, a `.dark` name)
+//! travels through an anonymous circuit to its last relay, which runs the lookup
+//! (`DHT_FETCH`, §13.6): DHT nodes never see the client's address. The connection itself:
+//! a rendezvous circuit parks a random cookie at a relay; an introduction circuit sends the
+//! service, through one of its introduction points, the cookie, the rendezvous relay and the
+//! client's half of an end-to-end handshake, sealed to the service's key; the service meets
+//! the client at the rendezvous relay, which joins the two circuits; the two ends add an
+//! end-to-end onion layer and the stream opens inside it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use anonnet_crypto::dark::{dark_key, verify_dark_record, DarkName, DARK_POW_BITS};
+use anonnet_crypto::hs::{
+    blind_public, descriptor_index, open_descriptor, seal_introduce, time_period, HsAddress,
+    PERIOD_OVERLAP_SECS, PERIOD_SECS,
+};
+use anonnet_crypto::ClientHandshake;
+use anonnet_wire::dht::RecordKind;
+use anonnet_wire::hs::{DarkRecord, HsDescriptor, HsDescriptorBody, IntroducePlaintext, RelayLink};
+use anonnet_wire::relay::{COOKIE_LEN, DHT_OK, INTRODUCE_OK};
+use anonnet_wire::{RelayMsg, Target};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::circuit::{Circuit, HopSpec};
+
+/// Longest wait for one answer from a relay on a hidden-service circuit (seconds).
+pub const HS_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Descriptors kept in the cache (least recently fetched are dropped first).
+const DESCRIPTOR_CACHE: usize = 256;
+/// A cached descriptor is fetched again after this long.
+const DESCRIPTOR_FRESH: Duration = Duration::from_secs(600);
+/// Names kept in the cache.
+const NAME_CACHE: usize = 256;
+/// A resolved name is looked up again after this long.
+const NAME_FRESH: Duration = Duration::from_secs(600);
+/// Pinned names kept (file `dark-pins.json` in the state directory).
+const MAX_PINS: usize = 4096;
+/// File in the state directory with the first owner key seen for each `.dark` name.
+pub const PINS_FILE: &str = "dark-pins.json";
+
+/// Why a hidden-service connection failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HsFailure {
+    /// The `.anon` address is mistyped (checked before any network traffic).
+    #[error("invalid .anon address: {0}")]
+    BadAddress(String),
+    /// The `.dark` name is malformed.
+    #[error("invalid .dark name: {0}")]
+    BadName(String),
+    /// No valid descriptor was found for the address.
+    #[error("no descriptor found for {0} (the service is not published, or not yet)")]
+    NoDescriptor(String),
+    /// No record was found for the name.
+    #[error("no record for {0}")]
+    UnknownName(String),
+    /// The name's owner key differs from the one pinned earlier.
+    #[error(
+        "{name} is now signed by a different owner key than the one first seen \
+         ({pinned}); refusing. Remove its line from {file} only if you trust the change"
+    )]
+    OwnerChanged {
+        /// The name.
+        name: String,
+        /// The pinned key (hex).
+        pinned: String,
+        /// The pins file.
+        file: String,
+    },
+    /// Every introduction point refused or failed.
+    #[error("introduction failed: {0}")]
+    Introduction(String),
+    /// The service did not meet the client at the rendezvous point in time.
+    #[error("rendezvous failed: {0}")]
+    Rendezvous(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A relay's link specifiers as a hop to extend to.
+pub fn hop_of(link: &RelayLink) -> HopSpec {
+    HopSpec {
+        node_id: anonnet_crypto::NodeId(link.node_id),
+        onion_key: link.onion_key,
+        addr: link.addr,
+    }
+}
+
+/// The link specifiers of a circuit's last relay.
+pub fn link_of(hop: &HopSpec) -> RelayLink {
+    RelayLink {
+        node_id: hop.node_id.0,
+        onion_key: hop.onion_key,
+        addr: hop.addr,
+    }
+}
+
+/// Wait for the first message on `rx` that `want` accepts, at most
+/// [`HS_STEP_TIMEOUT`]. Other messages are skipped.
+pub(crate) async fn wait_for<T>(
+    rx: &mut mpsc::Receiver<RelayMsg>,
+    what: &str,
+    mut want: impl FnMut(RelayMsg) -> Option<T>,
+) -> Result<T, String> {
+    let deadline = tokio::time::Instant::now() + HS_STEP_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return Err(format!("no {what} within {HS_STEP_TIMEOUT:?}")),
+            Ok(None) => return Err(format!("circuit closed while waiting for {what}")),
+            Ok(Some(m)) => {
+                if let Some(t) = want(m) {
+                    return Ok(t);
+                }
+            }
+        }
+    }
+}
+
+/// Fetch the records of `kind` under `key` through `circuit`'s last relay (§13.6). The
+/// records are returned as the relay sent them: the caller verifies them.
+pub(crate) async fn dht_fetch(
+    circuit: &Circuit,
+    key: [u8; 32],
+    kind: RecordKind,
+) -> Result<Vec<Bytes>, String> {
+    let mut rx = circuit.control_messages();
+    circuit
+        .send_to_last_relay(RelayMsg::DhtFetch {
+            key,
+            kind: kind.to_byte(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    loop {
+        let (status, count, body) = wait_for(&mut rx, "DHT_RESULT", |m| match m {
+            RelayMsg::DhtResult {
+                status,
+                count,
+                body,
+                ..
+            } => Some((status, count, body)),
+            _ => None,
+        })
+        .await?;
+        if status != DHT_OK {
+            return Ok(records);
+        }
+        records.push(body);
+        if records.len() >= usize::from(count) {
+            return Ok(records);
+        }
+    }
+}
+
+/// Store a record through `circuit`'s last relay (§13.6); the number of storage nodes
+/// that accepted it.
+pub(crate) async fn dht_store(
+    circuit: &Circuit,
+    key: [u8; 32],
+    kind: RecordKind,
+    body: Vec<u8>,
+) -> Result<usize, String> {
+    let mut rx = circuit.control_messages();
+    circuit
+        .send_to_last_relay(RelayMsg::DhtStore {
+            key,
+            kind: kind.to_byte(),
+            body: Bytes::from(body),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let (status, count) = wait_for(&mut rx, "DHT_RESULT", |m| match m {
+        RelayMsg::DhtResult { status, count, .. } => Some((status, count)),
+        _ => None,
+    })
+    .await?;
+    Ok(if status == DHT_OK {
+        usize::from(count)
+    } else {
+        0
+    })
+}
+
+/// The periods whose descriptor a client tries, in order: the current one, then the
+/// neighbour a service with a clock up to an hour off may still be using.
+pub fn periods_to_fetch(now_unix: u64) -> Vec<u64> {
+    let p = time_period(now_unix);
+    let into = now_unix % PERIOD_SECS;
+    let mut out = vec![p];
+    if into < PERIOD_OVERLAP_SECS && p > 0 {
+        out.push(p - 1);
+    } else if PERIOD_SECS - into <= PERIOD_OVERLAP_SECS {
+        out.push(p + 1);
+    }
+    out
+}
+
+/// First-seen owner keys of `.dark` names, persisted as JSON `{ "name": "hex key" }`.
+#[derive(Debug, Default)]
+pub struct NamePins {
+    file: Option<PathBuf>,
+    pins: HashMap<String, [u8; 32]>,
+}
+
+impl NamePins {
+    /// Load the pins from `state_dir/dark-pins.json` (missing or unreadable: none).
+    pub fn load(state_dir: Option<&std::path::Path>) -> Self {
+        let file = state_dir.map(|d| d.join(PINS_FILE));
+        let mut pins = HashMap::new();
+        if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+            match serde_json::from_str::<HashMap<String, String>>(&text) {
+                Ok(map) => {
+                    for (name, key) in map.into_iter().take(MAX_PINS) {
+                        let key = hex::decode(&key).ok().and_then(|k| k.try_into().ok());
+                        if let Some(key) = key {
+                            pins.insert(name, key);
+                        }
+                    }
+                }
+                Err(e) => warn!("ignoring unreadable {PINS_FILE}: {e}"),
+            }
+        }
+        NamePins { file, pins }
+    }
+
+    /// Check `owner` for `name`: pin it when the name is new. `Err` with the pinned key
+    /// when it differs.
+    pub fn check(&mut self, name: &str, owner: [u8; 32]) -> Result<(), [u8; 32]> {
+        match self.pins.get(name) {
+            Some(pinned) if *pinned == owner => Ok(()),
+            Some(pinned) => Err(*pinned),
+            None => {
+                if self.pins.len() < MAX_PINS {
+                    self.pins.insert(name.to_owned(), owner);
+                    self.save();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The pins file, for messages.
+    pub fn file(&self) -> String {
+        self.file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "(memory)".into())
+    }
+
+    fn save(&self) {
+        let Some(file) = &self.file else { return };
+        let map: HashMap<&String, String> =
+            self.pins.iter().map(|(n, k)| (n, hex::encode(k))).collect();
+        let Ok(text) = serde_json::to_string_pretty(&map) else {
+            return;
+        };
+        let tmp = file.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file)) {
+            warn!("cannot save {}: {e}", file.display());
+        }
+    }
+}
+
+/// A service address and an isolation key.
+type RendezvousKey = (HsAddress, Vec<u8>);
+
+/// The client's hidden-service caches: descriptors, resolved names, name pins, the local
+/// address book and rendezvous circuits open to services.
+#[derive(Debug)]
+pub(crate) struct HsCache {
+    descriptors: Mutex<HashMap<HsAddress, (HsDescriptorBody, Instant)>>,
+    names: Mutex<HashMap<String, (HsAddress, Instant)>>,
+    pins: Mutex<NamePins>,
+    address_book: HashMap<String, HsAddress>,
+    /// Rendezvous circuits by service address and isolation key, reused by later streams.
+    rendezvous: Mutex<HashMap<RendezvousKey, Weak<Circuit>>>,
+}
+
+impl HsCache {
+    pub(crate) fn new(
+        state_dir: Option<&std::path::Path>,
+        book: HashMap<String, HsAddress>,
+    ) -> Self {
+        HsCache {
+            descriptors: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            pins: Mutex::new(NamePins::load(state_dir)),
+            address_book: book,
+            rendezvous: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn descriptor(&self, address: &HsAddress) -> Option<HsDescriptorBody> {
+        lock(&self.descriptors)
+            .get(address)
+            .filter(|(_, at)| at.elapsed() < DESCRIPTOR_FRESH)
+            .map(|(d, _)| d.clone())
+    }
+
+    pub(crate) fn put_descriptor(&self, address: HsAddress, body: HsDescriptorBody) {
+        let mut map = lock(&self.descriptors);
+        if map.len() >= DESCRIPTOR_CACHE && !map.contains_key(&address) {
+            let oldest = map.iter().min_by_key(|(_, (_, at))| *at).map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                map.remove(&a);
+            }
+        }
+        map.insert(address, (body, Instant::now()));
+    }
+
+    pub(crate) fn forget_descriptor(&self, address: &HsAddress) {
+        lock(&self.descriptors).remove(address);
+    }
+
+    pub(crate) fn rendezvous_circuit(
+        &self,
+        address: &HsAddress,
+        iso: &[u8],
+    ) -> Option<Arc<Circuit>> {
+        let mut map = lock(&self.rendezvous);
+        map.retain(|_, c| c.upgrade().is_some_and(|c| !c.is_closed()));
+        map.get(&(*address, iso.to_vec())).and_then(Weak::upgrade)
+    }
+
+    pub(crate) fn put_rendezvous_circuit(&self, address: HsAddress, iso: &[u8], c: &Arc<Circuit>) {
+        lock(&self.rendezvous).insert((address, iso.to_vec()), Arc::downgrade(c));
+    }
+
+    /// Forget every rendezvous circuit (new identity).
+    pub(crate) fn clear_circuits(&self) {
+        lock(&self.rendezvous).clear();
+    }
+
+    /// The address book's entry for `name`, else a fresh cached resolution.
+    pub(crate) fn known_name(&self, name: &DarkName) -> Option<HsAddress> {
+        if let Some(a) = self.address_book.get(name.as_str()) {
+            return Some(*a);
+        }
+        lock(&self.names)
+            .get(name.as_str())
+            .filter(|(_, at)| at.elapsed() < NAME_FRESH)
+            .map(|(a, _)| *a)
+    }
+
+    /// Choose among the verified records for `name`: the pinned owner's if present, else
+    /// the earliest published; pin it. Errors when only other owners' records exist.
+    pub(crate) fn choose_name(
+        &self,
+        name: &DarkName,
+        records: &[Bytes],
+        now: u64,
+    ) -> Result<HsAddress, HsFailure> {
+        let mut valid = Vec::new();
+        for body in records {
+            let Ok(r) = DarkRecord::decode(body) else {
+                continue;
+            };
+            match verify_dark_record(&r, now, DARK_POW_BITS) {
+                Ok(v) if v.name == *name => valid.push(v),
+                Ok(_) => debug!("a record for another name came back"),
+                Err(e) => debug!("ignoring a .dark record: {e}"),
+            }
+        }
+        if valid.is_empty() {
+            return Err(HsFailure::UnknownName(name.to_string()));
+        }
+        let mut pins = lock(&self.pins);
+        let pinned = pins.pins.get(name.as_str()).copied();
+        let chosen = match pinned {
+            Some(key) => valid.iter().find(|v| v.owner == key),
+            None => valid.iter().min_by_key(|v| v.published),
+        };
+        let Some(chosen) = chosen else {
+            let pinned = pinned.map(hex::encode).unwrap_or_default();
+            warn!(
+                name = %name,
+                pinned = %pinned,
+                "REFUSING {name}: its records are signed by a different owner key than the one pinned"
+            );
+            return Err(HsFailure::OwnerChanged {
+                name: name.to_string(),
+                pinned,
+                file: pins.file(),
+            });
+        };
+        if pins.check(name.as_str(), chosen.owner).is_err() {
+            return Err(HsFailure::OwnerChanged {
+                name: name.to_string(),
+                pinned: pinned.map(hex::encode).unwrap_or_default(),
+                file: pins.file(),
+            });
+        }
+        let address = chosen.address;
+        drop(pins);
+        let mut names = lock(&self.names);
+        if names.len() >= NAME_CACHE {
+            names.clear();
+        }
+        names.insert(name.as_str().to_owned(), (address, Instant::now()));
+        Ok(address)
+    }
+}
+
+/// Open descriptors fetched for `address` and keep the newest that verifies.
+pub(crate) fn best_descriptor(
+    address: &HsAddress,
+    records: &[Bytes],
+    now: u64,
+) -> Option<HsDescriptorBody> {
+    records
+        .iter()
+        .filter_map(|b| HsDescriptor::decode(b).ok())
+        .filter_map(|d| {
+            let revision = d.revision;
+            open_descriptor(&d, address, now)
+                .ok()
+                .map(|b| (revision, b))
+        })
+        .max_by_key(|(r, _)| *r)
+        .map(|(_, b)| b)
+}
+
+/// The DHT key of `address`'s descriptor for `period`.
+pub(crate) fn descriptor_key(address: &HsAddress, period: u64) -> Option<[u8; 32]> {
+    blind_public(address, period)
+        .ok()
+        .map(|b| descriptor_index(&b, period))
+}
+
+/// The DHT key of a name.
+pub(crate) fn name_key(name: &DarkName) -> [u8; 32] {
+    dark_key(name)
+}
+
+/// The client's part of one connection attempt, once the rendezvous circuit is parked:
+/// introduce through `intro` and wait for the service at the rendezvous point.
+pub(crate) struct Introduction {
+    pub(crate) cookie: [u8; COOKIE_LEN],
+    pub(crate) rendezvous: RelayLink,
+    pub(crate) handshake: ClientHandshake,
+}
+
+impl Introduction {
+    /// Start: a fresh handshake with the service's key.
+    pub(crate) fn new(
+        address: &HsAddress,
+        desc: &HsDescriptorBody,
+        cookie: [u8; COOKIE_LEN],
+        rendezvous: RelayLink,
+    ) -> Result<Self, HsFailure> {
+        let handshake = ClientHandshake::start(address.node_id(), desc.enc_key)
+            .map_err(|e| HsFailure::Introduction(e.to_string()))?;
+        Ok(Introduction {
+            cookie,
+            rendezvous,
+            handshake,
+        })
+    }
+
+    /// The sealed `INTRODUCE1` payload for the introduction point with `auth_key`.
+    pub(crate) fn sealed(
+        &self,
+        desc: &HsDescriptorBody,
+        auth_key: &[u8; 32],
+    ) -> Result<Bytes, HsFailure> {
+        let plain = IntroducePlaintext {
+            cookie: self.cookie,
+            rendezvous: self.rendezvous,
+            client_pk: self.handshake.hello().client_pk,
+        }
+        .encode()
+        .map_err(|e| HsFailure::Introduction(e.to_string()))?;
+        seal_introduce(&desc.enc_key, auth_key, &plain)
+            .map(Bytes::from)
+            .map_err(|e| HsFailure::Introduction(e.to_string()))
+    }
+}
+
+/// Send `INTRODUCE1` on `circuit` and wait for the introduction point's answer.
+pub(crate) async fn introduce(
+    circuit: &Circuit,
+    auth_key: [u8; 32],
+    sealed: Bytes,
+) -> Result<(), String> {
+    let mut rx = circuit.control_messages();
+    circuit
+        .send_to_last_relay(RelayMsg::Introduce1 { auth_key, sealed })
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = wait_for(&mut rx, "INTRODUCE_ACK", |m| match m {
+        RelayMsg::IntroduceAck(s) => Some(s),
+        _ => None,
+    })
+    .await?;
+    if status == INTRODUCE_OK {
+        Ok(())
+    } else {
+        Err(format!("introduction point answered status {status}"))
+    }
+}
+
+/// The host name as a `BEGIN` target for the end-to-end hop.
+pub(crate) fn begin_target(address: &HsAddress) -> Target {
+    Target::Host(address.to_host())
+}
+
+/// Log the cold-connect time of a `.anon` connection.
+pub(crate) fn log_connected(address: &HsAddress, started: Instant, reused: bool) {
+    info!(
+        service = %address,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        reused,
+        "hidden-service stream open"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anonnet_crypto::dark::make_dark_record;
+    use anonnet_crypto::hs::ServiceKey;
+    use anonnet_crypto::IdentityKey;
+
+    fn record(owner: u8, name: &DarkName, address: &HsAddress, published: u64) -> Bytes {
+        let owner = IdentityKey::from_seed(&[owner; 32]);
+        let r = make_dark_record(
+            &owner,
+            name,
+            address,
+            published,
+            published + 86_400,
+            DARK_POW_BITS,
+        );
+        Bytes::from(r.encode().unwrap())
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("anonnet-hs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn names_pin_the_first_owner_and_refuse_a_changed_one() {
+        let dir = temp_dir("pins");
+        let now = now_secs();
+        let name = DarkName::parse("shop.dark").unwrap();
+        let site = ServiceKey::from_seed(&[1; 32]).address();
+        let other_site = ServiceKey::from_seed(&[2; 32]).address();
+        let cache = HsCache::new(Some(&dir), HashMap::new());
+        // First sight: the earliest record wins and its owner is pinned (and saved).
+        let first = record(7, &name, &site, now - 100);
+        let later = record(8, &name, &other_site, now - 50);
+        assert_eq!(
+            cache
+                .choose_name(&name, &[later.clone(), first.clone()], now)
+                .unwrap(),
+            site
+        );
+        let saved = std::fs::read_to_string(dir.join(PINS_FILE)).unwrap();
+        assert!(saved.contains("\"shop\""), "{saved}");
+
+        // A restarted client reads the pin: only another owner's record → refused.
+        let cache = HsCache::new(Some(&dir), HashMap::new());
+        let err = cache
+            .choose_name(&name, std::slice::from_ref(&later), now)
+            .unwrap_err();
+        assert!(matches!(err, HsFailure::OwnerChanged { .. }), "{err}");
+        assert!(err.to_string().contains(PINS_FILE), "{err}");
+        // The pinned owner's record is still taken when it is there.
+        assert_eq!(
+            cache.choose_name(&name, &[later, first], now).unwrap(),
+            site
+        );
+
+        // Records that do not verify are ignored: a flipped byte, or nothing at all.
+        let mut bad = record(9, &name, &site, now).to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let err = cache
+            .choose_name(&name, &[Bytes::from(bad)], now)
+            .unwrap_err();
+        assert!(matches!(err, HsFailure::UnknownName(_)), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_address_book_overrides_the_dht() {
+        let name = DarkName::parse("wiki").unwrap();
+        let booked = ServiceKey::from_seed(&[3; 32]).address();
+        let cache = HsCache::new(None, HashMap::from([("wiki".to_owned(), booked)]));
+        assert_eq!(cache.known_name(&name), Some(booked));
+        assert_eq!(cache.known_name(&DarkName::parse("other").unwrap()), None);
+    }
+
+    #[test]
+    fn fetch_periods_include_the_neighbour_near_a_boundary() {
+        let p = 20_000u64;
+        let start = p * PERIOD_SECS;
+        assert_eq!(periods_to_fetch(start + 10), vec![p, p - 1]);
+        assert_eq!(periods_to_fetch(start + PERIOD_SECS / 2), vec![p]);
+        assert_eq!(periods_to_fetch(start + PERIOD_SECS - 10), vec![p, p + 1]);
+    }
+
+    #[test]
+    fn descriptor_cache_is_bounded() {
+        let cache = HsCache::new(None, HashMap::new());
+        for i in 0..(DESCRIPTOR_CACHE + 10) {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let a = ServiceKey::from_seed(&seed).address();
+            cache.put_descriptor(
+                a,
+                HsDescriptorBody {
+                    enc_key: [0; 32],
+                    intro_points: Vec::new(),
+                },
+            );
+        }
+        assert_eq!(lock(&cache.descriptors).len(), DESCRIPTOR_CACHE);
+    }
+
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+}

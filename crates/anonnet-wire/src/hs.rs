@@ -1,0 +1,671 @@
+//! Hidden-service encodings: relay links, introduction points, the descriptor (outer signed
+//! envelope and inner encrypted body), the introduction plaintext and the `.dark` name
+//! record. Spec: `docs/protocol.md` §12. Signing, encryption and key blinding live in
+//! `anonnet-crypto::hs` and `anonnet-crypto::dark`; this module only fixes the bytes.
+//!
+//! Every decoder returns a [`WireError`] for any malformed input and never panics; every
+//! count and length is checked before anything is allocated.
+
+use std::net::SocketAddr;
+
+use crate::cell::{KEY_LEN, TAG_LEN};
+use crate::relay::{put_ip, take_ip};
+use crate::{invalid, Reader, WireError, Writer};
+
+/// Bytes of a [`RelayLink`] with an IPv4 address: `32 + 32 + 1 + 4 + 2`.
+pub const RELAY_LINK_V4_LEN: usize = 71;
+/// Bytes of a [`RelayLink`] with an IPv6 address: `32 + 32 + 1 + 16 + 2` (the largest).
+pub const RELAY_LINK_V6_LEN: usize = 83;
+/// Largest encoded [`IntroPoint`] (IPv6 relay): `83 + 32` bytes.
+pub const MAX_INTRO_POINT_LEN: usize = RELAY_LINK_V6_LEN + KEY_LEN;
+/// Most introduction points in one descriptor.
+pub const MAX_INTRO_POINTS: usize = 3;
+/// Length of every encoded [`HsDescriptorBody`] (bytes): the largest possible body,
+/// `enc_key [32] ‖ n u8 ‖ 3 × 115`, so that the ciphertext length says nothing about the
+/// number or address families of the introduction points (§12.3).
+pub const HS_BODY_LEN: usize = KEY_LEN + 1 + MAX_INTRO_POINTS * MAX_INTRO_POINT_LEN;
+/// Length of a descriptor's ciphertext: the body plus the 16-byte Poly1305 tag.
+pub const HS_CIPHERTEXT_LEN: usize = HS_BODY_LEN + TAG_LEN;
+/// Descriptor format version (first byte of the outer layout).
+pub const HS_DESCRIPTOR_VERSION: u8 = 1;
+/// Bytes of a descriptor salt.
+pub const HS_SALT_LEN: usize = 16;
+/// Bytes of the descriptor header `version ‖ blinded_key ‖ period ‖ revision ‖ expires ‖
+/// salt` = `1 + 32 + 8 + 8 + 8 + 16`: the AEAD associated data (§12.3).
+pub const HS_HEADER_LEN: usize = 1 + KEY_LEN + 8 + 8 + 8 + HS_SALT_LEN;
+/// Length of every encoded [`HsDescriptor`]: header ‖ `ct_len u16` ‖ ciphertext ‖
+/// signature = `73 + 2 + 394 + 64` = 533 bytes, well under the 900 a DHT record in one
+/// relay cell allows.
+pub const HS_DESCRIPTOR_LEN: usize = HS_HEADER_LEN + 2 + HS_CIPHERTEXT_LEN + SIGNATURE_LEN;
+/// Bytes of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes of a rendezvous cookie.
+pub const COOKIE_LEN: usize = 20;
+/// Length of every encoded [`IntroducePlaintext`]: `cookie [20] ‖ relay link ‖ client_pk
+/// [32]`, zero-padded to the IPv6 size, `20 + 83 + 32` = 135 bytes.
+pub const INTRODUCE_PLAINTEXT_LEN: usize = COOKIE_LEN + RELAY_LINK_V6_LEN + KEY_LEN;
+/// `.dark` record format version.
+pub const DARK_RECORD_VERSION: u8 = 1;
+/// Longest `.dark` name (bytes, without `.dark`): one DNS label.
+pub const MAX_DARK_NAME_LEN: usize = 63;
+/// Largest encoded [`DarkRecord`]: `1 + 1 + 63 + 32 + 32 + 8 + 8 + 8 + 64` = 217 bytes.
+pub const MAX_DARK_RECORD_LEN: usize = 2 + MAX_DARK_NAME_LEN + 2 * KEY_LEN + 3 * 8 + SIGNATURE_LEN;
+
+/// How to reach a relay: its NodeId, onion key and QUIC address (§12.3). Encoded
+/// `node_id [32] ‖ onion_key [32] ‖ atype u8 ‖ ip ‖ port u16`, `atype` 4 (4-byte IPv4) or
+/// 6 (16-byte IPv6), as in `EXTEND` (§6.2): 71 or 83 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayLink {
+    /// The relay's NodeId (pinned when dialing or extending to it).
+    pub node_id: [u8; KEY_LEN],
+    /// The relay's X25519 onion key `B`.
+    pub onion_key: [u8; KEY_LEN],
+    /// The relay's QUIC address.
+    pub addr: SocketAddr,
+}
+
+impl RelayLink {
+    /// Append the encoding (71 or 83 bytes) to `w`.
+    pub fn encode_into(&self, w: &mut Writer) {
+        w.put(&self.node_id);
+        w.put(&self.onion_key);
+        put_ip(w, self.addr.ip());
+        w.put_u16(self.addr.port());
+    }
+
+    /// Read one relay link from `r`.
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] when the input ends early, [`WireError::Invalid`] for an
+    /// `atype` other than 4 or 6.
+    pub fn decode_from(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let node_id = r.take_array()?;
+        let onion_key = r.take_array()?;
+        let atype = r.take_u8()?;
+        let ip = take_ip(r, atype)?;
+        let port = r.take_u16()?;
+        Ok(RelayLink {
+            node_id,
+            onion_key,
+            addr: SocketAddr::new(ip, port),
+        })
+    }
+}
+
+/// One introduction point of a descriptor (§12.3): the relay and the service's
+/// per-introduction-point authentication key. Encoded `relay ‖ auth_key [32]` (103 or 115
+/// bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IntroPoint {
+    /// The introduction point relay.
+    pub relay: RelayLink,
+    /// The Ed25519 public key the service's circuit to this relay is established with;
+    /// clients address introductions to it and it is the associated data of the sealed
+    /// introduction (§12.4).
+    pub auth_key: [u8; KEY_LEN],
+}
+
+impl IntroPoint {
+    /// Append the encoding (103 or 115 bytes) to `w`.
+    pub fn encode_into(&self, w: &mut Writer) {
+        self.relay.encode_into(w);
+        w.put(&self.auth_key);
+    }
+
+    /// Read one introduction point from `r`.
+    ///
+    /// # Errors
+    /// As [`RelayLink::decode_from`].
+    pub fn decode_from(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(IntroPoint {
+            relay: RelayLink::decode_from(r)?,
+            auth_key: r.take_array()?,
+        })
+    }
+}
+
+/// The plaintext of a descriptor (§12.3, inner layout): `enc_key [32] ‖ n u8 ‖ n ×
+/// IntroPoint ‖ zero padding`, always exactly [`HS_BODY_LEN`] (378) bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HsDescriptorBody {
+    /// The service's X25519 introduction-encryption public key (§12.4).
+    pub enc_key: [u8; KEY_LEN],
+    /// The introduction points, 0..=[`MAX_INTRO_POINTS`].
+    pub intro_points: Vec<IntroPoint>,
+}
+
+impl HsDescriptorBody {
+    /// Encode to exactly [`HS_BODY_LEN`] bytes.
+    ///
+    /// # Errors
+    /// [`WireError::TooLong`] with more than [`MAX_INTRO_POINTS`] introduction points.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        if self.intro_points.len() > MAX_INTRO_POINTS {
+            return Err(WireError::TooLong {
+                what: "introduction points",
+                len: self.intro_points.len(),
+                room: MAX_INTRO_POINTS,
+            });
+        }
+        let mut w = Writer::with_capacity(HS_BODY_LEN);
+        w.put(&self.enc_key);
+        w.put_u8(self.intro_points.len() as u8);
+        for ip in &self.intro_points {
+            ip.encode_into(&mut w);
+        }
+        w.pad_to(HS_BODY_LEN, "descriptor body")?;
+        Ok(w.into_vec())
+    }
+
+    /// Decode a body of exactly [`HS_BODY_LEN`] bytes.
+    ///
+    /// # Errors
+    /// [`WireError::Invalid`] when the length is not 378, `n > 3`, an `atype` is unknown or
+    /// the padding is not all zero; [`WireError::Truncated`] when the points overrun.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() != HS_BODY_LEN {
+            return Err(invalid("descriptor body", "not 378 bytes"));
+        }
+        let mut r = Reader::new(bytes);
+        let enc_key = r.take_array()?;
+        let n = usize::from(r.take_u8()?);
+        if n > MAX_INTRO_POINTS {
+            return Err(invalid("introduction points", "more than 3"));
+        }
+        let mut intro_points = Vec::with_capacity(n);
+        for _ in 0..n {
+            intro_points.push(IntroPoint::decode_from(&mut r)?);
+        }
+        r.finish_zero_padding("descriptor body")?;
+        Ok(HsDescriptorBody {
+            enc_key,
+            intro_points,
+        })
+    }
+}
+
+/// A hidden-service descriptor as stored in the DHT (§12.3, outer layout), exactly
+/// [`HS_DESCRIPTOR_LEN`] (533) bytes:
+///
+/// ```text
+/// version u8 (= 1) ‖ blinded_key [32] ‖ period u64 ‖ revision u64 ‖ expires u64 ‖
+/// salt [16] ‖ ct_len u16 (= 394) ‖ ciphertext [394] ‖ signature [64]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HsDescriptor {
+    /// The service's blinded Ed25519 public key for `period`; the signature verifies under
+    /// it.
+    pub blinded_key: [u8; KEY_LEN],
+    /// The time period (days since the Unix epoch, §12.2).
+    pub period: u64,
+    /// Revision counter: larger replaces smaller at storage nodes.
+    pub revision: u64,
+    /// End of validity (Unix seconds).
+    pub expires: u64,
+    /// Random salt of the body key.
+    pub salt: [u8; HS_SALT_LEN],
+    /// The encrypted [`HsDescriptorBody`] with its tag, [`HS_CIPHERTEXT_LEN`] bytes.
+    pub ciphertext: Vec<u8>,
+    /// Ed25519 signature by the blinded key over `"anonnet-hs-descriptor-v1" ‖
+    /// signed_bytes()`.
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl HsDescriptor {
+    /// The header `version ‖ blinded_key ‖ period ‖ revision ‖ expires ‖ salt`
+    /// ([`HS_HEADER_LEN`] = 73 bytes): the AEAD associated data of the body.
+    pub fn header_bytes(&self) -> [u8; HS_HEADER_LEN] {
+        let mut w = Writer::with_capacity(HS_HEADER_LEN);
+        self.put_header(&mut w);
+        let mut out = [0u8; HS_HEADER_LEN];
+        out.copy_from_slice(w.as_slice());
+        out
+    }
+
+    fn put_header(&self, w: &mut Writer) {
+        w.put_u8(HS_DESCRIPTOR_VERSION);
+        w.put(&self.blinded_key);
+        w.put_u64(self.period);
+        w.put_u64(self.revision);
+        w.put_u64(self.expires);
+        w.put(&self.salt);
+    }
+
+    fn put_unsigned(&self, w: &mut Writer) -> Result<(), WireError> {
+        if self.ciphertext.len() != HS_CIPHERTEXT_LEN {
+            return Err(WireError::TooLong {
+                what: "descriptor ciphertext (must be exactly 394 bytes)",
+                len: self.ciphertext.len(),
+                room: HS_CIPHERTEXT_LEN,
+            });
+        }
+        self.put_header(w);
+        w.put_u16(HS_CIPHERTEXT_LEN as u16);
+        w.put(&self.ciphertext);
+        Ok(())
+    }
+
+    /// Every byte of the encoding before the signature (469 bytes); the signature covers
+    /// `"anonnet-hs-descriptor-v1" ‖ signed_bytes()`.
+    ///
+    /// # Errors
+    /// [`WireError::TooLong`] when the ciphertext is not exactly [`HS_CIPHERTEXT_LEN`] bytes.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::with_capacity(HS_DESCRIPTOR_LEN);
+        self.put_unsigned(&mut w)?;
+        Ok(w.into_vec())
+    }
+
+    /// Encode ([`HS_DESCRIPTOR_LEN`] bytes).
+    ///
+    /// # Errors
+    /// As [`HsDescriptor::signed_bytes`].
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::with_capacity(HS_DESCRIPTOR_LEN);
+        self.put_unsigned(&mut w)?;
+        w.put(&self.signature);
+        Ok(w.into_vec())
+    }
+
+    /// Decode a whole descriptor. The signature is not checked here
+    /// (`anonnet_crypto::hs::verify_descriptor` does).
+    ///
+    /// # Errors
+    /// [`WireError::Invalid`] for a version other than 1 or `ct_len ≠ 394`;
+    /// [`WireError::Truncated`] / [`WireError::Trailing`] when the length is not 533.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(bytes);
+        if r.take_u8()? != HS_DESCRIPTOR_VERSION {
+            return Err(invalid("descriptor version", "not 1"));
+        }
+        let blinded_key = r.take_array()?;
+        let period = r.take_u64()?;
+        let revision = r.take_u64()?;
+        let expires = r.take_u64()?;
+        let salt = r.take_array()?;
+        if usize::from(r.take_u16()?) != HS_CIPHERTEXT_LEN {
+            return Err(invalid("descriptor ciphertext length", "not 394"));
+        }
+        let ciphertext = r.take(HS_CIPHERTEXT_LEN)?.to_vec();
+        let signature = r.take_array()?;
+        r.finish()?;
+        Ok(HsDescriptor {
+            blinded_key,
+            period,
+            revision,
+            expires,
+            salt,
+            ciphertext,
+            signature,
+        })
+    }
+}
+
+/// What a client seals to a service in an introduction (§12.4): where to meet it and the
+/// client's end-to-end handshake key. Encoded `cookie [20] ‖ rendezvous (relay link) ‖
+/// client_pk [32] ‖ zero padding`, always [`INTRODUCE_PLAINTEXT_LEN`] (135) bytes, so the
+/// sealed length does not reveal the rendezvous point's address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntroducePlaintext {
+    /// The rendezvous cookie the client registered at the rendezvous point.
+    pub cookie: [u8; COOKIE_LEN],
+    /// The rendezvous point to meet at.
+    pub rendezvous: RelayLink,
+    /// The client's ephemeral X25519 key `X` for the end-to-end ntor handshake.
+    pub client_pk: [u8; KEY_LEN],
+}
+
+impl IntroducePlaintext {
+    /// Encode to exactly [`INTRODUCE_PLAINTEXT_LEN`] bytes.
+    ///
+    /// # Errors
+    /// None in practice (the padded length is the largest possible); the `Result` keeps the
+    /// encoder honest if a field grows.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::with_capacity(INTRODUCE_PLAINTEXT_LEN);
+        w.put(&self.cookie);
+        self.rendezvous.encode_into(&mut w);
+        w.put(&self.client_pk);
+        w.pad_to(INTRODUCE_PLAINTEXT_LEN, "introduce plaintext")?;
+        Ok(w.into_vec())
+    }
+
+    /// Decode exactly [`INTRODUCE_PLAINTEXT_LEN`] bytes.
+    ///
+    /// # Errors
+    /// [`WireError::Invalid`] when the length is not 135, the `atype` is unknown or the
+    /// padding is not zero.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() != INTRODUCE_PLAINTEXT_LEN {
+            return Err(invalid("introduce plaintext", "not 135 bytes"));
+        }
+        let mut r = Reader::new(bytes);
+        let cookie = r.take_array()?;
+        let rendezvous = RelayLink::decode_from(&mut r)?;
+        let client_pk = r.take_array()?;
+        r.finish_zero_padding("introduce plaintext")?;
+        Ok(IntroducePlaintext {
+            cookie,
+            rendezvous,
+            client_pk,
+        })
+    }
+}
+
+/// Check a `.dark` name as it is written in a record (§12.5): 1..=63 bytes of `a-z`,
+/// `0-9` and `-`, not starting or ending with `-` (no `.dark` suffix, lower case only).
+///
+/// # Errors
+/// [`WireError::Invalid`] naming the rule that fails.
+pub fn check_dark_name(name: &str) -> Result<(), WireError> {
+    if name.is_empty() || name.len() > MAX_DARK_NAME_LEN {
+        return Err(invalid("dark name", "length not in 1..=63"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(invalid("dark name", "not only a-z, 0-9 and '-'"));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(invalid("dark name", "starts or ends with '-'"));
+    }
+    Ok(())
+}
+
+/// A `.dark` name record (§12.5), 155..=217 bytes:
+///
+/// ```text
+/// version u8 (= 1) ‖ name_len u8 ‖ name [name_len] ‖ address [32] ‖ owner [32] ‖
+/// published u64 ‖ expires u64 ‖ pow_nonce u64 ‖ signature [64]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DarkRecord {
+    /// The name without `.dark`, checked by [`check_dark_name`].
+    pub name: String,
+    /// The `.anon` service's Ed25519 public key.
+    pub address: [u8; KEY_LEN],
+    /// The name owner's Ed25519 public key; the signature verifies under it.
+    pub owner: [u8; KEY_LEN],
+    /// When the record was made (Unix seconds); larger replaces smaller for one owner.
+    pub published: u64,
+    /// End of validity (Unix seconds).
+    pub expires: u64,
+    /// Proof-of-work nonce (§12.5).
+    pub pow_nonce: u64,
+    /// Ed25519 signature by `owner` over `"anonnet-dark-record-v1" ‖ signed_bytes()`.
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl DarkRecord {
+    fn put_unsigned(&self, w: &mut Writer) -> Result<(), WireError> {
+        check_dark_name(&self.name)?;
+        w.put_u8(DARK_RECORD_VERSION);
+        w.put_u8(self.name.len() as u8);
+        w.put(self.name.as_bytes());
+        w.put(&self.address);
+        w.put(&self.owner);
+        w.put_u64(self.published);
+        w.put_u64(self.expires);
+        w.put_u64(self.pow_nonce);
+        Ok(())
+    }
+
+    /// The encoding without the signature: what the owner signs (after the context).
+    ///
+    /// # Errors
+    /// [`WireError::Invalid`] when the name fails [`check_dark_name`].
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::with_capacity(MAX_DARK_RECORD_LEN);
+        self.put_unsigned(&mut w)?;
+        Ok(w.into_vec())
+    }
+
+    /// Encode (155..=217 bytes).
+    ///
+    /// # Errors
+    /// As [`DarkRecord::signed_bytes`].
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::with_capacity(MAX_DARK_RECORD_LEN);
+        self.put_unsigned(&mut w)?;
+        w.put(&self.signature);
+        Ok(w.into_vec())
+    }
+
+    /// Decode a whole record. Neither the signature nor the proof of work is checked here
+    /// (`anonnet_crypto::dark::verify_dark_record` does).
+    ///
+    /// # Errors
+    /// [`WireError::Invalid`] for a version other than 1 or a name that fails
+    /// [`check_dark_name`]; [`WireError::Truncated`] / [`WireError::Trailing`] for a wrong
+    /// length.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(bytes);
+        if r.take_u8()? != DARK_RECORD_VERSION {
+            return Err(invalid("dark record version", "not 1"));
+        }
+        let name_len = usize::from(r.take_u8()?);
+        let name = std::str::from_utf8(r.take(name_len)?)
+            .map_err(|_| invalid("dark name", "not ASCII"))?;
+        check_dark_name(name)?;
+        let record = DarkRecord {
+            name: name.to_owned(),
+            address: r.take_array()?,
+            owner: r.take_array()?,
+            published: r.take_u64()?,
+            expires: r.take_u64()?,
+            pow_nonce: r.take_u64()?,
+            signature: r.take_array()?,
+        };
+        r.finish()?;
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(v6: bool, n: u8) -> RelayLink {
+        RelayLink {
+            node_id: [n; 32],
+            onion_key: [n + 1; 32],
+            addr: if v6 {
+                "[2001:db8::7]:7001".parse().unwrap()
+            } else {
+                "192.0.2.7:7001".parse().unwrap()
+            },
+        }
+    }
+
+    fn intro(v6: bool, n: u8) -> IntroPoint {
+        IntroPoint {
+            relay: link(v6, n),
+            auth_key: [n + 2; 32],
+        }
+    }
+
+    fn body(points: Vec<IntroPoint>) -> HsDescriptorBody {
+        HsDescriptorBody {
+            enc_key: [0xee; 32],
+            intro_points: points,
+        }
+    }
+
+    fn descriptor() -> HsDescriptor {
+        HsDescriptor {
+            blinded_key: [1; 32],
+            period: 20_000,
+            revision: 7,
+            expires: 1_700_000_000,
+            salt: [2; 16],
+            ciphertext: vec![3; HS_CIPHERTEXT_LEN],
+            signature: [4; 64],
+        }
+    }
+
+    fn dark() -> DarkRecord {
+        DarkRecord {
+            name: "my-site2".into(),
+            address: [5; 32],
+            owner: [6; 32],
+            published: 10,
+            expires: 20,
+            pow_nonce: 99,
+            signature: [7; 64],
+        }
+    }
+
+    #[test]
+    fn layout_sizes_are_as_specified() {
+        assert_eq!(HS_BODY_LEN, 378);
+        assert_eq!(HS_CIPHERTEXT_LEN, 394);
+        assert_eq!(HS_HEADER_LEN, 73);
+        assert_eq!(HS_DESCRIPTOR_LEN, 533);
+        assert_eq!(INTRODUCE_PLAINTEXT_LEN, 135);
+        assert_eq!(MAX_DARK_RECORD_LEN, 217);
+        for v6 in [false, true] {
+            let mut w = Writer::new();
+            link(v6, 1).encode_into(&mut w);
+            let want = if v6 {
+                RELAY_LINK_V6_LEN
+            } else {
+                RELAY_LINK_V4_LEN
+            };
+            assert_eq!(w.len(), want);
+        }
+    }
+
+    #[test]
+    fn hs_descriptor_fits_one_relay_cell_record() {
+        let bytes = descriptor().encode().unwrap();
+        assert_eq!(bytes.len(), HS_DESCRIPTOR_LEN);
+        assert!(bytes.len() <= 900, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn relay_links_and_intro_points_round_trip() {
+        for v6 in [false, true] {
+            let ip = intro(v6, 9);
+            let mut w = Writer::new();
+            ip.encode_into(&mut w);
+            let bytes = w.into_vec();
+            let mut r = Reader::new(&bytes);
+            assert_eq!(IntroPoint::decode_from(&mut r).unwrap(), ip);
+            r.finish().unwrap();
+            for n in 0..bytes.len() {
+                assert!(IntroPoint::decode_from(&mut Reader::new(&bytes[..n])).is_err());
+            }
+        }
+        let mut bad = Writer::new();
+        link(false, 1).encode_into(&mut bad);
+        let mut bytes = bad.into_vec();
+        bytes[64] = 5; // atype
+        assert!(RelayLink::decode_from(&mut Reader::new(&bytes)).is_err());
+    }
+
+    #[test]
+    fn descriptor_body_has_fixed_length_and_checks_count_and_padding() {
+        for points in [
+            vec![],
+            vec![intro(false, 1)],
+            vec![intro(true, 1), intro(false, 2), intro(true, 3)],
+        ] {
+            let b = body(points);
+            let bytes = b.encode().unwrap();
+            assert_eq!(bytes.len(), HS_BODY_LEN);
+            assert_eq!(HsDescriptorBody::decode(&bytes).unwrap(), b);
+        }
+        let four = body(vec![intro(false, 1); 4]);
+        assert!(four.encode().is_err());
+        let mut bytes = body(vec![intro(false, 1)]).encode().unwrap();
+        bytes[32] = 4;
+        assert!(HsDescriptorBody::decode(&bytes).is_err(), "n = 4");
+        bytes[32] = 1;
+        bytes[HS_BODY_LEN - 1] = 1;
+        assert!(
+            HsDescriptorBody::decode(&bytes).is_err(),
+            "non-zero padding"
+        );
+        bytes[HS_BODY_LEN - 1] = 0;
+        assert!(HsDescriptorBody::decode(&bytes[..HS_BODY_LEN - 1]).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(HsDescriptorBody::decode(&long).is_err());
+    }
+
+    #[test]
+    fn hs_descriptor_round_trips_and_refuses_bad_lengths_and_versions() {
+        let d = descriptor();
+        let bytes = d.encode().unwrap();
+        assert_eq!(HsDescriptor::decode(&bytes).unwrap(), d);
+        assert_eq!(&bytes[..HS_HEADER_LEN], &d.header_bytes());
+        assert_eq!(d.signed_bytes().unwrap(), &bytes[..bytes.len() - 64]);
+        for n in 0..bytes.len() {
+            assert!(HsDescriptor::decode(&bytes[..n]).is_err(), "cut at {n}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(HsDescriptor::decode(&long), Err(WireError::Trailing(1)));
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert!(HsDescriptor::decode(&v2).is_err());
+        let mut ct_len = bytes.clone();
+        ct_len[HS_HEADER_LEN + 1] ^= 1;
+        assert!(HsDescriptor::decode(&ct_len).is_err());
+        let short = HsDescriptor {
+            ciphertext: vec![0; 10],
+            ..descriptor()
+        };
+        assert!(short.encode().is_err());
+    }
+
+    #[test]
+    fn introduce_plaintext_is_padded_to_one_length() {
+        for v6 in [false, true] {
+            let p = IntroducePlaintext {
+                cookie: [0xc0; 20],
+                rendezvous: link(v6, 3),
+                client_pk: [0xcc; 32],
+            };
+            let bytes = p.encode().unwrap();
+            assert_eq!(bytes.len(), INTRODUCE_PLAINTEXT_LEN);
+            assert_eq!(IntroducePlaintext::decode(&bytes).unwrap(), p);
+            let mut pad = bytes.clone();
+            if !v6 {
+                pad[INTRODUCE_PLAINTEXT_LEN - 1] = 1;
+                assert!(IntroducePlaintext::decode(&pad).is_err());
+            }
+            assert!(IntroducePlaintext::decode(&bytes[..100]).is_err());
+        }
+    }
+
+    #[test]
+    fn dark_record_round_trips_and_checks_its_name() {
+        let d = dark();
+        let bytes = d.encode().unwrap();
+        assert_eq!(bytes.len(), 2 + 8 + 32 + 32 + 24 + 64);
+        assert_eq!(DarkRecord::decode(&bytes).unwrap(), d);
+        assert_eq!(d.signed_bytes().unwrap(), &bytes[..bytes.len() - 64]);
+        for n in 0..bytes.len() {
+            assert!(DarkRecord::decode(&bytes[..n]).is_err());
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", "é", &"a".repeat(64)] {
+            assert!(check_dark_name(bad).is_err(), "{bad:?}");
+            let r = DarkRecord {
+                name: bad.into(),
+                ..dark()
+            };
+            assert!(r.encode().is_err());
+        }
+        for good in ["a", "0", "a-b", &"z".repeat(63)] {
+            check_dark_name(good).unwrap();
+        }
+        let mut upper = bytes.clone();
+        upper[2] = b'M';
+        assert!(DarkRecord::decode(&upper).is_err());
+        let mut v0 = bytes;
+        v0[0] = 0;
+        assert!(DarkRecord::decode(&v0).is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! The hidden services a client daemon hosts: those in its config file (`[[service]]`)
+//! and those published through the control API, which are remembered in
+//! `STATE_DIR/services.json` so that a restart publishes them again with the same keys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anonnet_client::{Client, HostedService, ServiceConfig, ServiceError};
+use anonnet_control::ServiceInfo;
+use anonnet_crypto::hs::HsAddress;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::config::default_service_key;
+
+/// File in the state directory listing the services published through the control API.
+pub const SERVICES_FILE: &str = "services.json";
+
+/// One service published through the control API, as saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Saved {
+    target: SocketAddr,
+    port: u16,
+    key_file: PathBuf,
+}
+
+/// The daemon's hosted services and where API-published ones are saved.
+pub struct Services {
+    client: Arc<Client>,
+    state_dir: PathBuf,
+    /// Services published through the API (saved), by address.
+    saved: Mutex<Vec<(HsAddress, Saved)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Services {
+    /// Publish the configured services and the saved ones.
+    ///
+    /// # Errors
+    /// The first [`ServiceError`] of a configured service (a saved one that fails is only
+    /// logged).
+    pub fn start(
+        client: Arc<Client>,
+        state_dir: &Path,
+        configured: Vec<ServiceConfig>,
+    ) -> Result<Arc<Services>, ServiceError> {
+        for c in configured {
+            client.publish(c)?;
+        }
+        let services = Arc::new(Services {
+            client,
+            state_dir: state_dir.to_path_buf(),
+            saved: Mutex::new(Vec::new()),
+        });
+        let saved: Vec<Saved> = std::fs::read_to_string(state_dir.join(SERVICES_FILE))
+            .ok()
+            .and_then(|t| match serde_json::from_str(&t) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    warn!("ignoring unreadable {SERVICES_FILE}: {e}");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        for s in saved {
+            if let Err(e) = services.publish_saved(s) {
+                warn!("a service saved in {SERVICES_FILE} could not start: {e}");
+            }
+        }
+        Ok(services)
+    }
+
+    fn publish_saved(&self, s: Saved) -> Result<Arc<HostedService>, ServiceError> {
+        let hosted = self.client.publish(ServiceConfig {
+            target: s.target,
+            port: s.port,
+            key_file: s.key_file.clone(),
+            dark_name: None,
+        })?;
+        lock(&self.saved).push((hosted.address(), s));
+        Ok(hosted)
+    }
+
+    fn save(&self) {
+        let list: Vec<Saved> = lock(&self.saved).iter().map(|(_, s)| s.clone()).collect();
+        let path = self.state_dir.join(SERVICES_FILE);
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec_pretty(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            warn!("cannot save {}: {e}", path.display());
+        }
+    }
+
+    /// Every hosted service, for the control API.
+    pub fn list(&self) -> Vec<ServiceInfo> {
+        self.client.services().iter().map(|s| info(s)).collect()
+    }
+
+    /// Publish `target` (loopback) on `port`; an already hosted target is returned as it
+    /// is. The key is kept in the state directory, so publishing the same target again
+    /// later gives the same address.
+    ///
+    /// # Errors
+    /// A message for people: a non-loopback target, or the key file failed.
+    pub fn publish(&self, target: SocketAddr, port: u16) -> Result<ServiceInfo, String> {
+        if !target.ip().is_loopback() {
+            return Err(format!(
+                "target {target} is not a loopback address: only local servers can be published"
+            ));
+        }
+        if let Some(s) = self
+            .client
+            .services()
+            .iter()
+            .find(|s| s.config().target == target && s.config().port == port)
+        {
+            return Ok(info(s));
+        }
+        let saved = Saved {
+            target,
+            port,
+            key_file: default_service_key(&self.state_dir, target),
+        };
+        let hosted = self.publish_saved(saved).map_err(|e| e.to_string())?;
+        self.save();
+        Ok(info(&hosted))
+    }
+
+    /// Stop hosting `address`. False when it is not hosted here.
+    pub fn unpublish(&self, address: &HsAddress) -> bool {
+        let stopped = self.client.unpublish(address);
+        let before = lock(&self.saved).len();
+        lock(&self.saved).retain(|(a, _)| a != address);
+        if lock(&self.saved).len() != before {
+            self.save();
+        }
+        stopped
+    }
+}
+
+fn info(s: &HostedService) -> ServiceInfo {
+    ServiceInfo {
+        address: s.address().to_host(),
+        port: s.config().port,
+        target: s.config().target.to_string(),
+        published: s.is_published(),
+        name: s
+            .config()
+            .dark_name
+            .as_ref()
+            .map(|n| format!("{n}.dark"))
+            .unwrap_or_default(),
+    }
+}
