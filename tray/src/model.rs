@@ -608,10 +608,15 @@ fn services_menu(r: &Running) -> Vec<Entry> {
                 vec![Entry::label("no-services", "No hidden services")]
             } else {
                 list.iter()
-                    .map(|s| Entry::Submenu {
-                        id: format!("submenu:service:{}", s.address),
-                        text: s.address.clone(),
-                        entries: vec![
+                    .map(|s| {
+                        let mut entries = Vec::new();
+                        if !s.name.is_empty() {
+                            entries.push(Entry::label(
+                                &format!("service-name:{}", s.address),
+                                format!("Name: {}", s.name),
+                            ));
+                        }
+                        entries.extend([
                             Entry::label(
                                 &format!("service-target:{}", s.address),
                                 format!("Port {} → {}", s.port, s.target),
@@ -622,7 +627,12 @@ fn services_menu(r: &Running) -> Vec<Entry> {
                                 checked: s.published,
                             },
                             Entry::item(Action::CopyAddress(s.address.clone()), "Copy address"),
-                        ],
+                        ]);
+                        Entry::Submenu {
+                            id: format!("submenu:service:{}", s.address),
+                            text: s.address.clone(),
+                            entries,
+                        }
                     })
                     .collect()
             };
@@ -787,6 +797,7 @@ mod tests {
             port: 80,
             target: "127.0.0.1:8080".into(),
             published,
+            ..ServiceInfo::default()
         }
     }
 
@@ -1037,6 +1048,27 @@ mod tests {
             }
         );
         assert!(find(&out.menu, ADDR).is_some(), "the full address is shown");
+
+        // A service with a .dark name shows it first.
+        let mut r = on();
+        r.services = Services::Available(vec![ServiceInfo {
+            name: "shop.dark".into(),
+            ..service(false)
+        }]);
+        let out = render(&view(r));
+        let Some(Entry::Submenu { entries, .. }) = find(&out.menu, ADDR) else {
+            panic!("no service submenu");
+        };
+        assert_eq!(
+            texts(entries),
+            [
+                "Name: shop.dark",
+                "Port 80 → 127.0.0.1:8080",
+                "Published",
+                "Copy address"
+            ]
+        );
+        assert!(matches!(entries[2], Entry::Check { checked: false, .. }));
     }
 
     #[test]

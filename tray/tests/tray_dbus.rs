@@ -651,19 +651,18 @@ fn tray_publishes_a_listening_port_and_it_answers_through_its_anon_address() {
 
     // The tray shows the new address (menu line and tooltip) and lists the service.
     let shown = format!("Published {}", service.address);
-    let m = wait_menu(conn, name, "the new address", |m| {
-        m.labels().iter().any(|l| l.starts_with(&shown)) && m.find(&service.address).is_some()
+    let toggle = |m: &Item| {
+        m.find(&service.address).and_then(|s| {
+            s.children
+                .iter()
+                .find(|i| i.label == "Published")
+                .map(|i| i.toggle_state)
+        })
+    };
+    let m = wait_menu(conn, name, "the new address, published", |m| {
+        m.labels().iter().any(|l| l.starts_with(&shown)) && toggle(m) == Some(Some(1))
     });
     assert!(m.find(&publish).is_none(), "{publish} still offered");
-    let published = m
-        .find(&service.address)
-        .unwrap()
-        .children
-        .iter()
-        .find(|i| i.label == "Published")
-        .cloned()
-        .expect("a Published toggle");
-    assert_eq!(published.toggle_state, Some(1));
     assert!(tooltip(conn, name).contains(&service.address));
 
     // Through the network, by its .anon address.
