@@ -3,7 +3,9 @@
 # D-Bus session bus, a StatusNotifierItem tray host from Debian's packages
 # (status-notifier-watcher + gtk-sni-tray-standalone), and the tray. Saves
 #   docs/tray-icon.png   the tray bar with the icon (daemon on)
-#   docs/tray-menu.png   the menu opened by a right click
+#   docs/tray-menu.png   the menu opened by a right click, after a local web server was
+#                        published from it ("Publish localhost:PORT"), with Hidden
+#                        services ▸ the service open
 # Everything it starts is stopped at the end (also on failure).
 #
 # Usage: tray/screenshot.sh            (from anywhere; builds anonnet and anonnet-tray)
@@ -79,7 +81,7 @@ wait_for "the web server" 10 test -s "$WORK/web.port"
 # --- a private X display ----------------------------------------------------------------
 n=77
 while [ -e "/tmp/.X11-unix/X$n" ] || [ -e "/tmp/.X$n-lock" ]; do n=$((n + 1)); done
-Xvfb ":$n" -screen 0 800x720x24 -nolisten tcp >"$WORK/xvfb.log" 2>&1 &
+Xvfb ":$n" -screen 0 1920x720x24 -nolisten tcp >"$WORK/xvfb.log" 2>&1 &
 pids+=($!)
 export DISPLAY=":$n"
 wait_for "Xvfb" 10 xdotool getdisplaygeometry
@@ -100,21 +102,61 @@ sleep 1
 # --- the tray --------------------------------------------------------------------------
 "$BIN/anonnet-tray" --config "$WORK/net/client/client.toml" >"$WORK/tray.log" 2>&1 &
 pids+=($!)
-tooltip_on() {
-  busctl --user list --no-pager | grep -o 'org.kde.StatusNotifierItem-[0-9]*-1' | head -1 |
-    xargs -I{} busctl --user get-property {} /StatusNotifierItem org.kde.StatusNotifierItem ToolTip |
-    grep -q '"On: '
+item() { busctl --user list --no-pager | grep -o 'org.kde.StatusNotifierItem-[0-9]*-1' | head -1; }
+# menu_query LABEL [toggled]: print the dbusmenu id of the item labelled LABEL (a prefix
+# ending in '*' matches the start); with "toggled", only if its checkbox is ticked.
+menu_query() {
+  busctl --user call --json=short "$(item)" /MenuBar com.canonical.dbusmenu GetLayout iias -- 0 -1 0 |
+    python3 -c '
+import json, sys
+want, toggled = sys.argv[1], len(sys.argv) > 2
+def walk(node):
+    i, props, children = node
+    label = props.get("label", {}).get("data", "")
+    hit = label.startswith(want[:-1]) if want.endswith("*") else label == want
+    if hit and (not toggled or props.get("toggle-state", {}).get("data") == 1):
+        print(i); sys.exit(0)
+    for c in children:
+        walk(c["data"])
+walk(json.load(sys.stdin)["data"][1])
+sys.exit(1)' "$@"
 }
-wait_for "the tray to show 'On'" 30 tooltip_on
+click() {
+  busctl --user call "$(item)" /MenuBar com.canonical.dbusmenu Event isvu -- "$(menu_query "$1")" clicked s "" 0
+}
+wait_for "the tray to show 'On'" 30 menu_query "On: *"
+
+# Publish the web server from the menu, as a person would, and wait until it is up.
+web_port=$(cat "$WORK/web.port")
+click "Publish localhost:$web_port"
+wait_for "the service's address" 30 menu_query "Published *"
+wait_for "the descriptor to be stored" 60 menu_query "Published" toggled
 sleep 2 # let the host draw the icon
 
 mkdir -p docs
 import -window root -crop 160x40+0+0 +repage docs/tray-icon.png
-# Right-click the icon (the first one in the bar) to open its menu.
-xdotool mousemove 16 16 click 3
-sleep 1.5
-# Hover "Hidden services" (the fourth row) so its submenu shows too.
-xdotool mousemove 80 125
-sleep 1.5
-import -window root -crop 460x300+0+0 +repage docs/tray-menu.png
-echo "saved docs/tray-icon.png and docs/tray-menu.png (web server on port $(cat "$WORK/web.port"))"
+# Right-click the icon (the first one in the bar) to open its menu, then walk the keyboard
+# to Hidden services ▸ the service ▸ (the third clickable entry, then right, right). The
+# menu is live: if it changed under the walk (a port opened or closed on this machine),
+# close it and try again.
+IM_CONVERT=$(command -v convert-im6.q16 || echo /usr/bin/convert)
+for attempt in 1 2 3 4 5; do
+  xdotool mousemove 16 16 click 3
+  sleep 2
+  for key in Down Down Down Right Right; do
+    xdotool key "$key"
+    sleep 0.7
+  done
+  sleep 1
+  import -window root -crop 1500x350+0+0 +repage "$WORK/menu.png"
+  # The service's submenu covers the black root window right of the menu.
+  pixel=$("$IM_CONVERT" "$WORK/menu.png" -format '%[pixel:p{1000,150}]' info:)
+  if [ "$pixel" != "black" ] && [ "$pixel" != "srgb(0,0,0)" ]; then
+    break
+  fi
+  echo "screenshot.sh: submenu not open (attempt $attempt), again" >&2
+  xdotool key Escape Escape Escape
+  sleep 1
+done
+cp "$WORK/menu.png" docs/tray-menu.png
+echo "saved docs/tray-icon.png and docs/tray-menu.png"
