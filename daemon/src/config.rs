@@ -11,13 +11,10 @@ use std::time::Duration;
 
 use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, RelayConfig};
 use anonnet_wire::{PortRange, SignedDescriptor};
-use directories::ProjectDirs;
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// Name of the client config file in the OS-standard config directory.
-pub const CLIENT_FILE: &str = "client.toml";
 /// Default SOCKS5 listener of the client (and of the testnet).
 pub const DEFAULT_SOCKS: &str = "127.0.0.1:9050";
 /// Default HTTP proxy listener of the client (and of the testnet).
@@ -52,16 +49,9 @@ const POLICY_SYNTAX: &str = "expected \"accept|reject NET:PORTS\" where NET is a
      family) and PORTS is *, N or N-M (1..=65535), e.g. \"accept 127.0.0.0/8:*\" or \
      \"reject *:25\"";
 
-/// The project's OS-standard directories (`org.anonnet.anonnet`), if the OS has a home
-/// directory for this user.
-pub fn project_dirs() -> Option<ProjectDirs> {
-    ProjectDirs::from("org", "anonnet", "anonnet")
-}
-
-/// Where `anonnet run` looks for its config when no `--config` is given.
-pub fn default_client_config() -> Option<PathBuf> {
-    project_dirs().map(|d| d.config_dir().join(CLIENT_FILE))
-}
+// Where the OS keeps our files is shared with the CLI and the tray, so it lives in
+// anonnet-control (`locate`).
+pub use anonnet_control::locate::{default_client_config, project_dirs};
 
 /// A config file that cannot be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -777,19 +767,13 @@ pub fn parse_control_listen(value: &str) -> Result<SocketAddr, String> {
 fn state_dir_of(src: &Source, c: &ClientSection) -> Result<PathBuf, ConfigError> {
     match &c.state_dir {
         Some(d) => Ok(src.path(d.get_ref())),
-        None => project_dirs()
-            .map(|p| {
-                p.state_dir()
-                    .unwrap_or_else(|| p.data_local_dir())
-                    .to_path_buf()
-            })
-            .ok_or_else(|| {
-                src.invalid(
-                    "client.state_dir",
-                    None::<&Spanned<()>>,
-                    "no default: this user has no home directory; set a directory".into(),
-                )
-            }),
+        None => anonnet_control::locate::default_state_dir().ok_or_else(|| {
+            src.invalid(
+                "client.state_dir",
+                None::<&Spanned<()>>,
+                "no default: this user has no home directory; set a directory".into(),
+            )
+        }),
     }
 }
 

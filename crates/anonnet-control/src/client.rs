@@ -64,30 +64,19 @@ impl ControlClient {
     /// state directory), [`ControlError::NoControlPort`] when it names no control port,
     /// [`ControlError::File`] when a file is unreadable or malformed.
     pub fn from_state_dir(state_dir: &Path) -> Result<ControlClient, ControlError> {
-        let ports_file = state_dir.join(PORTS_FILE);
-        let text = match std::fs::read_to_string(&ports_file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ControlError::NotRunning { ports_file })
-            }
-            Err(e) => return Err(ControlError::file(ports_file, format!("cannot read: {e}"))),
-        };
-        let ports: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ControlError::file(&ports_file, format!("is not JSON: {e}")))?;
-        let Some(control) = ports.get(PORTS_KEY) else {
-            return Err(ControlError::NoControlPort { ports_file });
-        };
-        let addr = control
-            .as_str()
-            .and_then(|s| s.parse::<SocketAddr>().ok())
-            .ok_or_else(|| {
-                ControlError::file(
-                    &ports_file,
-                    format!("\"{PORTS_KEY}\" is {control}, not an \"IP:PORT\" string"),
-                )
-            })?;
+        let addr = crate::locate::control_addr(state_dir)?;
         let cookie = Cookie::read(&state_dir.join(COOKIE_FILE))?;
         Ok(ControlClient::connect(addr, cookie))
+    }
+
+    /// The client for the daemon that the client config `config_file` configures: its
+    /// state directory ([`crate::locate::state_dir_from_config`]), then as
+    /// [`Self::from_state_dir`].
+    ///
+    /// # Errors
+    /// As [`crate::locate::state_dir_from_config`] and [`Self::from_state_dir`].
+    pub fn from_config(config_file: &Path) -> Result<ControlClient, ControlError> {
+        Self::from_state_dir(&crate::locate::state_dir_from_config(config_file)?)
     }
 
     /// The same client with another time limit per call.

@@ -4,6 +4,7 @@
 pub mod client;
 mod cookie;
 mod error;
+pub mod locate;
 pub mod server;
 pub mod types;
 

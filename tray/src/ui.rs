@@ -1,0 +1,202 @@
+//! The UI thread: the tray icon and its menu (tray-icon, D-Bus StatusNotifierItem through
+//! ksni). `TrayIcon` is `!Send`, so it lives and dies here; the worker sends [`UiMsg`]s.
+
+use std::collections::HashMap;
+use std::sync::mpsc::Receiver;
+
+use tracing::{debug, warn};
+use tray_icon::menu::{CheckMenuItem, IsMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu};
+use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
+
+use crate::icons;
+use crate::model::{shape, Entry, IconKind, Render};
+use crate::worker::UiMsg;
+
+/// Id of the StatusNotifierItem (`Id` property).
+const TRAY_ID: &str = "anonnet-tray";
+/// Title shown above the tooltip.
+const TITLE: &str = "anonnet";
+
+/// A menu item we may change later.
+enum Handle {
+    Item(MenuItem),
+    Check(CheckMenuItem),
+    Submenu(Submenu),
+}
+
+struct Tray {
+    icon: TrayIcon,
+    icons: HashMap<IconKind, Icon>,
+    shown: Render,
+    items: HashMap<String, Handle>,
+}
+
+/// Show what the worker sends until it says quit (or goes away).
+///
+/// # Errors
+/// A message when the tray icon cannot be created (no D-Bus session bus).
+pub fn run(messages: Receiver<UiMsg>) -> Result<(), String> {
+    let mut icons = HashMap::new();
+    for kind in [
+        IconKind::Off,
+        IconKind::Bootstrapping,
+        IconKind::On,
+        IconKind::Error,
+    ] {
+        icons.insert(kind, icons::tray_icon(kind)?);
+    }
+    let mut icons = Some(icons);
+    let mut tray: Option<Tray> = None;
+    for msg in messages {
+        match msg {
+            UiMsg::Render(render) => match (&mut tray, icons.take()) {
+                (Some(t), _) => t.show(render),
+                (None, Some(icons)) => tray = Some(Tray::new(render, icons)?),
+                (None, None) => {}
+            },
+            UiMsg::Quit => break,
+        }
+    }
+    // Dropping the TrayIcon takes the item off the bus.
+    drop(tray);
+    Ok(())
+}
+
+impl Tray {
+    fn new(render: Render, icons: HashMap<IconKind, Icon>) -> Result<Tray, String> {
+        let (menu, items) = build_menu(&render.menu).map_err(|e| e.to_string())?;
+        let mut builder = TrayIconBuilder::new()
+            .with_id(TRAY_ID)
+            .with_title(TITLE)
+            .with_tooltip(&render.tooltip)
+            .with_menu(Box::new(menu));
+        if let Some(icon) = icons.get(&render.icon) {
+            builder = builder.with_icon(icon.clone());
+        }
+        let icon = builder.build().map_err(|e| {
+            format!(
+                "cannot create the tray icon: {e} (it needs a D-Bus session bus: is \
+                 DBUS_SESSION_BUS_ADDRESS set?)"
+            )
+        })?;
+        Ok(Tray {
+            icon,
+            icons,
+            shown: render,
+            items,
+        })
+    }
+
+    fn show(&mut self, render: Render) {
+        if render.icon != self.shown.icon {
+            if let Err(e) = self.icon.set_icon(self.icons.get(&render.icon).cloned()) {
+                warn!(error = %e, "set_icon");
+            }
+        }
+        if render.tooltip != self.shown.tooltip {
+            if let Err(e) = self.icon.set_tooltip(Some(&render.tooltip)) {
+                warn!(error = %e, "set_tooltip");
+            }
+        }
+        if shape(&render.menu) == shape(&self.shown.menu) {
+            self.update(&render.menu);
+        } else {
+            match build_menu(&render.menu) {
+                Ok((menu, items)) => {
+                    debug!("new menu");
+                    self.icon.set_menu(Some(Box::new(menu)));
+                    self.items = items;
+                }
+                Err(e) => warn!(error = %e, "building the menu"),
+            }
+        }
+        self.shown = render;
+    }
+
+    /// Change texts and states in place (the menu has the same items).
+    fn update(&self, entries: &[Entry]) {
+        for e in entries {
+            let Some(handle) = e.id().and_then(|id| self.items.get(&id)) else {
+                continue;
+            };
+            match (e, handle) {
+                (Entry::Label { text, .. }, Handle::Item(i)) => set_text(i.text(), text, |t| {
+                    i.set_text(t);
+                }),
+                (Entry::Item { text, enabled, .. }, Handle::Item(i)) => {
+                    set_text(i.text(), text, |t| i.set_text(t));
+                    if i.is_enabled() != *enabled {
+                        i.set_enabled(*enabled);
+                    }
+                }
+                (Entry::Check { text, checked, .. }, Handle::Check(c)) => {
+                    set_text(c.text(), text, |t| c.set_text(t));
+                    // A click flips the item itself; show the daemon's state instead.
+                    if c.is_checked() != *checked {
+                        c.set_checked(*checked);
+                    }
+                }
+                (Entry::Submenu { text, entries, .. }, Handle::Submenu(s)) => {
+                    set_text(s.text(), text, |t| s.set_text(t));
+                    self.update(entries);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn set_text(now: String, want: &str, set: impl FnOnce(&str)) {
+    if now != want {
+        set(want);
+    }
+}
+
+fn build_menu(entries: &[Entry]) -> tray_icon::menu::Result<(Menu, HashMap<String, Handle>)> {
+    let menu = Menu::new();
+    let mut items = HashMap::new();
+    for e in entries {
+        menu.append(make(e, &mut items)?.as_ref())?;
+    }
+    Ok((menu, items))
+}
+
+fn make(
+    e: &Entry,
+    items: &mut HashMap<String, Handle>,
+) -> tray_icon::menu::Result<Box<dyn IsMenuItem>> {
+    Ok(match e {
+        Entry::Label { id, text } => {
+            let item = MenuItem::with_id(id.clone(), text, false, None);
+            items.insert(id.clone(), Handle::Item(item.clone()));
+            Box::new(item)
+        }
+        Entry::Item {
+            action,
+            text,
+            enabled,
+        } => {
+            let item = MenuItem::with_id(action.id(), text, *enabled, None);
+            items.insert(action.id(), Handle::Item(item.clone()));
+            Box::new(item)
+        }
+        Entry::Check {
+            action,
+            text,
+            checked,
+        } => {
+            let item = CheckMenuItem::with_id(action.id(), text, true, *checked, None);
+            items.insert(action.id(), Handle::Check(item.clone()));
+            Box::new(item)
+        }
+        Entry::Submenu { id, text, entries } => {
+            let sub = Submenu::with_id(id.clone(), text, true);
+            for child in entries {
+                sub.append(make(child, items)?.as_ref())?;
+            }
+            items.insert(id.clone(), Handle::Submenu(sub.clone()));
+            Box::new(sub)
+        }
+        Entry::Separator => Box::new(PredefinedMenuItem::separator()),
+    })
+}
