@@ -41,6 +41,10 @@ use zeroize::Zeroizing;
 
 /// Relay messages queued towards the guard, shared by all streams of a circuit.
 const FORWARD_QUEUE: usize = 64;
+/// Circuit `SENDME`s waiting for the writer. The exit sends at most `CIRCUIT_WINDOW` cells
+/// beyond the last `SENDME` it received, so at most `CIRCUIT_WINDOW / CIRCUIT_INCREMENT`
+/// (10) can be due at once; a full queue means the exit overran its window.
+const SENDME_QUEUE: usize = (CIRCUIT_WINDOW / CIRCUIT_INCREMENT) as usize + 2;
 /// Events queued towards one stream: a whole stream window of `DATA` plus `CONNECTED`
 /// and `END`, so the circuit reader never waits on a stream whose exit respects flow
 /// control (§6.4).
@@ -245,6 +249,12 @@ pub struct Circuit {
     /// Where streams opened by the far end go (service side).
     incoming: Mutex<Option<mpsc::Sender<IncomingStream>>>,
     forward: mpsc::Sender<Forward>,
+    /// Circuit `SENDME`s from the reader task: a queue of their own, which the writer serves
+    /// first, so the reader never waits for the writer. (Waiting there closed a cycle:
+    /// with ~1,000 streams opening at once the writer waited on the guard, the exit's
+    /// forward task on its backward queue, the relays on the client's QUIC window, and
+    /// that on the reader.)
+    sendmes: mpsc::Sender<Forward>,
     streams: Mutex<StreamTable>,
     closed: CancellationToken,
     built_in: Duration,
@@ -416,6 +426,7 @@ impl Circuit {
 
         let (fwd_layers, bwd_layers) = onion.split();
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+        let (sendme_tx, sendme_rx) = mpsc::channel(SENDME_QUEUE);
         let hop_count = Arc::new(AtomicUsize::new(hops.len()));
         let pending = Arc::new(PendingHop::default());
         let circuit = Arc::new(Circuit {
@@ -430,6 +441,7 @@ impl Circuit {
             control: Mutex::new(None),
             incoming: Mutex::new(None),
             forward: tx,
+            sendmes: sendme_tx,
             streams: Mutex::new(StreamTable::default()),
             closed: CancellationToken::new(),
             built_in: started.elapsed(),
@@ -442,7 +454,10 @@ impl Circuit {
         tokio::spawn(writer_task(
             fwd_layers,
             send,
-            rx,
+            WriterQueues {
+                sendmes: sendme_rx,
+                cells: rx,
+            },
             circuit.sendme_tags.clone(),
             hop_count,
             pending,
@@ -744,10 +759,16 @@ impl Drop for Circuit {
     }
 }
 
+/// The writer task's queues: circuit `SENDME`s (served first) and every other cell.
+struct WriterQueues {
+    sendmes: mpsc::Receiver<Forward>,
+    cells: mpsc::Receiver<Forward>,
+}
+
 async fn writer_task(
     mut layers: ClientForward,
     mut send: SendStream,
-    mut rx: mpsc::Receiver<Forward>,
+    mut queues: WriterQueues,
     sendme_tags: Arc<Mutex<SendmeTags>>,
     hops: Arc<AtomicUsize>,
     pending: Arc<PendingHop>,
@@ -757,7 +778,8 @@ async fn writer_task(
         let next = tokio::select! {
             biased;
             () = closed.cancelled() => break,
-            n = rx.recv() => n,
+            Some(sendme) = queues.sendmes.recv() => Some(sendme),
+            n = queues.cells.recv() => n,
         };
         let Some(Forward { hop, cell }) = next else {
             break;
@@ -900,9 +922,14 @@ async fn reader_task(
                         hop: exit,
                         cell: RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(echo))),
                     };
-                    // The writer drains this queue on its own; waiting is brief.
-                    if circ.forward.send(sendme).await.is_err() {
-                        break "circuit closed".to_string();
+                    match circ.sendmes.try_send(sendme) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            break "exit overran the circuit window".to_string();
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            break "circuit closed".to_string();
+                        }
                     }
                 }
                 if let Some(e) = &entry {

@@ -38,7 +38,7 @@ use anonnet_wire::{
     Create, Created, Destroy, DestroyReason, EndReason, RelayCell, RelayMsg, StreamId, Target,
     LAYER_OVERHEAD, RELAY_HEADER_LEN,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,6 +51,11 @@ use crate::RelayShared;
 
 /// Cells buffered between a leg reader and the task that consumes them.
 const CELL_QUEUE: usize = 64;
+/// Most cells a leg reader takes from QUIC in one read.
+const READ_BATCH: usize = 32;
+/// Most cells the backward task gathers into one QUIC write: the cells already queued when
+/// it wakes up, so a lone cell is never delayed.
+const WRITE_BATCH: usize = 32;
 /// Messages buffered for the backward task (originated by this relay).
 const BACKWARD_QUEUE: usize = 64;
 /// `DATA` payloads buffered towards one exit TCP connection: a whole stream window, so a
@@ -113,6 +118,10 @@ impl Teardown {
 /// Read whole cells of `cell_len` bytes from `recv` into a channel, each placed at offset
 /// `headroom` of a buffer of `headroom + cell_len` bytes (so the backward task can add its
 /// layer without copying). Ends on EOF, error or cancellation.
+///
+/// Reads take whatever QUIC has received, up to [`READ_BATCH`] cells at once, rather than
+/// one `read_exact` per cell: each read locks the connection, and that per-cell cost was
+/// the larger part of a relay's CPU per cell.
 fn spawn_leg_reader(
     mut recv: RecvStream,
     cell_len: usize,
@@ -121,24 +130,45 @@ fn spawn_leg_reader(
     teardown: Arc<Teardown>,
 ) {
     tokio::spawn(async move {
+        let mut staging = vec![0u8; READ_BATCH * cell_len];
+        let mut filled = 0usize;
         loop {
-            let mut buf = vec![0u8; headroom + cell_len];
             let read = tokio::select! {
-                r = recv.read_exact(buf.get_mut(headroom..).unwrap_or_default()) => r,
+                r = recv.read(staging.get_mut(filled..).unwrap_or_default()) => r,
                 () = teardown.token.cancelled() => break,
             };
-            if read.is_err() {
-                teardown.destroy(DestroyReason::ChannelClosed);
+            match read {
+                Ok(Some(n)) => filled += n,
+                Ok(None) | Err(_) => {
+                    teardown.destroy(DestroyReason::ChannelClosed);
+                    break;
+                }
+            }
+            let whole = filled - filled % cell_len;
+            let mut sent_all = true;
+            for cell in staging
+                .get(..whole)
+                .unwrap_or_default()
+                .chunks_exact(cell_len)
+            {
+                let mut buf = vec![0u8; headroom + cell_len];
+                if let Some(dst) = buf.get_mut(headroom..) {
+                    dst.copy_from_slice(cell);
+                }
+                if tx.send(buf).await.is_err() {
+                    sent_all = false;
+                    break;
+                }
+            }
+            if !sent_all {
                 break;
             }
-            if tx.send(buf).await.is_err() {
-                break;
-            }
+            staging.copy_within(whole..filled, 0);
+            filled -= whole;
         }
     });
 }
 
-/// Serve one leg opened by the previous hop: `CREATE`, handshake, then the circuit.
 pub(crate) async fn serve_leg(
     shared: Arc<RelayShared>,
     mut send: SendStream,
@@ -306,77 +336,109 @@ impl BackwardTask {
     }
 
     async fn relay_cells(&mut self) {
-        let BackwardTask {
-            shared,
-            cell_len,
-            layer,
-            prev_send,
-            next_rx,
-            out_rx,
-            flow,
-            teardown,
-        } = self;
-        let cell_len = *cell_len;
+        let mut batch = BytesMut::new();
         loop {
-            let mut cell = tokio::select! {
+            let first = tokio::select! {
                 biased;
-                () = teardown.token.cancelled() => break,
-                Some(mut cell) = next_rx.recv() => {
-                    // A cell from the next hop sits at offset LAYER_OVERHEAD; its first byte is
-                    // the command on the next leg.
-                    match cell.get(LAYER_OVERHEAD).copied().map(CellCommand::from_byte) {
-                        Some(Ok(CellCommand::Relay)) => {
-                            if layer.seal_backward(&mut cell, LayerKind::Forward).is_err() {
-                                teardown.destroy(DestroyReason::Internal);
-                                break;
-                            }
-                            shared.stats.cells_backward.fetch_add(1, Ordering::Relaxed);
-                            cell
-                        }
-                        Some(Ok(CellCommand::Padding)) => continue,
-                        Some(Ok(CellCommand::Destroy)) => {
-                            teardown.destroy(DestroyReason::ChannelClosed);
-                            break;
-                        }
-                        _ => {
-                            teardown.destroy(DestroyReason::Protocol);
-                            break;
-                        }
-                    }
-                }
-                Some(msg) = out_rx.recv() => {
-                    let mut cell = vec![0u8; cell_len];
-                    let is_data = matches!(msg.msg, RelayMsg::Data(_));
-                    let sealed = cell
-                        .get_mut(relay_layout::INNER..)
-                        .ok_or(())
-                        .and_then(|inner| msg.encode_into(inner).map_err(|_| ()))
-                        .and_then(|()| layer.seal_backward(&mut cell, LayerKind::Deliver).map_err(|_| ()));
-                    if sealed.is_err() {
-                        teardown.destroy(DestroyReason::Internal);
-                        break;
-                    }
-                    if is_data {
-                        if let (Some(tag), Ok(mut tags)) = (relay_cell_tag(&cell), flow.tags.lock()) {
-                            tags.on_data_sent(tag);
-                        }
-                    }
-                    shared.stats.cells_backward.fetch_add(1, Ordering::Relaxed);
-                    cell
-                }
+                () = self.teardown.token.cancelled() => break,
+                Some(cell) = self.next_rx.recv() => Backward::Cell(cell),
+                Some(msg) = self.out_rx.recv() => Backward::Message(msg),
                 else => break,
             };
+            // Seal the first item and whatever else is queued already, up to WRITE_BATCH
+            // cells, into one buffer: one QUIC write for all of them.
+            let mut item = Some(first);
+            let mut cells = 0;
+            while let Some(it) = item.take() {
+                if let Err(reason) = self.seal_into(it, &mut batch) {
+                    self.teardown.destroy(reason);
+                    return;
+                }
+                cells += 1;
+                if cells >= WRITE_BATCH {
+                    break;
+                }
+                item = match self.next_rx.try_recv() {
+                    Ok(cell) => Some(Backward::Cell(cell)),
+                    Err(_) => self.out_rx.try_recv().ok().map(Backward::Message),
+                };
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let chunk = batch.split().freeze();
             let written = tokio::select! {
-                r = prev_send.write_all(&cell) => r.is_ok(),
-                () = teardown.token.cancelled() => false,
+                r = self.prev_send.write_chunk(chunk) => r.is_ok(),
+                () = self.teardown.token.cancelled() => false,
             };
-            cell.clear();
             if !written {
-                teardown.destroy(DestroyReason::ChannelClosed);
+                self.teardown.destroy(DestroyReason::ChannelClosed);
                 break;
             }
         }
     }
+
+    /// Seal one cell from the next hop or one message of this relay and append the sealed
+    /// cell to `batch` (padding from the next hop appends nothing).
+    ///
+    /// # Errors
+    /// The reason to destroy the circuit: the next hop's `DESTROY`, a bad cell, or a
+    /// failure to seal.
+    fn seal_into(&mut self, item: Backward, batch: &mut BytesMut) -> Result<(), DestroyReason> {
+        match item {
+            Backward::Cell(mut cell) => {
+                // A cell from the next hop sits at offset LAYER_OVERHEAD; its first byte is
+                // the command on the next leg.
+                match cell
+                    .get(LAYER_OVERHEAD)
+                    .copied()
+                    .map(CellCommand::from_byte)
+                {
+                    Some(Ok(CellCommand::Relay)) => {
+                        self.layer
+                            .seal_backward(&mut cell, LayerKind::Forward)
+                            .map_err(|_| DestroyReason::Internal)?;
+                        batch.extend_from_slice(&cell);
+                    }
+                    Some(Ok(CellCommand::Padding)) => return Ok(()),
+                    Some(Ok(CellCommand::Destroy)) => return Err(DestroyReason::ChannelClosed),
+                    _ => return Err(DestroyReason::Protocol),
+                }
+            }
+            Backward::Message(msg) => {
+                let start = batch.len();
+                batch.resize(start + self.cell_len, 0);
+                let cell = batch.get_mut(start..).ok_or(DestroyReason::Internal)?;
+                let is_data = matches!(msg.msg, RelayMsg::Data(_));
+                cell.get_mut(relay_layout::INNER..)
+                    .ok_or(DestroyReason::Internal)
+                    .and_then(|inner| {
+                        msg.encode_into(inner).map_err(|_| DestroyReason::Internal)
+                    })?;
+                self.layer
+                    .seal_backward(cell, LayerKind::Deliver)
+                    .map_err(|_| DestroyReason::Internal)?;
+                if is_data {
+                    if let (Some(tag), Ok(mut tags)) = (relay_cell_tag(cell), self.flow.tags.lock())
+                    {
+                        tags.on_data_sent(tag);
+                    }
+                }
+            }
+        }
+        self.shared
+            .stats
+            .cells_backward
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// What the backward task seals: a cell from the next hop (at offset `LAYER_OVERHEAD` of its
+/// buffer) or a message this relay originates.
+enum Backward {
+    Cell(Vec<u8>),
+    Message(RelayCell),
 }
 
 struct ExitSlot {

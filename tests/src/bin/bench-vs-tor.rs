@@ -1,0 +1,1227 @@
+//! End-to-end benchmark, anonnet beside Tor in the same run (issue 7, `../shared/DESIGN.md`
+//! §5). Run from the repository root:
+//!
+//! ```sh
+//! cargo run --release -p anonnet-tests --bin bench-vs-tor            # full run, ~6 min
+//! cargo run --release -p anonnet-tests --bin bench-vs-tor -- --quick # 64 MiB, fewer samples
+//! ```
+//!
+//! It builds `anonnet` (release), installs `tor` with apt when missing, starts the private Tor
+//! network with `../shared/tools/tor-testnet/start` and an `anonnet testnet` (5 relays, a
+//! client, the demo hidden service), measures both through their SOCKS ports against the
+//! same HTTP server (tor-testnet's `httpd.py`, docroot `WORK/www`), prints one table and
+//! stops both networks. Method: docs/performance.md.
+//!
+//! Every wait and loop is bounded; a network that does not come up ends the run with an
+//! error after stopping what was started.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// Longest the Tor network may take to start (its own `--timeout` is shorter).
+const TOR_START_LIMIT: Duration = Duration::from_secs(300);
+/// Longest the anonnet testnet or a fresh client may take to print its ready lines.
+const ANONNET_START_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Parser, Debug)]
+#[command(about = "anonnet beside a private Tor network: one table (docs/performance.md)")]
+struct Opts {
+    /// Shorter run: 64 MiB bulk, 20 TTFB samples, 10 circuit builds, 3 cold HS connects.
+    #[arg(long)]
+    quick: bool,
+    /// Bulk transfer size in MiB (default 256, 64 with --quick).
+    #[arg(long)]
+    bulk_mib: Option<u64>,
+    /// Time-to-first-byte samples per network (default 50, 20 with --quick).
+    #[arg(long)]
+    ttfb_runs: Option<usize>,
+    /// Circuit builds per network (default 20, 10 with --quick).
+    #[arg(long)]
+    circ_runs: Option<usize>,
+    /// Cold hidden-service connects per network (default 5, 3 with --quick).
+    #[arg(long)]
+    hs_runs: Option<usize>,
+    /// Concurrent-stream rounds to run (comma-separated; the table shows 100 and 1000).
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000])]
+    concurrency: Vec<usize>,
+    /// Skip Tor (anonnet figures and physical limits only), e.g. while optimising.
+    #[arg(long)]
+    no_tor: bool,
+    /// Tor network base port (tor-testnet `--base-port`).
+    #[arg(long, default_value_t = 23000)]
+    tor_base_port: u16,
+    /// Use this `anonnet` binary instead of building one (A/B runs of an optimisation).
+    #[arg(long)]
+    anonnet_bin: Option<PathBuf>,
+    /// Work directory (a fresh temporary one by default); left in place for inspection.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// One network's figures; `None` = not measured or failed.
+#[derive(Default, Debug, Clone)]
+struct Figures {
+    bulk_mib_s: Option<f64>,
+    cpu_ms_per_mib: Option<f64>,
+    ttfb_median_ms: Option<f64>,
+    ttfb_p95_ms: Option<f64>,
+    build_median_ms: Option<f64>,
+    build_p95_ms: Option<f64>,
+    hs_cold_median_ms: Option<f64>,
+    c100: Option<(f64, usize)>,
+    c1000: Option<(f64, usize)>,
+    client_rss_mib: Option<f64>,
+    relay_rss_mib: Option<f64>,
+    client_rss_after_1000_mib: Option<f64>,
+}
+
+fn main() {
+    let opts = Opts::parse();
+    if let Err(e) = run(&opts) {
+        eprintln!("bench-vs-tor: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("[bench {:>7.1}s] {msg}", started().elapsed().as_secs_f64());
+}
+
+fn started() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(opts: &Opts) -> Res<()> {
+    started();
+    let bulk_mib = opts.bulk_mib.unwrap_or(if opts.quick { 64 } else { 256 });
+    let ttfb_runs = opts.ttfb_runs.unwrap_or(if opts.quick { 20 } else { 50 });
+    let circ_runs = opts.circ_runs.unwrap_or(if opts.quick { 10 } else { 20 });
+    let hs_runs = opts.hs_runs.unwrap_or(if opts.quick { 3 } else { 5 });
+    let root = repo_root();
+    let tools = root.join("../shared/tools/tor-testnet");
+    let work = match &opts.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("anonnet-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work)?;
+    let work = work.canonicalize()?;
+    let load_before = load_average();
+    log(&format!(
+        "work dir {}; load average before: {load_before}",
+        work.display()
+    ));
+
+    let anonnet = match &opts.anonnet_bin {
+        Some(bin) => bin.canonicalize()?,
+        None => build_anonnet(&root)?,
+    };
+    ensure_tools(opts.no_tor)?;
+
+    // The Tor network also brings the HTTP server both networks fetch from.
+    let tor_dir = work.join("tor");
+    let http_base = format!("http://127.0.0.2:{}", opts.tor_base_port + 80);
+    let (tor, mut httpd) = if opts.no_tor {
+        (
+            None,
+            Some(start_httpd(&tools, &tor_dir, opts.tor_base_port + 80)?),
+        )
+    } else {
+        log("starting the Tor network (tor-testnet/start, up to 300 s)");
+        (
+            Some(TorNet::start(&tools, &tor_dir, opts.tor_base_port)?),
+            None,
+        )
+    };
+    let result = (|| -> Res<(Figures, Figures, Limits)> {
+        make_big_file(&tor_dir.join("www/big.bin"), bulk_mib)?;
+        log("starting the anonnet testnet");
+        let mut net = AnonNet::start(&anonnet, &work.join("anonnet"))?;
+        let measured = (|| -> Res<(Figures, Figures)> {
+            let cfg = Plan {
+                http_base: &http_base,
+                bulk_mib,
+                ttfb_runs,
+                concurrency: &opts.concurrency,
+            };
+            let mut a = measure_common("anonnet", net.socks, &net.pids()?, &cfg)?;
+            a.build_median_ms = None;
+            let builds = net.circuit_builds(circ_runs, &http_base)?;
+            a.build_median_ms = median(&builds);
+            a.build_p95_ms = percentile(&builds, 0.95);
+            log(&format!("anonnet circuit builds (ms): {builds:.1?}"));
+            let hs = net.hs_cold(&anonnet, hs_runs)?;
+            log(&format!("anonnet cold HS connects (ms): {hs:.0?}"));
+            a.hs_cold_median_ms = median(&hs);
+            let mut t = Figures::default();
+            if let Some(tor) = &tor {
+                t = measure_common("tor", tor.socks, &tor.pids()?, &cfg)?;
+                tor.circuit_and_onion(&tools, circ_runs, hs_runs, bulk_mib, &mut t)?;
+            }
+            Ok((a, t))
+        })();
+        net.stop();
+        let (a, t) = measured?;
+        let limits = physical_limits(bulk_mib, &http_base)?;
+        Ok((a, t, limits))
+    })();
+    if let Some(tor) = &tor {
+        tor.stop(&tools);
+    }
+    if let Some(h) = httpd.as_mut() {
+        terminate(h);
+    }
+    let (a, t, limits) = result?;
+    let load_after = load_average();
+    let table = render(&a, &t, &limits, bulk_mib, ttfb_runs, circ_runs, hs_runs);
+    println!("{table}");
+    println!("load average before: {load_before}; after: {load_after}");
+    let out = work.join("bench-table.md");
+    std::fs::write(
+        &out,
+        format!("{table}\nload average before: {load_before}; after: {load_after}\n"),
+    )?;
+    log(&format!("table saved to {}", out.display()));
+    Ok(())
+}
+
+/// Without Tor: tor-testnet's `httpd.py` alone on 127.0.0.2:`port`, docroot `dir/www` with
+/// its 1 KiB `small.bin`.
+fn start_httpd(tools: &Path, dir: &Path, port: u16) -> Res<Child> {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    let mut small = [0u8; 1024];
+    getrandom::fill(&mut small).map_err(|e| format!("getrandom: {e}"))?;
+    std::fs::write(www.join("small.bin"), small)?;
+    let child = Command::new("python3")
+        .arg(tools.join("httpd.py"))
+        .arg(&www)
+        .arg(port.to_string())
+        .arg("127.0.0.2")
+        .stdin(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}
+
+/// `cargo build --release -p anonnet`; the binary lands beside this one.
+fn build_anonnet(root: &Path) -> Res<PathBuf> {
+    log("building anonnet (release)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let built = bounded(
+        Command::new(cargo)
+            .args(["build", "--release", "-p", "anonnet"])
+            .current_dir(root),
+        Duration::from_secs(1800),
+    )?;
+    if !built.status.success() {
+        return Err(format!(
+            "cargo build failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        )
+        .into());
+    }
+    Ok(std::env::current_exe()?
+        .parent()
+        .ok_or("no exe dir")?
+        .join("anonnet"))
+}
+
+/// The 1-, 5- and 15-minute load averages from `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// `tor`, `tor-gencert`, `curl` and `python3` must be there; install `tor` and `curl` with
+/// apt when missing (the machine's user is root).
+fn ensure_tools(no_tor: bool) -> Res<()> {
+    let mut missing: Vec<&str> = Vec::new();
+    if !have("curl") {
+        missing.push("curl");
+    }
+    if !no_tor && (!have("tor") || !have("tor-gencert")) {
+        missing.push("tor");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    log(&format!("installing {missing:?} with apt-get"));
+    let limit = Duration::from_secs(600);
+    bounded(Command::new("apt-get").arg("update"), limit)?;
+    let out = bounded(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        limit,
+    )?;
+    if !out.status.success() {
+        return Err(format!(
+            "apt-get install {missing:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Run `cmd` to completion with its output captured; kill it after `limit`.
+fn bounded(cmd: &mut Command, limit: Duration) -> Res<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pipe = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = pipe(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = pipe(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{cmd:?} took longer than {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// A `bulk_mib` MiB file of varied bytes (as tor-testnet's `bench` makes its `big.bin`).
+fn make_big_file(path: &Path, bulk_mib: u64) -> Res<()> {
+    let want = bulk_mib * 1024 * 1024;
+    if std::fs::metadata(path).ok().map(|m| m.len()) == Some(want) {
+        return Ok(());
+    }
+    let mut chunk = vec![0u8; 4 << 20];
+    getrandom::fill(&mut chunk).map_err(|e| format!("getrandom: {e}"))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let mut left = want;
+    let mut i = 0u64;
+    while left > 0 {
+        if let Some(head) = chunk.get_mut(..8) {
+            head.copy_from_slice(&i.to_le_bytes());
+        }
+        let n = left.min(chunk.len() as u64);
+        f.write_all(chunk.get(..n as usize).unwrap_or_default())?;
+        left -= n;
+        i += 1;
+    }
+    f.flush()?;
+    drop(f);
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+/// Processes whose CPU and memory are reported: the client and the relays.
+struct Pids {
+    client: u32,
+    relays: Vec<u32>,
+}
+
+/// CPU seconds (user + system) of `pid` from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the `(comm)`: state is the 1st, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// VmRSS of `pid` in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn total_cpu(p: &Pids) -> f64 {
+    cpu_seconds(p.client) + p.relays.iter().map(|&r| cpu_seconds(r)).sum::<f64>()
+}
+
+/// What `curl -w` reported.
+struct Curl {
+    ok: bool,
+    size: u64,
+    ttfb: f64,
+    total: f64,
+}
+
+fn curl(socks: Option<SocketAddr>, user: Option<&str>, url: &str, max_s: u64) -> Res<Curl> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "--max-time", &max_s.to_string()])
+        .args([
+            "-w",
+            "%{http_code} %{size_download} %{time_starttransfer} %{time_total}",
+        ]);
+    if let Some(s) = socks {
+        cmd.arg("--socks5-hostname").arg(s.to_string());
+    }
+    if let Some(u) = user {
+        cmd.arg("--proxy-user").arg(format!("{u}:x"));
+    }
+    let out = bounded(cmd.arg(url), Duration::from_secs(max_s + 10))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok(Curl {
+        ok: out.status.success() && f.first() == Some(&"200"),
+        size: num(1) as u64,
+        ttfb: num(2),
+        total: num(3),
+    })
+}
+
+struct Plan<'a> {
+    http_base: &'a str,
+    bulk_mib: u64,
+    ttfb_runs: usize,
+    concurrency: &'a [usize],
+}
+
+/// Figures measured the same way on both networks: warm-up, TTFB, bulk (with CPU), RSS,
+/// 100 and 1,000 concurrent streams.
+fn measure_common(name: &str, socks: SocketAddr, pids: &Pids, plan: &Plan<'_>) -> Res<Figures> {
+    let mut f = Figures::default();
+    let small = format!("{}/small.bin", plan.http_base);
+    log(&format!("{name}: warming up"));
+    let mut warm_ok = 0;
+    for _ in 0..20 {
+        if curl(Some(socks), None, &small, 60)?.ok {
+            warm_ok += 1;
+            if warm_ok >= 3 {
+                break;
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    if warm_ok < 3 {
+        return Err(format!("{name}: no working GET through SOCKS {socks}").into());
+    }
+    log(&format!("{name}: time to first byte x{}", plan.ttfb_runs));
+    let mut ttfb = Vec::new();
+    for _ in 0..plan.ttfb_runs {
+        let c = curl(Some(socks), None, &small, 60)?;
+        if c.ok {
+            ttfb.push(c.ttfb * 1000.0);
+        }
+    }
+    f.ttfb_median_ms = median(&ttfb);
+    f.ttfb_p95_ms = percentile(&ttfb, 0.95);
+
+    log(&format!("{name}: bulk {} MiB", plan.bulk_mib));
+    let cpu0 = total_cpu(pids);
+    let big = curl(
+        Some(socks),
+        None,
+        &format!("{}/big.bin", plan.http_base),
+        1200,
+    )?;
+    let cpu1 = total_cpu(pids);
+    let want = plan.bulk_mib * 1024 * 1024;
+    if big.ok && big.size == want && big.total > 0.0 {
+        let mib = want as f64 / MIB;
+        f.bulk_mib_s = Some(mib / big.total);
+        f.cpu_ms_per_mib = Some((cpu1 - cpu0) * 1000.0 / mib);
+        log(&format!(
+            "{name}: {:.1} MiB/s, {:.1} CPU ms/MiB",
+            mib / big.total,
+            (cpu1 - cpu0) * 1000.0 / mib
+        ));
+    } else {
+        log(&format!("{name}: bulk failed ({} bytes)", big.size));
+    }
+    f.client_rss_mib = rss_mib(pids.client);
+    f.relay_rss_mib = pids
+        .relays
+        .iter()
+        .filter_map(|&p| rss_mib(p))
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for &n in plan.concurrency {
+        log(&format!("{name}: {n} concurrent streams"));
+        let (secs, errors) = rt.block_on(concurrent_gets(socks, &small, n))?;
+        log(&format!(
+            "{name}: {n} streams in {secs:.2} s, {errors} errors"
+        ));
+        if n == 100 {
+            f.c100 = Some((secs, errors));
+        } else {
+            f.c1000 = Some((secs, errors));
+        }
+    }
+    f.client_rss_after_1000_mib = rss_mib(pids.client);
+    Ok(f)
+}
+
+/// `n` SOCKS5 connections opened at once, each a `GET` of `url` (HTTP/1.0); returns the
+/// wall time and how many did not get the whole 200 response within 120 s.
+async fn concurrent_gets(socks: SocketAddr, url: &str, n: usize) -> Res<(f64, usize)> {
+    let rest = url.strip_prefix("http://").ok_or("url is not http://")?;
+    let (hostport, path) = rest.split_once('/').ok_or("url has no path")?;
+    let (host, port) = hostport.rsplit_once(':').ok_or("url has no port")?;
+    let port: u16 = port.parse()?;
+    let host = host.to_owned();
+    let path = format!("/{path}");
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (host, path) = (host.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                socks_get(socks, &host, port, &path),
+            )
+            .await
+            .is_ok_and(|r| r.unwrap_or(false))
+        }));
+    }
+    let mut errors = 0;
+    for t in tasks {
+        if !t.await.unwrap_or(false) {
+            errors += 1;
+        }
+    }
+    Ok((t0.elapsed().as_secs_f64(), errors))
+}
+
+async fn socks_get(socks: SocketAddr, host: &str, port: u16, path: &str) -> Res<bool> {
+    let mut s = tokio::net::TcpStream::connect(socks).await?;
+    s.set_nodelay(true)?;
+    let mut req = vec![5u8, 1, 0, 5, 1, 0];
+    match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            req.push(1);
+            req.extend_from_slice(&ip.octets());
+        }
+        Err(_) => {
+            req.push(3);
+            req.push(u8::try_from(host.len())?);
+            req.extend_from_slice(host.as_bytes());
+        }
+    }
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await?;
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await?;
+    if head != [5, 0] || reply.get(1) != Some(&0) {
+        return Ok(false);
+    }
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await?;
+    Ok(body.starts_with(b"HTTP/1.0 200") || body.starts_with(b"HTTP/1.1 200"))
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let s = sorted(v);
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => s.get(n / 2).copied(),
+        _ => Some((s.get(n / 2 - 1)? + s.get(n / 2)?) / 2.0),
+    }
+}
+
+/// Nearest-rank percentile (`q` in 0..=1).
+fn percentile(v: &[f64], q: f64) -> Option<f64> {
+    let s = sorted(v);
+    if s.is_empty() {
+        return None;
+    }
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s.get(rank - 1).copied()
+}
+
+/// A child whose stdout lines arrive on a channel.
+fn spawn_lines(cmd: &mut Command) -> Res<(Child, mpsc::Receiver<String>)> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+/// Wait (bounded) for a line starting with `prefix`; returns the rest of it.
+fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, limit: Duration) -> Res<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| format!("no `{prefix}` line within {limit:?}"))?;
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return Ok(rest.trim().to_owned());
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after 15 s.
+fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+struct AnonNet {
+    child: Child,
+    socks: SocketAddr,
+    dir: PathBuf,
+    layout: serde_json::Value,
+}
+
+impl AnonNet {
+    fn start(anonnet: &Path, dir: &Path) -> Res<AnonNet> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        let (child, rx) = spawn_lines(
+            Command::new(anonnet)
+                .args(["testnet", "--relays", "5", "--socks", "127.0.0.1:0"])
+                .args(["--http", "127.0.0.1:0", "--dir"])
+                .arg(dir)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        let mut net = AnonNet {
+            child,
+            socks: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir: dir.to_path_buf(),
+            layout: serde_json::Value::Null,
+        };
+        match wait_line(&rx, "SOCKS5 ready on ", ANONNET_START_LIMIT) {
+            Ok(addr) => net.socks = addr.parse()?,
+            Err(e) => {
+                net.stop();
+                return Err(e);
+            }
+        }
+        net.layout = serde_json::from_slice(&std::fs::read(dir.join("testnet.json"))?)?;
+        Ok(net)
+    }
+
+    fn pids(&self) -> Res<Pids> {
+        let pid = |v: &serde_json::Value| v.as_u64().and_then(|p| u32::try_from(p).ok());
+        Ok(Pids {
+            client: pid(&self.layout["client"]["pid"]).ok_or("testnet.json: no client pid")?,
+            relays: self.layout["relays"]
+                .as_array()
+                .map(|rs| rs.iter().filter_map(|r| pid(&r["pid"])).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn client_config(&self) -> Res<PathBuf> {
+        Ok(PathBuf::from(
+            self.layout["client"]["config"]
+                .as_str()
+                .ok_or("testnet.json: no client config")?,
+        ))
+    }
+
+    /// `build_ms` of every `circuit built` line in the client log, after forcing `n` new
+    /// circuits with distinct SOCKS usernames (isolation) one at a time.
+    fn circuit_builds(&self, n: usize, http_base: &str) -> Res<Vec<f64>> {
+        let log_path = self
+            .client_config()?
+            .parent()
+            .ok_or("client config has no dir")?
+            .join("client.log");
+        let before = parse_build_ms(&std::fs::read_to_string(&log_path)?).len();
+        let small = format!("{http_base}/small.bin");
+        for i in 0..n {
+            std::thread::sleep(Duration::from_millis(200));
+            curl(Some(self.socks), Some(&format!("circ{i}")), &small, 60)?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let all = parse_build_ms(&std::fs::read_to_string(&log_path)?);
+        Ok(all.get(before..).unwrap_or_default().to_vec())
+    }
+
+    /// Cold hidden-service connects: each in a brand-new client daemon (fresh state dir, no
+    /// descriptor, no circuits), timed from the first GET once the client is bootstrapped.
+    fn hs_cold(&self, anonnet: &Path, n: usize) -> Res<Vec<f64>> {
+        let address = self.layout["service"]["address"]
+            .as_str()
+            .ok_or("testnet.json: no service address")?
+            .to_owned();
+        let base = std::fs::read_to_string(self.client_config()?)?;
+        let mut out = Vec::new();
+        for i in 0..n {
+            let dir = self.dir.join(format!("cold-client-{i}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let config: String = base
+                .lines()
+                .map(|l| {
+                    if l.starts_with("socks_listen") {
+                        "socks_listen = \"127.0.0.1:0\"".to_owned()
+                    } else if l.starts_with("http_listen") {
+                        "http_listen = \"127.0.0.1:0\"".to_owned()
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let cfg = dir.join("client.toml");
+            std::fs::write(&cfg, config + "\n")?;
+            let log_file = std::fs::File::create(dir.join("client.log"))?;
+            let (mut child, rx) = spawn_lines(
+                Command::new(anonnet)
+                    .args(["run", "--config"])
+                    .arg(&cfg)
+                    .arg("--exit-with-parent")
+                    .stdin(Stdio::piped())
+                    .stderr(log_file),
+            )?;
+            let measured = (|| -> Res<f64> {
+                let socks: SocketAddr =
+                    wait_line(&rx, "SOCKS5 ready on ", ANONNET_START_LIMIT)?.parse()?;
+                wait_bootstrapped(anonnet, &cfg)?;
+                let c = curl(Some(socks), None, &format!("http://{address}/"), 60)?;
+                if !c.ok {
+                    return Err("cold hidden-service GET failed".into());
+                }
+                Ok(c.total * 1000.0)
+            })();
+            terminate(&mut child);
+            match measured {
+                Ok(ms) => out.push(ms),
+                Err(e) => log(&format!("cold HS connect {i}: {e}")),
+            }
+        }
+        Ok(out)
+    }
+
+    fn stop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// Poll `anonnet status --json` until bootstrap is 100 % (at most 60 s).
+fn wait_bootstrapped(anonnet: &Path, cfg: &Path) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let out = bounded(
+            Command::new(anonnet)
+                .args(["status", "--json", "--config"])
+                .arg(cfg),
+            Duration::from_secs(10),
+        )?;
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            if v["bootstrap"]["percent"].as_u64() == Some(100) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("fresh client did not bootstrap in 60 s".into())
+}
+
+/// `build_ms=…` of `circuit built` log lines (ANSI colour codes stripped).
+fn parse_build_ms(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("circuit built") && !l.contains("bootstrapped"))
+        .filter_map(|l| {
+            let plain = strip_ansi(l);
+            let rest = plain.split("build_ms=").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+struct TorNet {
+    dir: PathBuf,
+    socks: SocketAddr,
+    state: serde_json::Value,
+}
+
+impl TorNet {
+    fn start(tools: &Path, dir: &Path, base_port: u16) -> Res<TorNet> {
+        // `start` refuses a work dir with running processes; a stopped one it wipes.
+        if dir.join("state.json").exists() {
+            let _ = bounded(
+                Command::new(tools.join("stop")).arg(dir),
+                Duration::from_secs(60),
+            );
+        }
+        std::fs::create_dir_all(dir)?;
+        let out = bounded(
+            Command::new(tools.join("start")).arg(dir).args([
+                "--base-port",
+                &base_port.to_string(),
+                "--timeout",
+                "240",
+            ]),
+            TOR_START_LIMIT,
+        );
+        let net = |socks| -> Res<TorNet> {
+            Ok(TorNet {
+                dir: dir.to_path_buf(),
+                socks,
+                state: serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?,
+            })
+        };
+        let out = match out {
+            Ok(o) if o.status.success() => o,
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                if let Ok(n) = net(SocketAddr::from(([127, 0, 0, 1], 0))) {
+                    n.stop(tools);
+                }
+                return Err(format!("tor-testnet/start failed: {why}").into());
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let socks = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SOCKS_PORT="))
+            .ok_or("tor-testnet/start printed no SOCKS_PORT=")?
+            .trim()
+            .parse()?;
+        net(socks)
+    }
+
+    fn pids(&self) -> Res<Pids> {
+        let procs = self.state["procs"]
+            .as_array()
+            .ok_or("state.json: no procs")?;
+        let find = |pred: &dyn Fn(&str) -> bool| -> Vec<u32> {
+            procs
+                .iter()
+                .filter(|p| pred(p["name"].as_str().unwrap_or("")))
+                .filter_map(|p| p["pid"].as_u64().and_then(|v| u32::try_from(v).ok()))
+                .collect()
+        };
+        Ok(Pids {
+            client: *find(&|n| n == "client")
+                .first()
+                .ok_or("state.json: no client")?,
+            relays: find(&|n| n.starts_with("relay") || n.starts_with("auth")),
+        })
+    }
+
+    /// Circuit builds (control port `EXTENDCIRCUIT`, `CIRC … BUILT` events) and cold onion
+    /// GETs (`SIGNAL NEWNYM` purges the descriptor cache) with tor-testnet's own `bench`.
+    fn circuit_and_onion(
+        &self,
+        tools: &Path,
+        circ_runs: usize,
+        hs_runs: usize,
+        bulk_mib: u64,
+        f: &mut Figures,
+    ) -> Res<()> {
+        log("tor: circuit builds and cold onion connects (tor-testnet/bench --only c,d)");
+        let out = bounded(
+            Command::new(tools.join("bench")).arg(&self.dir).args([
+                "--only",
+                "c,d",
+                "--circ-runs",
+                &circ_runs.to_string(),
+                "--onion-runs",
+                &hs_runs.to_string(),
+                "--fresh-client-runs",
+                "0",
+                "--bulk-mib",
+                &bulk_mib.to_string(),
+            ]),
+            Duration::from_secs(900),
+        )?;
+        if !out.status.success() {
+            return Err(format!(
+                "tor-testnet/bench failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+        for e in std::fs::read_dir(&self.dir)?.flatten() {
+            let p = e.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with("bench-") && name.ends_with(".json") {
+                let m = e.metadata()?.modified()?;
+                if newest.as_ref().is_none_or(|(t, _)| m > *t) {
+                    newest = Some((m, p));
+                }
+            }
+        }
+        let (_, path) = newest.ok_or("tor-testnet/bench wrote no bench-*.json")?;
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+        let builds: Vec<f64> = r["c_circuit_build"]["runs"]
+            .as_array()
+            .map(|runs| {
+                runs.iter()
+                    .filter(|x| x["status"] == "BUILT")
+                    .filter_map(|x| x["ms"].as_f64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        log(&format!("tor circuit builds (ms): {builds:.1?}"));
+        f.build_median_ms = median(&builds);
+        f.build_p95_ms = percentile(&builds, 0.95);
+        f.hs_cold_median_ms = r["d_onion"]["cold_after_newnym"]["total_ms"]["median"].as_f64();
+        Ok(())
+    }
+
+    fn stop(&self, tools: &Path) {
+        log("stopping the Tor network");
+        let _ = bounded(
+            Command::new(tools.join("stop")).arg(&self.dir),
+            Duration::from_secs(60),
+        );
+    }
+}
+
+struct Limits {
+    chacha3_mib_s: f64,
+    tcp_mib_s: f64,
+    direct_http_mib_s: Option<f64>,
+}
+
+/// The same bytes through ChaCha20-Poly1305 three times in 1024-byte cells (ring, as the
+/// onion layers), a loopback TCP copy in one process, and curl straight from the server.
+fn physical_limits(bulk_mib: u64, http_base: &str) -> Res<Limits> {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+    log("physical limits");
+    let keys: Vec<LessSafeKey> = (1..=3u8)
+        .map(|i| {
+            UnboundKey::new(&CHACHA20_POLY1305, &[i; 32])
+                .map(LessSafeKey::new)
+                .map_err(|_| "ring key")
+        })
+        .collect::<Result<_, _>>()?;
+    let cells = bulk_mib * 1024;
+    let mut cell = [0u8; 1024];
+    let t0 = Instant::now();
+    for seq in 0..cells {
+        // Each layer seals the region the previous one left (as relays strip 25 bytes).
+        for (h, key) in keys.iter().enumerate().rev() {
+            let mut n = [0u8; 12];
+            n[4..].copy_from_slice(&seq.to_be_bytes());
+            let body = cell.get_mut(25 * (h + 1)..).unwrap_or_default();
+            let tag = key
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::empty(), body)
+                .map_err(|_| "ring seal")?;
+            if let Some(t) = cell.get_mut(25 * h + 9..25 * h + 25) {
+                t.copy_from_slice(tag.as_ref());
+            }
+        }
+    }
+    let chacha3 = bulk_mib as f64 / t0.elapsed().as_secs_f64();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let bytes = bulk_mib * 1024 * 1024;
+    let tcp = rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let t0 = Instant::now();
+        let writer = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            let buf = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                s.write_all(buf.get(..n).unwrap_or_default()).await?;
+                left -= n as u64;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let (mut r, _) = l.accept().await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        writer.await??;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+            got as f64 / MIB / t0.elapsed().as_secs_f64(),
+        )
+    })?;
+    let direct = curl(None, None, &format!("{http_base}/big.bin"), 600)?;
+    Ok(Limits {
+        chacha3_mib_s: chacha3,
+        tcp_mib_s: tcp,
+        direct_http_mib_s: (direct.ok && direct.total > 0.0)
+            .then(|| direct.size as f64 / MIB / direct.total),
+    })
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn ratio(a: Option<f64>, t: Option<f64>) -> String {
+    match (a, t) {
+        (Some(a), Some(t)) if t > 0.0 => format!("{:.2}", a / t),
+        _ => "–".to_owned(),
+    }
+}
+
+fn conc(v: Option<(f64, usize)>) -> String {
+    v.map_or("–".to_owned(), |(s, e)| format!("{s:.2} s, {e} err"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render(
+    a: &Figures,
+    t: &Figures,
+    l: &Limits,
+    bulk_mib: u64,
+    ttfb_runs: usize,
+    circ_runs: usize,
+    hs_runs: usize,
+) -> String {
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    let mut row = |name: String, av: Option<f64>, tv: Option<f64>, digits: usize, target: &str| {
+        rows.push([
+            name,
+            fmt(av, digits),
+            fmt(tv, digits),
+            ratio(av, tv),
+            target.to_owned(),
+        ]);
+    };
+    row(
+        format!("bulk {bulk_mib} MiB, one stream, 3 hops (MiB/s)"),
+        a.bulk_mib_s,
+        t.bulk_mib_s,
+        1,
+        "≥ 80, ≥ 6× Tor",
+    );
+    row(
+        "CPU per MiB, client + relays (ms/MiB)".to_owned(),
+        a.cpu_ms_per_mib,
+        t.cpu_ms_per_mib,
+        1,
+        "≤ 20",
+    );
+    row(
+        format!("TTFB new SOCKS stream, warm, median of {ttfb_runs} (ms)"),
+        a.ttfb_median_ms,
+        t.ttfb_median_ms,
+        1,
+        "≤ 3",
+    );
+    row(
+        "TTFB p95 (ms)".to_owned(),
+        a.ttfb_p95_ms,
+        t.ttfb_p95_ms,
+        1,
+        "",
+    );
+    row(
+        format!("3-hop circuit build, median of {circ_runs} (ms)"),
+        a.build_median_ms,
+        t.build_median_ms,
+        1,
+        "≤ 5",
+    );
+    row(
+        "3-hop circuit build p95 (ms)".to_owned(),
+        a.build_p95_ms,
+        t.build_p95_ms,
+        1,
+        "",
+    );
+    row(
+        format!("hidden service cold connect, median of {hs_runs} (ms)"),
+        a.hs_cold_median_ms,
+        t.hs_cold_median_ms,
+        0,
+        "≤ 100",
+    );
+    let c = |v: Option<(f64, usize)>| v.map(|(s, _)| s);
+    rows.push([
+        "100 concurrent streams (total, errors)".to_owned(),
+        conc(a.c100),
+        conc(t.c100),
+        ratio(c(a.c100), c(t.c100)),
+        String::new(),
+    ]);
+    rows.push([
+        "1,000 concurrent streams (total, errors)".to_owned(),
+        conc(a.c1000),
+        conc(t.c1000),
+        ratio(c(a.c1000), c(t.c1000)),
+        "all succeed".to_owned(),
+    ]);
+    let mut row = |name: &str, av: Option<f64>, tv: Option<f64>, target: &str| {
+        rows.push([
+            name.to_owned(),
+            fmt(av, 1),
+            fmt(tv, 1),
+            ratio(av, tv),
+            target.to_owned(),
+        ]);
+    };
+    row(
+        "client RSS after bulk (MiB)",
+        a.client_rss_mib,
+        t.client_rss_mib,
+        "≤ 25",
+    );
+    row(
+        "busiest relay RSS after bulk (MiB)",
+        a.relay_rss_mib,
+        t.relay_rss_mib,
+        "≤ 40",
+    );
+    row(
+        "client RSS after 1,000 streams (MiB)",
+        a.client_rss_after_1000_mib,
+        t.client_rss_after_1000_mib,
+        "≤ 100",
+    );
+    rows.push([
+        "physical limit: 3× ChaCha20-Poly1305 (ring, 1 KiB cells, 1 core) / loopback TCP copy / curl direct from httpd (MiB/s)".to_owned(),
+        format!("{:.0} / {:.0} / {}", l.chacha3_mib_s, l.tcp_mib_s, fmt(l.direct_http_mib_s, 0)),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
+    let mut s = String::from(
+        "| figure | anonnet | Tor | anonnet ÷ Tor | DESIGN §5 target |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        s.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_ms_is_read_from_coloured_and_plain_log_lines() {
+        let log = "2026 INFO anonnet_client::circuit: circuit built circuit=3 build_ms=2.5 path=a,b,c\n\
+                   2026 INFO bootstrapped: first circuit built circuit=1 build_ms=9.0\n\
+                   \u{1b}[2m2026\u{1b}[0m circuit built \u{1b}[3mbuild_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m4.25 x\n";
+        assert_eq!(parse_build_ms(log), vec![2.5, 4.25]);
+    }
+
+    #[test]
+    fn median_and_p95_use_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(median(&v), Some(10.5));
+        assert_eq!(percentile(&v, 0.95), Some(19.0));
+        assert_eq!(median(&[]), None);
+    }
+}
