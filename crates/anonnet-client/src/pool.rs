@@ -567,39 +567,21 @@ impl Client {
         let mut last = ClientError::Circuit(CircuitError::Closed);
         let mut avoid = Vec::new();
         for _ in 0..BUILD_ATTEMPTS {
-            let path = {
-                let other_exits = self.exits_not_of(owner);
-                let scored = self.scores().avoided(Instant::now());
-                // The first usable guard of the set is the primary one; the others are
-                // only used when no path can start at it.
-                let usable_guards = self.guard_ids(&scored);
-                let primary: Vec<_> = usable_guards.iter().take(1).copied().collect();
-                let dir = self
-                    .directory
-                    .read()
-                    .map_err(|_| ClientError::NotEnoughRelays { usable: 0 })?;
-                let mut all_avoid = avoid.clone();
-                all_avoid.extend(scored.iter().copied());
-                let mut req = PathRequest {
-                    any_last_hop: false,
-                    port,
-                    avoid: &all_avoid,
-                    other_exits: &other_exits,
-                    guards: &primary,
-                    allow_same_subnet: self.config.allow_same_subnet,
-                };
-                let first_try = dir.choose_path(&req, &mut rand::rng());
-                req.guards = &usable_guards;
-                match first_try.or_else(|_| dir.choose_path(&req, &mut rand::rng())) {
-                    Ok(p) => p,
-                    // The relays we avoid may be all there is: try them again.
-                    Err(_) if !all_avoid.is_empty() => {
-                        avoid.clear();
-                        req.avoid = &[];
-                        dir.choose_path(&req, &mut rand::rng())?
-                    }
-                    Err(e) => return Err(e.into()),
+            let other_exits = self.exits_not_of(owner);
+            let req = PathRequest {
+                other_exits: &other_exits,
+                ..PathRequest::port(port)
+            };
+            let path = match self.select_path(req, &avoid, false) {
+                Ok(p) => p,
+                // The relays we avoid may be all there is: try them again.
+                Err(_)
+                    if !avoid.is_empty() || !self.scores().avoided(Instant::now()).is_empty() =>
+                {
+                    avoid.clear();
+                    self.select_path_ignoring_scores(req, &[], false)?
                 }
+                Err(e) => return Err(e),
             };
             let ids: Vec<_> = path.iter().map(|r| r.node_id).collect();
             let built = tokio::time::timeout(
@@ -639,12 +621,7 @@ impl Client {
                     });
                     // Avoid the relay that failed: the one a hop could not extend to, the
                     // hop whose handshake failed, or the guard whose link failed.
-                    let blamed = match &e {
-                        CircuitError::Extend { hop, .. } => ids.get(hop + 1).copied(),
-                        CircuitError::Handshake { hop, .. } => ids.get(*hop).copied(),
-                        CircuitError::Link(..) => ids.first().copied(),
-                        _ => None,
-                    };
+                    let blamed = blamed_relay(&e, &ids);
                     if let Some(id) = blamed {
                         avoid.push(id);
                         self.scores().failure(id, Instant::now());
@@ -783,40 +760,15 @@ impl Client {
         let mut failed: Vec<anonnet_crypto::NodeId> = avoid.to_vec();
         failed.extend(end.map(|e| e.node_id));
         for _ in 0..BUILD_ATTEMPTS {
-            let path = {
-                let scored = self.scores().avoided(Instant::now());
-                let usable_guards = self.guard_ids(&scored);
-                let primary: Vec<_> = usable_guards.iter().take(1).copied().collect();
-                let dir = self
-                    .directory
-                    .read()
-                    .map_err(|_| ClientError::NotEnoughRelays { usable: 0 })?;
-                let mut all_avoid = failed.clone();
-                all_avoid.extend(scored.iter().copied());
-                let mut req = PathRequest {
-                    any_last_hop: true,
-                    port: 0,
-                    avoid: &all_avoid,
-                    other_exits: &[],
-                    guards: &primary,
-                    allow_same_subnet: self.config.allow_same_subnet,
-                };
-                let choose = |req: &PathRequest<'_>| {
-                    if end.is_some() {
-                        dir.choose_prefix(req, &mut rand::rng())
-                    } else {
-                        dir.choose_path(req, &mut rand::rng())
-                    }
-                };
-                let first = choose(&req);
-                req.guards = &usable_guards;
-                match first.or_else(|_| choose(&req)) {
-                    Ok(p) => p,
-                    Err(_) => {
-                        req.avoid = &failed;
-                        choose(&req)?
-                    }
-                }
+            let req = PathRequest {
+                any_last_hop: true,
+                ..PathRequest::port(0)
+            };
+            let prefix = end.is_some();
+            let path = match self.select_path(req, &failed, prefix) {
+                Ok(p) => p,
+                // Relays avoided for their scores may be all there is: try them again.
+                Err(_) => self.select_path_ignoring_scores(req, &failed, prefix)?,
             };
             let ids: Vec<_> = path.iter().map(|r| r.node_id).collect();
             let built = tokio::time::timeout(
@@ -835,12 +787,7 @@ impl Client {
                         .circuit_build_failures
                         .fetch_add(1, Ordering::Relaxed);
                     debug!("internal circuit build failed: {e}");
-                    let blamed = match &e {
-                        CircuitError::Extend { hop, .. } => ids.get(hop + 1).copied(),
-                        CircuitError::Handshake { hop, .. } => ids.get(*hop).copied(),
-                        CircuitError::Link(..) => ids.first().copied(),
-                        _ => None,
-                    };
+                    let blamed = blamed_relay(&e, &ids);
                     // The named end cannot be replaced: only blame relays we chose.
                     if let Some(id) = blamed {
                         failed.push(id);
@@ -853,6 +800,68 @@ impl Client {
             }
         }
         Err(last)
+    }
+
+    /// Choose a path for `req` (its `avoid`, `guards` and `allow_same_subnet` are set
+    /// here): relays in `avoid` and those avoided for their scores are left out; the
+    /// primary guard is tried first, then any usable guard of the set. With `prefix`, only
+    /// a guard and a middle ([`Directory::choose_prefix`]).
+    ///
+    /// # Errors
+    /// [`ClientError::Path`] when no path fits.
+    fn select_path(
+        &self,
+        req: PathRequest<'_>,
+        avoid: &[anonnet_crypto::NodeId],
+        prefix: bool,
+    ) -> Result<Vec<anonnet_crypto::VerifiedDescriptor>, ClientError> {
+        let scored = self.scores().avoided(Instant::now());
+        let mut all_avoid = avoid.to_vec();
+        all_avoid.extend(scored.iter().copied());
+        self.choose_with_guards(req, &all_avoid, &scored, prefix)
+    }
+
+    /// As [`Client::select_path`], avoiding only `avoid` (not relays avoided for their
+    /// scores), for when the avoided relays are all there is.
+    fn select_path_ignoring_scores(
+        &self,
+        req: PathRequest<'_>,
+        avoid: &[anonnet_crypto::NodeId],
+        prefix: bool,
+    ) -> Result<Vec<anonnet_crypto::VerifiedDescriptor>, ClientError> {
+        let scored = self.scores().avoided(Instant::now());
+        self.choose_with_guards(req, avoid, &scored, prefix)
+    }
+
+    fn choose_with_guards(
+        &self,
+        req: PathRequest<'_>,
+        avoid: &[anonnet_crypto::NodeId],
+        scored: &[anonnet_crypto::NodeId],
+        prefix: bool,
+    ) -> Result<Vec<anonnet_crypto::VerifiedDescriptor>, ClientError> {
+        // The first usable guard of the set is the primary one; the others are only used
+        // when no path can start at it.
+        let usable_guards = self.guard_ids(scored);
+        let primary: Vec<_> = usable_guards.iter().take(1).copied().collect();
+        let dir = self
+            .directory
+            .read()
+            .map_err(|_| ClientError::NotEnoughRelays { usable: 0 })?;
+        let choose = |guards: &[anonnet_crypto::NodeId]| {
+            let req = PathRequest {
+                avoid,
+                guards,
+                allow_same_subnet: self.config.allow_same_subnet,
+                ..req
+            };
+            if prefix {
+                dir.choose_prefix(&req, &mut rand::rng())
+            } else {
+                dir.choose_path(&req, &mut rand::rng())
+            }
+        };
+        Ok(choose(&primary).or_else(|_| choose(&usable_guards))?)
     }
 
     /// Publish `config` as a hidden service hosted by this client (§13): introduction
@@ -1086,6 +1095,20 @@ impl Client {
         }
         rp_circuit.close();
         Err(HsFailure::Introduction(why).into())
+    }
+}
+
+/// The relay a failed build blames: the one a hop could not extend to, the hop whose
+/// handshake failed, or the guard whose link failed (`ids`: the path, guard first).
+fn blamed_relay(
+    e: &CircuitError,
+    ids: &[anonnet_crypto::NodeId],
+) -> Option<anonnet_crypto::NodeId> {
+    match e {
+        CircuitError::Extend { hop, .. } => ids.get(hop + 1).copied(),
+        CircuitError::Handshake { hop, .. } => ids.get(*hop).copied(),
+        CircuitError::Link(..) => ids.first().copied(),
+        _ => None,
     }
 }
 
