@@ -208,6 +208,8 @@ struct Service {
     hosted: Arc<HostedService>,
     intros: Mutex<Vec<IntroSlot>>,
     changed: Notify,
+    /// Woken when an introduction circuit closes.
+    intro_lost: Notify,
     replays: Mutex<ReplayCache>,
     rendezvous: Arc<Semaphore>,
 }
@@ -244,6 +246,7 @@ pub fn start(
         hosted: hosted.clone(),
         intros: Mutex::new(Vec::new()),
         changed: Notify::new(),
+        intro_lost: Notify::new(),
         replays: Mutex::new((HashSet::new(), VecDeque::new())),
         rendezvous: Arc::new(Semaphore::new(MAX_RENDEZVOUS)),
     });
@@ -295,13 +298,11 @@ impl Service {
                     }
                 }
             }
-            let wait = if missing > 0 {
-                backoff
-            } else {
-                Duration::from_secs(1)
-            };
+            // Retry a failed build after its backoff; with all introduction points up,
+            // wait until one of their circuits closes.
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(backoff), if missing > 0 => {}
+                () = self.intro_lost.notified(), if missing == 0 => {}
                 () = self.hosted.stop.cancelled() => break,
             }
         }
@@ -385,6 +386,9 @@ impl Service {
                 }
             });
         }
+        // The introduction point is gone (or the service stops): let it be replaced.
+        circuit.close();
+        self.intro_lost.notify_one();
     }
 
     /// Open an introduction, meet the client at its rendezvous point and serve the
@@ -451,9 +455,9 @@ impl Service {
         loop {
             let points: Vec<IntroPoint> = lock(&self.intros).iter().map(|s| s.point).collect();
             let mut wait = REPUBLISH;
-            if points.is_empty() {
-                wait = Duration::from_secs(1);
-            } else {
+            // With no introduction point yet there is nothing to publish: the first one
+            // to come up wakes this loop through `changed`.
+            if !points.is_empty() {
                 revision = revision.max(now_unix().saturating_mul(1000)) + 1;
                 match self.publish_once(points, revision).await {
                     Ok(stored) if stored > 0 => {
