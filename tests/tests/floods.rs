@@ -375,8 +375,9 @@ async fn relay_and_client_keep_serving_under_circuit_dht_and_silent_socks_floods
             if Instant::now() >= opening {
                 break;
             }
+            // 5 s: a SYN the kernel dropped is retransmitted after 1 s.
             match tokio::time::timeout(
-                Duration::from_secs(1),
+                Duration::from_secs(5),
                 tokio::net::TcpStream::connect(socks),
             )
             .await

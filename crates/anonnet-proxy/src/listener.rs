@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
@@ -20,10 +20,25 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Bind `addr` (port 0 picks a free port).
+    /// Bind `addr` (port 0 picks a free port) with an accept queue of
+    /// [`MAX_CONNECTIONS`](crate::MAX_CONNECTIONS) (the kernel caps it at
+    /// `net.core.somaxconn`), so a burst of connections that arrives faster than the accept
+    /// loop runs waits in the kernel instead of having its SYNs dropped (a dropped SYN costs
+    /// the browser a 1 s retransmission).
     pub(crate) async fn bind(addr: SocketAddr) -> Result<Listener, ProxyError> {
         let bind_err = |source| ProxyError::Bind { addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(bind_err)?;
+        // As std's and tokio's `TcpListener::bind` do on Unix.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true).map_err(bind_err)?;
+        socket.bind(addr).map_err(bind_err)?;
+        let backlog = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+        let listener = socket.listen(backlog).map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
         Ok(Listener {
             listener,
