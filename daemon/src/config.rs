@@ -102,11 +102,19 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Largest file a config names that is read into memory (a relay descriptor file is one
+/// base64 line of about 200 bytes): 64 KiB, so a mistaken path (a log, `/dev/zero`) gets
+/// an error instead of filling memory.
+pub const MAX_NAMED_FILE_BYTES: u64 = 64 * 1024;
+
 /// A file being loaded: its path, its text and the directory relative paths start from.
 struct Source {
     path: PathBuf,
     dir: PathBuf,
     text: String,
+    /// Whether the files the config names (relay descriptors) are read; when not, they
+    /// count as unreadable ([`check_text`]).
+    read_named_files: bool,
 }
 
 impl Source {
@@ -116,11 +124,42 @@ impl Source {
             path: path.clone(),
             source,
         })?;
+        Ok(Source::new(path, text, true))
+    }
+
+    fn new(path: PathBuf, text: String, read_named_files: bool) -> Source {
         let dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Ok(Source { path, dir, text })
+        Source {
+            path,
+            dir,
+            text,
+            read_named_files,
+        }
+    }
+
+    /// The text of a file the config names, at most [`MAX_NAMED_FILE_BYTES`].
+    fn read_named(&self, path: &Path) -> std::io::Result<String> {
+        use std::io::Read;
+        if !self.read_named_files {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "files named by the config are not read in a text-only check",
+            ));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)?
+            .take(MAX_NAMED_FILE_BYTES + 1)
+            .read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_NAMED_FILE_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {MAX_NAMED_FILE_BYTES} bytes"),
+            ));
+        }
+        Ok(text)
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
@@ -320,7 +359,7 @@ fn read_descriptors(
     for (i, entry) in entries.iter().enumerate() {
         let key = format!("{key}[{i}]");
         let desc_path = src.path(entry.get_ref());
-        let text = std::fs::read_to_string(&desc_path).map_err(|e| {
+        let text = src.read_named(&desc_path).map_err(|e| {
             src.invalid(
                 &key,
                 Some(entry),
@@ -421,7 +460,10 @@ pub struct RelaySettings {
 /// # Errors
 /// [`ConfigError`] naming the file, key and allowed values.
 pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
-    let src = Source::read(path)?;
+    relay_from(&Source::read(path)?)
+}
+
+fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
     let file: RelayFile = src.parse()?;
     let r = &file.relay;
 
@@ -487,13 +529,13 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
 
     let exit_policy = if file.exit.enabled.unwrap_or(false) {
         Some(ExitPolicy::with_rules(parse_policy(
-            &src,
+            src,
             "exit.policy",
             &file.exit.policy,
         )?))
     } else {
         // Still validate the lines, so a typo is found before the exit is turned on.
-        parse_policy(&src, "exit.policy", &file.exit.policy)?;
+        parse_policy(src, "exit.policy", &file.exit.policy)?;
         None
     };
 
@@ -611,7 +653,7 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
             bandwidth,
             descriptor_file: Some(descriptor_file.clone()),
             limits,
-            dht_bootstrap: read_descriptors(&src, "dht.bootstrap", &file.dht.bootstrap)?,
+            dht_bootstrap: read_descriptors(src, "dht.bootstrap", &file.dht.bootstrap)?,
         },
         descriptor_file,
     })
@@ -659,6 +701,7 @@ struct ClientSection {
     bootstrap: Vec<Spanned<String>>,
     circuit_build_timeout_secs: Option<Spanned<u64>>,
     stream_timeout_secs: Option<Spanned<u64>>,
+    handshake_timeout_secs: Option<Spanned<u64>>,
     pool_size: Option<Spanned<u64>>,
     max_circuit_dirtiness_secs: Option<Spanned<u64>>,
     allow_same_subnet_paths: Option<Spanned<bool>>,
@@ -683,6 +726,9 @@ pub struct ClientSettings {
     pub circuit_build_timeout: Option<Duration>,
     /// `client.stream_timeout_secs`, when set.
     pub stream_timeout: Option<Duration>,
+    /// `client.handshake_timeout_secs`, when set: how long a SOCKS client may take to
+    /// send its handshake and request, and an HTTP client a request head.
+    pub handshake_timeout: Option<Duration>,
     /// `client.pool_size`: clean exit circuits kept ready, 1..=[`MAX_POOL_SIZE`], when set.
     pub pool_size: Option<usize>,
     /// `client.max_circuit_dirtiness_secs`: a circuit takes no new streams this long after
@@ -795,7 +841,10 @@ pub fn client_state_dir(path: &Path) -> Result<PathBuf, ConfigError> {
 /// [`ConfigError`] naming the file, key and allowed values; a missing or malformed
 /// descriptor file is named too.
 pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
-    let src = Source::read(path)?;
+    client_from(&Source::read(path)?)
+}
+
+fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
     let file: ClientFile = src.parse()?;
     let c = &file.client;
 
@@ -818,7 +867,7 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
             .map_err(|why| src.invalid("client.control_listen", None::<&Spanned<()>>, why))?,
     };
     check_listeners(
-        &src,
+        src,
         &[
             ("client.socks_listen", socks_listen, c.socks_listen.as_ref()),
             ("client.http_listen", http_listen, c.http_listen.as_ref()),
@@ -847,7 +896,7 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
                 .map_err(|why| src.invalid("client.max_circuit_dirtiness_secs", Some(s), why))
         })
         .transpose()?;
-    let state_dir = state_dir_of(&src, c)?;
+    let state_dir = state_dir_of(src, c)?;
     if c.bootstrap.len() < MIN_BOOTSTRAP {
         return Err(src.invalid(
             "client.bootstrap",
@@ -859,7 +908,7 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
             ),
         ));
     }
-    let bootstrap = read_descriptors(&src, "client.bootstrap", &c.bootstrap)?;
+    let bootstrap = read_descriptors(src, "client.bootstrap", &c.bootstrap)?;
     let secs = |key: &str, v: &Option<Spanned<u64>>| -> Result<Option<Duration>, ConfigError> {
         v.as_ref()
             .map(|s| {
@@ -945,6 +994,7 @@ pub fn load_client(path: &Path) -> Result<ClientSettings, ConfigError> {
         bootstrap,
         circuit_build_timeout: secs("circuit_build_timeout_secs", &c.circuit_build_timeout_secs)?,
         stream_timeout: secs("stream_timeout_secs", &c.stream_timeout_secs)?,
+        handshake_timeout: secs("handshake_timeout_secs", &c.handshake_timeout_secs)?,
         pool_size,
         max_dirtiness,
         allow_same_subnet: c
@@ -1007,7 +1057,10 @@ pub fn check_testnet_relays(n: u64) -> Result<usize, String> {
 /// # Errors
 /// [`ConfigError`] naming the file, key and allowed values.
 pub fn load_testnet(path: &Path) -> Result<TestnetSettings, ConfigError> {
-    let src = Source::read(path)?;
+    testnet_from(&Source::read(path)?)
+}
+
+fn testnet_from(src: &Source) -> Result<TestnetSettings, ConfigError> {
     let file: TestnetFile = src.parse()?;
     let t = &file.testnet;
     let relays = t
@@ -1036,7 +1089,7 @@ pub fn load_testnet(path: &Path) -> Result<TestnetSettings, ConfigError> {
         .transpose()?;
     if let (Some(socks), Some(http)) = (socks_listen, http_listen) {
         check_listeners(
-            &src,
+            src,
             &[
                 ("testnet.socks_listen", socks, t.socks_listen.as_ref()),
                 ("testnet.http_listen", http, t.http_listen.as_ref()),
@@ -1047,7 +1100,7 @@ pub fn load_testnet(path: &Path) -> Result<TestnetSettings, ConfigError> {
         .exit_policy
         .as_ref()
         .map(|lines| {
-            parse_policy(&src, "testnet.exit_policy", lines)
+            parse_policy(src, "testnet.exit_policy", lines)
                 .map(|_| lines.iter().map(|l| l.get_ref().clone()).collect())
         })
         .transpose()?;
@@ -1058,6 +1111,33 @@ pub fn load_testnet(path: &Path) -> Result<TestnetSettings, ConfigError> {
         dir: t.dir.as_ref().map(|d| src.path(d.get_ref())),
         exit_policy,
     })
+}
+
+/// Which config file [`check_text`] validates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    /// A relay config ([`load_relay`]).
+    Relay,
+    /// A client config ([`load_client`]).
+    Client,
+    /// A testnet config ([`load_testnet`]).
+    Testnet,
+}
+
+/// Validate `text` as a config file of `kind` found at `path`, exactly as the `load_*`
+/// function would, but without touching the file system: files the config names (relay
+/// descriptor files) count as unreadable. Nothing is created. The config fuzz target
+/// (`fuzz/fuzz_targets/config.rs`) drives this.
+///
+/// # Errors
+/// The [`ConfigError`] the matching `load_*` function returns for this text.
+pub fn check_text(kind: ConfigKind, path: &Path, text: &str) -> Result<(), ConfigError> {
+    let src = Source::new(path.to_path_buf(), text.to_owned(), false);
+    match kind {
+        ConfigKind::Relay => relay_from(&src).map(drop),
+        ConfigKind::Client => client_from(&src).map(drop),
+        ConfigKind::Testnet => testnet_from(&src).map(drop),
+    }
 }
 
 /// `s` as a TOML basic string, quoted and escaped, for generated config files.
@@ -1309,6 +1389,80 @@ first_byte_timeout_secs = 3
         );
         let e = load_client(&file).unwrap_err().to_string();
         assert!(e.contains("is not a relay descriptor"), "{e}");
+    }
+
+    #[test]
+    fn documented_config_files_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        // A relay listening on 0.0.0.0 must name its public address, which the operator
+        // fills in.
+        let relay =
+            read("relay.toml").replacen("[relay]", "[relay]\nadvertise = \"203.0.113.5:9001\"", 1);
+        check_text(ConfigKind::Relay, &dir.join("relay.toml"), &relay).unwrap();
+        check_text(
+            ConfigKind::Testnet,
+            &dir.join("testnet.toml"),
+            &read("testnet.toml"),
+        )
+        .unwrap();
+        // The client file's bootstrap list is left for the operator to fill in; with one
+        // entry every other key must be accepted.
+        let client = read("client.toml").replace("bootstrap = [", "bootstrap = [\"r1.desc\",");
+        let e = check_text(ConfigKind::Client, &dir.join("client.toml"), &client)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("client.bootstrap[0]") && e.contains("not read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn oversized_descriptor_file_is_refused_without_reading_it_all() {
+        let dir = test_dir("huge-descriptor");
+        let huge = "A".repeat(MAX_NAMED_FILE_BYTES as usize + 1);
+        write(&dir, "r1.desc", &huge);
+        let file = write(&dir, "client.toml", "[client]\nbootstrap = [\"r1.desc\"]\n");
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.bootstrap[0]") && e.contains("larger than 65536 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn text_check_matches_load_but_reads_no_named_file() {
+        let dir = test_dir("text-check");
+        let text = "[client]\nbootstrap = [\"r1.desc\"]\nsocks_listen = \"auto\"\n";
+        // The descriptor file exists (malformed, so loading reads and rejects it), but a
+        // text-only check must not read it.
+        write(&dir, "r1.desc", "not base64!\n");
+        let file = write(&dir, "client.toml", text);
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a relay descriptor"), "{e}");
+        let e = check_text(ConfigKind::Client, &file, text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("client.bootstrap[0]") && e.contains("not read"),
+            "{e}"
+        );
+        // A bad key is reported alike by both.
+        let bad = "[relay]\nlisten = \"nowhere\"\n";
+        let loaded = load_relay(&write(&dir, "relay.toml", bad))
+            .unwrap_err()
+            .to_string();
+        let checked = check_text(ConfigKind::Relay, &dir.join("relay.toml"), bad)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(loaded, checked);
+        check_text(
+            ConfigKind::Testnet,
+            &dir.join("testnet.toml"),
+            "[testnet]\nrelays = 5\n",
+        )
+        .unwrap();
     }
 
     #[test]

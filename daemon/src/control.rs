@@ -17,9 +17,9 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::config::ClientSettings;
 use crate::services::Services;
 use crate::Error;
+use anonnet_daemon::config::ClientSettings;
 
 /// Events queued for control API readers before the slowest misses the oldest (it then gets
 /// a `lagged` line; the daemon never waits for it).

@@ -8,7 +8,6 @@
 //!   `HTTP proxy ready on <ADDR>` (both listeners are bound and served by then)
 
 mod cli;
-mod config;
 mod control;
 mod services;
 mod shutdown;
@@ -27,8 +26,8 @@ use anonnet_relay::{Relay, RelayError};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
-use crate::config::ConfigError;
 use crate::shutdown::Shutdown;
+use anonnet_daemon::config::{self, ConfigError};
 
 /// Name of the port file `anonnet run` writes in its state directory.
 pub const PORTS_FILE: &str = "ports.json";
@@ -343,6 +342,10 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
             file: settings.file.display().to_string(),
             source,
         })?;
+    let socks = match settings.handshake_timeout {
+        Some(t) => socks.with_handshake_timeout(t),
+        None => socks,
+    };
     let socks_addr = socks.local_addr();
     let http = HttpProxy::bind(settings.http_listen)
         .await
@@ -351,6 +354,10 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
             file: settings.file.display().to_string(),
             source,
         })?;
+    let http = match settings.handshake_timeout {
+        Some(t) => http.with_header_read_timeout(t),
+        None => http,
+    };
     let http_addr = http.local_addr();
     // The cookie is written before ports.json names the port, so a reader finds both.
     let control = control::bind(&settings).await?;

@@ -12,7 +12,7 @@ use anonnet_crypto::hs::HsAddress;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::config::default_service_key;
+use anonnet_daemon::config::default_service_key;
 
 /// File in the state directory listing the services published through the control API.
 pub const SERVICES_FILE: &str = "services.json";

@@ -26,10 +26,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::{listeners_clash, toml_string};
 use crate::shutdown::Shutdown;
 use crate::site::DemoSite;
 use crate::{create_private_dir, print_line, Error};
+use anonnet_daemon::config::{listeners_clash, toml_string};
 
 /// How long all relays together may take to print their ready line.
 const RELAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -257,7 +257,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let sdir = dir.join("service");
     create_private_dir(&sdir)?;
     let service_config = sdir.join("service.toml");
-    let key_file = crate::config::default_service_key(&sdir, site_addr);
+    let key_file = anonnet_daemon::config::default_service_key(&sdir, site_addr);
     let address = anonnet_client::host::load_or_create_key(&key_file)
         .map_err(|e| Error::Testnet(e.to_string()))?
         .address();
@@ -653,13 +653,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("anonnet-testnet-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let policy: Vec<String> = crate::config::TESTNET_EXIT_POLICY
+        let policy: Vec<String> = anonnet_daemon::config::TESTNET_EXIT_POLICY
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
         let relay = dir.join("relay.toml");
         std::fs::write(&relay, relay_toml(1, &policy, &[])).unwrap();
-        let s = crate::config::load_relay(&relay).unwrap();
+        let s = anonnet_daemon::config::load_relay(&relay).unwrap();
         assert_eq!(s.relay.data_dir, dir.join("."));
         let p = s.relay.exit_policy.unwrap();
         assert!(p.allows("127.0.0.1".parse().unwrap(), 8080));
@@ -672,7 +672,9 @@ mod tests {
             .collect();
         let auto = "127.0.0.1:0".parse().unwrap();
         std::fs::write(&client, client_toml(auto, auto, &descs)).unwrap();
-        let e = crate::config::load_client(&client).unwrap_err().to_string();
+        let e = anonnet_daemon::config::load_client(&client)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("client.bootstrap[0]") && e.contains("r \"1\".desc"),
             "{e}"

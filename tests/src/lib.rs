@@ -42,6 +42,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// Spawn `cmd` with its stdout piped; its lines arrive on the returned channel (a thread
+/// reads them until the child closes stdout).
+pub fn spawn_lines(cmd: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
 /// A running `anonnet testnet` child. Dropping it sends SIGTERM and waits (bounded) for it
 /// to stop its relays and client.
 pub struct Testnet {
@@ -55,32 +72,21 @@ pub struct Testnet {
 
 impl Testnet {
     pub fn start(relays: usize, dir: &Path) -> Testnet {
-        let mut child = Command::new(anonnet_bin())
-            .args([
-                "testnet",
-                "--relays",
-                &relays.to_string(),
-                "--socks",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--dir",
-            ])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, rx) = spawn_lines(
+            Command::new(anonnet_bin())
+                .args([
+                    "testnet",
+                    "--relays",
+                    &relays.to_string(),
+                    "--socks",
+                    "127.0.0.1:0",
+                    "--http",
+                    "127.0.0.1:0",
+                    "--dir",
+                ])
+                .arg(dir)
+                .stderr(Stdio::inherit()),
+        );
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut lines = Vec::new();
         let mut net = Testnet {

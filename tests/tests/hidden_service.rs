@@ -7,12 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anonnet_tests::{anonnet_bin, curl_socks, socks_connect_reply, temp_dir, Testnet};
+use anonnet_tests::{anonnet_bin, curl_socks, socks_connect_reply, spawn_lines, temp_dir, Testnet};
 
 const PAGE: &str = "Hello from the anonnet testnet";
 
@@ -52,23 +50,12 @@ fn fetch(net: &Testnet, url: &str, tries: usize) -> (String, Duration) {
 /// the child when its stdin closes with the test process.
 #[allow(clippy::zombie_processes)]
 fn start_service(config: &str) -> (Child, String) {
-    let mut child = Command::new(anonnet_bin())
-        .args(["run", "--config", config, "--exit-with-parent"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (child, rx) = spawn_lines(
+        Command::new(anonnet_bin())
+            .args(["run", "--config", config, "--exit-with-parent"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -32,8 +32,14 @@ use tracing::{debug, warn};
 
 use crate::ProxyError;
 
-/// How long a client may take to send a request's head (request line and headers).
+/// How long a client may take by default to send a request's head (request line and
+/// headers); config `client.handshake_timeout_secs` changes it
+/// ([`HttpProxy::with_header_read_timeout`]).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head read (bytes: request line plus headers; hyper's read buffer,
+/// whose default is about 408 KiB). A longer head is answered `431 Request Header Fields
+/// Too Large`. Browsers send 1–8 KiB; nginx's default limit is 4 × 8 KiB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long the destination may take to answer a forwarded request with a response head,
 /// once the stream is open; after that the proxy answers 504.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -301,7 +307,10 @@ pub fn isolation_from(headers: &HeaderMap) -> Result<IsolationKey, Refusal> {
 
 /// A bound HTTP proxy listener.
 #[derive(Debug)]
-pub struct HttpProxy(crate::listener::Listener);
+pub struct HttpProxy {
+    listener: crate::listener::Listener,
+    header_read_timeout: Duration,
+}
 
 impl HttpProxy {
     /// Bind `addr` (port 0 picks a free port).
@@ -309,22 +318,34 @@ impl HttpProxy {
     /// # Errors
     /// [`ProxyError::Bind`] naming the address when it cannot be bound.
     pub async fn bind(addr: SocketAddr) -> Result<HttpProxy, ProxyError> {
-        Ok(HttpProxy(crate::listener::Listener::bind(addr).await?))
+        Ok(HttpProxy {
+            listener: crate::listener::Listener::bind(addr).await?,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        })
+    }
+
+    /// Close connections that take longer than this to send a request head, also while
+    /// idle between requests (default [`HEADER_READ_TIMEOUT`]).
+    #[must_use]
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> HttpProxy {
+        self.header_read_timeout = timeout;
+        self
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 
     /// Serve connections through `client` until this future is dropped. At most
     /// [`MAX_CONNECTIONS`] connections and tunnels are served at once.
     pub async fn serve(self, client: Arc<Client>) {
-        self.0
+        let timeout = self.header_read_timeout;
+        self.listener
             .run("HTTP proxy", move |tcp, permit| {
                 let client = client.clone();
                 async move {
-                    serve_http(tcp, client, permit)
+                    serve_http(tcp, client, permit, timeout)
                         .await
                         .map_err(|e| e.to_string())
                 }
@@ -338,11 +359,13 @@ impl HttpProxy {
 ///
 /// # Errors
 /// hyper's error when the connection fails (a malformed request was already answered 400
-/// by hyper, a slow request head is dropped after [`HEADER_READ_TIMEOUT`]).
+/// by hyper, a head over [`MAX_HEAD_BYTES`] answered 431, a slow request head is dropped
+/// after `header_read_timeout`).
 pub async fn serve_http(
     tcp: TcpStream,
     client: Arc<Client>,
     permit: OwnedSemaphorePermit,
+    header_read_timeout: Duration,
 ) -> Result<(), hyper::Error> {
     let _ = tcp.set_nodelay(true);
     let permit = Arc::new(permit);
@@ -353,7 +376,8 @@ pub async fn serve_http(
     });
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .preserve_header_case(true)
         .serve_connection(TokioIo::new(tcp), svc)
         .with_upgrades()

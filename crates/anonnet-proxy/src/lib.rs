@@ -21,7 +21,9 @@ use fast_socks5::{ReplyError, Socks5Command};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-/// How long a SOCKS client may take to finish its handshake and request.
+/// How long a SOCKS client may take by default to finish its handshake and request
+/// (counted from the accept), and an HTTP client to send a request head; config
+/// `client.handshake_timeout_secs` changes it ([`SocksServer::with_handshake_timeout`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// SOCKS connections served at once; more wait in the kernel's accept queue.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -55,7 +57,10 @@ pub fn socks_reply(kind: ErrorKind) -> ReplyError {
 
 /// A bound SOCKS5 listener.
 #[derive(Debug)]
-pub struct SocksServer(listener::Listener);
+pub struct SocksServer {
+    listener: listener::Listener,
+    handshake_timeout: Duration,
+}
 
 impl SocksServer {
     /// Bind `addr` (port 0 picks a free port).
@@ -63,22 +68,34 @@ impl SocksServer {
     /// # Errors
     /// [`ProxyError::Bind`] naming the address when it cannot be bound.
     pub async fn bind(addr: SocketAddr) -> Result<SocksServer, ProxyError> {
-        Ok(SocksServer(listener::Listener::bind(addr).await?))
+        Ok(SocksServer {
+            listener: listener::Listener::bind(addr).await?,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        })
+    }
+
+    /// Close connections that have not finished the SOCKS handshake and request this long
+    /// after the accept (default [`HANDSHAKE_TIMEOUT`]).
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> SocksServer {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 
     /// Serve connections through `client` until this future is dropped. At most
     /// [`MAX_CONNECTIONS`] connections are served at once.
     pub async fn serve(self, client: Arc<Client>) {
-        self.0
+        let timeout = self.handshake_timeout;
+        self.listener
             .run("SOCKS", move |tcp, permit| {
                 let client = client.clone();
                 async move {
-                    let served = serve_socks(tcp, client).await;
+                    let served = serve_socks(tcp, client, timeout).await;
                     drop(permit);
                     served
                 }
@@ -88,12 +105,17 @@ impl SocksServer {
 }
 
 /// Serve one SOCKS5 connection: handshake (no auth, or any username/password — later used
-/// as the isolation key), `CONNECT` through the client, then copy bytes both ways.
+/// as the isolation key), `CONNECT` through the client, then copy bytes both ways. The
+/// handshake and request must arrive within `handshake_timeout`.
 ///
 /// # Errors
 /// A description of why the connection ended early (already answered with a reply code
 /// where the protocol allows one).
-pub async fn serve_socks(tcp: TcpStream, client: Arc<Client>) -> Result<(), String> {
+pub async fn serve_socks(
+    tcp: TcpStream,
+    client: Arc<Client>,
+    handshake_timeout: Duration,
+) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
     let handshake = async {
         let started = Socks5ServerProtocol::start(tcp)
@@ -120,7 +142,7 @@ pub async fn serve_socks(tcp: TcpStream, client: Arc<Client>) -> Result<(), Stri
         let (proto, cmd, target) = proto.read_command().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((proto, cmd, target, isolation))
     };
-    let (proto, cmd, target, isolation) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    let (proto, cmd, target, isolation) = tokio::time::timeout(handshake_timeout, handshake)
         .await
         .map_err(|_| "handshake timed out".to_string())??;
     if cmd != Socks5Command::TCPConnect {
