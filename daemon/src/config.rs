@@ -442,6 +442,7 @@ struct LimitsSection {
     max_circuits_per_client_ip: Option<Spanned<u64>>,
     max_pending_streams_per_link: Option<Spanned<u64>>,
     first_byte_timeout_secs: Option<Spanned<u64>>,
+    max_exit_dns_lookups: Option<Spanned<u64>>,
 }
 
 /// A loaded relay config file.
@@ -639,6 +640,13 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
             defaults.first_byte_timeout.as_secs(),
             600,
             "seconds",
+        )?),
+        max_exit_dns_lookups: as_usize(limit(
+            "max_exit_dns_lookups",
+            &l.max_exit_dns_lookups,
+            as_u64(defaults.max_exit_dns_lookups),
+            512,
+            "lookups",
         )?),
     };
 
@@ -1195,6 +1203,7 @@ max_circuits_per_relay = 30
 max_circuits_per_client_ip = 20
 max_pending_streams_per_link = 16
 first_byte_timeout_secs = 3
+max_exit_dns_lookups = 8
 "#,
         );
         let s = load_relay(&file).unwrap();
@@ -1215,6 +1224,7 @@ first_byte_timeout_secs = 3
         assert_eq!(r.limits.max_circuits_per_client_ip, 20);
         assert_eq!(r.limits.max_pending_streams_per_link, 16);
         assert_eq!(r.limits.first_byte_timeout, Duration::from_secs(3));
+        assert_eq!(r.limits.max_exit_dns_lookups, 8);
         let p = r.exit_policy.as_ref().unwrap();
         assert!(p.allows("127.0.0.1".parse().unwrap(), 8080));
         assert!(!p.allows("1.1.1.1".parse().unwrap(), 25));

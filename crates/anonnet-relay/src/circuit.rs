@@ -1172,6 +1172,34 @@ struct ExitWindows {
     deliver: Arc<Mutex<StreamDeliverWindow>>,
 }
 
+/// Resolve `host` with the system resolver on tokio's blocking pool, at most
+/// [`Limits::max_exit_dns_lookups`](crate::Limits::max_exit_dns_lookups) at once: the slot
+/// moves into the blocking task, so a lookup the stream stopped waiting for still holds
+/// it until `getaddrinfo` returns.
+///
+/// # Errors
+/// [`EndReason::ResolveFailed`] when the name does not resolve or the relay shuts down.
+async fn resolve(
+    slots: &Arc<tokio::sync::Semaphore>,
+    host: String,
+    port: u16,
+) -> Result<Vec<SocketAddr>, EndReason> {
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| EndReason::ResolveFailed)?;
+    let lookup = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .map(Iterator::collect::<Vec<_>>)
+    });
+    match lookup.await {
+        Ok(Ok(addrs)) => Ok(addrs),
+        _ => Err(EndReason::ResolveFailed),
+    }
+}
+
 /// Resolve (at the exit), apply the exit policy to the resolved address, connect, then
 /// pump bytes both ways until either side ends.
 #[allow(clippy::too_many_arguments)]
@@ -1199,10 +1227,7 @@ async fn exit_stream(
     let connect = async {
         let addrs: Vec<SocketAddr> = match &target {
             Target::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-            Target::Host(host) => match tokio::net::lookup_host((host.as_str(), port)).await {
-                Ok(a) => a.collect(),
-                Err(_) => return Err(EndReason::ResolveFailed),
-            },
+            Target::Host(host) => resolve(&shared.dns_lookups, host.clone(), port).await?,
         };
         if addrs.is_empty() {
             return Err(EndReason::ResolveFailed);
@@ -1321,4 +1346,38 @@ async fn exit_stream(
     }
     token.cancel();
     let _ = writer.await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn exit_lookups_wait_for_a_slot_and_give_it_back() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        // A lookup needs a slot: with the only one taken, it waits.
+        let taken = slots.clone().acquire_owned().await.unwrap();
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(200),
+            resolve(&slots, "localhost".into(), 80),
+        )
+        .await;
+        assert!(waiting.is_err(), "resolved without a slot");
+        drop(taken);
+        // With the slot free it resolves, and the slot comes back each time.
+        for _ in 0..3 {
+            let addrs = resolve(&slots, "localhost".into(), 80).await.unwrap();
+            assert!(addrs.iter().all(|a| a.port() == 80 && a.ip().is_loopback()));
+            assert_eq!(slots.available_permits(), 1);
+        }
+        // A name that cannot resolve is RESOLVEFAILED, and gives its slot back too.
+        let e = resolve(&slots, "no-such-host.invalid".into(), 80).await;
+        assert!(matches!(e, Err(EndReason::ResolveFailed)), "{e:?}");
+        assert_eq!(slots.available_permits(), 1);
+        // A closed semaphore (relay shutting down) is RESOLVEFAILED, not a panic.
+        slots.close();
+        let e = resolve(&slots, "localhost".into(), 80).await;
+        assert!(matches!(e, Err(EndReason::ResolveFailed)), "{e:?}");
+    }
 }

@@ -94,6 +94,12 @@ pub struct Limits {
     pub max_pending_streams_per_link: usize,
     /// Time a new stream has to send its first byte before it is dropped.
     pub first_byte_timeout: Duration,
+    /// Host-name lookups (`getaddrinfo`, each on a thread of tokio's blocking pool) an exit
+    /// runs at once. A `BEGIN` for a host name waits for a slot within
+    /// [`connect_timeout`](Limits::connect_timeout), else it gets `END` RESOLVEFAILED. A
+    /// slot is held until the lookup returns, also when its stream gave up, so slow DNS
+    /// cannot pile up threads.
+    pub max_exit_dns_lookups: usize,
 }
 
 impl Default for Limits {
@@ -112,6 +118,7 @@ impl Default for Limits {
             max_circuits_per_client_ip: 256,
             max_pending_streams_per_link: 256,
             first_byte_timeout: Duration::from_secs(10),
+            max_exit_dns_lookups: 64,
         }
     }
 }
@@ -227,6 +234,8 @@ pub(crate) struct RelayShared {
     pub(crate) dht: Arc<DhtNode>,
     pub(crate) hs: hs::HsRegistry,
     pub(crate) dht_requests: Arc<tokio::sync::Semaphore>,
+    /// Slots for exit host-name lookups ([`Limits::max_exit_dns_lookups`]).
+    pub(crate) dns_lookups: Arc<tokio::sync::Semaphore>,
     /// Circuits open per previous hop, for the per-peer limits.
     pub(crate) circuits_per_peer: Arc<CircuitsPerPeer>,
 }
@@ -388,6 +397,9 @@ impl Relay {
                 config.limits.max_pending_rendezvous,
             ),
             dht_requests: Arc::new(tokio::sync::Semaphore::new(config.limits.max_dht_requests)),
+            dns_lookups: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_exit_dns_lookups,
+            )),
             circuits_per_peer: Arc::new(Mutex::new(HashMap::new())),
         });
         info!(%node_id, %local_addr, exit = config.exit_policy.is_some(), "relay listening");
