@@ -35,6 +35,12 @@ pub struct InboundLimits {
     pub max_links: usize,
     /// Inbound links at once from one IP address. Default 64.
     pub max_links_per_ip: usize,
+    /// Once this many handshakes are pending, a connection attempt whose source address
+    /// is not yet validated gets a QUIC Retry (RFC 9000 §8.1.2) before any slot or
+    /// handshake work: a sender with a spoofed address never sees the token, so it can
+    /// neither hold a slot nor cost a signature. A real peer pays one round trip. 0: always
+    /// Retry. Default 64 (of [`MAX_PENDING_HANDSHAKES`]).
+    pub retry_at_pending: usize,
 }
 
 impl Default for InboundLimits {
@@ -42,6 +48,7 @@ impl Default for InboundLimits {
         InboundLimits {
             max_links: 4096,
             max_links_per_ip: 64,
+            retry_at_pending: 64,
         }
     }
 }
@@ -52,6 +59,7 @@ struct InboundCount {
     limits: InboundLimits,
     per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
     refused: AtomicU64,
+    retried: AtomicU64,
 }
 
 impl InboundCount {
@@ -188,6 +196,7 @@ impl Endpoint {
             limits,
             per_ip: std::sync::Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
         });
         runtime.spawn(accept_loop(quic.clone(), tx, stop_rx, inbound.clone()));
 
@@ -256,6 +265,15 @@ impl Endpoint {
             .inbound
             .as_ref()
             .map_or(0, |c| c.refused.load(Ordering::Relaxed))
+    }
+
+    /// Inbound connection attempts answered with a QUIC Retry so far
+    /// ([`InboundLimits::retry_at_pending`]); 0 for clients.
+    pub fn inbound_retried(&self) -> u64 {
+        self.inner
+            .inbound
+            .as_ref()
+            .map_or(0, |c| c.retried.load(Ordering::Relaxed))
     }
 
     fn client_tls(&self, verifier: Arc<PinnedServer>) -> Result<quinn::ClientConfig, NetError> {
@@ -388,6 +406,18 @@ async fn accept_loop(
             },
         };
         let addr = incoming.remote_address();
+        // Handshakes pending besides this one.
+        let pending = MAX_PENDING_HANDSHAKES.saturating_sub(permits.available_permits() + 1);
+        if pending >= inbound.limits.retry_at_pending
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            inbound.retried.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
         let Some(slot) = inbound.admit(addr.ip()) else {
             tracing::debug!("inbound link limit reached; refusing a connection");
             incoming.refuse();

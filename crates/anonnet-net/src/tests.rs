@@ -286,6 +286,7 @@ async fn inbound_links_beyond_the_per_ip_limit_are_refused_until_one_closes() {
         let limits = InboundLimits {
             max_links: 10,
             max_links_per_ip: 2,
+            ..InboundLimits::default()
         };
         let server = Endpoint::relay_with_limits(&identity, loopback(), limits).unwrap();
         let addr = server.local_addr().unwrap();
@@ -314,6 +315,43 @@ async fn inbound_links_beyond_the_per_ip_limit_are_refused_until_one_closes() {
         assert_eq!(server.inbound_links(), 1);
         let link = third.connect(addr, id).await.unwrap();
         assert!(!link.is_closed());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unvalidated_addresses_get_a_retry_and_then_connect() {
+    bounded(async {
+        let identity = IdentityKey::generate().unwrap();
+        // Retry every unvalidated attempt.
+        let limits = InboundLimits {
+            retry_at_pending: 0,
+            ..InboundLimits::default()
+        };
+        let server = Endpoint::relay_with_limits(&identity, loopback(), limits).unwrap();
+        let addr = server.local_addr().unwrap();
+        let id = identity.node_id();
+        let acceptor = server.clone();
+        let accepted = tokio::spawn(async move { acceptor.accept().await });
+        let client = Endpoint::client(loopback()).unwrap();
+        let link = client.connect(addr, id).await.unwrap();
+        let theirs = accepted.await.unwrap().unwrap().unwrap();
+        assert!(!link.is_closed() && !theirs.is_closed());
+        // Exactly one Retry: the second Initial carried the token, so it was admitted.
+        assert_eq!(server.inbound_retried(), 1);
+        assert_eq!(server.inbound_links(), 1);
+
+        // Under the default threshold nothing is retried.
+        let quiet_identity = IdentityKey::generate().unwrap();
+        let quiet =
+            Endpoint::relay_with_limits(&quiet_identity, loopback(), InboundLimits::default())
+                .unwrap();
+        let quiet_id = quiet_identity.node_id();
+        let quiet_addr = quiet.local_addr().unwrap();
+        let acceptor = quiet.clone();
+        tokio::spawn(async move { acceptor.accept().await });
+        client.connect(quiet_addr, quiet_id).await.unwrap();
+        assert_eq!(quiet.inbound_retried(), 0);
     })
     .await;
 }

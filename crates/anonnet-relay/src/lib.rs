@@ -352,6 +352,7 @@ impl Relay {
             InboundLimits {
                 max_links: config.limits.max_inbound_links,
                 max_links_per_ip: config.limits.max_inbound_links_per_ip,
+                ..InboundLimits::default()
             },
         )?;
         let local_addr = endpoint.local_addr()?;
@@ -678,6 +679,7 @@ async fn maintenance(
                 let mut now = shared.stats.to_json();
                 now["links_inbound"] = endpoint.inbound_links().into();
                 now["links_refused"] = endpoint.inbound_refused().into();
+                now["links_retried"] = endpoint.inbound_retried().into();
                 let dht = &shared.dht;
                 let c = dht.storage_counters();
                 now["dht"] = serde_json::json!({
