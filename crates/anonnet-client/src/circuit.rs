@@ -1139,16 +1139,18 @@ impl AsyncWrite for DataStream {
             return Poll::Ready(Ok(0));
         }
         let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "circuit closed");
-        // One DATA cell needs a permit from the circuit and the stream package windows.
-        if self.permits.0.is_none() {
-            match ready!(self.circuit_window.poll_acquire(cx)) {
-                Some(p) => self.permits.0 = Some(p),
-                None => return Poll::Ready(Err(closed())),
-            }
-        }
+        // One DATA cell needs a permit from the stream and the circuit package windows.
+        // The stream's first: a stream waiting for its own window (its exit's destination
+        // reads slowly) then holds no circuit permit the circuit's other streams need.
         if self.permits.1.is_none() {
             match ready!(self.stream_window.poll_acquire(cx)) {
                 Some(p) => self.permits.1 = Some(p),
+                None => return Poll::Ready(Err(closed())),
+            }
+        }
+        if self.permits.0.is_none() {
+            match ready!(self.circuit_window.poll_acquire(cx)) {
+                Some(p) => self.permits.0 = Some(p),
                 None => return Poll::Ready(Err(closed())),
             }
         }

@@ -1303,43 +1303,49 @@ async fn exit_stream(
     });
     let mut buf = vec![0u8; max_payload];
     let reason = loop {
-        // One DATA cell needs a permit from the circuit and the stream package windows;
-        // without them the exit stops reading, and the destination's TCP window fills.
-        let permits = tokio::select! {
-            p = async {
-                let c = windows.circuit.acquire().await.ok()?;
-                let s = windows.stream.acquire().await.ok()?;
-                Some((c, s))
-            } => p,
-            () = token.cancelled() => break None,
-        };
-        let Some((circuit_permit, stream_permit)) = permits else {
-            break None;
-        };
-        circuit_permit.forget();
-        stream_permit.forget();
+        // Read first, then take the window permits for the DATA cell the bytes become. A
+        // permit is spent only on a cell actually queued: taking them before the read
+        // lost one cell of circuit window at every stream's EOF (and on a read error or
+        // an END from the client), so after ~1,000 short streams a circuit could carry no
+        // more DATA and every later stream on it hung after CONNECTED.
         let n = tokio::select! {
             r = rd.read(&mut buf) => r,
             () = token.cancelled() => break None,
         };
-        match n {
+        let n = match n {
             Ok(0) => break Some(EndReason::Done),
-            Ok(n) => {
-                let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-                shared
-                    .stats
-                    .exit_bytes
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                let sent = tokio::select! {
-                    r = out.send(RelayCell::new(id, RelayMsg::Data(chunk))) => r.is_ok(),
-                    () = token.cancelled() => false,
-                };
-                if !sent {
-                    break None;
-                }
-            }
+            Ok(n) => n,
             Err(e) => break Some(end_reason_for(&e)),
+        };
+        // While a window is empty the exit holds this one cell and reads no more, so the
+        // destination's TCP window fills. The stream window first: waiting on it holds
+        // nothing the circuit's other streams need.
+        let permits = tokio::select! {
+            p = async {
+                let s = windows.stream.acquire().await.ok()?;
+                let c = windows.circuit.acquire().await.ok()?;
+                Some((s, c))
+            } => p,
+            () = token.cancelled() => break None,
+        };
+        let Some((stream_permit, circuit_permit)) = permits else {
+            break None;
+        };
+        let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        shared
+            .stats
+            .exit_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
+        let sent = tokio::select! {
+            r = out.send(RelayCell::new(id, RelayMsg::Data(chunk))) => r.is_ok(),
+            () = token.cancelled() => false,
+        };
+        if !sent {
+            // Not sent: the permits go back to the windows as they drop.
+            break None;
         }
+        stream_permit.forget();
+        circuit_permit.forget();
     };
     if let Some(reason) = reason {
         send(RelayMsg::End(reason)).await;
