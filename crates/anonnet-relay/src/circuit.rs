@@ -40,7 +40,7 @@ use anonnet_wire::{
 };
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,10 @@ const BACKWARD_QUEUE: usize = 64;
 /// `DATA` payloads buffered towards one exit TCP connection: a whole stream window, so a
 /// client that respects flow control never makes the circuit wait on a slow destination.
 const EXIT_WRITE_QUEUE: usize = STREAM_WINDOW as usize + 12;
+/// Most `DATA` cells' worth of bytes an exit stream reads from its TCP connection at once
+/// (about 16 KB with 1024-byte client cells): the bound on what one stream holds while it
+/// waits for window.
+const EXIT_READ_CELLS: usize = 16;
 /// How long extending to the next relay may take (seconds).
 const EXTEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `DESTROY` write may take when tearing down.
@@ -1263,7 +1267,7 @@ async fn exit_stream(
     shared.stats.exit_streams.fetch_add(1, Ordering::Relaxed);
     let _ = tcp.set_nodelay(true);
     send(RelayMsg::Connected).await;
-    let (mut rd, mut wr) = tcp.into_split();
+    let (rd, mut wr) = tcp.into_split();
     // The writer sends DATA in order. When the stream ends for reading (the client's END,
     // or the destination's EOF answered with our END) it sends what is already queued and
     // closes; when the circuit goes it stops at once.
@@ -1301,51 +1305,62 @@ async fn exit_stream(
         }
         let _ = wr.shutdown().await;
     });
-    let mut buf = vec![0u8; max_payload];
-    let reason = loop {
-        // Read first, then take the window permits for the DATA cell the bytes become. A
+    let reason = 'read: loop {
+        // Read first, then take the window permits for each DATA cell the bytes become. A
         // permit is spent only on a cell actually queued: taking them before the read
         // lost one cell of circuit window at every stream's EOF (and on a read error or
         // an END from the client), so after ~1,000 short streams a circuit could carry no
         // more DATA and every later stream on it hung after CONNECTED.
-        let n = tokio::select! {
-            r = rd.read(&mut buf) => r,
+        //
+        // One read takes up to EXIT_READ_CELLS cells' worth (one syscall per 998-byte
+        // cell was a large part of the exit's CPU), into a buffer allocated only once the
+        // socket is readable, so an idle stream holds none; the cells are slices of it.
+        let ready = tokio::select! {
+            r = rd.readable() => r,
             () = token.cancelled() => break None,
         };
-        let n = match n {
-            Ok(0) => break Some(EndReason::Done),
-            Ok(n) => n,
-            Err(e) => break Some(end_reason_for(&e)),
-        };
-        // While a window is empty the exit holds this one cell and reads no more, so the
-        // destination's TCP window fills. The stream window first: waiting on it holds
-        // nothing the circuit's other streams need.
-        let permits = tokio::select! {
-            p = async {
-                let s = windows.stream.acquire().await.ok()?;
-                let c = windows.circuit.acquire().await.ok()?;
-                Some((s, c))
-            } => p,
-            () = token.cancelled() => break None,
-        };
-        let Some((stream_permit, circuit_permit)) = permits else {
-            break None;
-        };
-        let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-        shared
-            .stats
-            .exit_bytes
-            .fetch_add(n as u64, Ordering::Relaxed);
-        let sent = tokio::select! {
-            r = out.send(RelayCell::new(id, RelayMsg::Data(chunk))) => r.is_ok(),
-            () = token.cancelled() => false,
-        };
-        if !sent {
-            // Not sent: the permits go back to the windows as they drop.
-            break None;
+        if let Err(e) = ready {
+            break Some(end_reason_for(&e));
         }
-        stream_permit.forget();
-        circuit_permit.forget();
+        let mut buf = BytesMut::with_capacity(EXIT_READ_CELLS * max_payload);
+        match rd.try_read_buf(&mut buf) {
+            Ok(0) => break Some(EndReason::Done),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => break Some(end_reason_for(&e)),
+        }
+        while !buf.is_empty() {
+            // While a window is empty the exit holds these cells and reads no more, so
+            // the destination's TCP window fills. The stream window first: waiting on it
+            // holds nothing the circuit's other streams need.
+            let permits = tokio::select! {
+                p = async {
+                    let s = windows.stream.acquire().await.ok()?;
+                    let c = windows.circuit.acquire().await.ok()?;
+                    Some((s, c))
+                } => p,
+                () = token.cancelled() => break 'read None,
+            };
+            let Some((stream_permit, circuit_permit)) = permits else {
+                break 'read None;
+            };
+            let chunk = buf.split_to(buf.len().min(max_payload)).freeze();
+            let n = chunk.len();
+            let sent = tokio::select! {
+                r = out.send(RelayCell::new(id, RelayMsg::Data(chunk))) => r.is_ok(),
+                () = token.cancelled() => false,
+            };
+            if !sent {
+                // Not sent: the permits go back to the windows as they drop.
+                break 'read None;
+            }
+            stream_permit.forget();
+            circuit_permit.forget();
+            shared
+                .stats
+                .exit_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
     };
     if let Some(reason) = reason {
         send(RelayMsg::End(reason)).await;
