@@ -40,7 +40,7 @@ use anonnet_wire::{
 };
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -49,8 +49,9 @@ use tracing::{debug, info, warn};
 use crate::hs::{IntroEntry, Refused, RendezvousEntry, Splice};
 use crate::RelayShared;
 
-/// Cells buffered between a leg reader and the task that consumes them.
-const CELL_QUEUE: usize = 64;
+/// Batches of cells buffered between a leg reader and the task that consumes them: at
+/// most `LEG_QUEUE` reads of up to [`READ_BATCH`] cells each.
+const LEG_QUEUE: usize = 4;
 /// Most cells a leg reader takes from QUIC in one read.
 const READ_BATCH: usize = 32;
 /// Most cells the backward task gathers into one QUIC write: the cells already queued when
@@ -119,56 +120,45 @@ impl Teardown {
     }
 }
 
-/// Read whole cells of `cell_len` bytes from `recv` into a channel, each placed at offset
-/// `headroom` of a buffer of `headroom + cell_len` bytes (so the backward task can add its
-/// layer without copying). Ends on EOF, error or cancellation.
+/// Whole cells of one leg, back to back: what a leg reader reads in one go (a cell of
+/// `cell_len` bytes at every multiple of `cell_len`).
+pub(crate) type CellBatch = BytesMut;
+
+/// Read whole cells of `cell_len` bytes from `recv` into a channel, a batch of whole cells
+/// per read. Ends on EOF, error or cancellation.
 ///
 /// Reads take whatever QUIC has received, up to [`READ_BATCH`] cells at once, rather than
 /// one `read_exact` per cell: each read locks the connection, and that per-cell cost was
-/// the larger part of a relay's CPU per cell.
+/// the larger part of a relay's CPU per cell. A batch goes through the channel as one
+/// item, with no allocation or copy per cell.
 fn spawn_leg_reader(
     mut recv: RecvStream,
     cell_len: usize,
-    headroom: usize,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<CellBatch>,
     teardown: Arc<Teardown>,
 ) {
     tokio::spawn(async move {
-        let mut staging = vec![0u8; READ_BATCH * cell_len];
-        let mut filled = 0usize;
+        let mut staging = BytesMut::new();
         loop {
+            staging.reserve((READ_BATCH * cell_len).saturating_sub(staging.len()));
             let read = tokio::select! {
-                r = recv.read(staging.get_mut(filled..).unwrap_or_default()) => r,
+                r = recv.read_buf(&mut staging) => r,
                 () = teardown.token.cancelled() => break,
             };
             match read {
-                Ok(Some(n)) => filled += n,
-                Ok(None) | Err(_) => {
+                Ok(n) if n > 0 => {}
+                Ok(_) | Err(_) => {
                     teardown.destroy(DestroyReason::ChannelClosed);
                     break;
                 }
             }
-            let whole = filled - filled % cell_len;
-            let mut sent_all = true;
-            for cell in staging
-                .get(..whole)
-                .unwrap_or_default()
-                .chunks_exact(cell_len)
-            {
-                let mut buf = vec![0u8; headroom + cell_len];
-                if let Some(dst) = buf.get_mut(headroom..) {
-                    dst.copy_from_slice(cell);
-                }
-                if tx.send(buf).await.is_err() {
-                    sent_all = false;
-                    break;
-                }
+            let whole = staging.len() - staging.len() % cell_len;
+            if whole == 0 {
+                continue;
             }
-            if !sent_all {
+            if tx.send(staging.split_to(whole)).await.is_err() {
                 break;
             }
-            staging.copy_within(whole..filled, 0);
-            filled -= whole;
         }
     });
 }
@@ -268,9 +258,9 @@ async fn run_circuit(
     prev_recv: RecvStream,
 ) {
     let teardown = Arc::new(Teardown::new(shared.shutdown.child_token()));
-    let (prev_tx, prev_rx) = mpsc::channel(CELL_QUEUE);
-    spawn_leg_reader(prev_recv, cell_len, 0, prev_tx, teardown.clone());
-    let (next_tx, next_rx) = mpsc::channel(CELL_QUEUE);
+    let (prev_tx, prev_rx) = mpsc::channel(LEG_QUEUE);
+    spawn_leg_reader(prev_recv, cell_len, prev_tx, teardown.clone());
+    let (next_tx, next_rx) = mpsc::channel(LEG_QUEUE);
     let (out_tx, out_rx) = mpsc::channel(BACKWARD_QUEUE);
     let flow = Arc::new(CircuitFlow::new());
     let backward = tokio::spawn(
@@ -291,6 +281,7 @@ async fn run_circuit(
         cell_len,
         layer: onion.forward,
         next_send: None,
+        forward_out: BytesMut::new(),
         next_tx: Some(next_tx),
         out: out_tx,
         streams: HashMap::new(),
@@ -326,7 +317,7 @@ struct BackwardTask {
     cell_len: usize,
     layer: RelayBackward,
     prev_send: SendStream,
-    next_rx: mpsc::Receiver<Vec<u8>>,
+    next_rx: mpsc::Receiver<CellBatch>,
     out_rx: mpsc::Receiver<RelayCell>,
     flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
@@ -345,25 +336,27 @@ impl BackwardTask {
             let first = tokio::select! {
                 biased;
                 () = self.teardown.token.cancelled() => break,
-                Some(cell) = self.next_rx.recv() => Backward::Cell(cell),
+                Some(cells) = self.next_rx.recv() => Backward::Cells(cells),
                 Some(msg) = self.out_rx.recv() => Backward::Message(msg),
                 else => break,
             };
-            // Seal the first item and whatever else is queued already, up to WRITE_BATCH
-            // cells, into one buffer: one QUIC write for all of them.
+            // Seal the first item and whatever else is queued already, until WRITE_BATCH
+            // cells or more, into one buffer: one QUIC write for all of them.
             let mut item = Some(first);
             let mut cells = 0;
             while let Some(it) = item.take() {
-                if let Err(reason) = self.seal_into(it, &mut batch) {
-                    self.teardown.destroy(reason);
-                    return;
+                match self.seal_into(it, &mut batch) {
+                    Ok(n) => cells += n,
+                    Err(reason) => {
+                        self.teardown.destroy(reason);
+                        return;
+                    }
                 }
-                cells += 1;
                 if cells >= WRITE_BATCH {
                     break;
                 }
                 item = match self.next_rx.try_recv() {
-                    Ok(cell) => Some(Backward::Cell(cell)),
+                    Ok(cells) => Some(Backward::Cells(cells)),
                     Err(_) => self.out_rx.try_recv().ok().map(Backward::Message),
                 };
             }
@@ -382,31 +375,36 @@ impl BackwardTask {
         }
     }
 
-    /// Seal one cell from the next hop or one message of this relay and append the sealed
-    /// cell to `batch` (padding from the next hop appends nothing).
+    /// Seal the cells from the next hop or one message of this relay and append the sealed
+    /// cells to `batch` (padding from the next hop appends nothing). Returns how many
+    /// cells were sealed.
     ///
     /// # Errors
     /// The reason to destroy the circuit: the next hop's `DESTROY`, a bad cell, or a
     /// failure to seal.
-    fn seal_into(&mut self, item: Backward, batch: &mut BytesMut) -> Result<(), DestroyReason> {
+    fn seal_into(&mut self, item: Backward, batch: &mut BytesMut) -> Result<usize, DestroyReason> {
+        let mut sealed = 0;
         match item {
-            Backward::Cell(mut cell) => {
-                // A cell from the next hop sits at offset LAYER_OVERHEAD; its first byte is
-                // the command on the next leg.
-                match cell
-                    .get(LAYER_OVERHEAD)
-                    .copied()
-                    .map(CellCommand::from_byte)
-                {
-                    Some(Ok(CellCommand::Relay)) => {
-                        self.layer
-                            .seal_backward(&mut cell, LayerKind::Forward)
-                            .map_err(|_| DestroyReason::Internal)?;
-                        batch.extend_from_slice(&cell);
+            Backward::Cells(cells) => {
+                // Each cell from the next hop gets this hop's layer in front: its first
+                // byte is the command on the next leg and becomes the kind byte.
+                let next_len = self.cell_len - LAYER_OVERHEAD;
+                for cell in cells.chunks_exact(next_len) {
+                    match cell.first().copied().map(CellCommand::from_byte) {
+                        Some(Ok(CellCommand::Relay)) => {
+                            let start = batch.len();
+                            batch.resize(start + LAYER_OVERHEAD, 0);
+                            batch.extend_from_slice(cell);
+                            let out = batch.get_mut(start..).ok_or(DestroyReason::Internal)?;
+                            self.layer
+                                .seal_backward(out, LayerKind::Forward)
+                                .map_err(|_| DestroyReason::Internal)?;
+                            sealed += 1;
+                        }
+                        Some(Ok(CellCommand::Padding)) => {}
+                        Some(Ok(CellCommand::Destroy)) => return Err(DestroyReason::ChannelClosed),
+                        _ => return Err(DestroyReason::Protocol),
                     }
-                    Some(Ok(CellCommand::Padding)) => return Ok(()),
-                    Some(Ok(CellCommand::Destroy)) => return Err(DestroyReason::ChannelClosed),
-                    _ => return Err(DestroyReason::Protocol),
                 }
             }
             Backward::Message(msg) => {
@@ -428,20 +426,21 @@ impl BackwardTask {
                         tags.on_data_sent(tag);
                     }
                 }
+                sealed += 1;
             }
         }
         self.shared
             .stats
             .cells_backward
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(())
+            .fetch_add(sealed as u64, Ordering::Relaxed);
+        Ok(sealed)
     }
 }
 
-/// What the backward task seals: a cell from the next hop (at offset `LAYER_OVERHEAD` of its
-/// buffer) or a message this relay originates.
+/// What the backward task seals: cells from the next hop (a batch of whole next-leg cells)
+/// or a message this relay originates.
 enum Backward {
-    Cell(Vec<u8>),
+    Cells(CellBatch),
     Message(RelayCell),
 }
 
@@ -487,8 +486,11 @@ struct ForwardTask {
     cell_len: usize,
     layer: RelayForward,
     next_send: Option<SendStream>,
+    /// Cells opened for the next hop, written in one QUIC write per batch from the
+    /// previous hop.
+    forward_out: BytesMut,
     /// Given to the next-hop reader once the circuit is extended.
-    next_tx: Option<mpsc::Sender<Vec<u8>>>,
+    next_tx: Option<mpsc::Sender<CellBatch>>,
     out: mpsc::Sender<RelayCell>,
     streams: HashMap<StreamId, ExitSlot>,
     flow: Arc<CircuitFlow>,
@@ -500,15 +502,23 @@ struct ForwardTask {
 struct Violation(DestroyReason);
 
 impl ForwardTask {
-    async fn run(mut self, mut prev_rx: mpsc::Receiver<Vec<u8>>) {
+    async fn run(mut self, mut prev_rx: mpsc::Receiver<CellBatch>) {
         loop {
-            let cell = tokio::select! {
+            let cells = tokio::select! {
                 biased;
                 () = self.teardown.token.cancelled() => break,
                 c = prev_rx.recv() => c,
             };
-            let Some(cell) = cell else { break };
-            if let Err(Violation(reason)) = self.handle_cell(cell).await {
+            let Some(mut cells) = cells else { break };
+            let mut handled = Ok(());
+            while handled.is_ok() && cells.len() >= self.cell_len {
+                let cell = cells.split_to(self.cell_len);
+                handled = self.handle_cell(cell).await;
+            }
+            if handled.is_ok() {
+                handled = self.flush_forward().await;
+            }
+            if let Err(Violation(reason)) = handled {
                 self.teardown.destroy(reason);
                 break;
             }
@@ -534,7 +544,31 @@ impl ForwardTask {
         }
     }
 
-    async fn handle_cell(&mut self, mut cell: Vec<u8>) -> Result<(), Violation> {
+    /// Write the cells gathered for the next hop, if any, in one QUIC write.
+    ///
+    /// # Errors
+    /// [`DestroyReason::ChannelClosed`] when the next leg is gone.
+    async fn flush_forward(&mut self) -> Result<(), Violation> {
+        if self.forward_out.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.forward_out.split().freeze();
+        let next = self
+            .next_send
+            .as_mut()
+            .ok_or(Violation(DestroyReason::Protocol))?;
+        let written = tokio::select! {
+            r = next.write_chunk(chunk) => r.is_ok(),
+            () = self.teardown.token.cancelled() => false,
+        };
+        if written {
+            Ok(())
+        } else {
+            Err(Violation(DestroyReason::ChannelClosed))
+        }
+    }
+
+    async fn handle_cell(&mut self, mut cell: BytesMut) -> Result<(), Violation> {
         let command = cell
             .first()
             .copied()
@@ -571,8 +605,9 @@ impl ForwardTask {
                     .get_mut(relay_layout::BODY)
                     .ok_or(Violation(DestroyReason::Protocol))?;
                 *first = CellCommand::Relay as u8;
+                let inner = cell.split_off(relay_layout::BODY);
                 let sent = tokio::select! {
-                    r = splice.backward.send(cell) => r.is_ok(),
+                    r = splice.backward.send(inner) => r.is_ok(),
                     () = self.teardown.token.cancelled() => true,
                     () = splice.teardown.token.cancelled() => false,
                 };
@@ -582,28 +617,22 @@ impl ForwardTask {
                 Ok(())
             }
             LayerKind::Forward => {
-                let next = self
-                    .next_send
-                    .as_mut()
-                    .ok_or(Violation(DestroyReason::Protocol))?;
+                // Gathered and written once per batch (flush_forward).
                 let out = cell
                     .get_mut(relay_layout::BODY..)
                     .ok_or(Violation(DestroyReason::Protocol))?;
                 if let Some(first) = out.first_mut() {
                     *first = CellCommand::Relay as u8;
                 }
-                let written = tokio::select! {
-                    r = next.write_all(out) => r.is_ok(),
-                    () = self.teardown.token.cancelled() => false,
-                };
-                if !written {
-                    return Err(Violation(DestroyReason::ChannelClosed));
-                }
+                self.forward_out.extend_from_slice(out);
                 Ok(())
             }
             LayerKind::Deliver => {
+                // What this hop does with a message may wait (EXTEND, a full exit
+                // stream): cells already opened for the next hop go first.
+                self.flush_forward().await?;
                 let tag = relay_cell_tag(&cell).unwrap_or_default();
-                let inner = Bytes::from(cell).slice(relay_layout::INNER..);
+                let inner = cell.freeze().slice(relay_layout::INNER..);
                 let msg = RelayCell::decode(&inner).map_err(|e| {
                     warn!("destroying circuit: bad relay message: {e}");
                     Violation(DestroyReason::Protocol)
@@ -1050,7 +1079,7 @@ impl ForwardTask {
                 .unwrap_or(DestroyReason::Protocol)
         })?;
         let tx = self.next_tx.take().ok_or(DestroyReason::Internal)?;
-        spawn_leg_reader(recv, next_len, LAYER_OVERHEAD, tx, self.teardown.clone());
+        spawn_leg_reader(recv, next_len, tx, self.teardown.clone());
         self.next_send = Some(send);
         self.shared
             .stats

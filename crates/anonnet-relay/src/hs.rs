@@ -21,7 +21,7 @@ use crate::Stats;
 /// Where the forward cells of a joined circuit go: the other circuit's backward input and
 /// its teardown.
 pub(crate) struct Splice {
-    pub(crate) backward: mpsc::Sender<Vec<u8>>,
+    pub(crate) backward: mpsc::Sender<crate::circuit::CellBatch>,
     pub(crate) teardown: Arc<Teardown>,
 }
 
@@ -42,7 +42,7 @@ pub(crate) struct RendezvousEntry {
     /// Messages this relay originates on the client circuit (for `RENDEZVOUS2`).
     pub(crate) out: mpsc::Sender<RelayCell>,
     /// The client circuit's backward input.
-    pub(crate) backward: mpsc::Sender<Vec<u8>>,
+    pub(crate) backward: mpsc::Sender<crate::circuit::CellBatch>,
     /// Set when the service arrives: where the client circuit's forward cells go.
     pub(crate) splice: Arc<OnceLock<Splice>>,
     pub(crate) teardown: Arc<Teardown>,
