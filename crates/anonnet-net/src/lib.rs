@@ -29,6 +29,14 @@ pub const CONNECTION_SEND_WINDOW: u64 = 16 << 20;
 /// Keep-alive interval: an idle link sends a PING this often (2 s), so NAT bindings and the
 /// idle timeout never expire a link that is wanted.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Ack-eliciting packets a peer may receive before it must acknowledge (QUIC ACK
+/// frequency extension, draft-ietf-quic-ack-frequency): 9, i.e. one ACK per 10 packets
+/// instead of one per 2. In a bulk transfer every leg's receiver otherwise sends (and its
+/// sender processes) an ACK datagram for every other data packet.
+pub const ACK_ELICITING_THRESHOLD: u32 = 9;
+/// Longest a peer may hold back an ACK below that threshold (5 ms; QUIC's default is
+/// 25 ms), so the tail of a burst is acknowledged promptly.
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Idle timeout in milliseconds (6 s): a link with no packets from the peer for this long
 /// is closed, and its circuits with it. This is how a crashed neighbour is noticed (a
 /// relay that stops cleanly closes its links at once): short enough that a download
@@ -106,7 +114,7 @@ pub const PAD_TO_MTU: bool = false;
 /// [`MAX_BIDI_STREAMS`] bidirectional streams, no unidirectional streams, no datagrams,
 /// windows [`STREAM_RECEIVE_WINDOW`] / [`CONNECTION_RECEIVE_WINDOW`] /
 /// [`CONNECTION_SEND_WINDOW`], keep-alive [`KEEP_ALIVE_INTERVAL`], idle timeout
-/// [`MAX_IDLE_TIMEOUT_MS`].
+/// [`MAX_IDLE_TIMEOUT_MS`], ACK frequency [`ACK_ELICITING_THRESHOLD`] / [`ACK_DELAY`].
 ///
 /// `pad_to_mtu` is OFF, against DESIGN §4 "Circuits", because it breaks bulk transfers in
 /// quinn-proto 0.11.19: `PacketBuilder::finish_and_track` counts a *padded* ACK-only packet
@@ -125,6 +133,10 @@ pub fn transport_config() -> quinn::TransportConfig {
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
         .max_idle_timeout(Some(VarInt::from_u32(MAX_IDLE_TIMEOUT_MS).into()))
         .pad_to_mtu(PAD_TO_MTU);
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))
+        .max_ack_delay(Some(ACK_DELAY));
+    t.ack_frequency_config(Some(acks));
     t
 }
 
