@@ -515,10 +515,10 @@ impl ForwardTask {
                 let cell = cells.split_to(self.cell_len);
                 handled = self.handle_cell(cell).await;
             }
-            if handled.is_ok() {
-                handled = self.flush_forward().await;
-            }
-            if let Err(Violation(reason)) = handled {
+            // Cells opened before a DESTROY or a bad cell still go to the next hop, as
+            // they did when each was written on its own.
+            let flushed = self.flush_forward().await;
+            if let Err(Violation(reason)) = handled.and(flushed) {
                 self.teardown.destroy(reason);
                 break;
             }
