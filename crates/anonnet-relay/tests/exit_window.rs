@@ -9,18 +9,18 @@
 //! sent nothing more, and every later stream on it hung after `CONNECTED`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use anonnet_crypto::onion::{layer_tag, message_offset};
-use anonnet_crypto::{ClientHandshake, ClientOnion, ServerReply};
+use anonnet_crypto::ClientOnion;
 use anonnet_net::Endpoint;
-use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, Relay, RelayConfig};
+use anonnet_relay::Relay;
 use anonnet_wire::flow::{CircuitDeliverWindow, CIRCUIT_WINDOW};
-use anonnet_wire::{
-    Create, Created, EndReason, PortRange, RelayCell, RelayMsg, StreamId, Target, CELL_LEN,
-};
+use anonnet_wire::{EndReason, RelayCell, RelayMsg, StreamId, Target, CELL_LEN};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -29,29 +29,6 @@ use tokio::sync::mpsc;
 const BATCH: usize = 100;
 /// Longest wait for any one answer from the exit.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn exit_relay(name: &str) -> Relay {
-    let dir =
-        std::env::temp_dir().join(format!("anonnet-exit-window-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    Relay::start(RelayConfig {
-        data_dir: dir,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
-        exit_policy: Some(ExitPolicy::with_rules(vec![ExitRule {
-            action: Action::Accept,
-            net: "127.0.0.0/8".parse().unwrap(),
-            ports: PortRange::ALL,
-        }])),
-        guard: true,
-        bandwidth: 1,
-        descriptor_file: None,
-        limits: Limits::default(),
-        dht_bootstrap: Vec::new(),
-    })
-    .await
-    .unwrap()
-}
 
 /// A destination that answers every connection with one byte, then closes it: each stream
 /// carries exactly one `DATA` cell, then the exit's `END`.
@@ -81,33 +58,7 @@ struct Circuit {
 
 impl Circuit {
     async fn open(relay: &Relay) -> Circuit {
-        let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let link = endpoint
-            .connect(relay.local_addr(), relay.node_id())
-            .await
-            .unwrap();
-        let (mut send, mut recv) = link.open_bi().await.unwrap();
-        let desc = anonnet_wire::RelayDescriptor::decode_body(&relay.descriptor().body).unwrap();
-        let hs = ClientHandshake::start(relay.node_id(), desc.onion_key).unwrap();
-        let h = hs.hello();
-        let create = Create {
-            cell_len: CELL_LEN as u16,
-            node_id: h.node_id,
-            onion_key: h.onion_key,
-            client_pk: h.client_pk,
-        };
-        send.write_all(&create.encode().unwrap()).await.unwrap();
-        let mut reply = vec![0u8; CELL_LEN];
-        recv.read_exact(&mut reply).await.unwrap();
-        let created = Created::decode(&reply).unwrap();
-        let keys = hs
-            .finish(&ServerReply {
-                server_pk: created.server_pk,
-                auth: created.auth,
-            })
-            .unwrap();
-        let mut onion = ClientOnion::new();
-        onion.push_hop(&keys);
+        let (send, mut recv, onion, endpoint) = common::one_hop(relay).await;
         let onion = std::sync::Arc::new(std::sync::Mutex::new(onion));
         let (tx, messages) = mpsc::unbounded_channel();
         let reader_onion = onion.clone();
@@ -176,7 +127,7 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_sends_a_whole_circuit_window_however_many_streams_end() {
-    let relay = exit_relay("window").await;
+    let relay = common::exit_relay("window").await;
     let port = one_byte_server().await;
     let mut circuit = Circuit::open(&relay).await;
     let window = CIRCUIT_WINDOW as usize;

@@ -1,0 +1,68 @@
+//! Shared by the relay's in-process tests: a real exit relay on loopback and a one-hop
+//! circuit to it over real QUIC.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use anonnet_crypto::{ClientHandshake, ClientOnion, ServerReply};
+use anonnet_net::Endpoint;
+use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, Relay, RelayConfig};
+use anonnet_wire::{Create, Created, PortRange, CELL_LEN};
+
+/// Start a relay on 127.0.0.1:0 that exits to 127.0.0.0/8, with its data in a fresh
+/// temporary directory named after `name`.
+pub async fn exit_relay(name: &str) -> Relay {
+    let dir =
+        std::env::temp_dir().join(format!("anonnet-relay-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    Relay::start(RelayConfig {
+        data_dir: dir,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        exit_policy: Some(ExitPolicy::with_rules(vec![ExitRule {
+            action: Action::Accept,
+            net: "127.0.0.0/8".parse().unwrap(),
+            ports: PortRange::ALL,
+        }])),
+        guard: true,
+        bandwidth: 1,
+        descriptor_file: None,
+        limits: Limits::default(),
+        dht_bootstrap: Vec::new(),
+    })
+    .await
+    .unwrap()
+}
+
+/// Open a one-hop circuit to `relay` (CREATE, CREATED, the client's onion with one hop);
+/// returns the leg, the onion and the endpoint, which must outlive the leg.
+pub async fn one_hop(
+    relay: &Relay,
+) -> (quinn::SendStream, quinn::RecvStream, ClientOnion, Endpoint) {
+    let ep = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let link = ep
+        .connect(relay.local_addr(), relay.node_id())
+        .await
+        .unwrap();
+    let (mut send, mut recv) = link.open_bi().await.unwrap();
+    let desc = anonnet_wire::RelayDescriptor::decode_body(&relay.descriptor().body).unwrap();
+    let hs = ClientHandshake::start(relay.node_id(), desc.onion_key).unwrap();
+    let h = hs.hello();
+    let create = Create {
+        cell_len: CELL_LEN as u16,
+        node_id: h.node_id,
+        onion_key: h.onion_key,
+        client_pk: h.client_pk,
+    };
+    send.write_all(&create.encode().unwrap()).await.unwrap();
+    let mut reply = vec![0u8; CELL_LEN];
+    recv.read_exact(&mut reply).await.unwrap();
+    let created = Created::decode(&reply).unwrap();
+    let keys = hs
+        .finish(&ServerReply {
+            server_pk: created.server_pk,
+            auth: created.auth,
+        })
+        .unwrap();
+    let mut onion = ClientOnion::new();
+    onion.push_hop(&keys);
+    (send, recv, onion, ep)
+}
