@@ -20,6 +20,7 @@ use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
 use anonnet_wire::dht::DHT_STREAM_TAG;
 use anonnet_wire::{RelayDescriptor, SignedDescriptor};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use exit_policy::{Action, ExitPolicy, ExitRule};
@@ -328,6 +329,9 @@ pub struct Relay {
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     endpoint: Endpoint,
+    /// The accept loop, the DHT task and the maintenance task: awaited by
+    /// [`Relay::shutdown_gracefully`] so the last `dht-table` and `stats.json` are written.
+    tasks: TaskTracker,
 }
 
 pub(crate) fn now_unix() -> u64 {
@@ -404,7 +408,8 @@ impl Relay {
             circuits_per_peer: Arc::new(Mutex::new(HashMap::new())),
         });
         info!(%node_id, %local_addr, exit = config.exit_policy.is_some(), "relay listening");
-        tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        let tasks = TaskTracker::new();
+        tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
         let seeds: Vec<Contact> = config
             .dht_bootstrap
             .iter()
@@ -417,8 +422,8 @@ impl Relay {
                 }
             })
             .collect();
-        tokio::spawn(run_dht(dht, seeds, table_file, shutdown.clone()));
-        tokio::spawn(maintenance(
+        tasks.spawn(run_dht(dht, seeds, table_file, shutdown.clone()));
+        tasks.spawn(maintenance(
             identity,
             shared,
             endpoint.clone(),
@@ -433,6 +438,7 @@ impl Relay {
             stats,
             shutdown,
             endpoint,
+            tasks,
         })
     }
 
@@ -465,7 +471,8 @@ impl Relay {
     /// Shut down and give the goodbyes time to leave, at most `within`: circuits send
     /// `DESTROY` to both neighbours, then the QUIC endpoint closes every link and drains, so
     /// neighbours and clients fail their circuits at once rather than after the idle
-    /// timeout.
+    /// timeout. Last, the relay's own tasks end, having saved the DHT routing table
+    /// (`dht-table`); they get at least [`TASKS_GRACE`] even when `within` is spent.
     pub async fn shutdown_gracefully(&self, within: Duration) {
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + within;
@@ -481,6 +488,16 @@ impl Relay {
         }
         self.endpoint.close();
         let _ = tokio::time::timeout_at(deadline, self.endpoint.wait_idle()).await;
+        self.tasks.close();
+        let grace = deadline.max(tokio::time::Instant::now() + TASKS_GRACE);
+        let _ = tokio::time::timeout_at(grace, self.tasks.wait()).await;
+    }
+}
+
+/// A dropped relay stops as [`Relay::shutdown`] does: its tasks end and its endpoint closes.
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -586,6 +603,10 @@ async fn serve_link(shared: Arc<RelayShared>, link: Link) {
 
 /// File in the data directory holding the DHT routing table (§11.5).
 pub const DHT_TABLE_FILE: &str = "dht-table";
+
+/// How long [`Relay::shutdown_gracefully`] waits for the relay's own tasks after the
+/// endpoint has closed, however little of its `within` is left: 250 ms.
+pub const TASKS_GRACE: Duration = Duration::from_millis(250);
 /// How often the relay refreshes its buckets and saves its routing table.
 pub const DHT_MAINTENANCE: Duration = Duration::from_secs(60);
 
