@@ -481,6 +481,15 @@ impl Client {
         guards.ids()
     }
 
+    /// Wait, at most [`DISCOVERY_WAIT`] and only until it has happened once, for the first
+    /// DHT discovery round. A circuit built earlier (a hidden service restored at start,
+    /// say) would check the saved guards against the bootstrap relays alone, find some
+    /// missing and add new guards to the set for good.
+    async fn wait_discovered(&self) {
+        let mut discovered = self.discovered.subscribe();
+        let _ = tokio::time::timeout(DISCOVERY_WAIT, discovered.wait_for(|d| *d)).await;
+    }
+
     /// The persistent guard set (NodeIds, in the order chosen).
     pub fn guards(&self) -> Vec<anonnet_crypto::NodeId> {
         self.guards.lock().map(|g| g.ids()).unwrap_or_default()
@@ -564,6 +573,7 @@ impl Client {
         port: u16,
         owner: Option<&IsolationKey>,
     ) -> Result<Arc<Circuit>, ClientError> {
+        self.wait_discovered().await;
         let mut last = ClientError::Circuit(CircuitError::Closed);
         let mut avoid = Vec::new();
         for _ in 0..BUILD_ATTEMPTS {
@@ -756,6 +766,7 @@ impl Client {
         end: Option<HopSpec>,
         avoid: &[anonnet_crypto::NodeId],
     ) -> Result<Arc<Circuit>, ClientError> {
+        self.wait_discovered().await;
         let mut last = ClientError::Circuit(CircuitError::Closed);
         let mut failed: Vec<anonnet_crypto::NodeId> = avoid.to_vec();
         failed.extend(end.map(|e| e.node_id));
