@@ -1158,13 +1158,13 @@ pub fn toml_string(s: &str) -> String {
 mod tests {
     use super::*;
 
-    /// A fresh directory for one test.
-    fn test_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("anonnet-config-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory `anonnet-config-test-<name>-XXXXXX` for one test, removed when
+    /// dropped.
+    fn test_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("anonnet-config-test-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -1175,9 +1175,10 @@ mod tests {
 
     #[test]
     fn relay_config_with_every_key_parses() {
-        let dir = test_dir("relay-full");
+        let tmp = test_dir("relay-full");
+        let dir = tmp.path();
         let file = write(
-            &dir,
+            dir,
             "relay.toml",
             r#"
 [relay]
@@ -1236,8 +1237,9 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn relay_defaults_apply_to_missing_keys() {
-        let dir = test_dir("relay-defaults");
-        let file = write(&dir, "relay.toml", "[relay]\nlisten = \"127.0.0.1:0\"\n");
+        let tmp = test_dir("relay-defaults");
+        let dir = tmp.path();
+        let file = write(dir, "relay.toml", "[relay]\nlisten = \"127.0.0.1:0\"\n");
         let s = load_relay(&file).unwrap();
         assert!(s.relay.guard);
         assert_eq!(s.relay.bandwidth, DEFAULT_BANDWIDTH);
@@ -1248,9 +1250,10 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn unknown_key_names_file_line_key_and_allowed_keys() {
-        let dir = test_dir("unknown-key");
+        let tmp = test_dir("unknown-key");
+        let dir = tmp.path();
         let file = write(
-            &dir,
+            dir,
             "relay.toml",
             "[relay]\nlisten = \"127.0.0.1:0\"\nlistne = \"1.2.3.4:5\"\n",
         );
@@ -1263,16 +1266,18 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn unknown_section_is_rejected() {
-        let dir = test_dir("unknown-section");
-        let file = write(&dir, "relay.toml", "[relays]\nlisten = \"127.0.0.1:0\"\n");
+        let tmp = test_dir("unknown-section");
+        let dir = tmp.path();
+        let file = write(dir, "relay.toml", "[relays]\nlisten = \"127.0.0.1:0\"\n");
         let e = load_relay(&file).unwrap_err().to_string();
         assert!(e.contains("`relays`") && e.contains("`relay`"), "{e}");
     }
 
     #[test]
     fn wrong_type_names_the_key() {
-        let dir = test_dir("wrong-type");
-        let file = write(&dir, "relay.toml", "[relay]\nguard = \"yes\"\n");
+        let tmp = test_dir("wrong-type");
+        let dir = tmp.path();
+        let file = write(dir, "relay.toml", "[relay]\nguard = \"yes\"\n");
         let e = load_relay(&file).unwrap_err().to_string();
         assert!(e.contains("relay.guard") && e.contains("line 2"), "{e}");
         assert!(e.contains("bool"), "{e}");
@@ -1280,9 +1285,10 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn bad_policy_line_names_key_index_and_syntax() {
-        let dir = test_dir("bad-policy");
+        let tmp = test_dir("bad-policy");
+        let dir = tmp.path();
         let file = write(
-            &dir,
+            dir,
             "relay.toml",
             "[relay]\nlisten = \"127.0.0.1:0\"\n[exit]\nenabled = true\npolicy = [\n  \"accept 127.0.0.0/8:*\",\n  \"allow 10.0.0.0/8:*\",\n]\n",
         );
@@ -1327,20 +1333,22 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn unspecified_listen_needs_advertise() {
-        let dir = test_dir("advertise");
-        let file = write(&dir, "relay.toml", "[relay]\nlisten = \"0.0.0.0:9001\"\n");
+        let tmp = test_dir("advertise");
+        let dir = tmp.path();
+        let file = write(dir, "relay.toml", "[relay]\nlisten = \"0.0.0.0:9001\"\n");
         let e = load_relay(&file).unwrap_err().to_string();
         assert!(e.contains("relay.advertise") && e.contains("line 2"), "{e}");
     }
 
     #[test]
     fn bad_address_and_range_name_allowed_values() {
-        let dir = test_dir("bad-values");
-        let file = write(&dir, "relay.toml", "[relay]\nlisten = \"localhost\"\n");
+        let tmp = test_dir("bad-values");
+        let dir = tmp.path();
+        let file = write(dir, "relay.toml", "[relay]\nlisten = \"localhost\"\n");
         let e = load_relay(&file).unwrap_err().to_string();
         assert!(e.contains("relay.listen") && e.contains("IP:PORT"), "{e}");
         let file = write(
-            &dir,
+            dir,
             "relay.toml",
             "[relay]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_circuits = 0\n",
         );
@@ -1353,16 +1361,18 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn missing_config_file_is_named() {
-        let dir = test_dir("missing-file");
+        let tmp = test_dir("missing-file");
+        let dir = tmp.path();
         let e = load_client(&dir.join("nope.toml")).unwrap_err().to_string();
         assert!(e.contains("nope.toml") && e.contains("cannot read"), "{e}");
     }
 
     #[test]
     fn missing_bootstrap_file_names_key_and_path() {
-        let dir = test_dir("missing-bootstrap");
+        let tmp = test_dir("missing-bootstrap");
+        let dir = tmp.path();
         let file = write(
-            &dir,
+            dir,
             "client.toml",
             "[client]\nbootstrap = [\"r1.desc\", \"r2.desc\", \"r3.desc\"]\n",
         );
@@ -1377,8 +1387,9 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn too_few_bootstrap_relays_is_an_error() {
-        let dir = test_dir("few-bootstrap");
-        let file = write(&dir, "client.toml", "[client]\nbootstrap = []\n");
+        let tmp = test_dir("few-bootstrap");
+        let dir = tmp.path();
+        let file = write(dir, "client.toml", "[client]\nbootstrap = []\n");
         let e = load_client(&file).unwrap_err().to_string();
         assert!(
             e.contains("client.bootstrap") && e.contains("at least 1"),
@@ -1388,12 +1399,13 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn malformed_descriptor_file_is_reported() {
-        let dir = test_dir("bad-descriptor");
+        let tmp = test_dir("bad-descriptor");
+        let dir = tmp.path();
         for n in 1..=3 {
-            write(&dir, &format!("r{n}.desc"), "not base64!\n");
+            write(dir, &format!("r{n}.desc"), "not base64!\n");
         }
         let file = write(
-            &dir,
+            dir,
             "client.toml",
             "[client]\nbootstrap = [\"r1.desc\", \"r2.desc\", \"r3.desc\"]\n",
         );
@@ -1430,10 +1442,11 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn oversized_descriptor_file_is_refused_without_reading_it_all() {
-        let dir = test_dir("huge-descriptor");
+        let tmp = test_dir("huge-descriptor");
+        let dir = tmp.path();
         let huge = "A".repeat(MAX_NAMED_FILE_BYTES as usize + 1);
-        write(&dir, "r1.desc", &huge);
-        let file = write(&dir, "client.toml", "[client]\nbootstrap = [\"r1.desc\"]\n");
+        write(dir, "r1.desc", &huge);
+        let file = write(dir, "client.toml", "[client]\nbootstrap = [\"r1.desc\"]\n");
         let e = load_client(&file).unwrap_err().to_string();
         assert!(
             e.contains("client.bootstrap[0]") && e.contains("larger than 65536 bytes"),
@@ -1443,12 +1456,13 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn text_check_matches_load_but_reads_no_named_file() {
-        let dir = test_dir("text-check");
+        let tmp = test_dir("text-check");
+        let dir = tmp.path();
         let text = "[client]\nbootstrap = [\"r1.desc\"]\nsocks_listen = \"auto\"\n";
         // The descriptor file exists (malformed, so loading reads and rejects it), but a
         // text-only check must not read it.
-        write(&dir, "r1.desc", "not base64!\n");
-        let file = write(&dir, "client.toml", text);
+        write(dir, "r1.desc", "not base64!\n");
+        let file = write(dir, "client.toml", text);
         let e = load_client(&file).unwrap_err().to_string();
         assert!(e.contains("is not a relay descriptor"), "{e}");
         let e = check_text(ConfigKind::Client, &file, text)
@@ -1460,7 +1474,7 @@ max_exit_dns_lookups = 8
         );
         // A bad key is reported alike by both.
         let bad = "[relay]\nlisten = \"nowhere\"\n";
-        let loaded = load_relay(&write(&dir, "relay.toml", bad))
+        let loaded = load_relay(&write(dir, "relay.toml", bad))
             .unwrap_err()
             .to_string();
         let checked = check_text(ConfigKind::Relay, &dir.join("relay.toml"), bad)
@@ -1487,8 +1501,9 @@ max_exit_dns_lookups = 8
         );
         let e = parse_socks_listen("9050").unwrap_err();
         assert!(e.contains("\"auto\""), "{e}");
-        let dir = test_dir("socks-listen");
-        let file = write(&dir, "client.toml", "[client]\nsocks_listen = \"nine\"\n");
+        let tmp = test_dir("socks-listen");
+        let dir = tmp.path();
+        let file = write(dir, "client.toml", "[client]\nsocks_listen = \"nine\"\n");
         let e = load_client(&file).unwrap_err().to_string();
         assert!(
             e.contains("client.socks_listen") && e.contains("auto"),
@@ -1498,9 +1513,10 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn http_listen_is_validated_like_socks_listen() {
-        let dir = test_dir("http-listen");
+        let tmp = test_dir("http-listen");
+        let dir = tmp.path();
         let file = write(
-            &dir,
+            dir,
             "client.toml",
             "[client]\nhttp_listen = \"localhost:80\"\n",
         );
@@ -1517,9 +1533,10 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn socks_and_http_on_one_port_is_an_error_naming_both_keys() {
-        let dir = test_dir("listen-clash");
+        let tmp = test_dir("listen-clash");
+        let dir = tmp.path();
         let file = write(
-            &dir,
+            dir,
             "client.toml",
             "[client]\nsocks_listen = \"127.0.0.1:9050\"\nhttp_listen = \"127.0.0.1:9050\"\n",
         );
@@ -1531,7 +1548,7 @@ max_exit_dns_lookups = 8
         assert!(e.contains("line 3"), "{e}");
         // The default SOCKS port against an HTTP listener on every interface.
         let file = write(
-            &dir,
+            dir,
             "client.toml",
             "[client]\nhttp_listen = \"0.0.0.0:9050\"\n",
         );
@@ -1547,7 +1564,7 @@ max_exit_dns_lookups = 8
             "127.0.0.2:9050".parse().unwrap()
         ));
         let file = write(
-            &dir,
+            dir,
             "testnet.toml",
             "[testnet]\nsocks_listen = \"127.0.0.1:7000\"\nhttp_listen = \"127.0.0.1:7000\"\n",
         );
@@ -1560,15 +1577,16 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn pool_size_and_dirtiness_are_range_checked() {
-        let dir = test_dir("pool-keys");
-        let file = write(&dir, "client.toml", "[client]\npool_size = 0\n");
+        let tmp = test_dir("pool-keys");
+        let dir = tmp.path();
+        let file = write(dir, "client.toml", "[client]\npool_size = 0\n");
         let e = load_client(&file).unwrap_err().to_string();
         assert!(
             e.contains("client.pool_size") && e.contains("1..=32"),
             "{e}"
         );
         let file = write(
-            &dir,
+            dir,
             "client.toml",
             "[client]\nmax_circuit_dirtiness_secs = 100000\n",
         );
@@ -1581,9 +1599,10 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn control_listen_must_be_loopback() {
-        let dir = test_dir("control-listen");
+        let tmp = test_dir("control-listen");
+        let dir = tmp.path();
         let file = write(
-            &dir,
+            dir,
             "client.toml",
             "[client]\ncontrol_listen = \"0.0.0.0:9051\"\n",
         );
@@ -1601,7 +1620,7 @@ max_exit_dns_lookups = 8
             "[::1]:9051".parse().unwrap()
         );
         let file = write(
-            &dir,
+            dir,
             "client.toml",
             "[client]\nsocks_listen = \"127.0.0.1:9051\"\ncontrol_listen = \"127.0.0.1:9051\"\n",
         );
@@ -1611,19 +1630,21 @@ max_exit_dns_lookups = 8
 
     #[test]
     fn state_dir_for_the_cli_needs_no_descriptors() {
-        let dir = test_dir("cli-state-dir");
-        let file = write(&dir, "client.toml", "[client]\nstate_dir = \"st\"\n");
+        let tmp = test_dir("cli-state-dir");
+        let dir = tmp.path();
+        let file = write(dir, "client.toml", "[client]\nstate_dir = \"st\"\n");
         assert_eq!(client_state_dir(&file).unwrap(), dir.join("st"));
-        let file = write(&dir, "client.toml", "[client]\nstat_dir = \"st\"\n");
+        let file = write(dir, "client.toml", "[client]\nstat_dir = \"st\"\n");
         let e = client_state_dir(&file).unwrap_err().to_string();
         assert!(e.contains("client.stat_dir"), "{e}");
     }
 
     #[test]
     fn testnet_config_validates_relays_and_policy() {
-        let dir = test_dir("testnet");
+        let tmp = test_dir("testnet");
+        let dir = tmp.path();
         let file = write(
-            &dir,
+            dir,
             "testnet.toml",
             "[testnet]\nrelays = 4\nsocks_listen = \"auto\"\nhttp_listen = \"auto\"\ndir = \"net\"\nexit_policy = [\"accept 127.0.0.0/8:*\"]\n",
         );
@@ -1632,7 +1653,7 @@ max_exit_dns_lookups = 8
         assert_eq!(t.socks_listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(t.http_listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(t.dir, Some(dir.join("net")));
-        let file = write(&dir, "testnet.toml", "[testnet]\nrelays = 2\n");
+        let file = write(dir, "testnet.toml", "[testnet]\nrelays = 2\n");
         let e = load_testnet(&file).unwrap_err().to_string();
         assert!(e.contains("testnet.relays") && e.contains("3..=64"), "{e}");
     }

@@ -650,9 +650,11 @@ mod tests {
 
     #[test]
     fn generated_configs_load() {
-        let dir = std::env::temp_dir().join(format!("anonnet-testnet-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("anonnet-testnet-unit-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let policy: Vec<String> = anonnet_daemon::config::TESTNET_EXIT_POLICY
             .iter()
             .map(|s| (*s).to_owned())

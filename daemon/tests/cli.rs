@@ -31,9 +31,8 @@ fn missing_relay_config_names_the_file() {
 
 #[test]
 fn unknown_config_key_names_file_and_key() {
-    let dir = std::env::temp_dir().join(format!("anonnet-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("relay.toml");
+    let dir = test_dir("unknown-key");
+    let cfg = dir.path().join("relay.toml");
     std::fs::write(&cfg, "[relay]\nlistne = \"127.0.0.1:0\"\n").unwrap();
     let out = anonnet()
         .args(["relay", "--config"])
@@ -46,21 +45,20 @@ fn unknown_config_key_names_file_and_key() {
         err.contains("relay.toml") && err.contains("listne"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A fresh directory for one test.
-fn test_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("anonnet-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory `anonnet-cli-<name>-XXXXXX` for one test, removed when dropped.
+fn test_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("anonnet-cli-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
 fn invalid_socks_listen_stops_run_naming_the_key() {
     let dir = test_dir("bad-socks");
-    let cfg = dir.join("client.toml");
+    let cfg = dir.path().join("client.toml");
     std::fs::write(&cfg, "[client]\nsocks_listen = \"localhost:9050\"\n").unwrap();
     let out = anonnet()
         .args(["run", "--config"])
@@ -75,13 +73,12 @@ fn invalid_socks_listen_stops_run_naming_the_key() {
     );
     assert!(err.contains("IP:PORT") && err.contains("auto"), "{err}");
     assert!(out.stdout.is_empty(), "nothing is ready: {out:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn socks_and_http_on_one_port_stop_run_naming_both_keys() {
     let dir = test_dir("clash");
-    let cfg = dir.join("client.toml");
+    let cfg = dir.path().join("client.toml");
     std::fs::write(
         &cfg,
         "[client]\nsocks_listen = \"127.0.0.1:9150\"\nhttp_listen = \"127.0.0.1:9150\"\n",
@@ -98,7 +95,6 @@ fn socks_and_http_on_one_port_stop_run_naming_both_keys() {
         err.contains("client.http_listen") && err.contains("client.socks_listen"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

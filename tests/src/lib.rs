@@ -27,19 +27,53 @@ pub fn anonnet_bin() -> PathBuf {
     bin
 }
 
-/// A fresh directory under the OS temp dir.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "anonnet-e2e-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory `anonnet-e2e-<name>-XXXXXX` under the OS temp dir, removed when the
+/// test ends. A test that panics keeps it (its logs are what one reads next) and prints its
+/// path. Derefs to its [`Path`].
+pub struct TestDir(tempfile::TempDir);
+
+impl TestDir {
+    /// Keep the directory after the test (a failure the test reports itself) and return
+    /// its path.
+    pub fn keep(mut self) -> PathBuf {
+        self.0.disable_cleanup(true);
+        self.0.path().to_path_buf()
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!(
+                "test failed: its files are kept in {}",
+                self.0.path().display()
+            );
+        }
+    }
+}
+
+/// A new [`TestDir`] for the test `name`.
+pub fn temp_dir(name: &str) -> TestDir {
+    TestDir(
+        tempfile::Builder::new()
+            .prefix(&format!("anonnet-e2e-{name}-"))
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 /// Spawn `cmd` with its stdout piped; its lines arrive on the returned channel (a thread

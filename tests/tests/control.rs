@@ -105,7 +105,7 @@ async fn control_api_refuses_without_cookie_and_cli_toggles_proxy_and_identity()
     let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
     let dir = temp_dir("control");
     let mut net = {
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || Testnet::start(3, &dir))
             .await
             .unwrap()
@@ -284,7 +284,6 @@ async fn control_api_refuses_without_cookie_and_cli_toggles_proxy_and_identity()
     // Stopped cleanly it removed ports.json ("daemon not running"); killed, it left a stale
     // one ("connection refused …: the daemon is not running").
     assert!(err.contains("not running"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -330,5 +329,4 @@ async fn status_without_a_daemon_exits_non_zero_with_a_clear_message() {
         err.contains(&format!("connection refused at {closed_addr}")),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

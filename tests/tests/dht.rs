@@ -36,7 +36,7 @@ async fn client_discovers_relays_through_the_dht_and_survives_losing_its_bootstr
     let dir = temp_dir("dht");
     let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
     let net = tokio::task::spawn_blocking({
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         move || Testnet::start(20, &dir)
     })
     .await
@@ -125,5 +125,4 @@ async fn client_discovers_relays_through_the_dht_and_survives_losing_its_bootstr
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     drop(net);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -256,7 +256,7 @@ struct Round {
 async fn kill_during_download(role: Role, sig: &'static str, port: u16) -> Result<Round, String> {
     let dir = temp_dir(&format!("faults-{sig}-{role:?}").to_lowercase());
     let net = {
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || Testnet::start(6, &dir))
             .await
             .unwrap()
@@ -265,14 +265,11 @@ async fn kill_during_download(role: Role, sig: &'static str, port: u16) -> Resul
     tokio::task::spawn_blocking(move || drop(net))
         .await
         .unwrap();
-    match &result {
-        Ok(_) => {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        Err(_) => eprintln!(
+    if result.is_err() {
+        eprintln!(
             "{role:?} round failed; its testnet is kept in {}",
-            dir.display()
-        ),
+            dir.keep().display()
+        );
     }
     result
 }
@@ -456,7 +453,7 @@ async fn restarting_the_client_keeps_guards_and_services() {
     let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
     let dir = temp_dir("faults-restart");
     let net = {
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || Testnet::start(5, &dir))
             .await
             .unwrap()
@@ -541,8 +538,10 @@ async fn restarting_the_client_keeps_guards_and_services() {
         "the control API answering is the new daemon's: {after:?}"
     );
     assert_eq!(
-        after.guards, before.guards,
-        "the restarted client keeps its guards"
+        after.guards,
+        before.guards,
+        "the restarted client keeps its guards{}",
+        logs(&dir, &[])
     );
     let out = dir.join("page");
     let attempts = fetch_until(socks, &url, &out, Instant::now() + Duration::from_secs(30))
@@ -550,8 +549,10 @@ async fn restarting_the_client_keeps_guards_and_services() {
         .unwrap_or_else(|e| panic!("request after the restart: {e}{}", logs(&dir, &[])));
     let s = status(&state).await;
     assert_eq!(
-        s.guards, before.guards,
-        "still the same guards after a request"
+        s.guards,
+        before.guards,
+        "still the same guards after a request{}",
+        logs(&dir, &[])
     );
     assert_eq!(s.counters.streams_opened, 1, "{s:?}");
     // The service is back: listed with the same address, and reachable by it.
@@ -597,5 +598,4 @@ async fn restarting_the_client_keeps_guards_and_services() {
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     drop(net);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -187,5 +187,4 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
     let _ = restarted.kill();
     let _ = restarted.wait();
     net.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,7 @@
 //! tunnels (`curl -p`), and refusals as HTTP statuses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use anonnet_tests::{curl_http, serve_files, temp_dir, Testnet};
+use anonnet_tests::{curl_http, serve_files, temp_dir, TestDir, Testnet};
 use bytes::Bytes;
 
 const PAGE: &[u8] = b"<html><body>hello through the anonnet HTTP proxy</body></html>\n";
@@ -26,17 +26,20 @@ fn raw_request(proxy: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-async fn start_testnet(name: &str) -> Testnet {
+/// A 3-relay testnet in a fresh directory, which must outlive it.
+async fn start_testnet(name: &str) -> (TestDir, Testnet) {
     let dir = temp_dir(name);
-    tokio::task::spawn_blocking(move || Testnet::start(3, &dir))
+    let path = dir.to_path_buf();
+    let net = tokio::task::spawn_blocking(move || Testnet::start(3, &path))
         .await
-        .unwrap()
+        .unwrap();
+    (dir, net)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_fetches_a_page_through_the_http_proxy_by_get_and_by_connect() {
     let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
-    let net = start_testnet("http-ok").await;
+    let (_dir, net) = start_testnet("http-ok").await;
     let http = net.http;
     assert!(
         net.stdout
@@ -81,7 +84,7 @@ async fn curl_fetches_a_page_through_the_http_proxy_by_get_and_by_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_proxy_answers_403_for_exit_policy_and_502_for_closed_port() {
-    let net = start_testnet("http-refusals").await;
+    let (_dir, net) = start_testnet("http-refusals").await;
     let http = net.http;
     let dir = net.dir.clone();
     tokio::task::spawn_blocking(move || {

@@ -47,7 +47,7 @@ async fn socks_users_get_separate_circuits_and_exits_from_a_warm_pool() {
     let dir = temp_dir("isolation");
     let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
     let net = tokio::task::spawn_blocking({
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         move || Testnet::start(5, &dir)
     })
     .await
@@ -95,5 +95,4 @@ async fn socks_users_get_separate_circuits_and_exits_from_a_warm_pool() {
         status.counters
     );
     drop(net);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -156,7 +156,7 @@ async fn malformed_input_at_socks_http_and_control_gets_an_error_or_a_close() {
     let dir = temp_dir("malformed");
     let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
     let _net = tokio::task::spawn_blocking({
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         move || Testnet::start(3, &dir)
     })
     .await

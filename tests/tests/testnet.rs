@@ -20,9 +20,12 @@ async fn curl_fetches_page_and_64_mib_through_three_relay_processes() {
     let big_sha = hex::encode(Sha256::digest(&big));
     let port = serve_files(vec![("/".into(), page.clone()), ("/big".into(), big)]).await;
 
-    let mut net = tokio::task::spawn_blocking(move || Testnet::start(5, &dir))
-        .await
-        .unwrap();
+    let mut net = tokio::task::spawn_blocking({
+        let dir = dir.to_path_buf();
+        move || Testnet::start(5, &dir)
+    })
+    .await
+    .unwrap();
     let socks = net.socks;
     assert!(
         net.stdout
@@ -116,5 +119,4 @@ async fn curl_fetches_page_and_64_mib_through_three_relay_processes() {
     assert_eq!(code, 97, "{err}");
 
     net.stop();
-    let _ = std::fs::remove_dir_all(&net.dir);
 }

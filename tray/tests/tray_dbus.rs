@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anonnet_control::{ControlClient, Event, ServiceInfo, Status};
-use anonnet_tests::{curl_socks, socks_connect_reply, temp_dir, Testnet};
+use anonnet_tests::{curl_socks, socks_connect_reply, temp_dir, TestDir, Testnet};
 use zbus::blocking::Connection;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedValue, Value};
@@ -423,13 +423,13 @@ struct Setup {
     control: ControlClient,
     conn: Connection,
     name: String,
-    dir: PathBuf,
     watcher: Watcher,
-    // Dropped in this order: the tray, the watcher, the bus, the testnet.
+    // Dropped in this order: the tray, the watcher, the bus, the testnet, its directory.
     tray: Tray,
     _watcher_conn: Connection,
     _bus: SessionBus,
     net: Testnet,
+    dir: TestDir,
 }
 
 fn setup(test: &str) -> Setup {
@@ -607,7 +607,6 @@ fn tray_menu_switches_the_proxy_and_asks_for_a_new_identity_over_dbus() {
         .iter()
         .any(|n| n.as_str() == name));
     eprintln!("tray menu test took {:?}", started.elapsed());
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 const PAGE: &[u8] = b"<html><body>published from the tray</body></html>\n";
@@ -690,5 +689,4 @@ fn tray_publishes_a_listening_port_and_it_answers_through_its_anon_address() {
             .then_some(())
     });
     eprintln!("tray publish test took {:?}", started.elapsed());
-    let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -18,14 +18,16 @@ use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn net(name: &str) -> (std::path::PathBuf, Vec<Relay>, Arc<Client>) {
-    let dir = std::env::temp_dir().join(format!("anonnet-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+async fn net(name: &str) -> (tempfile::TempDir, Vec<Relay>, Arc<Client>) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("anonnet-{name}-"))
+        .tempdir()
+        .unwrap();
     let mut relays = Vec::new();
     for i in 0..3 {
         relays.push(
             Relay::start(RelayConfig {
-                data_dir: dir.join(format!("relay-{i}")),
+                data_dir: dir.path().join(format!("relay-{i}")),
                 listen: "127.0.0.1:0".parse().unwrap(),
                 advertise: None,
                 exit_policy: None,
@@ -82,7 +84,7 @@ async fn establish(c: &Circuit, auth: &IdentityKey) -> mpsc::Receiver<RelayMsg> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introduction_point_passes_introductions_and_refuses_forgeries() {
-    let (dir, relays, client) = net("hs-intro").await;
+    let (_dir, relays, client) = net("hs-intro").await;
     let service = client.build_internal(None, &[]).await.unwrap();
     let intro = service.last_hop().unwrap();
     let auth = IdentityKey::generate().unwrap();
@@ -155,15 +157,12 @@ async fn introduction_point_passes_introductions_and_refuses_forgeries() {
         next(&mut late_rx).await,
         RelayMsg::IntroduceAck(INTRODUCE_UNKNOWN)
     );
-    for r in &relays {
-        r.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&relays).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendezvous_point_refuses_misuse_and_dht_fetch_answers() {
-    let (dir, relays, client) = net("hs-rend").await;
+    let (_dir, relays, client) = net("hs-rend").await;
     // A cookie registers once; the same circuit cannot register a second role.
     let waiting = client.build_internal(None, &[]).await.unwrap();
     let mut rx = waiting.control_messages();
@@ -206,8 +205,13 @@ async fn rendezvous_point_refuses_misuse_and_dht_fetch_answers() {
         }
         other => panic!("expected DHT_RESULT, got {other:?}"),
     }
-    for r in &relays {
-        r.shutdown();
+    stop(&relays).await;
+}
+
+/// Shut the relays down and wait for their tasks, so their data directories are quiet
+/// before the test removes them.
+async fn stop(relays: &[Relay]) {
+    for r in relays {
+        r.shutdown_gracefully(Duration::from_secs(1)).await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

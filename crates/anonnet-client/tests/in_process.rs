@@ -47,16 +47,18 @@ async fn spawn_echo_server() -> u16 {
     port
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("anonnet-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh temporary directory `anonnet-<name>-XXXXXX`, removed when dropped.
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("anonnet-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_through_three_relays_echoes_bytes_and_reports_failures() {
     let dir = tempdir("inproc");
-    let relays = relays(3, &dir).await;
+    let relays = relays(3, dir.path()).await;
     let echo_port = spawn_echo_server().await;
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
@@ -123,10 +125,7 @@ async fn stream_through_three_relays_echoes_bytes_and_reports_failures() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::HostUnreachable, "{err}");
 
-    for r in &relays {
-        r.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&relays).await;
 }
 
 /// 16 MiB one way, the shape of a download. With quinn's `pad_to_mtu` on this stalled after
@@ -135,7 +134,7 @@ async fn stream_through_three_relays_echoes_bytes_and_reports_failures() {
 async fn bulk_download_does_not_stall() {
     const TOTAL: usize = 16 << 20;
     let dir = tempdir("bulk");
-    let relays = relays(3, &dir).await;
+    let relays = relays(3, dir.path()).await;
     let srv = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = srv.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -174,15 +173,12 @@ async fn bulk_download_does_not_stall() {
         "16 MiB through 3 in-process relays: {:.1} MiB/s",
         16.0 / started.elapsed().as_secs_f64()
     );
-    for r in &relays {
-        r.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&relays).await;
 }
 
-async fn net(name: &str) -> (std::path::PathBuf, Vec<Relay>, std::sync::Arc<Client>) {
+async fn net(name: &str) -> (tempfile::TempDir, Vec<Relay>, std::sync::Arc<Client>) {
     let dir = tempdir(name);
-    let relays = relays(3, &dir).await;
+    let relays = relays(3, dir.path()).await;
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
@@ -199,7 +195,7 @@ async fn net(name: &str) -> (std::path::PathBuf, Vec<Relay>, std::sync::Arc<Clie
 /// stream limit, then a good connect on the same circuit still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_connects_do_not_exhaust_the_exit() {
-    let (dir, relays, client) = net("failed").await;
+    let (_dir, relays, client) = net("failed").await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
@@ -225,17 +221,14 @@ async fn failed_connects_do_not_exhaust_the_exit() {
             .count()
     };
     assert_eq!(in_use(&client), 1, "the circuit in use was never replaced");
-    for r in &relays {
-        r.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&relays).await;
 }
 
 /// More concurrent streams than one circuit carries: a second circuit takes the rest and
 /// the streams on the first keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_circuit_is_not_closed_when_another_stream_comes() {
-    let (dir, relays, client) = net("full").await;
+    let (_dir, relays, client) = net("full").await;
     let port = spawn_echo_server().await;
     let mut streams = Vec::new();
     for _ in 0..anonnet_client::circuit::MAX_STREAMS_PER_CIRCUIT + 8 {
@@ -265,17 +258,14 @@ async fn a_full_circuit_is_not_closed_when_another_stream_comes() {
             .unwrap();
         assert_eq!(&got, b"still here");
     }
-    for r in &relays {
-        r.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&relays).await;
 }
 
 /// Bytes written before the stream is dropped all reach the destination: the exit sends
 /// queued DATA before it acts on END.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_written_before_end_reaches_the_destination() {
-    let (dir, relays, client) = net("end").await;
+    let (_dir, relays, client) = net("end").await;
     let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = sink.local_addr().unwrap().port();
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
@@ -302,10 +292,7 @@ async fn data_written_before_end_reaches_the_destination() {
             .unwrap();
         assert_eq!(got, 200_000);
     }
-    for r in &relays {
-        r.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&relays).await;
 }
 
 /// A reader that stalls while the destination keeps sending: the exit stops reading once
@@ -315,7 +302,7 @@ async fn data_written_before_end_reaches_the_destination() {
 async fn a_stalled_reader_keeps_buffers_bounded() {
     use anonnet_wire::flow::{CIRCUIT_WINDOW, STREAM_WINDOW};
     use std::sync::atomic::Ordering::Relaxed;
-    let (dir, relays, client) = net("stall").await;
+    let (_dir, relays, client) = net("stall").await;
     let srv = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = srv.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -372,10 +359,7 @@ async fn a_stalled_reader_keeps_buffers_bounded() {
         total += n;
     }
     assert!(exit_bytes() > read_at_3s + (4 << 20));
-    for r in &relays {
-        r.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&relays).await;
 }
 
 /// Wait (bounded) until the pool holds `n` clean circuits.
@@ -401,7 +385,7 @@ async fn pool_warm(client: &Client, n: usize) {
 async fn isolation_groups_get_their_own_circuits_from_a_warm_pool() {
     use anonnet_client::IsolationKey;
     let dir = tempdir("iso");
-    let relays = relays(5, &dir).await;
+    let relays = relays(5, dir.path()).await;
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
@@ -449,8 +433,13 @@ async fn isolation_groups_get_their_own_circuits_from_a_warm_pool() {
         .await
         .unwrap();
     assert_ne!(a.circuit().id(), alice_circuits[0].0);
-    for r in &relays {
-        r.shutdown();
+    stop(&relays).await;
+}
+
+/// Shut the relays down and wait for their tasks, so their data directories are quiet
+/// before the test removes them.
+async fn stop(relays: &[Relay]) {
+    for r in relays {
+        r.shutdown_gracefully(Duration::from_secs(1)).await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -201,5 +201,5 @@ async fn exit_sends_a_whole_circuit_window_however_many_streams_end() {
     assert!(matches!(msg.msg, RelayMsg::Data(_)), "{msg:?}");
     let (msg, _) = circuit.next(ANSWER_TIMEOUT).await.expect("END");
     assert!(matches!(msg.msg, RelayMsg::End(EndReason::Done)), "{msg:?}");
-    relay.shutdown();
+    relay.stop().await;
 }

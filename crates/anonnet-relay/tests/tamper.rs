@@ -61,7 +61,7 @@ async fn relay_destroys_circuit_on_flipped_bit_replay_and_skip() {
 
     assert_eq!(relay.stats().cells_rejected.load(Ordering::Relaxed), 3);
     assert_eq!(relay.stats().cells_forward.load(Ordering::Relaxed), 1);
-    relay.shutdown();
+    relay.stop().await;
 }
 
 /// Read cells from a one-hop circuit until `stop` says so; returns the messages seen.
@@ -152,5 +152,5 @@ async fn exit_destroys_circuit_on_forged_sendme() {
     send.write_all(&cell).await.unwrap();
     let got = read_messages(&mut recv, &mut onion, |_, _| false).await;
     assert_eq!(got, Some(DestroyReason::Protocol));
-    relay.shutdown();
+    relay.stop().await;
 }

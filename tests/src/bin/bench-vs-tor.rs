@@ -63,7 +63,8 @@ struct Opts {
     /// Use this `anonnet` binary instead of building one (A/B runs of an optimisation).
     #[arg(long)]
     anonnet_bin: Option<PathBuf>,
-    /// Work directory (a fresh temporary one by default); left in place for inspection.
+    /// Work directory (a fresh temporary one by default); left in place for inspection,
+    /// without the bulk file, which is deleted at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
 }
@@ -150,8 +151,9 @@ fn run(opts: &Opts) -> Res<()> {
             None,
         )
     };
+    let big_file = tor_dir.join("www/big.bin");
     let result = (|| -> Res<(Figures, Figures, Limits)> {
-        make_big_file(&tor_dir.join("www/big.bin"), bulk_mib)?;
+        make_big_file(&big_file, bulk_mib)?;
         log("starting the anonnet testnet");
         let mut net = AnonNet::start(&anonnet, &work.join("anonnet"))?;
         let measured = (|| -> Res<(Figures, Figures)> {
@@ -187,6 +189,13 @@ fn run(opts: &Opts) -> Res<()> {
     }
     if let Some(h) = httpd.as_mut() {
         terminate(h);
+    }
+    // The work dir stays for inspection (logs, configs, the table: a few MiB); the bulk
+    // file (`bulk_mib` MiB) goes, or repeated runs fill the temp dir.
+    match std::fs::remove_file(&big_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log(&format!("could not remove {}: {e}", big_file.display())),
     }
     let (a, t, limits) = result?;
     let load_after = load_average();

@@ -7,14 +7,39 @@ use anonnet_net::Endpoint;
 use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, Relay, RelayConfig};
 use anonnet_wire::{Create, Created, PortRange, CELL_LEN};
 
+/// A relay started for one test, with the temporary data directory it owns (removed when
+/// this is dropped). Derefs to the [`Relay`].
+pub struct TestRelay {
+    relay: Relay,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRelay {
+    /// Shut the relay down and wait for its tasks (at most 1 s), so its directory is quiet
+    /// when it is removed.
+    pub async fn stop(self) {
+        self.relay
+            .shutdown_gracefully(std::time::Duration::from_secs(1))
+            .await;
+    }
+}
+
+impl std::ops::Deref for TestRelay {
+    type Target = Relay;
+    fn deref(&self) -> &Relay {
+        &self.relay
+    }
+}
+
 /// Start a relay on 127.0.0.1:0 that exits to 127.0.0.0/8, with its data in a fresh
 /// temporary directory named after `name`.
-pub async fn exit_relay(name: &str) -> Relay {
-    let dir =
-        std::env::temp_dir().join(format!("anonnet-relay-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    Relay::start(RelayConfig {
-        data_dir: dir,
+pub async fn exit_relay(name: &str) -> TestRelay {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("anonnet-relay-test-{name}-"))
+        .tempdir()
+        .unwrap();
+    let relay = Relay::start(RelayConfig {
+        data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         advertise: None,
         exit_policy: Some(ExitPolicy::with_rules(vec![ExitRule {
@@ -29,7 +54,8 @@ pub async fn exit_relay(name: &str) -> Relay {
         dht_bootstrap: Vec::new(),
     })
     .await
-    .unwrap()
+    .unwrap();
+    TestRelay { relay, _dir: dir }
 }
 
 /// Open a one-hop circuit to `relay` (CREATE, CREATED, the client's onion with one hop);
