@@ -20,8 +20,13 @@ use crate::directory::Directory;
 
 /// File name of the guard set in the state directory.
 pub const GUARD_FILE: &str = "guards.json";
-/// Guards kept in the set.
+/// Guards kept usable in the set.
 pub const NUM_GUARDS: usize = 3;
+/// Most guards the set holds, however many of them fail or leave the directory (Tor's
+/// sampled guard set has a bound of the same kind). When it is full, a guard missing from
+/// the directory (the oldest chosen first) makes room for a new one; a guard that is only
+/// avoided for its score is kept, and is used again when no other path exists.
+pub const MAX_GUARDS: usize = 20;
 /// Failures in a row after which a relay is avoided.
 pub const FAILURES_BEFORE_AVOIDING: u32 = 2;
 /// First avoidance period; doubles with each further failure.
@@ -69,6 +74,7 @@ impl GuardSet {
                     .guards
                     .iter()
                     .filter_map(|g| Some((parse_node_id(&g.node_id)?, g.added)))
+                    .take(MAX_GUARDS)
                     .collect(),
                 _ => {
                     warn!("{} is not a guard file; moving it aside", path.display());
@@ -90,8 +96,9 @@ impl GuardSet {
     }
 
     /// Make sure [`NUM_GUARDS`] guards of the set are in `dir` and not in `avoid`, adding
-    /// guard-flagged relays (weighted by bandwidth) as needed. Returns true when the set
-    /// changed (then [`GuardSet::save`] it).
+    /// guard-flagged relays (weighted by bandwidth) as needed, at most [`MAX_GUARDS`] in
+    /// all (a full set first drops its oldest guard missing from `dir`, else stops adding).
+    /// Returns true when the set changed (then [`GuardSet::save`] it).
     pub fn ensure(
         &mut self,
         dir: &Directory,
@@ -114,6 +121,17 @@ impl GuardSet {
             else {
                 break;
             };
+            if self.guards.len() >= MAX_GUARDS {
+                let unlisted = self
+                    .guards
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (id, _))| dir.get(id).is_none())
+                    .min_by_key(|(_, (_, added))| *added)
+                    .map(|(i, _)| i);
+                let Some(i) = unlisted else { break };
+                self.guards.remove(i);
+            }
             self.guards.push((pick.node_id, now_unix));
             changed = true;
         }
@@ -270,6 +288,74 @@ mod tests {
         s.success(id(1));
         assert!(s.avoided(t0).is_empty());
         assert!(s.report(t0).is_empty());
+    }
+
+    /// A signed descriptor of a GUARD relay with identity seed `seed`.
+    fn guard_relay(seed: u8) -> anonnet_wire::SignedDescriptor {
+        let key = anonnet_crypto::IdentityKey::from_seed(&[seed; 32]);
+        let d = anonnet_wire::RelayDescriptor {
+            identity: key.public(),
+            onion_key: [seed; 32],
+            addresses: vec![format!("10.{seed}.0.1:5000").parse().unwrap()],
+            flags: anonnet_wire::descriptor::FLAG_GUARD,
+            exit_ports: Vec::new(),
+            bandwidth: 1000,
+            published: 100,
+            expires: 10_000,
+        };
+        anonnet_crypto::sign_descriptor(&key, &d).unwrap()
+    }
+
+    #[test]
+    fn guard_set_grows_only_to_its_bound_and_keeps_its_order() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut dir = Directory::new();
+        let ids: Vec<NodeId> = (1..=40)
+            .map(|i| dir.insert(&guard_relay(i), 1000).unwrap())
+            .collect();
+        let mut g = GuardSet::default();
+        assert!(g.ensure(&dir, &[], 1, &mut rng));
+        let first = g.ids();
+        assert_eq!(first.len(), NUM_GUARDS);
+        assert!(!g.ensure(&dir, &[], 2, &mut rng), "nothing to add");
+
+        // Every guard keeps failing: each round avoids all of them, and the set grows to
+        // MAX_GUARDS, never past it; the first guards stay first.
+        for round in 0..30 {
+            let avoid = g.ids();
+            g.ensure(&dir, &avoid, 10 + round, &mut rng);
+            assert!(g.ids().len() <= MAX_GUARDS, "{}", g.ids().len());
+        }
+        assert_eq!(g.ids().len(), MAX_GUARDS);
+        assert_eq!(g.ids()[..NUM_GUARDS], first[..]);
+        assert!(
+            !g.ensure(&dir, &g.ids(), 99, &mut rng),
+            "full: no more guards"
+        );
+
+        // A full set makes room by dropping its oldest guard missing from the directory.
+        let mut smaller = Directory::new();
+        for (i, id) in ids.iter().enumerate() {
+            if *id != first[1] {
+                smaller.insert(&guard_relay(i as u8 + 1), 1000).unwrap();
+            }
+        }
+        let members = g.ids();
+        let avoid: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|id| *id != first[0])
+            .collect();
+        assert!(g.ensure(&smaller, &avoid, 100, &mut rng));
+        let now = g.ids();
+        assert_eq!(now.len(), MAX_GUARDS);
+        assert!(!now.contains(&first[1]), "the unlisted guard made room");
+        assert_eq!(now[0], first[0]);
+        assert!(
+            !members.contains(&now[MAX_GUARDS - 1]),
+            "a new guard was added last"
+        );
     }
 
     #[test]

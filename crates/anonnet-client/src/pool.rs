@@ -852,8 +852,12 @@ impl Client {
         prefix: bool,
     ) -> Result<Vec<anonnet_crypto::VerifiedDescriptor>, ClientError> {
         // The first usable guard of the set is the primary one; the others are only used
-        // when no path can start at it.
-        let usable_guards = self.guard_ids(scored);
+        // when no path can start at it. When every guard is avoided (a full set, §9.1),
+        // they are used anyway: an empty list would let any GUARD relay be the first hop.
+        let mut usable_guards = self.guard_ids(scored);
+        if usable_guards.is_empty() {
+            usable_guards = self.guard_ids(&[]);
+        }
         let primary: Vec<_> = usable_guards.iter().take(1).copied().collect();
         let dir = self
             .directory
