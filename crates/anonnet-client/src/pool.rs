@@ -156,6 +156,9 @@ pub struct Client {
     pool: Mutex<Vec<Slot>>,
     refill: Arc<Notify>,
     enabled: AtomicBool,
+    /// Set by [`Client::shutdown`]: links closing now are our doing, not the guards', so
+    /// no relay is blamed, the guard set is left as it is and no circuit is built.
+    stopping: AtomicBool,
     bootstrap: watch::Sender<Bootstrap>,
     ready: watch::Sender<Option<Result<(), ClientError>>>,
     events: broadcast::Sender<ClientEvent>,
@@ -238,6 +241,7 @@ impl Client {
             pool: Mutex::new(Vec::new()),
             refill: Arc::new(Notify::new()),
             enabled: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
             bootstrap: watch::channel(Bootstrap::new(0, "starting")).0,
             ready: watch::channel(None).0,
             events,
@@ -440,7 +444,7 @@ impl Client {
         for id in closed {
             self.emit(ClientEvent::CircuitClosed { id });
         }
-        if !lost_guards.is_empty() {
+        if !lost_guards.is_empty() && !self.stopping.load(Ordering::Acquire) {
             let now = Instant::now();
             let mut scores = self.scores();
             for g in lost_guards {
@@ -466,7 +470,9 @@ impl Client {
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Ok(dir) = self.directory.read() {
-            if guards.ensure(&dir, avoided, now_unix(), &mut rand::rng()) {
+            if !self.stopping.load(Ordering::Acquire)
+                && guards.ensure(&dir, avoided, now_unix(), &mut rand::rng())
+            {
                 if let Err(e) = guards.save() {
                     warn!("cannot save the guard set: {e}");
                 }
@@ -574,6 +580,9 @@ impl Client {
         owner: Option<&IsolationKey>,
     ) -> Result<Arc<Circuit>, ClientError> {
         self.wait_discovered().await;
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(ClientError::Circuit(CircuitError::Closed));
+        }
         let mut last = ClientError::Circuit(CircuitError::Closed);
         let mut avoid = Vec::new();
         for _ in 0..BUILD_ATTEMPTS {
@@ -767,6 +776,9 @@ impl Client {
         avoid: &[anonnet_crypto::NodeId],
     ) -> Result<Arc<Circuit>, ClientError> {
         self.wait_discovered().await;
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(ClientError::Circuit(CircuitError::Closed));
+        }
         let mut last = ClientError::Circuit(CircuitError::Closed);
         let mut failed: Vec<anonnet_crypto::NodeId> = avoid.to_vec();
         failed.extend(end.map(|e| e.node_id));
@@ -910,8 +922,10 @@ impl Client {
     /// Stop for good, telling the network at once: stop the hosted services, close the
     /// QUIC endpoint (relays see every link close and destroy this client's circuits, so
     /// introduction points drop the services' registrations) and wait, at most `within`,
-    /// for the goodbyes to leave.
+    /// for the goodbyes to leave. From the start of the call no relay is blamed for a lost
+    /// link, the guard set stays as it is and no circuit is built.
     pub async fn shutdown(&self, within: Duration) {
+        self.stopping.store(true, Ordering::Release);
         for s in lock_services(&self.services).drain(..) {
             s.stop();
         }

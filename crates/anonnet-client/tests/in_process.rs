@@ -436,6 +436,46 @@ async fn isolation_groups_get_their_own_circuits_from_a_warm_pool() {
     stop(&relays).await;
 }
 
+/// A client that shuts down leaves its guard set as it was: the links it closes itself do
+/// not count against its guards. (Before, each circuit lost to the closing endpoint marked
+/// its guard as failed, and the pool, refilling, appended a new guard to `guards.json`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_leaves_the_guard_set_alone() {
+    let dir = tempdir("guards-shutdown");
+    let relays = relays(5, dir.path()).await;
+    let state = dir.path().join("client");
+    std::fs::create_dir_all(&state).unwrap();
+    let client = Client::start(ClientConfig {
+        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
+        quic_bind: "127.0.0.1:0".parse().unwrap(),
+        allow_same_subnet: true,
+        state_dir: Some(state.clone()),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client.wait_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let before = client.guards();
+    assert_eq!(before.len(), 3);
+    let file = std::fs::read(state.join("guards.json")).unwrap();
+
+    client.shutdown(Duration::from_secs(1)).await;
+    // Give the pool time to notice its closed circuits and try to refill (it retries
+    // after 500 ms), and look at the pool as a status request would.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(client.circuits().is_empty());
+    assert_eq!(client.guards(), before, "the guard set is unchanged");
+    assert_eq!(
+        std::fs::read(state.join("guards.json")).unwrap(),
+        file,
+        "guards.json is unchanged"
+    );
+    stop(&relays).await;
+}
+
 /// Shut the relays down and wait for their tasks, so their data directories are quiet
 /// before the test removes them.
 async fn stop(relays: &[Relay]) {
