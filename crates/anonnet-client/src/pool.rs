@@ -444,7 +444,7 @@ impl Client {
         for id in closed {
             self.emit(ClientEvent::CircuitClosed { id });
         }
-        if !lost_guards.is_empty() && !self.stopping.load(Ordering::Acquire) {
+        if !lost_guards.is_empty() && !self.is_stopping() {
             let now = Instant::now();
             let mut scores = self.scores();
             for g in lost_guards {
@@ -470,9 +470,7 @@ impl Client {
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Ok(dir) = self.directory.read() {
-            if !self.stopping.load(Ordering::Acquire)
-                && guards.ensure(&dir, avoided, now_unix(), &mut rand::rng())
-            {
+            if !self.is_stopping() && guards.ensure(&dir, avoided, now_unix(), &mut rand::rng()) {
                 if let Err(e) = guards.save() {
                     warn!("cannot save the guard set: {e}");
                 }
@@ -487,13 +485,25 @@ impl Client {
         guards.ids()
     }
 
-    /// Wait, at most [`DISCOVERY_WAIT`] and only until it has happened once, for the first
-    /// DHT discovery round. A circuit built earlier (a hidden service restored at start,
-    /// say) would check the saved guards against the bootstrap relays alone, find some
-    /// missing and add new guards to the set for good.
-    async fn wait_discovered(&self) {
+    /// Before any circuit build: wait, at most [`DISCOVERY_WAIT`] and only until it has
+    /// happened once, for the first DHT discovery round (a circuit built earlier, for a
+    /// hidden service restored at start say, would check the saved guards against the
+    /// bootstrap relays alone, find some missing and add new guards for good).
+    ///
+    /// # Errors
+    /// [`CircuitError::Closed`] once [`Client::shutdown`] has begun.
+    async fn ready_to_build(&self) -> Result<(), ClientError> {
         let mut discovered = self.discovered.subscribe();
         let _ = tokio::time::timeout(DISCOVERY_WAIT, discovered.wait_for(|d| *d)).await;
+        if self.is_stopping() {
+            return Err(ClientError::Circuit(CircuitError::Closed));
+        }
+        Ok(())
+    }
+
+    /// True once [`Client::shutdown`] has begun.
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// The persistent guard set (NodeIds, in the order chosen).
@@ -579,10 +589,7 @@ impl Client {
         port: u16,
         owner: Option<&IsolationKey>,
     ) -> Result<Arc<Circuit>, ClientError> {
-        self.wait_discovered().await;
-        if self.stopping.load(Ordering::Acquire) {
-            return Err(ClientError::Circuit(CircuitError::Closed));
-        }
+        self.ready_to_build().await?;
         let mut last = ClientError::Circuit(CircuitError::Closed);
         let mut avoid = Vec::new();
         for _ in 0..BUILD_ATTEMPTS {
@@ -775,10 +782,7 @@ impl Client {
         end: Option<HopSpec>,
         avoid: &[anonnet_crypto::NodeId],
     ) -> Result<Arc<Circuit>, ClientError> {
-        self.wait_discovered().await;
-        if self.stopping.load(Ordering::Acquire) {
-            return Err(ClientError::Circuit(CircuitError::Closed));
-        }
+        self.ready_to_build().await?;
         let mut last = ClientError::Circuit(CircuitError::Closed);
         let mut failed: Vec<anonnet_crypto::NodeId> = avoid.to_vec();
         failed.extend(end.map(|e| e.node_id));
@@ -1212,6 +1216,9 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
     }
     loop {
         let Some(c) = client.upgrade() else { return };
+        if c.is_stopping() {
+            return;
+        }
         let wanted = c.config.pool_size;
         if c.clean_count() < wanted {
             if !ready {
