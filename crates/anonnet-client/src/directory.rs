@@ -267,13 +267,15 @@ pub fn subnet(r: &VerifiedDescriptor) -> Option<[u8; 4]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use anonnet_crypto::IdentityKey;
     use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
     use anonnet_wire::{PortRange, RelayDescriptor};
 
-    fn relay(seed: u8, flags: u8, ports: Vec<PortRange>) -> SignedDescriptor {
+    /// A signed descriptor of a relay on 10.`seed`.0.1:5000 with identity seed `seed`,
+    /// `flags` and exit `ports`, valid from 100 to 10 000 (Unix seconds).
+    pub(crate) fn relay(seed: u8, flags: u8, ports: Vec<PortRange>) -> SignedDescriptor {
         let id = IdentityKey::from_seed(&[seed; 32]);
         let d = RelayDescriptor {
             identity: id.public(),

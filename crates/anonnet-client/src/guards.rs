@@ -292,18 +292,7 @@ mod tests {
 
     /// A signed descriptor of a GUARD relay with identity seed `seed`.
     fn guard_relay(seed: u8) -> anonnet_wire::SignedDescriptor {
-        let key = anonnet_crypto::IdentityKey::from_seed(&[seed; 32]);
-        let d = anonnet_wire::RelayDescriptor {
-            identity: key.public(),
-            onion_key: [seed; 32],
-            addresses: vec![format!("10.{seed}.0.1:5000").parse().unwrap()],
-            flags: anonnet_wire::descriptor::FLAG_GUARD,
-            exit_ports: Vec::new(),
-            bandwidth: 1000,
-            published: 100,
-            expires: 10_000,
-        };
-        anonnet_crypto::sign_descriptor(&key, &d).unwrap()
+        crate::directory::tests::relay(seed, anonnet_wire::descriptor::FLAG_GUARD, Vec::new())
     }
 
     #[test]

@@ -32,6 +32,28 @@ async fn relays(n: usize, dir: &std::path::Path) -> Vec<Relay> {
     out
 }
 
+/// A client that knows `relays`, with its state in `state_dir` (none: in memory), once
+/// bootstrapped (at most 20 s).
+async fn ready_client(
+    relays: &[Relay],
+    state_dir: Option<std::path::PathBuf>,
+) -> std::sync::Arc<Client> {
+    let client = Client::start(ClientConfig {
+        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
+        quic_bind: "127.0.0.1:0".parse().unwrap(),
+        allow_same_subnet: true,
+        state_dir,
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client.wait_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    client
+}
+
 /// A TCP echo server on 127.0.0.1:0; returns its port.
 async fn spawn_echo_server() -> u16 {
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -60,18 +82,7 @@ async fn stream_through_three_relays_echoes_bytes_and_reports_failures() {
     let dir = tempdir("inproc");
     let relays = relays(3, dir.path()).await;
     let echo_port = spawn_echo_server().await;
-    let client = Client::start(ClientConfig {
-        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
-        quic_bind: "127.0.0.1:0".parse().unwrap(),
-        allow_same_subnet: true,
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), client.wait_ready())
-        .await
-        .unwrap()
-        .unwrap();
+    let client = ready_client(&relays, None).await;
 
     let mut s = client
         .connect(Target::Host("localhost".into()), echo_port)
@@ -144,15 +155,7 @@ async fn bulk_download_does_not_stall() {
             s.write_all(&chunk).await.unwrap();
         }
     });
-    let client = Client::start(ClientConfig {
-        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
-        quic_bind: "127.0.0.1:0".parse().unwrap(),
-        allow_same_subnet: true,
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
-    client.wait_ready().await.unwrap();
+    let client = ready_client(&relays, None).await;
     let mut s = client
         .connect(Target::Ip("127.0.0.1".parse().unwrap()), port)
         .await
@@ -179,15 +182,7 @@ async fn bulk_download_does_not_stall() {
 async fn net(name: &str) -> (tempfile::TempDir, Vec<Relay>, std::sync::Arc<Client>) {
     let dir = tempdir(name);
     let relays = relays(3, dir.path()).await;
-    let client = Client::start(ClientConfig {
-        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
-        quic_bind: "127.0.0.1:0".parse().unwrap(),
-        allow_same_subnet: true,
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
-    client.wait_ready().await.unwrap();
+    let client = ready_client(&relays, None).await;
     (dir, relays, client)
 }
 
@@ -386,15 +381,7 @@ async fn isolation_groups_get_their_own_circuits_from_a_warm_pool() {
     use anonnet_client::IsolationKey;
     let dir = tempdir("iso");
     let relays = relays(5, dir.path()).await;
-    let client = Client::start(ClientConfig {
-        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
-        quic_bind: "127.0.0.1:0".parse().unwrap(),
-        allow_same_subnet: true,
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
-    client.wait_ready().await.unwrap();
+    let client = ready_client(&relays, None).await;
     pool_warm(&client, 3).await;
     let port = spawn_echo_server().await;
     let alice = IsolationKey::from_credentials(b"alice", b"x");
@@ -445,28 +432,24 @@ async fn shutting_down_leaves_the_guard_set_alone() {
     let relays = relays(5, dir.path()).await;
     let state = dir.path().join("client");
     std::fs::create_dir_all(&state).unwrap();
-    let client = Client::start(ClientConfig {
-        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
-        quic_bind: "127.0.0.1:0".parse().unwrap(),
-        allow_same_subnet: true,
-        state_dir: Some(state.clone()),
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), client.wait_ready())
-        .await
-        .unwrap()
-        .unwrap();
+    let client = ready_client(&relays, Some(state.clone())).await;
     let before = client.guards();
     assert_eq!(before.len(), 3);
     let file = std::fs::read(state.join("guards.json")).unwrap();
 
     client.shutdown(Duration::from_secs(1)).await;
-    // Give the pool time to notice its closed circuits and try to refill (it retries
-    // after 500 ms), and look at the pool as a status request would.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(client.circuits().is_empty());
+    // The pool drops the circuits whose links closed (each one counted against its guard
+    // before the fix), as a status request would make it do...
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !client.circuits().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "circuits left 5 s after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and a circuit asked for now (which would top the guard set up) is refused.
+    assert!(client.build_internal(None, &[]).await.is_err());
     assert_eq!(client.guards(), before, "the guard set is unchanged");
     assert_eq!(
         std::fs::read(state.join("guards.json")).unwrap(),
