@@ -656,24 +656,27 @@ async fn run_dht(
     table_file: PathBuf,
     shutdown: CancellationToken,
 ) {
-    let joined = tokio::select! {
-        n = dht.join(&seeds) => n,
-        () = shutdown.cancelled() => return,
+    // Every step, a join, a publish or a refresh that waits on slow peers, gives way to
+    // shutdown at once, so `Relay::shutdown_gracefully` sees this task end in time.
+    let work = async {
+        let joined = dht.join(&seeds).await;
+        let stored = dht.publish_descriptor().await;
+        info!(
+            contacts = joined,
+            stored, "joined the DHT and published the descriptor"
+        );
+        let mut tick = tokio::time::interval(DHT_MAINTENANCE);
+        loop {
+            if let Err(e) = write_atomically(&table_file, &dht.persisted()) {
+                warn!("{e}");
+            }
+            tick.tick().await;
+            dht.refresh().await;
+        }
     };
-    let stored = dht.publish_descriptor().await;
-    info!(
-        contacts = joined,
-        stored, "joined the DHT and published the descriptor"
-    );
-    let mut tick = tokio::time::interval(DHT_MAINTENANCE);
-    loop {
-        if let Err(e) = write_atomically(&table_file, &dht.persisted()) {
-            warn!("{e}");
-        }
-        tokio::select! {
-            _ = tick.tick() => dht.refresh().await,
-            () = shutdown.cancelled() => break,
-        }
+    tokio::select! {
+        () = work => {}
+        () = shutdown.cancelled() => {}
     }
     let _ = write_atomically(&table_file, &dht.persisted());
 }
