@@ -1,0 +1,121 @@
+//! The network: its directory authorities (`docs/protocol.md` §14.1).
+
+use std::net::SocketAddr;
+
+use anonnet_crypto::NodeId;
+
+/// One directory authority: a name for people, an Ed25519 identity key (32 bytes) whose
+/// NodeId its QUIC certificate proves, and the UDP address it listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityEntry {
+    /// Short name (for logs and `status`), not signed into anything.
+    pub name: String,
+    /// Ed25519 identity public key.
+    pub identity: [u8; 32],
+    /// QUIC address.
+    pub address: SocketAddr,
+}
+
+impl AuthorityEntry {
+    /// The authority's NodeId, `BLAKE3(identity)`.
+    pub fn node_id(&self) -> NodeId {
+        NodeId::from_identity(&self.identity)
+    }
+}
+
+/// A network: the set of authorities whose majority signs the one consensus (§14.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// The network's name (part of its id).
+    pub name: String,
+    /// The authorities, 1..=[`MAX_AUTHORITIES`], distinct identities.
+    pub authorities: Vec<AuthorityEntry>,
+}
+
+/// Most authorities a network may have (one byte counts them in documents).
+pub const MAX_AUTHORITIES: usize = 32;
+
+impl Network {
+    /// A network, checked: 1..=[`MAX_AUTHORITIES`] authorities with distinct identities.
+    ///
+    /// # Errors
+    /// A message saying what is wrong, for the caller to put in its config error.
+    pub fn new(name: String, authorities: Vec<AuthorityEntry>) -> Result<Network, String> {
+        if authorities.is_empty() || authorities.len() > MAX_AUTHORITIES {
+            return Err(format!(
+                "a network has 1 to {MAX_AUTHORITIES} authorities, not {}",
+                authorities.len()
+            ));
+        }
+        for (i, a) in authorities.iter().enumerate() {
+            if authorities[..i].iter().any(|b| b.identity == a.identity) {
+                return Err(format!("authority {} is listed twice", a.name));
+            }
+        }
+        Ok(Network { name, authorities })
+    }
+
+    /// The network id (32 bytes): `BLAKE3-derive_key("anonnet 2026 network id", name_len
+    /// u16 ‖ name ‖ identity [32] × n)` with the identities sorted. Votes and consensuses
+    /// carry it, so a document of one network is refused by another.
+    pub fn id(&self) -> [u8; 32] {
+        let mut ids: Vec<[u8; 32]> = self.authorities.iter().map(|a| a.identity).collect();
+        ids.sort_unstable();
+        let mut h = blake3::Hasher::new_derive_key("anonnet 2026 network id");
+        let name = self.name.as_bytes();
+        h.update(&(name.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        h.update(name);
+        for id in &ids {
+            h.update(id);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Signatures a consensus needs: more than half of the authorities, `n / 2 + 1`.
+    pub fn majority(&self) -> usize {
+        self.authorities.len() / 2 + 1
+    }
+
+    /// The authority with this identity key.
+    pub fn authority(&self, identity: &[u8; 32]) -> Option<&AuthorityEntry> {
+        self.authorities.iter().find(|a| &a.identity == identity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(n: u8) -> AuthorityEntry {
+        AuthorityEntry {
+            name: format!("a{n}"),
+            identity: [n; 32],
+            address: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn network_id_ignores_authority_order_and_binds_the_name() {
+        let a = Network::new("t".into(), vec![auth(1), auth(2)]).unwrap();
+        let b = Network::new("t".into(), vec![auth(2), auth(1)]).unwrap();
+        let c = Network::new("u".into(), vec![auth(1), auth(2)]).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+    }
+
+    #[test]
+    fn majority_is_more_than_half() {
+        let n = |k: u8| Network::new("t".into(), (1..=k).map(auth).collect()).unwrap();
+        assert_eq!(n(1).majority(), 1);
+        assert_eq!(n(2).majority(), 2);
+        assert_eq!(n(3).majority(), 2);
+        assert_eq!(n(4).majority(), 3);
+        assert_eq!(n(5).majority(), 3);
+    }
+
+    #[test]
+    fn network_refuses_duplicates_and_empty() {
+        assert!(Network::new("t".into(), vec![]).is_err());
+        assert!(Network::new("t".into(), vec![auth(1), auth(1)]).is_err());
+    }
+}
