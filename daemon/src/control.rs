@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use anonnet_control::server::{HandlerError, HandlerFuture};
 use anonnet_control::{
     AvoidedRelay, Bootstrap, CircuitInfo, ControlError, ControlHandler, ControlServer, Cookie,
-    Counters, Event, PublishRequest, ServiceInfo, Status, UnpublishRequest,
+    ConsensusInfo, Counters, Event, PublishRequest, ServiceInfo, Status, UnpublishRequest,
 };
 use anonnet_crypto::hs::HsAddress;
 use tokio::sync::broadcast;
@@ -196,8 +196,16 @@ fn control_status(s: ClientStatus) -> Status {
             buffered_bytes: c.buffered_bytes,
             hs_descriptor_fetches: c.hs_descriptor_fetches,
             hs_connects: c.hs_connects,
-            dht_direct_value_lookups: c.dht_direct_value_lookups,
         },
+        consensus: s.consensus.map(|c| ConsensusInfo {
+            valid_after: c.valid_after,
+            fresh_until: c.fresh_until,
+            valid_until: c.valid_until,
+            relays: c.relays,
+            signatures: c.signatures,
+            authorities: c.authorities,
+            digest: c.digest,
+        }),
     }
 }
 
@@ -261,8 +269,16 @@ mod tests {
                 buffered_bytes: 8,
                 hs_descriptor_fetches: 9,
                 hs_connects: 10,
-                dht_direct_value_lookups: 11,
             },
+            consensus: Some(anonnet_client::consensus::ConsensusStatus {
+                valid_after: 100,
+                fresh_until: 130,
+                valid_until: 190,
+                relays: 7,
+                signatures: 2,
+                authorities: 3,
+                digest: "0a".repeat(32),
+            }),
         };
         let client_json = serde_json::to_value(&status).unwrap();
         let control_json = serde_json::to_value(control_status(status)).unwrap();

@@ -360,6 +360,152 @@ fn hidden_services() {
     write("anon_address", "raw-key", &raw);
 }
 
+fn directory() {
+    use anonnet_dir::msg::UploadStatus;
+    use anonnet_dir::network::AuthorityEntry;
+    use anonnet_dir::{
+        Consensus, DirMessage, Network, RelayEntry, RelayFlags, SignedConsensus, Vote,
+    };
+
+    // The network the `dir_documents` and `dir_message` targets verify against: three
+    // authorities with seeds [1; 32], [2; 32], [3; 32], named "fuzz".
+    let keys = [1u8, 2, 3].map(|i| IdentityKey::from_seed(&[i; 32]));
+    let network = Network::new(
+        "fuzz".into(),
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| AuthorityEntry {
+                name: format!("auth{}", i + 1),
+                identity: k.public(),
+                address: SocketAddr::from(([127, 0, 0, 1], 7100 + i as u16)),
+            })
+            .collect(),
+    )
+    .unwrap();
+    let running = RelayFlags(RelayFlags::RUNNING.0 | RelayFlags::VALID.0);
+    let mut relays = vec![
+        // IPv4 guard, no exit.
+        RelayEntry {
+            identity: [0x11; 32],
+            onion_key: [0x12; 32],
+            address: SocketAddr::from(([192, 0, 2, 1], 5000)),
+            flags: RelayFlags(running.0 | RelayFlags::STABLE.0 | RelayFlags::GUARD.0),
+            weight: 2_000_000,
+            exit_ports: vec![],
+        },
+        // IPv4 exit with two port ranges, every flag.
+        RelayEntry {
+            identity: [0x21; 32],
+            onion_key: [0x22; 32],
+            address: SocketAddr::from(([192, 0, 2, 2], 5001)),
+            flags: RelayFlags::ALL,
+            weight: 750_000,
+            exit_ports: vec![
+                PortRange { lo: 80, hi: 80 },
+                PortRange { lo: 443, hi: 8080 },
+            ],
+        },
+        // IPv6 exit to every port.
+        RelayEntry {
+            identity: [0x31; 32],
+            onion_key: [0x32; 32],
+            address: "[2001:db8::3]:5002".parse().unwrap(),
+            flags: RelayFlags(running.0 | RelayFlags::EXIT.0 | RelayFlags::HSDIR.0),
+            weight: 100_000,
+            exit_ports: vec![PortRange::ALL],
+        },
+    ];
+    relays.sort_by_key(|e| e.identity);
+    // Valid 1_699_999_000..1_700_010_000; the targets check at 1_700_000_000.
+    let (valid_after, fresh_until, valid_until) = (1_699_999_000, 1_700_002_600, 1_700_010_000);
+    let consensus = Consensus {
+        network_id: network.id(),
+        valid_after,
+        fresh_until,
+        valid_until,
+        srv_current: [0x5c; 32],
+        srv_previous: [0x5b; 32],
+        commits: keys.iter().map(|k| (k.public(), [0xc0; 32])).collect(),
+        relays: relays.clone(),
+    };
+    let body = consensus.encode_body().unwrap();
+    // Signed by two of the three authorities: the majority.
+    let signed = SignedConsensus {
+        signatures: keys[..2]
+            .iter()
+            .map(|k| Consensus::sign_body(&body, k))
+            .collect(),
+        body: body.clone(),
+    };
+    assert_eq!(signed.verify(&network, 1_700_000_000), Ok(consensus));
+    write("dir_documents", "consensus", &signed.encode());
+    write("dir_documents", "consensus-body", &body);
+
+    let vote = Vote {
+        network_id: network.id(),
+        authority: keys[0].public(),
+        valid_after,
+        fresh_until,
+        valid_until,
+        commit: [0xc1; 32],
+        reveal: Some([0xd1; 32]),
+        relays,
+    };
+    let signed_vote = vote.sign(&keys[0]).unwrap();
+    assert_eq!(signed_vote.verify(&network), Ok(vote));
+    write("dir_documents", "vote", &signed_vote.encode());
+    write("dir_documents", "vote-body", &signed_vote.body);
+
+    let identity = IdentityKey::from_seed(&[0x44; 32]);
+    let desc = RelayDescriptor {
+        identity: identity.public(),
+        onion_key: [8; 32],
+        addresses: vec![SocketAddr::from(([192, 0, 2, 9], 5000))],
+        flags: FLAG_EXIT,
+        exit_ports: vec![PortRange { lo: 443, hi: 443 }],
+        bandwidth: 250_000,
+        published: 1_699_999_000,
+        expires: 1_700_086_400,
+    };
+    let upload = sign_descriptor(&identity, &desc).unwrap();
+    let msgs = [
+        ("upload", DirMessage::Upload(upload)),
+        (
+            "uploaded",
+            DirMessage::Uploaded {
+                status: UploadStatus::Reachable,
+                reason: String::new(),
+            },
+        ),
+        (
+            "uploaded-rejected",
+            DirMessage::Uploaded {
+                status: UploadStatus::Rejected,
+                reason: "descriptor expired".into(),
+            },
+        ),
+        ("get-consensus", DirMessage::GetConsensus),
+        ("consensus", DirMessage::Consensus(Some(signed))),
+        ("consensus-none", DirMessage::Consensus(None)),
+        ("post-vote", DirMessage::PostVote(signed_vote.clone())),
+        ("ok", DirMessage::Ok),
+        ("get-vote", DirMessage::GetVote(valid_after)),
+        ("vote", DirMessage::Vote(Some(signed_vote))),
+        ("vote-none", DirMessage::Vote(None)),
+        (
+            "post-signature",
+            DirMessage::PostSignature {
+                digest: anonnet_dir::document::digest(&body),
+                signature: Consensus::sign_body(&body, &keys[2]),
+            },
+        ),
+        ("refused", DirMessage::Refused("not a directory authority".into())),
+    ];
+    for (name, msg) in msgs {
+        write("dir_message", name, &msg.encode().unwrap());
+    }
+}
+
 fn main() {
     dht();
     cells();
@@ -369,5 +515,6 @@ fn main() {
     control();
     socks();
     hidden_services();
+    directory();
     println!("seeds written under fuzz/seeds/");
 }

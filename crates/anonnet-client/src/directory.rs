@@ -57,6 +57,36 @@ impl Directory {
         Ok(id)
     }
 
+    /// The directory of a consensus (§14.6): its Running and Valid relays, each seen as
+    /// [`anonnet_dir::RelayEntry::to_verified`] makes it (guard and exit bits from the
+    /// consensus flags, bandwidth from the consensus weight). Nothing else enters it.
+    pub fn from_consensus(c: &anonnet_dir::Consensus) -> Directory {
+        let usable = anonnet_dir::RelayFlags(
+            anonnet_dir::RelayFlags::RUNNING.0 | anonnet_dir::RelayFlags::VALID.0,
+        );
+        let relays = c
+            .relays
+            .iter()
+            .filter(|e| e.flags.contains(usable))
+            .map(|e| {
+                let v = e.to_verified(c.valid_after, c.valid_until);
+                (v.node_id, v)
+            })
+            .collect();
+        Directory { relays }
+    }
+
+    /// Add an already verified descriptor (the fixed directory of a client without a
+    /// network), replacing an older one of the same relay.
+    pub fn insert_verified(&mut self, v: VerifiedDescriptor) {
+        match self.relays.get(&v.node_id) {
+            Some(old) if old.descriptor.published > v.descriptor.published => {}
+            _ => {
+                self.relays.insert(v.node_id, v);
+            }
+        }
+    }
+
     /// Number of relays.
     pub fn len(&self) -> usize {
         self.relays.len()

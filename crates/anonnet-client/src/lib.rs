@@ -2,6 +2,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod circuit;
+pub mod consensus;
 pub mod directory;
 pub mod guards;
 pub mod host;
@@ -73,6 +74,10 @@ pub enum ClientError {
     /// Proxying is switched off.
     #[error("proxying is switched off (anonnet proxy on)")]
     Disabled,
+    /// No valid consensus: none fetched yet, or the last one passed its `valid_until` and
+    /// no authority, guard or fallback gave a newer one (§14.6). The client keeps asking.
+    #[error("no valid consensus yet: the client is still fetching one from the directory authorities (bootstrapping)")]
+    NoConsensus,
     /// A hidden-service connection failed (§13).
     #[error(transparent)]
     HiddenService(#[from] HsFailure),
@@ -82,7 +87,9 @@ impl ClientError {
     /// The kind of this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ClientError::NotEnoughRelays { .. } | ClientError::Endpoint(_) => ErrorKind::NotReady,
+            ClientError::NotEnoughRelays { .. }
+            | ClientError::Endpoint(_)
+            | ClientError::NoConsensus => ErrorKind::NotReady,
             ClientError::Path(PathError::NoExitForPort(_)) => ErrorKind::ExitPolicy,
             ClientError::Path(_) => ErrorKind::NotReady,
             ClientError::Circuit(CircuitError::Timeout) => ErrorKind::Timeout,

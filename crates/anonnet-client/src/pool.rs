@@ -36,7 +36,7 @@ use crate::host::{self, HostedService, ServiceConfig, ServiceError};
 use crate::hs::{self, dht_fetch, HsCache, HsFailure, Introduction};
 use crate::status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 use crate::ClientError;
-use anonnet_dht::{Contact, DhtNode, LookupKind, RoutingTable};
+use crate::consensus::{self as dir, Checked, ConsensusStatus};
 
 /// Attempts at building a circuit for one request before giving up.
 const BUILD_ATTEMPTS: usize = 3;
@@ -56,7 +56,13 @@ const EVENT_QUEUE: usize = 256;
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Relay descriptors to start from (the bootstrap list).
+    /// The network (its directory authorities, §14.1). The client builds paths only from
+    /// the consensus they sign, fetched from them or the fallbacks at first start and then
+    /// from its guards. `None`: no network; the directory is `bootstrap` as given, fixed
+    /// (in-process tests without authorities).
+    pub network: Option<anonnet_dir::Network>,
+    /// Relay descriptors: with a network, fallback directory caches asked for the
+    /// consensus when no authority answers; without one, the whole directory.
     pub bootstrap: Vec<SignedDescriptor>,
     /// UDP address of the client's QUIC endpoint (it only dials).
     pub quic_bind: SocketAddr,
@@ -83,6 +89,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
+            network: None,
             bootstrap: Vec::new(),
             quic_bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             circuit_build_timeout: Duration::from_secs(30),
@@ -150,9 +157,11 @@ struct CounterAtomics {
 pub struct Client {
     config: ClientConfig,
     links: Arc<LinkManager>,
-    dht: Arc<DhtNode>,
-    seeds: Vec<Contact>,
+    /// Fallback directory caches (verified bootstrap descriptors).
+    fallbacks: Vec<anonnet_crypto::VerifiedDescriptor>,
     directory: RwLock<Directory>,
+    /// The consensus the directory comes from (with a network).
+    consensus: RwLock<Option<Checked>>,
     pool: Mutex<Vec<Slot>>,
     refill: Arc<Notify>,
     enabled: AtomicBool,
@@ -166,8 +175,8 @@ pub struct Client {
     stream_counters: Arc<StreamCounters>,
     guards: Mutex<GuardSet>,
     scores: Mutex<RelayScores>,
-    /// Set once the first discovery round is over: guards are chosen from the discovered
-    /// network, not from the bootstrap relays alone.
+    /// Set once the directory holds the network: a verified consensus (or, without a
+    /// network, the fixed bootstrap list). Guards are chosen only after that.
     discovered: watch::Sender<bool>,
     /// Hidden-service caches (descriptors, names, pins, rendezvous circuits).
     hs: HsCache,
@@ -193,51 +202,55 @@ fn path_hex(c: &Circuit) -> Vec<String> {
 }
 
 impl Client {
-    /// Verify the bootstrap descriptors, open the QUIC endpoint and start filling the
-    /// circuit pool in the background.
+    /// Verify the bootstrap descriptors, load the saved consensus (with a network), open
+    /// the QUIC endpoint and start fetching the consensus and filling the circuit pool in
+    /// the background.
     ///
     /// # Errors
-    /// [`ClientError::NotEnoughRelays`] when fewer than 3 descriptors verify,
-    /// [`ClientError::Endpoint`] when the endpoint cannot be bound.
+    /// [`ClientError::NotEnoughRelays`] without a network when no bootstrap descriptor
+    /// verifies, [`ClientError::Endpoint`] when the endpoint cannot be bound.
     pub async fn start(mut config: ClientConfig) -> Result<Arc<Client>, ClientError> {
         config.pool_size = config.pool_size.max(1);
-        let mut directory = Directory::new();
         let now = now_unix();
-        let mut seeds = Vec::new();
+        let mut fallbacks = Vec::new();
         for d in &config.bootstrap {
-            match Contact::from_descriptor(d, now) {
-                Ok(c) => {
-                    let _ = directory.insert(d, now);
-                    seeds.push(c);
-                }
+            match anonnet_crypto::verify_descriptor(d, now) {
+                Ok(v) => fallbacks.push(v),
                 Err(e) => warn!("ignoring a bootstrap descriptor: {e}"),
             }
         }
-        // Relays learned from the DHT in an earlier run (re-verified; expired ones dropped).
-        let table_own = anonnet_crypto::NodeId(rand::random());
-        let table = match config
-            .state_dir
-            .as_ref()
-            .and_then(|d| std::fs::read(d.join(DHT_TABLE_FILE)).ok())
-        {
-            Some(bytes) => RoutingTable::from_persisted(table_own, &bytes, now, Instant::now()),
-            None => RoutingTable::new(table_own),
-        };
-        for c in table.contacts() {
-            let _ = directory.insert(&c.descriptor, now);
+        let mut directory = Directory::new();
+        let mut consensus = None;
+        match &config.network {
+            None => {
+                for v in &fallbacks {
+                    directory.insert_verified(v.clone());
+                }
+                if directory.is_empty() {
+                    return Err(ClientError::NotEnoughRelays { usable: 0 });
+                }
+            }
+            Some(network) => {
+                if let Some(c) = config
+                    .state_dir
+                    .as_deref()
+                    .and_then(|d| dir::load(d, network, now))
+                {
+                    directory = Directory::from_consensus(&c.consensus);
+                    consensus = Some(c);
+                }
+            }
         }
-        if directory.is_empty() {
-            return Err(ClientError::NotEnoughRelays { usable: 0 });
-        }
+        let ready_now = config.network.is_none() || consensus.is_some();
         let endpoint =
             Endpoint::client(config.quic_bind).map_err(|e| ClientError::Endpoint(e.to_string()))?;
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let links = Arc::new(LinkManager::new(endpoint, 256));
         let client = Arc::new(Client {
-            dht: DhtNode::client(table, links.clone()),
-            seeds,
+            fallbacks,
             links,
             directory: RwLock::new(directory),
+            consensus: RwLock::new(consensus),
             pool: Mutex::new(Vec::new()),
             refill: Arc::new(Notify::new()),
             enabled: AtomicBool::new(true),
@@ -249,49 +262,119 @@ impl Client {
             stream_counters: Arc::new(StreamCounters::default()),
             guards: Mutex::new(GuardSet::load(config.state_dir.as_deref())),
             scores: Mutex::new(RelayScores::default()),
-            discovered: watch::channel(false).0,
+            discovered: watch::channel(ready_now).0,
             hs: HsCache::new(config.state_dir.as_deref(), config.address_book.clone()),
             services: Mutex::new(Vec::new()),
             config,
         });
-        client.set_bootstrap(10, "directory loaded");
+        if ready_now {
+            client.set_bootstrap(20, "directory loaded");
+        } else {
+            client.set_bootstrap(5, "fetching consensus");
+        }
         info!(relays = client.relay_count(), "client starting");
-        tokio::spawn(discover_relays(Arc::downgrade(&client)));
+        if client.config.network.is_some() {
+            tokio::spawn(maintain_consensus(Arc::downgrade(&client)));
+        }
         tokio::spawn(maintain_pool(Arc::downgrade(&client)));
         Ok(client)
     }
 
-    /// Add the routing table's contacts to the directory and save the table. Returns how
-    /// many relays were new.
-    fn absorb_contacts(&self) -> usize {
-        let now = now_unix();
-        let contacts = self.dht.contacts();
-        let mut added = 0;
+    /// The consensus in use, for the status (`None` without a network or before the
+    /// first one).
+    pub fn consensus_status(&self) -> Option<ConsensusStatus> {
+        self.consensus
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.status.clone()))
+    }
+
+    /// The consensus in use, decoded (`None` without a network or before the first one).
+    pub fn consensus(&self) -> Option<anonnet_dir::Consensus> {
+        self.consensus
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.consensus.clone()))
+    }
+
+    /// Make `c` the consensus in use: the directory is rebuilt from it alone, it is
+    /// saved, and the pool is told.
+    fn install_consensus(&self, c: Checked) {
+        if let Some(d) = &self.config.state_dir {
+            if let Err(e) = dir::save(d, &c.signed) {
+                warn!("cannot save the consensus in {}: {e}", d.display());
+            }
+        }
+        let first = self.consensus_status().is_none();
+        let directory = Directory::from_consensus(&c.consensus);
+        let status = c.status.clone();
         if let Ok(mut dir) = self.directory.write() {
-            let before = dir.len();
-            for c in &contacts {
-                let _ = dir.insert(&c.descriptor, now);
-            }
-            added = dir.len().saturating_sub(before);
+            *dir = directory;
         }
-        if let Some(dir) = &self.config.state_dir {
-            let path = dir.join(DHT_TABLE_FILE);
-            let tmp = path.with_extension("tmp");
-            let saved = std::fs::write(&tmp, self.dht.persisted())
-                .and_then(|()| std::fs::rename(&tmp, &path));
-            if let Err(e) = saved {
-                warn!("cannot save {}: {e}", path.display());
-            }
+        if let Ok(mut slot) = self.consensus.write() {
+            *slot = Some(c);
         }
-        if added > 0 {
+        if first {
             info!(
-                added,
-                relays = self.relay_count(),
-                "relays discovered through the DHT"
+                relays = status.relays,
+                signatures = status.signatures,
+                authorities = status.authorities,
+                "consensus loaded"
             );
-            self.refill.notify_one();
+        } else {
+            debug!(relays = status.relays, valid_after = status.valid_after, "newer consensus");
         }
-        added
+        if !*self.discovered.borrow() {
+            self.set_bootstrap(20, "consensus loaded");
+            self.discovered.send_replace(true);
+        }
+        self.refill.notify_one();
+    }
+
+    /// Forget a consensus past its `valid_until`: no circuit is built from it any more.
+    fn expire_consensus(&self, now: u64) {
+        let expired = self
+            .consensus
+            .read()
+            .ok()
+            .is_some_and(|c| c.as_ref().is_some_and(|c| c.status.valid_until <= now));
+        if !expired {
+            return;
+        }
+        if let Ok(mut slot) = self.consensus.write() {
+            *slot = None;
+        }
+        if let Ok(mut dir) = self.directory.write() {
+            *dir = Directory::new();
+        }
+        warn!("the consensus expired and no newer one could be fetched; no new circuits until one is");
+        self.set_bootstrap(5, "fetching consensus");
+    }
+
+    /// Where to ask for a consensus, in order: the guards (directory guards, one hop),
+    /// then the authorities and the fallbacks in random order.
+    fn consensus_sources(&self, network: &anonnet_dir::Network) -> Vec<(SocketAddr, anonnet_crypto::NodeId)> {
+        let mut out = Vec::new();
+        if let Ok(dir) = self.directory.read() {
+            for g in self.guards() {
+                if let Some(r) = dir.get(&g) {
+                    if let Some(a) = r.descriptor.addresses.first() {
+                        out.push((*a, g));
+                    }
+                }
+            }
+        }
+        let mut rest: Vec<(SocketAddr, anonnet_crypto::NodeId)> = network
+            .authorities
+            .iter()
+            .map(|a| (a.address, a.node_id()))
+            .chain(self.fallbacks.iter().filter_map(|f| {
+                f.descriptor.addresses.first().map(|a| (*a, f.node_id))
+            }))
+            .collect();
+        rest.shuffle(&mut rand::rng());
+        out.extend(rest);
+        out
     }
 
     fn relay_count(&self) -> usize {
@@ -400,8 +483,8 @@ impl Client {
                 buffered_bytes: sc.buffered.load(Ordering::Relaxed),
                 hs_descriptor_fetches: c.hs_descriptor_fetches.load(Ordering::Relaxed),
                 hs_connects: c.hs_connects.load(Ordering::Relaxed),
-                dht_direct_value_lookups: self.dht.find_value_sent(),
             },
+            consensus: self.consensus_status(),
         }
     }
 
@@ -497,6 +580,13 @@ impl Client {
         let _ = tokio::time::timeout(DISCOVERY_WAIT, discovered.wait_for(|d| *d)).await;
         if self.is_stopping() {
             return Err(ClientError::Circuit(CircuitError::Closed));
+        }
+        if self.config.network.is_some() {
+            let now = now_unix();
+            self.expire_consensus(now);
+            if self.consensus_status().is_none() {
+                return Err(ClientError::NoConsensus);
+            }
         }
         Ok(())
     }
@@ -1154,53 +1244,78 @@ fn lock_services(
     }
 }
 
-/// File in the state directory holding the relays learned from the DHT (§11.5).
-pub const DHT_TABLE_FILE: &str = "dht-table";
-/// How often the client refreshes its view of the network.
-pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(300);
-/// Longest wait for the first discovery round before circuits are built anyway.
+/// Longest wait for the directory (the first consensus) before circuits are tried anyway.
 const DISCOVERY_WAIT: Duration = Duration::from_secs(20);
-/// Quick discovery rounds after start, while they keep finding relays.
-const DISCOVERY_ROUNDS: usize = 10;
-/// Pause between quick discovery rounds.
-const DISCOVERY_ROUND_PAUSE: Duration = Duration::from_secs(1);
+/// First pause after a failed consensus fetch; doubles up to [`MAX_CONSENSUS_RETRY`].
+const CONSENSUS_RETRY: Duration = Duration::from_millis(500);
+/// Longest pause between consensus fetch rounds while none succeeds.
+const MAX_CONSENSUS_RETRY: Duration = Duration::from_secs(8);
+/// Longest single sleep of the consensus task: it wakes at least this often to re-check
+/// wall-clock deadlines (a suspend or a clock step moves them).
+const CONSENSUS_TICK: Duration = Duration::from_secs(30);
 
-/// Fill the directory from the DHT (client mode: look up, never store or answer): join
-/// through the bootstrap relays and the saved table, then refresh periodically with
-/// lookups of random ids.
-async fn discover_relays(client: std::sync::Weak<Client>) {
-    let Some(c) = client.upgrade() else { return };
-    let dht = c.dht.clone();
-    let mut seeds = c.seeds.clone();
-    seeds.extend(dht.contacts());
-    drop(c);
-    let known = tokio::time::timeout(DISCOVERY_WAIT, dht.join(&seeds)).await;
-    info!(contacts = ?known.ok(), "DHT join done");
-    if let Some(c) = client.upgrade() {
-        c.absorb_contacts();
-        c.discovered.send_replace(true);
-    }
-    // While the network is young (relays still joining) a round may find more: repeat
-    // quickly until a round adds nothing, at most DISCOVERY_ROUNDS times.
-    for round in 0..DISCOVERY_ROUNDS {
-        let Some(c) = client.upgrade() else { return };
-        let added = c.absorb_contacts();
-        drop(c);
-        if added == 0 && round > 0 {
-            break;
-        }
-        tokio::time::sleep(DISCOVERY_ROUND_PAUSE).await;
-        let targets: Vec<[u8; 32]> = (0..4).map(|_| rand::random()).collect();
-        for t in targets {
-            let _ = dht.lookup(t, LookupKind::Node).await;
-        }
-    }
+/// Keep a fresh consensus (§14.6): once `fresh_until` has passed (plus a random delay of
+/// up to half a period, so clients do not all ask at once), fetch one from the guards,
+/// else the authorities or fallbacks; keep the old one until its `valid_until`, then
+/// stop building circuits until a newer one arrives.
+async fn maintain_consensus(client: std::sync::Weak<Client>) {
+    let mut retry = CONSENSUS_RETRY;
+    let mut due_at: Option<u64> = None;
     loop {
-        tokio::time::sleep(DISCOVERY_INTERVAL).await;
-        dht.refresh().await;
-        let _ = dht.lookup(rand::random(), LookupKind::Node).await;
         let Some(c) = client.upgrade() else { return };
-        c.absorb_contacts();
+        let Some(network) = c.config.network.clone() else {
+            return;
+        };
+        if c.is_stopping() {
+            return;
+        }
+        let now = now_unix();
+        c.expire_consensus(now);
+        if let Some(st) = c.consensus_status() {
+            let due = *due_at.get_or_insert_with(|| {
+                let half = (st.fresh_until.saturating_sub(st.valid_after) / 2).max(1);
+                st.fresh_until + rand::random_range(0..=half)
+            });
+            if now < due {
+                drop(c);
+                let wait = Duration::from_secs(due - now).min(CONSENSUS_TICK);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        }
+        let sources = c.consensus_sources(&network);
+        let links = c.links.clone();
+        let current_after = c.consensus_status().map_or(0, |s| s.valid_after);
+        drop(c);
+        let mut got = None;
+        let mut why = Vec::new();
+        for (addr, id) in sources {
+            match dir::fetch(&links, addr, id).await {
+                Ok(signed) => match dir::check(signed, &network, now_unix()) {
+                    Ok(checked) if checked.status.valid_after > current_after => {
+                        got = Some(checked);
+                        break;
+                    }
+                    Ok(_) => why.push(format!("{}: no newer consensus", id.short())),
+                    Err(e) => why.push(format!("{}: {e}", id.short())),
+                },
+                Err(e) => why.push(format!("{}: {e}", id.short())),
+            }
+        }
+        let Some(c) = client.upgrade() else { return };
+        match got {
+            Some(checked) => {
+                c.install_consensus(checked);
+                retry = CONSENSUS_RETRY;
+                due_at = None;
+            }
+            None => {
+                debug!("no newer consensus: {}", why.join("; "));
+                drop(c);
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(MAX_CONSENSUS_RETRY);
+            }
+        }
     }
 }
 
@@ -1209,7 +1324,6 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
     let mut delay = POOL_RETRY;
     let mut ready = false;
     if let Some(c) = client.upgrade() {
-        c.set_bootstrap(20, "discovering relays");
         let mut discovered = c.discovered.subscribe();
         drop(c);
         let _ = tokio::time::timeout(DISCOVERY_WAIT, discovered.wait_for(|d| *d)).await;

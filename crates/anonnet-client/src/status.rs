@@ -5,7 +5,8 @@ use serde::Serialize;
 
 /// Bootstrap progress: a percentage and the name of the phase.
 ///
-/// Phases: 0 `starting`, 10 `directory loaded` (descriptors verified), 40 `building first
+/// Phases: 0 `starting`, 5 `fetching consensus` (none saved, or the last one expired),
+/// 20 `consensus loaded` (or `directory loaded` without a network), 40 `building first
 /// circuit`, 100 `ready` (a circuit is built; SOCKS requests are served).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Bootstrap {
@@ -61,6 +62,8 @@ pub struct ClientStatus {
     pub avoided_relays: Vec<crate::guards::AvoidedRelay>,
     /// Counters since start.
     pub counters: Counters,
+    /// The consensus in use (`None` before the first one, or without a network).
+    pub consensus: Option<crate::consensus::ConsensusStatus>,
 }
 
 /// Counters since the client started.
@@ -86,9 +89,6 @@ pub struct Counters {
     pub hs_descriptor_fetches: u64,
     /// Connections to hidden services attempted.
     pub hs_connects: u64,
-    /// DHT value lookups this client sent from its own address. Descriptors and names
-    /// are fetched through circuits, so this stays 0.
-    pub dht_direct_value_lookups: u64,
 }
 
 /// Something that happened, for the control API's event stream.

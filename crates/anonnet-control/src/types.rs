@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bootstrap progress: a percentage and the name of the phase.
 ///
-/// Phases reported by the client: 0 `starting`, 10 `directory loaded`, 40 `building first
-/// circuit`, 100 `ready`.
+/// Phases reported by the client: 0 `starting`, 5 `fetching consensus`, 20 `consensus
+/// loaded`, 40 `building first circuit`, 100 `ready`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Bootstrap {
@@ -63,9 +63,6 @@ pub struct Counters {
     pub hs_descriptor_fetches: u64,
     /// Connections to hidden services attempted.
     pub hs_connects: u64,
-    /// DHT value lookups the client sent from its own address (0: descriptors and names
-    /// are fetched through circuits).
-    pub dht_direct_value_lookups: u64,
 }
 
 /// A snapshot of the daemon (`GET /v1/status`).
@@ -88,6 +85,29 @@ pub struct Status {
     pub avoided_relays: Vec<AvoidedRelay>,
     /// Counters since start.
     pub counters: Counters,
+    /// The consensus in use; `None` before the first one (docs/protocol.md §14.6).
+    pub consensus: Option<ConsensusInfo>,
+}
+
+/// The consensus the client uses (inside [`Status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsensusInfo {
+    /// Start of validity (Unix seconds).
+    pub valid_after: u64,
+    /// The client fetches a newer one after this (Unix seconds).
+    pub fresh_until: u64,
+    /// The client refuses it at and after this (Unix seconds).
+    pub valid_until: u64,
+    /// Relays listed.
+    pub relays: usize,
+    /// Valid signatures by distinct authorities of the network.
+    pub signatures: usize,
+    /// The network's authorities.
+    pub authorities: usize,
+    /// `BLAKE3` of the consensus body, 64 hex digits: the same on every client that holds
+    /// this consensus.
+    pub digest: String,
 }
 
 /// A relay the client avoids for a while after repeated failures.

@@ -9,6 +9,7 @@ pub mod consensus;
 pub mod document;
 pub mod entry;
 pub mod flags;
+pub mod msg;
 pub mod network;
 pub mod srv;
 
@@ -18,6 +19,7 @@ pub use document::{
 };
 pub use entry::{RelayEntry, RelayFlags};
 pub use flags::{FlagThresholds, RelayHistory};
+pub use msg::{DirMessage, UploadStatus, DIR_STREAM_TAG};
 pub use network::{AuthorityEntry, Network};
 
 /// Errors from decoding or checking directory documents. A client that gets one keeps the

@@ -3,6 +3,7 @@
 
 mod endpoint;
 mod manager;
+pub mod rpc;
 mod tls;
 
 use std::net::SocketAddr;

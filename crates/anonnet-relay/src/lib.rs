@@ -2,6 +2,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod circuit;
+pub mod directory;
 pub mod exit_policy;
 mod hs;
 pub mod keystore;
@@ -148,6 +149,10 @@ pub struct RelayConfig {
     /// Relays to join the DHT through (their signed descriptors). Empty for the first
     /// relay of a network; the persisted routing table is used as well.
     pub dht_bootstrap: Vec<SignedDescriptor>,
+    /// The network this relay belongs to (`docs/protocol.md` §14): it uploads its
+    /// descriptor to these authorities, caches their consensus and serves it to clients.
+    /// `None`: no authorities (a relay for the DHT-only tests of this crate).
+    pub network: Option<anonnet_dir::Network>,
 }
 
 /// Counters of what this relay did, readable while it runs and written to
@@ -239,6 +244,8 @@ pub(crate) struct RelayShared {
     pub(crate) dns_lookups: Arc<tokio::sync::Semaphore>,
     /// Circuits open per previous hop, for the per-peer limits.
     pub(crate) circuits_per_peer: Arc<CircuitsPerPeer>,
+    /// The newest consensus, served to clients (§14.2).
+    pub(crate) consensus: Arc<directory::ConsensusCache>,
 }
 
 /// Circuits open per previous hop.
@@ -388,6 +395,7 @@ impl Relay {
             links.clone(),
             StorageLimits::default(),
         );
+        let tasks = TaskTracker::new();
         let shared = Arc::new(RelayShared {
             node_id,
             onion_key,
@@ -406,9 +414,25 @@ impl Relay {
                 config.limits.max_exit_dns_lookups,
             )),
             circuits_per_peer: Arc::new(Mutex::new(HashMap::new())),
+            consensus: Arc::new(directory::ConsensusCache::default()),
         });
+        let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor.clone());
+        if let Some(network) = &config.network {
+            tasks.spawn(directory::upload_descriptors(
+                links.clone(),
+                network.clone(),
+                descriptor_rx,
+                shutdown.clone(),
+            ));
+            tasks.spawn(directory::fetch_consensus(
+                links.clone(),
+                network.clone(),
+                shared.consensus.clone(),
+                config.data_dir.clone(),
+                shutdown.clone(),
+            ));
+        }
         info!(%node_id, %local_addr, exit = config.exit_policy.is_some(), "relay listening");
-        let tasks = TaskTracker::new();
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
         let seeds: Vec<Contact> = config
             .dht_bootstrap
@@ -430,6 +454,7 @@ impl Relay {
             config.clone(),
             advertise,
             descriptor_file,
+            descriptor_tx,
         ));
         Ok(Relay {
             node_id,
@@ -642,6 +667,10 @@ async fn serve_stream(
             shared.dht.serve_stream(peer, remote, send, recv).await;
             drop(pending);
         }
+        [anonnet_dir::DIR_STREAM_TAG] => {
+            directory::serve_dir_stream(&shared.consensus, send, recv).await;
+            drop(pending);
+        }
         [b] => {
             let key = PeerKey::of(peer, remote);
             circuit::serve_leg(shared, send, recv, b, key, pending).await;
@@ -690,6 +719,7 @@ async fn maintenance(
     config: RelayConfig,
     advertise: SocketAddr,
     descriptor_file: PathBuf,
+    descriptor_tx: tokio::sync::watch::Sender<SignedDescriptor>,
 ) {
     let stats_file = config.data_dir.join("stats.json");
     let mut last = serde_json::Value::Null;
@@ -735,7 +765,9 @@ async fn maintenance(
                     warn!("refreshing descriptor: {e}");
                 }
                 if let Ok(d) = fresh {
-                    // Republish the re-signed descriptor in the DHT.
+                    // Upload the re-signed descriptor to the authorities and republish it
+                    // in the DHT.
+                    descriptor_tx.send_replace(d.clone());
                     shared.dht.set_descriptor(d);
                     let dht = shared.dht.clone();
                     tokio::spawn(async move { dht.publish_descriptor().await });

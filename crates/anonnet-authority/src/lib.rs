@@ -1,0 +1,915 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod measure;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anonnet_crypto::{verify_descriptor, IdentityKey, NodeId, VerifiedDescriptor};
+use anonnet_dir::document::digest;
+use anonnet_dir::msg::MAX_MESSAGE_LEN;
+use anonnet_dir::{
+    compute_consensus, srv, Consensus, ConsensusSignature, DirMessage, FlagThresholds, Network,
+    RelayEntry, RelayFlags, RelayHistory, SignedConsensus, SignedVote, UploadStatus, Vote,
+    DIR_STREAM_TAG,
+};
+use anonnet_net::{rpc, Endpoint, Link, LinkManager};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+pub use measure::MeasureConfig;
+
+/// Most relays an authority keeps descriptors of; uploads of new relays beyond it are
+/// refused.
+pub const MAX_RELAYS: usize = 20_000;
+/// Longest a reachability dial may take.
+pub const REACHABILITY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reachability dials run at once.
+const MAX_CONCURRENT_TESTS: usize = 32;
+/// Streams of one link being served at once.
+const MAX_STREAMS_PER_LINK: usize = 16;
+/// Longest a peer may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Weight voted for a relay not yet measured (bytes per second), unless it reports less.
+pub const UNMEASURED_WEIGHT: u32 = 20_000;
+/// Signatures received before the consensus they sign was computed, kept at most.
+const MAX_EARLY_SIGNATURES: usize = 64;
+/// File in the data directory with the shared-random secret (32 bytes, mode 0600).
+const SRV_SECRET_FILE: &str = "srv-secret";
+/// File in the data directory with the newest consensus.
+pub const CONSENSUS_FILE: &str = "consensus";
+
+/// Errors starting an authority.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthorityError {
+    /// Keys or the data directory are unusable.
+    #[error(transparent)]
+    Keys(#[from] anonnet_relay::RelayError),
+    /// The QUIC endpoint or the measurement server could not be set up.
+    #[error(transparent)]
+    Net(#[from] anonnet_net::NetError),
+    /// This authority's identity key is not one of the network's authorities.
+    #[error("this authority's identity {0} is not listed in the network file")]
+    NotInNetwork(String),
+    /// A file of the data directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What an authority needs to start.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// Keys, the shared-random secret and the newest consensus live here.
+    pub data_dir: PathBuf,
+    /// UDP address of the QUIC listener: the address the network file lists for this
+    /// authority.
+    pub listen: SocketAddr,
+    /// The network; this authority's identity must be one of its authorities.
+    pub network: Network,
+    /// Length of a voting period (seconds, ≥ 2; default 3600).
+    pub period: u64,
+    /// Time after the period boundary by which votes must be in (seconds, < `period`;
+    /// signatures get half as long again).
+    pub vote_delay: u64,
+    /// Flag thresholds.
+    pub thresholds: FlagThresholds,
+    /// Bandwidth measurement.
+    pub measure: MeasureConfig,
+}
+
+/// A relay the authority holds a descriptor of.
+#[derive(Debug, Clone)]
+struct KnownRelay {
+    relay: VerifiedDescriptor,
+    history: RelayHistory,
+    /// Measured bandwidth (bytes per second) and when (Unix seconds).
+    measured: Option<(u32, u64)>,
+}
+
+/// The consensus this authority computed for one period, gathering signatures.
+#[derive(Debug, Clone)]
+struct Pending {
+    consensus: Consensus,
+    signed: SignedConsensus,
+    digest: [u8; 32],
+}
+
+#[derive(Default)]
+struct State {
+    relays: HashMap<NodeId, KnownRelay>,
+    /// Verified votes by period (`valid_after`) and authority.
+    votes: BTreeMap<u64, HashMap<[u8; 32], (SignedVote, Vote)>>,
+    pending: BTreeMap<u64, Pending>,
+    early_signatures: Vec<([u8; 32], ConsensusSignature)>,
+    /// The newest consensus signed by a majority.
+    current: Option<(SignedConsensus, Consensus)>,
+}
+
+struct Shared {
+    identity: IdentityKey,
+    config: AuthorityConfig,
+    endpoint: Endpoint,
+    links: Arc<LinkManager>,
+    state: Mutex<State>,
+    srv_secret: Zeroizing<[u8; 32]>,
+    tests: tokio::sync::Semaphore,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// A running authority.
+pub struct Authority {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    tasks: TaskTracker,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Authority {
+    /// Load or create the keys, bind the QUIC listener and the measurement server, and
+    /// start the period loop.
+    ///
+    /// # Errors
+    /// [`AuthorityError`] when keys, files or binding fail, or the identity is not in the
+    /// network.
+    pub async fn start(config: AuthorityConfig) -> Result<Authority, AuthorityError> {
+        let (identity, _onion) = anonnet_relay::keystore::load_keys(&config.data_dir)?;
+        if config.network.authority(&identity.public()).is_none() {
+            return Err(AuthorityError::NotInNetwork(identity.node_id().to_hex()));
+        }
+        let srv_secret = load_srv_secret(&config.data_dir)?;
+        let endpoint = Endpoint::relay(&identity, config.listen)?;
+        let local_addr = endpoint.local_addr()?;
+        let links = Arc::new(LinkManager::new(endpoint.clone(), 256));
+        let mut state = State::default();
+        if let Some(c) = std::fs::read(config.data_dir.join(CONSENSUS_FILE))
+            .ok()
+            .and_then(|b| SignedConsensus::decode(&b).ok())
+        {
+            if let Ok(v) = c.verify(&config.network, now_unix()) {
+                state.current = Some((c, v));
+            }
+        }
+        let shared = Arc::new(Shared {
+            identity,
+            config: config.clone(),
+            endpoint: endpoint.clone(),
+            links,
+            state: Mutex::new(state),
+            srv_secret,
+            tests: tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS),
+            shutdown: CancellationToken::new(),
+        });
+        let tasks = TaskTracker::new();
+        tasks.spawn(accept_loop(shared.clone()));
+        tasks.spawn(period_loop(shared.clone()));
+        if config.measure.enabled {
+            let server = measure::MeasureServer::start(local_addr.ip(), config.measure.bytes)
+                .await
+                .map_err(|source| AuthorityError::Io {
+                    path: PathBuf::from("measurement server"),
+                    source,
+                })?;
+            tasks.spawn(measure_loop(shared.clone(), server));
+        }
+        info!(
+            node_id = %shared.identity.node_id(),
+            %local_addr,
+            authorities = config.network.authorities.len(),
+            period_secs = config.period,
+            "directory authority listening"
+        );
+        Ok(Authority {
+            shared,
+            local_addr,
+            tasks,
+        })
+    }
+
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This authority's NodeId.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.identity.node_id()
+    }
+
+    /// The newest consensus signed by a majority, if any.
+    pub fn consensus(&self) -> Option<SignedConsensus> {
+        self.shared.state().current.as_ref().map(|(s, _)| s.clone())
+    }
+
+    /// Stop serving and end the tasks, waiting at most `within`.
+    pub async fn shutdown(&self, within: Duration) {
+        self.shared.shutdown.cancel();
+        self.shared.endpoint.close();
+        self.tasks.close();
+        let _ = tokio::time::timeout(within, self.tasks.wait()).await;
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+        self.shared.endpoint.close();
+    }
+}
+
+fn load_srv_secret(dir: &Path) -> Result<Zeroizing<[u8; 32]>, AuthorityError> {
+    let path = dir.join(SRV_SECRET_FILE);
+    let io = |source| AuthorityError::Io {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let arr: [u8; 32] = b.as_slice().try_into().map_err(|_| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not 32 bytes",
+                ))
+            })?;
+            Ok(Zeroizing::new(arr))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = anonnet_crypto::random_bytes::<32>().map_err(|_| {
+                io(std::io::Error::other("no randomness for the SRV secret"))
+            })?;
+            write_private(&path, &secret).map_err(io)?;
+            Ok(Zeroizing::new(secret))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            i = shared.endpoint.accept() => i,
+            () = shared.shutdown.cancelled() => break,
+        };
+        match incoming {
+            None => break,
+            Some(Err(e)) => debug!("link handshake failed: {e}"),
+            Some(Ok(link)) => {
+                tokio::spawn(serve_link(shared.clone(), link));
+            }
+        }
+    }
+}
+
+async fn serve_link(shared: Arc<Shared>, link: Link) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_PER_LINK));
+    let peer = link.peer_node_id();
+    loop {
+        let stream = tokio::select! {
+            s = link.accept_bi() => s,
+            () = shared.shutdown.cancelled() => break,
+        };
+        let Ok((mut send, mut recv)) = stream else {
+            break;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let request = async {
+                let mut tag = [0u8; 1];
+                recv.read_exact(&mut tag).await.ok()?;
+                if tag[0] != DIR_STREAM_TAG {
+                    return None;
+                }
+                rpc::read_frame(&mut recv, MAX_MESSAGE_LEN).await.ok()
+            };
+            let Ok(Some(bytes)) = tokio::time::timeout(REQUEST_TIMEOUT, request).await else {
+                let _ = send.reset(quinn::VarInt::from_u32(0));
+                return;
+            };
+            let answer = match DirMessage::decode(&bytes) {
+                Ok(m) => handle(&shared, peer, m).await,
+                Err(e) => DirMessage::Refused(format!("malformed request: {e}")),
+            };
+            if let Ok(out) = answer.encode() {
+                let _ = rpc::write_frame(&mut send, &out).await;
+            }
+        });
+    }
+}
+
+/// Answer one directory request from `peer` (the NodeId its certificate proved; `None`
+/// for a client).
+async fn handle(shared: &Arc<Shared>, peer: Option<NodeId>, msg: DirMessage) -> DirMessage {
+    match msg {
+        DirMessage::GetConsensus => {
+            let now = now_unix();
+            let st = shared.state();
+            DirMessage::Consensus(
+                st.current
+                    .as_ref()
+                    .filter(|(_, c)| now < c.valid_until)
+                    .map(|(s, _)| s.clone()),
+            )
+        }
+        DirMessage::Upload(signed) => upload(shared, peer, signed).await,
+        DirMessage::PostVote(v) => post_vote(shared, peer, v),
+        DirMessage::GetVote(valid_after) => {
+            let own = shared.identity.public();
+            let st = shared.state();
+            DirMessage::Vote(
+                st.votes
+                    .get(&valid_after)
+                    .and_then(|m| m.get(&own))
+                    .map(|(s, _)| s.clone()),
+            )
+        }
+        DirMessage::PostSignature { digest, signature } => {
+            add_signature(shared, digest, signature);
+            DirMessage::Ok
+        }
+        _ => DirMessage::Refused("not a request".into()),
+    }
+}
+
+async fn upload(
+    shared: &Arc<Shared>,
+    peer: Option<NodeId>,
+    signed: anonnet_wire::SignedDescriptor,
+) -> DirMessage {
+    let now = now_unix();
+    let relay = match verify_descriptor(&signed, now) {
+        Ok(v) => v,
+        Err(e) => {
+            return DirMessage::Uploaded {
+                status: UploadStatus::Rejected,
+                reason: format!("descriptor refused: {e}"),
+            }
+        }
+    };
+    if peer != Some(relay.node_id) {
+        return DirMessage::Uploaded {
+            status: UploadStatus::Rejected,
+            reason: "uploaded over a link that does not prove the descriptor's NodeId".into(),
+        };
+    }
+    {
+        let st = shared.state();
+        if !st.relays.contains_key(&relay.node_id) && st.relays.len() >= MAX_RELAYS {
+            return DirMessage::Uploaded {
+                status: UploadStatus::Rejected,
+                reason: "the authority holds as many relays as it can".into(),
+            };
+        }
+    }
+    let result = test_reachability(shared, &relay).await;
+    let now = now_unix();
+    let reachable = result.is_ok();
+    {
+        let mut st = shared.state();
+        match st.relays.get_mut(&relay.node_id) {
+            Some(k) => {
+                k.history
+                    .record(now, reachable, &shared.config.thresholds);
+                if k.relay.descriptor.published <= relay.descriptor.published {
+                    k.relay = relay.clone();
+                }
+            }
+            None => {
+                st.relays.insert(
+                    relay.node_id,
+                    KnownRelay {
+                        relay: relay.clone(),
+                        history: RelayHistory::new(now, reachable),
+                        measured: None,
+                    },
+                );
+            }
+        }
+    }
+    match result {
+        Ok(addr) => DirMessage::Uploaded {
+            status: UploadStatus::Reachable,
+            reason: format!("reached at {addr}"),
+        },
+        Err(why) => DirMessage::Uploaded {
+            status: UploadStatus::NotReachable,
+            reason: why,
+        },
+    }
+}
+
+/// Dial the relay's advertised address with a fresh link; its certificate must prove the
+/// relay's NodeId.
+async fn test_reachability(shared: &Shared, relay: &VerifiedDescriptor) -> Result<SocketAddr, String> {
+    let Some(addr) = relay.descriptor.addresses.first().copied() else {
+        return Err("no address".into());
+    };
+    let Ok(_slot) = shared.tests.acquire().await else {
+        return Err("authority shutting down".into());
+    };
+    match tokio::time::timeout(
+        REACHABILITY_TIMEOUT,
+        shared.endpoint.connect(addr, relay.node_id),
+    )
+    .await
+    {
+        Ok(Ok(link)) => {
+            link.close();
+            Ok(addr)
+        }
+        Ok(Err(e)) => Err(format!("dial from the authority failed: {e}")),
+        Err(_) => Err(format!(
+            "no QUIC handshake within {}s",
+            REACHABILITY_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+fn post_vote(shared: &Shared, peer: Option<NodeId>, signed: SignedVote) -> DirMessage {
+    let vote = match signed.verify(&shared.config.network) {
+        Ok(v) => v,
+        Err(e) => return DirMessage::Refused(format!("vote refused: {e}")),
+    };
+    if peer != Some(NodeId::from_identity(&vote.authority)) {
+        return DirMessage::Refused("vote posted by another node than its authority".into());
+    }
+    let now = now_unix();
+    let period = shared.config.period;
+    let current = now - now % period;
+    if vote.valid_after + period < current || vote.valid_after > current + period {
+        return DirMessage::Refused("vote for a period not being voted on".into());
+    }
+    let mut st = shared.state();
+    st.votes
+        .entry(vote.valid_after)
+        .or_default()
+        .entry(vote.authority)
+        .or_insert((signed, vote));
+    DirMessage::Ok
+}
+
+/// Take a signature on the consensus with `digest`: into the pending consensus it signs
+/// (promoting it to current once a majority signed), or kept for a little while when that
+/// consensus is not computed yet.
+fn add_signature(shared: &Shared, digest: [u8; 32], sig: ConsensusSignature) {
+    let network = &shared.config.network;
+    if network.authority(&sig.authority).is_none() {
+        return;
+    }
+    let mut st = shared.state();
+    let pending = st.pending.values_mut().find(|p| p.digest == digest);
+    match pending {
+        Some(p) => {
+            let mut trial = p.signed.clone();
+            trial.signatures = vec![sig];
+            if trial.valid_signers(network).is_empty() {
+                return;
+            }
+            p.signed.add_signature(sig);
+            let p = p.clone();
+            promote(shared, &mut st, &p);
+        }
+        None => {
+            if st.early_signatures.len() < MAX_EARLY_SIGNATURES {
+                st.early_signatures.push((digest, sig));
+            }
+        }
+    }
+}
+
+/// Make `p` the current consensus when a majority signed it and it is newer.
+fn promote(shared: &Shared, st: &mut State, p: &Pending) {
+    let network = &shared.config.network;
+    let signers = p.signed.valid_signers(network).len();
+    if signers < network.majority() {
+        return;
+    }
+    let newer = st.current.as_ref().is_none_or(|(s, c)| {
+        c.valid_after < p.consensus.valid_after
+            || (c.valid_after == p.consensus.valid_after
+                && s.valid_signers(network).len() < signers)
+    });
+    if !newer {
+        return;
+    }
+    let first = st
+        .current
+        .as_ref()
+        .is_none_or(|(_, c)| c.valid_after < p.consensus.valid_after);
+    st.current = Some((p.signed.clone(), p.consensus.clone()));
+    let path = shared.config.data_dir.join(CONSENSUS_FILE);
+    if let Err(e) = write_private(&path, &p.signed.encode()) {
+        warn!("cannot save {}: {e}", path.display());
+    }
+    if first {
+        info!(
+            relays = p.consensus.relays.len(),
+            signatures = signers,
+            authorities = network.authorities.len(),
+            valid_after = p.consensus.valid_after,
+            digest = %hex_digest(&p.digest),
+            "consensus published"
+        );
+    }
+}
+
+fn hex_digest(d: &[u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Re-test every relay whose last test is older than half a period.
+async fn retest_all(shared: &Arc<Shared>) {
+    let half = shared.config.period / 2;
+    let now = now_unix();
+    let due: Vec<VerifiedDescriptor> = shared
+        .state()
+        .relays
+        .values()
+        .filter(|k| k.history.last_test + half <= now)
+        .map(|k| k.relay.clone())
+        .collect();
+    let handles: Vec<_> = due
+        .into_iter()
+        .map(|relay| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let ok = test_reachability(&shared, &relay).await.is_ok();
+                (relay.node_id, ok)
+            })
+        })
+        .collect();
+    for h in handles {
+        if let Ok((id, ok)) = h.await {
+            let now = now_unix();
+            let mut st = shared.state();
+            if let Some(k) = st.relays.get_mut(&id) {
+                k.history.record(now, ok, &shared.config.thresholds);
+            }
+        }
+    }
+}
+
+/// This authority's vote for the period starting at `valid_after`.
+fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
+    let period = shared.config.period;
+    let t = &shared.config.thresholds;
+    let mut st = shared.state();
+    // Drop relays whose descriptor expired.
+    st.relays
+        .retain(|_, k| k.relay.descriptor.expires > valid_after);
+    let mut measured: Vec<u32> = st
+        .relays
+        .values()
+        .filter_map(|k| k.measured.map(|(bw, _)| bw))
+        .collect();
+    measured.sort_unstable();
+    let median = measured
+        .get(measured.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0);
+    let mut relays: Vec<RelayEntry> = st
+        .relays
+        .values()
+        .map(|k| {
+            let d = &k.relay.descriptor;
+            let advertised = d.bandwidth.max(1);
+            let (weight, bw) = match k.measured {
+                Some((bw, _)) => (bw.min(advertised).max(1), bw),
+                None => (UNMEASURED_WEIGHT.min(advertised), 0),
+            };
+            let exit = d.is_exit() && !d.exit_ports.is_empty();
+            let mut flags = k.history.flags(valid_after, t, exit, bw, median);
+            if !exit {
+                flags = RelayFlags(flags.0 & !RelayFlags::EXIT.0);
+            }
+            RelayEntry {
+                identity: d.identity,
+                onion_key: d.onion_key,
+                address: d.addresses.first().copied().unwrap_or(k.relay_addr_fallback()),
+                flags,
+                weight,
+                exit_ports: if exit { d.exit_ports.clone() } else { Vec::new() },
+            }
+        })
+        .collect();
+    relays.sort_by_key(|e| e.identity);
+    Vote {
+        network_id: shared.config.network.id(),
+        authority: shared.identity.public(),
+        valid_after,
+        fresh_until: valid_after + period,
+        valid_until: valid_after + 3 * period,
+        commit: srv::commit(&srv::reveal(&shared.srv_secret, valid_after + period)),
+        reveal: Some(srv::reveal(&shared.srv_secret, valid_after)),
+        relays,
+    }
+}
+
+impl KnownRelay {
+    fn relay_addr_fallback(&self) -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    }
+}
+
+/// Send one directory message to another authority.
+async fn ask(shared: &Shared, to: &anonnet_dir::AuthorityEntry, msg: &DirMessage) -> Option<DirMessage> {
+    let link = shared.links.get(to.address, to.node_id()).await.ok()?;
+    let body = msg.encode().ok()?;
+    let answer = rpc::request(&link, DIR_STREAM_TAG, &body, MAX_MESSAGE_LEN, REQUEST_TIMEOUT)
+        .await
+        .ok()?;
+    DirMessage::decode(&answer).ok()
+}
+
+fn others(shared: &Shared) -> Vec<anonnet_dir::AuthorityEntry> {
+    let own = shared.identity.public();
+    shared
+        .config
+        .network
+        .authorities
+        .iter()
+        .filter(|a| a.identity != own)
+        .cloned()
+        .collect()
+}
+
+/// Send `msg` to every other authority at once, not waiting for answers.
+fn broadcast(shared: &Arc<Shared>, msg: DirMessage) {
+    for a in others(shared) {
+        let shared = shared.clone();
+        let msg = msg.clone();
+        tokio::spawn(async move {
+            if ask(&shared, &a, &msg).await.is_none() {
+                debug!(authority = %a.name, "authority did not answer");
+            }
+        });
+    }
+}
+
+async fn sleep_until_unix(t: u64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let wait = Duration::from_secs(t).saturating_sub(now);
+    tokio::time::sleep(wait).await;
+}
+
+/// One period after another: re-test, vote, exchange votes, compute, sign, exchange
+/// signatures, publish (§14.5).
+async fn period_loop(shared: Arc<Shared>) {
+    let work = async {
+        loop {
+            let period = shared.config.period;
+            let now = now_unix();
+            let t = (now / period + 1) * period;
+            sleep_until_unix(t).await;
+            run_period(&shared, t).await;
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = shared.shutdown.cancelled() => {}
+    }
+}
+
+async fn run_period(shared: &Arc<Shared>, t: u64) {
+    let vote_delay = shared.config.vote_delay.max(1);
+    retest_all(shared).await;
+    let vote = make_vote(shared, t);
+    let signed = match vote.sign(&shared.identity) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot sign our vote: {e}");
+            return;
+        }
+    };
+    {
+        let mut st = shared.state();
+        st.votes
+            .entry(t)
+            .or_default()
+            .insert(vote.authority, (signed.clone(), vote));
+        // Forget periods no longer needed.
+        let keep_from = t.saturating_sub(2 * shared.config.period);
+        st.votes.retain(|va, _| *va >= keep_from);
+        st.pending.retain(|va, _| *va >= keep_from);
+    }
+    broadcast(shared, DirMessage::PostVote(signed));
+    // Halfway to the deadline, fetch the votes still missing.
+    sleep_until_unix(t + vote_delay / 2).await;
+    let missing: Vec<anonnet_dir::AuthorityEntry> = {
+        let st = shared.state();
+        let have = st.votes.get(&t);
+        others(shared)
+            .into_iter()
+            .filter(|a| have.is_none_or(|m| !m.contains_key(&a.identity)))
+            .collect()
+    };
+    for a in missing {
+        if let Some(DirMessage::Vote(Some(v))) = ask(shared, &a, &DirMessage::GetVote(t)).await {
+            let _ = post_vote(shared, Some(a.node_id()), v);
+        }
+    }
+    sleep_until_unix(t + vote_delay).await;
+    let (votes, previous) = {
+        let st = shared.state();
+        let votes: Vec<Vote> = st
+            .votes
+            .get(&t)
+            .map(|m| m.values().map(|(_, v)| v.clone()).collect())
+            .unwrap_or_default();
+        (votes, st.current.as_ref().map(|(_, c)| c.clone()))
+    };
+    let n_votes = votes.len();
+    let consensus = match compute_consensus(&shared.config.network, &votes, previous.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("no consensus for this period: {e}");
+            return;
+        }
+    };
+    let body = match consensus.encode_body() {
+        Ok(b) => b,
+        Err(e) => {
+            warn!("cannot encode the consensus: {e}");
+            return;
+        }
+    };
+    let own_sig = Consensus::sign_body(&body, &shared.identity);
+    let d = digest(&body);
+    {
+        let mut st = shared.state();
+        let mut signed = SignedConsensus {
+            body,
+            signatures: vec![own_sig],
+        };
+        let early: Vec<ConsensusSignature> = st
+            .early_signatures
+            .iter()
+            .filter(|(ed, _)| *ed == d)
+            .map(|(_, s)| *s)
+            .collect();
+        st.early_signatures.retain(|(ed, _)| *ed != d);
+        for s in early {
+            let mut trial = signed.clone();
+            trial.signatures = vec![s];
+            if !trial.valid_signers(&shared.config.network).is_empty() {
+                signed.add_signature(s);
+            }
+        }
+        let p = Pending {
+            consensus,
+            signed,
+            digest: d,
+        };
+        st.pending.insert(t, p.clone());
+        promote(shared, &mut st, &p);
+    }
+    debug!(votes = n_votes, valid_after = t, "consensus computed and signed");
+    broadcast(
+        shared,
+        DirMessage::PostSignature {
+            digest: d,
+            signature: own_sig,
+        },
+    );
+    // When our own computation did not gather a majority in time (we missed a vote, or
+    // hold another previous consensus), take the majority's from another authority.
+    sleep_until_unix(t + vote_delay + vote_delay.div_ceil(2)).await;
+    let have = shared
+        .state()
+        .current
+        .as_ref()
+        .is_some_and(|(_, c)| c.valid_after >= t);
+    if !have {
+        for a in others(shared) {
+            if let Some(DirMessage::Consensus(Some(s))) =
+                ask(shared, &a, &DirMessage::GetConsensus).await
+            {
+                if let Ok(c) = s.verify(&shared.config.network, now_unix()) {
+                    if c.valid_after >= t {
+                        let p = Pending {
+                            digest: s.digest(),
+                            consensus: c,
+                            signed: s,
+                        };
+                        let mut st = shared.state();
+                        promote(shared, &mut st, &p);
+                        break;
+                    }
+                }
+            }
+        }
+        let still = shared
+            .state()
+            .current
+            .as_ref()
+            .is_some_and(|(_, c)| c.valid_after >= t);
+        if !still {
+            warn!(
+                votes = n_votes,
+                authorities = shared.config.network.authorities.len(),
+                "no consensus signed by a majority for this period yet"
+            );
+        }
+    }
+}
+
+/// Measure the relays one after another: those never measured first, then those whose
+/// measurement is older than the configured interval.
+async fn measure_loop(shared: Arc<Shared>, server: measure::MeasureServer) {
+    let Ok(endpoint) = Endpoint::client(SocketAddr::new(server.addr().ip(), 0)) else {
+        warn!("cannot open the measurement endpoint; relays stay unmeasured");
+        return;
+    };
+    let links = LinkManager::new(endpoint, 64);
+    let cfg = shared.config.measure.clone();
+    let work = async {
+        loop {
+            let now = now_unix();
+            let (target, helpers) = {
+                let st = shared.state();
+                let running: Vec<&KnownRelay> =
+                    st.relays.values().filter(|k| k.history.reachable).collect();
+                let next = running
+                    .iter()
+                    .filter(|k| k.measured.is_none_or(|(_, at)| at + cfg.interval <= now))
+                    .min_by_key(|k| k.measured.map_or(0, |(_, at)| at + 1))
+                    .map(|k| k.relay.clone());
+                let helpers: Vec<VerifiedDescriptor> =
+                    running.iter().map(|k| k.relay.clone()).collect();
+                (next, helpers)
+            };
+            let Some(target) = target else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let result = measure::measure(&links, &target, &helpers, &server, &cfg).await;
+            let now = now_unix();
+            if let Some(k) = shared.state().relays.get_mut(&target.node_id) {
+                match result {
+                    Ok(bw) => {
+                        debug!(relay = %target.node_id.short(), bytes_per_sec = bw, "measured");
+                        k.measured = Some((bw, now));
+                    }
+                    Err(e) => {
+                        debug!(relay = %target.node_id.short(), "measurement failed: {e}");
+                        // Try again after a while, not in a tight loop; keep the old figure.
+                        let old = k.measured.map_or(1, |(bw, _)| bw);
+                        k.measured = Some((old, now.saturating_sub(cfg.interval) + cfg.retry));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = shared.shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,258 @@
+//! The relay's part of the directory protocol (`docs/protocol.md` §14): upload the signed
+//! descriptor to every authority and log what they found, keep the newest consensus and
+//! serve it to clients that use this relay as a directory guard.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anonnet_dir::{DirMessage, Network, SignedConsensus, UploadStatus, DIR_STREAM_TAG};
+use anonnet_net::rpc;
+use anonnet_net::LinkManager;
+use anonnet_wire::SignedDescriptor;
+use rand::seq::SliceRandom;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::now_unix;
+
+/// Longest one directory request may take (seconds).
+pub const DIR_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// First retry delay after a failed upload or fetch; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// File in the data directory holding the newest verified consensus.
+pub const CONSENSUS_FILE: &str = "consensus";
+
+/// The newest verified consensus this relay holds, shared by the fetch task and the
+/// stream handler.
+#[derive(Default)]
+pub(crate) struct ConsensusCache {
+    current: RwLock<Option<(SignedConsensus, u64)>>,
+}
+
+impl ConsensusCache {
+    /// The cached signed consensus while it is still valid at `now`.
+    pub(crate) fn get(&self, now: u64) -> Option<SignedConsensus> {
+        let guard = self.current.read().ok()?;
+        let (c, valid_until) = guard.as_ref()?;
+        (now < *valid_until).then(|| c.clone())
+    }
+
+    fn set(&self, c: SignedConsensus, valid_until: u64) {
+        if let Ok(mut g) = self.current.write() {
+            *g = Some((c, valid_until));
+        }
+    }
+}
+
+/// Send one directory message to an authority (or relay) and decode the answer.
+pub(crate) async fn ask(
+    links: &LinkManager,
+    addr: std::net::SocketAddr,
+    node_id: anonnet_crypto::NodeId,
+    msg: &DirMessage,
+) -> Result<DirMessage, String> {
+    let link = links.get(addr, node_id).await.map_err(|e| e.to_string())?;
+    let body = msg.encode().map_err(|e| e.to_string())?;
+    let answer = rpc::request(
+        &link,
+        DIR_STREAM_TAG,
+        &body,
+        anonnet_dir::msg::MAX_MESSAGE_LEN,
+        DIR_REQUEST_TIMEOUT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    DirMessage::decode(&answer).map_err(|e| e.to_string())
+}
+
+/// Upload the descriptor to every authority whenever it changes (the maintenance task
+/// re-signs it hourly) and log one `reachability:` line per round. A round that no
+/// authority confirmed is retried with backoff.
+pub(crate) async fn upload_descriptors(
+    links: Arc<LinkManager>,
+    network: Network,
+    mut descriptor: watch::Receiver<SignedDescriptor>,
+    shutdown: CancellationToken,
+) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        let desc = descriptor.borrow_and_update().clone();
+        let addr = anonnet_crypto::verify_descriptor(&desc, now_unix())
+            .ok()
+            .and_then(|v| v.descriptor.addresses.first().copied());
+        let addr_text = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+        let rounds = network.authorities.iter().map(|a| {
+            let links = links.clone();
+            let desc = desc.clone();
+            let (addr, id) = (a.address, a.node_id());
+            async move { ask(&links, addr, id, &DirMessage::Upload(desc)).await }
+        });
+        let answers = tokio::select! {
+            a = futures_join_all(rounds) => a,
+            () = shutdown.cancelled() => return,
+        };
+        let k = network.authorities.len();
+        let mut confirmed = 0;
+        let mut reasons = Vec::new();
+        for a in answers {
+            match a {
+                Ok(DirMessage::Uploaded {
+                    status: UploadStatus::Reachable,
+                    ..
+                }) => confirmed += 1,
+                Ok(DirMessage::Uploaded { reason, .. }) | Ok(DirMessage::Refused(reason)) => {
+                    reasons.push(reason)
+                }
+                Ok(other) => reasons.push(format!("unexpected answer {other:?}")),
+                Err(e) => reasons.push(format!("authority unreachable: {e}")),
+            }
+        }
+        let wait = if confirmed > 0 {
+            info!("reachability: reachable at {addr_text} (confirmed by {confirmed} of {k} authorities)");
+            retry = FIRST_RETRY;
+            None
+        } else {
+            reasons.dedup();
+            warn!(
+                "reachability: NOT reachable at {addr_text}: {}",
+                reasons.join("; ")
+            );
+            let w = retry;
+            retry = (retry * 2).min(MAX_RETRY);
+            Some(w)
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = descriptor.changed() => if changed.is_err() { return },
+            () = sleep_opt(wait) => {}
+        }
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Run futures at once and collect their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Fetch the consensus from the authorities (in random order) whenever the cached one is
+/// no longer fresh, verify it and keep it for clients.
+pub(crate) async fn fetch_consensus(
+    links: Arc<LinkManager>,
+    network: Network,
+    cache: Arc<ConsensusCache>,
+    data_dir: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    let file = data_dir.join(CONSENSUS_FILE);
+    if let Some(c) = std::fs::read(&file)
+        .ok()
+        .and_then(|b| SignedConsensus::decode(&b).ok())
+    {
+        if let Ok(v) = c.verify(&network, now_unix()) {
+            cache.set(c, v.valid_until);
+        }
+    }
+    let mut retry = FIRST_RETRY;
+    loop {
+        let mut order: Vec<_> = network.authorities.clone();
+        order.shuffle(&mut rand::rng());
+        let mut next = None;
+        for a in &order {
+            let fetched = tokio::select! {
+                r = ask(&links, a.address, a.node_id(), &DirMessage::GetConsensus) => r,
+                () = shutdown.cancelled() => return,
+            };
+            let Ok(DirMessage::Consensus(Some(signed))) = fetched else {
+                debug!(authority = %a.name, "no consensus from this authority");
+                continue;
+            };
+            let now = now_unix();
+            match signed.verify(&network, now) {
+                Ok(c) if c.fresh_until > now => {
+                    let newer = cache.get(now).is_none_or(|old| {
+                        anonnet_dir::Consensus::decode_body(&old.body)
+                            .map_or(true, |o| o.valid_after < c.valid_after)
+                    });
+                    if newer {
+                        if let Err(e) = write_file(&file, &signed.encode()) {
+                            warn!("cannot save {}: {e}", file.display());
+                        }
+                        cache.set(signed, c.valid_until);
+                        debug!(relays = c.relays.len(), "consensus cached");
+                    }
+                    next = Some(c.fresh_until);
+                    break;
+                }
+                Ok(_) => debug!(authority = %a.name, "consensus no longer fresh"),
+                Err(e) => debug!(authority = %a.name, "consensus refused: {e}"),
+            }
+        }
+        let wait = match next {
+            Some(fresh_until) => {
+                retry = FIRST_RETRY;
+                Duration::from_secs(fresh_until.saturating_sub(now_unix()))
+                    + Duration::from_millis(rand::random_range(500..1500))
+            }
+            None => {
+                let w = retry;
+                retry = (retry * 2).min(MAX_RETRY);
+                w
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
+}
+
+/// Answer one directory request on a relay: `GET_CONSENSUS` from the cache, anything
+/// else `REFUSED` (only authorities take uploads, votes and signatures).
+pub(crate) async fn serve_dir_stream(
+    cache: &ConsensusCache,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Ok(Ok(request)) = tokio::time::timeout(
+        DIR_REQUEST_TIMEOUT,
+        rpc::read_frame(&mut recv, anonnet_dir::msg::MAX_MESSAGE_LEN),
+    )
+    .await
+    else {
+        return;
+    };
+    let answer = match DirMessage::decode(&request) {
+        Ok(DirMessage::GetConsensus) => DirMessage::Consensus(cache.get(now_unix())),
+        Ok(_) => DirMessage::Refused("not a directory authority".into()),
+        Err(e) => DirMessage::Refused(format!("malformed request: {e}")),
+    };
+    if let Ok(bytes) = answer.encode() {
+        let _ = rpc::write_frame(&mut send, &bytes).await;
+    }
+}
