@@ -241,6 +241,22 @@ fn format_status(s: &Status) -> String {
     );
     let _ = writeln!(out, "proxy:     {}", if s.enabled { "on" } else { "off" });
     let _ = writeln!(out, "relays:    {}", s.relays);
+    match &s.consensus {
+        Some(k) => {
+            let _ = writeln!(
+                out,
+                "consensus: {} relays, signed by {} of {} authorities, valid until {} (digest {})",
+                k.relays,
+                k.signatures,
+                k.authorities,
+                k.valid_until,
+                k.digest.get(..16).unwrap_or(&k.digest)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "consensus: none yet");
+        }
+    }
     let _ = writeln!(
         out,
         "circuits:  {} ({} clean, {} in use, {} retired); {} built, {} failed",
@@ -382,8 +398,21 @@ mod tests {
                 bytes_received: 64 << 20,
                 ..Counters::default()
             },
+            consensus: Some(anonnet_control::ConsensusInfo {
+                valid_after: 10,
+                fresh_until: 14,
+                valid_until: 22,
+                relays: 5,
+                signatures: 2,
+                authorities: 3,
+                digest: "ab".repeat(32),
+            }),
         };
         let text = format_status(&status);
+        assert!(
+            text.contains("consensus: 5 relays, signed by 2 of 3 authorities"),
+            "{text}"
+        );
         assert!(
             text.contains("bootstrap: 40% (building first circuit)"),
             "{text}"
@@ -410,4 +439,113 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
+}
+
+/// One relay of `anonnet consensus --json`.
+#[derive(Debug, Serialize)]
+struct ConsensusRelay {
+    node_id: String,
+    address: String,
+    flags: Vec<&'static str>,
+    /// Consensus weight (bytes per second, measured).
+    weight: u32,
+    /// Exit ports, `lo-hi`.
+    exit_ports: Vec<String>,
+}
+
+/// `anonnet consensus --json`.
+#[derive(Debug, Serialize)]
+struct ConsensusListing {
+    valid_after: u64,
+    fresh_until: u64,
+    valid_until: u64,
+    /// Whether it is within its validity window now.
+    valid_now: bool,
+    signatures: usize,
+    authorities: usize,
+    digest: String,
+    relays: Vec<ConsensusRelay>,
+}
+
+/// `anonnet consensus`: list the consensus saved in the client's state directory, checked
+/// against the network file its config names (signatures; the time window is reported, not
+/// required, so an expired one can still be inspected).
+///
+/// # Errors
+/// A config error, or [`Error::Control`] when there is no consensus file or it does not
+/// verify.
+pub fn consensus(target: Target, global_config: Option<PathBuf>) -> Result<(), Error> {
+    let path = client_config_path(target.config.clone().or(global_config))?;
+    let settings = config::load_client(&path)?;
+    let file = settings
+        .state_dir
+        .join(anonnet_client::consensus::CONSENSUS_FILE);
+    let bytes = std::fs::read(&file).map_err(|e| {
+        Error::Control(format!(
+            "no consensus at {}: {e} (the client saves one once it has bootstrapped)",
+            file.display()
+        ))
+    })?;
+    let signed = anonnet_dir::SignedConsensus::decode(&bytes)
+        .map_err(|e| Error::Control(format!("{}: {e}", file.display())))?;
+    let c = signed
+        .verify_signed(&settings.network)
+        .map_err(|e| Error::Control(format!("{}: {e}", file.display())))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let listing = ConsensusListing {
+        valid_after: c.valid_after,
+        fresh_until: c.fresh_until,
+        valid_until: c.valid_until,
+        valid_now: signed.verify(&settings.network, now).is_ok(),
+        signatures: signed.valid_signers(&settings.network).len(),
+        authorities: settings.network.authorities.len(),
+        digest: hex::encode(signed.digest()),
+        relays: c
+            .relays
+            .iter()
+            .map(|e| ConsensusRelay {
+                node_id: e.node_id().to_hex(),
+                address: e.address.to_string(),
+                flags: e.flags.names(),
+                weight: e.weight,
+                exit_ports: e
+                    .exit_ports
+                    .iter()
+                    .map(|r| format!("{}-{}", r.lo, r.hi))
+                    .collect(),
+            })
+            .collect(),
+    };
+    if target.json {
+        let text = serde_json::to_string_pretty(&listing)
+            .map_err(|e| Error::Control(format!("encoding JSON: {e}")))?;
+        return print_line(&text);
+    }
+    let mut out = format!(
+        "consensus {} (valid {}..{}, fresh until {}, {}), signed by {} of {} authorities\n",
+        &listing.digest[..16],
+        listing.valid_after,
+        listing.valid_until,
+        listing.fresh_until,
+        if listing.valid_now {
+            "valid now"
+        } else {
+            "NOT valid now"
+        },
+        listing.signatures,
+        listing.authorities,
+    );
+    for r in &listing.relays {
+        let _ = writeln!(
+            out,
+            "  {}  {:<22} {:>12} B/s  {}",
+            &r.node_id[..SHORT_ID.min(r.node_id.len())],
+            r.address,
+            r.weight,
+            r.flags.join(" ")
+        );
+    }
+    print_line(out.trim_end())
 }

@@ -30,9 +30,10 @@ pub const MAX_DIRTINESS_SECS: u64 = 86_400;
 pub const DEFAULT_RELAY_LISTEN: &str = "0.0.0.0:9001";
 /// Default advertised relay bandwidth (bytes per second).
 pub const DEFAULT_BANDWIDTH: u32 = 10_000_000;
-/// Fewest bootstrap relay descriptors a client needs: one entry point to the DHT, which
-/// finds the rest (§11).
-pub const MIN_BOOTSTRAP: usize = 1;
+/// What `client.network` / `relay.network` say when missing.
+const NETWORK_REQUIRED: &str = "is required: the network file (TOML) listing the network's \
+     directory authorities, e.g. network = \"network.toml\". `anonnet testnet` writes one as \
+     DIR/network.toml; a public network publishes its own";
 /// Default number of relays in a testnet.
 pub const DEFAULT_TESTNET_RELAYS: usize = 5;
 /// Fewest relays in a testnet (guard, middle, exit).
@@ -416,6 +417,7 @@ struct RelaySection {
     guard: Option<bool>,
     bandwidth: Option<Spanned<u32>>,
     descriptor_file: Option<Spanned<String>>,
+    network: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -662,6 +664,7 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
             descriptor_file: Some(descriptor_file.clone()),
             limits,
             dht_bootstrap: read_descriptors(src, "dht.bootstrap", &file.dht.bootstrap)?,
+            network: Some(network_of(src, "relay.network", r.network.as_ref())?),
         },
         descriptor_file,
     })
@@ -705,6 +708,7 @@ struct ClientSection {
     http_listen: Option<Spanned<String>>,
     control_listen: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    network: Option<Spanned<String>>,
     #[serde(default)]
     bootstrap: Vec<Spanned<String>>,
     circuit_build_timeout_secs: Option<Spanned<u64>>,
@@ -728,7 +732,10 @@ pub struct ClientSettings {
     pub control_listen: SocketAddr,
     /// Where `ports.json` (and later guards and keys) live.
     pub state_dir: PathBuf,
-    /// The bootstrap relays' descriptors, parsed (signatures are checked by the client).
+    /// `client.network`: the network's directory authorities.
+    pub network: anonnet_dir::Network,
+    /// `client.bootstrap`: fallback relays' descriptors, asked for the consensus when no
+    /// authority answers (signatures are checked by the client).
     pub bootstrap: Vec<SignedDescriptor>,
     /// `client.circuit_build_timeout_secs`, when set.
     pub circuit_build_timeout: Option<Duration>,
@@ -905,17 +912,7 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
         })
         .transpose()?;
     let state_dir = state_dir_of(src, c)?;
-    if c.bootstrap.len() < MIN_BOOTSTRAP {
-        return Err(src.invalid(
-            "client.bootstrap",
-            c.bootstrap.first(),
-            format!(
-                "lists {} relay descriptor file(s); at least {MIN_BOOTSTRAP} is needed to \
-                 enter the DHT, e.g. bootstrap = [\"relays/r1.desc\", \"relays/r2.desc\"]",
-                c.bootstrap.len()
-            ),
-        ));
-    }
+    let network = network_of(src, "client.network", c.network.as_ref())?;
     let bootstrap = read_descriptors(src, "client.bootstrap", &c.bootstrap)?;
     let secs = |key: &str, v: &Option<Spanned<u64>>| -> Result<Option<Duration>, ConfigError> {
         v.as_ref()
@@ -999,6 +996,7 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
         http_listen,
         control_listen,
         state_dir,
+        network,
         bootstrap,
         circuit_build_timeout: secs("circuit_build_timeout_secs", &c.circuit_build_timeout_secs)?,
         stream_timeout: secs("stream_timeout_secs", &c.stream_timeout_secs)?,
@@ -1009,6 +1007,323 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
             .allow_same_subnet_paths
             .as_ref()
             .is_some_and(|b| *b.get_ref()),
+    })
+}
+
+// ---------------------------------------------------------------- network
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    authority: Vec<NetworkAuthority>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkAuthority {
+    name: Option<Spanned<String>>,
+    identity: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+}
+
+/// Load and validate a network file (docs/protocol.md §14.1):
+///
+/// ```toml
+/// name = "testnet"
+/// [[authority]]
+/// name = "auth-1"
+/// identity = "<64 hex digits: the authority's Ed25519 identity key>"
+/// address = "IP:PORT"
+/// ```
+///
+/// # Errors
+/// [`ConfigError`] naming the file, key (`authority[1].identity`) and what is allowed.
+pub fn load_network(path: &Path) -> Result<anonnet_dir::Network, ConfigError> {
+    network_from(&Source::read(path)?)
+}
+
+fn network_from(src: &Source) -> Result<anonnet_dir::Network, ConfigError> {
+    let file: NetworkFile = src.parse()?;
+    let Some(name) = &file.name else {
+        return Err(src.invalid(
+            "name",
+            None::<&Spanned<()>>,
+            "is required: the network's name, e.g. name = \"testnet\"".into(),
+        ));
+    };
+    let mut authorities = Vec::new();
+    for (i, a) in file.authority.iter().enumerate() {
+        let key = |k: &str| format!("authority[{i}].{k}");
+        let required = |k: &str, example: &str| {
+            src.invalid(
+                key(k),
+                None::<&Spanned<()>>,
+                format!("is required, e.g. {k} = {example}"),
+            )
+        };
+        let aname = a
+            .name
+            .as_ref()
+            .ok_or_else(|| required("name", "\"auth-1\""))?;
+        let identity = a
+            .identity
+            .as_ref()
+            .ok_or_else(|| required("identity", "\"<64 hex digits>\""))?;
+        let id: [u8; 32] = hex::decode(identity.get_ref())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                src.invalid(
+                    key("identity"),
+                    Some(identity),
+                    "expected 64 hex digits: the authority's Ed25519 identity key, as its \
+                     `AUTHORITY ready` line prints it"
+                        .into(),
+                )
+            })?;
+        let address = a
+            .address
+            .as_ref()
+            .ok_or_else(|| required("address", "\"198.51.100.7:9030\""))?;
+        let addr = parse_addr(address.get_ref())
+            .map_err(|why| src.invalid(key("address"), Some(address), why))?;
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return Err(src.invalid(
+                key("address"),
+                Some(address),
+                format!("{addr} cannot be dialled; expected the authority's IP:PORT"),
+            ));
+        }
+        authorities.push(anonnet_dir::AuthorityEntry {
+            name: aname.get_ref().clone(),
+            identity: id,
+            address: addr,
+        });
+    }
+    anonnet_dir::Network::new(name.get_ref().clone(), authorities).map_err(|why| {
+        src.invalid(
+            "authority",
+            None::<&Spanned<()>>,
+            format!("{why}; list each as an [[authority]] table"),
+        )
+    })
+}
+
+/// The network file named by `key` (relative to the config file), loaded.
+fn network_of(
+    src: &Source,
+    key: &str,
+    value: Option<&Spanned<String>>,
+) -> Result<anonnet_dir::Network, ConfigError> {
+    let Some(v) = value else {
+        return Err(src.invalid(key, None::<&Spanned<()>>, NETWORK_REQUIRED.into()));
+    };
+    let path = src.path(v.get_ref());
+    let text = src.read_named(&path).map_err(|e| {
+        src.invalid(
+            key,
+            Some(v),
+            format!("cannot read network file {}: {e}", path.display()),
+        )
+    })?;
+    network_from(&Source::new(path, text, false))
+}
+
+// ---------------------------------------------------------------- authority
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorityFile {
+    #[serde(default)]
+    authority: AuthoritySection,
+    #[serde(default)]
+    flags: FlagsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthoritySection {
+    data_dir: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    network: Option<Spanned<String>>,
+    period_secs: Option<Spanned<u64>>,
+    vote_delay_secs: Option<Spanned<u64>>,
+    measure: Option<bool>,
+    measure_bytes: Option<Spanned<u64>>,
+    measure_interval_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagsSection {
+    stable_mtbf_secs: Option<Spanned<u64>>,
+    guard_min_known_secs: Option<Spanned<u64>>,
+    guard_min_wfu: Option<Spanned<f64>>,
+    guard_min_bandwidth: Option<Spanned<u64>>,
+    hsdir_min_uptime_secs: Option<Spanned<u64>>,
+    half_life_secs: Option<Spanned<u64>>,
+}
+
+/// Longest voting period (one day).
+pub const MAX_PERIOD_SECS: u64 = 86_400;
+
+/// A loaded authority config file.
+#[derive(Debug, Clone)]
+pub struct AuthoritySettings {
+    /// The file it came from (absolute).
+    pub file: PathBuf,
+    /// What to start the authority with.
+    pub authority: anonnet_authority::AuthorityConfig,
+}
+
+/// Load and validate an authority config file (see config/authority.toml).
+///
+/// # Errors
+/// [`ConfigError`] naming the file, key and allowed values.
+pub fn load_authority(path: &Path) -> Result<AuthoritySettings, ConfigError> {
+    authority_from(&Source::read(path)?)
+}
+
+fn authority_from(src: &Source) -> Result<AuthoritySettings, ConfigError> {
+    let file: AuthorityFile = src.parse()?;
+    let a = &file.authority;
+    let data_dir = match &a.data_dir {
+        Some(d) => src.path(d.get_ref()),
+        None => project_dirs()
+            .map(|p| p.data_dir().join("authority"))
+            .ok_or_else(|| {
+                src.invalid(
+                    "authority.data_dir",
+                    None::<&Spanned<()>>,
+                    "no default: this user has no home directory; set a directory".into(),
+                )
+            })?,
+    };
+    let Some(l) = &a.listen else {
+        return Err(src.invalid(
+            "authority.listen",
+            None::<&Spanned<()>>,
+            "is required: the IP:PORT the network file lists for this authority".into(),
+        ));
+    };
+    let listen =
+        parse_addr(l.get_ref()).map_err(|why| src.invalid("authority.listen", Some(l), why))?;
+    let network = network_of(src, "authority.network", a.network.as_ref())?;
+    let num =
+        |key: &str, v: &Option<Spanned<u64>>, default: u64, lo: u64, hi: u64, unit: &str| match v {
+            Some(s) => check_range(*s.get_ref(), lo, hi, unit)
+                .map_err(|why| src.invalid(key.to_owned(), Some(s), why)),
+            None => Ok(default),
+        };
+    let period = num(
+        "authority.period_secs",
+        &a.period_secs,
+        3600,
+        2,
+        MAX_PERIOD_SECS,
+        "seconds",
+    )?;
+    let vote_delay = num(
+        "authority.vote_delay_secs",
+        &a.vote_delay_secs,
+        (period / 4).clamp(1, 300),
+        1,
+        (period / 2).max(1),
+        "seconds (at most half of period_secs)",
+    )?;
+    let defaults = anonnet_authority::MeasureConfig::default();
+    let measure = anonnet_authority::MeasureConfig {
+        enabled: a.measure.unwrap_or(true),
+        bytes: num(
+            "authority.measure_bytes",
+            &a.measure_bytes,
+            defaults.bytes,
+            1024,
+            1 << 30,
+            "bytes",
+        )?,
+        interval: num(
+            "authority.measure_interval_secs",
+            &a.measure_interval_secs,
+            defaults.interval,
+            1,
+            30 * 86_400,
+            "seconds",
+        )?,
+        retry: defaults.retry.min(period),
+        timeout: defaults.timeout,
+    };
+    let f = &file.flags;
+    let d = anonnet_dir::FlagThresholds::default();
+    let wfu = match &f.guard_min_wfu {
+        Some(w) if (0.0..=1.0).contains(w.get_ref()) => *w.get_ref(),
+        Some(w) => {
+            return Err(src.invalid(
+                "flags.guard_min_wfu",
+                Some(w),
+                "expected a fraction 0.0..=1.0, e.g. 0.98".into(),
+            ))
+        }
+        None => d.guard_min_wfu,
+    };
+    let year = 365 * 86_400;
+    let thresholds = anonnet_dir::FlagThresholds {
+        stable_mtbf: num(
+            "flags.stable_mtbf_secs",
+            &f.stable_mtbf_secs,
+            d.stable_mtbf,
+            0,
+            year,
+            "seconds",
+        )?,
+        guard_min_known: num(
+            "flags.guard_min_known_secs",
+            &f.guard_min_known_secs,
+            d.guard_min_known,
+            0,
+            year,
+            "seconds",
+        )?,
+        guard_min_wfu: wfu,
+        guard_min_bandwidth: u32::try_from(num(
+            "flags.guard_min_bandwidth",
+            &f.guard_min_bandwidth,
+            u64::from(d.guard_min_bandwidth),
+            0,
+            u64::from(u32::MAX),
+            "bytes per second",
+        )?)
+        .unwrap_or(u32::MAX),
+        hsdir_min_uptime: num(
+            "flags.hsdir_min_uptime_secs",
+            &f.hsdir_min_uptime_secs,
+            d.hsdir_min_uptime,
+            0,
+            year,
+            "seconds",
+        )?,
+        half_life: num(
+            "flags.half_life_secs",
+            &f.half_life_secs,
+            d.half_life,
+            1,
+            year,
+            "seconds",
+        )?,
+    };
+    Ok(AuthoritySettings {
+        file: src.path.clone(),
+        authority: anonnet_authority::AuthorityConfig {
+            data_dir,
+            listen,
+            network,
+            period,
+            vote_delay,
+            thresholds,
+            measure,
+        },
     })
 }
 
@@ -1130,6 +1445,10 @@ pub enum ConfigKind {
     Client,
     /// A testnet config ([`load_testnet`]).
     Testnet,
+    /// An authority config ([`load_authority`]).
+    Authority,
+    /// A network file ([`load_network`]).
+    Network,
 }
 
 /// Validate `text` as a config file of `kind` found at `path`, exactly as the `load_*`
@@ -1145,6 +1464,8 @@ pub fn check_text(kind: ConfigKind, path: &Path, text: &str) -> Result<(), Confi
         ConfigKind::Relay => relay_from(&src).map(drop),
         ConfigKind::Client => client_from(&src).map(drop),
         ConfigKind::Testnet => testnet_from(&src).map(drop),
+        ConfigKind::Authority => authority_from(&src).map(drop),
+        ConfigKind::Network => network_from(&src).map(drop),
     }
 }
 

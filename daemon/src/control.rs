@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 
 use anonnet_control::server::{HandlerError, HandlerFuture};
 use anonnet_control::{
-    AvoidedRelay, Bootstrap, CircuitInfo, ControlError, ControlHandler, ControlServer, Cookie,
-    ConsensusInfo, Counters, Event, PublishRequest, ServiceInfo, Status, UnpublishRequest,
+    AvoidedRelay, Bootstrap, CircuitInfo, ConsensusInfo, ControlError, ControlHandler,
+    ControlServer, Cookie, Counters, Event, PublishRequest, ServiceInfo, Status, UnpublishRequest,
 };
 use anonnet_crypto::hs::HsAddress;
 use tokio::sync::broadcast;

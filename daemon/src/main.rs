@@ -91,12 +91,35 @@ enum Command {
         #[arg(long, hide = true)]
         exit_with_parent: bool,
     },
-    /// Start a whole network on this machine: N relay processes, a demo web site and the
-    /// client's SOCKS5 proxy in front. Ctrl-C stops everything.
+    /// Run a directory authority: takes relays' descriptors, tests and measures them,
+    /// votes and signs the consensus with the network's other authorities.
+    Authority {
+        /// Authority config file (see config/authority.toml).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Exit when standard input closes (used by `anonnet testnet`).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// List the consensus the client holds (its state directory's copy): each relay's
+    /// NodeId, address, flags and weight. Reads files only; the daemon need not run.
+    Consensus(cli::Target),
+    /// Start a whole network on this machine: directory authorities, N relay processes, a
+    /// demo web site and the client's SOCKS5 proxy in front. Ctrl-C stops everything.
     Testnet {
         /// Number of relay processes (3..=64) [default: 5].
         #[arg(long, value_name = "N", value_parser = parse_relays)]
         relays: Option<usize>,
+        /// Number of directory authority processes (1..=9) [default: 3].
+        #[arg(long, value_name = "K", value_parser = parse_authorities)]
+        authorities: Option<usize>,
+        /// Seconds an authority must know a relay before voting it the Guard flag
+        /// [default: 0; a real network uses 8 days].
+        #[arg(long, value_name = "SECS")]
+        guard_after: Option<u64>,
+        /// Length of the authorities' voting period in seconds (2..=3600) [default: 4].
+        #[arg(long, value_name = "SECS", value_parser = parse_period)]
+        period: Option<u64>,
         /// SOCKS5 address of the client, IP:PORT; "auto" or port 0 picks a free port
         /// [default: 127.0.0.1:9050].
         #[arg(long, value_name = "ADDR", value_parser = config::parse_socks_listen)]
@@ -116,6 +139,23 @@ enum Command {
     /// Control subcommands over the running daemon's control API.
     #[command(flatten)]
     Control(cli::ControlCommand),
+}
+
+fn parse_authorities(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=testnet::MAX_AUTHORITIES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of authorities in 1..={}",
+            testnet::MAX_AUTHORITIES
+        )),
+    }
+}
+
+fn parse_period(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (2..=3600).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a period in 2..=3600 seconds")),
+    }
 }
 
 fn parse_relays(s: &str) -> Result<usize, String> {
@@ -184,6 +224,9 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// The directory authority could not start.
+    #[error("authority: {0}")]
+    Authority(String),
     /// The testnet could not start.
     #[error("testnet: {0}")]
     Testnet(String),
@@ -212,11 +255,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         if cli.config.is_some()
-            && matches!(cli.command, Command::Relay { .. } | Command::Testnet { .. })
+            && matches!(
+                cli.command,
+                Command::Relay { .. } | Command::Testnet { .. } | Command::Authority { .. }
+            )
         {
             return Err(Error::Control(
-                "`--config` before the subcommand names a client config; for `relay` and \
-                 `testnet` put `--config FILE` after the subcommand"
+                "`--config` before the subcommand names a client config; for `relay`, \
+                 `authority` and `testnet` put `--config FILE` after the subcommand"
                     .into(),
             ));
         }
@@ -230,13 +276,28 @@ fn main() -> ExitCode {
                 config,
                 exit_with_parent,
             } => run_relay(&config, exit_with_parent).await,
+            Command::Authority {
+                config,
+                exit_with_parent,
+            } => run_authority(&config, exit_with_parent).await,
+            Command::Consensus(target) => cli::consensus(target, cli.config),
             Command::Testnet {
                 relays,
+                authorities,
+                guard_after,
+                period,
                 socks,
                 http,
                 dir,
                 config,
-            } => run_testnet(relays, socks, http, dir, config, cli.log_level).await,
+            } => {
+                let shape = testnet::NetworkShape {
+                    authorities: authorities.unwrap_or(testnet::DEFAULT_AUTHORITIES),
+                    guard_after: guard_after.unwrap_or(0),
+                    period: period.unwrap_or(testnet::DEFAULT_PERIOD),
+                };
+                run_testnet(relays, shape, socks, http, dir, config, cli.log_level).await
+            }
         }
     });
     // Don't wait for tasks still parked on the network.
@@ -292,6 +353,25 @@ async fn run_relay(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
     Ok(())
 }
 
+async fn run_authority(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
+    let mut shutdown = Shutdown::new(exit_with_parent).map_err(Error::io("signal handlers"))?;
+    let settings = config::load_authority(config)?;
+    info!(config = %settings.file.display(), "starting directory authority");
+    let authority = anonnet_authority::Authority::start(settings.authority)
+        .await
+        .map_err(|e| Error::Authority(e.to_string()))?;
+    print_line(&format!(
+        "AUTHORITY ready {} {} {}",
+        authority.node_id(),
+        authority.local_addr(),
+        hex::encode(authority.identity())
+    ))?;
+    let why = shutdown.wait().await;
+    info!("{why}: authority shutting down");
+    authority.shutdown(std::time::Duration::from_secs(2)).await;
+    Ok(())
+}
+
 /// `ports.json` in the state directory while the client runs; removed when dropped.
 struct PortsFile(PathBuf);
 
@@ -333,7 +413,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     let mut shutdown = Shutdown::new(exit_with_parent).map_err(Error::io("signal handlers"))?;
     let path = cli::client_config_path(config)?;
     let settings = config::load_client(&path)?;
-    info!(config = %settings.file.display(), relays = settings.bootstrap.len(), "starting client");
+    info!(config = %settings.file.display(), fallbacks = settings.bootstrap.len(), authorities = settings.network.authorities.len(), "starting client");
 
     let socks = SocksServer::bind(settings.socks_listen)
         .await
@@ -372,6 +452,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     )?;
 
     let mut client_config = ClientConfig {
+        network: Some(settings.network.clone()),
         bootstrap: settings.bootstrap,
         ..ClientConfig::default()
     };
@@ -409,6 +490,12 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     }
     for hosted in client.services() {
         tokio::spawn(announce_when_published(hosted));
+    }
+    if let Some(c) = client.consensus_status() {
+        print_line(&format!(
+            "consensus ready: {} relays, signed by {} of {} authorities",
+            c.relays, c.signatures, c.authorities
+        ))?;
     }
     let serving_socks = tokio::spawn(socks.serve(client.clone()));
     let serving_http = tokio::spawn(http.serve(client.clone()));
@@ -468,6 +555,7 @@ async fn announce_when_published(hosted: Arc<anonnet_client::HostedService>) {
 
 async fn run_testnet(
     relays: Option<usize>,
+    shape: testnet::NetworkShape,
     socks: Option<SocketAddr>,
     http: Option<SocketAddr>,
     dir: Option<PathBuf>,
@@ -496,6 +584,7 @@ async fn run_testnet(
                 .collect()
         }),
         log_level: log_level.map(LogLevel::as_str),
+        shape,
     };
     testnet::run(options, &mut shutdown).await
 }

@@ -3,6 +3,8 @@
 //!
 //! Layout of the testnet directory:
 //! ```text
+//! DIR/network.toml           the network: every authority's identity and address
+//! DIR/auth-<k>/authority.toml, authority.log, keys, consensus   a directory authority
 //! DIR/relay-<i>/relay.toml   generated config (listen 127.0.0.1:0, exit for loopback)
 //! DIR/relay-<i>/relay.log    the relay's stderr
 //! DIR/relay-<i>/descriptor   its signed descriptor (plus keys and stats.json)
@@ -49,6 +51,27 @@ const LOG_TAIL_LINES: usize = 8;
 const SOCKS_READY: &str = "SOCKS5 ready on ";
 /// The client's (and the testnet's) HTTP proxy ready line, before the address.
 const HTTP_READY: &str = "HTTP proxy ready on ";
+/// The client's (and the testnet's) consensus line, printed before its proxies are ready.
+const CONSENSUS_READY: &str = "consensus ready: ";
+/// An authority's ready line: `AUTHORITY ready <node_id> <addr> <identity hex>`.
+const AUTHORITY_READY: &str = "AUTHORITY ready ";
+/// Default number of directory authorities.
+pub const DEFAULT_AUTHORITIES: usize = 3;
+/// Most directory authorities in a testnet.
+pub const MAX_AUTHORITIES: usize = 9;
+/// Default voting period of the testnet's authorities (seconds).
+pub const DEFAULT_PERIOD: u64 = 4;
+
+/// The directory side of a testnet.
+#[derive(Debug, Clone)]
+pub struct NetworkShape {
+    /// Directory authority processes (1..=[`MAX_AUTHORITIES`]).
+    pub authorities: usize,
+    /// `flags.guard_min_known_secs` of the authorities.
+    pub guard_after: u64,
+    /// `authority.period_secs` of the authorities.
+    pub period: u64,
+}
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -65,6 +88,8 @@ pub struct TestnetOptions {
     pub exit_policy: Vec<String>,
     /// `--log-level` passed on to every child (`error` … `trace`), when given.
     pub log_level: Option<&'static str>,
+    /// Authorities and their timing.
+    pub shape: NetworkShape,
 }
 
 /// One child process of the testnet.
@@ -167,6 +192,8 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let exe = std::env::current_exe().map_err(Error::io("finding the anonnet executable"))?;
     info!(dir = %dir.display(), relays = options.relays, "starting testnet");
 
+    let (network_file, authorities_info) = start_authorities(&dir, &exe, options, net).await?;
+
     // Relay-1 founds the DHT, relay-2 joins through it, and the rest start at once and
     // join through those two, the network's bootstrap relays.
     let deadline = Instant::now() + RELAY_READY_TIMEOUT;
@@ -180,7 +207,10 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
             let rdir = dir.join(format!("relay-{i}"));
             create_private_dir(&rdir)?;
             let config = rdir.join("relay.toml");
-            write_file(&config, &relay_toml(i, &options.exit_policy, &bootstrap))?;
+            write_file(
+                &config,
+                &relay_toml(i, &options.exit_policy, &bootstrap, &network_file),
+            )?;
             let child = spawn(
                 &exe,
                 format!("relay-{i}"),
@@ -228,11 +258,17 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let cdir = dir.join("client");
     create_private_dir(&cdir)?;
     let config = cdir.join("client.toml");
-    // The client knows only the two bootstrap relays; the DHT gives it the rest.
+    // The client knows the authorities (network.toml) and two fallback relays; the
+    // consensus gives it the rest.
     let client_bootstrap: Vec<PathBuf> = descriptors.iter().take(2).cloned().collect();
     write_file(
         &config,
-        &client_toml(options.socks, options.http, &client_bootstrap),
+        &client_toml(
+            options.socks,
+            options.http,
+            &client_bootstrap,
+            &network_file,
+        ),
     )?;
     let client_log = cdir.join("client.log");
     let mut client = spawn(
@@ -247,7 +283,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     // before either proxy works.
     let ready = read_ready(
         &mut client,
-        &[SOCKS_READY, HTTP_READY],
+        &[CONSENSUS_READY, SOCKS_READY, HTTP_READY],
         Instant::now() + CLIENT_READY_TIMEOUT,
     )
     .await;
@@ -271,7 +307,7 @@ target = {}
 port = 80
 name = {}
 ",
-            client_toml(auto, auto, &client_bootstrap).replace(
+            client_toml(auto, auto, &client_bootstrap, &network_file).replace(
                 "[client]",
                 "[client]
 control_listen = \"auto\""
@@ -292,13 +328,20 @@ control_listen = \"auto\""
     let service_pid = service.pid();
     let service_ready = read_ready(
         &mut service,
-        &[SOCKS_READY, HTTP_READY, crate::SERVICE_READY],
+        &[
+            CONSENSUS_READY,
+            SOCKS_READY,
+            HTTP_READY,
+            crate::SERVICE_READY,
+        ],
         Instant::now() + SERVICE_READY_TIMEOUT,
     )
     .await;
     net.children.push(service);
     // Who is who, for tools and tests: `testnet.json`.
     let layout = serde_json::json!({
+        "network": network_file.display().to_string(),
+        "authorities": authorities_info,
         "relays": ready_info,
         "bootstrap": client_bootstrap.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
         "client": { "pid": client_pid, "config": config.display().to_string() },
@@ -327,6 +370,9 @@ control_listen = \"auto\""
     let http = addr_in(HTTP_READY)?;
     service_ready?;
 
+    if let Some(line) = lines.iter().find(|l| l.starts_with(CONSENSUS_READY)) {
+        print_line(line)?;
+    }
     print_line(&format!("{SOCKS_READY}{socks}"))?;
     print_line(&format!(
         "curl --socks5-hostname {socks} http://localhost:{}/",
@@ -398,7 +444,12 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(Error::io(format!("writing {}", path.display())))
 }
 
-fn relay_toml(i: usize, exit_policy: &[String], dht_bootstrap: &[PathBuf]) -> String {
+fn relay_toml(
+    i: usize,
+    exit_policy: &[String],
+    dht_bootstrap: &[PathBuf],
+    network: &Path,
+) -> String {
     let policy: Vec<String> = exit_policy.iter().map(|l| toml_string(l)).collect();
     let bootstrap: Vec<String> = dht_bootstrap
         .iter()
@@ -410,6 +461,7 @@ fn relay_toml(i: usize, exit_policy: &[String], dht_bootstrap: &[PathBuf]) -> St
          data_dir = \".\"\n\
          listen = \"127.0.0.1:0\"\n\
          guard = true\n\
+         network = {}\n\
          \n\
          [exit]\n\
          enabled = true\n\
@@ -417,12 +469,18 @@ fn relay_toml(i: usize, exit_policy: &[String], dht_bootstrap: &[PathBuf]) -> St
          \n\
          [dht]\n\
          bootstrap = [{}]\n",
+        toml_string(&network.display().to_string()),
         policy.join(", "),
         bootstrap.join(", ")
     )
 }
 
-fn client_toml(socks: SocketAddr, http: SocketAddr, descriptors: &[PathBuf]) -> String {
+fn client_toml(
+    socks: SocketAddr,
+    http: SocketAddr,
+    descriptors: &[PathBuf],
+    network: &Path,
+) -> String {
     let bootstrap: Vec<String> = descriptors
         .iter()
         .map(|d| format!("    {},\n", toml_string(&d.display().to_string())))
@@ -433,12 +491,124 @@ fn client_toml(socks: SocketAddr, http: SocketAddr, descriptors: &[PathBuf]) -> 
          socks_listen = {}\n\
          http_listen = {}\n\
          state_dir = \".\"\n\
+         network = {}\n\
          # Every testnet relay is on 127.0.0.1: allow one /16 in a path (test only).\n\
          allow_same_subnet_paths = true\n\
          bootstrap = [\n{}]\n",
         toml_string(&socks.to_string()),
         toml_string(&http.to_string()),
+        toml_string(&network.display().to_string()),
         bootstrap.concat()
+    )
+}
+
+/// A free UDP port on 127.0.0.1 for an authority: the network file must name it before
+/// the authority starts. (Another process could take it in between; on loopback in a
+/// test this does not happen in practice, and the authority then fails with a clear
+/// bind error.)
+fn free_udp_port() -> Result<u16, Error> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .map_err(Error::io("finding a free UDP port on 127.0.0.1"))?;
+    sock.local_addr()
+        .map(|a| a.port())
+        .map_err(Error::io("reading a UDP socket's port"))
+}
+
+/// Create the authorities' keys, write `DIR/network.toml` and each `authority.toml`,
+/// start the authority processes and wait for their ready lines. Returns the network
+/// file and the authorities' entries for `testnet.json`.
+async fn start_authorities(
+    dir: &Path,
+    exe: &Path,
+    options: &TestnetOptions,
+    net: &mut Testnet,
+) -> Result<(PathBuf, Vec<serde_json::Value>), Error> {
+    let shape = &options.shape;
+    let mut entries = String::from(
+        "# Generated by `anonnet testnet`: the network's directory authorities.\n\
+         name = \"testnet\"\n",
+    );
+    let mut planned = Vec::with_capacity(shape.authorities);
+    for k in 1..=shape.authorities {
+        let adir = dir.join(format!("auth-{k}"));
+        create_private_dir(&adir)?;
+        let (identity, _) = anonnet_relay::keystore::load_keys(&adir)
+            .map_err(|e| Error::Testnet(format!("authority keys: {e}")))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        entries.push_str(&format!(
+            "\n[[authority]]\nname = \"auth-{k}\"\nidentity = \"{}\"\naddress = \"{addr}\"\n",
+            identity
+                .public()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ));
+        planned.push((k, adir, addr));
+    }
+    let network_file = dir.join("network.toml");
+    write_file(&network_file, &entries)?;
+    let first_child = net.children.len();
+    for (k, adir, addr) in &planned {
+        let config = adir.join("authority.toml");
+        write_file(&config, &authority_toml(*addr, &network_file, shape))?;
+        let child = spawn(
+            exe,
+            format!("auth-{k}"),
+            &["authority", "--config"],
+            &config,
+            &adir.join("authority.log"),
+            options.log_level,
+        )?;
+        net.children.push(child);
+    }
+    let deadline = Instant::now() + RELAY_READY_TIMEOUT;
+    let mut info_out = Vec::with_capacity(planned.len());
+    for (child, (_, adir, addr)) in net.children.iter_mut().skip(first_child).zip(&planned) {
+        let line = read_ready(child, &[AUTHORITY_READY], deadline)
+            .await?
+            .concat();
+        let node_id = line
+            .strip_prefix(AUTHORITY_READY)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_default()
+            .to_owned();
+        info!(authority = %child.name, %addr, "authority ready");
+        info_out.push(serde_json::json!({
+            "name": child.name,
+            "pid": child.pid(),
+            "node_id": node_id,
+            "addr": addr.to_string(),
+            "config": adir.join("authority.toml").display().to_string(),
+        }));
+    }
+    Ok((network_file, info_out))
+}
+
+fn authority_toml(listen: SocketAddr, network: &Path, shape: &NetworkShape) -> String {
+    format!(
+        "# Generated by `anonnet testnet`. Timings in seconds, not the days of a real \
+         network,\n# so that flags appear within a minute.\n\
+         [authority]\n\
+         data_dir = \".\"\n\
+         listen = {}\n\
+         network = {}\n\
+         period_secs = {}\n\
+         vote_delay_secs = 1\n\
+         measure = true\n\
+         measure_bytes = 262144\n\
+         measure_interval_secs = 60\n\
+         \n\
+         [flags]\n\
+         stable_mtbf_secs = 0\n\
+         guard_min_known_secs = {}\n\
+         guard_min_wfu = 0.9\n\
+         guard_min_bandwidth = 100000\n\
+         hsdir_min_uptime_secs = 0\n\
+         half_life_secs = 3600\n",
+        toml_string(&listen.to_string()),
+        toml_string(&network.display().to_string()),
+        shape.period,
+        shape.guard_after,
     )
 }
 
@@ -660,7 +830,16 @@ mod tests {
             .map(|s| (*s).to_owned())
             .collect();
         let relay = dir.join("relay.toml");
-        std::fs::write(&relay, relay_toml(1, &policy, &[])).unwrap();
+        let network = dir.join("network.toml");
+        std::fs::write(
+            &network,
+            format!(
+                "name = \"t\"\n[[authority]]\nname = \"a\"\nidentity = \"{}\"\naddress = \"127.0.0.1:7000\"\n",
+                "11".repeat(32)
+            ),
+        )
+        .unwrap();
+        std::fs::write(&relay, relay_toml(1, &policy, &[], &network)).unwrap();
         let s = anonnet_daemon::config::load_relay(&relay).unwrap();
         assert_eq!(s.relay.data_dir, dir.join("."));
         let p = s.relay.exit_policy.unwrap();
@@ -673,7 +852,21 @@ mod tests {
             .map(|i| dir.join(format!("r \"{i}\".desc")))
             .collect();
         let auto = "127.0.0.1:0".parse().unwrap();
-        std::fs::write(&client, client_toml(auto, auto, &descs)).unwrap();
+        std::fs::write(&client, client_toml(auto, auto, &descs, &network)).unwrap();
+        let auth = dir.join("authority.toml");
+        let shape = NetworkShape {
+            authorities: 1,
+            guard_after: 5,
+            period: 4,
+        };
+        std::fs::write(
+            &auth,
+            authority_toml("127.0.0.1:7000".parse().unwrap(), &network, &shape),
+        )
+        .unwrap();
+        let a = anonnet_daemon::config::load_authority(&auth).unwrap();
+        assert_eq!(a.authority.period, 4);
+        assert_eq!(a.authority.thresholds.guard_min_known, 5);
         let e = anonnet_daemon::config::load_client(&client)
             .unwrap_err()
             .to_string();

@@ -669,6 +669,343 @@ def dark_vector():
     check("§12.5 record", unsigned + sig, DARK["record"])
 
 
+# ---------------------------------------------------------------- §14 directory
+
+VOTE_CONTEXT = b"anonnet vote v1\0"
+CONSENSUS_CONTEXT = b"anonnet consensus v1\0"
+MAX_CLOCK_SKEW = 300
+
+
+def network_id(name: str, identities) -> bytes:
+    # §14.1: name_len u16 ‖ name ‖ the identities, sorted.
+    raw = name.encode()
+    return derive_key("anonnet 2026 network id",
+                      struct.pack(">H", len(raw)) + raw + b"".join(sorted(identities)))
+
+
+def dir_entry(r) -> bytes:
+    # §14.3: identity ‖ onion_key ‖ atype ‖ ip ‖ port ‖ flags ‖ weight ‖ n_ports ‖ ranges.
+    ip = r["ip"]
+    out = r["identity"] + r["onion"] + bytes([4 if len(ip) == 4 else 6]) + ip
+    out += struct.pack(">HBIB", r["port"], r["flags"], r["weight"], len(r["ports"]))
+    for lo, hi in r["ports"]:
+        out += struct.pack(">HH", lo, hi)
+    return out
+
+
+def dir_entries(relays) -> bytes:
+    relays = sorted(relays, key=lambda r: r["identity"])
+    return struct.pack(">I", len(relays)) + b"".join(dir_entry(r) for r in relays)
+
+
+def srv_reveal(secret: bytes, valid_after: int) -> bytes:
+    # §14.7: BLAKE3-keyed(s, "anonnet 2026 srv reveal" ‖ V u64).
+    return blake3.blake3(b"anonnet 2026 srv reveal" + struct.pack(">Q", valid_after),
+                         key=secret).digest(length=32)
+
+
+def srv_commit(reveal: bytes) -> bytes:
+    return derive_key("anonnet 2026 srv commit", reveal)
+
+
+def shared_random_value(t, previous_srv, prior_commits, reveals, majority):
+    # §14.7 steps 1-3.
+    valid = sorted((a, r) for a, r in reveals if (a, srv_commit(r)) in prior_commits)
+    one_each = []
+    for a, r in valid:
+        if not one_each or one_each[-1][0] != a:
+            one_each.append((a, r))
+    if len(one_each) >= majority:
+        return derive_key("anonnet 2026 srv",
+                          struct.pack(">Q", t) + previous_srv + bytes([len(one_each)])
+                          + b"".join(a + r for a, r in one_each))
+    return derive_key("anonnet 2026 srv disaster", struct.pack(">Q", t) + previous_srv)
+
+
+def vote_body(nid, authority, times, commit, reveal, relays) -> bytes:
+    # §14.5 vote body.
+    out = bytes([1]) + nid + authority + struct.pack(">QQQ", *times) + commit
+    out += (bytes([1]) + reveal) if reveal is not None else bytes([0])
+    return out + dir_entries(relays)
+
+
+def consensus_body(nid, times, srv_current, srv_previous, commits, relays) -> bytes:
+    # §14.6 consensus body.
+    out = bytes([1]) + nid + struct.pack(">QQQ", *times) + srv_current + srv_previous
+    out += bytes([len(commits)]) + b"".join(a + c for a, c in sorted(commits))
+    return out + dir_entries(relays)
+
+
+def compute_relays(votes, majority):
+    """§14.5 computation, steps 2-5 and 7: the consensus relays from the votes' relays."""
+    by_id = {}
+    for relays in votes:
+        for r in relays:
+            by_id.setdefault(r["identity"], []).append(r)
+    out = []
+    for identity in sorted(by_id):
+        listing = by_id[identity]
+        if len(listing) < majority:
+            continue
+        variants = {}
+        for r in listing:
+            key = dir_entry(dict(r, flags=0, weight=0))
+            variants.setdefault(key, [0, r])[0] += 1
+        _, (_, chosen) = max(variants.items(), key=lambda kv: (kv[1][0], kv[0]))
+        flags = 0
+        for bit in range(8):
+            if 2 * sum(1 for r in listing if r["flags"] >> bit & 1) > len(listing):
+                flags |= 1 << bit
+        weights = sorted(r["weight"] for r in listing)
+        out.append(dict(chosen, flags=flags, weight=weights[(len(weights) - 1) // 2]))
+    return out
+
+
+def parse_signed_consensus(data: bytes):
+    """§14.6 layout: returns (body, fields, [(authority, signature)])."""
+    (body_len,) = struct.unpack(">I", data[:4])
+    body = data[4:4 + body_len]
+    rest = data[4 + body_len:]
+    n_sigs = rest[0]
+    if n_sigs > 32 or len(rest) != 1 + 96 * n_sigs:
+        raise ValueError("signatures")
+    sigs = [(rest[1 + 96 * i:33 + 96 * i], rest[33 + 96 * i:97 + 96 * i]) for i in range(n_sigs)]
+    if body[0] != 1:
+        raise ValueError("version")
+    nid = body[1:33]
+    va, fu, vu = struct.unpack(">QQQ", body[33:57])
+    if not va < fu <= vu:
+        raise ValueError("times")
+    n_commits = body[121]
+    pos = 122 + 64 * n_commits
+    (n,) = struct.unpack(">I", body[pos:pos + 4])
+    return body, {"network_id": nid, "valid_after": va, "valid_until": vu, "n": n}, sigs
+
+
+def client_accepts(data: bytes, identities, nid, now) -> bool:
+    """§14.6 checks 1-4."""
+    try:
+        body, f, sigs = parse_signed_consensus(data)
+    except (ValueError, IndexError, struct.error):
+        return False
+    if f["network_id"] != nid:
+        return False
+    counted = set()
+    for a, s in sigs:
+        if a in counted or a not in identities:
+            continue
+        try:
+            Ed25519PublicKey.from_public_bytes(a).verify(s, CONSENSUS_CONTEXT + body)
+            counted.add(a)
+        except Exception:
+            pass
+    majority = len(identities) // 2 + 1
+    return (len(counted) >= majority
+            and f["valid_after"] - MAX_CLOCK_SKEW <= now < f["valid_until"])
+
+
+DIR = {
+    "authority 1": "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c",
+    "authority 2": "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394",
+    "authority 3": "ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1",
+    "network_id": "0ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e09f",
+    "entry A": (
+        "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737"
+        "0faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20"
+        "047f0000011b631f000f424001005001bb"
+    ),
+    "entry B": (
+        "204040e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c21"
+        "9a4503a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b"
+        "0620010db80000000000000000000000121b640300004e2000"
+    ),
+    "reveal_1(T)": "099890d6bebda2ff23cc3447c046e0e4c50def374930e8968533f73e32d867ba",
+    "commit_1(T)": "8a01cea990ceff4de2f034b55cf140636c1fbc5c29b7c1d0ed4f885cd8f1a549",
+    "commit_1(T + L)": "e77a29d3d7dfe10bb3f47dfc701399ec56ad540a664119d7059ea19cf8587a24",
+    "srv_current": "03487fd8574b491b357e18940cb618e0cb002d6e32bad29a720c6029e994beb1",
+    "SRV disaster": "a60ff3c4475cdb4a1e4816932734fb05724fcb8d83b1d15f8a9fbfda8a54b5dc",
+    "vote body": (
+        "010ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0"
+        "9f8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f"
+        "5c000000006b49d200000000006b49e010000000006b49fc30e77a29d3d7dfe1"
+        "0bb3f47dfc701399ec56ad540a664119d7059ea19cf8587a2401099890d6bebd"
+        "a2ff23cc3447c046e0e4c50def374930e8968533f73e32d867ba000000022040"
+        "40e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c219a45"
+        "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0620"
+        "010db80000000000000000000000121b640300004e2000d04ab232742bb4ab3a"
+        "1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b97f"
+        "4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20047f0000011b631f00"
+        "0f424001005001bb"
+    ),
+    "vote signature": (
+        "d088d4e370e68c10367c97d257481b8a2c7d115f556e2ea7eaf863b3bc38c1a5"
+        "37ce0bac5798b412a697877d3c7ba2b4bf6c6a4a568db786f7b70c0110654f07"
+    ),
+    "BLAKE3(signed vote)": "a7b793e5a51c9f6dfdab1625338bb7011793a23dd9b9685f7a8ed54503eb6c9a",
+    "consensus body": (
+        "010ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0"
+        "9f000000006b49d200000000006b49e010000000006b49fc3003487fd8574b49"
+        "1b357e18940cb618e0cb002d6e32bad29a720c6029e994beb177777777777777"
+        "77777777777777777777777777777777777777777777777777038139770ea87d"
+        "175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394681fe8a6c41e"
+        "5f2e8b4abb07236915fcec5a0b189d8e7476fe0d8ad4c8f38b458a88e3dd7409"
+        "f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5ce77a29d3d7df"
+        "e10bb3f47dfc701399ec56ad540a664119d7059ea19cf8587a24ed4928c628d1"
+        "c2c6eae90338905995612959273a5c63f93636c14614ac8737d1de8198b5f306"
+        "5f95bc05b861f7ba4abed5c97a512cdd5c80c7d36cbbbc3e3d4d000000022040"
+        "40e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c219a45"
+        "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0620"
+        "010db80000000000000000000000121b640300004e2000d04ab232742bb4ab3a"
+        "1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b97f"
+        "4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20047f0000011b631f00"
+        "0f424001005001bb"
+    ),
+    "digest": "e8fa1640ead5d2aa212acb5c94f59656eab0f02669ab40a0bf4cd3cf52b09e1a",
+    "signature 1": (
+        "0f0bd93b61738463afbd540dd1247dd98406f18f04833e600b392b9d8410bf2b"
+        "4286e84b55fca2c961e5f0a4b06b8472edf2a015dc0ec64914f86b3925aa1b04"
+    ),
+    "signature 2": (
+        "c8aea0b6ffe4606c1117fe90ccbb4189ac73cd06a362422d3ca74eeaca926e03"
+        "244f0199473cdca0bd20ebc3153302cabe9871784c40e7a22bdf2010d07b1600"
+    ),
+    "BLAKE3(signed consensus)": "b4ca08e8b7fb4d17e3c106d3a75caf3b5967f35d00d5a7ed73498274729eb6f2",
+}
+DIR_FRAMES = {
+    "GET_CONSENSUS request": "110000000103",
+    "GET_VOTE request for T": "110000000907000000006b49d200",
+    "CONSENSUS answer, none": "000000020400",
+    "UPLOADED answer": "0000000c02010974696d6564206f7574",
+}
+
+
+def directory_vectors():
+    t, period = 1_800_000_000, 3600
+    times = (t, t + period, t + 3 * period)
+    seeds = [bytes([i]) * 32 for i in (1, 2, 3)]
+    auths = [ed25519_public(s) for s in seeds]
+    for i, a in enumerate(auths, 1):
+        check(f"§14.10 authority {i} identity", a, DIR[f"authority {i}"])
+    nid = network_id("vectors", auths)
+    check("§14.1 network_id", nid, DIR["network_id"])
+    check_true("§14.1 network_id ignores the authorities' order",
+               network_id("vectors", auths[::-1]) == nid
+               and network_id("vectorz", auths) != nid)
+    majority = len(auths) // 2 + 1
+
+    relay_a = {"identity": ed25519_public(b"\x11" * 32), "onion": x25519_public(b"\x22" * 32),
+               "ip": bytes([127, 0, 0, 1]), "port": 7011, "flags": 0x1f,
+               "weight": 1_000_000, "ports": [(80, 443)]}
+    relay_b = {"identity": ed25519_public(b"\x12" * 32), "onion": x25519_public(b"\x23" * 32),
+               "ip": bytes.fromhex("20010db8000000000000000000000012"), "port": 7012,
+               "flags": 0x03, "weight": 20_000, "ports": []}
+    entry_a, entry_b = dir_entry(relay_a), dir_entry(relay_b)
+    check("§14.10 entry A", entry_a, DIR["entry A"])
+    check("§14.10 entry B", entry_b, DIR["entry B"])
+    check_true("§14.3 entry sizes: 81 (IPv4, one range) and 89 (IPv6, none)",
+               (len(entry_a), len(entry_b)) == (81, 89))
+    check_true("§14.3 relay A is NodeId of §3.3", node_id(relay_a["identity"]).hex()
+               == HANDSHAKE["NODE_ID"])
+
+    secrets = [bytes([0xa0 + i]) * 32 for i in (1, 2, 3)]
+    reveals = [(a, srv_reveal(s, t)) for a, s in zip(auths, secrets)]
+    prior_commits = [(a, srv_commit(r)) for a, r in reveals]
+    next_commits = [(a, srv_commit(srv_reveal(s, t + period))) for a, s in zip(auths, secrets)]
+    check("§14.10 reveal_1(T)", reveals[0][1], DIR["reveal_1(T)"])
+    check("§14.10 commit_1(T)", prior_commits[0][1], DIR["commit_1(T)"])
+    check("§14.10 commit_1(T + L)", next_commits[0][1], DIR["commit_1(T + L)"])
+    previous_srv = b"\x77" * 32
+    srv = shared_random_value(t, previous_srv, prior_commits, reveals, majority)
+    check("§14.7 SRV, three valid reveals", srv, DIR["srv_current"])
+    disaster = shared_random_value(t, previous_srv, prior_commits, reveals[:1], majority)
+    check("§14.7 SRV, disaster", disaster, DIR["SRV disaster"])
+    check_true("§14.7 disaster value does not depend on the reveals",
+               disaster == shared_random_value(t, previous_srv, prior_commits, [], majority))
+    forged = [(auths[0], b"\x00" * 32)] + reveals[1:]
+    check_true("§14.7 a reveal that does not match its commit is not counted",
+               shared_random_value(t, previous_srv, prior_commits, forged, majority)
+               == shared_random_value(t, previous_srv, prior_commits, reveals[1:], majority)
+               != srv)
+
+    # §14.5: the vote of authority 1.
+    body = vote_body(nid, auths[0], times, next_commits[0][1], reveals[0][1], [relay_a, relay_b])
+    check("§14.10 vote body", body, DIR["vote body"])
+    sig = Ed25519PrivateKey.from_private_bytes(seeds[0]).sign(VOTE_CONTEXT + body)
+    check("§14.10 vote signature", sig, DIR["vote signature"])
+    signed_vote = struct.pack(">I", len(body)) + body + sig
+    check_true("§14.5 signed vote is 396 bytes", len(VOTE_CONTEXT) == 16 and len(signed_vote) == 396)
+    check("§14.10 BLAKE3(signed vote)", blake3.blake3(signed_vote).digest(),
+          DIR["BLAKE3(signed vote)"])
+    try:
+        Ed25519PublicKey.from_public_bytes(body[33:65]).verify(sig, VOTE_CONTEXT + body)
+        ok = True
+    except Exception:
+        ok = False
+    check_true("§14.5 the vote verifies under its authority", ok)
+
+    # §14.5 computation from three votes; authority 3 does not give relay A Guard.
+    votes = [
+        [relay_a, relay_b],
+        [dict(relay_a, weight=900_000), dict(relay_b, weight=30_000)],
+        [dict(relay_a, flags=0x17, weight=5_000_000), dict(relay_b, weight=10_000)],
+    ]
+    computed = compute_relays(votes, majority)
+    check_true("§14.5 consensus relays computed from the three votes are A and B as given",
+               [dir_entry(r) for r in computed] == [entry_b, entry_a])
+    check_true("§14.5 a relay listed by one vote of three is left out",
+               len(compute_relays([[relay_a], [], []], majority)) == 0)
+
+    # §14.6: the consensus, its digest and signatures.
+    body = consensus_body(nid, times, srv, previous_srv, next_commits, computed)
+    check("§14.10 consensus body", body, DIR["consensus body"])
+    check_true("§14.6 consensus body is 126 + 64·3 + 81 + 89 bytes",
+               len(body) == 126 + 64 * 3 + 81 + 89 == 488)
+    check("§14.10 digest", blake3.blake3(body).digest(), DIR["digest"])
+    sigs = [Ed25519PrivateKey.from_private_bytes(s).sign(CONSENSUS_CONTEXT + body)
+            for s in seeds[:2]]
+    check("§14.10 consensus signature 1", sigs[0], DIR["signature 1"])
+    check("§14.10 consensus signature 2", sigs[1], DIR["signature 2"])
+
+    def signed(pairs):
+        return (struct.pack(">I", len(body)) + body + bytes([len(pairs)])
+                + b"".join(a + s for a, s in pairs))
+
+    both = signed([(auths[0], sigs[0]), (auths[1], sigs[1])])
+    check_true("§14.6 signed consensus is 685 bytes",
+               len(CONSENSUS_CONTEXT) == 21 and len(both) == 685)
+    check("§14.10 BLAKE3(signed consensus)", blake3.blake3(both).digest(),
+          DIR["BLAKE3(signed consensus)"])
+    accepts = lambda data, now: client_accepts(data, set(auths), nid, now)  # noqa: E731
+    check_true("§14.6 accepted at valid_after, 300 s early, and 1 s before valid_until",
+               accepts(both, t) and accepts(both, t - 300) and accepts(both, t + 3 * period - 1))
+    check_true("§14.6 refused 301 s early and at valid_until",
+               not accepts(both, t - 301) and not accepts(both, t + 3 * period))
+    check_true("§14.6 one signature, or one signature twice, is too few",
+               not accepts(signed([(auths[0], sigs[0])]), t)
+               and not accepts(signed([(auths[0], sigs[0])] * 2), t))
+    outsider = ed25519_public(b"\x09" * 32)
+    outsider_sig = Ed25519PrivateKey.from_private_bytes(b"\x09" * 32).sign(CONSENSUS_CONTEXT + body)
+    check_true("§14.6 a signature by a non-authority does not count",
+               not accepts(signed([(auths[0], sigs[0]), (outsider, outsider_sig)]), t))
+    check_true("§14.6 a consensus for another network is refused",
+               not client_accepts(both, set(auths), network_id("other", auths), t))
+
+    # §14.2 message frames.
+    def frame(msg, request):
+        return (b"\x11" if request else b"") + struct.pack(">I", len(msg)) + msg
+    check("§14.10 GET_CONSENSUS frame", frame(b"\x03", True), DIR_FRAMES["GET_CONSENSUS request"])
+    check("§14.10 GET_VOTE frame", frame(b"\x07" + struct.pack(">Q", t), True),
+          DIR_FRAMES["GET_VOTE request for T"])
+    check("§14.10 CONSENSUS (none) frame", frame(b"\x04\x00", False),
+          DIR_FRAMES["CONSENSUS answer, none"])
+    reason = "timed out".encode()
+    check("§14.10 UPLOADED frame", frame(bytes([2, 1, len(reason)]) + reason, False),
+          DIR_FRAMES["UPLOADED answer"])
+    post = b"\x09" + blake3.blake3(body).digest() + auths[0] + sigs[0]
+    check_true("§14.10 POST_SIGNATURE frame is 11 00000081 ‖ …",
+               frame(post, True)[:6].hex() == "110000008109" and len(post) == 129)
+
+
 # ---------------------------------------------------------------- the document
 
 def document_prints_the_vectors():
@@ -682,7 +1019,8 @@ def document_prints_the_vectors():
         DESC_BODY, DESC_SIG, DESC_TEXT,
         "010001000f010b6578616d706c652e636f6d01bb", "010002000704c00002070050",
         "030001000106",
-    ] + [v for v in HS.values()] + [DARK["key"], DARK["pow"], DARK["record"]]
+    ] + [v for v in HS.values()] + [DARK["key"], DARK["pow"], DARK["record"]] + [
+        v for v in DIR.values()] + [v for v in DIR_FRAMES.values()]
     missing = [v for v in values if v not in flat]
     check_true(f"docs/protocol.md prints every vector (missing: {missing})", not missing)
 
@@ -694,6 +1032,7 @@ def main():
     message_examples()
     hs_vectors()
     dark_vector()
+    directory_vectors()
     document_prints_the_vectors()
     if FAILURES:
         print(f"\n{len(FAILURES)} mismatch(es)")

@@ -499,7 +499,10 @@ fn directory() {
                 signature: Consensus::sign_body(&body, &keys[2]),
             },
         ),
-        ("refused", DirMessage::Refused("not a directory authority".into())),
+        (
+            "refused",
+            DirMessage::Refused("not a directory authority".into()),
+        ),
     ];
     for (name, msg) in msgs {
         write("dir_message", name, &msg.encode().unwrap());

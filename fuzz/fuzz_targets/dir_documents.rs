@@ -25,8 +25,8 @@ use std::sync::OnceLock;
 use anonnet_crypto::IdentityKey;
 use anonnet_dir::network::AuthorityEntry;
 use anonnet_dir::{
-    compute_consensus, Consensus, DirError, Network, RelayEntry, SignedConsensus, SignedVote,
-    Vote, MAX_CLOCK_SKEW,
+    compute_consensus, Consensus, DirError, Network, RelayEntry, SignedConsensus, SignedVote, Vote,
+    MAX_CLOCK_SKEW,
 };
 use anonnet_wire::{Reader, Writer};
 use libfuzzer_sys::fuzz_target;
@@ -78,10 +78,16 @@ fn check_consensus_verify(s: &SignedConsensus, now: u64) {
             assert_eq!(Consensus::decode_body(&s.body).as_ref().err(), Some(e));
         }
         Err(DirError::WrongNetwork) => {
-            assert_ne!(Consensus::decode_body(&s.body).expect("decodes").network_id, f.id);
+            assert_ne!(
+                Consensus::decode_body(&s.body).expect("decodes").network_id,
+                f.id
+            );
         }
         Err(DirError::TooFewSignatures { valid, authorities }) => {
-            assert!(*valid < f.network.majority(), "{valid} valid signatures refused");
+            assert!(
+                *valid < f.network.majority(),
+                "{valid} valid signatures refused"
+            );
             assert_eq!(*authorities, 3);
         }
         Err(e) => panic!("verify_signed gave an unexpected error: {e:?}"),
@@ -93,8 +99,18 @@ fn check_consensus_verify(s: &SignedConsensus, now: u64) {
             assert_eq!(c, expected);
             assert!(in_window(&c), "accepted outside its window at {now}: {c:?}");
         }
-        (Err(DirError::NotValidNow { now: n, valid_after, valid_until }), Ok(c)) => {
-            assert_eq!((n, valid_after, valid_until), (now, c.valid_after, c.valid_until));
+        (
+            Err(DirError::NotValidNow {
+                now: n,
+                valid_after,
+                valid_until,
+            }),
+            Ok(c),
+        ) => {
+            assert_eq!(
+                (n, valid_after, valid_until),
+                (now, c.valid_after, c.valid_until)
+            );
             assert!(!in_window(&c), "refused inside its window at {now}: {c:?}");
         }
         (Err(e), Err(expected)) => assert_eq!(e, expected),
@@ -153,7 +169,9 @@ fn resign_consensus(body: &[u8], c: &Consensus) {
 
 fn check_consensus_body(body: &[u8]) {
     if let Ok(c) = Consensus::decode_body(body) {
-        let again = c.encode_body().expect("a decoded consensus body re-encodes");
+        let again = c
+            .encode_body()
+            .expect("a decoded consensus body re-encodes");
         assert_eq!(again, body, "consensus body does not round-trip: {c:?}");
         assert_eq!(Consensus::decode_body(&again).as_ref(), Ok(&c));
         for e in &c.relays {
@@ -174,7 +192,11 @@ fn check_vote_verify(s: &SignedVote) {
             return;
         }
     };
-    let who = v.authority.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let who = v
+        .authority
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
     match got {
         Ok(back) => {
             assert_eq!(back, v);
@@ -214,7 +236,9 @@ fn resign_vote(body: &[u8], v: &Vote) {
             assert_eq!(s.verify(&f.network), expected);
             let mut forged = s;
             forged.signature[63] ^= 0x10;
-            let refused = forged.verify(&f.network).expect_err("a forged vote is refused");
+            let refused = forged
+                .verify(&f.network)
+                .expect_err("a forged vote is refused");
             assert!(
                 matches!(
                     (&refused, right_network),
@@ -224,12 +248,17 @@ fn resign_vote(body: &[u8], v: &Vote) {
             );
         }
         None => {
-            assert!(v.sign(&f.keys[0]).is_err(), "signed by a key that is not its authority");
+            assert!(
+                v.sign(&f.keys[0]).is_err(),
+                "signed by a key that is not its authority"
+            );
             let s = SignedVote {
                 body: body.to_vec(),
                 signature: [0; 64],
             };
-            let refused = s.verify(&f.network).expect_err("a stranger's vote is refused");
+            let refused = s
+                .verify(&f.network)
+                .expect_err("a stranger's vote is refused");
             assert!(
                 matches!(
                     (&refused, right_network),

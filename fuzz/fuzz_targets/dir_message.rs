@@ -39,8 +39,13 @@ fn network() -> &'static Network {
 fuzz_target!(|data: &[u8]| {
     match DirMessage::decode(data) {
         Ok(msg) => {
-            let again = msg.encode().expect("a decoded directory message re-encodes");
-            assert_eq!(again, data, "directory message does not round-trip: {msg:?}");
+            let again = msg
+                .encode()
+                .expect("a decoded directory message re-encodes");
+            assert_eq!(
+                again, data,
+                "directory message does not round-trip: {msg:?}"
+            );
             assert_eq!(DirMessage::decode(&again).as_ref(), Ok(&msg));
             match &msg {
                 DirMessage::Upload(d) => {

@@ -96,6 +96,8 @@ struct KnownRelay {
     history: RelayHistory,
     /// Measured bandwidth (bytes per second) and when (Unix seconds).
     measured: Option<(u32, u64)>,
+    /// When the last measurement failed (Unix seconds), to wait before the next try.
+    measure_failed: Option<u64>,
 }
 
 /// The consensus this authority computed for one period, gathering signatures.
@@ -216,6 +218,11 @@ impl Authority {
         self.local_addr
     }
 
+    /// This authority's Ed25519 identity key (32 bytes), as the network file lists it.
+    pub fn identity(&self) -> [u8; 32] {
+        self.shared.identity.public()
+    }
+
     /// This authority's NodeId.
     pub fn node_id(&self) -> NodeId {
         self.shared.identity.node_id()
@@ -259,9 +266,8 @@ fn load_srv_secret(dir: &Path) -> Result<Zeroizing<[u8; 32]>, AuthorityError> {
             Ok(Zeroizing::new(arr))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = anonnet_crypto::random_bytes::<32>().map_err(|_| {
-                io(std::io::Error::other("no randomness for the SRV secret"))
-            })?;
+            let secret = anonnet_crypto::random_bytes::<32>()
+                .map_err(|_| io(std::io::Error::other("no randomness for the SRV secret")))?;
             write_private(&path, &secret).map_err(io)?;
             Ok(Zeroizing::new(secret))
         }
@@ -413,8 +419,7 @@ async fn upload(
         let mut st = shared.state();
         match st.relays.get_mut(&relay.node_id) {
             Some(k) => {
-                k.history
-                    .record(now, reachable, &shared.config.thresholds);
+                k.history.record(now, reachable, &shared.config.thresholds);
                 if k.relay.descriptor.published <= relay.descriptor.published {
                     k.relay = relay.clone();
                 }
@@ -426,6 +431,7 @@ async fn upload(
                         relay: relay.clone(),
                         history: RelayHistory::new(now, reachable),
                         measured: None,
+                        measure_failed: None,
                     },
                 );
             }
@@ -445,7 +451,10 @@ async fn upload(
 
 /// Dial the relay's advertised address with a fresh link; its certificate must prove the
 /// relay's NodeId.
-async fn test_reachability(shared: &Shared, relay: &VerifiedDescriptor) -> Result<SocketAddr, String> {
+async fn test_reachability(
+    shared: &Shared,
+    relay: &VerifiedDescriptor,
+) -> Result<SocketAddr, String> {
     let Some(addr) = relay.descriptor.addresses.first().copied() else {
         return Err("no address".into());
     };
@@ -618,8 +627,13 @@ fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
         .map(|k| {
             let d = &k.relay.descriptor;
             let advertised = d.bandwidth.max(1);
+            // Without measurement (switched off), the self-reported figure stands in for
+            // Guard's bandwidth test, as in a Tor network without bandwidth authorities.
             let (weight, bw) = match k.measured {
                 Some((bw, _)) => (bw.min(advertised).max(1), bw),
+                None if !shared.config.measure.enabled => {
+                    (UNMEASURED_WEIGHT.min(advertised), advertised)
+                }
                 None => (UNMEASURED_WEIGHT.min(advertised), 0),
             };
             let exit = d.is_exit() && !d.exit_ports.is_empty();
@@ -630,10 +644,18 @@ fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
             RelayEntry {
                 identity: d.identity,
                 onion_key: d.onion_key,
-                address: d.addresses.first().copied().unwrap_or(k.relay_addr_fallback()),
+                address: d
+                    .addresses
+                    .first()
+                    .copied()
+                    .unwrap_or(k.relay_addr_fallback()),
                 flags,
                 weight,
-                exit_ports: if exit { d.exit_ports.clone() } else { Vec::new() },
+                exit_ports: if exit {
+                    d.exit_ports.clone()
+                } else {
+                    Vec::new()
+                },
             }
         })
         .collect();
@@ -657,12 +679,22 @@ impl KnownRelay {
 }
 
 /// Send one directory message to another authority.
-async fn ask(shared: &Shared, to: &anonnet_dir::AuthorityEntry, msg: &DirMessage) -> Option<DirMessage> {
+async fn ask(
+    shared: &Shared,
+    to: &anonnet_dir::AuthorityEntry,
+    msg: &DirMessage,
+) -> Option<DirMessage> {
     let link = shared.links.get(to.address, to.node_id()).await.ok()?;
     let body = msg.encode().ok()?;
-    let answer = rpc::request(&link, DIR_STREAM_TAG, &body, MAX_MESSAGE_LEN, REQUEST_TIMEOUT)
-        .await
-        .ok()?;
+    let answer = rpc::request(
+        &link,
+        DIR_STREAM_TAG,
+        &body,
+        MAX_MESSAGE_LEN,
+        REQUEST_TIMEOUT,
+    )
+    .await
+    .ok()?;
     DirMessage::decode(&answer).ok()
 }
 
@@ -810,7 +842,11 @@ async fn run_period(shared: &Arc<Shared>, t: u64) {
         st.pending.insert(t, p.clone());
         promote(shared, &mut st, &p);
     }
-    debug!(votes = n_votes, valid_after = t, "consensus computed and signed");
+    debug!(
+        votes = n_votes,
+        valid_after = t,
+        "consensus computed and signed"
+    );
     broadcast(
         shared,
         DirMessage::PostSignature {
@@ -879,6 +915,7 @@ async fn measure_loop(shared: Arc<Shared>, server: measure::MeasureServer) {
                 let next = running
                     .iter()
                     .filter(|k| k.measured.is_none_or(|(_, at)| at + cfg.interval <= now))
+                    .filter(|k| k.measure_failed.is_none_or(|at| at + cfg.retry <= now))
                     .min_by_key(|k| k.measured.map_or(0, |(_, at)| at + 1))
                     .map(|k| k.relay.clone());
                 let helpers: Vec<VerifiedDescriptor> =
@@ -896,12 +933,13 @@ async fn measure_loop(shared: Arc<Shared>, server: measure::MeasureServer) {
                     Ok(bw) => {
                         debug!(relay = %target.node_id.short(), bytes_per_sec = bw, "measured");
                         k.measured = Some((bw, now));
+                        k.measure_failed = None;
                     }
                     Err(e) => {
+                        // Try again after `retry`, not in a tight loop; an older figure
+                        // stays as it was.
                         debug!(relay = %target.node_id.short(), "measurement failed: {e}");
-                        // Try again after a while, not in a tight loop; keep the old figure.
-                        let old = k.measured.map_or(1, |(bw, _)| bw);
-                        k.measured = Some((old, now.saturating_sub(cfg.interval) + cfg.retry));
+                        k.measure_failed = Some(now);
                     }
                 }
             }

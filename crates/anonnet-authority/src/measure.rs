@@ -88,7 +88,11 @@ impl MeasureServer {
                     let mut left = bytes;
                     while left > 0 {
                         let n = left.min(chunk.len() as u64) as usize;
-                        if sock.write_all(chunk.get(..n).unwrap_or_default()).await.is_err() {
+                        if sock
+                            .write_all(chunk.get(..n).unwrap_or_default())
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         left -= n as u64;

@@ -30,13 +30,13 @@ use rand::seq::SliceRandom;
 use tracing::debug;
 
 use crate::circuit::{Circuit, CircuitError, DataStream, HopSpec, StreamCounters, StreamError};
+use crate::consensus::{self as dir, Checked, ConsensusStatus};
 use crate::directory::{Directory, PathRequest};
 use crate::guards::{GuardSet, RelayScores};
 use crate::host::{self, HostedService, ServiceConfig, ServiceError};
 use crate::hs::{self, dht_fetch, HsCache, HsFailure, Introduction};
 use crate::status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 use crate::ClientError;
-use crate::consensus::{self as dir, Checked, ConsensusStatus};
 
 /// Attempts at building a circuit for one request before giving up.
 const BUILD_ATTEMPTS: usize = 3;
@@ -322,7 +322,11 @@ impl Client {
                 "consensus loaded"
             );
         } else {
-            debug!(relays = status.relays, valid_after = status.valid_after, "newer consensus");
+            debug!(
+                relays = status.relays,
+                valid_after = status.valid_after,
+                "newer consensus"
+            );
         }
         if !*self.discovered.borrow() {
             self.set_bootstrap(20, "consensus loaded");
@@ -347,13 +351,18 @@ impl Client {
         if let Ok(mut dir) = self.directory.write() {
             *dir = Directory::new();
         }
-        warn!("the consensus expired and no newer one could be fetched; no new circuits until one is");
+        warn!(
+            "the consensus expired and no newer one could be fetched; no new circuits until one is"
+        );
         self.set_bootstrap(5, "fetching consensus");
     }
 
     /// Where to ask for a consensus, in order: the guards (directory guards, one hop),
     /// then the authorities and the fallbacks in random order.
-    fn consensus_sources(&self, network: &anonnet_dir::Network) -> Vec<(SocketAddr, anonnet_crypto::NodeId)> {
+    fn consensus_sources(
+        &self,
+        network: &anonnet_dir::Network,
+    ) -> Vec<(SocketAddr, anonnet_crypto::NodeId)> {
         let mut out = Vec::new();
         if let Ok(dir) = self.directory.read() {
             for g in self.guards() {
@@ -368,9 +377,11 @@ impl Client {
             .authorities
             .iter()
             .map(|a| (a.address, a.node_id()))
-            .chain(self.fallbacks.iter().filter_map(|f| {
-                f.descriptor.addresses.first().map(|a| (*a, f.node_id))
-            }))
+            .chain(
+                self.fallbacks
+                    .iter()
+                    .filter_map(|f| f.descriptor.addresses.first().map(|a| (*a, f.node_id))),
+            )
             .collect();
         rest.shuffle(&mut rand::rng());
         out.extend(rest);

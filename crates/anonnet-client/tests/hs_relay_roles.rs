@@ -36,6 +36,7 @@ async fn net(name: &str) -> (tempfile::TempDir, Vec<Relay>, Arc<Client>) {
                 descriptor_file: None,
                 limits: Limits::default(),
                 dht_bootstrap: Vec::new(),
+                network: None,
             })
             .await
             .unwrap(),

@@ -26,6 +26,7 @@ async fn relays(n: usize, dir: &std::path::Path) -> Vec<Relay> {
             descriptor_file: None,
             limits: Limits::default(),
             dht_bootstrap: Vec::new(),
+            network: None,
         };
         out.push(Relay::start(cfg).await.unwrap());
     }

@@ -13,9 +13,8 @@ pub use cookie::{Cookie, COOKIE_FILE, COOKIE_LEN};
 pub use error::ControlError;
 pub use server::{ControlHandler, ControlServer, HandlerError, HandlerFuture};
 pub use types::{
-    ConsensusInfo,
-    Ack, AvoidedRelay, Bootstrap, CircuitInfo, Counters, ErrorBody, Event, ProxyRequest,
-    PublishRequest, ServiceInfo, Status, UnpublishRequest,
+    Ack, AvoidedRelay, Bootstrap, CircuitInfo, ConsensusInfo, Counters, ErrorBody, Event,
+    ProxyRequest, PublishRequest, ServiceInfo, Status, UnpublishRequest,
 };
 
 #[cfg(test)]

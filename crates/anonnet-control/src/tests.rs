@@ -50,6 +50,7 @@ impl ControlHandler for TestHandler {
             guards: vec!["ab".repeat(32)],
             avoided_relays: Vec::new(),
             counters: Counters::default(),
+            consensus: None,
         }
     }
 

@@ -263,8 +263,19 @@ mod tests {
                 bytes_received: 1024,
                 ..Counters::default()
             },
+            consensus: Some(ConsensusInfo {
+                valid_after: 100,
+                fresh_until: 104,
+                valid_until: 112,
+                relays: 5,
+                signatures: 3,
+                authorities: 3,
+                digest: "cd".repeat(32),
+            }),
         };
         let v = serde_json::to_value(&status).unwrap();
+        assert_eq!(v["consensus"]["signatures"], 3);
+        assert_eq!(v["consensus"]["valid_until"], 112);
         assert_eq!(v["bootstrap"], json!({"percent": 100, "phase": "ready"}));
         assert_eq!(v["circuits"][0]["state"], "in use");
         assert_eq!(v["counters"]["bytes_received"], 1024);

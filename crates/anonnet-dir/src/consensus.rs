@@ -19,8 +19,9 @@ use crate::DirError;
 ///   `valid_until`.
 /// - A relay is listed when at least `network.majority()` votes list it.
 /// - Its onion key, address and exit ports are the most common among those votes (ties:
-///   the largest encoding); each flag is set when more than half of the votes listing the
-///   relay set it; its weight is the low median of the votes' weights.
+///   the encoding that sorts last); each flag is set when more than half of the votes listing the
+///   relay set it (ties: the encoding that sorts last byte by byte); its weight is the low
+///   median of the votes' weights.
 /// - The shared random value follows §14.7 from `previous` (the consensus of the period
 ///   just before, when the caller has it: its `fresh_until` must equal `valid_after`).
 ///
@@ -72,8 +73,13 @@ pub fn compute_consensus(
         .iter()
         .filter_map(|v| v.reveal.map(|r| (v.authority, r)))
         .collect();
-    let srv_current =
-        shared_random_value(valid_after, &previous_srv, prior_commits, &reveals, majority);
+    let srv_current = shared_random_value(
+        valid_after,
+        &previous_srv,
+        prior_commits,
+        &reveals,
+        majority,
+    );
     let mut commits: Vec<([u8; 32], [u8; 32])> =
         counted.iter().map(|v| (v.authority, v.commit)).collect();
     commits.sort_unstable();
@@ -108,10 +114,22 @@ fn merge(identity: [u8; 32], entries: &[&RelayEntry]) -> RelayEntry {
         };
         variants.entry(bytes).or_insert((0, e)).0 += 1;
     }
-    let chosen = variants
+    let Some(chosen) = variants
         .iter()
         .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(a.0.cmp(b.0)))
-        .map_or(entries[0], |(_, (_, e))| *e);
+        .map(|(_, (_, e))| *e)
+        .or_else(|| entries.first().copied())
+    else {
+        // Unreachable: callers pass at least one entry.
+        return RelayEntry {
+            identity,
+            onion_key: [0; 32],
+            address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            flags: RelayFlags(0),
+            weight: 0,
+            exit_ports: Vec::new(),
+        };
+    };
 
     let mut flags = RelayFlags(0);
     for bit in 0..8u8 {
@@ -123,7 +141,10 @@ fn merge(identity: [u8; 32], entries: &[&RelayEntry]) -> RelayEntry {
     }
     let mut weights: Vec<u32> = entries.iter().map(|e| e.weight).collect();
     weights.sort_unstable();
-    let weight = weights[(weights.len() - 1) / 2];
+    let weight = weights
+        .get(weights.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0);
     RelayEntry {
         identity,
         onion_key: chosen.onion_key,
@@ -189,13 +210,20 @@ mod tests {
             vote(&net, &k[2], vec![c], 100),
         ];
         let cons = compute_consensus(&net, &votes, None).unwrap();
-        assert_eq!(cons.relays.len(), 1, "a relay one authority knows is left out");
+        assert_eq!(
+            cons.relays.len(),
+            1,
+            "a relay one authority knows is left out"
+        );
         assert_eq!(cons.relays[0].weight, 300);
         // Order of votes does not change a byte.
         let mut rev = votes.clone();
         rev.reverse();
         assert_eq!(
-            compute_consensus(&net, &rev, None).unwrap().encode_body().unwrap(),
+            compute_consensus(&net, &rev, None)
+                .unwrap()
+                .encode_body()
+                .unwrap(),
             cons.encode_body().unwrap()
         );
     }

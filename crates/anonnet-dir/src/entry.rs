@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anonnet_crypto::{NodeId, VerifiedDescriptor};
-use anonnet_wire::descriptor::{MAX_PORT_RANGES, FLAG_EXIT as DESC_EXIT, FLAG_GUARD as DESC_GUARD};
+use anonnet_wire::descriptor::{FLAG_EXIT as DESC_EXIT, FLAG_GUARD as DESC_GUARD, MAX_PORT_RANGES};
 use anonnet_wire::{PortRange, Reader, RelayDescriptor, WireError, Writer};
 
 use crate::invalid;
@@ -184,7 +184,11 @@ impl RelayEntry {
                 onion_key: self.onion_key,
                 addresses: vec![self.address],
                 flags,
-                exit_ports: if exit { self.exit_ports.clone() } else { Vec::new() },
+                exit_ports: if exit {
+                    self.exit_ports.clone()
+                } else {
+                    Vec::new()
+                },
                 bandwidth: self.weight,
                 published: valid_after,
                 expires: valid_until.max(valid_after.saturating_add(1)),

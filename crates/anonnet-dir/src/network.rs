@@ -34,13 +34,19 @@ pub struct Network {
 
 /// Most authorities a network may have (one byte counts them in documents).
 pub const MAX_AUTHORITIES: usize = 32;
+/// Longest network name (bytes).
+pub const MAX_NAME_LEN: usize = 255;
 
 impl Network {
-    /// A network, checked: 1..=[`MAX_AUTHORITIES`] authorities with distinct identities.
+    /// A network, checked: a name of 1..=[`MAX_NAME_LEN`] bytes, 1..=[`MAX_AUTHORITIES`]
+    /// authorities with distinct identities.
     ///
     /// # Errors
     /// A message saying what is wrong, for the caller to put in its config error.
     pub fn new(name: String, authorities: Vec<AuthorityEntry>) -> Result<Network, String> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(format!("a network name has 1 to {MAX_NAME_LEN} bytes"));
+        }
         if authorities.is_empty() || authorities.len() > MAX_AUTHORITIES {
             return Err(format!(
                 "a network has 1 to {MAX_AUTHORITIES} authorities, not {}",
@@ -48,7 +54,7 @@ impl Network {
             ));
         }
         for (i, a) in authorities.iter().enumerate() {
-            if authorities[..i].iter().any(|b| b.identity == a.identity) {
+            if authorities.iter().take(i).any(|b| b.identity == a.identity) {
                 return Err(format!("authority {} is listed twice", a.name));
             }
         }
@@ -63,7 +69,8 @@ impl Network {
         ids.sort_unstable();
         let mut h = blake3::Hasher::new_derive_key("anonnet 2026 network id");
         let name = self.name.as_bytes();
-        h.update(&(name.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        // `Network::new` bounds the name to 255 bytes, so the length is exact.
+        h.update(&(name.len().min(MAX_NAME_LEN) as u16).to_be_bytes());
         h.update(name);
         for id in &ids {
             h.update(id);
@@ -117,5 +124,7 @@ mod tests {
     fn network_refuses_duplicates_and_empty() {
         assert!(Network::new("t".into(), vec![]).is_err());
         assert!(Network::new("t".into(), vec![auth(1), auth(1)]).is_err());
+        assert!(Network::new(String::new(), vec![auth(1)]).is_err());
+        assert!(Network::new("x".repeat(256), vec![auth(1)]).is_err());
     }
 }

@@ -41,7 +41,11 @@ pub fn shared_random_value(
 ) -> [u8; 32] {
     let mut valid: Vec<([u8; 32], [u8; 32])> = reveals
         .iter()
-        .filter(|(a, r)| prior_commits.iter().any(|(ca, c)| ca == a && *c == commit(r)))
+        .filter(|(a, r)| {
+            prior_commits
+                .iter()
+                .any(|(ca, c)| ca == a && *c == commit(r))
+        })
         .copied()
         .collect();
     valid.sort_unstable();

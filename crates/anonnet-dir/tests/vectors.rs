@@ -301,7 +301,7 @@ fn vote_of_authority_1() {
     assert_eq!(bytes.len(), 396);
     assert_eq!(
         hex::encode(&bytes),
-        format!("{:08x}{VOTE_BODY}{VOTE_SIGNATURE}", 328)
+        format!("00000148{VOTE_BODY}{VOTE_SIGNATURE}")
     );
     check("BLAKE3(signed vote)", &digest(&bytes), SIGNED_VOTE_BLAKE3);
     assert_eq!(SignedVote::decode(&bytes).unwrap().verify(&net).unwrap(), v);
@@ -337,9 +337,8 @@ fn consensus_signed_by_authorities_1_and_2() {
     assert_eq!(
         hex::encode(&bytes),
         format!(
-            "{:08x}{CONSENSUS_BODY}02{AUTHORITY_1}{CONSENSUS_SIGNATURE_1}\
-             {AUTHORITY_2}{CONSENSUS_SIGNATURE_2}",
-            488
+            "000001e8{CONSENSUS_BODY}02{AUTHORITY_1}{CONSENSUS_SIGNATURE_1}\
+             {AUTHORITY_2}{CONSENSUS_SIGNATURE_2}"
         )
     );
     check(

@@ -52,6 +52,7 @@ pub async fn exit_relay(name: &str) -> TestRelay {
         descriptor_file: None,
         limits: Limits::default(),
         dht_bootstrap: Vec::new(),
+        network: None,
     })
     .await
     .unwrap();
