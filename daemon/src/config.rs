@@ -717,6 +717,8 @@ struct ClientSection {
     pool_size: Option<Spanned<u64>>,
     max_circuit_dirtiness_secs: Option<Spanned<u64>>,
     allow_same_subnet_paths: Option<Spanned<bool>>,
+    guard_lifetime_secs: Option<Spanned<u64>>,
+    guard_drop_unlisted_secs: Option<Spanned<u64>>,
 }
 
 /// A loaded client config file.
@@ -756,6 +758,8 @@ pub struct ClientSettings {
     pub services: Vec<anonnet_client::ServiceConfig>,
     /// `[names]`: `.dark` names (without the suffix) resolved locally, overriding the DHT.
     pub address_book: std::collections::HashMap<String, anonnet_crypto::hs::HsAddress>,
+    /// `client.guard_lifetime_secs` and `client.guard_drop_unlisted_secs`.
+    pub guard_lifetimes: anonnet_client::guards::GuardLifetimes,
 }
 
 /// Parse a SOCKS listen value: `"auto"` (127.0.0.1, a free port) or `IP:PORT`.
@@ -988,7 +992,27 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
         })?;
         address_book.insert(n.as_str().to_owned(), a);
     }
+    let lifetime_defaults = anonnet_client::guards::GuardLifetimes::default();
+    let ten_years = 3650 * 86_400;
+    let guard_secs = |key: &str, v: &Option<Spanned<u64>>, default: u64| match v {
+        Some(s) => check_range(*s.get_ref(), 60, ten_years, "seconds")
+            .map_err(|why| src.invalid(format!("client.{key}"), Some(s), why)),
+        None => Ok(default),
+    };
+    let guard_lifetimes = anonnet_client::guards::GuardLifetimes {
+        lifetime: guard_secs(
+            "guard_lifetime_secs",
+            &c.guard_lifetime_secs,
+            lifetime_defaults.lifetime,
+        )?,
+        drop_unlisted: guard_secs(
+            "guard_drop_unlisted_secs",
+            &c.guard_drop_unlisted_secs,
+            lifetime_defaults.drop_unlisted,
+        )?,
+    };
     Ok(ClientSettings {
+        guard_lifetimes,
         services,
         address_book,
         file: src.path.clone(),
@@ -1494,6 +1518,43 @@ mod tests {
         p
     }
 
+    /// Write a valid `network.toml` (one authority) into `dir`; returns the config line
+    /// naming it.
+    fn network_line(dir: &Path) -> &'static str {
+        write(
+            dir,
+            "network.toml",
+            &format!(
+                "name = \"t\"\n[[authority]]\nname = \"a\"\nidentity = \"{}\"\n\
+                 address = \"127.0.0.1:7000\"\n",
+                "3b".repeat(32)
+            ),
+        );
+        "network = \"network.toml\"\n"
+    }
+
+    #[test]
+    fn network_file_errors_name_the_key() {
+        let tmp = test_dir("network");
+        let dir = tmp.path();
+        network_line(dir);
+        let n = load_network(&dir.join("network.toml")).unwrap();
+        assert_eq!(n.authorities.len(), 1);
+        assert_eq!(n.authorities[0].identity, [0x3b; 32]);
+        let bad = write(
+            dir,
+            "bad.toml",
+            "name = \"t\"\n[[authority]]\nname = \"a\"\nidentity = \"xyz\"\naddress = \"127.0.0.1:1\"\n",
+        );
+        let e = load_network(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("authority[0].identity") && e.contains("64 hex"),
+            "{e}"
+        );
+        let none = write(dir, "none.toml", "name = \"t\"\n");
+        let e = load_network(&none).unwrap_err().to_string();
+        assert!(e.contains("1 to 32 authorities"), "{e}");
+    }
     #[test]
     fn relay_config_with_every_key_parses() {
         let tmp = test_dir("relay-full");
@@ -1509,6 +1570,7 @@ advertise = "203.0.113.5:9001"
 guard = false
 bandwidth = 5000
 descriptor_file = "out/relay.desc"
+network = "network.toml"
 
 [exit]
 enabled = true
@@ -1528,7 +1590,12 @@ first_byte_timeout_secs = 3
 max_exit_dns_lookups = 8
 "#,
         );
+        network_line(dir);
         let s = load_relay(&file).unwrap();
+        assert_eq!(
+            s.relay.network.as_ref().map(|n| n.authorities.len()),
+            Some(1)
+        );
         let r = &s.relay;
         assert_eq!(r.data_dir, dir.join("data"));
         assert_eq!(r.listen, "0.0.0.0:9001".parse().unwrap());
@@ -1560,7 +1627,11 @@ max_exit_dns_lookups = 8
     fn relay_defaults_apply_to_missing_keys() {
         let tmp = test_dir("relay-defaults");
         let dir = tmp.path();
-        let file = write(dir, "relay.toml", "[relay]\nlisten = \"127.0.0.1:0\"\n");
+        let file = write(
+            dir,
+            "relay.toml",
+            &format!("[relay]\nlisten = \"127.0.0.1:0\"\n{}", network_line(dir)),
+        );
         let s = load_relay(&file).unwrap();
         assert!(s.relay.guard);
         assert_eq!(s.relay.bandwidth, DEFAULT_BANDWIDTH);
@@ -1695,7 +1766,10 @@ max_exit_dns_lookups = 8
         let file = write(
             dir,
             "client.toml",
-            "[client]\nbootstrap = [\"r1.desc\", \"r2.desc\", \"r3.desc\"]\n",
+            &format!(
+                "[client]\n{}bootstrap = [\"r1.desc\", \"r2.desc\", \"r3.desc\"]\n",
+                network_line(dir)
+            ),
         );
         let e = load_client(&file).unwrap_err().to_string();
         assert!(e.contains("client.bootstrap[0]"), "{e}");
@@ -1703,19 +1777,26 @@ max_exit_dns_lookups = 8
             e.contains(&dir.join("r1.desc").display().to_string()),
             "{e}"
         );
-        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
     }
 
     #[test]
-    fn too_few_bootstrap_relays_is_an_error() {
-        let tmp = test_dir("few-bootstrap");
+    fn a_client_without_a_network_is_told_how_to_join_one() {
+        let tmp = test_dir("no-network");
         let dir = tmp.path();
         let file = write(dir, "client.toml", "[client]\nbootstrap = []\n");
         let e = load_client(&file).unwrap_err().to_string();
         assert!(
-            e.contains("client.bootstrap") && e.contains("at least 1"),
+            e.contains("client.network") && e.contains("is required") && e.contains("network.toml"),
             "{e}"
         );
+        // With a network, no fallback relay is needed.
+        let file = write(
+            dir,
+            "client.toml",
+            &format!("[client]\n{}", network_line(dir)),
+        );
+        assert!(load_client(&file).unwrap().bootstrap.is_empty());
     }
 
     #[test]
@@ -1728,7 +1809,10 @@ max_exit_dns_lookups = 8
         let file = write(
             dir,
             "client.toml",
-            "[client]\nbootstrap = [\"r1.desc\", \"r2.desc\", \"r3.desc\"]\n",
+            &format!(
+                "[client]\n{}bootstrap = [\"r1.desc\", \"r2.desc\", \"r3.desc\"]\n",
+                network_line(dir)
+            ),
         );
         let e = load_client(&file).unwrap_err().to_string();
         assert!(e.contains("is not a relay descriptor"), "{e}");
@@ -1740,23 +1824,38 @@ max_exit_dns_lookups = 8
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
         // A relay listening on 0.0.0.0 must name its public address, which the operator
         // fills in.
+        // The network file is a named file, not read by a text check: the error it gives
+        // comes after every other key was accepted.
         let relay =
             read("relay.toml").replacen("[relay]", "[relay]\nadvertise = \"203.0.113.5:9001\"", 1);
-        check_text(ConfigKind::Relay, &dir.join("relay.toml"), &relay).unwrap();
+        let e = check_text(ConfigKind::Relay, &dir.join("relay.toml"), &relay)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relay.network") && e.contains("not read"), "{e}");
+        let e = check_text(
+            ConfigKind::Authority,
+            &dir.join("authority.toml"),
+            &read("authority.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("authority.network") && e.contains("not read"),
+            "{e}"
+        );
         check_text(
             ConfigKind::Testnet,
             &dir.join("testnet.toml"),
             &read("testnet.toml"),
         )
         .unwrap();
-        // The client file's bootstrap list is left for the operator to fill in; with one
-        // entry every other key must be accepted.
-        let client = read("client.toml").replace("bootstrap = [", "bootstrap = [\"r1.desc\",");
+        // The client's network file is a named file: every other key must be accepted.
+        let client = read("client.toml");
         let e = check_text(ConfigKind::Client, &dir.join("client.toml"), &client)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("client.bootstrap[0]") && e.contains("not read"),
+            e.contains("client.network") && e.contains("not read"),
             "{e}"
         );
     }
@@ -1767,7 +1866,11 @@ max_exit_dns_lookups = 8
         let dir = tmp.path();
         let huge = "A".repeat(MAX_NAMED_FILE_BYTES as usize + 1);
         write(dir, "r1.desc", &huge);
-        let file = write(dir, "client.toml", "[client]\nbootstrap = [\"r1.desc\"]\n");
+        let file = write(
+            dir,
+            "client.toml",
+            &format!("[client]\n{}bootstrap = [\"r1.desc\"]\n", network_line(dir)),
+        );
         let e = load_client(&file).unwrap_err().to_string();
         assert!(
             e.contains("client.bootstrap[0]") && e.contains("larger than 65536 bytes"),
@@ -1779,18 +1882,21 @@ max_exit_dns_lookups = 8
     fn text_check_matches_load_but_reads_no_named_file() {
         let tmp = test_dir("text-check");
         let dir = tmp.path();
-        let text = "[client]\nbootstrap = [\"r1.desc\"]\nsocks_listen = \"auto\"\n";
-        // The descriptor file exists (malformed, so loading reads and rejects it), but a
-        // text-only check must not read it.
+        let text = format!(
+            "[client]\n{}bootstrap = [\"r1.desc\"]\nsocks_listen = \"auto\"\n",
+            network_line(dir)
+        );
+        // The network and descriptor files exist (the descriptor malformed, so loading
+        // reads and rejects it), but a text-only check must read neither.
         write(dir, "r1.desc", "not base64!\n");
-        let file = write(dir, "client.toml", text);
+        let file = write(dir, "client.toml", &text);
         let e = load_client(&file).unwrap_err().to_string();
         assert!(e.contains("is not a relay descriptor"), "{e}");
-        let e = check_text(ConfigKind::Client, &file, text)
+        let e = check_text(ConfigKind::Client, &file, &text)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("client.bootstrap[0]") && e.contains("not read"),
+            e.contains("client.network") && e.contains("not read"),
             "{e}"
         );
         // A bad key is reported alike by both.
@@ -1995,9 +2101,12 @@ max_exit_dns_lookups = 8
             Some(DEFAULT_BANDWIDTH)
         );
         load_testnet(&root.join("testnet.toml")).unwrap();
-        // client.toml needs descriptor files: only the syntax and keys are checked here.
+        // client.toml and authority.toml need a network file: only the syntax and keys
+        // are checked here.
         let src = Source::read(&root.join("client.toml")).unwrap();
         src.parse::<ClientFile>().unwrap();
+        let src = Source::read(&root.join("authority.toml")).unwrap();
+        src.parse::<AuthorityFile>().unwrap();
     }
 
     #[test]

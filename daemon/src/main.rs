@@ -471,6 +471,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     client_config.state_dir = Some(settings.state_dir.clone());
     client_config.allow_same_subnet = settings.allow_same_subnet;
     client_config.address_book = settings.address_book.clone();
+    client_config.guard_lifetimes = settings.guard_lifetimes;
     let client: Arc<Client> = Client::start(client_config).await?;
     let services = services::Services::start(
         client.clone(),

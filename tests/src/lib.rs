@@ -106,6 +106,11 @@ pub struct Testnet {
 
 impl Testnet {
     pub fn start(relays: usize, dir: &Path) -> Testnet {
+        Testnet::start_with(relays, dir, &[])
+    }
+
+    /// As [`Testnet::start`], with more `anonnet testnet` flags (`--guard-after 30`, …).
+    pub fn start_with(relays: usize, dir: &Path, extra: &[&str]) -> Testnet {
         let (child, rx) = spawn_lines(
             Command::new(anonnet_bin())
                 .args([
@@ -116,8 +121,9 @@ impl Testnet {
                     "127.0.0.1:0",
                     "--http",
                     "127.0.0.1:0",
-                    "--dir",
                 ])
+                .args(extra)
+                .arg("--dir")
                 .arg(dir)
                 .stderr(Stdio::inherit()),
         );
@@ -170,6 +176,16 @@ impl Testnet {
             }
         }
         out
+    }
+
+    /// `testnet.json`: who is who (authorities, relays, client, service).
+    pub fn layout(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join("testnet.json")).unwrap()).unwrap()
+    }
+
+    /// The client's config file.
+    pub fn client_config(&self) -> PathBuf {
+        self.dir.join("client").join("client.toml")
     }
 
     pub fn stop(&mut self) {

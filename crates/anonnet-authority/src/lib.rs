@@ -44,6 +44,11 @@ const MAX_EARLY_SIGNATURES: usize = 64;
 const SRV_SECRET_FILE: &str = "srv-secret";
 /// File in the data directory with the newest consensus.
 pub const CONSENSUS_FILE: &str = "consensus";
+/// File in the data directory with the relays' signed descriptors, one base64 line each:
+/// a restarted authority tests and votes on them again at once instead of waiting up to
+/// an hour for every relay's next upload. (Reachability history is not kept: flags that
+/// need uptime are earned again.)
+pub const DESCRIPTORS_FILE: &str = "descriptors";
 
 /// Errors starting an authority.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,7 @@ pub struct AuthorityConfig {
 #[derive(Debug, Clone)]
 struct KnownRelay {
     relay: VerifiedDescriptor,
+    signed: anonnet_wire::SignedDescriptor,
     history: RelayHistory,
     /// Measured bandwidth (bytes per second) and when (Unix seconds).
     measured: Option<(u32, u64)>,
@@ -169,6 +175,30 @@ impl Authority {
         let local_addr = endpoint.local_addr()?;
         let links = Arc::new(LinkManager::new(endpoint.clone(), 256));
         let mut state = State::default();
+        let now = now_unix();
+        for line in std::fs::read_to_string(config.data_dir.join(DESCRIPTORS_FILE))
+            .unwrap_or_default()
+            .lines()
+            .take(MAX_RELAYS)
+        {
+            let Ok(signed) = anonnet_wire::SignedDescriptor::from_base64(line) else {
+                continue;
+            };
+            let Ok(relay) = verify_descriptor(&signed, now) else {
+                continue;
+            };
+            // Counted down until the test the period loop runs first thing.
+            state.relays.insert(
+                relay.node_id,
+                KnownRelay {
+                    relay,
+                    signed,
+                    history: RelayHistory::new(now, false),
+                    measured: None,
+                    measure_failed: None,
+                },
+            );
+        }
         if let Some(c) = std::fs::read(config.data_dir.join(CONSENSUS_FILE))
             .ok()
             .and_then(|b| SignedConsensus::decode(&b).ok())
@@ -422,6 +452,7 @@ async fn upload(
                 k.history.record(now, reachable, &shared.config.thresholds);
                 if k.relay.descriptor.published <= relay.descriptor.published {
                     k.relay = relay.clone();
+                    k.signed = signed.clone();
                 }
             }
             None => {
@@ -429,6 +460,7 @@ async fn upload(
                     relay.node_id,
                     KnownRelay {
                         relay: relay.clone(),
+                        signed: signed.clone(),
                         history: RelayHistory::new(now, reachable),
                         measured: None,
                         measure_failed: None,
@@ -571,15 +603,16 @@ fn hex_digest(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Re-test every relay whose last test is older than half a period.
-async fn retest_all(shared: &Arc<Shared>) {
+/// Re-test every relay whose last test is older than half a period (every relay when
+/// `all`).
+async fn retest_all(shared: &Arc<Shared>, all: bool) {
     let half = shared.config.period / 2;
     let now = now_unix();
     let due: Vec<VerifiedDescriptor> = shared
         .state()
         .relays
         .values()
-        .filter(|k| k.history.last_test + half <= now)
+        .filter(|k| all || k.history.last_test + half <= now)
         .map(|k| k.relay.clone())
         .collect();
     let handles: Vec<_> = due
@@ -600,6 +633,21 @@ async fn retest_all(shared: &Arc<Shared>) {
                 k.history.record(now, ok, &shared.config.thresholds);
             }
         }
+    }
+}
+
+/// Write the known relays' descriptors to [`DESCRIPTORS_FILE`].
+fn save_descriptors(shared: &Shared) {
+    let text: String = shared
+        .state()
+        .relays
+        .values()
+        .filter_map(|k| k.signed.to_base64().ok())
+        .map(|l| l + "\n")
+        .collect();
+    let path = shared.config.data_dir.join(DESCRIPTORS_FILE);
+    if let Err(e) = write_private(&path, text.as_bytes()) {
+        warn!("cannot save {}: {e}", path.display());
     }
 }
 
@@ -724,17 +772,30 @@ fn broadcast(shared: &Arc<Shared>, msg: DirMessage) {
 }
 
 async fn sleep_until_unix(t: u64) {
+    sleep_until_unix_ms(t.saturating_mul(1000)).await;
+}
+
+/// Time from now until the Unix time `t_ms` (milliseconds); zero when past.
+fn until_unix_ms(t_ms: u64) -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let wait = Duration::from_secs(t).saturating_sub(now);
-    tokio::time::sleep(wait).await;
+    Duration::from_millis(t_ms).saturating_sub(now)
+}
+
+async fn sleep_until_unix_ms(t_ms: u64) {
+    tokio::time::sleep(until_unix_ms(t_ms)).await;
 }
 
 /// One period after another: re-test, vote, exchange votes, compute, sign, exchange
 /// signatures, publish (§14.5).
 async fn period_loop(shared: Arc<Shared>) {
     let work = async {
+        // Relays remembered from the last run are tested at once (in the background).
+        {
+            let shared = shared.clone();
+            tokio::spawn(async move { retest_all(&shared, true).await });
+        }
         loop {
             let period = shared.config.period;
             let now = now_unix();
@@ -749,9 +810,13 @@ async fn period_loop(shared: Arc<Shared>) {
     }
 }
 
+/// One period (§14.5). Nothing on its way waits for a peer longer than the period's
+/// deadlines: votes are made at once from what the reachability tests found so far (the
+/// tests run in the background and feed the next vote), missing votes are fetched from
+/// all peers at once until the vote deadline, and a dead authority costs no time.
 async fn run_period(shared: &Arc<Shared>, t: u64) {
     let vote_delay = shared.config.vote_delay.max(1);
-    retest_all(shared).await;
+    save_descriptors(shared);
     let vote = make_vote(shared, t);
     let signed = match vote.sign(&shared.identity) {
         Ok(s) => s,
@@ -772,8 +837,14 @@ async fn run_period(shared: &Arc<Shared>, t: u64) {
         st.pending.retain(|va, _| *va >= keep_from);
     }
     broadcast(shared, DirMessage::PostVote(signed));
-    // Halfway to the deadline, fetch the votes still missing.
-    sleep_until_unix(t + vote_delay / 2).await;
+    // Test the relays again for the next vote, in the background.
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move { retest_all(&shared, false).await });
+    }
+    // Halfway to the deadline, fetch the votes still missing, from all peers at once.
+    let vote_deadline = t * 1000 + vote_delay * 1000;
+    sleep_until_unix_ms(t * 1000 + vote_delay * 500).await;
     let missing: Vec<anonnet_dir::AuthorityEntry> = {
         let st = shared.state();
         let have = st.votes.get(&t);
@@ -782,12 +853,26 @@ async fn run_period(shared: &Arc<Shared>, t: u64) {
             .filter(|a| have.is_none_or(|m| !m.contains_key(&a.identity)))
             .collect()
     };
-    for a in missing {
-        if let Some(DirMessage::Vote(Some(v))) = ask(shared, &a, &DirMessage::GetVote(t)).await {
-            let _ = post_vote(shared, Some(a.node_id()), v);
+    let pulls: Vec<_> = missing
+        .into_iter()
+        .map(|a| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Some(DirMessage::Vote(Some(v))) =
+                    ask(&shared, &a, &DirMessage::GetVote(t)).await
+                {
+                    let _ = post_vote(&shared, Some(a.node_id()), v);
+                }
+            })
+        })
+        .collect();
+    let _ = tokio::time::timeout(until_unix_ms(vote_deadline), async {
+        for p in pulls {
+            let _ = p.await;
         }
-    }
-    sleep_until_unix(t + vote_delay).await;
+    })
+    .await;
+    sleep_until_unix_ms(vote_deadline).await;
     let (votes, previous) = {
         let st = shared.state();
         let votes: Vec<Vote> = st
@@ -856,31 +941,44 @@ async fn run_period(shared: &Arc<Shared>, t: u64) {
     );
     // When our own computation did not gather a majority in time (we missed a vote, or
     // hold another previous consensus), take the majority's from another authority.
-    sleep_until_unix(t + vote_delay + vote_delay.div_ceil(2)).await;
+    let signature_deadline = vote_deadline + vote_delay * 500;
+    sleep_until_unix_ms(signature_deadline).await;
     let have = shared
         .state()
         .current
         .as_ref()
         .is_some_and(|(_, c)| c.valid_after >= t);
     if !have {
-        for a in others(shared) {
-            if let Some(DirMessage::Consensus(Some(s))) =
-                ask(shared, &a, &DirMessage::GetConsensus).await
-            {
-                if let Ok(c) = s.verify(&shared.config.network, now_unix()) {
-                    if c.valid_after >= t {
-                        let p = Pending {
-                            digest: s.digest(),
-                            consensus: c,
-                            signed: s,
-                        };
-                        let mut st = shared.state();
-                        promote(shared, &mut st, &p);
-                        break;
+        let asks: Vec<_> = others(shared)
+            .into_iter()
+            .map(|a| {
+                let shared = shared.clone();
+                tokio::spawn(async move { ask(&shared, &a, &DirMessage::GetConsensus).await })
+            })
+            .collect();
+        let _ = tokio::time::timeout(
+            until_unix_ms(signature_deadline + vote_delay * 500),
+            async {
+                for a in asks {
+                    let Ok(Some(DirMessage::Consensus(Some(s)))) = a.await else {
+                        continue;
+                    };
+                    if let Ok(c) = s.verify(&shared.config.network, now_unix()) {
+                        if c.valid_after >= t {
+                            let p = Pending {
+                                digest: s.digest(),
+                                consensus: c,
+                                signed: s,
+                            };
+                            let mut st = shared.state();
+                            promote(shared, &mut st, &p);
+                            return;
+                        }
                     }
                 }
-            }
-        }
+            },
+        )
+        .await;
         let still = shared
             .state()
             .current

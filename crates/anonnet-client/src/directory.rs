@@ -180,7 +180,8 @@ impl Directory {
     /// A guard and a middle for a circuit whose last hop is a relay named elsewhere (an
     /// introduction or rendezvous point, §13): the rules of [`Directory::choose_path`]
     /// (guard from `req.guards`, distinct relays, subnets apart, none in `req.avoid`)
-    /// without an exit. The caller puts the named relay in `req.avoid`.
+    /// without an exit. The caller puts the named relay in `req.avoid` and its address in
+    /// `req.last_hop_addr`: neither the guard nor the middle shares its /16 (/32).
     ///
     /// # Errors
     /// [`PathError::NotEnoughRelays`] when no two relays fit.
@@ -195,15 +196,20 @@ impl Directory {
             .filter(|r| !req.avoid.contains(&r.node_id))
             .collect();
         let weight = |r: &&VerifiedDescriptor| bandwidth_weight(r);
+        let end_net = req.last_hop_addr.and_then(subnet_of);
+        let apart_from_end = |r: &VerifiedDescriptor| {
+            req.allow_same_subnet || end_net.is_none() || subnet(r) != end_net
+        };
         let guards: Vec<&VerifiedDescriptor> = usable
             .iter()
             .copied()
             .filter(|r| {
-                if req.guards.is_empty() {
+                let allowed = if req.guards.is_empty() {
                     r.descriptor.is_guard()
                 } else {
                     req.guards.contains(&r.node_id)
-                }
+                };
+                allowed && apart_from_end(r)
             })
             .collect();
         let guard = *guards
@@ -213,7 +219,9 @@ impl Directory {
             .iter()
             .copied()
             .filter(|r| {
-                r.node_id != guard.node_id && (req.allow_same_subnet || subnet(r) != subnet(guard))
+                r.node_id != guard.node_id
+                    && (req.allow_same_subnet || subnet(r) != subnet(guard))
+                    && apart_from_end(r)
             })
             .collect();
         let middle = *middles
@@ -258,6 +266,9 @@ pub struct PathRequest<'a> {
     /// Any relay may be the last hop and `port` is ignored: an internal circuit for hidden
     /// services and DHT requests (§13), whose last hop opens no exit stream.
     pub any_last_hop: bool,
+    /// The address of a last hop named elsewhere ([`Directory::choose_prefix`]): the
+    /// chosen relays stay out of its /16 (IPv4) or /32 (IPv6).
+    pub last_hop_addr: Option<std::net::SocketAddr>,
 }
 
 impl PathRequest<'_> {
@@ -265,6 +276,7 @@ impl PathRequest<'_> {
     pub fn port(port: u16) -> PathRequest<'static> {
         PathRequest {
             any_last_hop: false,
+            last_hop_addr: None,
             port,
             avoid: &[],
             other_exits: &[],
@@ -277,8 +289,12 @@ impl PathRequest<'_> {
 /// The network a relay's first address belongs to for the path rule: the /16 of an IPv4
 /// address, the /32 of an IPv6 address (IPv4-mapped IPv6 counts as IPv4).
 pub fn subnet(r: &VerifiedDescriptor) -> Option<[u8; 4]> {
-    let ip = r.descriptor.addresses.first()?.ip();
-    Some(match ip {
+    r.descriptor.addresses.first().and_then(|a| subnet_of(*a))
+}
+
+/// The network of one address for the path rule (see [`subnet`]).
+pub fn subnet_of(addr: std::net::SocketAddr) -> Option<[u8; 4]> {
+    Some(match addr.ip() {
         std::net::IpAddr::V4(v4) => {
             let o = v4.octets();
             [4, o[0], o[1], 0]
@@ -299,6 +315,29 @@ pub fn subnet(r: &VerifiedDescriptor) -> Option<[u8; 4]> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_stays_out_of_the_named_last_hops_subnet() {
+        let mut dir = Directory::new();
+        // relay(seed) sits on 10.seed.0.1: relays 1..=6, the named end on 10.3.0.9.
+        for seed in 1..=6 {
+            dir.insert(&relay(seed, FLAG_GUARD, Vec::new()), 1000)
+                .unwrap();
+        }
+        let end: std::net::SocketAddr = "10.3.0.9:5000".parse().unwrap();
+        let req = PathRequest {
+            any_last_hop: true,
+            last_hop_addr: Some(end),
+            ..PathRequest::port(0)
+        };
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let p = dir.choose_prefix(&req, &mut rng).unwrap();
+            for r in &p {
+                assert_ne!(subnet(r), subnet_of(end), "{:?}", r.descriptor.addresses);
+            }
+        }
+    }
     use anonnet_crypto::IdentityKey;
     use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
     use anonnet_wire::{PortRange, RelayDescriptor};

@@ -5,6 +5,12 @@
 //! directory, so that the first hop of every circuit comes from the same small set across
 //! restarts (a client that picked a fresh first hop per circuit would soon meet a hostile
 //! one). Relays that keep failing are avoided for a while, with exponential backoff.
+//!
+//! Guards have lifetimes, after Tor's guard-spec (prop 271): each guard is rotated out at
+//! a random time between [`GuardLifetimes::lifetime`] and 4/3 of it after it was chosen,
+//! and dropped once the consensus has not listed it for
+//! [`GuardLifetimes::drop_unlisted`]. Only guards with the consensus's Guard flag are
+//! chosen.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +46,41 @@ struct GuardRecord {
     node_id: String,
     /// When it was chosen (Unix seconds).
     added: u64,
+    /// When it is rotated out (Unix seconds); files written before lifetimes lack it and
+    /// get one drawn at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<u64>,
+    /// Since when the directory has not listed it (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unlisted_since: Option<u64>,
+}
+
+/// How long guards are kept (Tor's guard-spec, prop 271).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardLifetimes {
+    /// Shortest time a guard is kept after it was chosen (seconds); each guard's lifetime
+    /// is drawn uniformly from `lifetime..=lifetime * 4 / 3`. Default 90 days.
+    pub lifetime: u64,
+    /// A guard the directory has not listed for this long is dropped (seconds). Default
+    /// 20 days.
+    pub drop_unlisted: u64,
+}
+
+impl Default for GuardLifetimes {
+    fn default() -> Self {
+        GuardLifetimes {
+            lifetime: 90 * 86_400,
+            drop_unlisted: 20 * 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Guard {
+    id: NodeId,
+    added: u64,
+    expires: u64,
+    unlisted_since: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,7 +93,13 @@ struct GuardFile {
 #[derive(Debug, Default)]
 pub struct GuardSet {
     path: Option<PathBuf>,
-    guards: Vec<(NodeId, u64)>,
+    guards: Vec<Guard>,
+    lifetimes: GuardLifetimes,
+}
+
+fn draw_expiry(added: u64, l: &GuardLifetimes, rng: &mut impl Rng) -> u64 {
+    let extra = rng.random_range(0..=l.lifetime / 3);
+    added.saturating_add(l.lifetime).saturating_add(extra)
 }
 
 fn parse_node_id(hex_id: &str) -> Option<NodeId> {
@@ -64,16 +111,34 @@ impl GuardSet {
     /// Load the set from `dir/guards.json` (none yet: empty). An unreadable or corrupt file
     /// is moved aside to `guards.json.bad` with a warning and the set starts empty.
     pub fn load(dir: Option<&Path>) -> GuardSet {
+        GuardSet::load_with(dir, GuardLifetimes::default())
+    }
+
+    /// [`GuardSet::load`] with these lifetimes.
+    pub fn load_with(dir: Option<&Path>, lifetimes: GuardLifetimes) -> GuardSet {
         let Some(dir) = dir else {
-            return GuardSet::default();
+            return GuardSet {
+                lifetimes,
+                ..GuardSet::default()
+            };
         };
         let path = dir.join(GUARD_FILE);
+        let mut rng = rand::rng();
         let guards = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<GuardFile>(&bytes) {
                 Ok(f) if f.version == 1 => f
                     .guards
                     .iter()
-                    .filter_map(|g| Some((parse_node_id(&g.node_id)?, g.added)))
+                    .filter_map(|g| {
+                        Some(Guard {
+                            id: parse_node_id(&g.node_id)?,
+                            added: g.added,
+                            expires: g
+                                .expires
+                                .unwrap_or_else(|| draw_expiry(g.added, &lifetimes, &mut rng)),
+                            unlisted_since: g.unlisted_since,
+                        })
+                    })
                     .take(MAX_GUARDS)
                     .collect(),
                 _ => {
@@ -87,15 +152,58 @@ impl GuardSet {
         GuardSet {
             path: Some(path),
             guards,
+            lifetimes,
         }
     }
 
     /// The guards, in the order they were chosen.
     pub fn ids(&self) -> Vec<NodeId> {
-        self.guards.iter().map(|(id, _)| *id).collect()
+        self.guards.iter().map(|g| g.id).collect()
     }
 
-    /// Make sure [`NUM_GUARDS`] guards of the set are in `dir` and not in `avoid`, adding
+    /// Drop guards past their lifetime and guards `dir` has not listed for
+    /// [`GuardLifetimes::drop_unlisted`]; note which are unlisted now. An empty directory
+    /// (no consensus) says nothing about any guard. Returns true when the set changed.
+    fn expire(&mut self, dir: &Directory, now: u64) -> bool {
+        if dir.is_empty() {
+            return false;
+        }
+        let mut changed = false;
+        for g in &mut self.guards {
+            let listed = dir.get(&g.id).is_some();
+            match (listed, g.unlisted_since) {
+                (true, Some(_)) => {
+                    g.unlisted_since = None;
+                    changed = true;
+                }
+                (false, None) => {
+                    g.unlisted_since = Some(now);
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        let drop_after = self.lifetimes.drop_unlisted;
+        let before = self.guards.len();
+        self.guards.retain(|g| {
+            let rotated = g.expires <= now;
+            let gone = g
+                .unlisted_since
+                .is_some_and(|t| now.saturating_sub(t) >= drop_after);
+            if rotated || gone {
+                tracing::info!(
+                    guard = %g.id.short(),
+                    reason = if rotated { "lifetime over" } else { "unlisted too long" },
+                    "guard leaves the guard set"
+                );
+            }
+            !rotated && !gone
+        });
+        changed || self.guards.len() != before
+    }
+
+    /// Drop expired guards (lifetime over, or unlisted too long), then make sure
+    /// [`NUM_GUARDS`] guards of the set are in `dir` and not in `avoid`, adding
     /// guard-flagged relays (weighted by bandwidth) as needed, at most [`MAX_GUARDS`] in
     /// all (a full set first drops its oldest guard missing from `dir`, else stops adding).
     /// Returns true when the set changed (then [`GuardSet::save`] it).
@@ -107,13 +215,13 @@ impl GuardSet {
         rng: &mut impl Rng,
     ) -> bool {
         let usable = |id: &NodeId| dir.get(id).is_some() && !avoid.contains(id);
-        let mut changed = false;
-        while self.guards.iter().filter(|(id, _)| usable(id)).count() < NUM_GUARDS {
+        let mut changed = self.expire(dir, now_unix);
+        while self.guards.iter().filter(|g| usable(&g.id)).count() < NUM_GUARDS {
             let candidates: Vec<_> = dir
                 .guard_candidates()
                 .into_iter()
                 .filter(|r| {
-                    !avoid.contains(&r.node_id) && !self.guards.iter().any(|(g, _)| *g == r.node_id)
+                    !avoid.contains(&r.node_id) && !self.guards.iter().any(|g| g.id == r.node_id)
                 })
                 .collect();
             let Ok(pick) =
@@ -126,13 +234,19 @@ impl GuardSet {
                     .guards
                     .iter()
                     .enumerate()
-                    .filter(|(_, (id, _))| dir.get(id).is_none())
-                    .min_by_key(|(_, (_, added))| *added)
+                    .filter(|(_, g)| dir.get(&g.id).is_none())
+                    .min_by_key(|(_, g)| g.added)
                     .map(|(i, _)| i);
                 let Some(i) = unlisted else { break };
                 self.guards.remove(i);
             }
-            self.guards.push((pick.node_id, now_unix));
+            let expires = draw_expiry(now_unix, &self.lifetimes, rng);
+            self.guards.push(Guard {
+                id: pick.node_id,
+                added: now_unix,
+                expires,
+                unlisted_since: None,
+            });
             changed = true;
         }
         changed
@@ -151,9 +265,11 @@ impl GuardSet {
             guards: self
                 .guards
                 .iter()
-                .map(|(id, added)| GuardRecord {
-                    node_id: id.to_hex(),
-                    added: *added,
+                .map(|g| GuardRecord {
+                    node_id: g.id.to_hex(),
+                    added: g.added,
+                    expires: Some(g.expires),
+                    unlisted_since: g.unlisted_since,
                 })
                 .collect(),
         };
@@ -348,15 +464,91 @@ mod tests {
     }
 
     #[test]
+    fn guards_rotate_after_their_lifetime_and_leave_when_unlisted_too_long() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut dir = Directory::new();
+        for i in 1..=10 {
+            dir.insert(&guard_relay(i), 1000).unwrap();
+        }
+        let l = GuardLifetimes {
+            lifetime: 300,
+            drop_unlisted: 100,
+        };
+        let mut g = GuardSet::load_with(None, l);
+        assert!(g.ensure(&dir, &[], 1000, &mut rng));
+        let first = g.ids();
+        // Within every lifetime nothing changes.
+        assert!(!g.ensure(&dir, &[], 1299, &mut rng));
+        assert_eq!(g.ids(), first);
+        // The first guard leaves the directory: noted, kept while under drop_unlisted.
+        let mut smaller = Directory::new();
+        for i in 1..=10u8 {
+            let id = smaller.insert(&guard_relay(i), 1000).unwrap();
+            if id == first[0] {
+                smaller = {
+                    let mut d = Directory::new();
+                    for j in 1..=10u8 {
+                        if j != i {
+                            d.insert(&guard_relay(j), 1000).unwrap();
+                        }
+                    }
+                    d
+                };
+                break;
+            }
+        }
+        g.ensure(&smaller, &[], 1200, &mut rng);
+        assert!(g.ids().contains(&first[0]), "kept while unlisted briefly");
+        g.ensure(&smaller, &[], 1300, &mut rng);
+        assert!(!g.ids().contains(&first[0]), "dropped after 100 s unlisted");
+        // Past 4/3 of the lifetime every original guard has been rotated out.
+        g.ensure(&dir, &[], 1000 + 401, &mut rng);
+        assert!(first.iter().all(|f| !g.ids().contains(f)), "{:?}", g.ids());
+        assert_eq!(g.ids().len(), NUM_GUARDS);
+        // An empty directory (no consensus) drops nothing.
+        let before = g.ids();
+        assert!(!g.ensure(&Directory::new(), &[], 99_999, &mut rng));
+        assert_eq!(g.ids(), before);
+    }
+
+    #[test]
     fn guard_file_round_trips_and_a_corrupt_one_is_set_aside() {
         let dir = std::env::temp_dir().join(format!("anonnet-guards-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut g = GuardSet::load(Some(&dir));
         assert!(g.ids().is_empty());
-        g.guards = vec![(id(1), 5), (id(2), 6)];
+        g.guards = vec![
+            Guard {
+                id: id(1),
+                added: 5,
+                expires: 500,
+                unlisted_since: Some(7),
+            },
+            Guard {
+                id: id(2),
+                added: 6,
+                expires: 600,
+                unlisted_since: None,
+            },
+        ];
         g.save().unwrap();
-        assert_eq!(GuardSet::load(Some(&dir)).ids(), vec![id(1), id(2)]);
+        let back = GuardSet::load(Some(&dir));
+        assert_eq!(back.ids(), vec![id(1), id(2)]);
+        assert_eq!(back.guards, g.guards);
+        // A file from before lifetimes (no `expires`) loads with one drawn.
+        std::fs::write(
+            dir.join(GUARD_FILE),
+            format!(
+                r#"{{"version":1,"guards":[{{"node_id":"{}","added":1000}}]}}"#,
+                id(3).to_hex()
+            ),
+        )
+        .unwrap();
+        let old = GuardSet::load(Some(&dir));
+        let l = GuardLifetimes::default();
+        assert!((1000 + l.lifetime..=1000 + l.lifetime * 4 / 3).contains(&old.guards[0].expires));
         std::fs::write(dir.join(GUARD_FILE), b"{not json").unwrap();
         assert!(GuardSet::load(Some(&dir)).ids().is_empty());
         assert!(dir.join("guards.json.bad").exists());

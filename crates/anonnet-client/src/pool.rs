@@ -84,6 +84,8 @@ pub struct ClientConfig {
     /// Local address book: `.dark` names (without the suffix) that resolve here without
     /// the DHT and override it.
     pub address_book: HashMap<String, HsAddress>,
+    /// Guard lifetimes (rotation and removal when unlisted).
+    pub guard_lifetimes: crate::guards::GuardLifetimes,
 }
 
 impl Default for ClientConfig {
@@ -100,6 +102,7 @@ impl Default for ClientConfig {
             max_dirtiness: Duration::from_secs(600),
             pool_port: 443,
             address_book: HashMap::new(),
+            guard_lifetimes: crate::guards::GuardLifetimes::default(),
         }
     }
 }
@@ -260,7 +263,10 @@ impl Client {
             events,
             counters: CounterAtomics::default(),
             stream_counters: Arc::new(StreamCounters::default()),
-            guards: Mutex::new(GuardSet::load(config.state_dir.as_deref())),
+            guards: Mutex::new(GuardSet::load_with(
+                config.state_dir.as_deref(),
+                config.guard_lifetimes,
+            )),
             scores: Mutex::new(RelayScores::default()),
             discovered: watch::channel(ready_now).0,
             hs: HsCache::new(config.state_dir.as_deref(), config.address_book.clone()),
@@ -890,6 +896,7 @@ impl Client {
         for _ in 0..BUILD_ATTEMPTS {
             let req = PathRequest {
                 any_last_hop: true,
+                last_hop_addr: end.map(|e| e.addr),
                 ..PathRequest::port(0)
             };
             let prefix = end.is_some();
