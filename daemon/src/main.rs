@@ -174,8 +174,9 @@ pub enum Error {
     /// `anonnet run` without `--config` and no file at the standard place.
     #[error(
         "no client config: looked for {looked} (not found). Pass --config FILE, or copy \
-         config/client.toml there and list at least 3 relay descriptor files in \
-         `client.bootstrap`"
+         config/client.toml there and set `client.network` to the network file of the \
+         network to join (its directory authorities; `anonnet testnet` writes one as \
+         DIR/network.toml)"
     )]
     NoClientConfig {
         /// Where it looked.

@@ -8,7 +8,7 @@
 //! DIR/relay-<i>/relay.toml   generated config (listen 127.0.0.1:0, exit for loopback)
 //! DIR/relay-<i>/relay.log    the relay's stderr
 //! DIR/relay-<i>/descriptor   its signed descriptor (plus keys and stats.json)
-//! DIR/client/client.toml     bootstrap = every relay's descriptor
+//! DIR/client/client.toml     network = DIR/network.toml, bootstrap = two fallback relays
 //! DIR/client/client.log      the client's stderr
 //! DIR/client/ports.json      the SOCKS and HTTP addresses actually bound
 //! DIR/client/control.cookie  the control API's cookie (and "control" in ports.json)

@@ -1,7 +1,8 @@
-//! End to end, real processes: 20 relays form a DHT; a client that knows only the two
-//! bootstrap relays discovers the others, builds circuits through relays it learned there,
-//! and after a restart with both bootstrap relays stopped still builds circuits from its
-//! persisted table, with the same guards.
+//! End to end, real processes: 20 relays form a DHT and join the testnet's authorities; a
+//! client that knows the authorities and two fallback relays learns every relay from the
+//! consensus, builds circuits through relays other than the fallbacks, and after a restart
+//! with both fallback relays stopped still builds circuits from its saved consensus, with
+//! the same guards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -32,7 +33,7 @@ fn kill(pid: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_discovers_relays_through_the_dht_and_survives_losing_its_bootstrap_relays() {
+async fn client_learns_relays_from_the_consensus_and_survives_losing_its_fallback_relays() {
     let dir = temp_dir("dht");
     let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
     let net = tokio::task::spawn_blocking({
@@ -52,16 +53,20 @@ async fn client_discovers_relays_through_the_dht_and_survives_losing_its_bootstr
         .collect();
     let client_state = dir.join("client");
 
-    // Discovery: at least 18 of the 20 relays, from two bootstrap descriptors.
+    // The consensus lists at least 18 of the 20 relays (all once every one was tested).
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut s = status(&client_state).await;
     while s.relays < 18 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
         s = status(&client_state).await;
     }
-    assert!(s.relays >= 18, "discovered only {} relays", s.relays);
+    assert!(
+        s.relays >= 18,
+        "the consensus lists only {} relays",
+        s.relays
+    );
 
-    // Circuits go through relays learned from the DHT.
+    // Circuits go through relays other than the fallbacks.
     let url = format!("http://127.0.0.1:{port}/");
     let (code, err) = curl_socks(net.socks, &url, &dir.join("page"));
     assert_eq!(code, 0, "{err}");
@@ -117,7 +122,7 @@ async fn client_discovers_relays_through_the_dht_and_survives_losing_its_bootstr
     );
     assert!(
         s.relays >= 18,
-        "the persisted table still knows the network: {}",
+        "the saved consensus still knows the network: {}",
         s.relays
     );
     if let Some(pid) = child.id() {

@@ -32,10 +32,16 @@ pub const MAX_RELAYS: usize = 20_000;
 pub const REACHABILITY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reachability dials run at once.
 const MAX_CONCURRENT_TESTS: usize = 32;
+/// Largest request accepted from a peer that is not an authority (bytes): an upload (a
+/// signed descriptor, at most 1 092 bytes) or a `GET_CONSENSUS`.
+const MAX_SMALL_REQUEST: usize = 4096;
 /// Streams of one link being served at once.
 const MAX_STREAMS_PER_LINK: usize = 16;
 /// Longest a peer may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seconds within which a relay's repeated upload is answered from its last reachability
+/// test instead of a new dial.
+const MIN_UPLOAD_RETEST_SECS: u64 = 10;
 /// Weight voted for a relay not yet measured (bytes per second), unless it reports less.
 pub const UNMEASURED_WEIGHT: u32 = 20_000;
 /// Signatures received before the consensus they sign was computed, kept at most.
@@ -61,7 +67,10 @@ pub enum AuthorityError {
     #[error(transparent)]
     Net(#[from] anonnet_net::NetError),
     /// This authority's identity key is not one of the network's authorities.
-    #[error("this authority's identity {0} is not listed in the network file")]
+    #[error(
+        "this authority's identity key {0} is not listed in the network file: add an \
+         [[authority]] with identity = \"{0}\" and this authority's address"
+    )]
     NotInNetwork(String),
     /// A file of the data directory could not be read or written.
     #[error("{path}: {source}")]
@@ -168,7 +177,7 @@ impl Authority {
     pub async fn start(config: AuthorityConfig) -> Result<Authority, AuthorityError> {
         let (identity, _onion) = anonnet_relay::keystore::load_keys(&config.data_dir)?;
         if config.network.authority(&identity.public()).is_none() {
-            return Err(AuthorityError::NotInNetwork(identity.node_id().to_hex()));
+            return Err(AuthorityError::NotInNetwork(hex::encode(identity.public())));
         }
         let srv_secret = load_srv_secret(&config.data_dir)?;
         let endpoint = Endpoint::relay(&identity, config.listen)?;
@@ -187,13 +196,14 @@ impl Authority {
             let Ok(relay) = verify_descriptor(&signed, now) else {
                 continue;
             };
-            // Counted down until the test the period loop runs first thing.
+            // Counted down until the test the period loop runs first thing; dated so that
+            // an upload before that test gets a test of its own.
             state.relays.insert(
                 relay.node_id,
                 KnownRelay {
                     relay,
                     signed,
-                    history: RelayHistory::new(now, false),
+                    history: RelayHistory::new(now.saturating_sub(MIN_UPLOAD_RETEST_SECS), false),
                     measured: None,
                     measure_failed: None,
                 },
@@ -355,13 +365,28 @@ async fn serve_link(shared: Arc<Shared>, link: Link) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            // Only authorities send large messages (votes); relays' uploads and clients'
+            // requests are small, so nobody else makes us allocate megabytes.
+            let from_authority = peer.is_some_and(|p| {
+                shared
+                    .config
+                    .network
+                    .authorities
+                    .iter()
+                    .any(|a| a.node_id() == p)
+            });
+            let max = if from_authority {
+                MAX_MESSAGE_LEN
+            } else {
+                MAX_SMALL_REQUEST
+            };
             let request = async {
                 let mut tag = [0u8; 1];
                 recv.read_exact(&mut tag).await.ok()?;
                 if tag[0] != DIR_STREAM_TAG {
                     return None;
                 }
-                rpc::read_frame(&mut recv, MAX_MESSAGE_LEN).await.ok()
+                rpc::read_frame(&mut recv, max).await.ok()
             };
             let Ok(Some(bytes)) = tokio::time::timeout(REQUEST_TIMEOUT, request).await else {
                 let _ = send.reset(quinn::VarInt::from_u32(0));
@@ -434,12 +459,36 @@ async fn upload(
         };
     }
     {
-        let st = shared.state();
+        let mut st = shared.state();
         if !st.relays.contains_key(&relay.node_id) && st.relays.len() >= MAX_RELAYS {
             return DirMessage::Uploaded {
                 status: UploadStatus::Rejected,
                 reason: "the authority holds as many relays as it can".into(),
             };
+        }
+        // A relay uploading again soon after a test, at the same address, gets that test's
+        // result: uploads cannot make the authority dial out faster than this.
+        if let Some(k) = st.relays.get_mut(&relay.node_id) {
+            let same_addr = k.relay.descriptor.addresses == relay.descriptor.addresses;
+            if same_addr && now.saturating_sub(k.history.last_test) < MIN_UPLOAD_RETEST_SECS {
+                if k.relay.descriptor.published <= relay.descriptor.published {
+                    k.relay = relay.clone();
+                    k.signed = signed.clone();
+                }
+                let addr = relay.descriptor.addresses.first().copied();
+                let at = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+                return if k.history.reachable {
+                    DirMessage::Uploaded {
+                        status: UploadStatus::Reachable,
+                        reason: format!("reached at {at} (recent test)"),
+                    }
+                } else {
+                    DirMessage::Uploaded {
+                        status: UploadStatus::NotReachable,
+                        reason: format!("not reached at {at} in a test a moment ago"),
+                    }
+                };
+            }
         }
     }
     let result = test_reachability(shared, &relay).await;
@@ -712,7 +761,10 @@ fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
         network_id: shared.config.network.id(),
         authority: shared.identity.public(),
         valid_after,
-        fresh_until: valid_after + period,
+        // Fresh until the next consensus exists (its votes and signatures take twice the
+        // vote delay after the next boundary), so clients that fetch at `fresh_until`
+        // find it and do not ask around in vain.
+        fresh_until: valid_after + period + 2 * shared.config.vote_delay.max(1),
         valid_until: valid_after + 3 * period,
         commit: srv::commit(&srv::reveal(&shared.srv_secret, valid_after + period)),
         reveal: Some(srv::reveal(&shared.srv_secret, valid_after)),

@@ -273,7 +273,9 @@ impl Client {
             services: Mutex::new(Vec::new()),
             config,
         });
-        if ready_now {
+        if ready_now && client.config.network.is_some() {
+            client.set_bootstrap(20, "consensus loaded");
+        } else if ready_now {
             client.set_bootstrap(20, "directory loaded");
         } else {
             client.set_bootstrap(5, "fetching consensus");
@@ -334,10 +336,12 @@ impl Client {
                 "newer consensus"
             );
         }
-        if !*self.discovered.borrow() {
+        if self.bootstrap.borrow().percent < 20 {
+            // First start, or back from an expired consensus: the pool's next circuit
+            // takes the progress on to 100 %.
             self.set_bootstrap(20, "consensus loaded");
-            self.discovered.send_replace(true);
         }
+        self.discovered.send_replace(true);
         self.refill.notify_one();
     }
 
@@ -1353,7 +1357,8 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
         }
         let wanted = c.config.pool_size;
         if c.clean_count() < wanted {
-            if !ready {
+            let percent = c.bootstrap.borrow().percent;
+            if !ready && (20..40).contains(&percent) {
                 c.set_bootstrap(40, "building first circuit");
             }
             let port = c.config.pool_port;
@@ -1374,6 +1379,10 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
                         );
                         c.set_bootstrap(100, "ready");
                         c.ready.send_replace(Some(Ok(())));
+                    } else if c.bootstrap.borrow().percent < 100 {
+                        // Back after the consensus had expired.
+                        info!("circuits are built again");
+                        c.set_bootstrap(100, "ready");
                     }
                     continue;
                 }

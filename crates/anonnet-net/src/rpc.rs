@@ -46,14 +46,10 @@ pub async fn request(
 ) -> Result<Vec<u8>, RpcError> {
     let exchange = async {
         let (mut send, mut recv) = link.open_bi().await?;
-        let mut framed = Vec::with_capacity(body.len() + 5);
-        framed.push(tag);
-        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        framed.extend_from_slice(body);
-        send.write_all(&framed)
+        send.write_all(&[tag])
             .await
             .map_err(|e| RpcError::Stream(e.to_string()))?;
-        let _ = send.finish();
+        write_frame(&mut send, body).await?;
         read_frame(&mut recv, max_answer).await
     };
     tokio::time::timeout(timeout, exchange)

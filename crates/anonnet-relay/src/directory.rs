@@ -22,6 +22,8 @@ pub const DIR_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Largest directory request a relay reads (bytes).
+const MAX_RELAY_REQUEST: usize = 64;
 /// File in the data directory holding the newest verified consensus.
 pub const CONSENSUS_FILE: &str = "consensus";
 
@@ -195,8 +197,8 @@ pub(crate) async fn fetch_consensus(
                             .map_or(true, |o| o.valid_after < c.valid_after)
                     });
                     if newer {
-                        if let Err(e) = write_file(&file, &signed.encode()) {
-                            warn!("cannot save {}: {e}", file.display());
+                        if let Err(e) = crate::write_atomically(&file, &signed.encode()) {
+                            warn!("{e}");
                         }
                         cache.set(signed, c.valid_until);
                         debug!(relays = c.relays.len(), "consensus cached");
@@ -227,11 +229,6 @@ pub(crate) async fn fetch_consensus(
     }
 }
 
-fn write_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
-}
-
 /// Answer one directory request on a relay: `GET_CONSENSUS` from the cache, anything
 /// else `REFUSED` (only authorities take uploads, votes and signatures).
 pub(crate) async fn serve_dir_stream(
@@ -239,9 +236,10 @@ pub(crate) async fn serve_dir_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    // A relay only answers GET_CONSENSUS (one byte): anything long is refused unread.
     let Ok(Ok(request)) = tokio::time::timeout(
         DIR_REQUEST_TIMEOUT,
-        rpc::read_frame(&mut recv, anonnet_dir::msg::MAX_MESSAGE_LEN),
+        rpc::read_frame(&mut recv, MAX_RELAY_REQUEST),
     )
     .await
     else {
