@@ -1271,7 +1271,7 @@ const DISCOVERY_WAIT: Duration = Duration::from_secs(20);
 /// First pause after a failed consensus fetch; doubles up to [`MAX_CONSENSUS_RETRY`].
 const CONSENSUS_RETRY: Duration = Duration::from_millis(500);
 /// Longest pause between consensus fetch rounds while none succeeds.
-const MAX_CONSENSUS_RETRY: Duration = Duration::from_secs(8);
+const MAX_CONSENSUS_RETRY: Duration = Duration::from_secs(4);
 /// Longest single sleep of the consensus task: it wakes at least this often to re-check
 /// wall-clock deadlines (a suspend or a clock step moves them).
 const CONSENSUS_TICK: Duration = Duration::from_secs(30);
