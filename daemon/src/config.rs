@@ -388,9 +388,20 @@ fn read_descriptors(
 
 // ---------------------------------------------------------------- relay
 
+/// `[log]`, in every role's config.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    /// `log.safe`: scrub destinations, `.anon`/`.dark` names, circuit paths and client
+    /// addresses from logs (default true).
+    safe: Option<bool>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RelayFile {
+    #[serde(default)]
+    log: LogSection,
     #[serde(default)]
     relay: RelaySection,
     #[serde(default)]
@@ -456,6 +467,8 @@ pub struct RelaySettings {
     pub relay: RelayConfig,
     /// Where the relay writes its descriptor.
     pub descriptor_file: PathBuf,
+    /// `log.safe` (default true).
+    pub safe_logging: bool,
 }
 
 /// Load and validate a relay config file.
@@ -667,6 +680,7 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
             network: Some(network_of(src, "relay.network", r.network.as_ref())?),
         },
         descriptor_file,
+        safe_logging: file.log.safe.unwrap_or(true),
     })
 }
 
@@ -675,6 +689,8 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientFile {
+    #[serde(default)]
+    log: LogSection,
     #[serde(default)]
     client: ClientSection,
     /// `[[service]]` tables: hidden services to publish.
@@ -760,6 +776,8 @@ pub struct ClientSettings {
     pub address_book: std::collections::HashMap<String, anonnet_crypto::hs::HsAddress>,
     /// `client.guard_lifetime_secs` and `client.guard_drop_unlisted_secs`.
     pub guard_lifetimes: anonnet_client::guards::GuardLifetimes,
+    /// `log.safe` (default true).
+    pub safe_logging: bool,
 }
 
 /// Parse a SOCKS listen value: `"auto"` (127.0.0.1, a free port) or `IP:PORT`.
@@ -1012,6 +1030,7 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
         )?,
     };
     Ok(ClientSettings {
+        safe_logging: file.log.safe.unwrap_or(true),
         guard_lifetimes,
         services,
         address_book,
@@ -1161,6 +1180,8 @@ fn network_of(
 #[serde(deny_unknown_fields)]
 struct AuthorityFile {
     #[serde(default)]
+    log: LogSection,
+    #[serde(default)]
     authority: AuthoritySection,
     #[serde(default)]
     flags: FlagsSection,
@@ -1200,6 +1221,8 @@ pub struct AuthoritySettings {
     pub file: PathBuf,
     /// What to start the authority with.
     pub authority: anonnet_authority::AuthorityConfig,
+    /// `log.safe` (default true).
+    pub safe_logging: bool,
 }
 
 /// Load and validate an authority config file (see config/authority.toml).
@@ -1338,6 +1361,7 @@ fn authority_from(src: &Source) -> Result<AuthoritySettings, ConfigError> {
         )?,
     };
     Ok(AuthoritySettings {
+        safe_logging: file.log.safe.unwrap_or(true),
         file: src.path.clone(),
         authority: anonnet_authority::AuthorityConfig {
             data_dir,
@@ -1633,8 +1657,18 @@ max_exit_dns_lookups = 8
             &format!("[relay]\nlisten = \"127.0.0.1:0\"\n{}", network_line(dir)),
         );
         let s = load_relay(&file).unwrap();
+        assert!(s.safe_logging, "safe logging is the default");
         assert!(s.relay.guard);
         assert_eq!(s.relay.bandwidth, DEFAULT_BANDWIDTH);
+        let unsafe_file = write(
+            dir,
+            "relay-unsafe.toml",
+            &format!(
+                "[log]\nsafe = false\n[relay]\nlisten = \"127.0.0.1:0\"\n{}",
+                network_line(dir)
+            ),
+        );
+        assert!(!load_relay(&unsafe_file).unwrap().safe_logging);
         assert!(s.relay.exit_policy.is_none());
         assert_eq!(s.relay.advertise, None);
         assert_eq!(s.relay.limits.max_circuits, Limits::default().max_circuits);

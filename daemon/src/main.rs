@@ -338,6 +338,7 @@ pub fn print_line(line: &str) -> Result<(), Error> {
 async fn run_relay(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
     let mut shutdown = Shutdown::new(exit_with_parent).map_err(Error::io("signal handlers"))?;
     let settings = config::load_relay(config)?;
+    let _unsafe_logging = unsafe_logging(settings.safe_logging, &settings.file);
     info!(config = %settings.file.display(), "starting relay");
     let relay = Relay::start(settings.relay).await?;
     print_line(&format!(
@@ -357,6 +358,7 @@ async fn run_relay(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
 async fn run_authority(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
     let mut shutdown = Shutdown::new(exit_with_parent).map_err(Error::io("signal handlers"))?;
     let settings = config::load_authority(config)?;
+    let _unsafe_logging = unsafe_logging(settings.safe_logging, &settings.file);
     info!(config = %settings.file.display(), "starting directory authority");
     let authority = anonnet_authority::Authority::start(settings.authority)
         .await
@@ -371,6 +373,27 @@ async fn run_authority(config: &Path, exit_with_parent: bool) -> Result<(), Erro
     info!("{why}: authority shutting down");
     authority.shutdown(std::time::Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// With `log.safe = false`, turn safe logging off for as long as the returned guard lives
+/// (destinations, `.anon`/`.dark` names and paths are then written out), saying so once.
+fn unsafe_logging(safe: bool, file: &Path) -> Option<anonnet_net::logging::UnsafeLoggingGuard> {
+    if safe {
+        return None;
+    }
+    match anonnet_net::logging::disable_safe_logging() {
+        Ok(g) => {
+            warn!(
+                config = %file.display(),
+                "log.safe = false: logs will name destinations, .anon/.dark names and circuit paths"
+            );
+            Some(g)
+        }
+        Err(e) => {
+            warn!("cannot turn safe logging off: {e}");
+            None
+        }
+    }
 }
 
 /// `ports.json` in the state directory while the client runs; removed when dropped.
@@ -414,6 +437,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     let mut shutdown = Shutdown::new(exit_with_parent).map_err(Error::io("signal handlers"))?;
     let path = cli::client_config_path(config)?;
     let settings = config::load_client(&path)?;
+    let _unsafe_logging = unsafe_logging(settings.safe_logging, &settings.file);
     info!(config = %settings.file.display(), fallbacks = settings.bootstrap.len(), authorities = settings.network.authorities.len(), "starting client");
 
     let socks = SocksServer::bind(settings.socks_listen)
@@ -552,7 +576,10 @@ async fn announce_when_published(hosted: Arc<anonnet_client::HostedService>) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    warn!(service = %hosted.address(), "not published after {SERVICE_READY_WAIT:?}");
+    warn!(
+        service = %anonnet_net::logging::sensitive(hosted.address()),
+        "not published after {SERVICE_READY_WAIT:?}"
+    );
 }
 
 async fn run_testnet(

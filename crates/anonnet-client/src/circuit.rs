@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender};
-use tracing::{debug, info};
+use tracing::debug;
 use zeroize::Zeroizing;
 
 /// Relay messages queued towards the guard, shared by all streams of a circuit.
@@ -469,10 +469,12 @@ impl Circuit {
             Arc::downgrade(&circuit),
             circuit.closed.clone(),
         ));
-        info!(
+        debug!(
             circuit = circuit.id,
             build_ms = circuit.built_in.as_secs_f64() * 1000.0,
-            path = %circuit.ids.iter().map(|r| r.short()).collect::<Vec<_>>().join(","),
+            path = %anonnet_net::logging::sensitive(
+                circuit.ids.iter().map(|r| r.short()).collect::<Vec<_>>().join(",")
+            ),
             "circuit built"
         );
         Ok(circuit)

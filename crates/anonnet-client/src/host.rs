@@ -250,7 +250,11 @@ pub fn start(
         replays: Mutex::new((HashSet::new(), VecDeque::new())),
         rendezvous: Arc::new(Semaphore::new(MAX_RENDEZVOUS)),
     });
-    info!(address = %hosted.address, target = %hosted.config.target, "hosting hidden service");
+    info!(
+        address = %anonnet_net::logging::sensitive(hosted.address),
+        target = %anonnet_net::logging::sensitive(hosted.config.target),
+        "hosting hidden service"
+    );
     tokio::spawn(service.clone().keep_intro_points());
     tokio::spawn(service.clone().publish_descriptors());
     if hosted.config.dark_name.is_some() {
@@ -293,7 +297,7 @@ impl Service {
                         continue;
                     }
                     Err(e) => {
-                        warn!(service = %self.hosted.address, "introduction point failed: {e}");
+                        warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction point failed: {e}");
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }
@@ -342,7 +346,7 @@ impl Service {
         })
         .await?;
         info!(
-            service = %self.hosted.address,
+            service = %anonnet_net::logging::sensitive(self.hosted.address),
             intro = %relay.node_id.short(),
             "introduction point established"
         );
@@ -382,7 +386,7 @@ impl Service {
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Err(e) = service.rendezvous(&auth_key, &sealed).await {
-                    debug!(service = %service.hosted.address, "introduction not served: {e}");
+                    debug!(service = %anonnet_net::logging::sensitive(service.hosted.address), "introduction not served: {e}");
                 }
             });
         }
@@ -437,7 +441,7 @@ impl Service {
             })
             .await
             .map_err(|e| e.to_string())?;
-        debug!(service = %self.hosted.address, circuit = circuit.id(), "met a client");
+        debug!(service = %anonnet_net::logging::sensitive(self.hosted.address), circuit = circuit.id(), "met a client");
         serve_streams(
             circuit,
             incoming,
@@ -462,15 +466,15 @@ impl Service {
                 match self.publish_once(points, revision).await {
                     Ok(stored) if stored > 0 => {
                         if !self.hosted.published.swap(true, Ordering::Relaxed) {
-                            info!(service = %self.hosted.address, stored, "descriptor published");
+                            info!(service = %anonnet_net::logging::sensitive(self.hosted.address), stored, "descriptor published");
                         }
                     }
                     Ok(_) => {
-                        warn!(service = %self.hosted.address, "no DHT node stored the descriptor");
+                        warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "no DHT node stored the descriptor");
                         wait = Duration::from_secs(2);
                     }
                     Err(e) => {
-                        warn!(service = %self.hosted.address, "publishing the descriptor: {e}");
+                        warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "publishing the descriptor: {e}");
                         wait = Duration::from_secs(2);
                     }
                 }
@@ -564,14 +568,14 @@ impl Service {
             match stored {
                 Ok(n) if n > 0 => {
                     self.hosted.name_registered.store(true, Ordering::Relaxed);
-                    info!(name = %name, stored = n, "name registered");
+                    info!(name = %anonnet_net::logging::sensitive(&name), stored = n, "name registered");
                 }
                 Ok(_) => {
-                    warn!(name = %name, "no DHT node stored the name (taken by another owner?)");
+                    warn!(name = %anonnet_net::logging::sensitive(&name), "no DHT node stored the name (taken by another owner?)");
                     wait = Duration::from_secs(30);
                 }
                 Err(e) => {
-                    warn!(name = %name, "registering the name: {e}");
+                    warn!(name = %anonnet_net::logging::sensitive(&name), "registering the name: {e}");
                     wait = Duration::from_secs(5);
                 }
             }

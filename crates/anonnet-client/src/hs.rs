@@ -26,7 +26,7 @@ use anonnet_wire::relay::{COOKIE_LEN, DHT_OK, INTRODUCE_OK};
 use anonnet_wire::{RelayMsg, Target};
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::circuit::{Circuit, HopSpec};
 
@@ -50,21 +50,25 @@ pub const PINS_FILE: &str = "dark-pins.json";
 #[non_exhaustive]
 pub enum HsFailure {
     /// The `.anon` address is mistyped (checked before any network traffic).
-    #[error("invalid .anon address: {0}")]
+    #[error("invalid .anon address: {}", anonnet_net::logging::sensitive(.0))]
     BadAddress(String),
     /// The `.dark` name is malformed.
-    #[error("invalid .dark name: {0}")]
+    #[error("invalid .dark name: {}", anonnet_net::logging::sensitive(.0))]
     BadName(String),
     /// No valid descriptor was found for the address.
-    #[error("no descriptor found for {0} (the service is not published, or not yet)")]
+    #[error(
+        "no descriptor found for {} (the service is not published, or not yet)",
+        anonnet_net::logging::sensitive(.0)
+    )]
     NoDescriptor(String),
     /// No record was found for the name.
-    #[error("no record for {0}")]
+    #[error("no record for {}", anonnet_net::logging::sensitive(.0))]
     UnknownName(String),
     /// The name's owner key differs from the one pinned earlier.
     #[error(
-        "{name} is now signed by a different owner key than the one first seen \
-         ({pinned}); refusing. Remove its line from {file} only if you trust the change"
+        "{} is now signed by a different owner key than the one first seen \
+         ({pinned}); refusing. Remove its line from {file} only if you trust the change",
+        anonnet_net::logging::sensitive(name)
     )]
     OwnerChanged {
         /// The name.
@@ -386,9 +390,9 @@ impl HsCache {
         let Some(chosen) = chosen else {
             let pinned = pinned.map(hex::encode).unwrap_or_default();
             warn!(
-                name = %name,
+                name = %anonnet_net::logging::sensitive(name.as_str()),
                 pinned = %pinned,
-                "REFUSING {name}: its records are signed by a different owner key than the one pinned"
+                "REFUSING a .dark name: its records are signed by a different owner key than the one pinned"
             );
             return Err(HsFailure::OwnerChanged {
                 name: name.to_string(),
@@ -519,8 +523,8 @@ pub(crate) fn begin_target(address: &HsAddress) -> Target {
 
 /// Log the cold-connect time of a `.anon` connection.
 pub(crate) fn log_connected(address: &HsAddress, started: Instant, reused: bool) {
-    info!(
-        service = %address,
+    debug!(
+        service = %anonnet_net::logging::sensitive(address),
         ms = started.elapsed().as_secs_f64() * 1000.0,
         reused,
         "hidden-service stream open"

@@ -552,7 +552,10 @@ impl Client {
             let now = Instant::now();
             let mut scores = self.scores();
             for g in lost_guards {
-                warn!(guard = %g.short(), "link to the guard died; avoiding it for now");
+                warn!(
+                    guard = %anonnet_net::logging::sensitive(g.short()),
+                    "link to the guard died; avoiding it for now"
+                );
                 scores.down(g, now);
             }
         }
@@ -578,7 +581,12 @@ impl Client {
                 if let Err(e) = guards.save() {
                     warn!("cannot save the guard set: {e}");
                 }
-                info!(guards = ?guards.ids().iter().map(|g| g.short()).collect::<Vec<_>>(), "guard set");
+                info!(
+                    guards = %anonnet_net::logging::sensitive(
+                        guards.ids().iter().map(|g| g.short()).collect::<Vec<_>>().join(",")
+                    ),
+                    "guard set"
+                );
             }
             return guards
                 .ids()
@@ -752,7 +760,7 @@ impl Client {
                     self.counters
                         .circuit_build_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    warn!("circuit build failed: {e}");
+                    anonnet_net::warn_limited!("circuit build failed: {e}");
                     self.emit(ClientEvent::Error {
                         message: format!("circuit build failed: {e}"),
                     });
@@ -846,7 +854,7 @@ impl Client {
                     last = ClientError::Stream(StreamError::Circuit(e));
                 }
                 Err(StreamError::Circuit(e)) => {
-                    warn!(
+                    anonnet_net::warn_limited!(
                         circuit = circuit.id(),
                         "stream failed on circuit: {e}; retrying"
                     );
@@ -859,7 +867,7 @@ impl Client {
                 Err(
                     e @ (StreamError::Timeout | StreamError::Refused(EndReason::ResourceLimit)),
                 ) => {
-                    warn!(
+                    anonnet_net::warn_limited!(
                         circuit = circuit.id(),
                         "BEGIN failed: {e}; retiring the circuit, retrying"
                     );
@@ -1152,7 +1160,10 @@ impl Client {
                     return Ok(stream);
                 }
                 Err(e) => {
-                    warn!(service = %address, "connecting to the service: {e}");
+                    anonnet_net::warn_limited!(
+                        service = %anonnet_net::logging::sensitive(&address),
+                        "connecting to the service: {e}"
+                    );
                     self.hs.forget_descriptor(&address);
                     last = e;
                 }
@@ -1388,7 +1399,7 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
                 }
 
                 Err(e) => {
-                    warn!("pool circuit failed: {e}; retrying in {delay:?}");
+                    anonnet_net::warn_limited!("pool circuit failed: {e}; retrying in {delay:?}");
                     drop(c);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_POOL_RETRY);

@@ -20,7 +20,7 @@ use anonnet_wire::SignedDescriptor;
 use quinn::{RecvStream, SendStream};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     descriptor_key, verify_record, Contact, Insert, Lookup, LookupKind, LookupResult, RoutingTable,
@@ -567,7 +567,7 @@ impl DhtNode {
                 match Contact::from_descriptor(&descriptor, now) {
                     // The announced NodeId must be the one the link's certificate proved.
                     Ok(c) if Some(c.node_id) == peer => self.learn(&[c]),
-                    Ok(c) => warn!(
+                    Ok(c) => anonnet_net::warn_limited!(
                         claimed = %c.node_id.short(),
                         "dropping an ANNOUNCE whose NodeId the link does not prove"
                     ),

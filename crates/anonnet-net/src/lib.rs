@@ -2,6 +2,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod endpoint;
+pub mod logging;
 mod manager;
 pub mod rpc;
 mod tls;

@@ -115,6 +115,12 @@ impl Refusal {
     /// The refusal for a client error while reaching `dest`: status from [`http_status`],
     /// the reason worded from the error's kind.
     pub fn from_client_error(e: &ClientError, dest: &Destination) -> Refusal {
+        // The reason goes to the application that asked, not to a log: names in the error
+        // are written out (safe logging scrubs them only in logs).
+        safelog::with_safe_logging_suppressed(|| Refusal::from_client_error_unscrubbed(e, dest))
+    }
+
+    fn from_client_error_unscrubbed(e: &ClientError, dest: &Destination) -> Refusal {
         let kind = e.kind();
         let reason = match kind {
             ErrorKind::ExitPolicy => format!("the exit relay's policy does not allow {dest}"),

@@ -44,7 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::hs::{IntroEntry, Refused, RendezvousEntry, Splice};
 use crate::RelayShared;
@@ -243,7 +243,7 @@ pub(crate) async fn serve_leg(
             .circuits_from_clients
             .fetch_add(1, Ordering::Relaxed);
     }
-    info!(cell_len, from_relay, "circuit created");
+    debug!(cell_len, from_relay, "circuit created");
     let onion = anonnet_crypto::RelayOnion::new(&keys);
     drop(keys);
     run_circuit(shared, cell_len, onion, reply.server_pk, send, recv).await;
@@ -581,7 +581,7 @@ impl ForwardTask {
             _ => return Err(Violation(DestroyReason::Protocol)),
         }
         let kind = self.layer.open_forward(&mut cell).map_err(|e| {
-            warn!("destroying circuit: {e}");
+            anonnet_net::warn_limited!("destroying circuit: {e}");
             self.shared
                 .stats
                 .cells_rejected
@@ -634,7 +634,7 @@ impl ForwardTask {
                 let tag = relay_cell_tag(&cell).unwrap_or_default();
                 let inner = cell.freeze().slice(relay_layout::INNER..);
                 let msg = RelayCell::decode(&inner).map_err(|e| {
-                    warn!("destroying circuit: bad relay message: {e}");
+                    anonnet_net::warn_limited!("destroying circuit: bad relay message: {e}");
                     Violation(DestroyReason::Protocol)
                 })?;
                 self.handle_message(msg, tag).await
@@ -744,7 +744,7 @@ impl ForwardTask {
                         .map_err(|_| Violation(DestroyReason::Internal))?
                         .on_data()
                         .map_err(|e| {
-                            warn!("destroying circuit: stream {}: {e}", id.0);
+                            anonnet_net::warn_limited!("destroying circuit: stream {}: {e}", id.0);
                             Violation(DestroyReason::Protocol)
                         })?;
                     let sent = tokio::select! {
@@ -775,7 +775,7 @@ impl ForwardTask {
                     .map_err(|_| Violation(DestroyReason::Internal))?
                     .on_sendme(&echo)
                     .map_err(|e| {
-                        warn!("destroying circuit: {e}");
+                        anonnet_net::warn_limited!("destroying circuit: {e}");
                         Violation(DestroyReason::Protocol)
                     })?;
                 self.flow.package.add_permits(CIRCUIT_INCREMENT as usize);
@@ -785,7 +785,10 @@ impl ForwardTask {
                 if let Some(slot) = self.streams.get(&id) {
                     let inc = STREAM_INCREMENT as usize;
                     if slot.package.available_permits() + inc > STREAM_WINDOW as usize {
-                        warn!("destroying circuit: stream {}: unexpected SENDME", id.0);
+                        anonnet_net::warn_limited!(
+                            "destroying circuit: stream {}: unexpected SENDME",
+                            id.0
+                        );
                         return Err(Violation(DestroyReason::Protocol));
                     }
                     slot.package.add_permits(inc);
@@ -850,7 +853,9 @@ impl ForwardTask {
         signed.extend_from_slice(&auth_key);
         signed.extend_from_slice(&self.hs.binding);
         if anonnet_crypto::verify_signature(&auth_key, &signed, signature).is_err() {
-            warn!("destroying circuit: ESTABLISH_INTRO signature does not verify");
+            anonnet_net::warn_limited!(
+                "destroying circuit: ESTABLISH_INTRO signature does not verify"
+            );
             return Err(Violation(DestroyReason::Protocol));
         }
         let entry = IntroEntry {
@@ -864,7 +869,9 @@ impl ForwardTask {
             .add_intro(auth_key, entry, &self.shared.stats)
             .is_err()
         {
-            warn!("introduction-point limit reached; refusing ESTABLISH_INTRO");
+            anonnet_net::warn_limited!(
+                "introduction-point limit reached; refusing ESTABLISH_INTRO"
+            );
             return Err(Violation(DestroyReason::ResourceLimit));
         }
         self.hs.intro_key = Some(auth_key);

@@ -678,6 +678,8 @@ impl AnonNet {
                 .args(["testnet", "--relays", "5", "--socks", "127.0.0.1:0"])
                 .args(["--http", "127.0.0.1:0", "--dir"])
                 .arg(dir)
+                // Per-circuit lines (with build_ms) are DEBUG: turn on that module only.
+                .env("RUST_LOG", "info,anonnet_client::circuit=debug")
                 .stdin(Stdio::null())
                 .stderr(Stdio::null()),
         )?;
