@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender};
-use tracing::debug;
+use tracing::{debug, Instrument};
 use zeroize::Zeroizing;
 
 /// Relay messages queued towards the guard, shared by all streams of a circuit.
@@ -451,24 +451,32 @@ impl Circuit {
             sendme_tags: Arc::new(Mutex::new(SendmeTags::default())),
             guard_lost: std::sync::atomic::AtomicBool::new(false),
         });
-        tokio::spawn(writer_task(
-            fwd_layers,
-            send,
-            WriterQueues {
-                sendmes: sendme_rx,
-                cells: rx,
-            },
-            circuit.sendme_tags.clone(),
-            hop_count,
-            pending,
-            circuit.closed.clone(),
-        ));
-        tokio::spawn(reader_task(
-            bwd_layers,
-            recv,
-            Arc::downgrade(&circuit),
-            circuit.closed.clone(),
-        ));
+        // A debug log can follow one circuit: its tasks' lines carry `circuit{id=…}`.
+        let span = tracing::debug_span!("circuit", id = circuit.id);
+        tokio::spawn(
+            writer_task(
+                fwd_layers,
+                send,
+                WriterQueues {
+                    sendmes: sendme_rx,
+                    cells: rx,
+                },
+                circuit.sendme_tags.clone(),
+                hop_count,
+                pending,
+                circuit.closed.clone(),
+            )
+            .instrument(span.clone()),
+        );
+        tokio::spawn(
+            reader_task(
+                bwd_layers,
+                recv,
+                Arc::downgrade(&circuit),
+                circuit.closed.clone(),
+            )
+            .instrument(span),
+        );
         debug!(
             circuit = circuit.id,
             build_ms = circuit.built_in.as_secs_f64() * 1000.0,

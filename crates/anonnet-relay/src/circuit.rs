@@ -44,7 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::hs::{IntroEntry, Refused, RendezvousEntry, Splice};
 use crate::RelayShared;
@@ -705,25 +705,28 @@ impl ForwardTask {
                         deliver: deliver.clone(),
                     },
                 );
-                tokio::spawn(exit_stream(
-                    self.shared.clone(),
-                    policy,
-                    id,
-                    target,
-                    port,
-                    rx,
-                    self.out.clone(),
-                    ExitTokens {
-                        stream: token,
-                        circuit: self.teardown.token.clone(),
-                    },
-                    ExitWindows {
-                        circuit: self.flow.package.clone(),
-                        stream: package,
-                        deliver,
-                    },
-                    RelayCell::max_payload(self.cell_len - relay_layout::INNER),
-                ));
+                tokio::spawn(
+                    exit_stream(
+                        self.shared.clone(),
+                        policy,
+                        id,
+                        target,
+                        port,
+                        rx,
+                        self.out.clone(),
+                        ExitTokens {
+                            stream: token,
+                            circuit: self.teardown.token.clone(),
+                        },
+                        ExitWindows {
+                            circuit: self.flow.package.clone(),
+                            stream: package,
+                            deliver,
+                        },
+                        RelayCell::max_payload(self.cell_len - relay_layout::INNER),
+                    )
+                    .instrument(tracing::debug_span!("exit_stream", stream = id.0)),
+                );
                 Ok(())
             }
             RelayMsg::Data(data) => {

@@ -22,7 +22,7 @@ use anonnet_wire::dht::DHT_STREAM_TAG;
 use anonnet_wire::{RelayDescriptor, SignedDescriptor};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 pub use exit_policy::{Action, ExitPolicy, ExitRule};
 
@@ -615,14 +615,11 @@ async fn serve_link(shared: Arc<RelayShared>, link: Link) {
             let _ = recv.stop(quinn::VarInt::from_u32(0));
             continue;
         };
-        tokio::spawn(serve_stream(
-            shared.clone(),
-            send,
-            recv,
-            peer,
-            remote,
-            permit,
-        ));
+        // A debug log can follow one leg (a circuit here, or a DHT/directory request).
+        let span = tracing::debug_span!("leg", stream = send.id().index());
+        tokio::spawn(
+            serve_stream(shared.clone(), send, recv, peer, remote, permit).instrument(span),
+        );
     }
 }
 
