@@ -196,6 +196,7 @@ fn control_status(s: ClientStatus) -> Status {
             buffered_bytes: c.buffered_bytes,
             hs_descriptor_fetches: c.hs_descriptor_fetches,
             hs_connects: c.hs_connects,
+            unexpected_cells: c.unexpected_cells,
         },
         consensus: s.consensus.map(|c| ConsensusInfo {
             valid_after: c.valid_after,
@@ -269,6 +270,7 @@ mod tests {
                 buffered_bytes: 8,
                 hs_descriptor_fetches: 9,
                 hs_connects: 10,
+                unexpected_cells: 11,
             },
             consensus: Some(anonnet_client::consensus::ConsensusStatus {
                 valid_after: 100,

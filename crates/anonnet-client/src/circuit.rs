@@ -131,6 +131,62 @@ struct StreamEntry {
 struct StreamTable {
     next: u16,
     streams: HashMap<StreamId, StreamEntry>,
+    /// Streams this client closed whose `END` from the far end has not come yet (§6.6).
+    half_closed: HalfClosed,
+}
+
+/// Most half-closed streams remembered per circuit; the oldest is forgotten first (and a
+/// late cell for it then closes the circuit).
+const MAX_HALF_CLOSED: usize = 512;
+
+/// The client's half-closed streams (§6.6): streams it closed by sending `END`, each with
+/// the `DATA` cells still tolerated (one stream window: what may have been in flight).
+/// Sans-IO: the circuit reader asks it about every stream cell that has no open stream.
+#[derive(Debug, Default)]
+struct HalfClosed {
+    /// Stream id → `DATA` cells still tolerated, with the order of closing for eviction.
+    streams: HashMap<StreamId, (u32, u64)>,
+    closed: u64,
+}
+
+impl HalfClosed {
+    /// The client sent `END` on `id`.
+    fn close(&mut self, id: StreamId) {
+        if self.streams.len() >= MAX_HALF_CLOSED && !self.streams.contains_key(&id) {
+            let oldest = self
+                .streams
+                .iter()
+                .min_by_key(|(_, (_, order))| *order)
+                .map(|(k, _)| *k);
+            if let Some(old) = oldest {
+                self.streams.remove(&old);
+            }
+        }
+        self.closed += 1;
+        self.streams.insert(id, (STREAM_WINDOW, self.closed));
+    }
+
+    /// A cell for stream `id`, which has no open stream: `Ok` when a half-closed stream may
+    /// still receive it (`DATA` within the window, `CONNECTED`, a stream `SENDME`, or the
+    /// `END` that completes the close), else `Err` naming it: the circuit must close.
+    fn on_cell(&mut self, id: StreamId, msg: &RelayMsg) -> Result<(), String> {
+        let Some((left, _)) = self.streams.get_mut(&id) else {
+            return Err(format!("{} for unknown stream {}", msg_name(msg), id.0));
+        };
+        match msg {
+            RelayMsg::Data(_) if *left > 0 => {
+                *left -= 1;
+                Ok(())
+            }
+            RelayMsg::Data(_) => Err(format!("DATA past the window of closed stream {}", id.0)),
+            RelayMsg::Connected | RelayMsg::Sendme(None) => Ok(()),
+            RelayMsg::End(_) => {
+                self.streams.remove(&id);
+                Ok(())
+            }
+            other => Err(format!("{} for closed stream {}", msg_name(other), id.0)),
+        }
+    }
 }
 
 impl StreamTable {
@@ -223,6 +279,9 @@ pub struct StreamCounters {
     pub bytes_received: AtomicU64,
     /// Bytes delivered by the circuit reader but not yet read by the application.
     pub buffered: AtomicU64,
+    /// Circuits closed because a relay sent a cell this client did not expect (an
+    /// unnegotiated DROP, a cell for an unknown stream, §6.6).
+    pub unexpected_cells: AtomicU64,
 }
 
 /// A built circuit. Cheap to share; it closes when the last handle and every stream on it
@@ -762,6 +821,23 @@ impl Circuit {
             t.streams.remove(&id);
         }
     }
+
+    /// This client closes stream `id` (sends `END`): until the far end's `END`, up to a
+    /// stream window of `DATA` already in flight is tolerated for it (§6.6).
+    fn half_close_stream(&self, id: StreamId) {
+        if let Ok(mut t) = self.streams.lock() {
+            t.streams.remove(&id);
+            t.half_closed.close(id);
+        }
+    }
+
+    /// A cell for stream `id` that has no open stream ([`HalfClosed::on_cell`]).
+    fn tolerate_closed_stream(&self, id: StreamId, msg: &RelayMsg) -> Result<(), String> {
+        match self.streams.lock() {
+            Ok(mut t) => t.half_closed.on_cell(id, msg),
+            Err(_) => Err("stream table poisoned".into()),
+        }
+    }
 }
 
 impl Drop for Circuit {
@@ -919,8 +995,43 @@ async fn reader_task(
             .ok()
             .and_then(|t| t.streams.get(&msg.stream_id).cloned());
         let last_relay = circ.ids.len().saturating_sub(1);
+        // No silent cells (§6.6, DropMark): a DROP this client never asked for, or a stream
+        // cell for a stream it does not have (beyond what a half-closed stream may still
+        // receive), closes the circuit, so no pair of relays can signal through it.
+        let stream_cell = matches!(
+            msg.msg,
+            RelayMsg::Data(_) | RelayMsg::End(_) | RelayMsg::Connected | RelayMsg::Sendme(None)
+        );
+        if entry.is_none() && stream_cell && hop == exit {
+            if let RelayMsg::Data(_) = &msg.msg {
+                // The exit counted it against the circuit window: so do we.
+                if let Some(echo) = deliver.on_data(tag) {
+                    let sendme = Forward {
+                        hop: exit,
+                        cell: RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(echo))),
+                    };
+                    if circ.sendmes.try_send(sendme).is_err() {
+                        break "exit overran the circuit window".to_string();
+                    }
+                }
+            }
+            match circ.tolerate_closed_stream(msg.stream_id, &msg.msg) {
+                Ok(()) => continue,
+                Err(why) => {
+                    circ.counters
+                        .unexpected_cells
+                        .fetch_add(1, Ordering::Relaxed);
+                    break format!("unexpected cell from the exit: {why}");
+                }
+            }
+        }
         let event = match msg.msg {
-            RelayMsg::Drop => continue,
+            RelayMsg::Drop => {
+                circ.counters
+                    .unexpected_cells
+                    .fetch_add(1, Ordering::Relaxed);
+                break format!("unexpected DROP from hop {hop}");
+            }
             m if m.is_hs() && hop == last_relay => {
                 let tx = circ.control.lock().ok().and_then(|c| c.clone());
                 let delivered = tx.is_some_and(|tx| tx.try_send(m).is_ok());
@@ -988,7 +1099,12 @@ async fn reader_task(
             RelayMsg::Truncated(reason) => break format!("TRUNCATED by hop {hop}: {reason:?}"),
             RelayMsg::Connected if hop == exit => StreamEvent::Connected,
             RelayMsg::End(r) if hop == exit => StreamEvent::End(r),
-            other => break format!("unexpected {other:?} from hop {hop}"),
+            other => {
+                circ.counters
+                    .unexpected_cells
+                    .fetch_add(1, Ordering::Relaxed);
+                break format!("unexpected {} from hop {hop}", msg_name(&other));
+            }
         };
         let is_end = matches!(event, StreamEvent::End(_));
         let data_len = match &event {
@@ -1259,7 +1375,11 @@ impl AsyncWrite for DataStream {
 
 impl Drop for DataStream {
     fn drop(&mut self) {
-        self.circuit.forget_stream(self.id);
+        if self.ended || self.circuit.is_closed() {
+            self.circuit.forget_stream(self.id);
+        } else {
+            self.circuit.half_close_stream(self.id);
+        }
         // Bytes delivered but never read leave the buffered count.
         let mut unread = self.pending.len() as u64;
         if let Some(rx) = self.rx.as_mut() {
@@ -1289,5 +1409,76 @@ impl Drop for DataStream {
                 });
             }
         }
+    }
+}
+
+/// The name of a relay message for logs and errors (no payload).
+fn msg_name(m: &RelayMsg) -> &'static str {
+    match m {
+        RelayMsg::Data(_) => "DATA",
+        RelayMsg::End(_) => "END",
+        RelayMsg::Connected => "CONNECTED",
+        RelayMsg::Sendme(None) => "stream SENDME",
+        RelayMsg::Sendme(Some(_)) => "circuit SENDME",
+        RelayMsg::Drop => "DROP",
+        RelayMsg::Begin { .. } => "BEGIN",
+        _ => "relay message",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> RelayMsg {
+        RelayMsg::Data(bytes::Bytes::from_static(b"x"))
+    }
+
+    #[test]
+    fn cells_for_a_stream_never_opened_are_refused() {
+        let mut h = HalfClosed::default();
+        for m in [
+            data(),
+            RelayMsg::End(EndReason::Done),
+            RelayMsg::Connected,
+            RelayMsg::Sendme(None),
+        ] {
+            assert!(h.on_cell(StreamId(7), &m).is_err(), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn a_half_closed_stream_takes_one_window_of_data_then_its_end() {
+        let mut h = HalfClosed::default();
+        h.close(StreamId(3));
+        assert!(h.on_cell(StreamId(3), &RelayMsg::Connected).is_ok());
+        for _ in 0..STREAM_WINDOW {
+            h.on_cell(StreamId(3), &data()).unwrap();
+        }
+        assert!(h.on_cell(StreamId(3), &data()).is_err(), "past the window");
+        let mut h = HalfClosed::default();
+        h.close(StreamId(3));
+        h.on_cell(StreamId(3), &data()).unwrap();
+        h.on_cell(StreamId(3), &RelayMsg::End(EndReason::Done))
+            .unwrap();
+        // Closed for good: even one more DATA cell is a mark.
+        assert!(h.on_cell(StreamId(3), &data()).is_err());
+        assert!(h.on_cell(StreamId(3), &RelayMsg::Drop).is_err());
+    }
+
+    #[test]
+    fn the_half_closed_set_is_bounded_and_forgets_the_oldest() {
+        let mut h = HalfClosed::default();
+        for i in 1..=(MAX_HALF_CLOSED as u16 + 10) {
+            h.close(StreamId(i));
+        }
+        assert_eq!(h.streams.len(), MAX_HALF_CLOSED);
+        assert!(
+            h.on_cell(StreamId(1), &data()).is_err(),
+            "the oldest was forgotten"
+        );
+        assert!(h
+            .on_cell(StreamId(MAX_HALF_CLOSED as u16 + 10), &data())
+            .is_ok());
     }
 }

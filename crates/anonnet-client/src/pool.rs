@@ -504,6 +504,7 @@ impl Client {
                 buffered_bytes: sc.buffered.load(Ordering::Relaxed),
                 hs_descriptor_fetches: c.hs_descriptor_fetches.load(Ordering::Relaxed),
                 hs_connects: c.hs_connects.load(Ordering::Relaxed),
+                unexpected_cells: sc.unexpected_cells.load(Ordering::Relaxed),
             },
             consensus: self.consensus_status(),
         }

@@ -89,6 +89,9 @@ pub struct Counters {
     pub hs_descriptor_fetches: u64,
     /// Connections to hidden services attempted.
     pub hs_connects: u64,
+    /// Circuits closed because a relay sent a cell this client did not expect (an
+    /// unnegotiated DROP, a cell for an unknown stream: docs/protocol.md §6.6).
+    pub unexpected_cells: u64,
 }
 
 /// Something that happened, for the control API's event stream.

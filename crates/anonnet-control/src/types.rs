@@ -63,6 +63,9 @@ pub struct Counters {
     pub hs_descriptor_fetches: u64,
     /// Connections to hidden services attempted.
     pub hs_connects: u64,
+    /// Circuits closed because a relay sent a cell the client did not expect (an
+    /// unnegotiated DROP, a cell for an unknown stream).
+    pub unexpected_cells: u64,
 }
 
 /// A snapshot of the daemon (`GET /v1/status`).

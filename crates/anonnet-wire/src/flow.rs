@@ -42,15 +42,19 @@ pub enum FlowError {
 /// `DATA` cell's layer tag, at most `CIRCUIT_WINDOW / CIRCUIT_INCREMENT` (10) entries.
 #[derive(Debug, Default)]
 pub struct SendmeTags {
-    sent: u32,
+    /// `DATA` cells sealed since the last recorded tag, 0..[`CIRCUIT_INCREMENT`]: a count
+    /// that restarts, so it never wraps out of step with the receiver's (a running `u32`
+    /// total did after 2^32 cells, which is not a multiple of 100).
+    since_tag: u32,
     expected: VecDeque<[u8; 16]>,
 }
 
 impl SendmeTags {
     /// Record a `DATA` cell just sealed with layer tag `tag`.
     pub fn on_data_sent(&mut self, tag: [u8; 16]) {
-        self.sent = self.sent.wrapping_add(1);
-        if self.sent.is_multiple_of(CIRCUIT_INCREMENT) {
+        self.since_tag += 1;
+        if self.since_tag >= CIRCUIT_INCREMENT {
+            self.since_tag = 0;
             if self.expected.len() >= (CIRCUIT_WINDOW / CIRCUIT_INCREMENT) as usize {
                 // Cannot happen while the sender respects its window; keep the bound anyway.
                 self.expected.pop_front();
@@ -152,6 +156,25 @@ impl StreamDeliverWindow {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sendme_tags_stay_in_step_over_millions_of_cells() {
+        // The sender's and the receiver's counts restart every 100 cells, so no count can
+        // wrap (a u32 total did after 2^32 cells). 5 million cells, SENDMEs as they fall due.
+        let mut tags = SendmeTags::default();
+        let mut deliver = CircuitDeliverWindow::default();
+        for i in 0..5_000_000u64 {
+            let mut tag = [0u8; 16];
+            tag[..8].copy_from_slice(&i.to_be_bytes());
+            tags.on_data_sent(tag);
+            if let Some(echo) = deliver.on_data(tag) {
+                tags.on_sendme(&echo).unwrap();
+            }
+        }
+        assert!(tags.expected.is_empty());
+        assert!(tags.since_tag < CIRCUIT_INCREMENT);
+    }
+
     use super::*;
 
     fn tag(i: u32) -> [u8; 16] {
