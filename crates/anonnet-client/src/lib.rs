@@ -8,6 +8,7 @@ pub mod guards;
 pub mod host;
 pub mod hs;
 mod pool;
+pub mod presence;
 pub mod status;
 
 use anonnet_wire::EndReason;

@@ -185,6 +185,8 @@ pub struct Client {
     hs: HsCache,
     /// Hidden services this daemon hosts.
     services: Mutex<Vec<Arc<HostedService>>>,
+    /// Whether this client itself was away (suspend, SIGSTOP): then no relay is blamed.
+    presence: Mutex<crate::presence::Presence>,
 }
 
 impl std::fmt::Debug for Client {
@@ -271,6 +273,10 @@ impl Client {
             discovered: watch::channel(ready_now).0,
             hs: HsCache::new(config.state_dir.as_deref(), config.address_book.clone()),
             services: Mutex::new(Vec::new()),
+            presence: Mutex::new(crate::presence::Presence::new(
+                Instant::now(),
+                SystemTime::now(),
+            )),
             config,
         });
         if ready_now && client.config.network.is_some() {
@@ -285,6 +291,7 @@ impl Client {
             tokio::spawn(maintain_consensus(Arc::downgrade(&client)));
         }
         tokio::spawn(maintain_pool(Arc::downgrade(&client)));
+        tokio::spawn(watch_presence(Arc::downgrade(&client)));
         Ok(client)
     }
 
@@ -549,7 +556,7 @@ impl Client {
         for id in closed {
             self.emit(ClientEvent::CircuitClosed { id });
         }
-        if !lost_guards.is_empty() && !self.is_stopping() {
+        if !lost_guards.is_empty() && !self.is_stopping() && !self.excused() {
             let now = Instant::now();
             let mut scores = self.scores();
             for g in lost_guards {
@@ -619,6 +626,24 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// True while this client's own recent absence (suspend, SIGSTOP) excuses failures:
+    /// no relay is blamed then (§9.1). Ticks the detector first, so the first failure
+    /// after a resume already sees the gap.
+    fn excused(&self) -> bool {
+        let mut p = match self.presence.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        if let Some(gap) = p.tick(now, SystemTime::now()) {
+            info!(
+                away_secs = gap.as_secs(),
+                "this client was away (suspended or stopped); links lost meanwhile blame no relay"
+            );
+        }
+        p.excuses(now)
     }
 
     /// True once [`Client::shutdown`] has begun.
@@ -770,7 +795,9 @@ impl Client {
                     let blamed = blamed_relay(&e, &ids);
                     if let Some(id) = blamed {
                         avoid.push(id);
-                        self.scores().failure(id, Instant::now());
+                        if !self.excused() {
+                            self.scores().failure(id, Instant::now());
+                        }
                     }
                     last = e.into();
                 }
@@ -939,7 +966,9 @@ impl Client {
                     // The named end cannot be replaced: only blame relays we chose.
                     if let Some(id) = blamed {
                         failed.push(id);
-                        self.scores().failure(id, Instant::now());
+                        if !self.excused() {
+                            self.scores().failure(id, Instant::now());
+                        }
                     } else if end.is_some() {
                         return Err(e.into());
                     }
@@ -1350,6 +1379,19 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
                 retry = (retry * 2).min(MAX_CONSENSUS_RETRY);
             }
         }
+    }
+}
+
+/// Tick the absence detector every [`crate::presence::TICK`], so a resume is noticed even
+/// before anything fails.
+async fn watch_presence(client: std::sync::Weak<Client>) {
+    loop {
+        tokio::time::sleep(crate::presence::TICK).await;
+        let Some(c) = client.upgrade() else { return };
+        if c.is_stopping() {
+            return;
+        }
+        let _ = c.excused();
     }
 }
 
