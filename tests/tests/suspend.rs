@@ -81,5 +81,8 @@ fn a_stopped_and_continued_client_keeps_its_guards() {
         "no relay is avoided for the client's own absence: {s}"
     );
     let log = std::fs::read_to_string(dir.join("client").join("client.log")).unwrap();
-    assert!(log.contains("this client was away"), "the absence was noticed");
+    assert!(
+        log.contains("this client was away"),
+        "the absence was noticed"
+    );
 }
