@@ -430,6 +430,13 @@ async fn handle(shared: &Arc<Shared>, peer: Option<NodeId>, msg: DirMessage) -> 
             )
         }
         DirMessage::PostSignature { digest, signature } => {
+            // Only an authority posts its own signature; anyone else could fill the early
+            // signatures with junk.
+            if peer != Some(NodeId::from_identity(&signature.authority)) {
+                return DirMessage::Refused(
+                    "a signature is posted by the authority that made it".into(),
+                );
+            }
             add_signature(shared, digest, signature);
             DirMessage::Ok
         }

@@ -220,24 +220,56 @@ pub struct NamePins {
 }
 
 impl NamePins {
-    /// Load the pins from `state_dir/dark-pins.json` (missing or unreadable: none).
+    /// Load the pins from `state_dir/dark-pins.json` (missing: none). The pins are the
+    /// trust-on-first-use defence, so they are never lost silently: a file that cannot be
+    /// read or parsed, or that holds entries that are not pins, is moved aside to
+    /// `dark-pins.json.bad` with a warning naming both files (the readable pins are kept
+    /// and saved again), instead of being overwritten by the next pin.
     pub fn load(state_dir: Option<&std::path::Path>) -> Self {
         let file = state_dir.map(|d| d.join(PINS_FILE));
         let mut pins = HashMap::new();
-        if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
-            match serde_json::from_str::<HashMap<String, String>>(&text) {
+        let Some(path) = file.clone() else {
+            return NamePins { file, pins };
+        };
+        let problem = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!("cannot be read: {e}")),
+            Ok(text) => match serde_json::from_str::<HashMap<String, String>>(&text) {
+                Err(e) => Some(format!("is not a pins file: {e}")),
                 Ok(map) => {
+                    let total = map.len();
                     for (name, key) in map.into_iter().take(MAX_PINS) {
                         let key = hex::decode(&key).ok().and_then(|k| k.try_into().ok());
                         if let Some(key) = key {
                             pins.insert(name, key);
                         }
                     }
+                    (pins.len() < total)
+                        .then(|| format!("holds {} entries that are not pins", total - pins.len()))
                 }
-                Err(e) => warn!("ignoring unreadable {PINS_FILE}: {e}"),
+            },
+        };
+        let loaded = NamePins { file, pins };
+        if let Some(why) = problem {
+            let aside = path.with_extension("json.bad");
+            match std::fs::rename(&path, &aside) {
+                Ok(()) => warn!(
+                    "{} {why}; moved aside to {} ({} readable pins kept)",
+                    path.display(),
+                    aside.display(),
+                    loaded.pins.len()
+                ),
+                Err(e) => warn!(
+                    "{} {why}, and cannot be moved aside to {}: {e}",
+                    path.display(),
+                    aside.display()
+                ),
+            }
+            if !loaded.pins.is_empty() {
+                loaded.save();
             }
         }
-        NamePins { file, pins }
+        loaded
     }
 
     /// Check `owner` for `name`: pin it when the name is new. `Err` with the pinned key
@@ -271,8 +303,16 @@ impl NamePins {
         let Ok(text) = serde_json::to_string_pretty(&map) else {
             return;
         };
-        let tmp = file.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file)) {
+        // A temporary file in the same directory, fsynced, then renamed over the old one:
+        // a crash or a full disk leaves the old pins, never a half-written file.
+        let dir = file.parent().unwrap_or(std::path::Path::new("."));
+        let saved = tempfile::NamedTempFile::new_in(dir).and_then(|mut tmp| {
+            use std::io::Write;
+            tmp.write_all(text.as_bytes())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(file).map(drop).map_err(|e| e.error)
+        });
+        if let Err(e) = saved {
             warn!("cannot save {}: {e}", file.display());
         }
     }
@@ -556,6 +596,34 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn an_unreadable_pins_file_is_moved_aside_not_overwritten() {
+        let dir = temp_dir("bad-pins");
+        let path = dir.join(PINS_FILE);
+        std::fs::write(&path, b"{\"shop\": \"not hex\", \"good\": \"").unwrap();
+        let mut pins = NamePins::load(Some(&dir));
+        assert!(pins.pins.is_empty());
+        let bad = dir.join("dark-pins.json.bad");
+        assert_eq!(
+            std::fs::read(&bad).unwrap(),
+            b"{\"shop\": \"not hex\", \"good\": \""
+        );
+        // A new pin is saved; the set-aside copy is left as it was.
+        pins.check("new", [5; 32]).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("\"new\""));
+        assert!(std::fs::read(&bad).unwrap().starts_with(b"{\"shop\""));
+
+        // A file with some good and some bad entries: the good pins are kept (and saved),
+        // the whole original is set aside.
+        let mixed = format!(r#"{{"a": "{}", "b": "zz"}}"#, hex::encode([7u8; 32]));
+        std::fs::write(&path, &mixed).unwrap();
+        let pins = NamePins::load(Some(&dir));
+        assert_eq!(pins.pins.get("a"), Some(&[7u8; 32]));
+        assert_eq!(std::fs::read_to_string(&bad).unwrap(), mixed);
+        assert!(std::fs::read_to_string(&path).unwrap().contains("\"a\""));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
