@@ -86,13 +86,7 @@ pub fn load(state_dir: &Path, network: &Network, now: u64) -> Option<Checked> {
 /// # Errors
 /// The I/O error.
 pub fn save(state_dir: &Path, signed: &SignedConsensus) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = state_dir.join(CONSENSUS_FILE);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&signed.encode())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)
+    crate::state_file::write_atomically(&state_dir.join(CONSENSUS_FILE), &signed.encode())
 }
 
 /// Ask the node at `addr` (proving `node_id`) for its consensus over one hop.

@@ -252,7 +252,7 @@ impl GuardSet {
         changed
     }
 
-    /// Write the set to its file (atomically: temporary file, then rename).
+    /// Write the set to its file ([`crate::state_file::write_atomically`]: fsynced, renamed).
     ///
     /// # Errors
     /// The I/O error, when the state directory is not writable.
@@ -274,9 +274,7 @@ impl GuardSet {
                 .collect(),
         };
         let json = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, path)
+        crate::state_file::write_atomically(path, &json)
     }
 }
 

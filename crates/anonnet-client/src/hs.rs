@@ -303,16 +303,8 @@ impl NamePins {
         let Ok(text) = serde_json::to_string_pretty(&map) else {
             return;
         };
-        // A temporary file in the same directory, fsynced, then renamed over the old one:
-        // a crash or a full disk leaves the old pins, never a half-written file.
-        let dir = file.parent().unwrap_or(std::path::Path::new("."));
-        let saved = tempfile::NamedTempFile::new_in(dir).and_then(|mut tmp| {
-            use std::io::Write;
-            tmp.write_all(text.as_bytes())?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(file).map(drop).map_err(|e| e.error)
-        });
-        if let Err(e) = saved {
+        // A crash or a full disk leaves the old pins, never a half-written file.
+        if let Err(e) = crate::state_file::write_atomically(file, text.as_bytes()) {
             warn!("cannot save {}: {e}", file.display());
         }
     }

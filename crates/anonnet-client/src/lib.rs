@@ -9,6 +9,7 @@ pub mod host;
 pub mod hs;
 mod pool;
 pub mod presence;
+pub mod state_file;
 pub mod status;
 
 use anonnet_wire::EndReason;
