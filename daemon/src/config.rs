@@ -1198,6 +1198,7 @@ struct AuthoritySection {
     measure: Option<bool>,
     measure_bytes: Option<Spanned<u64>>,
     measure_interval_secs: Option<Spanned<u64>>,
+    max_relays_per_ip: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1302,6 +1303,14 @@ fn authority_from(src: &Source) -> Result<AuthoritySettings, ConfigError> {
         retry: defaults.retry.min(period),
         timeout: defaults.timeout,
     };
+    let max_relays_per_ip = num(
+        "authority.max_relays_per_ip",
+        &a.max_relays_per_ip,
+        2,
+        0,
+        1_000_000,
+        "relays (0: no limit)",
+    )?;
     let f = &file.flags;
     let d = anonnet_dir::FlagThresholds::default();
     let wfu = match &f.guard_min_wfu {
@@ -1371,6 +1380,7 @@ fn authority_from(src: &Source) -> Result<AuthoritySettings, ConfigError> {
             vote_delay,
             thresholds,
             measure,
+            max_relays_per_ip: usize::try_from(max_relays_per_ip).unwrap_or(usize::MAX),
         },
     })
 }

@@ -597,6 +597,8 @@ fn authority_toml(listen: SocketAddr, network: &Path, shape: &NetworkShape) -> S
          measure = true\n\
          measure_bytes = 262144\n\
          measure_interval_secs = 60\n\
+         # Every testnet relay is on 127.0.0.1: no per-address limit (test only).\n\
+         max_relays_per_ip = 0\n\
          \n\
          [flags]\n\
          stable_mtbf_secs = 0\n\

@@ -101,6 +101,9 @@ pub struct AuthorityConfig {
     pub thresholds: FlagThresholds,
     /// Bandwidth measurement.
     pub measure: MeasureConfig,
+    /// Relays per IP address voted on, the longest-known first (default 2, Tor's
+    /// AuthDirMaxServersPerAddr; 0: no limit, for a testnet on one address).
+    pub max_relays_per_ip: usize,
 }
 
 /// A relay the authority holds a descriptor of.
@@ -692,6 +695,25 @@ async fn retest_all(shared: &Arc<Shared>, all: bool) {
     }
 }
 
+/// Whether `k` is among the `max` relays of its IP address that this authority votes on
+/// (Tor's AuthDirMaxServersPerAddr): those known longest, ties by NodeId. `max = 0`: no
+/// limit. Cheap identities on one address cannot crowd the consensus.
+fn listed_per_ip(all: &HashMap<NodeId, KnownRelay>, k: &KnownRelay, max: usize) -> bool {
+    if max == 0 {
+        return true;
+    }
+    let Some(ip) = k.relay.descriptor.addresses.first().map(|a| a.ip()) else {
+        return false;
+    };
+    let rank = |r: &KnownRelay| (r.history.first_seen, r.relay.node_id);
+    let older = all
+        .values()
+        .filter(|o| o.relay.descriptor.addresses.first().map(|a| a.ip()) == Some(ip))
+        .filter(|o| rank(o) < rank(k))
+        .count();
+    older < max
+}
+
 /// Write the known relays' descriptors to [`DESCRIPTORS_FILE`].
 fn save_descriptors(shared: &Shared) {
     let text: String = shared
@@ -725,9 +747,11 @@ fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
         .get(measured.len().saturating_sub(1) / 2)
         .copied()
         .unwrap_or(0);
+    let per_ip = shared.config.max_relays_per_ip;
     let mut relays: Vec<RelayEntry> = st
         .relays
         .values()
+        .filter(|k| listed_per_ip(&st.relays, k, per_ip))
         .map(|k| {
             let d = &k.relay.descriptor;
             let advertised = d.bandwidth.max(1);
@@ -1106,5 +1130,61 @@ async fn measure_loop(shared: Arc<Shared>, server: measure::MeasureServer) {
     tokio::select! {
         () = work => {}
         () = shared.shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anonnet_wire::RelayDescriptor;
+
+    fn known(seed: u8, ip: [u8; 4], first_seen: u64) -> (NodeId, KnownRelay) {
+        let key = IdentityKey::from_seed(&[seed; 32]);
+        let d = RelayDescriptor {
+            identity: key.public(),
+            onion_key: [seed; 32],
+            addresses: vec![SocketAddr::from((ip, 9001))],
+            flags: 0,
+            exit_ports: Vec::new(),
+            bandwidth: 1000,
+            published: 1,
+            expires: 10_000,
+        };
+        let signed = anonnet_crypto::sign_descriptor(&key, &d).unwrap();
+        let relay = verify_descriptor(&signed, 2).unwrap();
+        (
+            relay.node_id,
+            KnownRelay {
+                relay,
+                signed,
+                history: RelayHistory::new(first_seen, true),
+                measured: None,
+                measure_failed: None,
+            },
+        )
+    }
+
+    #[test]
+    fn only_the_longest_known_relays_of_one_address_are_voted() {
+        let mut all = HashMap::new();
+        // Five relays on one address, known from t = 10, 20, ... 50; one elsewhere.
+        for i in 1..=5u8 {
+            let (id, k) = known(i, [203, 0, 113, 7], u64::from(i) * 10);
+            all.insert(id, k);
+        }
+        let (other, k) = known(9, [198, 51, 100, 1], 99);
+        all.insert(other, k);
+        let voted: Vec<u64> = all
+            .values()
+            .filter(|k| listed_per_ip(&all, k, 2))
+            .map(|k| k.history.first_seen)
+            .collect();
+        let mut voted = voted;
+        voted.sort_unstable();
+        assert_eq!(voted, vec![10, 20, 99]);
+        assert_eq!(
+            all.values().filter(|k| listed_per_ip(&all, k, 0)).count(),
+            6
+        );
     }
 }
