@@ -23,7 +23,9 @@ use crate::DirError;
 ///   relay set it (ties: the encoding that sorts last byte by byte); its weight is the low
 ///   median of the votes' weights.
 /// - The shared random value follows §14.7 from `previous` (the consensus of the period
-///   just before, when the caller has it: its `fresh_until` must equal `valid_after`).
+///   just before, when the caller has it: `previous.valid_after < valid_after <=
+///   previous.fresh_until`; authorities set `fresh_until` a little past the next
+///   boundary, §14.5).
 ///
 /// # Errors
 /// [`DirError::Votes`] when there are no votes or they disagree on the period.
@@ -66,7 +68,9 @@ pub fn compute_consensus(
         relays.push(merge(identity, &entries));
     }
 
-    let previous = previous.filter(|p| p.network_id == id && p.fresh_until == valid_after);
+    let previous = previous.filter(|p| {
+        p.network_id == id && p.valid_after < valid_after && valid_after <= p.fresh_until
+    });
     let previous_srv = previous.map_or([0; 32], |p| p.srv_current);
     let prior_commits = previous.map_or(&[][..], |p| &p.commits[..]);
     let reveals: Vec<([u8; 32], [u8; 32])> = counted
@@ -284,6 +288,15 @@ mod tests {
         let second: Vec<Vote> = k.iter().map(|k| vote(&net, k, vec![], 110)).collect();
         let c2 = compute_consensus(&net, &second, Some(&c1)).unwrap();
         assert_eq!(c2.srv_previous, c1.srv_current);
+        // As authorities make them: fresh a little past the next boundary. Still chained.
+        let mut c1_late = c1.clone();
+        c1_late.fresh_until += 2;
+        let c2_late = compute_consensus(&net, &second, Some(&c1_late)).unwrap();
+        assert_eq!(c2_late.srv_current, c2.srv_current);
+        // A consensus two periods old is not the previous one.
+        let third: Vec<Vote> = k.iter().map(|k| vote(&net, k, vec![], 120)).collect();
+        let c3 = compute_consensus(&net, &third, Some(&c1)).unwrap();
+        assert_eq!(c3.srv_previous, [0; 32]);
         // With the previous consensus the reveals count; without it, the disaster value.
         let without = compute_consensus(&net, &second, None).unwrap();
         assert_ne!(c2.srv_current, without.srv_current);
