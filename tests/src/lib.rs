@@ -213,6 +213,24 @@ impl Drop for Testnet {
     }
 }
 
+/// `anonnet <args> --json --config CONFIG` (a control or file-reading subcommand of the
+/// client whose config is `config`), parsed; panics with its stderr when it fails.
+pub fn cli_json(args: &[&str], config: &Path) -> serde_json::Value {
+    let out = Command::new(anonnet_bin())
+        .args(args)
+        .arg("--json")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "anonnet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Serve `files` (path → body) over HTTP/1.1 on 127.0.0.1:0 with hyper; returns the port.
 pub async fn serve_files(files: Vec<(String, Bytes)>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -7,24 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anonnet_tests::{anonnet_bin, curl_socks, spawn_lines, temp_dir, Testnet};
-
-/// `anonnet <args> --json` for the client config `config`, parsed.
-fn cli_json(args: &[&str], config: &Path) -> serde_json::Value {
-    let out = Command::new(anonnet_bin())
-        .args(args)
-        .arg("--json")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "anonnet {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use anonnet_tests::{anonnet_bin, cli_json, curl_socks, spawn_lines, temp_dir, Testnet};
 
 /// Poll `check` every 250 ms until it returns `Some`, at most `within`.
 fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {

@@ -15,16 +15,7 @@ use anonnet_tests::{anonnet_bin, curl_socks, socks_connect_reply, spawn_lines, t
 const PAGE: &str = "Hello from the anonnet testnet";
 
 fn status_json(config: &str) -> serde_json::Value {
-    let out = Command::new(anonnet_bin())
-        .args(["status", "--json", "--config", config])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    anonnet_tests::cli_json(&["status"], std::path::Path::new(config))
 }
 
 /// Fetch `url` through SOCKS, trying up to `tries` times; returns the body and the time
