@@ -605,9 +605,7 @@ fn add_signature(shared: &Shared, digest: [u8; 32], sig: ConsensusSignature) {
     let pending = st.pending.values_mut().find(|p| p.digest == digest);
     match pending {
         Some(p) => {
-            let mut trial = p.signed.clone();
-            trial.signatures = vec![sig];
-            if trial.valid_signers(network).is_empty() {
+            if !p.signed.signature_valid(&sig, network) {
                 return;
             }
             p.signed.add_signature(sig);
@@ -996,9 +994,7 @@ async fn run_period(shared: &Arc<Shared>, t: u64) {
             .collect();
         st.early_signatures.retain(|(ed, _)| *ed != d);
         for s in early {
-            let mut trial = signed.clone();
-            trial.signatures = vec![s];
-            if !trial.valid_signers(&shared.config.network).is_empty() {
+            if signed.signature_valid(&s, &shared.config.network) {
                 signed.add_signature(s);
             }
         }

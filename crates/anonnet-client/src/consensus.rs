@@ -58,13 +58,13 @@ pub fn check(
     network: &Network,
     now: u64,
 ) -> Result<Checked, anonnet_dir::DirError> {
-    let consensus = signed.verify(network, now)?;
+    let (consensus, signatures) = signed.verify_counting(network, now)?;
     let status = ConsensusStatus {
         valid_after: consensus.valid_after,
         fresh_until: consensus.fresh_until,
         valid_until: consensus.valid_until,
         relays: consensus.relays.len(),
-        signatures: signed.valid_signers(network).len(),
+        signatures,
         authorities: network.authorities.len(),
         digest: hex::encode(signed.digest()),
     };

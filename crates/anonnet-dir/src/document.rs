@@ -433,6 +433,18 @@ impl SignedConsensus {
         ok
     }
 
+    /// True when `sig` is a valid signature on this body by an authority of `network`
+    /// (one signature checked; the body is not copied).
+    pub fn signature_valid(&self, sig: &ConsensusSignature, network: &Network) -> bool {
+        network.authority(&sig.authority).is_some()
+            && verify_signature(
+                &sig.authority,
+                &[CONSENSUS_CONTEXT, &self.body].concat(),
+                &sig.signature,
+            )
+            .is_ok()
+    }
+
     /// Add `sig` unless that authority already signed; `false` when it was already there.
     pub fn add_signature(&mut self, sig: ConsensusSignature) -> bool {
         if self.signatures.iter().any(|s| s.authority == sig.authority) {
@@ -450,7 +462,20 @@ impl SignedConsensus {
     /// [`DirError::Wire`], [`DirError::WrongNetwork`], [`DirError::TooFewSignatures`] or
     /// [`DirError::NotValidNow`].
     pub fn verify(&self, network: &Network, now: u64) -> Result<Consensus, DirError> {
-        let c = self.verify_signed(network)?;
+        self.verify_counting(network, now).map(|(c, _)| c)
+    }
+
+    /// [`SignedConsensus::verify`], also returning how many distinct authorities of
+    /// `network` signed validly (each signature is checked once).
+    ///
+    /// # Errors
+    /// As [`SignedConsensus::verify`].
+    pub fn verify_counting(
+        &self,
+        network: &Network,
+        now: u64,
+    ) -> Result<(Consensus, usize), DirError> {
+        let (c, signers) = self.verify_signed_counting(network)?;
         if now.saturating_add(MAX_CLOCK_SKEW) < c.valid_after || now >= c.valid_until {
             return Err(DirError::NotValidNow {
                 now,
@@ -458,7 +483,7 @@ impl SignedConsensus {
                 valid_until: c.valid_until,
             });
         }
-        Ok(c)
+        Ok((c, signers))
     }
 
     /// [`SignedConsensus::verify`] without the time check (for a consensus read from disk
@@ -467,6 +492,10 @@ impl SignedConsensus {
     /// # Errors
     /// As [`SignedConsensus::verify`], without [`DirError::NotValidNow`].
     pub fn verify_signed(&self, network: &Network) -> Result<Consensus, DirError> {
+        self.verify_signed_counting(network).map(|(c, _)| c)
+    }
+
+    fn verify_signed_counting(&self, network: &Network) -> Result<(Consensus, usize), DirError> {
         let c = Consensus::decode_body(&self.body)?;
         if c.network_id != network.id() {
             return Err(DirError::WrongNetwork);
@@ -478,7 +507,7 @@ impl SignedConsensus {
                 authorities: network.authorities.len(),
             });
         }
-        Ok(c)
+        Ok((c, valid))
     }
 }
 
