@@ -995,6 +995,25 @@ async fn reader_task(
             .ok()
             .and_then(|t| t.streams.get(&msg.stream_id).cloned());
         let last_relay = circ.ids.len().saturating_sub(1);
+        // Every DATA from the exit counts for the circuit window, for an open stream or not
+        // (the exit counted it too); every 100th earns it a circuit SENDME.
+        if hop == exit && matches!(msg.msg, RelayMsg::Data(_)) {
+            if let Some(echo) = deliver.on_data(tag) {
+                let sendme = Forward {
+                    hop: exit,
+                    cell: RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(echo))),
+                };
+                match circ.sendmes.try_send(sendme) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        break "exit overran the circuit window".to_string();
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        break "circuit closed".to_string();
+                    }
+                }
+            }
+        }
         // No silent cells (§6.6, DropMark): a DROP this client never asked for, or a stream
         // cell for a stream it does not have (beyond what a half-closed stream may still
         // receive), closes the circuit, so no pair of relays can signal through it.
@@ -1003,18 +1022,6 @@ async fn reader_task(
             RelayMsg::Data(_) | RelayMsg::End(_) | RelayMsg::Connected | RelayMsg::Sendme(None)
         );
         if entry.is_none() && stream_cell && hop == exit {
-            if let RelayMsg::Data(_) = &msg.msg {
-                // The exit counted it against the circuit window: so do we.
-                if let Some(echo) = deliver.on_data(tag) {
-                    let sendme = Forward {
-                        hop: exit,
-                        cell: RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(echo))),
-                    };
-                    if circ.sendmes.try_send(sendme).is_err() {
-                        break "exit overran the circuit window".to_string();
-                    }
-                }
-            }
             match circ.tolerate_closed_stream(msg.stream_id, &msg.msg) {
                 Ok(()) => continue,
                 Err(why) => {
@@ -1069,21 +1076,6 @@ async fn reader_task(
                 continue;
             }
             RelayMsg::Data(d) if hop == exit => {
-                if let Some(echo) = deliver.on_data(tag) {
-                    let sendme = Forward {
-                        hop: exit,
-                        cell: RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(echo))),
-                    };
-                    match circ.sendmes.try_send(sendme) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            break "exit overran the circuit window".to_string();
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            break "circuit closed".to_string();
-                        }
-                    }
-                }
                 if let Some(e) = &entry {
                     let ok = e
                         .deliver
