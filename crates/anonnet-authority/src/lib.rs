@@ -353,6 +353,21 @@ async fn accept_loop(shared: Arc<Shared>) {
 async fn serve_link(shared: Arc<Shared>, link: Link) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_PER_LINK));
     let peer = link.peer_node_id();
+    // Only authorities send large messages (votes); relays' uploads and clients' requests
+    // are small, so nobody else makes us allocate megabytes.
+    let from_authority = peer.is_some_and(|p| {
+        shared
+            .config
+            .network
+            .authorities
+            .iter()
+            .any(|a| a.node_id() == p)
+    });
+    let max = if from_authority {
+        MAX_MESSAGE_LEN
+    } else {
+        MAX_SMALL_REQUEST
+    };
     loop {
         let stream = tokio::select! {
             s = link.accept_bi() => s,
@@ -368,21 +383,6 @@ async fn serve_link(shared: Arc<Shared>, link: Link) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            // Only authorities send large messages (votes); relays' uploads and clients'
-            // requests are small, so nobody else makes us allocate megabytes.
-            let from_authority = peer.is_some_and(|p| {
-                shared
-                    .config
-                    .network
-                    .authorities
-                    .iter()
-                    .any(|a| a.node_id() == p)
-            });
-            let max = if from_authority {
-                MAX_MESSAGE_LEN
-            } else {
-                MAX_SMALL_REQUEST
-            };
             let request = async {
                 let mut tag = [0u8; 1];
                 recv.read_exact(&mut tag).await.ok()?;
@@ -650,14 +650,10 @@ fn promote(shared: &Shared, st: &mut State, p: &Pending) {
             signatures = signers,
             authorities = network.authorities.len(),
             valid_after = p.consensus.valid_after,
-            digest = %hex_digest(&p.digest),
+            digest = %hex::encode(p.digest),
             "consensus published"
         );
     }
-}
-
-fn hex_digest(d: &[u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Re-test every relay whose last test is older than half a period (every relay when
@@ -693,23 +689,32 @@ async fn retest_all(shared: &Arc<Shared>, all: bool) {
     }
 }
 
-/// Whether `k` is among the `max` relays of its IP address that this authority votes on
-/// (Tor's AuthDirMaxServersPerAddr): those known longest, ties by NodeId. `max = 0`: no
-/// limit. Cheap identities on one address cannot crowd the consensus.
-fn listed_per_ip(all: &HashMap<NodeId, KnownRelay>, k: &KnownRelay, max: usize) -> bool {
-    if max == 0 {
-        return true;
-    }
-    let Some(ip) = k.relay.descriptor.addresses.first().map(|a| a.ip()) else {
-        return false;
-    };
-    let rank = |r: &KnownRelay| (r.history.first_seen, r.relay.node_id);
-    let older = all
+/// The relays this authority votes on, with their address: at most `max` per IP address
+/// (Tor's AuthDirMaxServersPerAddr), those known longest, ties by NodeId; `max = 0`: no
+/// limit. Cheap identities on one address cannot crowd the consensus. One sort, so
+/// O(n log n) in the relays known.
+fn listed_per_ip(all: &HashMap<NodeId, KnownRelay>, max: usize) -> Vec<(&KnownRelay, SocketAddr)> {
+    let mut ranked: Vec<(&KnownRelay, SocketAddr)> = all
         .values()
-        .filter(|o| o.relay.descriptor.addresses.first().map(|a| a.ip()) == Some(ip))
-        .filter(|o| rank(o) < rank(k))
-        .count();
-    older < max
+        .filter_map(|k| Some((k, *k.relay.descriptor.addresses.first()?)))
+        .collect();
+    if max == 0 {
+        return ranked;
+    }
+    ranked.sort_by_key(|(k, a)| (a.ip(), k.history.first_seen, k.relay.node_id));
+    let mut out = Vec::with_capacity(ranked.len());
+    let mut run: Option<(std::net::IpAddr, usize)> = None;
+    for (k, a) in ranked {
+        let n = match run {
+            Some((ip, n)) if ip == a.ip() => n + 1,
+            _ => 1,
+        };
+        run = Some((a.ip(), n));
+        if n <= max {
+            out.push((k, a));
+        }
+    }
+    out
 }
 
 /// Write the known relays' descriptors to [`DESCRIPTORS_FILE`].
@@ -746,11 +751,9 @@ fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
         .copied()
         .unwrap_or(0);
     let per_ip = shared.config.max_relays_per_ip;
-    let mut relays: Vec<RelayEntry> = st
-        .relays
-        .values()
-        .filter(|k| listed_per_ip(&st.relays, k, per_ip))
-        .map(|k| {
+    let mut relays: Vec<RelayEntry> = listed_per_ip(&st.relays, per_ip)
+        .into_iter()
+        .map(|(k, address)| {
             let d = &k.relay.descriptor;
             let advertised = d.bandwidth.max(1);
             // Without measurement (switched off), the self-reported figure stands in for
@@ -770,11 +773,7 @@ fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
             RelayEntry {
                 identity: d.identity,
                 onion_key: d.onion_key,
-                address: d
-                    .addresses
-                    .first()
-                    .copied()
-                    .unwrap_or(k.relay_addr_fallback()),
+                address,
                 flags,
                 weight,
                 exit_ports: if exit {
@@ -798,12 +797,6 @@ fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
         commit: srv::commit(&srv::reveal(&shared.srv_secret, valid_after + period)),
         reveal: Some(srv::reveal(&shared.srv_secret, valid_after)),
         relays,
-    }
-}
-
-impl KnownRelay {
-    fn relay_addr_fallback(&self) -> SocketAddr {
-        SocketAddr::from(([0, 0, 0, 0], 0))
     }
 }
 
@@ -1170,17 +1163,13 @@ mod tests {
         }
         let (other, k) = known(9, [198, 51, 100, 1], 99);
         all.insert(other, k);
-        let voted: Vec<u64> = all
-            .values()
-            .filter(|k| listed_per_ip(&all, k, 2))
-            .map(|k| k.history.first_seen)
+        let voted: Vec<u64> = listed_per_ip(&all, 2)
+            .into_iter()
+            .map(|(k, _)| k.history.first_seen)
             .collect();
         let mut voted = voted;
         voted.sort_unstable();
         assert_eq!(voted, vec![10, 20, 99]);
-        assert_eq!(
-            all.values().filter(|k| listed_per_ip(&all, k, 0)).count(),
-            6
-        );
+        assert_eq!(listed_per_ip(&all, 0).len(), 6);
     }
 }
