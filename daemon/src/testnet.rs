@@ -537,11 +537,7 @@ async fn start_authorities(
         let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
         entries.push_str(&format!(
             "\n[[authority]]\nname = \"auth-{k}\"\nidentity = \"{}\"\naddress = \"{addr}\"\n",
-            identity
-                .public()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            hex::encode(identity.public())
         ));
         planned.push((k, adir, addr));
     }

@@ -31,21 +31,41 @@ pub const CONSENSUS_FILE: &str = "consensus";
 /// stream handler.
 #[derive(Default)]
 pub(crate) struct ConsensusCache {
-    current: RwLock<Option<(SignedConsensus, u64)>>,
+    current: RwLock<Option<Cached>>,
+}
+
+/// A verified consensus with the times the cache decides by (Unix seconds).
+struct Cached {
+    signed: SignedConsensus,
+    valid_after: u64,
+    valid_until: u64,
 }
 
 impl ConsensusCache {
     /// The cached signed consensus while it is still valid at `now`.
     pub(crate) fn get(&self, now: u64) -> Option<SignedConsensus> {
         let guard = self.current.read().ok()?;
-        let (c, valid_until) = guard.as_ref()?;
-        (now < *valid_until).then(|| c.clone())
+        let c = guard.as_ref()?;
+        (now < c.valid_until).then(|| c.signed.clone())
     }
 
-    fn set(&self, c: SignedConsensus, valid_until: u64) {
-        if let Ok(mut g) = self.current.write() {
-            *g = Some((c, valid_until));
+    /// Keep `signed` (verified, with `c` its decoded body) when it is newer than the
+    /// cached one, or the cached one has expired at `now`. True when it was kept.
+    fn offer(&self, signed: SignedConsensus, c: &anonnet_dir::Consensus, now: u64) -> bool {
+        let Ok(mut g) = self.current.write() else {
+            return false;
+        };
+        let newer = g
+            .as_ref()
+            .is_none_or(|old| old.valid_until <= now || old.valid_after < c.valid_after);
+        if newer {
+            *g = Some(Cached {
+                signed,
+                valid_after: c.valid_after,
+                valid_until: c.valid_until,
+            });
         }
+        newer
     }
 }
 
@@ -86,14 +106,15 @@ pub(crate) async fn upload_descriptors(
             .ok()
             .and_then(|v| v.descriptor.addresses.first().copied());
         let addr_text = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
-        let rounds = network.authorities.iter().map(|a| {
+        let mut rounds = tokio::task::JoinSet::new();
+        for a in &network.authorities {
             let links = links.clone();
             let desc = desc.clone();
             let (addr, id) = (a.address, a.node_id());
-            async move { ask(&links, addr, id, &DirMessage::Upload(desc)).await }
-        });
+            rounds.spawn(async move { ask(&links, addr, id, &DirMessage::Upload(desc)).await });
+        }
         let answers = tokio::select! {
-            a = futures_join_all(rounds) => a,
+            a = rounds.join_all() => a,
             () = shutdown.cancelled() => return,
         };
         let k = network.authorities.len();
@@ -141,22 +162,6 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
-/// Run futures at once and collect their outputs in order.
-async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
-}
-
 /// Fetch the consensus from the authorities (in random order) whenever the cached one is
 /// no longer fresh, verify it and keep it for clients.
 pub(crate) async fn fetch_consensus(
@@ -171,8 +176,9 @@ pub(crate) async fn fetch_consensus(
         .ok()
         .and_then(|b| SignedConsensus::decode(&b).ok())
     {
-        if let Ok(v) = c.verify(&network, now_unix()) {
-            cache.set(c, v.valid_until);
+        let now = now_unix();
+        if let Ok(v) = c.verify(&network, now) {
+            cache.offer(c, &v, now);
         }
     }
     let mut retry = FIRST_RETRY;
@@ -192,15 +198,11 @@ pub(crate) async fn fetch_consensus(
             let now = now_unix();
             match signed.verify(&network, now) {
                 Ok(c) if c.fresh_until > now => {
-                    let newer = cache.get(now).is_none_or(|old| {
-                        anonnet_dir::Consensus::decode_body(&old.body)
-                            .map_or(true, |o| o.valid_after < c.valid_after)
-                    });
-                    if newer {
-                        if let Err(e) = crate::write_atomically(&file, &signed.encode()) {
+                    let bytes = signed.encode();
+                    if cache.offer(signed, &c, now) {
+                        if let Err(e) = crate::write_atomically(&file, &bytes) {
                             warn!("{e}");
                         }
-                        cache.set(signed, c.valid_until);
                         debug!(relays = c.relays.len(), "consensus cached");
                     }
                     next = Some(c.fresh_until);
