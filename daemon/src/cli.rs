@@ -286,8 +286,8 @@ fn format_circuits(circuits: &[CircuitInfo]) -> String {
         return "no circuits".to_owned();
     }
     let mut out = format!(
-        "{:>6}  {:<8}  {:>7}  {:>9}  {:>7}  PATH (guard → middle → exit)\n",
-        "ID", "STATE", "AGE", "BUILD", "STREAMS"
+        "{:>6}  {:<8}  {:>7}  {:>9}  {:>7}  {:<15}  PATH (guard → middle → exit)\n",
+        "ID", "STATE", "AGE", "BUILD", "STREAMS", "HANDSHAKE"
     );
     for c in circuits {
         let path: Vec<&str> = c
@@ -297,12 +297,13 @@ fn format_circuits(circuits: &[CircuitInfo]) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:>6}  {:<8}  {:>7}  {:>6.1} ms  {:>7}  {}",
+            "{:>6}  {:<8}  {:>7}  {:>6.1} ms  {:>7}  {:<15}  {}",
             c.id,
             c.state,
             age(c.age_secs),
             c.build_ms,
             c.streams,
+            c.handshakes.first().map_or("-", String::as_str),
             path.join(" → ")
         );
     }
@@ -389,6 +390,8 @@ mod tests {
                 build_ms: 4.25,
                 streams: 1,
                 state: "in use".into(),
+                handshakes: vec!["x25519+mlkem768".into(); 3],
+                protocol: 2,
             }],
             streams: 1,
             guards: Vec::new(),

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anonnet_relay::onion_keys::OnionKeyConfig;
 use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, RelayConfig};
 use anonnet_wire::{PortRange, SignedDescriptor};
 use ipnet::IpNet;
@@ -456,6 +457,8 @@ struct LimitsSection {
     max_pending_streams_per_link: Option<Spanned<u64>>,
     first_byte_timeout_secs: Option<Spanned<u64>>,
     max_exit_dns_lookups: Option<Spanned<u64>>,
+    onion_key_lifetime_days: Option<Spanned<u64>>,
+    onion_key_grace_days: Option<Spanned<u64>>,
 }
 
 /// A loaded relay config file.
@@ -564,6 +567,39 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
     };
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    const DAY: u64 = 86_400;
+    let lifetime_days = limit(
+        "onion_key_lifetime_days",
+        &l.onion_key_lifetime_days,
+        defaults.onion_keys.lifetime.as_secs() / DAY,
+        365,
+        "days",
+    )?;
+    let grace_days = limit(
+        "onion_key_grace_days",
+        &l.onion_key_grace_days,
+        defaults.onion_keys.grace.as_secs() / DAY,
+        365,
+        "days",
+    )?;
+    if grace_days > lifetime_days {
+        // The relay keeps one previous key: a longer grace would be cut at the next rotation.
+        let (key, at) = match &l.onion_key_grace_days {
+            Some(g) => ("limits.onion_key_grace_days", Some(g)),
+            None => (
+                "limits.onion_key_lifetime_days",
+                l.onion_key_lifetime_days.as_ref(),
+            ),
+        };
+        return Err(src.invalid(
+            key,
+            at,
+            format!(
+                "the onion key grace ({grace_days} days) must not exceed its lifetime \
+                 ({lifetime_days} days)"
+            ),
+        ));
+    }
     let limits = Limits {
         max_circuits: as_usize(limit(
             "max_circuits",
@@ -663,6 +699,10 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
             512,
             "lookups",
         )?),
+        onion_keys: OnionKeyConfig {
+            lifetime: Duration::from_secs(lifetime_days * DAY),
+            grace: Duration::from_secs(grace_days * DAY),
+        },
     };
 
     Ok(RelaySettings {
@@ -733,6 +773,7 @@ struct ClientSection {
     pool_size: Option<Spanned<u64>>,
     max_circuit_dirtiness_secs: Option<Spanned<u64>>,
     allow_same_subnet_paths: Option<Spanned<bool>>,
+    circuit_handshake: Option<Spanned<String>>,
     guard_lifetime_secs: Option<Spanned<u64>>,
     guard_drop_unlisted_secs: Option<Spanned<u64>>,
 }
@@ -770,6 +811,9 @@ pub struct ClientSettings {
     /// `client.allow_same_subnet_paths` (default false): let relays of one /16 or /32
     /// share a path — only for test networks on one machine.
     pub allow_same_subnet: bool,
+    /// `client.circuit_handshake`: `"hybrid"` (X25519 + ML-KEM-768, the default) or
+    /// `"classical"` (X25519 only, for measurement), protocol §5.4.
+    pub circuit_handshake: anonnet_client::circuit::HandshakeKind,
     /// `[[service]]` entries: hidden services to publish at start.
     pub services: Vec<anonnet_client::ServiceConfig>,
     /// `[names]`: `.dark` names (without the suffix) resolved locally, overriding the DHT.
@@ -1029,7 +1073,22 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
             lifetime_defaults.drop_unlisted,
         )?,
     };
+    let circuit_handshake = match c.circuit_handshake.as_ref() {
+        None => anonnet_client::circuit::HandshakeKind::default(),
+        Some(v) => match v.get_ref().as_str() {
+            "hybrid" => anonnet_client::circuit::HandshakeKind::Hybrid,
+            "classical" => anonnet_client::circuit::HandshakeKind::Classical,
+            other => {
+                return Err(src.invalid(
+                    "client.circuit_handshake",
+                    Some(v),
+                    format!("{other:?} is not a handshake: use \"hybrid\" (X25519 + ML-KEM-768, the default) or \"classical\" (X25519 only)"),
+                ))
+            }
+        },
+    };
     Ok(ClientSettings {
+        circuit_handshake,
         safe_logging: file.log.safe.unwrap_or(true),
         guard_lifetimes,
         services,
@@ -1622,6 +1681,8 @@ max_circuits_per_client_ip = 20
 max_pending_streams_per_link = 16
 first_byte_timeout_secs = 3
 max_exit_dns_lookups = 8
+onion_key_lifetime_days = 14
+onion_key_grace_days = 3
 "#,
         );
         network_line(dir);
@@ -1648,6 +1709,11 @@ max_exit_dns_lookups = 8
         assert_eq!(r.limits.max_pending_streams_per_link, 16);
         assert_eq!(r.limits.first_byte_timeout, Duration::from_secs(3));
         assert_eq!(r.limits.max_exit_dns_lookups, 8);
+        assert_eq!(
+            r.limits.onion_keys.lifetime,
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(r.limits.onion_keys.grace, Duration::from_secs(3 * 86_400));
         let p = r.exit_policy.as_ref().unwrap();
         assert!(p.allows("127.0.0.1".parse().unwrap(), 8080));
         assert!(!p.allows("1.1.1.1".parse().unwrap(), 25));
@@ -1682,6 +1748,27 @@ max_exit_dns_lookups = 8
         assert!(s.relay.exit_policy.is_none());
         assert_eq!(s.relay.advertise, None);
         assert_eq!(s.relay.limits.max_circuits, Limits::default().max_circuits);
+        assert_eq!(s.relay.limits.onion_keys, OnionKeyConfig::default());
+    }
+
+    #[test]
+    fn onion_key_grace_longer_than_lifetime_is_refused() {
+        let tmp = test_dir("relay-onion-grace");
+        let dir = tmp.path();
+        let file = write(
+            dir,
+            "relay.toml",
+            &format!(
+                "[relay]\nlisten = \"127.0.0.1:0\"\n{}\n[limits]\nonion_key_lifetime_days = 5\n",
+                network_line(dir)
+            ),
+        );
+        let e = load_relay(&file).unwrap_err().to_string();
+        assert!(e.contains("limits.onion_key_lifetime_days"), "{e}");
+        assert!(
+            e.contains("grace (7 days)") && e.contains("(5 days)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -172,6 +172,8 @@ fn control_status(s: ClientStatus) -> Status {
                 build_ms: c.build_ms,
                 streams: c.streams,
                 state: c.state,
+                handshakes: c.handshakes,
+                protocol: c.protocol,
             })
             .collect(),
         streams: s.streams,
@@ -251,6 +253,8 @@ mod tests {
                 build_ms: 4.0,
                 streams: 2,
                 state: "in use".into(),
+                handshakes: vec!["x25519+mlkem768".into(); 3],
+                protocol: 2,
             }],
             streams: 2,
             guards: vec!["cd".repeat(32)],

@@ -117,6 +117,10 @@ enum Command {
         /// [default: 0; a real network uses 8 days].
         #[arg(long, value_name = "SECS")]
         guard_after: Option<u64>,
+        /// Circuit handshake of the client and the hidden-service host: "hybrid"
+        /// (X25519 + ML-KEM-768) or "classical" (X25519 only) [default: hybrid].
+        #[arg(long, value_name = "KIND", value_parser = ["hybrid", "classical"])]
+        circuit_handshake: Option<String>,
         /// Length of the authorities' voting period in seconds (2..=3600) [default: 4].
         #[arg(long, value_name = "SECS", value_parser = parse_period)]
         period: Option<u64>,
@@ -286,6 +290,7 @@ fn main() -> ExitCode {
                 relays,
                 authorities,
                 guard_after,
+                circuit_handshake,
                 period,
                 socks,
                 http,
@@ -297,7 +302,22 @@ fn main() -> ExitCode {
                     guard_after: guard_after.unwrap_or(0),
                     period: period.unwrap_or(testnet::DEFAULT_PERIOD),
                 };
-                run_testnet(relays, shape, socks, http, dir, config, cli.log_level).await
+                let handshake = if circuit_handshake.as_deref() == Some("classical") {
+                    "classical"
+                } else {
+                    "hybrid"
+                };
+                run_testnet(
+                    relays,
+                    shape,
+                    handshake,
+                    socks,
+                    http,
+                    dir,
+                    config,
+                    cli.log_level,
+                )
+                .await
             }
         }
     });
@@ -495,6 +515,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     }
     client_config.state_dir = Some(settings.state_dir.clone());
     client_config.allow_same_subnet = settings.allow_same_subnet;
+    client_config.circuit_handshake = settings.circuit_handshake;
     client_config.address_book = settings.address_book.clone();
     client_config.guard_lifetimes = settings.guard_lifetimes;
     let client: Arc<Client> = Client::start(client_config).await?;
@@ -582,9 +603,11 @@ async fn announce_when_published(hosted: Arc<anonnet_client::HostedService>) {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_testnet(
     relays: Option<usize>,
     shape: testnet::NetworkShape,
+    circuit_handshake: &'static str,
     socks: Option<SocketAddr>,
     http: Option<SocketAddr>,
     dir: Option<PathBuf>,
@@ -614,6 +637,7 @@ async fn run_testnet(
         }),
         log_level: log_level.map(LogLevel::as_str),
         shape,
+        circuit_handshake,
     };
     testnet::run(options, &mut shutdown).await
 }

@@ -90,6 +90,9 @@ pub struct TestnetOptions {
     pub log_level: Option<&'static str>,
     /// Authorities and their timing.
     pub shape: NetworkShape,
+    /// `client.circuit_handshake` of the client and the hidden-service host: `"hybrid"`
+    /// (the default) or `"classical"`.
+    pub circuit_handshake: &'static str,
 }
 
 /// One child process of the testnet.
@@ -263,11 +266,14 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let client_bootstrap: Vec<PathBuf> = descriptors.iter().take(2).cloned().collect();
     write_file(
         &config,
-        &client_toml(
-            options.socks,
-            options.http,
-            &client_bootstrap,
-            &network_file,
+        &with_handshake(
+            &client_toml(
+                options.socks,
+                options.http,
+                &client_bootstrap,
+                &network_file,
+            ),
+            options.circuit_handshake,
         ),
     )?;
     let client_log = cdir.join("client.log");
@@ -307,7 +313,11 @@ target = {}
 port = 80
 name = {}
 ",
-            client_toml(auto, auto, &client_bootstrap, &network_file).replace(
+            with_handshake(
+                &client_toml(auto, auto, &client_bootstrap, &network_file),
+                options.circuit_handshake,
+            )
+            .replace(
                 "[client]",
                 "[client]
 control_listen = \"auto\""
@@ -472,6 +482,15 @@ fn relay_toml(
         toml_string(&network.display().to_string()),
         policy.join(", "),
         bootstrap.join(", ")
+    )
+}
+
+/// `toml` (a client config) with `client.circuit_handshake` set to `handshake`.
+fn with_handshake(toml: &str, handshake: &str) -> String {
+    toml.replacen(
+        "[client]\n",
+        &format!("[client]\ncircuit_handshake = {}\n", toml_string(handshake)),
+        1,
     )
 }
 

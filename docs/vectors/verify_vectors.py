@@ -2,10 +2,16 @@
 """Independent check of the test vectors in docs/protocol.md.
 
 Written from the text of docs/protocol.md only (not from the Rust code), with
-standard primitives from `cryptography` (X25519, Ed25519, ChaCha20-Poly1305) and
-`blake3`; HKDF and HMAC are spelled out from RFC 5869 / RFC 2104 with hashlib/hmac.
+standard primitives from `cryptography` (X25519, Ed25519, ChaCha20-Poly1305, and raw
+ChaCha20 for the pads, filler and wrap layers of §7) and `blake3` (also its derive_key
+mode for the layer keys of §7.1); HKDF and HMAC are spelled out from RFC 5869 / RFC 2104
+with hashlib/hmac. The onion layers of §7 are protocol version 2 (fixed 1024-byte cells,
+forward filler, backward wrap layers).
+ML-KEM-768 (FIPS 203) for the hybrid handshake of §5.4 comes from `kyber-py`, a pure
+Python implementation independent of the Rust `ml-kem` crate; its FIPS 203 internal
+functions `_keygen_internal(d, z)` and `_encaps_internal(ek, m)` take the test seeds.
 
-    pip install cryptography blake3
+    pip install cryptography blake3 kyber-py
     python3 docs/vectors/verify_vectors.py
 
 Exits 0 when every vector matches, 1 on any mismatch (each one is printed).
@@ -15,6 +21,7 @@ It also checks that every expected value below is printed in docs/protocol.md.
 import base64
 import hashlib
 import hmac
+import os
 import pathlib
 import re
 import struct
@@ -31,10 +38,12 @@ try:
         X25519PrivateKey,
         X25519PublicKey,
     )
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from kyber_py.ml_kem import ML_KEM_768
 except ImportError as e:  # pragma: no cover
-    sys.exit(f"missing module ({e}); run: pip install cryptography blake3")
+    sys.exit(f"missing module ({e}); run: pip install cryptography blake3 kyber-py")
 
 FAILURES = []
 
@@ -99,14 +108,14 @@ def hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int) -> bytes:
     return okm[:length]
 
 
-def derive(exp_xy, exp_xb, nid, B, X, Y):
-    secret_input = exp_xy + exp_xb + nid + B + X + Y + PROTOID
-    assert len(secret_input) == 220
-    okm = hkdf_sha256(PROTOID + b":extract", secret_input, PROTOID + b":expand", 96)
+def derive(exp_xy, exp_xb, nid, B, X, Y, protoid=PROTOID):
+    secret_input = exp_xy + exp_xb + nid + B + X + Y + protoid
+    assert len(secret_input) == 192 + len(protoid)  # 220 with the relay PROTOID
+    okm = hkdf_sha256(protoid + b":extract", secret_input, protoid + b":expand", 96)
     auth_key, kf, kb = okm[0:32], okm[32:64], okm[64:96]
-    auth = hmac_sha256(auth_key, nid + B + Y + X + PROTOID + b"Server")
+    auth = hmac_sha256(auth_key, nid + B + Y + X + protoid + b"Server")
     # The note of §5.2: zero-padding the key to the 64-byte block gives the same HMAC.
-    assert auth == hmac_sha256(auth_key + bytes(32), nid + B + Y + X + PROTOID + b"Server")
+    assert auth == hmac_sha256(auth_key + bytes(32), nid + B + Y + X + protoid + b"Server")
     return auth, kf, kb
 
 
@@ -134,6 +143,102 @@ def handshake_vector():
         check_true("§5.2 non-contributory X refused", True)
 
 
+# ---------------------------------------------------------------- §5.4 hybrid handshake
+
+PROTOID_HYBRID = b"anonnet-hybrid-x25519-mlkem768-sha256-2"
+EK_LEN, CT_LEN = 1184, 1088  # ML-KEM-768 (FIPS 203, k = 3, du = 10, dv = 4)
+
+
+def derive_hybrid(exp_xy, exp_xb, ss, nid, B, X, Y, ek, ct):
+    h_ek, h_ct = hashlib.sha256(ek).digest(), hashlib.sha256(ct).digest()
+    p = PROTOID_HYBRID
+    secret_input = exp_xy + exp_xb + ss + nid + B + X + Y + h_ek + h_ct + p
+    assert len(p) == 39 and len(secret_input) == 327
+    okm = hkdf_sha256(p + b":extract", secret_input, p + b":expand", 96)
+    auth_key, kf, kb = okm[0:32], okm[32:64], okm[64:96]
+    auth = hmac_sha256(auth_key, nid + B + Y + X + h_ek + h_ct + p + b"Server")
+    return auth, kf, kb
+
+
+def hybrid_vector():
+    identity_seed, b, x, y = b"\x11" * 32, b"\x22" * 32, b"\x33" * 32, b"\x44" * 32
+    kem_seed, m = b"\x55" * 64, b"\x66" * 32
+    nid = node_id(ed25519_public(identity_seed))
+    B, X, Y = x25519_public(b), x25519_public(x), x25519_public(y)
+    # Client: ML-KEM.KeyGen_internal(d, z) with d ‖ z = kem_seed (FIPS 203 §6.1).
+    ek, dk = ML_KEM_768._keygen_internal(kem_seed[:32], kem_seed[32:])
+    check_true("§5.4 EK is 1184 bytes", len(ek) == EK_LEN)
+    hello = nid + B + X + ek
+    check_true("§5.4 hello is 1280 bytes", len(hello) == 1280)
+    # Relay: ML-KEM.Encaps_internal(ek, m) (FIPS 203 §6.2).
+    ss, ct = ML_KEM_768._encaps_internal(ek, m)
+    check_true("§5.4 CT is 1088 bytes", len(ct) == CT_LEN)
+    r_auth, r_kf, r_kb = derive_hybrid(x25519(y, X), x25519(b, X), ss, nid, B, X, Y, ek, ct)
+    reply = Y + ct + r_auth
+    check_true("§5.4 reply is 1152 bytes", len(reply) == 1152)
+    # Client: parse the reply, decapsulate, derive, compare AUTH.
+    c_y, c_ct, c_auth_rx = reply[:32], reply[32:32 + CT_LEN], reply[32 + CT_LEN:]
+    c_ss = ML_KEM_768.decaps(dk, c_ct)
+    c_auth, c_kf, c_kb = derive_hybrid(x25519(x, c_y), x25519(x, B), c_ss,
+                                       nid, B, X, c_y, ek, c_ct)
+    check_true("§5.4 client and relay derive the same SS, AUTH, Kf, Kb",
+               (c_ss, c_auth, c_kf, c_kb) == (ss, r_auth, r_kf, r_kb)
+               and hmac.compare_digest(c_auth, c_auth_rx))
+    # A corrupted CT decapsulates to another secret (implicit rejection): AUTH fails.
+    bad_ct = ct[:100] + bytes([ct[100] ^ 1]) + ct[101:]
+    bad_ss = ML_KEM_768.decaps(dk, bad_ct)
+    bad_auth, _, _ = derive_hybrid(x25519(x, Y), x25519(x, B), bad_ss, nid, B, X, Y, ek, bad_ct)
+    check_true("§5.4 a corrupted CT fails AUTH", bad_ss != ss and bad_auth != r_auth)
+    expected = HYBRID
+    for name, got in zip(
+        ["X", "SHA256(EK)", "BLAKE3(hello)", "Y", "SHA256(CT)", "SS", "AUTH",
+         "BLAKE3(reply)", "Kf", "Kb"],
+        [X, hashlib.sha256(ek).digest(), blake3.blake3(hello).digest(), Y,
+         hashlib.sha256(ct).digest(), ss, c_auth, blake3.blake3(reply).digest(), c_kf, c_kb],
+    ):
+        check(f"§5.4 {name}", got, expected[name])
+
+
+HYBRID = {
+    "X": "7b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b14",
+    "SHA256(EK)": "bd38559a78dc6960bd9edeb1c689a0ec80ba99f2ce5486f7921a4d3d4d213cd0",
+    "BLAKE3(hello)": "e4ae497bd000aaa251f30db685a8bfd85eaf830d71116044c11a2e3285344eac",
+    "Y": "ff2ee45601ec1b67310c7790404585ae697331eee1c1f8cf2419731c1fff3e6b",
+    "SHA256(CT)": "3f860aa85069aa8b22a6c44a75eb2047274ee5106e6fc72c538cf4faa20720a6",
+    "SS": "d2e9d0f741e00b984bdeac447881f70775d741fe835d6b239ac80bd4d0b02bb3",
+    "AUTH": "5667c3b7fc4c7e9d2e9aa849bdb52b48035ba9eef1753e767cf1cac20f34050d",
+    "BLAKE3(reply)": "cb5610aabb29bfc908027874205966e06145574fe621dbed0b903042fd786ff6",
+    "Kf": "dfd736337e5558e78ee3fb2538f1a6064b476c8f71d320172ab92107db2273b0",
+    "Kb": "57d27d0b6a2416e458b69c1f1b20abee6969bde9485f8eb2ee80709c1f210db9",
+}
+
+
+# ---------------------------------------------------------------- §5.5 hidden-service PROTOID
+
+HS_PROTOID = b"anonnet-hs-ntor-x25519-sha256-1"
+
+
+def hs_ntor_vector():
+    identity_seed, b, x, y = b"\x11" * 32, b"\x22" * 32, b"\x33" * 32, b"\x44" * 32
+    nid = node_id(ed25519_public(identity_seed))
+    B, X, Y = x25519_public(b), x25519_public(x), x25519_public(y)
+    c = derive(x25519(x, Y), x25519(x, B), nid, B, X, Y, HS_PROTOID)
+    r = derive(x25519(y, X), x25519(b, X), nid, B, X, Y, HS_PROTOID)
+    check_true("§5.5 client and service derive the same AUTH, Kf, Kb", c == r)
+    for name, got in zip(["AUTH", "Kf", "Kb"], c):
+        check(f"§5.5 {name}", got, HS_NTOR[name])
+    # A relay-PROTOID client never accepts a hidden-service answer, nor the other way round.
+    relay = derive(x25519(x, Y), x25519(x, B), nid, B, X, Y)
+    check_true("§5.5 relay and hidden-service transcripts differ", relay[0] != c[0])
+
+
+HS_NTOR = {
+    "AUTH": "2137cd7e5b33c362e6351a13ec8f90bd12f1c4e0cabc3164af57348758995bbf",
+    "Kf": "8cbcd44fce73c16a89c3c7b58890567c98c75ad423638528db5d5999cc0c39cb",
+    "Kb": "65cb053dbdcd8c9a1521a7f37987ef299639fd575b9fdc2135c3e28b5beee58e",
+}
+
+
 HANDSHAKE = {
     "NODE_ID": "4a78877c4a0926fc5d5cb282bb45c11c8489b202fe1890fa0c6593e6192b9f75",
     "B": "0faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20",
@@ -144,193 +249,420 @@ HANDSHAKE = {
     "Kb": "5a3aa3d199a8aa5b4d6a1734537e1e3ef83f42054dfa57b432ab6c78eb96247a",
 }
 
-# ---------------------------------------------------------------- §7 onion layers
+# ---------------------------------------------------------------- §7 onion layers (version 2)
 
 CELL_LEN = 1024
-LAYER = 25  # seq (8) + tag (16) + kind (1)
+LAYER = 25  # seq (8) + tag (16) + kind (1): LAYER_OVERHEAD of §4.1
+REGION = CELL_LEN - 1  # a sealed layer: seq ‖ tag ‖ body, the 1023 bytes after the command
+BODY = REGION - 24  # 999: kind ‖ inner
+AREA = BODY - 1  # 998: MESSAGE_AREA of §6.1
+MAX_LAYERS, MIN_PADDING = 8, 16
+FORWARD_MESSAGE_MAX = AREA - LAYER * (MAX_LAYERS - 1) - MIN_PADDING  # 807
+BACKWARD_MESSAGE_MAX = AREA - MIN_PADDING  # 982
 RELAY, FORWARD, DELIVER = 0x03, 1, 2
 
-
-def nonce(seq: int) -> bytes:
-    return b"\x00\x00\x00\x00" + struct.pack(">Q", seq)
-
-
-def seal(cell: bytearray, off: int, key: bytes, seq: int):
-    """Seal the layer region cell[off:]: seq (8) ‖ tag (16) ‖ body, body in place."""
-    body = bytes(cell[off + 24:])
-    ct = ChaCha20Poly1305(key).encrypt(nonce(seq), body, b"")
-    cell[off:off + 8] = struct.pack(">Q", seq)
-    cell[off + 8:off + 24] = ct[-16:]
-    cell[off + 24:] = ct[:-16]
+CTX_FWD = "anonnet v2 2026-12 forward layer key"
+CTX_PAD = "anonnet v2 2026-12 forward pad key"
+CTX_BWD = "anonnet v2 2026-12 backward layer key"
+CTX_WRAP = "anonnet v2 2026-12 backward wrap key"
 
 
-class Opener:
-    """Accepts exactly seq 0, 1, 2, … (§7.1)."""
-
-    def __init__(self, key):
-        self.key, self.expected = key, 0
-
-    def open(self, cell: bytearray, off: int):
-        (seq,) = struct.unpack(">Q", cell[off:off + 8])
-        if seq != self.expected:
-            raise ValueError(f"sequence {seq}, expected {self.expected}")
-        tag, body = bytes(cell[off + 8:off + 24]), bytes(cell[off + 24:])
-        try:
-            pt = ChaCha20Poly1305(self.key).decrypt(nonce(seq), body + tag, b"")
-        except InvalidTag:
-            raise ValueError("bad tag") from None
-        cell[off + 24:] = pt
-        self.expected += 1
+def layer_keys(kf: bytes, kb: bytes) -> dict:
+    """§7.1: the hop's four layer keys, BLAKE3 derive_key(context, key material)."""
+    dk = lambda ctx, km: blake3.blake3(km, derive_key_context=ctx).digest()  # noqa: E731
+    return {"fwd": dk(CTX_FWD, kf), "pad": dk(CTX_PAD, kf),
+            "bwd": dk(CTX_BWD, kb), "wrap": dk(CTX_WRAP, kb)}
 
 
-class ClientOnion:
-    def __init__(self, hop_keys):
-        self.kf = [kf for kf, _ in hop_keys]
-        self.fseq = [0] * len(hop_keys)
-        self.bopen = [Opener(kb) for _, kb in hop_keys]
+def nonce(n: int) -> bytes:
+    return b"\x00\x00\x00\x00" + struct.pack(">Q", n)
 
-    def seal_forward(self, msg: bytes, t: int) -> bytearray:
-        # §7.2
-        c = bytearray(CELL_LEN)
-        c[26 + 25 * t:26 + 25 * t + len(msg)] = msg
+
+def chacha20(key: bytes, n: int, length: int, counter: int = 0) -> bytes:
+    """RFC 8439 §2.4 keystream; `cryptography` takes counter (4 bytes LE) ‖ nonce (12)."""
+    full_nonce = struct.pack("<I", counter) + nonce(n)
+    enc = Cipher(algorithms.ChaCha20(key, full_nonce), mode=None).encryptor()
+    return enc.update(bytes(length)) + enc.finalize()
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    assert len(a) <= len(b)
+    return bytes(x ^ y for x, y in zip(a, b))
+
+
+def body_keystream(k_fwd: bytes, seq: int) -> bytes:
+    """KS of §7.2: what ChaCha20-Poly1305 XORs onto the 999 body bytes (counter from 1)."""
+    return chacha20(k_fwd, seq, BODY, counter=1)
+
+
+def pad(k_pad: bytes, seq: int) -> bytes:
+    """§7.1: a hop's 25-byte pad for its forward seq."""
+    return chacha20(k_pad, seq, LAYER)
+
+
+def wrap(region: bytes, k_wrap: bytes, w: int) -> bytes:
+    """§7.1: XOR the 1023 bytes after the command byte with ChaCha20(K_wrap, w)."""
+    assert len(region) == REGION
+    return xor(region, chacha20(k_wrap, w, REGION))
+
+
+def seal(body: bytes, key: bytes, seq: int) -> bytes:
+    """§7.1: seq ‖ tag ‖ ChaCha20-Poly1305(key, nonce(seq), body, AAD empty)."""
+    assert len(body) == BODY
+    ct = ChaCha20Poly1305(key).encrypt(nonce(seq), bytes(body), b"")
+    return struct.pack(">Q", seq) + ct[-16:] + ct[:-16]
+
+
+def open_sealed(region: bytes, key: bytes, expected_seq: int) -> bytes:
+    """§7.1/§7.3: sequence check before decrypting, then decrypt and check the tag."""
+    (seq,) = struct.unpack(">Q", region[:8])
+    if seq != expected_seq:
+        raise ValueError(f"sequence {seq}, expected {expected_seq}")
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce(seq), bytes(region[24:] + region[8:24]), b"")
+    except InvalidTag:
+        raise ValueError("bad tag") from None
+
+
+def random_fill(n: int) -> bytes:
+    return os.urandom(n)
+
+
+class FwdLayer:
+    """A sender's forward layer of one hop: seals with `seal_key`; a relay hop's pads come
+    from `pad_key`; the end-to-end hop (§13.5) also wraps its sealed region with `wrap_key`."""
+
+    def __init__(self, seal_key, pad_key=None, wrap_key=None):
+        self.seal_key, self.pad_key, self.wrap_key = seal_key, pad_key, wrap_key
+        self.seq = self.w = 0
+
+
+class BwdLayer:
+    """A receiver's backward layer of one hop: unwraps with `wrap_key`, opens with `open_key`."""
+
+    def __init__(self, wrap_key, open_key):
+        self.wrap_key, self.open_key = wrap_key, open_key
+        self.seq = self.w = 0
+
+
+class Endpoint:
+    """The client (or, for a rendezvous circuit, the service): §7.2 and §7.3 "Client"."""
+
+    def __init__(self, fwd, bwd):
+        self.fwd, self.bwd = fwd, bwd
+
+    @classmethod
+    def client(cls, hop_keys):
+        keys = [layer_keys(kf, kb) for kf, kb in hop_keys]
+        return cls([FwdLayer(k["fwd"], k["pad"]) for k in keys],
+                   [BwdLayer(k["wrap"], k["bwd"]) for k in keys])
+
+    def add_end_to_end(self, kf, kb, client_side: bool):
+        """§13.5: the client seals with K_fwd and wraps with K_pad, the service seals with
+        K_bwd and wraps with K_wrap; each opens and unwraps with the other's pair."""
+        k = layer_keys(kf, kb)
+        mine, theirs = (("fwd", "pad"), ("bwd", "wrap"))[:: 1 if client_side else -1]
+        self.fwd.append(FwdLayer(k[mine[0]], wrap_key=k[mine[1]]))
+        self.bwd.append(BwdLayer(k[theirs[1]], k[theirs[0]]))
+
+    def seal_forward(self, msg: bytes, t: int, fill=random_fill) -> bytes:
+        """§7.2 steps 1-5."""
+        if len(msg) > FORWARD_MESSAGE_MAX:
+            raise ValueError("message too long")
+        hops = self.fwd
+        # 1. Filler: F_{h+1} = (F_h ⊕ KS_h[999 − 25h .. 999]) ‖ pad_h(s_h).
+        filler = b""
+        for h in range(t):
+            ks = body_keystream(hops[h].seal_key, hops[h].seq)
+            filler = xor(filler, ks[BODY - LAYER * h:]) + pad(hops[h].pad_key, hops[h].seq)
+        assert len(filler) == LAYER * t
+        # 2. Buffer of 1024 + 25t bytes; hop t's area is B[26 + 25t .. 1024 + 25t].
+        buf = bytearray(CELL_LEN + LAYER * t)
+        area = 26 + LAYER * t
+        room = AREA - LAYER * t  # message and padding; the filler takes the rest
+        buf[area:area + len(msg)] = msg
+        buf[area + len(msg):area + room] = fill(room - len(msg))
+        # 3. Innermost tail: its ciphertext (after the wrap, for the end-to-end hop) is F_t.
+        last = hops[t]
+        tail = xor(filler, body_keystream(last.seal_key, last.seq)[BODY - LAYER * t:])
+        if last.wrap_key is not None:
+            tail = xor(tail, chacha20(last.wrap_key, last.w, REGION)[REGION - LAYER * t:])
+        buf[area + room:] = tail
+        # 4. Seal from hop t down to hop 0.
         for h in range(t, -1, -1):
-            c[25 + 25 * h] = DELIVER if h == t else FORWARD
-            seal(c, 1 + 25 * h, self.kf[h], self.fseq[h])
-            self.fseq[h] += 1
-        c[0] = RELAY
-        return c
+            off = 1 + LAYER * h
+            buf[off + 24] = DELIVER if h == t else FORWARD
+            region = seal(buf[off + 24:off + REGION], hops[h].seal_key, hops[h].seq)
+            hops[h].seq += 1
+            if hops[h].wrap_key is not None:
+                region = wrap(region, hops[h].wrap_key, hops[h].w)
+                hops[h].w += 1
+            buf[off:off + REGION] = region
+            if h == t and bytes(buf[CELL_LEN:]) != filler:
+                raise ValueError("hop t's sealed region does not end in F_t")
+        # 5. The cell.
+        return bytes([RELAY]) + bytes(buf[1:CELL_LEN])
 
-    def open_backward(self, c: bytearray):
-        # §7.3 "Client, backward"
-        for h, opener in enumerate(self.bopen):
-            opener.open(c, 1 + 25 * h)
-            kind = c[25 + 25 * h]
-            if kind == DELIVER:
-                return h, bytes(c[26 + 25 * h:])
-            if kind != FORWARD or h == len(self.bopen) - 1:
-                raise ValueError("bad kind")
-        raise ValueError("no hop")
+    def open_backward(self, cell: bytes):
+        """§7.3 "Client, backward": returns (hop, message area)."""
+        if len(cell) != CELL_LEN or cell[0] != RELAY:
+            raise ValueError("not a 1024-byte RELAY cell")
+        region = cell[1:]
+        for h, hop in enumerate(self.bwd):
+            region = wrap(region, hop.wrap_key, hop.w)
+            hop.w += 1
+            if region[:8] == struct.pack(">Q", hop.seq):
+                body = open_sealed(region, hop.open_key, hop.seq)
+                hop.seq += 1
+                if body[0] != DELIVER:
+                    raise ValueError("bad kind")
+                return h, body[1:]
+        raise ValueError("no hop recognises the cell")
 
 
 class RelayHop:
-    def __init__(self, kf, kb):
-        self.fopen, self.kb, self.bseq = Opener(kf), kb, 0
+    """§7.3 for one relay on one circuit."""
 
-    def forward(self, c: bytearray):
-        # §7.3 "Forward": returns ("FORWARD", next cell) or ("DELIVER", message).
-        if c[0] != RELAY:
-            raise ValueError("not RELAY")
-        self.fopen.open(c, 1)
-        kind = c[25]
-        if kind == FORWARD:
-            return "FORWARD", bytearray([RELAY]) + c[26:]
-        if kind == DELIVER:
-            return "DELIVER", bytes(c[26:])
+    def __init__(self, kf, kb):
+        self.k = layer_keys(kf, kb)
+        self.fseq = self.bseq = self.w = 0
+
+    def forward(self, cell: bytes):
+        """Returns ("FORWARD", next leg's cell) or ("DELIVER", message area)."""
+        if len(cell) != CELL_LEN or cell[0] != RELAY:
+            raise ValueError("not a 1024-byte RELAY cell")
+        seq = self.fseq
+        body = open_sealed(cell[1:], self.k["fwd"], seq)
+        self.fseq += 1
+        if body[0] == FORWARD:
+            return "FORWARD", bytes([RELAY]) + body[1:] + pad(self.k["pad"], seq)
+        if body[0] == DELIVER:
+            return "DELIVER", body[1:]
         raise ValueError("bad kind")
 
-    def _seal_backward(self, c: bytearray, kind: int):
-        c[25] = kind
-        seal(c, 1, self.kb, self.bseq)
+    def wrap(self, cell: bytes) -> bytes:
+        """Backward, passing on (and the last step of originating)."""
+        if len(cell) != CELL_LEN or cell[0] != RELAY:
+            raise ValueError("not a 1024-byte RELAY cell")
+        out = bytes([RELAY]) + wrap(cell[1:], self.k["wrap"], self.w)
+        self.w += 1
+        return out
+
+    def originate(self, msg: bytes, fill=random_fill) -> bytes:
+        if len(msg) > BACKWARD_MESSAGE_MAX:
+            raise ValueError("message too long")
+        body = bytes([DELIVER]) + msg + fill(AREA - len(msg))
+        region = seal(body, self.k["bwd"], self.bseq)
         self.bseq += 1
-        c[0] = RELAY
-        return c
-
-    def originate(self, msg: bytes, leg_len: int) -> bytearray:
-        c = bytearray(leg_len)
-        c[26:26 + len(msg)] = msg
-        return self._seal_backward(c, DELIVER)
-
-    def wrap(self, d: bytearray) -> bytearray:
-        # C = 0x03 ‖ [24] ‖ FORWARD ‖ D[1..]
-        c = bytearray(1 + 24 + 1) + d[1:]
-        return self._seal_backward(c, FORWARD)
+        return self.wrap(bytes([RELAY]) + region)
 
 
 def vector_keys():
     return [(bytes([i]) * 32, bytes([i + 100]) * 32) for i in (1, 2, 3)]
 
 
+def fill_aa(n: int) -> bytes:
+    return b"\xaa" * n
+
+
 MSG_DATA_HI = bytes.fromhex("02000100026869")  # DATA "hi" on stream 1
 
 ONION_FWD_PREFIX = (
-    "030000000000000000e63b2e1802ae49bbb497c1783049770600274dd1ee5216"
-    "c2044252d97fd5253e953dc4ac26ebee4faacd7134ef7b646ff5103dd47d465a"
-    "b4137afdeaa36bc03496c79b6ec23b6f"
+    "030000000000000000c5cfcf3abdc376c976ee1ff2624ad34e57c4f789c8a23b"
+    "5ebcaaa362001529819eea129d163838"
 )
-ONION_FWD_BLAKE3 = "1a885e8ca9e1759080340aa9b25de909a7a2b2f8c2657da93dd939f64733ff94"
+ONION_FWD_BLAKE3 = "152778b24d74bf67a5c92fe19d97d92cd283b86d48985fddfced13d8fe65dd15"
 ONION_BWD_PREFIX = (
-    "03000000000000000070a1923f4b3afa8b85e0d3987afba8f32d3160c70f70e7"
-    "af165f753682c327cac7e9eca44ca138c6f91bdd3e60055447d49a3a046a5312"
-    "957b0c492359ac045c930c1fc5f84c73"
+    "03af2f0f73770dc02d23bf0e0ad2e6a2a6c879c1f3c263105a8af7aa5d19b1d3"
+    "6e554c410447ada60f91df7ea1f5c192"
 )
-ONION_BWD_BLAKE3 = "651e30aa11adda625f237dd6681a6ce51d0faeae66de6583fb8d4061b32af78a"
+ONION_BWD_BLAKE3 = "54bf1301c22e4e2e4bac879b17d106352b39c85268edfd295587d0ebf1c24e08"
+
+
+def expect_error(name, fn, word=None):
+    try:
+        fn()
+        check_true(name, False)
+    except ValueError as e:
+        check_true(name, word is None or word in str(e))
+
+
+def attempt(fn):
+    """fn() or None if it raises ValueError: a self-check then prints FAIL, not a traceback."""
+    try:
+        return fn()
+    except ValueError as e:
+        print(f"      ({e})")
+        return None
+
+
+def forward_through(relays, cell):
+    """Carries a forward cell hop by hop; returns (hop, message area) or None."""
+    for h, r in enumerate(relays):
+        if len(cell) != CELL_LEN:
+            return None
+        kind, out = r.forward(cell)
+        if kind == "DELIVER":
+            return h, out
+        cell = out
+    return None
 
 
 def onion_vectors():
     keys = vector_keys()
-    client = ClientOnion(keys)
-    cell = client.seal_forward(MSG_DATA_HI, 2)
-    check("§7.4 forward C[0..80]", cell[:80], ONION_FWD_PREFIX)
-    check("§7.4 forward BLAKE3(C)", blake3.blake3(bytes(cell)).hexdigest(), ONION_FWD_BLAKE3)
+    # §6.1 sizes.
+    check_true("§6.1 FORWARD_MESSAGE_MAX 807, BACKWARD_MESSAGE_MAX 982 (DATA 802, 977)",
+               (FORWARD_MESSAGE_MAX, BACKWARD_MESSAGE_MAX,
+                FORWARD_MESSAGE_MAX - 5, BACKWARD_MESSAGE_MAX - 5) == (807, 982, 802, 977))
+    # §7.2's KS is the AEAD's own keystream: ChaCha20 from block counter 1 (RFC 8439 §2.8).
+    k = layer_keys(*keys[0])["fwd"]
+    check_true("§7.2 KS_h is ChaCha20 from block counter 1",
+               ChaCha20Poly1305(k).encrypt(nonce(5), bytes(BODY), b"")[:-16]
+               == body_keystream(k, 5))
 
-    # Carry it through three relays: sizes shrink by 25 per leg, hop 2 gets the message.
+    # §7.4 forward: the client's first cell to hop index 2, 0xAA padding.
+    cell = attempt(lambda: Endpoint.client(keys).seal_forward(MSG_DATA_HI, 2, fill_aa)) or b""
+    check_true("§7.4 forward cell is 1024 bytes", len(cell) == CELL_LEN)
+    check("§7.4 forward C[0..48]", cell[:48], ONION_FWD_PREFIX)
+    check("§7.4 forward BLAKE3(C)", blake3.blake3(cell).hexdigest(), ONION_FWD_BLAKE3)
+
+    # Python relays open it hop by hop (open, re-pad, next hop): every leg 1024 bytes,
+    # hop 2 gets the message, its 0xAA padding, then the 50 bytes of filler.
     relays = [RelayHop(kf, kb) for kf, kb in keys]
-    c, got = bytearray(cell), None
+    c, got, sizes = cell, None, []
     for h, r in enumerate(relays):
-        check_true(f"§4.1 leg {h} cell is {CELL_LEN - 25 * h} bytes", len(c) == CELL_LEN - 25 * h)
-        kind, out = r.forward(c)
-        if kind == "DELIVER":
-            got = (h, out[:len(MSG_DATA_HI)], out[len(MSG_DATA_HI):])
+        sizes.append(len(c))
+        kind, out = attempt(lambda: r.forward(c)) or (None, None)
+        if kind != "FORWARD":
+            got = (h, out) if kind == "DELIVER" else None
             break
         c = out
-    check_true("§7.3 forward vector reaches hop 2 with the message and zero padding",
-               got is not None and got[0] == 2 and got[1] == MSG_DATA_HI
-               and got[2] == bytes(len(got[2])))
+    check_true("§4.1 every leg's cell is 1024 bytes", sizes == [CELL_LEN] * 3)
+    n = len(MSG_DATA_HI)
+    check_true("§7.3 forward vector opens hop by hop and reaches hop 2 with the message",
+               got is not None and got[0] == 2 and len(got[1]) == AREA
+               and got[1][:n] == MSG_DATA_HI and got[1][n:AREA - 50] == fill_aa(AREA - 50 - n))
 
-    # Backward: hop 2 originates, hops 1 and 0 wrap, the client peels.
+    # The same with random padding, to every hop, over several cells (seq and pads advance).
+    cl, relays = Endpoint.client(keys), [RelayHop(kf, kb) for kf, kb in keys]
+    ok = True
+    for i, t in enumerate([2, 0, 1, 2, 2, 1, 0, 2]):
+        msg = relay_msg(2, 1, bytes([i]) * (FORWARD_MESSAGE_MAX - 5))  # the largest DATA
+        got = attempt(lambda: forward_through(relays, cl.seal_forward(msg, t)))
+        ok = ok and got is not None and got[0] == t and got[1][:len(msg)] == msg
+    check_true("§7.2 random-padded cells of the largest size open at hops 0, 1, 2 in turn", ok)
+    expect_error("§7.2 a message over FORWARD_MESSAGE_MAX is refused",
+                 lambda: Endpoint.client(keys).seal_forward(bytes(FORWARD_MESSAGE_MAX + 1), 0))
+
+    # §7.4 backward: hop 2 originates (seq 0, wrap 0), hops 1 and 0 wrap (wrap 0).
     relays = [RelayHop(kf, kb) for kf, kb in keys]
-    c = relays[2].originate(MSG_DATA_HI, CELL_LEN - 2 * 25)
+    c = relays[2].originate(MSG_DATA_HI, fill_aa)
     c = relays[1].wrap(c)
     c = relays[0].wrap(c)
     check_true("§7.4 backward cell is 1024 bytes", len(c) == CELL_LEN)
-    check("§7.4 backward C[0..80]", c[:80], ONION_BWD_PREFIX)
-    check("§7.4 backward BLAKE3(C)", blake3.blake3(bytes(c)).hexdigest(), ONION_BWD_BLAKE3)
-    hop, msg = ClientOnion(keys).open_backward(bytearray(c))
+    check("§7.4 backward C[0..48]", c[:48], ONION_BWD_PREFIX)
+    check("§7.4 backward BLAKE3(C)", blake3.blake3(c).hexdigest(), ONION_BWD_BLAKE3)
+    hop, msg = attempt(lambda: Endpoint.client(keys).open_backward(c)) or (None, b"")
     check_true("§7.3 client opens the backward vector as hop 2's message",
-               hop == 2 and msg[:7] == MSG_DATA_HI)
+               hop == 2 and msg[:n] == MSG_DATA_HI and msg[n:] == fill_aa(AREA - n))
 
-    # §7.1 / §7.3: a flipped bit, a replay and a skip each die at the next hop.
+    # Backward from every hop in turn: each hop wraps every cell it passes, the client
+    # unwraps hop by hop until it recognises the seq.
+    cl, relays = Endpoint.client(keys), [RelayHop(kf, kb) for kf, kb in keys]
+    ok = True
+    for i, origin in enumerate([2, 0, 1, 2, 0, 2]):
+        msg = relay_msg(2, 1, bytes([i]) * (BACKWARD_MESSAGE_MAX - 5))
+        c = relays[origin].originate(msg)
+        for h in range(origin - 1, -1, -1):
+            c = relays[h].wrap(c)
+        hop, area = attempt(lambda: cl.open_backward(c)) or (None, b"")
+        ok = ok and hop == origin and area[:len(msg)] == msg
+    check_true("§7.3 backward cells from hops 2, 0, 1, … are recognised in turn", ok)
+
+    for name, fn in [("§7.3 tamper checks", tamper_checks),
+                     ("§13.5 end-to-end check", end_to_end_check)]:
+        try:
+            fn(keys)
+        except (ValueError, IndexError) as e:  # the set-up itself failed
+            check_true(f"{name} ran ({type(e).__name__}: {e})", False)
+
+
+def tamper_checks(keys):
+    # §7.3 tamper detection, forward: caught at the very next hop.
     def fresh():
-        cl = ClientOnion(keys)
-        return cl, [RelayHop(kf, kb) for kf, kb in keys]
+        return Endpoint.client(keys), [RelayHop(kf, kb) for kf, kb in keys]
 
+    for name, pos in [("a flipped bit in the next layer", 500),
+                      ("a flipped bit in the guard's pad", CELL_LEN - 1)]:
+        cl, rs = fresh()
+        _, to_middle = rs[0].forward(cl.seal_forward(MSG_DATA_HI, 2))
+        bad = bytearray(to_middle)
+        bad[pos] ^= 1
+        expect_error(f"§7.3 {name} is rejected by the next hop", lambda: rs[1].forward(bytes(bad)),
+                     "tag")
     cl, rs = fresh()
-    c0 = cl.seal_forward(MSG_DATA_HI, 2)
-    _, to_middle = rs[0].forward(bytearray(c0))
-    bad = bytearray(to_middle)
-    bad[500] ^= 1  # the guard tampers with the middle's layer
-    try:
-        rs[1].forward(bad)
-        check_true("§7.3 flipped bit rejected by the next hop", False)
-    except ValueError:
-        check_true("§7.3 flipped bit rejected by the next hop", True)
+    _, to_middle = rs[0].forward(cl.seal_forward(MSG_DATA_HI, 2))
+    _, to_exit = rs[1].forward(to_middle)
+    bad = bytearray(to_exit)
+    bad[-30] ^= 1  # in the filler the middle's pad and the guard's pad made
+    expect_error("§7.3 a flipped bit in the filler is rejected by hop 2",
+                 lambda: rs[2].forward(bytes(bad)), "tag")
     cl, rs = fresh()
-    c0 = cl.seal_forward(MSG_DATA_HI, 2)
-    _, to_middle = rs[0].forward(bytearray(c0))
-    rs[1].forward(bytearray(to_middle))
-    try:
-        rs[1].forward(bytearray(to_middle))  # replay
-        check_true("§7.1 replayed cell rejected", False)
-    except ValueError as e:
-        check_true("§7.1 replayed cell rejected", "sequence" in str(e))
+    _, to_middle = rs[0].forward(cl.seal_forward(MSG_DATA_HI, 2))
+    rs[1].forward(to_middle)
+    expect_error("§7.1 replayed cell rejected", lambda: rs[1].forward(to_middle), "sequence")
     cl, rs = fresh()
     cl.seal_forward(MSG_DATA_HI, 2)
     c1 = cl.seal_forward(MSG_DATA_HI, 2)
-    try:
-        rs[0].forward(bytearray(c1))  # skip of seq 0
-        check_true("§7.1 skipped cell rejected", False)
-    except ValueError as e:
-        check_true("§7.1 skipped cell rejected", "sequence" in str(e))
+    expect_error("§7.1 skipped cell rejected", lambda: rs[0].forward(c1), "sequence")
+
+    # Backward: a flipped bit or a dropped cell makes the client fail at once.
+    cl, rs = fresh()
+    c = bytearray(rs[0].wrap(rs[1].wrap(rs[2].originate(MSG_DATA_HI))))
+    c[700] ^= 1
+    expect_error("§7.3 a flipped bit backward is rejected by the client",
+                 lambda: cl.open_backward(bytes(c)))
+    cl, rs = fresh()
+    rs[0].wrap(rs[1].wrap(rs[2].originate(MSG_DATA_HI)))  # dropped by the guard
+    c = rs[0].wrap(rs[1].wrap(rs[2].originate(MSG_DATA_HI)))
+    expect_error("§7.3 a dropped backward cell is detected at the next one",
+                 lambda: cl.open_backward(c))
+
+
+def end_to_end_check(client_keys):
+    """§13.5 and §7.2 step 3: a rendezvous circuit's end-to-end hop (index 3), both ways."""
+    service_keys = [(bytes([i + 10]) * 32, bytes([i + 110]) * 32) for i in (1, 2, 3)]
+    e2e_kf, e2e_kb = b"\x77" * 32, b"\x88" * 32
+    client, service = Endpoint.client(client_keys), Endpoint.client(service_keys)
+    client.add_end_to_end(e2e_kf, e2e_kb, client_side=True)
+    service.add_end_to_end(e2e_kf, e2e_kb, client_side=False)
+    c_relays = [RelayHop(kf, kb) for kf, kb in client_keys]  # c_relays[2] is R
+    s_relays = [RelayHop(kf, kb) for kf, kb in service_keys]  # s_relays[2] is R too
+
+    def cross(sender_relays, receiver_relays, receiver, cell):
+        for r in sender_relays:
+            kind, cell = r.forward(cell)
+            if kind != "FORWARD":
+                return None
+        for r in reversed(receiver_relays):  # R joins: the FORWARD cell becomes backward
+            cell = r.wrap(cell)
+        return receiver.open_backward(cell)
+
+    ok = True
+    for i in range(3):
+        msg = relay_msg(2, 1, bytes([i]) * (FORWARD_MESSAGE_MAX - 5))
+        got = attempt(lambda: cross(c_relays, s_relays, service, client.seal_forward(msg, 3)))
+        ok = ok and got is not None and got[0] == 3 and got[1][:len(msg)] == msg
+        msg = relay_msg(2, 1, bytes([i + 100]) * 50)
+        got = attempt(lambda: cross(s_relays, c_relays, client, service.seal_forward(msg, 3)))
+        ok = ok and got is not None and got[0] == 3 and got[1][:len(msg)] == msg
+    # A message from R itself still reaches the client between end-to-end cells.
+    got = attempt(lambda: client.open_backward(
+        c_relays[0].wrap(c_relays[1].wrap(c_relays[2].originate(b"\x08")))))
+    ok = ok and got is not None and got[0] == 2
+    got = attempt(lambda: cross(c_relays, s_relays, service, client.seal_forward(MSG_DATA_HI, 3)))
+    ok = ok and got is not None and got[0] == 3 and got[1][:len(MSG_DATA_HI)] == MSG_DATA_HI
+    check_true("§13.5 end-to-end hop: cells cross the join both ways and open at hop index 3", ok)
 
 
 # ---------------------------------------------------------------- §3 descriptors
@@ -411,8 +743,8 @@ def message_examples():
                   + b"\xbb" * 32 + b"\xcc" * 32)
     check("§6.3 EXTEND", m,
           "0600000067" + "aa" * 32 + "047f0000011b5a" + "bb" * 32 + "cc" * 32)
-    check_true("§6.1 max DATA per hop is 993, 968, 943",
-               [CELL_LEN - 25 * h - 26 - 5 for h in range(3)] == [993, 968, 943])
+    check_true("§6.1 max DATA is 802 forward and 977 backward, at every hop",
+               (FORWARD_MESSAGE_MAX - 5, BACKWARD_MESSAGE_MAX - 5) == (802, 977))
 
 
 
@@ -1014,7 +1346,7 @@ def document_prints_the_vectors():
         check_true("docs/protocol.md exists", False)
         return
     flat = re.sub(r"\s+", "", doc.read_text(encoding="utf-8"))
-    values = list(HANDSHAKE.values()) + [
+    values = list(HANDSHAKE.values()) + list(HYBRID.values()) + list(HS_NTOR.values()) + [
         ONION_FWD_PREFIX, ONION_FWD_BLAKE3, ONION_BWD_PREFIX, ONION_BWD_BLAKE3,
         DESC_BODY, DESC_SIG, DESC_TEXT,
         "010001000f010b6578616d706c652e636f6d01bb", "010002000704c00002070050",
@@ -1027,6 +1359,8 @@ def document_prints_the_vectors():
 
 def main():
     handshake_vector()
+    hybrid_vector()
+    hs_ntor_vector()
     onion_vectors()
     descriptor_vector()
     message_examples()

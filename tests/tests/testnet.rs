@@ -57,8 +57,9 @@ async fn curl_fetches_page_and_64_mib_through_three_relay_processes() {
     let _ = std::fs::remove_file(&out);
 
     // The relays' own counters show three distinct relays carried the download: each sent
-    // at least one cell per 943 payload bytes towards the client, one of them as the exit.
-    let min_cells = (BIG / 943) as u64;
+    // at least one cell per full payload towards the client, one of them as the exit.
+    let full = anonnet_wire::RelayCell::max_payload(anonnet_wire::BACKWARD_MESSAGE_MAX);
+    let min_cells = (BIG / full) as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
     let stats = loop {
         let stats = net.relay_stats();

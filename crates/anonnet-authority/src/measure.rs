@@ -143,9 +143,14 @@ pub(crate) async fn measure(
         vec![target.clone(), (**exit).clone()]
     };
     let run = async {
-        let circuit = Circuit::build(links, path, Arc::new(StreamCounters::default()))
-            .await
-            .map_err(|e| format!("circuit: {e}"))?;
+        let circuit = Circuit::build(
+            links,
+            path,
+            Arc::new(StreamCounters::default()),
+            anonnet_client::circuit::HandshakeKind::default(),
+        )
+        .await
+        .map_err(|e| format!("circuit: {e}"))?;
         let started = Instant::now();
         let result = async {
             let mut stream = circuit

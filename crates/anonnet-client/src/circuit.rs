@@ -14,11 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use anonnet_crypto::onion::layer_tag;
-use anonnet_crypto::onion::message_offset;
+use anonnet_crypto::onion::{forward_buffer_len, message_offset, EndToEndKeys};
 use anonnet_crypto::{
-    ClientBackward, ClientForward, ClientHandshake, ClientOnion, HopKeys, NodeId,
-    VerifiedDescriptor,
+    ClientBackward, ClientForward, ClientHandshake, ClientOnion, HopKeys, HybridClientHandshake,
+    NodeId, VerifiedDescriptor,
 };
 use anonnet_net::LinkManager;
 use anonnet_wire::cell::CellCommand;
@@ -27,8 +26,9 @@ use anonnet_wire::flow::{
     STREAM_INCREMENT, STREAM_WINDOW,
 };
 use anonnet_wire::{
-    Create, Created, Destroy, DestroyReason, EndReason, RelayCell, RelayMsg, StreamId, Target,
-    CELL_LEN,
+    Create, CreateHybrid, Created, CreatedHybrid, Destroy, DestroyReason, EndReason, RelayCell,
+    RelayMsg, StreamId, Target, CELL_LEN, FORWARD_MESSAGE_MAX, HANDSHAKE_HYBRID_V2,
+    HYBRID_REPLY_LEN,
 };
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
@@ -37,7 +37,6 @@ use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender};
 use tracing::{debug, Instrument};
-use zeroize::Zeroizing;
 
 /// Relay messages queued towards the guard, shared by all streams of a circuit.
 const FORWARD_QUEUE: usize = 64;
@@ -227,31 +226,32 @@ pub struct HopSpec {
 #[derive(Default)]
 struct PendingHop {
     waiting: [AtomicBool; 2],
-    seal: Mutex<Option<Zeroizing<[u8; 32]>>>,
-    open: Mutex<Option<Zeroizing<[u8; 32]>>>,
+    seal: Mutex<Option<Arc<EndToEndKeys>>>,
+    open: Mutex<Option<Arc<EndToEndKeys>>>,
 }
 
 impl PendingHop {
-    fn set(&self, seal: [u8; 32], open: [u8; 32]) {
+    fn set(&self, keys: EndToEndKeys) {
+        let keys = Arc::new(keys);
         if let (Ok(mut s), Ok(mut o)) = (self.seal.lock(), self.open.lock()) {
-            *s = Some(Zeroizing::new(seal));
-            *o = Some(Zeroizing::new(open));
+            *s = Some(keys.clone());
+            *o = Some(keys);
         }
         for w in &self.waiting {
             w.store(true, Ordering::SeqCst);
         }
     }
 
-    /// The sealing key, once (writer side).
-    fn take_seal(&self) -> Option<Zeroizing<[u8; 32]>> {
+    /// The keys, once for the writer side.
+    fn take_seal(&self) -> Option<Arc<EndToEndKeys>> {
         if !self.waiting[0].swap(false, Ordering::SeqCst) {
             return None;
         }
         self.seal.lock().ok().and_then(|mut s| s.take())
     }
 
-    /// The opening key, once (reader side).
-    fn take_open(&self) -> Option<Zeroizing<[u8; 32]>> {
+    /// The keys, once for the reader side.
+    fn take_open(&self) -> Option<Arc<EndToEndKeys>> {
         if !self.waiting[1].swap(false, Ordering::SeqCst) {
             return None;
         }
@@ -299,6 +299,8 @@ pub struct Circuit {
     ends_at_exit: bool,
     /// Each relay's handshake key `Y`.
     bindings: Vec<[u8; 32]>,
+    /// The handshake run with every relay of this circuit.
+    handshake: HandshakeKind,
     /// Layers the client keeps: relays, plus one once an end-to-end hop is added.
     hops: Arc<AtomicUsize>,
     /// An end-to-end hop's keys on their way to the writer and reader tasks.
@@ -344,6 +346,146 @@ async fn read_cell(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, Circuit
     Ok(cell)
 }
 
+/// Which circuit handshake the client runs with each relay (§5, §5.4). Every
+/// version-2 relay answers both; the client chooses (`client.circuit_handshake`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HandshakeKind {
+    /// X25519 + ML-KEM-768 (type 2, §5.4): secret if either holds. The default.
+    #[default]
+    Hybrid,
+    /// X25519 only (type 1, §5.1): for measurement and comparison.
+    Classical,
+}
+
+impl HandshakeKind {
+    /// The name `circuits --json` shows: `"x25519+mlkem768"` or `"x25519"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandshakeKind::Hybrid => "x25519+mlkem768",
+            HandshakeKind::Classical => "x25519",
+        }
+    }
+}
+
+/// The client's half of one hop's handshake, of either type.
+enum HopHandshake {
+    Classical(ClientHandshake),
+    Hybrid(HybridClientHandshake),
+}
+
+impl HopHandshake {
+    fn start(kind: HandshakeKind, relay: &HopSpec) -> Result<Self, anonnet_crypto::HandshakeError> {
+        Ok(match kind {
+            HandshakeKind::Classical => {
+                HopHandshake::Classical(ClientHandshake::start(relay.node_id, relay.onion_key)?)
+            }
+            HandshakeKind::Hybrid => HopHandshake::Hybrid(HybridClientHandshake::start(
+                relay.node_id,
+                relay.onion_key,
+            )?),
+        })
+    }
+
+    /// The `CREATE` cells for a guard: one cell (type 1) or two (type 2, §4.2).
+    fn create(&self) -> Result<Vec<u8>, anonnet_wire::WireError> {
+        match self {
+            HopHandshake::Classical(hs) => {
+                let hello = hs.hello();
+                Create {
+                    cell_len: CELL_LEN as u16,
+                    node_id: hello.node_id,
+                    onion_key: hello.onion_key,
+                    client_pk: hello.client_pk,
+                }
+                .encode()
+            }
+            HopHandshake::Hybrid(hs) => CreateHybrid {
+                hello: hs.hello_bytes(),
+            }
+            .encode(),
+        }
+    }
+
+    /// The relay messages asking the previous hop to extend to `addr`: `EXTEND` (type 1),
+    /// or `EXTEND2` and the `HANDSHAKE_CONT`s that carry the rest of the hello (type 2).
+    fn extend_messages(&self, addr: std::net::SocketAddr) -> Vec<RelayCell> {
+        match self {
+            HopHandshake::Classical(hs) => {
+                let hello = hs.hello();
+                vec![RelayCell::new(
+                    StreamId::CIRCUIT,
+                    RelayMsg::Extend {
+                        node_id: hello.node_id,
+                        addr,
+                        onion_key: hello.onion_key,
+                        client_pk: hello.client_pk,
+                    },
+                )]
+            }
+            HopHandshake::Hybrid(hs) => {
+                let hello = Bytes::from(hs.hello_bytes());
+                let (first, rest) = hello.split_at(EXTEND2_FIRST_PART.min(hello.len()));
+                let mut out = vec![RelayCell::new(
+                    StreamId::CIRCUIT,
+                    RelayMsg::Extend2 {
+                        addr,
+                        handshake_type: HANDSHAKE_HYBRID_V2,
+                        part: hello.slice_ref(first),
+                    },
+                )];
+                for chunk in rest.chunks(RelayCell::max_payload(FORWARD_MESSAGE_MAX)) {
+                    out.push(RelayCell::new(
+                        StreamId::CIRCUIT,
+                        RelayMsg::HandshakeCont(hello.slice_ref(chunk)),
+                    ));
+                }
+                out
+            }
+        }
+    }
+
+    /// Finish with the guard's `CREATED` cells; returns the keys and `Y`.
+    fn finish_created(self, cells: &[u8]) -> Result<(HopKeys, [u8; 32]), String> {
+        let reply = match &self {
+            HopHandshake::Classical(_) => {
+                let c = Created::decode(cells).map_err(|_| "no CREATED".to_string())?;
+                let mut bytes = c.server_pk.to_vec();
+                bytes.extend_from_slice(&c.auth);
+                bytes
+            }
+            HopHandshake::Hybrid(_) => {
+                CreatedHybrid::decode(cells)
+                    .map_err(|_| "no CREATED".to_string())?
+                    .reply
+            }
+        };
+        self.finish(&reply)
+    }
+
+    /// Finish with the relay's reply bytes (`Y ‖ AUTH` for type 1, `Y ‖ CT ‖ AUTH` for
+    /// type 2); returns the keys and `Y`.
+    fn finish(self, reply: &[u8]) -> Result<(HopKeys, [u8; 32]), String> {
+        let mut y = [0u8; 32];
+        y.copy_from_slice(reply.get(..32).ok_or("short handshake reply")?);
+        let keys = match self {
+            HopHandshake::Classical(hs) => {
+                let auth: [u8; 32] = reply
+                    .get(32..64)
+                    .and_then(|a| a.try_into().ok())
+                    .ok_or("short handshake reply")?;
+                hs.finish(&anonnet_crypto::ServerReply { server_pk: y, auth })
+            }
+            HopHandshake::Hybrid(hs) => hs.finish(reply),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((keys, y))
+    }
+}
+
+/// Hello bytes in an `EXTEND2` (the rest go in `HANDSHAKE_CONT`s): 700 leaves room for the
+/// address (up to 19 bytes) and handshake type within the 802-byte payload (§6.2).
+const EXTEND2_FIRST_PART: usize = 700;
+
 impl Circuit {
     /// Build a circuit through `path` (guard first) with telescoping `CREATE`/`EXTEND`.
     ///
@@ -354,8 +496,9 @@ impl Circuit {
         links: &LinkManager,
         path: Vec<VerifiedDescriptor>,
         counters: Arc<StreamCounters>,
+        kind: HandshakeKind,
     ) -> Result<Arc<Circuit>, CircuitError> {
-        Self::build_to(links, path, None, counters).await
+        Self::build_to(links, path, None, counters, kind).await
     }
 
     /// As [`Circuit::build`], then extend to `end`, a relay known only by its link
@@ -369,6 +512,7 @@ impl Circuit {
         path: Vec<VerifiedDescriptor>,
         end: Option<HopSpec>,
         counters: Arc<StreamCounters>,
+        kind: HandshakeKind,
     ) -> Result<Arc<Circuit>, CircuitError> {
         let started = Instant::now();
         let mut hops: Vec<HopSpec> = Vec::with_capacity(path.len() + 1);
@@ -400,87 +544,91 @@ impl Circuit {
             .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
         let hs_err = |hop: usize, why: String| CircuitError::Handshake { hop, why };
 
-        let hs = ClientHandshake::start(guard.node_id, guard.onion_key)
-            .map_err(|e| hs_err(0, e.to_string()))?;
-        let hello = hs.hello();
-        let create = Create {
-            cell_len: CELL_LEN as u16,
-            node_id: hello.node_id,
-            onion_key: hello.onion_key,
-            client_pk: hello.client_pk,
-        };
-        let bytes = create.encode().map_err(|e| hs_err(0, e.to_string()))?;
-        send.write_all(&bytes)
+        let hs = HopHandshake::start(kind, guard).map_err(|e| hs_err(0, e.to_string()))?;
+        send.write_all(&hs.create().map_err(|e| hs_err(0, e.to_string()))?)
             .await
             .map_err(|_| CircuitError::Closed)?;
-        let reply = read_cell(&mut recv, CELL_LEN).await?;
-        let created = Created::decode(&reply).map_err(|_| match Destroy::decode(&reply) {
-            Ok(d) => hs_err(0, format!("guard refused CREATE: {:?}", d.reason)),
-            Err(_) => hs_err(0, "no CREATED".into()),
-        })?;
-        let keys = hs
-            .finish(&anonnet_crypto::ServerReply {
-                server_pk: created.server_pk,
-                auth: created.auth,
-            })
-            .map_err(|e| hs_err(0, e.to_string()))?;
+        let mut reply = read_cell(&mut recv, CELL_LEN).await?;
+        if let Ok(d) = Destroy::decode(&reply) {
+            return Err(hs_err(0, format!("guard refused CREATE: {:?}", d.reason)));
+        }
+        if kind == HandshakeKind::Hybrid {
+            reply.extend_from_slice(&read_cell(&mut recv, CELL_LEN).await?);
+        }
+        let (keys, y) = hs.finish_created(&reply).map_err(|e| hs_err(0, e))?;
         let mut onion = ClientOnion::new();
         onion.push_hop(&keys);
-        let mut bindings = vec![created.server_pk];
+        let mut bindings = vec![y];
 
         for (hop, relay) in hops.iter().enumerate().skip(1) {
-            let hs = ClientHandshake::start(relay.node_id, relay.onion_key)
-                .map_err(|e| hs_err(hop, e.to_string()))?;
-            let hello = hs.hello();
-            let extend = RelayCell::new(
-                StreamId::CIRCUIT,
-                RelayMsg::Extend {
-                    node_id: hello.node_id,
-                    addr: relay.addr,
-                    onion_key: hello.onion_key,
-                    client_pk: hello.client_pk,
-                },
-            );
-            let mut cell = vec![0u8; CELL_LEN];
+            let hs = HopHandshake::start(kind, relay).map_err(|e| hs_err(hop, e.to_string()))?;
             let last = hop - 1;
-            extend
-                .encode_into(cell.get_mut(message_offset(last)..).unwrap_or_default())
-                .map_err(|e| hs_err(hop, e.to_string()))?;
-            onion
-                .seal_forward(&mut cell, last)
-                .map_err(|e| hs_err(hop, e.to_string()))?;
-            send.write_all(&cell)
-                .await
-                .map_err(|_| CircuitError::Closed)?;
-            let mut reply = read_cell(&mut recv, CELL_LEN).await?;
-            if reply.first() == Some(&(CellCommand::Destroy as u8)) {
-                let reason = Destroy::decode(&reply)
-                    .map(|d| d.reason)
-                    .unwrap_or(DestroyReason::None);
-                return Err(CircuitError::Extend { hop: last, reason });
+            for msg in hs.extend_messages(relay.addr) {
+                let mut cell = vec![0u8; forward_buffer_len(last)];
+                let msg_len = msg
+                    .encode_into(
+                        cell.get_mut(
+                            message_offset(last)..message_offset(last) + FORWARD_MESSAGE_MAX,
+                        )
+                        .unwrap_or_default(),
+                    )
+                    .map_err(|e| hs_err(hop, e.to_string()))?;
+                onion
+                    .seal_forward(&mut cell, last, msg_len)
+                    .map_err(|e| hs_err(hop, e.to_string()))?;
+                cell.truncate(CELL_LEN);
+                send.write_all(&cell)
+                    .await
+                    .map_err(|_| CircuitError::Closed)?;
             }
-            let (from, range) = onion
-                .open_backward(&mut reply)
-                .map_err(|e| CircuitError::Protocol(e.to_string()))?;
-            let msg = RelayCell::decode(&Bytes::from(reply).slice(range))
-                .map_err(|e| CircuitError::Protocol(e.to_string()))?;
-            match (from == last, msg.msg) {
-                (true, RelayMsg::Extended { server_pk, auth }) => {
-                    let keys = hs
-                        .finish(&anonnet_crypto::ServerReply { server_pk, auth })
-                        .map_err(|e| hs_err(hop, e.to_string()))?;
-                    onion.push_hop(&keys);
-                    bindings.push(server_pk);
+            // EXTENDED (type 1), or EXTENDED2 and HANDSHAKE_CONT until the whole reply
+            // arrived (type 2, §6.2); TRUNCATED ends the build.
+            let mut answer: Option<Vec<u8>> = None;
+            let finished = loop {
+                let mut reply = read_cell(&mut recv, CELL_LEN).await?;
+                if reply.first() == Some(&(CellCommand::Destroy as u8)) {
+                    let reason = Destroy::decode(&reply)
+                        .map(|d| d.reason)
+                        .unwrap_or(DestroyReason::None);
+                    return Err(CircuitError::Extend { hop: last, reason });
                 }
-                (true, RelayMsg::Truncated(reason)) => {
-                    return Err(CircuitError::Extend { hop: last, reason })
+                let (from, range, _) = onion
+                    .open_backward(&mut reply)
+                    .map_err(|e| CircuitError::Protocol(e.to_string()))?;
+                let msg = RelayCell::decode(&Bytes::from(reply).slice(range))
+                    .map_err(|e| CircuitError::Protocol(e.to_string()))?;
+                match (from == last, msg.msg, answer.as_mut()) {
+                    (true, RelayMsg::Extended { server_pk, auth }, None)
+                        if kind == HandshakeKind::Classical =>
+                    {
+                        let mut bytes = server_pk.to_vec();
+                        bytes.extend_from_slice(&auth);
+                        break bytes;
+                    }
+                    (true, RelayMsg::Extended2(part), None) if kind == HandshakeKind::Hybrid => {
+                        answer = Some(part.to_vec());
+                    }
+                    (true, RelayMsg::HandshakeCont(part), Some(so_far))
+                        if so_far.len() + part.len() <= HYBRID_REPLY_LEN =>
+                    {
+                        so_far.extend_from_slice(&part);
+                    }
+                    (true, RelayMsg::Truncated(reason), _) => {
+                        return Err(CircuitError::Extend { hop: last, reason })
+                    }
+                    (_, other, _) => {
+                        return Err(CircuitError::Protocol(format!(
+                            "expected EXTENDED from hop {last}, got {other:?} from hop {from}"
+                        )))
+                    }
                 }
-                (_, other) => {
-                    return Err(CircuitError::Protocol(format!(
-                        "expected EXTENDED from hop {last}, got {other:?} from hop {from}"
-                    )))
+                if let Some(done) = answer.take_if(|a| a.len() == HYBRID_REPLY_LEN) {
+                    break done;
                 }
-            }
+            };
+            let (keys, y) = hs.finish(&finished).map_err(|e| hs_err(hop, e))?;
+            onion.push_hop(&keys);
+            bindings.push(y);
         }
 
         let (fwd_layers, bwd_layers) = onion.split();
@@ -495,6 +643,7 @@ impl Circuit {
             path,
             ends_at_exit,
             bindings,
+            handshake: kind,
             hops: hop_count.clone(),
             pending: pending.clone(),
             control: Mutex::new(None),
@@ -545,6 +694,11 @@ impl Circuit {
             "circuit built"
         );
         Ok(circuit)
+    }
+
+    /// The handshake run with every relay of this circuit (§5, §5.4).
+    pub fn handshake(&self) -> HandshakeKind {
+        self.handshake
     }
 
     /// The relay handshake key `Y` of hop `hop` (0 = guard): what an `ESTABLISH_INTRO`
@@ -600,12 +754,7 @@ impl Circuit {
     /// them the other way round, sealing with the backward key and opening with the
     /// forward one. Call it once, before any cell to or from the new hop.
     pub fn add_end_to_end_hop(&self, keys: &HopKeys, service_side: bool) {
-        let (seal, open) = if service_side {
-            (keys.backward, keys.forward)
-        } else {
-            (keys.forward, keys.backward)
-        };
-        self.pending.set(seal, open);
+        self.pending.set(EndToEndKeys::new(keys, !service_side));
         self.hops.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -685,9 +834,10 @@ impl Circuit {
         self.hops.load(Ordering::SeqCst).saturating_sub(1)
     }
 
-    /// Bytes of stream data one `DATA` cell to the exit carries.
+    /// Bytes of stream data one `DATA` cell to the exit carries: the same (802) at every
+    /// path length (§7.2).
     pub fn max_data(&self) -> usize {
-        RelayCell::max_payload(CELL_LEN - message_offset(self.exit_hop()))
+        RelayCell::max_payload(FORWARD_MESSAGE_MAX)
     }
 
     /// Open a stream to `target:port` through the exit, waiting at most `timeout` for
@@ -871,22 +1021,22 @@ async fn writer_task(
         let Some(Forward { hop, cell }) = next else {
             break;
         };
-        if let Some(key) = pending.take_seal() {
-            layers.push_key(&key);
+        if let Some(keys) = pending.take_seal() {
+            layers.push_end_to_end(&keys);
         }
         let exit = hops.load(Ordering::SeqCst).saturating_sub(1);
-        let mut buf = vec![0u8; CELL_LEN];
+        let mut buf = vec![0u8; forward_buffer_len(hop)];
         let encoded = buf
-            .get_mut(message_offset(hop)..)
-            .map(|area| cell.encode_into(area).is_ok())
-            .unwrap_or(false);
-        let tag = match layers.seal_forward(&mut buf, hop) {
-            Ok(tag) if encoded => tag,
+            .get_mut(message_offset(hop)..message_offset(hop) + FORWARD_MESSAGE_MAX)
+            .and_then(|area| cell.encode_into(area).ok());
+        let tag = match encoded.map(|len| layers.seal_forward(&mut buf, hop, len)) {
+            Some(Ok(tag)) => tag,
             _ => {
                 debug!("dropping an unencodable relay message");
                 continue;
             }
         };
+        buf.truncate(CELL_LEN);
         if hop == exit && matches!(cell.msg, RelayMsg::Data(_)) {
             if let Ok(mut tags) = sendme_tags.lock() {
                 tags.on_data_sent(tag);
@@ -972,15 +1122,14 @@ async fn reader_task(
             _ => break "unexpected cell".to_string(),
         }
         if let Some(c) = circuit.upgrade() {
-            if let Some(key) = c.pending.take_open() {
-                layers.push_key(&key);
+            if let Some(keys) = c.pending.take_open() {
+                layers.push_end_to_end(&keys);
             }
         }
-        let (hop, range) = match layers.open_backward(&mut cell[..]) {
+        let (hop, range, tag) = match layers.open_backward(&mut cell[..]) {
             Ok(r) => r,
             Err(e) => break format!("bad cell: {e}"),
         };
-        let tag = layer_tag(&cell, hop).unwrap_or_default();
         let msg = match RelayCell::decode(&cell.freeze().slice(range)) {
             Ok(m) => m,
             Err(e) => break format!("bad relay message: {e}"),

@@ -418,7 +418,7 @@ impl Service {
             onion_key: self.onion_key.public(),
             client_pk: intro.client_pk,
         };
-        let (reply, keys) = anonnet_crypto::handshake::server_handshake(
+        let (reply, keys) = anonnet_crypto::handshake::server_handshake_hs(
             self.hosted.address.node_id(),
             &self.onion_key,
             &hello,

@@ -497,7 +497,7 @@ impl Introduction {
         cookie: [u8; COOKIE_LEN],
         rendezvous: RelayLink,
     ) -> Result<Self, HsFailure> {
-        let handshake = ClientHandshake::start(address.node_id(), desc.enc_key)
+        let handshake = ClientHandshake::start_hs(address.node_id(), desc.enc_key)
             .map_err(|e| HsFailure::Introduction(e.to_string()))?;
         Ok(Introduction {
             cookie,

@@ -86,6 +86,9 @@ pub struct ClientConfig {
     pub address_book: HashMap<String, HsAddress>,
     /// Guard lifetimes (rotation and removal when unlisted).
     pub guard_lifetimes: crate::guards::GuardLifetimes,
+    /// The circuit handshake run with every relay (§5.4): hybrid X25519 + ML-KEM-768 by
+    /// default, classical X25519 for measurement.
+    pub circuit_handshake: crate::circuit::HandshakeKind,
 }
 
 impl Default for ClientConfig {
@@ -103,6 +106,7 @@ impl Default for ClientConfig {
             pool_port: 443,
             address_book: HashMap::new(),
             guard_lifetimes: crate::guards::GuardLifetimes::default(),
+            circuit_handshake: crate::circuit::HandshakeKind::default(),
         }
     }
 }
@@ -485,6 +489,11 @@ impl Client {
                         build_ms: s.circuit.build_time().as_secs_f64() * 1000.0,
                         streams: s.circuit.stream_count(),
                         state: s.state().to_owned(),
+                        handshakes: vec![
+                            s.circuit.handshake().name().to_owned();
+                            s.circuit.path().len()
+                        ],
+                        protocol: anonnet_net::PROTOCOL_VERSION,
                     })
                     .collect()
             })
@@ -757,7 +766,12 @@ impl Client {
             let ids: Vec<_> = path.iter().map(|r| r.node_id).collect();
             let built = tokio::time::timeout(
                 self.config.circuit_build_timeout,
-                Circuit::build(&self.links, path, self.stream_counters.clone()),
+                Circuit::build(
+                    &self.links,
+                    path,
+                    self.stream_counters.clone(),
+                    self.config.circuit_handshake,
+                ),
             )
             .await
             .unwrap_or(Err(CircuitError::Timeout));
@@ -948,7 +962,13 @@ impl Client {
             let ids: Vec<_> = path.iter().map(|r| r.node_id).collect();
             let built = tokio::time::timeout(
                 self.config.circuit_build_timeout,
-                Circuit::build_to(&self.links, path, end, self.stream_counters.clone()),
+                Circuit::build_to(
+                    &self.links,
+                    path,
+                    end,
+                    self.stream_counters.clone(),
+                    self.config.circuit_handshake,
+                ),
             )
             .await
             .unwrap_or(Err(CircuitError::Timeout));

@@ -41,6 +41,11 @@ pub struct CircuitInfo {
     /// `clean` (pre-built, unused), `in use`, or `retired` (takes no new streams: too old,
     /// or a new identity was asked for).
     pub state: String,
+    /// The circuit handshake of each hop, in path order: `"x25519+mlkem768"` (hybrid,
+    /// protocol §5.4) or `"x25519"` (classical, §5.1).
+    pub handshakes: Vec<String>,
+    /// The anonnet protocol version the circuit speaks (2).
+    pub protocol: u8,
 }
 
 /// A snapshot of the client.

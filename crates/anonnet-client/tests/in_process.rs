@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use anonnet_client::circuit::HandshakeKind;
 use anonnet_client::{Client, ClientConfig, ErrorKind};
 use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, Relay, RelayConfig};
 use anonnet_wire::{PortRange, Target};
@@ -39,11 +40,21 @@ async fn ready_client(
     relays: &[Relay],
     state_dir: Option<std::path::PathBuf>,
 ) -> std::sync::Arc<Client> {
+    ready_client_with(relays, state_dir, HandshakeKind::default()).await
+}
+
+/// As [`ready_client`], running the circuit handshake `kind` with every relay.
+async fn ready_client_with(
+    relays: &[Relay],
+    state_dir: Option<std::path::PathBuf>,
+    kind: HandshakeKind,
+) -> std::sync::Arc<Client> {
     let client = Client::start(ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
         allow_same_subnet: true,
         state_dir,
+        circuit_handshake: kind,
         ..ClientConfig::default()
     })
     .await
@@ -137,6 +148,41 @@ async fn stream_through_three_relays_echoes_bytes_and_reports_failures() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::HostUnreachable, "{err}");
 
+    stop(&relays).await;
+}
+
+/// Both circuit handshakes (protocol §5.1, §5.4) build working 3-hop circuits against the
+/// same relays, and the status names the one each circuit used: hybrid by default,
+/// classical when configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_and_classical_circuits_both_carry_streams_and_say_which() {
+    let dir = tempdir("handshakes");
+    let relays = relays(3, dir.path()).await;
+    let echo_port = spawn_echo_server().await;
+    let hybrid = ready_client(&relays, None).await;
+    let classical = ready_client_with(&relays, None, HandshakeKind::Classical).await;
+    for (client, name) in [(&hybrid, "x25519+mlkem768"), (&classical, "x25519")] {
+        let mut s = client
+            .connect(Target::Host("localhost".into()), echo_port)
+            .await
+            .unwrap();
+        let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+        let mut got = vec![0u8; payload.len()];
+        tokio::time::timeout(Duration::from_secs(20), async {
+            s.write_all(&payload).await.unwrap();
+            s.read_exact(&mut got).await.unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, payload);
+        let status = client.status();
+        assert!(!status.circuits.is_empty());
+        for c in &status.circuits {
+            assert_eq!(c.handshakes, vec![name.to_string(); c.path.len()], "{name}");
+            assert_eq!(c.protocol, 2);
+        }
+        client.shutdown(Duration::from_secs(2)).await;
+    }
     stop(&relays).await;
 }
 
@@ -329,7 +375,7 @@ async fn a_stalled_reader_keeps_buffers_bounded() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let read_at_3s = exit_bytes();
     let status = client.status();
-    let cell_data = 943u64;
+    let cell_data = anonnet_wire::RelayCell::max_payload(anonnet_wire::BACKWARD_MESSAGE_MAX) as u64;
     assert_eq!(
         read_at_1s, read_at_3s,
         "the exit stopped reading from the destination"

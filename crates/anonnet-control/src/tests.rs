@@ -45,6 +45,8 @@ impl ControlHandler for TestHandler {
                 build_ms: 2.0,
                 streams: 0,
                 state: "clean".into(),
+                handshakes: vec!["x25519+mlkem768".into(); 3],
+                protocol: 2,
             }],
             streams: 0,
             guards: vec!["ab".repeat(32)],

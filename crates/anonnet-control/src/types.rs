@@ -37,6 +37,11 @@ pub struct CircuitInfo {
     /// `clean` (pre-built, unused), `in use`, or `retired` (takes no new streams: too old,
     /// or a new identity was asked for).
     pub state: String,
+    /// The circuit handshake of each hop, in path order: `"x25519+mlkem768"` (hybrid,
+    /// protocol §5.4) or `"x25519"` (classical, §5.1).
+    pub handshakes: Vec<String>,
+    /// The anonnet protocol version the circuit speaks (2).
+    pub protocol: u8,
 }
 
 /// Counters since the daemon started.
@@ -256,6 +261,8 @@ mod tests {
                 build_ms: 3.25,
                 streams: 1,
                 state: "in use".into(),
+                handshakes: vec!["x25519+mlkem768".into(); 3],
+                protocol: 2,
             }],
             streams: 1,
             guards: vec!["ab".repeat(32)],

@@ -1,4 +1,4 @@
-//! Onion-layer micro-benchmarks on 1024-byte cells (docs/protocol.md §7): one hop's layer,
+//! Onion-layer micro-benchmarks on 1024-byte cells (docs/protocol.md §7, version 2): one hop's layer,
 //! the client's three layers, and the whole forward and backward paths of a 3-hop circuit
 //! (client plus three relays, all in this one thread). Throughput is per cell of
 //! [`CELL_LEN`] bytes: cells/s = 1 / time per iteration.
@@ -8,9 +8,10 @@
 
 use std::hint::black_box;
 
+use anonnet_crypto::onion::forward_buffer_len;
 use anonnet_crypto::{ClientOnion, HopKeys, LayerOpener, LayerSealer, RelayOnion};
-use anonnet_wire::cell::{relay_layout, LayerKind};
-use anonnet_wire::{CELL_LEN, LAYER_OVERHEAD};
+use anonnet_wire::cell::relay_layout;
+use anonnet_wire::{BACKWARD_MESSAGE_MAX, CELL_LEN, FORWARD_MESSAGE_MAX};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn keys(i: u8) -> HopKeys {
@@ -50,54 +51,44 @@ fn circuit(c: &mut Criterion) {
         client.push_hop(&keys(i));
     }
     let (mut fwd, mut bwd) = client.split();
-    let mut cell = vec![0u8; CELL_LEN];
+    let full = FORWARD_MESSAGE_MAX;
+    let mut buf = vec![0u8; forward_buffer_len(2)];
 
-    // Client only: three nested seals for the exit (hop 2).
+    // Client only: filler and three nested seals for the exit (hop 2), a full message.
     let mut lone = ClientOnion::new();
     for i in 1..=3 {
         lone.push_hop(&keys(i));
     }
     let (mut lone_fwd, _) = lone.split();
     g.bench_function("client_seal_3_layers", |b| {
-        b.iter(|| lone_fwd.seal_forward(black_box(&mut cell), 2).unwrap())
+        b.iter(|| lone_fwd.seal_forward(black_box(&mut buf), 2, full).unwrap())
     });
 
-    // Forward path: client seals 3 layers, each relay opens its own in place; hop h's cell
-    // starts at 25·h of the client's cell (relays strip their layer header).
+    // Forward path: the client seals 3 layers, each relay opens its own and re-pads the
+    // cell in place (one 1024-byte cell all the way).
     g.bench_function("forward_path_client_and_3_relays", |b| {
         b.iter(|| {
-            fwd.seal_forward(&mut cell, 2).unwrap();
-            for (h, relay) in relays.iter_mut().enumerate() {
-                let leg = &mut cell[LAYER_OVERHEAD * h..];
-                let kind = relay.forward.open_forward(leg).unwrap();
-                if let Some(first) = cell.get_mut(LAYER_OVERHEAD * (h + 1)) {
-                    *first = 3;
-                }
-                black_box(kind);
+            fwd.seal_forward(&mut buf, 2, full).unwrap();
+            let cell = &mut buf[..CELL_LEN];
+            for relay in relays.iter_mut() {
+                black_box(relay.forward.open_forward(cell).unwrap());
             }
         })
     });
 
-    // Backward path: the exit seals a DELIVER layer, the middle and guard add FORWARD
-    // layers, the client opens all three.
+    // Backward path: the exit originates a full message, the middle and guard wrap it,
+    // the client unwraps three times and opens the exit's layer.
+    let mut cell = vec![0u8; CELL_LEN];
     g.bench_function("backward_path_3_relays_and_client", |b| {
         b.iter(|| {
-            for (h, relay) in relays.iter_mut().enumerate().rev() {
-                let kind = if h == 2 {
-                    LayerKind::Deliver
-                } else {
-                    LayerKind::Forward
-                };
-                relay
-                    .backward
-                    .seal_backward(&mut cell[LAYER_OVERHEAD * h..], kind)
-                    .unwrap();
-            }
-            let (hop, range) = bwd.open_backward(black_box(&mut cell)).unwrap();
-            assert_eq!(
-                (hop, range.start),
-                (2, relay_layout::INNER + 2 * LAYER_OVERHEAD)
-            );
+            relays[2]
+                .backward
+                .originate(&mut cell, BACKWARD_MESSAGE_MAX)
+                .unwrap();
+            relays[1].backward.wrap(&mut cell).unwrap();
+            relays[0].backward.wrap(&mut cell).unwrap();
+            let (hop, range, _) = bwd.open_backward(black_box(&mut cell)).unwrap();
+            assert_eq!((hop, range.start), (2, relay_layout::INNER));
         })
     });
     g.finish();

@@ -15,6 +15,11 @@
 //! The ephemeral–ephemeral term gives forward secrecy; the ephemeral–onion-key term and
 //! `AUTH` prove the relay holds the onion key `b`. Kf seals client→exit layers, Kb
 //! exit→client layers.
+//!
+//! The same handshake runs end to end between a client and a hidden service (§13.4), with
+//! its own [`Protoid::HiddenService`] (§5.5) so that a transcript of one can never be
+//! taken for the other. The hybrid post-quantum handshake (type 2) is in
+//! [`crate::hybrid`].
 
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -24,8 +29,33 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::identity::{random_bytes, NodeId, OnionKey, KEY_LEN};
 
-/// The protocol identifier mixed into every derivation.
+/// The protocol identifier of the relay handshake (§5.2), mixed into every derivation: the
+/// 28 ASCII bytes `anonnet-ntor-x25519-sha256-1`.
 pub const PROTOID: &[u8] = b"anonnet-ntor-x25519-sha256-1";
+
+/// The protocol identifier of the client↔hidden-service end-to-end handshake (§5.5): the
+/// 31 ASCII bytes `anonnet-hs-ntor-x25519-sha256-1`.
+pub const HS_PROTOID: &[u8] = b"anonnet-hs-ntor-x25519-sha256-1";
+
+/// Which use of the ntor handshake a transcript belongs to. The identifier is mixed into
+/// `secret_input`, the HKDF salt and info, and `AUTH`, so the two never agree on keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protoid {
+    /// A circuit hop with a relay ([`PROTOID`], §5.2).
+    Relay,
+    /// The end-to-end hop with a hidden service ([`HS_PROTOID`], §5.5).
+    HiddenService,
+}
+
+impl Protoid {
+    /// The identifier's bytes: [`PROTOID`] (28) or [`HS_PROTOID`] (31).
+    pub const fn bytes(self) -> &'static [u8] {
+        match self {
+            Protoid::Relay => PROTOID,
+            Protoid::HiddenService => HS_PROTOID,
+        }
+    }
+}
 
 /// Errors of the circuit handshake. Each one ends the circuit being built.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -40,6 +70,10 @@ pub enum HandshakeError {
     /// The relay's `AUTH` did not verify: it does not hold the onion key.
     #[error("relay failed to prove its onion key")]
     BadAuth,
+    /// A handshake message had the wrong length or an invalid encoding (for example an
+    /// ML-KEM encapsulation key that fails the FIPS 203 modulus check).
+    #[error("malformed handshake message")]
+    Malformed,
     /// The operating system's random number generator failed.
     #[error("the OS random number generator failed")]
     Rng,
@@ -85,6 +119,7 @@ pub struct ServerReply {
 pub struct ClientHandshake {
     secret: x25519_dalek::StaticSecret,
     hello: ClientHello,
+    protoid: Protoid,
 }
 
 impl ClientHandshake {
@@ -93,12 +128,41 @@ impl ClientHandshake {
     /// # Errors
     /// [`HandshakeError::Rng`] when no randomness is available.
     pub fn start(node_id: NodeId, onion_key: [u8; KEY_LEN]) -> Result<Self, HandshakeError> {
+        Self::start_random(Protoid::Relay, node_id, onion_key)
+    }
+
+    /// Start the end-to-end handshake with a hidden service (§13.4, PROTOID of §5.5):
+    /// `service_id` is `BLAKE3(A)` of the service's address, `enc_key` the descriptor's
+    /// X25519 key (32 bytes). Answered by [`server_handshake_hs`].
+    ///
+    /// # Errors
+    /// [`HandshakeError::Rng`] when no randomness is available.
+    pub fn start_hs(service_id: NodeId, enc_key: [u8; KEY_LEN]) -> Result<Self, HandshakeError> {
+        Self::start_random(Protoid::HiddenService, service_id, enc_key)
+    }
+
+    fn start_random(
+        protoid: Protoid,
+        node_id: NodeId,
+        onion_key: [u8; KEY_LEN],
+    ) -> Result<Self, HandshakeError> {
         let x = Zeroizing::new(random_bytes::<KEY_LEN>().map_err(|_| HandshakeError::Rng)?);
-        Ok(Self::start_with_secret(&x, node_id, onion_key))
+        Ok(Self::start_with_protoid(protoid, &x, node_id, onion_key))
     }
 
     /// As [`ClientHandshake::start`] with a given ephemeral secret (test vectors only).
     pub fn start_with_secret(x: &[u8; KEY_LEN], node_id: NodeId, onion_key: [u8; KEY_LEN]) -> Self {
+        Self::start_with_protoid(Protoid::Relay, x, node_id, onion_key)
+    }
+
+    /// As [`ClientHandshake::start`] or [`ClientHandshake::start_hs`] with a given ephemeral
+    /// secret `x` (32 bytes, clamped by X25519) and protocol identifier (test vectors only).
+    pub fn start_with_protoid(
+        protoid: Protoid,
+        x: &[u8; KEY_LEN],
+        node_id: NodeId,
+        onion_key: [u8; KEY_LEN],
+    ) -> Self {
         let secret = x25519_dalek::StaticSecret::from(*x);
         let client_pk = x25519_dalek::PublicKey::from(&secret).to_bytes();
         ClientHandshake {
@@ -108,6 +172,7 @@ impl ClientHandshake {
                 onion_key,
                 client_pk,
             },
+            protoid,
         }
     }
 
@@ -129,7 +194,13 @@ impl ClientHandshake {
         if !xy.was_contributory() || !xb.was_contributory() {
             return Err(HandshakeError::NonContributory);
         }
-        let (keys, auth) = derive(xy.as_bytes(), xb.as_bytes(), &self.hello, &reply.server_pk);
+        let (keys, auth) = derive(
+            self.protoid,
+            xy.as_bytes(),
+            xb.as_bytes(),
+            &self.hello,
+            &reply.server_pk,
+        );
         if bool::from(auth.ct_eq(&reply.auth)) {
             Ok(keys)
         } else {
@@ -149,7 +220,24 @@ pub fn server_handshake(
     hello: &ClientHello,
 ) -> Result<(ServerReply, HopKeys), HandshakeError> {
     let y = Zeroizing::new(random_bytes::<KEY_LEN>().map_err(|_| HandshakeError::Rng)?);
-    server_handshake_with_secret(&y, node_id, onion_key, hello)
+    server_handshake_with_protoid(Protoid::Relay, &y, node_id, onion_key, hello)
+}
+
+/// The hidden service's side of the end-to-end handshake (§13.4, PROTOID of §5.5):
+/// `service_id` is `BLAKE3(A)`, `enc_key` the introduction secret whose public half is the
+/// descriptor's `enc_key`. Answers a hello from [`ClientHandshake::start_hs`]; a hello made
+/// for a relay ([`ClientHandshake::start`]) yields keys the client rejects with
+/// [`HandshakeError::BadAuth`].
+///
+/// # Errors
+/// As [`server_handshake`].
+pub fn server_handshake_hs(
+    service_id: NodeId,
+    enc_key: &OnionKey,
+    hello: &ClientHello,
+) -> Result<(ServerReply, HopKeys), HandshakeError> {
+    let y = Zeroizing::new(random_bytes::<KEY_LEN>().map_err(|_| HandshakeError::Rng)?);
+    server_handshake_with_protoid(Protoid::HiddenService, &y, service_id, enc_key, hello)
 }
 
 /// As [`server_handshake`] with a given ephemeral secret (test vectors only).
@@ -157,6 +245,21 @@ pub fn server_handshake(
 /// # Errors
 /// As [`server_handshake`].
 pub fn server_handshake_with_secret(
+    y: &[u8; KEY_LEN],
+    node_id: NodeId,
+    onion_key: &OnionKey,
+    hello: &ClientHello,
+) -> Result<(ServerReply, HopKeys), HandshakeError> {
+    server_handshake_with_protoid(Protoid::Relay, y, node_id, onion_key, hello)
+}
+
+/// As [`server_handshake`] or [`server_handshake_hs`] with a given ephemeral secret `y`
+/// (32 bytes, clamped by X25519) and protocol identifier (test vectors only).
+///
+/// # Errors
+/// As [`server_handshake`].
+pub fn server_handshake_with_protoid(
+    protoid: Protoid,
     y: &[u8; KEY_LEN],
     node_id: NodeId,
     onion_key: &OnionKey,
@@ -175,17 +278,19 @@ pub fn server_handshake_with_secret(
     if !xy.was_contributory() || !xb.was_contributory() {
         return Err(HandshakeError::NonContributory);
     }
-    let (keys, auth) = derive(xy.as_bytes(), xb.as_bytes(), hello, &server_pk);
+    let (keys, auth) = derive(protoid, xy.as_bytes(), xb.as_bytes(), hello, &server_pk);
     Ok((ServerReply { server_pk, auth }, keys))
 }
 
 fn derive(
+    protoid: Protoid,
     xy: &[u8; 32],
     xb: &[u8; 32],
     hello: &ClientHello,
     server_pk: &[u8; KEY_LEN],
 ) -> (HopKeys, [u8; 32]) {
-    let mut secret_input = Zeroizing::new(Vec::with_capacity(6 * 32 + PROTOID.len()));
+    let protoid = protoid.bytes();
+    let mut secret_input = Zeroizing::new(Vec::with_capacity(6 * 32 + protoid.len()));
     for part in [
         &xy[..],
         &xb[..],
@@ -193,13 +298,32 @@ fn derive(
         &hello.onion_key,
         &hello.client_pk,
         server_pk,
-        PROTOID,
+        protoid,
     ] {
         secret_input.extend_from_slice(part);
     }
-    let salt = [PROTOID, b":extract"].concat();
-    let info = [PROTOID, b":expand"].concat();
-    let hk = Hkdf::<Sha256>::new(Some(&salt), &secret_input);
+    let auth_input = [
+        &hello.node_id[..],
+        &hello.onion_key,
+        server_pk,
+        &hello.client_pk,
+        protoid,
+        b"Server",
+    ];
+    key_schedule(protoid, &secret_input, &auth_input)
+}
+
+/// The §5.2 key schedule shared by the ntor and the hybrid handshakes: HKDF-SHA256 of
+/// `secret_input` with salt `protoid ‖ ":extract"` and info `protoid ‖ ":expand"` into
+/// `auth_key ‖ Kf ‖ Kb` (96 bytes), then `AUTH = HMAC-SHA256(auth_key, auth_input…)`.
+pub(crate) fn key_schedule(
+    protoid: &[u8],
+    secret_input: &[u8],
+    auth_input: &[&[u8]],
+) -> (HopKeys, [u8; 32]) {
+    let salt = [protoid, b":extract"].concat();
+    let info = [protoid, b":expand"].concat();
+    let hk = Hkdf::<Sha256>::new(Some(&salt), secret_input);
     let mut okm = Zeroizing::new([0u8; 96]);
     // 96 bytes is far below HKDF-SHA256's 255 × 32 limit, so expand cannot fail.
     let _ = hk.expand(&info, okm.as_mut_slice());
@@ -216,14 +340,7 @@ fn derive(
     let mut block_key = Zeroizing::new([0u8; 64]);
     block_key[..32].copy_from_slice(auth_key);
     let mut mac = <Hmac<Sha256> as KeyInit>::new(&(*block_key).into());
-    for part in [
-        &hello.node_id[..],
-        &hello.onion_key,
-        server_pk,
-        &hello.client_pk,
-        PROTOID,
-        b"Server",
-    ] {
+    for part in auth_input {
         mac.update(part);
     }
     let auth: [u8; 32] = mac.finalize().into_bytes().into();
@@ -291,6 +408,69 @@ mod tests {
         let mut hello = client.hello();
         hello.onion_key = impostor.public();
         let (reply, _) = server_handshake(id, &impostor, &hello).unwrap();
+        assert_eq!(client.finish(&reply).unwrap_err(), HandshakeError::BadAuth);
+    }
+
+    /// The hidden-service PROTOID (§5.5) with the inputs of §5.3: `AUTH`, `Kf`, `Kb`
+    /// (`NODE_ID`, `B`, `X`, `Y` are those of [`VECTOR`]).
+    #[test]
+    fn hs_handshake_test_vector() {
+        let node_id = crate::IdentityKey::from_seed(&[0x11; 32]).node_id();
+        let enc = OnionKey::from_secret(&[0x22; 32]);
+        let client = ClientHandshake::start_with_protoid(
+            Protoid::HiddenService,
+            &[0x33; 32],
+            node_id,
+            enc.public(),
+        );
+        let hello = client.hello();
+        let (reply, service_keys) = server_handshake_with_protoid(
+            Protoid::HiddenService,
+            &[0x44; 32],
+            node_id,
+            &enc,
+            &hello,
+        )
+        .unwrap();
+        let client_keys = client.finish(&reply).unwrap();
+        assert_eq!(client_keys, service_keys);
+        assert_eq!(hex::encode(hello.client_pk), VECTOR[2]);
+        assert_eq!(hex::encode(reply.server_pk), VECTOR[3]);
+        let got = [
+            hex::encode(reply.auth),
+            hex::encode(client_keys.forward),
+            hex::encode(client_keys.backward),
+        ];
+        assert_eq!(got, HS_VECTOR, "{got:#?}");
+    }
+
+    /// AUTH, Kf, Kb of the §5.3 inputs under [`HS_PROTOID`].
+    const HS_VECTOR: [&str; 3] = [
+        "2137cd7e5b33c362e6351a13ec8f90bd12f1c4e0cabc3164af57348758995bbf",
+        "8cbcd44fce73c16a89c3c7b58890567c98c75ad423638528db5d5999cc0c39cb",
+        "65cb053dbdcd8c9a1521a7f37987ef299639fd575b9fdc2135c3e28b5beee58e",
+    ];
+
+    #[test]
+    fn hs_handshake_completes_between_client_and_service() {
+        let service_id = crate::IdentityKey::from_seed(&[7; 32]).node_id();
+        let enc = OnionKey::from_secret(&[8; 32]);
+        let client = ClientHandshake::start_hs(service_id, enc.public()).unwrap();
+        let (reply, service_keys) = server_handshake_hs(service_id, &enc, &client.hello()).unwrap();
+        assert_eq!(client.finish(&reply).unwrap(), service_keys);
+    }
+
+    #[test]
+    fn relay_protoid_hello_does_not_complete_against_hs_service() {
+        let service_id = crate::IdentityKey::from_seed(&[7; 32]).node_id();
+        let enc = OnionKey::from_secret(&[8; 32]);
+        // A relay-handshake hello answered by the hidden-service function: AUTH mismatch.
+        let client = ClientHandshake::start(service_id, enc.public()).unwrap();
+        let (reply, _) = server_handshake_hs(service_id, &enc, &client.hello()).unwrap();
+        assert_eq!(client.finish(&reply).unwrap_err(), HandshakeError::BadAuth);
+        // And the other way round: a hidden-service hello answered as a relay.
+        let client = ClientHandshake::start_hs(service_id, enc.public()).unwrap();
+        let (reply, _) = server_handshake(service_id, &enc, &client.hello()).unwrap();
         assert_eq!(client.finish(&reply).unwrap_err(), HandshakeError::BadAuth);
     }
 

@@ -71,6 +71,11 @@ impl LayerSealer {
         }
     }
 
+    /// The sequence number the next [`LayerSealer::seal`] uses.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Seal `region` (`seq ‖ tag ‖ plaintext body`) in place: write the next sequence
     /// number, encrypt the body, write the tag.
     ///
@@ -107,6 +112,11 @@ impl LayerOpener {
             key: key(k),
             expected: 0,
         }
+    }
+
+    /// The sequence number the next cell must carry.
+    pub fn expected(&self) -> u64 {
+        self.expected
     }
 
     /// Open `region` (`seq ‖ tag ‖ ciphertext body`) in place; on success the body holds the

@@ -5,12 +5,16 @@ pub mod dark;
 pub mod descriptor;
 pub mod handshake;
 pub mod hs;
+pub mod hybrid;
 pub mod identity;
 pub mod layer;
 pub mod onion;
 
 pub use descriptor::{sign_descriptor, verify_descriptor, DescriptorError, VerifiedDescriptor};
-pub use handshake::{ClientHandshake, ClientHello, HandshakeError, HopKeys, ServerReply};
+pub use handshake::{ClientHandshake, ClientHello, HandshakeError, HopKeys, Protoid, ServerReply};
+pub use hybrid::{
+    hello_names, server_hybrid_handshake, HybridClientHandshake, HYBRID_HELLO_LEN, HYBRID_REPLY_LEN,
+};
 pub use identity::{random_bytes, verify_signature, IdentityKey, NodeId, OnionKey};
 pub use layer::{LayerError, LayerOpener, LayerSealer};
 pub use onion::{

@@ -1,28 +1,59 @@
-//! The nested onion of a circuit: the client's view (one layer per hop) and a relay's view
-//! (its own layer). Spec: `docs/protocol.md` §7.
+//! The onion of a circuit, protocol version 2: the client's view (one layer per hop) and a
+//! relay's view (its own layer). Spec: `docs/protocol.md` §7.
 //!
-//! A `RELAY` cell on a leg of length `L` is `0x03 ‖ seq ‖ tag ‖ body (L − 25)`; the body opens
-//! to `kind (1) ‖ inner (L − 26)`. With kind `FORWARD` the inner bytes are the next hop's
-//! layer (the next leg's cell is `0x03 ‖ inner`, `L − 25` bytes); with kind `DELIVER` they
-//! are a relay message. Hop `h` (0 = guard) therefore finds its layer at offset `1 + 25·h`
-//! of the client's cell and its relay message at `26 + 25·h`.
+//! Every cell on every leg is [`CELL_LEN`] bytes, at every position, so no relay learns how
+//! far it is from the client. The two directions differ:
+//!
+//! - **Forward** (towards the exit), each hop *authenticates* its layer: a `RELAY` cell is
+//!   `0x03 ‖ seq u64 ‖ tag [16] ‖ ciphertext [999]`, the ciphertext opens to
+//!   `kind (1) ‖ inner [998]`. A `FORWARD` hop sends `0x03 ‖ inner ‖ Z` on, where `Z` is 25
+//!   bytes of its own pad keystream; the client, which knows every hop's keys, computes
+//!   those pads in advance and seals the innermost layer so that every later tag covers them
+//!   (the "filler" of Sphinx, Danezis & Goldberg 2009). A modified, replayed, dropped or
+//!   reordered cell therefore fails the tag or the sequence check at the very next hop.
+//! - **Backward** (towards the client), a hop that *originates* a message seals it with its
+//!   backward AEAD key (same layout, kind `DELIVER`); then every hop on the way, the
+//!   originator included, XORs the whole 1023-byte body with its own ChaCha20 wrap keystream.
+//!   The client strips the wrap layers one by one and recognises the originating hop by the
+//!   sequence number it expects from that hop, then opens the AEAD layer; a modified cell
+//!   fails there and the client destroys the circuit.
+//!
+//! Layer keys come from a hop's handshake keys ([`HopKeys`]) through BLAKE3's key
+//! derivation ([`LayerKeys::from_hop`]).
 
 use std::ops::Range;
 
-use anonnet_wire::cell::{relay_layout, CellCommand, LayerKind};
-use anonnet_wire::LAYER_OVERHEAD;
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use chacha20::ChaCha20;
+use rand::RngCore;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use anonnet_wire::cell::{relay_layout, CellCommand, LayerKind, SEQ_LEN, TAG_LEN};
+use anonnet_wire::{CELL_LEN, FORWARD_MESSAGE_MAX, LAYER_OVERHEAD, MESSAGE_AREA};
 
 use crate::handshake::HopKeys;
-use crate::layer::{LayerError, LayerOpener, LayerSealer};
+use crate::layer::{LayerError, LayerOpener, LayerSealer, LAYER_HEADER_LEN};
 
-/// Offset of hop `hop`'s layer region in a cell the client sends or receives.
+/// Bytes of a `RELAY` cell after the command byte: one layer region (1023).
+const REGION: usize = CELL_LEN - 1;
+/// Bytes of a layer's AEAD body: `kind ‖ inner` (999).
+const BODY: usize = REGION - LAYER_HEADER_LEN;
+
+/// Offset of hop `hop`'s layer region in the client's forward sealing buffer (1 + 25·hop).
 pub fn layer_offset(hop: usize) -> usize {
     relay_layout::SEQ + LAYER_OVERHEAD * hop
 }
 
-/// Offset of the relay message for hop `hop` in a client cell (26 + 25·hop).
+/// Offset of the relay message for hop `hop` in the client's forward sealing buffer
+/// (26 + 25·hop). Backward messages always start at 26 ([`relay_layout::INNER`]).
 pub fn message_offset(hop: usize) -> usize {
     relay_layout::INNER + LAYER_OVERHEAD * hop
+}
+
+/// Length of the buffer [`ClientForward::seal_forward`] needs for a cell to hop `hop`:
+/// `1024 + 25·hop` bytes; the cell sent is its first [`CELL_LEN`] bytes.
+pub fn forward_buffer_len(hop: usize) -> usize {
+    CELL_LEN + LAYER_OVERHEAD * hop
 }
 
 /// Errors of the onion. Any of them destroys the circuit.
@@ -35,9 +66,89 @@ pub enum OnionError {
     /// The kind byte is neither FORWARD nor DELIVER, or FORWARD came from the last hop.
     #[error("bad layer kind")]
     BadKind,
-    /// The cell is too short for the number of layers, or names a hop that does not exist.
-    #[error("cell too short for its layers or hop out of range")]
+    /// A buffer has the wrong size, a message is too long, or a hop does not exist.
+    #[error("cell or message of the wrong size, or hop out of range")]
     Size,
+    /// A backward cell no hop of the circuit originated (wrong or modified cell).
+    #[error("backward cell not recognised by any hop")]
+    Unrecognised,
+}
+
+/// The four symmetric keys of one hop's layers (32 bytes each), zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop, Clone, PartialEq, Eq)]
+pub struct LayerKeys {
+    /// ChaCha20-Poly1305 key of forward layers (client → hop).
+    pub forward: [u8; 32],
+    /// ChaCha20 key of the 25-byte pad a forwarding hop appends (§7.3).
+    pub forward_pad: [u8; 32],
+    /// ChaCha20-Poly1305 key of messages the hop originates towards the client.
+    pub backward: [u8; 32],
+    /// ChaCha20 key of the wrap layer the hop XORs over every backward cell.
+    pub backward_wrap: [u8; 32],
+}
+
+impl std::fmt::Debug for LayerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LayerKeys([scrubbed])")
+    }
+}
+
+/// BLAKE3 key-derivation contexts of [`LayerKeys::from_hop`] (§7.1).
+pub const KDF_FORWARD: &str = "anonnet v2 2026-12 forward layer key";
+/// See [`KDF_FORWARD`].
+pub const KDF_FORWARD_PAD: &str = "anonnet v2 2026-12 forward pad key";
+/// See [`KDF_FORWARD`].
+pub const KDF_BACKWARD: &str = "anonnet v2 2026-12 backward layer key";
+/// See [`KDF_FORWARD`].
+pub const KDF_BACKWARD_WRAP: &str = "anonnet v2 2026-12 backward wrap key";
+
+impl LayerKeys {
+    /// The layer keys of a hop whose handshake gave `keys`:
+    /// `forward = BLAKE3-derive_key(KDF_FORWARD, Kf)`, `forward_pad = …(KDF_FORWARD_PAD, Kf)`,
+    /// `backward = …(KDF_BACKWARD, Kb)`, `backward_wrap = …(KDF_BACKWARD_WRAP, Kb)`.
+    pub fn from_hop(keys: &HopKeys) -> Self {
+        LayerKeys {
+            forward: blake3::derive_key(KDF_FORWARD, &keys.forward),
+            forward_pad: blake3::derive_key(KDF_FORWARD_PAD, &keys.forward),
+            backward: blake3::derive_key(KDF_BACKWARD, &keys.backward),
+            backward_wrap: blake3::derive_key(KDF_BACKWARD_WRAP, &keys.backward),
+        }
+    }
+}
+
+/// The 12-byte nonce `0x00000000 ‖ seq` (as the AEAD layers use, §7.1).
+fn nonce(seq: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&seq.to_be_bytes());
+    n
+}
+
+/// XOR `buf` with the ChaCha20 (RFC 8439) keystream of `key` and nonce(`seq`), starting at
+/// keystream byte `offset`.
+fn xor_keystream(key: &[u8; 32], seq: u64, offset: u64, buf: &mut [u8]) {
+    let mut cipher = ChaCha20::new(key.into(), &nonce(seq).into());
+    cipher.seek(offset);
+    cipher.apply_keystream(buf);
+}
+
+/// XOR `buf` with the keystream ChaCha20-Poly1305 uses to encrypt plaintext byte
+/// `body_offset` onward of the layer with sequence number `seq` (RFC 8439 §2.8: the
+/// plaintext starts at block 1).
+fn xor_aead_keystream(key: &[u8; 32], seq: u64, body_offset: usize, buf: &mut [u8]) {
+    xor_keystream(key, seq, 64 + body_offset as u64, buf);
+}
+
+/// The 25-byte pad hop keys `pad_key` append to the cell with forward sequence number
+/// `seq` when forwarding it (§7.3).
+fn forward_pad(pad_key: &[u8; 32], seq: u64) -> [u8; LAYER_OVERHEAD] {
+    let mut z = [0u8; LAYER_OVERHEAD];
+    xor_keystream(pad_key, seq, 0, &mut z);
+    z
+}
+
+/// Fill `buf` with unpredictable bytes (a thread-local CSPRNG seeded by the OS).
+pub fn random_padding(buf: &mut [u8]) {
+    rand::rng().fill_bytes(buf);
 }
 
 /// The client's onion: a forward sealer and a backward opener per hop, in path order.
@@ -54,35 +165,44 @@ impl ClientOnion {
         ClientOnion::default()
     }
 
-    /// Add the next hop's keys (after its handshake completed).
+    /// Add the next relay hop, whose handshake gave `keys`.
     pub fn push_hop(&mut self, keys: &HopKeys) {
-        self.forward.0.push(LayerSealer::new(&keys.forward));
-        self.backward.0.push(LayerOpener::new(&keys.backward));
+        let keys = LayerKeys::from_hop(keys);
+        self.forward.push_hop(&keys);
+        self.backward.push_hop(&keys);
     }
 
     /// Number of hops.
     pub fn len(&self) -> usize {
-        self.forward.0.len()
+        self.forward.len()
     }
 
     /// True when no hop is set up.
     pub fn is_empty(&self) -> bool {
-        self.forward.0.is_empty()
+        self.forward.is_empty()
     }
 
     /// See [`ClientForward::seal_forward`].
     ///
     /// # Errors
     /// As [`ClientForward::seal_forward`].
-    pub fn seal_forward(&mut self, cell: &mut [u8], hop: usize) -> Result<[u8; 16], OnionError> {
-        self.forward.seal_forward(cell, hop)
+    pub fn seal_forward(
+        &mut self,
+        buf: &mut [u8],
+        hop: usize,
+        msg_len: usize,
+    ) -> Result<[u8; 16], OnionError> {
+        self.forward.seal_forward(buf, hop, msg_len)
     }
 
     /// See [`ClientBackward::open_backward`].
     ///
     /// # Errors
     /// As [`ClientBackward::open_backward`].
-    pub fn open_backward(&mut self, cell: &mut [u8]) -> Result<(usize, Range<usize>), OnionError> {
+    pub fn open_backward(
+        &mut self,
+        cell: &mut [u8],
+    ) -> Result<(usize, Range<usize>, [u8; 16]), OnionError> {
         self.backward.open_backward(cell)
     }
 
@@ -92,15 +212,81 @@ impl ClientOnion {
     }
 }
 
-/// The client's forward layers (one sealer per hop).
+/// The keys of one end of the end-to-end hop of a rendezvous circuit (§13.5), zeroized on
+/// drop. Both ends seal their cells as forward cells and wrap them once more, so that the
+/// other end recognises them like any hop's (§7.3).
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct EndToEndKeys {
+    /// AEAD key this end seals with.
+    pub seal: [u8; 32],
+    /// Wrap key this end applies over what it sealed.
+    pub seal_wrap: [u8; 32],
+    /// AEAD key this end opens the other end's cells with.
+    pub open: [u8; 32],
+    /// Wrap key this end strips from the other end's cells.
+    pub open_wrap: [u8; 32],
+}
+
+impl EndToEndKeys {
+    /// The keys of the client (`client = true`) or of the service, from the end-to-end
+    /// handshake's `keys`: client → service cells use the derived `forward` and
+    /// `forward_pad` keys (as seal and wrap), service → client cells `backward` and
+    /// `backward_wrap`.
+    pub fn new(keys: &HopKeys, client: bool) -> Self {
+        let k = LayerKeys::from_hop(keys);
+        let (seal, seal_wrap, open, open_wrap) = if client {
+            (k.forward, k.forward_pad, k.backward, k.backward_wrap)
+        } else {
+            (k.backward, k.backward_wrap, k.forward, k.forward_pad)
+        };
+        EndToEndKeys {
+            seal,
+            seal_wrap,
+            open,
+            open_wrap,
+        }
+    }
+}
+
+struct ForwardHop {
+    sealer: LayerSealer,
+    key: Zeroizing<[u8; 32]>,
+    /// The relay's pad key; `None` for the end-to-end hop, which never forwards.
+    pad_key: Option<Zeroizing<[u8; 32]>>,
+    /// The end-to-end hop's wrap key and next wrap number; `None` for relays.
+    wrap: Option<(Zeroizing<[u8; 32]>, u64)>,
+}
+
+/// The client's forward layers (one per hop, in path order).
 #[derive(Default)]
-pub struct ClientForward(Vec<LayerSealer>);
+pub struct ClientForward(Vec<ForwardHop>);
 
 impl ClientForward {
-    /// Add a hop sealed with `key` after the existing ones (the end-to-end hop of a
-    /// rendezvous circuit, §13.5).
-    pub fn push_key(&mut self, key: &[u8; 32]) {
-        self.0.push(LayerSealer::new(key));
+    /// An onion with no hops.
+    pub fn new() -> Self {
+        ClientForward::default()
+    }
+
+    /// Add the next relay hop's forward layer.
+    pub fn push_hop(&mut self, keys: &LayerKeys) {
+        self.0.push(ForwardHop {
+            sealer: LayerSealer::new(&keys.forward),
+            key: Zeroizing::new(keys.forward),
+            pad_key: Some(Zeroizing::new(keys.forward_pad)),
+            wrap: None,
+        });
+    }
+
+    /// Add the end-to-end hop of a rendezvous circuit (§13.5) after the relays: sealed with
+    /// `keys.seal`, then wrapped with `keys.seal_wrap`. Cells can only be addressed to it,
+    /// never forwarded beyond it.
+    pub fn push_end_to_end(&mut self, keys: &EndToEndKeys) {
+        self.0.push(ForwardHop {
+            sealer: LayerSealer::new(&keys.seal),
+            key: Zeroizing::new(keys.seal),
+            pad_key: None,
+            wrap: Some((Zeroizing::new(keys.seal_wrap), 0)),
+        });
     }
 
     /// Number of hops.
@@ -113,93 +299,193 @@ impl ClientForward {
         self.0.is_empty()
     }
 
-    /// Seal a cell for hop `hop`, in place. `cell` is a whole first-leg cell whose relay
-    /// message is already at [`message_offset`]`(hop)`; this writes the command byte, the kind
-    /// bytes and the layers of hops `hop, hop−1, …, 0`. Returns the tag of hop `hop`'s own
-    /// layer (what that hop's circuit `SENDME` will echo, §6.4).
+    /// Seal a cell for hop `hop`, in place, with unpredictable padding. See
+    /// [`ClientForward::seal_forward_with`].
     ///
     /// # Errors
-    /// [`OnionError::Size`] when `hop` is not a built hop or the cell is too short.
-    pub fn seal_forward(&mut self, cell: &mut [u8], hop: usize) -> Result<[u8; 16], OnionError> {
-        if hop >= self.0.len() || cell.len() <= message_offset(hop) {
+    /// As [`ClientForward::seal_forward_with`].
+    pub fn seal_forward(
+        &mut self,
+        buf: &mut [u8],
+        hop: usize,
+        msg_len: usize,
+    ) -> Result<[u8; 16], OnionError> {
+        self.seal_forward_with(buf, hop, msg_len, random_padding)
+    }
+
+    /// Seal a cell for hop `hop`, in place. `buf` is [`forward_buffer_len`]`(hop)` bytes
+    /// long and holds the relay message (`msg_len` ≤ [`FORWARD_MESSAGE_MAX`] bytes) at
+    /// [`message_offset`]`(hop)`; `fill` writes the padding after it. This writes the
+    /// padding, the filler that the forwarding hops' pads will become, the kind bytes, the
+    /// layers of hops `hop, hop−1, …, 0` and the command byte; the cell to send is
+    /// `buf[..CELL_LEN]`. Returns the tag of hop `hop`'s own layer (what that hop's circuit
+    /// `SENDME` echoes, §6.4).
+    ///
+    /// # Errors
+    /// [`OnionError::Size`] when `hop` is not a built hop, `buf` has the wrong length or the
+    /// message is too long; [`OnionError::Layer`] after 2^64 − 1 cells.
+    pub fn seal_forward_with(
+        &mut self,
+        buf: &mut [u8],
+        hop: usize,
+        msg_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<[u8; 16], OnionError> {
+        if hop >= self.0.len() || buf.len() != forward_buffer_len(hop) {
             return Err(OnionError::Size);
         }
+        if msg_len > FORWARD_MESSAGE_MAX || msg_len + LAYER_OVERHEAD * hop > MESSAGE_AREA {
+            return Err(OnionError::Size);
+        }
+        // The filler: what the last 25·hop bytes of hop `hop`'s ciphertext will be after
+        // hops 0..hop each strip their layer and append their pad.
+        let mut filler: Vec<u8> = Vec::with_capacity(LAYER_OVERHEAD * hop);
+        for h in self.0.iter().take(hop) {
+            let seq = h.sealer.next_seq();
+            let pad_key = h.pad_key.as_ref().ok_or(OnionError::Size)?;
+            xor_aead_keystream(&h.key, seq, BODY - filler.len(), &mut filler);
+            filler.extend_from_slice(&forward_pad(pad_key, seq));
+        }
+        let area_start = message_offset(hop);
+        let area = buf
+            .get_mut(area_start..area_start + MESSAGE_AREA)
+            .ok_or(OnionError::Size)?;
+        let (message_and_padding, tail) = area.split_at_mut(MESSAGE_AREA - filler.len());
+        fill(
+            message_and_padding
+                .get_mut(msg_len..)
+                .ok_or(OnionError::Size)?,
+        );
+        // Choose the innermost plaintext tail so that its ciphertext (wrapped, for the
+        // end-to-end hop) is the filler.
+        let inner = self.0.get_mut(hop).ok_or(OnionError::Size)?;
+        tail.copy_from_slice(&filler);
+        if let Some((wrap_key, next)) = &inner.wrap {
+            xor_keystream(wrap_key, *next, (REGION - filler.len()) as u64, tail);
+        }
+        xor_aead_keystream(
+            &inner.key,
+            inner.sealer.next_seq(),
+            BODY - filler.len(),
+            tail,
+        );
+
         let mut hop_tag = [0u8; 16];
-        for (h, sealer) in self.0.iter_mut().enumerate().take(hop + 1).rev() {
-            let kind = if h == hop {
+        for (h, layer) in self.0.iter_mut().enumerate().take(hop + 1).rev() {
+            let region = buf
+                .get_mut(layer_offset(h)..layer_offset(h) + REGION)
+                .ok_or(OnionError::Size)?;
+            region[LAYER_HEADER_LEN] = if h == hop {
                 LayerKind::Deliver
             } else {
                 LayerKind::Forward
-            };
-            let region = cell.get_mut(layer_offset(h)..).ok_or(OnionError::Size)?;
-            *region
-                .get_mut(relay_layout::BODY - relay_layout::SEQ)
-                .ok_or(OnionError::Size)? = kind as u8;
-            sealer.seal(region)?;
+            } as u8;
+            layer.sealer.seal(region)?;
             if h == hop {
-                hop_tag = layer_tag(cell, h).ok_or(OnionError::Size)?;
+                hop_tag.copy_from_slice(&region[SEQ_LEN..SEQ_LEN + TAG_LEN]);
+                if let Some((wrap_key, next)) = &mut layer.wrap {
+                    xor_keystream(wrap_key, *next, 0, region);
+                    *next = next.checked_add(1).ok_or(LayerError::Exhausted)?;
+                }
             }
         }
-        *cell.first_mut().ok_or(OnionError::Size)? = CellCommand::Relay as u8;
+        *buf.first_mut().ok_or(OnionError::Size)? = CellCommand::Relay as u8;
         Ok(hop_tag)
     }
 }
 
-/// The 16-byte tag of hop `hop`'s layer in a client cell (sealed, or just opened by
-/// [`ClientBackward::open_backward`]).
-pub fn layer_tag(cell: &[u8], hop: usize) -> Option<[u8; 16]> {
-    let start = layer_offset(hop) + anonnet_wire::cell::SEQ_LEN;
-    cell.get(start..start + 16)?.try_into().ok()
+struct BackwardHop {
+    opener: LayerOpener,
+    /// The wrap key and the next wrap sequence number.
+    wrap_key: Zeroizing<[u8; 32]>,
+    next_wrap: u64,
 }
 
-/// The 16-byte tag of a relay's own layer in a whole relay cell (after
-/// [`RelayForward::open_forward`] or [`RelayBackward::seal_backward`]).
+/// The client's backward layers (one per hop, in path order).
+#[derive(Default)]
+pub struct ClientBackward(Vec<BackwardHop>);
+
+impl ClientBackward {
+    /// An onion with no hops.
+    pub fn new() -> Self {
+        ClientBackward::default()
+    }
+
+    /// Add the next relay hop's backward layer.
+    pub fn push_hop(&mut self, keys: &LayerKeys) {
+        self.0.push(BackwardHop {
+            opener: LayerOpener::new(&keys.backward),
+            wrap_key: Zeroizing::new(keys.backward_wrap),
+            next_wrap: 0,
+        });
+    }
+
+    /// Add the end-to-end hop of a rendezvous circuit (§13.5): the other end seals its
+    /// cells as forward cells with `keys.open` and wraps them with `keys.open_wrap`.
+    pub fn push_end_to_end(&mut self, keys: &EndToEndKeys) {
+        self.0.push(BackwardHop {
+            opener: LayerOpener::new(&keys.open),
+            wrap_key: Zeroizing::new(keys.open_wrap),
+            next_wrap: 0,
+        });
+    }
+
+    /// Number of hops.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no hop is set up.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Open a whole cell that arrived from the guard, in place: strip hop 0's wrap layer,
+    /// check whether hop 0 originated it (its sequence number is the next one expected from
+    /// hop 0), else continue with hop 1, and so on. Returns the originating hop, the range
+    /// of its relay message in `cell` (always `26..1024`) and the tag of its layer.
+    ///
+    /// # Errors
+    /// [`OnionError::Layer`] when the originating hop's tag fails (the cell was modified;
+    /// the circuit is then dead), [`OnionError::BadKind`] for a kind other than DELIVER,
+    /// [`OnionError::Unrecognised`] when no hop originated it, [`OnionError::Size`] for a
+    /// cell that is not [`CELL_LEN`] bytes.
+    pub fn open_backward(
+        &mut self,
+        cell: &mut [u8],
+    ) -> Result<(usize, Range<usize>, [u8; 16]), OnionError> {
+        if cell.len() != CELL_LEN {
+            return Err(OnionError::Size);
+        }
+        let region = &mut cell[relay_layout::SEQ..];
+        for (h, hop) in self.0.iter_mut().enumerate() {
+            xor_keystream(&hop.wrap_key, hop.next_wrap, 0, region);
+            hop.next_wrap = hop.next_wrap.checked_add(1).ok_or(LayerError::Exhausted)?;
+            if region[..SEQ_LEN] == hop.opener.expected().to_be_bytes() {
+                hop.opener.open(region)?;
+                let mut tag = [0u8; 16];
+                tag.copy_from_slice(&region[SEQ_LEN..SEQ_LEN + TAG_LEN]);
+                return match LayerKind::from_byte(region[LAYER_HEADER_LEN]) {
+                    Ok(LayerKind::Deliver) => Ok((h, relay_layout::INNER..CELL_LEN, tag)),
+                    _ => Err(OnionError::BadKind),
+                };
+            }
+        }
+        Err(OnionError::Unrecognised)
+    }
+}
+
+/// The 16-byte tag of a relay's own layer in a whole relay cell after
+/// [`RelayForward::open_forward`] returned DELIVER.
 pub fn relay_cell_tag(cell: &[u8]) -> Option<[u8; 16]> {
     cell.get(relay_layout::TAG..relay_layout::TAG + 16)?
         .try_into()
         .ok()
 }
 
-/// The client's backward layers (one opener per hop).
-#[derive(Default)]
-pub struct ClientBackward(Vec<LayerOpener>);
-
-impl ClientBackward {
-    /// Add a hop opened with `key` after the existing ones (the end-to-end hop of a
-    /// rendezvous circuit, §13.5).
-    pub fn push_key(&mut self, key: &[u8; 32]) {
-        self.0.push(LayerOpener::new(key));
-    }
-
-    /// Open a cell that arrived from the guard, in place, peeling layers until one says
-    /// `DELIVER`. Returns the hop the message came from and the range of its relay message
-    /// in `cell`.
-    ///
-    /// # Errors
-    /// [`OnionError::Layer`] when a tag or sequence number is wrong (the circuit is then
-    /// dead), [`OnionError::BadKind`] for a bad kind or a FORWARD from the last hop,
-    /// [`OnionError::Size`] when the cell is too short.
-    pub fn open_backward(&mut self, cell: &mut [u8]) -> Result<(usize, Range<usize>), OnionError> {
-        let n = self.0.len();
-        for (h, opener) in self.0.iter_mut().enumerate() {
-            let region = cell.get_mut(layer_offset(h)..).ok_or(OnionError::Size)?;
-            opener.open(region)?;
-            let kind_byte = *cell
-                .get(relay_layout::BODY + LAYER_OVERHEAD * h)
-                .ok_or(OnionError::Size)?;
-            match LayerKind::from_byte(kind_byte).map_err(|_| OnionError::BadKind)? {
-                LayerKind::Deliver => return Ok((h, message_offset(h)..cell.len())),
-                LayerKind::Forward if h + 1 == n => return Err(OnionError::BadKind),
-                LayerKind::Forward => {}
-            }
-        }
-        Err(OnionError::Size)
-    }
-}
-
 /// A relay's layer of one circuit: [`RelayForward`] opens cells from the client side,
-/// [`RelayBackward`] seals cells towards it. The halves are independent, so the two
-/// directions of a circuit can run in separate tasks.
+/// [`RelayBackward`] seals and wraps cells towards it. The halves are independent, so the
+/// two directions of a circuit can run in separate tasks.
 pub struct RelayOnion {
     /// Opens cells travelling away from the client.
     pub forward: RelayForward,
@@ -210,210 +496,116 @@ pub struct RelayOnion {
 impl RelayOnion {
     /// The layer for the keys agreed in this hop's handshake.
     pub fn new(keys: &HopKeys) -> Self {
+        let keys = LayerKeys::from_hop(keys);
         RelayOnion {
-            forward: RelayForward(LayerOpener::new(&keys.forward)),
-            backward: RelayBackward(LayerSealer::new(&keys.backward)),
+            forward: RelayForward {
+                opener: LayerOpener::new(&keys.forward),
+                pad_key: Zeroizing::new(keys.forward_pad),
+            },
+            backward: RelayBackward {
+                sealer: LayerSealer::new(&keys.backward),
+                wrap_key: Zeroizing::new(keys.backward_wrap),
+                next_wrap: 0,
+            },
         }
     }
 }
 
 /// The forward half of a relay's layer.
-pub struct RelayForward(LayerOpener);
+pub struct RelayForward {
+    opener: LayerOpener,
+    pad_key: Zeroizing<[u8; 32]>,
+}
 
 impl RelayForward {
-    /// Open a whole `RELAY` cell from the previous hop in place and say what it holds: for
-    /// [`LayerKind::Forward`] the next leg's cell is `cell[BODY..]` once its first byte is set
-    /// to `0x03`; for [`LayerKind::Deliver`] the relay message is `cell[INNER..]`.
+    /// Open a whole [`CELL_LEN`]-byte `RELAY` cell from the previous hop in place and say
+    /// what it holds. For [`LayerKind::Forward`] the cell has already been turned into the
+    /// next leg's cell (`0x03 ‖ inner ‖ pad`, §7.3); for [`LayerKind::Deliver`] the relay
+    /// message is `cell[26..]` and its layer tag [`relay_cell_tag`].
     ///
     /// # Errors
     /// [`OnionError::Layer`] for a bad tag or sequence number, [`OnionError::BadKind`],
-    /// [`OnionError::Size`]. The caller destroys the circuit on any of them.
+    /// [`OnionError::Size`] for a cell that is not [`CELL_LEN`] bytes. The caller destroys
+    /// the circuit on any of them.
     pub fn open_forward(&mut self, cell: &mut [u8]) -> Result<LayerKind, OnionError> {
-        let region = cell.get_mut(relay_layout::SEQ..).ok_or(OnionError::Size)?;
-        self.0.open(region)?;
-        let kind = *cell.get(relay_layout::BODY).ok_or(OnionError::Size)?;
-        LayerKind::from_byte(kind).map_err(|_| OnionError::BadKind)
+        if cell.len() != CELL_LEN {
+            return Err(OnionError::Size);
+        }
+        let seq = self.opener.expected();
+        self.opener.open(&mut cell[relay_layout::SEQ..])?;
+        let kind =
+            LayerKind::from_byte(cell[relay_layout::BODY]).map_err(|_| OnionError::BadKind)?;
+        if kind == LayerKind::Forward {
+            cell.copy_within(relay_layout::INNER.., relay_layout::SEQ);
+            cell[CELL_LEN - LAYER_OVERHEAD..].copy_from_slice(&forward_pad(&self.pad_key, seq));
+            cell[0] = CellCommand::Relay as u8;
+        }
+        Ok(kind)
     }
 }
 
 /// The backward half of a relay's layer.
-pub struct RelayBackward(LayerSealer);
+pub struct RelayBackward {
+    sealer: LayerSealer,
+    wrap_key: Zeroizing<[u8; 32]>,
+    next_wrap: u64,
+}
 
 impl RelayBackward {
-    /// Seal a whole cell travelling towards the client in place. `cell[INNER..]` already
-    /// holds either the next hop's cell without its command byte (`kind` = FORWARD) or a
-    /// relay message from this hop (`kind` = DELIVER).
+    /// Originate a message towards the client, in place, with unpredictable padding. See
+    /// [`RelayBackward::originate_with`].
     ///
     /// # Errors
-    /// [`OnionError::Size`] when the cell is shorter than a layer, [`OnionError::Layer`].
-    pub fn seal_backward(&mut self, cell: &mut [u8], kind: LayerKind) -> Result<(), OnionError> {
-        *cell.get_mut(relay_layout::BODY).ok_or(OnionError::Size)? = kind as u8;
-        let region = cell.get_mut(relay_layout::SEQ..).ok_or(OnionError::Size)?;
-        self.0.seal(region)?;
-        *cell.first_mut().ok_or(OnionError::Size)? = CellCommand::Relay as u8;
+    /// As [`RelayBackward::originate_with`].
+    pub fn originate(&mut self, cell: &mut [u8], msg_len: usize) -> Result<[u8; 16], OnionError> {
+        self.originate_with(cell, msg_len, random_padding)
+    }
+
+    /// Originate a message towards the client, in place: `cell` is [`CELL_LEN`] bytes with
+    /// the relay message (`msg_len` ≤ [`anonnet_wire::BACKWARD_MESSAGE_MAX`] bytes) at
+    /// offset 26; `fill` writes the padding after it. Seals it with this hop's backward key
+    /// (kind DELIVER), then wraps it (§7.3). Returns the tag of the sealed layer (what the
+    /// client's circuit `SENDME` echoes).
+    ///
+    /// # Errors
+    /// [`OnionError::Size`] for a wrong cell length or an overlong message,
+    /// [`OnionError::Layer`] after 2^64 − 1 cells.
+    pub fn originate_with(
+        &mut self,
+        cell: &mut [u8],
+        msg_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<[u8; 16], OnionError> {
+        if cell.len() != CELL_LEN || msg_len > anonnet_wire::BACKWARD_MESSAGE_MAX {
+            return Err(OnionError::Size);
+        }
+        fill(&mut cell[relay_layout::INNER + msg_len..]);
+        cell[relay_layout::BODY] = LayerKind::Deliver as u8;
+        self.sealer.seal(&mut cell[relay_layout::SEQ..])?;
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&cell[relay_layout::TAG..relay_layout::TAG + TAG_LEN]);
+        self.wrap(cell)?;
+        Ok(tag)
+    }
+
+    /// Wrap a whole [`CELL_LEN`]-byte cell travelling towards the client (from the next hop,
+    /// or crossing a rendezvous join) in place: XOR its 1023 bytes after the command byte
+    /// with this hop's wrap keystream for the next wrap sequence number.
+    ///
+    /// # Errors
+    /// [`OnionError::Size`] for a wrong cell length, [`OnionError::Layer`] after 2^64 − 1
+    /// cells.
+    pub fn wrap(&mut self, cell: &mut [u8]) -> Result<(), OnionError> {
+        if cell.len() != CELL_LEN {
+            return Err(OnionError::Size);
+        }
+        let seq = self.next_wrap;
+        self.next_wrap = seq.checked_add(1).ok_or(LayerError::Exhausted)?;
+        xor_keystream(&self.wrap_key, seq, 0, &mut cell[relay_layout::SEQ..]);
+        cell[0] = CellCommand::Relay as u8;
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use anonnet_wire::CELL_LEN;
-
-    fn keys(i: u8) -> HopKeys {
-        HopKeys {
-            forward: [i; 32],
-            backward: [i + 100; 32],
-        }
-    }
-
-    struct Net {
-        client: ClientOnion,
-        relays: Vec<RelayOnion>,
-    }
-
-    fn net() -> Net {
-        let mut client = ClientOnion::new();
-        let mut relays = Vec::new();
-        for i in 1..=3 {
-            client.push_hop(&keys(i));
-            relays.push(RelayOnion::new(&keys(i)));
-        }
-        Net { client, relays }
-    }
-
-    /// Carry a client cell hop by hop as relays would; returns the hop that got a DELIVER
-    /// and its message, or the error of the hop that rejected it.
-    fn forward_through(
-        relays: &mut [RelayOnion],
-        mut cell: Vec<u8>,
-        tamper: impl Fn(usize, &mut Vec<u8>),
-    ) -> Result<(usize, Vec<u8>), (usize, OnionError)> {
-        for (h, relay) in relays.iter_mut().enumerate() {
-            tamper(h, &mut cell);
-            match relay.forward.open_forward(&mut cell).map_err(|e| (h, e))? {
-                LayerKind::Deliver => return Ok((h, cell[relay_layout::INNER..].to_vec())),
-                LayerKind::Forward => {
-                    cell = cell[relay_layout::BODY..].to_vec();
-                    cell[0] = CellCommand::Relay as u8;
-                }
-            }
-        }
-        Err((9, OnionError::BadKind))
-    }
-
-    fn client_cell(c: &mut ClientOnion, hop: usize, msg: &[u8]) -> Vec<u8> {
-        let mut cell = vec![0u8; CELL_LEN];
-        cell[message_offset(hop)..message_offset(hop) + msg.len()].copy_from_slice(msg);
-        c.seal_forward(&mut cell, hop).unwrap();
-        cell
-    }
-
-    #[test]
-    fn cells_reach_exactly_the_addressed_hop_and_shrink_per_leg() {
-        let mut n = net();
-        for hop in 0..3 {
-            let cell = client_cell(&mut n.client, hop, b"for you");
-            let (got, msg) = forward_through(&mut n.relays, cell, |h, c| {
-                assert_eq!(c.len(), CELL_LEN - LAYER_OVERHEAD * h);
-            })
-            .unwrap();
-            assert_eq!(got, hop);
-            assert_eq!(&msg[..7], b"for you");
-        }
-    }
-
-    #[test]
-    fn backward_cells_are_wrapped_by_each_hop_and_peeled_by_the_client() {
-        let mut n = net();
-        // The exit originates a message, the middle and guard wrap it.
-        let exit_len = CELL_LEN - 2 * LAYER_OVERHEAD;
-        let mut cell = vec![0u8; exit_len];
-        cell[relay_layout::INNER..relay_layout::INNER + 5].copy_from_slice(b"reply");
-        n.relays[2]
-            .backward
-            .seal_backward(&mut cell, LayerKind::Deliver)
-            .unwrap();
-        for h in [1, 0] {
-            let mut outer = vec![0u8; LAYER_OVERHEAD];
-            outer.extend_from_slice(&cell[1..]);
-            outer.insert(0, 0);
-            cell = outer;
-            assert_eq!(cell.len(), CELL_LEN - LAYER_OVERHEAD * h);
-            n.relays[h]
-                .backward
-                .seal_backward(&mut cell, LayerKind::Forward)
-                .unwrap();
-        }
-        let (hop, range) = n.client.open_backward(&mut cell).unwrap();
-        assert_eq!(hop, 2);
-        assert_eq!(&cell[range][..5], b"reply");
-    }
-
-    #[test]
-    fn a_flipped_bit_in_any_layer_dies_at_the_next_hop() {
-        // Tamper at the guard's output (before the middle opens): the middle rejects it.
-        for (tamper_hop, pos) in [(1, 30), (1, 500), (2, 60), (2, 900), (0, 5), (0, 1000)] {
-            let mut n = net();
-            let cell = client_cell(&mut n.client, 2, b"x");
-            let err = forward_through(&mut n.relays, cell, |h, c| {
-                if h == tamper_hop {
-                    c[pos] ^= 1;
-                }
-            })
-            .unwrap_err();
-            assert_eq!(err.0, tamper_hop, "rejected by the hop that received it");
-            assert!(matches!(err.1, OnionError::Layer(_)));
-        }
-    }
-
-    #[test]
-    fn replayed_and_skipped_cells_are_rejected_by_the_next_hop() {
-        let mut n = net();
-        let first = client_cell(&mut n.client, 2, b"1");
-        let second = client_cell(&mut n.client, 2, b"2");
-        let third = client_cell(&mut n.client, 2, b"3");
-        // The guard forwards cell 1; a malicious guard then replays its output to the middle.
-        let mut guard_out = first.clone();
-        n.relays[0].forward.open_forward(&mut guard_out).unwrap();
-        let mut to_middle = guard_out[relay_layout::BODY..].to_vec();
-        to_middle[0] = 3;
-        let replay = to_middle.clone();
-        n.relays[1].forward.open_forward(&mut to_middle).unwrap();
-        let mut replay = replay;
-        assert!(matches!(
-            n.relays[1].forward.open_forward(&mut replay),
-            Err(OnionError::Layer(LayerError::Sequence {
-                expected: 1,
-                got: 0
-            }))
-        ));
-        // The guard gets cell 3 before cell 2: a skip.
-        let mut skipped = third.clone();
-        assert!(matches!(
-            n.relays[0].forward.open_forward(&mut skipped),
-            Err(OnionError::Layer(LayerError::Sequence {
-                expected: 1,
-                got: 2
-            }))
-        ));
-        drop(second);
-    }
-
-    /// Test vector printed in docs/protocol.md §7.4: hop keys Kf = i×32, Kb = (i+100)×32 for
-    /// hops i = 1, 2, 3; the first cell to hop 3 (index 2) carrying relay message bytes
-    /// `02 0001 0002 6869` (DATA "hi" on stream 1) in a 1024-byte cell.
-    #[test]
-    fn onion_test_vector() {
-        let mut n = net();
-        let cell = client_cell(&mut n.client, 2, &[2, 0, 1, 0, 2, b'h', b'i']);
-        let digest = blake3::hash(&cell);
-        assert_eq!(
-            (hex::encode(&cell[..80]), digest.to_hex().to_string()),
-            (VECTOR_PREFIX.to_string(), VECTOR_BLAKE3.to_string())
-        );
-    }
-
-    const VECTOR_PREFIX: &str = "030000000000000000e63b2e1802ae49bbb497c1783049770600274dd1ee5216c2044252d97fd5253e953dc4ac26ebee4faacd7134ef7b646ff5103dd47d465ab4137afdeaa36bc03496c79b6ec23b6f";
-    const VECTOR_BLAKE3: &str = "1a885e8ca9e1759080340aa9b25de909a7a2b2f8c2657da93dd939f64733ff94";
-}
+mod tests;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use anonnet_crypto::{IdentityKey, NodeId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::VarInt;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
 use crate::tls::{self, OptionalEd25519Client, PinnedServer};
-use crate::{transport_config, NetError, ALPN};
+use crate::{transport_config, NetError, ALPN, ALPN_V1, PROTOCOL_VERSION, VERSION_CLOSE_CODE};
 
 /// Inbound handshakes a relay endpoint runs at once; further peers wait in quinn's queue
 /// of incoming connections until one finishes and is taken by [`Endpoint::accept`].
@@ -128,6 +129,8 @@ struct Inner {
     inbound: Option<Arc<InboundCount>>,
     /// Dropping this stops the accept task (it holds a handle to `quic`).
     _stop_accepting: Option<oneshot::Sender<()>>,
+    /// Tests only: dial as a version-1 node would ([`Endpoint::act_as_version_1`]).
+    act_as_v1: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Endpoint {
@@ -179,7 +182,8 @@ impl Endpoint {
             .map_err(|e| NetError::TlsConfig(e.to_string()))?
             .with_client_cert_verifier(Arc::new(OptionalEd25519Client::new(provider.clone())))
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(cert.clone())));
-        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        // Version 2 first: rustls picks the first of ours that the client offers.
+        server_tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
         // Clients never resume (see `client_tls`), so tickets would be wasted bytes.
         server_tls.send_tls13_tickets = 0;
         let server_crypto = QuicServerConfig::try_from(server_tls)
@@ -210,6 +214,7 @@ impl Endpoint {
                 incoming: Some(Mutex::new(rx)),
                 inbound: Some(inbound),
                 _stop_accepting: Some(stop_tx),
+                act_as_v1: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -236,6 +241,7 @@ impl Endpoint {
                 incoming: None,
                 inbound: None,
                 _stop_accepting: None,
+                act_as_v1: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -288,7 +294,11 @@ impl Endpoint {
             }
             None => builder.with_no_client_auth(),
         };
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = if self.inner.act_as_v1.load(Ordering::Relaxed) {
+            vec![ALPN_V1.to_vec()]
+        } else {
+            vec![ALPN.to_vec(), ALPN_V1.to_vec()]
+        };
         // The name is meaningless with pinned keys; don't put one on the wire.
         tls.enable_sni = false;
         // A resumption ticket would let a relay link two of our connections.
@@ -338,6 +348,12 @@ impl Endpoint {
                 })
             }
         };
+        let ours = if self.inner.act_as_v1.load(Ordering::Relaxed) {
+            1
+        } else {
+            PROTOCOL_VERSION
+        };
+        check_version(&conn, addr, ours)?;
         let link = Link::new(conn, None);
         // The verifier already enforced this; checked again so a Link from `connect` always
         // carries the identity it was asked for.
@@ -351,6 +367,13 @@ impl Endpoint {
             });
         }
         Ok(link)
+    }
+
+    /// Tests only: from now on dial as a protocol-version-1 node would (offer only the
+    /// version-1 ALPN and accept only version 1), to check how version 2 refuses it.
+    #[doc(hidden)]
+    pub fn act_as_version_1(&self) {
+        self.inner.act_as_v1.store(true, Ordering::Relaxed);
     }
 
     /// The next inbound link whose handshake has completed.
@@ -426,7 +449,8 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             let result = match incoming.await {
-                Ok(conn) => Ok(Link::new(conn, Some(Arc::new(slot)))),
+                Ok(conn) => check_version(&conn, addr, PROTOCOL_VERSION)
+                    .map(|()| Link::new(conn, Some(Arc::new(slot)))),
                 Err(source) => {
                     tracing::debug!(error = %source, "inbound handshake failed");
                     Err(NetError::Handshake { addr, source })
@@ -437,6 +461,34 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// The protocol version `conn` negotiated through ALPN: 2, 1, or 0 for none.
+fn negotiated_version(conn: &quinn::Connection) -> u8 {
+    let protocol = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    match protocol.as_deref() {
+        Some(p) if p == ALPN => 2,
+        Some(p) if p == ALPN_V1 => 1,
+        _ => 0,
+    }
+}
+
+/// Refuse a link whose negotiated version is not `ours` (§8.1): close it with
+/// [`VERSION_CLOSE_CODE`] and a reason naming both versions, so the peer's operator reads
+/// the same thing this side logs.
+fn check_version(conn: &quinn::Connection, addr: SocketAddr, ours: u8) -> Result<(), NetError> {
+    let peer = negotiated_version(conn);
+    if peer == ours {
+        return Ok(());
+    }
+    let reason = format!(
+        "anonnet protocol version {peer} is not supported: this node speaks version {ours}"
+    );
+    conn.close(VarInt::from_u32(VERSION_CLOSE_CODE), reason.as_bytes());
+    Err(NetError::Version { addr, peer, ours })
 }
 
 /// One QUIC connection to a peer, with the peer identity its certificate proved.

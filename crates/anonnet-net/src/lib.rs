@@ -16,8 +16,16 @@ use quinn::VarInt;
 pub use endpoint::{Endpoint, InboundLimits, Link, MAX_PENDING_HANDSHAKES};
 pub use manager::LinkManager;
 
-/// ALPN protocol name of anonnet links; a peer speaking anything else fails the handshake.
-pub const ALPN: &[u8] = b"anonnet/1";
+/// The anonnet protocol version this code speaks (docs/protocol.md §1, §8.1).
+pub const PROTOCOL_VERSION: u8 = 2;
+/// ALPN protocol name of version-2 anonnet links.
+pub const ALPN: &[u8] = b"anonnet/2";
+/// ALPN protocol name of version 1. Still offered, so that a version-1 peer completes the
+/// TLS handshake and is then refused with an error naming both versions
+/// ([`NetError::Version`]) rather than a bare TLS alert; nothing is ever spoken over it.
+pub const ALPN_V1: &[u8] = b"anonnet/1";
+/// QUIC application close code of a link refused for its protocol version.
+pub const VERSION_CLOSE_CODE: u32 = 2;
 
 /// Bidirectional streams a peer may have open towards us at once (circuit legs plus RPCs).
 /// Past it, the peer's `open_bi` waits silently, so it is set high.
@@ -86,6 +94,17 @@ pub enum NetError {
         /// quinn's reason.
         #[source]
         source: quinn::ConnectionError,
+    },
+    /// The peer speaks another protocol version (§8.1): the link was closed at once,
+    /// with a close reason naming both versions. There is no downgrade.
+    #[error("peer at {addr} speaks anonnet protocol version {peer}, this node speaks version {ours}: the older side must be upgraded")]
+    Version {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The version the peer negotiated.
+        peer: u8,
+        /// The version this node speaks.
+        ours: u8,
     },
     /// The peer proved a different identity than the one dialed: the handshake was aborted.
     #[error("peer at {addr} is not {expected}: its certificate proves {}", actual.map_or_else(|| "a non-Ed25519 key".to_string(), |id| id.to_string()))]

@@ -113,6 +113,56 @@ async fn wrong_node_id_aborts_handshake_and_relay_keeps_accepting() {
     .await;
 }
 
+/// A version-1 node meeting a version-2 relay (§8.1): the relay refuses the link with an
+/// error naming both versions, and the old node reads the same in the close reason.
+#[tokio::test]
+async fn a_version_1_peer_is_refused_with_both_versions_named() {
+    bounded(async {
+        let identity = IdentityKey::generate().unwrap();
+        let server = Endpoint::relay(&identity, loopback()).unwrap();
+        let old = Endpoint::client(loopback()).unwrap();
+        old.act_as_version_1();
+        let link = old
+            .connect(server.local_addr().unwrap(), identity.node_id())
+            .await
+            .unwrap();
+        let refused = server.accept().await;
+        let Some(Err(
+            e @ NetError::Version {
+                peer: 1, ours: 2, ..
+            },
+        )) = refused
+        else {
+            panic!("expected a version refusal, got {refused:?}");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("version 1") && text.contains("version 2"),
+            "{text}"
+        );
+        let closed = link.connection().closed().await;
+        let quinn::ConnectionError::ApplicationClosed(close) = closed else {
+            panic!("expected an application close, got {closed:?}");
+        };
+        assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(VERSION_CLOSE_CODE)
+        );
+        let reason = String::from_utf8_lossy(&close.reason);
+        assert!(
+            reason.contains("version 1 is not supported") && reason.contains("version 2"),
+            "{reason}"
+        );
+        // A version-2 node still gets through.
+        let new = Endpoint::client(loopback()).unwrap();
+        new.connect(server.local_addr().unwrap(), identity.node_id())
+            .await
+            .unwrap();
+        assert!(matches!(server.accept().await, Some(Ok(_))));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn failed_handshake_is_reported_by_accept() {
     bounded(async {

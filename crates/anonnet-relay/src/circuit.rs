@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anonnet_crypto::onion::relay_cell_tag;
-use anonnet_crypto::{RelayBackward, RelayForward};
+use anonnet_crypto::{NodeId, RelayBackward, RelayForward};
 use anonnet_dht::verify_record;
 use anonnet_wire::cell::{relay_layout, CellCommand, LayerKind};
 use anonnet_wire::dht::{Record, RecordKind};
@@ -35,8 +35,9 @@ use anonnet_wire::relay::{
     INTRODUCE_BUSY, INTRODUCE_OK, INTRODUCE_UNKNOWN,
 };
 use anonnet_wire::{
-    Create, Created, Destroy, DestroyReason, EndReason, RelayCell, RelayMsg, StreamId, Target,
-    LAYER_OVERHEAD, RELAY_HEADER_LEN,
+    create_handshake_type, Create, CreateHybrid, Created, CreatedHybrid, Destroy, DestroyReason,
+    EndReason, RelayCell, RelayMsg, StreamId, Target, BACKWARD_MESSAGE_MAX, CELL_LEN,
+    HANDSHAKE_HYBRID_V2, HANDSHAKE_NTOR_V1, HYBRID_CELLS_LEN, HYBRID_HELLO_LEN, RELAY_HEADER_LEN,
 };
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
@@ -181,11 +182,21 @@ pub(crate) async fn serve_leg(
         recv.read_exact(cell.get_mut(Create::PREFIX_LEN..)?)
             .await
             .ok()?;
-        Some((cell_len, Create::decode(&cell).ok()?))
+        match create_handshake_type(&cell)? {
+            HANDSHAKE_NTOR_V1 => Some(CreateKind::Ntor(Create::decode(&cell).ok()?)),
+            HANDSHAKE_HYBRID_V2 => {
+                // A type-2 CREATE takes a second cell (§4.2).
+                cell.resize(HYBRID_CELLS_LEN, 0);
+                recv.read_exact(cell.get_mut(CELL_LEN..)?).await.ok()?;
+                Some(CreateKind::Hybrid(CreateHybrid::decode(&cell).ok()?))
+            }
+            _ => None,
+        }
     })
     .await;
     drop(pending);
-    let Ok(Some((cell_len, create))) = created else {
+    let cell_len = CELL_LEN;
+    let Ok(Some(create)) = created else {
         debug!("leg closed before a valid CREATE");
         return;
     };
@@ -200,16 +211,8 @@ pub(crate) async fn serve_leg(
         }
         return;
     };
-    let hello = anonnet_crypto::ClientHello {
-        node_id: create.node_id,
-        onion_key: create.onion_key,
-        client_pk: create.client_pk,
-    };
-    let (reply, keys) = match anonnet_crypto::handshake::server_handshake(
-        shared.node_id,
-        &shared.onion_key,
-        &hello,
-    ) {
+    // The current onion key, or the previous one during its grace; any other is refused.
+    let (bytes, keys, server_pk) = match answer_create(&shared, &create) {
         Ok(r) => r,
         Err(e) => {
             debug!("handshake refused: {e}");
@@ -222,13 +225,6 @@ pub(crate) async fn serve_leg(
             }
             return;
         }
-    };
-    let created = Created {
-        server_pk: reply.server_pk,
-        auth: reply.auth,
-    };
-    let Ok(bytes) = created.encode(cell_len) else {
-        return;
     };
     if send.write_all(&bytes).await.is_err() {
         return;
@@ -243,10 +239,74 @@ pub(crate) async fn serve_leg(
             .circuits_from_clients
             .fetch_add(1, Ordering::Relaxed);
     }
-    debug!(cell_len, from_relay, "circuit created");
+    debug!(from_relay, handshake = create.name(), "circuit created");
     let onion = anonnet_crypto::RelayOnion::new(&keys);
     drop(keys);
-    run_circuit(shared, cell_len, onion, reply.server_pk, send, recv).await;
+    run_circuit(shared, cell_len, onion, server_pk, send, recv).await;
+}
+
+/// A leg's `CREATE`, of either handshake type (§4.2).
+enum CreateKind {
+    Ntor(Create),
+    Hybrid(CreateHybrid),
+}
+
+impl CreateKind {
+    fn name(&self) -> &'static str {
+        match self {
+            CreateKind::Ntor(_) => "x25519",
+            CreateKind::Hybrid(_) => "x25519+mlkem768",
+        }
+    }
+}
+
+/// Answer a `CREATE` with the onion key it names (current, or previous during its grace,
+/// §2.1): the `CREATED` cells to send, the hop keys and the handshake key `Y`.
+///
+/// # Errors
+/// The handshake's error: an unknown onion key or NodeId, a malformed hello, a
+/// non-contributory key.
+fn answer_create(
+    shared: &RelayShared,
+    create: &CreateKind,
+) -> Result<(Vec<u8>, anonnet_crypto::HopKeys, [u8; 32]), anonnet_crypto::HandshakeError> {
+    use anonnet_crypto::HandshakeError;
+    match create {
+        CreateKind::Ntor(c) => {
+            let hello = anonnet_crypto::ClientHello {
+                node_id: c.node_id,
+                onion_key: c.onion_key,
+                client_pk: c.client_pk,
+            };
+            let key = shared
+                .onion_key_for(&c.onion_key)
+                .ok_or(HandshakeError::WrongRelay)?;
+            let (reply, keys) =
+                anonnet_crypto::handshake::server_handshake(shared.node_id, &key, &hello)?;
+            let bytes = Created {
+                server_pk: reply.server_pk,
+                auth: reply.auth,
+            }
+            .encode(CELL_LEN)
+            .map_err(|_| HandshakeError::Malformed)?;
+            Ok((bytes, keys, reply.server_pk))
+        }
+        CreateKind::Hybrid(c) => {
+            let (_, onion_key) =
+                anonnet_crypto::hello_names(&c.hello).ok_or(HandshakeError::Malformed)?;
+            let key = shared
+                .onion_key_for(&onion_key)
+                .ok_or(HandshakeError::WrongRelay)?;
+            let (reply, keys) =
+                anonnet_crypto::server_hybrid_handshake(shared.node_id, &key, &c.hello)?;
+            let mut server_pk = [0u8; 32];
+            server_pk.copy_from_slice(reply.get(..32).ok_or(HandshakeError::Malformed)?);
+            let bytes = CreatedHybrid { reply }
+                .encode()
+                .map_err(|_| HandshakeError::Malformed)?;
+            Ok((bytes, keys, server_pk))
+        }
+    }
 }
 
 async fn run_circuit(
@@ -296,6 +356,7 @@ async fn run_circuit(
             introductions: 0,
             dht_requests: Arc::new(Semaphore::new(DHT_REQUESTS_PER_CIRCUIT)),
         },
+        pending_extend: None,
     };
     forward.run(prev_rx).await;
     let _ = backward.await;
@@ -386,19 +447,15 @@ impl BackwardTask {
         let mut sealed = 0;
         match item {
             Backward::Cells(cells) => {
-                // Each cell from the next hop gets this hop's layer in front: its first
-                // byte is the command on the next leg and becomes the kind byte.
-                let next_len = self.cell_len - LAYER_OVERHEAD;
-                for cell in cells.chunks_exact(next_len) {
+                // Each cell from the next hop (or from the other circuit of a rendezvous
+                // join) gets this hop's wrap layer; its size does not change (§7.3).
+                for cell in cells.chunks_exact(CELL_LEN) {
                     match cell.first().copied().map(CellCommand::from_byte) {
                         Some(Ok(CellCommand::Relay)) => {
                             let start = batch.len();
-                            batch.resize(start + LAYER_OVERHEAD, 0);
                             batch.extend_from_slice(cell);
                             let out = batch.get_mut(start..).ok_or(DestroyReason::Internal)?;
-                            self.layer
-                                .seal_backward(out, LayerKind::Forward)
-                                .map_err(|_| DestroyReason::Internal)?;
+                            self.layer.wrap(out).map_err(|_| DestroyReason::Internal)?;
                             sealed += 1;
                         }
                         Some(Ok(CellCommand::Padding)) => {}
@@ -409,20 +466,21 @@ impl BackwardTask {
             }
             Backward::Message(msg) => {
                 let start = batch.len();
-                batch.resize(start + self.cell_len, 0);
+                batch.resize(start + CELL_LEN, 0);
                 let cell = batch.get_mut(start..).ok_or(DestroyReason::Internal)?;
                 let is_data = matches!(msg.msg, RelayMsg::Data(_));
-                cell.get_mut(relay_layout::INNER..)
+                let len = cell
+                    .get_mut(relay_layout::INNER..relay_layout::INNER + BACKWARD_MESSAGE_MAX)
                     .ok_or(DestroyReason::Internal)
                     .and_then(|inner| {
                         msg.encode_into(inner).map_err(|_| DestroyReason::Internal)
                     })?;
-                self.layer
-                    .seal_backward(cell, LayerKind::Deliver)
+                let tag = self
+                    .layer
+                    .originate(cell, len)
                     .map_err(|_| DestroyReason::Internal)?;
                 if is_data {
-                    if let (Some(tag), Ok(mut tags)) = (relay_cell_tag(cell), self.flow.tags.lock())
-                    {
+                    if let Ok(mut tags) = self.flow.tags.lock() {
                         tags.on_data_sent(tag);
                     }
                 }
@@ -496,6 +554,9 @@ struct ForwardTask {
     flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
     hs: HsState,
+    /// An `EXTEND2` whose hello is still arriving in `HANDSHAKE_CONT`s (§6.2): the next
+    /// relay's address and the hello so far (at most 1280 bytes).
+    pending_extend: Option<(SocketAddr, Vec<u8>)>,
 }
 
 /// Why the forward task must stop the circuit.
@@ -535,12 +596,7 @@ impl ForwardTask {
             slot.token.cancel();
         }
         if let Some(mut next) = self.next_send.take() {
-            send_destroy(
-                &mut next,
-                self.cell_len - LAYER_OVERHEAD,
-                self.teardown.reason(),
-            )
-            .await;
+            send_destroy(&mut next, CELL_LEN, self.teardown.reason()).await;
         }
     }
 
@@ -596,18 +652,14 @@ impl ForwardTask {
             LayerKind::Forward if self.next_send.is_none() => {
                 // The end of a circuit joined at this rendezvous point: the other circuit's
                 // backward task wraps the cell as if it came from its next hop (§13.5).
+                // `open_forward` already made it the next leg's cell.
                 let splice = self
                     .hs
                     .splice
                     .get()
                     .ok_or(Violation(DestroyReason::Protocol))?;
-                let first = cell
-                    .get_mut(relay_layout::BODY)
-                    .ok_or(Violation(DestroyReason::Protocol))?;
-                *first = CellCommand::Relay as u8;
-                let inner = cell.split_off(relay_layout::BODY);
                 let sent = tokio::select! {
-                    r = splice.backward.send(inner) => r.is_ok(),
+                    r = splice.backward.send(cell) => r.is_ok(),
                     () = self.teardown.token.cancelled() => true,
                     () = splice.teardown.token.cancelled() => false,
                 };
@@ -617,14 +669,9 @@ impl ForwardTask {
                 Ok(())
             }
             LayerKind::Forward => {
-                // Gathered and written once per batch (flush_forward).
-                let out = cell
-                    .get_mut(relay_layout::BODY..)
-                    .ok_or(Violation(DestroyReason::Protocol))?;
-                if let Some(first) = out.first_mut() {
-                    *first = CellCommand::Relay as u8;
-                }
-                self.forward_out.extend_from_slice(out);
+                // Re-padded to the same size by `open_forward`; gathered and written once
+                // per batch (flush_forward).
+                self.forward_out.extend_from_slice(&cell);
                 Ok(())
             }
             LayerKind::Deliver => {
@@ -663,17 +710,56 @@ impl ForwardTask {
                     onion_key,
                     client_pk,
                 };
-                let reply =
-                    match tokio::time::timeout(EXTEND_TIMEOUT, self.extend(addr, hello)).await {
-                        Ok(Ok(created)) => RelayMsg::Extended {
+                let create = Create {
+                    cell_len: CELL_LEN as u16,
+                    node_id: hello.node_id,
+                    onion_key: hello.onion_key,
+                    client_pk: hello.client_pk,
+                }
+                .encode()
+                .map_err(|_| Violation(DestroyReason::Internal))?;
+                let extended = self.extend(addr, NodeId(node_id), create, CELL_LEN, |c| {
+                    Created::decode(c).is_ok()
+                });
+                let reply = match tokio::time::timeout(EXTEND_TIMEOUT, extended).await {
+                    Ok(Ok(cells)) => match Created::decode(&cells) {
+                        Ok(created) => RelayMsg::Extended {
                             server_pk: created.server_pk,
                             auth: created.auth,
                         },
-                        Ok(Err(reason)) => RelayMsg::Truncated(reason),
-                        Err(_) => RelayMsg::Truncated(DestroyReason::Timeout),
-                    };
+                        Err(_) => RelayMsg::Truncated(DestroyReason::Protocol),
+                    },
+                    Ok(Err(reason)) => RelayMsg::Truncated(reason),
+                    Err(_) => RelayMsg::Truncated(DestroyReason::Timeout),
+                };
                 self.send_back(StreamId::CIRCUIT, reply).await;
                 Ok(())
+            }
+            RelayMsg::Extend2 {
+                addr,
+                handshake_type,
+                part,
+            } => {
+                if self.next_send.is_some()
+                    || self.next_tx.is_none()
+                    || self.pending_extend.is_some()
+                    || handshake_type != HANDSHAKE_HYBRID_V2
+                    || part.len() > HYBRID_HELLO_LEN
+                {
+                    return Err(Violation(DestroyReason::Protocol));
+                }
+                self.pending_extend = Some((addr, part.to_vec()));
+                self.extend_hybrid_if_complete().await
+            }
+            RelayMsg::HandshakeCont(part) => {
+                let Some((_, hello)) = self.pending_extend.as_mut() else {
+                    return Err(Violation(DestroyReason::Protocol));
+                };
+                if hello.len() + part.len() > HYBRID_HELLO_LEN {
+                    return Err(Violation(DestroyReason::Protocol));
+                }
+                hello.extend_from_slice(&part);
+                self.extend_hybrid_if_complete().await
             }
             RelayMsg::Begin { target, port } => {
                 // Streams whose exit side ended are forgotten here (the client does not
@@ -723,7 +809,7 @@ impl ForwardTask {
                             stream: package,
                             deliver,
                         },
-                        RelayCell::max_payload(self.cell_len - relay_layout::INNER),
+                        RelayCell::max_payload(BACKWARD_MESSAGE_MAX),
                     )
                     .instrument(tracing::debug_span!("exit_stream", stream = id.0)),
                 );
@@ -820,6 +906,7 @@ impl ForwardTask {
             }
             RelayMsg::Connected
             | RelayMsg::Extended { .. }
+            | RelayMsg::Extended2(_)
             | RelayMsg::Truncated(_)
             | RelayMsg::Introduce2 { .. }
             | RelayMsg::Rendezvous2 { .. }
@@ -864,7 +951,7 @@ impl ForwardTask {
         let entry = IntroEntry {
             circuit: self.hs.circuit,
             out: self.out.clone(),
-            area: self.cell_len - relay_layout::INNER,
+            area: BACKWARD_MESSAGE_MAX,
         };
         if self
             .shared
@@ -1030,7 +1117,7 @@ impl ForwardTask {
         let shared = self.shared.clone();
         let out = self.out.clone();
         let token = self.teardown.token.clone();
-        let area = self.cell_len - relay_layout::INNER;
+        let area = BACKWARD_MESSAGE_MAX;
         tokio::spawn(async move {
             let _slots = (circuit_slot, relay_slot);
             let answers = tokio::select! {
@@ -1049,15 +1136,78 @@ impl ForwardTask {
         });
     }
 
-    /// Open the next leg: dial the relay (pinning its NodeId), send `CREATE`, await
-    /// `CREATED`.
+    /// Once an `EXTEND2` and its `HANDSHAKE_CONT`s have brought the whole 1280-byte hello
+    /// (§6.2), extend with a type-2 `CREATE` and answer `EXTENDED2` (+ `HANDSHAKE_CONT`) or
+    /// `TRUNCATED`.
+    ///
+    /// # Errors
+    /// None today: a failed extension is answered, not a violation.
+    async fn extend_hybrid_if_complete(&mut self) -> Result<(), Violation> {
+        if self
+            .pending_extend
+            .as_ref()
+            .is_none_or(|(_, hello)| hello.len() < HYBRID_HELLO_LEN)
+        {
+            return Ok(());
+        }
+        let Some((addr, hello)) = self.pending_extend.take() else {
+            return Ok(());
+        };
+        let Some((node_id, _)) = anonnet_crypto::hello_names(&hello) else {
+            return Err(Violation(DestroyReason::Protocol));
+        };
+        let create = CreateHybrid { hello }
+            .encode()
+            .map_err(|_| Violation(DestroyReason::Internal))?;
+        let extended = self.extend(addr, NodeId(node_id), create, HYBRID_CELLS_LEN, |c| {
+            CreatedHybrid::decode(c).is_ok()
+        });
+        let reply = match tokio::time::timeout(EXTEND_TIMEOUT, extended).await {
+            Ok(Ok(cells)) => match CreatedHybrid::decode(&cells) {
+                Ok(created) => Ok(created.reply),
+                Err(_) => Err(DestroyReason::Protocol),
+            },
+            Ok(Err(reason)) => Err(reason),
+            Err(_) => Err(DestroyReason::Timeout),
+        };
+        match reply {
+            Ok(reply) => {
+                // First part in EXTENDED2, the rest in HANDSHAKE_CONT (§6.2).
+                let first = RelayCell::max_payload(BACKWARD_MESSAGE_MAX).min(reply.len());
+                let (a, b) = reply.split_at(first);
+                self.send_back(
+                    StreamId::CIRCUIT,
+                    RelayMsg::Extended2(Bytes::copy_from_slice(a)),
+                )
+                .await;
+                for chunk in b.chunks(RelayCell::max_payload(BACKWARD_MESSAGE_MAX)) {
+                    self.send_back(
+                        StreamId::CIRCUIT,
+                        RelayMsg::HandshakeCont(Bytes::copy_from_slice(chunk)),
+                    )
+                    .await;
+                }
+            }
+            Err(reason) => {
+                self.send_back(StreamId::CIRCUIT, RelayMsg::Truncated(reason))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Open the next leg: dial the relay (pinning its NodeId), send the `CREATE` cells
+    /// `create`, and read `reply_len` bytes of `CREATED` cells (1024 for type 1, 2048 for
+    /// type 2), which `valid` must accept before the leg is kept. A `DESTROY` as the first
+    /// cell ends it early with its reason.
     async fn extend(
         &mut self,
         addr: SocketAddr,
-        hello: anonnet_crypto::ClientHello,
-    ) -> Result<Created, DestroyReason> {
-        let next_len = self.cell_len - LAYER_OVERHEAD;
-        let node_id = anonnet_crypto::NodeId(hello.node_id);
+        node_id: NodeId,
+        create: Vec<u8>,
+        reply_len: usize,
+        valid: fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>, DestroyReason> {
         if node_id == self.shared.node_id {
             return Err(DestroyReason::Protocol);
         }
@@ -1069,33 +1219,33 @@ impl ForwardTask {
             .open_bi()
             .await
             .map_err(|_| DestroyReason::ConnectFailed)?;
-        let create = Create {
-            cell_len: u16::try_from(next_len).map_err(|_| DestroyReason::Internal)?,
-            node_id: hello.node_id,
-            onion_key: hello.onion_key,
-            client_pk: hello.client_pk,
-        };
-        let bytes = create.encode().map_err(|_| DestroyReason::Protocol)?;
-        send.write_all(&bytes)
+        send.write_all(&create)
             .await
             .map_err(|_| DestroyReason::ConnectFailed)?;
-        let mut reply = vec![0u8; next_len];
-        recv.read_exact(&mut reply)
+        let mut reply = vec![0u8; reply_len];
+        let (first, rest) = reply.split_at_mut(CELL_LEN.min(reply_len));
+        recv.read_exact(first)
             .await
             .map_err(|_| DestroyReason::ConnectFailed)?;
-        let created = Created::decode(&reply).map_err(|_| {
-            Destroy::decode(&reply)
+        if first.first() == Some(&(CellCommand::Destroy as u8)) {
+            return Err(Destroy::decode(first)
                 .map(|d| d.reason)
-                .unwrap_or(DestroyReason::Protocol)
-        })?;
+                .unwrap_or(DestroyReason::Protocol));
+        }
+        recv.read_exact(rest)
+            .await
+            .map_err(|_| DestroyReason::ConnectFailed)?;
+        if !valid(&reply) {
+            return Err(DestroyReason::Protocol);
+        }
         let tx = self.next_tx.take().ok_or(DestroyReason::Internal)?;
-        spawn_leg_reader(recv, next_len, tx, self.teardown.clone());
+        spawn_leg_reader(recv, CELL_LEN, tx, self.teardown.clone());
         self.next_send = Some(send);
         self.shared
             .stats
             .circuits_extended
             .fetch_add(1, Ordering::Relaxed);
-        Ok(created)
+        Ok(reply)
     }
 }
 

@@ -163,14 +163,32 @@ async fn sleep_opt(d: Option<Duration>) {
 }
 
 /// Fetch the consensus from the authorities (in random order) whenever the cached one is
-/// no longer fresh, verify it and keep it for clients.
+/// no longer fresh, verify it and keep it for clients. Warns once when `onion_grace` (the
+/// time a replaced onion key is still answered) is too short for the network's consensus
+/// validity ([`crate::onion_keys::min_grace_for_consensus`]).
 pub(crate) async fn fetch_consensus(
     links: Arc<LinkManager>,
     network: Network,
     cache: Arc<ConsensusCache>,
     data_dir: std::path::PathBuf,
+    onion_grace: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut grace_warned = false;
+    let mut check_grace = |c: &anonnet_dir::Consensus| {
+        let validity = Duration::from_secs(c.valid_until.saturating_sub(c.valid_after));
+        let needed = crate::onion_keys::min_grace_for_consensus(validity);
+        if onion_grace < needed && !grace_warned {
+            grace_warned = true;
+            warn!(
+                grace_secs = onion_grace.as_secs(),
+                needed_secs = needed.as_secs(),
+                "the onion key grace is shorter than this network's consensuses need: \
+                 clients may build circuits with a replaced onion key after this relay \
+                 stopped answering it; raise limits.onion_key_grace_days"
+            );
+        }
+    };
     let file = data_dir.join(CONSENSUS_FILE);
     if let Some(c) = std::fs::read(&file)
         .ok()
@@ -178,6 +196,7 @@ pub(crate) async fn fetch_consensus(
     {
         let now = now_unix();
         if let Ok(v) = c.verify(&network, now) {
+            check_grace(&v);
             cache.offer(c, &v, now);
         }
     }
@@ -198,6 +217,7 @@ pub(crate) async fn fetch_consensus(
             let now = now_unix();
             match signed.verify(&network, now) {
                 Ok(c) if c.fresh_until > now => {
+                    check_grace(&c);
                     let bytes = signed.encode();
                     if cache.offer(signed, &c, now) {
                         if let Err(e) = crate::write_atomically(&file, &bytes) {

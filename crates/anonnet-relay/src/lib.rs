@@ -6,12 +6,13 @@ pub mod directory;
 pub mod exit_policy;
 mod hs;
 pub mod keystore;
+pub mod onion_keys;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anonnet_crypto::{IdentityKey, NodeId, OnionKey};
@@ -20,6 +21,7 @@ use anonnet_net::{Endpoint, InboundLimits, Link, LinkManager};
 use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
 use anonnet_wire::dht::DHT_STREAM_TAG;
 use anonnet_wire::{RelayDescriptor, SignedDescriptor};
+use onion_keys::{OnionKeyConfig, OnionKeyRing};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -30,6 +32,9 @@ pub use exit_policy::{Action, ExitPolicy, ExitRule};
 pub const DESCRIPTOR_LIFETIME: u64 = 24 * 3600;
 /// How often the descriptor file is rewritten with fresh times (seconds): 1 hour.
 pub const DESCRIPTOR_REFRESH: Duration = Duration::from_secs(3600);
+/// Longest time between two checks whether the onion key is due for rotation or the
+/// previous one's grace has ended: 1 hour (sooner when the rotation is due sooner).
+pub const ONION_KEY_CHECK: Duration = Duration::from_secs(3600);
 
 /// Errors starting a relay.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +64,7 @@ pub enum RelayError {
     },
 }
 
-/// Resource limits of a relay.
+/// Resource limits and timers of a relay (`docs/protocol.md` §8.4).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Circuits open at once through this relay; further `CREATE`s get `DESTROY`
@@ -102,6 +107,9 @@ pub struct Limits {
     /// slot is held until the lookup returns, also when its stream gave up, so slow DNS
     /// cannot pile up threads.
     pub max_exit_dns_lookups: usize,
+    /// Onion key lifetime (default 28 days) and the grace during which the replaced key is
+    /// still answered (default 7 days); see [`onion_keys`].
+    pub onion_keys: OnionKeyConfig,
 }
 
 impl Default for Limits {
@@ -121,6 +129,7 @@ impl Default for Limits {
             max_pending_streams_per_link: 256,
             first_byte_timeout: Duration::from_secs(10),
             max_exit_dns_lookups: 64,
+            onion_keys: OnionKeyConfig::default(),
         }
     }
 }
@@ -231,7 +240,9 @@ impl Stats {
 
 pub(crate) struct RelayShared {
     pub(crate) node_id: NodeId,
-    pub(crate) onion_key: OnionKey,
+    /// The current onion key and the previous one during its grace (§5.2). Handshakes
+    /// take the read lock; only the maintenance task writes, once per rotation.
+    pub(crate) onion_keys: RwLock<OnionKeyRing>,
     pub(crate) links: Arc<LinkManager>,
     pub(crate) exit_policy: Option<Arc<ExitPolicy>>,
     pub(crate) limits: Limits,
@@ -293,6 +304,26 @@ impl Drop for CircuitPermit {
 }
 
 impl RelayShared {
+    /// The onion key a `CREATE` naming `public` is answered with now: the current key, or
+    /// the previous one during its grace; `None` when this relay must refuse it (§5.2).
+    /// A copy, so the lock is not held during the handshake; it is zeroized on drop.
+    pub(crate) fn onion_key_for(&self, public: &[u8; 32]) -> Option<OnionKey> {
+        let ring = self
+            .onion_keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ring.find(public, SystemTime::now())
+            .map(|k| OnionKey::from_secret(&k.secret_bytes()))
+    }
+
+    /// The current onion public key `B` (32 bytes), the one the descriptor advertises.
+    pub(crate) fn current_onion_public(&self) -> [u8; 32] {
+        self.onion_keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .current_public()
+    }
+
     /// A slot for a new circuit from `peer`, or `None` when the relay-wide or that peer's
     /// limit is reached (each refusal is counted in [`Stats`]).
     pub(crate) fn circuit_permit(&self, peer: PeerKey) -> Option<CircuitPermit> {
@@ -355,7 +386,8 @@ impl Relay {
     /// # Errors
     /// [`RelayError`] when keys, binding or the descriptor fail.
     pub async fn start(config: RelayConfig) -> Result<Relay, RelayError> {
-        let (identity, onion_key) = keystore::load_keys(&config.data_dir)?;
+        let identity = keystore::load_identity(&config.data_dir)?;
+        let onion_keys = start_onion_keys(&config)?;
         let node_id = identity.node_id();
         let endpoint = Endpoint::relay_with_limits(
             &identity,
@@ -376,7 +408,8 @@ impl Relay {
         let exit_policy = config.exit_policy.clone().map(Arc::new);
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
-        let descriptor = make_descriptor(&identity, &onion_key, &config, advertise)?;
+        let descriptor =
+            make_descriptor(&identity, onion_keys.current_public(), &config, advertise)?;
         let descriptor_file = config
             .descriptor_file
             .clone()
@@ -398,7 +431,7 @@ impl Relay {
         let tasks = TaskTracker::new();
         let shared = Arc::new(RelayShared {
             node_id,
-            onion_key,
+            onion_keys: RwLock::new(onion_keys),
             links: links.clone(),
             exit_policy,
             limits: config.limits.clone(),
@@ -429,6 +462,7 @@ impl Relay {
                 network.clone(),
                 shared.consensus.clone(),
                 config.data_dir.clone(),
+                config.limits.onion_keys.grace,
                 shutdown.clone(),
             ));
         }
@@ -532,9 +566,43 @@ fn descriptor_text(d: &SignedDescriptor) -> Result<String, RelayError> {
         .map_err(|e| RelayError::Descriptor(e.to_string()))
 }
 
+/// Load the onion keys, drop an expired previous key, rotate a due current one and store
+/// the result (which also records the creation time of a key that had none).
+fn start_onion_keys(config: &RelayConfig) -> Result<OnionKeyRing, RelayError> {
+    let now = SystemTime::now();
+    let dir = &config.data_dir;
+    let mut ring = keystore::load_onion_keys(dir, config.limits.onion_keys, now)?;
+    let dropped = ring.drop_expired(now);
+    let rotated = ring.rotate_if_due(now).map_err(|e| RelayError::Keys {
+        path: dir.join(keystore::ONION_FILE),
+        why: format!("cannot make a new onion key: {e}"),
+    })?;
+    keystore::save_onion_keys(dir, &ring)?;
+    log_onion_keys(&ring, rotated, dropped, now);
+    Ok(ring)
+}
+
+/// Log a rotation or a dropped previous key (public parts only, as short hex).
+fn log_onion_keys(ring: &OnionKeyRing, rotated: bool, dropped: bool, now: SystemTime) {
+    let short = |k: [u8; 32]| hex::encode(k.get(..4).unwrap_or_default());
+    let next_days = ring.next_rotation(now).as_secs() / 86_400;
+    if rotated {
+        info!(
+            new = %short(ring.current_public()),
+            previous = %ring.previous().map(|(k, _)| short(k.public())).unwrap_or_default(),
+            grace_days = ring.config().grace.as_secs() / 86_400,
+            next_rotation_days = next_days,
+            "onion key rotated; the previous key is still answered during its grace"
+        );
+    }
+    if dropped {
+        info!("previous onion key's grace ended; key forgotten");
+    }
+}
+
 fn make_descriptor(
     identity: &IdentityKey,
-    onion_key: &OnionKey,
+    onion_public: [u8; 32],
     config: &RelayConfig,
     advertise: SocketAddr,
 ) -> Result<SignedDescriptor, RelayError> {
@@ -548,7 +616,7 @@ fn make_descriptor(
     }
     let desc = RelayDescriptor {
         identity: identity.public(),
-        onion_key: onion_key.public(),
+        onion_key: onion_public,
         addresses: vec![advertise],
         flags,
         exit_ports: config
@@ -708,7 +776,8 @@ async fn run_dht(
 }
 
 /// Rewrite `stats.json` when counters change and the descriptor every
-/// [`DESCRIPTOR_REFRESH`].
+/// [`DESCRIPTOR_REFRESH`]; rotate the onion key when due (checked at least every
+/// [`ONION_KEY_CHECK`]), store it, and publish a descriptor with the new key at once.
 async fn maintenance(
     identity: IdentityKey,
     shared: Arc<RelayShared>,
@@ -723,6 +792,8 @@ async fn maintenance(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut refresh = tokio::time::interval(DESCRIPTOR_REFRESH);
     refresh.tick().await;
+    let onion_check = tokio::time::sleep(next_onion_check(&shared));
+    tokio::pin!(onion_check);
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => break,
@@ -752,24 +823,89 @@ async fn maintenance(
                 }
             }
             _ = refresh.tick() => {
-                let fresh = make_descriptor(&identity, &shared.onion_key, &config, advertise);
-                let written = fresh
-                    .as_ref()
-                    .map_err(|e| RelayError::Descriptor(e.to_string()))
-                    .and_then(descriptor_text)
-                    .and_then(|t| write_atomically(&descriptor_file, t.as_bytes()));
-                if let Err(e) = written {
-                    warn!("refreshing descriptor: {e}");
+                publish_descriptor(&identity, &shared, &config, advertise, &descriptor_file,
+                    &descriptor_tx);
+            }
+            () = &mut onion_check => {
+                if check_onion_keys(&shared, &config.data_dir) {
+                    publish_descriptor(&identity, &shared, &config, advertise, &descriptor_file,
+                        &descriptor_tx);
                 }
-                if let Ok(d) = fresh {
-                    // Upload the re-signed descriptor to the authorities and republish it
-                    // in the DHT.
-                    descriptor_tx.send_replace(d.clone());
-                    shared.dht.set_descriptor(d);
-                    let dht = shared.dht.clone();
-                    tokio::spawn(async move { dht.publish_descriptor().await });
-                }
+                onion_check
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + next_onion_check(&shared));
             }
         }
+    }
+}
+
+/// Time until the next onion key check: [`ONION_KEY_CHECK`], or less when the rotation is
+/// due sooner (at least one second, so a failing rotation cannot spin).
+fn next_onion_check(shared: &RelayShared) -> Duration {
+    let ring = shared
+        .onion_keys
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ring.next_rotation(SystemTime::now())
+        .clamp(Duration::from_secs(1), ONION_KEY_CHECK)
+}
+
+/// Drop an expired previous onion key and rotate a due current one. The changed keys are
+/// stored before the relay uses them, so a restart never loses a key that a descriptor
+/// named; when storing fails nothing changes and the next check tries again. Returns
+/// whether the current key changed (the descriptor must then be republished).
+fn check_onion_keys(shared: &RelayShared, data_dir: &std::path::Path) -> bool {
+    let now = SystemTime::now();
+    let mut next = shared
+        .onion_keys
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .duplicate();
+    let dropped = next.drop_expired(now);
+    let rotated = next.rotate_if_due(now).unwrap_or_else(|e| {
+        warn!("cannot make a new onion key, keeping the current one: {e}");
+        false
+    });
+    if !dropped && !rotated {
+        return false;
+    }
+    if let Err(e) = keystore::save_onion_keys(data_dir, &next) {
+        warn!("onion key rotation postponed: storing the keys failed: {e}");
+        return false;
+    }
+    log_onion_keys(&next, rotated, dropped, now);
+    // Only this task writes the ring, so nothing changed it since it was copied.
+    *shared
+        .onion_keys
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+    rotated
+}
+
+/// Sign a descriptor with the current onion key, write it to `descriptor_file`, and hand
+/// it to the authority upload task and the DHT.
+fn publish_descriptor(
+    identity: &IdentityKey,
+    shared: &RelayShared,
+    config: &RelayConfig,
+    advertise: SocketAddr,
+    descriptor_file: &std::path::Path,
+    descriptor_tx: &tokio::sync::watch::Sender<SignedDescriptor>,
+) {
+    let fresh = make_descriptor(identity, shared.current_onion_public(), config, advertise);
+    let written = fresh
+        .as_ref()
+        .map_err(|e| RelayError::Descriptor(e.to_string()))
+        .and_then(descriptor_text)
+        .and_then(|t| write_atomically(descriptor_file, t.as_bytes()));
+    if let Err(e) = written {
+        warn!("refreshing descriptor: {e}");
+    }
+    if let Ok(d) = fresh {
+        // Upload the re-signed descriptor to the authorities and republish it in the DHT.
+        descriptor_tx.send_replace(d.clone());
+        shared.dht.set_descriptor(d);
+        let dht = shared.dht.clone();
+        tokio::spawn(async move { dht.publish_descriptor().await });
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use anonnet_crypto::onion::{layer_tag, message_offset};
+use anonnet_crypto::onion::message_offset;
 use anonnet_crypto::ClientOnion;
 use anonnet_net::Endpoint;
 use anonnet_relay::Relay;
@@ -70,10 +70,10 @@ impl Circuit {
                 }
                 // Anything but a relay cell (the DESTROY when the test fails) ends the
                 // circuit.
-                let Ok((hop, range)) = reader_onion.lock().unwrap().open_backward(&mut cell) else {
+                let Ok((_, range, tag)) = reader_onion.lock().unwrap().open_backward(&mut cell)
+                else {
                     break;
                 };
-                let tag = layer_tag(&cell, hop).unwrap();
                 let msg = RelayCell::decode(&Bytes::from(cell).slice(range)).unwrap();
                 if tx.send((msg, tag)).is_err() {
                     break;
@@ -90,11 +90,11 @@ impl Circuit {
 
     async fn send(&mut self, msg: RelayCell) {
         let mut cell = vec![0u8; CELL_LEN];
-        msg.encode_into(&mut cell[message_offset(0)..]).unwrap();
+        let len = msg.encode_into(&mut cell[message_offset(0)..]).unwrap();
         self.onion
             .lock()
             .unwrap()
-            .seal_forward(&mut cell, 0)
+            .seal_forward(&mut cell, 0, len)
             .unwrap();
         self.send.write_all(&cell).await.unwrap();
     }

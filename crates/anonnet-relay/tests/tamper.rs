@@ -15,10 +15,10 @@ use anonnet_wire::{Destroy, DestroyReason, RelayCell, RelayMsg, StreamId, CELL_L
 
 fn drop_cell(onion: &mut ClientOnion) -> Vec<u8> {
     let mut cell = vec![0u8; CELL_LEN];
-    RelayCell::new(StreamId::CIRCUIT, RelayMsg::Drop)
+    let len = RelayCell::new(StreamId::CIRCUIT, RelayMsg::Drop)
         .encode_into(&mut cell[message_offset(0)..])
         .unwrap();
-    onion.seal_forward(&mut cell, 0).unwrap();
+    onion.seal_forward(&mut cell, 0, len).unwrap();
     cell
 }
 
@@ -79,8 +79,7 @@ async fn read_messages(
         if let Ok(d) = Destroy::decode(&cell) {
             return Some(d.reason);
         }
-        let (_, range) = onion.open_backward(&mut cell).unwrap();
-        let tag = anonnet_crypto::onion::layer_tag(&cell, 0).unwrap();
+        let (_, range, tag) = onion.open_backward(&mut cell).unwrap();
         let msg = RelayCell::decode(&bytes::Bytes::copy_from_slice(&cell[range])).unwrap();
         if stop(&msg.msg, &tag) {
             return None;
@@ -110,7 +109,7 @@ async fn exit_destroys_circuit_on_forged_sendme() {
     });
     let (mut send, mut recv, mut onion, _ep) = one_hop(&relay).await;
     let mut cell = vec![0u8; CELL_LEN];
-    RelayCell::new(
+    let len = RelayCell::new(
         StreamId(1),
         RelayMsg::Begin {
             target: anonnet_wire::Target::Ip("127.0.0.1".parse().unwrap()),
@@ -119,7 +118,7 @@ async fn exit_destroys_circuit_on_forged_sendme() {
     )
     .encode_into(&mut cell[message_offset(0)..])
     .unwrap();
-    onion.seal_forward(&mut cell, 0).unwrap();
+    onion.seal_forward(&mut cell, 0, len).unwrap();
     send.write_all(&cell).await.unwrap();
     // Count DATA cells: without SENDMEs the exit stops after one stream window...
     let mut data = 0u32;
@@ -138,17 +137,18 @@ async fn exit_destroys_circuit_on_forged_sendme() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         relay.stats().exit_bytes.load(Ordering::Relaxed)
-            <= u64::from(anonnet_wire::flow::STREAM_WINDOW) * 993,
-        "the exit read no more than one window of 993-byte payloads"
+            <= u64::from(anonnet_wire::flow::STREAM_WINDOW)
+                * anonnet_wire::RelayCell::max_payload(anonnet_wire::BACKWARD_MESSAGE_MAX) as u64,
+        "the exit read no more than one window of full payloads"
     );
     // ...and a SENDME whose tag is not the 100th cell's destroys the circuit.
     let mut forged = last_tag;
     forged[0] ^= 1;
     let mut cell = vec![0u8; CELL_LEN];
-    RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(forged)))
+    let len = RelayCell::new(StreamId::CIRCUIT, RelayMsg::Sendme(Some(forged)))
         .encode_into(&mut cell[message_offset(0)..])
         .unwrap();
-    onion.seal_forward(&mut cell, 0).unwrap();
+    onion.seal_forward(&mut cell, 0, len).unwrap();
     send.write_all(&cell).await.unwrap();
     let got = read_messages(&mut recv, &mut onion, |_, _| false).await;
     assert_eq!(got, Some(DestroyReason::Protocol));

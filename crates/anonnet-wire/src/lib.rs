@@ -14,8 +14,10 @@ pub mod reader;
 pub mod relay;
 
 pub use cell::{
-    CellCommand, Create, Created, Destroy, DestroyReason, CELL_LEN, LAYER_OVERHEAD, MAX_CELL_LEN,
-    MIN_CELL_LEN,
+    create_handshake_type, CellCommand, Create, CreateHybrid, Created, CreatedHybrid, Destroy,
+    DestroyReason, BACKWARD_MESSAGE_MAX, CELL_LEN, FORWARD_MESSAGE_MAX, HANDSHAKE_HYBRID_V2,
+    HANDSHAKE_NTOR_V1, HYBRID_CELLS_LEN, HYBRID_HELLO_LEN, HYBRID_REPLY_LEN, LAYER_OVERHEAD,
+    MAX_CELL_LEN, MAX_LAYERS, MESSAGE_AREA, MIN_CELL_LEN, MIN_PADDING,
 };
 pub use descriptor::{PortRange, RelayDescriptor, SignedDescriptor};
 pub use reader::{Reader, Writer};

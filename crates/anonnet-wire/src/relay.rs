@@ -2,7 +2,8 @@
 //! one hop. Spec: `docs/protocol.md` §6 "Relay messages".
 //!
 //! Layout inside the opened layer (the `inner` bytes of a `DELIVER` layer):
-//! `relay_cmd (1) ‖ stream_id u16 ‖ len u16 ‖ payload [len] ‖ zero padding`.
+//! `relay_cmd (1) ‖ stream_id u16 ‖ len u16 ‖ payload [len] ‖ padding`. The padding is
+//! unpredictable bytes in protocol version 2 (§6.1, §7), never checked by the receiver.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -153,6 +154,24 @@ pub enum RelayMsg {
         /// The new hop's handshake MAC.
         auth: [u8; KEY_LEN],
     },
+    /// Extend the circuit with the hybrid handshake (§5.4, §6.2): `atype u8 (4|6) ‖ ip ‖
+    /// port u16 ‖ handshake_type u16 (= 2) ‖ part`, `part` being the first bytes of the
+    /// 1280-byte hello; the rest follows in [`RelayMsg::HandshakeCont`] messages. The next
+    /// relay's NodeId is the hello's first 32 bytes.
+    Extend2 {
+        /// The next relay's QUIC address.
+        addr: SocketAddr,
+        /// The handshake type (2).
+        handshake_type: u16,
+        /// The first part of the hello.
+        part: Bytes,
+    },
+    /// The new hop's type-2 reply, passed back (§6.2): `part` is its first bytes, the rest
+    /// follows in [`RelayMsg::HandshakeCont`] messages.
+    Extended2(Bytes),
+    /// More bytes of the hello of an [`RelayMsg::Extend2`] (forward) or of the reply of an
+    /// [`RelayMsg::Extended2`] (backward), in order (§6.2).
+    HandshakeCont(Bytes),
     /// Extending failed, or the rest of the circuit went away: `reason u8`.
     Truncated(DestroyReason),
     /// Long-range padding; dropped by the hop it reaches. Empty payload.
@@ -277,6 +296,9 @@ impl RelayMsg {
             RelayMsg::Connected => 4,
             RelayMsg::Extend { .. } => 6,
             RelayMsg::Extended { .. } => 7,
+            RelayMsg::Extend2 { .. } => 11,
+            RelayMsg::Extended2(_) => 12,
+            RelayMsg::HandshakeCont(_) => 13,
             RelayMsg::Truncated(_) => 9,
             RelayMsg::Drop => 10,
             RelayMsg::Sendme(_) => 5,
@@ -306,6 +328,9 @@ impl RelayMsg {
         match self {
             RelayMsg::Extend { .. }
             | RelayMsg::Extended { .. }
+            | RelayMsg::Extend2 { .. }
+            | RelayMsg::Extended2(_)
+            | RelayMsg::HandshakeCont(_)
             | RelayMsg::Truncated(_)
             | RelayMsg::Drop => Some(true),
             m if m.is_hs() => Some(true),
@@ -370,12 +395,14 @@ impl RelayCell {
         inner_len.saturating_sub(RELAY_HEADER_LEN)
     }
 
-    /// Write the message into `out` (the whole inner area), zero-filling the rest.
+    /// Write the message into `out` (the whole inner area), zero-filling the rest, and
+    /// return the message's length in bytes (header and payload); the sealer fills what
+    /// follows with unpredictable padding (§7).
     ///
     /// # Errors
     /// [`WireError::TooLong`] when the payload does not fit, [`WireError::Invalid`] when
     /// the stream id does not suit the command or a host name is invalid.
-    pub fn encode_into(&self, out: &mut [u8]) -> Result<(), WireError> {
+    pub fn encode_into(&self, out: &mut [u8]) -> Result<usize, WireError> {
         let circuit_level = self.msg.is_circuit_level();
         if circuit_level != Some(self.stream_id == StreamId::CIRCUIT) {
             return Err(invalid("stream id", "0 exactly for circuit-level messages"));
@@ -428,7 +455,7 @@ impl RelayCell {
         if let Some(pad) = rest.get_mut(payload_len..) {
             pad.fill(0);
         }
-        Ok(())
+        Ok(RELAY_HEADER_LEN + payload_len)
     }
 
     fn encode_payload(msg: &RelayMsg) -> Result<Vec<u8>, WireError> {
@@ -466,6 +493,22 @@ impl RelayCell {
             RelayMsg::Extended { server_pk, auth } => {
                 w.put(server_pk);
                 w.put(auth);
+            }
+            RelayMsg::Extend2 {
+                addr,
+                handshake_type,
+                part,
+            } => {
+                put_ip(&mut w, addr.ip());
+                w.put_u16(addr.port());
+                w.put_u16(*handshake_type);
+                w.put(part);
+            }
+            RelayMsg::Extended2(part) | RelayMsg::HandshakeCont(part) => {
+                if part.is_empty() {
+                    return Err(invalid("handshake part", "empty"));
+                }
+                w.put(part);
             }
             RelayMsg::Truncated(reason) => w.put_u8(reason.to_byte()),
             RelayMsg::Sendme(Some(tag)) => {
@@ -532,14 +575,14 @@ impl RelayCell {
     ///
     /// # Errors
     /// [`WireError`] for an unknown command, a length beyond the area, a stream id that
-    /// does not suit the command, a malformed payload or non-zero padding.
+    /// does not suit the command or a malformed payload. The bytes after the payload are
+    /// padding and are not read.
     pub fn decode(inner: &Bytes) -> Result<Self, WireError> {
         let mut r = Reader::new(inner);
         let cmd = r.take_u8()?;
         let stream_id = StreamId(r.take_u16()?);
         let len = usize::from(r.take_u16()?);
         let payload = r.take(len)?;
-        r.finish_zero_padding("relay cell")?;
         let mut p = Reader::new(payload);
         let msg = match cmd {
             1 => {
@@ -585,6 +628,33 @@ impl RelayCell {
                 server_pk: p.take_array()?,
                 auth: p.take_array()?,
             },
+            11 => {
+                let atype = p.take_u8()?;
+                let ip = take_ip(&mut p, atype)?;
+                let port = p.take_u16()?;
+                let handshake_type = p.take_u16()?;
+                let part = p.take_rest();
+                if part.is_empty() {
+                    return Err(invalid("EXTEND2", "no hello bytes"));
+                }
+                RelayMsg::Extend2 {
+                    addr: SocketAddr::new(ip, port),
+                    handshake_type,
+                    part: inner.slice_ref(part),
+                }
+            }
+            12 | 13 => {
+                let part = p.take_rest();
+                if part.is_empty() {
+                    return Err(invalid("handshake part", "empty"));
+                }
+                let part = inner.slice_ref(part);
+                if cmd == 12 {
+                    RelayMsg::Extended2(part)
+                } else {
+                    RelayMsg::HandshakeCont(part)
+                }
+            }
             9 => RelayMsg::Truncated(DestroyReason::from_byte(p.take_u8()?)),
             10 => RelayMsg::Drop,
             5 if stream_id == StreamId::CIRCUIT => {
@@ -656,7 +726,7 @@ mod tests {
     use super::*;
 
     fn round_trip(cell: RelayCell) {
-        let mut area = vec![0xAA; 200];
+        let mut area = vec![0xAA; 1000];
         cell.encode_into(&mut area).unwrap();
         let back = RelayCell::decode(&Bytes::from(area.clone())).unwrap();
         assert_eq!(back, cell);
@@ -773,6 +843,27 @@ mod tests {
         ));
         round_trip(RelayCell::new(
             StreamId::CIRCUIT,
+            RelayMsg::Extend2 {
+                addr: "[::1]:4000".parse().unwrap(),
+                handshake_type: 2,
+                part: Bytes::from(vec![7; 700]),
+            },
+        ));
+        round_trip(RelayCell::new(
+            StreamId::CIRCUIT,
+            RelayMsg::Extended2(Bytes::from(vec![8; 900])),
+        ));
+        round_trip(RelayCell::new(
+            StreamId::CIRCUIT,
+            RelayMsg::HandshakeCont(Bytes::from(vec![9; 3])),
+        ));
+        assert!(
+            RelayCell::new(StreamId::CIRCUIT, RelayMsg::HandshakeCont(Bytes::new()))
+                .encode_into(&mut [0; 50])
+                .is_err()
+        );
+        round_trip(RelayCell::new(
+            StreamId::CIRCUIT,
             RelayMsg::Truncated(DestroyReason::ConnectFailed),
         ));
         round_trip(RelayCell::new(StreamId::CIRCUIT, RelayMsg::Drop));
@@ -802,9 +893,9 @@ mod tests {
             .is_err());
         // Length beyond the area.
         assert!(RelayCell::decode(&Bytes::from_static(&[2, 0, 1, 0, 9, 1, 2])).is_err());
-        // Unknown command, non-zero padding, bad host.
+        // Unknown command, bad host; padding is not checked.
         assert!(RelayCell::decode(&Bytes::from_static(&[99, 0, 1, 0, 0])).is_err());
-        assert!(RelayCell::decode(&Bytes::from_static(&[4, 0, 1, 0, 0, 1])).is_err());
+        assert!(RelayCell::decode(&Bytes::from_static(&[4, 0, 1, 0, 0, 1])).is_ok());
         assert!(RelayCell::decode(&Bytes::from_static(&[
             1, 0, 1, 0, 6, 1, 2, b'a', b' ', 0, 80
         ]))

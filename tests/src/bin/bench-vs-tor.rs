@@ -54,6 +54,10 @@ struct Opts {
     /// Concurrent-stream rounds to run (comma-separated; the table shows 100 and 1000).
     #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000])]
     concurrency: Vec<usize>,
+    /// Circuit handshake of the anonnet client: "hybrid" (X25519 + ML-KEM-768, the
+    /// default) or "classical" (X25519 only), to compare build times.
+    #[arg(long, default_value = "hybrid", value_parser = ["hybrid", "classical"])]
+    circuit_handshake: String,
     /// Skip Tor (anonnet figures and physical limits only), e.g. while optimising.
     #[arg(long)]
     no_tor: bool,
@@ -155,7 +159,8 @@ fn run(opts: &Opts) -> Res<()> {
     let result = (|| -> Res<(Figures, Figures, Limits)> {
         make_big_file(&big_file, bulk_mib)?;
         log("starting the anonnet testnet");
-        let mut net = AnonNet::start(&anonnet, &work.join("anonnet"))?;
+        log(&format!("circuit handshake: {}", opts.circuit_handshake));
+        let mut net = AnonNet::start(&anonnet, &work.join("anonnet"), &opts.circuit_handshake)?;
         let measured = (|| -> Res<(Figures, Figures)> {
             let cfg = Plan {
                 http_base: &http_base,
@@ -670,12 +675,13 @@ struct AnonNet {
 }
 
 impl AnonNet {
-    fn start(anonnet: &Path, dir: &Path) -> Res<AnonNet> {
+    fn start(anonnet: &Path, dir: &Path, handshake: &str) -> Res<AnonNet> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let (child, rx) = spawn_lines(
             Command::new(anonnet)
                 .args(["testnet", "--relays", "5", "--socks", "127.0.0.1:0"])
+                .args(["--circuit-handshake", handshake])
                 .args(["--http", "127.0.0.1:0", "--dir"])
                 .arg(dir)
                 // Per-circuit lines (with build_ms) are DEBUG: turn on that module only.

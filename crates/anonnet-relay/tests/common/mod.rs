@@ -59,19 +59,26 @@ pub async fn exit_relay(name: &str) -> TestRelay {
     TestRelay { relay, _dir: dir }
 }
 
-/// Open a one-hop circuit to `relay` (CREATE, CREATED, the client's onion with one hop);
-/// returns the leg, the onion and the endpoint, which must outlive the leg.
-pub async fn one_hop(
+/// Open a leg to `relay` and send a type-1 `CREATE` naming `onion_key`; returns the leg,
+/// the client's half of the handshake, the relay's first answer cell (`CREATED` or
+/// `DESTROY`) and the endpoint, which must outlive the leg.
+pub async fn create_leg(
     relay: &Relay,
-) -> (quinn::SendStream, quinn::RecvStream, ClientOnion, Endpoint) {
+    onion_key: [u8; 32],
+) -> (
+    quinn::SendStream,
+    quinn::RecvStream,
+    ClientHandshake,
+    Vec<u8>,
+    Endpoint,
+) {
     let ep = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let link = ep
         .connect(relay.local_addr(), relay.node_id())
         .await
         .unwrap();
     let (mut send, mut recv) = link.open_bi().await.unwrap();
-    let desc = anonnet_wire::RelayDescriptor::decode_body(&relay.descriptor().body).unwrap();
-    let hs = ClientHandshake::start(relay.node_id(), desc.onion_key).unwrap();
+    let hs = ClientHandshake::start(relay.node_id(), onion_key).unwrap();
     let h = hs.hello();
     let create = Create {
         cell_len: CELL_LEN as u16,
@@ -82,6 +89,16 @@ pub async fn one_hop(
     send.write_all(&create.encode().unwrap()).await.unwrap();
     let mut reply = vec![0u8; CELL_LEN];
     recv.read_exact(&mut reply).await.unwrap();
+    (send, recv, hs, reply, ep)
+}
+
+/// Open a one-hop circuit to `relay` (CREATE, CREATED, the client's onion with one hop);
+/// returns the leg, the onion and the endpoint, which must outlive the leg.
+pub async fn one_hop(
+    relay: &Relay,
+) -> (quinn::SendStream, quinn::RecvStream, ClientOnion, Endpoint) {
+    let desc = anonnet_wire::RelayDescriptor::decode_body(&relay.descriptor().body).unwrap();
+    let (send, recv, hs, reply, ep) = create_leg(relay, desc.onion_key).await;
     let created = Created::decode(&reply).unwrap();
     let keys = hs
         .finish(&ServerReply {
