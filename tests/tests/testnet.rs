@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anonnet_tests::{curl_socks, serve_files, socks_connect_reply, temp_dir, Testnet};
+use anonnet_tests::{cli_json, curl_socks, serve_files, socks_connect_reply, temp_dir, Testnet};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
@@ -34,6 +34,23 @@ async fn curl_fetches_page_and_64_mib_through_three_relay_processes() {
         "testnet prints a ready-to-paste curl command: {:?}",
         net.stdout
     );
+
+    // The testnet's circuits run protocol version 2 with the hybrid handshake at every
+    // hop, and `circuits --json` says so.
+    let circuits = cli_json(&["circuits"], &net.client_config());
+    let list = circuits.as_array().expect("a JSON array of circuits");
+    assert!(!list.is_empty(), "{circuits}");
+    for c in list {
+        assert_eq!(c["protocol"], 2, "{c}");
+        let hops = c["path"].as_array().unwrap().len();
+        let kinds: Vec<&str> = c["handshakes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h.as_str())
+            .collect();
+        assert_eq!(kinds, vec!["x25519+mlkem768"; hops], "{c}");
+    }
 
     // The page, by host name (resolved at the exit).
     let out = net.dir.join("page.html");
