@@ -357,6 +357,7 @@ async fn run_circuit(
             dht_requests: Arc::new(Semaphore::new(DHT_REQUESTS_PER_CIRCUIT)),
         },
         pending_extend: None,
+        closed_streams: ClosedStreams::default(),
     };
     forward.run(prev_rx).await;
     let _ = backward.await;
@@ -557,6 +558,61 @@ struct ForwardTask {
     /// An `EXTEND2` whose hello is still arriving in `HANDSHAKE_CONT`s (§6.2): the next
     /// relay's address and the hello so far (at most 1280 bytes).
     pending_extend: Option<(SocketAddr, Vec<u8>)>,
+    /// Exit streams closed here whose in-flight cells from the client are tolerated.
+    closed_streams: ClosedStreams,
+}
+
+/// Most closed streams whose in-flight cells a circuit tolerates (§6.6); the oldest is
+/// forgotten first.
+const MAX_CLOSED_STREAMS: usize = 512;
+
+/// Exit streams a circuit closed or refused, with the cells from the client still
+/// tolerated for each (§6.6): at most a stream window of `DATA`, the `SENDME`s such a window
+/// earns, and one `END`. Any other cell for a stream the exit does not have is unexpected.
+#[derive(Default)]
+struct ClosedStreams {
+    order: std::collections::VecDeque<StreamId>,
+    /// Per stream: `DATA` cells and `SENDME`s seen since it closed.
+    seen: HashMap<StreamId, (u32, u32)>,
+}
+
+impl ClosedStreams {
+    fn insert(&mut self, id: StreamId) {
+        if self.seen.contains_key(&id) {
+            return;
+        }
+        if self.order.len() >= MAX_CLOSED_STREAMS {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.order.push_back(id);
+        self.seen.insert(id, (0, 0));
+    }
+
+    /// Forget `id` (its `END` arrived, or a new `BEGIN` reuses it); true if it was known.
+    fn remove(&mut self, id: StreamId) -> bool {
+        if self.seen.remove(&id).is_some() {
+            self.order.retain(|s| *s != id);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn tolerate_data(&mut self, id: StreamId) -> bool {
+        self.seen.get_mut(&id).is_some_and(|(data, _)| {
+            *data += 1;
+            *data <= STREAM_WINDOW
+        })
+    }
+
+    fn tolerate_sendme(&mut self, id: StreamId) -> bool {
+        self.seen.get_mut(&id).is_some_and(|(_, sendmes)| {
+            *sendmes += 1;
+            *sendmes <= STREAM_WINDOW / STREAM_INCREMENT
+        })
+    }
 }
 
 /// Why the forward task must stop the circuit.
@@ -764,16 +820,26 @@ impl ForwardTask {
             RelayMsg::Begin { target, port } => {
                 // Streams whose exit side ended are forgotten here (the client does not
                 // answer an END), so their ids may be reused.
-                self.streams.retain(|_, s| !s.token.is_cancelled());
+                let closed = &mut self.closed_streams;
+                self.streams.retain(|sid, s| {
+                    let open = !s.token.is_cancelled();
+                    if !open {
+                        closed.insert(*sid);
+                    }
+                    open
+                });
                 if self.streams.contains_key(&id) {
                     return Err(Violation(DestroyReason::Protocol));
                 }
+                self.closed_streams.remove(id);
                 let Some(policy) = self.shared.exit_policy.clone() else {
+                    self.closed_streams.insert(id);
                     self.send_back(id, RelayMsg::End(EndReason::ExitPolicy))
                         .await;
                     return Ok(());
                 };
                 if self.streams.len() >= self.shared.limits.max_streams_per_circuit {
+                    self.closed_streams.insert(id);
                     self.send_back(id, RelayMsg::End(EndReason::ResourceLimit))
                         .await;
                     return Ok(());
@@ -843,20 +909,32 @@ impl ForwardTask {
                     if !sent {
                         // The exit side already ended; its END is on the way back.
                         self.streams.remove(&id);
+                        self.closed_streams.insert(id);
                     }
+                    return Ok(());
                 }
-                // DATA for a stream we no longer know crossed our END: drop it.
-                Ok(())
+                // DATA for a stream we closed crossed our END: tolerated up to a stream
+                // window (§6.6); for a stream never opened it is a violation.
+                if self.closed_streams.tolerate_data(id) {
+                    Ok(())
+                } else {
+                    Err(self.unexpected("DATA for a stream it does not have"))
+                }
             }
             RelayMsg::End(_) => {
                 // Dropping the slot closes the data channel: the writer sends what is
                 // queued, then closes the connection. Cancelling stops the reader.
                 if let Some(slot) = self.streams.remove(&id) {
                     slot.token.cancel();
+                    Ok(())
+                } else if self.closed_streams.remove(id) {
+                    Ok(())
+                } else {
+                    Err(self.unexpected("END for a stream it does not have"))
                 }
-                Ok(())
             }
-            RelayMsg::Drop => Ok(()),
+            // No padding is negotiated: a DROP is a cell nobody should send (§6.6).
+            RelayMsg::Drop => Err(self.unexpected("DROP")),
             RelayMsg::Sendme(Some(echo)) => {
                 self.flow
                     .tags
@@ -881,8 +959,12 @@ impl ForwardTask {
                         return Err(Violation(DestroyReason::Protocol));
                     }
                     slot.package.add_permits(inc);
+                    Ok(())
+                } else if self.closed_streams.tolerate_sendme(id) {
+                    Ok(())
+                } else {
+                    Err(self.unexpected("SENDME for a stream it does not have"))
                 }
-                Ok(())
             }
             RelayMsg::EstablishIntro {
                 auth_key,
@@ -915,6 +997,17 @@ impl ForwardTask {
             | RelayMsg::IntroduceAck(_)
             | RelayMsg::DhtResult { .. } => Err(Violation(DestroyReason::Protocol)),
         }
+    }
+
+    /// A cell this relay did not expect (§6.6): counted, logged (rate-limited), and the
+    /// circuit is destroyed.
+    fn unexpected(&self, what: &str) -> Violation {
+        self.shared
+            .stats
+            .cells_unexpected
+            .fetch_add(1, Ordering::Relaxed);
+        anonnet_net::warn_limited!("destroying circuit: unexpected {what}");
+        Violation(DestroyReason::Protocol)
     }
 
     /// True when this relay is the last hop and the circuit has no other role yet: the
@@ -1562,6 +1655,33 @@ async fn exit_stream(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closed_streams_tolerate_one_window_then_nothing_and_forget_the_oldest() {
+        let mut c = ClosedStreams::default();
+        let (a, never) = (StreamId(1), StreamId(2));
+        c.insert(a);
+        for _ in 0..STREAM_WINDOW {
+            assert!(c.tolerate_data(a));
+        }
+        assert!(!c.tolerate_data(a), "beyond a stream window");
+        for _ in 0..STREAM_WINDOW / STREAM_INCREMENT {
+            assert!(c.tolerate_sendme(a));
+        }
+        assert!(!c.tolerate_sendme(a));
+        assert!(!c.tolerate_data(never) && !c.tolerate_sendme(never));
+        assert!(c.remove(a), "its END completes the close");
+        assert!(
+            !c.remove(a) && !c.tolerate_data(a),
+            "after END nothing more"
+        );
+        for i in 0..MAX_CLOSED_STREAMS as u16 + 10 {
+            c.insert(StreamId(100 + i));
+        }
+        assert_eq!(c.seen.len(), MAX_CLOSED_STREAMS);
+        assert!(!c.tolerate_data(StreamId(100)), "the oldest was forgotten");
+        assert!(c.tolerate_data(StreamId(100 + MAX_CLOSED_STREAMS as u16 + 9)));
+    }
 
     #[tokio::test]
     async fn exit_lookups_wait_for_a_slot_and_give_it_back() {

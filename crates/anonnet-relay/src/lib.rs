@@ -183,6 +183,10 @@ pub struct Stats {
     pub cells_backward: AtomicU64,
     /// Cells whose tag or sequence number failed (each destroyed its circuit).
     pub cells_rejected: AtomicU64,
+    /// Cells this relay did not expect — a `DROP`, or `DATA`/`END`/`SENDME` for a stream
+    /// it never had or beyond the tolerance for one it closed (§6.6); each destroyed its
+    /// circuit.
+    pub cells_unexpected: AtomicU64,
     /// Exit streams connected.
     pub exit_streams: AtomicU64,
     /// Bytes read from exit TCP connections.
@@ -223,6 +227,7 @@ impl Stats {
             "cells_forward": g(&self.cells_forward),
             "cells_backward": g(&self.cells_backward),
             "cells_rejected": g(&self.cells_rejected),
+            "cells_unexpected": g(&self.cells_unexpected),
             "exit_streams": g(&self.exit_streams),
             "exit_bytes": g(&self.exit_bytes),
             "intro_points": self.intro_points.load(Ordering::Relaxed),

@@ -13,25 +13,42 @@ use anonnet_crypto::onion::message_offset;
 use anonnet_crypto::ClientOnion;
 use anonnet_wire::{Destroy, DestroyReason, RelayCell, RelayMsg, StreamId, CELL_LEN};
 
-fn drop_cell(onion: &mut ClientOnion) -> Vec<u8> {
+/// A cell the relay expects and answers harmlessly: `BEGIN` on stream `stream` to an
+/// address no exit policy allows (the relay answers `END`).
+fn harmless_cell(onion: &mut ClientOnion, stream: u16) -> Vec<u8> {
+    sealed(
+        onion,
+        RelayCell::new(
+            StreamId(stream),
+            RelayMsg::Begin {
+                target: anonnet_wire::Target::Ip("10.0.0.1".parse().unwrap()),
+                port: 80,
+            },
+        ),
+    )
+}
+
+fn sealed(onion: &mut ClientOnion, msg: RelayCell) -> Vec<u8> {
     let mut cell = vec![0u8; CELL_LEN];
-    let len = RelayCell::new(StreamId::CIRCUIT, RelayMsg::Drop)
-        .encode_into(&mut cell[message_offset(0)..])
-        .unwrap();
+    let len = msg.encode_into(&mut cell[message_offset(0)..]).unwrap();
     onion.seal_forward(&mut cell, 0, len).unwrap();
     cell
 }
 
+/// Read cells until a `DESTROY` (at most 20 relay cells before it) and check its reason.
 async fn expect_destroy(recv: &mut quinn::RecvStream) {
-    let mut cell = vec![0u8; CELL_LEN];
-    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut cell))
-        .await
-        .expect("relay answers within 5 s")
-        .expect("a whole DESTROY cell");
-    assert_eq!(
-        Destroy::decode(&cell).unwrap().reason,
-        DestroyReason::Protocol
-    );
+    for _ in 0..20 {
+        let mut cell = vec![0u8; CELL_LEN];
+        tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut cell))
+            .await
+            .expect("relay answers within 5 s")
+            .expect("a whole cell");
+        if let Ok(d) = Destroy::decode(&cell) {
+            assert_eq!(d.reason, DestroyReason::Protocol);
+            return;
+        }
+    }
+    panic!("no DESTROY after 20 cells");
 }
 
 #[tokio::test]
@@ -40,27 +57,63 @@ async fn relay_destroys_circuit_on_flipped_bit_replay_and_skip() {
 
     // A flipped bit in the ciphertext.
     let (mut send, mut recv, mut onion, _ep) = one_hop(&relay).await;
-    let mut cell = drop_cell(&mut onion);
+    let mut cell = harmless_cell(&mut onion, 1);
     cell[600] ^= 0x01;
     send.write_all(&cell).await.unwrap();
     expect_destroy(&mut recv).await;
 
     // A replayed cell: the first copy is accepted, the second destroys the circuit.
     let (mut send, mut recv, mut onion, _ep2) = one_hop(&relay).await;
-    let cell = drop_cell(&mut onion);
+    let cell = harmless_cell(&mut onion, 1);
     send.write_all(&cell).await.unwrap();
     send.write_all(&cell).await.unwrap();
     expect_destroy(&mut recv).await;
 
     // A skipped sequence number: cell 1 arrives without cell 0.
     let (mut send, mut recv, mut onion, _ep3) = one_hop(&relay).await;
-    let _first = drop_cell(&mut onion);
-    let second = drop_cell(&mut onion);
+    let _first = harmless_cell(&mut onion, 1);
+    let second = harmless_cell(&mut onion, 2);
     send.write_all(&second).await.unwrap();
     expect_destroy(&mut recv).await;
 
     assert_eq!(relay.stats().cells_rejected.load(Ordering::Relaxed), 3);
     assert_eq!(relay.stats().cells_forward.load(Ordering::Relaxed), 1);
+    assert_eq!(relay.stats().cells_unexpected.load(Ordering::Relaxed), 0);
+    relay.stop().await;
+}
+
+/// No silent cells at a relay either (§6.6): a `DROP` (no padding is negotiated) and a
+/// `DATA`, `END` or stream `SENDME` for a stream the exit never had each destroy the
+/// circuit and are counted; a cell for a stream the exit refused is tolerated.
+#[tokio::test]
+async fn relay_destroys_circuit_on_unexpected_cells() {
+    let relay = relay("all").await;
+    let unexpected = [
+        RelayCell::new(StreamId::CIRCUIT, RelayMsg::Drop),
+        RelayCell::new(
+            StreamId(7),
+            RelayMsg::Data(bytes::Bytes::from_static(b"mark")),
+        ),
+        RelayCell::new(StreamId(7), RelayMsg::End(anonnet_wire::EndReason::Done)),
+        RelayCell::new(StreamId(7), RelayMsg::Sendme(None)),
+    ];
+    for (i, msg) in unexpected.into_iter().enumerate() {
+        let (mut send, mut recv, mut onion, _ep) = one_hop(&relay).await;
+        // A refused stream's in-flight cells are fine: the circuit stays up for them.
+        send.write_all(&harmless_cell(&mut onion, 1)).await.unwrap();
+        let late = RelayCell::new(
+            StreamId(1),
+            RelayMsg::Data(bytes::Bytes::from_static(b"in flight")),
+        );
+        send.write_all(&sealed(&mut onion, late)).await.unwrap();
+        send.write_all(&sealed(&mut onion, msg)).await.unwrap();
+        expect_destroy(&mut recv).await;
+        assert_eq!(
+            relay.stats().cells_unexpected.load(Ordering::Relaxed),
+            i as u64 + 1
+        );
+    }
+    assert_eq!(relay.stats().cells_rejected.load(Ordering::Relaxed), 0);
     relay.stop().await;
 }
 
