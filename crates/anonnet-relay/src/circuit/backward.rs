@@ -1,0 +1,139 @@
+//! The backward direction of a circuit: wrap what the next hop (or a joined circuit) sends,
+//! originate this relay's messages, write them to the previous hop (§7.3).
+
+use super::*;
+
+/// The backward direction of a circuit: cells from the next hop and messages this relay
+/// originates, sealed with this hop's layer and written to the previous hop.
+pub(super) struct BackwardTask {
+    pub(super) shared: Arc<RelayShared>,
+    pub(super) cell_len: usize,
+    pub(super) layer: RelayBackward,
+    pub(super) prev_send: SendStream,
+    pub(super) next_rx: mpsc::Receiver<CellBatch>,
+    pub(super) out_rx: mpsc::Receiver<RelayCell>,
+    pub(super) flow: Arc<CircuitFlow>,
+    pub(super) teardown: Arc<Teardown>,
+}
+
+impl BackwardTask {
+    pub(super) async fn run(mut self) {
+        self.relay_cells().await;
+        let reason = self.teardown.reason();
+        send_destroy(&mut self.prev_send, self.cell_len, reason).await;
+    }
+
+    pub(super) async fn relay_cells(&mut self) {
+        let mut batch = BytesMut::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.teardown.token.cancelled() => break,
+                Some(cells) = self.next_rx.recv() => Backward::Cells(cells),
+                Some(msg) = self.out_rx.recv() => Backward::Message(msg),
+                else => break,
+            };
+            // Seal the first item and whatever else is queued already, until WRITE_BATCH
+            // cells or more, into one buffer: one QUIC write for all of them.
+            let mut item = Some(first);
+            let mut cells = 0;
+            while let Some(it) = item.take() {
+                match self.seal_into(it, &mut batch) {
+                    Ok(n) => cells += n,
+                    Err(reason) => {
+                        self.teardown.destroy(reason);
+                        return;
+                    }
+                }
+                if cells >= WRITE_BATCH {
+                    break;
+                }
+                item = match self.next_rx.try_recv() {
+                    Ok(cells) => Some(Backward::Cells(cells)),
+                    Err(_) => self.out_rx.try_recv().ok().map(Backward::Message),
+                };
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let chunk = batch.split().freeze();
+            let written = tokio::select! {
+                r = self.prev_send.write_chunk(chunk) => r.is_ok(),
+                () = self.teardown.token.cancelled() => false,
+            };
+            if !written {
+                self.teardown.destroy(DestroyReason::ChannelClosed);
+                break;
+            }
+        }
+    }
+
+    /// Seal the cells from the next hop or one message of this relay and append the sealed
+    /// cells to `batch` (padding from the next hop appends nothing). Returns how many
+    /// cells were sealed.
+    ///
+    /// # Errors
+    /// The reason to destroy the circuit: the next hop's `DESTROY`, a bad cell, or a
+    /// failure to seal.
+    pub(super) fn seal_into(
+        &mut self,
+        item: Backward,
+        batch: &mut BytesMut,
+    ) -> Result<usize, DestroyReason> {
+        let mut sealed = 0;
+        match item {
+            Backward::Cells(cells) => {
+                // Each cell from the next hop (or from the other circuit of a rendezvous
+                // join) gets this hop's wrap layer; its size does not change (§7.3).
+                for cell in cells.chunks_exact(CELL_LEN) {
+                    match cell.first().copied().map(CellCommand::from_byte) {
+                        Some(Ok(CellCommand::Relay)) => {
+                            let start = batch.len();
+                            batch.extend_from_slice(cell);
+                            let out = batch.get_mut(start..).ok_or(DestroyReason::Internal)?;
+                            self.layer.wrap(out).map_err(|_| DestroyReason::Internal)?;
+                            sealed += 1;
+                        }
+                        Some(Ok(CellCommand::Padding)) => {}
+                        Some(Ok(CellCommand::Destroy)) => return Err(DestroyReason::ChannelClosed),
+                        _ => return Err(DestroyReason::Protocol),
+                    }
+                }
+            }
+            Backward::Message(msg) => {
+                let start = batch.len();
+                batch.resize(start + CELL_LEN, 0);
+                let cell = batch.get_mut(start..).ok_or(DestroyReason::Internal)?;
+                let is_data = matches!(msg.msg, RelayMsg::Data(_));
+                let len = cell
+                    .get_mut(relay_layout::INNER..relay_layout::INNER + BACKWARD_MESSAGE_MAX)
+                    .ok_or(DestroyReason::Internal)
+                    .and_then(|inner| {
+                        msg.encode_into(inner).map_err(|_| DestroyReason::Internal)
+                    })?;
+                let tag = self
+                    .layer
+                    .originate(cell, len)
+                    .map_err(|_| DestroyReason::Internal)?;
+                if is_data {
+                    if let Ok(mut tags) = self.flow.tags.lock() {
+                        tags.on_data_sent(tag);
+                    }
+                }
+                sealed += 1;
+            }
+        }
+        self.shared
+            .stats
+            .cells_backward
+            .fetch_add(sealed as u64, Ordering::Relaxed);
+        Ok(sealed)
+    }
+}
+
+/// What the backward task seals: cells from the next hop (a batch of whole next-leg cells)
+/// or a message this relay originates.
+pub(super) enum Backward {
+    Cells(CellBatch),
+    Message(RelayCell),
+}

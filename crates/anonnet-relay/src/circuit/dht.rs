@@ -1,0 +1,130 @@
+//! DHT requests made through a circuit (§13.6).
+
+use super::*;
+
+impl ForwardTask {
+    /// `DHT_FETCH` / `DHT_STORE` (§13.6): run the request in its own task (bounded per
+    /// circuit and per relay) and answer with `DHT_RESULT`.
+    pub(super) async fn dht_request(&mut self, request: DhtRequest) {
+        let unavailable = RelayMsg::DhtResult {
+            status: DHT_UNAVAILABLE,
+            index: 0,
+            count: 0,
+            kind: 0,
+            body: Bytes::new(),
+        };
+        let permits = (
+            self.hs.dht_requests.clone().try_acquire_owned(),
+            self.shared.dht_requests.clone().try_acquire_owned(),
+        );
+        let (Ok(circuit_slot), Ok(relay_slot)) = permits else {
+            self.send_back(StreamId::CIRCUIT, unavailable).await;
+            return;
+        };
+        let shared = self.shared.clone();
+        let out = self.out.clone();
+        let token = self.teardown.token.clone();
+        let area = BACKWARD_MESSAGE_MAX;
+        tokio::spawn(async move {
+            let _slots = (circuit_slot, relay_slot);
+            let answers = tokio::select! {
+                a = serve_dht_request(&shared, request, area) => a,
+                () = token.cancelled() => return,
+            };
+            for msg in answers {
+                if out
+                    .send(RelayCell::new(StreamId::CIRCUIT, msg))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// A DHT request made through a circuit (§13.6).
+pub(super) enum DhtRequest {
+    Fetch {
+        key: [u8; 32],
+        kind: u8,
+    },
+    Store {
+        key: [u8; 32],
+        kind: u8,
+        body: Bytes,
+    },
+}
+
+/// Run `request` on the relay's DHT node; the `DHT_RESULT` messages to send back, each
+/// fitting an inner area of `area` bytes.
+pub(super) async fn serve_dht_request(
+    shared: &RelayShared,
+    request: DhtRequest,
+    area: usize,
+) -> Vec<RelayMsg> {
+    let result = |status, count, kind, body| RelayMsg::DhtResult {
+        status,
+        index: 0,
+        count,
+        kind,
+        body,
+    };
+    let now = crate::now_unix();
+    match request {
+        DhtRequest::Fetch { key, kind } => {
+            shared.stats.dht_fetches.fetch_add(1, Ordering::Relaxed);
+            let Ok(kind) = RecordKind::from_byte(kind) else {
+                return vec![result(DHT_NOT_FOUND, 0, 0, Bytes::new())];
+            };
+            // Room for the record body behind the 4-byte result header.
+            let room = RelayCell::max_payload(area).saturating_sub(4);
+            let records: Vec<Record> = shared
+                .dht
+                .find_records(key)
+                .await
+                .into_iter()
+                .filter(|r| r.kind == kind && r.body.len() <= room)
+                .filter(|r| verify_record(&key, r, now).is_ok())
+                .take(DHT_RESULT_RECORDS)
+                .collect();
+            if records.is_empty() {
+                return vec![result(DHT_NOT_FOUND, 0, 0, Bytes::new())];
+            }
+            let count = records.len() as u8;
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| RelayMsg::DhtResult {
+                    status: DHT_OK,
+                    index: i as u8,
+                    count,
+                    kind: r.kind.to_byte(),
+                    body: Bytes::from(r.body),
+                })
+                .collect()
+        }
+        DhtRequest::Store { key, kind, body } => {
+            shared.stats.dht_stores.fetch_add(1, Ordering::Relaxed);
+            let record = RecordKind::from_byte(kind).map(|kind| Record {
+                kind,
+                body: body.to_vec(),
+            });
+            let Ok(record) = record else {
+                return vec![result(DHT_REFUSED, 0, kind, Bytes::new())];
+            };
+            if verify_record(&key, &record, now).is_err() {
+                return vec![result(DHT_REFUSED, 0, kind, Bytes::new())];
+            }
+            let stored = shared.dht.store_record(key, record, DHT_REPLICAS).await;
+            let status = if stored > 0 { DHT_OK } else { DHT_REFUSED };
+            vec![result(
+                status,
+                u8::try_from(stored).unwrap_or(u8::MAX),
+                kind,
+                Bytes::new(),
+            )]
+        }
+    }
+}
