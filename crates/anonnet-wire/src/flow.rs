@@ -177,6 +177,36 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn sendme_tags_stay_in_step_across_2_pow_32_cells() {
+        // The state both ends hold after 2^32 − 500 cells with every SENDME answered is
+        // the count since the last recorded tag, (2^32 − 500) mod 100 on each side;
+        // continue from there for 1,500 cells, across 2^32, where a running u32 total
+        // went out of step.
+        let start: u64 = (1u64 << 32) - 500;
+        let phase = u32::try_from(start % u64::from(CIRCUIT_INCREMENT)).unwrap();
+        let mut tags = SendmeTags {
+            since_tag: phase,
+            expected: VecDeque::new(),
+        };
+        let mut deliver = CircuitDeliverWindow {
+            since_sendme: phase,
+        };
+        let mut answered = 0;
+        for i in start..start + 1_500 {
+            let mut tag = [0u8; 16];
+            tag[..8].copy_from_slice(&i.to_be_bytes());
+            tags.on_data_sent(tag);
+            if let Some(echo) = deliver.on_data(tag) {
+                assert_eq!(i % 100, 99, "the 100th cell of each increment is echoed");
+                tags.on_sendme(&echo).unwrap();
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 15);
+        assert!(tags.expected.is_empty());
+    }
+
     fn tag(i: u32) -> [u8; 16] {
         let mut t = [0u8; 16];
         t[..4].copy_from_slice(&i.to_be_bytes());
