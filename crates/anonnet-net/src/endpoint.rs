@@ -172,8 +172,18 @@ impl Endpoint {
         bind: SocketAddr,
         limits: InboundLimits,
     ) -> Result<Self, NetError> {
+        Self::relay_with_provider(identity, bind, limits, tls::provider())
+    }
+
+    /// [`Endpoint::relay_with_limits`] with the given rustls provider instead of
+    /// [`tls::provider`]: tests use it to stand in for a peer with other key exchange groups.
+    pub(crate) fn relay_with_provider(
+        identity: &IdentityKey,
+        bind: SocketAddr,
+        limits: InboundLimits,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
-        let provider = tls::provider();
         let transport = Arc::new(transport_config());
         let cert = tls::certified_key(identity, &provider)?;
 
@@ -228,13 +238,22 @@ impl Endpoint {
     /// [`NetError::NoRuntime`] outside a tokio runtime, [`NetError::Bind`] (naming `bind`)
     /// when the UDP socket cannot be bound.
     pub fn client(bind: SocketAddr) -> Result<Self, NetError> {
+        Self::client_with_provider(bind, tls::provider())
+    }
+
+    /// [`Endpoint::client`] with the given rustls provider instead of [`tls::provider`]
+    /// (see [`Endpoint::relay_with_provider`]).
+    pub(crate) fn client_with_provider(
+        bind: SocketAddr,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, NetError> {
         tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let quic = quinn::Endpoint::client(bind)
             .map_err(|source| NetError::Bind { addr: bind, source })?;
         Ok(Endpoint {
             inner: Arc::new(Inner {
                 quic,
-                provider: tls::provider(),
+                provider,
                 transport: Arc::new(transport_config()),
                 cert: None,
                 node_id: None,

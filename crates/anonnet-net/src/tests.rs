@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anonnet_crypto::IdentityKey;
@@ -404,4 +405,350 @@ async fn unvalidated_addresses_get_a_retry_and_then_connect() {
         assert_eq!(quiet.inbound_retried(), 0);
     })
     .await;
+}
+
+/// Per-group counts of a [`CountedGroup`].
+#[derive(Debug, Default)]
+struct KxCount {
+    /// Key shares made as a client (`start`): the first flight, or after a HelloRetryRequest.
+    started: std::sync::atomic::AtomicUsize,
+    /// Key exchanges completed as a server: rustls' server runs `start_and_complete` on the
+    /// one group it selected.
+    completed: std::sync::atomic::AtomicUsize,
+}
+
+/// A key exchange group that counts its use, so a test can see which group a link
+/// negotiated: quinn's `HandshakeData` does not say, and rustls'
+/// `negotiated_key_exchange_group` is not reachable through quinn.
+#[derive(Debug)]
+struct CountedGroup {
+    inner: &'static dyn rustls::crypto::SupportedKxGroup,
+    count: Arc<KxCount>,
+}
+
+impl rustls::crypto::SupportedKxGroup for CountedGroup {
+    fn start(&self) -> Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+        self.count
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.start()
+    }
+
+    fn start_and_complete(
+        &self,
+        peer_pub_key: &[u8],
+    ) -> Result<rustls::crypto::CompletedKeyExchange, rustls::Error> {
+        let done = self.inner.start_and_complete(peer_pub_key)?;
+        self.count
+            .completed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(done)
+    }
+
+    fn name(&self) -> rustls::NamedGroup {
+        self.inner.name()
+    }
+
+    fn usable_for_version(&self, version: rustls::ProtocolVersion) -> bool {
+        self.inner.usable_for_version(version)
+    }
+}
+
+type Counters = Vec<(rustls::NamedGroup, Arc<KxCount>)>;
+
+/// `provider` with each key exchange group wrapped in a [`CountedGroup`], and the counters
+/// in the same order.
+fn counted(
+    provider: &rustls::crypto::CryptoProvider,
+) -> (Arc<rustls::crypto::CryptoProvider>, Counters) {
+    let mut counters = Vec::new();
+    let kx_groups = provider
+        .kx_groups
+        .iter()
+        .map(|&inner| {
+            let count = Arc::new(KxCount::default());
+            counters.push((inner.name(), count.clone()));
+            // Leaked: rustls wants `&'static` groups; a few bytes per test.
+            let group: &'static dyn rustls::crypto::SupportedKxGroup =
+                Box::leak(Box::new(CountedGroup { inner, count }));
+            group
+        })
+        .collect();
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups,
+        ..provider.clone()
+    };
+    (Arc::new(provider), counters)
+}
+
+/// `(group, started, completed)` for each counted group.
+fn counts(counters: &Counters) -> Vec<(rustls::NamedGroup, usize, usize)> {
+    use std::sync::atomic::Ordering::SeqCst;
+    counters
+        .iter()
+        .map(|(name, c)| (*name, c.started.load(SeqCst), c.completed.load(SeqCst)))
+        .collect()
+}
+
+/// A relay endpoint with `provider`, accepting and keeping every link.
+fn relay_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> (Endpoint, NodeId, mpsc::UnboundedReceiver<Link>) {
+    let identity = IdentityKey::generate().unwrap();
+    let endpoint =
+        Endpoint::relay_with_provider(&identity, loopback(), InboundLimits::default(), provider)
+            .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let acceptor = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(link)) = acceptor.accept().await {
+            if tx.send(link).is_err() {
+                return;
+            }
+        }
+    });
+    (endpoint, identity.node_id(), rx)
+}
+
+/// The provider of a node from before the hybrid group: ring's default (X25519, P-256, P-384).
+fn pre_hybrid_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Only the hybrid group: a handshake with this provider on either side can only have
+/// negotiated X25519MLKEM768.
+fn hybrid_only_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768],
+        ..(*tls::provider()).clone()
+    })
+}
+
+#[tokio::test]
+async fn links_negotiate_x25519mlkem768() {
+    use rustls::NamedGroup::{X25519, X25519MLKEM768};
+
+    bounded(async {
+        // A relay with the real provider, its groups counted: client -> relay and
+        // relay -> relay links both settle on the hybrid group, X25519 is never used.
+        let (counting, counters) = counted(&tls::provider());
+        let (server, server_id, mut accepted) = relay_with(counting);
+        let addr = server.local_addr().unwrap();
+
+        let client = Endpoint::client(loopback()).unwrap();
+        let link = client.connect(addr, server_id).await.unwrap();
+        assert!(!link.is_closed());
+        assert_eq!(accepted.recv().await.unwrap().peer_node_id(), None);
+        assert_eq!(counts(&counters), [(X25519MLKEM768, 0, 1), (X25519, 0, 0)]);
+
+        let (dialer, dialer_id, _) = relay();
+        dialer.connect(addr, server_id).await.unwrap();
+        assert_eq!(
+            accepted.recv().await.unwrap().peer_node_id(),
+            Some(dialer_id)
+        );
+        assert_eq!(counts(&counters), [(X25519MLKEM768, 0, 2), (X25519, 0, 0)]);
+
+        // The same from the dialer's side: a client with the real provider, counted, made
+        // one key share (the hybrid one, no HelloRetryRequest) and the link came up.
+        let (counting, client_counters) = counted(&tls::provider());
+        let counted_client = Endpoint::client_with_provider(loopback(), counting).unwrap();
+        counted_client.connect(addr, server_id).await.unwrap();
+        accepted.recv().await.unwrap();
+        assert_eq!(
+            counts(&client_counters),
+            [(X25519MLKEM768, 1, 0), (X25519, 0, 0)]
+        );
+        assert_eq!(counts(&counters), [(X25519MLKEM768, 0, 3), (X25519, 0, 0)]);
+
+        // A relay that accepts nothing but the hybrid group is reached by a real client and
+        // a real relay, and a dialer that offers nothing else reaches a real relay.
+        let (strict_relay, strict_id, mut strict_accepted) = relay_with(hybrid_only_provider());
+        let strict_addr = strict_relay.local_addr().unwrap();
+        client.connect(strict_addr, strict_id).await.unwrap();
+        assert_eq!(strict_accepted.recv().await.unwrap().peer_node_id(), None);
+        dialer.connect(strict_addr, strict_id).await.unwrap();
+        assert_eq!(
+            strict_accepted.recv().await.unwrap().peer_node_id(),
+            Some(dialer_id)
+        );
+        let strict_client =
+            Endpoint::client_with_provider(loopback(), hybrid_only_provider()).unwrap();
+        strict_client.connect(addr, server_id).await.unwrap();
+        accepted.recv().await.unwrap();
+        assert_eq!(counts(&counters), [(X25519MLKEM768, 0, 4), (X25519, 0, 0)]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pre_hybrid_peers_still_connect_over_x25519() {
+    use rustls::NamedGroup::{secp256r1, secp384r1, X25519, X25519MLKEM768};
+
+    bounded(async {
+        // An older relay (ring's default groups, counted) reached by a current client and
+        // a current relay: X25519, in one round trip. The dialer's first flight carries an
+        // X25519 share besides the hybrid one, so there is no HelloRetryRequest (after
+        // which the dialer would have started X25519 on its own).
+        let (old, old_counters) = counted(&pre_hybrid_provider());
+        let (old_relay, old_id, mut old_accepted) = relay_with(old);
+        let old_addr = old_relay.local_addr().unwrap();
+        let (counting, client_counters) = counted(&tls::provider());
+        let client = Endpoint::client_with_provider(loopback(), counting).unwrap();
+        client.connect(old_addr, old_id).await.unwrap();
+        old_accepted.recv().await.unwrap();
+        let (dialer, dialer_id, _) = relay();
+        dialer.connect(old_addr, old_id).await.unwrap();
+        assert_eq!(
+            old_accepted.recv().await.unwrap().peer_node_id(),
+            Some(dialer_id)
+        );
+        assert_eq!(
+            counts(&old_counters),
+            [(X25519, 0, 2), (secp256r1, 0, 0), (secp384r1, 0, 0)]
+        );
+        assert_eq!(
+            counts(&client_counters),
+            [(X25519MLKEM768, 1, 0), (X25519, 0, 0)]
+        );
+
+        // A current relay (counted) reached by an older client and an older relay: X25519.
+        let (current, counters) = counted(&tls::provider());
+        let (server, server_id, mut accepted) = relay_with(current);
+        let addr = server.local_addr().unwrap();
+        let old_client = Endpoint::client_with_provider(loopback(), pre_hybrid_provider()).unwrap();
+        old_client.connect(addr, server_id).await.unwrap();
+        accepted.recv().await.unwrap();
+        let old_dialer = Endpoint::relay_with_provider(
+            &IdentityKey::generate().unwrap(),
+            loopback(),
+            InboundLimits::default(),
+            pre_hybrid_provider(),
+        )
+        .unwrap();
+        old_dialer.connect(addr, server_id).await.unwrap();
+        assert_eq!(
+            accepted.recv().await.unwrap().peer_node_id(),
+            old_dialer.node_id()
+        );
+        assert_eq!(counts(&counters), [(X25519MLKEM768, 0, 0), (X25519, 0, 2)]);
+    })
+    .await;
+}
+
+/// Link handshake and bulk timing on loopback, for `docs/performance.md` ("Link TLS key
+/// exchange"). Not a correctness test; run it in release mode:
+/// `cargo test -p anonnet-net --release -- --ignored --nocapture link_handshake_and_bulk_timing`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing, not a check; run by hand in release mode"]
+async fn link_handshake_and_bulk_timing() {
+    use std::time::Instant;
+
+    const HANDSHAKES: usize = 200;
+    const BULK: usize = 256 << 20;
+
+    fn summary(label: &str, mut times: Vec<Duration>) {
+        times.sort();
+        let total: Duration = times.iter().sum();
+        let mean = total / times.len() as u32;
+        let median = times[times.len() / 2];
+        let p90 = times[times.len() * 9 / 10];
+        println!(
+            "{label}: {n} handshakes, mean {mean:?}, median {median:?}, p90 {p90:?}, total {total:?}",
+            n = times.len()
+        );
+    }
+
+    // The key exchange alone, as one handshake runs it: the client's share, the server's
+    // share and secret, the client's secret.
+    for &group in &tls::provider().kx_groups {
+        const ROUNDS: u32 = 2000;
+        let start = Instant::now();
+        for _ in 0..ROUNDS {
+            let client = group.start().unwrap();
+            let server = group.start_and_complete(client.pub_key()).unwrap();
+            let secret = client.complete(&server.pub_key).unwrap();
+            assert_eq!(secret.secret_bytes(), server.secret.secret_bytes());
+        }
+        println!(
+            "key exchange {:?}: {:?} per handshake (both sides)",
+            group.name(),
+            start.elapsed() / ROUNDS
+        );
+    }
+
+    // The relay drops every accepted link at once, so closed links free their slots.
+    let (server, server_id, mut accepted) = relay();
+    tokio::spawn(async move { while accepted.recv().await.is_some() {} });
+    let addr = server.local_addr().unwrap();
+
+    for (label, dialer) in [
+        ("client -> relay", Endpoint::client(loopback()).unwrap()),
+        (
+            "relay -> relay",
+            Endpoint::relay(&IdentityKey::generate().unwrap(), loopback()).unwrap(),
+        ),
+    ] {
+        // Warm-up: page in code and the first allocations.
+        for _ in 0..5 {
+            dialer.connect(addr, server_id).await.unwrap().close();
+        }
+        let mut times = Vec::with_capacity(HANDSHAKES);
+        let (mut sent, mut received) = (0u64, 0u64);
+        for _ in 0..HANDSHAKES {
+            let start = Instant::now();
+            let link = dialer.connect(addr, server_id).await.unwrap();
+            times.push(start.elapsed());
+            let stats = link.connection().stats();
+            sent += stats.udp_tx.bytes;
+            received += stats.udp_rx.bytes;
+            link.close();
+        }
+        summary(label, times);
+        println!(
+            "{label}: UDP bytes until connected, per handshake: sent {}, received {}",
+            sent / HANDSHAKES as u64,
+            received / HANDSHAKES as u64
+        );
+    }
+
+    // Bulk: one stream, client -> relay, the relay counts and acknowledges the bytes.
+    let (server, server_id, mut accepted) = relay();
+    tokio::spawn(async move {
+        while let Some(link) = accepted.recv().await {
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = link.accept_bi().await {
+                    let mut n = 0u64;
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Some(k) = recv.read(&mut buf).await.unwrap() {
+                        n += k as u64;
+                    }
+                    send.write_all(&n.to_be_bytes()).await.unwrap();
+                    send.finish().unwrap();
+                }
+            });
+        }
+    });
+    let client = Endpoint::client(loopback()).unwrap();
+    let link = client
+        .connect(server.local_addr().unwrap(), server_id)
+        .await
+        .unwrap();
+    let chunk = vec![0x5au8; 64 << 10];
+    for round in 0..3 {
+        let start = Instant::now();
+        let (mut send, mut recv) = link.open_bi().await.unwrap();
+        for _ in 0..BULK / chunk.len() {
+            send.write_all(&chunk).await.unwrap();
+        }
+        send.finish().unwrap();
+        let ack = recv.read_to_end(8).await.unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(ack, (BULK as u64).to_be_bytes());
+        println!(
+            "bulk round {round}: {} MiB in {secs:.3} s = {:.1} MiB/s",
+            BULK >> 20,
+            (BULK >> 20) as f64 / secs
+        );
+    }
 }

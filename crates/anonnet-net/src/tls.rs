@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use anonnet_crypto::{IdentityKey, NodeId};
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{verify_tls13_signature, CryptoProvider, SupportedKxGroup};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
@@ -28,10 +28,42 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 /// is by key) and SNI is off, so it says nothing about the node.
 pub(crate) const CERT_NAME: &str = "anonnet.invalid";
 
-/// The crypto provider used everywhere in this crate: ring, passed explicitly so that no
-/// process-wide default is ever consulted.
+/// The key exchange groups every link offers (as a client) and accepts (as a server), in
+/// order of preference (`docs/protocol.md` §8.1):
+///
+/// 1. X25519MLKEM768, the hybrid of X25519 and ML-KEM-768 (draft-ietf-tls-ecdhe-mlkem), so
+///    that a link recorded today cannot be decrypted later with a quantum computer. The ring
+///    provider has no ML-KEM; this one group comes from rustls' aws-lc-rs provider.
+/// 2. X25519, for peers that predate the hybrid group (ring's default provider offers
+///    X25519, P-256 and P-384, in that order). A dialer sends key shares for both groups in
+///    its first flight (rustls reuses the X25519 half of the hybrid share), so an older
+///    relay costs no extra round trip. Between two current nodes the server takes the
+///    client's first group it supports, i.e. the hybrid one; an on-path attacker cannot
+///    strip it, since the transcript both sides sign and MAC covers the ClientHello.
+///
+/// P-256 and P-384 are no longer offered: every anonnet node has had X25519.
+pub(crate) fn kx_groups() -> Vec<&'static dyn SupportedKxGroup> {
+    vec![
+        rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+        rustls::crypto::ring::kx_group::X25519,
+    ]
+}
+
+/// The crypto provider used everywhere in this crate, passed explicitly so that no
+/// process-wide default is ever consulted: ring's, except for the key exchange groups
+/// ([`kx_groups`]). Cipher suites (QUIC packet protection), signature verification (the
+/// Ed25519 CertificateVerify checks of [`PinnedServer`] and [`OptionalEd25519Client`]), key
+/// loading and randomness all stay ring's.
+///
+/// With both of rustls' `ring` and `aws_lc_rs` features on, rustls cannot pick a
+/// process-wide provider from its crate features: a config built without an explicit
+/// provider (`rustls::ClientConfig::builder()`, quinn's `with_single_cert` and the like)
+/// would panic. Always build from this one.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(CryptoProvider {
+        kx_groups: kx_groups(),
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// The 32-byte Ed25519 public key inside a DER certificate.
@@ -251,6 +283,40 @@ impl ClientCertVerifier for OptionalEd25519Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_prefer_the_hybrid_group_and_keep_ring_for_the_rest() {
+        use rustls::NamedGroup;
+
+        let ours = provider();
+        let groups: Vec<NamedGroup> = ours.kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(groups, [NamedGroup::X25519MLKEM768, NamedGroup::X25519]);
+        assert!(ours.kx_groups[0].usable_for_version(rustls::ProtocolVersion::TLSv1_3));
+
+        // Everything but the key exchange is ring's, in ring's order.
+        let ring = rustls::crypto::ring::default_provider();
+        let suites = |p: &CryptoProvider| {
+            p.cipher_suites
+                .iter()
+                .map(|s| s.suite())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(suites(&ours), suites(&ring));
+        let schemes = ours.signature_verification_algorithms.supported_schemes();
+        assert_eq!(
+            schemes,
+            ring.signature_verification_algorithms.supported_schemes()
+        );
+        assert!(schemes.contains(&SignatureScheme::ED25519));
+        assert_eq!(
+            format!("{:?}", ours.key_provider),
+            format!("{:?}", ring.key_provider)
+        );
+        assert_eq!(
+            format!("{:?}", ours.secure_random),
+            format!("{:?}", ring.secure_random)
+        );
+    }
 
     #[test]
     fn certificate_carries_the_identity_key() {
