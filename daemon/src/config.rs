@@ -398,6 +398,23 @@ struct LogSection {
     safe: Option<bool>,
 }
 
+/// `[metrics]`, in every role's config: the Prometheus endpoint (off without `listen`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: Option<Spanned<String>>,
+}
+
+/// `metrics.listen`, parsed: `None` when metrics are off.
+fn metrics_listen_of(src: &Source, m: &MetricsSection) -> Result<Option<SocketAddr>, ConfigError> {
+    m.listen
+        .as_ref()
+        .map(|l| {
+            parse_listen(l.get_ref()).map_err(|why| src.invalid("metrics.listen", Some(l), why))
+        })
+        .transpose()
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RelayFile {
@@ -411,6 +428,8 @@ struct RelayFile {
     limits: LimitsSection,
     #[serde(default)]
     dht: DhtSection,
+    #[serde(default)]
+    metrics: MetricsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -472,6 +491,8 @@ pub struct RelaySettings {
     pub descriptor_file: PathBuf,
     /// `log.safe` (default true).
     pub safe_logging: bool,
+    /// `metrics.listen`: the Prometheus endpoint's TCP address (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Load and validate a relay config file.
@@ -721,6 +742,7 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
         },
         descriptor_file,
         safe_logging: file.log.safe.unwrap_or(true),
+        metrics_listen: metrics_listen_of(src, &file.metrics)?,
     })
 }
 
@@ -739,6 +761,8 @@ struct ClientFile {
     /// `[names]`: the local `.dark` address book, `name = "<address>.anon"`.
     #[serde(default)]
     names: std::collections::BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    metrics: MetricsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -822,6 +846,8 @@ pub struct ClientSettings {
     pub guard_lifetimes: anonnet_client::guards::GuardLifetimes,
     /// `log.safe` (default true).
     pub safe_logging: bool,
+    /// `metrics.listen`: the Prometheus endpoint's TCP address (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Parse a SOCKS listen value: `"auto"` (127.0.0.1, a free port) or `IP:PORT`.
@@ -947,18 +973,20 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
         None => parse_control_listen(DEFAULT_CONTROL)
             .map_err(|why| src.invalid("client.control_listen", None::<&Spanned<()>>, why))?,
     };
-    check_listeners(
-        src,
-        &[
-            ("client.socks_listen", socks_listen, c.socks_listen.as_ref()),
-            ("client.http_listen", http_listen, c.http_listen.as_ref()),
-            (
-                "client.control_listen",
-                control_listen,
-                c.control_listen.as_ref(),
-            ),
-        ],
-    )?;
+    let metrics_listen = metrics_listen_of(src, &file.metrics)?;
+    let mut listeners = vec![
+        ("client.socks_listen", socks_listen, c.socks_listen.as_ref()),
+        ("client.http_listen", http_listen, c.http_listen.as_ref()),
+        (
+            "client.control_listen",
+            control_listen,
+            c.control_listen.as_ref(),
+        ),
+    ];
+    if let Some(m) = metrics_listen {
+        listeners.push(("metrics.listen", m, file.metrics.listen.as_ref()));
+    }
+    check_listeners(src, &listeners)?;
     let pool_size = c
         .pool_size
         .as_ref()
@@ -1088,6 +1116,7 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
         },
     };
     Ok(ClientSettings {
+        metrics_listen,
         circuit_handshake,
         safe_logging: file.log.safe.unwrap_or(true),
         guard_lifetimes,
@@ -1244,6 +1273,8 @@ struct AuthorityFile {
     authority: AuthoritySection,
     #[serde(default)]
     flags: FlagsSection,
+    #[serde(default)]
+    metrics: MetricsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1283,6 +1314,8 @@ pub struct AuthoritySettings {
     pub authority: anonnet_authority::AuthorityConfig,
     /// `log.safe` (default true).
     pub safe_logging: bool,
+    /// `metrics.listen`: the Prometheus endpoint's TCP address (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Load and validate an authority config file (see config/authority.toml).
@@ -1430,6 +1463,7 @@ fn authority_from(src: &Source) -> Result<AuthoritySettings, ConfigError> {
     };
     Ok(AuthoritySettings {
         safe_logging: file.log.safe.unwrap_or(true),
+        metrics_listen: metrics_listen_of(src, &file.metrics)?,
         file: src.path.clone(),
         authority: anonnet_authority::AuthorityConfig {
             data_dir,
@@ -2184,6 +2218,100 @@ onion_key_grace_days = 3
         );
         let e = load_client(&file).unwrap_err().to_string();
         assert!(e.contains("clashes with `client.socks_listen`"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_accepts_auto() {
+        let tmp = test_dir("metrics-ok");
+        let dir = tmp.path();
+        let net = network_line(dir);
+        let file = write(dir, "client.toml", &format!("[client]\n{net}"));
+        assert_eq!(load_client(&file).unwrap().metrics_listen, None);
+        let file = write(
+            dir,
+            "client.toml",
+            &format!("[client]\n{net}\n[metrics]\nlisten = \"auto\"\n"),
+        );
+        assert_eq!(
+            load_client(&file).unwrap().metrics_listen,
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        let file = write(
+            dir,
+            "relay.toml",
+            &format!(
+                "[relay]\nlisten = \"127.0.0.1:0\"\n{net}\n[metrics]\nlisten = \"[::1]:9035\"\n"
+            ),
+        );
+        assert_eq!(
+            load_relay(&file).unwrap().metrics_listen,
+            Some("[::1]:9035".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_metrics_listen_names_file_line_and_key_in_every_role() {
+        let tmp = test_dir("metrics-bad");
+        let dir = tmp.path();
+        let net = network_line(dir);
+        let bad = "\n[metrics]\nlisten = \"localhost:metrics\"\n";
+        let cases = [
+            ("client.toml", format!("[client]\n{net}{bad}"), 5),
+            (
+                "relay.toml",
+                format!("[relay]\nlisten = \"127.0.0.1:0\"\n{net}{bad}"),
+                6,
+            ),
+            (
+                "authority.toml",
+                format!("[authority]\nlisten = \"127.0.0.1:7000\"\n{net}{bad}"),
+                6,
+            ),
+        ];
+        for (name, text, line) in cases {
+            let file = write(dir, name, &text);
+            let e = match name {
+                "client.toml" => load_client(&file).map(drop),
+                "relay.toml" => load_relay(&file).map(drop),
+                _ => load_authority(&file).map(drop),
+            }
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(&file.display().to_string())
+                    && e.contains("key `metrics.listen`")
+                    && e.contains(&format!("line {line}"))
+                    && e.contains("\"auto\""),
+                "{name}: {e}"
+            );
+        }
+        // An unknown key in the section is refused too.
+        let file = write(
+            dir,
+            "client.toml",
+            &format!("[client]\n{net}\n[metrics]\nport = 9035\n"),
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(e.contains("metrics.port"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_on_the_socks_port_is_a_clash() {
+        let tmp = test_dir("metrics-clash");
+        let dir = tmp.path();
+        let net = network_line(dir);
+        let file = write(
+            dir,
+            "client.toml",
+            &format!(
+                "[client]\nsocks_listen = \"127.0.0.1:9050\"\n{net}\n[metrics]\nlisten = \"127.0.0.1:9050\"\n"
+            ),
+        );
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("key `metrics.listen`") && e.contains("clashes with `client.socks_listen`"),
+            "{e}"
+        );
     }
 
     #[test]

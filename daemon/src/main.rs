@@ -6,9 +6,13 @@
 //! - `anonnet relay`: `RELAY ready <node_id_hex> <bound_addr> <descriptor_file_path>`
 //! - `anonnet run` and `anonnet testnet`: `SOCKS5 ready on <ADDR>`, then
 //!   `HTTP proxy ready on <ADDR>` (both listeners are bound and served by then)
+//! - any role with `[metrics] listen`: `Metrics: http://<ADDR>/metrics` once it is served
+//!   (a daemon prints it before its other ready lines; `anonnet testnet --metrics` prints
+//!   the client's after the proxy lines)
 
 mod cli;
 mod control;
+mod metrics;
 mod services;
 mod shutdown;
 mod site;
@@ -139,6 +143,10 @@ enum Command {
         /// Testnet config file (see config/testnet.toml); flags override it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Serve Prometheus metrics on a free loopback port from every authority, relay
+        /// and the client; prints `Metrics: http://ADDR/metrics` for the client's.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Control subcommands over the running daemon's control API.
     #[command(flatten)]
@@ -221,6 +229,19 @@ pub enum Error {
         /// The bind error (it names the address).
         source: anonnet_proxy::ProxyError,
     },
+    /// The metrics port could not be bound.
+    #[error(
+        "cannot listen for metrics on {addr}: {source}. Change `metrics.listen` in {file}, or \
+         set it to \"auto\" to pick a free port"
+    )]
+    MetricsBind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The config file.
+        file: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
     /// A local I/O step failed.
     #[error("{what}: {source}")]
     Io {
@@ -296,6 +317,7 @@ fn main() -> ExitCode {
                 http,
                 dir,
                 config,
+                metrics,
             } => {
                 let shape = testnet::NetworkShape {
                     authorities: authorities.unwrap_or(testnet::DEFAULT_AUTHORITIES),
@@ -316,6 +338,7 @@ fn main() -> ExitCode {
                     dir,
                     config,
                     cli.log_level,
+                    metrics,
                 )
                 .await
             }
@@ -360,7 +383,9 @@ async fn run_relay(config: &Path, exit_with_parent: bool) -> Result<(), Error> {
     let settings = config::load_relay(config)?;
     let _unsafe_logging = unsafe_logging(settings.safe_logging, &settings.file);
     info!(config = %settings.file.display(), "starting relay");
-    let relay = Relay::start(settings.relay).await?;
+    let metrics = metrics::bind(settings.metrics_listen, &settings.file).await?;
+    let relay = Arc::new(Relay::start(settings.relay).await?);
+    let _metrics = metrics::spawn(metrics, || metrics::relay_registry(relay.clone()))?;
     print_line(&format!(
         "RELAY ready {} {} {}",
         relay.node_id(),
@@ -380,9 +405,13 @@ async fn run_authority(config: &Path, exit_with_parent: bool) -> Result<(), Erro
     let settings = config::load_authority(config)?;
     let _unsafe_logging = unsafe_logging(settings.safe_logging, &settings.file);
     info!(config = %settings.file.display(), "starting directory authority");
-    let authority = anonnet_authority::Authority::start(settings.authority)
-        .await
-        .map_err(|e| Error::Authority(e.to_string()))?;
+    let metrics = metrics::bind(settings.metrics_listen, &settings.file).await?;
+    let authority = Arc::new(
+        anonnet_authority::Authority::start(settings.authority)
+            .await
+            .map_err(|e| Error::Authority(e.to_string()))?,
+    );
+    let _metrics = metrics::spawn(metrics, || metrics::authority_registry(authority.clone()))?;
     print_line(&format!(
         "AUTHORITY ready {} {} {}",
         authority.node_id(),
@@ -487,14 +516,16 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     // The cookie is written before ports.json names the port, so a reader finds both.
     let control = control::bind(&settings).await?;
     let control_addr = control.local_addr();
-    let _ports = PortsFile::write(
-        &settings.state_dir,
-        &[
-            ("socks", socks_addr),
-            ("http", http_addr),
-            ("control", control_addr),
-        ],
-    )?;
+    let metrics = metrics::bind(settings.metrics_listen, &settings.file).await?;
+    let mut ports = vec![
+        ("socks", socks_addr),
+        ("http", http_addr),
+        ("control", control_addr),
+    ];
+    if let Some(m) = &metrics {
+        ports.push(("metrics", m.local_addr()));
+    }
+    let _ports = PortsFile::write(&settings.state_dir, &ports)?;
 
     let mut client_config = ClientConfig {
         network: Some(settings.network.clone()),
@@ -527,6 +558,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     .map_err(|e| Error::Service(format!("{e} ([[service]] in {})", settings.file.display())))?;
     // Served during bootstrap too, so the tray can show its progress.
     let _serving_control = control::spawn(control, client.clone(), services);
+    let _metrics = metrics::spawn(metrics, || metrics::client_registry(client.clone()))?;
     info!(socks = %socks_addr, http = %http_addr, "building the first circuit");
     tokio::select! {
         r = client.wait_ready() => r?,
@@ -613,6 +645,7 @@ async fn run_testnet(
     dir: Option<PathBuf>,
     config: Option<PathBuf>,
     log_level: Option<LogLevel>,
+    metrics: bool,
 ) -> Result<(), Error> {
     let mut shutdown = Shutdown::new(false).map_err(Error::io("signal handlers"))?;
     let file = match &config {
@@ -638,6 +671,7 @@ async fn run_testnet(
         log_level: log_level.map(LogLevel::as_str),
         shape,
         circuit_handshake,
+        metrics,
     };
     testnet::run(options, &mut shutdown).await
 }

@@ -14,6 +14,10 @@
 //! DIR/client/control.cookie  the control API's cookie (and "control" in ports.json)
 //! ```
 //!
+//! With `--metrics`, every authority, relay and the client get `[metrics] listen =
+//! "127.0.0.1:0"`; `testnet.json` lists each one's metrics URL and the client's is
+//! printed as `Metrics: http://ADDR/metrics`.
+//!
 //! Children are started with `--exit-with-parent` and a piped stdin, so they exit on their
 //! own if this process dies without cleaning up, and with `kill_on_drop` as a backstop.
 
@@ -93,6 +97,38 @@ pub struct TestnetOptions {
     /// `client.circuit_handshake` of the client and the hidden-service host: `"hybrid"`
     /// (the default) or `"classical"`.
     pub circuit_handshake: &'static str,
+    /// `--metrics`: a Prometheus endpoint on every authority, relay and the client.
+    pub metrics: bool,
+}
+
+/// What `--metrics` adds to a generated config: the endpoint on a free loopback port.
+const METRICS_SECTION: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// `toml` with the `[metrics]` section when `on`.
+fn with_metrics(toml: String, on: bool) -> String {
+    if on {
+        toml + METRICS_SECTION
+    } else {
+        toml
+    }
+}
+
+/// The ready lines to wait for: the metrics line first when metrics are `on`.
+fn ready_prefixes<'a>(prefixes: &[&'a str], on: bool) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(prefixes.len() + 1);
+    if on {
+        out.push(crate::metrics::READY);
+    }
+    out.extend_from_slice(prefixes);
+    out
+}
+
+/// The metrics URL among a child's ready lines (JSON null without one).
+fn metrics_url(lines: &[String]) -> serde_json::Value {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(crate::metrics::READY))
+        .map_or(serde_json::Value::Null, |u| u.trim().into())
 }
 
 /// One child process of the testnet.
@@ -212,7 +248,10 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
             let config = rdir.join("relay.toml");
             write_file(
                 &config,
-                &relay_toml(i, &options.exit_policy, &bootstrap, &network_file),
+                &with_metrics(
+                    relay_toml(i, &options.exit_policy, &bootstrap, &network_file),
+                    options.metrics,
+                ),
             )?;
             let child = spawn(
                 &exe,
@@ -225,9 +264,13 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
             net.children.push(child);
         }
         for child in net.children.iter_mut().skip(first_child) {
-            let line = read_ready(child, &["RELAY ready "], deadline)
-                .await?
-                .concat();
+            let lines = read_ready(
+                child,
+                &ready_prefixes(&["RELAY ready "], options.metrics),
+                deadline,
+            )
+            .await?;
+            let line = lines.last().cloned().unwrap_or_default();
             let relay = parse_relay_ready(&line).ok_or_else(|| {
                 Error::Testnet(format!(
                     "{} printed a malformed ready line: {line:?}",
@@ -246,6 +289,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
                 "node_id": relay.node_id,
                 "addr": relay.addr.to_string(),
                 "descriptor": relay.descriptor.display().to_string(),
+                "metrics": metrics_url(&lines),
             }));
             descriptors.push(relay.descriptor);
         }
@@ -266,14 +310,17 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let client_bootstrap: Vec<PathBuf> = descriptors.iter().take(2).cloned().collect();
     write_file(
         &config,
-        &with_handshake(
-            &client_toml(
-                options.socks,
-                options.http,
-                &client_bootstrap,
-                &network_file,
+        &with_metrics(
+            with_handshake(
+                &client_toml(
+                    options.socks,
+                    options.http,
+                    &client_bootstrap,
+                    &network_file,
+                ),
+                options.circuit_handshake,
             ),
-            options.circuit_handshake,
+            options.metrics,
         ),
     )?;
     let client_log = cdir.join("client.log");
@@ -289,7 +336,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     // before either proxy works.
     let ready = read_ready(
         &mut client,
-        &[CONSENSUS_READY, SOCKS_READY, HTTP_READY],
+        &ready_prefixes(&[CONSENSUS_READY, SOCKS_READY, HTTP_READY], options.metrics),
         Instant::now() + CLIENT_READY_TIMEOUT,
     )
     .await;
@@ -354,7 +401,11 @@ control_listen = \"auto\""
         "authorities": authorities_info,
         "relays": ready_info,
         "bootstrap": client_bootstrap.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
-        "client": { "pid": client_pid, "config": config.display().to_string() },
+        "client": {
+            "pid": client_pid,
+            "config": config.display().to_string(),
+            "metrics": ready.as_ref().map_or(serde_json::Value::Null, |l| metrics_url(l)),
+        },
         "service": {
             "pid": service_pid,
             "config": service_config.display().to_string(),
@@ -393,6 +444,9 @@ control_listen = \"auto\""
         "curl -x http://{http} http://localhost:{}/",
         site_addr.port()
     ))?;
+    if let Some(line) = lines.iter().find(|l| l.starts_with(crate::metrics::READY)) {
+        print_line(line)?;
+    }
     print_line(&format!(
         "Hidden service: http://{address}/ and http://{DEMO_NAME}.dark/ (the demo site)"
     ))?;
@@ -565,7 +619,10 @@ async fn start_authorities(
     let first_child = net.children.len();
     for (k, adir, addr) in &planned {
         let config = adir.join("authority.toml");
-        write_file(&config, &authority_toml(*addr, &network_file, shape))?;
+        write_file(
+            &config,
+            &with_metrics(authority_toml(*addr, &network_file, shape), options.metrics),
+        )?;
         let child = spawn(
             exe,
             format!("auth-{k}"),
@@ -579,9 +636,13 @@ async fn start_authorities(
     let deadline = Instant::now() + RELAY_READY_TIMEOUT;
     let mut info_out = Vec::with_capacity(planned.len());
     for (child, (_, adir, addr)) in net.children.iter_mut().skip(first_child).zip(&planned) {
-        let line = read_ready(child, &[AUTHORITY_READY], deadline)
-            .await?
-            .concat();
+        let lines = read_ready(
+            child,
+            &ready_prefixes(&[AUTHORITY_READY], options.metrics),
+            deadline,
+        )
+        .await?;
+        let line = lines.last().cloned().unwrap_or_default();
         let node_id = line
             .strip_prefix(AUTHORITY_READY)
             .and_then(|r| r.split(' ').next())
@@ -594,6 +655,7 @@ async fn start_authorities(
             "node_id": node_id,
             "addr": addr.to_string(),
             "config": adir.join("authority.toml").display().to_string(),
+            "metrics": metrics_url(&lines),
         }));
     }
     Ok((network_file, info_out))

@@ -157,6 +157,30 @@ impl Shared {
     }
 }
 
+/// A snapshot of an authority ([`Authority::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityStatus {
+    /// Relays whose descriptors the authority holds.
+    pub relays_known: usize,
+    /// The newest consensus signed by a majority, if any.
+    pub consensus: Option<CurrentConsensus>,
+}
+
+/// The figures of the consensus an authority holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentConsensus {
+    /// Start of validity (Unix seconds).
+    pub valid_after: u64,
+    /// Clients fetch a newer one after this (Unix seconds).
+    pub fresh_until: u64,
+    /// Refused at and after this (Unix seconds).
+    pub valid_until: u64,
+    /// Relays listed.
+    pub relays: usize,
+    /// Authority signatures it carries.
+    pub signatures: usize,
+}
+
 /// A running authority.
 pub struct Authority {
     shared: Arc<Shared>,
@@ -274,6 +298,22 @@ impl Authority {
     /// The newest consensus signed by a majority, if any.
     pub fn consensus(&self) -> Option<SignedConsensus> {
         self.shared.state().current.as_ref().map(|(s, _)| s.clone())
+    }
+
+    /// What the authority knows now, for its metrics: relays it holds descriptors of and
+    /// the newest consensus signed by a majority.
+    pub fn status(&self) -> AuthorityStatus {
+        let state = self.shared.state();
+        AuthorityStatus {
+            relays_known: state.relays.len(),
+            consensus: state.current.as_ref().map(|(signed, c)| CurrentConsensus {
+                valid_after: c.valid_after,
+                fresh_until: c.fresh_until,
+                valid_until: c.valid_until,
+                relays: c.relays.len(),
+                signatures: signed.signatures.len(),
+            }),
+        }
     }
 
     /// Stop serving and end the tasks, waiting at most `within`.
