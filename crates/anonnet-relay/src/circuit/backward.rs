@@ -8,19 +8,22 @@ use super::*;
 pub(super) struct BackwardTask {
     pub(super) shared: Arc<RelayShared>,
     pub(super) cell_len: usize,
-    pub(super) layer: RelayBackward,
+    pub(super) core: BackwardCore,
     pub(super) prev_send: SendStream,
     pub(super) next_rx: mpsc::Receiver<CellBatch>,
     pub(super) out_rx: mpsc::Receiver<RelayCell>,
-    pub(super) flow: Arc<CircuitFlow>,
     pub(super) teardown: Arc<Teardown>,
 }
 
 impl BackwardTask {
     pub(super) async fn run(mut self) {
         self.relay_cells().await;
-        let reason = self.teardown.reason();
-        send_destroy(&mut self.prev_send, self.cell_len, reason).await;
+        match self.teardown.plan(false).to_prev {
+            Some(reason) => send_destroy(&mut self.prev_send, self.cell_len, reason).await,
+            None => {
+                let _ = self.prev_send.finish();
+            }
+        }
     }
 
     pub(super) async fn relay_cells(&mut self) {
@@ -40,6 +43,12 @@ impl BackwardTask {
             while let Some(it) = item.take() {
                 match self.seal_into(it, &mut batch) {
                     Ok(n) => cells += n,
+                    Err(DestroyReason::ChannelClosed) => {
+                        // The next hop's DESTROY, passed on towards the client.
+                        self.teardown
+                            .destroy_from(Origin::Next, DestroyReason::ChannelClosed);
+                        return;
+                    }
                     Err(reason) => {
                         self.teardown.destroy(reason);
                         return;
@@ -62,15 +71,17 @@ impl BackwardTask {
                 () = self.teardown.token.cancelled() => false,
             };
             if !written {
-                self.teardown.destroy(DestroyReason::ChannelClosed);
+                // The previous hop's leg is gone.
+                self.teardown
+                    .destroy_from(Origin::Prev, DestroyReason::ChannelClosed);
                 break;
             }
         }
     }
 
-    /// Seal the cells from the next hop or one message of this relay and append the sealed
-    /// cells to `batch` (padding from the next hop appends nothing). Returns how many
-    /// cells were sealed.
+    /// Seal the cells from the next hop or one message of this relay (in the core) and
+    /// append the sealed cells to `batch` (padding from the next hop appends nothing).
+    /// Returns how many cells were sealed.
     ///
     /// # Errors
     /// The reason to destroy the circuit: the next hop's `DESTROY`, a bad cell, or a
@@ -80,49 +91,13 @@ impl BackwardTask {
         item: Backward,
         batch: &mut BytesMut,
     ) -> Result<usize, DestroyReason> {
-        let mut sealed = 0;
-        match item {
-            Backward::Cells(cells) => {
-                // Each cell from the next hop (or from the other circuit of a rendezvous
-                // join) gets this hop's wrap layer; its size does not change (§7.3).
-                for cell in cells.chunks_exact(CELL_LEN) {
-                    match cell.first().copied().map(CellCommand::from_byte) {
-                        Some(Ok(CellCommand::Relay)) => {
-                            let start = batch.len();
-                            batch.extend_from_slice(cell);
-                            let out = batch.get_mut(start..).ok_or(DestroyReason::Internal)?;
-                            self.layer.wrap(out).map_err(|_| DestroyReason::Internal)?;
-                            sealed += 1;
-                        }
-                        Some(Ok(CellCommand::Padding)) => {}
-                        Some(Ok(CellCommand::Destroy)) => return Err(DestroyReason::ChannelClosed),
-                        _ => return Err(DestroyReason::Protocol),
-                    }
-                }
-            }
+        let sealed = match item {
+            Backward::Cells(cells) => self.core.wrap_from_next(&cells, batch)?,
             Backward::Message(msg) => {
-                let start = batch.len();
-                batch.resize(start + CELL_LEN, 0);
-                let cell = batch.get_mut(start..).ok_or(DestroyReason::Internal)?;
-                let is_data = matches!(msg.msg, RelayMsg::Data(_));
-                let len = cell
-                    .get_mut(relay_layout::INNER..relay_layout::INNER + BACKWARD_MESSAGE_MAX)
-                    .ok_or(DestroyReason::Internal)
-                    .and_then(|inner| {
-                        msg.encode_into(inner).map_err(|_| DestroyReason::Internal)
-                    })?;
-                let tag = self
-                    .layer
-                    .originate(cell, len)
-                    .map_err(|_| DestroyReason::Internal)?;
-                if is_data {
-                    if let Ok(mut tags) = self.flow.tags.lock() {
-                        tags.on_data_sent(tag);
-                    }
-                }
-                sealed += 1;
+                self.core.originate(&msg, batch)?;
+                1
             }
-        }
+        };
         self.shared
             .stats
             .cells_backward

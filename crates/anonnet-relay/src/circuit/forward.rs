@@ -33,11 +33,16 @@ impl ForwardTask {
         if let Some(cookie) = self.hs.cookie.take() {
             self.shared.hs.remove_rendezvous(&cookie, self.hs.circuit);
         }
-        for (_, slot) in self.streams.drain() {
+        for slot in self.core.take_streams() {
             slot.token.cancel();
         }
         if let Some(mut next) = self.next_send.take() {
-            send_destroy(&mut next, CELL_LEN, self.teardown.reason()).await;
+            match self.teardown.plan(true).to_next {
+                Some(reason) => send_destroy(&mut next, CELL_LEN, reason).await,
+                None => {
+                    let _ = next.finish();
+                }
+            }
         }
     }
 
@@ -65,35 +70,56 @@ impl ForwardTask {
         }
     }
 
-    pub(super) async fn handle_cell(&mut self, mut cell: BytesMut) -> Result<(), Violation> {
-        let command = cell
-            .first()
-            .copied()
-            .map(CellCommand::from_byte)
-            .and_then(Result::ok);
-        match command {
-            Some(CellCommand::Relay) => {}
-            Some(CellCommand::Padding) => return Ok(()),
-            Some(CellCommand::Destroy) => return Err(Violation(DestroyReason::Requested)),
-            _ => return Err(Violation(DestroyReason::Protocol)),
+    /// One cell from the previous hop: the core decides, the shell carries it out.
+    ///
+    /// # Errors
+    /// The reason to destroy the circuit.
+    pub(super) async fn handle_cell(&mut self, cell: BytesMut) -> Result<(), Violation> {
+        let stats = &self.shared.stats;
+        let step = match self.core.on_cell(cell) {
+            Ok(step) => step,
+            Err(refusal) => {
+                match refusal {
+                    Refusal::Rejected => {
+                        stats.cells_rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Refusal::Unexpected(what) => {
+                        stats.cells_unexpected.fetch_add(1, Ordering::Relaxed);
+                        anonnet_net::warn_limited!("destroying circuit: unexpected {what}");
+                    }
+                    Refusal::Destroyed => {
+                        self.teardown
+                            .destroy_from(Origin::Prev, DestroyReason::Requested);
+                    }
+                    Refusal::Destroy(_) => {}
+                }
+                return Err(Violation(refusal.reason()));
+            }
+        };
+        if !matches!(step, Step::Padding) {
+            stats.cells_forward.fetch_add(1, Ordering::Relaxed);
         }
-        let kind = self.layer.open_forward(&mut cell).map_err(|e| {
-            anonnet_net::warn_limited!("destroying circuit: {e}");
-            self.shared
-                .stats
-                .cells_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            Violation(DestroyReason::Protocol)
-        })?;
-        self.shared
-            .stats
-            .cells_forward
-            .fetch_add(1, Ordering::Relaxed);
-        match kind {
-            LayerKind::Forward if self.next_send.is_none() => {
+        let handled = self.carry_out(step).await;
+        // Replies the core owes the client (SENDMEs, END, EXTENDED, TRUNCATED).
+        while let Some(reply) = self.core.poll_reply() {
+            let _ = self.out.send(reply).await;
+        }
+        handled
+    }
+
+    /// Do what the core decided.
+    async fn carry_out(&mut self, step: Step) -> Result<(), Violation> {
+        match step {
+            Step::Padding | Step::Handled => Ok(()),
+            // Re-padded to the same size by the core; gathered and written once per batch
+            // (flush_forward).
+            Step::ToNext(cell) => {
+                self.forward_out.extend_from_slice(&cell);
+                Ok(())
+            }
+            Step::ToJoined(cell) => {
                 // The end of a circuit joined at this rendezvous point: the other circuit's
                 // backward task wraps the cell as if it came from its next hop (§13.5).
-                // `open_forward` already made it the next leg's cell.
                 let splice = self
                     .hs
                     .splice
@@ -105,256 +131,107 @@ impl ForwardTask {
                     () = splice.teardown.token.cancelled() => false,
                 };
                 if !sent {
+                    self.teardown
+                        .destroy_from(Origin::Next, DestroyReason::ChannelClosed);
                     return Err(Violation(DestroyReason::ChannelClosed));
                 }
                 Ok(())
             }
-            LayerKind::Forward => {
-                // Re-padded to the same size by `open_forward`; gathered and written once
-                // per batch (flush_forward).
-                self.forward_out.extend_from_slice(&cell);
+            Step::Extend(request) => {
+                // Cells already opened for the next hop go first (none can be: the
+                // circuit has no next hop yet), then the extension, bounded in time.
+                self.flush_forward().await?;
+                let kind = request.kind;
+                let result = tokio::time::timeout(EXTEND_TIMEOUT, self.extend(request))
+                    .await
+                    .unwrap_or(Err(DestroyReason::Timeout));
+                self.core.extended(kind, result);
                 Ok(())
             }
-            LayerKind::Deliver => {
-                // What this hop does with a message may wait (EXTEND, a full exit
-                // stream): cells already opened for the next hop go first.
+            Step::Begin { id, target, port } => {
                 self.flush_forward().await?;
-                let tag = relay_cell_tag(&cell).unwrap_or_default();
-                let inner = cell.freeze().slice(relay_layout::INNER..);
-                let msg = RelayCell::decode(&inner).map_err(|e| {
-                    anonnet_net::warn_limited!("destroying circuit: bad relay message: {e}");
-                    Violation(DestroyReason::Protocol)
-                })?;
-                self.handle_message(msg, tag).await
+                self.begin(id, target, port);
+                Ok(())
+            }
+            Step::Data { id, data } => {
+                // Waiting for a full exit stream: cells already opened for the next hop go
+                // first.
+                self.flush_forward().await?;
+                let Some(slot) = self.core.stream(id) else {
+                    return Ok(());
+                };
+                let sent = tokio::select! {
+                    r = slot.data.send(data) => r.is_ok(),
+                    () = self.teardown.token.cancelled() => true,
+                };
+                if !sent {
+                    // The exit side already ended; its END is on the way back.
+                    self.core.stream_gone(id);
+                }
+                Ok(())
+            }
+            Step::EndStream(slot) => {
+                // Dropping the slot closes the data channel: the writer sends what is
+                // queued, then closes the connection. Cancelling stops the reader.
+                slot.token.cancel();
+                Ok(())
+            }
+            Step::Role(msg) => {
+                self.flush_forward().await?;
+                self.role(msg).await
             }
         }
+    }
+
+    /// Start exit stream `id` (the core has checked the policy, the limit and the id).
+    fn begin(&mut self, id: StreamId, target: Target, port: u16) {
+        let Some(policy) = self.shared.exit_policy.clone() else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel(EXIT_WRITE_QUEUE);
+        let token = self.teardown.token.child_token();
+        let package = Arc::new(Semaphore::new(STREAM_WINDOW as usize));
+        let deliver = Arc::new(Mutex::new(StreamDeliverWindow::default()));
+        self.core.add_stream(
+            id,
+            ExitSlot {
+                data: tx,
+                token: token.clone(),
+                package: package.clone(),
+                deliver: deliver.clone(),
+            },
+        );
+        tokio::spawn(
+            exit_stream(
+                self.shared.clone(),
+                policy,
+                id,
+                target,
+                port,
+                rx,
+                self.out.clone(),
+                ExitTokens {
+                    stream: token,
+                    circuit: self.teardown.token.clone(),
+                },
+                ExitWindows {
+                    circuit: self.flow.package.clone(),
+                    stream: package,
+                    deliver,
+                },
+                RelayCell::max_payload(BACKWARD_MESSAGE_MAX),
+            )
+            .instrument(tracing::debug_span!("exit_stream", stream = id.0)),
+        );
     }
 
     pub(super) async fn send_back(&self, stream_id: StreamId, msg: RelayMsg) {
         let _ = self.out.send(RelayCell::new(stream_id, msg)).await;
     }
 
-    pub(super) async fn handle_message(
-        &mut self,
-        cell: RelayCell,
-        tag: [u8; 16],
-    ) -> Result<(), Violation> {
-        let id = cell.stream_id;
-        match cell.msg {
-            RelayMsg::Extend {
-                node_id,
-                addr,
-                onion_key,
-                client_pk,
-            } => {
-                if self.next_send.is_some() || self.next_tx.is_none() {
-                    return Err(Violation(DestroyReason::Protocol));
-                }
-                let hello = anonnet_crypto::ClientHello {
-                    node_id,
-                    onion_key,
-                    client_pk,
-                };
-                let create = Create {
-                    cell_len: CELL_LEN as u16,
-                    node_id: hello.node_id,
-                    onion_key: hello.onion_key,
-                    client_pk: hello.client_pk,
-                }
-                .encode()
-                .map_err(|_| Violation(DestroyReason::Internal))?;
-                let extended = self.extend(addr, NodeId(node_id), create, CELL_LEN, |c| {
-                    Created::decode(c).is_ok()
-                });
-                let reply = match tokio::time::timeout(EXTEND_TIMEOUT, extended).await {
-                    Ok(Ok(cells)) => match Created::decode(&cells) {
-                        Ok(created) => RelayMsg::Extended {
-                            server_pk: created.server_pk,
-                            auth: created.auth,
-                        },
-                        Err(_) => RelayMsg::Truncated(DestroyReason::Protocol),
-                    },
-                    Ok(Err(reason)) => RelayMsg::Truncated(reason),
-                    Err(_) => RelayMsg::Truncated(DestroyReason::Timeout),
-                };
-                self.send_back(StreamId::CIRCUIT, reply).await;
-                Ok(())
-            }
-            RelayMsg::Extend2 {
-                addr,
-                handshake_type,
-                part,
-            } => {
-                if self.next_send.is_some()
-                    || self.next_tx.is_none()
-                    || self.pending_extend.is_some()
-                    || handshake_type != HANDSHAKE_HYBRID_V2
-                    || part.len() > HYBRID_HELLO_LEN
-                {
-                    return Err(Violation(DestroyReason::Protocol));
-                }
-                self.pending_extend = Some((addr, part.to_vec()));
-                self.extend_hybrid_if_complete().await
-            }
-            RelayMsg::HandshakeCont(part) => {
-                let Some((_, hello)) = self.pending_extend.as_mut() else {
-                    return Err(Violation(DestroyReason::Protocol));
-                };
-                if hello.len() + part.len() > HYBRID_HELLO_LEN {
-                    return Err(Violation(DestroyReason::Protocol));
-                }
-                hello.extend_from_slice(&part);
-                self.extend_hybrid_if_complete().await
-            }
-            RelayMsg::Begin { target, port } => {
-                // Streams whose exit side ended are forgotten here (the client does not
-                // answer an END), so their ids may be reused.
-                let closed = &mut self.closed_streams;
-                self.streams.retain(|sid, s| {
-                    let open = !s.token.is_cancelled();
-                    if !open {
-                        closed.insert(*sid);
-                    }
-                    open
-                });
-                if self.streams.contains_key(&id) {
-                    return Err(Violation(DestroyReason::Protocol));
-                }
-                self.closed_streams.remove(id);
-                let Some(policy) = self.shared.exit_policy.clone() else {
-                    self.closed_streams.insert(id);
-                    self.send_back(id, RelayMsg::End(EndReason::ExitPolicy))
-                        .await;
-                    return Ok(());
-                };
-                if self.streams.len() >= self.shared.limits.max_streams_per_circuit {
-                    self.closed_streams.insert(id);
-                    self.send_back(id, RelayMsg::End(EndReason::ResourceLimit))
-                        .await;
-                    return Ok(());
-                }
-                let (tx, rx) = mpsc::channel(EXIT_WRITE_QUEUE);
-                let token = self.teardown.token.child_token();
-                let package = Arc::new(Semaphore::new(STREAM_WINDOW as usize));
-                let deliver = Arc::new(Mutex::new(StreamDeliverWindow::default()));
-                self.streams.insert(
-                    id,
-                    ExitSlot {
-                        data: tx,
-                        token: token.clone(),
-                        package: package.clone(),
-                        deliver: deliver.clone(),
-                    },
-                );
-                tokio::spawn(
-                    exit_stream(
-                        self.shared.clone(),
-                        policy,
-                        id,
-                        target,
-                        port,
-                        rx,
-                        self.out.clone(),
-                        ExitTokens {
-                            stream: token,
-                            circuit: self.teardown.token.clone(),
-                        },
-                        ExitWindows {
-                            circuit: self.flow.package.clone(),
-                            stream: package,
-                            deliver,
-                        },
-                        RelayCell::max_payload(BACKWARD_MESSAGE_MAX),
-                    )
-                    .instrument(tracing::debug_span!("exit_stream", stream = id.0)),
-                );
-                Ok(())
-            }
-            RelayMsg::Data(data) => {
-                // Every DATA counts for the circuit window, even for a stream we forgot.
-                let due = self
-                    .flow
-                    .deliver
-                    .lock()
-                    .map_err(|_| Violation(DestroyReason::Internal))?
-                    .on_data(tag);
-                if let Some(t) = due {
-                    self.send_back(StreamId::CIRCUIT, RelayMsg::Sendme(Some(t)))
-                        .await;
-                }
-                if let Some(slot) = self.streams.get(&id) {
-                    slot.deliver
-                        .lock()
-                        .map_err(|_| Violation(DestroyReason::Internal))?
-                        .on_data()
-                        .map_err(|e| {
-                            anonnet_net::warn_limited!("destroying circuit: stream {}: {e}", id.0);
-                            Violation(DestroyReason::Protocol)
-                        })?;
-                    let sent = tokio::select! {
-                        r = slot.data.send(data) => r.is_ok(),
-                        () = self.teardown.token.cancelled() => true,
-                    };
-                    if !sent {
-                        // The exit side already ended; its END is on the way back.
-                        self.streams.remove(&id);
-                        self.closed_streams.insert(id);
-                    }
-                    return Ok(());
-                }
-                // DATA for a stream we closed crossed our END: tolerated up to a stream
-                // window (§6.6); for a stream never opened it is a violation.
-                if self.closed_streams.tolerate_data(id) {
-                    Ok(())
-                } else {
-                    Err(self.unexpected("DATA for a stream it does not have"))
-                }
-            }
-            RelayMsg::End(_) => {
-                // Dropping the slot closes the data channel: the writer sends what is
-                // queued, then closes the connection. Cancelling stops the reader.
-                if let Some(slot) = self.streams.remove(&id) {
-                    slot.token.cancel();
-                    Ok(())
-                } else if self.closed_streams.remove(id) {
-                    Ok(())
-                } else {
-                    Err(self.unexpected("END for a stream it does not have"))
-                }
-            }
-            // No padding is negotiated: a DROP is a cell nobody should send (§6.6).
-            RelayMsg::Drop => Err(self.unexpected("DROP")),
-            RelayMsg::Sendme(Some(echo)) => {
-                self.flow
-                    .tags
-                    .lock()
-                    .map_err(|_| Violation(DestroyReason::Internal))?
-                    .on_sendme(&echo)
-                    .map_err(|e| {
-                        anonnet_net::warn_limited!("destroying circuit: {e}");
-                        Violation(DestroyReason::Protocol)
-                    })?;
-                self.flow.package.add_permits(CIRCUIT_INCREMENT as usize);
-                Ok(())
-            }
-            RelayMsg::Sendme(None) => {
-                if let Some(slot) = self.streams.get(&id) {
-                    let inc = STREAM_INCREMENT as usize;
-                    if slot.package.available_permits() + inc > STREAM_WINDOW as usize {
-                        anonnet_net::warn_limited!(
-                            "destroying circuit: stream {}: unexpected SENDME",
-                            id.0
-                        );
-                        return Err(Violation(DestroyReason::Protocol));
-                    }
-                    slot.package.add_permits(inc);
-                    Ok(())
-                } else if self.closed_streams.tolerate_sendme(id) {
-                    Ok(())
-                } else {
-                    Err(self.unexpected("SENDME for a stream it does not have"))
-                }
-            }
+    /// A §13 message for this hop's hidden-service or DHT role.
+    async fn role(&mut self, msg: RelayMsg) -> Result<(), Violation> {
+        match msg {
             RelayMsg::EstablishIntro {
                 auth_key,
                 signature,
@@ -375,27 +252,7 @@ impl ForwardTask {
                     .await;
                 Ok(())
             }
-            RelayMsg::Connected
-            | RelayMsg::Extended { .. }
-            | RelayMsg::Extended2(_)
-            | RelayMsg::Truncated(_)
-            | RelayMsg::Introduce2 { .. }
-            | RelayMsg::Rendezvous2 { .. }
-            | RelayMsg::IntroEstablished
-            | RelayMsg::RendezvousEstablished
-            | RelayMsg::IntroduceAck(_)
-            | RelayMsg::DhtResult { .. } => Err(Violation(DestroyReason::Protocol)),
+            _ => Err(Violation(DestroyReason::Protocol)),
         }
-    }
-
-    /// A cell this relay did not expect (§6.6): counted, logged (rate-limited), and the
-    /// circuit is destroyed.
-    pub(super) fn unexpected(&self, what: &str) -> Violation {
-        self.shared
-            .stats
-            .cells_unexpected
-            .fetch_add(1, Ordering::Relaxed);
-        anonnet_net::warn_limited!("destroying circuit: unexpected {what}");
-        Violation(DestroyReason::Protocol)
     }
 }

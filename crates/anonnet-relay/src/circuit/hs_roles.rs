@@ -6,9 +6,8 @@ impl ForwardTask {
     /// True when this relay is the last hop and the circuit has no other role yet: the
     /// only state in which it may become an introduction or rendezvous circuit.
     pub(super) fn is_bare_end(&self) -> bool {
-        self.next_send.is_none()
+        self.core.is_bare_end()
             && self.next_tx.is_some()
-            && self.streams.is_empty()
             && self.hs.intro_key.is_none()
             && self.hs.cookie.is_none()
             && self.hs.splice.get().is_none()
@@ -63,7 +62,7 @@ impl ForwardTask {
         auth_key: [u8; 32],
         sealed: Bytes,
     ) -> Result<(), Violation> {
-        if self.next_send.is_some() || self.hs.intro_key.is_some() {
+        if self.core.is_extended() || self.hs.intro_key.is_some() {
             return Err(Violation(DestroyReason::Protocol));
         }
         self.hs.introductions += 1;
@@ -162,12 +161,12 @@ impl ForwardTask {
             backward: client.backward.clone(),
             teardown: client.teardown.clone(),
         });
-        // Either circuit ending ends the other.
+        // Either circuit ending ends the other (each is the other's next hop, §13.5).
         let (a, b) = (self.teardown.clone(), client.teardown.clone());
         tokio::spawn(async move {
             tokio::select! {
-                () = a.token.cancelled() => b.destroy(DestroyReason::ChannelClosed),
-                () = b.token.cancelled() => a.destroy(DestroyReason::ChannelClosed),
+                () = a.token.cancelled() => b.destroy_from(Origin::Next, DestroyReason::ChannelClosed),
+                () = b.token.cancelled() => a.destroy_from(Origin::Next, DestroyReason::ChannelClosed),
             }
         });
         self.shared

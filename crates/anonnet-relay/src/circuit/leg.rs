@@ -4,7 +4,8 @@
 use super::*;
 
 /// Read whole cells of `cell_len` bytes from `recv` into a channel, a batch of whole cells
-/// per read. Ends on EOF, error or cancellation.
+/// per read. Ends on EOF, error or cancellation; EOF or an error ends the circuit as
+/// coming from `origin` (the neighbour on this leg).
 ///
 /// Reads take whatever QUIC has received, up to [`READ_BATCH`] cells at once, rather than
 /// one `read_exact` per cell: each read locks the connection, and that per-cell cost was
@@ -15,6 +16,7 @@ pub(super) fn spawn_leg_reader(
     cell_len: usize,
     tx: mpsc::Sender<CellBatch>,
     teardown: Arc<Teardown>,
+    origin: Origin,
 ) {
     tokio::spawn(async move {
         let mut staging = BytesMut::new();
@@ -27,7 +29,7 @@ pub(super) fn spawn_leg_reader(
             match read {
                 Ok(n) if n > 0 => {}
                 Ok(_) | Err(_) => {
-                    teardown.destroy(DestroyReason::ChannelClosed);
+                    teardown.destroy_from(origin, DestroyReason::ChannelClosed);
                     break;
                 }
             }
@@ -142,13 +144,20 @@ impl CreateKind {
 /// §2.1): the `CREATED` cells to send, the hop keys and the handshake key `Y`.
 ///
 /// # Errors
-/// The handshake's error: an unknown onion key or NodeId, a malformed hello, a
-/// non-contributory key.
+/// The handshake's error: a handshake type this relay does not answer (§3.1, §4.2), an
+/// unknown onion key or NodeId, a malformed hello, a non-contributory key.
 pub(super) fn answer_create(
     shared: &RelayShared,
     create: &CreateKind,
 ) -> Result<(Vec<u8>, anonnet_crypto::HopKeys, [u8; 32]), anonnet_crypto::HandshakeError> {
     use anonnet_crypto::HandshakeError;
+    let asked = match create {
+        CreateKind::Ntor(_) => HANDSHAKE_NTOR_V1,
+        CreateKind::Hybrid(_) => HANDSHAKE_HYBRID_V2,
+    };
+    if !shared.handshakes.contains(asked) {
+        return Err(HandshakeError::NotAnswered);
+    }
     match create {
         CreateKind::Ntor(c) => {
             let hello = anonnet_crypto::ClientHello {

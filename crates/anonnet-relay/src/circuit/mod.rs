@@ -80,13 +80,13 @@ const EXTEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `DESTROY` write may take when tearing down.
 const DESTROY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Flow control of the `DATA` this relay exchanges as an exit (§6.4): the package window
-/// towards the client (permits), the tags its circuit SENDMEs must echo, and the deliver
-/// window for `DATA` from the client.
+/// Flow control of the `DATA` this relay sends as an exit (§6.4): the package window
+/// towards the client (permits, taken by the exit streams, given back by the forward core
+/// for each valid circuit `SENDME`) and the tags those `SENDME`s must echo (recorded by the
+/// backward core).
 struct CircuitFlow {
     package: Arc<Semaphore>,
     tags: Mutex<SendmeTags>,
-    deliver: Mutex<CircuitDeliverWindow>,
 }
 
 impl CircuitFlow {
@@ -94,38 +94,51 @@ impl CircuitFlow {
         CircuitFlow {
             package: Arc::new(Semaphore::new(CIRCUIT_WINDOW as usize)),
             tags: Mutex::new(SendmeTags::default()),
-            deliver: Mutex::new(CircuitDeliverWindow::default()),
         }
     }
 }
 
-/// Shared between the tasks of one circuit: why it ended, and the token that ends it.
+/// Shared between the tasks of one circuit: who ended it and why (the first to say so),
+/// and the token that ends it.
 pub(crate) struct Teardown {
     pub(crate) token: CancellationToken,
-    reason: Mutex<Option<DestroyReason>>,
+    ended: Mutex<Option<(Origin, DestroyReason)>>,
 }
 
 impl Teardown {
     pub(crate) fn new(token: CancellationToken) -> Self {
         Teardown {
             token,
-            reason: Mutex::new(None),
+            ended: Mutex::new(None),
         }
     }
 
+    /// End the circuit from here (a violation, a limit, a failed write, shutdown).
     pub(crate) fn destroy(&self, reason: DestroyReason) {
-        if let Ok(mut r) = self.reason.lock() {
-            r.get_or_insert(reason);
+        self.destroy_from(Origin::Here, reason);
+    }
+
+    /// End the circuit because `origin` did.
+    pub(crate) fn destroy_from(&self, origin: Origin, reason: DestroyReason) {
+        if let Ok(mut r) = self.ended.lock() {
+            r.get_or_insert((origin, reason));
         }
         self.token.cancel();
     }
 
-    fn reason(&self) -> DestroyReason {
-        self.reason
+    /// Who ended the circuit and why; a circuit nobody ended finished here.
+    fn ended(&self) -> (Origin, DestroyReason) {
+        self.ended
             .lock()
             .ok()
             .and_then(|r| *r)
-            .unwrap_or(DestroyReason::Finished)
+            .unwrap_or((Origin::Here, DestroyReason::Finished))
+    }
+
+    /// The `DESTROY`s to send now that the circuit ended ([`destroy_plan`]).
+    fn plan(&self, extended: bool) -> DestroyPlan {
+        let (origin, reason) = self.ended();
+        destroy_plan(origin, reason, extended)
     }
 }
 
@@ -134,6 +147,7 @@ impl Teardown {
 pub(crate) type CellBatch = BytesMut;
 
 mod backward;
+mod core;
 mod dht;
 mod exit;
 mod extend;
@@ -141,6 +155,7 @@ mod forward;
 mod hs_roles;
 mod leg;
 
+use self::core::*;
 use backward::*;
 use dht::*;
 use exit::*;
@@ -157,7 +172,7 @@ async fn run_circuit(
 ) {
     let teardown = Arc::new(Teardown::new(shared.shutdown.child_token()));
     let (prev_tx, prev_rx) = mpsc::channel(LEG_QUEUE);
-    spawn_leg_reader(prev_recv, cell_len, prev_tx, teardown.clone());
+    spawn_leg_reader(prev_recv, cell_len, prev_tx, teardown.clone(), Origin::Prev);
     let (next_tx, next_rx) = mpsc::channel(LEG_QUEUE);
     let (out_tx, out_rx) = mpsc::channel(BACKWARD_QUEUE);
     let flow = Arc::new(CircuitFlow::new());
@@ -165,24 +180,28 @@ async fn run_circuit(
         BackwardTask {
             shared: shared.clone(),
             cell_len,
-            layer: onion.backward,
+            core: BackwardCore::new(onion.backward, flow.clone()),
             prev_send,
             next_rx,
             out_rx,
-            flow: flow.clone(),
             teardown: teardown.clone(),
         }
         .run(),
     );
+    let core = ForwardCore::new(
+        onion.forward,
+        flow.clone(),
+        shared.exit_policy.is_some(),
+        shared.limits.max_streams_per_circuit,
+    );
     let forward = ForwardTask {
         shared,
         cell_len,
-        layer: onion.forward,
+        core,
         next_send: None,
         forward_out: BytesMut::new(),
         next_tx: Some(next_tx),
         out: out_tx,
-        streams: HashMap::new(),
         flow,
         teardown: teardown.clone(),
         hs: HsState {
@@ -194,12 +213,10 @@ async fn run_circuit(
             introductions: 0,
             dht_requests: Arc::new(Semaphore::new(DHT_REQUESTS_PER_CIRCUIT)),
         },
-        pending_extend: None,
-        closed_streams: ClosedStreams::default(),
     };
     forward.run(prev_rx).await;
     let _ = backward.await;
-    debug!(reason = ?teardown.reason(), "circuit closed");
+    debug!(ended = ?teardown.ended(), "circuit closed");
 }
 
 /// Local numbering of circuits (registrations remember which circuit made them).
@@ -230,10 +247,12 @@ struct HsState {
     dht_requests: Arc<Semaphore>,
 }
 
+/// The shell of the forward direction (`forward.rs`): moves cells between the legs and
+/// [`ForwardCore`], carries out extensions, exit streams and §13 roles.
 struct ForwardTask {
     shared: Arc<RelayShared>,
     cell_len: usize,
-    layer: RelayForward,
+    core: ForwardCore,
     next_send: Option<SendStream>,
     /// Cells opened for the next hop, written in one QUIC write per batch from the
     /// previous hop.
@@ -241,15 +260,9 @@ struct ForwardTask {
     /// Given to the next-hop reader once the circuit is extended.
     next_tx: Option<mpsc::Sender<CellBatch>>,
     out: mpsc::Sender<RelayCell>,
-    streams: HashMap<StreamId, ExitSlot>,
     flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
     hs: HsState,
-    /// An `EXTEND2` whose hello is still arriving in `HANDSHAKE_CONT`s (§6.2): the next
-    /// relay's address and the hello so far (at most 1280 bytes).
-    pending_extend: Option<(SocketAddr, Vec<u8>)>,
-    /// Exit streams closed here whose in-flight cells from the client are tolerated.
-    closed_streams: ClosedStreams,
 }
 
 /// Why the forward task must stop the circuit.
