@@ -1,5 +1,6 @@
-//! The circuit's writer task: seals relay messages into forward cells and writes them to
-//! the guard (§7.2).
+//! The circuit's writer task: the shell around [`WriterCore`]. It takes relay messages
+//! from the circuit's queues (circuit `SENDME`s first), lets the core seal each into a
+//! forward cell (§7.2) and writes it to the guard.
 
 use super::*;
 
@@ -9,15 +10,17 @@ pub(super) struct WriterQueues {
     pub(super) cells: mpsc::Receiver<Forward>,
 }
 
+/// The core counts hops by the layers it holds; an end-to-end hop joins them when
+/// `pending` hands over its keys.
 pub(super) async fn writer_task(
-    mut layers: ClientForward,
+    layers: ClientForward,
     mut send: SendStream,
     mut queues: WriterQueues,
     sendme_tags: Arc<Mutex<SendmeTags>>,
-    hops: Arc<AtomicUsize>,
     pending: Arc<PendingHop>,
     closed: CancellationToken,
 ) {
+    let mut core = WriterCore::new(layers, sendme_tags);
     loop {
         let next = tokio::select! {
             biased;
@@ -29,28 +32,17 @@ pub(super) async fn writer_task(
             break;
         };
         if let Some(keys) = pending.take_seal() {
-            layers.push_end_to_end(&keys);
+            core.push_end_to_end(&keys);
         }
-        let exit = hops.load(Ordering::SeqCst).saturating_sub(1);
-        let mut buf = vec![0u8; forward_buffer_len(hop)];
-        let encoded = buf
-            .get_mut(message_offset(hop)..message_offset(hop) + FORWARD_MESSAGE_MAX)
-            .and_then(|area| cell.encode_into(area).ok());
-        let tag = match encoded.map(|len| layers.seal_forward(&mut buf, hop, len)) {
-            Some(Ok(tag)) => tag,
-            _ => {
-                debug!("dropping an unencodable relay message");
+        let sealed = match core.seal(hop, &cell) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                debug!("dropping an unencodable relay message: {e}");
                 continue;
             }
         };
-        buf.truncate(CELL_LEN);
-        if hop == exit && matches!(cell.msg, RelayMsg::Data(_)) {
-            if let Ok(mut tags) = sendme_tags.lock() {
-                tags.on_data_sent(tag);
-            }
-        }
         let ok = tokio::select! {
-            r = send.write_all(&buf) => r.is_ok(),
+            r = send.write_all(sealed) => r.is_ok(),
             () = closed.cancelled() => false,
         };
         if !ok {
