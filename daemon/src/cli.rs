@@ -290,11 +290,26 @@ fn format_circuits(circuits: &[CircuitInfo]) -> String {
         "ID", "STATE", "AGE", "BUILD", "STREAMS", "HANDSHAKE"
     );
     for c in circuits {
-        let path: Vec<&str> = c
+        // One name when every hop ran the same handshake; else "mixed" and each hop's
+        // handshake beside it (chosen per hop, protocol §9.2).
+        let mixed = c.handshakes.windows(2).any(|w| w.first() != w.last());
+        let path: Vec<String> = c
             .path
             .iter()
-            .map(|id| id.get(..SHORT_ID).unwrap_or(id))
+            .enumerate()
+            .map(|(i, id)| {
+                let short = id.get(..SHORT_ID).unwrap_or(id);
+                match c.handshakes.get(i) {
+                    Some(h) if mixed => format!("{short} ({h})"),
+                    _ => short.to_owned(),
+                }
+            })
             .collect();
+        let handshake = if mixed {
+            "mixed"
+        } else {
+            c.handshakes.first().map_or("-", String::as_str)
+        };
         let _ = writeln!(
             out,
             "{:>6}  {:<8}  {:>7}  {:>6.1} ms  {:>7}  {:<15}  {}",
@@ -303,7 +318,7 @@ fn format_circuits(circuits: &[CircuitInfo]) -> String {
             age(c.age_secs),
             c.build_ms,
             c.streams,
-            c.handshakes.first().map_or("-", String::as_str),
+            handshake,
             path.join(" → ")
         );
     }
@@ -430,6 +445,14 @@ mod tests {
             "{table}"
         );
         assert_eq!(format_circuits(&[]), "no circuits");
+        let mut mixed = status.circuits[0].clone();
+        mixed.handshakes[1] = "x25519".into();
+        let table = format_circuits(&[mixed]);
+        assert!(
+            table.contains("mixed")
+                && table.contains("a1b2c3d4 (x25519+mlkem768) → e5f6a7b8 (x25519) → "),
+            "{table}"
+        );
     }
 
     #[test]
@@ -450,6 +473,9 @@ struct ConsensusRelay {
     node_id: String,
     address: String,
     flags: Vec<&'static str>,
+    /// The circuit handshakes the relay answers (protocol §14.3): `"x25519"` (type 1),
+    /// `"x25519+mlkem768"` (type 2).
+    handshakes: Vec<&'static str>,
     /// Consensus weight (bytes per second, measured).
     weight: u32,
     /// Exit ports, `lo-hi`.
@@ -512,6 +538,16 @@ pub fn consensus(target: Target, global_config: Option<PathBuf>) -> Result<(), E
                 node_id: e.node_id().to_hex(),
                 address: e.address.to_string(),
                 flags: e.flags.names(),
+                handshakes: e
+                    .handshakes
+                    .types()
+                    .into_iter()
+                    .map(|t| match t {
+                        anonnet_wire::HANDSHAKE_NTOR_V1 => "x25519",
+                        anonnet_wire::HANDSHAKE_HYBRID_V2 => "x25519+mlkem768",
+                        _ => "unknown",
+                    })
+                    .collect(),
                 weight: e.weight,
                 exit_ports: e
                     .exit_ports

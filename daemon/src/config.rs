@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anonnet_relay::onion_keys::OnionKeyConfig;
 use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, RelayConfig};
-use anonnet_wire::{PortRange, SignedDescriptor};
+use anonnet_wire::{HandshakeSet, PortRange, SignedDescriptor};
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
@@ -406,6 +406,42 @@ struct MetricsSection {
 }
 
 /// `metrics.listen`, parsed: `None` when metrics are off.
+/// `relay.circuit_handshakes`: the circuit handshake types the relay answers and
+/// advertises (`docs/protocol.md` §3.1, §4.2), by the names `circuits --json` shows;
+/// default both.
+fn circuit_handshakes_of(
+    src: &Source,
+    names: Option<&Spanned<Vec<Spanned<String>>>>,
+) -> Result<HandshakeSet, ConfigError> {
+    const ALLOWED: &str =
+        "use \"x25519\" (type 1, classical) and/or \"x25519+mlkem768\" (type 2, hybrid)";
+    let Some(list) = names else {
+        return Ok(HandshakeSet::ALL);
+    };
+    let mut set: Option<HandshakeSet> = None;
+    for (i, name) in list.get_ref().iter().enumerate() {
+        let one = match name.get_ref().as_str() {
+            "x25519" => HandshakeSet::NTOR,
+            "x25519+mlkem768" => HandshakeSet::HYBRID,
+            other => {
+                return Err(src.invalid(
+                    format!("relay.circuit_handshakes[{i}]"),
+                    Some(name),
+                    format!("{other:?} is not a circuit handshake: {ALLOWED}"),
+                ))
+            }
+        };
+        set = Some(set.map_or(one, |s| s.union(one)));
+    }
+    set.ok_or_else(|| {
+        src.invalid(
+            "relay.circuit_handshakes",
+            Some(list),
+            format!("the list is empty: a relay answers at least one handshake; {ALLOWED} (default: both)"),
+        )
+    })
+}
+
 fn metrics_listen_of(src: &Source, m: &MetricsSection) -> Result<Option<SocketAddr>, ConfigError> {
     m.listen
         .as_ref()
@@ -449,6 +485,7 @@ struct RelaySection {
     bandwidth: Option<Spanned<u32>>,
     descriptor_file: Option<Spanned<String>>,
     network: Option<Spanned<String>>,
+    circuit_handshakes: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -734,6 +771,7 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
             advertise,
             exit_policy,
             guard: r.guard.unwrap_or(true),
+            circuit_handshakes: circuit_handshakes_of(src, r.circuit_handshakes.as_ref())?,
             bandwidth,
             descriptor_file: Some(descriptor_file.clone()),
             limits,
@@ -1698,6 +1736,7 @@ guard = false
 bandwidth = 5000
 descriptor_file = "out/relay.desc"
 network = "network.toml"
+circuit_handshakes = ["x25519"]
 
 [exit]
 enabled = true
@@ -1730,6 +1769,7 @@ onion_key_grace_days = 3
         assert_eq!(r.listen, "0.0.0.0:9001".parse().unwrap());
         assert_eq!(r.advertise, Some("203.0.113.5:9001".parse().unwrap()));
         assert!(!r.guard);
+        assert_eq!(r.circuit_handshakes, HandshakeSet::NTOR);
         assert_eq!(r.bandwidth, 5000);
         assert_eq!(s.descriptor_file, dir.join("out/relay.desc"));
         assert_eq!(r.limits.max_circuits, 100);
@@ -1912,6 +1952,57 @@ onion_key_grace_days = 3
         let e = load_relay(&file).unwrap_err().to_string();
         assert!(
             e.contains("limits.max_circuits") && e.contains("1..="),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn relay_circuit_handshakes_default_to_both_and_name_the_allowed_values() {
+        let tmp = test_dir("relay-handshakes");
+        let dir = tmp.path();
+        let with = |line: &str| {
+            let file = write(
+                dir,
+                "relay.toml",
+                &format!(
+                    "[relay]\nlisten = \"127.0.0.1:0\"\n{line}\n{}",
+                    network_line(dir)
+                ),
+            );
+            load_relay(&file)
+        };
+        assert_eq!(
+            with("").unwrap().relay.circuit_handshakes,
+            HandshakeSet::ALL
+        );
+        assert_eq!(
+            with("circuit_handshakes = [\"x25519+mlkem768\", \"x25519\"]")
+                .unwrap()
+                .relay
+                .circuit_handshakes,
+            HandshakeSet::ALL
+        );
+        assert_eq!(
+            with("circuit_handshakes = [\"x25519+mlkem768\"]")
+                .unwrap()
+                .relay
+                .circuit_handshakes,
+            HandshakeSet::HYBRID
+        );
+        let e = with("circuit_handshakes = [\"x25519\", \"kyber\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("relay.toml")
+                && e.contains("relay.circuit_handshakes[1]")
+                && e.contains("line 3")
+                && e.contains("\"x25519\"")
+                && e.contains("\"x25519+mlkem768\""),
+            "{e}"
+        );
+        let e = with("circuit_handshakes = []").unwrap_err().to_string();
+        assert!(
+            e.contains("relay.circuit_handshakes") && e.contains("empty"),
             "{e}"
         );
     }

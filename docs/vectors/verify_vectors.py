@@ -670,8 +670,9 @@ def end_to_end_check(client_keys):
 DESC_CONTEXT = b"anonnet relay descriptor v1\0"
 
 
-def encode_body(identity, onion, addrs, flags, ports, bandwidth, published, expires):
-    out = bytes([1]) + identity + onion + bytes([len(addrs)])
+def encode_body(identity, onion, handshakes, addrs, flags, ports, bandwidth, published, expires):
+    # §3.1: version 2 ‖ identity ‖ onion_key ‖ handshakes ‖ n_addrs ‖ addrs ‖ flags ‖ ….
+    out = bytes([2]) + identity + onion + bytes([handshakes, len(addrs)])
     for ip, port in addrs:
         out += bytes([4 if len(ip) == 4 else 6]) + ip + struct.pack(">H", port)
     out += bytes([flags, len(ports)])
@@ -682,20 +683,20 @@ def encode_body(identity, onion, addrs, flags, ports, bandwidth, published, expi
 
 
 DESC_BODY = (
-    "01d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c97787"
+    "02d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c97787"
     "370faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f"
-    "2001047f0000011b5903020050005001bb01bb000f4240000000006553f10000"
-    "00000065554280"
+    "200301047f0000011b5903020050005001bb01bb000f4240000000006553f100"
+    "0000000065554280"
 )
 DESC_SIG = (
-    "dff96e6b997f8229770c4f23710f4ad3bf5f6e060df269c6176883e64c5e2f74"
-    "8c016554e408bccb1d01e4fbc9b38fe8432e266e1d7431ddfd4d507e6f93150d"
+    "7954e3355f3f0fb164f218cc254b8f4e9e4fc6ac3da6ccbfcd98083c4a095336"
+    "9d43e18211c214041ef8ba066d1a0bf589ba8ce1be92e7bb449b72c87a4a7601"
 )
 DESC_TEXT = (
-    "AGcB0EqyMnQrtKs6E2i9RhXk5tAiSrcaAWuvhSCjMsl3hzcPqmhO0ohnuX9Kai3uXfjO"
-    "l052twGOPyKhxM8meFcPIAEEfwAAARtZAwIAUABQAbsBuwAPQkAAAAAAZVPxAAAAAABl"
-    "VUKA3/lua5l/gil3DE8jcQ9K079fbgYN8mnGF2iD5kxeL3SMAWVU5Ai8yx0B5PvJs4/o"
-    "Qy4mbh10Md39TVB+b5MVDQ=="
+    "AGgC0EqyMnQrtKs6E2i9RhXk5tAiSrcaAWuvhSCjMsl3hzcPqmhO0ohnuX9Kai3uXfjO"
+    "l052twGOPyKhxM8meFcPIAMBBH8AAAEbWQMCAFAAUAG7AbsAD0JAAAAAAGVT8QAAAAAA"
+    "ZVVCgHlU4zVfPw+xZPIYzCVLj06eT8asPabMv82YCDxKCVM2nUPhghHCFAQe+LoGbRoL"
+    "9Ym6jOG+kue7RJtyyHpKdgE="
 )
 
 
@@ -704,7 +705,7 @@ def descriptor_vector():
     identity = ed25519_public(seed)
     onion = x25519_public(b"\x22" * 32)
     body = encode_body(
-        identity, onion, [(bytes([127, 0, 0, 1]), 7001)], 0x01 | 0x02,
+        identity, onion, 0x03, [(bytes([127, 0, 0, 1]), 7001)], 0x01 | 0x02,
         [(80, 80), (443, 443)], 1_000_000, 1_700_000_000, 1_700_086_400,
     )
     check("§3.3 body", body, DESC_BODY)
@@ -723,6 +724,7 @@ def descriptor_vector():
         ok = False
     check_true("§3.2 text form parses and its signature verifies", ok)
     check("§3.3 NodeId", node_id(rbody[1:33]), HANDSHAKE["NODE_ID"])
+    check_true("§3.1 handshakes 0x03 (types 1 and 2) follows onion_key", rbody[65] == 0x03)
 
 
 # ---------------------------------------------------------------- §6 relay messages
@@ -1016,9 +1018,10 @@ def network_id(name: str, identities) -> bytes:
 
 
 def dir_entry(r) -> bytes:
-    # §14.3: identity ‖ onion_key ‖ atype ‖ ip ‖ port ‖ flags ‖ weight ‖ n_ports ‖ ranges.
+    # §14.3: identity ‖ onion_key ‖ handshakes ‖ atype ‖ ip ‖ port ‖ flags ‖ weight ‖
+    # n_ports ‖ ranges.
     ip = r["ip"]
-    out = r["identity"] + r["onion"] + bytes([4 if len(ip) == 4 else 6]) + ip
+    out = r["identity"] + r["onion"] + bytes([r["handshakes"], 4 if len(ip) == 4 else 6]) + ip
     out += struct.pack(">HBIB", r["port"], r["flags"], r["weight"], len(r["ports"]))
     for lo, hi in r["ports"]:
         out += struct.pack(">HH", lo, hi)
@@ -1056,14 +1059,14 @@ def shared_random_value(t, previous_srv, prior_commits, reveals, majority):
 
 def vote_body(nid, authority, times, commit, reveal, relays) -> bytes:
     # §14.5 vote body.
-    out = bytes([1]) + nid + authority + struct.pack(">QQQ", *times) + commit
+    out = bytes([2]) + nid + authority + struct.pack(">QQQ", *times) + commit
     out += (bytes([1]) + reveal) if reveal is not None else bytes([0])
     return out + dir_entries(relays)
 
 
 def consensus_body(nid, times, srv_current, srv_previous, commits, relays) -> bytes:
     # §14.6 consensus body.
-    out = bytes([1]) + nid + struct.pack(">QQQ", *times) + srv_current + srv_previous
+    out = bytes([2]) + nid + struct.pack(">QQQ", *times) + srv_current + srv_previous
     out += bytes([len(commits)]) + b"".join(a + c for a, c in sorted(commits))
     return out + dir_entries(relays)
 
@@ -1102,7 +1105,7 @@ def parse_signed_consensus(data: bytes):
     if n_sigs > 32 or len(rest) != 1 + 96 * n_sigs:
         raise ValueError("signatures")
     sigs = [(rest[1 + 96 * i:33 + 96 * i], rest[33 + 96 * i:97 + 96 * i]) for i in range(n_sigs)]
-    if body[0] != 1:
+    if body[0] != 2:
         raise ValueError("version")
     nid = body[1:33]
     va, fu, vu = struct.unpack(">QQQ", body[33:57])
@@ -1144,12 +1147,12 @@ DIR = {
     "entry A": (
         "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737"
         "0faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20"
-        "047f0000011b631f000f424001005001bb"
+        "03047f0000011b631f000f424001005001bb"
     ),
     "entry B": (
         "204040e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c21"
         "9a4503a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b"
-        "0620010db80000000000000000000000121b640300004e2000"
+        "010620010db80000000000000000000000121b640300004e2000"
     ),
     "reveal_1(T)": "099890d6bebda2ff23cc3447c046e0e4c50def374930e8968533f73e32d867ba",
     "commit_1(T)": "8a01cea990ceff4de2f034b55cf140636c1fbc5c29b7c1d0ed4f885cd8f1a549",
@@ -1157,25 +1160,25 @@ DIR = {
     "srv_current": "03487fd8574b491b357e18940cb618e0cb002d6e32bad29a720c6029e994beb1",
     "SRV disaster": "a60ff3c4475cdb4a1e4816932734fb05724fcb8d83b1d15f8a9fbfda8a54b5dc",
     "vote body": (
-        "010ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0"
+        "020ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0"
         "9f8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f"
         "5c000000006b49d200000000006b49e010000000006b49fc30e77a29d3d7dfe1"
         "0bb3f47dfc701399ec56ad540a664119d7059ea19cf8587a2401099890d6bebd"
         "a2ff23cc3447c046e0e4c50def374930e8968533f73e32d867ba000000022040"
         "40e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c219a45"
-        "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0620"
-        "010db80000000000000000000000121b640300004e2000d04ab232742bb4ab3a"
-        "1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b97f"
-        "4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20047f0000011b631f00"
-        "0f424001005001bb"
+        "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0106"
+        "20010db80000000000000000000000121b640300004e2000d04ab232742bb4ab"
+        "3a1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b9"
+        "7f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f2003047f0000011b63"
+        "1f000f424001005001bb"
     ),
     "vote signature": (
-        "d088d4e370e68c10367c97d257481b8a2c7d115f556e2ea7eaf863b3bc38c1a5"
-        "37ce0bac5798b412a697877d3c7ba2b4bf6c6a4a568db786f7b70c0110654f07"
+        "1bb9a438762a2f8f92826acbb31a35b8ee94121c20f790706ead43efe3856a8d"
+        "1039f75d1441b9d74f974757244536903c8c2aeaeb7b8aaa5c903e025fe07409"
     ),
-    "BLAKE3(signed vote)": "a7b793e5a51c9f6dfdab1625338bb7011793a23dd9b9685f7a8ed54503eb6c9a",
+    "BLAKE3(signed vote)": "4d176a146c5fc3c108ad90af94a1ba4732b77ae9d09f874866cbff7c2bb3ad07",
     "consensus body": (
-        "010ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0"
+        "020ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0"
         "9f000000006b49d200000000006b49e010000000006b49fc3003487fd8574b49"
         "1b357e18940cb618e0cb002d6e32bad29a720c6029e994beb177777777777777"
         "77777777777777777777777777777777777777777777777777038139770ea87d"
@@ -1186,22 +1189,22 @@ DIR = {
         "c2c6eae90338905995612959273a5c63f93636c14614ac8737d1de8198b5f306"
         "5f95bc05b861f7ba4abed5c97a512cdd5c80c7d36cbbbc3e3d4d000000022040"
         "40e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c219a45"
-        "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0620"
-        "010db80000000000000000000000121b640300004e2000d04ab232742bb4ab3a"
-        "1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b97f"
-        "4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20047f0000011b631f00"
-        "0f424001005001bb"
+        "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0106"
+        "20010db80000000000000000000000121b640300004e2000d04ab232742bb4ab"
+        "3a1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b9"
+        "7f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f2003047f0000011b63"
+        "1f000f424001005001bb"
     ),
-    "digest": "e8fa1640ead5d2aa212acb5c94f59656eab0f02669ab40a0bf4cd3cf52b09e1a",
+    "digest": "c584b3a34812cba3e40ddaceb25f1d73f86f6d36c55f967cfe6d27ee4db5d3b8",
     "signature 1": (
-        "0f0bd93b61738463afbd540dd1247dd98406f18f04833e600b392b9d8410bf2b"
-        "4286e84b55fca2c961e5f0a4b06b8472edf2a015dc0ec64914f86b3925aa1b04"
+        "45959d31ad86f597888cebeb425734e1d2d806ef09b23e332937acbf70cf2b54"
+        "805806198561bf04122cf9a6384e296ccabb7862744a495c5d37b7798b821008"
     ),
     "signature 2": (
-        "c8aea0b6ffe4606c1117fe90ccbb4189ac73cd06a362422d3ca74eeaca926e03"
-        "244f0199473cdca0bd20ebc3153302cabe9871784c40e7a22bdf2010d07b1600"
+        "3764eca9ec018e6bc395374186c4f2f8ecbfc6266d604a36aaca9f9bff52d525"
+        "5f6dbd4daadd4c8457a44daae7b30682de090535408cdf963fd12aa750ba9603"
     ),
-    "BLAKE3(signed consensus)": "b4ca08e8b7fb4d17e3c106d3a75caf3b5967f35d00d5a7ed73498274729eb6f2",
+    "BLAKE3(signed consensus)": "3d7d82f26ac867078010c1792b80fd1a5ceea47360bb0210a8c72873509a6cc9",
 }
 DIR_FRAMES = {
     "GET_CONSENSUS request": "110000000103",
@@ -1226,16 +1229,16 @@ def directory_vectors():
     majority = len(auths) // 2 + 1
 
     relay_a = {"identity": ed25519_public(b"\x11" * 32), "onion": x25519_public(b"\x22" * 32),
-               "ip": bytes([127, 0, 0, 1]), "port": 7011, "flags": 0x1f,
+               "handshakes": 0x03, "ip": bytes([127, 0, 0, 1]), "port": 7011, "flags": 0x1f,
                "weight": 1_000_000, "ports": [(80, 443)]}
     relay_b = {"identity": ed25519_public(b"\x12" * 32), "onion": x25519_public(b"\x23" * 32),
-               "ip": bytes.fromhex("20010db8000000000000000000000012"), "port": 7012,
-               "flags": 0x03, "weight": 20_000, "ports": []}
+               "handshakes": 0x01, "ip": bytes.fromhex("20010db8000000000000000000000012"),
+               "port": 7012, "flags": 0x03, "weight": 20_000, "ports": []}
     entry_a, entry_b = dir_entry(relay_a), dir_entry(relay_b)
     check("§14.10 entry A", entry_a, DIR["entry A"])
     check("§14.10 entry B", entry_b, DIR["entry B"])
-    check_true("§14.3 entry sizes: 81 (IPv4, one range) and 89 (IPv6, none)",
-               (len(entry_a), len(entry_b)) == (81, 89))
+    check_true("§14.3 entry sizes: 82 (IPv4, one range) and 90 (IPv6, none)",
+               (len(entry_a), len(entry_b)) == (82, 90))
     check_true("§14.3 relay A is NodeId of §3.3", node_id(relay_a["identity"]).hex()
                == HANDSHAKE["NODE_ID"])
 
@@ -1265,7 +1268,7 @@ def directory_vectors():
     sig = Ed25519PrivateKey.from_private_bytes(seeds[0]).sign(VOTE_CONTEXT + body)
     check("§14.10 vote signature", sig, DIR["vote signature"])
     signed_vote = struct.pack(">I", len(body)) + body + sig
-    check_true("§14.5 signed vote is 396 bytes", len(VOTE_CONTEXT) == 16 and len(signed_vote) == 396)
+    check_true("§14.5 signed vote is 398 bytes", len(VOTE_CONTEXT) == 16 and len(signed_vote) == 398)
     check("§14.10 BLAKE3(signed vote)", blake3.blake3(signed_vote).digest(),
           DIR["BLAKE3(signed vote)"])
     try:
@@ -1290,8 +1293,8 @@ def directory_vectors():
     # §14.6: the consensus, its digest and signatures.
     body = consensus_body(nid, times, srv, previous_srv, next_commits, computed)
     check("§14.10 consensus body", body, DIR["consensus body"])
-    check_true("§14.6 consensus body is 126 + 64·3 + 81 + 89 bytes",
-               len(body) == 126 + 64 * 3 + 81 + 89 == 488)
+    check_true("§14.6 consensus body is 126 + 64·3 + 82 + 90 bytes",
+               len(body) == 126 + 64 * 3 + 82 + 90 == 490)
     check("§14.10 digest", blake3.blake3(body).digest(), DIR["digest"])
     sigs = [Ed25519PrivateKey.from_private_bytes(s).sign(CONSENSUS_CONTEXT + body)
             for s in seeds[:2]]
@@ -1303,8 +1306,8 @@ def directory_vectors():
                 + b"".join(a + s for a, s in pairs))
 
     both = signed([(auths[0], sigs[0]), (auths[1], sigs[1])])
-    check_true("§14.6 signed consensus is 685 bytes",
-               len(CONSENSUS_CONTEXT) == 21 and len(both) == 685)
+    check_true("§14.6 signed consensus is 687 bytes",
+               len(CONSENSUS_CONTEXT) == 21 and len(both) == 687)
     check("§14.10 BLAKE3(signed consensus)", blake3.blake3(both).digest(),
           DIR["BLAKE3(signed consensus)"])
     accepts = lambda data, now: client_accepts(data, set(auths), nid, now)  # noqa: E731

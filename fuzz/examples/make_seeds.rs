@@ -132,6 +132,7 @@ fn descriptors() {
     let desc = RelayDescriptor {
         identity: identity.public(),
         onion_key: [2; 32],
+        handshakes: anonnet_wire::HandshakeSet::ALL,
         addresses: vec![
             SocketAddr::from(([127, 0, 0, 1], 5000)),
             "[::1]:5001".parse().unwrap(),
@@ -214,6 +215,7 @@ fn dht() {
     let desc = RelayDescriptor {
         identity: identity.public(),
         onion_key: [6; 32],
+        handshakes: anonnet_wire::HandshakeSet::ALL,
         addresses: vec![SocketAddr::from(([192, 0, 2, 7], 5000))],
         flags: FLAG_GUARD,
         exit_ports: vec![],
@@ -388,6 +390,7 @@ fn directory() {
         RelayEntry {
             identity: [0x11; 32],
             onion_key: [0x12; 32],
+            handshakes: anonnet_wire::HandshakeSet::NTOR,
             address: SocketAddr::from(([192, 0, 2, 1], 5000)),
             flags: RelayFlags(running.0 | RelayFlags::STABLE.0 | RelayFlags::GUARD.0),
             weight: 2_000_000,
@@ -397,6 +400,7 @@ fn directory() {
         RelayEntry {
             identity: [0x21; 32],
             onion_key: [0x22; 32],
+            handshakes: anonnet_wire::HandshakeSet::ALL,
             address: SocketAddr::from(([192, 0, 2, 2], 5001)),
             flags: RelayFlags::ALL,
             weight: 750_000,
@@ -409,6 +413,7 @@ fn directory() {
         RelayEntry {
             identity: [0x31; 32],
             onion_key: [0x32; 32],
+            handshakes: anonnet_wire::HandshakeSet::ALL,
             address: "[2001:db8::3]:5002".parse().unwrap(),
             flags: RelayFlags(running.0 | RelayFlags::EXIT.0 | RelayFlags::HSDIR.0),
             weight: 100_000,
@@ -460,6 +465,7 @@ fn directory() {
     let desc = RelayDescriptor {
         identity: identity.public(),
         onion_key: [8; 32],
+        handshakes: anonnet_wire::HandshakeSet::ALL,
         addresses: vec![SocketAddr::from(([192, 0, 2, 9], 5000))],
         flags: FLAG_EXIT,
         exit_ports: vec![PortRange { lo: 443, hi: 443 }],

@@ -772,6 +772,36 @@ fn save_descriptors(shared: &Shared) {
     }
 }
 
+/// True when the authority votes the relay an exit: its descriptor has the EXIT flag and at
+/// least one port range (§14.3).
+fn is_voted_exit(d: &anonnet_wire::RelayDescriptor) -> bool {
+    d.is_exit() && !d.exit_ports.is_empty()
+}
+
+/// A relay's entry in this authority's vote (§14.3, §14.5): identity, onion key, handshake
+/// types and exit ports (exits only) from its descriptor, `address` (the one tested), and
+/// this authority's `flags` and `weight`.
+fn vote_entry(
+    d: &anonnet_wire::RelayDescriptor,
+    address: SocketAddr,
+    flags: RelayFlags,
+    weight: u32,
+) -> RelayEntry {
+    RelayEntry {
+        identity: d.identity,
+        onion_key: d.onion_key,
+        handshakes: d.handshakes,
+        address,
+        flags,
+        weight,
+        exit_ports: if is_voted_exit(d) {
+            d.exit_ports.clone()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
 /// This authority's vote for the period starting at `valid_after`.
 fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
     let period = shared.config.period;
@@ -805,23 +835,12 @@ fn make_vote(shared: &Shared, valid_after: u64) -> Vote {
                 }
                 None => (UNMEASURED_WEIGHT.min(advertised), 0),
             };
-            let exit = d.is_exit() && !d.exit_ports.is_empty();
+            let exit = is_voted_exit(d);
             let mut flags = k.history.flags(valid_after, t, exit, bw, median);
             if !exit {
                 flags = RelayFlags(flags.0 & !RelayFlags::EXIT.0);
             }
-            RelayEntry {
-                identity: d.identity,
-                onion_key: d.onion_key,
-                address,
-                flags,
-                weight,
-                exit_ports: if exit {
-                    d.exit_ports.clone()
-                } else {
-                    Vec::new()
-                },
-            }
+            vote_entry(d, address, flags, weight)
         })
         .collect();
     relays.sort_by_key(|e| e.identity);
@@ -1172,6 +1191,7 @@ mod tests {
         let d = RelayDescriptor {
             identity: key.public(),
             onion_key: [seed; 32],
+            handshakes: anonnet_wire::HandshakeSet::ALL,
             addresses: vec![SocketAddr::from((ip, 9001))],
             flags: 0,
             exit_ports: Vec::new(),
@@ -1211,5 +1231,23 @@ mod tests {
         voted.sort_unstable();
         assert_eq!(voted, vec![10, 20, 99]);
         assert_eq!(listed_per_ip(&all, 0).len(), 6);
+    }
+
+    #[test]
+    fn vote_entry_takes_keys_and_handshake_types_from_the_descriptor() {
+        let (_, k) = known(3, [203, 0, 113, 9], 10);
+        let mut d = k.relay.descriptor.clone();
+        d.handshakes = anonnet_wire::HandshakeSet::NTOR;
+        let address = SocketAddr::from(([203, 0, 113, 9], 9001));
+        let e = vote_entry(&d, address, RelayFlags::RUNNING, 500);
+        assert_eq!(e.handshakes, anonnet_wire::HandshakeSet::NTOR);
+        assert_eq!((e.identity, e.onion_key), (d.identity, d.onion_key));
+        assert_eq!((e.address, e.weight), (address, 500));
+        assert!(e.exit_ports.is_empty());
+        let d = k.relay.descriptor;
+        assert_eq!(
+            vote_entry(&d, address, RelayFlags::RUNNING, 500).handshakes,
+            anonnet_wire::HandshakeSet::ALL
+        );
     }
 }

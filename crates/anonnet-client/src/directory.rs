@@ -76,6 +76,14 @@ impl Directory {
         Directory { relays }
     }
 
+    /// The directory without the relays that advertise none of the circuit handshake
+    /// types in `usable` (§9.1): no circuit could be built through them.
+    pub fn usable_with(mut self, usable: anonnet_wire::HandshakeSet) -> Directory {
+        self.relays
+            .retain(|_, r| r.descriptor.handshakes.intersects(usable));
+        self
+    }
+
     /// Add an already verified descriptor (the fixed directory of a client without a
     /// network), replacing an older one of the same relay.
     pub fn insert_verified(&mut self, v: VerifiedDescriptor) {
@@ -349,6 +357,7 @@ pub(crate) mod tests {
         let d = RelayDescriptor {
             identity: id.public(),
             onion_key: [seed; 32],
+            handshakes: anonnet_wire::HandshakeSet::ALL,
             addresses: vec![format!("10.{seed}.0.1:5000").parse().unwrap()],
             flags,
             exit_ports: ports,
@@ -357,6 +366,30 @@ pub(crate) mod tests {
             expires: 10_000,
         };
         anonnet_crypto::sign_descriptor(&id, &d).unwrap()
+    }
+
+    #[test]
+    fn relays_without_a_usable_handshake_type_leave_the_directory() {
+        use anonnet_wire::HandshakeSet;
+        let mut dir = Directory::new();
+        for (seed, handshakes) in [
+            (1, HandshakeSet::ALL),
+            (2, HandshakeSet::NTOR),
+            (3, HandshakeSet::HYBRID),
+        ] {
+            let id = IdentityKey::from_seed(&[seed; 32]);
+            let mut d = RelayDescriptor::decode_body(&relay(seed, 0, vec![]).body).unwrap();
+            d.handshakes = handshakes;
+            let signed = anonnet_crypto::sign_descriptor(&id, &d).unwrap();
+            dir.insert(&signed, 200).unwrap();
+        }
+        // A hybrid client can use all three (type 1 with relay 2); a classical one not
+        // relay 3, which answers type 2 alone.
+        assert_eq!(dir.clone().usable_with(HandshakeSet::ALL).len(), 3);
+        let classical = dir.usable_with(HandshakeSet::NTOR);
+        assert_eq!(classical.len(), 2);
+        let three = NodeId::from_identity(&IdentityKey::from_seed(&[3; 32]).public());
+        assert!(classical.get(&three).is_none());
     }
 
     #[test]
@@ -438,6 +471,7 @@ pub(crate) mod tests {
         let d = RelayDescriptor {
             identity: id.public(),
             onion_key: [seed; 32],
+            handshakes: anonnet_wire::HandshakeSet::ALL,
             addresses: vec![addr.parse().unwrap()],
             flags: FLAG_GUARD | FLAG_EXIT,
             exit_ports: vec![PortRange::ALL],

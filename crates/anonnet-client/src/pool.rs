@@ -86,8 +86,10 @@ pub struct ClientConfig {
     pub address_book: HashMap<String, HsAddress>,
     /// Guard lifetimes (rotation and removal when unlisted).
     pub guard_lifetimes: crate::guards::GuardLifetimes,
-    /// The circuit handshake run with every relay (§5.4): hybrid X25519 + ML-KEM-768 by
-    /// default, classical X25519 for measurement.
+    /// The circuit handshake setting (§5.4, §9.2): hybrid X25519 + ML-KEM-768 by default,
+    /// run with every relay that advertises it (classical X25519 with the others);
+    /// classical X25519 with every relay, for measurement. Relays advertising no type the
+    /// setting can run are left out of the directory.
     pub circuit_handshake: crate::circuit::HandshakeKind,
 }
 
@@ -235,6 +237,7 @@ impl Client {
                 for v in &fallbacks {
                     directory.insert_verified(v.clone());
                 }
+                directory = directory.usable_with(config.circuit_handshake.usable());
                 if directory.is_empty() {
                     return Err(ClientError::NotEnoughRelays { usable: 0 });
                 }
@@ -245,7 +248,8 @@ impl Client {
                     .as_deref()
                     .and_then(|d| dir::load(d, network, now))
                 {
-                    directory = Directory::from_consensus(&c.consensus);
+                    directory = Directory::from_consensus(&c.consensus)
+                        .usable_with(config.circuit_handshake.usable());
                     consensus = Some(c);
                 }
             }
@@ -325,7 +329,8 @@ impl Client {
             }
         }
         let first = self.consensus_status().is_none();
-        let directory = Directory::from_consensus(&c.consensus);
+        let directory = Directory::from_consensus(&c.consensus)
+            .usable_with(self.config.circuit_handshake.usable());
         let status = c.status.clone();
         if let Ok(mut dir) = self.directory.write() {
             *dir = directory;
@@ -489,10 +494,12 @@ impl Client {
                         build_ms: s.circuit.build_time().as_secs_f64() * 1000.0,
                         streams: s.circuit.stream_count(),
                         state: s.state().to_owned(),
-                        handshakes: vec![
-                            s.circuit.handshake().name().to_owned();
-                            s.circuit.path().len()
-                        ],
+                        handshakes: s
+                            .circuit
+                            .handshakes()
+                            .iter()
+                            .map(|k| k.name().to_owned())
+                            .collect(),
                         protocol: anonnet_net::PROTOCOL_VERSION,
                     })
                     .collect()
@@ -947,6 +954,20 @@ impl Client {
         let mut last = ClientError::Circuit(CircuitError::Closed);
         let mut failed: Vec<anonnet_crypto::NodeId> = avoid.to_vec();
         failed.extend(end.map(|e| e.node_id));
+        // The handshake types the end answers, from its consensus entry; a relay our
+        // directory does not list is tried with the setting's own type (§9.2).
+        let setting = self.config.circuit_handshake;
+        let end_with_types = end.map(|spec| {
+            let listed = self
+                .directory
+                .read()
+                .ok()
+                .and_then(|d| d.get(&spec.node_id).map(|r| r.descriptor.handshakes));
+            let offered = listed
+                .or_else(|| anonnet_wire::HandshakeSet::of(setting.type_number()))
+                .unwrap_or_default();
+            (spec, offered)
+        });
         for _ in 0..BUILD_ATTEMPTS {
             let req = PathRequest {
                 any_last_hop: true,
@@ -965,9 +986,9 @@ impl Client {
                 Circuit::build_to(
                     &self.links,
                     path,
-                    end,
+                    end_with_types,
                     self.stream_counters.clone(),
-                    self.config.circuit_handshake,
+                    setting,
                 ),
             )
             .await

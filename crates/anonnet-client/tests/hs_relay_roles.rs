@@ -32,6 +32,7 @@ async fn net(name: &str) -> (tempfile::TempDir, Vec<Relay>, Arc<Client>) {
                 advertise: None,
                 exit_policy: None,
                 guard: true,
+                circuit_handshakes: anonnet_wire::HandshakeSet::ALL,
                 bandwidth: 1000,
                 descriptor_file: None,
                 limits: Limits::default(),

@@ -7,12 +7,18 @@ use std::time::Duration;
 use anonnet_client::circuit::HandshakeKind;
 use anonnet_client::{Client, ClientConfig, ErrorKind};
 use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, Relay, RelayConfig};
-use anonnet_wire::{PortRange, Target};
+use anonnet_wire::{HandshakeSet, PortRange, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn relays(n: usize, dir: &std::path::Path) -> Vec<Relay> {
+    relays_answering(&vec![HandshakeSet::ALL; n], dir).await
+}
+
+/// One exit relay per entry of `handshakes`, answering (and advertising) those circuit
+/// handshake types.
+async fn relays_answering(handshakes: &[HandshakeSet], dir: &std::path::Path) -> Vec<Relay> {
     let mut out = Vec::new();
-    for i in 0..n {
+    for (i, &circuit_handshakes) in handshakes.iter().enumerate() {
         let cfg = RelayConfig {
             data_dir: dir.join(format!("relay-{i}")),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -23,6 +29,7 @@ async fn relays(n: usize, dir: &std::path::Path) -> Vec<Relay> {
                 ports: PortRange::ALL,
             }])),
             guard: true,
+            circuit_handshakes,
             bandwidth: 1000,
             descriptor_file: None,
             limits: Limits::default(),
@@ -183,6 +190,70 @@ async fn hybrid_and_classical_circuits_both_carry_streams_and_say_which() {
         }
         client.shutdown(Duration::from_secs(2)).await;
     }
+    stop(&relays).await;
+}
+
+/// Handshakes are negotiated per hop (protocol §9.2): with one relay answering only type 1,
+/// a hybrid client's circuits run classical X25519 with that relay and the hybrid
+/// handshake with the others, carry streams, and the status says so hop by hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_client_runs_classical_with_a_classical_only_relay_and_hybrid_elsewhere() {
+    let dir = tempdir("per-hop");
+    let relays = relays_answering(
+        &[HandshakeSet::ALL, HandshakeSet::NTOR, HandshakeSet::ALL],
+        dir.path(),
+    )
+    .await;
+    let classical_only = relays[1].node_id().to_hex();
+    let echo_port = spawn_echo_server().await;
+    let client = ready_client(&relays, None).await;
+    let mut s = client
+        .connect(Target::Host("localhost".into()), echo_port)
+        .await
+        .unwrap();
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 239) as u8).collect();
+    let mut got = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        s.write_all(&payload).await.unwrap();
+        s.read_exact(&mut got).await.unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, payload);
+
+    let status = client.status();
+    assert!(!status.circuits.is_empty());
+    for c in &status.circuits {
+        // Three relays, three hops: the classical-only relay is on every circuit.
+        assert_eq!(c.path.len(), 3);
+        assert!(c.path.contains(&classical_only), "{:?}", c.path);
+        let expected: Vec<&str> = c
+            .path
+            .iter()
+            .map(|id| {
+                if *id == classical_only {
+                    "x25519"
+                } else {
+                    "x25519+mlkem768"
+                }
+            })
+            .collect();
+        assert_eq!(c.handshakes, expected, "path {:?}", c.path);
+    }
+    // The classical-only relay built circuits; none refused a CREATE (a type-2 CREATE
+    // would have been refused with DESTROY and the build would have failed).
+    assert!(
+        relays[1]
+            .stats()
+            .circuits_created
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    assert_eq!(
+        status.counters.circuit_build_failures, 0,
+        "no build failed on a refused handshake"
+    );
+    client.shutdown(Duration::from_secs(2)).await;
     stop(&relays).await;
 }
 

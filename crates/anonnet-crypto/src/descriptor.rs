@@ -115,6 +115,7 @@ mod tests {
         RelayDescriptor {
             identity: identity.public(),
             onion_key: [9; 32],
+            handshakes: anonnet_wire::HandshakeSet::ALL,
             addresses: vec!["127.0.0.1:7000".parse().unwrap()],
             flags: FLAG_EXIT,
             exit_ports: vec![anonnet_wire::PortRange::ALL],
@@ -133,6 +134,58 @@ mod tests {
         let v = verify_descriptor(&parsed, 20_000).unwrap();
         assert_eq!(v.node_id, id.node_id());
         assert_eq!(v.descriptor, desc(&id));
+    }
+
+    /// The descriptor test vector of `docs/protocol.md` §3.3 (also recomputed from the
+    /// text by `docs/vectors/verify_vectors.py`).
+    #[test]
+    fn descriptor_test_vector() {
+        use anonnet_wire::descriptor::FLAG_GUARD;
+        use anonnet_wire::PortRange;
+        let id = IdentityKey::from_seed(&[0x11; 32]);
+        let d = RelayDescriptor {
+            identity: id.public(),
+            onion_key: crate::OnionKey::from_secret(&[0x22; 32]).public(),
+            handshakes: anonnet_wire::HandshakeSet::ALL,
+            addresses: vec!["127.0.0.1:7001".parse().unwrap()],
+            flags: FLAG_EXIT | FLAG_GUARD,
+            exit_ports: vec![PortRange { lo: 80, hi: 80 }, PortRange { lo: 443, hi: 443 }],
+            bandwidth: 1_000_000,
+            published: 1_700_000_000,
+            expires: 1_700_086_400,
+        };
+        let signed = sign_descriptor(&id, &d).unwrap();
+        assert_eq!(signed.body.len(), 104);
+        assert_eq!(
+            hex::encode(&signed.body),
+            concat!(
+                "02d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c97787",
+                "370faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f",
+                "200301047f0000011b5903020050005001bb01bb000f4240000000006553f100",
+                "0000000065554280",
+            )
+        );
+        assert_eq!(
+            hex::encode(signed.signature),
+            concat!(
+                "7954e3355f3f0fb164f218cc254b8f4e9e4fc6ac3da6ccbfcd98083c4a095336",
+                "9d43e18211c214041ef8ba066d1a0bf589ba8ce1be92e7bb449b72c87a4a7601",
+            )
+        );
+        assert_eq!(
+            signed.to_base64().unwrap(),
+            concat!(
+                "AGgC0EqyMnQrtKs6E2i9RhXk5tAiSrcaAWuvhSCjMsl3hzcPqmhO0ohnuX9Kai3uXfjO",
+                "l052twGOPyKhxM8meFcPIAMBBH8AAAEbWQMCAFAAUAG7AbsAD0JAAAAAAGVT8QAAAAAA",
+                "ZVVCgHlU4zVfPw+xZPIYzCVLj06eT8asPabMv82YCDxKCVM2nUPhghHCFAQe+LoGbRoL",
+                "9Ym6jOG+kue7RJtyyHpKdgE=",
+            )
+        );
+        let v = verify_descriptor(&signed, 1_700_000_000).unwrap();
+        assert_eq!(
+            v.node_id.to_hex(),
+            "4a78877c4a0926fc5d5cb282bb45c11c8489b202fe1890fa0c6593e6192b9f75"
+        );
     }
 
     #[test]

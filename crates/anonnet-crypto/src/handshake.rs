@@ -77,6 +77,10 @@ pub enum HandshakeError {
     /// The operating system's random number generator failed.
     #[error("the OS random number generator failed")]
     Rng,
+    /// `CREATE` asked for a handshake type the relay does not answer: one its descriptor
+    /// does not list (`docs/protocol.md` §3.1, §4.2).
+    #[error("CREATE asks for a handshake type this relay does not answer")]
+    NotAnswered,
 }
 
 /// The symmetric keys of one hop (32 bytes each), zeroized on drop.

@@ -71,6 +71,7 @@ fn signed_descriptor(i: usize) -> SignedDescriptor {
     let d = RelayDescriptor {
         identity: id.public(),
         onion_key: *blake3::hash(&seed).as_bytes(),
+        handshakes: anonnet_wire::HandshakeSet::ALL,
         addresses: vec![std::net::SocketAddr::from((
             [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
             7000,

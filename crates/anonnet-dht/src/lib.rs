@@ -156,6 +156,7 @@ pub(crate) mod test_support {
         let d = RelayDescriptor {
             identity: id.public(),
             onion_key: [7; 32],
+            handshakes: anonnet_wire::HandshakeSet::ALL,
             addresses: vec![std::net::SocketAddr::from((
                 [10, (n >> 16) as u8, (n >> 8) as u8, n as u8],
                 7000,

@@ -47,6 +47,7 @@ fn relays(n: usize, salt: u32) -> Vec<RelayEntry> {
             RelayEntry {
                 identity,
                 onion_key: [(i % 251) as u8; 32],
+                handshakes: anonnet_wire::HandshakeSet::ALL,
                 address: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 9001)),
                 flags: RelayFlags(
                     RelayFlags::RUNNING.0

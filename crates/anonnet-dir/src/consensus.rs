@@ -18,10 +18,10 @@ use crate::DirError;
 ///   votes are ignored); all must name the same `valid_after`, `fresh_until`,
 ///   `valid_until`.
 /// - A relay is listed when at least `network.majority()` votes list it.
-/// - Its onion key, address and exit ports are the most common among those votes (ties:
-///   the encoding that sorts last); each flag is set when more than half of the votes listing the
-///   relay set it (ties: the encoding that sorts last byte by byte); its weight is the low
-///   median of the votes' weights.
+/// - Its onion key, handshake types, address and exit ports (one variant, as the relay's
+///   descriptor gave them) are the most common among those votes (ties: the encoding that
+///   sorts last); each flag is set when more than half of the votes listing the relay set
+///   it; its weight is the low median of the votes' weights.
 /// - The shared random value follows §14.7 from `previous` (the consensus of the period
 ///   just before, when the caller has it: `previous.valid_after < valid_after <=
 ///   previous.fresh_until`; authorities set `fresh_until` a little past the next
@@ -102,7 +102,8 @@ pub fn compute_consensus(
 
 /// One relay's consensus entry from the votes that list it (at least one).
 fn merge(identity: [u8; 32], entries: &[&RelayEntry]) -> RelayEntry {
-    // The most common (onion key, address, exit ports), ties to the largest encoding.
+    // The most common (onion key, handshake types, address, exit ports), ties to the
+    // largest encoding.
     let mut variants: BTreeMap<Vec<u8>, (usize, &RelayEntry)> = BTreeMap::new();
     for e in entries {
         let mut key = RelayEntry {
@@ -128,6 +129,7 @@ fn merge(identity: [u8; 32], entries: &[&RelayEntry]) -> RelayEntry {
         return RelayEntry {
             identity,
             onion_key: [0; 32],
+            handshakes: anonnet_wire::HandshakeSet::default(),
             address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             flags: RelayFlags(0),
             weight: 0,
@@ -152,6 +154,7 @@ fn merge(identity: [u8; 32], entries: &[&RelayEntry]) -> RelayEntry {
     RelayEntry {
         identity,
         onion_key: chosen.onion_key,
+        handshakes: chosen.handshakes,
         address: chosen.address,
         flags,
         weight,
@@ -230,6 +233,34 @@ mod tests {
                 .unwrap(),
             cons.encode_body().unwrap()
         );
+    }
+
+    #[test]
+    fn consensus_entry_carries_the_handshake_set_of_the_most_common_variant() {
+        let (net, k) = net(3);
+        let classical = RelayEntry {
+            handshakes: anonnet_wire::HandshakeSet::NTOR,
+            ..entry(1)
+        };
+        let both = entry(1);
+        // Two votes saw the relay's newer descriptor (type 1 only), one the older.
+        let votes = vec![
+            vote(&net, &k[0], vec![classical.clone()], 100),
+            vote(&net, &k[1], vec![both.clone()], 100),
+            vote(&net, &k[2], vec![classical.clone()], 100),
+        ];
+        let cons = compute_consensus(&net, &votes, None).unwrap();
+        assert_eq!(cons.relays[0].handshakes, anonnet_wire::HandshakeSet::NTOR);
+        // It survives the consensus encoding.
+        let back = Consensus::decode_body(&cons.encode_body().unwrap()).unwrap();
+        assert_eq!(back.relays[0].handshakes, anonnet_wire::HandshakeSet::NTOR);
+        // The set belongs to the variant: a tie goes to the larger encoding (here 0x03).
+        let votes = vec![
+            vote(&net, &k[0], vec![classical], 100),
+            vote(&net, &k[1], vec![both], 100),
+        ];
+        let cons = compute_consensus(&net, &votes, None).unwrap();
+        assert_eq!(cons.relays[0].handshakes, anonnet_wire::HandshakeSet::ALL);
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! (`docs/protocol.md` §14.5–§14.6).
 //!
 //! Vote body:
-//! `version u8 (1) ‖ network_id [32] ‖ authority [32] ‖ valid_after u64 ‖ fresh_until u64 ‖
+//! `version u8 (2) ‖ network_id [32] ‖ authority [32] ‖ valid_after u64 ‖ fresh_until u64 ‖
 //! valid_until u64 ‖ commit [32] ‖ has_reveal u8 (0|1) ‖ reveal [32]? ‖ n u32 ‖ entry × n`;
 //! signed vote: `body_len u32 ‖ body ‖ signature [64]`, the signature by the authority's
 //! identity key over `"anonnet vote v1\0" ‖ body`.
 //!
 //! Consensus body:
-//! `version u8 (1) ‖ network_id [32] ‖ valid_after u64 ‖ fresh_until u64 ‖ valid_until u64 ‖
+//! `version u8 (2) ‖ network_id [32] ‖ valid_after u64 ‖ fresh_until u64 ‖ valid_until u64 ‖
 //! srv_current [32] ‖ srv_previous [32] ‖ n_commits u8 ‖ (authority [32] ‖ commit [32]) ×
 //! n_commits ‖ n u32 ‖ entry × n`; signed consensus: `body_len u32 ‖ body ‖ n_sigs u8 ‖
 //! (authority [32] ‖ signature [64]) × n_sigs`, each signature over
@@ -24,16 +24,18 @@ use crate::entry::RelayEntry;
 use crate::network::{Network, MAX_AUTHORITIES};
 use crate::{invalid, DirError, MAX_CLOCK_SKEW};
 
-/// Document format version.
-pub const DOCUMENT_VERSION: u8 = 1;
+/// Vote and consensus format version (§14.5, §14.6). Version 2 added `handshakes` to
+/// every entry (§14.3); a version-1 document is refused as an unknown version rather than
+/// misread.
+pub const DOCUMENT_VERSION: u8 = 2;
 /// Most relays a vote or consensus may list.
 pub const MAX_RELAYS: usize = 100_000;
 /// Largest encoded vote or consensus body accepted (bytes): 16 MiB, room for
-/// [`MAX_RELAYS`] entries of the common sizes (77–81 bytes; an IPv6 relay with 64 exit
-/// ranges takes 345). Encoders refuse a longer body, so nobody signs what readers refuse.
+/// [`MAX_RELAYS`] entries of the common sizes (78–82 bytes; an IPv6 relay with 64 exit
+/// ranges takes 346). Encoders refuse a longer body, so nobody signs what readers refuse.
 pub const MAX_CONSENSUS_LEN: usize = 16 * 1024 * 1024;
 /// Smallest encoded entry (bytes): IPv4, no exit ports.
-const MIN_ENTRY_LEN: usize = 77;
+const MIN_ENTRY_LEN: usize = 78;
 const VOTE_CONTEXT: &[u8] = b"anonnet vote v1\0";
 const CONSENSUS_CONTEXT: &[u8] = b"anonnet consensus v1\0";
 

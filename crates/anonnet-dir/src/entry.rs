@@ -1,15 +1,15 @@
 //! One relay's entry in a vote or a consensus (`docs/protocol.md` §14.3).
 //!
-//! Layout: `identity [32] ‖ onion_key [32] ‖ atype u8 (4|6) ‖ ip [4|16] ‖ port u16 ‖
-//! flags u8 ‖ weight u32 ‖ n_ports u8 ‖ (lo u16 ‖ hi u16) × n_ports`: 81 bytes for an IPv4
-//! relay with one exit-port range, 77 for a non-exit. Everything a client needs to build a
-//! circuit through the relay is here, so no per-relay descriptor fetch is needed.
+//! Layout: `identity [32] ‖ onion_key [32] ‖ handshakes u8 ‖ atype u8 (4|6) ‖ ip [4|16] ‖
+//! port u16 ‖ flags u8 ‖ weight u32 ‖ n_ports u8 ‖ (lo u16 ‖ hi u16) × n_ports`: 82 bytes
+//! for an IPv4 relay with one exit-port range, 78 for a non-exit. Everything a client needs
+//! to build a circuit through the relay is here, so no per-relay descriptor fetch is needed.
 
 use std::net::{IpAddr, SocketAddr};
 
 use anonnet_crypto::{NodeId, VerifiedDescriptor};
 use anonnet_wire::descriptor::{FLAG_EXIT as DESC_EXIT, FLAG_GUARD as DESC_GUARD, MAX_PORT_RANGES};
-use anonnet_wire::{PortRange, Reader, RelayDescriptor, WireError, Writer};
+use anonnet_wire::{HandshakeSet, PortRange, Reader, RelayDescriptor, WireError, Writer};
 
 use crate::invalid;
 
@@ -68,6 +68,8 @@ pub struct RelayEntry {
     pub identity: [u8; 32],
     /// X25519 onion key for the circuit handshake.
     pub onion_key: [u8; 32],
+    /// The circuit handshake types the relay answers (§4.2), from its descriptor.
+    pub handshakes: HandshakeSet,
     /// The QUIC address the authorities reached it at.
     pub address: SocketAddr,
     /// Flags.
@@ -100,6 +102,7 @@ impl RelayEntry {
         }
         w.put(&self.identity);
         w.put(&self.onion_key);
+        w.put_u8(self.handshakes.bits());
         match self.address.ip() {
             IpAddr::V4(ip) => {
                 w.put_u8(4);
@@ -124,11 +127,12 @@ impl RelayEntry {
     /// Read one entry.
     ///
     /// # Errors
-    /// [`WireError`] on truncation, an unknown address type, unknown flag bits, too many or
-    /// bad port ranges.
+    /// [`WireError`] on truncation, an empty or unknown handshake set, an unknown address
+    /// type, unknown flag bits, too many or bad port ranges.
     pub fn decode(r: &mut Reader<'_>) -> Result<RelayEntry, WireError> {
         let identity = r.take_array()?;
         let onion_key = r.take_array()?;
+        let handshakes = HandshakeSet::from_bits(r.take_u8()?)?;
         let ip = match r.take_u8()? {
             4 => IpAddr::from(r.take_array::<4>()?),
             6 => IpAddr::from(r.take_array::<16>()?),
@@ -158,6 +162,7 @@ impl RelayEntry {
         Ok(RelayEntry {
             identity,
             onion_key,
+            handshakes,
             address,
             flags,
             weight,
@@ -167,7 +172,8 @@ impl RelayEntry {
 
     /// The entry as the client's path selection sees a relay: a descriptor whose guard bit
     /// is the consensus's Guard flag, exit bit the Exit flag, bandwidth the consensus weight
-    /// and validity the consensus's (`valid_after`, `valid_until`).
+    /// and validity the consensus's (`valid_after`, `valid_until`); keys, handshake types
+    /// and address are the entry's.
     pub fn to_verified(&self, valid_after: u64, valid_until: u64) -> VerifiedDescriptor {
         let mut flags = 0;
         if self.flags.contains(RelayFlags::GUARD) {
@@ -182,6 +188,7 @@ impl RelayEntry {
             descriptor: RelayDescriptor {
                 identity: self.identity,
                 onion_key: self.onion_key,
+                handshakes: self.handshakes,
                 addresses: vec![self.address],
                 flags,
                 exit_ports: if exit {
@@ -205,6 +212,7 @@ pub(crate) mod tests {
         RelayEntry {
             identity: [n; 32],
             onion_key: [n.wrapping_add(100); 32],
+            handshakes: HandshakeSet::ALL,
             address: SocketAddr::from(([10, n, 0, 1], 7000 + u16::from(n))),
             flags: RelayFlags(RelayFlags::RUNNING.0 | RelayFlags::VALID.0),
             weight: 1000 * u32::from(n),
@@ -218,7 +226,7 @@ pub(crate) mod tests {
         e.exit_ports = vec![PortRange { lo: 80, hi: 443 }];
         let mut w = Writer::new();
         e.encode(&mut w).unwrap();
-        assert_eq!(w.len(), 81);
+        assert_eq!(w.len(), 82);
         let bytes = w.into_vec();
         let mut r = Reader::new(&bytes);
         assert_eq!(RelayEntry::decode(&mut r).unwrap(), e);
@@ -243,6 +251,40 @@ pub(crate) mod tests {
         let mut e = entry(1);
         e.exit_ports = vec![PortRange { lo: 9, hi: 8 }];
         assert!(e.encode(&mut Writer::new()).is_err());
+    }
+
+    #[test]
+    fn entry_carries_the_handshake_set_and_refuses_empty_or_unknown_ones() {
+        for set in [HandshakeSet::NTOR, HandshakeSet::HYBRID, HandshakeSet::ALL] {
+            let e = RelayEntry {
+                handshakes: set,
+                ..entry(4)
+            };
+            let mut w = Writer::new();
+            e.encode(&mut w).unwrap();
+            let bytes = w.into_vec();
+            // identity ‖ onion_key ‖ handshakes
+            assert_eq!(bytes[64], set.bits());
+            assert_eq!(RelayEntry::decode(&mut Reader::new(&bytes)).unwrap(), e);
+            assert_eq!(e.to_verified(10, 20).descriptor.handshakes, set);
+        }
+        let mut w = Writer::new();
+        entry(4).encode(&mut w).unwrap();
+        let bytes = w.into_vec();
+        for bits in [0x00, 0x04, 0x80] {
+            let mut bad = bytes.clone();
+            bad[64] = bits;
+            assert!(
+                matches!(
+                    RelayEntry::decode(&mut Reader::new(&bad)),
+                    Err(WireError::Invalid {
+                        field: "handshakes",
+                        ..
+                    })
+                ),
+                "{bits:#04x}"
+            );
+        }
     }
 
     #[test]

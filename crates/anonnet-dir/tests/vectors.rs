@@ -13,7 +13,7 @@ use anonnet_dir::{
     compute_consensus, AuthorityEntry, Consensus, DirMessage, Network, RelayEntry, RelayFlags,
     SignedConsensus, SignedVote, UploadStatus, Vote,
 };
-use anonnet_wire::{PortRange, Writer};
+use anonnet_wire::{HandshakeSet, PortRange, Writer};
 
 /// Start of the period: a multiple of `L` (500 000 × 3600).
 const T: u64 = 1_800_000_000;
@@ -43,13 +43,14 @@ fn network() -> Network {
     .unwrap()
 }
 
-/// Relay A: identity seed 0x11×32 and onion secret 0x22×32 (the keys of §3.3), IPv4, an
-/// exit for ports 80–443; in the vectors its flags are 0x1f (Running Valid Stable Guard
-/// Exit) and its weight 1 000 000.
+/// Relay A: identity seed 0x11×32 and onion secret 0x22×32 (the keys of §3.3), handshake
+/// types 1 and 2, IPv4, an exit for ports 80–443; in the vectors its flags are 0x1f
+/// (Running Valid Stable Guard Exit) and its weight 1 000 000.
 fn relay_a(flags: u8, weight: u32) -> RelayEntry {
     RelayEntry {
         identity: IdentityKey::from_seed(&[0x11; 32]).public(),
         onion_key: OnionKey::from_secret(&[0x22; 32]).public(),
+        handshakes: HandshakeSet::ALL,
         address: SocketAddr::from(([127, 0, 0, 1], 7011)),
         flags: RelayFlags(flags),
         weight,
@@ -57,11 +58,13 @@ fn relay_a(flags: u8, weight: u32) -> RelayEntry {
     }
 }
 
-/// Relay B: identity seed 0x12×32, onion secret 0x23×32, IPv6, no exit, Running Valid.
+/// Relay B: identity seed 0x12×32, onion secret 0x23×32, handshake type 1 only, IPv6, no
+/// exit, Running Valid.
 fn relay_b(weight: u32) -> RelayEntry {
     RelayEntry {
         identity: IdentityKey::from_seed(&[0x12; 32]).public(),
         onion_key: OnionKey::from_secret(&[0x23; 32]).public(),
+        handshakes: HandshakeSet::NTOR,
         address: "[2001:db8::12]:7012".parse().unwrap(),
         flags: RelayFlags(0x03),
         weight,
@@ -175,12 +178,12 @@ const AUTHORITY_3: &str = "ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14
 const ENTRY_A: &str = concat!(
     "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737",
     "0faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20",
-    "047f0000011b631f000f424001005001bb",
+    "03047f0000011b631f000f424001005001bb",
 );
 const ENTRY_B: &str = concat!(
     "204040e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c21",
     "9a4503a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b",
-    "0620010db80000000000000000000000121b640300004e2000",
+    "010620010db80000000000000000000000121b640300004e2000",
 );
 const REVEAL_1: &str = "099890d6bebda2ff23cc3447c046e0e4c50def374930e8968533f73e32d867ba";
 const COMMIT_1_T: &str = "8a01cea990ceff4de2f034b55cf140636c1fbc5c29b7c1d0ed4f885cd8f1a549";
@@ -188,25 +191,25 @@ const COMMIT_1_NEXT: &str = "e77a29d3d7dfe10bb3f47dfc701399ec56ad540a664119d7059
 const SRV_CURRENT: &str = "03487fd8574b491b357e18940cb618e0cb002d6e32bad29a720c6029e994beb1";
 const SRV_DISASTER: &str = "a60ff3c4475cdb4a1e4816932734fb05724fcb8d83b1d15f8a9fbfda8a54b5dc";
 const VOTE_BODY: &str = concat!(
-    "010ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0",
+    "020ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0",
     "9f8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f",
     "5c000000006b49d200000000006b49e010000000006b49fc30e77a29d3d7dfe1",
     "0bb3f47dfc701399ec56ad540a664119d7059ea19cf8587a2401099890d6bebd",
     "a2ff23cc3447c046e0e4c50def374930e8968533f73e32d867ba000000022040",
     "40e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c219a45",
-    "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0620",
-    "010db80000000000000000000000121b640300004e2000d04ab232742bb4ab3a",
-    "1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b97f",
-    "4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20047f0000011b631f00",
-    "0f424001005001bb",
+    "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0106",
+    "20010db80000000000000000000000121b640300004e2000d04ab232742bb4ab",
+    "3a1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b9",
+    "7f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f2003047f0000011b63",
+    "1f000f424001005001bb",
 );
 const VOTE_SIGNATURE: &str = concat!(
-    "d088d4e370e68c10367c97d257481b8a2c7d115f556e2ea7eaf863b3bc38c1a5",
-    "37ce0bac5798b412a697877d3c7ba2b4bf6c6a4a568db786f7b70c0110654f07",
+    "1bb9a438762a2f8f92826acbb31a35b8ee94121c20f790706ead43efe3856a8d",
+    "1039f75d1441b9d74f974757244536903c8c2aeaeb7b8aaa5c903e025fe07409",
 );
-const SIGNED_VOTE_BLAKE3: &str = "a7b793e5a51c9f6dfdab1625338bb7011793a23dd9b9685f7a8ed54503eb6c9a";
+const SIGNED_VOTE_BLAKE3: &str = "4d176a146c5fc3c108ad90af94a1ba4732b77ae9d09f874866cbff7c2bb3ad07";
 const CONSENSUS_BODY: &str = concat!(
-    "010ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0",
+    "020ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0",
     "9f000000006b49d200000000006b49e010000000006b49fc3003487fd8574b49",
     "1b357e18940cb618e0cb002d6e32bad29a720c6029e994beb177777777777777",
     "77777777777777777777777777777777777777777777777777038139770ea87d",
@@ -217,23 +220,23 @@ const CONSENSUS_BODY: &str = concat!(
     "c2c6eae90338905995612959273a5c63f93636c14614ac8737d1de8198b5f306",
     "5f95bc05b861f7ba4abed5c97a512cdd5c80c7d36cbbbc3e3d4d000000022040",
     "40e364c10f2bec9c1fe500a1cd4c247c89d650a01ed7e82caba867877c219a45",
-    "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0620",
-    "010db80000000000000000000000121b640300004e2000d04ab232742bb4ab3a",
-    "1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b97f",
-    "4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20047f0000011b631f00",
-    "0f424001005001bb",
+    "03a98ab10fe8d354c9c42cbd0c9d7944f52e7d14d8ea59775e7dc9e3bf4b0106",
+    "20010db80000000000000000000000121b640300004e2000d04ab232742bb4ab",
+    "3a1368bd4615e4e6d0224ab71a016baf8520a332c97787370faa684ed28867b9",
+    "7f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f2003047f0000011b63",
+    "1f000f424001005001bb",
 );
-const DIGEST: &str = "e8fa1640ead5d2aa212acb5c94f59656eab0f02669ab40a0bf4cd3cf52b09e1a";
+const DIGEST: &str = "c584b3a34812cba3e40ddaceb25f1d73f86f6d36c55f967cfe6d27ee4db5d3b8";
 const CONSENSUS_SIGNATURE_1: &str = concat!(
-    "0f0bd93b61738463afbd540dd1247dd98406f18f04833e600b392b9d8410bf2b",
-    "4286e84b55fca2c961e5f0a4b06b8472edf2a015dc0ec64914f86b3925aa1b04",
+    "45959d31ad86f597888cebeb425734e1d2d806ef09b23e332937acbf70cf2b54",
+    "805806198561bf04122cf9a6384e296ccabb7862744a495c5d37b7798b821008",
 );
 const CONSENSUS_SIGNATURE_2: &str = concat!(
-    "c8aea0b6ffe4606c1117fe90ccbb4189ac73cd06a362422d3ca74eeaca926e03",
-    "244f0199473cdca0bd20ebc3153302cabe9871784c40e7a22bdf2010d07b1600",
+    "3764eca9ec018e6bc395374186c4f2f8ecbfc6266d604a36aaca9f9bff52d525",
+    "5f6dbd4daadd4c8457a44daae7b30682de090535408cdf963fd12aa750ba9603",
 );
 const SIGNED_CONSENSUS_BLAKE3: &str =
-    "b4ca08e8b7fb4d17e3c106d3a75caf3b5967f35d00d5a7ed73498274729eb6f2";
+    "3d7d82f26ac867078010c1792b80fd1a5ceea47360bb0210a8c72873509a6cc9";
 
 #[test]
 fn network_id_and_authority_keys() {
@@ -249,8 +252,8 @@ fn network_id_and_authority_keys() {
 fn relay_entries() {
     let a = entry_bytes(&relay_a(0x1f, 1_000_000));
     let b = entry_bytes(&relay_b(20_000));
-    assert_eq!(a.len(), 81, "IPv4, one exit range");
-    assert_eq!(b.len(), 89, "IPv6, no exit range");
+    assert_eq!(a.len(), 82, "IPv4, one exit range");
+    assert_eq!(b.len(), 90, "IPv6, no exit range");
     check("entry A", &a, ENTRY_A);
     check("entry B", &b, ENTRY_B);
     let mut r = anonnet_wire::Reader::new(&a);
@@ -294,14 +297,14 @@ fn vote_of_authority_1() {
     let net = network();
     let v = vote(1, 0x1f, 1_000_000, 20_000);
     let signed = v.sign(&authority_key(1)).unwrap();
-    assert_eq!(signed.body.len(), 328);
+    assert_eq!(signed.body.len(), 330);
     check("vote body", &signed.body, VOTE_BODY);
     check("vote signature", &signed.signature, VOTE_SIGNATURE);
     let bytes = signed.encode();
-    assert_eq!(bytes.len(), 396);
+    assert_eq!(bytes.len(), 398);
     assert_eq!(
         hex::encode(&bytes),
-        format!("00000148{VOTE_BODY}{VOTE_SIGNATURE}")
+        format!("0000014a{VOTE_BODY}{VOTE_SIGNATURE}")
     );
     check("BLAKE3(signed vote)", &digest(&bytes), SIGNED_VOTE_BLAKE3);
     assert_eq!(SignedVote::decode(&bytes).unwrap().verify(&net).unwrap(), v);
@@ -313,7 +316,7 @@ fn consensus_signed_by_authorities_1_and_2() {
     let c = consensus();
     check("SRV in the consensus", &c.srv_current, SRV_CURRENT);
     let body = c.encode_body().unwrap();
-    assert_eq!(body.len(), 488);
+    assert_eq!(body.len(), 490);
     check("consensus body", &body, CONSENSUS_BODY);
     check("digest", &digest(&body), DIGEST);
     let s1 = Consensus::sign_body(&body, &authority_key(1));
@@ -333,11 +336,11 @@ fn consensus_signed_by_authorities_1_and_2() {
         signatures: vec![s1, s2],
     };
     let bytes = signed.encode();
-    assert_eq!(bytes.len(), 685);
+    assert_eq!(bytes.len(), 687);
     assert_eq!(
         hex::encode(&bytes),
         format!(
-            "000001e8{CONSENSUS_BODY}02{AUTHORITY_1}{CONSENSUS_SIGNATURE_1}\
+            "000001ea{CONSENSUS_BODY}02{AUTHORITY_1}{CONSENSUS_SIGNATURE_1}\
              {AUTHORITY_2}{CONSENSUS_SIGNATURE_2}"
         )
     );

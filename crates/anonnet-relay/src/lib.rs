@@ -20,7 +20,7 @@ use anonnet_dht::{Contact, DhtNode, RoutingTable, StorageLimits};
 use anonnet_net::{Endpoint, InboundLimits, Link, LinkManager};
 use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
 use anonnet_wire::dht::DHT_STREAM_TAG;
-use anonnet_wire::{RelayDescriptor, SignedDescriptor};
+use anonnet_wire::{HandshakeSet, RelayDescriptor, SignedDescriptor};
 use onion_keys::{OnionKeyConfig, OnionKeyRing};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -148,6 +148,11 @@ pub struct RelayConfig {
     pub exit_policy: Option<ExitPolicy>,
     /// Offer the guard role.
     pub guard: bool,
+    /// The circuit handshake types this relay answers and advertises in its descriptor
+    /// (`docs/protocol.md` §3.1, §4.2): both by default ([`HandshakeSet::ALL`]); type 1
+    /// only ([`HandshakeSet::NTOR`]) makes a classical-only relay for measurement. A
+    /// `CREATE` of another type is refused with `DESTROY` (PROTOCOL).
+    pub circuit_handshakes: HandshakeSet,
     /// Advertised bandwidth (bytes per second).
     pub bandwidth: u32,
     /// Where to write the signed descriptor (base64, one line); default
@@ -245,6 +250,8 @@ impl Stats {
 
 pub(crate) struct RelayShared {
     pub(crate) node_id: NodeId,
+    /// The circuit handshake types answered ([`RelayConfig::circuit_handshakes`]).
+    pub(crate) handshakes: HandshakeSet,
     /// The current onion key and the previous one during its grace (§5.2). Handshakes
     /// take the read lock; only the maintenance task writes, once per rotation.
     pub(crate) onion_keys: RwLock<OnionKeyRing>,
@@ -436,6 +443,7 @@ impl Relay {
         let tasks = TaskTracker::new();
         let shared = Arc::new(RelayShared {
             node_id,
+            handshakes: config.circuit_handshakes,
             onion_keys: RwLock::new(onion_keys),
             links: links.clone(),
             exit_policy,
@@ -622,6 +630,7 @@ fn make_descriptor(
     let desc = RelayDescriptor {
         identity: identity.public(),
         onion_key: onion_public,
+        handshakes: config.circuit_handshakes,
         addresses: vec![advertise],
         flags,
         exit_ports: config

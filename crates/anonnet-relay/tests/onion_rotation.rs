@@ -24,6 +24,7 @@ async fn start(dir: &Path) -> Relay {
         advertise: None,
         exit_policy: None,
         guard: false,
+        circuit_handshakes: anonnet_wire::HandshakeSet::ALL,
         bandwidth: 1,
         descriptor_file: None,
         limits: Limits::default(),

@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 
-use crate::cell::KEY_LEN;
+use crate::cell::{HANDSHAKE_HYBRID_V2, HANDSHAKE_NTOR_V1, KEY_LEN};
 use crate::{invalid, Reader, WireError, Writer};
 
-/// Descriptor format version.
-pub const DESCRIPTOR_VERSION: u8 = 1;
+/// Descriptor format version (§3.1). Version 2 added `handshakes`; a version-1 body is
+/// refused as an unknown version rather than misread.
+pub const DESCRIPTOR_VERSION: u8 = 2;
 /// Most addresses a descriptor may list.
 pub const MAX_ADDRESSES: usize = 4;
 /// Most exit port ranges a descriptor may list.
@@ -19,6 +20,82 @@ pub const MAX_BODY_LEN: usize = 1024;
 pub const FLAG_EXIT: u8 = 0x01;
 /// Flag bit: the relay is willing to be a guard.
 pub const FLAG_GUARD: u8 = 0x02;
+
+/// The circuit handshake types a relay answers (§3.1, §14.3; the types are those of
+/// `CREATE`, §4.2): one byte on the wire, bit `1 << (t − 1)` set for type `t` —
+/// `0x01` type 1 (X25519, §5.1), `0x02` type 2 (X25519 + ML-KEM-768, §5.4). A value is
+/// never empty and has no unknown bit: [`HandshakeSet::from_bits`] refuses both, so every
+/// set has exactly one encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HandshakeSet(u8);
+
+impl HandshakeSet {
+    /// Type 1 only (X25519, §5.1).
+    pub const NTOR: HandshakeSet = HandshakeSet(0x01);
+    /// Type 2 only (X25519 + ML-KEM-768, §5.4).
+    pub const HYBRID: HandshakeSet = HandshakeSet(0x02);
+    /// Types 1 and 2: what a relay answers and advertises by default.
+    pub const ALL: HandshakeSet = HandshakeSet(0x03);
+
+    /// The set encoded as `bits`.
+    ///
+    /// # Errors
+    /// [`WireError::Invalid`] for 0 (no type) or a bit of an unknown type (`0x04..`).
+    pub fn from_bits(bits: u8) -> Result<HandshakeSet, WireError> {
+        if bits == 0 {
+            return Err(invalid("handshakes", "no handshake type"));
+        }
+        if bits & !HandshakeSet::ALL.0 != 0 {
+            return Err(invalid("handshakes", "unknown handshake type"));
+        }
+        Ok(HandshakeSet(bits))
+    }
+
+    /// The one-byte encoding.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set of the one type `handshake_type` (`CREATE`'s number, §4.2); `None` for a
+    /// type this code does not know.
+    pub fn of(handshake_type: u16) -> Option<HandshakeSet> {
+        match handshake_type {
+            HANDSHAKE_NTOR_V1 => Some(HandshakeSet::NTOR),
+            HANDSHAKE_HYBRID_V2 => Some(HandshakeSet::HYBRID),
+            _ => None,
+        }
+    }
+
+    /// True when type `handshake_type` is in the set.
+    pub fn contains(self, handshake_type: u16) -> bool {
+        HandshakeSet::of(handshake_type).is_some_and(|t| self.0 & t.0 != 0)
+    }
+
+    /// Both sets' types.
+    pub fn union(self, other: HandshakeSet) -> HandshakeSet {
+        HandshakeSet(self.0 | other.0)
+    }
+
+    /// True when the sets share a type.
+    pub fn intersects(self, other: HandshakeSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// The type numbers in the set, ascending.
+    pub fn types(self) -> Vec<u16> {
+        [HANDSHAKE_NTOR_V1, HANDSHAKE_HYBRID_V2]
+            .into_iter()
+            .filter(|t| self.contains(*t))
+            .collect()
+    }
+}
+
+impl Default for HandshakeSet {
+    /// [`HandshakeSet::ALL`].
+    fn default() -> Self {
+        HandshakeSet::ALL
+    }
+}
 
 /// An inclusive range of TCP ports, `lo..=hi`, 1 ≤ lo ≤ hi.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,14 +117,17 @@ impl PortRange {
 }
 
 /// A relay descriptor's fields (§3.1). Body layout:
-/// `version u8 ‖ identity [32] ‖ onion_key [32] ‖ n_addrs u8 ‖ (atype u8 ‖ ip ‖ port u16)* ‖
-/// flags u8 ‖ n_ports u8 ‖ (lo u16 ‖ hi u16)* ‖ bandwidth u32 ‖ published u64 ‖ expires u64`.
+/// `version u8 (2) ‖ identity [32] ‖ onion_key [32] ‖ handshakes u8 ‖ n_addrs u8 ‖
+/// (atype u8 ‖ ip ‖ port u16)* ‖ flags u8 ‖ n_ports u8 ‖ (lo u16 ‖ hi u16)* ‖
+/// bandwidth u32 ‖ published u64 ‖ expires u64`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayDescriptor {
     /// Ed25519 identity public key.
     pub identity: [u8; KEY_LEN],
     /// X25519 onion public key `B`.
     pub onion_key: [u8; KEY_LEN],
+    /// The circuit handshake types the relay answers with that key (§4.2, §5).
+    pub handshakes: HandshakeSet,
     /// QUIC addresses, 1..=[`MAX_ADDRESSES`].
     pub addresses: Vec<SocketAddr>,
     /// [`FLAG_EXIT`] | [`FLAG_GUARD`].
@@ -88,6 +168,7 @@ impl RelayDescriptor {
         w.put_u8(DESCRIPTOR_VERSION);
         w.put(&self.identity);
         w.put(&self.onion_key);
+        w.put_u8(self.handshakes.bits());
         w.put_u8(self.addresses.len() as u8);
         for a in &self.addresses {
             match a.ip() {
@@ -136,8 +217,8 @@ impl RelayDescriptor {
     /// Decode a body.
     ///
     /// # Errors
-    /// [`WireError`] for a wrong version, truncation, trailing bytes or any field that
-    /// [`RelayDescriptor::encode_body`] would refuse.
+    /// [`WireError`] for a wrong version, truncation, trailing bytes, an empty or unknown
+    /// `handshakes` set, or any field that [`RelayDescriptor::encode_body`] would refuse.
     pub fn decode_body(body: &[u8]) -> Result<Self, WireError> {
         if body.len() > MAX_BODY_LEN {
             return Err(invalid("descriptor", "body too long"));
@@ -148,6 +229,7 @@ impl RelayDescriptor {
         }
         let identity = r.take_array()?;
         let onion_key = r.take_array()?;
+        let handshakes = HandshakeSet::from_bits(r.take_u8()?)?;
         let n_addrs = usize::from(r.take_u8()?);
         let mut addresses = Vec::with_capacity(n_addrs.min(MAX_ADDRESSES));
         for _ in 0..n_addrs.min(MAX_ADDRESSES + 1) {
@@ -170,6 +252,7 @@ impl RelayDescriptor {
         let d = RelayDescriptor {
             identity,
             onion_key,
+            handshakes,
             addresses,
             flags,
             exit_ports,
@@ -266,6 +349,7 @@ mod tests {
         RelayDescriptor {
             identity: [1; 32],
             onion_key: [2; 32],
+            handshakes: HandshakeSet::ALL,
             addresses: vec![
                 "127.0.0.1:5000".parse().unwrap(),
                 "[::1]:5001".parse().unwrap(),
@@ -314,5 +398,61 @@ mod tests {
         let mut bad = desc();
         bad.addresses.clear();
         assert!(bad.encode_body().is_err());
+    }
+
+    #[test]
+    fn descriptor_carries_the_handshake_set_and_refuses_empty_or_unknown_ones() {
+        for set in [HandshakeSet::NTOR, HandshakeSet::HYBRID, HandshakeSet::ALL] {
+            let d = RelayDescriptor {
+                handshakes: set,
+                ..desc()
+            };
+            let body = d.encode_body().unwrap();
+            // version ‖ identity ‖ onion_key ‖ handshakes
+            assert_eq!(body[65], set.bits());
+            assert_eq!(RelayDescriptor::decode_body(&body).unwrap(), d);
+        }
+        let body = desc().encode_body().unwrap();
+        for bits in [0x00, 0x04, 0x07, 0x80, 0xff] {
+            let mut bad = body.clone();
+            bad[65] = bits;
+            assert!(
+                matches!(
+                    RelayDescriptor::decode_body(&bad),
+                    Err(WireError::Invalid {
+                        field: "handshakes",
+                        ..
+                    })
+                ),
+                "{bits:#04x}"
+            );
+        }
+        // A version-1 body (no handshakes byte) is an unknown version, not a misreading.
+        let mut old = body.clone();
+        old.remove(65);
+        old[0] = 1;
+        assert!(matches!(
+            RelayDescriptor::decode_body(&old),
+            Err(WireError::Invalid {
+                field: "descriptor version",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn handshake_sets_name_their_types() {
+        assert_eq!(HandshakeSet::default(), HandshakeSet::ALL);
+        assert_eq!(HandshakeSet::ALL.types(), vec![1, 2]);
+        assert_eq!(HandshakeSet::NTOR.types(), vec![1]);
+        assert!(HandshakeSet::HYBRID.contains(2) && !HandshakeSet::HYBRID.contains(1));
+        assert!(!HandshakeSet::ALL.contains(3) && !HandshakeSet::ALL.contains(0));
+        assert_eq!(HandshakeSet::of(3), None);
+        assert_eq!(
+            HandshakeSet::NTOR.union(HandshakeSet::HYBRID),
+            HandshakeSet::ALL
+        );
+        assert!(!HandshakeSet::NTOR.intersects(HandshakeSet::HYBRID));
+        assert_eq!(HandshakeSet::from_bits(0x02).unwrap(), HandshakeSet::HYBRID);
     }
 }

@@ -19,7 +19,7 @@ pub use cell::{
     HANDSHAKE_NTOR_V1, HYBRID_CELLS_LEN, HYBRID_HELLO_LEN, HYBRID_REPLY_LEN, LAYER_OVERHEAD,
     MAX_CELL_LEN, MAX_LAYERS, MESSAGE_AREA, MIN_CELL_LEN, MIN_PADDING,
 };
-pub use descriptor::{PortRange, RelayDescriptor, SignedDescriptor};
+pub use descriptor::{HandshakeSet, PortRange, RelayDescriptor, SignedDescriptor};
 pub use reader::{Reader, Writer};
 pub use relay::{EndReason, RelayCell, RelayMsg, StreamId, Target, RELAY_HEADER_LEN};
 

@@ -2,13 +2,17 @@
 //! for every further hop (§8.2, §9.2).
 
 use super::*;
+use anonnet_wire::HandshakeSet;
 
 impl Circuit {
     /// Build a circuit through `path` (guard first) with telescoping `CREATE`/`EXTEND`.
+    /// `kind` is the client's setting; each hop runs the handshake
+    /// [`HandshakeKind::for_relay`] picks from the types its descriptor advertises (§9.2).
     ///
     /// # Errors
-    /// [`CircuitError`] for a failed link, handshake or extension. The caller applies its
-    /// own timeout.
+    /// [`CircuitError`] for a failed link, handshake or extension, and
+    /// [`CircuitError::Handshake`] for a relay that advertises no type usable with `kind`.
+    /// The caller applies its own timeout.
     pub async fn build(
         links: &LinkManager,
         path: Vec<VerifiedDescriptor>,
@@ -20,20 +24,35 @@ impl Circuit {
 
     /// As [`Circuit::build`], then extend to `end`, a relay known only by its link
     /// specifiers (an introduction or rendezvous point named in a hidden-service
-    /// descriptor or introduction, §13). Such a circuit never carries exit streams.
+    /// descriptor or introduction, §13), with the handshake types it answers (from its
+    /// consensus entry, or the caller's guess). Such a circuit never carries exit streams.
     ///
     /// # Errors
     /// As [`Circuit::build`].
     pub async fn build_to(
         links: &LinkManager,
         path: Vec<VerifiedDescriptor>,
-        end: Option<HopSpec>,
+        end: Option<(HopSpec, HandshakeSet)>,
         counters: Arc<StreamCounters>,
         kind: HandshakeKind,
     ) -> Result<Arc<Circuit>, CircuitError> {
         let started = Instant::now();
+        let hs_err = |hop: usize, why: String| CircuitError::Handshake { hop, why };
+        let choose = |hop: usize, offered: HandshakeSet| {
+            kind.for_relay(offered).ok_or_else(|| {
+                hs_err(
+                    hop,
+                    format!(
+                        "relay answers handshake types {:?}, none usable with {}",
+                        offered.types(),
+                        kind.name()
+                    ),
+                )
+            })
+        };
         let mut hops: Vec<HopSpec> = Vec::with_capacity(path.len() + 1);
-        for r in &path {
+        let mut kinds: Vec<HandshakeKind> = Vec::with_capacity(path.len() + 1);
+        for (hop, r) in path.iter().enumerate() {
             let addr = *r
                 .descriptor
                 .addresses
@@ -44,12 +63,16 @@ impl Circuit {
                 onion_key: r.descriptor.onion_key,
                 addr,
             });
+            kinds.push(choose(hop, r.descriptor.handshakes)?);
         }
         let ends_at_exit = end.is_none();
-        hops.extend(end);
-        let guard = hops
-            .first()
-            .ok_or(CircuitError::Protocol("empty path".into()))?;
+        if let Some((spec, offered)) = end {
+            kinds.push(choose(hops.len(), offered)?);
+            hops.push(spec);
+        }
+        let (Some(guard), Some(&guard_kind)) = (hops.first(), kinds.first()) else {
+            return Err(CircuitError::Protocol("empty path".into()));
+        };
         // A dead guard's UDP port may swallow QUIC Initials silently: give up early.
         let link = tokio::time::timeout(LINK_TIMEOUT, links.get(guard.addr, guard.node_id))
             .await
@@ -59,9 +82,8 @@ impl Circuit {
             .open_bi()
             .await
             .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
-        let hs_err = |hop: usize, why: String| CircuitError::Handshake { hop, why };
 
-        let hs = HopHandshake::start(kind, guard).map_err(|e| hs_err(0, e.to_string()))?;
+        let hs = HopHandshake::start(guard_kind, guard).map_err(|e| hs_err(0, e.to_string()))?;
         send.write_all(&hs.create().map_err(|e| hs_err(0, e.to_string()))?)
             .await
             .map_err(|_| CircuitError::Closed)?;
@@ -69,7 +91,7 @@ impl Circuit {
         if let Ok(d) = Destroy::decode(&reply) {
             return Err(hs_err(0, format!("guard refused CREATE: {:?}", d.reason)));
         }
-        if kind == HandshakeKind::Hybrid {
+        if guard_kind == HandshakeKind::Hybrid {
             reply.extend_from_slice(&read_cell(&mut recv, CELL_LEN).await?);
         }
         let (keys, y) = hs.finish_created(&reply).map_err(|e| hs_err(0, e))?;
@@ -77,8 +99,9 @@ impl Circuit {
         onion.push_hop(&keys);
         let mut bindings = vec![y];
 
-        for (hop, relay) in hops.iter().enumerate().skip(1) {
-            let hs = HopHandshake::start(kind, relay).map_err(|e| hs_err(hop, e.to_string()))?;
+        for (hop, (relay, &hop_kind)) in hops.iter().zip(&kinds).enumerate().skip(1) {
+            let hs =
+                HopHandshake::start(hop_kind, relay).map_err(|e| hs_err(hop, e.to_string()))?;
             let last = hop - 1;
             for msg in hs.extend_messages(relay.addr) {
                 let mut cell = vec![0u8; forward_buffer_len(last)];
@@ -116,13 +139,15 @@ impl Circuit {
                     .map_err(|e| CircuitError::Protocol(e.to_string()))?;
                 match (from == last, msg.msg, answer.as_mut()) {
                     (true, RelayMsg::Extended { server_pk, auth }, None)
-                        if kind == HandshakeKind::Classical =>
+                        if hop_kind == HandshakeKind::Classical =>
                     {
                         let mut bytes = server_pk.to_vec();
                         bytes.extend_from_slice(&auth);
                         break bytes;
                     }
-                    (true, RelayMsg::Extended2(part), None) if kind == HandshakeKind::Hybrid => {
+                    (true, RelayMsg::Extended2(part), None)
+                        if hop_kind == HandshakeKind::Hybrid =>
+                    {
                         answer = Some(part.to_vec());
                     }
                     (true, RelayMsg::HandshakeCont(part), Some(so_far))
@@ -160,8 +185,8 @@ impl Circuit {
             path,
             ends_at_exit,
             bindings,
-            handshake: kind,
-            hops: hop_count.clone(),
+            handshakes: kinds,
+            hops: hop_count,
             pending: pending.clone(),
             control: Mutex::new(None),
             incoming: Mutex::new(None),
@@ -187,7 +212,6 @@ impl Circuit {
                     cells: rx,
                 },
                 circuit.sendme_tags.clone(),
-                hop_count,
                 pending,
                 circuit.closed.clone(),
             )

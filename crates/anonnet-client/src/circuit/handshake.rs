@@ -2,15 +2,19 @@
 //! `CREATE` / `EXTEND` messages that carry it (§4.2, §6.2).
 
 use super::*;
+use anonnet_wire::{HandshakeSet, HANDSHAKE_NTOR_V1};
 
-/// Which circuit handshake the client runs with each relay (§5, §5.4). Every
-/// version-2 relay answers both; the client chooses (`client.circuit_handshake`).
+/// A circuit handshake (§5, §5.4): as a setting (`client.circuit_handshake`), the one the
+/// client prefers; on a circuit, the one run with a hop, chosen per hop from the types the
+/// relay advertises ([`HandshakeKind::for_relay`], §9.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HandshakeKind {
-    /// X25519 + ML-KEM-768 (type 2, §5.4): secret if either holds. The default.
+    /// X25519 + ML-KEM-768 (type 2, §5.4): secret if either holds. The default, used with
+    /// every relay that advertises type 2.
     #[default]
     Hybrid,
-    /// X25519 only (type 1, §5.1): for measurement and comparison.
+    /// X25519 only (type 1, §5.1): as a setting, used with every relay, for measurement
+    /// and comparison.
     Classical,
 }
 
@@ -20,6 +24,36 @@ impl HandshakeKind {
         match self {
             HandshakeKind::Hybrid => "x25519+mlkem768",
             HandshakeKind::Classical => "x25519",
+        }
+    }
+
+    /// The handshake type number of `CREATE` (§4.2): 2 (hybrid) or 1 (classical).
+    pub fn type_number(self) -> u16 {
+        match self {
+            HandshakeKind::Hybrid => HANDSHAKE_HYBRID_V2,
+            HandshakeKind::Classical => HANDSHAKE_NTOR_V1,
+        }
+    }
+
+    /// The types a relay must advertise one of to be usable with this setting (§9.1):
+    /// either (hybrid), type 1 (classical).
+    pub fn usable(self) -> HandshakeSet {
+        match self {
+            HandshakeKind::Hybrid => HandshakeSet::ALL,
+            HandshakeKind::Classical => HandshakeSet::NTOR,
+        }
+    }
+
+    /// The handshake to run, with this setting, with a relay that advertises `offered`
+    /// (§9.2): hybrid when the setting is hybrid and the relay answers type 2, else
+    /// classical when it answers type 1; `None` when it answers neither usable type.
+    pub fn for_relay(self, offered: HandshakeSet) -> Option<HandshakeKind> {
+        if self == HandshakeKind::Hybrid && offered.contains(HANDSHAKE_HYBRID_V2) {
+            Some(HandshakeKind::Hybrid)
+        } else if offered.contains(HANDSHAKE_NTOR_V1) {
+            Some(HandshakeKind::Classical)
+        } else {
+            None
         }
     }
 }
@@ -145,3 +179,43 @@ impl HopHandshake {
 /// Hello bytes in an `EXTEND2` (the rest go in `HANDSHAKE_CONT`s): 700 leaves room for the
 /// address (up to 19 bytes) and handshake type within the 802-byte payload (§6.2).
 pub(super) const EXTEND2_FIRST_PART: usize = 700;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_setting_runs_hybrid_where_offered_and_classical_elsewhere() {
+        let hybrid = HandshakeKind::Hybrid;
+        assert_eq!(
+            hybrid.for_relay(HandshakeSet::ALL),
+            Some(HandshakeKind::Hybrid)
+        );
+        assert_eq!(
+            hybrid.for_relay(HandshakeSet::HYBRID),
+            Some(HandshakeKind::Hybrid)
+        );
+        assert_eq!(
+            hybrid.for_relay(HandshakeSet::NTOR),
+            Some(HandshakeKind::Classical)
+        );
+        let classical = HandshakeKind::Classical;
+        assert_eq!(
+            classical.for_relay(HandshakeSet::ALL),
+            Some(HandshakeKind::Classical)
+        );
+        assert_eq!(
+            classical.for_relay(HandshakeSet::NTOR),
+            Some(HandshakeKind::Classical)
+        );
+        // A relay answering type 2 alone is unusable for a classical client, and is left
+        // out of its directory.
+        assert_eq!(classical.for_relay(HandshakeSet::HYBRID), None);
+        assert!(!classical.usable().intersects(HandshakeSet::HYBRID));
+        assert!(hybrid.usable().intersects(HandshakeSet::HYBRID));
+        assert_eq!(
+            (hybrid.type_number(), classical.type_number()),
+            (HANDSHAKE_HYBRID_V2, HANDSHAKE_NTOR_V1)
+        );
+    }
+}

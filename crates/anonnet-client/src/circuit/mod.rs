@@ -6,10 +6,18 @@
 //! whose reader stalls pushes back through its channel, the circuit reader and QUIC flow
 //! control, and the SENDME windows of §6.4 bound what each side may send.
 //!
+//! The protocol rules of a built circuit live in `core`, a sans-IO state machine in the
+//! manner of quinn-proto: `ReaderCore` takes each cell from the guard and says what it
+//! means (opening the backward layers, the circuit deliver window and its `SENDME`s,
+//! SENDME tag checks, stream windows, no silent cells: §6.4, §6.6, §7.3), `WriterCore`
+//! seals relay messages and records the tags the exit must echo (§6.4, §7.2). The two
+//! tasks around them only move cells and events.
+//!
 //! Files, by concern: `build` (`CREATE`, `EXTEND`/`EXTEND2`), `handshake` (either
-//! handshake type), `writer` (the writer task: seal and send), `reader` (the reader task:
-//! open, dispatch, windows, no silent cells), `stream` (a stream as `AsyncRead` and
-//! `AsyncWrite`); this file keeps the circuit and its stream table.
+//! handshake type), `core` (the reader's and writer's protocol state), `writer` (the
+//! writer task: queues in, sealed cells out), `reader` (the reader task: cells in, events
+//! carried out), `stream` (a stream as `AsyncRead` and `AsyncWrite`); this file keeps the
+//! circuit and its stream table.
 
 use std::collections::HashMap;
 use std::io;
@@ -110,6 +118,7 @@ pub enum StreamError {
     Circuit(#[from] CircuitError),
 }
 
+#[derive(Debug)]
 enum StreamEvent {
     Connected,
     Data(Bytes),
@@ -304,8 +313,8 @@ pub struct Circuit {
     ends_at_exit: bool,
     /// Each relay's handshake key `Y`.
     bindings: Vec<[u8; 32]>,
-    /// The handshake run with every relay of this circuit.
-    handshake: HandshakeKind,
+    /// The handshake run with each relay, guard first (chosen per hop, §9.2).
+    handshakes: Vec<HandshakeKind>,
     /// Layers the client keeps: relays, plus one once an end-to-end hop is added.
     hops: Arc<AtomicUsize>,
     /// An end-to-end hop's keys on their way to the writer and reader tasks.
@@ -352,11 +361,13 @@ async fn read_cell(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, Circuit
 }
 
 mod build;
+mod core;
 mod handshake;
 mod reader;
 mod stream;
 mod writer;
 
+use self::core::*;
 pub use handshake::HandshakeKind;
 use handshake::*;
 use reader::*;
@@ -364,9 +375,10 @@ pub use stream::DataStream;
 use writer::*;
 
 impl Circuit {
-    /// The handshake run with every relay of this circuit (§5, §5.4).
-    pub fn handshake(&self) -> HandshakeKind {
-        self.handshake
+    /// The handshake run with each relay of this circuit, guard first, one per relay hop
+    /// (§5, §5.4; chosen per hop, §9.2).
+    pub fn handshakes(&self) -> &[HandshakeKind] {
+        &self.handshakes
     }
 
     /// The relay handshake key `Y` of hop `hop` (0 = guard): what an `ESTABLISH_INTRO`
@@ -646,14 +658,6 @@ impl Circuit {
         if let Ok(mut t) = self.streams.lock() {
             t.streams.remove(&id);
             t.half_closed.close(id);
-        }
-    }
-
-    /// A cell for stream `id` that has no open stream ([`HalfClosed::on_cell`]).
-    fn tolerate_closed_stream(&self, id: StreamId, msg: &RelayMsg) -> Result<(), String> {
-        match self.streams.lock() {
-            Ok(mut t) => t.half_closed.on_cell(id, msg),
-            Err(_) => Err("stream table poisoned".into()),
         }
     }
 }

@@ -48,6 +48,7 @@ pub async fn exit_relay(name: &str) -> TestRelay {
             ports: PortRange::ALL,
         }])),
         guard: true,
+        circuit_handshakes: anonnet_wire::HandshakeSet::ALL,
         bandwidth: 1,
         descriptor_file: None,
         limits: Limits::default(),
