@@ -1064,9 +1064,10 @@ def vote_body(nid, authority, times, commit, reveal, relays) -> bytes:
     return out + dir_entries(relays)
 
 
-def consensus_body(nid, times, srv_current, srv_previous, commits, relays) -> bytes:
-    # §14.6 consensus body.
+def consensus_body(nid, times, srv_current, srv_previous, hs_srvs, commits, relays) -> bytes:
+    # §14.6 consensus body; hs_srvs = (hs_srv_current, hs_srv_previous), §14.7.
     out = bytes([2]) + nid + struct.pack(">QQQ", *times) + srv_current + srv_previous
+    out += hs_srvs[0] + hs_srvs[1]
     out += bytes([len(commits)]) + b"".join(a + c for a, c in sorted(commits))
     return out + dir_entries(relays)
 
@@ -1111,8 +1112,9 @@ def parse_signed_consensus(data: bytes):
     va, fu, vu = struct.unpack(">QQQ", body[33:57])
     if not va < fu <= vu:
         raise ValueError("times")
-    n_commits = body[121]
-    pos = 122 + 64 * n_commits
+    # srv_current, srv_previous, hs_srv_current, hs_srv_previous: 4 x 32 bytes from 57.
+    n_commits = body[185]
+    pos = 186 + 64 * n_commits
     (n,) = struct.unpack(">I", body[pos:pos + 4])
     return body, {"network_id": nid, "valid_after": va, "valid_until": vu, "n": n}, sigs
 
@@ -1181,7 +1183,9 @@ DIR = {
         "020ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0"
         "9f000000006b49d200000000006b49e010000000006b49fc3003487fd8574b49"
         "1b357e18940cb618e0cb002d6e32bad29a720c6029e994beb177777777777777"
-        "77777777777777777777777777777777777777777777777777038139770ea87d"
+        "7777777777777777777777777777777777777777777777777766666666666666"
+        "6666666666666666666666666666666666666666666666666655555555555555"
+        "55555555555555555555555555555555555555555555555555038139770ea87d"
         "175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394681fe8a6c41e"
         "5f2e8b4abb07236915fcec5a0b189d8e7476fe0d8ad4c8f38b458a88e3dd7409"
         "f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5ce77a29d3d7df"
@@ -1195,16 +1199,16 @@ DIR = {
         "7f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f2003047f0000011b63"
         "1f000f424001005001bb"
     ),
-    "digest": "c584b3a34812cba3e40ddaceb25f1d73f86f6d36c55f967cfe6d27ee4db5d3b8",
+    "digest": "4011f4bed8119055068162e70359ffab7e1f2c1ab0552c5d0337ba520132bd96",
     "signature 1": (
-        "45959d31ad86f597888cebeb425734e1d2d806ef09b23e332937acbf70cf2b54"
-        "805806198561bf04122cf9a6384e296ccabb7862744a495c5d37b7798b821008"
+        "9c8ede9e8ba79f687d9c6e8d5212b297067781f542b93d7722840f6b35ad38a7"
+        "79b5205fd726934afc2939957c513f6e0b92a3e082e5dc4afe82a14ccb7a2703"
     ),
     "signature 2": (
-        "3764eca9ec018e6bc395374186c4f2f8ecbfc6266d604a36aaca9f9bff52d525"
-        "5f6dbd4daadd4c8457a44daae7b30682de090535408cdf963fd12aa750ba9603"
+        "ec58a66c10910fe779ee4ee98badbf12f07d6624f9f2423bdef0e434c0722bed"
+        "f2ea12d891a7b63a9cec0102f2e713ac77bbf2ec44c02a8e1654c4a3129f0200"
     ),
-    "BLAKE3(signed consensus)": "3d7d82f26ac867078010c1792b80fd1a5ceea47360bb0210a8c72873509a6cc9",
+    "BLAKE3(signed consensus)": "5d72670941768d6a4ae8e568a6d51f6a78db0193ee4f497e99875088dfdc479d",
 }
 DIR_FRAMES = {
     "GET_CONSENSUS request": "110000000103",
@@ -1291,10 +1295,15 @@ def directory_vectors():
                len(compute_relays([[relay_a], [], []], majority)) == 0)
 
     # §14.6: the consensus, its digest and signatures.
-    body = consensus_body(nid, times, srv, previous_srv, next_commits, computed)
+    # T and T - L are on the same UTC day: the previous consensus's hidden-service SRVs
+    # (0x66×32, 0x55×32) are carried (§14.7).
+    same_day = t // 86400 == (t - period) // 86400
+    check_true("§14.10 T and T - L fall on one UTC day", same_day)
+    body = consensus_body(nid, times, srv, previous_srv, (b"\x66" * 32, b"\x55" * 32),
+                          next_commits, computed)
     check("§14.10 consensus body", body, DIR["consensus body"])
-    check_true("§14.6 consensus body is 126 + 64·3 + 82 + 90 bytes",
-               len(body) == 126 + 64 * 3 + 82 + 90 == 490)
+    check_true("§14.6 consensus body is 190 + 64·3 + 82 + 90 bytes",
+               len(body) == 190 + 64 * 3 + 82 + 90 == 554)
     check("§14.10 digest", blake3.blake3(body).digest(), DIR["digest"])
     sigs = [Ed25519PrivateKey.from_private_bytes(s).sign(CONSENSUS_CONTEXT + body)
             for s in seeds[:2]]
@@ -1306,8 +1315,8 @@ def directory_vectors():
                 + b"".join(a + s for a, s in pairs))
 
     both = signed([(auths[0], sigs[0]), (auths[1], sigs[1])])
-    check_true("§14.6 signed consensus is 687 bytes",
-               len(CONSENSUS_CONTEXT) == 21 and len(both) == 687)
+    check_true("§14.6 signed consensus is 751 bytes",
+               len(CONSENSUS_CONTEXT) == 21 and len(both) == 751)
     check("§14.10 BLAKE3(signed consensus)", blake3.blake3(both).digest(),
           DIR["BLAKE3(signed consensus)"])
     accepts = lambda data, now: client_accepts(data, set(auths), nid, now)  # noqa: E731
@@ -1341,6 +1350,42 @@ def directory_vectors():
                frame(post, True)[:6].hex() == "110000008109" and len(post) == 129)
 
 
+# ---------------------------------------------------------------- §12.7 HSDir ring
+
+HSDIR = {
+    "hsdir_index": "3d7fe54416cb6504acb14ec1b5531289a0c32e16d39b925877403d65ebd5ee57",
+    "store_index": "63a666a0a5a36fa0e0b21a59cad5ac3ca418563f2367b838fe4b3eb9ed89b33a",
+}
+
+
+def hsdir_vectors():
+    dk = lambda ctx, km: blake3.blake3(km, derive_key_context=ctx).digest()  # noqa: E731
+    srv = b"\x02" * 32
+    check("§12.7 hsdir_index(0x01×32, 0x02×32)",
+          dk("anonnet 2026 hsdir index", b"\x01" * 32 + srv), HSDIR["hsdir_index"])
+    check("§12.7 store_index(0x03×32, 1, 0x02×32)",
+          dk("anonnet 2026 hs store index", b"\x03" * 32 + bytes([1]) + srv),
+          HSDIR["store_index"])
+
+    # The ring rule on a small made-up ring: 12 relays, 2 replicas of 4, none twice.
+    nodes = [blake3.blake3(bytes([i])).digest() for i in range(12)]
+    ring = sorted((dk("anonnet 2026 hsdir index", n + srv), n) for n in nodes)
+    chosen = []
+    for r in (1, 2):
+        start = dk("anonnet 2026 hs store index", b"\x03" * 32 + bytes([r]) + srv)
+        first = next((i for i, (x, _) in enumerate(ring) if x >= start), 0)
+        taken = 0
+        for step in range(len(ring)):
+            n = ring[(first + step) % len(ring)][1]
+            if taken == 4:
+                break
+            if n not in chosen:
+                chosen.append(n)
+                taken += 1
+    check_true("§12.7 eight distinct responsible HSDirs on a ring of 12",
+               len(chosen) == 8 == len(set(chosen)))
+
+
 # ---------------------------------------------------------------- the document
 
 def document_prints_the_vectors():
@@ -1355,7 +1400,7 @@ def document_prints_the_vectors():
         "010001000f010b6578616d706c652e636f6d01bb", "010002000704c00002070050",
         "030001000106",
     ] + [v for v in HS.values()] + [DARK["key"], DARK["pow"], DARK["record"]] + [
-        v for v in DIR.values()] + [v for v in DIR_FRAMES.values()]
+        v for v in DIR.values()] + [v for v in DIR_FRAMES.values()] + list(HSDIR.values())
     missing = [v for v in values if v not in flat]
     check_true(f"docs/protocol.md prints every vector (missing: {missing})", not missing)
 
@@ -1370,6 +1415,7 @@ def main():
     hs_vectors()
     dark_vector()
     directory_vectors()
+    hsdir_vectors()
     document_prints_the_vectors()
     if FAILURES:
         print(f"\n{len(FAILURES)} mismatch(es)")

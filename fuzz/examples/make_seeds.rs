@@ -430,6 +430,8 @@ fn directory() {
         valid_until,
         srv_current: [0x5c; 32],
         srv_previous: [0x5b; 32],
+        hs_srv_current: [0x5c; 32],
+        hs_srv_previous: [0x5d; 32],
         commits: keys.iter().map(|k| (k.public(), [0xc0; 32])).collect(),
         relays: relays.clone(),
     };

@@ -5,16 +5,23 @@
 //! guard flagged as a guard; each position is drawn weighted by advertised bandwidth.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use anonnet_dir::HsDirPlacement;
 
 use anonnet_crypto::{verify_descriptor, DescriptorError, NodeId, VerifiedDescriptor};
 use anonnet_wire::SignedDescriptor;
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
-/// Verified relays, keyed by NodeId.
+/// Verified relays, keyed by NodeId, and the HSDir rings of the consensus they came
+/// from.
 #[derive(Debug, Default, Clone)]
 pub struct Directory {
     relays: HashMap<NodeId, VerifiedDescriptor>,
+    /// Where hidden-service descriptors live (§12.7); `None` for a fixed directory
+    /// without a consensus, which cannot place them.
+    hs_placement: Option<Arc<HsDirPlacement>>,
 }
 
 /// Why no path could be chosen.
@@ -73,7 +80,26 @@ impl Directory {
                 (v.node_id, v)
             })
             .collect();
-        Directory { relays }
+        Directory {
+            relays,
+            hs_placement: Some(Arc::new(HsDirPlacement::from_consensus(c))),
+        }
+    }
+
+    /// The HSDir rings of the consensus (§12.7); `None` without a consensus.
+    pub fn hs_placement(&self) -> Option<Arc<HsDirPlacement>> {
+        self.hs_placement.clone()
+    }
+
+    /// The relay `id` as a hop to extend to (its first address); `None` when it is not
+    /// listed.
+    pub fn hop(&self, id: &NodeId) -> Option<crate::circuit::HopSpec> {
+        let r = self.relays.get(id)?;
+        Some(crate::circuit::HopSpec {
+            node_id: r.node_id,
+            onion_key: r.descriptor.onion_key,
+            addr: *r.descriptor.addresses.first()?,
+        })
     }
 
     /// The directory without the relays that advertise none of the circuit handshake

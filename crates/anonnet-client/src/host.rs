@@ -45,6 +45,9 @@ pub const NAME_LIFETIME: u64 = 2 * 86_400;
 pub const NAME_REPUBLISH: Duration = Duration::from_secs(12 * 3600);
 /// Rendezvous circuits a service serves at once.
 pub const MAX_RENDEZVOUS: usize = 64;
+/// How often a service checks whether a new consensus moved its descriptors to other
+/// HSDirs (§12.7); it republishes when it did.
+const PLACEMENT_CHECK: Duration = Duration::from_secs(5);
 /// Introductions remembered to refuse replays.
 const REPLAY_CACHE: usize = 16_384;
 /// Longest wait for the local server to accept a connection.
@@ -453,10 +456,12 @@ impl Service {
     }
 
     /// Publish the descriptor for every period in use, whenever the introduction points
-    /// change and every [`REPUBLISH`].
+    /// change, whenever a new consensus makes other HSDirs responsible for it (checked
+    /// every [`PLACEMENT_CHECK`]), and every [`REPUBLISH`].
     async fn publish_descriptors(self: Arc<Self>) {
         let mut revision = now_unix().saturating_mul(1000);
         loop {
+            let placed = self.placement(now_unix());
             let points: Vec<IntroPoint> = lock(&self.intros).iter().map(|s| s.point).collect();
             let mut wait = REPUBLISH;
             // With no introduction point yet there is nothing to publish: the first one
@@ -470,7 +475,7 @@ impl Service {
                         }
                     }
                     Ok(_) => {
-                        warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "no DHT node stored the descriptor");
+                        warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "no HSDir stored the descriptor");
                         wait = Duration::from_secs(2);
                     }
                     Err(e) => {
@@ -479,14 +484,33 @@ impl Service {
                     }
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.changed.notified() => {
-                    // Let a burst of changes settle into one descriptor.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            let next = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => break,
+                    () = self.changed.notified() => {
+                        // Let a burst of changes settle into one descriptor.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                    () = tokio::time::sleep(PLACEMENT_CHECK) => {
+                        if self.placement(now_unix()) != placed {
+                            break;
+                        }
+                    }
+                    () = self.hosted.stop.cancelled() => return,
                 }
-                () = self.hosted.stop.cancelled() => break,
             }
+        }
+    }
+
+    /// The HSDirs responsible for this service's descriptors now (§12.7).
+    fn placement(&self, now: u64) -> Vec<(u64, Vec<anonnet_crypto::NodeId>)> {
+        match self.client.upgrade() {
+            Some(client) => {
+                crate::hsdir::placement_of(&client, &self.hosted.address, &periods_to_publish(now))
+            }
+            None => Vec::new(),
         }
     }
 
@@ -497,10 +521,6 @@ impl Service {
             enc_key: self.intro_key.public(),
             intro_points: points,
         };
-        let circuit = client
-            .build_internal(None, &[])
-            .await
-            .map_err(|e| e.to_string())?;
         let mut stored = 0;
         for period in periods_to_publish(now) {
             let d = seal_descriptor(
@@ -513,9 +533,8 @@ impl Service {
             .map_err(|e| e.to_string())?;
             let key = descriptor_index(&d.blinded_key, period);
             let bytes = d.encode().map_err(|e| e.to_string())?;
-            stored += dht_store(&circuit, key, RecordKind::HsDescriptor, bytes).await?;
+            stored += crate::hsdir::publish(&client, period, key, bytes).await;
         }
-        circuit.close();
         Ok(stored)
     }
 

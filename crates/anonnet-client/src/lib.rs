@@ -7,6 +7,7 @@ pub mod directory;
 pub mod guards;
 pub mod host;
 pub mod hs;
+mod hsdir;
 mod pool;
 pub mod presence;
 pub mod state_file;

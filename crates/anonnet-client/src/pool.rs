@@ -22,6 +22,7 @@ use std::collections::HashMap;
 
 use anonnet_crypto::dark::{DarkName, DARK_SUFFIX};
 use anonnet_crypto::hs::{HsAddress, ANON_SUFFIX};
+use anonnet_dir::hsdir::HSDIR_SPREAD_FETCH;
 use anonnet_wire::dht::RecordKind;
 use anonnet_wire::hs::HsDescriptorBody;
 use anonnet_wire::relay::COOKIE_LEN;
@@ -939,6 +940,26 @@ fn is_suffix(host: &str, suffix: &str) -> bool {
 }
 
 impl Client {
+    /// The HSDir rings of the consensus in use (§12.7); `None` without one.
+    pub(crate) fn hs_placement(&self) -> Option<Arc<anonnet_dir::HsDirPlacement>> {
+        self.directory.read().ok().and_then(|d| d.hs_placement())
+    }
+
+    /// Relays of the directory as hops to extend to (those it does not list are left out).
+    pub(crate) fn hops_of(&self, ids: &[anonnet_crypto::NodeId]) -> Vec<HopSpec> {
+        match self.directory.read() {
+            Ok(d) => ids.iter().filter_map(|id| d.hop(id)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Count one descriptor fetch from an HSDir (`counters.hs_descriptor_fetches`).
+    pub(crate) fn count_descriptor_fetch(&self) {
+        self.counters
+            .hs_descriptor_fetches
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Build a circuit for hidden-service work (§13): guard, middle, then `end` when given
     /// (a relay named by a descriptor or an introduction), else any relay as the last hop.
     /// Relays in `avoid` are not used. It does not join the exit pool.
@@ -1151,7 +1172,15 @@ impl Client {
         Ok(self.hs.choose_name(&name, &records, now_unix())?)
     }
 
-    /// Fetch `address`'s descriptor through a circuit (the cache when fresh).
+    /// Fetch `address`'s descriptor from its HSDirs (§12.7, §13.7), the cache when fresh:
+    /// for each period to try, the responsible HSDirs in random order,
+    /// [`HSDIR_SPREAD_FETCH`] at a time in parallel, each through its own circuit; the
+    /// highest revision that opens among a batch's answers wins. The next batch is asked
+    /// only when a whole batch had nothing that opens (withheld, stale-only, unreachable).
+    ///
+    /// # Errors
+    /// [`HsFailure::NoDescriptor`] when no HSDir had one (or the client has no consensus
+    /// to place descriptors with).
     async fn hs_descriptor(
         &self,
         address: &HsAddress,
@@ -1163,27 +1192,27 @@ impl Client {
             }
         }
         let now = now_unix();
-        let circuit = self.build_internal(None, &[]).await?;
+        let no_descriptor = || HsFailure::NoDescriptor(address.to_host());
+        let Some(placement) = self.hs_placement() else {
+            debug!("no consensus: hidden-service descriptors cannot be placed");
+            return Err(no_descriptor().into());
+        };
         let mut found = None;
-        for period in hs::periods_to_fetch(now) {
+        'periods: for period in hs::periods_to_fetch(now) {
             let Some(key) = hs::descriptor_key(address, period) else {
                 continue;
             };
-            self.counters
-                .hs_descriptor_fetches
-                .fetch_add(1, Ordering::Relaxed);
-            match dht_fetch(&circuit, key, RecordKind::HsDescriptor).await {
-                Ok(records) => {
-                    if let Some(d) = hs::best_descriptor(address, &records, now) {
-                        found = Some(d);
-                        break;
-                    }
+            let mut hsdirs = placement.responsible(period, &key);
+            hsdirs.shuffle(&mut rand::rng());
+            for batch in hsdirs.chunks(HSDIR_SPREAD_FETCH) {
+                let records = crate::hsdir::fetch(self, batch, key).await;
+                if let Some(d) = hs::best_descriptor(address, &records, now) {
+                    found = Some(d);
+                    break 'periods;
                 }
-                Err(e) => debug!("descriptor fetch: {e}"),
             }
         }
-        circuit.close();
-        let desc = found.ok_or_else(|| HsFailure::NoDescriptor(address.to_host()))?;
+        let desc = found.ok_or_else(no_descriptor)?;
         self.hs.put_descriptor(*address, desc.clone());
         Ok(desc)
     }

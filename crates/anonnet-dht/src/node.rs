@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anonnet_crypto::NodeId;
 use anonnet_net::LinkManager;
 use anonnet_wire::dht::{
-    frame_len, frame_request, frame_response, DhtMessage, Record, StoreStatus, MAX_NODES,
+    frame_len, frame_request, frame_response, DhtMessage, Record, RecordKind, StoreStatus,
+    MAX_NODES, REJECT_NOT_STORING,
 };
 use anonnet_wire::SignedDescriptor;
 use quinn::{RecvStream, SendStream};
@@ -549,6 +550,13 @@ impl DhtNode {
                 records: lock(storage).get(&key, now),
                 nodes: closest(&key),
             }),
+            DhtMessage::Store { txid, record, .. } if record.kind == RecordKind::HsDescriptor => {
+                // Descriptors live on their HSDirs, stored through circuits (§12.7).
+                Some(DhtMessage::Stored {
+                    txid,
+                    status: StoreStatus::Rejected(REJECT_NOT_STORING),
+                })
+            }
             DhtMessage::Store {
                 txid,
                 key: record_key,

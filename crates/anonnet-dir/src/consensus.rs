@@ -84,6 +84,8 @@ pub fn compute_consensus(
         &reveals,
         majority,
     );
+    let (hs_srv_current, hs_srv_previous) =
+        hs_shared_random_values(valid_after, srv_current, previous_srv, previous);
     let mut commits: Vec<([u8; 32], [u8; 32])> =
         counted.iter().map(|v| (v.authority, v.commit)).collect();
     commits.sort_unstable();
@@ -95,9 +97,34 @@ pub fn compute_consensus(
         valid_until,
         srv_current,
         srv_previous: previous_srv,
+        hs_srv_current,
+        hs_srv_previous,
         commits,
         relays,
     })
+}
+
+/// The hidden-service SRVs of the consensus starting at `valid_after` (§14.7): the SRV
+/// of the UTC day's first consensus stays for the whole day. With `previous` (the
+/// consensus of the period just before) of the same day, its pair is carried; of the day
+/// before, this consensus's `srv_current` starts the day and the previous day's value
+/// moves down; without one (a new network, or a gap), `(srv_current, srv_previous)`.
+fn hs_shared_random_values(
+    valid_after: u64,
+    srv_current: [u8; 32],
+    srv_previous: [u8; 32],
+    previous: Option<&Consensus>,
+) -> ([u8; 32], [u8; 32]) {
+    let day = valid_after / crate::hsdir::HS_PERIOD_SECS;
+    match previous {
+        Some(p) if p.valid_after / crate::hsdir::HS_PERIOD_SECS == day => {
+            (p.hs_srv_current, p.hs_srv_previous)
+        }
+        Some(p) if p.valid_after / crate::hsdir::HS_PERIOD_SECS + 1 == day => {
+            (srv_current, p.hs_srv_current)
+        }
+        _ => (srv_current, srv_previous),
+    }
 }
 
 /// One relay's consensus entry from the votes that list it (at least one).

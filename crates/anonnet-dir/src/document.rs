@@ -9,7 +9,8 @@
 //!
 //! Consensus body:
 //! `version u8 (2) ‖ network_id [32] ‖ valid_after u64 ‖ fresh_until u64 ‖ valid_until u64 ‖
-//! srv_current [32] ‖ srv_previous [32] ‖ n_commits u8 ‖ (authority [32] ‖ commit [32]) ×
+//! srv_current [32] ‖ srv_previous [32] ‖ hs_srv_current [32] ‖ hs_srv_previous [32] ‖
+//! n_commits u8 ‖ (authority [32] ‖ commit [32]) ×
 //! n_commits ‖ n u32 ‖ entry × n`; signed consensus: `body_len u32 ‖ body ‖ n_sigs u8 ‖
 //! (authority [32] ‖ signature [64]) × n_sigs`, each signature over
 //! `"anonnet consensus v1\0" ‖ body`. The digest is `BLAKE3(body)`.
@@ -84,6 +85,12 @@ pub struct Consensus {
     pub srv_current: [u8; 32],
     /// The shared random value of the previous period.
     pub srv_previous: [u8; 32],
+    /// The shared random value that places hidden-service descriptors of the current
+    /// hidden-service period, the UTC day of `valid_after` (§12.7, §14.7): the
+    /// `srv_current` of the day's first consensus, carried unchanged through the day.
+    pub hs_srv_current: [u8; 32],
+    /// The same for the day before (§12.7).
+    pub hs_srv_previous: [u8; 32],
     /// Each voting authority's commitment for the next period, sorted by authority.
     pub commits: Vec<([u8; 32], [u8; 32])>,
     /// The relays, sorted by identity.
@@ -308,6 +315,8 @@ impl Consensus {
         w.put_u64(self.valid_until);
         w.put(&self.srv_current);
         w.put(&self.srv_previous);
+        w.put(&self.hs_srv_current);
+        w.put(&self.hs_srv_previous);
         w.put_u8(self.commits.len() as u8);
         for (a, c) in &self.commits {
             w.put(a);
@@ -334,6 +343,8 @@ impl Consensus {
         check_times(valid_after, fresh_until, valid_until)?;
         let srv_current = r.take_array()?;
         let srv_previous = r.take_array()?;
+        let hs_srv_current = r.take_array()?;
+        let hs_srv_previous = r.take_array()?;
         let n = usize::from(r.take_u8()?);
         if n > MAX_AUTHORITIES {
             return Err(invalid("commits", "too many"));
@@ -351,6 +362,8 @@ impl Consensus {
             valid_until,
             srv_current,
             srv_previous,
+            hs_srv_current,
+            hs_srv_previous,
             commits,
             relays,
         })
@@ -548,6 +561,8 @@ mod tests {
             valid_until: 1090,
             srv_current: [7; 32],
             srv_previous: [6; 32],
+            hs_srv_current: [5; 32],
+            hs_srv_previous: [4; 32],
             commits: vec![([1; 32], [2; 32])],
             relays,
         }
@@ -689,7 +704,7 @@ mod tests {
         assert!(c.encode_body().is_err());
         // A count larger than the bytes that follow is refused before allocating.
         let mut body = consensus(&net).encode_body().unwrap();
-        let count_at = 1 + 32 + 24 + 64 + 1 + 64;
+        let count_at = 1 + 32 + 24 + 128 + 1 + 64;
         body[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(Consensus::decode_body(&body).is_err());
         assert!(SignedConsensus::decode(&[0xff, 0xff, 0xff, 0xff]).is_err());

@@ -9,6 +9,7 @@ pub mod consensus;
 pub mod document;
 pub mod entry;
 pub mod flags;
+pub mod hsdir;
 pub mod msg;
 pub mod network;
 pub mod srv;
@@ -19,6 +20,7 @@ pub use document::{
 };
 pub use entry::{RelayEntry, RelayFlags};
 pub use flags::{FlagThresholds, RelayHistory};
+pub use hsdir::{HsDirPlacement, HsDirRing};
 pub use msg::{DirMessage, UploadStatus, DIR_STREAM_TAG};
 pub use network::{AuthorityEntry, Network};
 

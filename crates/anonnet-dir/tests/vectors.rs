@@ -102,6 +102,10 @@ fn votes() -> Vec<Vote> {
 
 /// Previous SRV (taken as given).
 const SRV_PREVIOUS: [u8; 32] = [0x77; 32];
+/// The hidden-service SRVs of the day of `T` and the day before (§14.7), as the previous
+/// consensus carries them.
+const HS_SRV_CURRENT: [u8; 32] = [0x66; 32];
+const HS_SRV_PREVIOUS: [u8; 32] = [0x55; 32];
 
 fn prior_commits() -> Vec<([u8; 32], [u8; 32])> {
     let mut c: Vec<_> = (1..=3u8)
@@ -131,6 +135,8 @@ fn previous_consensus() -> Consensus {
         valid_until: T + 2 * L,
         srv_current: SRV_PREVIOUS,
         srv_previous: [0; 32],
+        hs_srv_current: HS_SRV_CURRENT,
+        hs_srv_previous: HS_SRV_PREVIOUS,
         commits: prior_commits(),
         relays: vec![],
     }
@@ -154,6 +160,9 @@ fn consensus() -> Consensus {
         valid_until: T + 3 * L,
         srv_current: srv::shared_random_value(T, &SRV_PREVIOUS, &prior_commits(), &reveals(), 2),
         srv_previous: SRV_PREVIOUS,
+        // T and T - L fall on the same UTC day: the day's values are carried (§14.7).
+        hs_srv_current: HS_SRV_CURRENT,
+        hs_srv_previous: HS_SRV_PREVIOUS,
         commits,
         relays: sorted(vec![relay_a(0x1f, 1_000_000), relay_b(20_000)]),
     }
@@ -212,7 +221,9 @@ const CONSENSUS_BODY: &str = concat!(
     "020ce1f985dcfb757cb0c97d0d29246c509d0aa1d4d42d03031899838f3703e0",
     "9f000000006b49d200000000006b49e010000000006b49fc3003487fd8574b49",
     "1b357e18940cb618e0cb002d6e32bad29a720c6029e994beb177777777777777",
-    "77777777777777777777777777777777777777777777777777038139770ea87d",
+    "7777777777777777777777777777777777777777777777777766666666666666",
+    "6666666666666666666666666666666666666666666666666655555555555555",
+    "55555555555555555555555555555555555555555555555555038139770ea87d",
     "175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394681fe8a6c41e",
     "5f2e8b4abb07236915fcec5a0b189d8e7476fe0d8ad4c8f38b458a88e3dd7409",
     "f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5ce77a29d3d7df",
@@ -226,17 +237,17 @@ const CONSENSUS_BODY: &str = concat!(
     "7f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f2003047f0000011b63",
     "1f000f424001005001bb",
 );
-const DIGEST: &str = "c584b3a34812cba3e40ddaceb25f1d73f86f6d36c55f967cfe6d27ee4db5d3b8";
+const DIGEST: &str = "4011f4bed8119055068162e70359ffab7e1f2c1ab0552c5d0337ba520132bd96";
 const CONSENSUS_SIGNATURE_1: &str = concat!(
-    "45959d31ad86f597888cebeb425734e1d2d806ef09b23e332937acbf70cf2b54",
-    "805806198561bf04122cf9a6384e296ccabb7862744a495c5d37b7798b821008",
+    "9c8ede9e8ba79f687d9c6e8d5212b297067781f542b93d7722840f6b35ad38a7",
+    "79b5205fd726934afc2939957c513f6e0b92a3e082e5dc4afe82a14ccb7a2703",
 );
 const CONSENSUS_SIGNATURE_2: &str = concat!(
-    "3764eca9ec018e6bc395374186c4f2f8ecbfc6266d604a36aaca9f9bff52d525",
-    "5f6dbd4daadd4c8457a44daae7b30682de090535408cdf963fd12aa750ba9603",
+    "ec58a66c10910fe779ee4ee98badbf12f07d6624f9f2423bdef0e434c0722bed",
+    "f2ea12d891a7b63a9cec0102f2e713ac77bbf2ec44c02a8e1654c4a3129f0200",
 );
 const SIGNED_CONSENSUS_BLAKE3: &str =
-    "3d7d82f26ac867078010c1792b80fd1a5ceea47360bb0210a8c72873509a6cc9";
+    "5d72670941768d6a4ae8e568a6d51f6a78db0193ee4f497e99875088dfdc479d";
 
 #[test]
 fn network_id_and_authority_keys() {
@@ -316,7 +327,7 @@ fn consensus_signed_by_authorities_1_and_2() {
     let c = consensus();
     check("SRV in the consensus", &c.srv_current, SRV_CURRENT);
     let body = c.encode_body().unwrap();
-    assert_eq!(body.len(), 490);
+    assert_eq!(body.len(), 554);
     check("consensus body", &body, CONSENSUS_BODY);
     check("digest", &digest(&body), DIGEST);
     let s1 = Consensus::sign_body(&body, &authority_key(1));
@@ -336,11 +347,11 @@ fn consensus_signed_by_authorities_1_and_2() {
         signatures: vec![s1, s2],
     };
     let bytes = signed.encode();
-    assert_eq!(bytes.len(), 687);
+    assert_eq!(bytes.len(), 751);
     assert_eq!(
         hex::encode(&bytes),
         format!(
-            "000001ea{CONSENSUS_BODY}02{AUTHORITY_1}{CONSENSUS_SIGNATURE_1}\
+            "0000022a{CONSENSUS_BODY}02{AUTHORITY_1}{CONSENSUS_SIGNATURE_1}\
              {AUTHORITY_2}{CONSENSUS_SIGNATURE_2}"
         )
     );
@@ -403,3 +414,4 @@ fn directory_messages() {
         format!("09{DIGEST}{AUTHORITY_1}{CONSENSUS_SIGNATURE_1}")
     );
 }
+

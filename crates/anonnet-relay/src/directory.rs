@@ -5,7 +5,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anonnet_dir::{DirMessage, Network, SignedConsensus, UploadStatus, DIR_STREAM_TAG};
+use anonnet_dir::{
+    DirMessage, HsDirPlacement, Network, SignedConsensus, UploadStatus, DIR_STREAM_TAG,
+};
 use anonnet_net::rpc;
 use anonnet_net::LinkManager;
 use anonnet_wire::SignedDescriptor;
@@ -34,11 +36,13 @@ pub(crate) struct ConsensusCache {
     current: RwLock<Option<Cached>>,
 }
 
-/// A verified consensus with the times the cache decides by (Unix seconds).
+/// A verified consensus with the times the cache decides by (Unix seconds) and the
+/// HSDir rings it defines (§12.7).
 struct Cached {
     signed: SignedConsensus,
     valid_after: u64,
     valid_until: u64,
+    placement: Arc<HsDirPlacement>,
 }
 
 impl ConsensusCache {
@@ -47,6 +51,13 @@ impl ConsensusCache {
         let guard = self.current.read().ok()?;
         let c = guard.as_ref()?;
         (now < c.valid_until).then(|| c.signed.clone())
+    }
+
+    /// The HSDir rings of the cached consensus while it is valid at `now` (§12.7).
+    pub(crate) fn placement(&self, now: u64) -> Option<Arc<HsDirPlacement>> {
+        let guard = self.current.read().ok()?;
+        let c = guard.as_ref()?;
+        (now < c.valid_until).then(|| c.placement.clone())
     }
 
     /// Keep `signed` (verified, with `c` its decoded body) when it is newer than the
@@ -63,6 +74,7 @@ impl ConsensusCache {
                 signed,
                 valid_after: c.valid_after,
                 valid_until: c.valid_until,
+                placement: Arc::new(HsDirPlacement::from_consensus(c)),
             });
         }
         newer

@@ -206,6 +206,11 @@ pub struct Stats {
     pub dht_fetches: AtomicU64,
     /// `DHT_STORE` requests served for circuits (§13.6).
     pub dht_stores: AtomicU64,
+    /// Hidden-service descriptors accepted as an HSDir (§12.7).
+    pub hsdir_stored: AtomicU64,
+    /// Hidden-service descriptors refused because this relay is not responsible for them
+    /// under the consensus it holds (or holds none), §12.7.
+    pub hsdir_not_responsible: AtomicU64,
     /// `CREATE`s refused by the relay-wide circuit limit ([`Limits::max_circuits`]).
     pub circuits_refused_total_limit: AtomicU64,
     /// `CREATE`s refused by a per-peer circuit limit ([`Limits::max_circuits_per_relay`],
@@ -240,6 +245,8 @@ impl Stats {
             "rendezvous_joined": g(&self.rendezvous_joined),
             "dht_fetches_for_circuits": g(&self.dht_fetches),
             "dht_stores_for_circuits": g(&self.dht_stores),
+            "hsdir_stored": g(&self.hsdir_stored),
+            "hsdir_not_responsible": g(&self.hsdir_not_responsible),
             "circuits_refused_total_limit": g(&self.circuits_refused_total_limit),
             "circuits_refused_peer_limit": g(&self.circuits_refused_peer_limit),
             "streams_refused": g(&self.streams_refused),
@@ -269,7 +276,20 @@ pub(crate) struct RelayShared {
     pub(crate) circuits_per_peer: Arc<CircuitsPerPeer>,
     /// The newest consensus, served to clients (§14.2).
     pub(crate) consensus: Arc<directory::ConsensusCache>,
+    /// The hidden-service descriptors this relay holds as an HSDir (§12.7): kind-2
+    /// records only, stored through circuits, never through the Kademlia DHT.
+    pub(crate) hsdir: Mutex<anonnet_dht::storage::Storage>,
 }
+
+/// Bounds of an HSDir's descriptor store (§12.7): every descriptor arrives through a
+/// circuit and is attributed to the relay itself, so the per-peer bound is the total.
+const HSDIR_STORAGE: StorageLimits = StorageLimits {
+    per_key: 4,
+    per_peer: 10_000,
+    total: 10_000,
+    requests_per_peer_per_sec: 20,
+    burst: 40,
+};
 
 /// Circuits open per previous hop.
 pub(crate) type CircuitsPerPeer = Mutex<HashMap<PeerKey, usize>>;
@@ -461,6 +481,7 @@ impl Relay {
             )),
             circuits_per_peer: Arc::new(Mutex::new(HashMap::new())),
             consensus: Arc::new(directory::ConsensusCache::default()),
+            hsdir: Mutex::new(anonnet_dht::storage::Storage::new(HSDIR_STORAGE)),
         });
         let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor.clone());
         if let Some(network) = &config.network {

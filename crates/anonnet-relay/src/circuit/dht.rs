@@ -57,8 +57,9 @@ pub(super) enum DhtRequest {
     },
 }
 
-/// Run `request` on the relay's DHT node; the `DHT_RESULT` messages to send back, each
-/// fitting an inner area of `area` bytes.
+/// Run `request`: hidden-service descriptors (kind 2) on this relay's HSDir store
+/// (§12.7), other records on its DHT node (§13.6). The `DHT_RESULT` messages to send
+/// back, each fitting an inner area of `area` bytes.
 pub(super) async fn serve_dht_request(
     shared: &RelayShared,
     request: DhtRequest,
@@ -80,10 +81,14 @@ pub(super) async fn serve_dht_request(
             };
             // Room for the record body behind the 4-byte result header.
             let room = RelayCell::max_payload(area).saturating_sub(4);
-            let records: Vec<Record> = shared
-                .dht
-                .find_records(key)
-                .await
+            // Descriptors live on their HSDirs (§12.7): answered from this relay's own
+            // HSDir store, never looked up in the DHT.
+            let found = if kind == RecordKind::HsDescriptor {
+                lock_hsdir(shared).get(&key, now)
+            } else {
+                shared.dht.find_records(key).await
+            };
+            let records: Vec<Record> = found
                 .into_iter()
                 .filter(|r| r.kind == kind && r.body.len() <= room)
                 .filter(|r| verify_record(&key, r, now).is_ok())
@@ -117,7 +122,11 @@ pub(super) async fn serve_dht_request(
             if verify_record(&key, &record, now).is_err() {
                 return vec![result(DHT_REFUSED, 0, kind, Bytes::new())];
             }
-            let stored = shared.dht.store_record(key, record, DHT_REPLICAS).await;
+            let stored = if record.kind == RecordKind::HsDescriptor {
+                usize::from(store_as_hsdir(shared, key, record, now))
+            } else {
+                shared.dht.store_record(key, record, DHT_REPLICAS).await
+            };
             let status = if stored > 0 { DHT_OK } else { DHT_REFUSED };
             vec![result(
                 status,
@@ -127,4 +136,42 @@ pub(super) async fn serve_dht_request(
             )]
         }
     }
+}
+
+fn lock_hsdir(shared: &RelayShared) -> std::sync::MutexGuard<'_, anonnet_dht::storage::Storage> {
+    shared
+        .hsdir
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Keep a verified hidden-service descriptor (`record`, under its DHT index `key`) when
+/// this relay is one of its responsible HSDirs under the consensus it holds (§12.7).
+/// True when it is stored (or already was).
+fn store_as_hsdir(shared: &RelayShared, key: [u8; 32], record: Record, now: u64) -> bool {
+    let Ok(desc) = anonnet_wire::hs::HsDescriptor::decode(&record.body) else {
+        return false;
+    };
+    let responsible = shared
+        .consensus
+        .placement(now)
+        .and_then(|p| {
+            p.ring(desc.period)
+                .map(|r| r.is_responsible(&shared.node_id, &key))
+        })
+        .unwrap_or(false);
+    if !responsible {
+        shared
+            .stats
+            .hsdir_not_responsible
+            .fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    let stored = lock_hsdir(shared)
+        .store(shared.node_id, key, record, now)
+        .is_ok();
+    if stored {
+        shared.stats.hsdir_stored.fetch_add(1, Ordering::Relaxed);
+    }
+    stored
 }
