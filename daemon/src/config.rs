@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anonnet_relay::onion_keys::OnionKeyConfig;
-use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, RelayConfig};
+use anonnet_relay::{Action, ExitPolicy, ExitRule, HsDirBehaviour, Limits, RelayConfig};
 use anonnet_wire::{HandshakeSet, PortRange, SignedDescriptor};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -405,7 +405,6 @@ struct MetricsSection {
     listen: Option<Spanned<String>>,
 }
 
-/// `metrics.listen`, parsed: `None` when metrics are off.
 /// `relay.circuit_handshakes`: the circuit handshake types the relay answers and
 /// advertises (`docs/protocol.md` §3.1, §4.2), by the names `circuits --json` shows;
 /// default both.
@@ -442,6 +441,29 @@ fn circuit_handshakes_of(
     })
 }
 
+/// `relay.test_hsdir_behaviour`: `"honest"` (default), or, for tests of clients against
+/// hostile HSDirs (`anonnet testnet --withholding-hsdirs/--stale-hsdirs`),
+/// `"withhold"` or `"stale"` (`docs/protocol.md` §12.7).
+fn hsdir_behaviour_of(
+    src: &Source,
+    value: Option<&Spanned<String>>,
+) -> Result<HsDirBehaviour, ConfigError> {
+    let Some(v) = value else {
+        return Ok(HsDirBehaviour::Honest);
+    };
+    match v.get_ref().as_str() {
+        "honest" => Ok(HsDirBehaviour::Honest),
+        "withhold" => Ok(HsDirBehaviour::Withhold),
+        "stale" => Ok(HsDirBehaviour::Stale),
+        other => Err(src.invalid(
+            "relay.test_hsdir_behaviour",
+            Some(v),
+            format!("{other:?} is not allowed: use \"honest\" (default), or, in test networks only, \"withhold\" or \"stale\""),
+        )),
+    }
+}
+
+/// `metrics.listen`, parsed: `None` when metrics are off.
 fn metrics_listen_of(src: &Source, m: &MetricsSection) -> Result<Option<SocketAddr>, ConfigError> {
     m.listen
         .as_ref()
@@ -486,6 +508,7 @@ struct RelaySection {
     descriptor_file: Option<Spanned<String>>,
     network: Option<Spanned<String>>,
     circuit_handshakes: Option<Spanned<Vec<Spanned<String>>>>,
+    test_hsdir_behaviour: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -777,6 +800,7 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
             limits,
             dht_bootstrap: read_descriptors(src, "dht.bootstrap", &file.dht.bootstrap)?,
             network: Some(network_of(src, "relay.network", r.network.as_ref())?),
+            hsdir_behaviour: hsdir_behaviour_of(src, r.test_hsdir_behaviour.as_ref())?,
         },
         descriptor_file,
         safe_logging: file.log.safe.unwrap_or(true),

@@ -147,6 +147,14 @@ enum Command {
         /// and the client; prints `Metrics: http://ADDR/metrics` for the client's.
         #[arg(long)]
         metrics: bool,
+        /// For tests: the last N relays accept hidden-service descriptors but never serve
+        /// them (hostile HSDirs; docs/protocol.md §12.7).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        withholding_hsdirs: usize,
+        /// For tests: N relays (before the withholding ones) keep serving the first
+        /// revision of every descriptor.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        stale_hsdirs: usize,
     },
     /// Control subcommands over the running daemon's control API.
     #[command(flatten)]
@@ -318,11 +326,15 @@ fn main() -> ExitCode {
                 dir,
                 config,
                 metrics,
+                withholding_hsdirs,
+                stale_hsdirs,
             } => {
                 let shape = testnet::NetworkShape {
                     authorities: authorities.unwrap_or(testnet::DEFAULT_AUTHORITIES),
                     guard_after: guard_after.unwrap_or(0),
                     period: period.unwrap_or(testnet::DEFAULT_PERIOD),
+                    withholding_hsdirs,
+                    stale_hsdirs,
                 };
                 let handshake = if circuit_handshake.as_deref() == Some("classical") {
                     "classical"

@@ -75,6 +75,27 @@ pub struct NetworkShape {
     pub guard_after: u64,
     /// `authority.period_secs` of the authorities.
     pub period: u64,
+    /// Relays that accept hidden-service descriptors but never serve them (the last
+    /// ones), for tests of clients against withholding HSDirs (§12.7).
+    pub withholding_hsdirs: usize,
+    /// Relays, just before the withholding ones, that keep serving the first revision
+    /// of every descriptor.
+    pub stale_hsdirs: usize,
+}
+
+impl NetworkShape {
+    /// `relay.test_hsdir_behaviour` of relay `i` (1-based) of `relays`.
+    fn hsdir_behaviour(&self, i: usize, relays: usize) -> &'static str {
+        let withholding_from = relays.saturating_sub(self.withholding_hsdirs) + 1;
+        let stale_from = withholding_from.saturating_sub(self.stale_hsdirs);
+        if i >= withholding_from {
+            "withhold"
+        } else if i >= stale_from {
+            "stale"
+        } else {
+            "honest"
+        }
+    }
 }
 
 /// What to start.
@@ -204,6 +225,14 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         }
         None => fresh_dir()?,
     };
+    let hostile = options.shape.withholding_hsdirs + options.shape.stale_hsdirs;
+    if hostile + 3 > options.relays {
+        return Err(Error::Testnet(format!(
+            "--withholding-hsdirs and --stale-hsdirs ask for {hostile} hostile relays of \
+             {}: at least 3 must stay honest",
+            options.relays
+        )));
+    }
     // Fail before starting anything when a proxy port is taken, naming the flag to change
     // (the client would name its generated config file instead).
     if listeners_clash(options.socks, options.http) {
@@ -249,7 +278,13 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
             write_file(
                 &config,
                 &with_metrics(
-                    relay_toml(i, &options.exit_policy, &bootstrap, &network_file),
+                    relay_toml(
+                        i,
+                        &options.exit_policy,
+                        &bootstrap,
+                        &network_file,
+                        options.shape.hsdir_behaviour(i, options.relays),
+                    ),
                     options.metrics,
                 ),
             )?;
@@ -283,8 +318,14 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
                 addr = %relay.addr,
                 "relay ready"
             );
+            let i: usize = child
+                .name
+                .strip_prefix("relay-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             ready_info.push(serde_json::json!({
                 "name": child.name,
+                "hsdir_behaviour": options.shape.hsdir_behaviour(i, options.relays),
                 "pid": child.pid(),
                 "node_id": relay.node_id,
                 "addr": relay.addr.to_string(),
@@ -513,6 +554,7 @@ fn relay_toml(
     exit_policy: &[String],
     dht_bootstrap: &[PathBuf],
     network: &Path,
+    hsdir_behaviour: &str,
 ) -> String {
     let policy: Vec<String> = exit_policy.iter().map(|l| toml_string(l)).collect();
     let bootstrap: Vec<String> = dht_bootstrap
@@ -526,6 +568,7 @@ fn relay_toml(
          listen = \"127.0.0.1:0\"\n\
          guard = true\n\
          network = {}\n\
+         test_hsdir_behaviour = {}\n\
          \n\
          [exit]\n\
          enabled = true\n\
@@ -534,6 +577,7 @@ fn relay_toml(
          [dht]\n\
          bootstrap = [{}]\n",
         toml_string(&network.display().to_string()),
+        toml_string(hsdir_behaviour),
         policy.join(", "),
         bootstrap.join(", ")
     )
@@ -918,7 +962,7 @@ mod tests {
             ),
         )
         .unwrap();
-        std::fs::write(&relay, relay_toml(1, &policy, &[], &network)).unwrap();
+        std::fs::write(&relay, relay_toml(1, &policy, &[], &network, "honest")).unwrap();
         let s = anonnet_daemon::config::load_relay(&relay).unwrap();
         assert_eq!(s.relay.data_dir, dir.join("."));
         let p = s.relay.exit_policy.unwrap();
@@ -937,6 +981,8 @@ mod tests {
             authorities: 1,
             guard_after: 5,
             period: 4,
+            withholding_hsdirs: 0,
+            stale_hsdirs: 0,
         };
         std::fs::write(
             &auth,

@@ -178,3 +178,151 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
     let _ = restarted.wait();
     net.stop();
 }
+
+/// Start a client daemon with a fresh state directory `state` on the testnet whose client
+/// config is `template` (listeners on free ports); returns it and its SOCKS address. The
+/// caller kills and waits for the child.
+#[allow(clippy::zombie_processes)]
+fn start_fresh_client(template: &str, state: &std::path::Path) -> (Child, std::net::SocketAddr) {
+    std::fs::create_dir_all(state).unwrap();
+    let config: String = std::fs::read_to_string(template)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("socks_listen") {
+                "socks_listen = \"127.0.0.1:0\"".to_owned()
+            } else if l.starts_with("http_listen") {
+                "http_listen = \"127.0.0.1:0\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = state.join("client.toml");
+    std::fs::write(&path, config).unwrap();
+    let (child, rx) = spawn_lines(
+        Command::new(anonnet_bin())
+            .args(["run", "--exit-with-parent", "--config"])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the fresh client prints SOCKS5 ready");
+        if let Some(addr) = line.strip_prefix("SOCKS5 ready on ") {
+            return (child, addr.trim().parse().unwrap());
+        }
+    }
+}
+
+/// Fetch `url` through the SOCKS proxy at `socks` once; the body, or curl's error.
+fn fetch_once(
+    socks: std::net::SocketAddr,
+    url: &str,
+    out: &std::path::Path,
+) -> Result<String, String> {
+    let (code, err) = curl_socks(socks, url, out);
+    if code == 0 {
+        Ok(std::fs::read_to_string(out).unwrap())
+    } else {
+        Err(format!("curl exit {code}: {err}"))
+    }
+}
+
+/// Issue 14 item 1: 3 of 10 relays (30 % of the HSDirs) accept descriptors and never serve
+/// them, one more keeps serving the first revision it got. A fresh client still reaches
+/// the service; after the service restarts (new introduction points, a higher revision)
+/// fresh clients reach it at their first request: the stale revision (whose introduction
+/// points are gone) loses to the newest one among the answers of a batch.
+#[test]
+fn withholding_and_stale_hsdirs_neither_hide_the_service_nor_hold_back_a_new_descriptor() {
+    let dir = temp_dir("hostile-hsdirs");
+    let mut net = Testnet::start_with(
+        10,
+        &dir,
+        &["--withholding-hsdirs", "3", "--stale-hsdirs", "1"],
+    );
+    let layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("testnet.json")).unwrap()).unwrap();
+    let behaviours: Vec<&str> = layout["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hsdir_behaviour"].as_str().unwrap())
+        .collect();
+    assert_eq!(behaviours.iter().filter(|b| **b == "withhold").count(), 3);
+    assert_eq!(behaviours.iter().filter(|b| **b == "stale").count(), 1);
+    let service = &layout["service"];
+    let address = service["address"].as_str().unwrap().to_owned();
+    let client_config = layout["client"]["config"].as_str().unwrap().to_owned();
+    let url = format!("http://{address}/");
+
+    // The testnet's client is fresh: it has never seen the service.
+    let (body, took) = fetch(&net, &url, 3);
+    assert!(body.contains(PAGE), "{body}");
+    eprintln!("cold fetch with 3 withholding and 1 stale HSDir: {took:?}");
+
+    // The hostile relays were given descriptors (they are HSDirs like any other) and the
+    // withholding ones answered no fetch with one.
+    let stats = net.relay_stats();
+    let stored: u64 = stats
+        .iter()
+        .map(|s| s["hsdir_stored"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(stored >= 1, "no HSDir stored a descriptor: {stats:?}");
+
+    // A new revision: restart the service (same key, new introduction points).
+    let pid = service["pid"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let gone = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < gone
+        && Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut restarted, ready) = start_service(service["config"].as_str().unwrap());
+    assert!(ready.starts_with(&address), "{ready}");
+
+    // Fresh clients, each asking three random responsible HSDirs: every one must get
+    // through at its first attempt.
+    for round in 0..3 {
+        let state = dir.join(format!("fresh-client-{round}"));
+        let (mut client, socks) = start_fresh_client(&client_config, &state);
+        let started = Instant::now();
+        let got = fetch_once(socks, &url, &state.join("page.html"));
+        let took = started.elapsed();
+        let status = anonnet_tests::cli_json(&["status"], &state.join("client.toml"));
+        let _ = client.kill();
+        let _ = client.wait();
+        let body = got.unwrap_or_else(|e| panic!("fresh client {round}: {e}"));
+        assert!(body.contains(PAGE), "{body}");
+        // Three HSDirs asked at once; a second batch only when the first had nothing
+        // that opens (all three withholding) or its newest revision was the stale one
+        // (then the introduction fails and the client refetches once).
+        let fetches = status["counters"]["hs_descriptor_fetches"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            (1..=6).contains(&fetches),
+            "fresh client {round} asked {fetches} HSDirs"
+        );
+        eprintln!("fresh client {round} after the new revision: {took:?}, {fetches} HSDirs asked");
+    }
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+    net.stop();
+}

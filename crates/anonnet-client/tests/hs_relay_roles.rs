@@ -38,6 +38,7 @@ async fn net(name: &str) -> (tempfile::TempDir, Vec<Relay>, Arc<Client>) {
                 limits: Limits::default(),
                 dht_bootstrap: Vec::new(),
                 network: None,
+                hsdir_behaviour: Default::default(),
             })
             .await
             .unwrap(),

@@ -35,6 +35,7 @@ async fn relays_answering(handshakes: &[HandshakeSet], dir: &std::path::Path) ->
             limits: Limits::default(),
             dht_bootstrap: Vec::new(),
             network: None,
+            hsdir_behaviour: Default::default(),
         };
         out.push(Relay::start(cfg).await.unwrap());
     }

@@ -414,4 +414,3 @@ fn directory_messages() {
         format!("09{DIGEST}{AUTHORITY_1}{CONSENSUS_SIGNATURE_1}")
     );
 }
-

@@ -167,6 +167,25 @@ pub struct RelayConfig {
     /// descriptor to these authorities, caches their consensus and serves it to clients.
     /// `None`: no authorities (a relay for the DHT-only tests of this crate).
     pub network: Option<anonnet_dir::Network>,
+    /// How this relay behaves as an HSDir (§12.7): [`HsDirBehaviour::Honest`] except in
+    /// tests of what clients do against hostile HSDirs.
+    pub hsdir_behaviour: HsDirBehaviour,
+}
+
+/// How a relay serves hidden-service descriptors as an HSDir (§12.7). Anything but
+/// `Honest` is a deliberately hostile relay, for tests (`anonnet testnet
+/// --withholding-hsdirs`, `--stale-hsdirs`): it shows what a relay operator who changed
+/// the code could do, and gives no one a capability a modified relay would not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HsDirBehaviour {
+    /// Store what it is responsible for; serve the newest revision.
+    #[default]
+    Honest,
+    /// Accept descriptors (answer "stored") but answer every fetch with "not found".
+    Withhold,
+    /// Keep the first revision of each descriptor and serve it for as long as it is
+    /// valid, answering "stored" to newer ones without keeping them.
+    Stale,
 }
 
 /// Counters of what this relay did, readable while it runs and written to
@@ -279,6 +298,8 @@ pub(crate) struct RelayShared {
     /// The hidden-service descriptors this relay holds as an HSDir (§12.7): kind-2
     /// records only, stored through circuits, never through the Kademlia DHT.
     pub(crate) hsdir: Mutex<anonnet_dht::storage::Storage>,
+    /// [`RelayConfig::hsdir_behaviour`].
+    pub(crate) hsdir_behaviour: HsDirBehaviour,
 }
 
 /// Bounds of an HSDir's descriptor store (§12.7): every descriptor arrives through a
@@ -482,6 +503,7 @@ impl Relay {
             circuits_per_peer: Arc::new(Mutex::new(HashMap::new())),
             consensus: Arc::new(directory::ConsensusCache::default()),
             hsdir: Mutex::new(anonnet_dht::storage::Storage::new(HSDIR_STORAGE)),
+            hsdir_behaviour: config.hsdir_behaviour,
         });
         let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor.clone());
         if let Some(network) = &config.network {

@@ -26,6 +26,7 @@ async fn start(dir: &std::path::Path, handshakes: HandshakeSet) -> Relay {
         limits: Limits::default(),
         dht_bootstrap: Vec::new(),
         network: None,
+        hsdir_behaviour: Default::default(),
     })
     .await
     .unwrap()

@@ -30,6 +30,7 @@ async fn start(dir: &Path) -> Relay {
         limits: Limits::default(),
         dht_bootstrap: Vec::new(),
         network: None,
+        hsdir_behaviour: Default::default(),
     })
     .await
     .unwrap()

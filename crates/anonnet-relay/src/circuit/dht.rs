@@ -1,6 +1,7 @@
 //! DHT requests made through a circuit (§13.6).
 
 use super::*;
+use crate::HsDirBehaviour;
 
 impl ForwardTask {
     /// `DHT_FETCH` / `DHT_STORE` (§13.6): run the request in its own task (bounded per
@@ -84,6 +85,9 @@ pub(super) async fn serve_dht_request(
             // Descriptors live on their HSDirs (§12.7): answered from this relay's own
             // HSDir store, never looked up in the DHT.
             let found = if kind == RecordKind::HsDescriptor {
+                if shared.hsdir_behaviour == HsDirBehaviour::Withhold {
+                    return vec![result(DHT_NOT_FOUND, 0, 0, Bytes::new())];
+                }
                 lock_hsdir(shared).get(&key, now)
             } else {
                 shared.dht.find_records(key).await
@@ -167,9 +171,13 @@ fn store_as_hsdir(shared: &RelayShared, key: [u8; 32], record: Record, now: u64)
             .fetch_add(1, Ordering::Relaxed);
         return false;
     }
-    let stored = lock_hsdir(shared)
-        .store(shared.node_id, key, record, now)
-        .is_ok();
+    let mut store = lock_hsdir(shared);
+    if shared.hsdir_behaviour == HsDirBehaviour::Stale && !store.get(&key, now).is_empty() {
+        // A hostile HSDir (tests): claims to store the new revision, keeps the old.
+        return true;
+    }
+    let stored = store.store(shared.node_id, key, record, now).is_ok();
+    drop(store);
     if stored {
         shared.stats.hsdir_stored.fetch_add(1, Ordering::Relaxed);
     }

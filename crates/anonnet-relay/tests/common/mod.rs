@@ -54,6 +54,7 @@ pub async fn exit_relay(name: &str) -> TestRelay {
         limits: Limits::default(),
         dht_bootstrap: Vec::new(),
         network: None,
+        hsdir_behaviour: Default::default(),
     })
     .await
     .unwrap();
