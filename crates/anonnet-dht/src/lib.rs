@@ -9,7 +9,6 @@
 )]
 
 pub mod lookup;
-pub mod node;
 pub mod routing;
 pub mod storage;
 
@@ -19,7 +18,6 @@ use anonnet_crypto::{verify_descriptor, DescriptorError, NodeId};
 use anonnet_wire::{RelayDescriptor, SignedDescriptor, WireError};
 
 pub use lookup::{Lookup, LookupKind, LookupResult};
-pub use node::{DhtNode, RpcError};
 pub use routing::{bucket_index, id_in_bucket, Insert, RoutingTable, BUCKETS};
 pub use storage::{
     verify_record, RecordError, Storage, StorageCounters, StorageLimits, StoreError,

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anonnet_crypto::{IdentityKey, NodeId, OnionKey};
-use anonnet_dht::{Contact, DhtNode, RoutingTable, StorageLimits};
+use anonnet_dht::{Contact, RoutingTable, StorageLimits};
+use anonnet_dht_node::DhtNode;
 use anonnet_net::{Endpoint, InboundLimits, Link, LinkManager};
 use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
 use anonnet_wire::dht::DHT_STREAM_TAG;

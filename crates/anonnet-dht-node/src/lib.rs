@@ -1,10 +1,16 @@
-//! The thin async shell around the sans-IO core: the DHT RPC service over QUIC links
-//! (`anonnet-net`) and the driver of iterative lookups. Spec: `docs/protocol.md` §11.
+//! The thin async shell around the sans-IO Kademlia core of `anonnet-dht` (as `quinn`
+//! is to `quinn-proto`): the DHT RPC service over QUIC links (`anonnet-net`) and the
+//! driver of iterative lookups. Spec: `docs/protocol.md` §11.
 //!
 //! One request per QUIC bidirectional stream: `0x10 ‖ len u32 ‖ message`, answered by
 //! `len u32 ‖ message`. A relay runs a full node (answers, stores, announces itself); a
 //! client runs in client mode: it only looks up, never stores or answers, and never
 //! announces (it has no identity to announce).
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +29,7 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::{
+use anonnet_dht::{
     descriptor_key, verify_record, Contact, Insert, Lookup, LookupKind, LookupResult, RoutingTable,
     Storage, StorageCounters, StorageLimits, K,
 };
@@ -391,12 +397,12 @@ impl DhtNode {
         if let Some(storage) = &self.storage {
             // The relay that stores on a client's behalf keeps a copy when it is itself
             // among the closest nodes it knows of; it counts as one replica.
-            let own_distance = crate::distance(self.own.as_bytes(), &key);
+            let own_distance = anonnet_dht::distance(self.own.as_bytes(), &key);
             let closest = lock(&self.table).closest(&key, replicas);
             let own_is_close = closest.len() < replicas
-                || closest
-                    .last()
-                    .is_some_and(|c| crate::distance(c.node_id.as_bytes(), &key) > own_distance);
+                || closest.last().is_some_and(|c| {
+                    anonnet_dht::distance(c.node_id.as_bytes(), &key) > own_distance
+                });
             if own_is_close
                 && lock(storage)
                     .store(self.own, key, record.clone(), now_unix())
