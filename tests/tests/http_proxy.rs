@@ -1,6 +1,7 @@
 //! End to end, real processes: the client's HTTP proxy (`anonnet testnet --http`) in front
 //! of 3 relay processes, driven by the system curl — absolute-form `GET http://…`, CONNECT
-//! tunnels (`curl -p`), and refusals as HTTP statuses.
+//! tunnels (`curl -p`), refusals as HTTP statuses, and the PAC files for split routing
+//! (evaluated with pacparser's `pactester`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use anonnet_tests::{curl_http, serve_files, temp_dir, TestDir, Testnet};
@@ -121,6 +122,53 @@ async fn http_proxy_answers_403_for_exit_policy_and_502_for_closed_port() {
             let answer = raw_request(http, request);
             assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
         }
+
+        // Split routing (issue 17 item 3): the proxy serves two PAC files, evaluated here
+        // by pacparser's `pactester` as a browser would.
+        let pac = dir.join("hidden.pac");
+        let answer = raw_request(
+            http,
+            "GET /hidden.pac HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.contains("application/x-ns-proxy-autoconfig"),
+            "{answer}"
+        );
+        let status = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o"])
+            .arg(&pac)
+            .arg(format!("http://{http}/hidden.pac"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let all = dir.join("proxy.pac");
+        let status = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o"])
+            .arg(&all)
+            .arg(format!("http://{http}/proxy.pac"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let evaluate = |file: &std::path::Path, url: &str| -> String {
+            let host = url.split('/').nth(2).unwrap();
+            let o = std::process::Command::new("pactester")
+                .arg("-p")
+                .arg(file)
+                .args(["-u", url, "-h", host])
+                .output()
+                .expect("pactester is installed (.ci/run installs libpacparser-dev)");
+            assert!(o.status.success(), "{o:?}");
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        };
+        let via_proxy = format!("PROXY {http}");
+        let anon = "http://v4dkhyzjc4koj42wygojwfondfi6y3tgmkvhppqhkr7sre4dgqoupmqb.anon/";
+        assert_eq!(evaluate(&pac, anon), via_proxy);
+        assert_eq!(evaluate(&pac, "http://DEMO.dark./"), via_proxy);
+        assert_eq!(evaluate(&pac, "http://example.com/"), "DIRECT");
+        assert_eq!(evaluate(&pac, "http://anon.example.com/"), "DIRECT");
+        assert_eq!(evaluate(&all, "http://example.com/"), via_proxy);
+        assert_eq!(evaluate(&all, anon), via_proxy);
     })
     .await
     .unwrap();

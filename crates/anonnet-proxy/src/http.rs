@@ -6,7 +6,8 @@
 //! [`Target::Ip`]. Every failure is answered by the proxy itself with a status chosen from
 //! the client's [`ErrorKind`] ([`http_status`]) and a one-line `text/plain` reason.
 //! `Proxy-Authorization: Basic` credentials choose the stream isolation group, like SOCKS5
-//! username/password.
+//! username/password. A plain `GET /proxy.pac` or `GET /hidden.pac` to the proxy itself
+//! is answered with a proxy auto-config file ([`crate::pac`]).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -30,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
+use crate::pac::{pac_file, PacMode};
 use crate::ProxyError;
 
 /// How long a client may take by default to send a request's head (request line and
@@ -374,11 +376,12 @@ pub async fn serve_http(
     header_read_timeout: Duration,
 ) -> Result<(), hyper::Error> {
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     let permit = Arc::new(permit);
     let svc = service_fn(move |req| {
         let client = client.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(handle(req, client, permit).await) }
+        async move { Ok::<_, Infallible>(handle(req, client, permit, local).await) }
     });
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -394,7 +397,20 @@ async fn handle(
     req: Request<Incoming>,
     client: Arc<Client>,
     permit: Arc<OwnedSemaphorePermit>,
+    local: Option<SocketAddr>,
 ) -> Response<ProxyBody> {
+    // `GET /proxy.pac` or `/hidden.pac` addressed to the proxy itself (origin form): the
+    // proxy auto-config file naming this listener.
+    if req.method() == Method::GET && req.uri().authority().is_none() {
+        if let (Some(mode), Some(local)) = (PacMode::for_path(req.uri().path()), local) {
+            let mut response = Response::new(text_body(pac_file(mode, local)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(crate::pac::CONTENT_TYPE),
+            );
+            return response;
+        }
+    }
     let result = match isolation_from(req.headers()) {
         Ok(isolation) if req.method() == Method::CONNECT => {
             tunnel(req, &client, &isolation, permit).await

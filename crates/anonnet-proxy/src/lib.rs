@@ -3,6 +3,7 @@
 
 pub mod http;
 mod listener;
+pub mod pac;
 
 pub use http::HttpProxy;
 
