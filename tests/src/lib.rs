@@ -233,8 +233,14 @@ pub fn cli_json(args: &[&str], config: &Path) -> serde_json::Value {
 
 /// Serve `files` (path → body) over HTTP/1.1 on 127.0.0.1:0 with hyper; returns the port.
 pub async fn serve_files(files: Vec<(String, Bytes)>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    serve_files_at("127.0.0.1:0", files).await.port()
+}
+
+/// Serve `files` (path → body) over HTTP/1.1 on `bind` (port 0: a free one, e.g.
+/// `"[::1]:0"`) with hyper; returns the bound address.
+pub async fn serve_files_at(bind: &str, files: Vec<(String, Bytes)>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let port = listener.local_addr().unwrap();
     let files = std::sync::Arc::new(files);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {

@@ -155,7 +155,9 @@ pub async fn serve_socks(
     }
     let (target, port) = match target {
         TargetAddr::Ip(sa) => (Target::Ip(sa.ip()), sa.port()),
-        TargetAddr::Domain(host, port) => (Target::Host(host), port),
+        // A literal IP sent as a domain name (`::1`, `[::1]`, `127.0.0.1`) is the IP;
+        // any other name goes to the exit unresolved, as over the HTTP proxy.
+        TargetAddr::Domain(host, port) => (crate::http::target_of(&host), port),
     };
     let stream = match client.connect_isolated(target, port, &isolation).await {
         Ok(s) => s,
