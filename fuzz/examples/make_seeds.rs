@@ -10,8 +10,9 @@ use std::path::Path;
 use anonnet_crypto::{sign_descriptor, IdentityKey};
 use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
 use anonnet_wire::{
-    Create, Created, Destroy, DestroyReason, EndReason, PortRange, RelayCell, RelayDescriptor,
-    RelayMsg, StreamId, Target, CELL_LEN, MIN_CELL_LEN,
+    Create, CreateHybrid, Created, CreatedHybrid, Destroy, DestroyReason, EndReason, PortRange,
+    RelayCell, RelayDescriptor, RelayMsg, StreamId, Target, CELL_LEN, HYBRID_HELLO_LEN,
+    HYBRID_REPLY_LEN,
 };
 use bytes::Bytes;
 
@@ -22,15 +23,23 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 }
 
 fn cells() {
-    for len in [CELL_LEN, MIN_CELL_LEN] {
-        let create = Create {
-            cell_len: len as u16,
-            node_id: [1; 32],
-            onion_key: [2; 32],
-            client_pk: [3; 32],
-        };
-        write("cells", &format!("create-{len}"), &create.encode().unwrap());
-    }
+    // Every leg carries CELL_LEN-byte cells (protocol version 2, §4.1).
+    let create = Create {
+        cell_len: CELL_LEN as u16,
+        node_id: [1; 32],
+        onion_key: [2; 32],
+        client_pk: [3; 32],
+    };
+    write("cells", &format!("create-{CELL_LEN}"), &create.encode().unwrap());
+    // The two-cell type-2 (hybrid) CREATE and CREATED (§4.2).
+    let hybrid = CreateHybrid {
+        hello: vec![6; HYBRID_HELLO_LEN],
+    };
+    write("cells", "create-hybrid", &hybrid.encode().unwrap());
+    let hybrid = CreatedHybrid {
+        reply: vec![7; HYBRID_REPLY_LEN],
+    };
+    write("cells", "created-hybrid", &hybrid.encode().unwrap());
     let created = Created {
         server_pk: [4; 32],
         auth: [5; 32],
@@ -306,15 +315,16 @@ fn hidden_services() {
         addr: addr.parse().unwrap(),
     };
     let body = HsDescriptorBody {
-        enc_key: intro_key.public(),
         intro_points: vec![
             IntroPoint {
                 relay: link(1, "127.0.0.1:7001"),
                 auth_key: [0x88; 32],
+                enc_key: intro_key.public(),
             },
             IntroPoint {
                 relay: link(3, "[2001:db8::3]:7003"),
                 auth_key: [0x89; 32],
+                enc_key: IntroKey::from_secret(&[0x56; 32]).public(),
             },
         ],
     };
