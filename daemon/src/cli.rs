@@ -410,6 +410,7 @@ mod tests {
             }],
             streams: 1,
             guards: Vec::new(),
+            vanguards: Vec::new(),
             avoided_relays: Vec::new(),
             counters: Counters {
                 bytes_sent: 512,

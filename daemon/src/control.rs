@@ -178,6 +178,14 @@ fn control_status(s: ClientStatus) -> Status {
             .collect(),
         streams: s.streams,
         guards: s.guards,
+        vanguards: s
+            .vanguards
+            .into_iter()
+            .map(|v| anonnet_control::Vanguard {
+                node_id: v.node_id,
+                expires: v.expires,
+            })
+            .collect(),
         avoided_relays: s
             .avoided_relays
             .into_iter()
@@ -258,6 +266,10 @@ mod tests {
             }],
             streams: 2,
             guards: vec!["cd".repeat(32)],
+            vanguards: vec![anonnet_client::vanguards::VanguardInfo {
+                node_id: "12".repeat(32),
+                expires: 1_000_000,
+            }],
             avoided_relays: vec![anonnet_client::guards::AvoidedRelay {
                 node_id: "ef".repeat(32),
                 failures: 3,

@@ -154,6 +154,9 @@ fn info(s: &HostedService) -> ServiceInfo {
         port: s.config().port,
         target: s.config().target.to_string(),
         published: s.is_published(),
+        introductions: s.introductions(),
+        introductions_refused_replayed: s.introductions_refused_replayed(),
+        introductions_refused_wrong_auth_key: s.introductions_refused_wrong_auth_key(),
         name: s
             .config()
             .dark_name

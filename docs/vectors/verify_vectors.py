@@ -870,15 +870,15 @@ HS = {
     "index": "bf25e51582839ef05e7e70f730a85d566b6ab6c0e7c136eb4e76b8e4a35ef008",
     "body_key": "a9955d8889165a6ac19598469ace0047a99fd4d5701b6c68d4652a3ef60ba865",
     "desc[0..96]": (
-        "017356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d"
+        "027356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d"
         "0000000000004e2000000000000000010000000067008f905a5a5a5a5a5a5a5a"
-        "5a5a5a5a5a5a5a5a018abd9a738c9c415fdef47f8c09f22809ed179b4a597c"
+        "5a5a5a5a5a5a5a5a01ca843014c6452f290813155092135021ffbfd593eb47"
     ),
     "signature": (
-        "b889e4fa6fcea65907edc10c4dd8db9313ba9eb2fa9b177d998fffc86cfbb5da"
-        "7601a6fe2d2de8025b57bae89937d97f00541e1ac1e4a890a94f306df5e79801"
+        "9f35a1f3b3b3fb3146610d44a3afc08a831ba40a26f303a2f63ed1b7738e6021"
+        "28870162d0b4e5550f1f3ef805ee7be223637aa727088ea078922f2db5900f00"
     ),
-    "BLAKE3(desc)": "52ceb4ec0602307deb639461018c65d63d5500c93b0973324040e9ae8ca98656",
+    "BLAKE3(desc)": "357625aca83a3af18afc2bd95197597caa37693db24177bea2ee26a0b2f3b12b",
     "enc_key": "38ab664bd86f77d7e66bdd9ae0792913a94fd8b33a1260027e4b46c1f4884c67",
     "sealed": (
         "219e4d800da968d2a5fcb009c784f4746c7138edb9ee4844b739e830b05cf424"
@@ -922,14 +922,22 @@ def hs_vectors():
     index = derive_key("anonnet 2026 hs descriptor index", blinded_pk + struct.pack(">Q", period))
     check("§12.3 descriptor index", index, HS["index"])
 
-    # §12.3 descriptor: body, body key, AEAD, signature.
+    # §12.3 descriptor (version 2): body, body key, AEAD, signature. Each introduction
+    # point is relay link ‖ auth_key ‖ enc_key; the body is n ‖ points ‖ zeros to 442 bytes
+    # (1 + 3 × 147, three IPv6 points).
     enc_key = x25519_public(b"\x55" * 32)
     check("§12.4 enc_key (X25519 secret 0x55×32)", enc_key, HS["enc_key"])
-    intro = relay_link(b"\x01" * 32, b"\x02" * 32, bytes([127, 0, 0, 1]), 7001) + b"\x88" * 32
-    body = enc_key + bytes([1]) + intro
-    body += bytes(378 - len(body))
+    intro = (relay_link(b"\x01" * 32, b"\x02" * 32, bytes([127, 0, 0, 1]), 7001)
+             + b"\x88" * 32 + enc_key)
+    check_true("§12.3 an IPv4 introduction point is 135 bytes", len(intro) == 135)
+    ipv6_point = relay_link(bytes(32), bytes(32), bytes(16), 0) + bytes(64)
+    check_true("§12.3 an IPv6 introduction point is 147 bytes", len(ipv6_point) == 147)
+    body_len = 1 + 3 * len(ipv6_point)
+    check_true("§12.3 the body is 442 bytes", body_len == 442)
+    body = bytes([1]) + intro
+    body += bytes(body_len - len(body))
     revision, expires, salt = 1, 20_001 * 86_400 + 3600, b"\x5a" * 16
-    header = bytes([1]) + blinded_pk + struct.pack(">QQQ", period, revision, expires) + salt
+    header = bytes([2]) + blinded_pk + struct.pack(">QQQ", period, revision, expires) + salt
     check_true("§12.3 header is 73 bytes", len(header) == 73)
     body_key = derive_key("anonnet 2026 hs descriptor body key",
                           pk + blinded_pk + struct.pack(">Q", period) + salt)
@@ -938,12 +946,13 @@ def hs_vectors():
     unsigned = header + struct.pack(">H", len(ct)) + ct
     _, dsig = blinded_sign(seed, period, b"anonnet-hs-descriptor-v1" + unsigned)
     desc = unsigned + dsig
-    check_true("§12.3 descriptor is 533 bytes", len(desc) == 533)
+    check_true("§12.3 ct_len is 458", len(ct) == 458)
+    check_true("§12.3 descriptor is 597 bytes", len(desc) == 597)
     check("§12.3 descriptor[0..96]", desc[:96], HS["desc[0..96]"])
     check("§12.3 descriptor signature", dsig, HS["signature"])
     check("§12.3 BLAKE3(descriptor)", blake3.blake3(desc).hexdigest(), HS["BLAKE3(desc)"])
     # A client that knows the address: A' from A, the key from A, open with the header as AAD.
-    opened = ChaCha20Poly1305(body_key).decrypt(bytes(12), desc[75:75 + 394], desc[:73])
+    opened = ChaCha20Poly1305(body_key).decrypt(bytes(12), desc[75:75 + 458], desc[:73])
     check_true("§12.3 the body opens with the address-derived key", opened == body)
 
     # §12.4 introduction.

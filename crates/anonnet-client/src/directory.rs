@@ -136,6 +136,11 @@ impl Directory {
         self.relays.get(id)
     }
 
+    /// Every relay, in no particular order.
+    pub fn relays(&self) -> impl Iterator<Item = &VerifiedDescriptor> {
+        self.relays.values()
+    }
+
     /// True when some relay's exit summary allows `port`.
     pub fn has_exit_for(&self, port: u16) -> bool {
         self.relays
@@ -174,6 +179,10 @@ impl Directory {
         if exits.iter().any(|r| !req.other_exits.contains(&r.node_id)) {
             exits.retain(|r| !req.other_exits.contains(&r.node_id));
         }
+        // Leave the vanguards free for the second hop when another last hop exists.
+        if exits.iter().any(|r| !req.vanguards.contains(&r.node_id)) {
+            exits.retain(|r| !req.vanguards.contains(&r.node_id));
+        }
         let apart = |a: &VerifiedDescriptor, b: &VerifiedDescriptor| {
             a.node_id != b.node_id && (req.allow_same_subnet || subnet(a) != subnet(b))
         };
@@ -203,7 +212,7 @@ impl Directory {
                 .copied()
                 .filter(|r| apart(r, exit) && apart(r, guard))
                 .collect();
-            let Ok(middle) = middles.choose_weighted(rng, weight) else {
+            let Some(middle) = choose_middle(&middles, req, rng) else {
                 continue;
             };
             return Ok(vec![(*guard).clone(), (*middle).clone(), exit.clone()]);
@@ -258,9 +267,7 @@ impl Directory {
                     && apart_from_end(r)
             })
             .collect();
-        let middle = *middles
-            .choose_weighted(rng, weight)
-            .map_err(|_| PathError::NotEnoughRelays(2))?;
+        let middle = choose_middle(&middles, req, rng).ok_or(PathError::NotEnoughRelays(2))?;
         Ok(vec![guard.clone(), middle.clone()])
     }
 
@@ -271,6 +278,31 @@ impl Directory {
             .filter(|r| r.descriptor.is_guard())
             .collect()
     }
+}
+
+/// The second hop among `middles` (relays that fit the path): one of `req.vanguards` when
+/// any fits ([`crate::vanguards::pick_vanguard`]); else, when `req.vanguards` is empty or
+/// `req.vanguard_fallback` allows it, any of `middles` weighted by bandwidth (the fallback
+/// is logged at debug); else `None`.
+fn choose_middle<'r>(
+    middles: &[&'r VerifiedDescriptor],
+    req: &PathRequest<'_>,
+    rng: &mut impl Rng,
+) -> Option<&'r VerifiedDescriptor> {
+    if !req.vanguards.is_empty() {
+        let fits = |id: &NodeId| middles.iter().any(|r| r.node_id == *id);
+        if let Some(id) = crate::vanguards::pick_vanguard(req.vanguards, fits, rng) {
+            return middles.iter().copied().find(|r| r.node_id == id);
+        }
+        if !req.vanguard_fallback {
+            return None;
+        }
+        tracing::debug!("no vanguard fits this path; its second hop is a fresh middle");
+    }
+    middles
+        .choose_weighted(rng, |r| bandwidth_weight(r))
+        .ok()
+        .copied()
 }
 
 /// Largest advertised bandwidth that counts for path selection (bytes/s, 100 MB/s).
@@ -303,6 +335,14 @@ pub struct PathRequest<'a> {
     /// The address of a last hop named elsewhere ([`Directory::choose_prefix`]): the
     /// chosen relays stay out of its /16 (IPv4) or /32 (IPv6).
     pub last_hop_addr: Option<std::net::SocketAddr>,
+    /// The vanguard set (§9.4): when not empty, the second hop is one of
+    /// these that fits the path (not the guard nor the last hop, subnets apart), drawn
+    /// uniformly, and [`Directory::choose_path`] keeps them out of the last hop when it can.
+    /// Empty: any relay, weighted by bandwidth.
+    pub vanguards: &'a [NodeId],
+    /// When no vanguard fits, take any middle instead (logged at debug) rather than fail
+    /// with [`PathError::NotEnoughRelays`].
+    pub vanguard_fallback: bool,
 }
 
 impl PathRequest<'_> {
@@ -311,6 +351,8 @@ impl PathRequest<'_> {
         PathRequest {
             any_last_hop: false,
             last_hop_addr: None,
+            vanguards: &[],
+            vanguard_fallback: true,
             port,
             avoid: &[],
             other_exits: &[],
@@ -565,6 +607,65 @@ pub(crate) mod tests {
                 guard
             );
         }
+    }
+
+    #[test]
+    fn the_second_hop_of_an_internal_circuit_is_a_vanguard_that_fits() {
+        let mut dir = Directory::new();
+        for seed in 1..=8 {
+            dir.insert(&relay(seed, FLAG_GUARD, Vec::new()), 1000)
+                .unwrap();
+        }
+        let id = |s: u8| IdentityKey::from_seed(&[s; 32]).node_id();
+        let vanguards = [id(1), id(2), id(3), id(4)];
+        let guard = [id(1)];
+        let mut rng = rand::rng();
+        // A named end that is itself a vanguard (relay 3 on 10.3.0.1): guard 1, end 3, so
+        // the second hop is 2 or 4.
+        let end_addr: std::net::SocketAddr = "10.3.0.1:5000".parse().unwrap();
+        let avoid = [id(3)];
+        let req = PathRequest {
+            any_last_hop: true,
+            last_hop_addr: Some(end_addr),
+            avoid: &avoid,
+            guards: &guard,
+            vanguards: &vanguards,
+            vanguard_fallback: false,
+            ..PathRequest::port(0)
+        };
+        for _ in 0..100 {
+            let p = dir.choose_prefix(&req, &mut rng).unwrap();
+            assert_eq!(p[0].node_id, id(1));
+            assert!([id(2), id(4)].contains(&p[1].node_id), "{:?}", p[1].node_id);
+        }
+        // No end named: guard → vanguard → a last hop outside the vanguards.
+        let open = PathRequest {
+            any_last_hop: true,
+            guards: &guard,
+            vanguards: &vanguards,
+            vanguard_fallback: false,
+            ..PathRequest::port(0)
+        };
+        for _ in 0..100 {
+            let p = dir.choose_path(&open, &mut rng).unwrap();
+            assert_eq!(p[0].node_id, id(1));
+            assert!(vanguards[1..].contains(&p[1].node_id));
+            assert!(!vanguards.contains(&p[2].node_id));
+        }
+        // No vanguard fits (the only other one is the end): strict fails, the fallback
+        // takes a fresh middle.
+        let two = [id(1), id(3)];
+        let strict = PathRequest {
+            vanguards: &two,
+            ..req
+        };
+        assert!(dir.choose_prefix(&strict, &mut rng).is_err());
+        let lenient = PathRequest {
+            vanguard_fallback: true,
+            ..strict
+        };
+        let p = dir.choose_prefix(&lenient, &mut rng).unwrap();
+        assert!(![id(1), id(3)].contains(&p[1].node_id));
     }
 
     #[test]

@@ -2,21 +2,25 @@
 //! descriptor (and a `.dark` name) through circuits, answer introductions by meeting the
 //! client at its rendezvous point, and connect accepted streams to the local server.
 //!
-//! The service key lives in one 32-byte file (mode 0600); the introduction encryption key
-//! and the `.dark` owner key are derived from it, so the address, the name and its owner
-//! stay the same across restarts.
+//! The service key lives in one 32-byte file (mode 0600); the `.dark` owner key is derived
+//! from it, so the address, the name and its owner stay the same across restarts. Each
+//! introduction point has its own fresh keys (`auth_key`, `enc_key`) and its own replay
+//! cache, which live exactly as long as the point (§13.1, §13.4): an introduction recorded
+//! by a former introduction point opens under no key the service still holds.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rand::Rng;
+
 use anonnet_crypto::dark::{make_dark_record, DarkName, DARK_POW_BITS};
 use anonnet_crypto::hs::{
-    descriptor_index, open_introduce, periods_to_publish, seal_descriptor, HsAddress, IntroKey,
-    ServiceKey,
+    descriptor_index, open_introduce, periods_to_publish, seal_descriptor, HsAddress, HsError,
+    IntroKey, ServiceKey,
 };
 use anonnet_crypto::{IdentityKey, OnionKey};
 use anonnet_wire::dht::RecordKind;
@@ -48,8 +52,15 @@ pub const MAX_RENDEZVOUS: usize = 64;
 /// How often a service checks whether a new consensus moved its descriptors to other
 /// HSDirs (§12.7); it republishes when it did.
 const PLACEMENT_CHECK: Duration = Duration::from_secs(5);
-/// Introductions remembered to refuse replays.
-const REPLAY_CACHE: usize = 16_384;
+/// Introductions one introduction point accepts before it is replaced (rend-spec-v3's
+/// `INTRO_POINT_MIN_LIFETIME_INTRODUCTIONS`, §13.2). Its replay cache holds every one of
+/// them: the `E` of an accepted introduction is never forgotten while the point's key lives.
+pub const INTRO_POINT_MAX_INTRODUCTIONS: usize = 16_384;
+/// Shortest lifetime of an introduction point: 18 hours (§13.2).
+pub const INTRO_POINT_MIN_LIFETIME: Duration = Duration::from_secs(18 * 3600);
+/// Longest lifetime of an introduction point: 24 hours. Each point's lifetime is drawn
+/// uniformly between [`INTRO_POINT_MIN_LIFETIME`] and this (§13.2).
+pub const INTRO_POINT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Longest wait for the local server to accept a connection.
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -144,7 +155,8 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// A key derived from the service seed for `context` (BLAKE3 key derivation, §13.1).
+/// A key derived from the service seed for `context` (BLAKE3 key derivation, §13.1): only
+/// the `.dark` owner key is.
 fn derived(key: &ServiceKey, context: &str) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(blake3::derive_key(context, key.seed().as_slice()))
 }
@@ -157,6 +169,9 @@ pub struct HostedService {
     published: AtomicBool,
     name_registered: AtomicBool,
     introductions: AtomicU64,
+    refused_replays: AtomicU64,
+    refused_wrong_auth_key: AtomicU64,
+    points: Mutex<Vec<IntroPoint>>,
     stop: CancellationToken,
 }
 
@@ -186,6 +201,25 @@ impl HostedService {
         self.introductions.load(Ordering::Relaxed)
     }
 
+    /// `INTRODUCE2`s refused as replays: their `E` was already accepted through the same
+    /// introduction point (§13.4).
+    pub fn introductions_refused_replayed(&self) -> u64 {
+        self.refused_replays.load(Ordering::Relaxed)
+    }
+
+    /// `INTRODUCE2`s refused because their `auth_key` is not the one of the introduction
+    /// circuit they arrived on (§13.4): an introduction point passing on what was not
+    /// addressed to it.
+    pub fn introductions_refused_wrong_auth_key(&self) -> u64 {
+        self.refused_wrong_auth_key.load(Ordering::Relaxed)
+    }
+
+    /// The introduction points the service holds now (0..=[`INTRO_POINTS`]), as its next
+    /// descriptor lists them (§12.3): relay, `auth_key`, `enc_key`.
+    pub fn intro_points(&self) -> Vec<IntroPoint> {
+        lock(&self.points).clone()
+    }
+
     /// Stop: close the introduction and rendezvous circuits. The descriptor expires on
     /// its own (it names introduction points that no longer answer).
     pub fn stop(&self) {
@@ -193,27 +227,117 @@ impl HostedService {
     }
 }
 
-/// Ephemeral keys of introductions already answered, oldest first in the queue.
-type ReplayCache = (HashSet<[u8; 32]>, VecDeque<[u8; 32]>);
-
 /// One introduction point the service holds.
 struct IntroSlot {
     circuit: Arc<Circuit>,
     point: IntroPoint,
 }
 
+/// Why an `INTRODUCE2` was dropped (§13.4).
+#[derive(Debug)]
+enum Refusal {
+    /// Its `auth_key` is not the one of the circuit it arrived on.
+    WrongAuthKey,
+    /// It does not open under the point's key.
+    Open(HsError),
+    /// Its `E` was accepted through this point before.
+    Replay,
+    /// The point accepted [`INTRO_POINT_MAX_INTRODUCTIONS`] already and is being replaced.
+    Exhausted,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::WrongAuthKey => f.write_str("auth_key of another introduction point"),
+            Refusal::Open(e) => write!(f, "does not open: {e}"),
+            Refusal::Replay => f.write_str("replayed introduction"),
+            Refusal::Exhausted => f.write_str("introduction point used up"),
+        }
+    }
+}
+
+/// The keys and the replay cache of one introduction point (§13.1, §13.4): its `auth_key`,
+/// its X25519 introduction secret (as [`IntroKey`] to open introductions and as
+/// [`OnionKey`] for the end-to-end handshake; both zeroized on drop) and the `E` of every
+/// introduction it accepted. Dropped with the point's last task, so a retired point's
+/// secret leaves memory.
+struct IntroKeys {
+    auth_key: [u8; 32],
+    enc: IntroKey,
+    onion: OnionKey,
+    /// `E` values accepted, at most [`INTRO_POINT_MAX_INTRODUCTIONS`]; never evicted.
+    seen: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl IntroKeys {
+    /// Fresh keys for a point registered under `auth_key`.
+    fn generate(auth_key: [u8; 32]) -> Result<Self, String> {
+        let enc = IntroKey::generate().map_err(|e| e.to_string())?;
+        Ok(Self::with_secret(auth_key, enc))
+    }
+
+    fn with_secret(auth_key: [u8; 32], enc: IntroKey) -> Self {
+        let onion = OnionKey::from_secret(&enc.secret_bytes());
+        IntroKeys {
+            auth_key,
+            enc,
+            onion,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Check an `INTRODUCE2 { auth_key, sealed }` that arrived on this point's circuit and
+    /// open it: the plaintext (zeroized on drop) and whether the point has now accepted
+    /// [`INTRO_POINT_MAX_INTRODUCTIONS`] and must be replaced.
+    fn accept(
+        &self,
+        auth_key: &[u8; 32],
+        sealed: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, bool), Refusal> {
+        if *auth_key != self.auth_key {
+            return Err(Refusal::WrongAuthKey);
+        }
+        let (plain, ephemeral) =
+            open_introduce(&self.enc, auth_key, sealed).map_err(Refusal::Open)?;
+        let mut seen = lock(&self.seen);
+        if seen.contains(&ephemeral) {
+            return Err(Refusal::Replay);
+        }
+        if seen.len() >= INTRO_POINT_MAX_INTRODUCTIONS {
+            return Err(Refusal::Exhausted);
+        }
+        seen.insert(ephemeral);
+        Ok((plain, seen.len() >= INTRO_POINT_MAX_INTRODUCTIONS))
+    }
+}
+
+/// An introduction answered: where to meet the client, and the end-to-end handshake's
+/// reply and hop keys (zeroized on drop).
+struct Answer {
+    intro: IntroducePlaintext,
+    reply: anonnet_crypto::ServerReply,
+    keys: anonnet_crypto::HopKeys,
+}
+
+/// A lifetime for a new introduction point, uniform in [`INTRO_POINT_MIN_LIFETIME`]..=
+/// [`INTRO_POINT_MAX_LIFETIME`] (whole seconds).
+fn intro_point_lifetime() -> Duration {
+    Duration::from_secs(
+        rand::rng()
+            .random_range(INTRO_POINT_MIN_LIFETIME.as_secs()..=INTRO_POINT_MAX_LIFETIME.as_secs()),
+    )
+}
+
 /// Everything the service's tasks share.
 struct Service {
     client: std::sync::Weak<Client>,
     key: ServiceKey,
-    intro_key: IntroKey,
-    onion_key: OnionKey,
     hosted: Arc<HostedService>,
     intros: Mutex<Vec<IntroSlot>>,
     changed: Notify,
     /// Woken when an introduction circuit closes.
     intro_lost: Notify,
-    replays: Mutex<ReplayCache>,
     rendezvous: Arc<Semaphore>,
 }
 
@@ -230,27 +354,24 @@ pub fn start(
     if let Some(name) = &config.dark_name {
         DarkName::parse(name).map_err(|e| ServiceError::Name(format!("{name}: {e}")))?;
     }
-    let intro_secret = derived(&key, "anonnet 2026 hs introduction key");
-    let intro_key = IntroKey::from_secret(&intro_secret);
-    let onion_key = OnionKey::from_secret(&intro_secret);
     let hosted = Arc::new(HostedService {
         address: key.address(),
         config,
         published: AtomicBool::new(false),
         name_registered: AtomicBool::new(false),
         introductions: AtomicU64::new(0),
+        refused_replays: AtomicU64::new(0),
+        refused_wrong_auth_key: AtomicU64::new(0),
+        points: Mutex::new(Vec::new()),
         stop: CancellationToken::new(),
     });
     let service = Arc::new(Service {
         client: Arc::downgrade(client),
         key,
-        intro_key,
-        onion_key,
         hosted: hosted.clone(),
         intros: Mutex::new(Vec::new()),
         changed: Notify::new(),
         intro_lost: Notify::new(),
-        replays: Mutex::new((HashSet::new(), VecDeque::new())),
         rendezvous: Arc::new(Semaphore::new(MAX_RENDEZVOUS)),
     });
     info!(
@@ -271,7 +392,15 @@ impl Service {
         self.hosted.stop.is_cancelled()
     }
 
-    /// Keep [`INTRO_POINTS`] introduction circuits open; replace those that close.
+    /// Record a change of the introduction points: the public list and the descriptor.
+    fn intros_changed(&self, intros: &[IntroSlot]) {
+        *lock(&self.hosted.points) = intros.iter().map(|s| s.point).collect();
+        self.changed.notify_one();
+    }
+
+    /// Keep [`INTRO_POINTS`] introduction circuits open; replace those that close (their
+    /// relay failed, or they were retired after their lifetime or
+    /// [`INTRO_POINT_MAX_INTRODUCTIONS`], §13.2) by fresh points with fresh keys.
     async fn keep_intro_points(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -283,7 +412,7 @@ impl Service {
                 let before = intros.len();
                 intros.retain(|s| !s.circuit.is_closed());
                 if intros.len() != before {
-                    self.changed.notify_one();
+                    self.intros_changed(&intros);
                 }
                 let avoid: Vec<_> = intros
                     .iter()
@@ -294,8 +423,10 @@ impl Service {
             if missing > 0 {
                 match self.clone().establish_intro(&avoid).await {
                     Ok(slot) => {
-                        lock(&self.intros).push(slot);
-                        self.changed.notify_one();
+                        let mut intros = lock(&self.intros);
+                        intros.push(slot);
+                        self.intros_changed(&intros);
+                        drop(intros);
                         backoff = Duration::from_millis(500);
                         continue;
                     }
@@ -316,9 +447,11 @@ impl Service {
         for s in lock(&self.intros).drain(..) {
             s.circuit.close();
         }
+        lock(&self.hosted.points).clear();
     }
 
-    /// Build a circuit to a new introduction point and register there (§13.2).
+    /// Build a circuit to a new introduction point and register there with a fresh
+    /// `auth_key`; make the point's fresh X25519 introduction key (§13.1, §13.2).
     async fn establish_intro(
         self: Arc<Self>,
         avoid: &[anonnet_crypto::NodeId],
@@ -333,6 +466,8 @@ impl Service {
         let binding = circuit.binding(last).ok_or("no handshake key")?;
         let auth = IdentityKey::generate().map_err(|e| e.to_string())?;
         let auth_key = auth.public();
+        let keys = Arc::new(IntroKeys::generate(auth_key)?);
+        let enc_key = keys.enc.public();
         let mut signed = ESTABLISH_INTRO_CONTEXT.to_vec();
         signed.extend_from_slice(&auth_key);
         signed.extend_from_slice(&binding);
@@ -353,27 +488,44 @@ impl Service {
             intro = %relay.node_id.short(),
             "introduction point established"
         );
-        tokio::spawn(self.clone().serve_introductions(circuit.clone(), rx));
+        tokio::spawn(self.clone().serve_introductions(
+            circuit.clone(),
+            rx,
+            keys,
+            intro_point_lifetime(),
+        ));
         Ok(IntroSlot {
             circuit,
             point: IntroPoint {
                 relay: link_of(&relay),
                 auth_key,
+                enc_key,
             },
         })
     }
 
-    /// Answer the `INTRODUCE2`s arriving on one introduction circuit.
+    /// Answer the `INTRODUCE2`s arriving on one introduction circuit with that point's
+    /// `keys` (§13.4), until the circuit closes, the service stops, `lifetime` has passed
+    /// or the point accepted [`INTRO_POINT_MAX_INTRODUCTIONS`]; then close the circuit so
+    /// that a fresh point replaces it (§13.2).
     async fn serve_introductions(
         self: Arc<Self>,
         circuit: Arc<Circuit>,
         mut rx: mpsc::Receiver<RelayMsg>,
+        keys: Arc<IntroKeys>,
+        lifetime: Duration,
     ) {
+        let retire = tokio::time::sleep(lifetime);
+        tokio::pin!(retire);
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 () = self.hosted.stop.cancelled() => break,
                 () = circuit.closed() => break,
+                () = &mut retire => {
+                    info!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction point retired after {lifetime:?}");
+                    break;
+                }
             };
             let Some(RelayMsg::Introduce2 { auth_key, sealed }) = msg else {
                 if msg.is_none() {
@@ -381,52 +533,93 @@ impl Service {
                 }
                 continue;
             };
+            if auth_key != keys.auth_key {
+                // A (misbehaving) introduction point passing on what was addressed to
+                // another: an old recording, or a probe. Nothing is opened.
+                self.refused(&Refusal::WrongAuthKey);
+                continue;
+            }
             let Ok(permit) = self.rendezvous.clone().try_acquire_owned() else {
                 debug!("rendezvous limit reached; dropping an introduction");
                 continue;
             };
-            let service = self.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = service.rendezvous(&auth_key, &sealed).await {
-                    debug!(service = %anonnet_net::logging::sensitive(service.hosted.address), "introduction not served: {e}");
+            let (plain, used_up) = match keys.accept(&auth_key, &sealed) {
+                Ok(opened) => opened,
+                Err(why) => {
+                    self.refused(&why);
+                    if matches!(why, Refusal::Exhausted) {
+                        break;
+                    }
+                    continue;
                 }
-            });
+            };
+            // Answer the handshake here, so that the point's secret never outlives the
+            // point in a rendezvous task.
+            let answer = self.answer(&keys, &plain);
+            drop(plain);
+            match answer {
+                Ok(answer) => {
+                    let service = self.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        if let Err(e) = service.rendezvous(answer).await {
+                            debug!(service = %anonnet_net::logging::sensitive(service.hosted.address), "introduction not served: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    debug!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction not answered: {e}");
+                }
+            }
+            if used_up {
+                info!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction point retired after {INTRO_POINT_MAX_INTRODUCTIONS} introductions");
+                break;
+            }
         }
-        // The introduction point is gone (or the service stops): let it be replaced.
+        // The introduction point is gone, retired, or the service stops: let it be
+        // replaced. Its keys go with the last task holding them.
         circuit.close();
         self.intro_lost.notify_one();
     }
 
-    /// Open an introduction, meet the client at its rendezvous point and serve the
-    /// streams it opens (§13.4, §13.5).
-    async fn rendezvous(&self, auth_key: &[u8; 32], sealed: &[u8]) -> Result<(), String> {
-        let (plain, ephemeral) =
-            open_introduce(&self.intro_key, auth_key, sealed).map_err(|e| e.to_string())?;
-        {
-            let mut replays = lock(&self.replays);
-            if !replays.0.insert(ephemeral) {
-                return Err("replayed introduction".into());
+    /// Count and log a dropped `INTRODUCE2`.
+    fn refused(&self, why: &Refusal) {
+        match why {
+            Refusal::WrongAuthKey => {
+                self.hosted
+                    .refused_wrong_auth_key
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            replays.1.push_back(ephemeral);
-            if replays.1.len() > REPLAY_CACHE {
-                if let Some(old) = replays.1.pop_front() {
-                    replays.0.remove(&old);
-                }
+            Refusal::Replay => {
+                self.hosted.refused_replays.fetch_add(1, Ordering::Relaxed);
             }
+            Refusal::Open(_) | Refusal::Exhausted => {}
         }
-        let intro = IntroducePlaintext::decode(&plain).map_err(|e| e.to_string())?;
+        debug!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction refused: {why}");
+    }
+
+    /// Answer an opened introduction (`plain`, through the point with `keys`): decode it
+    /// and run the end-to-end handshake with that point's secret as `b` (§5.5, §13.4).
+    fn answer(&self, keys: &IntroKeys, plain: &[u8]) -> Result<Answer, String> {
+        let intro = IntroducePlaintext::decode(plain).map_err(|e| e.to_string())?;
         let hello = anonnet_crypto::ClientHello {
             node_id: self.hosted.address.node_id().0,
-            onion_key: self.onion_key.public(),
+            onion_key: keys.onion.public(),
             client_pk: intro.client_pk,
         };
         let (reply, keys) = anonnet_crypto::handshake::server_handshake_hs(
             self.hosted.address.node_id(),
-            &self.onion_key,
+            &keys.onion,
             &hello,
         )
         .map_err(|e| e.to_string())?;
+        Ok(Answer { intro, reply, keys })
+    }
+
+    /// Meet the client of an answered introduction at its rendezvous point and serve the
+    /// streams it opens (§13.4, §13.5).
+    async fn rendezvous(&self, answer: Answer) -> Result<(), String> {
+        let Answer { intro, reply, keys } = answer;
         self.hosted.introductions.fetch_add(1, Ordering::Relaxed);
         let client = self.client.upgrade().ok_or("client stopped")?;
         let circuit = client
@@ -518,7 +711,6 @@ impl Service {
         let client = self.client.upgrade().ok_or("client stopped")?;
         let now = now_unix();
         let body = HsDescriptorBody {
-            enc_key: self.intro_key.public(),
             intro_points: points,
         };
         let mut stored = 0;
@@ -676,5 +868,105 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn sealed_to(keys: &IntroKeys, auth_key: &[u8; 32], tag: u8) -> Vec<u8> {
+        let plain = IntroducePlaintext {
+            cookie: [tag; 20],
+            rendezvous: anonnet_wire::hs::RelayLink {
+                node_id: [1; 32],
+                onion_key: [2; 32],
+                addr: "127.0.0.1:7002".parse().unwrap(),
+            },
+            client_pk: [3; 32],
+        }
+        .encode()
+        .unwrap();
+        anonnet_crypto::hs::seal_introduce(&keys.enc.public(), auth_key, &plain).unwrap()
+    }
+
+    #[test]
+    fn each_intro_point_opens_only_its_own_introductions_once() {
+        let a = IntroKeys::generate([0xa1; 32]).unwrap();
+        let b = IntroKeys::generate([0xb1; 32]).unwrap();
+        assert_ne!(a.enc.public(), b.enc.public(), "fresh key per point");
+        assert_eq!(a.onion.public(), a.enc.public(), "one secret, two uses");
+
+        let to_a = sealed_to(&a, &a.auth_key, 1);
+        let (plain, used_up) = a.accept(&a.auth_key, &to_a).unwrap();
+        assert_eq!(IntroducePlaintext::decode(&plain).unwrap().cookie, [1; 20]);
+        assert!(!used_up);
+        // The same bytes again through the same point: a replay.
+        assert!(matches!(a.accept(&a.auth_key, &to_a), Err(Refusal::Replay)));
+        // B's introduction passed on by A's introduction point: refused before opening,
+        // whichever auth_key it carries.
+        let to_b = sealed_to(&b, &b.auth_key, 2);
+        assert!(matches!(
+            a.accept(&b.auth_key, &to_b),
+            Err(Refusal::WrongAuthKey)
+        ));
+        assert!(matches!(
+            a.accept(&a.auth_key, &to_b),
+            Err(Refusal::Open(_))
+        ));
+        // A's introduction relabelled for B: B's key does not open it.
+        assert!(matches!(
+            b.accept(&b.auth_key, &to_a),
+            Err(Refusal::Open(_))
+        ));
+        b.accept(&b.auth_key, &to_b).unwrap();
+        // A point made again after a restart (fresh keys, empty cache) does not open what
+        // the old one accepted.
+        let a2 = IntroKeys::generate([0xa1; 32]).unwrap();
+        assert!(matches!(
+            a2.accept(&a2.auth_key, &to_a),
+            Err(Refusal::Open(_))
+        ));
+    }
+
+    #[test]
+    fn an_intro_point_is_used_up_after_its_limit_and_never_forgets_within_it() {
+        let a = IntroKeys::generate([0xa1; 32]).unwrap();
+        let first = sealed_to(&a, &a.auth_key, 0);
+        a.accept(&a.auth_key, &first).unwrap();
+        // Fill the cache to one below the limit with E values nobody sent (the cache only
+        // ever sees E values of introductions that opened).
+        {
+            let mut seen = lock(&a.seen);
+            for i in 1..(INTRO_POINT_MAX_INTRODUCTIONS as u32 - 1) {
+                let mut e = [0u8; 32];
+                e[..4].copy_from_slice(&i.to_be_bytes());
+                e[31] = 0xff;
+                seen.insert(e);
+            }
+        }
+        let last = sealed_to(&a, &a.auth_key, 1);
+        let (_, used_up) = a.accept(&a.auth_key, &last).unwrap();
+        assert!(
+            used_up,
+            "the {INTRO_POINT_MAX_INTRODUCTIONS}th introduction retires it"
+        );
+        assert_eq!(lock(&a.seen).len(), INTRO_POINT_MAX_INTRODUCTIONS);
+        // The first one is still remembered: a replay, not evicted.
+        assert!(matches!(
+            a.accept(&a.auth_key, &first),
+            Err(Refusal::Replay)
+        ));
+        let more = sealed_to(&a, &a.auth_key, 2);
+        assert!(matches!(
+            a.accept(&a.auth_key, &more),
+            Err(Refusal::Exhausted)
+        ));
+    }
+
+    #[test]
+    fn intro_point_lifetimes_are_drawn_between_18_and_24_hours() {
+        let draws: Vec<Duration> = (0..2000).map(|_| intro_point_lifetime()).collect();
+        assert!(draws
+            .iter()
+            .all(|d| (INTRO_POINT_MIN_LIFETIME..=INTRO_POINT_MAX_LIFETIME).contains(d)));
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert!(draws.iter().any(|d| *d < hours(19)));
+        assert!(draws.iter().any(|d| *d > hours(23)));
     }
 }

@@ -21,7 +21,9 @@ use anonnet_crypto::hs::{
 };
 use anonnet_crypto::ClientHandshake;
 use anonnet_wire::dht::RecordKind;
-use anonnet_wire::hs::{DarkRecord, HsDescriptor, HsDescriptorBody, IntroducePlaintext, RelayLink};
+use anonnet_wire::hs::{
+    DarkRecord, HsDescriptor, HsDescriptorBody, IntroPoint, IntroducePlaintext, RelayLink,
+};
 use anonnet_wire::relay::{COOKIE_LEN, DHT_OK, INTRODUCE_OK};
 use anonnet_wire::{RelayMsg, Target};
 use bytes::Bytes;
@@ -481,8 +483,9 @@ pub(crate) fn name_key(name: &DarkName) -> [u8; 32] {
     dark_key(name)
 }
 
-/// The client's part of one connection attempt, once the rendezvous circuit is parked:
-/// introduce through `intro` and wait for the service at the rendezvous point.
+/// The client's part of one connection attempt through one introduction point, once the
+/// rendezvous circuit is parked: introduce through the point and wait for the service at
+/// the rendezvous point.
 pub(crate) struct Introduction {
     pub(crate) cookie: [u8; COOKIE_LEN],
     pub(crate) rendezvous: RelayLink,
@@ -490,14 +493,16 @@ pub(crate) struct Introduction {
 }
 
 impl Introduction {
-    /// Start: a fresh handshake with the service's key.
+    /// Start: a fresh end-to-end handshake with `B` = the `enc_key` of `point`, the
+    /// introduction point this attempt goes through (§13.4): the service answers it with
+    /// that point's secret.
     pub(crate) fn new(
         address: &HsAddress,
-        desc: &HsDescriptorBody,
+        point: &IntroPoint,
         cookie: [u8; COOKIE_LEN],
         rendezvous: RelayLink,
     ) -> Result<Self, HsFailure> {
-        let handshake = ClientHandshake::start_hs(address.node_id(), desc.enc_key)
+        let handshake = ClientHandshake::start_hs(address.node_id(), point.enc_key)
             .map_err(|e| HsFailure::Introduction(e.to_string()))?;
         Ok(Introduction {
             cookie,
@@ -506,12 +511,9 @@ impl Introduction {
         })
     }
 
-    /// The sealed `INTRODUCE1` payload for the introduction point with `auth_key`.
-    pub(crate) fn sealed(
-        &self,
-        desc: &HsDescriptorBody,
-        auth_key: &[u8; 32],
-    ) -> Result<Bytes, HsFailure> {
+    /// The sealed `INTRODUCE1` payload for `point` (the one given to
+    /// [`Introduction::new`]): sealed to its `enc_key`, bound to its `auth_key` (§12.4).
+    pub(crate) fn sealed(&self, point: &IntroPoint) -> Result<Bytes, HsFailure> {
         let plain = IntroducePlaintext {
             cookie: self.cookie,
             rendezvous: self.rendezvous,
@@ -519,7 +521,7 @@ impl Introduction {
         }
         .encode()
         .map_err(|e| HsFailure::Introduction(e.to_string()))?;
-        seal_introduce(&desc.enc_key, auth_key, &plain)
+        seal_introduce(&point.enc_key, &point.auth_key, &plain)
             .map(Bytes::from)
             .map_err(|e| HsFailure::Introduction(e.to_string()))
     }
@@ -690,7 +692,6 @@ mod tests {
             cache.put_descriptor(
                 a,
                 HsDescriptorBody {
-                    enc_key: [0; 32],
                     intro_points: Vec::new(),
                 },
             );

@@ -12,6 +12,7 @@ mod pool;
 pub mod presence;
 pub mod state_file;
 pub mod status;
+pub mod vanguards;
 
 use anonnet_wire::EndReason;
 

@@ -184,6 +184,8 @@ pub struct Client {
     counters: CounterAtomics,
     stream_counters: Arc<StreamCounters>,
     guards: Mutex<GuardSet>,
+    /// Second hops of hidden-service circuits (§9.4, vanguards-lite).
+    vanguards: Mutex<crate::vanguards::VanguardSet>,
     scores: Mutex<RelayScores>,
     /// Set once the directory holds the network: a verified consensus (or, without a
     /// network, the fixed bootstrap list). Guards are chosen only after that.
@@ -277,6 +279,9 @@ impl Client {
             guards: Mutex::new(GuardSet::load_with(
                 config.state_dir.as_deref(),
                 config.guard_lifetimes,
+            )),
+            vanguards: Mutex::new(crate::vanguards::VanguardSet::load(
+                config.state_dir.as_deref(),
             )),
             scores: Mutex::new(RelayScores::default()),
             discovered: watch::channel(ready_now).0,
@@ -516,6 +521,11 @@ impl Client {
             circuits,
             streams,
             guards: self.guards().iter().map(|g| g.to_hex()).collect(),
+            vanguards: self
+                .vanguards
+                .lock()
+                .map(|v| v.report())
+                .unwrap_or_default(),
             avoided_relays: self.scores().report(Instant::now()),
             counters: Counters {
                 circuits_built: c.circuits_built.load(Ordering::Relaxed),
@@ -990,9 +1000,12 @@ impl Client {
             (spec, offered)
         });
         for _ in 0..BUILD_ATTEMPTS {
+            // Guard → vanguard → end (§9.4).
+            let vanguards = self.vanguard_ids();
             let req = PathRequest {
                 any_last_hop: true,
                 last_hop_addr: end.map(|e| e.addr),
+                vanguards: &vanguards,
                 ..PathRequest::port(0)
             };
             let prefix = end.is_some();
@@ -1044,7 +1057,10 @@ impl Client {
     /// Choose a path for `req` (its `avoid`, `guards` and `allow_same_subnet` are set
     /// here): relays in `avoid` and those avoided for their scores are left out; the
     /// primary guard is tried first, then any usable guard of the set. With `prefix`, only
-    /// a guard and a middle ([`Directory::choose_prefix`]).
+    /// a guard and a middle ([`Directory::choose_prefix`]). With `req.vanguards`, the
+    /// second hop must be a vanguard: no fresh middle here (only
+    /// [`Client::select_path_ignoring_scores`] falls back to one), so vanguards avoided for
+    /// their scores are retried before the set is left.
     ///
     /// # Errors
     /// [`ClientError::Path`] when no path fits.
@@ -1057,11 +1073,16 @@ impl Client {
         let scored = self.scores().avoided(Instant::now());
         let mut all_avoid = avoid.to_vec();
         all_avoid.extend(scored.iter().copied());
+        let req = PathRequest {
+            vanguard_fallback: false,
+            ..req
+        };
         self.choose_with_guards(req, &all_avoid, &scored, prefix)
     }
 
     /// As [`Client::select_path`], avoiding only `avoid` (not relays avoided for their
-    /// scores), for when the avoided relays are all there is.
+    /// scores), for when the avoided relays are all there is. When no vanguard fits the
+    /// path here, its second hop is a fresh middle (logged at debug).
     fn select_path_ignoring_scores(
         &self,
         req: PathRequest<'_>,
@@ -1069,6 +1090,10 @@ impl Client {
         prefix: bool,
     ) -> Result<Vec<anonnet_crypto::VerifiedDescriptor>, ClientError> {
         let scored = self.scores().avoided(Instant::now());
+        let req = PathRequest {
+            vanguard_fallback: true,
+            ..req
+        };
         self.choose_with_guards(req, avoid, &scored, prefix)
     }
 
@@ -1105,6 +1130,29 @@ impl Client {
             }
         };
         Ok(choose(&primary).or_else(|_| choose(&usable_guards))?)
+    }
+
+    /// The vanguard set (§9.4), after replacing expired vanguards and
+    /// those the directory no longer lists (saved when it changed).
+    fn vanguard_ids(&self) -> Vec<anonnet_crypto::NodeId> {
+        let mut set = match self.vanguards.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Ok(dir) = self.directory.read() {
+            if !self.is_stopping() && set.ensure(&dir, now_unix(), &mut rand::rng()) {
+                if let Err(e) = set.save() {
+                    warn!("cannot save the vanguard set: {e}");
+                }
+                debug!(
+                    vanguards = %anonnet_net::logging::sensitive(
+                        set.ids().iter().map(|v| v.short()).collect::<Vec<_>>().join(",")
+                    ),
+                    "vanguard set"
+                );
+            }
+        }
+        set.ids()
     }
 
     /// Publish `config` as a hidden service hosted by this client (§13): introduction
@@ -1311,8 +1359,8 @@ impl Client {
         let mut first_circuit = first_circuit;
         let mut why = String::from("the descriptor lists no introduction point");
         for point in &points {
-            let intro = Introduction::new(address, desc, cookie, hs::link_of(&rp_hop))?;
-            let sealed = intro.sealed(desc, &point.auth_key)?;
+            let intro = Introduction::new(address, point, cookie, hs::link_of(&rp_hop))?;
+            let sealed = intro.sealed(point)?;
             let circuit = match first_circuit.take() {
                 Some(c) => c,
                 None => {

@@ -63,6 +63,10 @@ pub struct ClientStatus {
     pub streams: usize,
     /// The persistent guard set (NodeIds, hex): first hops of every circuit.
     pub guards: Vec<String>,
+    /// The vanguards (§9.4): second hops of every hidden-service
+    /// circuit, with when each is replaced (Unix seconds). Empty until the first such
+    /// circuit.
+    pub vanguards: Vec<crate::vanguards::VanguardInfo>,
     /// Relays avoided after repeated failures, with their backoff.
     pub avoided_relays: Vec<crate::guards::AvoidedRelay>,
     /// Counters since start.

@@ -50,6 +50,7 @@ impl ControlHandler for TestHandler {
             }],
             streams: 0,
             guards: vec!["ab".repeat(32)],
+            vanguards: Vec::new(),
             avoided_relays: Vec::new(),
             counters: Counters::default(),
             consensus: None,

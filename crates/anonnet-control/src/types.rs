@@ -89,6 +89,9 @@ pub struct Status {
     pub streams: usize,
     /// The persistent guard set (NodeIds, hex): first hops of every circuit.
     pub guards: Vec<String>,
+    /// The vanguards: second hops of every hidden-service circuit (docs/protocol.md §9.4,
+    /// "Vanguards-lite"); empty until the first such circuit.
+    pub vanguards: Vec<Vanguard>,
     /// Relays avoided after repeated circuit failures.
     pub avoided_relays: Vec<AvoidedRelay>,
     /// Counters since start.
@@ -116,6 +119,16 @@ pub struct ConsensusInfo {
     /// `BLAKE3` of the consensus body, 64 hex digits: the same on every client that holds
     /// this consensus.
     pub digest: String,
+}
+
+/// A vanguard of the client (inside [`Status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Vanguard {
+    /// NodeId (hex).
+    pub node_id: String,
+    /// When it is replaced, unless it leaves the directory first (Unix seconds).
+    pub expires: u64,
 }
 
 /// A relay the client avoids for a while after repeated failures.
@@ -162,6 +175,14 @@ pub struct ServiceInfo {
     pub published: bool,
     /// Its `.dark` name (`name.dark`), empty when it has none.
     pub name: String,
+    /// Introductions answered since it was started (protocol §13.4).
+    pub introductions: u64,
+    /// `INTRODUCE2`s refused as replays: their `E` was already accepted through the same
+    /// introduction point (protocol §13.4).
+    pub introductions_refused_replayed: u64,
+    /// `INTRODUCE2`s refused because their `auth_key` was not that of the introduction
+    /// circuit they arrived on (protocol §13.4).
+    pub introductions_refused_wrong_auth_key: u64,
 }
 
 /// Body of `POST /v1/services/publish`.
@@ -266,6 +287,10 @@ mod tests {
             }],
             streams: 1,
             guards: vec!["ab".repeat(32)],
+            vanguards: vec![Vanguard {
+                node_id: "ef".repeat(32),
+                expires: 1_000_000,
+            }],
             avoided_relays: Vec::new(),
             counters: Counters {
                 circuits_built: 4,

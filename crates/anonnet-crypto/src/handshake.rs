@@ -136,8 +136,9 @@ impl ClientHandshake {
     }
 
     /// Start the end-to-end handshake with a hidden service (§13.4, PROTOID of §5.5):
-    /// `service_id` is `BLAKE3(A)` of the service's address, `enc_key` the descriptor's
-    /// X25519 key (32 bytes). Answered by [`server_handshake_hs`].
+    /// `service_id` is `BLAKE3(A)` of the service's address, `enc_key` the X25519 key (32
+    /// bytes) the descriptor lists for the introduction point the client introduces
+    /// through (§12.3). Answered by [`server_handshake_hs`].
     ///
     /// # Errors
     /// [`HandshakeError::Rng`] when no randomness is available.
@@ -228,8 +229,9 @@ pub fn server_handshake(
 }
 
 /// The hidden service's side of the end-to-end handshake (§13.4, PROTOID of §5.5):
-/// `service_id` is `BLAKE3(A)`, `enc_key` the introduction secret whose public half is the
-/// descriptor's `enc_key`. Answers a hello from [`ClientHandshake::start_hs`]; a hello made
+/// `service_id` is `BLAKE3(A)`, `enc_key` the secret of the introduction point the
+/// introduction arrived through (its public half is that point's `enc_key` in the
+/// descriptor, §12.3, §13.1). Answers a hello from [`ClientHandshake::start_hs`]; a hello made
 /// for a relay ([`ClientHandshake::start`]) yields keys the client rejects with
 /// [`HandshakeError::BadAuth`].
 ///

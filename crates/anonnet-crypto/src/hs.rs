@@ -6,8 +6,8 @@
 //! `A`; its descriptor is signed by the blinded key, encrypted with a key derived from `A`,
 //! and stored in the DHT under an index derived from `A'` (§12.3). So a DHT node can check
 //! a descriptor's signature, but can neither read it nor tell which service it belongs to.
-//! A client that knows the address seals its introduction to the service's X25519
-//! introduction key (§12.4).
+//! A client that knows the address seals its introduction to the X25519 key the service
+//! holds for the introduction point it goes through (`enc_key`, one per point, §12.4).
 
 use std::fmt;
 
@@ -537,8 +537,10 @@ pub fn open_descriptor(
     Ok(HsDescriptorBody::decode(plain)?)
 }
 
-/// A service's X25519 introduction-encryption key (`enc_key` in the descriptor, §12.4). The
-/// secret is zeroized on drop (x25519-dalek's `zeroize` feature).
+/// An X25519 introduction-encryption key: the service holds a fresh one for each of its
+/// introduction points (its public half is that point's `enc_key` in the descriptor,
+/// §12.3, §12.4, §13.1). The secret is zeroized on drop (x25519-dalek's `zeroize`
+/// feature).
 pub struct IntroKey {
     secret: x25519_dalek::StaticSecret,
 }
@@ -560,7 +562,8 @@ impl IntroKey {
         }
     }
 
-    /// The 32 secret bytes, for the service's key file.
+    /// The 32 secret bytes (zeroized on drop), e.g. to build the matching end-to-end
+    /// handshake key (`OnionKey::from_secret`, §13.4).
     pub fn secret_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
         Zeroizing::new(self.secret.to_bytes())
     }
@@ -593,8 +596,8 @@ fn introduce_key(
     key
 }
 
-/// Seal an introduction `plaintext` to the service's `enc_key` for the introduction point
-/// whose authentication key is `auth_key` (§12.4). Output `E [32] ‖ ciphertext ‖ tag [16]`
+/// Seal an introduction `plaintext` to the `enc_key` of the introduction point whose
+/// authentication key is `auth_key` (both from the descriptor, §12.3, §12.4). Output `E [32] ‖ ciphertext ‖ tag [16]`
 /// (`plaintext.len() + 48` bytes), with a fresh ephemeral key `E`.
 ///
 /// # Errors
@@ -683,7 +686,6 @@ mod tests {
 
     fn body() -> HsDescriptorBody {
         HsDescriptorBody {
-            enc_key: IntroKey::from_secret(&[0x55; 32]).public(),
             intro_points: vec![IntroPoint {
                 relay: RelayLink {
                     node_id: [1; 32],
@@ -691,6 +693,7 @@ mod tests {
                     addr: "127.0.0.1:7001".parse().unwrap(),
                 },
                 auth_key: [3; 32],
+                enc_key: IntroKey::from_secret(&[0x55; 32]).public(),
             }],
         }
     }
@@ -974,7 +977,6 @@ mod tests {
         let blinded = key.blinded(period).unwrap();
         let intro_key = IntroKey::from_secret(&[0x55; 32]);
         let body = HsDescriptorBody {
-            enc_key: intro_key.public(),
             intro_points: vec![IntroPoint {
                 relay: RelayLink {
                     node_id: [0x01; 32],
@@ -982,6 +984,7 @@ mod tests {
                     addr: "127.0.0.1:7001".parse().unwrap(),
                 },
                 auth_key: [0x88; 32],
+                enc_key: intro_key.public(),
             }],
         };
         let expires = (period + 1) * PERIOD_SECS + 3600;
@@ -1027,10 +1030,10 @@ mod tests {
 
     /// A, host, h, A', index, body key, descriptor[0..96], descriptor signature,
     /// BLAKE3(descriptor), enc_key, sealed introduction for: service seed 0x61×32;
-    /// period 20 000; descriptor revision 1, expires 1 728 090 000 (an hour after period
-    /// 20 001 starts), salt 0x5a×16, body: enc_key from X25519 secret 0x55×32, one intro
-    /// point (node 0x01×32, onion key 0x02×32, 127.0.0.1:7001, auth
-    /// key 0x88×32); introduce: ephemeral secret 0x66×32, auth key 0x88×32, plaintext
+    /// period 20 000; descriptor (version 2) revision 1, expires 1 728 090 000 (an hour
+    /// after period 20 001 starts), salt 0x5a×16, body: one intro point (node 0x01×32,
+    /// onion key 0x02×32, 127.0.0.1:7001, auth key 0x88×32, enc_key from X25519 secret
+    /// 0x55×32); introduce: ephemeral secret 0x66×32, auth key 0x88×32, plaintext
     /// cookie 0xc0×20, rendezvous (0x03×32, 0x04×32, 127.0.0.1:7002), client_pk 0x33×32.
     const HS_VECTOR: [&str; 11] = [
         "af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77be07547f289383341d",
@@ -1040,15 +1043,15 @@ mod tests {
         "bf25e51582839ef05e7e70f730a85d566b6ab6c0e7c136eb4e76b8e4a35ef008",
         "a9955d8889165a6ac19598469ace0047a99fd4d5701b6c68d4652a3ef60ba865",
         concat!(
-            "017356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d",
+            "027356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d",
             "0000000000004e2000000000000000010000000067008f905a5a5a5a5a5a5a5a",
-            "5a5a5a5a5a5a5a5a018abd9a738c9c415fdef47f8c09f22809ed179b4a597c",
+            "5a5a5a5a5a5a5a5a01ca843014c6452f290813155092135021ffbfd593eb47",
         ),
         concat!(
-            "b889e4fa6fcea65907edc10c4dd8db9313ba9eb2fa9b177d998fffc86cfbb5da",
-            "7601a6fe2d2de8025b57bae89937d97f00541e1ac1e4a890a94f306df5e79801",
+            "9f35a1f3b3b3fb3146610d44a3afc08a831ba40a26f303a2f63ed1b7738e6021",
+            "28870162d0b4e5550f1f3ef805ee7be223637aa727088ea078922f2db5900f00",
         ),
-        "52ceb4ec0602307deb639461018c65d63d5500c93b0973324040e9ae8ca98656",
+        "357625aca83a3af18afc2bd95197597caa37693db24177bea2ee26a0b2f3b12b",
         "38ab664bd86f77d7e66bdd9ae0792913a94fd8b33a1260027e4b46c1f4884c67",
         concat!(
             "219e4d800da968d2a5fcb009c784f4746c7138edb9ee4844b739e830b05cf424",

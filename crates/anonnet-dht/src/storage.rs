@@ -682,7 +682,6 @@ mod tests {
         let key = ServiceKey::from_seed(&[0x61; 32]);
         let period = time_period(NOW);
         let body = HsDescriptorBody {
-            enc_key: [9; 32],
             intro_points: vec![],
         };
         let d = seal_descriptor(&key, period, revision, NOW + 3 * 3600, &body).unwrap();

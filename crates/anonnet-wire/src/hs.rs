@@ -16,25 +16,28 @@ use crate::{invalid, Reader, WireError, Writer};
 pub const RELAY_LINK_V4_LEN: usize = 71;
 /// Bytes of a [`RelayLink`] with an IPv6 address: `32 + 32 + 1 + 16 + 2` (the largest).
 pub const RELAY_LINK_V6_LEN: usize = 83;
-/// Largest encoded [`IntroPoint`] (IPv6 relay): `83 + 32` bytes.
-pub const MAX_INTRO_POINT_LEN: usize = RELAY_LINK_V6_LEN + KEY_LEN;
+/// Bytes of an [`IntroPoint`] with an IPv4 relay: `71 + 32 + 32`.
+pub const INTRO_POINT_V4_LEN: usize = RELAY_LINK_V4_LEN + 2 * KEY_LEN;
+/// Largest encoded [`IntroPoint`] (IPv6 relay): `83 + 32 + 32` = 147 bytes.
+pub const MAX_INTRO_POINT_LEN: usize = RELAY_LINK_V6_LEN + 2 * KEY_LEN;
 /// Most introduction points in one descriptor.
 pub const MAX_INTRO_POINTS: usize = 3;
 /// Length of every encoded [`HsDescriptorBody`] (bytes): the largest possible body,
-/// `enc_key [32] ‖ n u8 ‖ 3 × 115`, so that the ciphertext length says nothing about the
-/// number or address families of the introduction points (§12.3).
-pub const HS_BODY_LEN: usize = KEY_LEN + 1 + MAX_INTRO_POINTS * MAX_INTRO_POINT_LEN;
-/// Length of a descriptor's ciphertext: the body plus the 16-byte Poly1305 tag.
+/// `n u8 ‖ 3 × 147` = 442, so that the ciphertext length says nothing about the number or
+/// address families of the introduction points (§12.3).
+pub const HS_BODY_LEN: usize = 1 + MAX_INTRO_POINTS * MAX_INTRO_POINT_LEN;
+/// Length of a descriptor's ciphertext: the body plus the 16-byte Poly1305 tag (458 bytes).
 pub const HS_CIPHERTEXT_LEN: usize = HS_BODY_LEN + TAG_LEN;
-/// Descriptor format version (first byte of the outer layout).
-pub const HS_DESCRIPTOR_VERSION: u8 = 1;
+/// Descriptor format version (first byte of the outer layout, §12.3). Version 2 carries an
+/// `enc_key` per introduction point; version 1 (one service-wide `enc_key`) is refused.
+pub const HS_DESCRIPTOR_VERSION: u8 = 2;
 /// Bytes of a descriptor salt.
 pub const HS_SALT_LEN: usize = 16;
 /// Bytes of the descriptor header `version ‖ blinded_key ‖ period ‖ revision ‖ expires ‖
 /// salt` = `1 + 32 + 8 + 8 + 8 + 16`: the AEAD associated data (§12.3).
 pub const HS_HEADER_LEN: usize = 1 + KEY_LEN + 8 + 8 + 8 + HS_SALT_LEN;
 /// Length of every encoded [`HsDescriptor`]: header ‖ `ct_len u16` ‖ ciphertext ‖
-/// signature = `73 + 2 + 394 + 64` = 533 bytes, well under the 900 a DHT record in one
+/// signature = `73 + 2 + 458 + 64` = 597 bytes, well under the 900 a DHT record in one
 /// relay cell allows.
 pub const HS_DESCRIPTOR_LEN: usize = HS_HEADER_LEN + 2 + HS_CIPHERTEXT_LEN + SIGNATURE_LEN;
 /// Bytes of an Ed25519 signature.
@@ -93,8 +96,8 @@ impl RelayLink {
 }
 
 /// One introduction point of a descriptor (§12.3): the relay and the service's
-/// per-introduction-point authentication key. Encoded `relay ‖ auth_key [32]` (103 or 115
-/// bytes).
+/// per-introduction-point authentication and encryption keys. Encoded `relay ‖ auth_key
+/// [32] ‖ enc_key [32]` (135 or 147 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IntroPoint {
     /// The introduction point relay.
@@ -103,13 +106,18 @@ pub struct IntroPoint {
     /// clients address introductions to it and it is the associated data of the sealed
     /// introduction (§12.4).
     pub auth_key: [u8; KEY_LEN],
+    /// The X25519 public key the service holds for this introduction point only: clients
+    /// seal introductions through this point to it (§12.4) and use it as `B` of the
+    /// end-to-end handshake (§5.5, §13.4). Fresh for every introduction point (§13.1).
+    pub enc_key: [u8; KEY_LEN],
 }
 
 impl IntroPoint {
-    /// Append the encoding (103 or 115 bytes) to `w`.
+    /// Append the encoding (135 or 147 bytes) to `w`.
     pub fn encode_into(&self, w: &mut Writer) {
         self.relay.encode_into(w);
         w.put(&self.auth_key);
+        w.put(&self.enc_key);
     }
 
     /// Read one introduction point from `r`.
@@ -120,17 +128,16 @@ impl IntroPoint {
         Ok(IntroPoint {
             relay: RelayLink::decode_from(r)?,
             auth_key: r.take_array()?,
+            enc_key: r.take_array()?,
         })
     }
 }
 
-/// The plaintext of a descriptor (§12.3, inner layout): `enc_key [32] ‖ n u8 ‖ n ×
-/// IntroPoint ‖ zero padding`, always exactly [`HS_BODY_LEN`] (378) bytes.
+/// The plaintext of a descriptor (§12.3, inner layout): `n u8 ‖ n × IntroPoint ‖ zero
+/// padding`, always exactly [`HS_BODY_LEN`] (442) bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HsDescriptorBody {
-    /// The service's X25519 introduction-encryption public key (§12.4).
-    pub enc_key: [u8; KEY_LEN],
-    /// The introduction points, 0..=[`MAX_INTRO_POINTS`].
+    /// The introduction points, 0..=[`MAX_INTRO_POINTS`], each with its own keys.
     pub intro_points: Vec<IntroPoint>,
 }
 
@@ -148,7 +155,6 @@ impl HsDescriptorBody {
             });
         }
         let mut w = Writer::with_capacity(HS_BODY_LEN);
-        w.put(&self.enc_key);
         w.put_u8(self.intro_points.len() as u8);
         for ip in &self.intro_points {
             ip.encode_into(&mut w);
@@ -160,14 +166,13 @@ impl HsDescriptorBody {
     /// Decode a body of exactly [`HS_BODY_LEN`] bytes.
     ///
     /// # Errors
-    /// [`WireError::Invalid`] when the length is not 378, `n > 3`, an `atype` is unknown or
+    /// [`WireError::Invalid`] when the length is not 442, `n > 3`, an `atype` is unknown or
     /// the padding is not all zero; [`WireError::Truncated`] when the points overrun.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         if bytes.len() != HS_BODY_LEN {
-            return Err(invalid("descriptor body", "not 378 bytes"));
+            return Err(invalid("descriptor body", "not 442 bytes"));
         }
         let mut r = Reader::new(bytes);
-        let enc_key = r.take_array()?;
         let n = usize::from(r.take_u8()?);
         if n > MAX_INTRO_POINTS {
             return Err(invalid("introduction points", "more than 3"));
@@ -177,19 +182,16 @@ impl HsDescriptorBody {
             intro_points.push(IntroPoint::decode_from(&mut r)?);
         }
         r.finish_zero_padding("descriptor body")?;
-        Ok(HsDescriptorBody {
-            enc_key,
-            intro_points,
-        })
+        Ok(HsDescriptorBody { intro_points })
     }
 }
 
 /// A hidden-service descriptor as stored in the DHT (§12.3, outer layout), exactly
-/// [`HS_DESCRIPTOR_LEN`] (533) bytes:
+/// [`HS_DESCRIPTOR_LEN`] (597) bytes:
 ///
 /// ```text
-/// version u8 (= 1) ‖ blinded_key [32] ‖ period u64 ‖ revision u64 ‖ expires u64 ‖
-/// salt [16] ‖ ct_len u16 (= 394) ‖ ciphertext [394] ‖ signature [64]
+/// version u8 (= 2) ‖ blinded_key [32] ‖ period u64 ‖ revision u64 ‖ expires u64 ‖
+/// salt [16] ‖ ct_len u16 (= 458) ‖ ciphertext [458] ‖ signature [64]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HsDescriptor {
@@ -234,7 +236,7 @@ impl HsDescriptor {
     fn put_unsigned(&self, w: &mut Writer) -> Result<(), WireError> {
         if self.ciphertext.len() != HS_CIPHERTEXT_LEN {
             return Err(WireError::TooLong {
-                what: "descriptor ciphertext (must be exactly 394 bytes)",
+                what: "descriptor ciphertext (must be exactly 458 bytes)",
                 len: self.ciphertext.len(),
                 room: HS_CIPHERTEXT_LEN,
             });
@@ -245,7 +247,7 @@ impl HsDescriptor {
         Ok(())
     }
 
-    /// Every byte of the encoding before the signature (469 bytes); the signature covers
+    /// Every byte of the encoding before the signature (533 bytes); the signature covers
     /// `"anonnet-hs-descriptor-v1" ‖ signed_bytes()`.
     ///
     /// # Errors
@@ -271,12 +273,25 @@ impl HsDescriptor {
     /// (`anonnet_crypto::hs::verify_descriptor` does).
     ///
     /// # Errors
-    /// [`WireError::Invalid`] for a version other than 1 or `ct_len ≠ 394`;
-    /// [`WireError::Truncated`] / [`WireError::Trailing`] when the length is not 533.
+    /// [`WireError::Invalid`] for a version other than 2 (version 1, the layout with one
+    /// service-wide `enc_key`, is refused with its own message) or `ct_len ≠ 458`;
+    /// [`WireError::Truncated`] / [`WireError::Trailing`] when the length is not 597.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(bytes);
-        if r.take_u8()? != HS_DESCRIPTOR_VERSION {
-            return Err(invalid("descriptor version", "not 1"));
+        match r.take_u8()? {
+            HS_DESCRIPTOR_VERSION => {}
+            1 => {
+                return Err(invalid(
+                    "descriptor version",
+                    "1 (one service-wide enc_key) is no longer accepted; version 2 is",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "descriptor version",
+                    "unknown (version 2 is accepted)",
+                ))
+            }
         }
         let blinded_key = r.take_array()?;
         let period = r.take_u64()?;
@@ -284,7 +299,7 @@ impl HsDescriptor {
         let expires = r.take_u64()?;
         let salt = r.take_array()?;
         if usize::from(r.take_u16()?) != HS_CIPHERTEXT_LEN {
-            return Err(invalid("descriptor ciphertext length", "not 394"));
+            return Err(invalid("descriptor ciphertext length", "not 458"));
         }
         let ciphertext = r.take(HS_CIPHERTEXT_LEN)?.to_vec();
         let signature = r.take_array()?;
@@ -482,12 +497,12 @@ mod tests {
         IntroPoint {
             relay: link(v6, n),
             auth_key: [n + 2; 32],
+            enc_key: [n + 3; 32],
         }
     }
 
     fn body(points: Vec<IntroPoint>) -> HsDescriptorBody {
         HsDescriptorBody {
-            enc_key: [0xee; 32],
             intro_points: points,
         }
     }
@@ -518,10 +533,12 @@ mod tests {
 
     #[test]
     fn layout_sizes_are_as_specified() {
-        assert_eq!(HS_BODY_LEN, 378);
-        assert_eq!(HS_CIPHERTEXT_LEN, 394);
+        assert_eq!(INTRO_POINT_V4_LEN, 135);
+        assert_eq!(MAX_INTRO_POINT_LEN, 147);
+        assert_eq!(HS_BODY_LEN, 442);
+        assert_eq!(HS_CIPHERTEXT_LEN, 458);
         assert_eq!(HS_HEADER_LEN, 73);
-        assert_eq!(HS_DESCRIPTOR_LEN, 533);
+        assert_eq!(HS_DESCRIPTOR_LEN, 597);
         assert_eq!(INTRODUCE_PLAINTEXT_LEN, 135);
         assert_eq!(MAX_DARK_RECORD_LEN, 217);
         for v6 in [false, true] {
@@ -550,6 +567,15 @@ mod tests {
             let mut w = Writer::new();
             ip.encode_into(&mut w);
             let bytes = w.into_vec();
+            let want = if v6 {
+                MAX_INTRO_POINT_LEN
+            } else {
+                INTRO_POINT_V4_LEN
+            };
+            assert_eq!(bytes.len(), want);
+            // relay link ‖ auth_key ‖ enc_key, in that order.
+            assert_eq!(&bytes[want - 64..want - 32], &ip.auth_key);
+            assert_eq!(&bytes[want - 32..], &ip.enc_key);
             let mut r = Reader::new(&bytes);
             assert_eq!(IntroPoint::decode_from(&mut r).unwrap(), ip);
             r.finish().unwrap();
@@ -579,9 +605,16 @@ mod tests {
         let four = body(vec![intro(false, 1); 4]);
         assert!(four.encode().is_err());
         let mut bytes = body(vec![intro(false, 1)]).encode().unwrap();
-        bytes[32] = 4;
+        // n ‖ the point ‖ zeros to the end.
+        assert_eq!(bytes[0], 1);
+        assert!(bytes[1 + INTRO_POINT_V4_LEN..].iter().all(|&b| b == 0));
+        bytes[0] = 4;
         assert!(HsDescriptorBody::decode(&bytes).is_err(), "n = 4");
-        bytes[32] = 1;
+        // n = 3 with only one point's bytes: the zero padding does not parse as points
+        // (atype 0).
+        bytes[0] = 3;
+        assert!(HsDescriptorBody::decode(&bytes).is_err(), "n = 3");
+        bytes[0] = 1;
         bytes[HS_BODY_LEN - 1] = 1;
         assert!(
             HsDescriptorBody::decode(&bytes).is_err(),
@@ -607,9 +640,30 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert_eq!(HsDescriptor::decode(&long), Err(WireError::Trailing(1)));
-        let mut v2 = bytes.clone();
-        v2[0] = 2;
-        assert!(HsDescriptor::decode(&v2).is_err());
+        assert_eq!(bytes[0], 2);
+        let mut v1 = bytes.clone();
+        v1[0] = 1;
+        let err = HsDescriptor::decode(&v1).unwrap_err().to_string();
+        assert!(err.contains("no longer accepted"), "{err}");
+        for version in [0, 3, 255] {
+            let mut v = bytes.clone();
+            v[0] = version;
+            let err = HsDescriptor::decode(&v).unwrap_err().to_string();
+            assert!(err.contains("unknown"), "{err}");
+        }
+        // A version-1 descriptor (533 bytes, ct_len 394) is refused for its version.
+        let mut old = vec![1u8];
+        old.extend_from_slice(&bytes[1..HS_HEADER_LEN]);
+        old.extend_from_slice(&394u16.to_be_bytes());
+        old.extend_from_slice(&[0; 394 + 64]);
+        assert_eq!(old.len(), 533);
+        assert!(matches!(
+            HsDescriptor::decode(&old),
+            Err(WireError::Invalid {
+                field: "descriptor version",
+                ..
+            })
+        ));
         let mut ct_len = bytes.clone();
         ct_len[HS_HEADER_LEN + 1] ^= 1;
         assert!(HsDescriptor::decode(&ct_len).is_err());
