@@ -244,15 +244,8 @@ impl ForwardCore {
                     onion_key,
                     client_pk,
                 }
-                .encode()
-                .map_err(|_| Refusal::Destroy(DestroyReason::Internal))?;
-                self.next = NextLeg::Extending;
-                Ok(Step::Extend(ExtendRequest {
-                    addr,
-                    node_id: NodeId(node_id),
-                    kind: ExtendKind::Ntor,
-                    create,
-                }))
+                .encode();
+                self.start_extend(addr, node_id, ExtendKind::Ntor, create)
             }
             RelayMsg::Extend2 {
                 addr,
@@ -413,14 +406,25 @@ impl ForwardCore {
         let Some((node_id, _)) = anonnet_crypto::hello_names(&hello) else {
             return Err(Refusal::Destroy(DestroyReason::Protocol));
         };
-        let create = CreateHybrid { hello }
-            .encode()
-            .map_err(|_| Refusal::Destroy(DestroyReason::Internal))?;
+        let create = CreateHybrid { hello }.encode();
+        self.start_extend(addr, node_id, ExtendKind::Hybrid, create)
+    }
+
+    /// Hand the shell the `CREATE` cell(s) to send to the next relay at `addr`
+    /// ([`Step::Extend`]); the circuit is extending until [`ForwardCore::extended`].
+    fn start_extend(
+        &mut self,
+        addr: SocketAddr,
+        node_id: [u8; 32],
+        kind: ExtendKind,
+        create: Result<Vec<u8>, anonnet_wire::WireError>,
+    ) -> Result<Step, Refusal> {
+        let create = create.map_err(|_| Refusal::Destroy(DestroyReason::Internal))?;
         self.next = NextLeg::Extending;
         Ok(Step::Extend(ExtendRequest {
             addr,
             node_id: NodeId(node_id),
-            kind: ExtendKind::Hybrid,
+            kind,
             create,
         }))
     }
