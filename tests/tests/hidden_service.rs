@@ -148,7 +148,24 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
     );
 
     // Restart the service daemon: same key file, same address, reachable again.
-    let pid = service["pid"].as_u64().unwrap().to_string();
+    stop_service(service["pid"].as_u64().unwrap());
+    let (mut restarted, ready) = start_service(service["config"].as_str().unwrap());
+    assert!(
+        ready.starts_with(&address),
+        "restarted service announced {ready:?}, expected {address}"
+    );
+    let (body, again) = fetch(&net, &format!("http://{address}/"), 4);
+    assert!(body.contains(PAGE), "{body}");
+    eprintln!("fetch after the service restarted: {again:?}");
+
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+    net.stop();
+}
+
+/// SIGTERM the service daemon `pid` and wait (at most 15 s) until it has exited.
+fn stop_service(pid: u64) {
+    let pid = pid.to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -165,18 +182,6 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (mut restarted, ready) = start_service(service["config"].as_str().unwrap());
-    assert!(
-        ready.starts_with(&address),
-        "restarted service announced {ready:?}, expected {address}"
-    );
-    let (body, again) = fetch(&net, &format!("http://{address}/"), 4);
-    assert!(body.contains(PAGE), "{body}");
-    eprintln!("fetch after the service restarted: {again:?}");
-
-    let _ = restarted.kill();
-    let _ = restarted.wait();
-    net.stop();
 }
 
 /// Start a client daemon with a fresh state directory `state` on the testnet whose client
@@ -277,23 +282,7 @@ fn withholding_and_stale_hsdirs_neither_hide_the_service_nor_hold_back_a_new_des
     assert!(stored >= 1, "no HSDir stored a descriptor: {stats:?}");
 
     // A new revision: restart the service (same key, new introduction points).
-    let pid = service["pid"].as_u64().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let gone = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < gone
-        && Command::new("kill")
-            .args(["-0", &pid])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_service(service["pid"].as_u64().unwrap());
     let (mut restarted, ready) = start_service(service["config"].as_str().unwrap());
     assert!(ready.starts_with(&address), "{ready}");
 
