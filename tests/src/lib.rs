@@ -178,6 +178,24 @@ impl Testnet {
         out
     }
 
+    /// Every relay's `stats.json`, read again every 100 ms until `ready` holds for them or
+    /// `timeout` has passed (relays write the file once a second when a counter changed,
+    /// so a count can lag the event by that much); the last reading either way.
+    pub fn relay_stats_when(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.relay_stats();
+            if ready(&stats) || Instant::now() >= deadline {
+                return stats;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `testnet.json`: who is who (authorities, relays, client, service).
     pub fn layout(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.dir.join("testnet.json")).unwrap()).unwrap()

@@ -108,6 +108,16 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Unix time in milliseconds: the floor of a descriptor's `revision` (§13.2), so that a
+/// service restarted within the same second still publishes a higher revision than the
+/// one its previous run left on the HSDirs.
+fn now_unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Load the 32-byte service key seed from `path`, creating it (mode 0600, parent
 /// directories 0700) when it does not exist.
 ///
@@ -652,7 +662,7 @@ impl Service {
     /// change, whenever a new consensus makes other HSDirs responsible for it (checked
     /// every [`PLACEMENT_CHECK`]), and every [`REPUBLISH`].
     async fn publish_descriptors(self: Arc<Self>) {
-        let mut revision = now_unix().saturating_mul(1000);
+        let mut revision = now_unix_millis();
         loop {
             let placed = self.placement(now_unix());
             let points: Vec<IntroPoint> = lock(&self.intros).iter().map(|s| s.point).collect();
@@ -660,7 +670,7 @@ impl Service {
             // With no introduction point yet there is nothing to publish: the first one
             // to come up wakes this loop through `changed`.
             if !points.is_empty() {
-                revision = revision.max(now_unix().saturating_mul(1000)) + 1;
+                revision = revision.max(now_unix_millis()) + 1;
                 match self.publish_once(points, revision).await {
                     Ok(stored) if stored > 0 => {
                         if !self.hosted.published.swap(true, Ordering::Relaxed) {

@@ -319,7 +319,7 @@ type RendezvousKey = (HsAddress, Vec<u8>);
 /// address book and rendezvous circuits open to services.
 #[derive(Debug)]
 pub(crate) struct HsCache {
-    descriptors: Mutex<HashMap<HsAddress, (HsDescriptorBody, Instant)>>,
+    descriptors: Mutex<HashMap<HsAddress, (Revised, Instant)>>,
     names: Mutex<HashMap<String, (HsAddress, Instant)>>,
     pins: Mutex<NamePins>,
     address_book: HashMap<String, HsAddress>,
@@ -341,14 +341,14 @@ impl HsCache {
         }
     }
 
-    pub(crate) fn descriptor(&self, address: &HsAddress) -> Option<HsDescriptorBody> {
+    pub(crate) fn descriptor(&self, address: &HsAddress) -> Option<Revised> {
         lock(&self.descriptors)
             .get(address)
             .filter(|(_, at)| at.elapsed() < DESCRIPTOR_FRESH)
             .map(|(d, _)| d.clone())
     }
 
-    pub(crate) fn put_descriptor(&self, address: HsAddress, body: HsDescriptorBody) {
+    pub(crate) fn put_descriptor(&self, address: HsAddress, body: Revised) {
         let mut map = lock(&self.descriptors);
         if map.len() >= DESCRIPTOR_CACHE && !map.contains_key(&address) {
             let oldest = map.iter().min_by_key(|(_, (_, at))| *at).map(|(a, _)| *a);
@@ -452,12 +452,11 @@ impl HsCache {
     }
 }
 
+/// An opened descriptor body with the `revision` (§12.3) it was signed under.
+pub(crate) type Revised = (u64, HsDescriptorBody);
+
 /// Open descriptors fetched for `address` and keep the newest that verifies.
-pub(crate) fn best_descriptor(
-    address: &HsAddress,
-    records: &[Bytes],
-    now: u64,
-) -> Option<HsDescriptorBody> {
+pub(crate) fn best_descriptor(address: &HsAddress, records: &[Bytes], now: u64) -> Option<Revised> {
     records
         .iter()
         .filter_map(|b| HsDescriptor::decode(b).ok())
@@ -468,7 +467,6 @@ pub(crate) fn best_descriptor(
                 .map(|b| (revision, b))
         })
         .max_by_key(|(r, _)| *r)
-        .map(|(_, b)| b)
 }
 
 /// The DHT key of `address`'s descriptor for `period`.
@@ -691,9 +689,12 @@ mod tests {
             let a = ServiceKey::from_seed(&seed).address();
             cache.put_descriptor(
                 a,
-                HsDescriptorBody {
-                    intro_points: Vec::new(),
-                },
+                (
+                    1,
+                    HsDescriptorBody {
+                        intro_points: Vec::new(),
+                    },
+                ),
             );
         }
         assert_eq!(lock(&cache.descriptors).len(), DESCRIPTOR_CACHE);

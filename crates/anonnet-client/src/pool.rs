@@ -1224,7 +1224,10 @@ impl Client {
     /// for each period to try, the responsible HSDirs in random order,
     /// [`HSDIR_SPREAD_FETCH`] at a time in parallel, each through its own circuit; the
     /// highest revision that opens among a batch's answers wins. The next batch is asked
-    /// only when a whole batch had nothing that opens (withheld, stale-only, unreachable).
+    /// only when a whole batch had nothing that opens (withheld, stale-only, unreachable)
+    /// or, with `failed` (the revision whose introduction points just failed; the cache
+    /// is skipped then), nothing newer than it; when no HSDir has anything newer, the
+    /// newest seen is returned all the same (the failure may have been passing).
     ///
     /// # Errors
     /// [`HsFailure::NoDescriptor`] when no HSDir had one (or the client has no consensus
@@ -1232,9 +1235,9 @@ impl Client {
     async fn hs_descriptor(
         &self,
         address: &HsAddress,
-        refresh: bool,
-    ) -> Result<HsDescriptorBody, ClientError> {
-        if !refresh {
+        failed: Option<u64>,
+    ) -> Result<hs::Revised, ClientError> {
+        if failed.is_none() {
             if let Some(d) = self.hs.descriptor(address) {
                 return Ok(d);
             }
@@ -1245,7 +1248,7 @@ impl Client {
             debug!("no consensus: hidden-service descriptors cannot be placed");
             return Err(no_descriptor().into());
         };
-        let mut found = None;
+        let mut found: Option<hs::Revised> = None;
         'periods: for period in hs::periods_to_fetch(now) {
             let Some(key) = hs::descriptor_key(address, period) else {
                 continue;
@@ -1254,8 +1257,14 @@ impl Client {
             hsdirs.shuffle(&mut rand::rng());
             for batch in hsdirs.chunks(HSDIR_SPREAD_FETCH) {
                 let records = crate::hsdir::fetch(self, batch, key).await;
-                if let Some(d) = hs::best_descriptor(address, &records, now) {
-                    found = Some(d);
+                let Some(best) = hs::best_descriptor(address, &records, now) else {
+                    continue;
+                };
+                let newer = failed.is_none_or(|f| best.0 > f);
+                if found.as_ref().is_none_or(|(r, _)| best.0 > *r) {
+                    found = Some(best);
+                }
+                if newer {
                     break 'periods;
                 }
             }
@@ -1295,8 +1304,9 @@ impl Client {
             }
         }
         let mut last = ClientError::HiddenService(HsFailure::Introduction("no attempt".into()));
-        for attempt in 0..2 {
-            let desc = self.hs_descriptor(&address, attempt > 0).await?;
+        let mut failed = None;
+        for _attempt in 0..2 {
+            let (revision, desc) = self.hs_descriptor(&address, failed).await?;
             match self.rendezvous_with(&address, &desc).await {
                 Ok(circuit) => {
                     let stream = circuit
@@ -1313,6 +1323,7 @@ impl Client {
                         "connecting to the service: {e}"
                     );
                     self.hs.forget_descriptor(&address);
+                    failed = Some(revision);
                     last = e;
                 }
             }
