@@ -977,12 +977,14 @@ DARK = {
     "nonce": 5,
     "pow": "0008f6b6de3298f6928102960eff2219927c28c0b46f1a9b1b215aa84abe20d1",
     "record": (
-        "01076578616d706c65af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77"
+        "02076578616d706c65af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77"
         "be07547f289383341ddb995fe25169d141cab9bbba92baa01f9f2e1ece7df4cb"
         "2ac05190f37fcc1f9d000000006b49d200000000006b4b238000000000000000"
-        "05d9aa9aa2ee45b0918638b976ec6b7603f904a0050ac7a7a5736963d08f4e8e"
-        "1f2565ddcd1a5b3c48b5fd1d98841bf13c0d5bc8031b8f6f537ed3f9b4c67656"
-        "0b"
+        "055d1b69ba21d433517d6801e0d7d04fe34f43a2292fb4eceeed14de7048670b"
+        "63d5c18ccc8b1a145019843a33cb0957b7cfc37b6ea12bf16ba36472a7c12b2e"
+        "0b01c050c5637a44fa86000000006b715f007d9637653b7451a90b88318135e2"
+        "674ac771207b35125d005556559c004b4c7d5ad2341c4db8469cb38d7f797464"
+        "f5fe238429de4361722726cecd6d0892c201"
     ),
 }
 
@@ -1007,9 +1009,17 @@ def dark_vector():
     check("§12.5 first nonce with 8 bits of work", str(nonce), str(DARK["nonce"]))
     pow_hash = blake3.blake3(b"anonnet-dark-pow-v1" + fields + struct.pack(">Q", nonce)).digest()
     check("§12.5 work hash", pow_hash, DARK["pow"])
-    unsigned = bytes([1]) + fields + struct.pack(">Q", nonce)
+    unsigned = bytes([2]) + fields + struct.pack(">Q", nonce)
     sig = Ed25519PrivateKey.from_private_bytes(owner_seed).sign(b"anonnet-dark-record-v1" + unsigned)
-    check("§12.5 record", unsigned + sig, DARK["record"])
+    # One registration receipt (§12.5): authority seed 0x51×32, network id 0x33×32.
+    authority_seed = b"\x51" * 32
+    network_id = b"\x33" * 32
+    receipt_expires = 1_802_592_000
+    message = (b"anonnet-dark-receipt-v1" + network_id + bytes([len(name)]) + name + owner
+               + struct.pack(">Q", receipt_expires))
+    receipt = (ed25519_public(authority_seed)[:8] + struct.pack(">Q", receipt_expires)
+               + Ed25519PrivateKey.from_private_bytes(authority_seed).sign(message))
+    check("§12.5 record with one receipt", unsigned + sig + bytes([1]) + receipt, DARK["record"])
 
 
 # ---------------------------------------------------------------- §14 directory

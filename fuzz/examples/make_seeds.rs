@@ -123,6 +123,22 @@ fn relay_cells() {
         ("drop", c, RelayMsg::Drop),
         ("sendme-circuit", c, RelayMsg::Sendme(Some([9; 16]))),
         ("sendme-stream", s, RelayMsg::Sendme(None)),
+        (
+            "name-register",
+            c,
+            RelayMsg::NameRegister {
+                record: Bytes::from(signed_dark_record().encode().unwrap()),
+            },
+        ),
+        (
+            "name-receipts",
+            c,
+            RelayMsg::NameReceipts {
+                asked: 3,
+                refused: 1,
+                receipts: signed_dark_record().receipts,
+            },
+        ),
     ];
     for (name, stream_id, msg) in msgs {
         let mut area = vec![0u8; inner];
@@ -358,6 +374,11 @@ fn hidden_services() {
         8,
     );
     write("dark_record", "record", &record.encode().unwrap());
+    write(
+        "dark_record",
+        "record-with-receipts",
+        &signed_dark_record().encode().unwrap(),
+    );
 
     let host = service.address().to_host();
     write("anon_address", "address", host.as_bytes());
@@ -370,6 +391,36 @@ fn hidden_services() {
     // A ‖ checksum ‖ version as raw bytes (the target base32-encodes the first 35).
     let raw = [&service.address().public()[..], &[0, 0, 1]].concat();
     write("anon_address", "raw-key", &raw);
+}
+
+/// A `.dark` record for "example" with receipts of the fuzz target's two name authorities
+/// (seeds [0x51; 32] and [0x52; 32], network id [0x33; 32]).
+fn signed_dark_record() -> anonnet_wire::hs::DarkRecord {
+    use anonnet_crypto::dark::{make_dark_record, sign_receipt, DarkName};
+    use anonnet_crypto::hs::ServiceKey;
+
+    let name = DarkName::parse("example").unwrap();
+    let owner = IdentityKey::from_seed(&[0x41; 32]);
+    let service = ServiceKey::from_seed(&[0x61; 32]);
+    let mut record = make_dark_record(
+        &owner,
+        &name,
+        &service.address(),
+        1_800_000_000,
+        1_800_086_400,
+        8,
+    );
+    for seed in [0x51, 0x52] {
+        let authority = IdentityKey::from_seed(&[seed; 32]);
+        record.receipts.push(sign_receipt(
+            &authority,
+            &[0x33; 32],
+            name.as_str(),
+            &owner.public(),
+            1_802_592_000,
+        ));
+    }
+    record
 }
 
 fn directory() {
@@ -520,6 +571,14 @@ fn directory() {
         (
             "refused",
             DirMessage::Refused("not a directory authority".into()),
+        ),
+        (
+            "register-name",
+            DirMessage::RegisterName(signed_dark_record().encode().unwrap()),
+        ),
+        (
+            "name-receipt",
+            DirMessage::NameReceipt(signed_dark_record().receipts[0]),
         ),
     ];
     for (name, msg) in msgs {

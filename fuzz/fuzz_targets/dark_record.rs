@@ -5,7 +5,10 @@
 //! 1. `DarkRecord::decode` on the raw bytes (and round-trip through `encode`), then
 //!    `verify_dark_record` at the network's work bound and at 0, `pow_bits`, with `now`
 //!    from the input;
-//! 2. the decoded record re-signed by a fixed owner (what anyone can do with their own
+//! 2. `verify_name_record` against a fixed set of two name authorities: never more
+//!    vouching authorities than there are (receipts from strangers or repeated
+//!    authorities do not count), and a record accepted there is accepted without them;
+//! 3. the decoded record re-signed by a fixed owner (what anyone can do with their own
 //!    key) and checked with no work required: the outcome is predicted from the times and
 //!    the address and must match.
 #![no_main]
@@ -13,7 +16,8 @@
 use std::sync::OnceLock;
 
 use anonnet_crypto::dark::{
-    dark_key, pow_bits, verify_dark_record, DarkName, DARK_POW_BITS, DARK_SIGNING_CONTEXT,
+    dark_key, pow_bits, verify_dark_record, verify_name_record, vouching_authorities, DarkName,
+    NameAuthorities, DARK_POW_BITS, DARK_SIGNING_CONTEXT,
 };
 use anonnet_crypto::hs::HsAddress;
 use anonnet_crypto::IdentityKey;
@@ -23,6 +27,18 @@ use libfuzzer_sys::fuzz_target;
 fn owner() -> &'static IdentityKey {
     static KEY: OnceLock<IdentityKey> = OnceLock::new();
     KEY.get_or_init(|| IdentityKey::from_seed(&[0x41; 32]))
+}
+
+fn authorities() -> &'static NameAuthorities {
+    static A: OnceLock<NameAuthorities> = OnceLock::new();
+    A.get_or_init(|| NameAuthorities {
+        network_id: [0x33; 32],
+        identities: vec![
+            IdentityKey::from_seed(&[0x51; 32]).public(),
+            IdentityKey::from_seed(&[0x52; 32]).public(),
+        ],
+        needed: 2,
+    })
 }
 
 fn now_from(data: &[u8]) -> u64 {
@@ -53,6 +69,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(v.owner, r.owner);
     }
     let _ = verify_dark_record(&r, now, 0);
+    assert!(vouching_authorities(&r, authorities(), now) <= authorities().identities.len());
+    if verify_name_record(&r, now, 0, Some(authorities())).is_ok() {
+        assert!(verify_name_record(&r, now, 0, None).is_ok());
+    }
 
     let mut mine = DarkRecord {
         owner: owner().public(),

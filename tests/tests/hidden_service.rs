@@ -110,6 +110,23 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
     )
     .unwrap();
     assert!(pins.contains("\"demo\""), "{pins}");
+    // The name resolved because a majority of the authorities registered it to the
+    // service's owner key (relays and clients refuse records without their receipts);
+    // each authority keeps its registry in `names` (§12.5 "Registration").
+    let registries: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let is_authority = path.file_name()?.to_str()?.starts_with("auth-");
+            is_authority.then(|| std::fs::read_to_string(path.join("names")).unwrap_or_default())
+        })
+        .collect();
+    let registered = registries.iter().filter(|r| r.contains("demo")).count();
+    assert!(
+        registered * 2 > registries.len(),
+        "demo registered at {registered} of {} authorities",
+        registries.len()
+    );
 
     // No DHT value lookup left the client's own QUIC endpoint: every descriptor and name
     // fetch went through a circuit, and relays answered such fetches.

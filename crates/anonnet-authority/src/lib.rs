@@ -2,6 +2,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod measure;
+pub mod names;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub const CONSENSUS_FILE: &str = "consensus";
 /// an hour for every relay's next upload. (Reachability history is not kept: flags that
 /// need uptime are earned again.)
 pub const DESCRIPTORS_FILE: &str = "descriptors";
+/// File under the data directory holding the `.dark` name registry (§12.5), one name per
+/// line (`names::NameRegistry::encode`).
+pub const NAMES_FILE: &str = "names";
 
 /// Errors starting an authority.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +139,8 @@ struct State {
     early_signatures: Vec<([u8; 32], ConsensusSignature)>,
     /// The newest consensus signed by a majority.
     current: Option<(SignedConsensus, Consensus)>,
+    /// `.dark` names registered here (§12.5).
+    names: names::NameRegistry,
 }
 
 struct Shared {
@@ -235,6 +241,23 @@ impl Authority {
                     measure_failed: None,
                 },
             );
+        }
+        let names_path = config.data_dir.join(NAMES_FILE);
+        match std::fs::read_to_string(&names_path) {
+            Ok(text) => {
+                state.names =
+                    names::NameRegistry::decode(&text).map_err(|why| AuthorityError::Io {
+                        path: names_path.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+                    })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(AuthorityError::Io {
+                    path: names_path,
+                    source,
+                })
+            }
         }
         if let Some(c) = std::fs::read(config.data_dir.join(CONSENSUS_FILE))
             .ok()
@@ -461,6 +484,7 @@ async fn handle(shared: &Arc<Shared>, peer: Option<NodeId>, msg: DirMessage) -> 
             )
         }
         DirMessage::Upload(signed) => upload(shared, peer, signed).await,
+        DirMessage::RegisterName(record) => register_name(shared, &record),
         DirMessage::PostVote(v) => post_vote(shared, peer, v),
         DirMessage::GetVote(valid_after) => {
             let own = shared.identity.public();
@@ -755,6 +779,49 @@ fn listed_per_ip(all: &HashMap<NodeId, KnownRelay>, max: usize) -> Vec<(&KnownRe
         }
     }
     out
+}
+
+/// `REGISTER_NAME` (§12.5): a record that verifies (signature, work, validity) registers
+/// or renews its name for its owner, first come first served in the order registrations
+/// arrive here; the answer is this authority's receipt, or `REFUSED` with the reason.
+fn register_name(shared: &Shared, record: &[u8]) -> DirMessage {
+    use anonnet_crypto::dark::{sign_receipt, verify_dark_record, DARK_POW_BITS};
+    let now = now_unix();
+    let record = match anonnet_wire::hs::DarkRecord::decode(record) {
+        Ok(r) => r,
+        Err(e) => return DirMessage::Refused(format!("malformed name record: {e}")),
+    };
+    if let Err(e) = verify_dark_record(&record, now, DARK_POW_BITS) {
+        return DirMessage::Refused(e.to_string());
+    }
+    let registered = shared
+        .state()
+        .names
+        .register(&record.name, record.owner, now);
+    let registration = match registered {
+        Ok(r) => r,
+        Err(e) => return DirMessage::Refused(e.to_string()),
+    };
+    if registration.registered == now {
+        debug!("name registered");
+    }
+    save_names(shared);
+    DirMessage::NameReceipt(sign_receipt(
+        &shared.identity,
+        &shared.config.network.id(),
+        &record.name,
+        &record.owner,
+        registration.expires,
+    ))
+}
+
+/// Write the name registry to [`NAMES_FILE`].
+fn save_names(shared: &Shared) {
+    let text = shared.state().names.encode();
+    let path = shared.config.data_dir.join(NAMES_FILE);
+    if let Err(e) = write_private(&path, text.as_bytes()) {
+        warn!("cannot save {}: {e}", path.display());
+    }
 }
 
 /// Write the known relays' descriptors to [`DESCRIPTORS_FILE`].

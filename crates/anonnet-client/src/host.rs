@@ -772,7 +772,19 @@ impl Service {
             .await;
             let mut wait = NAME_REPUBLISH;
             let stored = match (record, self.client.upgrade()) {
-                (Ok(record), Some(client)) => {
+                (Ok(mut record), Some(client)) => {
+                    if let Some(network) = &client.config.network {
+                        match register_with_authorities(&client, network, &mut record).await {
+                            Ok(()) => {}
+                            Err(e) => {
+                                warn!(name = %anonnet_net::logging::sensitive(&name), "registering the name with the authorities: {e}");
+                                tokio::select! {
+                                    () = tokio::time::sleep(NAME_REGISTER_RETRY) => continue,
+                                    () = self.hosted.stop.cancelled() => break,
+                                }
+                            }
+                        }
+                    }
                     match (record.encode(), client.build_internal(None, &[]).await) {
                         (Ok(bytes), Ok(circuit)) => {
                             let key = anonnet_crypto::dark::dark_key(&name);
@@ -806,6 +818,74 @@ impl Service {
             }
         }
     }
+}
+
+/// Wait before trying a name registration again after it failed (§12.5).
+const NAME_REGISTER_RETRY: Duration = Duration::from_secs(5);
+/// Circuits (each to another random last relay) one registration round tries.
+const NAME_REGISTER_ATTEMPTS: usize = 3;
+
+/// Register `record`'s name with `network`'s authorities through a circuit (§12.5) and put
+/// the valid receipts into it (at most `MAX_RECORD_RECEIPTS`).
+///
+/// # Errors
+/// Why fewer than a majority of the authorities vouched: the name is another owner's at a
+/// majority of them, the network has too many authorities for a record to carry a
+/// majority's receipts, or no relay passed the request on and answered.
+async fn register_with_authorities(
+    client: &crate::pool::Client,
+    network: &anonnet_dir::Network,
+    record: &mut anonnet_wire::hs::DarkRecord,
+) -> Result<(), String> {
+    use anonnet_wire::hs::MAX_RECORD_RECEIPTS;
+    let authorities = network.name_authorities();
+    if authorities.needed > MAX_RECORD_RECEIPTS {
+        return Err(format!(
+            "the network has {} authorities; a record carries at most {MAX_RECORD_RECEIPTS} receipts, {} needed",
+            authorities.identities.len(),
+            authorities.needed
+        ));
+    }
+    record.receipts.clear();
+    let request = record.encode().map_err(|e| e.to_string())?;
+    let mut why = String::from("no attempt");
+    for _attempt in 0..NAME_REGISTER_ATTEMPTS {
+        let circuit = match client.build_internal(None, &[]).await {
+            Ok(c) => c,
+            Err(e) => {
+                why = e.to_string();
+                continue;
+            }
+        };
+        let answer = crate::hs::register_name(&circuit, request.clone()).await;
+        circuit.close();
+        let (asked, refused, receipts) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                why = e;
+                continue;
+            }
+        };
+        let mut answered = record.clone();
+        answered.receipts = receipts;
+        let mut valid = anonnet_crypto::dark::valid_receipts(&answered, &authorities, now_unix());
+        if valid.len() >= authorities.needed {
+            valid.truncate(MAX_RECORD_RECEIPTS);
+            record.receipts = valid;
+            return Ok(());
+        }
+        if usize::from(refused) >= authorities.needed {
+            return Err(format!(
+                "{refused} of {asked} authorities refused it: the name is registered to another owner"
+            ));
+        }
+        why = format!(
+            "{} valid receipts of {asked} authorities asked ({refused} refused), {} needed",
+            valid.len(),
+            authorities.needed
+        );
+    }
+    Err(why)
 }
 
 /// Connect each stream the client opens on `circuit` to the local server.

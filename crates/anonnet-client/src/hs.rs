@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use anonnet_crypto::dark::{dark_key, verify_dark_record, DarkName, DARK_POW_BITS};
+use anonnet_crypto::dark::{
+    dark_key, verify_name_record, DarkName, NameAuthorities, DARK_POW_BITS,
+};
 use anonnet_crypto::hs::{
     blind_public, descriptor_index, open_descriptor, seal_introduce, time_period, HsAddress,
     PERIOD_OVERLAP_SECS, PERIOD_SECS,
@@ -22,7 +24,8 @@ use anonnet_crypto::hs::{
 use anonnet_crypto::ClientHandshake;
 use anonnet_wire::dht::RecordKind;
 use anonnet_wire::hs::{
-    DarkRecord, HsDescriptor, HsDescriptorBody, IntroPoint, IntroducePlaintext, RelayLink,
+    DarkRecord, HsDescriptor, HsDescriptorBody, IntroPoint, IntroducePlaintext, NameReceipt,
+    RelayLink,
 };
 use anonnet_wire::relay::{COOKIE_LEN, DHT_OK, INTRODUCE_OK};
 use anonnet_wire::{RelayMsg, Target};
@@ -198,6 +201,34 @@ pub(crate) async fn dht_store(
     } else {
         0
     })
+}
+
+/// Register the name of `record` (a kind-3 record, §12.5, encoded without receipts) with
+/// the network's authorities through `circuit`'s last relay (`NAME_REGISTER`): `(asked,
+/// refused, receipts)` as the relay reported them, receipts unchecked.
+///
+/// # Errors
+/// The circuit failed or no `NAME_RECEIPTS` came within the step timeout.
+pub(crate) async fn register_name(
+    circuit: &Circuit,
+    record: Vec<u8>,
+) -> Result<(u8, u8, Vec<NameReceipt>), String> {
+    let mut rx = circuit.control_messages();
+    circuit
+        .send_to_last_relay(RelayMsg::NameRegister {
+            record: Bytes::from(record),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(&mut rx, "NAME_RECEIPTS", |m| match m {
+        RelayMsg::NameReceipts {
+            asked,
+            refused,
+            receipts,
+        } => Some((asked, refused, receipts)),
+        _ => None,
+    })
+    .await
 }
 
 /// The periods whose descriptor a client tries, in order: the current one, then the
@@ -393,20 +424,22 @@ impl HsCache {
             .map(|(a, _)| *a)
     }
 
-    /// Choose among the verified records for `name`: the pinned owner's if present, else
+    /// Choose among the verified records for `name` (with `authorities`, only those that
+    /// carry receipts of a majority of them, §12.5): the pinned owner's if present, else
     /// the earliest published; pin it. Errors when only other owners' records exist.
     pub(crate) fn choose_name(
         &self,
         name: &DarkName,
         records: &[Bytes],
         now: u64,
+        authorities: Option<&NameAuthorities>,
     ) -> Result<HsAddress, HsFailure> {
         let mut valid = Vec::new();
         for body in records {
             let Ok(r) = DarkRecord::decode(body) else {
                 continue;
             };
-            match verify_dark_record(&r, now, DARK_POW_BITS) {
+            match verify_name_record(&r, now, DARK_POW_BITS, authorities) {
                 Ok(v) if v.name == *name => valid.push(v),
                 Ok(_) => debug!("a record for another name came back"),
                 Err(e) => debug!("ignoring a .dark record: {e}"),
@@ -631,7 +664,7 @@ mod tests {
         let later = record(8, &name, &other_site, now - 50);
         assert_eq!(
             cache
-                .choose_name(&name, &[later.clone(), first.clone()], now)
+                .choose_name(&name, &[later.clone(), first.clone()], now, None)
                 .unwrap(),
             site
         );
@@ -641,13 +674,15 @@ mod tests {
         // A restarted client reads the pin: only another owner's record → refused.
         let cache = HsCache::new(Some(&dir), HashMap::new());
         let err = cache
-            .choose_name(&name, std::slice::from_ref(&later), now)
+            .choose_name(&name, std::slice::from_ref(&later), now, None)
             .unwrap_err();
         assert!(matches!(err, HsFailure::OwnerChanged { .. }), "{err}");
         assert!(err.to_string().contains(PINS_FILE), "{err}");
         // The pinned owner's record is still taken when it is there.
         assert_eq!(
-            cache.choose_name(&name, &[later, first], now).unwrap(),
+            cache
+                .choose_name(&name, &[later, first], now, None)
+                .unwrap(),
             site
         );
 
@@ -656,7 +691,7 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         let err = cache
-            .choose_name(&name, &[Bytes::from(bad)], now)
+            .choose_name(&name, &[Bytes::from(bad)], now, None)
             .unwrap_err();
         assert!(matches!(err, HsFailure::UnknownName(_)), "{err}");
         let _ = std::fs::remove_dir_all(&dir);

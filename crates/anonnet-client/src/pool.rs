@@ -165,7 +165,7 @@ struct CounterAtomics {
 
 /// The client: keeps circuits ready and opens streams through them.
 pub struct Client {
-    config: ClientConfig,
+    pub(crate) config: ClientConfig,
     links: Arc<LinkManager>,
     /// Fallback directory caches (verified bootstrap descriptors).
     fallbacks: Vec<anonnet_crypto::VerifiedDescriptor>,
@@ -203,6 +203,10 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client").finish_non_exhaustive()
     }
 }
+
+/// Circuits (each to another random last relay) a `.dark` lookup tries before it gives up
+/// (§13.7).
+const NAME_LOOKUP_ATTEMPTS: usize = 3;
 
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -1213,11 +1217,31 @@ impl Client {
         if let Some(a) = self.hs.known_name(&name) {
             return Ok(a);
         }
-        let circuit = self.build_internal(None, &[]).await?;
-        let records = dht_fetch(&circuit, hs::name_key(&name), RecordKind::DarkName).await;
-        circuit.close();
-        let records = records.map_err(|e| HsFailure::UnknownName(format!("{name}: {e}")))?;
-        Ok(self.hs.choose_name(&name, &records, now_unix())?)
+        let authorities = self.config.network.as_ref().map(|n| n.name_authorities());
+        // A lying last relay can answer with nothing or with records that do not verify
+        // (no receipts, §12.5): ask again through another circuit, a few times.
+        let mut last = HsFailure::UnknownName(name.to_string());
+        for _attempt in 0..NAME_LOOKUP_ATTEMPTS {
+            let circuit = self.build_internal(None, &[]).await?;
+            let records = dht_fetch(&circuit, hs::name_key(&name), RecordKind::DarkName).await;
+            circuit.close();
+            let records = match records {
+                Ok(r) => r,
+                Err(e) => {
+                    last = HsFailure::UnknownName(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            match self
+                .hs
+                .choose_name(&name, &records, now_unix(), authorities.as_ref())
+            {
+                Ok(address) => return Ok(address),
+                Err(e @ HsFailure::OwnerChanged { .. }) => return Err(e.into()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last.into())
     }
 
     /// Fetch `address`'s descriptor from its HSDirs (§12.7, §13.7), the cache when fresh:

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use anonnet_wire::hs::{check_dark_name, DarkRecord};
+use anonnet_wire::hs::{check_dark_name, DarkRecord, NameReceipt};
 use anonnet_wire::WireError;
 
 use crate::descriptor::MAX_CLOCK_SKEW;
@@ -27,6 +27,127 @@ pub const DARK_SIGNING_CONTEXT: &[u8] = b"anonnet-dark-record-v1";
 /// Leading zero bits of work that storage nodes and clients require: about 4 million
 /// BLAKE3 hashes to make a record, one to check it.
 pub const DARK_POW_BITS: u32 = 22;
+
+/// Prefix of the message an authority signs in a registration receipt (§12.5).
+pub const NAME_RECEIPT_CONTEXT: &[u8] = b"anonnet-dark-receipt-v1";
+/// How long a name stays registered at an authority after its last renewal (seconds):
+/// 30 days. Owners renew with every record (every 12 hours).
+pub const NAME_REGISTRATION_SECS: u64 = 30 * 86_400;
+
+/// The authorities whose receipts make a name record believable (§12.5): the network id
+/// the receipts are bound to, every authority's Ed25519 identity key, and how many distinct
+/// authorities must vouch for the owner (a majority of the network's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAuthorities {
+    /// `Network::id` of the network (32 bytes).
+    pub network_id: [u8; 32],
+    /// The authorities' identity keys.
+    pub identities: Vec<[u8; KEY_LEN]>,
+    /// Distinct valid receipts required.
+    pub needed: usize,
+}
+
+/// The message an authority signs to say that `name` belongs to `owner` until `expires`
+/// (Unix seconds) in the network `network_id`: `"anonnet-dark-receipt-v1" ‖ network_id
+/// [32] ‖ name_len u8 ‖ name ‖ owner [32] ‖ expires u64` (§12.5).
+pub fn receipt_message(
+    network_id: &[u8; 32],
+    name: &str,
+    owner: &[u8; KEY_LEN],
+    expires: u64,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(NAME_RECEIPT_CONTEXT.len() + 32 + 1 + name.len() + 40);
+    m.extend_from_slice(NAME_RECEIPT_CONTEXT);
+    m.extend_from_slice(network_id);
+    m.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+    m.extend_from_slice(name.as_bytes());
+    m.extend_from_slice(owner);
+    m.extend_from_slice(&expires.to_be_bytes());
+    m
+}
+
+/// The receipt of `authority` for `name` (without `.dark`) owned by `owner`, valid until
+/// `expires` (Unix seconds), in the network `network_id` (§12.5).
+pub fn sign_receipt(
+    authority: &IdentityKey,
+    network_id: &[u8; 32],
+    name: &str,
+    owner: &[u8; KEY_LEN],
+    expires: u64,
+) -> NameReceipt {
+    let public = authority.public();
+    let mut hint = [0u8; 8];
+    hint.copy_from_slice(&public[..8]);
+    NameReceipt {
+        authority: hint,
+        expires,
+        signature: authority.sign(&receipt_message(network_id, name, owner, expires)),
+    }
+}
+
+/// The receipts of `r` that count at `now_unix` (§12.5), one per authority: those whose
+/// `authority` names one of `authorities` (first 8 bytes of its key), that have not
+/// expired, do not run more than [`NAME_REGISTRATION_SECS`] plus an hour past
+/// `now_unix`, and whose signature verifies.
+pub fn valid_receipts(
+    r: &DarkRecord,
+    authorities: &NameAuthorities,
+    now_unix: u64,
+) -> Vec<NameReceipt> {
+    let latest = now_unix
+        .saturating_add(NAME_REGISTRATION_SECS)
+        .saturating_add(MAX_CLOCK_SKEW);
+    let mut vouched: Vec<&[u8; KEY_LEN]> = Vec::new();
+    let mut valid = Vec::new();
+    for receipt in &r.receipts {
+        if receipt.expires <= now_unix || receipt.expires > latest {
+            continue;
+        }
+        let message = receipt_message(&authorities.network_id, &r.name, &r.owner, receipt.expires);
+        let by = authorities.identities.iter().find(|id| {
+            id[..8] == receipt.authority
+                && !vouched.contains(id)
+                && verify_signature(id, &message, &receipt.signature).is_ok()
+        });
+        if let Some(id) = by {
+            vouched.push(id);
+            valid.push(*receipt);
+        }
+    }
+    valid
+}
+
+/// How many distinct authorities of `authorities` vouch at `now_unix` for `r`'s owner
+/// holding its name: the number of [`valid_receipts`].
+pub fn vouching_authorities(r: &DarkRecord, authorities: &NameAuthorities, now_unix: u64) -> usize {
+    valid_receipts(r, authorities, now_unix).len()
+}
+
+/// [`verify_dark_record`], and with `authorities` also at least `authorities.needed`
+/// distinct receipts ([`vouching_authorities`]): the check storage nodes and clients of a
+/// network with authorities make (§12.5, §12.6). Without authorities (a network-less
+/// test setup) only the record's own checks apply.
+///
+/// # Errors
+/// As [`verify_dark_record`]; [`DarkError::NotRegistered`] with too few receipts.
+pub fn verify_name_record(
+    r: &DarkRecord,
+    now_unix: u64,
+    min_pow_bits: u32,
+    authorities: Option<&NameAuthorities>,
+) -> Result<VerifiedDarkRecord, DarkError> {
+    let v = verify_dark_record(r, now_unix, min_pow_bits)?;
+    if let Some(a) = authorities {
+        let vouched = vouching_authorities(r, a, now_unix);
+        if vouched < a.needed {
+            return Err(DarkError::NotRegistered {
+                vouched,
+                needed: a.needed,
+            });
+        }
+    }
+    Ok(v)
+}
 
 /// Why a `.dark` name or record was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -60,6 +181,14 @@ pub enum DarkError {
         expires: u64,
         /// The time of the check (Unix seconds).
         now: u64,
+    },
+    /// Fewer authorities than a majority vouch for the record's owner (§12.5).
+    #[error(".dark record registered by {vouched} authorities, {needed} needed")]
+    NotRegistered {
+        /// Distinct authorities with a valid receipt.
+        vouched: usize,
+        /// How many are required.
+        needed: usize,
     },
     /// `published` is more than an hour ahead of the time of the check.
     #[error(".dark record published in the future ({published}, now {now})")]
@@ -192,6 +321,7 @@ pub fn make_dark_record(
         expires,
         pow_nonce,
         signature: [0; 64],
+        receipts: Vec::new(),
     };
     // A `DarkName` always encodes, so `signed_bytes` cannot fail; if it ever did, the
     // signature would be over the context alone and the record would not verify.
@@ -424,11 +554,13 @@ mod tests {
 
     /// The test vector printed in docs/protocol.md §12.5 (and re-derived by
     /// docs/vectors/verify_vectors.py): owner seed 0x41×32, name "example", the address of
-    /// service seed 0x61×32, published 1 800 000 000, expires 1 800 086 400, 8 bits of work.
+    /// service seed 0x61×32, published 1 800 000 000, expires 1 800 086 400, 8 bits of work,
+    /// one receipt by the authority of seed 0x51×32 in network id 0x33×32, expires
+    /// 1 802 592 000.
     #[test]
     fn dark_test_vector() {
         let name = DarkName::parse("example").unwrap();
-        let r = make_dark_record(
+        let mut r = make_dark_record(
             &IdentityKey::from_seed(&[0x41; 32]),
             &name,
             &ServiceKey::from_seed(&[0x61; 32]).address(),
@@ -436,6 +568,15 @@ mod tests {
             1_800_086_400,
             8,
         );
+        let authority = IdentityKey::from_seed(&[0x51; 32]);
+        let network_id = [0x33; 32];
+        r.receipts = vec![sign_receipt(
+            &authority,
+            &network_id,
+            &r.name,
+            &r.owner,
+            1_802_592_000,
+        )];
         let mut h = pow_hasher(&r.name, &r.address, &r.owner, r.published, r.expires);
         h.update(&r.pow_nonce.to_be_bytes());
         let got = [
@@ -445,7 +586,12 @@ mod tests {
             hex::encode(r.encode().unwrap()),
         ];
         assert_eq!(got, DARK_VECTOR, "{got:#?}");
-        verify_dark_record(&r, 1_800_000_000, 8).unwrap();
+        let authorities = NameAuthorities {
+            network_id,
+            identities: vec![authority.public()],
+            needed: 1,
+        };
+        verify_name_record(&r, 1_800_000_000, 8, Some(&authorities)).unwrap();
     }
 
     /// dark_key("example"), pow_nonce, work hash, record.
@@ -454,12 +600,14 @@ mod tests {
         "5",
         "0008f6b6de3298f6928102960eff2219927c28c0b46f1a9b1b215aa84abe20d1",
         concat!(
-            "01076578616d706c65af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77",
+            "02076578616d706c65af06a3e3291714e4f356c19c9b15cd1951ec6e6662aa77",
             "be07547f289383341ddb995fe25169d141cab9bbba92baa01f9f2e1ece7df4cb",
             "2ac05190f37fcc1f9d000000006b49d200000000006b4b238000000000000000",
-            "05d9aa9aa2ee45b0918638b976ec6b7603f904a0050ac7a7a5736963d08f4e8e",
-            "1f2565ddcd1a5b3c48b5fd1d98841bf13c0d5bc8031b8f6f537ed3f9b4c67656",
-            "0b",
+            "055d1b69ba21d433517d6801e0d7d04fe34f43a2292fb4eceeed14de7048670b",
+            "63d5c18ccc8b1a145019843a33cb0957b7cfc37b6ea12bf16ba36472a7c12b2e",
+            "0b01c050c5637a44fa86000000006b715f007d9637653b7451a90b88318135e2",
+            "674ac771207b35125d005556559c004b4c7d5ad2341c4db8469cb38d7f797464",
+            "f5fe238429de4361722726cecd6d0892c201",
         ),
     ];
 
@@ -476,5 +624,61 @@ mod tests {
             t.elapsed(),
             r.pow_nonce
         );
+    }
+
+    #[test]
+    fn receipts_of_a_majority_make_a_record_believable() {
+        let keys: Vec<IdentityKey> = (1..=3u8)
+            .map(|i| IdentityKey::from_seed(&[i; 32]))
+            .collect();
+        let authorities = NameAuthorities {
+            network_id: [0x33; 32],
+            identities: keys.iter().map(IdentityKey::public).collect(),
+            needed: 2,
+        };
+        let mut r = record(8);
+        let receipt = |k: &IdentityKey, expires: u64| {
+            sign_receipt(k, &authorities.network_id, &r.name, &r.owner, expires)
+        };
+        let later = NOW + 86_400;
+        let one = receipt(&keys[0], later);
+        let two = receipt(&keys[1], later);
+        // No receipt, one, the same one twice: not enough.
+        assert!(matches!(
+            verify_name_record(&r, NOW, 8, Some(&authorities)),
+            Err(DarkError::NotRegistered {
+                vouched: 0,
+                needed: 2
+            })
+        ));
+        verify_name_record(&r, NOW, 8, None).unwrap();
+        r.receipts = vec![one, one];
+        assert_eq!(vouching_authorities(&r, &authorities, NOW), 1);
+        r.receipts = vec![one, two];
+        assert_eq!(vouching_authorities(&r, &authorities, NOW), 2);
+        verify_name_record(&r, NOW, 8, Some(&authorities)).unwrap();
+        // Expired, too far ahead, another network, another owner, another name: worthless.
+        assert_eq!(vouching_authorities(&r, &authorities, later), 0);
+        let far = NOW + NAME_REGISTRATION_SECS + 2 * 3600;
+        r.receipts = vec![receipt(&keys[0], far), two];
+        assert_eq!(vouching_authorities(&r, &authorities, NOW), 1);
+        let elsewhere = NameAuthorities {
+            network_id: [0x34; 32],
+            ..authorities.clone()
+        };
+        r.receipts = vec![one, two];
+        assert_eq!(vouching_authorities(&r, &elsewhere, NOW), 0);
+        let mut stolen = r.clone();
+        stolen.owner = IdentityKey::from_seed(&[0x42; 32]).public();
+        assert_eq!(vouching_authorities(&stolen, &authorities, NOW), 0);
+        let mut renamed = r.clone();
+        renamed.name = "exampl".into();
+        assert_eq!(vouching_authorities(&renamed, &authorities, NOW), 0);
+        // A key outside the network signs nothing that counts, even with a matching hint.
+        let outsider = IdentityKey::from_seed(&[9; 32]);
+        let mut forged = receipt(&outsider, later);
+        forged.authority = one.authority;
+        r.receipts = vec![one, forged];
+        assert_eq!(vouching_authorities(&r, &authorities, NOW), 1);
     }
 }

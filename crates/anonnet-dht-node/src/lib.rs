@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anonnet_crypto::dark::NameAuthorities;
 use anonnet_crypto::NodeId;
 use anonnet_net::LinkManager;
 use anonnet_wire::dht::{
@@ -30,8 +31,8 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use anonnet_dht::{
-    descriptor_key, verify_record, Contact, Insert, Lookup, LookupKind, LookupResult, RoutingTable,
-    Storage, StorageCounters, StorageLimits, K,
+    descriptor_key, verify_record_for, Contact, Insert, Lookup, LookupKind, LookupResult,
+    RoutingTable, Storage, StorageCounters, StorageLimits, K,
 };
 
 /// How long one DHT request may take (seconds) before it counts as failed.
@@ -81,6 +82,8 @@ pub struct DhtNode {
     find_value_sent: AtomicU64,
     /// `STORE` requests this node sent.
     store_sent: AtomicU64,
+    /// The network's authorities whose receipts `.dark` records need (§12.5).
+    names: Mutex<Option<NameAuthorities>>,
 }
 
 impl std::fmt::Debug for DhtNode {
@@ -114,7 +117,27 @@ impl DhtNode {
             next_txid: AtomicU64::new(rand::random()),
             find_value_sent: AtomicU64::new(0),
             store_sent: AtomicU64::new(0),
+            names: Mutex::new(None),
         })
+    }
+
+    /// From now on, accept (store, and take from lookups) only `.dark` records that carry
+    /// receipts of a majority of `names` (§12.5, §12.6).
+    pub fn set_name_authorities(&self, names: NameAuthorities) {
+        if let Some(storage) = &self.storage {
+            lock(storage).set_name_authorities(Some(names.clone()));
+        }
+        *lock(&self.names) = Some(names);
+    }
+
+    /// The authorities set by [`DhtNode::set_name_authorities`].
+    pub fn name_authorities(&self) -> Option<NameAuthorities> {
+        lock(&self.names).clone()
+    }
+
+    /// `anonnet_dht::verify_record_for` with this node's name authorities.
+    fn verify(&self, key: &[u8; 32], record: &Record, now: u64) -> bool {
+        verify_record_for(key, record, now, lock(&self.names).as_ref()).is_ok()
     }
 
     /// A client's lookup-only node. `table` is keyed on a random id that is never sent.
@@ -128,6 +151,7 @@ impl DhtNode {
             next_txid: AtomicU64::new(rand::random()),
             find_value_sent: AtomicU64::new(0),
             store_sent: AtomicU64::new(0),
+            names: Mutex::new(None),
         })
     }
 
@@ -294,7 +318,7 @@ impl DhtNode {
                             self.learn(&contacts);
                             let records: Vec<Record> = records
                                 .into_iter()
-                                .filter(|r| key.is_some_and(|k| verify_record(&k, r, now_unix()).is_ok()))
+                                .filter(|r| key.is_some_and(|k| self.verify(&k, r, now_unix())))
                                 .collect();
                             lookup.on_value(from, records, contacts, now);
                         }
@@ -429,7 +453,7 @@ impl DhtNode {
         let now = now_unix();
         let mut records: Vec<Record> = Vec::new();
         for r in result.records {
-            if verify_record(&key, &r, now).is_ok() && !records.contains(&r) {
+            if self.verify(&key, &r, now) && !records.contains(&r) {
                 records.push(r);
             }
         }

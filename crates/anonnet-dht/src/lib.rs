@@ -20,8 +20,8 @@ use anonnet_wire::{RelayDescriptor, SignedDescriptor, WireError};
 pub use lookup::{Lookup, LookupKind, LookupResult};
 pub use routing::{bucket_index, id_in_bucket, Insert, RoutingTable, BUCKETS};
 pub use storage::{
-    verify_record, RecordError, Storage, StorageCounters, StorageLimits, StoreError,
-    VerifiedRecord, MAX_RATE_PEERS, MAX_RECORD_TTL,
+    verify_record, verify_record_for, RecordError, Storage, StorageCounters, StorageLimits,
+    StoreError, VerifiedRecord, MAX_RATE_PEERS, MAX_RECORD_TTL,
 };
 
 /// Bucket size and replication factor: contacts per k-bucket, contacts per answer, nodes a

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anonnet_crypto::dark::{dark_key, verify_dark_record, DarkError, DARK_POW_BITS};
+use anonnet_crypto::dark::{
+    dark_key, verify_name_record, DarkError, NameAuthorities, DARK_POW_BITS,
+};
 use anonnet_crypto::hs::{self, HsError};
 use anonnet_crypto::{verify_descriptor, DescriptorError, NodeId};
 use anonnet_wire::dht::{
@@ -90,6 +92,21 @@ pub fn verify_record(
     record: &Record,
     now_unix: u64,
 ) -> Result<VerifiedRecord, RecordError> {
+    verify_record_for(key, record, now_unix, None)
+}
+
+/// [`verify_record`] in a network whose `.dark` records must carry receipts of a majority
+/// of its authorities (`names`, §12.5): a kind-3 record without enough fails with
+/// [`DarkError::NotRegistered`]. `None` checks as [`verify_record`] does.
+///
+/// # Errors
+/// [`RecordError`] saying which check failed.
+pub fn verify_record_for(
+    key: &[u8; 32],
+    record: &Record,
+    now_unix: u64,
+    names: Option<&NameAuthorities>,
+) -> Result<VerifiedRecord, RecordError> {
     let (right_key, v) = match record.kind {
         RecordKind::RelayDescriptor => {
             let signed = SignedDescriptor::decode(&record.body)?;
@@ -115,7 +132,7 @@ pub fn verify_record(
         }
         RecordKind::DarkName => {
             let dark = DarkRecord::decode(&record.body)?;
-            let v = verify_dark_record(&dark, now_unix, DARK_POW_BITS)?;
+            let v = verify_name_record(&dark, now_unix, DARK_POW_BITS, names)?;
             let right_key = dark_key(&v.name);
             let v = VerifiedRecord {
                 owner: NodeId::from_identity(&v.owner),
@@ -247,6 +264,9 @@ pub struct Storage {
     total: usize,
     rate: HashMap<NodeId, TokenBucket>,
     counters: StorageCounters,
+    /// The network's authorities whose receipts `.dark` records need (§12.5); `None`
+    /// outside a network.
+    names: Option<NameAuthorities>,
 }
 
 impl Storage {
@@ -259,7 +279,19 @@ impl Storage {
             total: 0,
             rate: HashMap::new(),
             counters: StorageCounters::default(),
+            names: None,
         }
+    }
+
+    /// Require from now on that `.dark` records carry receipts of a majority of `names`
+    /// (§12.5, §12.6); records already stored are not re-checked.
+    pub fn set_name_authorities(&mut self, names: Option<NameAuthorities>) {
+        self.names = names;
+    }
+
+    /// The authorities set by [`Storage::set_name_authorities`].
+    pub fn name_authorities(&self) -> Option<&NameAuthorities> {
+        self.names.as_ref()
     }
 
     /// The bounds in force.
@@ -288,7 +320,7 @@ impl Storage {
         record: Record,
         now_unix: u64,
     ) -> Result<(), StoreError> {
-        let v = match verify_record(&key, &record, now_unix) {
+        let v = match verify_record_for(&key, &record, now_unix, self.names.as_ref()) {
             Ok(v) => v,
             Err(_) => {
                 self.counters.rejected_invalid += 1;
@@ -782,6 +814,56 @@ mod tests {
         let (_, newcomer) = dark_record(2, "example", later - 5);
         s.store(peer(2), key, newcomer.clone(), later).unwrap();
         assert_eq!(s.get(&key, later), vec![newcomer]);
+    }
+
+    #[test]
+    fn with_name_authorities_only_registered_names_are_stored() {
+        use anonnet_crypto::dark::{sign_receipt, NameAuthorities};
+        let authorities: Vec<IdentityKey> = (0..3).map(|i| identity(500 + i)).collect();
+        let names = NameAuthorities {
+            network_id: [7; 32],
+            identities: authorities.iter().map(IdentityKey::public).collect(),
+            needed: 2,
+        };
+        let mut s = Storage::new(StorageLimits::default());
+        s.set_name_authorities(Some(names.clone()));
+        assert_eq!(s.name_authorities(), Some(&names));
+        let with_receipts = |owner: u32, published: u64, by: &[usize]| {
+            let (key, r) = dark_record(owner, "example", published);
+            let mut d = DarkRecord::decode(&r.body).unwrap();
+            for &a in by {
+                d.receipts.push(sign_receipt(
+                    &authorities[a],
+                    &names.network_id,
+                    "example",
+                    &d.owner,
+                    NOW + 86_400,
+                ));
+            }
+            (key, Record::dark_name(&d).unwrap())
+        };
+        // A back-dated record with valid work but no receipts: refused, however early.
+        let (key, squatter) = with_receipts(2, NOW - 80_000, &[]);
+        assert_eq!(
+            s.store(peer(2), key, squatter, NOW),
+            Err(StoreError::Invalid)
+        );
+        // One receipt of three authorities is not a majority; one authority twice neither.
+        let (_, one) = with_receipts(2, NOW - 80_000, &[0]);
+        assert_eq!(s.store(peer(2), key, one, NOW), Err(StoreError::Invalid));
+        let (_, twice) = with_receipts(2, NOW - 80_000, &[1, 1]);
+        assert_eq!(s.store(peer(2), key, twice, NOW), Err(StoreError::Invalid));
+        assert_eq!(s.counters().rejected_invalid, 3);
+        // The registered owner's record, with receipts of two authorities, is stored.
+        let (_, owner) = with_receipts(1, NOW - 100, &[0, 2]);
+        s.store(peer(1), key, owner.clone(), NOW).unwrap();
+        assert_eq!(s.get(&key, NOW), vec![owner]);
+        // Receipts bound to another network do not count.
+        let mut other = s.name_authorities().cloned().unwrap();
+        other.network_id = [8; 32];
+        let (_, owner2) = with_receipts(1, NOW - 50, &[0, 2]);
+        assert!(verify_record_for(&key, &owner2, NOW, Some(&other)).is_err());
+        assert!(verify_record_for(&key, &owner2, NOW, Some(&names)).is_ok());
     }
 
     #[test]

@@ -18,10 +18,13 @@
 //! | 0x08 | `VOTE` | `has u8 (0|1) ‖ signed vote?` |
 //! | 0x09 | `POST_SIGNATURE` | `digest [32] ‖ authority [32] ‖ signature [64]` |
 //! | 0x0a | `REFUSED` | `reason_len u8 ‖ reason` |
+//! | 0x0b | `REGISTER_NAME` | a `.dark` record (§12.5) |
+//! | 0x0c | `NAME_RECEIPT` | `receipt [80]` (§12.5) |
 //!
 //! Relays answer `GET_CONSENSUS` from their cache (clients' directory guards);
 //! authorities answer every request.
 
+use anonnet_wire::hs::{NameReceipt, MAX_DARK_RECORD_LEN};
 use anonnet_wire::{Reader, SignedDescriptor, WireError, Writer};
 
 use crate::document::{ConsensusSignature, SignedConsensus, SignedVote, MAX_CONSENSUS_LEN};
@@ -80,6 +83,13 @@ pub enum DirMessage {
     },
     /// The request was refused (not an authority, unknown peer, malformed).
     Refused(String),
+    /// A relay registers a `.dark` name on a client's behalf (§12.5): the encoded record
+    /// (`anonnet_wire::hs::DarkRecord`, at most `MAX_DARK_RECORD_LEN` bytes; its receipts
+    /// are ignored).
+    RegisterName(Vec<u8>),
+    /// The authority's answer to [`DirMessage::RegisterName`] when it registered or
+    /// renewed the name for the record's owner.
+    NameReceipt(NameReceipt),
 }
 
 fn put_reason(w: &mut Writer, reason: &str) {
@@ -154,6 +164,14 @@ impl DirMessage {
                 w.put_u8(0x0a);
                 put_reason(&mut w, reason);
             }
+            DirMessage::RegisterName(record) => {
+                w.put_u8(0x0b);
+                w.put(record);
+            }
+            DirMessage::NameReceipt(receipt) => {
+                w.put_u8(0x0c);
+                receipt.put(&mut w);
+            }
         }
         Ok(w.into_vec())
     }
@@ -210,6 +228,14 @@ impl DirMessage {
                 },
             },
             0x0a => DirMessage::Refused(take_reason(&mut r)?),
+            0x0b => {
+                let record = r.take_rest();
+                if record.len() > MAX_DARK_RECORD_LEN {
+                    return Err(invalid("name record", "too long"));
+                }
+                return Ok(DirMessage::RegisterName(record.to_vec()));
+            }
+            0x0c => DirMessage::NameReceipt(NameReceipt::take(&mut r)?),
             _ => return Err(invalid("directory message type", "unknown")),
         };
         r.finish()?;
@@ -252,6 +278,12 @@ mod tests {
                 },
             },
             DirMessage::Refused("no".into()),
+            DirMessage::RegisterName(vec![2; 160]),
+            DirMessage::NameReceipt(NameReceipt {
+                authority: [7; 8],
+                expires: 8,
+                signature: [9; 64],
+            }),
         ];
         for m in msgs {
             let bytes = m.encode().unwrap();
@@ -268,6 +300,7 @@ mod tests {
             &[0x04, 2],
             &[0x06, 0],
             &[0x0a, 5, b'a'],
+            &[0x0c, 1, 2],
         ] {
             assert!(DirMessage::decode(bad).is_err(), "{bad:?}");
         }

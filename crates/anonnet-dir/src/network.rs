@@ -83,6 +83,16 @@ impl Network {
         self.authorities.len() / 2 + 1
     }
 
+    /// The authorities whose receipts a `.dark` record of this network needs (§12.5): its
+    /// id, every authority's identity key, and [`Network::majority`] of them.
+    pub fn name_authorities(&self) -> anonnet_crypto::dark::NameAuthorities {
+        anonnet_crypto::dark::NameAuthorities {
+            network_id: self.id(),
+            identities: self.authorities.iter().map(|a| a.identity).collect(),
+            needed: self.majority(),
+        }
+    }
+
     /// The authority with this identity key.
     pub fn authority(&self, identity: &[u8; 32]) -> Option<&AuthorityEntry> {
         self.authorities.iter().find(|a| &a.identity == identity)

@@ -228,6 +228,8 @@ pub struct Stats {
     pub dht_stores: AtomicU64,
     /// Hidden-service descriptors accepted as an HSDir (§12.7).
     pub hsdir_stored: AtomicU64,
+    /// `NAME_REGISTER`s this relay passed on to the authorities (§12.5).
+    pub names_forwarded: AtomicU64,
     /// Hidden-service descriptors refused because this relay is not responsible for them
     /// under the consensus it holds (or holds none), §12.7.
     pub hsdir_not_responsible: AtomicU64,
@@ -266,6 +268,7 @@ impl Stats {
             "dht_fetches_for_circuits": g(&self.dht_fetches),
             "dht_stores_for_circuits": g(&self.dht_stores),
             "hsdir_stored": g(&self.hsdir_stored),
+            "names_forwarded": g(&self.names_forwarded),
             "hsdir_not_responsible": g(&self.hsdir_not_responsible),
             "circuits_refused_total_limit": g(&self.circuits_refused_total_limit),
             "circuits_refused_peer_limit": g(&self.circuits_refused_peer_limit),
@@ -301,6 +304,8 @@ pub(crate) struct RelayShared {
     pub(crate) hsdir: Mutex<anonnet_dht::storage::Storage>,
     /// [`RelayConfig::hsdir_behaviour`].
     pub(crate) hsdir_behaviour: HsDirBehaviour,
+    /// [`RelayConfig::network`]: whose authorities `NAME_REGISTER` asks (§12.5).
+    pub(crate) network: Option<anonnet_dir::Network>,
 }
 
 /// Bounds of an HSDir's descriptor store (§12.7): every descriptor arrives through a
@@ -505,7 +510,11 @@ impl Relay {
             consensus: Arc::new(directory::ConsensusCache::default()),
             hsdir: Mutex::new(anonnet_dht::storage::Storage::new(HSDIR_STORAGE)),
             hsdir_behaviour: config.hsdir_behaviour,
+            network: config.network.clone(),
         });
+        if let Some(network) = &config.network {
+            shared.dht.set_name_authorities(network.name_authorities());
+        }
         let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor.clone());
         if let Some(network) = &config.network {
             tasks.spawn(directory::upload_descriptors(

@@ -781,6 +781,7 @@ mod tests {
             expires: 11,
             pow_nonce: 12,
             signature: [13; 64],
+            receipts: Vec::new(),
         };
         for (record, kind) in [
             (Record::hs_descriptor(&hs).unwrap(), 2),

@@ -47,12 +47,60 @@ pub const COOKIE_LEN: usize = 20;
 /// Length of every encoded [`IntroducePlaintext`]: `cookie [20] ‖ relay link ‖ client_pk
 /// [32]`, zero-padded to the IPv6 size, `20 + 83 + 32` = 135 bytes.
 pub const INTRODUCE_PLAINTEXT_LEN: usize = COOKIE_LEN + RELAY_LINK_V6_LEN + KEY_LEN;
-/// `.dark` record format version.
-pub const DARK_RECORD_VERSION: u8 = 1;
+/// `.dark` record format version: 2 carries the authorities' registration receipts
+/// (§12.5).
+pub const DARK_RECORD_VERSION: u8 = 2;
 /// Longest `.dark` name (bytes, without `.dark`): one DNS label.
 pub const MAX_DARK_NAME_LEN: usize = 63;
-/// Largest encoded [`DarkRecord`]: `1 + 1 + 63 + 32 + 32 + 8 + 8 + 8 + 64` = 217 bytes.
-pub const MAX_DARK_RECORD_LEN: usize = 2 + MAX_DARK_NAME_LEN + 2 * KEY_LEN + 3 * 8 + SIGNATURE_LEN;
+/// Bytes of an encoded [`NameReceipt`]: `authority [8] ‖ expires u64 ‖ signature [64]`.
+pub const NAME_RECEIPT_LEN: usize = 8 + 8 + SIGNATURE_LEN;
+/// Most receipts a [`DarkRecord`] carries: a majority of a network of up to 11
+/// authorities, so that the largest record still fits one `DHT_STORE` a client seals
+/// (§6.2, §12.5).
+pub const MAX_RECORD_RECEIPTS: usize = 6;
+/// Largest encoded [`DarkRecord`]: `1 + 1 + 63 + 32 + 32 + 8 + 8 + 8 + 64` = 217 bytes of
+/// signed record, `1 + 6 × 80` of receipts: 698 bytes.
+pub const MAX_DARK_RECORD_LEN: usize = 2
+    + MAX_DARK_NAME_LEN
+    + 2 * KEY_LEN
+    + 3 * 8
+    + SIGNATURE_LEN
+    + 1
+    + MAX_RECORD_RECEIPTS * NAME_RECEIPT_LEN;
+
+/// One directory authority's statement that a name belongs to an owner until `expires`
+/// (§12.5 "Registration"): `authority [8] ‖ expires u64 ‖ signature [64]`, 80 bytes. The
+/// signature is checked by `anonnet_crypto::dark::valid_receipts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameReceipt {
+    /// The first 8 bytes of the authority's Ed25519 identity key.
+    pub authority: [u8; 8],
+    /// End of the registration at that authority (Unix seconds).
+    pub expires: u64,
+    /// Ed25519 by the authority over the receipt message (§12.5).
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl NameReceipt {
+    /// Append the 80-byte encoding.
+    pub fn put(&self, w: &mut Writer) {
+        w.put(&self.authority);
+        w.put_u64(self.expires);
+        w.put(&self.signature);
+    }
+
+    /// Take one 80-byte receipt.
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] when fewer than 80 bytes are left.
+    pub fn take(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(NameReceipt {
+            authority: r.take_array()?,
+            expires: r.take_u64()?,
+            signature: r.take_array()?,
+        })
+    }
+}
 
 /// How to reach a relay: its NodeId, onion key and QUIC address (§12.3). Encoded
 /// `node_id [32] ‖ onion_key [32] ‖ atype u8 ‖ ip ‖ port u16`, `atype` 4 (4-byte IPv4) or
@@ -410,6 +458,9 @@ pub struct DarkRecord {
     pub pow_nonce: u64,
     /// Ed25519 signature by `owner` over `"anonnet-dark-record-v1" ‖ signed_bytes()`.
     pub signature: [u8; SIGNATURE_LEN],
+    /// The authorities' registration receipts, at most [`MAX_RECORD_RECEIPTS`], after the
+    /// signature and not covered by it (§12.5); empty in a registration request.
+    pub receipts: Vec<NameReceipt>,
 }
 
 impl DarkRecord {
@@ -436,14 +487,22 @@ impl DarkRecord {
         Ok(w.into_vec())
     }
 
-    /// Encode (155..=217 bytes).
+    /// Encode (156..=698 bytes: the signed record, `n u8`, `n` receipts).
     ///
     /// # Errors
-    /// As [`DarkRecord::signed_bytes`].
+    /// As [`DarkRecord::signed_bytes`]; [`WireError::Invalid`] with more than
+    /// [`MAX_RECORD_RECEIPTS`] receipts.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        if self.receipts.len() > MAX_RECORD_RECEIPTS {
+            return Err(invalid("dark record receipts", "more than 6"));
+        }
         let mut w = Writer::with_capacity(MAX_DARK_RECORD_LEN);
         self.put_unsigned(&mut w)?;
         w.put(&self.signature);
+        w.put_u8(self.receipts.len() as u8);
+        for receipt in &self.receipts {
+            receipt.put(&mut w);
+        }
         Ok(w.into_vec())
     }
 
@@ -451,13 +510,13 @@ impl DarkRecord {
     /// (`anonnet_crypto::dark::verify_dark_record` does).
     ///
     /// # Errors
-    /// [`WireError::Invalid`] for a version other than 1 or a name that fails
-    /// [`check_dark_name`]; [`WireError::Truncated`] / [`WireError::Trailing`] for a wrong
-    /// length.
+    /// [`WireError::Invalid`] for a version other than 2, a name that fails
+    /// [`check_dark_name`] or more than [`MAX_RECORD_RECEIPTS`] receipts;
+    /// [`WireError::Truncated`] / [`WireError::Trailing`] for a wrong length.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(bytes);
         if r.take_u8()? != DARK_RECORD_VERSION {
-            return Err(invalid("dark record version", "not 1"));
+            return Err(invalid("dark record version", "not 2"));
         }
         let name_len = usize::from(r.take_u8()?);
         let name = std::str::from_utf8(r.take(name_len)?)
@@ -471,9 +530,17 @@ impl DarkRecord {
             expires: r.take_u64()?,
             pow_nonce: r.take_u64()?,
             signature: r.take_array()?,
+            receipts: Vec::new(),
         };
+        let n = usize::from(r.take_u8()?);
+        if n > MAX_RECORD_RECEIPTS {
+            return Err(invalid("dark record receipts", "more than 6"));
+        }
+        let receipts = (0..n)
+            .map(|_| NameReceipt::take(&mut r))
+            .collect::<Result<Vec<_>, _>>()?;
         r.finish()?;
-        Ok(record)
+        Ok(DarkRecord { receipts, ..record })
     }
 }
 
@@ -528,6 +595,14 @@ mod tests {
             expires: 20,
             pow_nonce: 99,
             signature: [7; 64],
+            receipts: vec![
+                NameReceipt {
+                    authority: [8; 8],
+                    expires: 30,
+                    signature: [9; 64],
+                };
+                2
+            ],
         }
     }
 
@@ -540,7 +615,7 @@ mod tests {
         assert_eq!(HS_HEADER_LEN, 73);
         assert_eq!(HS_DESCRIPTOR_LEN, 597);
         assert_eq!(INTRODUCE_PLAINTEXT_LEN, 135);
-        assert_eq!(MAX_DARK_RECORD_LEN, 217);
+        assert_eq!(MAX_DARK_RECORD_LEN, 698);
         for v6 in [false, true] {
             let mut w = Writer::new();
             link(v6, 1).encode_into(&mut w);
@@ -698,9 +773,28 @@ mod tests {
     fn dark_record_round_trips_and_checks_its_name() {
         let d = dark();
         let bytes = d.encode().unwrap();
-        assert_eq!(bytes.len(), 2 + 8 + 32 + 32 + 24 + 64);
+        assert_eq!(
+            bytes.len(),
+            2 + 8 + 32 + 32 + 24 + 64 + 1 + 2 * NAME_RECEIPT_LEN
+        );
         assert_eq!(DarkRecord::decode(&bytes).unwrap(), d);
-        assert_eq!(d.signed_bytes().unwrap(), &bytes[..bytes.len() - 64]);
+        let signed = 2 + 8 + 32 + 32 + 24;
+        assert_eq!(d.signed_bytes().unwrap(), &bytes[..signed]);
+        let seven = DarkRecord {
+            receipts: vec![d.receipts[0]; MAX_RECORD_RECEIPTS + 1],
+            ..dark()
+        };
+        assert!(seven.encode().is_err());
+        let mut too_many = bytes[..signed + 64].to_vec();
+        too_many.push(7);
+        too_many.extend(std::iter::repeat_n(0u8, 7 * NAME_RECEIPT_LEN));
+        assert!(DarkRecord::decode(&too_many).is_err());
+        let six = DarkRecord {
+            name: "z".repeat(63),
+            receipts: vec![d.receipts[0]; MAX_RECORD_RECEIPTS],
+            ..dark()
+        };
+        assert_eq!(six.encode().unwrap().len(), MAX_DARK_RECORD_LEN);
         for n in 0..bytes.len() {
             assert!(DarkRecord::decode(&bytes[..n]).is_err());
         }

@@ -10,8 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 
 use crate::cell::KEY_LEN;
+use crate::hs::NameReceipt;
 use crate::{invalid, DestroyReason, Reader, WireError, Writer};
 
+/// Most receipts one `NAME_RECEIPTS` carries (11 × 80 bytes fit a backward message).
+pub const MAX_NAME_RECEIPTS: usize = 11;
 /// Bytes of the relay message header: command (1) ‖ stream id (2) ‖ length (2).
 pub const RELAY_HEADER_LEN: usize = 5;
 /// Version byte of an authenticated circuit-level SENDME.
@@ -250,6 +253,25 @@ pub enum RelayMsg {
         /// The record body.
         body: Bytes,
     },
+    /// Client → last hop (§12.5, §13.6): register a `.dark` name with the network's
+    /// authorities on the client's behalf. `record [..]`: a kind-3 record (§12.5) without
+    /// receipts.
+    NameRegister {
+        /// The encoded record.
+        record: Bytes,
+    },
+    /// Last hop → client (§12.5, §13.6): `asked u8 ‖ refused u8 ‖ n u8 ‖ n × receipt
+    /// [80]`: how many authorities were asked, how many refused (the name is another
+    /// owner's there, or the record did not verify), and the receipts of the others
+    /// (`n ≤` [`MAX_NAME_RECEIPTS`]).
+    NameReceipts {
+        /// Authorities the relay asked.
+        asked: u8,
+        /// Authorities that refused.
+        refused: u8,
+        /// Their receipts, unchecked (the client verifies them).
+        receipts: Vec<NameReceipt>,
+    },
     /// Last hop → client (§13.6): `status u8 ‖ index u8 ‖ count u8 ‖ kind u8 ‖ body [..]`.
     /// A fetch answers with `count` cells (`index` 0..count), one record each, or one
     /// cell with `count = 0`; a store answers with one cell whose `count` is the number of
@@ -314,6 +336,8 @@ impl RelayMsg {
             RelayMsg::DhtFetch { .. } => 48,
             RelayMsg::DhtStore { .. } => 49,
             RelayMsg::DhtResult { .. } => 50,
+            RelayMsg::NameRegister { .. } => 51,
+            RelayMsg::NameReceipts { .. } => 52,
         }
     }
 
@@ -566,6 +590,22 @@ impl RelayCell {
                 w.put_u8(*kind);
                 w.put(body);
             }
+            RelayMsg::NameRegister { record } => w.put(record),
+            RelayMsg::NameReceipts {
+                asked,
+                refused,
+                receipts,
+            } => {
+                if receipts.len() > MAX_NAME_RECEIPTS {
+                    return Err(invalid("name receipts", "more than 11"));
+                }
+                w.put_u8(*asked);
+                w.put_u8(*refused);
+                w.put_u8(receipts.len() as u8);
+                for r in receipts {
+                    r.put(&mut w);
+                }
+            }
         }
         Ok(w.into_vec())
     }
@@ -711,6 +751,25 @@ impl RelayCell {
                 kind: p.take_u8()?,
                 body: Bytes::copy_from_slice(p.take_rest()),
             },
+            51 => RelayMsg::NameRegister {
+                record: Bytes::copy_from_slice(p.take_rest()),
+            },
+            52 => {
+                let asked = p.take_u8()?;
+                let refused = p.take_u8()?;
+                let n = usize::from(p.take_u8()?);
+                if n > MAX_NAME_RECEIPTS {
+                    return Err(invalid("name receipts", "more than 11"));
+                }
+                let receipts = (0..n)
+                    .map(|_| NameReceipt::take(&mut p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                RelayMsg::NameReceipts {
+                    asked,
+                    refused,
+                    receipts,
+                }
+            }
             _ => return Err(invalid("relay command", "unknown command")),
         };
         p.finish()?;
@@ -780,6 +839,21 @@ mod tests {
                 count: 2,
                 kind: 2,
                 body: Bytes::from_static(b"body"),
+            },
+            RelayMsg::NameRegister {
+                record: Bytes::from_static(b"record"),
+            },
+            RelayMsg::NameReceipts {
+                asked: 3,
+                refused: 1,
+                receipts: vec![
+                    crate::hs::NameReceipt {
+                        authority: [13; 8],
+                        expires: 14,
+                        signature: [15; 64],
+                    };
+                    MAX_NAME_RECEIPTS
+                ],
             },
         ] {
             round_trip(RelayCell::new(c, msg.clone()));

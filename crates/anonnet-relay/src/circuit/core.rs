@@ -376,7 +376,8 @@ impl ForwardCore {
             | RelayMsg::EstablishRendezvous { .. }
             | RelayMsg::Rendezvous1 { .. }
             | RelayMsg::DhtFetch { .. }
-            | RelayMsg::DhtStore { .. }) => Ok(Step::Role(msg)),
+            | RelayMsg::DhtStore { .. }
+            | RelayMsg::NameRegister { .. }) => Ok(Step::Role(msg)),
             RelayMsg::Connected
             | RelayMsg::Extended { .. }
             | RelayMsg::Extended2(_)
@@ -386,7 +387,8 @@ impl ForwardCore {
             | RelayMsg::IntroEstablished
             | RelayMsg::RendezvousEstablished
             | RelayMsg::IntroduceAck(_)
-            | RelayMsg::DhtResult { .. } => violation,
+            | RelayMsg::DhtResult { .. }
+            | RelayMsg::NameReceipts { .. } => violation,
         }
     }
 

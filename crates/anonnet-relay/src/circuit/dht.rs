@@ -4,15 +4,24 @@ use super::*;
 use crate::HsDirBehaviour;
 
 impl ForwardTask {
-    /// `DHT_FETCH` / `DHT_STORE` (§13.6): run the request in its own task (bounded per
-    /// circuit and per relay) and answer with `DHT_RESULT`.
+    /// `DHT_FETCH` / `DHT_STORE` / `NAME_REGISTER` (§13.6, §12.5): run the request in its
+    /// own task (bounded per circuit and per relay) and answer with `DHT_RESULT` or
+    /// `NAME_RECEIPTS`.
     pub(super) async fn dht_request(&mut self, request: DhtRequest) {
-        let unavailable = RelayMsg::DhtResult {
-            status: DHT_UNAVAILABLE,
-            index: 0,
-            count: 0,
-            kind: 0,
-            body: Bytes::new(),
+        let unavailable = if matches!(request, DhtRequest::RegisterName { .. }) {
+            RelayMsg::NameReceipts {
+                asked: 0,
+                refused: 0,
+                receipts: Vec::new(),
+            }
+        } else {
+            RelayMsg::DhtResult {
+                status: DHT_UNAVAILABLE,
+                index: 0,
+                count: 0,
+                kind: 0,
+                body: Bytes::new(),
+            }
         };
         let permits = (
             self.hs.dht_requests.clone().try_acquire_owned(),
@@ -56,6 +65,9 @@ pub(super) enum DhtRequest {
         kind: u8,
         body: Bytes,
     },
+    RegisterName {
+        record: Bytes,
+    },
 }
 
 /// Run `request`: hidden-service descriptors (kind 2) on this relay's HSDir store
@@ -74,7 +86,9 @@ pub(super) async fn serve_dht_request(
         body,
     };
     let now = crate::now_unix();
+    let names = shared.dht.name_authorities();
     match request {
+        DhtRequest::RegisterName { record } => vec![register_name(shared, record).await],
         DhtRequest::Fetch { key, kind } => {
             shared.stats.dht_fetches.fetch_add(1, Ordering::Relaxed);
             let Ok(kind) = RecordKind::from_byte(kind) else {
@@ -95,7 +109,7 @@ pub(super) async fn serve_dht_request(
             let records: Vec<Record> = found
                 .into_iter()
                 .filter(|r| r.kind == kind && r.body.len() <= room)
-                .filter(|r| verify_record(&key, r, now).is_ok())
+                .filter(|r| verify_record_for(&key, r, now, names.as_ref()).is_ok())
                 .take(DHT_RESULT_RECORDS)
                 .collect();
             if records.is_empty() {
@@ -123,7 +137,7 @@ pub(super) async fn serve_dht_request(
             let Ok(record) = record else {
                 return vec![result(DHT_REFUSED, 0, kind, Bytes::new())];
             };
-            if verify_record(&key, &record, now).is_err() {
+            if verify_record_for(&key, &record, now, names.as_ref()).is_err() {
                 return vec![result(DHT_REFUSED, 0, kind, Bytes::new())];
             }
             let stored = if record.kind == RecordKind::HsDescriptor {
@@ -182,4 +196,51 @@ fn store_as_hsdir(shared: &RelayShared, key: [u8; 32], record: Record, now: u64)
         shared.stats.hsdir_stored.fetch_add(1, Ordering::Relaxed);
     }
     stored
+}
+
+/// `NAME_REGISTER` (§12.5): send the record to every authority of this relay's network at
+/// once (`REGISTER_NAME`, §14.2) and answer with the receipts they gave (at most
+/// `MAX_NAME_RECEIPTS`; the client checks them). A relay outside a network asks nobody.
+async fn register_name(shared: &RelayShared, record: Bytes) -> RelayMsg {
+    let Some(network) = &shared.network else {
+        return RelayMsg::NameReceipts {
+            asked: 0,
+            refused: 0,
+            receipts: Vec::new(),
+        };
+    };
+    shared.stats.names_forwarded.fetch_add(1, Ordering::Relaxed);
+    let request = anonnet_dir::DirMessage::RegisterName(record.to_vec());
+    let mut asks = tokio::task::JoinSet::new();
+    for a in &network.authorities {
+        let (links, request, addr, id) = (
+            shared.links.clone(),
+            request.clone(),
+            a.address,
+            a.node_id(),
+        );
+        asks.spawn(async move { crate::directory::ask(&links, addr, id, &request).await });
+    }
+    let asked = asks.len();
+    let mut refused = 0usize;
+    let mut receipts = Vec::new();
+    while let Some(answer) = asks.join_next().await {
+        match answer.unwrap_or_else(|e| Err(e.to_string())) {
+            Ok(anonnet_dir::DirMessage::NameReceipt(r)) => {
+                if receipts.len() < anonnet_wire::relay::MAX_NAME_RECEIPTS {
+                    receipts.push(r);
+                }
+            }
+            Ok(anonnet_dir::DirMessage::Refused(why)) => {
+                debug!("name registration refused by an authority: {why}");
+                refused += 1;
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+    RelayMsg::NameReceipts {
+        asked: u8::try_from(asked).unwrap_or(u8::MAX),
+        refused: u8::try_from(refused).unwrap_or(u8::MAX),
+        receipts,
+    }
 }

@@ -252,6 +252,10 @@ impl ForwardTask {
                     .await;
                 Ok(())
             }
+            RelayMsg::NameRegister { record } => {
+                self.dht_request(DhtRequest::RegisterName { record }).await;
+                Ok(())
+            }
             _ => Err(Violation(DestroyReason::Protocol)),
         }
     }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use anonnet_crypto::onion::relay_cell_tag;
 use anonnet_crypto::{NodeId, RelayBackward, RelayForward};
-use anonnet_dht::verify_record;
+use anonnet_dht::verify_record_for;
 use anonnet_wire::cell::{relay_layout, CellCommand, LayerKind};
 use anonnet_wire::dht::{Record, RecordKind};
 use anonnet_wire::flow::{
