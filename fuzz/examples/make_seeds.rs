@@ -315,6 +315,7 @@ fn hidden_services() {
         addr: addr.parse().unwrap(),
     };
     let body = HsDescriptorBody {
+        pow: None,
         intro_points: vec![
             IntroPoint {
                 relay: link(1, "127.0.0.1:7001"),
@@ -335,6 +336,7 @@ fn hidden_services() {
     write("hs_descriptor", "body", &body.encode().unwrap());
 
     let plaintext = IntroducePlaintext {
+        pow: None,
         cookie: [0xc0; 20],
         rendezvous: link(5, "127.0.0.1:7002"),
         client_pk: [0x33; 32],

@@ -721,6 +721,7 @@ impl Service {
         let client = self.client.upgrade().ok_or("client stopped")?;
         let now = now_unix();
         let body = HsDescriptorBody {
+            pow: None,
             intro_points: points,
         };
         let mut stored = 0;
@@ -882,6 +883,7 @@ mod tests {
 
     fn sealed_to(keys: &IntroKeys, auth_key: &[u8; 32], tag: u8) -> Vec<u8> {
         let plain = IntroducePlaintext {
+            pow: None,
             cookie: [tag; 20],
             rendezvous: anonnet_wire::hs::RelayLink {
                 node_id: [1; 32],

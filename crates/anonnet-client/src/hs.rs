@@ -513,6 +513,7 @@ impl Introduction {
     /// [`Introduction::new`]): sealed to its `enc_key`, bound to its `auth_key` (§12.4).
     pub(crate) fn sealed(&self, point: &IntroPoint) -> Result<Bytes, HsFailure> {
         let plain = IntroducePlaintext {
+            pow: None,
             cookie: self.cookie,
             rendezvous: self.rendezvous,
             client_pk: self.handshake.hello().client_pk,
@@ -692,6 +693,7 @@ mod tests {
                 (
                     1,
                     HsDescriptorBody {
+                        pow: None,
                         intro_points: Vec::new(),
                     },
                 ),

@@ -157,6 +157,7 @@ fn seal_for(
 ) -> (ClientHandshake, Bytes) {
     let handshake = ClientHandshake::start_hs(address.node_id(), point.enc_key).unwrap();
     let plain = IntroducePlaintext {
+        pow: None,
         cookie,
         rendezvous: link_of(rp),
         client_pk: handshake.hello().client_pk,
