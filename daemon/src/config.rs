@@ -834,6 +834,9 @@ struct ServiceSection {
     port: Option<Spanned<u64>>,
     name: Option<Spanned<String>>,
     key_file: Option<Spanned<String>>,
+    pow: Option<Spanned<bool>>,
+    pow_queue_bound: Option<Spanned<u64>>,
+    pow_max_effort: Option<Spanned<u64>>,
 }
 
 /// The default key file of a service published for `target` (in the state directory):
@@ -1119,11 +1122,31 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
             Some(k) => src.path(k.get_ref()),
             None => default_service_key(&state_dir, target),
         };
+        // Proof of work on introductions (protocol §13.9) is on unless `pow = false`:
+        // while the service is not loaded it suggests effort 0 and clients solve nothing,
+        // so it costs nothing until a flood, when it is what keeps real clients served.
+        let pow = if sec.pow.as_ref().is_none_or(|p| *p.get_ref()) {
+            let mut cfg = anonnet_client::host::PowConfig::default();
+            if let Some(b) = &sec.pow_queue_bound {
+                cfg.queue_bound = check_range(*b.get_ref(), 1, 65_536, "introductions")
+                    .map_err(|why| src.invalid(key("pow_queue_bound"), Some(b), why))?
+                    as usize;
+            }
+            if let Some(e) = &sec.pow_max_effort {
+                cfg.max_effort = check_range(*e.get_ref(), 1, u64::from(u32::MAX), "effort")
+                    .map_err(|why| src.invalid(key("pow_max_effort"), Some(e), why))?
+                    as u32;
+            }
+            Some(cfg)
+        } else {
+            None
+        };
         services.push(anonnet_client::ServiceConfig {
             target,
             port,
             key_file,
             dark_name,
+            pow,
         });
     }
     let mut address_book = std::collections::HashMap::new();

@@ -83,6 +83,7 @@ impl Services {
             port: s.port,
             key_file: s.key_file.clone(),
             dark_name: None,
+            pow: Some(anonnet_client::host::PowConfig::default()),
         })?;
         lock(&self.saved).push((hosted.address(), s));
         Ok(hosted)

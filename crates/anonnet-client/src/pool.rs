@@ -1362,7 +1362,21 @@ impl Client {
                 None => None,
             }
         };
-        let (rp, first_circuit) = tokio::join!(rp, intro);
+        // The proof of work (§13.9) is solved in a blocking task meanwhile: the
+        // descriptor's suggested effort, capped by `hs::CLIENT_MAX_EFFORT`.
+        let pow = async {
+            // Effort 0 earns nothing over no proof: solve only when asked for more.
+            let params = desc.pow.filter(|p| p.suggested_effort > 0)?;
+            let effort = params.suggested_effort.min(hs::CLIENT_MAX_EFFORT);
+            let id = *address.public();
+            let nonce: [u8; 16] = rand::random();
+            tokio::task::spawn_blocking(move || {
+                anonnet_crypto::hs_pow::solve(&id, &params.seed, effort, nonce)
+            })
+            .await
+            .ok()
+        };
+        let (rp, first_circuit, pow) = tokio::join!(rp, intro, pow);
         let (rp_circuit, mut rp_rx) = rp?;
         let rp_hop = rp_circuit
             .last_hop()
@@ -1371,7 +1385,7 @@ impl Client {
         let mut why = String::from("the descriptor lists no introduction point");
         for point in &points {
             let intro = Introduction::new(address, point, cookie, hs::link_of(&rp_hop))?;
-            let sealed = intro.sealed(point)?;
+            let sealed = intro.sealed(point, pow)?;
             let circuit = match first_circuit.take() {
                 Some(c) => c,
                 None => {

@@ -180,6 +180,7 @@ async fn a_recorded_introduction_is_refused_through_its_point_and_after_a_restar
         port: 80,
         key_file: dir.path().join("service.key"),
         dark_name: None,
+        pow: None,
     };
     let service = client.publish(config.clone()).unwrap();
     let address = service.address();
