@@ -235,6 +235,8 @@ pub struct HostedService {
     refused_wrong_auth_key: AtomicU64,
     points: Mutex<Vec<IntroPoint>>,
     pow_status: Mutex<Option<PowStatus>>,
+    /// The proof-of-work parameters the next descriptor lists.
+    pow_params: Mutex<Option<PowParams>>,
     /// Free rendezvous permits, mirrored from the semaphore for status and tests.
     rendezvous_free: AtomicU64,
     stop: CancellationToken,
@@ -282,6 +284,12 @@ impl HostedService {
     /// Proof-of-work counters (§13.9), `None` when the service has proof of work off.
     pub fn pow_status(&self) -> Option<PowStatus> {
         lock(&self.pow_status).clone()
+    }
+
+    /// The proof-of-work parameters (§12.3, §13.9) its next descriptor lists: seed,
+    /// suggested effort, seed expiry; `None` with proof of work off.
+    pub fn pow_params(&self) -> Option<PowParams> {
+        *lock(&self.pow_params)
     }
 
     /// Rendezvous circuits being built or served now (at most [`MAX_RENDEZVOUS`]).
@@ -517,6 +525,7 @@ pub fn start(
         refused_wrong_auth_key: AtomicU64::new(0),
         points: Mutex::new(Vec::new()),
         pow_status: Mutex::new(None),
+        pow_params: Mutex::new(None),
         rendezvous_free: AtomicU64::new(MAX_RENDEZVOUS as u64),
         stop: CancellationToken::new(),
     });
@@ -531,6 +540,11 @@ pub fn start(
                 status.served_by_effort.insert(b.to_string(), 0);
             }
             *lock(&hosted.pow_status) = Some(status.clone());
+            *lock(&hosted.pow_params) = Some(PowParams {
+                seed: current.seed,
+                suggested_effort: 0,
+                seed_expires: current.expires,
+            });
             Some(Mutex::new(PowState {
                 current,
                 previous: None,
@@ -925,6 +939,7 @@ impl Service {
             st.status.suggested_effort = effort;
             st.status.queued = st.queue.len() as u64;
             *lock(&self.hosted.pow_status) = Some(st.status.clone());
+            *lock(&self.hosted.pow_params) = Some(st.params());
             drop(st);
             if republish {
                 debug!(service = %anonnet_net::logging::sensitive(self.hosted.address), effort, "suggested effort changed");
