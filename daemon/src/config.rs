@@ -862,6 +862,7 @@ struct ClientSection {
     pool_size: Option<Spanned<u64>>,
     max_circuit_dirtiness_secs: Option<Spanned<u64>>,
     allow_same_subnet_paths: Option<Spanned<bool>>,
+    hs_pow_max_effort: Option<Spanned<u64>>,
     circuit_handshake: Option<Spanned<String>>,
     guard_lifetime_secs: Option<Spanned<u64>>,
     guard_drop_unlisted_secs: Option<Spanned<u64>>,
@@ -900,6 +901,9 @@ pub struct ClientSettings {
     /// `client.allow_same_subnet_paths` (default false): let relays of one /16 or /32
     /// share a path — only for test networks on one machine.
     pub allow_same_subnet: bool,
+    /// `client.hs_pow_max_effort`: the most proof-of-work effort spent on one
+    /// introduction to a hidden service (protocol §13.9), 0..=2^32−1, when set.
+    pub hs_pow_max_effort: Option<u32>,
     /// `client.circuit_handshake`: `"hybrid"` (X25519 + ML-KEM-768, the default) or
     /// `"classical"` (X25519 only, for measurement), protocol §5.4.
     pub circuit_handshake: anonnet_client::circuit::HandshakeKind,
@@ -1070,6 +1074,15 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
                 .map_err(|why| src.invalid("client.max_circuit_dirtiness_secs", Some(s), why))
         })
         .transpose()?;
+    let hs_pow_max_effort = c
+        .hs_pow_max_effort
+        .as_ref()
+        .map(|e| {
+            check_range(*e.get_ref(), 0, u64::from(u32::MAX), "effort")
+                .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+                .map_err(|why| src.invalid("client.hs_pow_max_effort", Some(e), why))
+        })
+        .transpose()?;
     let state_dir = state_dir_of(src, c)?;
     let network = network_of(src, "client.network", c.network.as_ref())?;
     let bootstrap = read_descriptors(src, "client.bootstrap", &c.bootstrap)?;
@@ -1223,6 +1236,7 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
             .allow_same_subnet_paths
             .as_ref()
             .is_some_and(|b| *b.get_ref()),
+        hs_pow_max_effort,
     })
 }
 
@@ -2081,6 +2095,39 @@ onion_key_grace_days = 3
             "{e}"
         );
         assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn service_proof_of_work_is_on_by_default_and_its_bounds_are_checked() {
+        let tmp = test_dir("service-pow");
+        let dir = tmp.path();
+        let service = |extra: &str| {
+            format!(
+                "[client]\n{}\n[[service]]\ntarget = \"127.0.0.1:8080\"\n{extra}",
+                network_line(dir)
+            )
+        };
+        let file = write(dir, "client.toml", &service(""));
+        let pow = load_client(&file).unwrap().services[0].pow.unwrap();
+        assert_eq!(pow, anonnet_client::host::PowConfig::default());
+        let file = write(dir, "client.toml", &service("pow = false\n"));
+        assert_eq!(load_client(&file).unwrap().services[0].pow, None);
+        let file = write(
+            dir,
+            "client.toml",
+            &service("pow_queue_bound = 100\npow_max_effort = 500\n"),
+        );
+        let pow = load_client(&file).unwrap().services[0].pow.unwrap();
+        assert_eq!((pow.queue_bound, pow.max_effort), (100, 500));
+        for (bad, key) in [
+            ("pow_queue_bound = 0", "service[0].pow_queue_bound"),
+            ("pow_queue_bound = 100000", "service[0].pow_queue_bound"),
+            ("pow_max_effort = 0", "service[0].pow_max_effort"),
+        ] {
+            let file = write(dir, "client.toml", &service(&format!("{bad}\n")));
+            let e = load_client(&file).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("client.toml"), "{e}");
+        }
     }
 
     #[test]

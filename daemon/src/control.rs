@@ -96,7 +96,9 @@ impl ClientControl {
 
 impl ControlHandler for ClientControl {
     fn status(&self) -> Status {
-        control_status(self.client.status())
+        let mut status = control_status(self.client.status());
+        status.hs_pow = self.services.pow();
+        status
     }
 
     fn set_proxy(&self, enabled: bool) {
@@ -208,6 +210,7 @@ fn control_status(s: ClientStatus) -> Status {
             hs_connects: c.hs_connects,
             unexpected_cells: c.unexpected_cells,
         },
+        hs_pow: Vec::new(),
         consensus: s.consensus.map(|c| ConsensusInfo {
             valid_after: c.valid_after,
             fresh_until: c.fresh_until,

@@ -92,6 +92,9 @@ pub struct ClientConfig {
     /// classical X25519 with every relay, for measurement. Relays advertising no type the
     /// setting can run are left out of the directory.
     pub circuit_handshake: crate::circuit::HandshakeKind,
+    /// The most proof-of-work effort spent on one introduction (§13.9): a service that
+    /// suggests more gets this much. Default [`crate::hs::CLIENT_MAX_EFFORT`].
+    pub hs_pow_max_effort: u32,
 }
 
 impl Default for ClientConfig {
@@ -110,6 +113,7 @@ impl Default for ClientConfig {
             address_book: HashMap::new(),
             guard_lifetimes: crate::guards::GuardLifetimes::default(),
             circuit_handshake: crate::circuit::HandshakeKind::default(),
+            hs_pow_max_effort: crate::hs::CLIENT_MAX_EFFORT,
         }
     }
 }
@@ -1363,11 +1367,11 @@ impl Client {
             }
         };
         // The proof of work (§13.9) is solved in a blocking task meanwhile: the
-        // descriptor's suggested effort, capped by `hs::CLIENT_MAX_EFFORT`.
+        // descriptor's suggested effort, capped by `hs_pow_max_effort`.
         let pow = async {
             // Effort 0 earns nothing over no proof: solve only when asked for more.
             let params = desc.pow.filter(|p| p.suggested_effort > 0)?;
-            let effort = params.suggested_effort.min(hs::CLIENT_MAX_EFFORT);
+            let effort = params.suggested_effort.min(self.config.hs_pow_max_effort);
             let id = *address.public();
             let nonce: [u8; 16] = rand::random();
             tokio::task::spawn_blocking(move || {
