@@ -1309,9 +1309,12 @@ impl Client {
         }
         let mut last = ClientError::HiddenService(HsFailure::Introduction("no attempt".into()));
         let mut failed = None;
+        // After an unanswered attempt at a service with proof of work, the next one
+        // solves at least twice the effort it used (prop 327's retry, §13.9).
+        let mut min_effort = 0u32;
         for _attempt in 0..2 {
             let (revision, desc) = self.hs_descriptor(&address, failed).await?;
-            match self.rendezvous_with(&address, &desc).await {
+            match self.rendezvous_with(&address, &desc, min_effort).await {
                 Ok(circuit) => {
                     let stream = circuit
                         .begin(hs::begin_target(&address), port, self.config.stream_timeout)
@@ -1328,6 +1331,9 @@ impl Client {
                     );
                     self.hs.forget_descriptor(&address);
                     failed = Some(revision);
+                    if let Some(p) = desc.pow {
+                        min_effort = p.suggested_effort.max(min_effort).saturating_mul(2).max(1);
+                    }
                     last = e;
                 }
             }
@@ -1342,6 +1348,7 @@ impl Client {
         &self,
         address: &HsAddress,
         desc: &HsDescriptorBody,
+        min_effort: u32,
     ) -> Result<Arc<Circuit>, ClientError> {
         let cookie: [u8; COOKIE_LEN] = rand::random();
         let mut points = desc.intro_points.clone();
@@ -1367,11 +1374,18 @@ impl Client {
             }
         };
         // The proof of work (§13.9) is solved in a blocking task meanwhile: the
-        // descriptor's suggested effort, capped by `hs_pow_max_effort`.
+        // descriptor's suggested effort (at least `min_effort` on a retry), capped by
+        // `hs_pow_max_effort`.
         let pow = async {
+            let params = desc.pow?;
+            let effort = params
+                .suggested_effort
+                .max(min_effort)
+                .min(self.config.hs_pow_max_effort);
             // Effort 0 earns nothing over no proof: solve only when asked for more.
-            let params = desc.pow.filter(|p| p.suggested_effort > 0)?;
-            let effort = params.suggested_effort.min(self.config.hs_pow_max_effort);
+            if effort == 0 {
+                return None;
+            }
             let id = *address.public();
             let nonce: [u8; 16] = rand::random();
             tokio::task::spawn_blocking(move || {
