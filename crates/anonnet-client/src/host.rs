@@ -438,20 +438,14 @@ struct PowSeed {
 }
 
 impl PowSeed {
-    fn fresh(now: u64) -> Result<Self, String> {
-        let mut seed = [0u8; 32];
-        getrandom_fill(&mut seed)?;
-        Ok(PowSeed {
-            seed,
+    /// A random seed made at `now` (Unix seconds), valid [`POW_SEED_LIFETIME`].
+    fn fresh(now: u64) -> Self {
+        PowSeed {
+            seed: rand::random(),
             expires: now + POW_SEED_LIFETIME.as_secs(),
             used: HashSet::new(),
-        })
+        }
     }
-}
-
-fn getrandom_fill(buf: &mut [u8]) -> Result<(), String> {
-    rand::rng().fill(buf);
-    Ok(())
 }
 
 /// The service's proof-of-work state (§13.9): seeds, queue, controller, counters.
@@ -531,10 +525,7 @@ pub fn start(
     });
     let pow = match hosted.config.pow {
         Some(cfg) => {
-            let current = PowSeed::fresh(now_unix()).map_err(|why| ServiceError::Key {
-                path: hosted.config.key_file.display().to_string(),
-                why,
-            })?;
+            let current = PowSeed::fresh(now_unix());
             let mut status = PowStatus::default();
             for b in EFFORT_BUCKETS {
                 status.served_by_effort.insert(b.to_string(), 0);
@@ -930,11 +921,9 @@ impl Service {
             if now + POW_SEED_LIFETIME.as_secs() / 2 >= st.current.expires {
                 // Half-way through its life a seed is replaced, so that a client's
                 // descriptor (3 h) always names a seed still accepted for a while.
-                if let Ok(fresh) = PowSeed::fresh(now) {
-                    let old = std::mem::replace(&mut st.current, fresh);
-                    st.previous = Some(old);
-                    republish = true;
-                }
+                let old = std::mem::replace(&mut st.current, PowSeed::fresh(now));
+                st.previous = Some(old);
+                republish = true;
             }
             st.status.suggested_effort = effort;
             st.status.queued = st.queue.len() as u64;
@@ -1309,6 +1298,42 @@ mod tests {
             a.accept(&a.auth_key, &more),
             Err(Refusal::Exhausted)
         ));
+    }
+
+    #[test]
+    fn a_proof_of_work_counts_once_for_the_current_or_previous_seed() {
+        use anonnet_crypto::hs_pow::{solve, PowError};
+        let id = [0x11; 32];
+        let now = 1_800_000_000;
+        let mut previous = PowSeed::fresh(now - 3600);
+        previous.seed[..4].copy_from_slice(b"prev");
+        let mut current = PowSeed::fresh(now);
+        current.seed[..4].copy_from_slice(b"curr");
+        let mut st = PowState {
+            current,
+            previous: Some(previous),
+            queue: IntroQueue::new(4, 1000),
+            controller: EffortController::new(100),
+            status: PowStatus::default(),
+        };
+        assert_eq!(st.effort_of(&id, None, now), Ok(0), "no proof: effort 0");
+        let proof = solve(&id, &st.current.seed, 5, [1; 16]);
+        assert_eq!(st.effort_of(&id, Some(&proof), now), Ok(5));
+        // The same solution again earns nothing.
+        assert_eq!(st.effort_of(&id, Some(&proof), now), Ok(0));
+        assert_eq!(st.status.replayed_solutions, 1);
+        // The previous seed is still accepted until it expires.
+        let old = solve(&id, &st.previous.as_ref().unwrap().seed, 3, [2; 16]);
+        assert_eq!(st.effort_of(&id, Some(&old), now), Ok(3));
+        let later = now + POW_SEED_LIFETIME.as_secs();
+        let old2 = solve(&id, &st.previous.as_ref().unwrap().seed, 3, [3; 16]);
+        assert_eq!(
+            st.effort_of(&id, Some(&old2), later),
+            Err(PowError::WrongSeed)
+        );
+        // Another service's solution does not verify.
+        let other = solve(&[0x12; 32], &st.current.seed, 5, [4; 16]);
+        assert!(st.effort_of(&id, Some(&other), now).is_err());
     }
 
     #[test]
