@@ -417,6 +417,7 @@ mod tests {
                 bytes_received: 64 << 20,
                 ..Counters::default()
             },
+            hs_pow: Vec::new(),
             consensus: Some(anonnet_control::ConsensusInfo {
                 valid_after: 10,
                 fresh_until: 14,

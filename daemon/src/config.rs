@@ -834,6 +834,9 @@ struct ServiceSection {
     port: Option<Spanned<u64>>,
     name: Option<Spanned<String>>,
     key_file: Option<Spanned<String>>,
+    pow: Option<Spanned<bool>>,
+    pow_queue_bound: Option<Spanned<u64>>,
+    pow_max_effort: Option<Spanned<u64>>,
 }
 
 /// The default key file of a service published for `target` (in the state directory):
@@ -859,6 +862,7 @@ struct ClientSection {
     pool_size: Option<Spanned<u64>>,
     max_circuit_dirtiness_secs: Option<Spanned<u64>>,
     allow_same_subnet_paths: Option<Spanned<bool>>,
+    hs_pow_max_effort: Option<Spanned<u64>>,
     circuit_handshake: Option<Spanned<String>>,
     guard_lifetime_secs: Option<Spanned<u64>>,
     guard_drop_unlisted_secs: Option<Spanned<u64>>,
@@ -897,6 +901,9 @@ pub struct ClientSettings {
     /// `client.allow_same_subnet_paths` (default false): let relays of one /16 or /32
     /// share a path — only for test networks on one machine.
     pub allow_same_subnet: bool,
+    /// `client.hs_pow_max_effort`: the most proof-of-work effort spent on one
+    /// introduction to a hidden service (protocol §13.9), 0..=2^32−1, when set.
+    pub hs_pow_max_effort: Option<u32>,
     /// `client.circuit_handshake`: `"hybrid"` (X25519 + ML-KEM-768, the default) or
     /// `"classical"` (X25519 only, for measurement), protocol §5.4.
     pub circuit_handshake: anonnet_client::circuit::HandshakeKind,
@@ -1067,6 +1074,15 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
                 .map_err(|why| src.invalid("client.max_circuit_dirtiness_secs", Some(s), why))
         })
         .transpose()?;
+    let hs_pow_max_effort = c
+        .hs_pow_max_effort
+        .as_ref()
+        .map(|e| {
+            check_range(*e.get_ref(), 0, u64::from(u32::MAX), "effort")
+                .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+                .map_err(|why| src.invalid("client.hs_pow_max_effort", Some(e), why))
+        })
+        .transpose()?;
     let state_dir = state_dir_of(src, c)?;
     let network = network_of(src, "client.network", c.network.as_ref())?;
     let bootstrap = read_descriptors(src, "client.bootstrap", &c.bootstrap)?;
@@ -1119,11 +1135,31 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
             Some(k) => src.path(k.get_ref()),
             None => default_service_key(&state_dir, target),
         };
+        // Proof of work on introductions (protocol §13.9) is on unless `pow = false`:
+        // while the service is not loaded it suggests effort 0 and clients solve nothing,
+        // so it costs nothing until a flood, when it is what keeps real clients served.
+        let pow = if sec.pow.as_ref().is_none_or(|p| *p.get_ref()) {
+            let mut cfg = anonnet_client::host::PowConfig::default();
+            if let Some(b) = &sec.pow_queue_bound {
+                cfg.queue_bound = check_range(*b.get_ref(), 1, 65_536, "introductions")
+                    .map_err(|why| src.invalid(key("pow_queue_bound"), Some(b), why))?
+                    as usize;
+            }
+            if let Some(e) = &sec.pow_max_effort {
+                cfg.max_effort = check_range(*e.get_ref(), 1, u64::from(u32::MAX), "effort")
+                    .map_err(|why| src.invalid(key("pow_max_effort"), Some(e), why))?
+                    as u32;
+            }
+            Some(cfg)
+        } else {
+            None
+        };
         services.push(anonnet_client::ServiceConfig {
             target,
             port,
             key_file,
             dark_name,
+            pow,
         });
     }
     let mut address_book = std::collections::HashMap::new();
@@ -1200,6 +1236,7 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
             .allow_same_subnet_paths
             .as_ref()
             .is_some_and(|b| *b.get_ref()),
+        hs_pow_max_effort,
     })
 }
 
@@ -2058,6 +2095,39 @@ onion_key_grace_days = 3
             "{e}"
         );
         assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn service_proof_of_work_is_on_by_default_and_its_bounds_are_checked() {
+        let tmp = test_dir("service-pow");
+        let dir = tmp.path();
+        let service = |extra: &str| {
+            format!(
+                "[client]\n{}\n[[service]]\ntarget = \"127.0.0.1:8080\"\n{extra}",
+                network_line(dir)
+            )
+        };
+        let file = write(dir, "client.toml", &service(""));
+        let pow = load_client(&file).unwrap().services[0].pow.unwrap();
+        assert_eq!(pow, anonnet_client::host::PowConfig::default());
+        let file = write(dir, "client.toml", &service("pow = false\n"));
+        assert_eq!(load_client(&file).unwrap().services[0].pow, None);
+        let file = write(
+            dir,
+            "client.toml",
+            &service("pow_queue_bound = 100\npow_max_effort = 500\n"),
+        );
+        let pow = load_client(&file).unwrap().services[0].pow.unwrap();
+        assert_eq!((pow.queue_bound, pow.max_effort), (100, 500));
+        for (bad, key) in [
+            ("pow_queue_bound = 0", "service[0].pow_queue_bound"),
+            ("pow_queue_bound = 100000", "service[0].pow_queue_bound"),
+            ("pow_max_effort = 0", "service[0].pow_max_effort"),
+        ] {
+            let file = write(dir, "client.toml", &service(&format!("{bad}\n")));
+            let e = load_client(&file).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("client.toml"), "{e}");
+        }
     }
 
     #[test]

@@ -96,7 +96,9 @@ impl ClientControl {
 
 impl ControlHandler for ClientControl {
     fn status(&self) -> Status {
-        control_status(self.client.status())
+        let mut status = control_status(self.client.status());
+        status.hs_pow = self.services.pow();
+        status
     }
 
     fn set_proxy(&self, enabled: bool) {
@@ -208,6 +210,7 @@ fn control_status(s: ClientStatus) -> Status {
             hs_connects: c.hs_connects,
             unexpected_cells: c.unexpected_cells,
         },
+        hs_pow: Vec::new(),
         consensus: s.consensus.map(|c| ConsensusInfo {
             valid_after: c.valid_after,
             fresh_until: c.fresh_until,
@@ -299,7 +302,12 @@ mod tests {
             }),
         };
         let client_json = serde_json::to_value(&status).unwrap();
-        let control_json = serde_json::to_value(control_status(status)).unwrap();
+        let mut control_json = serde_json::to_value(control_status(status)).unwrap();
+        // `hs_pow` comes from the hosted services, not from the client's status.
+        assert_eq!(
+            control_json.as_object_mut().unwrap().remove("hs_pow"),
+            Some(serde_json::json!([]))
+        );
         assert_eq!(client_json, control_json);
 
         let events = vec![

@@ -553,6 +553,9 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     if let Some(n) = settings.pool_size {
         client_config.pool_size = n;
     }
+    if let Some(e) = settings.hs_pow_max_effort {
+        client_config.hs_pow_max_effort = e;
+    }
     if let Some(t) = settings.max_dirtiness {
         client_config.max_dirtiness = t;
     }

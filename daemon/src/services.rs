@@ -83,6 +83,7 @@ impl Services {
             port: s.port,
             key_file: s.key_file.clone(),
             dark_name: None,
+            pow: Some(anonnet_client::host::PowConfig::default()),
         })?;
         lock(&self.saved).push((hosted.address(), s));
         Ok(hosted)
@@ -104,6 +105,34 @@ impl Services {
     /// Every hosted service, for the control API.
     pub fn list(&self) -> Vec<ServiceInfo> {
         self.client.services().iter().map(|s| info(s)).collect()
+    }
+
+    /// Proof-of-work counters of the hosted services that have it on (protocol §13.9),
+    /// for `status --json`.
+    pub fn pow(&self) -> Vec<anonnet_control::HsPowInfo> {
+        self.client
+            .services()
+            .iter()
+            .filter_map(|s| {
+                let p = s.pow_status()?;
+                Some(anonnet_control::HsPowInfo {
+                    address: s.address().to_host(),
+                    suggested_effort: p.suggested_effort,
+                    queued: p.queued,
+                    served: p.served,
+                    dropped: [
+                        ("queue_full", p.dropped_queue_full),
+                        ("timeout", p.dropped_timeout),
+                        ("invalid", p.dropped_invalid),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                    replayed_solutions: p.replayed_solutions,
+                    served_by_effort: p.served_by_effort,
+                })
+            })
+            .collect()
     }
 
     /// Publish `target` (loopback) on `port`; an already hosted target is returned as it

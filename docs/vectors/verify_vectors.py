@@ -870,23 +870,24 @@ HS = {
     "index": "bf25e51582839ef05e7e70f730a85d566b6ab6c0e7c136eb4e76b8e4a35ef008",
     "body_key": "a9955d8889165a6ac19598469ace0047a99fd4d5701b6c68d4652a3ef60ba865",
     "desc[0..96]": (
-        "027356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d"
-        "0000000000004e2000000000000000010000000067008f905a5a5a5a5a5a5a5a"
-        "5a5a5a5a5a5a5a5a01ca843014c6452f290813155092135021ffbfd593eb47"
+        "037356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea"
+        "5d0000000000004e2000000000000000010000000067008f905a5a5a5a5a5a5a"
+        "5a5a5a5a5a5a5a5a5a01f7853115c7442e280912145193125120febed492ea46"
     ),
     "signature": (
-        "9f35a1f3b3b3fb3146610d44a3afc08a831ba40a26f303a2f63ed1b7738e6021"
-        "28870162d0b4e5550f1f3ef805ee7be223637aa727088ea078922f2db5900f00"
+        "a19bb7afa220a8131af283e4ca9d4a39753acbf48f948102872b6aac956ae0ea"
+        "465e091ec047b9240e0a0d9e403f36f22664194be8fb63102796c31b9acbb30f"
     ),
-    "BLAKE3(desc)": "357625aca83a3af18afc2bd95197597caa37693db24177bea2ee26a0b2f3b12b",
+    "BLAKE3(desc)": "b64b8795bf4fd464c5fc0dab07c7e5ce118138cc5ac3efa22e337ddb716cf2cb",
     "enc_key": "38ab664bd86f77d7e66bdd9ae0792913a94fd8b33a1260027e4b46c1f4884c67",
     "sealed": (
         "219e4d800da968d2a5fcb009c784f4746c7138edb9ee4844b739e830b05cf424"
-        "e2a95abe0d7a6268cbbcfaabf65a4ac170025b381ed0f990779ab42e719712f8"
-        "2d51f6eb82331748940acd18ccb424e9eab2c9c4e46af143c8ccf775056b2dca"
-        "ffa103f396ea5ce27511d6df9db820255bc24835519ebc4603ea60fbdf897438"
-        "57435595fa011d04b5ba741c29784951aeee07355d3bee5e7590787521ac9984"
-        "47e420619153cbc2bfb6be65adf1f51e40ec09cc33c306"
+        "e2a95abe0d7a6268cbbcfaabf65a4ac170025b381dd3fa937499b72d729411fb"
+        "2e52f5e88130144b9709ce1bcfb727eae9b1cac7e06ef547ccc8f371016c2acd"
+        "f8a604f491ed5be57216d1d89abf27225cc54f3256e2bf4501f239cbefbe430f"
+        "607462a2cd362a33828d432b1e4f7e6699d930026a0cd96942a74f7125a8e684"
+        "47e53b3ba260f87694960087cb231eb3348428ce4d1bab906ba0e1a62c6d0b1f"
+        "e53df5fc206621fd4eb1e3d50d41cc51b69a2ab60f1f190320661ab0807f9314"
     ),
 }
 
@@ -922,9 +923,9 @@ def hs_vectors():
     index = derive_key("anonnet 2026 hs descriptor index", blinded_pk + struct.pack(">Q", period))
     check("§12.3 descriptor index", index, HS["index"])
 
-    # §12.3 descriptor (version 2): body, body key, AEAD, signature. Each introduction
-    # point is relay link ‖ auth_key ‖ enc_key; the body is n ‖ points ‖ zeros to 442 bytes
-    # (1 + 3 × 147, three IPv6 points).
+    # §12.3 descriptor (version 3): body, body key, AEAD, signature. Each introduction
+    # point is relay link ‖ auth_key ‖ enc_key; the body is pow params (45 zero bytes: no
+    # proof of work) ‖ n ‖ points ‖ zeros to 487 bytes (45 + 1 + 3 × 147).
     enc_key = x25519_public(b"\x55" * 32)
     check("§12.4 enc_key (X25519 secret 0x55×32)", enc_key, HS["enc_key"])
     intro = (relay_link(b"\x01" * 32, b"\x02" * 32, bytes([127, 0, 0, 1]), 7001)
@@ -932,12 +933,12 @@ def hs_vectors():
     check_true("§12.3 an IPv4 introduction point is 135 bytes", len(intro) == 135)
     ipv6_point = relay_link(bytes(32), bytes(32), bytes(16), 0) + bytes(64)
     check_true("§12.3 an IPv6 introduction point is 147 bytes", len(ipv6_point) == 147)
-    body_len = 1 + 3 * len(ipv6_point)
-    check_true("§12.3 the body is 442 bytes", body_len == 442)
-    body = bytes([1]) + intro
+    body_len = 45 + 1 + 3 * len(ipv6_point)
+    check_true("§12.3 the body is 487 bytes", body_len == 487)
+    body = bytes(45) + bytes([1]) + intro
     body += bytes(body_len - len(body))
     revision, expires, salt = 1, 20_001 * 86_400 + 3600, b"\x5a" * 16
-    header = bytes([2]) + blinded_pk + struct.pack(">QQQ", period, revision, expires) + salt
+    header = bytes([3]) + blinded_pk + struct.pack(">QQQ", period, revision, expires) + salt
     check_true("§12.3 header is 73 bytes", len(header) == 73)
     body_key = derive_key("anonnet 2026 hs descriptor body key",
                           pk + blinded_pk + struct.pack(">Q", period) + salt)
@@ -946,19 +947,21 @@ def hs_vectors():
     unsigned = header + struct.pack(">H", len(ct)) + ct
     _, dsig = blinded_sign(seed, period, b"anonnet-hs-descriptor-v1" + unsigned)
     desc = unsigned + dsig
-    check_true("§12.3 ct_len is 458", len(ct) == 458)
-    check_true("§12.3 descriptor is 597 bytes", len(desc) == 597)
+    check_true("§12.3 ct_len is 503", len(ct) == 503)
+    check_true("§12.3 descriptor is 642 bytes", len(desc) == 642)
     check("§12.3 descriptor[0..96]", desc[:96], HS["desc[0..96]"])
     check("§12.3 descriptor signature", dsig, HS["signature"])
     check("§12.3 BLAKE3(descriptor)", blake3.blake3(desc).hexdigest(), HS["BLAKE3(desc)"])
     # A client that knows the address: A' from A, the key from A, open with the header as AAD.
-    opened = ChaCha20Poly1305(body_key).decrypt(bytes(12), desc[75:75 + 458], desc[:73])
+    opened = ChaCha20Poly1305(body_key).decrypt(bytes(12), desc[75:75 + 503], desc[:73])
     check_true("§12.3 the body opens with the address-derived key", opened == body)
 
     # §12.4 introduction.
-    plaintext = (b"\xc0" * 20 + relay_link(b"\x03" * 32, b"\x04" * 32, bytes([127, 0, 0, 1]), 7002)
+    # cookie ‖ pow u8 (0) ‖ 40 zero bytes ‖ relay link ‖ client_pk ‖ zeros to 176 bytes.
+    plaintext = (b"\xc0" * 20 + bytes(41)
+                 + relay_link(b"\x03" * 32, b"\x04" * 32, bytes([127, 0, 0, 1]), 7002)
                  + b"\x33" * 32)
-    plaintext += bytes(135 - len(plaintext))
+    plaintext += bytes(176 - len(plaintext))
     e, auth_key = b"\x66" * 32, b"\x88" * 32
     big_e = x25519_public(e)
     shared = x25519(e, enc_key)
@@ -970,6 +973,33 @@ def hs_vectors():
                       x25519(b"\x55" * 32, sealed[:32]) + sealed[:32] + enc_key + auth_key)
     check_true("§12.4 the service opens it",
                ChaCha20Poly1305(key2).decrypt(bytes(12), sealed[32:], auth_key) == plaintext)
+
+
+POW = {
+    "challenge": (
+        "616e6f6e6e657420687320706f77207631001111111111111111111111111111"
+        "1111111111111111111111111111111111112222222222222222222222222222"
+        "2222222222222222222222222222222222220a00000000000000000000000000"
+        "000000000008"
+    ),
+    "solution": "f62d753ddc07c83fa14e0fafa902d8db",
+    "R": 0x18EB11BA,
+}
+
+
+def hs_pow_vector():
+    # §13.9: challenge = "anonnet hs pow v1\0" ‖ service_id ‖ seed ‖ nonce ‖ effort u32;
+    # R = BLAKE3(challenge ‖ solution)[0..4] big-endian; valid iff R × effort ≤ 2^32 − 1.
+    # (The Equi-X solution itself is checked by the Rust test; no Python Equi-X here.)
+    effort = 8
+    nonce = bytes([10]) + bytes(15)
+    challenge = b"anonnet hs pow v1\0" + b"\x11" * 32 + b"\x22" * 32 + nonce + struct.pack(">I", effort)
+    check_true("§13.9 the challenge is 102 bytes", len(challenge) == 102)
+    check("§13.9 challenge", challenge, POW["challenge"])
+    r = int.from_bytes(blake3.blake3(challenge + bytes.fromhex(POW["solution"])).digest()[:4], "big")
+    check_true("§13.9 R", r == POW["R"])
+    check_true("§13.9 R × effort ≤ 2^32 − 1", r * effort <= 0xFFFFFFFF)
+    check_true("§13.9 the same R misses effort 11", r * 11 > 0xFFFFFFFF)
 
 
 DARK = {
@@ -1432,6 +1462,7 @@ def main():
     descriptor_vector()
     message_examples()
     hs_vectors()
+    hs_pow_vector()
     dark_vector()
     directory_vectors()
     hsdir_vectors()

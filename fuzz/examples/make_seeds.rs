@@ -321,7 +321,7 @@ fn hidden_services() {
     use anonnet_crypto::hs::{
         seal_descriptor_with_salt, seal_introduce_with_secret, IntroKey, ServiceKey,
     };
-    use anonnet_wire::hs::{HsDescriptorBody, IntroPoint, IntroducePlaintext, RelayLink};
+    use anonnet_wire::hs::{HsDescriptorBody, IntroPoint, IntroducePlaintext, PowParams, RelayLink};
 
     let service = ServiceKey::from_seed(&[0x61; 32]);
     let intro_key = IntroKey::from_secret(&[0x55; 32]);
@@ -331,6 +331,11 @@ fn hidden_services() {
         addr: addr.parse().unwrap(),
     };
     let body = HsDescriptorBody {
+        pow: Some(PowParams {
+            seed: [0x5e; 32],
+            suggested_effort: 8,
+            seed_expires: 1_900_000_000,
+        }),
         intro_points: vec![
             IntroPoint {
                 relay: link(1, "127.0.0.1:7001"),
@@ -351,6 +356,12 @@ fn hidden_services() {
     write("hs_descriptor", "body", &body.encode().unwrap());
 
     let plaintext = IntroducePlaintext {
+        pow: Some(anonnet_crypto::hs_pow::solve(
+            service.address().public(),
+            &[0x5e; 32],
+            8,
+            [0; 16],
+        )),
         cookie: [0xc0; 20],
         rendezvous: link(5, "127.0.0.1:7002"),
         client_pk: [0x33; 32],

@@ -24,7 +24,7 @@ use anonnet_crypto::hs::{
 };
 use anonnet_crypto::{IdentityKey, OnionKey};
 use anonnet_wire::dht::RecordKind;
-use anonnet_wire::hs::{HsDescriptorBody, IntroPoint, IntroducePlaintext};
+use anonnet_wire::hs::{HsDescriptorBody, IntroPoint, IntroducePlaintext, PowParams};
 use anonnet_wire::relay::ESTABLISH_INTRO_CONTEXT;
 use anonnet_wire::{EndReason, RelayMsg};
 use tokio::net::TcpStream;
@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 
 use crate::circuit::{Circuit, IncomingStream};
 use crate::hs::{dht_store, hop_of, link_of, wait_for};
+use crate::hs_pow::{effort_bucket, EffortController, IntroQueue, EFFORT_BUCKETS};
 use crate::Client;
 
 /// Introduction points a service keeps.
@@ -75,6 +76,57 @@ pub struct ServiceConfig {
     pub key_file: PathBuf,
     /// A `.dark` name to register for the address.
     pub dark_name: Option<String>,
+    /// Proof of work on introductions (§13.9), or `None` for none.
+    pub pow: Option<PowConfig>,
+}
+
+/// A service's proof-of-work settings (§13.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PowConfig {
+    /// Most introductions waiting for a rendezvous (entries, at least 1).
+    pub queue_bound: usize,
+    /// Highest effort the service ever suggests.
+    pub max_effort: u32,
+    /// How often the suggested effort is updated.
+    pub update_period: Duration,
+}
+
+impl Default for PowConfig {
+    fn default() -> Self {
+        PowConfig {
+            queue_bound: crate::hs_pow::DEFAULT_QUEUE_BOUND,
+            max_effort: crate::hs_pow::DEFAULT_MAX_EFFORT,
+            update_period: Duration::from_millis(crate::hs_pow::DEFAULT_UPDATE_PERIOD_MS),
+        }
+    }
+}
+
+/// Lifetime of a proof-of-work seed (§13.9): a new one every 2 hours; solutions for the
+/// previous one are accepted until it expires too.
+pub const POW_SEED_LIFETIME: Duration = Duration::from_secs(2 * 3600);
+/// Proof-of-work solutions remembered per seed (§13.9): a solution seen before is served
+/// as effort 0; beyond this many, every further solution for the seed counts as effort 0.
+pub const POW_REPLAY_MAX: usize = 65_536;
+
+/// Proof-of-work counters of one service (§13.9), for `status --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PowStatus {
+    /// The effort the descriptor suggests now.
+    pub suggested_effort: u32,
+    /// Introductions waiting in the queue now.
+    pub queued: u64,
+    /// Introductions taken from the queue to a rendezvous.
+    pub served: u64,
+    /// Dropped: the queue was full and theirs was the lowest effort.
+    pub dropped_queue_full: u64,
+    /// Dropped: waited longer than the queue timeout.
+    pub dropped_timeout: u64,
+    /// Dropped: the proof of work did not verify (or named an unknown seed).
+    pub dropped_invalid: u64,
+    /// Solutions seen before (served as effort 0).
+    pub replayed_solutions: u64,
+    /// Served, by effort bucket (`"0"`, `"1-9"`, `"10-99"`, `"100-999"`, `"1000+"`).
+    pub served_by_effort: std::collections::BTreeMap<String, u64>,
 }
 
 /// Why a service could not be started.
@@ -182,6 +234,11 @@ pub struct HostedService {
     refused_replays: AtomicU64,
     refused_wrong_auth_key: AtomicU64,
     points: Mutex<Vec<IntroPoint>>,
+    pow_status: Mutex<Option<PowStatus>>,
+    /// The proof-of-work parameters the next descriptor lists.
+    pow_params: Mutex<Option<PowParams>>,
+    /// Free rendezvous permits, mirrored from the semaphore for status and tests.
+    rendezvous_free: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -222,6 +279,22 @@ impl HostedService {
     /// addressed to it.
     pub fn introductions_refused_wrong_auth_key(&self) -> u64 {
         self.refused_wrong_auth_key.load(Ordering::Relaxed)
+    }
+
+    /// Proof-of-work counters (§13.9), `None` when the service has proof of work off.
+    pub fn pow_status(&self) -> Option<PowStatus> {
+        lock(&self.pow_status).clone()
+    }
+
+    /// The proof-of-work parameters (§12.3, §13.9) its next descriptor lists: seed,
+    /// suggested effort, seed expiry; `None` with proof of work off.
+    pub fn pow_params(&self) -> Option<PowParams> {
+        *lock(&self.pow_params)
+    }
+
+    /// Rendezvous circuits being built or served now (at most [`MAX_RENDEZVOUS`]).
+    pub fn rendezvous_in_flight(&self) -> usize {
+        MAX_RENDEZVOUS.saturating_sub(self.rendezvous_free.load(Ordering::Relaxed) as usize)
     }
 
     /// The introduction points the service holds now (0..=[`INTRO_POINTS`]), as its next
@@ -349,6 +422,78 @@ struct Service {
     /// Woken when an introduction circuit closes.
     intro_lost: Notify,
     rendezvous: Arc<Semaphore>,
+    /// Proof-of-work state when it is on (§13.9).
+    pow: Option<Mutex<PowState>>,
+    /// Woken when an introduction is queued.
+    queued: Notify,
+    /// Clock origin of the queue's milliseconds.
+    epoch: tokio::time::Instant,
+}
+
+/// A proof-of-work seed and the solutions seen for it.
+struct PowSeed {
+    seed: [u8; 32],
+    expires: u64,
+    used: HashSet<[u8; 16]>,
+}
+
+impl PowSeed {
+    /// A random seed made at `now` (Unix seconds), valid [`POW_SEED_LIFETIME`].
+    fn fresh(now: u64) -> Self {
+        PowSeed {
+            seed: rand::random(),
+            expires: now + POW_SEED_LIFETIME.as_secs(),
+            used: HashSet::new(),
+        }
+    }
+}
+
+/// The service's proof-of-work state (§13.9): seeds, queue, controller, counters.
+struct PowState {
+    current: PowSeed,
+    previous: Option<PowSeed>,
+    queue: IntroQueue<Answer>,
+    controller: EffortController,
+    status: PowStatus,
+}
+
+impl PowState {
+    fn params(&self) -> PowParams {
+        PowParams {
+            seed: self.current.seed,
+            suggested_effort: self.controller.suggested(),
+            seed_expires: self.current.expires,
+        }
+    }
+
+    /// The effort an introduction's proof earns (§13.9): 0 without one or for a replayed
+    /// one; `Err` when it does not verify.
+    fn effort_of(
+        &mut self,
+        service_id: &[u8; 32],
+        proof: Option<&anonnet_wire::hs::PowSolution>,
+        now: u64,
+    ) -> Result<u32, anonnet_crypto::hs_pow::PowError> {
+        let Some(proof) = proof else { return Ok(0) };
+        let seed = std::iter::once(&mut self.current)
+            .chain(self.previous.as_mut())
+            .find(|s| s.seed[..4] == proof.seed_head && s.expires > now)
+            .ok_or(anonnet_crypto::hs_pow::PowError::WrongSeed)?;
+        anonnet_crypto::hs_pow::verify(service_id, &seed.seed, proof)?;
+        if seed.used.len() >= POW_REPLAY_MAX || !seed.used.insert(proof.nonce) {
+            self.status.replayed_solutions += 1;
+            return Ok(0);
+        }
+        Ok(proof.effort)
+    }
+
+    fn dropped(&mut self, effort: u32, why: crate::hs_pow::DropReason) {
+        self.controller.dropped(effort);
+        match why {
+            crate::hs_pow::DropReason::Full => self.status.dropped_queue_full += 1,
+            crate::hs_pow::DropReason::Timeout => self.status.dropped_timeout += 1,
+        }
+    }
 }
 
 /// Start hosting `config` through `client`: returns at once; introduction points and the
@@ -373,8 +518,34 @@ pub fn start(
         refused_replays: AtomicU64::new(0),
         refused_wrong_auth_key: AtomicU64::new(0),
         points: Mutex::new(Vec::new()),
+        pow_status: Mutex::new(None),
+        pow_params: Mutex::new(None),
+        rendezvous_free: AtomicU64::new(MAX_RENDEZVOUS as u64),
         stop: CancellationToken::new(),
     });
+    let pow = match hosted.config.pow {
+        Some(cfg) => {
+            let current = PowSeed::fresh(now_unix());
+            let mut status = PowStatus::default();
+            for b in EFFORT_BUCKETS {
+                status.served_by_effort.insert(b.to_string(), 0);
+            }
+            *lock(&hosted.pow_status) = Some(status.clone());
+            *lock(&hosted.pow_params) = Some(PowParams {
+                seed: current.seed,
+                suggested_effort: 0,
+                seed_expires: current.expires,
+            });
+            Some(Mutex::new(PowState {
+                current,
+                previous: None,
+                queue: IntroQueue::new(cfg.queue_bound, crate::hs_pow::DEFAULT_QUEUE_TIMEOUT_MS),
+                controller: EffortController::new(cfg.max_effort),
+                status,
+            }))
+        }
+        None => None,
+    };
     let service = Arc::new(Service {
         client: Arc::downgrade(client),
         key,
@@ -383,6 +554,9 @@ pub fn start(
         changed: Notify::new(),
         intro_lost: Notify::new(),
         rendezvous: Arc::new(Semaphore::new(MAX_RENDEZVOUS)),
+        pow,
+        queued: Notify::new(),
+        epoch: tokio::time::Instant::now(),
     });
     info!(
         address = %anonnet_net::logging::sensitive(hosted.address),
@@ -391,6 +565,10 @@ pub fn start(
     );
     tokio::spawn(service.clone().keep_intro_points());
     tokio::spawn(service.clone().publish_descriptors());
+    if service.pow.is_some() {
+        tokio::spawn(service.clone().serve_queue());
+        tokio::spawn(service.clone().update_effort());
+    }
     if hosted.config.dark_name.is_some() {
         tokio::spawn(service.publish_name());
     }
@@ -549,9 +727,16 @@ impl Service {
                 self.refused(&Refusal::WrongAuthKey);
                 continue;
             }
-            let Ok(permit) = self.rendezvous.clone().try_acquire_owned() else {
-                debug!("rendezvous limit reached; dropping an introduction");
-                continue;
+            // Without proof of work, an introduction beyond the rendezvous limit is
+            // dropped at once; with it, the queue decides (§13.9).
+            let permit = if self.pow.is_none() {
+                let Ok(permit) = self.rendezvous.clone().try_acquire_owned() else {
+                    debug!("rendezvous limit reached; dropping an introduction");
+                    continue;
+                };
+                Some(permit)
+            } else {
+                None
             };
             let (plain, used_up) = match keys.accept(&auth_key, &sealed) {
                 Ok(opened) => opened,
@@ -568,15 +753,10 @@ impl Service {
             let answer = self.answer(&keys, &plain);
             drop(plain);
             match answer {
-                Ok(answer) => {
-                    let service = self.clone();
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        if let Err(e) = service.rendezvous(answer).await {
-                            debug!(service = %anonnet_net::logging::sensitive(service.hosted.address), "introduction not served: {e}");
-                        }
-                    });
-                }
+                Ok(answer) => match permit {
+                    Some(permit) => self.clone().spawn_rendezvous(answer, permit),
+                    None => self.enqueue(answer),
+                },
                 Err(e) => {
                     debug!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction not answered: {e}");
                 }
@@ -606,6 +786,155 @@ impl Service {
             Refusal::Open(_) | Refusal::Exhausted => {}
         }
         debug!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction refused: {why}");
+    }
+
+    /// Meet the client of `answer` with a rendezvous permit held until it is done.
+    fn spawn_rendezvous(
+        self: Arc<Self>,
+        answer: Answer,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        self.hosted.rendezvous_free.store(
+            self.rendezvous.available_permits() as u64,
+            Ordering::Relaxed,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = self.rendezvous(answer).await {
+                debug!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction not served: {e}");
+            }
+            drop(permit);
+            self.hosted.rendezvous_free.store(
+                self.rendezvous.available_permits() as u64,
+                Ordering::Relaxed,
+            );
+        });
+    }
+
+    /// Milliseconds since the service started: the queue's clock.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Check an answered introduction's proof of work and queue it by effort (§13.9).
+    fn enqueue(&self, answer: Answer) {
+        let Some(pow) = &self.pow else { return };
+        let mut st = lock(pow);
+        let effort = match st.effort_of(
+            self.hosted.address.public(),
+            answer.intro.pow.as_ref(),
+            now_unix(),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                st.status.dropped_invalid += 1;
+                anonnet_net::warn_limited!("introduction with an invalid proof of work: {e}");
+                return;
+            }
+        };
+        let now = self.now_ms();
+        if let Some(dropped) = st.queue.push(effort, answer, now) {
+            st.dropped(dropped, crate::hs_pow::DropReason::Full);
+        }
+        if self.rendezvous.available_permits() == 0 {
+            let queued = st.queue.len();
+            st.controller.backlog(queued);
+        }
+        st.status.queued = st.queue.len() as u64;
+        *lock(&self.hosted.pow_status) = Some(st.status.clone());
+        drop(st);
+        self.queued.notify_one();
+    }
+
+    /// The workers of the queue (§13.9): with a rendezvous permit in hand (at most
+    /// [`MAX_RENDEZVOUS`] at once), take the highest-effort introduction and serve it.
+    async fn serve_queue(self: Arc<Self>) {
+        let Some(pow) = &self.pow else { return };
+        loop {
+            let permit = tokio::select! {
+                p = self.rendezvous.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = self.hosted.stop.cancelled() => return,
+            };
+            let answer = loop {
+                let next = {
+                    let mut st = lock(pow);
+                    let mut expired = Vec::new();
+                    let next = st.queue.pop(self.now_ms(), &mut expired);
+                    for e in expired {
+                        st.dropped(e, crate::hs_pow::DropReason::Timeout);
+                    }
+                    if let Some((effort, _)) = &next {
+                        st.controller.served(*effort);
+                        st.status.served += 1;
+                        if let Some(n) = st
+                            .status
+                            .served_by_effort
+                            .get_mut(EFFORT_BUCKETS[effort_bucket(*effort)])
+                        {
+                            *n += 1;
+                        }
+                    }
+                    st.status.queued = st.queue.len() as u64;
+                    *lock(&self.hosted.pow_status) = Some(st.status.clone());
+                    next
+                };
+                if let Some((_, answer)) = next {
+                    break answer;
+                }
+                tokio::select! {
+                    () = self.queued.notified() => {}
+                    () = self.hosted.stop.cancelled() => return,
+                }
+            };
+            self.clone().spawn_rendezvous(answer, permit);
+        }
+    }
+
+    /// Every update period: expire old entries, update the suggested effort (republishing
+    /// the descriptor when it changed materially) and rotate the seed when it expires
+    /// (§13.9).
+    async fn update_effort(self: Arc<Self>) {
+        let (Some(pow), Some(cfg)) = (&self.pow, self.hosted.config.pow) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(cfg.update_period) => {}
+                () = self.hosted.stop.cancelled() => return,
+            }
+            let mut st = lock(pow);
+            let mut expired = Vec::new();
+            let now_ms = self.now_ms();
+            st.queue.expire(now_ms, &mut expired);
+            for e in expired {
+                st.dropped(e, crate::hs_pow::DropReason::Timeout);
+            }
+            if !st.queue.is_empty() {
+                let queued = st.queue.len();
+                st.controller.backlog(queued);
+            }
+            let (effort, material) = st.controller.update();
+            let mut republish = material;
+            let now = now_unix();
+            if now + POW_SEED_LIFETIME.as_secs() / 2 >= st.current.expires {
+                // Half-way through its life a seed is replaced, so that a client's
+                // descriptor (3 h) always names a seed still accepted for a while.
+                let old = std::mem::replace(&mut st.current, PowSeed::fresh(now));
+                st.previous = Some(old);
+                republish = true;
+            }
+            st.status.suggested_effort = effort;
+            st.status.queued = st.queue.len() as u64;
+            *lock(&self.hosted.pow_status) = Some(st.status.clone());
+            *lock(&self.hosted.pow_params) = Some(st.params());
+            drop(st);
+            if republish {
+                debug!(service = %anonnet_net::logging::sensitive(self.hosted.address), effort, "suggested effort changed");
+                self.changed.notify_one();
+            }
+        }
     }
 
     /// Answer an opened introduction (`plain`, through the point with `keys`): decode it
@@ -721,6 +1050,7 @@ impl Service {
         let client = self.client.upgrade().ok_or("client stopped")?;
         let now = now_unix();
         let body = HsDescriptorBody {
+            pow: self.pow.as_ref().map(|p| lock(p).params()),
             intro_points: points,
         };
         let mut stored = 0;
@@ -962,6 +1292,7 @@ mod tests {
 
     fn sealed_to(keys: &IntroKeys, auth_key: &[u8; 32], tag: u8) -> Vec<u8> {
         let plain = IntroducePlaintext {
+            pow: None,
             cookie: [tag; 20],
             rendezvous: anonnet_wire::hs::RelayLink {
                 node_id: [1; 32],
@@ -1047,6 +1378,42 @@ mod tests {
             a.accept(&a.auth_key, &more),
             Err(Refusal::Exhausted)
         ));
+    }
+
+    #[test]
+    fn a_proof_of_work_counts_once_for_the_current_or_previous_seed() {
+        use anonnet_crypto::hs_pow::{solve, PowError};
+        let id = [0x11; 32];
+        let now = 1_800_000_000;
+        let mut previous = PowSeed::fresh(now - 3600);
+        previous.seed[..4].copy_from_slice(b"prev");
+        let mut current = PowSeed::fresh(now);
+        current.seed[..4].copy_from_slice(b"curr");
+        let mut st = PowState {
+            current,
+            previous: Some(previous),
+            queue: IntroQueue::new(4, 1000),
+            controller: EffortController::new(100),
+            status: PowStatus::default(),
+        };
+        assert_eq!(st.effort_of(&id, None, now), Ok(0), "no proof: effort 0");
+        let proof = solve(&id, &st.current.seed, 5, [1; 16]);
+        assert_eq!(st.effort_of(&id, Some(&proof), now), Ok(5));
+        // The same solution again earns nothing.
+        assert_eq!(st.effort_of(&id, Some(&proof), now), Ok(0));
+        assert_eq!(st.status.replayed_solutions, 1);
+        // The previous seed is still accepted until it expires.
+        let old = solve(&id, &st.previous.as_ref().unwrap().seed, 3, [2; 16]);
+        assert_eq!(st.effort_of(&id, Some(&old), now), Ok(3));
+        let later = now + POW_SEED_LIFETIME.as_secs();
+        let old2 = solve(&id, &st.previous.as_ref().unwrap().seed, 3, [3; 16]);
+        assert_eq!(
+            st.effort_of(&id, Some(&old2), later),
+            Err(PowError::WrongSeed)
+        );
+        // Another service's solution does not verify.
+        let other = solve(&[0x12; 32], &st.current.seed, 5, [4; 16]);
+        assert!(st.effort_of(&id, Some(&other), now).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use anonnet_crypto::ClientHandshake;
 use anonnet_wire::dht::RecordKind;
 use anonnet_wire::hs::{
     DarkRecord, HsDescriptor, HsDescriptorBody, IntroPoint, IntroducePlaintext, NameReceipt,
-    RelayLink,
+    PowSolution, RelayLink,
 };
 use anonnet_wire::relay::{COOKIE_LEN, DHT_OK, INTRODUCE_OK};
 use anonnet_wire::{RelayMsg, Target};
@@ -514,6 +514,10 @@ pub(crate) fn name_key(name: &DarkName) -> [u8; 32] {
     dark_key(name)
 }
 
+/// Highest proof-of-work effort a client spends on one introduction (§13.9): a service
+/// suggesting more is met with this much (a few seconds of one core).
+pub const CLIENT_MAX_EFFORT: u32 = 10_000;
+
 /// The client's part of one connection attempt through one introduction point, once the
 /// rendezvous circuit is parked: introduce through the point and wait for the service at
 /// the rendezvous point.
@@ -544,8 +548,13 @@ impl Introduction {
 
     /// The sealed `INTRODUCE1` payload for `point` (the one given to
     /// [`Introduction::new`]): sealed to its `enc_key`, bound to its `auth_key` (§12.4).
-    pub(crate) fn sealed(&self, point: &IntroPoint) -> Result<Bytes, HsFailure> {
+    pub(crate) fn sealed(
+        &self,
+        point: &IntroPoint,
+        pow: Option<PowSolution>,
+    ) -> Result<Bytes, HsFailure> {
         let plain = IntroducePlaintext {
+            pow,
             cookie: self.cookie,
             rendezvous: self.rendezvous,
             client_pk: self.handshake.hello().client_pk,
@@ -727,6 +736,7 @@ mod tests {
                 (
                     1,
                     HsDescriptorBody {
+                        pow: None,
                         intro_points: Vec::new(),
                     },
                 ),

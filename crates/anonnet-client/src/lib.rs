@@ -7,6 +7,7 @@ pub mod directory;
 pub mod guards;
 pub mod host;
 pub mod hs;
+pub mod hs_pow;
 mod hsdir;
 mod pool;
 pub mod presence;

@@ -92,6 +92,9 @@ pub struct ClientConfig {
     /// classical X25519 with every relay, for measurement. Relays advertising no type the
     /// setting can run are left out of the directory.
     pub circuit_handshake: crate::circuit::HandshakeKind,
+    /// The most proof-of-work effort spent on one introduction (§13.9): a service that
+    /// suggests more gets this much. Default [`crate::hs::CLIENT_MAX_EFFORT`].
+    pub hs_pow_max_effort: u32,
 }
 
 impl Default for ClientConfig {
@@ -110,6 +113,7 @@ impl Default for ClientConfig {
             address_book: HashMap::new(),
             guard_lifetimes: crate::guards::GuardLifetimes::default(),
             circuit_handshake: crate::circuit::HandshakeKind::default(),
+            hs_pow_max_effort: crate::hs::CLIENT_MAX_EFFORT,
         }
     }
 }
@@ -1329,9 +1333,12 @@ impl Client {
         }
         let mut last = ClientError::HiddenService(HsFailure::Introduction("no attempt".into()));
         let mut failed = None;
+        // After an unanswered attempt at a service with proof of work, the next one
+        // solves at least twice the effort it used (prop 327's retry, §13.9).
+        let mut min_effort = 0u32;
         for _attempt in 0..2 {
             let (revision, desc) = self.hs_descriptor(&address, failed).await?;
-            match self.rendezvous_with(&address, &desc).await {
+            match self.rendezvous_with(&address, &desc, min_effort).await {
                 Ok(circuit) => {
                     let stream = circuit
                         .begin(hs::begin_target(&address), port, self.config.stream_timeout)
@@ -1348,6 +1355,9 @@ impl Client {
                     );
                     self.hs.forget_descriptor(&address);
                     failed = Some(revision);
+                    if let Some(p) = desc.pow {
+                        min_effort = p.suggested_effort.max(min_effort).saturating_mul(2).max(1);
+                    }
                     last = e;
                 }
             }
@@ -1362,6 +1372,7 @@ impl Client {
         &self,
         address: &HsAddress,
         desc: &HsDescriptorBody,
+        min_effort: u32,
     ) -> Result<Arc<Circuit>, ClientError> {
         let cookie: [u8; COOKIE_LEN] = rand::random();
         let mut points = desc.intro_points.clone();
@@ -1386,7 +1397,28 @@ impl Client {
                 None => None,
             }
         };
-        let (rp, first_circuit) = tokio::join!(rp, intro);
+        // The proof of work (§13.9) is solved in a blocking task meanwhile: the
+        // descriptor's suggested effort (at least `min_effort` on a retry), capped by
+        // `hs_pow_max_effort`.
+        let pow = async {
+            let params = desc.pow?;
+            let effort = params
+                .suggested_effort
+                .max(min_effort)
+                .min(self.config.hs_pow_max_effort);
+            // Effort 0 earns nothing over no proof: solve only when asked for more.
+            if effort == 0 {
+                return None;
+            }
+            let id = *address.public();
+            let nonce: [u8; 16] = rand::random();
+            tokio::task::spawn_blocking(move || {
+                anonnet_crypto::hs_pow::solve(&id, &params.seed, effort, nonce)
+            })
+            .await
+            .ok()
+        };
+        let (rp, first_circuit, pow) = tokio::join!(rp, intro, pow);
         let (rp_circuit, mut rp_rx) = rp?;
         let rp_hop = rp_circuit
             .last_hop()
@@ -1395,7 +1427,7 @@ impl Client {
         let mut why = String::from("the descriptor lists no introduction point");
         for point in &points {
             let intro = Introduction::new(address, point, cookie, hs::link_of(&rp_hop))?;
-            let sealed = intro.sealed(point)?;
+            let sealed = intro.sealed(point, pow)?;
             let circuit = match first_circuit.take() {
                 Some(c) => c,
                 None => {

@@ -157,6 +157,7 @@ fn seal_for(
 ) -> (ClientHandshake, Bytes) {
     let handshake = ClientHandshake::start_hs(address.node_id(), point.enc_key).unwrap();
     let plain = IntroducePlaintext {
+        pow: None,
         cookie,
         rendezvous: link_of(rp),
         client_pk: handshake.hello().client_pk,
@@ -179,6 +180,7 @@ async fn a_recorded_introduction_is_refused_through_its_point_and_after_a_restar
         port: 80,
         key_file: dir.path().join("service.key"),
         dark_name: None,
+        pow: None,
     };
     let service = client.publish(config.clone()).unwrap();
     let address = service.address();

@@ -14,7 +14,7 @@ pub use error::ControlError;
 pub use server::{ControlHandler, ControlServer, HandlerError, HandlerFuture};
 pub use types::{
     Ack, AvoidedRelay, Bootstrap, CircuitInfo, ConsensusInfo, Counters, ErrorBody, Event,
-    ProxyRequest, PublishRequest, ServiceInfo, Status, UnpublishRequest, Vanguard,
+    HsPowInfo, ProxyRequest, PublishRequest, ServiceInfo, Status, UnpublishRequest, Vanguard,
 };
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ impl ControlHandler for TestHandler {
             avoided_relays: Vec::new(),
             counters: Counters::default(),
             consensus: None,
+            hs_pow: Vec::new(),
         }
     }
 

@@ -98,6 +98,32 @@ pub struct Status {
     pub counters: Counters,
     /// The consensus in use; `None` before the first one (docs/protocol.md §14.6).
     pub consensus: Option<ConsensusInfo>,
+    /// Proof of work on introductions, one entry per hosted service that has it on
+    /// (docs/protocol.md §13.9); empty without such services.
+    pub hs_pow: Vec<HsPowInfo>,
+}
+
+/// Proof-of-work counters of one hosted service (inside [`Status`], protocol §13.9).
+/// Counters are since the service started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HsPowInfo {
+    /// The service's `.anon` address.
+    pub address: String,
+    /// The effort its descriptor suggests now.
+    pub suggested_effort: u32,
+    /// Introductions waiting in its queue now.
+    pub queued: u64,
+    /// Introductions taken from the queue to a rendezvous.
+    pub served: u64,
+    /// Introductions dropped, by reason: `queue_full` (lowest effort of a full queue),
+    /// `timeout` (waited too long), `invalid` (the proof did not verify).
+    pub dropped: std::collections::BTreeMap<String, u64>,
+    /// Solutions seen before for the same seed (served as effort 0).
+    pub replayed_solutions: u64,
+    /// Served introductions by effort bucket: `"0"`, `"1-9"`, `"10-99"`, `"100-999"`,
+    /// `"1000+"`.
+    pub served_by_effort: std::collections::BTreeMap<String, u64>,
 }
 
 /// The consensus the client uses (inside [`Status`]).
@@ -298,6 +324,7 @@ mod tests {
                 bytes_received: 1024,
                 ..Counters::default()
             },
+            hs_pow: Vec::new(),
             consensus: Some(ConsensusInfo {
                 valid_after: 100,
                 fresh_until: 104,

@@ -686,6 +686,7 @@ mod tests {
 
     fn body() -> HsDescriptorBody {
         HsDescriptorBody {
+            pow: None,
             intro_points: vec![IntroPoint {
                 relay: RelayLink {
                     node_id: [1; 32],
@@ -977,6 +978,7 @@ mod tests {
         let blinded = key.blinded(period).unwrap();
         let intro_key = IntroKey::from_secret(&[0x55; 32]);
         let body = HsDescriptorBody {
+            pow: None,
             intro_points: vec![IntroPoint {
                 relay: RelayLink {
                     node_id: [0x01; 32],
@@ -992,6 +994,7 @@ mod tests {
         let bytes = d.encode().unwrap();
         assert_eq!(open_descriptor(&d, &addr, expires - 1).unwrap(), body);
         let plaintext = IntroducePlaintext {
+            pow: None,
             cookie: [0xc0; 20],
             rendezvous: RelayLink {
                 node_id: [0x03; 32],
@@ -1043,23 +1046,24 @@ mod tests {
         "bf25e51582839ef05e7e70f730a85d566b6ab6c0e7c136eb4e76b8e4a35ef008",
         "a9955d8889165a6ac19598469ace0047a99fd4d5701b6c68d4652a3ef60ba865",
         concat!(
-            "027356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea5d",
-            "0000000000004e2000000000000000010000000067008f905a5a5a5a5a5a5a5a",
-            "5a5a5a5a5a5a5a5a01ca843014c6452f290813155092135021ffbfd593eb47",
+            "037356a87765446b94193b791ea15a08326a46aea9629a3586638dad7cc65bea",
+            "5d0000000000004e2000000000000000010000000067008f905a5a5a5a5a5a5a",
+            "5a5a5a5a5a5a5a5a5a01f7853115c7442e280912145193125120febed492ea46",
         ),
         concat!(
-            "9f35a1f3b3b3fb3146610d44a3afc08a831ba40a26f303a2f63ed1b7738e6021",
-            "28870162d0b4e5550f1f3ef805ee7be223637aa727088ea078922f2db5900f00",
+            "a19bb7afa220a8131af283e4ca9d4a39753acbf48f948102872b6aac956ae0ea",
+            "465e091ec047b9240e0a0d9e403f36f22664194be8fb63102796c31b9acbb30f",
         ),
-        "357625aca83a3af18afc2bd95197597caa37693db24177bea2ee26a0b2f3b12b",
+        "b64b8795bf4fd464c5fc0dab07c7e5ce118138cc5ac3efa22e337ddb716cf2cb",
         "38ab664bd86f77d7e66bdd9ae0792913a94fd8b33a1260027e4b46c1f4884c67",
         concat!(
             "219e4d800da968d2a5fcb009c784f4746c7138edb9ee4844b739e830b05cf424",
-            "e2a95abe0d7a6268cbbcfaabf65a4ac170025b381ed0f990779ab42e719712f8",
-            "2d51f6eb82331748940acd18ccb424e9eab2c9c4e46af143c8ccf775056b2dca",
-            "ffa103f396ea5ce27511d6df9db820255bc24835519ebc4603ea60fbdf897438",
-            "57435595fa011d04b5ba741c29784951aeee07355d3bee5e7590787521ac9984",
-            "47e420619153cbc2bfb6be65adf1f51e40ec09cc33c306",
+            "e2a95abe0d7a6268cbbcfaabf65a4ac170025b381dd3fa937499b72d729411fb",
+            "2e52f5e88130144b9709ce1bcfb727eae9b1cac7e06ef547ccc8f371016c2acd",
+            "f8a604f491ed5be57216d1d89abf27225cc54f3256e2bf4501f239cbefbe430f",
+            "607462a2cd362a33828d432b1e4f7e6699d930026a0cd96942a74f7125a8e684",
+            "47e53b3ba260f87694960087cb231eb3348428ce4d1bab906ba0e1a62c6d0b1f",
+            "e53df5fc206621fd4eb1e3d50d41cc51b69a2ab60f1f190320661ab0807f9314",
         ),
     ];
 

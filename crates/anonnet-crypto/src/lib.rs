@@ -5,6 +5,7 @@ pub mod dark;
 pub mod descriptor;
 pub mod handshake;
 pub mod hs;
+pub mod hs_pow;
 pub mod hybrid;
 pub mod identity;
 pub mod layer;

@@ -714,6 +714,7 @@ mod tests {
         let key = ServiceKey::from_seed(&[0x61; 32]);
         let period = time_period(NOW);
         let body = HsDescriptorBody {
+            pow: None,
             intro_points: vec![],
         };
         let d = seal_descriptor(&key, period, revision, NOW + 3 * 3600, &body).unwrap();

@@ -22,31 +22,48 @@ pub const INTRO_POINT_V4_LEN: usize = RELAY_LINK_V4_LEN + 2 * KEY_LEN;
 pub const MAX_INTRO_POINT_LEN: usize = RELAY_LINK_V6_LEN + 2 * KEY_LEN;
 /// Most introduction points in one descriptor.
 pub const MAX_INTRO_POINTS: usize = 3;
-/// Length of every encoded [`HsDescriptorBody`] (bytes): the largest possible body,
-/// `n u8 ‖ 3 × 147` = 442, so that the ciphertext length says nothing about the number or
-/// address families of the introduction points (§12.3).
-pub const HS_BODY_LEN: usize = 1 + MAX_INTRO_POINTS * MAX_INTRO_POINT_LEN;
-/// Length of a descriptor's ciphertext: the body plus the 16-byte Poly1305 tag (458 bytes).
+/// Bytes of a proof-of-work seed (§12.3, §13.9).
+pub const POW_SEED_LEN: usize = 32;
+/// Bytes of the seed head a proof of work names its seed by (§13.9).
+pub const POW_SEED_HEAD_LEN: usize = 4;
+/// Bytes of a proof-of-work nonce (§13.9).
+pub const POW_NONCE_LEN: usize = 16;
+/// Bytes of an Equi-X solution (§13.9).
+pub const POW_SOLUTION_LEN: usize = 16;
+/// Bytes of the descriptor's proof-of-work parameters `pow u8 ‖ seed [32] ‖
+/// suggested_effort u32 ‖ seed_expires u64` = 45 (§12.3).
+pub const POW_PARAMS_LEN: usize = 1 + POW_SEED_LEN + 4 + 8;
+/// Bytes of an encoded [`PowSolution`]: `nonce [16] ‖ effort u32 ‖ seed_head [4] ‖
+/// solution [16]` = 40 (§12.4, §13.9).
+pub const POW_SOLUTION_BLOCK_LEN: usize = POW_NONCE_LEN + 4 + POW_SEED_HEAD_LEN + POW_SOLUTION_LEN;
+/// Length of every encoded [`HsDescriptorBody`] (bytes): the proof-of-work parameters and
+/// the largest possible list of points, `45 ‖ n u8 ‖ 3 × 147` = 487, so that the
+/// ciphertext length says nothing about the number or address families of the
+/// introduction points, nor whether proof of work is on (§12.3).
+pub const HS_BODY_LEN: usize = POW_PARAMS_LEN + 1 + MAX_INTRO_POINTS * MAX_INTRO_POINT_LEN;
+/// Length of a descriptor's ciphertext: the body plus the 16-byte Poly1305 tag (503 bytes).
 pub const HS_CIPHERTEXT_LEN: usize = HS_BODY_LEN + TAG_LEN;
-/// Descriptor format version (first byte of the outer layout, §12.3). Version 2 carries an
-/// `enc_key` per introduction point; version 1 (one service-wide `enc_key`) is refused.
-pub const HS_DESCRIPTOR_VERSION: u8 = 2;
+/// Descriptor format version (first byte of the outer layout, §12.3). Version 3 carries the
+/// proof-of-work parameters (§13.9); versions 1 and 2 are refused.
+pub const HS_DESCRIPTOR_VERSION: u8 = 3;
 /// Bytes of a descriptor salt.
 pub const HS_SALT_LEN: usize = 16;
 /// Bytes of the descriptor header `version ‖ blinded_key ‖ period ‖ revision ‖ expires ‖
 /// salt` = `1 + 32 + 8 + 8 + 8 + 16`: the AEAD associated data (§12.3).
 pub const HS_HEADER_LEN: usize = 1 + KEY_LEN + 8 + 8 + 8 + HS_SALT_LEN;
 /// Length of every encoded [`HsDescriptor`]: header ‖ `ct_len u16` ‖ ciphertext ‖
-/// signature = `73 + 2 + 458 + 64` = 597 bytes, well under the 900 a DHT record in one
+/// signature = `73 + 2 + 503 + 64` = 642 bytes, well under the 900 a DHT record in one
 /// relay cell allows.
 pub const HS_DESCRIPTOR_LEN: usize = HS_HEADER_LEN + 2 + HS_CIPHERTEXT_LEN + SIGNATURE_LEN;
 /// Bytes of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 /// Bytes of a rendezvous cookie.
 pub const COOKIE_LEN: usize = 20;
-/// Length of every encoded [`IntroducePlaintext`]: `cookie [20] ‖ relay link ‖ client_pk
-/// [32]`, zero-padded to the IPv6 size, `20 + 83 + 32` = 135 bytes.
-pub const INTRODUCE_PLAINTEXT_LEN: usize = COOKIE_LEN + RELAY_LINK_V6_LEN + KEY_LEN;
+/// Length of every encoded [`IntroducePlaintext`]: `cookie [20] ‖ pow u8 ‖ pow solution
+/// [40] ‖ relay link ‖ client_pk [32]`, zero-padded to the IPv6 size, `20 + 1 + 40 + 83 +
+/// 32` = 176 bytes.
+pub const INTRODUCE_PLAINTEXT_LEN: usize =
+    COOKIE_LEN + 1 + POW_SOLUTION_BLOCK_LEN + RELAY_LINK_V6_LEN + KEY_LEN;
 /// `.dark` record format version: 2 carries the authorities' registration receipts
 /// (§12.5).
 pub const DARK_RECORD_VERSION: u8 = 2;
@@ -181,10 +198,122 @@ impl IntroPoint {
     }
 }
 
-/// The plaintext of a descriptor (§12.3, inner layout): `n u8 ‖ n × IntroPoint ‖ zero
-/// padding`, always exactly [`HS_BODY_LEN`] (442) bytes.
+/// A service's proof-of-work parameters in its descriptor (§12.3, §13.9). Encoded
+/// `pow u8 (= 1) ‖ seed [32] ‖ suggested_effort u32 ‖ seed_expires u64` (45 bytes); a
+/// service without proof of work writes 45 zero bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PowParams {
+    /// The current seed: every solution is bound to it (its first 4 bytes name it).
+    pub seed: [u8; POW_SEED_LEN],
+    /// The effort the service suggests now (0 = none needed yet).
+    pub suggested_effort: u32,
+    /// When the service stops accepting solutions for this seed (Unix seconds).
+    pub seed_expires: u64,
+}
+
+impl PowParams {
+    /// Append the 45-byte encoding of `params` (45 zero bytes for `None`) to `w`.
+    pub fn encode_into(params: Option<&Self>, w: &mut Writer) {
+        match params {
+            Some(p) => {
+                w.put_u8(1);
+                w.put(&p.seed);
+                w.put_u32(p.suggested_effort);
+                w.put_u64(p.seed_expires);
+            }
+            None => w.put(&[0u8; POW_PARAMS_LEN]),
+        }
+    }
+
+    /// Read 45 bytes of parameters: `None` when `pow` is 0 (the rest must then be zero).
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] when fewer than 45 bytes remain; [`WireError::Invalid`] for
+    /// a `pow` byte other than 0 or 1, or non-zero bytes after `pow = 0`.
+    pub fn decode_from(r: &mut Reader<'_>) -> Result<Option<Self>, WireError> {
+        let flag = r.take_u8()?;
+        let seed = r.take_array()?;
+        let suggested_effort = r.take_u32()?;
+        let seed_expires = r.take_u64()?;
+        match flag {
+            0 if seed == [0; POW_SEED_LEN] && suggested_effort == 0 && seed_expires == 0 => {
+                Ok(None)
+            }
+            0 => Err(invalid("proof-of-work parameters", "not zero with pow = 0")),
+            1 => Ok(Some(PowParams {
+                seed,
+                suggested_effort,
+                seed_expires,
+            })),
+            _ => Err(invalid("proof-of-work parameters", "pow not 0 or 1")),
+        }
+    }
+}
+
+/// A proof of work for an introduction (§12.4, §13.9). Encoded `nonce [16] ‖ effort u32 ‖
+/// seed_head [4] ‖ solution [16]` (40 bytes). The bytes are only checked by
+/// `anonnet_crypto::hs_pow::verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PowSolution {
+    /// The client's nonce.
+    pub nonce: [u8; POW_NONCE_LEN],
+    /// The effort the client claims (and the solution must meet).
+    pub effort: u32,
+    /// The first 4 bytes of the seed the solution is for.
+    pub seed_head: [u8; POW_SEED_HEAD_LEN],
+    /// The Equi-X solution.
+    pub solution: [u8; POW_SOLUTION_LEN],
+}
+
+impl PowSolution {
+    /// Append the 41-byte `pow u8 ‖ solution [40]` block (41 zero bytes for `None`) to `w`.
+    pub fn encode_into(proof: Option<&Self>, w: &mut Writer) {
+        match proof {
+            Some(p) => {
+                w.put_u8(1);
+                w.put(&p.nonce);
+                w.put_u32(p.effort);
+                w.put(&p.seed_head);
+                w.put(&p.solution);
+            }
+            None => w.put(&[0u8; 1 + POW_SOLUTION_BLOCK_LEN]),
+        }
+    }
+
+    /// Read the 41-byte block: `None` when `pow` is 0 (the rest must then be zero).
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] when fewer than 41 bytes remain; [`WireError::Invalid`] for
+    /// a `pow` byte other than 0 or 1, or non-zero bytes after `pow = 0`.
+    pub fn decode_from(r: &mut Reader<'_>) -> Result<Option<Self>, WireError> {
+        let flag = r.take_u8()?;
+        let p = PowSolution {
+            nonce: r.take_array()?,
+            effort: r.take_u32()?,
+            seed_head: r.take_array()?,
+            solution: r.take_array()?,
+        };
+        let zero = PowSolution {
+            nonce: [0; POW_NONCE_LEN],
+            effort: 0,
+            seed_head: [0; POW_SEED_HEAD_LEN],
+            solution: [0; POW_SOLUTION_LEN],
+        };
+        match flag {
+            0 if p == zero => Ok(None),
+            0 => Err(invalid("proof of work", "not zero with pow = 0")),
+            1 => Ok(Some(p)),
+            _ => Err(invalid("proof of work", "pow not 0 or 1")),
+        }
+    }
+}
+
+/// The plaintext of a descriptor (§12.3, inner layout): `pow params (45) ‖ n u8 ‖ n ×
+/// IntroPoint ‖ zero padding`, always exactly [`HS_BODY_LEN`] (487) bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HsDescriptorBody {
+    /// The service's proof-of-work parameters, when it has proof of work on (§13.9).
+    pub pow: Option<PowParams>,
     /// The introduction points, 0..=[`MAX_INTRO_POINTS`], each with its own keys.
     pub intro_points: Vec<IntroPoint>,
 }
@@ -203,6 +332,7 @@ impl HsDescriptorBody {
             });
         }
         let mut w = Writer::with_capacity(HS_BODY_LEN);
+        PowParams::encode_into(self.pow.as_ref(), &mut w);
         w.put_u8(self.intro_points.len() as u8);
         for ip in &self.intro_points {
             ip.encode_into(&mut w);
@@ -214,13 +344,15 @@ impl HsDescriptorBody {
     /// Decode a body of exactly [`HS_BODY_LEN`] bytes.
     ///
     /// # Errors
-    /// [`WireError::Invalid`] when the length is not 442, `n > 3`, an `atype` is unknown or
-    /// the padding is not all zero; [`WireError::Truncated`] when the points overrun.
+    /// [`WireError::Invalid`] when the length is not 487, the proof-of-work parameters are
+    /// malformed ([`PowParams::decode_from`]), `n > 3`, an `atype` is unknown or the padding
+    /// is not all zero; [`WireError::Truncated`] when the points overrun.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         if bytes.len() != HS_BODY_LEN {
-            return Err(invalid("descriptor body", "not 442 bytes"));
+            return Err(invalid("descriptor body", "not 487 bytes"));
         }
         let mut r = Reader::new(bytes);
+        let pow = PowParams::decode_from(&mut r)?;
         let n = usize::from(r.take_u8()?);
         if n > MAX_INTRO_POINTS {
             return Err(invalid("introduction points", "more than 3"));
@@ -230,16 +362,16 @@ impl HsDescriptorBody {
             intro_points.push(IntroPoint::decode_from(&mut r)?);
         }
         r.finish_zero_padding("descriptor body")?;
-        Ok(HsDescriptorBody { intro_points })
+        Ok(HsDescriptorBody { pow, intro_points })
     }
 }
 
 /// A hidden-service descriptor as stored in the DHT (§12.3, outer layout), exactly
-/// [`HS_DESCRIPTOR_LEN`] (597) bytes:
+/// [`HS_DESCRIPTOR_LEN`] (642) bytes:
 ///
 /// ```text
-/// version u8 (= 2) ‖ blinded_key [32] ‖ period u64 ‖ revision u64 ‖ expires u64 ‖
-/// salt [16] ‖ ct_len u16 (= 458) ‖ ciphertext [458] ‖ signature [64]
+/// version u8 (= 3) ‖ blinded_key [32] ‖ period u64 ‖ revision u64 ‖ expires u64 ‖
+/// salt [16] ‖ ct_len u16 (= 503) ‖ ciphertext [503] ‖ signature [64]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HsDescriptor {
@@ -284,7 +416,7 @@ impl HsDescriptor {
     fn put_unsigned(&self, w: &mut Writer) -> Result<(), WireError> {
         if self.ciphertext.len() != HS_CIPHERTEXT_LEN {
             return Err(WireError::TooLong {
-                what: "descriptor ciphertext (must be exactly 458 bytes)",
+                what: "descriptor ciphertext (must be exactly 503 bytes)",
                 len: self.ciphertext.len(),
                 room: HS_CIPHERTEXT_LEN,
             });
@@ -295,7 +427,7 @@ impl HsDescriptor {
         Ok(())
     }
 
-    /// Every byte of the encoding before the signature (533 bytes); the signature covers
+    /// Every byte of the encoding before the signature (578 bytes); the signature covers
     /// `"anonnet-hs-descriptor-v1" ‖ signed_bytes()`.
     ///
     /// # Errors
@@ -321,23 +453,23 @@ impl HsDescriptor {
     /// (`anonnet_crypto::hs::verify_descriptor` does).
     ///
     /// # Errors
-    /// [`WireError::Invalid`] for a version other than 2 (version 1, the layout with one
-    /// service-wide `enc_key`, is refused with its own message) or `ct_len ≠ 458`;
-    /// [`WireError::Truncated`] / [`WireError::Trailing`] when the length is not 597.
+    /// [`WireError::Invalid`] for a version other than 3 (versions 1 and 2, the layouts
+    /// without proof-of-work parameters, are refused with their own message) or `ct_len ≠
+    /// 503`; [`WireError::Truncated`] / [`WireError::Trailing`] when the length is not 642.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(bytes);
         match r.take_u8()? {
             HS_DESCRIPTOR_VERSION => {}
-            1 => {
+            1 | 2 => {
                 return Err(invalid(
                     "descriptor version",
-                    "1 (one service-wide enc_key) is no longer accepted; version 2 is",
+                    "1 or 2 (no proof-of-work parameters) is no longer accepted; version 3 is",
                 ))
             }
             _ => {
                 return Err(invalid(
                     "descriptor version",
-                    "unknown (version 2 is accepted)",
+                    "unknown (version 3 is accepted)",
                 ))
             }
         }
@@ -347,7 +479,7 @@ impl HsDescriptor {
         let expires = r.take_u64()?;
         let salt = r.take_array()?;
         if usize::from(r.take_u16()?) != HS_CIPHERTEXT_LEN {
-            return Err(invalid("descriptor ciphertext length", "not 458"));
+            return Err(invalid("descriptor ciphertext length", "not 503"));
         }
         let ciphertext = r.take(HS_CIPHERTEXT_LEN)?.to_vec();
         let signature = r.take_array()?;
@@ -364,14 +496,17 @@ impl HsDescriptor {
     }
 }
 
-/// What a client seals to a service in an introduction (§12.4): where to meet it and the
-/// client's end-to-end handshake key. Encoded `cookie [20] ‖ rendezvous (relay link) ‖
-/// client_pk [32] ‖ zero padding`, always [`INTRODUCE_PLAINTEXT_LEN`] (135) bytes, so the
-/// sealed length does not reveal the rendezvous point's address family.
+/// What a client seals to a service in an introduction (§12.4): where to meet it, the
+/// client's end-to-end handshake key and an optional proof of work. Encoded `cookie [20] ‖
+/// pow u8 ‖ pow solution [40] ‖ rendezvous (relay link) ‖ client_pk [32] ‖ zero padding`,
+/// always [`INTRODUCE_PLAINTEXT_LEN`] (176) bytes, so the sealed length reveals neither
+/// the rendezvous point's address family nor whether a proof of work is inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntroducePlaintext {
     /// The rendezvous cookie the client registered at the rendezvous point.
     pub cookie: [u8; COOKIE_LEN],
+    /// The client's proof of work for the service's current or previous seed (§13.9).
+    pub pow: Option<PowSolution>,
     /// The rendezvous point to meet at.
     pub rendezvous: RelayLink,
     /// The client's ephemeral X25519 key `X` for the end-to-end ntor handshake.
@@ -387,6 +522,7 @@ impl IntroducePlaintext {
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         let mut w = Writer::with_capacity(INTRODUCE_PLAINTEXT_LEN);
         w.put(&self.cookie);
+        PowSolution::encode_into(self.pow.as_ref(), &mut w);
         self.rendezvous.encode_into(&mut w);
         w.put(&self.client_pk);
         w.pad_to(INTRODUCE_PLAINTEXT_LEN, "introduce plaintext")?;
@@ -396,19 +532,22 @@ impl IntroducePlaintext {
     /// Decode exactly [`INTRODUCE_PLAINTEXT_LEN`] bytes.
     ///
     /// # Errors
-    /// [`WireError::Invalid`] when the length is not 135, the `atype` is unknown or the
-    /// padding is not zero.
+    /// [`WireError::Invalid`] when the length is not 176, the proof-of-work block is
+    /// malformed ([`PowSolution::decode_from`]), the `atype` is unknown or the padding is not
+    /// zero.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         if bytes.len() != INTRODUCE_PLAINTEXT_LEN {
-            return Err(invalid("introduce plaintext", "not 135 bytes"));
+            return Err(invalid("introduce plaintext", "not 176 bytes"));
         }
         let mut r = Reader::new(bytes);
         let cookie = r.take_array()?;
+        let pow = PowSolution::decode_from(&mut r)?;
         let rendezvous = RelayLink::decode_from(&mut r)?;
         let client_pk = r.take_array()?;
         r.finish_zero_padding("introduce plaintext")?;
         Ok(IntroducePlaintext {
             cookie,
+            pow,
             rendezvous,
             client_pk,
         })
@@ -570,7 +709,17 @@ mod tests {
 
     fn body(points: Vec<IntroPoint>) -> HsDescriptorBody {
         HsDescriptorBody {
+            pow: None,
             intro_points: points,
+        }
+    }
+
+    fn proof() -> PowSolution {
+        PowSolution {
+            nonce: [0x4e; 16],
+            effort: 0x0102_0304,
+            seed_head: [0x5e; 4],
+            solution: [0x50; 16],
         }
     }
 
@@ -610,11 +759,13 @@ mod tests {
     fn layout_sizes_are_as_specified() {
         assert_eq!(INTRO_POINT_V4_LEN, 135);
         assert_eq!(MAX_INTRO_POINT_LEN, 147);
-        assert_eq!(HS_BODY_LEN, 442);
-        assert_eq!(HS_CIPHERTEXT_LEN, 458);
+        assert_eq!(POW_PARAMS_LEN, 45);
+        assert_eq!(POW_SOLUTION_BLOCK_LEN, 40);
+        assert_eq!(HS_BODY_LEN, 487);
+        assert_eq!(HS_CIPHERTEXT_LEN, 503);
         assert_eq!(HS_HEADER_LEN, 73);
-        assert_eq!(HS_DESCRIPTOR_LEN, 597);
-        assert_eq!(INTRODUCE_PLAINTEXT_LEN, 135);
+        assert_eq!(HS_DESCRIPTOR_LEN, 642);
+        assert_eq!(INTRODUCE_PLAINTEXT_LEN, 176);
         assert_eq!(MAX_DARK_RECORD_LEN, 698);
         for v6 in [false, true] {
             let mut w = Writer::new();
@@ -680,16 +831,20 @@ mod tests {
         let four = body(vec![intro(false, 1); 4]);
         assert!(four.encode().is_err());
         let mut bytes = body(vec![intro(false, 1)]).encode().unwrap();
-        // n ‖ the point ‖ zeros to the end.
-        assert_eq!(bytes[0], 1);
-        assert!(bytes[1 + INTRO_POINT_V4_LEN..].iter().all(|&b| b == 0));
-        bytes[0] = 4;
+        // 45 zero bytes (no proof of work) ‖ n ‖ the point ‖ zeros to the end.
+        let n_at = POW_PARAMS_LEN;
+        assert!(bytes[..n_at].iter().all(|&b| b == 0));
+        assert_eq!(bytes[n_at], 1);
+        assert!(bytes[n_at + 1 + INTRO_POINT_V4_LEN..]
+            .iter()
+            .all(|&b| b == 0));
+        bytes[n_at] = 4;
         assert!(HsDescriptorBody::decode(&bytes).is_err(), "n = 4");
         // n = 3 with only one point's bytes: the zero padding does not parse as points
         // (atype 0).
-        bytes[0] = 3;
+        bytes[n_at] = 3;
         assert!(HsDescriptorBody::decode(&bytes).is_err(), "n = 3");
-        bytes[0] = 1;
+        bytes[n_at] = 1;
         bytes[HS_BODY_LEN - 1] = 1;
         assert!(
             HsDescriptorBody::decode(&bytes).is_err(),
@@ -700,6 +855,34 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert!(HsDescriptorBody::decode(&long).is_err());
+    }
+
+    #[test]
+    fn descriptor_body_carries_pow_parameters_and_refuses_malformed_ones() {
+        let params = PowParams {
+            seed: [0x5e; 32],
+            suggested_effort: 77,
+            seed_expires: 1_700_007_200,
+        };
+        let b = HsDescriptorBody {
+            pow: Some(params),
+            intro_points: vec![intro(true, 1)],
+        };
+        let bytes = b.encode().unwrap();
+        assert_eq!(bytes.len(), HS_BODY_LEN);
+        assert_eq!(bytes[0], 1);
+        assert_eq!(&bytes[1..33], &[0x5e; 32]);
+        assert_eq!(&bytes[33..37], &77u32.to_be_bytes());
+        assert_eq!(&bytes[37..45], &1_700_007_200u64.to_be_bytes());
+        assert_eq!(HsDescriptorBody::decode(&bytes).unwrap(), b);
+        let mut flag = bytes.clone();
+        flag[0] = 2;
+        assert!(HsDescriptorBody::decode(&flag).is_err(), "pow = 2");
+        flag[0] = 0;
+        assert!(
+            HsDescriptorBody::decode(&flag).is_err(),
+            "pow = 0 with a seed"
+        );
     }
 
     #[test]
@@ -715,12 +898,14 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert_eq!(HsDescriptor::decode(&long), Err(WireError::Trailing(1)));
-        assert_eq!(bytes[0], 2);
-        let mut v1 = bytes.clone();
-        v1[0] = 1;
-        let err = HsDescriptor::decode(&v1).unwrap_err().to_string();
-        assert!(err.contains("no longer accepted"), "{err}");
-        for version in [0, 3, 255] {
+        assert_eq!(bytes[0], 3);
+        for old in [1, 2] {
+            let mut v = bytes.clone();
+            v[0] = old;
+            let err = HsDescriptor::decode(&v).unwrap_err().to_string();
+            assert!(err.contains("no longer accepted"), "{err}");
+        }
+        for version in [0, 4, 255] {
             let mut v = bytes.clone();
             v[0] = version;
             let err = HsDescriptor::decode(&v).unwrap_err().to_string();
@@ -751,15 +936,35 @@ mod tests {
 
     #[test]
     fn introduce_plaintext_is_padded_to_one_length() {
-        for v6 in [false, true] {
+        for (v6, pow) in [
+            (false, None),
+            (true, None),
+            (false, Some(proof())),
+            (true, Some(proof())),
+        ] {
             let p = IntroducePlaintext {
                 cookie: [0xc0; 20],
+                pow,
                 rendezvous: link(v6, 3),
                 client_pk: [0xcc; 32],
             };
             let bytes = p.encode().unwrap();
             assert_eq!(bytes.len(), INTRODUCE_PLAINTEXT_LEN);
             assert_eq!(IntroducePlaintext::decode(&bytes).unwrap(), p);
+            // cookie ‖ pow u8 ‖ nonce ‖ effort ‖ seed_head ‖ solution ‖ relay link.
+            assert_eq!(bytes[20], u8::from(pow.is_some()));
+            if pow.is_some() {
+                assert_eq!(&bytes[21..37], &[0x4e; 16]);
+                assert_eq!(&bytes[37..41], &0x0102_0304u32.to_be_bytes());
+                let mut flag = bytes.clone();
+                flag[20] = 0;
+                assert!(
+                    IntroducePlaintext::decode(&flag).is_err(),
+                    "pow = 0, not zero"
+                );
+                flag[20] = 7;
+                assert!(IntroducePlaintext::decode(&flag).is_err(), "pow = 7");
+            }
             let mut pad = bytes.clone();
             if !v6 {
                 pad[INTRODUCE_PLAINTEXT_LEN - 1] = 1;
