@@ -463,6 +463,26 @@ fn hsdir_behaviour_of(
     }
 }
 
+/// `relay.test_squat_dark_name`: absent (honest), or, in test networks only
+/// (`anonnet testnet --squatting-relays`), a `.dark` name this relay claims with a
+/// back-dated record of its own (`docs/protocol.md` §12.5).
+fn squat_name_of(
+    src: &Source,
+    value: Option<&Spanned<String>>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    match anonnet_crypto::dark::DarkName::parse(v.get_ref()) {
+        Ok(name) => Ok(Some(name.as_str().to_owned())),
+        Err(e) => Err(src.invalid(
+            "relay.test_squat_dark_name",
+            Some(v),
+            format!("{e}: a .dark name, for hostile test relays only"),
+        )),
+    }
+}
+
 /// `metrics.listen`, parsed: `None` when metrics are off.
 fn metrics_listen_of(src: &Source, m: &MetricsSection) -> Result<Option<SocketAddr>, ConfigError> {
     m.listen
@@ -509,6 +529,7 @@ struct RelaySection {
     network: Option<Spanned<String>>,
     circuit_handshakes: Option<Spanned<Vec<Spanned<String>>>>,
     test_hsdir_behaviour: Option<Spanned<String>>,
+    test_squat_dark_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -801,6 +822,7 @@ fn relay_from(src: &Source) -> Result<RelaySettings, ConfigError> {
             dht_bootstrap: read_descriptors(src, "dht.bootstrap", &file.dht.bootstrap)?,
             network: Some(network_of(src, "relay.network", r.network.as_ref())?),
             hsdir_behaviour: hsdir_behaviour_of(src, r.test_hsdir_behaviour.as_ref())?,
+            squat_dark_name: squat_name_of(src, r.test_squat_dark_name.as_ref())?,
         },
         descriptor_file,
         safe_logging: file.log.safe.unwrap_or(true),

@@ -155,6 +155,11 @@ enum Command {
         /// revision of every descriptor.
         #[arg(long, value_name = "N", default_value_t = 0)]
         stale_hsdirs: usize,
+        /// For tests: the first N relays claim the demo site's `.dark` name with a
+        /// back-dated record of their own and store it on every DHT node (hostile name
+        /// squatters; docs/protocol.md §12.5).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        squatting_relays: usize,
     },
     /// Control subcommands over the running daemon's control API.
     #[command(flatten)]
@@ -328,6 +333,7 @@ fn main() -> ExitCode {
                 metrics,
                 withholding_hsdirs,
                 stale_hsdirs,
+                squatting_relays,
             } => {
                 let shape = testnet::NetworkShape {
                     authorities: authorities.unwrap_or(testnet::DEFAULT_AUTHORITIES),
@@ -335,6 +341,7 @@ fn main() -> ExitCode {
                     period: period.unwrap_or(testnet::DEFAULT_PERIOD),
                     withholding_hsdirs,
                     stale_hsdirs,
+                    squatting_relays,
                 };
                 let handshake = if circuit_handshake.as_deref() == Some("classical") {
                     "classical"

@@ -343,3 +343,62 @@ fn withholding_and_stale_hsdirs_neither_hide_the_service_nor_hold_back_a_new_des
     let _ = restarted.wait();
     net.stop();
 }
+
+/// Issue 14 item 2: a hostile relay claims `demo.dark` with a record of its own key that
+/// has valid work and a `published` time 23 hours in the past (under first-come by claimed
+/// time it would win), keeps it in its own storage and stores it on every DHT node it
+/// knows, for two minutes. Honest nodes refuse it (no receipts of the authorities), and
+/// the testnet's fresh client, which has no pin for the name, still reaches the real
+/// service by name.
+#[test]
+fn a_squatting_relay_cannot_take_a_registered_name() {
+    let dir = temp_dir("squatter");
+    let mut net = Testnet::start_with(6, &dir, &["--squatting-relays", "1"]);
+    let layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("testnet.json")).unwrap()).unwrap();
+    let relays = layout["relays"].as_array().unwrap();
+    let squatters: Vec<&str> = relays
+        .iter()
+        .filter(|r| r["squats"].as_str() == Some("demo"))
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(squatters.len(), 1, "{layout}");
+    let name = layout["service"]["name"].as_str().unwrap().to_owned();
+
+    // Wait until the squatter has offered its record to every other relay at least once
+    // and the honest ones have refused it as invalid.
+    let of = |stats: &[serde_json::Value], key: &str| -> u64 {
+        stats.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum()
+    };
+    let invalid = |stats: &[serde_json::Value]| -> u64 {
+        stats
+            .iter()
+            .map(|s| s["dht"]["rejected_invalid"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let honest = (relays.len() - 1) as u64;
+    let stats = net.relay_stats_when(Duration::from_secs(60), |s| {
+        of(s, "squat_stores_sent") >= honest && invalid(s) >= honest
+    });
+    assert!(
+        of(&stats, "squat_stores_sent") >= honest,
+        "the squatter sent {} STOREs",
+        of(&stats, "squat_stores_sent")
+    );
+    assert_eq!(
+        of(&stats, "squat_stores_accepted"),
+        0,
+        "an honest node stored the squatter's record"
+    );
+    assert!(
+        invalid(&stats) >= honest,
+        "refused as invalid: {}",
+        invalid(&stats)
+    );
+
+    // The client has never resolved the name: no pin protects it, only the receipts.
+    let (body, took) = fetch(&net, &format!("http://{name}/"), 3);
+    assert!(body.contains(PAGE), "{body}");
+    eprintln!("{name} resolved to the real service despite the squatter in {took:?}");
+    net.stop();
+}

@@ -39,6 +39,7 @@ async fn net(name: &str) -> (tempfile::TempDir, Vec<Relay>, Arc<Client>) {
                 dht_bootstrap: Vec::new(),
                 network: None,
                 hsdir_behaviour: Default::default(),
+                squat_dark_name: None,
             })
             .await
             .unwrap(),

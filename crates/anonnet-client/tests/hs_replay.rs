@@ -52,6 +52,7 @@ async fn net(dir: &std::path::Path) -> (Vec<Relay>, Arc<Client>) {
                 dht_bootstrap: Vec::new(),
                 network: None,
                 hsdir_behaviour: Default::default(),
+                squat_dark_name: None,
             })
             .await
             .unwrap(),

@@ -36,6 +36,7 @@ async fn relays_answering(handshakes: &[HandshakeSet], dir: &std::path::Path) ->
             dht_bootstrap: Vec::new(),
             network: None,
             hsdir_behaviour: Default::default(),
+            squat_dark_name: None,
         };
         out.push(Relay::start(cfg).await.unwrap());
     }

@@ -31,6 +31,7 @@ async fn relays(n: usize, dir: &std::path::Path) -> Vec<Relay> {
             dht_bootstrap: Vec::new(),
             network: None,
             hsdir_behaviour: Default::default(),
+            squat_dark_name: None,
         };
         out.push(Relay::start(cfg).await.unwrap());
     }

@@ -7,6 +7,7 @@ pub mod exit_policy;
 mod hs;
 pub mod keystore;
 pub mod onion_keys;
+mod squat;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -171,6 +172,10 @@ pub struct RelayConfig {
     /// How this relay behaves as an HSDir (§12.7): [`HsDirBehaviour::Honest`] except in
     /// tests of what clients do against hostile HSDirs.
     pub hsdir_behaviour: HsDirBehaviour,
+    /// `Some(name)` only in tests: a hostile relay that claims the `.dark` name `name`
+    /// with a back-dated record of its own and sets no name authorities (so its own
+    /// storage takes and serves that record); see the `squat` module. `None`: honest.
+    pub squat_dark_name: Option<String>,
 }
 
 /// How a relay serves hidden-service descriptors as an HSDir (§12.7). Anything but
@@ -230,6 +235,10 @@ pub struct Stats {
     pub hsdir_stored: AtomicU64,
     /// `NAME_REGISTER`s this relay passed on to the authorities (§12.5).
     pub names_forwarded: AtomicU64,
+    /// Test squatter only ([`RelayConfig::squat_dark_name`]): `STORE`s of its claim sent.
+    pub squat_stores_sent: AtomicU64,
+    /// Test squatter only: of those, `STORE`s another node accepted.
+    pub squat_stores_accepted: AtomicU64,
     /// Hidden-service descriptors refused because this relay is not responsible for them
     /// under the consensus it holds (or holds none), §12.7.
     pub hsdir_not_responsible: AtomicU64,
@@ -269,6 +278,8 @@ impl Stats {
             "dht_stores_for_circuits": g(&self.dht_stores),
             "hsdir_stored": g(&self.hsdir_stored),
             "names_forwarded": g(&self.names_forwarded),
+            "squat_stores_sent": g(&self.squat_stores_sent),
+            "squat_stores_accepted": g(&self.squat_stores_accepted),
             "hsdir_not_responsible": g(&self.hsdir_not_responsible),
             "circuits_refused_total_limit": g(&self.circuits_refused_total_limit),
             "circuits_refused_peer_limit": g(&self.circuits_refused_peer_limit),
@@ -513,7 +524,10 @@ impl Relay {
             network: config.network.clone(),
         });
         if let Some(network) = &config.network {
-            shared.dht.set_name_authorities(network.name_authorities());
+            // A squatting test relay plays a modified relay: it checks no receipts.
+            if config.squat_dark_name.is_none() {
+                shared.dht.set_name_authorities(network.name_authorities());
+            }
         }
         let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor.clone());
         if let Some(network) = &config.network {
@@ -546,6 +560,14 @@ impl Relay {
                 }
             })
             .collect();
+        if let Some(name) = &config.squat_dark_name {
+            tasks.spawn(squat::squat(
+                dht.clone(),
+                name.clone(),
+                shared.stats.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(run_dht(dht, seeds, table_file, shutdown.clone()));
         tasks.spawn(maintenance(
             identity,

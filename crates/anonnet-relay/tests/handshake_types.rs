@@ -27,6 +27,7 @@ async fn start(dir: &std::path::Path, handshakes: HandshakeSet) -> Relay {
         dht_bootstrap: Vec::new(),
         network: None,
         hsdir_behaviour: Default::default(),
+        squat_dark_name: None,
     })
     .await
     .unwrap()

@@ -31,6 +31,7 @@ async fn start(dir: &Path) -> Relay {
         dht_bootstrap: Vec::new(),
         network: None,
         hsdir_behaviour: Default::default(),
+        squat_dark_name: None,
     })
     .await
     .unwrap()

@@ -55,6 +55,7 @@ pub async fn exit_relay(name: &str) -> TestRelay {
         dht_bootstrap: Vec::new(),
         network: None,
         hsdir_behaviour: Default::default(),
+        squat_dark_name: None,
     })
     .await
     .unwrap();
