@@ -4,6 +4,7 @@
 pub mod http;
 mod listener;
 pub mod pac;
+pub mod socks4;
 
 pub use http::HttpProxy;
 
