@@ -4,6 +4,7 @@
 pub mod http;
 mod listener;
 pub mod pac;
+pub mod socks4;
 
 pub use http::HttpProxy;
 
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonnet_client::{Client, ClientError, ErrorKind, IsolationKey};
+use anonnet_client::{Client, ClientError, DataStream, ErrorKind, IsolationKey};
 use anonnet_wire::Target;
 use fast_socks5::server::{
     AuthMethodSuccessState as _, Socks5ServerProtocol, StandardAuthentication,
@@ -19,6 +20,7 @@ use fast_socks5::server::{
 };
 use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{ReplyError, Socks5Command};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -56,7 +58,7 @@ pub fn socks_reply(kind: ErrorKind) -> ReplyError {
     }
 }
 
-/// A bound SOCKS5 listener.
+/// A bound SOCKS listener: SOCKS5, SOCKS4 and SOCKS4a on one port.
 #[derive(Debug)]
 pub struct SocksServer {
     listener: listener::Listener,
@@ -105,9 +107,9 @@ impl SocksServer {
     }
 }
 
-/// Serve one SOCKS5 connection: handshake (no auth, or any username/password — later used
-/// as the isolation key), `CONNECT` through the client, then copy bytes both ways. The
-/// handshake and request must arrive within `handshake_timeout`.
+/// Serve one connection on the SOCKS port, choosing the protocol by its first byte: `5`
+/// SOCKS5, `4` SOCKS4 or SOCKS4a ([`socks4`]), anything else is closed without a reply. The
+/// handshake and request must arrive within `handshake_timeout` of the call.
 ///
 /// # Errors
 /// A description of why the connection ended early (already answered with a reply code
@@ -116,6 +118,35 @@ pub async fn serve_socks(
     tcp: TcpStream,
     client: Arc<Client>,
     handshake_timeout: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    if peeked == 0 {
+        return Err("closed before the handshake".into());
+    }
+    match first[0] {
+        5 => serve_socks5(tcp, client, deadline).await,
+        socks4::VERSION => serve_socks4(tcp, client, deadline).await,
+        // Closed; the accept loop logs the error at debug level.
+        other => Err(format!("not SOCKS4 or SOCKS5 (first byte {other:#04x})")),
+    }
+}
+
+/// Serve one SOCKS5 connection: handshake (no auth, or any username/password — later used
+/// as the isolation key), `CONNECT` through the client, then copy bytes both ways. The
+/// handshake and request must arrive before `deadline`.
+///
+/// # Errors
+/// A description of why the connection ended early (already answered with a reply code
+/// where the protocol allows one).
+async fn serve_socks5(
+    tcp: TcpStream,
+    client: Arc<Client>,
+    deadline: tokio::time::Instant,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
     let handshake = async {
@@ -143,7 +174,7 @@ pub async fn serve_socks(
         let (proto, cmd, target) = proto.read_command().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((proto, cmd, target, isolation))
     };
-    let (proto, cmd, target, isolation) = tokio::time::timeout(handshake_timeout, handshake)
+    let (proto, cmd, target, isolation) = tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| "handshake timed out".to_string())??;
     if cmd != Socks5Command::TCPConnect {
@@ -159,23 +190,125 @@ pub async fn serve_socks(
         // any other name goes to the exit unresolved, as over the HTTP proxy.
         TargetAddr::Domain(host, port) => (crate::http::target_of(&host), port),
     };
-    let stream = match client.connect_isolated(target, port, &isolation).await {
+    let stream = match open_stream(&client, target, port, &isolation).await {
         Ok(s) => s,
         Err(e) => {
             let reply = socks_reply(e.kind());
-            if e.kind() == ErrorKind::Disabled {
-                warn!("refusing a SOCKS connection: proxying is off (`anonnet proxy on`)");
-            }
-            debug!("CONNECT failed: {e} → {reply:?}");
+            debug!("SOCKS5 reply {reply:?}");
             proto.reply_error(&reply).await.map_err(|e| e.to_string())?;
             return Err(error_text(&e));
         }
     };
-    let mut tcp = proto
+    let tcp = proto
         .reply_success(SocketAddr::from(([0, 0, 0, 0], 0)))
         .await
         .map_err(|e| e.to_string())?;
-    let mut stream = stream;
+    relay(tcp, stream, &[]).await
+}
+
+/// Serve one SOCKS4 or SOCKS4a connection ([`socks4`]): the request (before `deadline`),
+/// `CONNECT` through the client with the user id as the isolation key, reply 90 or 91, then
+/// copy bytes both ways.
+async fn serve_socks4(
+    mut tcp: TcpStream,
+    client: Arc<Client>,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let mut buf = Vec::with_capacity(64);
+    let parsed = tokio::time::timeout_at(deadline, read_socks4_request(&mut tcp, &mut buf))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?;
+    let (request, len) = match parsed {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(e)) => {
+            tcp.write_all(&socks4::reply(false))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Err(e.to_string());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let isolation = if request.user_id.is_empty() {
+        IsolationKey::default()
+    } else {
+        IsolationKey::from_credentials(&request.user_id, b"")
+    };
+    let target = match &request.destination {
+        socks4::Destination::Ip(ip) => Target::Ip((*ip).into()),
+        // A literal IP sent as a host name is the IP; any other name goes to the exit
+        // unresolved, as with SOCKS5.
+        socks4::Destination::Host(host) => crate::http::target_of(host),
+    };
+    let stream = match open_stream(&client, target, request.port, &isolation).await {
+        Ok(s) => s,
+        Err(e) => {
+            tcp.write_all(&socks4::reply(false))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Err(error_text(&e));
+        }
+    };
+    tcp.write_all(&socks4::reply(true))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Data the client sent right behind its request (optimistic data) goes first.
+    relay(tcp, stream, buf.get(len..).unwrap_or_default()).await
+}
+
+/// Read from `tcp` into `buf` until it holds a whole SOCKS4 request or an invalid one.
+/// Outer error: the connection failed or closed first; inner: the request is refused.
+async fn read_socks4_request(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Result<(socks4::Request, usize), socks4::Socks4Error>> {
+    let mut chunk = [0u8; socks4::MAX_REQUEST_LEN];
+    loop {
+        match socks4::parse(buf) {
+            Ok(socks4::Parsed::Request { request, len }) => return Ok(Ok((request, len))),
+            Ok(socks4::Parsed::Incomplete) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        // `parse` refuses a request before it outgrows MAX_REQUEST_LEN, so `buf` stays
+        // under twice that.
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
+
+/// Open a stream to `target:port` for a SOCKS `CONNECT` on a circuit of the `isolation`
+/// group. A failure is logged at debug level only (logs never name the destination), and
+/// with a warning when proxying is switched off.
+///
+/// # Errors
+/// The client's [`ClientError`]; its [`ClientError::kind`] chooses the reply.
+async fn open_stream(
+    client: &Client,
+    target: Target,
+    port: u16,
+    isolation: &IsolationKey,
+) -> Result<DataStream, ClientError> {
+    client
+        .connect_isolated(target, port, isolation)
+        .await
+        .inspect_err(|e| {
+            if e.kind() == ErrorKind::Disabled {
+                warn!("refusing a SOCKS connection: proxying is off (`anonnet proxy on`)");
+            }
+            debug!("CONNECT failed: {e}");
+        })
+}
+
+/// Copy bytes both ways between the SOCKS client and its stream until both directions
+/// have closed, after writing `early` (client bytes read along with its request) to the
+/// stream.
+async fn relay(mut tcp: TcpStream, mut stream: DataStream, early: &[u8]) -> Result<(), String> {
+    if !early.is_empty() {
+        stream.write_all(early).await.map_err(|e| e.to_string())?;
+    }
     tokio::io::copy_bidirectional(&mut tcp, &mut stream)
         .await
         .map(|_| ())

@@ -1,0 +1,217 @@
+//! End to end, real processes: the SOCKS port speaks SOCKS4 and SOCKS4a beside SOCKS5
+//! (issue 17 item 1). The real `curl` fetches a local page by host name (`--socks4a`, the
+//! name resolved by the exit) and by IP (`--socks4`), the testnet's hidden service by
+//! `.anon` address and by `.dark` name; different SOCKS4 user ids get different circuits
+//! (read from the client's counters through its control API); a `BIND` and a `CONNECT` to a
+//! closed port sent by hand get reply 91; a connection that speaks neither SOCKS version is
+//! closed; and no log names where the user went.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anonnet_control::{ControlClient, Status};
+use anonnet_tests::{serve_files, temp_dir, Testnet};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PAGE: &[u8] = b"spoken over SOCKS4\n";
+const DEMO: &str = "Hello from the anonnet testnet";
+
+/// Run `curl -sS --max-time 30 ARGS URL`; its body, or its exit code and stderr.
+async fn curl(args: &[&str], url: &str) -> Result<Vec<u8>, String> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .arg(url)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("curl is installed (.ci/run installs it)");
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "curl {args:?} {url}: {:?} {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// [`curl`], tried up to three times (a hidden service's first fetch can lose a race with
+/// its descriptor's publication).
+async fn curl_retried(args: &[&str], url: &str) -> Vec<u8> {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        match curl(args, url).await {
+            Ok(body) => return body,
+            Err(e) => errors.push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{errors:?}");
+}
+
+/// Ids of the client's circuits in use (dirty with some isolation group), sorted.
+async fn in_use(control: &ControlClient) -> Vec<u64> {
+    let status: Status = control.status().await.unwrap();
+    let mut ids: Vec<u64> = status
+        .circuits
+        .iter()
+        .filter(|c| c.state == "in use")
+        .map(|c| c.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Send raw SOCKS4 `request` bytes and return the reply's `CD` byte, or `None` when the
+/// server closed the connection without a reply (bounded: 30 s).
+async fn raw_socks4(socks: std::net::SocketAddr, request: &[u8]) -> Option<u8> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(socks).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut reply = [0u8; 8];
+        match s.read_exact(&mut reply).await {
+            Ok(_) => {
+                assert_eq!(reply[0], 0, "reply version: {reply:?}");
+                assert_eq!(reply[2..], [0; 6], "port and address are zero: {reply:?}");
+                Some(reply[1])
+            }
+            Err(_) => None,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("the SOCKS port answered in time")
+}
+
+/// Every `*.log` file under `dir`.
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks4_and_socks4a_connect_isolate_by_user_id_and_refuse_bind() {
+    let dir = temp_dir("socks4");
+    let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
+    let mut net = tokio::task::spawn_blocking({
+        let dir = dir.to_path_buf();
+        move || Testnet::start(3, &dir)
+    })
+    .await
+    .unwrap();
+    let socks = net.socks.to_string();
+    let control = ControlClient::from_state_dir(&dir.join("client")).unwrap();
+    // Let the pool fill (bounded), so the circuits counted below are the only ones in use.
+    for _ in 0..100 {
+        let s = control.status().await.unwrap();
+        if s.circuits.iter().filter(|c| c.state == "clean").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SOCKS4a by host name, no user id: the default isolation group.
+    let local = format!("http://localhost:{port}/");
+    let body = curl(&["--socks4a", &socks], &local).await.unwrap();
+    assert_eq!(body, PAGE);
+    let default_group = in_use(&control).await;
+    assert_eq!(default_group.len(), 1, "{default_group:?}");
+
+    // SOCKS4 by IP, no user id: the same group, so the same circuit.
+    let body = curl(&["--socks4", &socks], &format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(body, PAGE);
+    assert_eq!(in_use(&control).await, default_group);
+
+    // A user id is an isolation group of its own (curl sends the proxy user as USERID).
+    let alice = format!("socks4a://alice@{socks}");
+    let bob = format!("socks4a://bob@{socks}");
+    assert_eq!(curl(&["-x", &alice], &local).await.unwrap(), PAGE);
+    let with_alice = in_use(&control).await;
+    assert_eq!(
+        with_alice.len(),
+        2,
+        "alice got her own circuit: {with_alice:?}"
+    );
+    assert_eq!(curl(&["-x", &bob], &local).await.unwrap(), PAGE);
+    let with_bob = in_use(&control).await;
+    assert_eq!(with_bob.len(), 3, "bob got his own circuit: {with_bob:?}");
+    assert_eq!(curl(&["-x", &alice], &local).await.unwrap(), PAGE);
+    assert_eq!(curl(&["-x", &bob], &local).await.unwrap(), PAGE);
+    assert_eq!(
+        in_use(&control).await,
+        with_bob,
+        "each user id reused its circuit"
+    );
+
+    // The hidden service by `.anon` address and by `.dark` name, over SOCKS4a.
+    let layout = net.layout();
+    let address = layout["service"]["address"].as_str().unwrap().to_owned();
+    let name = layout["service"]["name"].as_str().unwrap().to_owned();
+    let body = curl_retried(&["--socks4a", &socks], &format!("http://{address}/")).await;
+    assert!(String::from_utf8_lossy(&body).contains(DEMO));
+    let body = curl_retried(&["-x", &alice], &format!("http://{name}/")).await;
+    assert!(String::from_utf8_lossy(&body).contains(DEMO));
+
+    // By hand: BIND (CD 2) is refused with 91, as is a CONNECT to a closed port.
+    let mut bind = vec![4, 2];
+    bind.extend_from_slice(&port.to_be_bytes());
+    bind.extend_from_slice(&[127, 0, 0, 1, 0]);
+    assert_eq!(raw_socks4(net.socks, &bind).await, Some(91));
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut connect = vec![4, 1];
+    connect.extend_from_slice(&closed.to_be_bytes());
+    connect.extend_from_slice(&[127, 0, 0, 1, b'c', 0]);
+    assert_eq!(raw_socks4(net.socks, &connect).await, Some(91));
+    assert!(curl(
+        &["--socks4", &socks],
+        &format!("http://127.0.0.1:{closed}/")
+    )
+    .await
+    .is_err());
+    // Neither SOCKS4 nor SOCKS5: closed without an answer.
+    assert_eq!(raw_socks4(net.socks, b"GET / HTTP/1.0\r\n\r\n").await, None);
+
+    // No log names the destinations asked for over SOCKS4/4a (default level `info`).
+    net.stop();
+    let forbidden = [
+        address.trim_end_matches(".anon"),
+        name.trim_end_matches(".dark"),
+        "localhost",
+    ];
+    let logs = log_files(&dir);
+    assert!(logs.len() >= 3 + 3 + 2, "every process's log: {logs:?}");
+    let mut leaks = Vec::new();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap();
+        for line in text.lines() {
+            if forbidden.iter().any(|f| line.contains(f)) {
+                leaks.push(format!("{}: {line}", log.display()));
+            }
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "logs name destinations:\n{}",
+        leaks.join("\n")
+    );
+}
