@@ -597,7 +597,20 @@ fn directory() {
     }
 }
 
+/// SOCKS4 (an IP) and SOCKS4a (a host name) `CONNECT`, and a SOCKS4 `BIND`
+/// (docs/protocol.md §9.3).
+fn socks4() {
+    write("socks4", "connect-ip", b"\x04\x01\x00\x50\x7f\x00\x00\x01alice\x00");
+    write(
+        "socks4",
+        "connect-host",
+        b"\x04\x01\x01\xbb\x00\x00\x00\x01\x00example.anon\x00GET",
+    );
+    write("socks4", "bind", b"\x04\x02\x00\x50\x7f\x00\x00\x01\x00");
+}
+
 fn main() {
+    socks4();
     dht();
     cells();
     relay_cells();

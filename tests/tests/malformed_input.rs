@@ -7,7 +7,7 @@
 //! - random bytes (a fixed-seed generator, 1 B – 8 KiB per connection), with and without a
 //!   half-close after them;
 //! - every prefix of a valid request (a truncated handshake), left open;
-//! - requests the front end cannot serve (SOCKS4, SOCKS5 BIND and UDP ASSOCIATE, a
+//! - requests the front end cannot serve (SOCKS4 BIND, SOCKS5 BIND and UDP ASSOCIATE, a
 //!   255-byte binary host name, an HTTP `CONNECT` without a port);
 //! - oversized heads: a 256 KiB header, 2,000 headers, a 1 MiB request line.
 //!
@@ -269,14 +269,15 @@ async fn malformed_input_at_socks_http_and_control_gets_an_error_or_a_close() {
             }
         });
     }
+    // SOCKS4 BIND (command 2): the SOCKS4 front end serves CONNECT only → reply 91.
     spawn(
         socks,
-        b"\x04\x01\x00\x50\x7f\x00\x00\x01anon\x00".to_vec(),
+        b"\x04\x02\x00\x50\x7f\x00\x00\x01anon\x00".to_vec(),
         false,
-        "SOCKS4 request".into(),
+        "SOCKS4 BIND".into(),
         |e| match e.reply.get(..2) {
-            None | Some([5, 0xff]) | Some([0, 0x5b]) => Ok(()),
-            Some(r) => Err(format!("a SOCKS4 request got {r:?}")),
+            Some([0, 0x5b]) => Ok(()),
+            r => Err(format!("a SOCKS4 BIND got {r:?}, expected reply 91")),
         },
     );
     let binary_host: Vec<u8> = (0..255).map(|i| (i as u8) ^ 0xA5).collect();
