@@ -13,6 +13,7 @@
 mod cli;
 mod control;
 mod metrics;
+mod resolve;
 mod services;
 mod shutdown;
 mod site;
@@ -161,6 +162,10 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 0)]
         squatting_relays: usize,
     },
+    /// Look a host name up (or an address's name) through the network, as
+    /// `tor-resolve` does: the running daemon's exit answers; nothing is resolved here.
+    /// Prints the first address (IPv4 first) or the name.
+    Resolve(resolve::ResolveArgs),
     /// Control subcommands over the running daemon's control API.
     #[command(flatten)]
     Control(cli::ControlCommand),
@@ -311,6 +316,7 @@ fn main() -> ExitCode {
                 exit_with_parent,
             } => run_client(config.or(cli.config), exit_with_parent).await,
             Command::Control(command) => cli::run(command, cli.config).await,
+            Command::Resolve(args) => resolve::run(args, cli.config).await,
             Command::Relay {
                 config,
                 exit_with_parent,

@@ -158,6 +158,11 @@ fn client_samples(client: &Client) -> Vec<Sample> {
             c.streams_opened,
         ),
         counter(
+            "anonnet_client_resolves",
+            "RESOLVE requests sent to exits",
+            c.resolves,
+        ),
+        counter(
             "anonnet_client_stream_failures",
             "Stream requests refused or failed",
             c.stream_failures,
@@ -309,6 +314,11 @@ fn relay_samples(relay: &Relay) -> Vec<Sample> {
             "anonnet_relay_exit_streams",
             "Exit streams connected",
             n(&s.exit_streams),
+        ),
+        counter(
+            "anonnet_relay_exit_resolves",
+            "RESOLVE requests answered (RESOLVED or END)",
+            n(&s.exit_resolves),
         ),
         counter(
             "anonnet_relay_exit_bytes",

@@ -11,8 +11,8 @@ use anonnet_crypto::{sign_descriptor, IdentityKey};
 use anonnet_wire::descriptor::{FLAG_EXIT, FLAG_GUARD};
 use anonnet_wire::{
     Create, CreateHybrid, Created, CreatedHybrid, Destroy, DestroyReason, EndReason, PortRange,
-    RelayCell, RelayDescriptor, RelayMsg, StreamId, Target, CELL_LEN, HYBRID_HELLO_LEN,
-    HYBRID_REPLY_LEN,
+    RelayCell, RelayDescriptor, RelayMsg, ResolvedAnswer, StreamId, Target, CELL_LEN,
+    HYBRID_HELLO_LEN, HYBRID_REPLY_LEN,
 };
 use bytes::Bytes;
 
@@ -30,7 +30,11 @@ fn cells() {
         onion_key: [2; 32],
         client_pk: [3; 32],
     };
-    write("cells", &format!("create-{CELL_LEN}"), &create.encode().unwrap());
+    write(
+        "cells",
+        &format!("create-{CELL_LEN}"),
+        &create.encode().unwrap(),
+    );
     // The two-cell type-2 (hybrid) CREATE and CREATED (§4.2).
     let hybrid = CreateHybrid {
         hello: vec![6; HYBRID_HELLO_LEN],
@@ -84,6 +88,34 @@ fn relay_cells() {
             "data",
             s,
             RelayMsg::Data(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n")),
+        ),
+        (
+            "resolve-host",
+            s,
+            RelayMsg::Resolve(Target::Host("localhost".into())),
+        ),
+        (
+            "resolve-ptr",
+            s,
+            RelayMsg::Resolve(Target::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+        ),
+        (
+            "resolved-addresses",
+            s,
+            RelayMsg::Resolved(vec![
+                ResolvedAnswer::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                ResolvedAnswer::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            ]),
+        ),
+        (
+            "resolved-name",
+            s,
+            RelayMsg::Resolved(vec![ResolvedAnswer::Host("localhost".into())]),
+        ),
+        (
+            "resolved-error",
+            s,
+            RelayMsg::Resolved(vec![ResolvedAnswer::TransientError]),
         ),
         ("end", s, RelayMsg::End(EndReason::Done)),
         ("connected", s, RelayMsg::Connected),
@@ -321,7 +353,9 @@ fn hidden_services() {
     use anonnet_crypto::hs::{
         seal_descriptor_with_salt, seal_introduce_with_secret, IntroKey, ServiceKey,
     };
-    use anonnet_wire::hs::{HsDescriptorBody, IntroPoint, IntroducePlaintext, PowParams, RelayLink};
+    use anonnet_wire::hs::{
+        HsDescriptorBody, IntroPoint, IntroducePlaintext, PowParams, RelayLink,
+    };
 
     let service = ServiceKey::from_seed(&[0x61; 32]);
     let intro_key = IntroKey::from_secret(&[0x55; 32]);
@@ -600,7 +634,11 @@ fn directory() {
 /// SOCKS4 (an IP) and SOCKS4a (a host name) `CONNECT`, and a SOCKS4 `BIND`
 /// (docs/protocol.md §9.3).
 fn socks4() {
-    write("socks4", "connect-ip", b"\x04\x01\x00\x50\x7f\x00\x00\x01alice\x00");
+    write(
+        "socks4",
+        "connect-ip",
+        b"\x04\x01\x00\x50\x7f\x00\x00\x01alice\x00",
+    );
     write(
         "socks4",
         "connect-host",

@@ -231,6 +231,24 @@ impl Drop for Testnet {
     }
 }
 
+/// Every `*.log` file under `dir` (a testnet directory: relays, authorities, client,
+/// service), for tests that check what the logs say.
+pub fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// `anonnet <args> --json --config CONFIG` (a control or file-reading subcommand of the
 /// client whose config is `config`), parsed; panics with its stderr when it fails.
 pub fn cli_json(args: &[&str], config: &Path) -> serde_json::Value {

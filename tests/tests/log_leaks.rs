@@ -5,26 +5,7 @@
 //! service log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-
-use anonnet_tests::{curl_http, curl_socks, temp_dir, Testnet};
-
-/// Every `*.log` file under `dir`.
-fn log_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "log") {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
+use anonnet_tests::{curl_http, curl_socks, log_files, temp_dir, Testnet};
 
 #[test]
 fn default_logs_name_no_destination() {

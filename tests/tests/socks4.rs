@@ -7,11 +7,10 @@
 //! closed; and no log names where the user went.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anonnet_control::{ControlClient, Status};
-use anonnet_tests::{serve_files, temp_dir, Testnet};
+use anonnet_tests::{log_files, serve_files, temp_dir, Testnet};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -85,23 +84,6 @@ async fn raw_socks4(socks: std::net::SocketAddr, request: &[u8]) -> Option<u8> {
     tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
         .expect("the SOCKS port answered in time")
-}
-
-/// Every `*.log` file under `dir`.
-fn log_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "log") {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

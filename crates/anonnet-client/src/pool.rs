@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anonnet_net::{Endpoint, LinkManager};
-use anonnet_wire::{EndReason, SignedDescriptor, Target};
+use anonnet_wire::{EndReason, ResolvedAnswer, SignedDescriptor, Target};
 use tokio::sync::{broadcast, watch, Notify};
 use tracing::{info, warn};
 
@@ -165,6 +165,7 @@ struct CounterAtomics {
     circuit_build_failures: AtomicU64,
     streams_opened: AtomicU64,
     stream_failures: AtomicU64,
+    resolves: AtomicU64,
 }
 
 /// The client: keeps circuits ready and opens streams through them.
@@ -541,6 +542,7 @@ impl Client {
                 circuit_build_failures: c.circuit_build_failures.load(Ordering::Relaxed),
                 streams_opened: c.streams_opened.load(Ordering::Relaxed),
                 stream_failures: c.stream_failures.load(Ordering::Relaxed),
+                resolves: c.resolves.load(Ordering::Relaxed),
                 bytes_sent: sc.bytes_sent.load(Ordering::Relaxed),
                 bytes_received: sc.bytes_received.load(Ordering::Relaxed),
                 buffered_bytes: sc.buffered.load(Ordering::Relaxed),
@@ -901,6 +903,83 @@ impl Client {
         port: u16,
         isolation: &IsolationKey,
     ) -> Result<DataStream, ClientError> {
+        let timeout = self.config.stream_timeout;
+        self.on_exit_circuit(port, isolation, |circuit| {
+            let target = target.clone();
+            async move { circuit.begin(target, port, timeout).await }
+        })
+        .await
+    }
+
+    /// Resolve `target` through the network with the default isolation key.
+    ///
+    /// # Errors
+    /// As [`Client::resolve_isolated`].
+    pub async fn resolve(&self, target: Target) -> Result<Vec<ResolvedAnswer>, ClientError> {
+        self.resolve_isolated(target, &IsolationKey::default())
+            .await
+    }
+
+    /// Ask an exit to resolve `target` (§6.2, §8.3) on a circuit of the `isolation` group
+    /// (one that can carry port-[`RESOLVE_PORT`] streams, picked or built as for a
+    /// stream, with the same retries): a host name gives its addresses (1..=16, IPv4
+    /// first), an address its name. Nothing is resolved locally.
+    ///
+    /// # Errors
+    /// [`ClientError::Disabled`] while proxying is off; [`ClientError::BadTarget`] for a
+    /// malformed name or a `.anon`/`.dark` name (those have no address: connect to them);
+    /// [`ClientError::Stream`] with [`StreamError::Refused`]: RESOLVEFAILED when the name
+    /// or address does not resolve, TIMEOUT when the exit's lookup failed for now,
+    /// EXITPOLICY when the exit may not answer; else as [`Client::connect_isolated`].
+    pub async fn resolve_isolated(
+        &self,
+        target: Target,
+        isolation: &IsolationKey,
+    ) -> Result<Vec<ResolvedAnswer>, ClientError> {
+        if !self.is_enabled() {
+            return Err(ClientError::Disabled);
+        }
+        if let Target::Host(h) = &target {
+            anonnet_wire::relay::check_host(h)
+                .map_err(|e| ClientError::BadTarget(e.to_string()))?;
+            if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX) {
+                return Err(ClientError::BadTarget(
+                    "a hidden-service name has no address to resolve; connect to it instead".into(),
+                ));
+            }
+        }
+        let timeout = self.config.stream_timeout;
+        let answers = self
+            .on_exit_circuit(RESOLVE_PORT, isolation, |circuit| {
+                let target = target.clone();
+                async move { circuit.resolve(target, timeout).await }
+            })
+            .await;
+        self.counters.resolves.fetch_add(1, Ordering::Relaxed);
+        match answers?.as_slice() {
+            [ResolvedAnswer::Error] => Err(StreamError::Refused(EndReason::ResolveFailed).into()),
+            [ResolvedAnswer::TransientError] => {
+                Err(StreamError::Refused(EndReason::Timeout).into())
+            }
+            answers => Ok(answers.to_vec()),
+        }
+    }
+
+    /// Run `op` (a `BEGIN` or a `RESOLVE`) on a circuit of the `isolation` group whose
+    /// exit allows `port`: one it already uses, else a clean pre-built one, else a new one.
+    /// A circuit that fails under it is closed, and one whose exit does not answer in time
+    /// or is out of streams is retired; then `op` is retried on another after a short
+    /// backoff (100 ms, doubling; 3 attempts).
+    async fn on_exit_circuit<T, F, Fut>(
+        &self,
+        port: u16,
+        isolation: &IsolationKey,
+        op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<Circuit>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StreamError>>,
+    {
         let mut last = ClientError::Circuit(CircuitError::Closed);
         for attempt in 0..STREAM_ATTEMPTS {
             let circuit = match self.pick(port, isolation) {
@@ -912,10 +991,7 @@ impl Client {
                     self.build_circuit(port, Some(isolation)).await?
                 }
             };
-            match circuit
-                .begin(target.clone(), port, self.config.stream_timeout)
-                .await
-            {
+            match op(circuit.clone()).await {
                 Ok(s) => return Ok(s),
                 // The circuit is fine, only full: the next round picks or builds another.
                 Err(StreamError::Circuit(e @ CircuitError::TooManyStreams)) => {
@@ -949,6 +1025,11 @@ impl Client {
         Err(last)
     }
 }
+
+/// The port a `RESOLVE` circuit's exit must allow (§8.3): resolving is for web names
+/// most of the time, and any exit answers it, so the client uses the circuits its web
+/// streams use rather than building others.
+pub const RESOLVE_PORT: u16 = 80;
 
 fn is_suffix(host: &str, suffix: &str) -> bool {
     host.len() > suffix.len()

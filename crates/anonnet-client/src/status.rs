@@ -88,6 +88,8 @@ pub struct Counters {
     pub streams_opened: u64,
     /// Stream requests refused or failed.
     pub stream_failures: u64,
+    /// `RESOLVE` requests sent to exits (§6.2), answered or not.
+    pub resolves: u64,
     /// Bytes sent to destinations.
     pub bytes_sent: u64,
     /// Bytes received from destinations.

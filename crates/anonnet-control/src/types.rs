@@ -58,6 +58,10 @@ pub struct Counters {
     pub streams_opened: u64,
     /// Stream requests refused or failed.
     pub stream_failures: u64,
+    /// `RESOLVE` requests sent to exits (docs/protocol.md §6.2), answered or not; 0 from a
+    /// daemon older than the field.
+    #[serde(default)]
+    pub resolves: u64,
     /// Bytes sent to destinations.
     pub bytes_sent: u64,
     /// Bytes received from destinations.

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonnet_client::{Client, ClientError, DataStream, ErrorKind, IsolationKey};
+use anonnet_wire::ResolvedAnswer;
 use anonnet_wire::Target;
 use fast_socks5::server::{
-    AuthMethodSuccessState as _, Socks5ServerProtocol, StandardAuthentication,
-    StandardAuthenticationStarted,
+    Socks5ServerProtocol, StandardAuthentication, StandardAuthenticationStarted,
 };
-use fast_socks5::util::target_addr::TargetAddr;
-use fast_socks5::{ReplyError, Socks5Command};
+use fast_socks5::util::target_addr::{read_address, AddrError, TargetAddr};
+use fast_socks5::ReplyError;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -136,74 +136,184 @@ pub async fn serve_socks(
     }
 }
 
+/// SOCKS5 command `RESOLVE` (Tor's extension, socks-extensions.txt §2): the name's address
+/// in the reply's BND.ADDR, no connection.
+pub const SOCKS5_CMD_RESOLVE: u8 = 0xF0;
+/// SOCKS5 command `RESOLVE_PTR` (Tor's extension): the address's name in the reply's
+/// BND.ADDR (ATYP 3), no connection.
+pub const SOCKS5_CMD_RESOLVE_PTR: u8 = 0xF1;
+
 /// Serve one SOCKS5 connection: handshake (no auth, or any username/password — later used
-/// as the isolation key), `CONNECT` through the client, then copy bytes both ways. The
-/// handshake and request must arrive before `deadline`.
+/// as the isolation key), then `CONNECT` through the client and copy bytes both ways, or
+/// `RESOLVE`/`RESOLVE_PTR` answered by an exit (docs/protocol.md §9.3). The handshake and
+/// request must arrive before `deadline`.
+///
+/// fast-socks5 negotiates the method and reads the address; the 4-byte request header is
+/// read here because fast-socks5 refuses the two Tor commands before returning them.
 ///
 /// # Errors
 /// A description of why the connection ended early (already answered with a reply code
 /// where the protocol allows one).
 async fn serve_socks5(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     client: Arc<Client>,
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
     let handshake = async {
-        let started = Socks5ServerProtocol::start(tcp)
+        let started = Socks5ServerProtocol::start(&mut tcp)
             .negotiate_auth(StandardAuthentication::allow_no_auth(true))
             .await
             .map_err(|e| e.to_string())?;
-        let (proto, isolation) = match started {
-            StandardAuthenticationStarted::NoAuthentication(a) => (
-                Socks5ServerProtocol::finish_auth(a),
-                IsolationKey::default(),
-            ),
+        let isolation = match started {
+            StandardAuthenticationStarted::NoAuthentication(_) => IsolationKey::default(),
             StandardAuthenticationStarted::PasswordAuthentication(a) => {
                 let (user, pass, a) = a
                     .read_username_password()
                     .await
                     .map_err(|e| e.to_string())?;
                 let key = IsolationKey::from_credentials(user.as_bytes(), pass.as_bytes());
-                (
-                    a.accept().await.map_err(|e| e.to_string())?.finish_auth(),
-                    key,
-                )
+                a.accept().await.map_err(|e| e.to_string())?;
+                key
             }
         };
-        let (proto, cmd, target) = proto.read_command().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((proto, cmd, target, isolation))
-    };
-    let (proto, cmd, target, isolation) = tokio::time::timeout_at(deadline, handshake)
-        .await
-        .map_err(|_| "handshake timed out".to_string())??;
-    if cmd != Socks5Command::TCPConnect {
-        proto
-            .reply_error(&ReplyError::CommandNotSupported)
+        let mut header = [0u8; 4];
+        tcp.read_exact(&mut header)
             .await
             .map_err(|e| e.to_string())?;
-        return Err(format!("unsupported command {cmd:?}"));
-    }
+        let [version, cmd, _reserved, atyp] = header;
+        if version != fast_socks5::consts::SOCKS5_VERSION {
+            return Err(format!("request of SOCKS version {version}"));
+        }
+        let target = read_address(&mut tcp, atyp).await;
+        Ok::<_, String>((cmd, target, isolation))
+    };
+    let (cmd, target, isolation) = tokio::time::timeout_at(deadline, handshake)
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            // An address type we do not know, or a host name that is not UTF-8.
+            let reply = match e {
+                AddrError::IncorrectAddressType => ReplyError::AddressTypeNotSupported,
+                _ => ReplyError::GeneralFailure,
+            };
+            let _ = write_socks5_reply(&mut tcp, reply, None).await;
+            return Err(e.to_string());
+        }
+    };
     let (target, port) = match target {
         TargetAddr::Ip(sa) => (Target::Ip(sa.ip()), sa.port()),
         // A literal IP sent as a domain name (`::1`, `[::1]`, `127.0.0.1`) is the IP;
         // any other name goes to the exit unresolved, as over the HTTP proxy.
         TargetAddr::Domain(host, port) => (crate::http::target_of(&host), port),
     };
+    match cmd {
+        fast_socks5::consts::SOCKS5_CMD_TCP_CONNECT => {}
+        SOCKS5_CMD_RESOLVE | SOCKS5_CMD_RESOLVE_PTR => {
+            return socks5_resolve(tcp, &client, cmd, target, &isolation).await;
+        }
+        other => {
+            write_socks5_reply(&mut tcp, ReplyError::CommandNotSupported, None).await?;
+            return Err(format!("unsupported command {other:#04x}"));
+        }
+    }
     let stream = match open_stream(&client, target, port, &isolation).await {
         Ok(s) => s,
         Err(e) => {
             let reply = socks_reply(e.kind());
             debug!("SOCKS5 reply {reply:?}");
-            proto.reply_error(&reply).await.map_err(|e| e.to_string())?;
+            write_socks5_reply(&mut tcp, reply, None).await?;
             return Err(error_text(&e));
         }
     };
-    let tcp = proto
-        .reply_success(SocketAddr::from(([0, 0, 0, 0], 0)))
-        .await
-        .map_err(|e| e.to_string())?;
+    write_socks5_reply(&mut tcp, ReplyError::Succeeded, None).await?;
     relay(tcp, stream, &[]).await
+}
+
+/// Answer `RESOLVE` (a name's first address, IPv4 preferred, in BND.ADDR) or `RESOLVE_PTR`
+/// (an address's name, ATYP 3) through an exit, then close: Tor's SOCKS extension
+/// (socks-extensions.txt §2). Failures get the reply of their [`ErrorKind`]
+/// ([`socks_reply`]): 0x04 for a name that does not resolve, 0x02 for a `.anon`/`.dark`
+/// name or an exit that may not answer, 0x06 when the exit's lookup timed out.
+///
+/// # Errors
+/// A description of why the request failed (already answered).
+async fn socks5_resolve(
+    mut tcp: TcpStream,
+    client: &Client,
+    cmd: u8,
+    target: Target,
+    isolation: &IsolationKey,
+) -> Result<(), String> {
+    let wrong_kind = match (&target, cmd) {
+        (Target::Host(_), SOCKS5_CMD_RESOLVE_PTR) => Some("RESOLVE_PTR of a host name"),
+        (Target::Ip(_), SOCKS5_CMD_RESOLVE) => Some("RESOLVE of an address"),
+        _ => None,
+    };
+    if let Some(why) = wrong_kind {
+        // Tor answers RESOLVE of an address with the address itself; RESOLVE_PTR needs one.
+        if let (Target::Ip(ip), SOCKS5_CMD_RESOLVE) = (&target, cmd) {
+            let answer = TargetAddr::Ip(SocketAddr::new(*ip, 0));
+            return write_socks5_reply(&mut tcp, ReplyError::Succeeded, Some(answer)).await;
+        }
+        write_socks5_reply(&mut tcp, ReplyError::AddressTypeNotSupported, None).await?;
+        return Err(why.into());
+    }
+    let answers = match client.resolve_isolated(target, isolation).await {
+        Ok(a) => a,
+        Err(e) => {
+            let reply = match e.kind() {
+                ErrorKind::BadRequest => ReplyError::ConnectionNotAllowed,
+                kind => socks_reply(kind),
+            };
+            debug!("SOCKS5 RESOLVE reply {reply:?}");
+            write_socks5_reply(&mut tcp, reply, None).await?;
+            return Err(error_text(&e));
+        }
+    };
+    let first_ip = |v4: bool| {
+        answers.iter().find_map(|a| match a {
+            ResolvedAnswer::Ip(ip) if ip.is_ipv4() == v4 => Some(*ip),
+            _ => None,
+        })
+    };
+    let answer = if cmd == SOCKS5_CMD_RESOLVE {
+        first_ip(true)
+            .or_else(|| first_ip(false))
+            .map(|ip| TargetAddr::Ip(SocketAddr::new(ip, 0)))
+    } else {
+        answers.iter().find_map(|a| match a {
+            ResolvedAnswer::Host(h) => Some(TargetAddr::Domain(h.clone(), 0)),
+            _ => None,
+        })
+    };
+    match answer {
+        Some(a) => write_socks5_reply(&mut tcp, ReplyError::Succeeded, Some(a)).await,
+        // The exit answered with the other kind of answer than the one asked for.
+        None => {
+            write_socks5_reply(&mut tcp, ReplyError::HostUnreachable, None).await?;
+            Err("the exit's answer had nothing of the kind asked for".into())
+        }
+    }
+}
+
+/// Write a SOCKS5 reply (RFC 1928 §6): `VER 5 ‖ REP ‖ RSV 0 ‖ ATYP ‖ BND.ADDR ‖
+/// BND.PORT`, with `bound` as the address (0.0.0.0:0 when `None`; we never tell the
+/// client the exit's address).
+///
+/// # Errors
+/// The write error, as text.
+async fn write_socks5_reply(
+    tcp: &mut TcpStream,
+    reply: ReplyError,
+    bound: Option<TargetAddr>,
+) -> Result<(), String> {
+    let bound = bound.unwrap_or(TargetAddr::Ip(SocketAddr::from(([0, 0, 0, 0], 0))));
+    let mut bytes = vec![fast_socks5::consts::SOCKS5_VERSION, reply.as_u8(), 0];
+    bytes.extend(bound.to_be_bytes().map_err(|e| e.to_string())?);
+    tcp.write_all(&bytes).await.map_err(|e| e.to_string())
 }
 
 /// Serve one SOCKS4 or SOCKS4a connection ([`socks4`]): the request (before `deadline`),

@@ -107,6 +107,19 @@ impl ExitPolicy {
             .is_some_and(|r| r.action == Action::Accept)
     }
 
+    /// True when the policy lets the exit connect to `ip` on at least one port: what a
+    /// `RESOLVE` answer or a reverse lookup is judged by (§8.3). Rules are first-match and
+    /// piecewise constant in the port, so checking port 1 and the first port of every
+    /// rule's range and the port after it covers every case.
+    pub fn allows_address(&self, ip: IpAddr) -> bool {
+        let mut ports: Vec<u16> = vec![1];
+        for r in &self.rules {
+            ports.push(r.ports.lo.max(1));
+            ports.push(r.ports.hi.saturating_add(1));
+        }
+        ports.into_iter().any(|p| self.allows(ip, p))
+    }
+
     /// The port summary for the relay descriptor: ports for which some public address is
     /// accepted. With the default tail that is every port unless a configured rule rejects
     /// `0.0.0.0/0` or `::/0` for some ports first.
@@ -187,5 +200,33 @@ mod tests {
             p.port_summary(),
             vec![PortRange { lo: 1, hi: 24 }, PortRange { lo: 26, hi: 65535 }]
         );
+    }
+
+    #[test]
+    fn an_address_is_allowed_when_some_port_is() {
+        let accept_443_only = |net: &str| ExitRule {
+            action: Action::Accept,
+            net: net.parse().unwrap(),
+            ports: PortRange { lo: 443, hi: 443 },
+        };
+        let p = ExitPolicy::with_rules(vec![
+            accept_443_only("10.1.0.0/16"),
+            ExitRule {
+                action: Action::Reject,
+                net: "0.0.0.0/0".parse().unwrap(),
+                ports: PortRange::ALL,
+            },
+        ]);
+        // Only port 443 of 10.1/16 is open: the address counts as allowed.
+        assert!(p.allows_address("10.1.2.3".parse().unwrap()));
+        assert!(!p.allows_address("10.2.0.1".parse().unwrap()));
+        assert!(!p.allows_address("192.0.2.1".parse().unwrap()));
+        // The default policy: public yes, private and loopback no.
+        let d = ExitPolicy::default();
+        assert!(d.allows_address("192.0.2.1".parse().unwrap()));
+        assert!(d.allows_address("2001:db8::1".parse().unwrap()));
+        for private in ["10.1.2.3", "127.0.0.1", "192.168.1.1", "::1"] {
+            assert!(!d.allows_address(private.parse().unwrap()), "{private}");
+        }
     }
 }

@@ -219,6 +219,8 @@ pub struct Stats {
     pub cells_unexpected: AtomicU64,
     /// Exit streams connected.
     pub exit_streams: AtomicU64,
+    /// `RESOLVE`s this exit answered (§8.3), with `RESOLVED` or `END`.
+    pub exit_resolves: AtomicU64,
     /// Bytes read from exit TCP connections.
     pub exit_bytes: AtomicU64,
     /// Introduction-point registrations held now (§13.2).
@@ -270,6 +272,7 @@ impl Stats {
             "cells_rejected": g(&self.cells_rejected),
             "cells_unexpected": g(&self.cells_unexpected),
             "exit_streams": g(&self.exit_streams),
+            "exit_resolves": g(&self.exit_resolves),
             "exit_bytes": g(&self.exit_bytes),
             "intro_points": self.intro_points.load(Ordering::Relaxed),
             "introductions": g(&self.introductions),

@@ -21,7 +21,9 @@ pub use cell::{
 };
 pub use descriptor::{HandshakeSet, PortRange, RelayDescriptor, SignedDescriptor};
 pub use reader::{Reader, Writer};
-pub use relay::{EndReason, RelayCell, RelayMsg, StreamId, Target, RELAY_HEADER_LEN};
+pub use relay::{
+    EndReason, RelayCell, RelayMsg, ResolvedAnswer, StreamId, Target, RELAY_HEADER_LEN,
+};
 
 /// Errors from decoding (or, rarely, encoding) wire data. Returned for any malformed input;
 /// the caller drops the circuit or record, nothing else.

@@ -50,6 +50,105 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Most answers one `RESOLVED` carries (§6.2).
+pub const MAX_RESOLVED_ANSWERS: usize = 16;
+
+/// One answer of a `RESOLVED` (§6.2): `type u8 ‖ len u8 ‖ value [len]`, Tor's answer types
+/// without the TTL (the exit's resolver gives none, and a cache age would tell the client
+/// what other users of the exit looked up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedAnswer {
+    /// Type 0x04 (len 4) or 0x06 (len 16): an address the name resolved to.
+    Ip(IpAddr),
+    /// Type 0x00 (len 1..=255, printable ASCII): the name an address resolved to.
+    Host(String),
+    /// Type 0xF0 (len 0): the lookup failed for a reason that may pass (a timeout, the
+    /// exit's lookup limit); worth asking again later.
+    TransientError,
+    /// Type 0xF1 (len 0): the name or address does not resolve.
+    Error,
+}
+
+impl ResolvedAnswer {
+    const HOST: u8 = 0x00;
+    const IPV4: u8 = 0x04;
+    const IPV6: u8 = 0x06;
+    const TRANSIENT: u8 = 0xF0;
+    const ERROR: u8 = 0xF1;
+
+    fn put(&self, w: &mut Writer) -> Result<(), WireError> {
+        match self {
+            ResolvedAnswer::Ip(IpAddr::V4(a)) => {
+                w.put(&[Self::IPV4, 4]);
+                w.put(&a.octets());
+            }
+            ResolvedAnswer::Ip(IpAddr::V6(a)) => {
+                w.put(&[Self::IPV6, 16]);
+                w.put(&a.octets());
+            }
+            ResolvedAnswer::Host(h) => {
+                check_host(h)?;
+                w.put(&[Self::HOST, h.len() as u8]);
+                w.put(h.as_bytes());
+            }
+            ResolvedAnswer::TransientError => w.put(&[Self::TRANSIENT, 0]),
+            ResolvedAnswer::Error => w.put(&[Self::ERROR, 0]),
+        }
+        Ok(())
+    }
+
+    fn take(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let kind = r.take_u8()?;
+        let len = usize::from(r.take_u8()?);
+        let value = r.take(len)?;
+        let mut v = Reader::new(value);
+        let answer = match (kind, len) {
+            (Self::IPV4, 4) => ResolvedAnswer::Ip(IpAddr::V4(Ipv4Addr::from(v.take_array::<4>()?))),
+            (Self::IPV6, 16) => {
+                ResolvedAnswer::Ip(IpAddr::V6(Ipv6Addr::from(v.take_array::<16>()?)))
+            }
+            (Self::HOST, _) => {
+                let host = std::str::from_utf8(v.take_rest())
+                    .map_err(|_| invalid("resolved host name", "not ASCII"))?;
+                check_host(host)?;
+                ResolvedAnswer::Host(host.to_owned())
+            }
+            (Self::TRANSIENT, 0) => ResolvedAnswer::TransientError,
+            (Self::ERROR, 0) => ResolvedAnswer::Error,
+            _ => return Err(invalid("resolved answer", "unknown type or wrong length")),
+        };
+        v.finish()?;
+        Ok(answer)
+    }
+
+    /// True for the two error types.
+    pub fn is_error(&self) -> bool {
+        matches!(self, ResolvedAnswer::TransientError | ResolvedAnswer::Error)
+    }
+}
+
+/// Check the answers of a `RESOLVED` (§6.2): 1..=[`MAX_RESOLVED_ANSWERS`], at most one
+/// host name, and an error type only as the single answer.
+///
+/// # Errors
+/// [`WireError::Invalid`] naming the rule broken.
+pub fn check_resolved(answers: &[ResolvedAnswer]) -> Result<(), WireError> {
+    if answers.is_empty() || answers.len() > MAX_RESOLVED_ANSWERS {
+        return Err(invalid("RESOLVED", "answers not in 1..=16"));
+    }
+    let hosts = answers
+        .iter()
+        .filter(|a| matches!(a, ResolvedAnswer::Host(_)))
+        .count();
+    if hosts > 1 {
+        return Err(invalid("RESOLVED", "more than one host name"));
+    }
+    if answers.len() > 1 && answers.iter().any(ResolvedAnswer::is_error) {
+        return Err(invalid("RESOLVED", "an error beside other answers"));
+    }
+    Ok(())
+}
+
 /// Why a stream ended (the one-byte reason of `END`, Tor's numbering).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -132,6 +231,14 @@ pub enum RelayMsg {
         /// The destination TCP port (1..=65535).
         port: u16,
     },
+    /// Ask the exit to resolve (§6.2, §8.3): `atype u8 ‖ address`, as in `BEGIN` without
+    /// the port. A host name (atype 1) asks for its addresses; an IPv4 or IPv6 address
+    /// (atype 4, 6) for its name (a reverse lookup). The stream id is used for this one
+    /// question and is done when `RESOLVED` or `END` comes back.
+    Resolve(Target),
+    /// The exit's answer to `RESOLVE` (§6.2): `n u8 ‖ n × answer`, 1..=16 answers
+    /// ([`ResolvedAnswer`], [`check_resolved`]). It ends the stream.
+    Resolved(Vec<ResolvedAnswer>),
     /// Stream bytes, 1..=`max_data` bytes.
     Data(Bytes),
     /// The stream is closed: `reason u8`.
@@ -321,6 +428,8 @@ impl RelayMsg {
             RelayMsg::Extend2 { .. } => 11,
             RelayMsg::Extended2(_) => 12,
             RelayMsg::HandshakeCont(_) => 13,
+            RelayMsg::Resolve(_) => 14,
+            RelayMsg::Resolved(_) => 15,
             RelayMsg::Truncated(_) => 9,
             RelayMsg::Drop => 10,
             RelayMsg::Sendme(_) => 5,
@@ -391,6 +500,34 @@ pub(crate) fn take_ip(r: &mut Reader<'_>, atype: u8) -> Result<IpAddr, WireError
         4 => Ok(IpAddr::V4(Ipv4Addr::from(r.take_array::<4>()?))),
         6 => Ok(IpAddr::V6(Ipv6Addr::from(r.take_array::<16>()?))),
         _ => Err(invalid("address type", "not 4 or 6")),
+    }
+}
+
+/// Write a `BEGIN`/`RESOLVE` address: `atype u8 ‖ address` (§6.2).
+fn put_target(w: &mut Writer, target: &Target) -> Result<(), WireError> {
+    match target {
+        Target::Host(h) => {
+            check_host(h)?;
+            w.put_u8(1);
+            w.put_u8(h.len() as u8);
+            w.put(h.as_bytes());
+        }
+        Target::Ip(ip) => put_ip(w, *ip),
+    }
+    Ok(())
+}
+
+/// Read a `BEGIN`/`RESOLVE` address: `atype u8 ‖ address` (§6.2).
+fn take_target(p: &mut Reader<'_>) -> Result<Target, WireError> {
+    let atype = p.take_u8()?;
+    if atype == 1 {
+        let n = usize::from(p.take_u8()?);
+        let host =
+            std::str::from_utf8(p.take(n)?).map_err(|_| invalid("host name", "not ASCII"))?;
+        check_host(host)?;
+        Ok(Target::Host(host.to_owned()))
+    } else {
+        Ok(Target::Ip(take_ip(p, atype)?))
     }
 }
 
@@ -489,16 +626,16 @@ impl RelayCell {
                 if *port == 0 {
                     return Err(invalid("BEGIN port", "0"));
                 }
-                match target {
-                    Target::Host(h) => {
-                        check_host(h)?;
-                        w.put_u8(1);
-                        w.put_u8(h.len() as u8);
-                        w.put(h.as_bytes());
-                    }
-                    Target::Ip(ip) => put_ip(&mut w, *ip),
-                }
+                put_target(&mut w, target)?;
                 w.put_u16(*port);
+            }
+            RelayMsg::Resolve(target) => put_target(&mut w, target)?,
+            RelayMsg::Resolved(answers) => {
+                check_resolved(answers)?;
+                w.put_u8(answers.len() as u8);
+                for a in answers {
+                    a.put(&mut w)?;
+                }
             }
             RelayMsg::End(reason) => w.put_u8(reason.to_byte()),
             RelayMsg::Connected | RelayMsg::Drop | RelayMsg::Data(_) => {}
@@ -626,16 +763,7 @@ impl RelayCell {
         let mut p = Reader::new(payload);
         let msg = match cmd {
             1 => {
-                let atype = p.take_u8()?;
-                let target = if atype == 1 {
-                    let n = usize::from(p.take_u8()?);
-                    let host = std::str::from_utf8(p.take(n)?)
-                        .map_err(|_| invalid("host name", "not ASCII"))?;
-                    check_host(host)?;
-                    Target::Host(host.to_owned())
-                } else {
-                    Target::Ip(take_ip(&mut p, atype)?)
-                };
+                let target = take_target(&mut p)?;
                 let port = p.take_u16()?;
                 if port == 0 {
                     return Err(invalid("BEGIN port", "0"));
@@ -649,6 +777,15 @@ impl RelayCell {
                 let start = RELAY_HEADER_LEN;
                 p.take_rest();
                 RelayMsg::Data(inner.slice(start..start + len))
+            }
+            14 => RelayMsg::Resolve(take_target(&mut p)?),
+            15 => {
+                let n = usize::from(p.take_u8()?);
+                let answers = (0..n)
+                    .map(|_| ResolvedAnswer::take(&mut p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                check_resolved(&answers)?;
+                RelayMsg::Resolved(answers)
             }
             3 => RelayMsg::End(EndReason::from_byte(p.take_u8()?)),
             4 => RelayMsg::Connected,
@@ -867,6 +1004,78 @@ mod tests {
         let mut area = vec![0; 64];
         area[..5].copy_from_slice(&[34, 0, 0, 0, 32]);
         assert!(RelayCell::decode(&Bytes::from(area)).is_err());
+    }
+
+    #[test]
+    fn resolve_and_resolved_round_trip_with_fixed_bytes() {
+        let s = StreamId(9);
+        // RESOLVE of a name: cmd 14, stream 9, len 11, atype 1, "localhost".
+        let cell = RelayCell::new(s, RelayMsg::Resolve(Target::Host("localhost".into())));
+        let mut area = vec![0; 100];
+        let n = cell.encode_into(&mut area).unwrap();
+        assert_eq!(hex::encode(&area[..n]), "0e0009000b01096c6f63616c686f7374");
+        round_trip(cell);
+        // RESOLVE of an address (a reverse lookup): atype 4.
+        let cell = RelayCell::new(
+            s,
+            RelayMsg::Resolve(Target::Ip("127.0.0.1".parse().unwrap())),
+        );
+        let n = cell.encode_into(&mut area).unwrap();
+        assert_eq!(hex::encode(&area[..n]), "0e00090005047f000001");
+        round_trip(cell);
+        // RESOLVED with an IPv4 and an IPv6 answer: cmd 15, n 2, (4, 4, ip), (6, 16, ip).
+        let cell = RelayCell::new(
+            s,
+            RelayMsg::Resolved(vec![
+                ResolvedAnswer::Ip("127.0.0.1".parse().unwrap()),
+                ResolvedAnswer::Ip("::1".parse().unwrap()),
+            ]),
+        );
+        let n = cell.encode_into(&mut area).unwrap();
+        assert_eq!(
+            hex::encode(&area[..n]),
+            "0f000900190204047f000001061000000000000000000000000000000001"
+        );
+        round_trip(cell);
+        // RESOLVED with a name, and with an error.
+        let cell = RelayCell::new(
+            s,
+            RelayMsg::Resolved(vec![ResolvedAnswer::Host("localhost".into())]),
+        );
+        let n = cell.encode_into(&mut area).unwrap();
+        assert_eq!(
+            hex::encode(&area[..n]),
+            "0f0009000c0100096c6f63616c686f7374"
+        );
+        round_trip(cell);
+        for err in [ResolvedAnswer::Error, ResolvedAnswer::TransientError] {
+            round_trip(RelayCell::new(s, RelayMsg::Resolved(vec![err])));
+        }
+        // Refused: no answer, 17 answers, two names, an error beside an address, an
+        // unknown type, a wrong length, RESOLVE on stream 0.
+        let bad: [&[u8]; 6] = [
+            &[15, 0, 9, 0, 1, 0],
+            &[15, 0, 9, 0, 5, 2, 0, 1, b'a', 0, 1, b'b'][..],
+            &[15, 0, 9, 0, 7, 2, 0xF1, 0, 4, 4, 1, 2, 3, 4][..7 + 5],
+            &[15, 0, 9, 0, 3, 1, 0x07, 0],
+            &[15, 0, 9, 0, 5, 1, 4, 3, 1, 2, 3],
+            &[14, 0, 0, 0, 3, 4, 1, 2],
+        ];
+        for b in bad {
+            let mut area = b.to_vec();
+            area.resize(100, 0);
+            assert!(RelayCell::decode(&Bytes::from(area)).is_err(), "{b:?}");
+        }
+        let many = vec![ResolvedAnswer::Ip("10.0.0.1".parse().unwrap()); MAX_RESOLVED_ANSWERS + 1];
+        assert!(RelayCell::new(s, RelayMsg::Resolved(many))
+            .encode_into(&mut vec![0; 900])
+            .is_err());
+        assert!(RelayCell::new(
+            StreamId::CIRCUIT,
+            RelayMsg::Resolve(Target::Host("a".into()))
+        )
+        .encode_into(&mut [0; 100])
+        .is_err());
     }
 
     #[test]

@@ -213,9 +213,11 @@ impl ReaderCore {
             return self.relay_message(hop, msg);
         }
         match msg {
-            RelayMsg::Data(_) | RelayMsg::End(_) | RelayMsg::Connected | RelayMsg::Sendme(None) => {
-                self.stream_cell(stream_id, msg, tag, streams)
-            }
+            RelayMsg::Data(_)
+            | RelayMsg::End(_)
+            | RelayMsg::Connected
+            | RelayMsg::Sendme(None)
+            | RelayMsg::Resolved(_) => self.stream_cell(stream_id, msg, tag, streams),
             RelayMsg::Sendme(Some(echo)) => {
                 let proven = self
                     .sendme_tags
@@ -293,7 +295,28 @@ impl ReaderCore {
                 Err(why) => Err(CloseReason::UnexpectedStreamCell(why)),
             };
         };
+        // A resolve stream takes RESOLVED or END; a stream opened by BEGIN never takes
+        // RESOLVED (§6.2).
+        let fits = match &msg {
+            RelayMsg::End(_) => true,
+            RelayMsg::Resolved(_) => entry.resolve,
+            _ => !entry.resolve,
+        };
+        if !fits {
+            return Err(CloseReason::UnexpectedMessage {
+                hop: self.exit_hop(),
+                what: msg_name(&msg),
+            });
+        }
         let event = match msg {
+            RelayMsg::Resolved(answers) => {
+                let tx = entry.tx.clone();
+                table.streams.remove(&id);
+                return Ok(ReaderEvent::Stream {
+                    tx,
+                    event: StreamEvent::Resolved(answers),
+                });
+            }
             RelayMsg::Sendme(None) => {
                 let inc = STREAM_INCREMENT as usize;
                 if entry.package.available_permits() + inc > STREAM_WINDOW as usize {
@@ -458,11 +481,18 @@ mod tests {
 
         /// Open stream `id` as `Circuit::begin` does; the receiver keeps its channel open.
         fn open_stream(&self, id: u16) -> (mpsc::Receiver<StreamEvent>, StreamEntry) {
+            self.open(id, false)
+        }
+
+        /// Open stream `id` as `Circuit::begin` (`resolve` false) or `Circuit::resolve`
+        /// does.
+        fn open(&self, id: u16, resolve: bool) -> (mpsc::Receiver<StreamEvent>, StreamEntry) {
             let (tx, rx) = mpsc::channel(STREAM_QUEUE);
             let entry = StreamEntry {
                 tx,
                 deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
                 package: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
+                resolve,
             };
             self.streams
                 .lock()
@@ -748,6 +778,45 @@ mod tests {
         ));
         assert!(n.streams.lock().unwrap().streams.is_empty());
         assert_unexpected(n.receive(EXIT, 1, data()));
+    }
+
+    #[test]
+    fn resolved_answers_a_resolve_stream_and_nothing_else() {
+        let answers = vec![ResolvedAnswer::Ip("127.0.0.1".parse().unwrap())];
+        // A resolve stream: RESOLVED is delivered and closes it; a late cell for it is
+        // unexpected.
+        let mut n = Net::new();
+        let (_rx, entry) = n.open(1, true);
+        assert!(matches!(
+            n.receive(EXIT, 1, RelayMsg::Resolved(answers.clone())),
+            Ok(ReaderEvent::Stream {
+                tx,
+                event: StreamEvent::Resolved(ref a),
+            }) if tx.same_channel(&entry.tx) && *a == answers
+        ));
+        assert!(n.streams.lock().unwrap().streams.is_empty());
+        assert_unexpected(n.receive(EXIT, 1, RelayMsg::Resolved(answers.clone())));
+        // CONNECTED or DATA on a resolve stream, RESOLVED on a BEGIN stream: the circuit
+        // closes.
+        for (resolve, msg) in [
+            (true, RelayMsg::Connected),
+            (true, data()),
+            (false, RelayMsg::Resolved(answers.clone())),
+        ] {
+            let mut n = Net::new();
+            let (_rx, _) = n.open(1, resolve);
+            assert_unexpected(n.receive(EXIT, 1, msg));
+        }
+        // END refuses a resolve (EXITPOLICY at the exit) like any stream.
+        let mut n = Net::new();
+        let (_rx, _) = n.open(1, true);
+        assert!(matches!(
+            n.receive(EXIT, 1, RelayMsg::End(EndReason::ExitPolicy)),
+            Ok(ReaderEvent::Stream {
+                event: StreamEvent::End(EndReason::ExitPolicy),
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use anonnet_wire::flow::{
 };
 use anonnet_wire::{
     Create, CreateHybrid, Created, CreatedHybrid, Destroy, DestroyReason, EndReason, RelayCell,
-    RelayMsg, StreamId, Target, CELL_LEN, FORWARD_MESSAGE_MAX, HANDSHAKE_HYBRID_V2,
+    RelayMsg, ResolvedAnswer, StreamId, Target, CELL_LEN, FORWARD_MESSAGE_MAX, HANDSHAKE_HYBRID_V2,
     HYBRID_REPLY_LEN,
 };
 use bytes::{Bytes, BytesMut};
@@ -123,6 +123,8 @@ enum StreamEvent {
     Connected,
     Data(Bytes),
     End(EndReason),
+    /// The exit's answer to `RESOLVE` (§6.2); only a resolve stream receives it.
+    Resolved(Vec<ResolvedAnswer>),
 }
 
 struct Forward {
@@ -138,6 +140,9 @@ struct StreamEntry {
     deliver: Arc<Mutex<StreamDeliverWindow>>,
     /// Package window for `DATA` to the exit (permits).
     package: Arc<Semaphore>,
+    /// True for a stream opened by `RESOLVE`: it takes `RESOLVED` or `END` and nothing
+    /// else (§6.2).
+    resolve: bool,
 }
 
 #[derive(Default)]
@@ -193,7 +198,8 @@ impl HalfClosed {
             }
             RelayMsg::Data(_) => Err(format!("DATA past the window of closed stream {}", id.0)),
             RelayMsg::Connected | RelayMsg::Sendme(None) => Ok(()),
-            RelayMsg::End(_) => {
+            // RESOLVED ends a resolve stream as END ends any other (§6.2).
+            RelayMsg::End(_) | RelayMsg::Resolved(_) => {
                 self.streams.remove(&id);
                 Ok(())
             }
@@ -540,6 +546,7 @@ impl Circuit {
             tx,
             deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
             package: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
+            resolve: false,
         };
         let id = self
             .streams
@@ -568,12 +575,77 @@ impl Circuit {
                 stream.ended = true;
                 Err(StreamError::Refused(reason))
             }
-            Ok(Some(StreamEvent::Data(_))) => {
+            Ok(Some(StreamEvent::Data(_) | StreamEvent::Resolved(_))) => {
                 self.close();
                 Err(CircuitError::Protocol("DATA before CONNECTED".into()).into())
             }
             Ok(None) => Err(CircuitError::Closed.into()),
             Err(_) => Err(StreamError::Timeout),
+        }
+    }
+
+    /// Ask the exit to resolve `target` (§6.2): a host name's addresses or an address's
+    /// name, waiting at most `timeout` for `RESOLVED`. The stream id is used for this one
+    /// question; when the answer does not come in time the stream is ended (`END` DONE)
+    /// and half-closed (§6.6).
+    ///
+    /// # Errors
+    /// [`StreamError::Refused`] with the exit's END reason (EXITPOLICY: not an exit, or the
+    /// policy allows none of the answers), [`StreamError::Timeout`],
+    /// [`StreamError::Circuit`] when the circuit is closed or full. A lookup that failed at
+    /// the exit is an answer ([`ResolvedAnswer::Error`], [`ResolvedAnswer::TransientError`]),
+    /// not an error.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        target: Target,
+        timeout: Duration,
+    ) -> Result<Vec<ResolvedAnswer>, StreamError> {
+        if self.is_closed() {
+            return Err(CircuitError::Closed.into());
+        }
+        let (tx, mut rx) = mpsc::channel(1);
+        let entry = StreamEntry {
+            tx,
+            deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
+            package: Arc::new(Semaphore::new(0)),
+            resolve: true,
+        };
+        let id = self
+            .streams
+            .lock()
+            .map_err(|_| CircuitError::Closed)?
+            .allocate(entry)
+            .ok_or(CircuitError::TooManyStreams)?;
+        let hop = self.exit_hop();
+        if self
+            .forward
+            .send(Forward {
+                hop,
+                cell: RelayCell::new(id, RelayMsg::Resolve(target)),
+            })
+            .await
+            .is_err()
+        {
+            self.forget_stream(id);
+            return Err(CircuitError::Closed.into());
+        }
+        let answer = tokio::select! {
+            a = tokio::time::timeout(timeout, rx.recv()) => a,
+            () = self.closed.cancelled() => return Err(CircuitError::Closed.into()),
+        };
+        match answer {
+            Ok(Some(StreamEvent::Resolved(answers))) => Ok(answers),
+            Ok(Some(StreamEvent::End(reason))) => Err(StreamError::Refused(reason)),
+            // The reader lets nothing else reach a resolve stream.
+            Ok(Some(_) | None) => Err(CircuitError::Closed.into()),
+            Err(_) => {
+                let _ = self.forward.try_send(Forward {
+                    hop,
+                    cell: RelayCell::new(id, RelayMsg::End(EndReason::Done)),
+                });
+                self.half_close_stream(id);
+                Err(StreamError::Timeout)
+            }
         }
     }
 
@@ -593,6 +665,7 @@ impl Circuit {
             tx: etx,
             deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
             package: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
+            resolve: false,
         };
         {
             let mut table = self
@@ -678,6 +751,7 @@ fn msg_name(m: &RelayMsg) -> &'static str {
         RelayMsg::Sendme(Some(_)) => "circuit SENDME",
         RelayMsg::Drop => "DROP",
         RelayMsg::Begin { .. } => "BEGIN",
+        RelayMsg::Resolved(_) => "RESOLVED",
         _ => "relay message",
     }
 }

@@ -146,6 +146,14 @@ impl AsyncRead for DataStream {
                     }
                 }
                 Some(StreamEvent::Connected) => {}
+                // The reader delivers RESOLVED to resolve streams only; never here.
+                Some(StreamEvent::Resolved(_)) => {
+                    self.ended = true;
+                    self.failure = Some(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "RESOLVED on a data stream",
+                    ));
+                }
                 Some(StreamEvent::End(EndReason::Done)) => self.ended = true,
                 Some(StreamEvent::End(reason)) => {
                     self.ended = true;

@@ -45,6 +45,15 @@ pub(super) enum Step {
         /// TCP port.
         port: u16,
     },
+    /// Answer `RESOLVE` on stream `id` (§6.2, §8.3): look `target` up and send `RESOLVED`;
+    /// the shell registers the stream's slot with [`ForwardCore::add_stream`] so that it
+    /// counts against the stream limit until the answer is sent.
+    Resolve {
+        /// The stream id the client chose.
+        id: StreamId,
+        /// A host name (its addresses wanted) or an address (its name wanted).
+        target: Target,
+    },
     /// `DATA` from the client (at most 802 bytes) for the open exit stream `id`; both
     /// deliver windows have counted it. If the stream cannot take it any more, the shell
     /// calls [`ForwardCore::stream_gone`].
@@ -272,36 +281,16 @@ impl ForwardCore {
                 hello.extend_from_slice(&part);
                 self.extend_if_complete()
             }
-            RelayMsg::Begin { target, port } => {
-                // Streams whose exit side ended are forgotten here (the client does not
-                // answer an END), so their ids may be reused.
-                let closed = &mut self.closed;
-                self.streams.retain(|sid, s| {
-                    let open = !s.token.is_cancelled();
-                    if !open {
-                        closed.insert(*sid);
-                    }
-                    open
-                });
-                if self.streams.contains_key(&id) {
-                    return violation;
-                }
-                self.closed.remove(id);
-                let refused = if !self.exit {
-                    Some(EndReason::ExitPolicy)
-                } else if self.streams.len() >= self.max_streams {
-                    Some(EndReason::ResourceLimit)
-                } else {
-                    None
-                };
-                if let Some(reason) = refused {
-                    self.closed.insert(id);
-                    self.replies
-                        .push_back(RelayCell::new(id, RelayMsg::End(reason)));
-                    return Ok(Step::Handled);
-                }
-                Ok(Step::Begin { id, target, port })
-            }
+            RelayMsg::Begin { target, port } => match self.open_exit_stream(id) {
+                Some(true) => Ok(Step::Begin { id, target, port }),
+                Some(false) => Ok(Step::Handled),
+                None => violation,
+            },
+            RelayMsg::Resolve(target) => match self.open_exit_stream(id) {
+                Some(true) => Ok(Step::Resolve { id, target }),
+                Some(false) => Ok(Step::Handled),
+                None => violation,
+            },
             RelayMsg::Data(data) => {
                 // Every DATA counts for the circuit window, even for a stream we forgot.
                 if let Some(echo) = self.deliver.on_data(tag) {
@@ -379,6 +368,7 @@ impl ForwardCore {
             | RelayMsg::DhtStore { .. }
             | RelayMsg::NameRegister { .. }) => Ok(Step::Role(msg)),
             RelayMsg::Connected
+            | RelayMsg::Resolved(_)
             | RelayMsg::Extended { .. }
             | RelayMsg::Extended2(_)
             | RelayMsg::Truncated(_)
@@ -475,6 +465,42 @@ impl ForwardCore {
                 ));
             }
         }
+    }
+
+    /// The checks a `BEGIN` or a `RESOLVE` on stream `id` passes before the shell acts
+    /// on it (§8.3): `None` when `id` is open already (a protocol violation); `Some(false)`
+    /// when it is refused, its `END` (EXITPOLICY on a relay that is not an exit,
+    /// RESOURCELIMIT past [`Limits::max_streams_per_circuit`](crate::Limits)) queued;
+    /// `Some(true)` when the shell may open it.
+    fn open_exit_stream(&mut self, id: StreamId) -> Option<bool> {
+        // Streams whose exit side ended are forgotten here (the client does not
+        // answer an END), so their ids may be reused.
+        let closed = &mut self.closed;
+        self.streams.retain(|sid, s| {
+            let open = !s.token.is_cancelled();
+            if !open {
+                closed.insert(*sid);
+            }
+            open
+        });
+        if self.streams.contains_key(&id) {
+            return None;
+        }
+        self.closed.remove(id);
+        let refused = if !self.exit {
+            Some(EndReason::ExitPolicy)
+        } else if self.streams.len() >= self.max_streams {
+            Some(EndReason::ResourceLimit)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            self.closed.insert(id);
+            self.replies
+                .push_back(RelayCell::new(id, RelayMsg::End(reason)));
+            return Some(false);
+        }
+        Some(true)
     }
 
     /// The next message owed to the client, if any.

@@ -124,6 +124,103 @@ pub(super) async fn resolve(
     }
 }
 
+/// Look up the name of `ip` (a reverse lookup, `getnameinfo` with `NI_NAMEREQD`) with the
+/// system resolver on tokio's blocking pool, under the same limit of lookups at once as
+/// [`resolve`].
+///
+/// # Errors
+/// [`ResolvedAnswer::TransientError`] when the resolver says to try again or the relay
+/// shuts down, [`ResolvedAnswer::Error`] when the address has no name (or one that is not a
+/// valid host name, §6.2).
+async fn reverse(
+    slots: &Arc<tokio::sync::Semaphore>,
+    ip: std::net::IpAddr,
+) -> Result<String, ResolvedAnswer> {
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ResolvedAnswer::TransientError)?;
+    let lookup = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        dns_lookup::lookup_addr(&ip)
+    });
+    match lookup.await {
+        Ok(Ok(name)) if anonnet_wire::relay::check_host(&name).is_ok() => Ok(name),
+        Ok(Err(e)) if matches!(e.kind(), dns_lookup::LookupErrorKind::Again) => {
+            Err(ResolvedAnswer::TransientError)
+        }
+        Ok(_) => Err(ResolvedAnswer::Error),
+        Err(_) => Err(ResolvedAnswer::TransientError),
+    }
+}
+
+/// Answer a `RESOLVE` on stream `id` (§6.2, §8.3) with one `RESOLVED` or `END`, within the
+/// exit's connect timeout, unless `token` (the stream's) is cancelled first:
+/// - a host name: its addresses that the exit policy allows on some port, at most
+///   [`MAX_RESOLVED_ANSWERS`](anonnet_wire::relay::MAX_RESOLVED_ANSWERS), IPv4 first;
+///   `END` EXITPOLICY when it has addresses but the policy allows none (so a name of the
+///   exit's own network does not tell the client its addresses);
+/// - an address: `END` EXITPOLICY, with no lookup made, when the policy allows it on no
+///   port; else its name;
+/// - a failed lookup: `RESOLVED` with [`ResolvedAnswer::Error`], a timeout
+///   [`ResolvedAnswer::TransientError`].
+///
+/// Nothing is logged above DEBUG, and never the name or address.
+pub(super) async fn resolve_stream(
+    shared: Arc<RelayShared>,
+    policy: Arc<crate::ExitPolicy>,
+    id: StreamId,
+    target: Target,
+    out: mpsc::Sender<RelayCell>,
+    token: CancellationToken,
+) {
+    let _release = token.clone().drop_guard();
+    let lookup = async {
+        match target {
+            Target::Host(host) => {
+                let Ok(addrs) = resolve(&shared.dns_lookups, host, 0).await else {
+                    return RelayMsg::Resolved(vec![ResolvedAnswer::Error]);
+                };
+                if addrs.is_empty() {
+                    return RelayMsg::Resolved(vec![ResolvedAnswer::Error]);
+                }
+                let mut ips: Vec<std::net::IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+                ips.sort_by_key(|ip| ip.is_ipv6());
+                ips.dedup();
+                ips.retain(|ip| policy.allows_address(*ip));
+                if ips.is_empty() {
+                    return RelayMsg::End(EndReason::ExitPolicy);
+                }
+                ips.truncate(anonnet_wire::relay::MAX_RESOLVED_ANSWERS);
+                RelayMsg::Resolved(ips.into_iter().map(ResolvedAnswer::Ip).collect())
+            }
+            Target::Ip(ip) => {
+                if !policy.allows_address(ip) {
+                    return RelayMsg::End(EndReason::ExitPolicy);
+                }
+                match reverse(&shared.dns_lookups, ip).await {
+                    Ok(name) => RelayMsg::Resolved(vec![ResolvedAnswer::Host(name)]),
+                    Err(answer) => RelayMsg::Resolved(vec![answer]),
+                }
+            }
+        }
+    };
+    let answer = tokio::select! {
+        r = tokio::time::timeout(shared.limits.connect_timeout, lookup) => {
+            r.unwrap_or(RelayMsg::Resolved(vec![ResolvedAnswer::TransientError]))
+        }
+        () = token.cancelled() => return,
+    };
+    shared.stats.exit_resolves.fetch_add(1, Ordering::Relaxed);
+    debug!(
+        stream = id.0,
+        error = matches!(&answer, RelayMsg::End(_)),
+        "exit answered RESOLVE"
+    );
+    let _ = out.send(RelayCell::new(id, answer)).await;
+}
+
 /// Resolve (at the exit), apply the exit policy to the resolved address, connect, then
 /// pump bytes both ways until either side ends.
 #[allow(clippy::too_many_arguments)]

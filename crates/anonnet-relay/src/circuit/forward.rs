@@ -153,6 +153,11 @@ impl ForwardTask {
                 self.begin(id, target, port);
                 Ok(())
             }
+            Step::Resolve { id, target } => {
+                self.flush_forward().await?;
+                self.resolve(id, target);
+                Ok(())
+            }
             Step::Data { id, data } => {
                 // Waiting for a full exit stream: cells already opened for the next hop go
                 // first.
@@ -222,6 +227,38 @@ impl ForwardTask {
                 RelayCell::max_payload(BACKWARD_MESSAGE_MAX),
             )
             .instrument(tracing::debug_span!("exit_stream", stream = id.0)),
+        );
+    }
+
+    /// Answer `RESOLVE` on stream `id` (the core has checked the limit and the id): the
+    /// stream holds a slot until `RESOLVED` or `END` is queued, or the client ends it.
+    fn resolve(&mut self, id: StreamId, target: Target) {
+        let Some(policy) = self.shared.exit_policy.clone() else {
+            return;
+        };
+        // A resolve stream takes no DATA: its data channel has no reader, so DATA from the
+        // client finds the stream gone (§6.6) instead of being queued.
+        let (tx, _) = mpsc::channel(1);
+        let token = self.teardown.token.child_token();
+        self.core.add_stream(
+            id,
+            ExitSlot {
+                data: tx,
+                token: token.clone(),
+                package: Arc::new(Semaphore::new(0)),
+                deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
+            },
+        );
+        tokio::spawn(
+            resolve_stream(
+                self.shared.clone(),
+                policy,
+                id,
+                target,
+                self.out.clone(),
+                token,
+            )
+            .instrument(tracing::debug_span!("exit_resolve", stream = id.0)),
         );
     }
 

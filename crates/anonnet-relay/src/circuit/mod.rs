@@ -44,8 +44,9 @@ use anonnet_wire::relay::{
 };
 use anonnet_wire::{
     create_handshake_type, Create, CreateHybrid, Created, CreatedHybrid, Destroy, DestroyReason,
-    EndReason, RelayCell, RelayMsg, StreamId, Target, BACKWARD_MESSAGE_MAX, CELL_LEN,
-    HANDSHAKE_HYBRID_V2, HANDSHAKE_NTOR_V1, HYBRID_CELLS_LEN, HYBRID_HELLO_LEN, RELAY_HEADER_LEN,
+    EndReason, RelayCell, RelayMsg, ResolvedAnswer, StreamId, Target, BACKWARD_MESSAGE_MAX,
+    CELL_LEN, HANDSHAKE_HYBRID_V2, HANDSHAKE_NTOR_V1, HYBRID_CELLS_LEN, HYBRID_HELLO_LEN,
+    RELAY_HEADER_LEN,
 };
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};

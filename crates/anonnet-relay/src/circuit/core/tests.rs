@@ -593,3 +593,45 @@ fn destroy_from_either_side_travels_on_and_not_back() {
         Some(Refusal::Destroy(DestroyReason::Protocol))
     );
 }
+
+#[test]
+fn resolve_is_refused_by_a_non_exit_and_counts_as_a_stream_at_an_exit() {
+    let resolve = || RelayMsg::Resolve(Target::Host("localhost".into()));
+    // Not an exit: END(EXITPOLICY), as for BEGIN.
+    let mut p = path(3, false);
+    assert!(matches!(p.send(2, resolve()), Ok(Step::Handled)));
+    let end = p.forward[2].poll_reply().unwrap();
+    assert_eq!(
+        (end.stream_id, end.msg),
+        (StreamId(7), RelayMsg::End(EndReason::ExitPolicy))
+    );
+    // An exit hands it to the shell, which registers the stream: a BEGIN or a second
+    // RESOLVE on the same id is then a violation.
+    let mut p = path(3, true);
+    match p.send(2, resolve()) {
+        Ok(Step::Resolve { id, target }) => {
+            assert_eq!(
+                (id, target),
+                (StreamId(7), Target::Host("localhost".into()))
+            );
+            p.forward[2].add_stream(id, slot().0);
+        }
+        _ => panic!("RESOLVE at an exit"),
+    }
+    for again in [resolve(), begin()] {
+        assert_eq!(
+            p.send(2, again).err(),
+            Some(Refusal::Destroy(DestroyReason::Protocol))
+        );
+    }
+    // RESOLVED from the client is a violation.
+    let mut p = path(3, true);
+    assert_eq!(
+        p.send(
+            2,
+            RelayMsg::Resolved(vec![anonnet_wire::ResolvedAnswer::Error])
+        )
+        .err(),
+        Some(Refusal::Destroy(DestroyReason::Protocol))
+    );
+}
