@@ -25,6 +25,8 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:9080";
 pub const DEFAULT_CONTROL: &str = "127.0.0.1:0";
 /// Most pre-built clean exit circuits `client.pool_size` may ask for.
 pub const MAX_POOL_SIZE: u64 = 32;
+/// Most pre-built hidden-service prefixes `client.hs_prefixes` may ask for.
+pub const MAX_HS_PREFIXES: u64 = 8;
 /// Longest `client.max_circuit_dirtiness_secs` (one day).
 pub const MAX_DIRTINESS_SECS: u64 = 86_400;
 /// Default UDP address of a relay's QUIC listener.
@@ -882,6 +884,7 @@ struct ClientSection {
     stream_timeout_secs: Option<Spanned<u64>>,
     handshake_timeout_secs: Option<Spanned<u64>>,
     pool_size: Option<Spanned<u64>>,
+    hs_prefixes: Option<Spanned<u64>>,
     max_circuit_dirtiness_secs: Option<Spanned<u64>>,
     allow_same_subnet_paths: Option<Spanned<bool>>,
     hs_pow_max_effort: Option<Spanned<u64>>,
@@ -917,6 +920,9 @@ pub struct ClientSettings {
     pub handshake_timeout: Option<Duration>,
     /// `client.pool_size`: clean exit circuits kept ready, 1..=[`MAX_POOL_SIZE`], when set.
     pub pool_size: Option<usize>,
+    /// `client.hs_prefixes`: guard → vanguard prefixes kept built for hidden-service
+    /// circuits, 0..=[`MAX_HS_PREFIXES`] (0: none), when set.
+    pub hs_prefixes: Option<usize>,
     /// `client.max_circuit_dirtiness_secs`: a circuit takes no new streams this long after
     /// its first use, when set.
     pub max_dirtiness: Option<Duration>,
@@ -1087,6 +1093,15 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
                 .map_err(|why| src.invalid("client.pool_size", Some(s), why))
         })
         .transpose()?;
+    let hs_prefixes = c
+        .hs_prefixes
+        .as_ref()
+        .map(|s| {
+            check_range(*s.get_ref(), 0, MAX_HS_PREFIXES, "prefixes")
+                .map(|n| usize::try_from(n).unwrap_or(0))
+                .map_err(|why| src.invalid("client.hs_prefixes", Some(s), why))
+        })
+        .transpose()?;
     let max_dirtiness = c
         .max_circuit_dirtiness_secs
         .as_ref()
@@ -1253,6 +1268,7 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
         stream_timeout: secs("stream_timeout_secs", &c.stream_timeout_secs)?,
         handshake_timeout: secs("handshake_timeout_secs", &c.handshake_timeout_secs)?,
         pool_size,
+        hs_prefixes,
         max_dirtiness,
         allow_same_subnet: c
             .allow_same_subnet_paths
@@ -2382,6 +2398,12 @@ onion_key_grace_days = 3
         let e = load_client(&file).unwrap_err().to_string();
         assert!(
             e.contains("client.pool_size") && e.contains("1..=32"),
+            "{e}"
+        );
+        let file = write(dir, "client.toml", "[client]\nhs_prefixes = 9\n");
+        let e = load_client(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("client.hs_prefixes") && e.contains("0..=8"),
             "{e}"
         );
         let file = write(

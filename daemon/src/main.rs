@@ -563,6 +563,9 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     if let Some(t) = settings.stream_timeout {
         client_config.stream_timeout = t;
     }
+    if let Some(n) = settings.hs_prefixes {
+        client_config.hs_prefixes = n;
+    }
     if let Some(n) = settings.pool_size {
         client_config.pool_size = n;
     }

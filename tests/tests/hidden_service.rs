@@ -136,6 +136,17 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
         counters["hs_descriptor_fetches"].as_u64().unwrap() >= 1,
         "{counters}"
     );
+    // Descriptor fetches and introductions extended pre-built guard → vanguard prefixes
+    // (protocol §9.4) instead of building every circuit from scratch.
+    assert!(
+        counters["hs_prefixes_used"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+    assert!(
+        counters["hs_prefixes_built"].as_u64().unwrap()
+            >= counters["hs_prefixes_used"].as_u64().unwrap(),
+        "{counters}"
+    );
     // Relays write stats.json once a second: wait for the counters to show up.
     let sum = |stats: &[serde_json::Value], key: &str| -> u64 {
         stats.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum()

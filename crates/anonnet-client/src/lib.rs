@@ -17,7 +17,7 @@ pub mod vanguards;
 
 use anonnet_wire::EndReason;
 
-pub use circuit::{Circuit, CircuitError, DataStream, StreamError};
+pub use circuit::{Circuit, CircuitError, CircuitPrefix, DataStream, StreamError};
 pub use directory::{Directory, PathError, PathRequest};
 pub use host::{HostedService, ServiceConfig, ServiceError};
 pub use hs::HsFailure;

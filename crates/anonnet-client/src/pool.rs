@@ -30,7 +30,9 @@ use anonnet_wire::RelayMsg;
 use rand::seq::SliceRandom;
 use tracing::debug;
 
-use crate::circuit::{Circuit, CircuitError, DataStream, HopSpec, StreamCounters, StreamError};
+use crate::circuit::{
+    Circuit, CircuitError, CircuitPrefix, DataStream, HopSpec, StreamCounters, StreamError,
+};
 use crate::consensus::{self as dir, Checked, ConsensusStatus};
 use crate::directory::{Directory, PathRequest};
 use crate::guards::{GuardSet, RelayScores};
@@ -95,6 +97,10 @@ pub struct ClientConfig {
     /// The most proof-of-work effort spent on one introduction (§13.9): a service that
     /// suggests more gets this much. Default [`crate::hs::CLIENT_MAX_EFFORT`].
     pub hs_pow_max_effort: u32,
+    /// Guard → vanguard circuit prefixes kept built for hidden-service circuits (§9.4):
+    /// a descriptor fetch, an introduction or a service's rendezvous circuit extends one
+    /// to its named relay instead of building three hops. 0 turns them off; default 3.
+    pub hs_prefixes: usize,
 }
 
 impl Default for ClientConfig {
@@ -114,6 +120,7 @@ impl Default for ClientConfig {
             guard_lifetimes: crate::guards::GuardLifetimes::default(),
             circuit_handshake: crate::circuit::HandshakeKind::default(),
             hs_pow_max_effort: crate::hs::CLIENT_MAX_EFFORT,
+            hs_prefixes: 3,
         }
     }
 }
@@ -166,6 +173,8 @@ struct CounterAtomics {
     streams_opened: AtomicU64,
     stream_failures: AtomicU64,
     resolves: AtomicU64,
+    hs_prefixes_built: AtomicU64,
+    hs_prefixes_used: AtomicU64,
 }
 
 /// The client: keeps circuits ready and opens streams through them.
@@ -179,6 +188,10 @@ pub struct Client {
     consensus: RwLock<Option<Checked>>,
     pool: Mutex<Vec<Slot>>,
     refill: Arc<Notify>,
+    /// Pre-built guard → vanguard prefixes for hidden-service circuits (§9.4), at most
+    /// `config.hs_prefixes`; [`Client::take_prefix`] hands one out.
+    prefixes: Mutex<Vec<CircuitPrefix>>,
+    prefix_refill: Arc<Notify>,
     enabled: AtomicBool,
     /// Set by [`Client::shutdown`]: links closing now are our doing, not the guards', so
     /// no relay is blamed, the guard set is left as it is and no circuit is built.
@@ -278,6 +291,8 @@ impl Client {
             consensus: RwLock::new(consensus),
             pool: Mutex::new(Vec::new()),
             refill: Arc::new(Notify::new()),
+            prefixes: Mutex::new(Vec::new()),
+            prefix_refill: Arc::new(Notify::new()),
             enabled: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             bootstrap: watch::channel(Bootstrap::new(0, "starting")).0,
@@ -314,6 +329,9 @@ impl Client {
             tokio::spawn(maintain_consensus(Arc::downgrade(&client)));
         }
         tokio::spawn(maintain_pool(Arc::downgrade(&client)));
+        if client.config.hs_prefixes > 0 {
+            tokio::spawn(maintain_prefixes(Arc::downgrade(&client)));
+        }
         tokio::spawn(watch_presence(Arc::downgrade(&client)));
         Ok(client)
     }
@@ -483,6 +501,7 @@ impl Client {
             }
         }
         self.hs.clear_circuits();
+        self.take_prefixes();
         info!("new identity: all circuits retired");
         self.emit(ClientEvent::NewIdentity);
         self.refill.notify_one();
@@ -543,6 +562,8 @@ impl Client {
                 streams_opened: c.streams_opened.load(Ordering::Relaxed),
                 stream_failures: c.stream_failures.load(Ordering::Relaxed),
                 resolves: c.resolves.load(Ordering::Relaxed),
+                hs_prefixes_built: c.hs_prefixes_built.load(Ordering::Relaxed),
+                hs_prefixes_used: c.hs_prefixes_used.load(Ordering::Relaxed),
                 bytes_sent: sc.bytes_sent.load(Ordering::Relaxed),
                 bytes_received: sc.bytes_received.load(Ordering::Relaxed),
                 buffered_bytes: sc.buffered.load(Ordering::Relaxed),
@@ -1088,6 +1109,29 @@ impl Client {
                 .unwrap_or_default();
             (spec, offered)
         });
+        if let Some((spec, offered)) = end_with_types {
+            if let Some(prefix) = self.take_prefix(&spec, avoid) {
+                let finished = tokio::time::timeout(
+                    self.config.circuit_build_timeout,
+                    prefix.finish(Some((spec, offered)), self.stream_counters.clone(), setting),
+                )
+                .await
+                .unwrap_or(Err(CircuitError::Timeout));
+                match finished {
+                    Ok(c) => {
+                        self.counters
+                            .hs_prefixes_used
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.counters.circuits_built.fetch_add(1, Ordering::Relaxed);
+                        return Ok(c);
+                    }
+                    // A prefix may have died while it waited (a relay restarted, a link
+                    // closed), or the end may not answer: build afresh below, blaming no
+                    // relay of the prefix for it.
+                    Err(e) => debug!("extending a pre-built prefix failed: {e}"),
+                }
+            }
+        }
         for _ in 0..BUILD_ATTEMPTS {
             // Guard → vanguard → end (§9.4).
             let vanguards = self.vanguard_ids();
@@ -1141,6 +1185,106 @@ impl Client {
             }
         }
         Err(last)
+    }
+
+    /// A pre-built prefix (§9.4) that may serve as the guard and second hop of a circuit to
+    /// `end`, removed from the store: one at most [`PREFIX_MAX_AGE`] old whose guard is
+    /// still a usable member of the guard set and whose second hop is still a vanguard,
+    /// with no relay in `avoid` or avoided for its score, not containing `end`, and (unless
+    /// `allow_same_subnet`) sharing no /16 (/32) with it: the conditions a fresh
+    /// [`Client::build_internal`] path meets, so taking a fitting prefix and building
+    /// afresh otherwise gives the same distribution of paths. Prefixes that no longer fit
+    /// any circuit (too old, guard or vanguard gone) are dropped on the way.
+    fn take_prefix(
+        &self,
+        end: &HopSpec,
+        avoid: &[anonnet_crypto::NodeId],
+    ) -> Option<CircuitPrefix> {
+        let scored = self.scores().avoided(Instant::now());
+        let guards = self.guard_ids(&scored);
+        let vanguards = self.vanguard_ids();
+        let end_net = crate::directory::subnet_of(end.addr);
+        let mut prefixes = self.prefixes.lock().ok()?;
+        prefixes.retain(|p| {
+            let hops: Vec<&HopSpec> = p.relays().collect();
+            p.age() < PREFIX_MAX_AGE
+                && hops.first().is_some_and(|g| guards.contains(&g.node_id))
+                && hops.get(1).is_some_and(|v| vanguards.contains(&v.node_id))
+                && hops.iter().all(|h| !scored.contains(&h.node_id))
+        });
+        let fits = prefixes.iter().position(|p| {
+            p.relays().all(|h| {
+                h.node_id != end.node_id
+                    && !avoid.contains(&h.node_id)
+                    && (self.config.allow_same_subnet
+                        || end_net.is_none()
+                        || crate::directory::subnet_of(h.addr) != end_net)
+            })
+        })?;
+        let prefix = prefixes.swap_remove(fits);
+        drop(prefixes);
+        self.prefix_refill.notify_one();
+        Some(prefix)
+    }
+
+    /// Drop every pre-built prefix (new identity; shutdown).
+    fn take_prefixes(&self) {
+        if let Ok(mut p) = self.prefixes.lock() {
+            p.clear();
+        }
+        self.prefix_refill.notify_one();
+    }
+
+    /// Build one guard → vanguard prefix (§9.4) and store it.
+    ///
+    /// # Errors
+    /// As [`Client::build_internal`].
+    async fn build_prefix(&self) -> Result<(), ClientError> {
+        self.ready_to_build().await?;
+        let vanguards = self.vanguard_ids();
+        let req = PathRequest {
+            any_last_hop: true,
+            vanguards: &vanguards,
+            ..PathRequest::port(0)
+        };
+        let path = match self.select_path(req, &[], true) {
+            Ok(p) => p,
+            Err(_) => self.select_path_ignoring_scores(req, &[], true)?,
+        };
+        let ids: Vec<_> = path.iter().map(|r| r.node_id).collect();
+        let built = tokio::time::timeout(
+            self.config.circuit_build_timeout,
+            Circuit::build_prefix(&self.links, path, self.config.circuit_handshake),
+        )
+        .await
+        .unwrap_or(Err(CircuitError::Timeout));
+        match built {
+            Ok(prefix) => {
+                self.counters
+                    .hs_prefixes_built
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut p) = self.prefixes.lock() {
+                    p.push(prefix);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.counters
+                    .circuit_build_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(id) = blamed_relay(&e, &ids) {
+                    if !self.excused() {
+                        self.scores().failure(id, Instant::now());
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Pre-built prefixes held now.
+    fn prefix_count(&self) -> usize {
+        self.prefixes.lock().map(|p| p.len()).unwrap_or(0)
     }
 
     /// Choose a path for `req` (its `avoid`, `guards` and `allow_same_subnet` are set
@@ -1658,6 +1802,54 @@ async fn watch_presence(client: std::sync::Weak<Client>) {
             return;
         }
         let _ = c.excused();
+    }
+}
+
+/// The oldest a pre-built hidden-service prefix may be when it is taken (§9.4): as long as
+/// a circuit may take new streams (Tor's MaxCircuitDirtiness), so a prefix says no more
+/// about when the user started than a dirty circuit does.
+pub const PREFIX_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// Keep `config.hs_prefixes` guard → vanguard prefixes built (§9.4) once the client has
+/// bootstrapped, dropping those older than [`PREFIX_MAX_AGE`]; a failed build is retried
+/// with the pool's backoff.
+async fn maintain_prefixes(client: std::sync::Weak<Client>) {
+    let mut delay = POOL_RETRY;
+    if let Some(c) = client.upgrade() {
+        let mut ready = c.ready.subscribe();
+        drop(c);
+        if ready.wait_for(|r| r.is_some()).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let Some(c) = client.upgrade() else { return };
+        if c.is_stopping() {
+            c.take_prefixes();
+            return;
+        }
+        if let Ok(mut p) = c.prefixes.lock() {
+            p.retain(|p| p.age() < PREFIX_MAX_AGE);
+        }
+        if c.prefix_count() < c.config.hs_prefixes {
+            match c.build_prefix().await {
+                Ok(()) => delay = POOL_RETRY,
+                Err(e) => {
+                    debug!("hidden-service prefix failed: {e}; retrying in {delay:?}");
+                    drop(c);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_POOL_RETRY);
+                }
+            }
+            continue;
+        }
+        let refill = c.prefix_refill.clone();
+        drop(c);
+        let notified = refill.notified();
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(POOL_TICK) => {}
+        }
     }
 }
 

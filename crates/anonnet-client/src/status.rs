@@ -90,6 +90,11 @@ pub struct Counters {
     pub stream_failures: u64,
     /// `RESOLVE` requests sent to exits (§6.2), answered or not.
     pub resolves: u64,
+    /// Guard → vanguard prefixes pre-built for hidden-service circuits (§9.4).
+    pub hs_prefixes_built: u64,
+    /// Of those, extended to a named relay (a descriptor fetch, an introduction, a
+    /// service's rendezvous) instead of building a circuit from scratch.
+    pub hs_prefixes_used: u64,
     /// Bytes sent to destinations.
     pub bytes_sent: u64,
     /// Bytes received from destinations.

@@ -62,6 +62,13 @@ pub struct Counters {
     /// daemon older than the field.
     #[serde(default)]
     pub resolves: u64,
+    /// Guard → vanguard prefixes pre-built for hidden-service circuits (docs/protocol.md
+    /// §9.4).
+    #[serde(default)]
+    pub hs_prefixes_built: u64,
+    /// Of those, extended to a named relay instead of building a circuit from scratch.
+    #[serde(default)]
+    pub hs_prefixes_used: u64,
     /// Bytes sent to destinations.
     pub bytes_sent: u64,
     /// Bytes received from destinations.

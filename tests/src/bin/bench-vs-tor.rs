@@ -58,6 +58,10 @@ struct Opts {
     /// default) or "classical" (X25519 only), to compare build times.
     #[arg(long, default_value = "hybrid", value_parser = ["hybrid", "classical"])]
     circuit_handshake: String,
+    /// `client.hs_prefixes` of the cold hidden-service clients (pre-built guard → vanguard
+    /// prefixes, 0..=8; default: the client's default, 3), to compare with 0.
+    #[arg(long)]
+    hs_prefixes: Option<u8>,
     /// Skip Tor (anonnet figures and physical limits only), e.g. while optimising.
     #[arg(long)]
     no_tor: bool,
@@ -174,7 +178,7 @@ fn run(opts: &Opts) -> Res<()> {
             a.build_median_ms = median(&builds);
             a.build_p95_ms = percentile(&builds, 0.95);
             log(&format!("anonnet circuit builds (ms): {builds:.1?}"));
-            let hs = net.hs_cold(&anonnet, hs_runs)?;
+            let hs = net.hs_cold(&anonnet, hs_runs, opts.hs_prefixes)?;
             log(&format!("anonnet cold HS connects (ms): {hs:.0?}"));
             a.hs_cold_median_ms = median(&hs);
             let mut t = Figures::default();
@@ -746,7 +750,7 @@ impl AnonNet {
 
     /// Cold hidden-service connects: each in a brand-new client daemon (fresh state dir, no
     /// descriptor, no circuits), timed from the first GET once the client is bootstrapped.
-    fn hs_cold(&self, anonnet: &Path, n: usize) -> Res<Vec<f64>> {
+    fn hs_cold(&self, anonnet: &Path, n: usize, prefixes: Option<u8>) -> Res<Vec<f64>> {
         let address = self.layout["service"]["address"]
             .as_str()
             .ok_or("testnet.json: no service address")?
@@ -764,6 +768,11 @@ impl AnonNet {
                         "socks_listen = \"127.0.0.1:0\"".to_owned()
                     } else if l.starts_with("http_listen") {
                         "http_listen = \"127.0.0.1:0\"".to_owned()
+                    } else if l == "[client]" {
+                        match prefixes {
+                            Some(n) => format!("[client]\nhs_prefixes = {n}"),
+                            None => l.to_owned(),
+                        }
                     } else {
                         l.to_owned()
                     }

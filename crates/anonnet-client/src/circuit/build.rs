@@ -36,20 +36,25 @@ impl Circuit {
         counters: Arc<StreamCounters>,
         kind: HandshakeKind,
     ) -> Result<Arc<Circuit>, CircuitError> {
+        Self::build_prefix(links, path, kind)
+            .await?
+            .finish(end, counters, kind)
+            .await
+    }
+
+    /// Build the first hops of a circuit through `path` (guard first) and stop there: a
+    /// [`CircuitPrefix`], which [`CircuitPrefix::finish`] later extends to a named relay
+    /// and starts (Tor's pre-built internal circuits, §9.4). Each hop runs the handshake
+    /// [`HandshakeKind::for_relay`] picks from the types its descriptor advertises.
+    ///
+    /// # Errors
+    /// As [`Circuit::build`]. The caller applies its own timeout.
+    pub async fn build_prefix(
+        links: &LinkManager,
+        path: Vec<VerifiedDescriptor>,
+        kind: HandshakeKind,
+    ) -> Result<CircuitPrefix, CircuitError> {
         let started = Instant::now();
-        let hs_err = |hop: usize, why: String| CircuitError::Handshake { hop, why };
-        let choose = |hop: usize, offered: HandshakeSet| {
-            kind.for_relay(offered).ok_or_else(|| {
-                hs_err(
-                    hop,
-                    format!(
-                        "relay answers handshake types {:?}, none usable with {}",
-                        offered.types(),
-                        kind.name()
-                    ),
-                )
-            })
-        };
         let mut hops: Vec<HopSpec> = Vec::with_capacity(path.len() + 1);
         let mut kinds: Vec<HandshakeKind> = Vec::with_capacity(path.len() + 1);
         for (hop, r) in path.iter().enumerate() {
@@ -63,14 +68,9 @@ impl Circuit {
                 onion_key: r.descriptor.onion_key,
                 addr,
             });
-            kinds.push(choose(hop, r.descriptor.handshakes)?);
+            kinds.push(choose_handshake(kind, hop, r.descriptor.handshakes)?);
         }
-        let ends_at_exit = end.is_none();
-        if let Some((spec, offered)) = end {
-            kinds.push(choose(hops.len(), offered)?);
-            hops.push(spec);
-        }
-        let (Some(guard), Some(&guard_kind)) = (hops.first(), kinds.first()) else {
+        let (Some(guard), Some(&guard_kind)) = (hops.first().copied(), kinds.first()) else {
             return Err(CircuitError::Protocol("empty path".into()));
         };
         // A dead guard's UDP port may swallow QUIC Initials silently: give up early.
@@ -83,7 +83,7 @@ impl Circuit {
             .await
             .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
 
-        let hs = HopHandshake::start(guard_kind, guard).map_err(|e| hs_err(0, e.to_string()))?;
+        let hs = HopHandshake::start(guard_kind, &guard).map_err(|e| hs_err(0, e.to_string()))?;
         send.write_all(&hs.create().map_err(|e| hs_err(0, e.to_string()))?)
             .await
             .map_err(|_| CircuitError::Closed)?;
@@ -97,82 +97,119 @@ impl Circuit {
         let (keys, y) = hs.finish_created(&reply).map_err(|e| hs_err(0, e))?;
         let mut onion = ClientOnion::new();
         onion.push_hop(&keys);
-        let mut bindings = vec![y];
-
-        for (hop, (relay, &hop_kind)) in hops.iter().zip(&kinds).enumerate().skip(1) {
-            let hs =
-                HopHandshake::start(hop_kind, relay).map_err(|e| hs_err(hop, e.to_string()))?;
-            let last = hop - 1;
-            for msg in hs.extend_messages(relay.addr) {
-                let mut cell = vec![0u8; forward_buffer_len(last)];
-                let msg_len = msg
-                    .encode_into(
-                        cell.get_mut(
-                            message_offset(last)..message_offset(last) + FORWARD_MESSAGE_MAX,
-                        )
-                        .unwrap_or_default(),
-                    )
-                    .map_err(|e| hs_err(hop, e.to_string()))?;
-                onion
-                    .seal_forward(&mut cell, last, msg_len)
-                    .map_err(|e| hs_err(hop, e.to_string()))?;
-                cell.truncate(CELL_LEN);
-                send.write_all(&cell)
-                    .await
-                    .map_err(|_| CircuitError::Closed)?;
-            }
-            // EXTENDED (type 1), or EXTENDED2 and HANDSHAKE_CONT until the whole reply
-            // arrived (type 2, §6.2); TRUNCATED ends the build.
-            let mut answer: Option<Vec<u8>> = None;
-            let finished = loop {
-                let mut reply = read_cell(&mut recv, CELL_LEN).await?;
-                if reply.first() == Some(&(CellCommand::Destroy as u8)) {
-                    let reason = Destroy::decode(&reply)
-                        .map(|d| d.reason)
-                        .unwrap_or(DestroyReason::None);
-                    return Err(CircuitError::Extend { hop: last, reason });
-                }
-                let (from, range, _) = onion
-                    .open_backward(&mut reply)
-                    .map_err(|e| CircuitError::Protocol(e.to_string()))?;
-                let msg = RelayCell::decode(&Bytes::from(reply).slice(range))
-                    .map_err(|e| CircuitError::Protocol(e.to_string()))?;
-                match (from == last, msg.msg, answer.as_mut()) {
-                    (true, RelayMsg::Extended { server_pk, auth }, None)
-                        if hop_kind == HandshakeKind::Classical =>
-                    {
-                        let mut bytes = server_pk.to_vec();
-                        bytes.extend_from_slice(&auth);
-                        break bytes;
-                    }
-                    (true, RelayMsg::Extended2(part), None)
-                        if hop_kind == HandshakeKind::Hybrid =>
-                    {
-                        answer = Some(part.to_vec());
-                    }
-                    (true, RelayMsg::HandshakeCont(part), Some(so_far))
-                        if so_far.len() + part.len() <= HYBRID_REPLY_LEN =>
-                    {
-                        so_far.extend_from_slice(&part);
-                    }
-                    (true, RelayMsg::Truncated(reason), _) => {
-                        return Err(CircuitError::Extend { hop: last, reason })
-                    }
-                    (_, other, _) => {
-                        return Err(CircuitError::Protocol(format!(
-                            "expected EXTENDED from hop {last}, got {other:?} from hop {from}"
-                        )))
-                    }
-                }
-                if let Some(done) = answer.take_if(|a| a.len() == HYBRID_REPLY_LEN) {
-                    break done;
-                }
-            };
-            let (keys, y) = hs.finish(&finished).map_err(|e| hs_err(hop, e))?;
-            onion.push_hop(&keys);
-            bindings.push(y);
+        let mut prefix = CircuitPrefix {
+            send,
+            recv,
+            onion,
+            hops: vec![guard],
+            kinds: vec![guard_kind],
+            bindings: vec![y],
+            path,
+            build_time: Duration::ZERO,
+            made: Instant::now(),
+        };
+        for (relay, hop_kind) in hops.into_iter().zip(kinds).skip(1) {
+            prefix.extend(relay, hop_kind).await?;
         }
+        prefix.build_time = started.elapsed();
+        prefix.made = Instant::now();
+        Ok(prefix)
+    }
+}
 
+/// The handshake `kind` runs with a relay that advertises `offered` (§9.2).
+///
+/// # Errors
+/// [`CircuitError::Handshake`] naming hop `hop` when none is usable.
+fn choose_handshake(
+    kind: HandshakeKind,
+    hop: usize,
+    offered: HandshakeSet,
+) -> Result<HandshakeKind, CircuitError> {
+    kind.for_relay(offered).ok_or_else(|| {
+        hs_err(
+            hop,
+            format!(
+                "relay answers handshake types {:?}, none usable with {}",
+                offered.types(),
+                kind.name()
+            ),
+        )
+    })
+}
+
+fn hs_err(hop: usize, why: String) -> CircuitError {
+    CircuitError::Handshake { hop, why }
+}
+
+/// The first hops of a circuit, built and keyed but not started: no reader or writer task
+/// runs, no stream can be opened, and the relays have seen nothing after the last
+/// `EXTENDED`. [`CircuitPrefix::finish`] extends it to its last hop (or takes it as it is)
+/// and starts it. The client keeps a few guard → vanguard prefixes for hidden-service
+/// circuits, whose last hop is only known when they are needed (§9.4).
+pub struct CircuitPrefix {
+    send: SendStream,
+    recv: RecvStream,
+    onion: ClientOnion,
+    hops: Vec<HopSpec>,
+    kinds: Vec<HandshakeKind>,
+    bindings: Vec<[u8; 32]>,
+    path: Vec<VerifiedDescriptor>,
+    /// Time spent building the hops so far.
+    build_time: Duration,
+    /// When the last hop so far was added.
+    made: Instant,
+}
+
+impl std::fmt::Debug for CircuitPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitPrefix")
+            .field("hops", &self.hops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitPrefix {
+    /// The relays of the prefix, guard first.
+    pub fn relays(&self) -> impl Iterator<Item = &HopSpec> {
+        self.hops.iter()
+    }
+
+    /// How long ago the prefix was built.
+    pub fn age(&self) -> Duration {
+        self.made.elapsed()
+    }
+
+    /// Extend to `end` when given (its handshake chosen from `offered`, as in
+    /// [`Circuit::build_to`]), then start the circuit's reader and writer tasks.
+    ///
+    /// # Errors
+    /// As [`Circuit::build`]; a prefix whose link or circuit died while it waited fails
+    /// here ([`CircuitError::Closed`], a `DESTROY` as [`CircuitError::Extend`]). The caller
+    /// applies its own timeout.
+    pub async fn finish(
+        mut self,
+        end: Option<(HopSpec, HandshakeSet)>,
+        counters: Arc<StreamCounters>,
+        kind: HandshakeKind,
+    ) -> Result<Arc<Circuit>, CircuitError> {
+        let started = Instant::now();
+        let ends_at_exit = end.is_none();
+        if let Some((spec, offered)) = end {
+            let hop_kind = choose_handshake(kind, self.hops.len(), offered)?;
+            self.extend(spec, hop_kind).await?;
+        }
+        let CircuitPrefix {
+            send,
+            recv,
+            onion,
+            hops,
+            kinds,
+            bindings,
+            path,
+            build_time,
+            made: _,
+        } = self;
         let (fwd_layers, bwd_layers) = onion.split();
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
         let (sendme_tx, sendme_rx) = mpsc::channel(SENDME_QUEUE);
@@ -194,7 +231,7 @@ impl Circuit {
             sendmes: sendme_tx,
             streams: Mutex::new(StreamTable::default()),
             closed: CancellationToken::new(),
-            built_in: started.elapsed(),
+            built_in: build_time + started.elapsed(),
             created: Instant::now(),
             counters,
             package: Arc::new(Semaphore::new(CIRCUIT_WINDOW as usize)),
@@ -235,5 +272,92 @@ impl Circuit {
             "circuit built"
         );
         Ok(circuit)
+    }
+
+    /// Extend by one hop to `relay` with handshake `hop_kind`: `EXTEND` (type 1) or
+    /// `EXTEND2` + `HANDSHAKE_CONT` (type 2) to the current last hop, then its answer
+    /// (§6.2, §8.2).
+    ///
+    /// # Errors
+    /// [`CircuitError::Extend`] for `TRUNCATED` or a `DESTROY`, [`CircuitError::Protocol`]
+    /// for another answer, [`CircuitError::Handshake`] when the reply does not verify,
+    /// [`CircuitError::Closed`] when the link is gone.
+    async fn extend(
+        &mut self,
+        relay: HopSpec,
+        hop_kind: HandshakeKind,
+    ) -> Result<(), CircuitError> {
+        let hop = self.hops.len();
+        let last = hop - 1;
+        let hs = HopHandshake::start(hop_kind, &relay).map_err(|e| hs_err(hop, e.to_string()))?;
+        for msg in hs.extend_messages(relay.addr) {
+            let mut cell = vec![0u8; forward_buffer_len(last)];
+            let msg_len = msg
+                .encode_into(
+                    cell.get_mut(message_offset(last)..message_offset(last) + FORWARD_MESSAGE_MAX)
+                        .unwrap_or_default(),
+                )
+                .map_err(|e| hs_err(hop, e.to_string()))?;
+            self.onion
+                .seal_forward(&mut cell, last, msg_len)
+                .map_err(|e| hs_err(hop, e.to_string()))?;
+            cell.truncate(CELL_LEN);
+            self.send
+                .write_all(&cell)
+                .await
+                .map_err(|_| CircuitError::Closed)?;
+        }
+        // EXTENDED (type 1), or EXTENDED2 and HANDSHAKE_CONT until the whole reply
+        // arrived (type 2, §6.2); TRUNCATED ends the build.
+        let mut answer: Option<Vec<u8>> = None;
+        let finished = loop {
+            let mut reply = read_cell(&mut self.recv, CELL_LEN).await?;
+            if reply.first() == Some(&(CellCommand::Destroy as u8)) {
+                let reason = Destroy::decode(&reply)
+                    .map(|d| d.reason)
+                    .unwrap_or(DestroyReason::None);
+                return Err(CircuitError::Extend { hop: last, reason });
+            }
+            let (from, range, _) = self
+                .onion
+                .open_backward(&mut reply)
+                .map_err(|e| CircuitError::Protocol(e.to_string()))?;
+            let msg = RelayCell::decode(&Bytes::from(reply).slice(range))
+                .map_err(|e| CircuitError::Protocol(e.to_string()))?;
+            match (from == last, msg.msg, answer.as_mut()) {
+                (true, RelayMsg::Extended { server_pk, auth }, None)
+                    if hop_kind == HandshakeKind::Classical =>
+                {
+                    let mut bytes = server_pk.to_vec();
+                    bytes.extend_from_slice(&auth);
+                    break bytes;
+                }
+                (true, RelayMsg::Extended2(part), None) if hop_kind == HandshakeKind::Hybrid => {
+                    answer = Some(part.to_vec());
+                }
+                (true, RelayMsg::HandshakeCont(part), Some(so_far))
+                    if so_far.len() + part.len() <= HYBRID_REPLY_LEN =>
+                {
+                    so_far.extend_from_slice(&part);
+                }
+                (true, RelayMsg::Truncated(reason), _) => {
+                    return Err(CircuitError::Extend { hop: last, reason })
+                }
+                (_, other, _) => {
+                    return Err(CircuitError::Protocol(format!(
+                        "expected EXTENDED from hop {last}, got {other:?} from hop {from}"
+                    )))
+                }
+            }
+            if let Some(done) = answer.take_if(|a| a.len() == HYBRID_REPLY_LEN) {
+                break done;
+            }
+        };
+        let (keys, y) = hs.finish(&finished).map_err(|e| hs_err(hop, e))?;
+        self.onion.push_hop(&keys);
+        self.bindings.push(y);
+        self.hops.push(relay);
+        self.kinds.push(hop_kind);
+        Ok(())
     }
 }

@@ -367,6 +367,7 @@ async fn read_cell(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, Circuit
 }
 
 mod build;
+pub use build::CircuitPrefix;
 mod core;
 mod handshake;
 mod reader;
