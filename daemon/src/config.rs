@@ -861,6 +861,7 @@ struct ServiceSection {
     pow: Option<Spanned<bool>>,
     pow_queue_bound: Option<Spanned<u64>>,
     pow_max_effort: Option<Spanned<u64>>,
+    pow_min_effort: Option<Spanned<u64>>,
 }
 
 /// The default key file of a service published for `target` (in the state directory):
@@ -1185,6 +1186,11 @@ fn client_from(src: &Source) -> Result<ClientSettings, ConfigError> {
             if let Some(e) = &sec.pow_max_effort {
                 cfg.max_effort = check_range(*e.get_ref(), 1, u64::from(u32::MAX), "effort")
                     .map_err(|why| src.invalid(key("pow_max_effort"), Some(e), why))?
+                    as u32;
+            }
+            if let Some(e) = &sec.pow_min_effort {
+                cfg.min_effort = check_range(*e.get_ref(), 0, u64::from(cfg.max_effort), "effort")
+                    .map_err(|why| src.invalid(key("pow_min_effort"), Some(e), why))?
                     as u32;
             }
             Some(cfg)
@@ -2153,14 +2159,21 @@ onion_key_grace_days = 3
         let file = write(
             dir,
             "client.toml",
-            &service("pow_queue_bound = 100\npow_max_effort = 500\n"),
+            &service("pow_queue_bound = 100\npow_max_effort = 500\npow_min_effort = 20\n"),
         );
         let pow = load_client(&file).unwrap().services[0].pow.unwrap();
-        assert_eq!((pow.queue_bound, pow.max_effort), (100, 500));
+        assert_eq!(
+            (pow.queue_bound, pow.max_effort, pow.min_effort),
+            (100, 500, 20)
+        );
         for (bad, key) in [
             ("pow_queue_bound = 0", "service[0].pow_queue_bound"),
             ("pow_queue_bound = 100000", "service[0].pow_queue_bound"),
             ("pow_max_effort = 0", "service[0].pow_max_effort"),
+            (
+                "pow_max_effort = 10\npow_min_effort = 11",
+                "service[0].pow_min_effort",
+            ),
         ] {
             let file = write(dir, "client.toml", &service(&format!("{bad}\n")));
             let e = load_client(&file).unwrap_err().to_string();

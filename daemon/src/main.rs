@@ -161,6 +161,10 @@ enum Command {
         /// squatters; docs/protocol.md §12.5).
         #[arg(long, value_name = "N", default_value_t = 0)]
         squatting_relays: usize,
+        /// For benchmarks: the demo service suggests at least this proof-of-work effort
+        /// even when idle (its `pow_min_effort`), so clients solve puzzles of it.
+        #[arg(long, value_name = "EFFORT", default_value_t = 0)]
+        service_pow_effort: u32,
     },
     /// Look a host name up (or an address's name) through the network, as
     /// `tor-resolve` does: the running daemon's exit answers; nothing is resolved here.
@@ -340,6 +344,7 @@ fn main() -> ExitCode {
                 withholding_hsdirs,
                 stale_hsdirs,
                 squatting_relays,
+                service_pow_effort,
             } => {
                 let shape = testnet::NetworkShape {
                     authorities: authorities.unwrap_or(testnet::DEFAULT_AUTHORITIES),
@@ -348,6 +353,7 @@ fn main() -> ExitCode {
                     withholding_hsdirs,
                     stale_hsdirs,
                     squatting_relays,
+                    service_pow_effort,
                 };
                 let handshake = if circuit_handshake.as_deref() == Some("classical") {
                     "classical"

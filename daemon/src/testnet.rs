@@ -84,6 +84,9 @@ pub struct NetworkShape {
     /// The first relays, which claim [`DEMO_NAME`] with back-dated records of their own
     /// (`relay.test_squat_dark_name`), for tests of `.dark` registration (§12.5).
     pub squatting_relays: usize,
+    /// `pow_min_effort` of the demo service: the proof-of-work effort it suggests even
+    /// when idle (0: the default), for measuring cold connects with effort.
+    pub service_pow_effort: u32,
 }
 
 impl NetworkShape {
@@ -413,6 +416,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
 target = {}
 port = 80
 name = {}
+pow_min_effort = {}
 ",
             with_handshake(
                 &client_toml(auto, auto, &client_bootstrap, &network_file),
@@ -425,6 +429,7 @@ control_listen = \"auto\""
             ),
             toml_string(&site_addr.to_string()),
             toml_string(DEMO_NAME),
+            options.shape.service_pow_effort,
         ),
     )?;
     let service_log = sdir.join("service.log");
@@ -1014,6 +1019,7 @@ mod tests {
             withholding_hsdirs: 0,
             stale_hsdirs: 0,
             squatting_relays: 0,
+            service_pow_effort: 0,
         };
         std::fs::write(
             &auth,

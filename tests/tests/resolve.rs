@@ -1,6 +1,7 @@
 //! End to end, real processes: RESOLVE and RESOLVE_PTR (Tor's SOCKS5 extension commands
-//! 0xF0/0xF1, issue 17 item 1) answered by an exit. Two real clients ask: Debian's
-//! `tor-resolve` (Tor's own tool, written against Tor's SocksPort) and `anonnet resolve`.
+//! 0xF0/0xF1, and 0xF0 over SOCKS4a; issue 17 item 1) answered by an exit. Two real
+//! clients ask: Debian's `tor-resolve` (Tor's own tool, written against Tor's SocksPort)
+//! and `anonnet resolve`.
 //! A name resolves to its address and an address to its name at the exit; an address the
 //! exit policy refuses is refused without a lookup (reply 2), as is a `.anon`/`.dark`
 //! name; the client's and the exits' counters rise; and no log names what was asked.
@@ -17,11 +18,13 @@ use anonnet_tests::{anonnet_bin, cli_json, log_files, temp_dir, Testnet};
 
 /// `tor-resolve -5 [-x] QUERY SOCKS`: its stdout line, or its exit code and stderr.
 fn tor_resolve(socks: &str, reverse: bool, query: &str) -> Result<String, String> {
+    tor_resolve_with(socks, if reverse { &["-5", "-x"] } else { &["-5"] }, query)
+}
+
+/// `tor-resolve FLAGS QUERY SOCKS`.
+fn tor_resolve_with(socks: &str, flags: &[&str], query: &str) -> Result<String, String> {
     let mut cmd = Command::new("tor-resolve");
-    cmd.arg("-5");
-    if reverse {
-        cmd.arg("-x");
-    }
+    cmd.args(flags);
     let out = cmd
         .args([query, socks])
         .output()
@@ -69,6 +72,11 @@ fn tor_resolve_and_anonnet_resolve_are_answered_by_the_exit() {
         "127.0.0.1"
     );
     assert_eq!(tor_resolve(&socks, true, "127.0.0.1").unwrap(), "localhost");
+    // Over SOCKS4a (Tor's RESOLVE command 0xF0 there too).
+    assert_eq!(
+        tor_resolve_with(&socks, &["-4"], "localhost").unwrap(),
+        "127.0.0.1"
+    );
     // The same through `anonnet resolve`, which finds the SOCKS port itself; as JSON, and
     // in an isolation group of its own.
     assert_eq!(
@@ -98,18 +106,18 @@ fn tor_resolve_and_anonnet_resolve_are_answered_by_the_exit() {
     // The client sent them (the two refused locally are not counted), and exits answered.
     let status = cli_json(&["status"], &config);
     let resolves = status["counters"]["resolves"].as_u64().unwrap();
-    assert!(resolves >= 7, "client resolves: {resolves}");
+    assert!(resolves >= 8, "client resolves: {resolves}");
     let stats = net.relay_stats_when(Duration::from_secs(10), |s| {
         s.iter()
             .map(|r| r["exit_resolves"].as_u64().unwrap_or(0))
             .sum::<u64>()
-            >= 7
+            >= 8
     });
     let answered: u64 = stats
         .iter()
         .map(|r| r["exit_resolves"].as_u64().unwrap_or(0))
         .sum();
-    assert!(answered >= 7, "exits answered {answered}: {stats:?}");
+    assert!(answered >= 8, "exits answered {answered}: {stats:?}");
 
     // No log names what was asked (default level `info`).
     net.stop();

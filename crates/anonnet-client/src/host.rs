@@ -87,6 +87,9 @@ pub struct PowConfig {
     pub queue_bound: usize,
     /// Highest effort the service ever suggests.
     pub max_effort: u32,
+    /// Lowest effort the service suggests, even when idle (0 by default): for an operator
+    /// who expects floods, and for measuring what a given effort costs a client.
+    pub min_effort: u32,
     /// How often the suggested effort is updated.
     pub update_period: Duration,
 }
@@ -96,6 +99,7 @@ impl Default for PowConfig {
         PowConfig {
             queue_bound: crate::hs_pow::DEFAULT_QUEUE_BOUND,
             max_effort: crate::hs_pow::DEFAULT_MAX_EFFORT,
+            min_effort: 0,
             update_period: Duration::from_millis(crate::hs_pow::DEFAULT_UPDATE_PERIOD_MS),
         }
     }
@@ -533,14 +537,14 @@ pub fn start(
             *lock(&hosted.pow_status) = Some(status.clone());
             *lock(&hosted.pow_params) = Some(PowParams {
                 seed: current.seed,
-                suggested_effort: 0,
+                suggested_effort: cfg.min_effort.min(cfg.max_effort),
                 seed_expires: current.expires,
             });
             Some(Mutex::new(PowState {
                 current,
                 previous: None,
                 queue: IntroQueue::new(cfg.queue_bound, crate::hs_pow::DEFAULT_QUEUE_TIMEOUT_MS),
-                controller: EffortController::new(cfg.max_effort),
+                controller: EffortController::new(cfg.max_effort).with_floor(cfg.min_effort),
                 status,
             }))
         }

@@ -113,6 +113,7 @@ impl<T> IntroQueue<T> {
 pub struct EffortController {
     suggested: u32,
     max_effort: u32,
+    min_effort: u32,
     total_effort: u64,
     served: u64,
     had_queue: bool,
@@ -125,11 +126,21 @@ impl EffortController {
         EffortController {
             suggested: 0,
             max_effort,
+            min_effort: 0,
             total_effort: 0,
             served: 0,
             had_queue: false,
             max_dropped: None,
         }
+    }
+
+    /// Never suggest less than `min_effort` (capped at the maximum); the suggestion starts
+    /// there.
+    #[must_use]
+    pub fn with_floor(mut self, min_effort: u32) -> Self {
+        self.min_effort = min_effort.min(self.max_effort);
+        self.suggested = self.suggested.max(self.min_effort);
+        self
     }
 
     /// The effort suggested now.
@@ -174,7 +185,8 @@ impl EffortController {
             // Idle: decay by a third (to 0 from 1).
             old - old.div_ceil(3)
         }
-        .min(self.max_effort);
+        .min(self.max_effort)
+        .max(self.min_effort);
         self.suggested = new;
         self.total_effort = 0;
         self.served = 0;
@@ -273,6 +285,21 @@ mod tests {
         // Never above the cap.
         c.dropped(u32::MAX);
         assert_eq!(c.update().0, 1000);
+    }
+
+    #[test]
+    fn a_floor_is_where_the_suggestion_starts_and_never_falls_below() {
+        let mut c = EffortController::new(1000).with_floor(50);
+        assert_eq!(c.suggested(), 50);
+        assert_eq!(c.update(), (50, false), "idle stays at the floor");
+        c.dropped(199);
+        assert_eq!(c.update(), (200, true));
+        for _ in 0..20 {
+            c.update();
+        }
+        assert_eq!(c.suggested(), 50, "decays to the floor, not to 0");
+        // A floor above the cap is the cap.
+        assert_eq!(EffortController::new(10).with_floor(50).suggested(), 10);
     }
 
     #[test]

@@ -350,6 +350,9 @@ async fn serve_socks4(
         // unresolved, as with SOCKS5.
         socks4::Destination::Host(host) => crate::http::target_of(host),
     };
+    if request.command == socks4::CMD_RESOLVE {
+        return socks4_resolve(tcp, &client, target, &isolation).await;
+    }
     let stream = match open_stream(&client, target, request.port, &isolation).await {
         Ok(s) => s,
         Err(e) => {
@@ -364,6 +367,45 @@ async fn serve_socks4(
         .map_err(|e| e.to_string())?;
     // Data the client sent right behind its request (optimistic data) goes first.
     relay(tcp, stream, buf.get(len..).unwrap_or_default()).await
+}
+
+/// Answer a SOCKS4a `RESOLVE` (Tor's extension): the first IPv4 answer of an exit's
+/// lookup in the reply's `DSTIP` (an IPv4 address asked about is answered as it is), or
+/// reply 91 when the name does not resolve, has no IPv4 address, or cannot be asked (a
+/// `.anon`/`.dark` name; the proxy off). Then close.
+///
+/// # Errors
+/// A description of why the request failed (already answered).
+async fn socks4_resolve(
+    mut tcp: TcpStream,
+    client: &Client,
+    target: Target,
+    isolation: &IsolationKey,
+) -> Result<(), String> {
+    let answer = match target {
+        Target::Ip(std::net::IpAddr::V4(ip)) => Ok(Some(ip)),
+        Target::Ip(std::net::IpAddr::V6(_)) => Ok(None),
+        host => client
+            .resolve_isolated(host, isolation)
+            .await
+            .map(|answers| {
+                answers.iter().find_map(|a| match a {
+                    ResolvedAnswer::Ip(std::net::IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            })
+            .map_err(|e| error_text(&e)),
+    };
+    let bytes = match &answer {
+        Ok(Some(ip)) => socks4::resolved(*ip),
+        _ => socks4::reply(false),
+    };
+    tcp.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    match answer {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("RESOLVE over SOCKS4a: no IPv4 answer".into()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Read from `tcp` into `buf` until it holds a whole SOCKS4 request or an invalid one.

@@ -26,8 +26,11 @@ use std::net::Ipv4Addr;
 
 /// The first byte of every SOCKS4 and SOCKS4a request.
 pub const VERSION: u8 = 4;
-/// `CD` of a `CONNECT` request, the only command served.
+/// `CD` of a `CONNECT` request.
 pub const CMD_CONNECT: u8 = 1;
+/// `CD` of Tor's `RESOLVE` extension (socks-extensions.txt §2): the reply's `DSTIP` is the
+/// host name's IPv4 address, resolved by an exit; no connection.
+pub const CMD_RESOLVE: u8 = 0xF0;
 /// Reply `CD`: request granted.
 pub const REPLY_GRANTED: u8 = 90;
 /// Reply `CD`: request rejected or failed (SOCKS4 has no finer codes).
@@ -51,9 +54,11 @@ pub enum Destination {
     Host(String),
 }
 
-/// A complete `CONNECT` request.
+/// A complete `CONNECT` or `RESOLVE` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// `CD`: [`CMD_CONNECT`] or [`CMD_RESOLVE`].
+    pub command: u8,
     /// `DSTPORT`.
     pub port: u16,
     /// `DSTIP`, or for SOCKS4a the host name.
@@ -83,7 +88,8 @@ pub enum Socks4Error {
     /// The first byte is not 4.
     #[error("not a SOCKS4 request (version {0})")]
     Version(u8),
-    /// A whole, well-formed request whose command is not `CONNECT` (`2` is `BIND`).
+    /// A whole, well-formed request whose command is neither `CONNECT` nor `RESOLVE`
+    /// (`2` is `BIND`).
     #[error("SOCKS4 command {0} not supported")]
     UnsupportedCommand(u8),
     /// No NUL within [`MAX_FIELD_LEN`] bytes of user id.
@@ -107,8 +113,8 @@ pub enum Socks4Error {
 /// [`Socks4Error::Version`] as soon as the first byte is not 4; a too-long field as soon
 /// as [`MAX_FIELD_LEN`] bytes of it arrived without a NUL; an empty or non-UTF-8 SOCKS4a
 /// host name; [`Socks4Error::UnsupportedCommand`] for a complete request other than
-/// `CONNECT` (only once it is complete, so that the reply is not sent while the client is
-/// still writing).
+/// `CONNECT` or `RESOLVE` (only once it is complete, so that the reply is not sent while
+/// the client is still writing).
 pub fn parse(buf: &[u8]) -> Result<Parsed, Socks4Error> {
     let Some(&version) = buf.first() else {
         return Ok(Parsed::Incomplete);
@@ -140,11 +146,12 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Socks4Error> {
     } else {
         Destination::Ip(ip)
     };
-    if command != CMD_CONNECT {
+    if command != CMD_CONNECT && command != CMD_RESOLVE {
         return Err(Socks4Error::UnsupportedCommand(command));
     }
     Ok(Parsed::Request {
         request: Request {
+            command,
             port,
             destination,
             user_id: user_id.to_vec(),
@@ -183,6 +190,12 @@ pub fn reply(granted: bool) -> [u8; 8] {
     [0, code, 0, 0, 0, 0, 0, 0]
 }
 
+/// The 8-byte reply to a granted `RESOLVE`: `0x00 ‖ 90 ‖ 0x0000 ‖ address`.
+pub fn resolved(address: Ipv4Addr) -> [u8; 8] {
+    let [a, b, c, d] = address.octets();
+    [0, REPLY_GRANTED, 0, 0, a, b, c, d]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +222,7 @@ mod tests {
             parse(&bytes),
             Ok(Parsed::Request {
                 request: Request {
+                    command: CMD_CONNECT,
                     port: 8080,
                     destination: Destination::Ip(Ipv4Addr::new(10, 1, 2, 3)),
                     user_id: b"alice".to_vec(),
@@ -225,6 +239,7 @@ mod tests {
             parse(&bytes),
             Ok(Parsed::Request {
                 request: Request {
+                    command: CMD_CONNECT,
                     port: 80,
                     destination: Destination::Host("example.com".into()),
                     user_id: Vec::new(),
@@ -271,10 +286,27 @@ mod tests {
             "not before the request is whole"
         );
         assert_eq!(parse(&bind), Err(Socks4Error::UnsupportedCommand(2)));
-        for cd in [0, 3, 0xf0, 0xff] {
+        for cd in [0, 3, 0xf1, 0xff] {
             let req = encode(cd, 80, [0, 0, 0, 1], b"", Some(b"example.com"));
             assert_eq!(parse(&req), Err(Socks4Error::UnsupportedCommand(cd)));
         }
+    }
+
+    #[test]
+    fn socks4a_resolve_is_tor_s_extension() {
+        // tor-resolve -4 localhost: CD 0xF0, port 0, 0.0.0.1, no user id, the name.
+        let req = encode(CMD_RESOLVE, 0, [0, 0, 0, 1], b"", Some(b"localhost"));
+        match parse(&req) {
+            Ok(Parsed::Request { request, .. }) => {
+                assert_eq!(request.command, CMD_RESOLVE);
+                assert_eq!(request.destination, Destination::Host("localhost".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            resolved(Ipv4Addr::new(127, 0, 0, 1)),
+            [0, 90, 0, 0, 127, 0, 0, 1]
+        );
     }
 
     #[test]

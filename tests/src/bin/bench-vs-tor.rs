@@ -62,6 +62,11 @@ struct Opts {
     /// prefixes, 0..=8; default: the client's default, 3), to compare with 0.
     #[arg(long)]
     hs_prefixes: Option<u8>,
+    /// Proof-of-work effort the anonnet demo service suggests even when idle (`anonnet
+    /// testnet --service-pow-effort`), so the cold hidden-service connects include solving
+    /// a puzzle of that effort (default 0: none). Tor's service runs without PoW.
+    #[arg(long, default_value_t = 0)]
+    hs_pow_effort: u32,
     /// Skip Tor (anonnet figures and physical limits only), e.g. while optimising.
     #[arg(long)]
     no_tor: bool,
@@ -164,7 +169,18 @@ fn run(opts: &Opts) -> Res<()> {
         make_big_file(&big_file, bulk_mib)?;
         log("starting the anonnet testnet");
         log(&format!("circuit handshake: {}", opts.circuit_handshake));
-        let mut net = AnonNet::start(&anonnet, &work.join("anonnet"), &opts.circuit_handshake)?;
+        if opts.hs_pow_effort > 0 {
+            log(&format!(
+                "demo service proof-of-work effort: {}",
+                opts.hs_pow_effort
+            ));
+        }
+        let mut net = AnonNet::start(
+            &anonnet,
+            &work.join("anonnet"),
+            &opts.circuit_handshake,
+            opts.hs_pow_effort,
+        )?;
         let measured = (|| -> Res<(Figures, Figures)> {
             let cfg = Plan {
                 http_base: &http_base,
@@ -679,13 +695,14 @@ struct AnonNet {
 }
 
 impl AnonNet {
-    fn start(anonnet: &Path, dir: &Path, handshake: &str) -> Res<AnonNet> {
+    fn start(anonnet: &Path, dir: &Path, handshake: &str, pow_effort: u32) -> Res<AnonNet> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let (child, rx) = spawn_lines(
             Command::new(anonnet)
                 .args(["testnet", "--relays", "5", "--socks", "127.0.0.1:0"])
                 .args(["--circuit-handshake", handshake])
+                .args(["--service-pow-effort", &pow_effort.to_string()])
                 .args(["--http", "127.0.0.1:0", "--dir"])
                 .arg(dir)
                 // Per-circuit lines (with build_ms) are DEBUG: turn on that module only.
