@@ -141,20 +141,24 @@ pub fn load<T, E: Display>(path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, E
 /// so and why; a later save will replace the file).
 pub fn set_aside(path: &Path, why: &dyn Display, kept: &str) -> Option<PathBuf> {
     let aside = bad_name(path);
-    match std::fs::rename(path, &aside) {
+    let renamed = std::fs::rename(path, &aside);
+    // `components()` drops `.` parts: `DIR/guards.json`, not `DIR/./guards.json`.
+    let (shown, shown_aside): (PathBuf, PathBuf) =
+        (path.components().collect(), aside.components().collect());
+    match renamed {
         Ok(()) => {
             warn!(
                 "state file {} {why}; moved aside to {} ({kept})",
-                path.display(),
-                aside.display()
+                shown.display(),
+                shown_aside.display()
             );
             Some(aside)
         }
         Err(e) => {
             warn!(
                 "state file {} {why}, and cannot be moved aside to {}: {e} ({kept})",
-                path.display(),
-                aside.display()
+                shown.display(),
+                shown_aside.display()
             );
             None
         }
