@@ -51,7 +51,8 @@ fn synced_temporary(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::Name
         .prefix(&temp_prefix(path))
         .rand_bytes(TEMP_SUFFIX_LEN)
         .tempfile_in(parent_dir(path))?;
-    tmp.write_all(bytes)?;
+    // Through the `File`: its errors are the OS's, not wrapped with the temporary's name.
+    tmp.as_file_mut().write_all(bytes)?;
     tmp.as_file().sync_all()?;
     Ok(tmp)
 }
