@@ -9,6 +9,10 @@
 //! restart. Then a relay's `dht-table` gets a damaged line: the restarted relay sets the
 //! file aside and keeps every contact it could read.
 //!
+//! A full disk (root only: a 1 MiB tmpfs as the client's state directory, filled): the
+//! consensus save fails with a WARN naming the file, the old file stays whole, no
+//! temporary file is left, and the daemon keeps serving.
+//!
 //! Timings are printed: `cargo test -p anonnet-tests --test state_files -- --nocapture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -344,4 +348,125 @@ fn each_state_file_corrupted_in_turn_is_set_aside_and_what_was_readable_kept() {
     );
     drop(net);
     println!("total {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A tmpfs mounted for one test; unmounted (lazily if still busy) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `mount -t tmpfs -o size=SIZE` on `dir`; `None` when that is not allowed (not root).
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Fill the file system of `dir` with `dir/filler` until a write fails (4 MiB at most).
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = [0u8; 4096];
+    for _ in 0..1024 {
+        if f.write_all(&chunk).and_then(|()| f.sync_all()).is_err() {
+            return;
+        }
+    }
+    panic!("{} is not full after 4 MiB", dir.display());
+}
+
+/// A full disk (a 1 MiB tmpfs as the client's state directory; root only, else skipped):
+/// the consensus the client fetches every period cannot be saved. The daemon keeps
+/// serving, its log names the file it could not save (rate-limited), the old file is
+/// whole, and no temporary file is left.
+#[test]
+fn a_full_disk_leaves_the_old_file_no_temporary_file_and_a_warning_naming_it() {
+    let dir = temp_dir("state-full-disk");
+    let mnt = dir.join("state");
+    let Some(tmpfs) = Tmpfs::mount(&mnt, "1m") else {
+        println!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    let net = Testnet::start(3, &dir);
+    let layout = net.layout();
+    let site = layout["service"]["target"].as_str().unwrap().to_owned();
+    let url = format!("http://{site}/");
+    let out = dir.join("body");
+    // The testnet's client config, with its state in the tmpfs (its paths are absolute).
+    let config = mnt.join("client.toml");
+    std::fs::copy(layout["client"]["config"].as_str().unwrap(), &config).unwrap();
+    let log = dir.join("full-disk.log");
+    let (mut daemon, socks) = start_client(&config, &log);
+    fetch(socks, &url, &out);
+    let consensus = mnt.join("consensus");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !consensus.exists() {
+        assert!(Instant::now() < deadline, "no consensus saved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fill(&mnt);
+    let before = std::fs::read(&consensus).unwrap();
+    let t = Instant::now();
+    // A new consensus every 4 s (the testnet's period): its save fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let said = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(l) = text.lines().find(|l| l.contains("cannot save")) {
+            break l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no save failed within 30 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        said.contains("WARN") && said.contains("consensus"),
+        "{said}"
+    );
+    fetch(socks, &url, &out);
+    daemon.stop();
+    assert_eq!(
+        std::fs::read(&consensus).unwrap(),
+        before,
+        "the old consensus is whole"
+    );
+    let stray: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(stray.is_empty(), "temporary files left: {stray:?}");
+    println!(
+        "full disk: save failed {:.1} s after the disk filled; the log: {}",
+        t.elapsed().as_secs_f64(),
+        said.split_once("WARN")
+            .map_or(said.as_str(), |(_, w)| w)
+            .trim()
+    );
+    drop(net);
+    drop(tmpfs);
 }
