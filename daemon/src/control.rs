@@ -25,14 +25,15 @@ use anonnet_daemon::config::ClientSettings;
 /// a `lagged` line; the daemon never waits for it).
 const EVENT_QUEUE: usize = 256;
 
-/// Write a fresh cookie to `<state_dir>/control.cookie` (0600) and bind the control API on
+/// Reuse the cookie in `<state_dir>/control.cookie` when valid, else write a new one
+/// (0600, [`Cookie::load_or_create_in`]), and bind the control API on
 /// `client.control_listen`. Done before the client starts, so a taken port stops the
 /// daemon at once with a message naming the key.
 ///
 /// # Errors
 /// [`Error::Control`] naming the file or the address and the config key to change.
 pub async fn bind(settings: &ClientSettings) -> Result<ControlServer, Error> {
-    let cookie = Cookie::create_in(&settings.state_dir)
+    let cookie = Cookie::load_or_create_in(&settings.state_dir)
         .map_err(|e| Error::Control(format!("control cookie: {e}")))?;
     let addr = settings.control_listen;
     ControlServer::bind(addr, cookie)

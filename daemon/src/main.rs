@@ -484,14 +484,12 @@ impl PortsFile {
     fn write(state_dir: &Path, ports: &[(&str, SocketAddr)]) -> Result<PortsFile, Error> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(PORTS_FILE);
-        let tmp = state_dir.join(format!("{PORTS_FILE}.tmp"));
         let map: serde_json::Map<String, serde_json::Value> = ports
             .iter()
             .map(|(name, addr)| ((*name).to_owned(), addr.to_string().into()))
             .collect();
         let body = serde_json::Value::Object(map).to_string() + "\n";
-        std::fs::write(&tmp, body)
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        anonnet_state::write_atomically(&path, body.as_bytes())
             .map_err(Error::io(format!("writing {}", path.display())))?;
         Ok(PortsFile(path))
     }

@@ -31,6 +31,10 @@ pub struct Services {
     state_dir: PathBuf,
     /// Services published through the API (saved), by address.
     saved: Mutex<Vec<(HsAddress, Saved)>>,
+    /// Saved services that could not start this time (a key file unreadable, a port
+    /// taken): saved again as they were, never dropped from the file behind the owner's
+    /// back.
+    not_started: Mutex<Vec<Saved>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -58,21 +62,29 @@ impl Services {
             client,
             state_dir: state_dir.to_path_buf(),
             saved: Mutex::new(Vec::new()),
+            not_started: Mutex::new(Vec::new()),
         });
-        let saved: Vec<Saved> = std::fs::read_to_string(state_dir.join(SERVICES_FILE))
-            .ok()
-            .and_then(|t| match serde_json::from_str(&t) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    warn!("ignoring unreadable {SERVICES_FILE}: {e}");
-                    None
-                }
-            })
-            .unwrap_or_default();
-        for s in saved {
-            if let Err(e) = services.publish_saved(s) {
+        let path = state_dir.join(SERVICES_FILE);
+        let entries: Vec<serde_json::Value> = anonnet_state::load(&path, |b| {
+            serde_json::from_slice(b).map_err(|e| format!("is not a list of services: {e}"))
+        })
+        .unwrap_or_default();
+        let total = entries.len();
+        let saved: Vec<Saved> = entries
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect();
+        for s in saved.iter().cloned() {
+            if let Err(e) = services.publish_saved(s.clone()) {
                 warn!("a service saved in {SERVICES_FILE} could not start: {e}");
+                lock(&services.not_started).push(s);
             }
+        }
+        if saved.len() < total {
+            // Keep the damaged file for its owner; save only the services read.
+            let why = format!("has {} entries that are not services", total - saved.len());
+            anonnet_state::set_aside(&path, &why, &format!("{} services kept", saved.len()));
+            services.save();
         }
         Ok(services)
     }
@@ -90,13 +102,12 @@ impl Services {
     }
 
     fn save(&self) {
-        let list: Vec<Saved> = lock(&self.saved).iter().map(|(_, s)| s.clone()).collect();
+        let mut list: Vec<Saved> = lock(&self.saved).iter().map(|(_, s)| s.clone()).collect();
+        list.extend(lock(&self.not_started).iter().cloned());
         let path = self.state_dir.join(SERVICES_FILE);
-        let tmp = path.with_extension("tmp");
         let written = serde_json::to_vec_pretty(&list)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|b| anonnet_state::write_atomically(&path, &b));
         if let Err(e) = written {
             warn!("cannot save {}: {e}", path.display());
         }
@@ -161,6 +172,7 @@ impl Services {
             key_file: default_service_key(&self.state_dir, target),
         };
         let hosted = self.publish_saved(saved).map_err(|e| e.to_string())?;
+        lock(&self.not_started).retain(|s| s.target != target || s.port != port);
         self.save();
         Ok(info(&hosted))
     }

@@ -218,12 +218,28 @@ impl Authority {
         let links = Arc::new(LinkManager::new(endpoint.clone(), 256));
         let mut state = State::default();
         let now = now_unix();
-        for line in std::fs::read_to_string(config.data_dir.join(DESCRIPTORS_FILE))
-            .unwrap_or_default()
+        let descriptors_path = config.data_dir.join(DESCRIPTORS_FILE);
+        let text = anonnet_state::load(&descriptors_path, |b| {
+            String::from_utf8(b.to_vec()).map_err(|_| "is not text")
+        })
+        .unwrap_or_default();
+        let lines: Vec<_> = text
             .lines()
+            .filter(|l| !l.trim().is_empty())
             .take(MAX_RELAYS)
-        {
-            let Ok(signed) = anonnet_wire::SignedDescriptor::from_base64(line) else {
+            .map(|l| (l, anonnet_wire::SignedDescriptor::from_base64(l.trim())))
+            .collect();
+        let malformed = lines.iter().filter(|(_, d)| d.is_err()).count();
+        if malformed > 0 {
+            // Keep the damaged file; the next save writes only the descriptors read.
+            anonnet_state::set_aside(
+                &descriptors_path,
+                &format!("has {malformed} lines that are not relay descriptors"),
+                &format!("{} descriptors kept", lines.len() - malformed),
+            );
+        }
+        for (_, signed) in lines {
+            let Ok(signed) = signed else {
                 continue;
             };
             let Ok(relay) = verify_descriptor(&signed, now) else {
@@ -259,10 +275,10 @@ impl Authority {
                 })
             }
         }
-        if let Some(c) = std::fs::read(config.data_dir.join(CONSENSUS_FILE))
-            .ok()
-            .and_then(|b| SignedConsensus::decode(&b).ok())
-        {
+        if let Some(c) = anonnet_state::load(
+            &config.data_dir.join(CONSENSUS_FILE),
+            SignedConsensus::decode,
+        ) {
             if let Ok(v) = c.verify(&config.network, now_unix()) {
                 state.current = Some((c, v));
             }
@@ -374,27 +390,11 @@ fn load_srv_secret(dir: &Path) -> Result<Zeroizing<[u8; 32]>, AuthorityError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = anonnet_crypto::random_bytes::<32>()
                 .map_err(|_| io(std::io::Error::other("no randomness for the SRV secret")))?;
-            write_private(&path, &secret).map_err(io)?;
+            anonnet_state::create_atomically(&path, &secret).map_err(io)?;
             Ok(Zeroizing::new(secret))
         }
         Err(e) => Err(io(e)),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 async fn accept_loop(shared: Arc<Shared>) {
@@ -705,8 +705,8 @@ fn promote(shared: &Shared, st: &mut State, p: &Pending) {
         .is_none_or(|(_, c)| c.valid_after < p.consensus.valid_after);
     st.current = Some((p.signed.clone(), p.consensus.clone()));
     let path = shared.config.data_dir.join(CONSENSUS_FILE);
-    if let Err(e) = write_private(&path, &p.signed.encode()) {
-        warn!("cannot save {}: {e}", path.display());
+    if let Err(e) = anonnet_state::write_atomically(&path, &p.signed.encode()) {
+        anonnet_net::warn_limited!("cannot save {}: {e}", path.display());
     }
     if first {
         info!(
@@ -819,8 +819,8 @@ fn register_name(shared: &Shared, record: &[u8]) -> DirMessage {
 fn save_names(shared: &Shared) {
     let text = shared.state().names.encode();
     let path = shared.config.data_dir.join(NAMES_FILE);
-    if let Err(e) = write_private(&path, text.as_bytes()) {
-        warn!("cannot save {}: {e}", path.display());
+    if let Err(e) = anonnet_state::write_atomically(&path, text.as_bytes()) {
+        anonnet_net::warn_limited!("cannot save {}: {e}", path.display());
     }
 }
 
@@ -834,8 +834,8 @@ fn save_descriptors(shared: &Shared) {
         .map(|l| l + "\n")
         .collect();
     let path = shared.config.data_dir.join(DESCRIPTORS_FILE);
-    if let Err(e) = write_private(&path, text.as_bytes()) {
-        warn!("cannot save {}: {e}", path.display());
+    if let Err(e) = anonnet_state::write_atomically(&path, text.as_bytes()) {
+        anonnet_net::warn_limited!("cannot save {}: {e}", path.display());
     }
 }
 

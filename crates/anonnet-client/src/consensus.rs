@@ -75,10 +75,12 @@ pub fn check(
     })
 }
 
-/// The consensus saved in `state_dir`, when it is still valid at `now`.
+/// The consensus saved in `state_dir`, when it is still valid at `now`. A file that does
+/// not decode is set aside as `consensus.bad` ([`anonnet_state::load`]); one that is only
+/// stale stays (the next save replaces it).
 pub fn load(state_dir: &Path, network: &Network, now: u64) -> Option<Checked> {
-    let bytes = std::fs::read(state_dir.join(CONSENSUS_FILE)).ok()?;
-    check(SignedConsensus::decode(&bytes).ok()?, network, now).ok()
+    let signed = anonnet_state::load(&state_dir.join(CONSENSUS_FILE), SignedConsensus::decode)?;
+    check(signed, network, now).ok()
 }
 
 /// Save `signed` in `state_dir` (atomically: a temporary file, fsync, rename).
@@ -86,7 +88,7 @@ pub fn load(state_dir: &Path, network: &Network, now: u64) -> Option<Checked> {
 /// # Errors
 /// The I/O error.
 pub fn save(state_dir: &Path, signed: &SignedConsensus) -> std::io::Result<()> {
-    crate::state_file::write_atomically(&state_dir.join(CONSENSUS_FILE), &signed.encode())
+    anonnet_state::write_atomically(&state_dir.join(CONSENSUS_FILE), &signed.encode())
 }
 
 /// Ask the node at `addr` (proving `node_id`) for its consensus over one hop.

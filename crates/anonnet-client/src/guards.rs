@@ -109,7 +109,9 @@ fn parse_node_id(hex_id: &str) -> Option<NodeId> {
 
 impl GuardSet {
     /// Load the set from `dir/guards.json` (none yet: empty). An unreadable or corrupt file
-    /// is moved aside to `guards.json.bad` with a warning and the set starts empty.
+    /// is moved aside to `guards.json.bad` with a warning ([`anonnet_state::load`]) and the
+    /// set starts empty; a file with some entries that are not guards is moved aside too,
+    /// the readable guards kept and saved.
     pub fn load(dir: Option<&Path>) -> GuardSet {
         GuardSet::load_with(dir, GuardLifetimes::default())
     }
@@ -124,36 +126,55 @@ impl GuardSet {
         };
         let path = dir.join(GUARD_FILE);
         let mut rng = rand::rng();
-        let guards = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<GuardFile>(&bytes) {
-                Ok(f) if f.version == 1 => f
-                    .guards
-                    .iter()
-                    .filter_map(|g| {
-                        Some(Guard {
-                            id: parse_node_id(&g.node_id)?,
-                            added: g.added,
-                            expires: g
-                                .expires
-                                .unwrap_or_else(|| draw_expiry(g.added, &lifetimes, &mut rng)),
-                            unlisted_since: g.unlisted_since,
-                        })
-                    })
-                    .take(MAX_GUARDS)
-                    .collect(),
-                _ => {
-                    warn!("{} is not a guard file; moving it aside", path.display());
-                    let _ = std::fs::rename(&path, path.with_extension("json.bad"));
-                    Vec::new()
-                }
-            },
-            Err(_) => Vec::new(),
+        let Some(file) = anonnet_state::load(&path, |b| match serde_json::from_slice(b) {
+            Ok(GuardFile { version: 1, guards }) => Ok(guards),
+            Ok(f) => Err(format!("has unknown version {}", f.version)),
+            Err(e) => Err(format!("is not a guard file: {e}")),
+        }) else {
+            return GuardSet {
+                path: Some(path),
+                guards: Vec::new(),
+                lifetimes,
+            };
         };
-        GuardSet {
+        let guards: Vec<Guard> = file
+            .iter()
+            .filter_map(|g| {
+                Some(Guard {
+                    id: parse_node_id(&g.node_id)?,
+                    added: g.added,
+                    expires: g
+                        .expires
+                        .unwrap_or_else(|| draw_expiry(g.added, &lifetimes, &mut rng)),
+                    unlisted_since: g.unlisted_since,
+                })
+            })
+            .take(MAX_GUARDS)
+            .collect();
+        let set = GuardSet {
             path: Some(path),
             guards,
             lifetimes,
+        };
+        let readable = file.len()
+            - file
+                .iter()
+                .filter(|g| parse_node_id(&g.node_id).is_none())
+                .count();
+        if readable < file.len() {
+            // Keep the damaged file for its owner; save only what was read.
+            if let Some(path) = &set.path {
+                anonnet_state::set_aside(
+                    path,
+                    &format!("has {} entries that are not guards", file.len() - readable),
+                    &format!("{} guards kept", set.guards.len()),
+                );
+            }
+            if let Err(e) = set.save() {
+                warn!("cannot save {}: {e}", GUARD_FILE);
+            }
         }
+        set
     }
 
     /// The guards, in the order they were chosen.
@@ -252,7 +273,7 @@ impl GuardSet {
         changed
     }
 
-    /// Write the set to its file ([`crate::state_file::write_atomically`]: fsynced, renamed).
+    /// Write the set to its file ([`anonnet_state::write_atomically`]: fsynced, renamed).
     ///
     /// # Errors
     /// The I/O error, when the state directory is not writable.
@@ -274,7 +295,7 @@ impl GuardSet {
                 .collect(),
         };
         let json = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
-        crate::state_file::write_atomically(path, &json)
+        anonnet_state::write_atomically(path, &json)
     }
 }
 
@@ -549,7 +570,23 @@ mod tests {
         assert!((1000 + l.lifetime..=1000 + l.lifetime * 4 / 3).contains(&old.guards[0].expires));
         std::fs::write(dir.join(GUARD_FILE), b"{not json").unwrap();
         assert!(GuardSet::load(Some(&dir)).ids().is_empty());
-        assert!(dir.join("guards.json.bad").exists());
+        assert_eq!(
+            std::fs::read(dir.join("guards.json.bad")).unwrap(),
+            b"{not json"
+        );
+        // One damaged entry: the file is set aside whole, the readable guard kept and saved.
+        let mixed = format!(
+            r#"{{"version":1,"guards":[{{"node_id":"zz","added":1}},{{"node_id":"{}","added":2,"expires":9}}]}}"#,
+            id(4).to_hex()
+        );
+        std::fs::write(dir.join(GUARD_FILE), &mixed).unwrap();
+        assert_eq!(GuardSet::load(Some(&dir)).ids(), vec![id(4)]);
+        assert_eq!(
+            std::fs::read(dir.join("guards.json.bad.1")).unwrap(),
+            mixed.as_bytes()
+        );
+        assert_eq!(GuardSet::load(Some(&dir)).ids(), vec![id(4)]);
+        assert!(!dir.join("guards.json.bad.2").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

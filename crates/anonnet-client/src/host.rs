@@ -200,25 +200,13 @@ pub fn load_or_create_key(path: &Path) -> Result<ServiceKey, ServiceError> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
             }
-            write_secret(path, key.seed().as_slice()).map_err(|e| err(e.to_string()))?;
+            // Whole or absent after a crash or a full disk; never replaces a key.
+            anonnet_state::create_atomically(path, key.seed().as_slice())
+                .map_err(|e| err(e.to_string()))?;
             Ok(key)
         }
         Err(e) => Err(err(e.to_string())),
     }
-}
-
-fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// A key derived from the service seed for `context` (BLAKE3 key derivation, §13.1): only

@@ -264,40 +264,26 @@ impl NamePins {
         let Some(path) = file.clone() else {
             return NamePins { file, pins };
         };
-        let problem = match std::fs::read_to_string(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => Some(format!("cannot be read: {e}")),
-            Ok(text) => match serde_json::from_str::<HashMap<String, String>>(&text) {
-                Err(e) => Some(format!("is not a pins file: {e}")),
-                Ok(map) => {
-                    let total = map.len();
-                    for (name, key) in map.into_iter().take(MAX_PINS) {
-                        let key = hex::decode(&key).ok().and_then(|k| k.try_into().ok());
-                        if let Some(key) = key {
-                            pins.insert(name, key);
-                        }
-                    }
-                    (pins.len() < total)
-                        .then(|| format!("holds {} entries that are not pins", total - pins.len()))
-                }
-            },
-        };
-        let loaded = NamePins { file, pins };
-        if let Some(why) = problem {
-            let aside = path.with_extension("json.bad");
-            match std::fs::rename(&path, &aside) {
-                Ok(()) => warn!(
-                    "{} {why}; moved aside to {} ({} readable pins kept)",
-                    path.display(),
-                    aside.display(),
-                    loaded.pins.len()
-                ),
-                Err(e) => warn!(
-                    "{} {why}, and cannot be moved aside to {}: {e}",
-                    path.display(),
-                    aside.display()
-                ),
+        let map = anonnet_state::load(&path, |b| {
+            serde_json::from_slice::<HashMap<String, String>>(b)
+                .map_err(|e| format!("is not a pins file: {e}"))
+        })
+        .unwrap_or_default();
+        let total = map.len();
+        for (name, key) in map.into_iter().take(MAX_PINS) {
+            let key = hex::decode(&key).ok().and_then(|k| k.try_into().ok());
+            if let Some(key) = key {
+                pins.insert(name, key);
             }
+        }
+        let loaded = NamePins { file, pins };
+        if loaded.pins.len() < total {
+            let why = format!(
+                "holds {} entries that are not pins",
+                total - loaded.pins.len()
+            );
+            let kept = format!("{} readable pins kept", loaded.pins.len());
+            anonnet_state::set_aside(&path, &why, &kept);
             if !loaded.pins.is_empty() {
                 loaded.save();
             }
@@ -337,7 +323,7 @@ impl NamePins {
             return;
         };
         // A crash or a full disk leaves the old pins, never a half-written file.
-        if let Err(e) = crate::state_file::write_atomically(file, text.as_bytes()) {
+        if let Err(e) = anonnet_state::write_atomically(file, text.as_bytes()) {
             warn!("cannot save {}: {e}", file.display());
         }
     }
@@ -655,7 +641,12 @@ mod tests {
         std::fs::write(&path, &mixed).unwrap();
         let pins = NamePins::load(Some(&dir));
         assert_eq!(pins.pins.get("a"), Some(&[7u8; 32]));
-        assert_eq!(std::fs::read_to_string(&bad).unwrap(), mixed);
+        // …beside the first one set aside, which stays as it was.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("dark-pins.json.bad.1")).unwrap(),
+            mixed
+        );
+        assert!(std::fs::read(&bad).unwrap().starts_with(b"{\"shop\""));
         assert!(std::fs::read_to_string(&path).unwrap().contains("\"a\""));
         let _ = std::fs::remove_dir_all(&dir);
     }

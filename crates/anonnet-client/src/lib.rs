@@ -11,7 +11,6 @@ pub mod hs_pow;
 mod hsdir;
 mod pool;
 pub mod presence;
-pub mod state_file;
 pub mod status;
 pub mod vanguards;
 

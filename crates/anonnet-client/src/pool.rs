@@ -358,7 +358,10 @@ impl Client {
     fn install_consensus(&self, c: Checked) {
         if let Some(d) = &self.config.state_dir {
             if let Err(e) = dir::save(d, &c.signed) {
-                warn!("cannot save the consensus in {}: {e}", d.display());
+                anonnet_net::warn_limited!(
+                    "cannot save {}: {e}",
+                    d.join(dir::CONSENSUS_FILE).display()
+                );
             }
         }
         let first = self.consensus_status().is_none();
@@ -645,7 +648,10 @@ impl Client {
         if let Ok(dir) = self.directory.read() {
             if !self.is_stopping() && guards.ensure(&dir, avoided, now_unix(), &mut rand::rng()) {
                 if let Err(e) = guards.save() {
-                    warn!("cannot save the guard set: {e}");
+                    anonnet_net::warn_limited!(
+                        "cannot save the guard set ({} in the state directory): {e}",
+                        crate::guards::GUARD_FILE
+                    );
                 }
                 info!(
                     guards = %anonnet_net::logging::sensitive(
@@ -1375,7 +1381,10 @@ impl Client {
         if let Ok(dir) = self.directory.read() {
             if !self.is_stopping() && set.ensure(&dir, now_unix(), &mut rand::rng()) {
                 if let Err(e) = set.save() {
-                    warn!("cannot save the vanguard set: {e}");
+                    anonnet_net::warn_limited!(
+                        "cannot save the vanguard set ({} in the state directory): {e}",
+                        crate::vanguards::VANGUARD_FILE
+                    );
                 }
                 debug!(
                     vanguards = %anonnet_net::logging::sensitive(

@@ -20,7 +20,7 @@ use anonnet_crypto::NodeId;
 use rand::seq::{IndexedRandom, IteratorRandom};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::directory::Directory;
 
@@ -82,7 +82,8 @@ fn parse_node_id(hex_id: &str) -> Option<NodeId> {
 impl VanguardSet {
     /// Load the set from `dir/vanguards.json` (no directory: in memory only; no file yet:
     /// empty). An unreadable or corrupt file is moved aside to `vanguards.json.bad` with a
-    /// warning and the set starts empty. Entries beyond [`NUM_VANGUARDS`] and repeated
+    /// warning ([`anonnet_state::load`]) and the set starts empty; one with damaged entries
+    /// is moved aside too, the readable vanguards kept and saved. Entries beyond [`NUM_VANGUARDS`] and repeated
     /// NodeIds are dropped.
     pub fn load(dir: Option<&Path>) -> VanguardSet {
         let Some(dir) = dir else {
@@ -90,33 +91,42 @@ impl VanguardSet {
         };
         let path = dir.join(VANGUARD_FILE);
         let mut vanguards: Vec<Vanguard> = Vec::new();
-        if let Ok(bytes) = std::fs::read(&path) {
-            match serde_json::from_slice::<VanguardFile>(&bytes) {
-                Ok(f) if f.version == 1 => {
-                    for r in &f.vanguards {
-                        let Some(id) = parse_node_id(&r.node_id) else {
-                            continue;
-                        };
-                        if vanguards.len() < NUM_VANGUARDS && !vanguards.iter().any(|v| v.id == id)
-                        {
-                            vanguards.push(Vanguard {
-                                id,
-                                added: r.added,
-                                expires: r.expires,
-                            });
-                        }
-                    }
-                }
-                _ => {
-                    warn!("{} is not a vanguard file; moving it aside", path.display());
-                    let _ = std::fs::rename(&path, path.with_extension("json.bad"));
-                }
+        let file = anonnet_state::load(&path, |b| match serde_json::from_slice(b) {
+            Ok(VanguardFile {
+                version: 1,
+                vanguards,
+            }) => Ok(vanguards),
+            Ok(f) => Err(format!("has unknown version {}", f.version)),
+            Err(e) => Err(format!("is not a vanguard file: {e}")),
+        });
+        let mut damaged = 0;
+        for r in file.iter().flatten() {
+            let Some(id) = parse_node_id(&r.node_id) else {
+                damaged += 1;
+                continue;
+            };
+            if vanguards.len() < NUM_VANGUARDS && !vanguards.iter().any(|v| v.id == id) {
+                vanguards.push(Vanguard {
+                    id,
+                    added: r.added,
+                    expires: r.expires,
+                });
             }
         }
-        VanguardSet {
+        if damaged > 0 {
+            let kept = format!("{} vanguards kept", vanguards.len());
+            anonnet_state::set_aside(&path, &format!("has {damaged} damaged entries"), &kept);
+        }
+        let set = VanguardSet {
             path: Some(path),
             vanguards,
+        };
+        if damaged > 0 {
+            if let Err(e) = set.save() {
+                tracing::warn!("cannot save {VANGUARD_FILE}: {e}");
+            }
         }
+        set
     }
 
     /// The vanguards, in the order they were chosen.
@@ -189,7 +199,7 @@ impl VanguardSet {
         pick_vanguard(&self.ids(), fits, rng)
     }
 
-    /// Write the set to its file ([`crate::state_file::write_atomically`]); nothing
+    /// Write the set to its file ([`anonnet_state::write_atomically`]); nothing
     /// without a state directory.
     ///
     /// # Errors
@@ -211,7 +221,7 @@ impl VanguardSet {
                 .collect(),
         };
         let json = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
-        crate::state_file::write_atomically(path, &json)
+        anonnet_state::write_atomically(path, &json)
     }
 }
 

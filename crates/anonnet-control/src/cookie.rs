@@ -1,11 +1,12 @@
 //! The control cookie: 32 random bytes, stored as 64 hex digits and a newline in
-//! `<state_dir>/control.cookie` with mode 0600, written afresh at every daemon start.
-//! Whoever can read that file may steer the daemon, so only its owner can.
+//! `<state_dir>/control.cookie` with mode 0600. A valid cookie is reused at the next start
+//! (so a read-only state directory does not stop the daemon, and a tray keeps working
+//! across restarts); a missing, damaged or group/other-readable one is replaced by a new
+//! one. Whoever can read that file may steer the daemon, so only its owner can.
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -86,7 +87,7 @@ impl Cookie {
     }
 
     /// Generate a cookie and write it to `<state_dir>/control.cookie` (mode 0600),
-    /// replacing an old one. The state directory is created with mode 0700 if missing and
+    /// replacing an old one ([`Cookie::load_or_create_in`] keeps a valid one). The state directory is created with mode 0700 if missing and
     /// refused if group or others can write it (they could swap the file).
     ///
     /// # Errors
@@ -98,28 +99,51 @@ impl Cookie {
         Ok(cookie)
     }
 
-    /// Write the cookie to `path` with mode 0600: a temporary file in the same directory
-    /// (created exclusively, 0600 from the start) renamed over `path`.
+    /// The cookie in `<state_dir>/control.cookie` when it is valid (64 hex digits) and
+    /// only its owner can read it; otherwise a new one, written there. A file that is not a
+    /// cookie is moved aside to `control.cookie.bad` with a WARN
+    /// ([`anonnet_state::set_aside`]); a cookie that group or others can read is replaced
+    /// (it may be known) with a WARN. A valid cookie is not rewritten, so a read-only
+    /// state directory holding one does not stop the daemon. The state directory is
+    /// checked as in [`Cookie::create_in`].
+    ///
+    /// # Errors
+    /// [`ControlError::File`] naming the directory or file: the directory cannot be
+    /// created or is group/other-writable, or a new cookie cannot be written.
+    pub fn load_or_create_in(state_dir: &Path) -> Result<Cookie, ControlError> {
+        prepare_state_dir(state_dir)?;
+        let path = state_dir.join(COOKIE_FILE);
+        anonnet_state::remove_temporaries(&path);
+        let loaded = anonnet_state::load(&path, |b| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(Cookie::from_hex)
+                .ok_or("is not a control cookie (64 hex digits)")
+        });
+        if let Some(cookie) = loaded {
+            if private_to_owner(&path) {
+                return Ok(cookie);
+            }
+            tracing::warn!(
+                "{} can be read by group or others; replacing it with a new cookie",
+                path.display()
+            );
+        }
+        let cookie = Cookie::generate()?;
+        cookie.write(&path)?;
+        Ok(cookie)
+    }
+
+    /// Write the cookie to `path` with mode 0600 ([`anonnet_state::write_atomically`]: a
+    /// temporary file of mode 0600 in the same directory, fsynced, renamed over `path`; a
+    /// failure leaves no temporary file).
     ///
     /// # Errors
     /// [`ControlError::File`] naming the file.
     pub fn write(&self, path: &Path) -> Result<(), ControlError> {
-        let tmp = tmp_path(path);
-        let _ = fs::remove_file(&tmp);
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let body = Zeroizing::new(format!("{}\n", self.to_hex().as_str()));
-        let written = options
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(body.as_bytes()).and_then(|()| f.sync_all()))
-            .and_then(|()| fs::rename(&tmp, path));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(ControlError::file(path, format!("cannot write: {e}")));
-        }
-        Ok(())
+        anonnet_state::write_atomically(path, body.as_bytes())
+            .map_err(|e| ControlError::file(path, format!("cannot write: {e}")))
     }
 
     /// Read a cookie file.
@@ -141,13 +165,18 @@ impl Cookie {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
+/// Whether only the owner may read `path` (always true where there are no Unix modes).
+fn private_to_owner(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        true
+    }
 }
 
 /// Create `dir` (mode 0700) if missing; refuse it if group or others may write it.
@@ -182,7 +211,7 @@ fn prepare_state_dir(dir: &Path) -> Result<(), ControlError> {
 mod tests {
     use super::*;
 
-    pub(crate) fn test_dir(name: &str) -> PathBuf {
+    pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!(
             "anonnet-control-{name}-{}-{}",
             std::process::id(),
@@ -222,6 +251,40 @@ mod tests {
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        let _ = fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_valid_cookie_is_reused_and_a_bad_one_set_aside() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = test_dir("reuse").join("state");
+        let first = Cookie::load_or_create_in(&dir).unwrap();
+        let path = dir.join(COOKIE_FILE);
+        // Reused, even from a directory the daemon may not write (root may write it
+        // anyway, so the file's unchanged inode is what shows nothing was written).
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&path);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o500)).unwrap();
+        let again = Cookie::load_or_create_in(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(again.matches(&first.0));
+        assert_eq!(inode(&path), before);
+        // Damaged: set aside whole, a new cookie written.
+        fs::write(&path, b"0123 not a cookie").unwrap();
+        let fresh = Cookie::load_or_create_in(&dir).unwrap();
+        assert!(!fresh.matches(&first.0));
+        assert_eq!(
+            fs::read(dir.join("control.cookie.bad")).unwrap(),
+            b"0123 not a cookie"
+        );
+        assert!(Cookie::read(&path).unwrap().matches(&fresh.0));
+        // Readable by others: replaced.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let replaced = Cookie::load_or_create_in(&dir).unwrap();
+        assert!(!replaced.matches(&fresh.0));
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         let _ = fs::remove_dir_all(dir.parent().unwrap());
     }
 

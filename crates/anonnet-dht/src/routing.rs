@@ -389,6 +389,25 @@ impl RoutingTable {
         out.into_bytes()
     }
 
+    /// How many lines of a persisted table are neither blank, a `#` comment, nor a
+    /// descriptor in base64 (damage, not age: an expired or forged descriptor that still
+    /// decodes is not counted). Lines beyond [`MAX_PERSISTED_LINES`] are not looked at.
+    pub fn malformed_persisted_lines(bytes: &[u8]) -> usize {
+        bytes
+            .split(|b| *b == b'\n')
+            .take(MAX_PERSISTED_LINES)
+            .filter(|line| match std::str::from_utf8(line) {
+                Err(_) => true,
+                Ok(text) => {
+                    let text = text.trim();
+                    !text.is_empty()
+                        && !text.starts_with('#')
+                        && SignedDescriptor::from_base64(text).is_err()
+                }
+            })
+            .count()
+    }
+
     /// Rebuild a table from [`RoutingTable::to_persisted`] output. Every descriptor is
     /// verified again at `now_unix` (Unix seconds); lines that do not parse or verify
     /// (forged, expired, from the future), the own NodeId and lines beyond
@@ -619,8 +638,18 @@ mod tests {
         lines[3] = forged.to_base64().unwrap();
         lines.push("not base64 at all".into());
         lines.push(contact(0).descriptor.to_base64().unwrap());
-        let back = RoutingTable::from_persisted(own, lines.join("\n").as_bytes(), NOW, now);
+        let joined = lines.join("\n");
+        let back = RoutingTable::from_persisted(own, joined.as_bytes(), NOW, now);
         assert_eq!(back.len(), t.len() - 1);
+        // Only the garbage line is damage: the forged one decodes (and fails to verify).
+        assert_eq!(
+            RoutingTable::malformed_persisted_lines(joined.as_bytes()),
+            1
+        );
+        assert_eq!(
+            RoutingTable::malformed_persisted_lines(&t.to_persisted()),
+            0
+        );
         assert!(back
             .contacts()
             .iter()

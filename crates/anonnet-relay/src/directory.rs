@@ -202,10 +202,8 @@ pub(crate) async fn fetch_consensus(
         }
     };
     let file = data_dir.join(CONSENSUS_FILE);
-    if let Some(c) = std::fs::read(&file)
-        .ok()
-        .and_then(|b| SignedConsensus::decode(&b).ok())
-    {
+    // A cache: one that does not decode is set aside (`consensus.bad`) and fetched again.
+    if let Some(c) = anonnet_state::load(&file, SignedConsensus::decode) {
         let now = now_unix();
         if let Ok(v) = c.verify(&network, now) {
             check_grace(&v);
@@ -233,7 +231,7 @@ pub(crate) async fn fetch_consensus(
                     let bytes = signed.encode();
                     if cache.offer(signed, &c, now) {
                         if let Err(e) = crate::write_atomically(&file, &bytes) {
-                            warn!("{e}");
+                            anonnet_net::warn_limited!("{e}");
                         }
                         debug!(relays = c.relays.len(), "consensus cached");
                     }

@@ -7,7 +7,6 @@
 //! (a temporary file, fsynced, renamed over the old one, then the directory fsynced).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,18 +107,8 @@ fn load_or_create(
         return Ok(secret);
     }
     let secret = make()?;
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(&path)
-        .map_err(|e| keys_err(&path, &e.to_string()))?;
-    f.write_all(secret.as_slice())
-        .and_then(|()| f.sync_all())
+    // Whole or absent after a crash; an existing file is never replaced.
+    anonnet_state::create_atomically(&path, secret.as_slice())
         .map_err(|e| keys_err(&path, &e.to_string()))?;
     Ok(secret)
 }
@@ -299,45 +288,20 @@ pub fn save_onion_keys(dir: &Path, ring: &OnionKeyRing) -> Result<(), RelayError
     write_private(&times_path, text.as_bytes())
 }
 
-/// Prefix of the temporary files [`write_private`] renames into place.
-const TEMP_PREFIX: &str = ".onion-key-";
-
-/// Remove temporary key files a crash left behind (they may hold a secret).
+/// Remove the temporary key files a crash left behind (they may hold a secret).
 fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-            let _ = fs::remove_file(entry.path());
-        }
+    for name in [IDENTITY_FILE, ONION_FILE, ONION_OLD_FILE, ONION_TIMES_FILE] {
+        anonnet_state::remove_temporaries(&dir.join(name));
     }
 }
 
-/// Replace `path` by `bytes` through a temporary file of mode 0600 in the same directory,
-/// fsynced and renamed, then fsync the directory so the rename survives a power cut.
+/// Replace `path` by `bytes` ([`anonnet_state::write_atomically`]: mode 0600, fsynced,
+/// renamed, directory fsynced).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RelayError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let err = |e: std::io::Error| keys_err(path, &e.to_string());
-    // NamedTempFile creates its file with mode 0600 and removes it when the write fails.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
-    }
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    sync_dir(dir).map_err(err)
+    anonnet_state::write_atomically(path, bytes).map_err(|e| keys_err(path, &e.to_string()))
 }
 
-/// Make a rename or removal in `dir` durable (a no-op where directories cannot be opened).
+/// Make a removal in `dir` durable (a no-op where directories cannot be opened).
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     fs::File::open(dir)?.sync_all()?;
@@ -491,7 +455,7 @@ mod tests {
         // As if the relay died before the times file was replaced, leaving a temporary
         // file behind.
         fs::write(dir.join(ONION_TIMES_FILE), &times_before).unwrap();
-        fs::write(dir.join(".onion-key-crashed"), [0x42; 32]).unwrap();
+        fs::write(dir.join(".onion.key.times.Crash1"), [0x42; 32]).unwrap();
         let restart = rotated + Duration::from_secs(60);
         let loaded = load_onion_keys(dir, config, restart).unwrap();
         assert_eq!(loaded.current_public(), ring.current_public());
@@ -503,6 +467,6 @@ mod tests {
         let (prev, replaced) = loaded.previous().unwrap();
         assert_eq!(prev.public(), ring.previous().unwrap().0.public());
         assert_eq!(replaced, restart);
-        assert!(!dir.join(".onion-key-crashed").exists());
+        assert!(!dir.join(".onion.key.times.Crash1").exists());
     }
 }

@@ -56,8 +56,9 @@ pub enum RelayError {
     /// The configuration cannot make a valid descriptor.
     #[error("relay descriptor: {0}")]
     Descriptor(String),
-    /// Writing the descriptor or stats file failed.
-    #[error("writing {path}: {source}")]
+    /// Saving a state file (descriptor, stats, DHT table, cached consensus) failed; the
+    /// old file is left whole.
+    #[error("cannot save {path}: {source}")]
     Write {
         /// The file.
         path: PathBuf,
@@ -490,10 +491,7 @@ impl Relay {
         write_atomically(&descriptor_file, descriptor_text(&descriptor)?.as_bytes())?;
         let links = Arc::new(LinkManager::new(endpoint.clone(), config.limits.max_links));
         let table_file = config.data_dir.join(DHT_TABLE_FILE);
-        let table = match std::fs::read(&table_file) {
-            Ok(bytes) => RoutingTable::from_persisted(node_id, &bytes, now_unix(), Instant::now()),
-            Err(_) => RoutingTable::new(node_id),
-        };
+        let table = load_dht_table(&table_file, node_id);
         let dht = DhtNode::relay(
             descriptor.clone(),
             node_id,
@@ -724,16 +722,36 @@ fn make_descriptor(
         .map_err(|e| RelayError::Descriptor(e.to_string()))
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename, so readers never see a
-/// half-written file.
+/// The routing table saved in `file` ([`DHT_TABLE_FILE`]), or an empty one. A file that
+/// cannot be read, or with lines that are not descriptors, is moved aside to
+/// `dht-table.bad` ([`anonnet_state::set_aside`]) and the contacts that could be read are
+/// kept; the next save writes only those.
+fn load_dht_table(file: &std::path::Path, node_id: NodeId) -> RoutingTable {
+    let table = anonnet_state::load(file, |bytes| {
+        let table = RoutingTable::from_persisted(node_id, bytes, now_unix(), Instant::now());
+        Ok::<_, std::convert::Infallible>((table, RoutingTable::malformed_persisted_lines(bytes)))
+    });
+    match table {
+        None => RoutingTable::new(node_id),
+        Some((table, 0)) => table,
+        Some((table, malformed)) => {
+            anonnet_state::set_aside(
+                file,
+                &format!("has {malformed} lines that are not relay descriptors"),
+                &format!("{} contacts kept", table.len()),
+            );
+            table
+        }
+    }
+}
+
+/// Replace `path` by `bytes` ([`anonnet_state::write_atomically`]: fsynced, renamed; a
+/// failure leaves the old file and no temporary one), the error naming the file.
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), RelayError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|source| RelayError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+    anonnet_state::write_atomically(path, bytes).map_err(|source| RelayError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 async fn accept_loop(endpoint: Endpoint, shared: Arc<RelayShared>) {
@@ -854,7 +872,7 @@ async fn run_dht(
         let mut tick = tokio::time::interval(DHT_MAINTENANCE);
         loop {
             if let Err(e) = write_atomically(&table_file, &dht.persisted()) {
-                warn!("{e}");
+                anonnet_net::warn_limited!("{e}");
             }
             tick.tick().await;
             dht.refresh().await;
@@ -864,7 +882,9 @@ async fn run_dht(
         () = work => {}
         () = shutdown.cancelled() => {}
     }
-    let _ = write_atomically(&table_file, &dht.persisted());
+    if let Err(e) = write_atomically(&table_file, &dht.persisted()) {
+        warn!("{e}");
+    }
 }
 
 /// Rewrite `stats.json` when counters change and the descriptor every
@@ -909,7 +929,8 @@ async fn maintenance(
                 });
                 if now != last {
                     if let Err(e) = write_atomically(&stats_file, now.to_string().as_bytes()) {
-                        warn!("{e}");
+                        // Every second while the disk is full: one line per 10 s.
+                        anonnet_net::warn_limited!("{e}");
                     }
                     last = now;
                 }
@@ -991,7 +1012,7 @@ fn publish_descriptor(
         .and_then(descriptor_text)
         .and_then(|t| write_atomically(descriptor_file, t.as_bytes()));
     if let Err(e) = written {
-        warn!("refreshing descriptor: {e}");
+        anonnet_net::warn_limited!("refreshing descriptor: {e}");
     }
     if let Ok(d) = fresh {
         // Upload the re-signed descriptor to the authorities and republish it in the DHT.
