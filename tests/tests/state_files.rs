@@ -107,6 +107,28 @@ fn fetch(socks: SocketAddr, url: &str, out: &Path) {
     }
 }
 
+/// The first line of `log` that contains `needle`, once there is one (30 s at most).
+fn log_line(log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+            return l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {} within 30 s:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A log line without its time stamp and level: what it says.
+fn message(line: &str) -> &str {
+    line.split_once("WARN").map_or(line, |(_, w)| w).trim()
+}
+
 /// The damaged file set aside: `NAME.bad` (the first one for this name in this test).
 fn bad(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
@@ -288,7 +310,7 @@ fn each_state_file_corrupted_in_turn_is_set_aside_and_what_was_readable_kept() {
             "{}: set aside, daemon served a request, {:.1} s; the log: {}",
             case.file,
             t.elapsed().as_secs_f64(),
-            said.split_once("WARN").map_or(said, |(_, w)| w).trim()
+            message(said)
         );
     }
 
@@ -317,18 +339,7 @@ fn each_state_file_corrupted_in_turn_is_set_aside_and_what_was_readable_kept() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let said = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains("moved aside")) {
-            break l.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the relay's log says nothing:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let said = log_line(&log, "moved aside");
     assert!(
         said.contains("WARN") && said.contains("dht-table"),
         "{said}"
@@ -342,9 +353,7 @@ fn each_state_file_corrupted_in_turn_is_set_aside_and_what_was_readable_kept() {
     println!(
         "dht-table: set aside, {readable} contacts kept, {:.1} s; the log: {}",
         t.elapsed().as_secs_f64(),
-        said.split_once("WARN")
-            .map_or(said.as_str(), |(_, w)| w)
-            .trim()
+        message(&said)
     );
     drop(net);
     println!("total {:.1} s", started.elapsed().as_secs_f64());
@@ -431,18 +440,7 @@ fn a_full_disk_leaves_the_old_file_no_temporary_file_and_a_warning_naming_it() {
     let before = std::fs::read(&consensus).unwrap();
     let t = Instant::now();
     // A new consensus every 4 s (the testnet's period): its save fails.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let said = loop {
-        let text = std::fs::read_to_string(&log).unwrap();
-        if let Some(l) = text.lines().find(|l| l.contains("cannot save")) {
-            break l.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no save failed within 30 s:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let said = log_line(&log, "cannot save");
     assert!(
         said.contains("WARN") && said.contains("consensus"),
         "{said}"
@@ -463,9 +461,7 @@ fn a_full_disk_leaves_the_old_file_no_temporary_file_and_a_warning_naming_it() {
     println!(
         "full disk: save failed {:.1} s after the disk filled; the log: {}",
         t.elapsed().as_secs_f64(),
-        said.split_once("WARN")
-            .map_or(said.as_str(), |(_, w)| w)
-            .trim()
+        message(&said)
     );
     drop(net);
     drop(tmpfs);

@@ -83,8 +83,8 @@ impl VanguardSet {
     /// Load the set from `dir/vanguards.json` (no directory: in memory only; no file yet:
     /// empty). An unreadable or corrupt file is moved aside to `vanguards.json.bad` with a
     /// warning ([`anonnet_state::load`]) and the set starts empty; one with damaged entries
-    /// is moved aside too, the readable vanguards kept and saved. Entries beyond [`NUM_VANGUARDS`] and repeated
-    /// NodeIds are dropped.
+    /// is moved aside too, the readable vanguards kept and saved. Entries beyond
+    /// [`NUM_VANGUARDS`] and repeated NodeIds are dropped.
     pub fn load(dir: Option<&Path>) -> VanguardSet {
         let Some(dir) = dir else {
             return VanguardSet::default();
@@ -400,14 +400,21 @@ mod tests {
             d = id_of(4).to_hex(),
             e = id_of(5).to_hex(),
         );
-        std::fs::write(tmp.path().join(VANGUARD_FILE), file).unwrap();
+        std::fs::write(tmp.path().join(VANGUARD_FILE), &file).unwrap();
         let odd = VanguardSet::load(Some(tmp.path()));
         assert_eq!(odd.ids(), vec![id_of(1), id_of(2), id_of(3), id_of(4)]);
+        // The damaged entry sets the whole file aside; the readable vanguards are saved.
+        let aside = |n: &str| std::fs::read(tmp.path().join(format!("vanguards.json.bad{n}")));
+        assert_eq!(aside("").unwrap(), file.as_bytes());
+        assert_eq!(VanguardSet::load(Some(tmp.path())).ids(), odd.ids());
 
-        for bad in [&b"{not json"[..], br#"{"version":2,"vanguards":[]}"#] {
+        for (bad, n) in [
+            (&b"{not json"[..], ".1"),
+            (br#"{"version":2,"vanguards":[]}"#, ".2"),
+        ] {
             std::fs::write(tmp.path().join(VANGUARD_FILE), bad).unwrap();
             assert!(VanguardSet::load(Some(tmp.path())).ids().is_empty());
-            assert!(tmp.path().join("vanguards.json.bad").exists());
+            assert_eq!(aside(n).unwrap(), bad);
             assert!(!tmp.path().join(VANGUARD_FILE).exists());
         }
         // Without a state directory: kept in memory, saving writes nothing.

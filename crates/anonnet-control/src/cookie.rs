@@ -113,7 +113,6 @@ impl Cookie {
     pub fn load_or_create_in(state_dir: &Path) -> Result<Cookie, ControlError> {
         prepare_state_dir(state_dir)?;
         let path = state_dir.join(COOKIE_FILE);
-        anonnet_state::remove_temporaries(&path);
         let loaded = anonnet_state::load(&path, |b| {
             std::str::from_utf8(b)
                 .ok()

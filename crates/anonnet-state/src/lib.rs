@@ -115,8 +115,10 @@ fn temp_prefix(path: &Path) -> OsString {
 /// Returns `None` when the file does not exist (a first start), or when it cannot be
 /// read or `parse` refuses it: the file is then moved aside ([`set_aside`], a WARN naming
 /// it and the reason) so that the next save cannot overwrite what a person may still
-/// recover, and the caller starts afresh.
+/// recover, and the caller starts afresh. Temporary files a killed process left for
+/// `path` are removed first ([`remove_temporaries`]).
 pub fn load<T, E: Display>(path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, E>) -> Option<T> {
+    remove_temporaries(path);
     match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
@@ -283,7 +285,9 @@ mod tests {
     fn unparseable_file_is_set_aside_whole_and_missing_is_quiet() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pins.json");
+        std::fs::write(dir.path().join(".pins.json.x1Y2z3"), b"left by a kill").unwrap();
         assert_eq!(load(&p, |_| Ok::<_, String>(1)), None);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         std::fs::write(&p, b"{garbage").unwrap();
         assert_eq!(load(&p, |_| Err::<u8, _>("not json")), None);
         assert!(!p.exists());
