@@ -366,6 +366,28 @@ impl Client {
             .usable_with(self.config.circuit_handshake.usable());
         let status = c.status.clone();
         if let Ok(mut dir) = self.directory.write() {
+            // A relay listed at another address than before has moved (restarted on
+            // another port, say): its failures were at the old address, so it is tried
+            // again at once (§9.1).
+            let moved: Vec<anonnet_crypto::NodeId> = directory
+                .relays()
+                .filter(|r| {
+                    dir.get(&r.node_id)
+                        .is_some_and(|old| old.descriptor.addresses != r.descriptor.addresses)
+                })
+                .map(|r| r.node_id)
+                .collect();
+            if !moved.is_empty() {
+                let mut scores = self.scores();
+                for id in &moved {
+                    scores.success(*id);
+                }
+                drop(scores);
+                info!(
+                    relays = moved.len(),
+                    "relays moved to new addresses; trying them there"
+                );
+            }
             *dir = directory;
         }
         if let Ok(mut slot) = self.consensus.write() {
@@ -1853,10 +1875,18 @@ async fn maintain_prefixes(client: std::sync::Weak<Client>) {
     }
 }
 
+/// Pool circuits that must fail in a row, after the client was ready, before the status
+/// says it is not ready any more (§9.2).
+pub const NOT_READY_AFTER_FAILURES: u32 = 3;
+/// Bootstrap percentage while ready before and no circuit can be built now: 40, the
+/// "building first circuit" step.
+pub const NOT_READY_PERCENT: u8 = 40;
+
 /// Keep `pool_size` clean circuits ready; report bootstrap progress until the first one.
 async fn maintain_pool(client: std::sync::Weak<Client>) {
     let mut delay = POOL_RETRY;
     let mut ready = false;
+    let mut failures_in_a_row: u32 = 0;
     if let Some(c) = client.upgrade() {
         let mut discovered = c.discovered.subscribe();
         drop(c);
@@ -1882,6 +1912,7 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
             match c.build_circuit(port, None).await {
                 Ok(circuit) => {
                     delay = POOL_RETRY;
+                    failures_in_a_row = 0;
                     if !ready {
                         ready = true;
                         info!(
@@ -1901,6 +1932,23 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
 
                 Err(e) => {
                     anonnet_net::warn_limited!("pool circuit failed: {e}; retrying in {delay:?}");
+                    failures_in_a_row += 1;
+                    if ready && failures_in_a_row >= NOT_READY_AFTER_FAILURES {
+                        // Not "ready" while no circuit can be built (relays moved, the
+                        // network is gone): say how much of the directory is failing.
+                        let avoided = c.scores().avoided(Instant::now()).len();
+                        let phase = format!(
+                            "not ready: {avoided} of {} relays unreachable",
+                            c.relay_count()
+                        );
+                        let now = c.bootstrap.borrow().clone();
+                        // Only from "ready" (or to update the counts): an expired consensus
+                        // says "fetching consensus" instead.
+                        let was_ready = now.percent == 100 || now.phase.starts_with("not ready");
+                        if was_ready && now.phase != phase {
+                            c.set_bootstrap(NOT_READY_PERCENT, &phase);
+                        }
+                    }
                     drop(c);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_POOL_RETRY);
