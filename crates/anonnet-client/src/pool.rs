@@ -438,15 +438,20 @@ impl Client {
         self.set_bootstrap(5, "fetching consensus");
     }
 
-    /// Where to ask for a consensus, in order: the guards (directory guards, one hop),
-    /// then the authorities and the fallbacks in random order.
+    /// Where to ask for a consensus, in order: the guards (directory guards, one hop) not
+    /// avoided now (a guard whose link just died has likely moved or gone, §9.1), then the
+    /// authorities and the fallbacks in random order.
     fn consensus_sources(
         &self,
         network: &anonnet_dir::Network,
     ) -> Vec<(SocketAddr, anonnet_crypto::NodeId)> {
         let mut out = Vec::new();
+        let avoided = self.scores().avoided(Instant::now());
         if let Ok(dir) = self.directory.read() {
             for g in self.guards() {
+                if avoided.contains(&g) {
+                    continue;
+                }
                 if let Some(r) = dir.get(&g) {
                     if let Some(a) = r.descriptor.addresses.first() {
                         out.push((*a, g));
@@ -657,15 +662,29 @@ impl Client {
         }
     }
 
-    /// The guard set's members usable now (topped up and saved when relays are missing or
-    /// avoided).
+    /// The guard set's members usable now (not in `avoided`); the set is topped up and
+    /// saved when members are missing from the directory or avoided, but an avoided member
+    /// counts as missing only once it failed again after its first backoff
+    /// ([`RelayScores::avoided_after_retry`]), so guards whose links all died at once (every
+    /// relay restarted elsewhere) are not replaced before the next consensus shows where
+    /// they went.
     fn guard_ids(&self, avoided: &[anonnet_crypto::NodeId]) -> Vec<anonnet_crypto::NodeId> {
+        let failing: Vec<anonnet_crypto::NodeId> = if avoided.is_empty() {
+            Vec::new()
+        } else {
+            let again = self.scores().avoided_after_retry(Instant::now());
+            avoided
+                .iter()
+                .copied()
+                .filter(|id| again.contains(id))
+                .collect()
+        };
         let mut guards = match self.guards.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Ok(dir) = self.directory.read() {
-            if !self.is_stopping() && guards.ensure(&dir, avoided, now_unix(), &mut rand::rng()) {
+            if !self.is_stopping() && guards.ensure(&dir, &failing, now_unix(), &mut rand::rng()) {
                 if let Err(e) = guards.save() {
                     warn!("cannot save the guard set: {e}");
                 }
@@ -1785,6 +1804,15 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
         let mut got = None;
         let mut why = Vec::new();
         for (addr, id) in sources {
+            // A guard found down while an earlier source was being asked (every guard's
+            // link dies at once when all relays restart) is not waited for in turn.
+            let avoided_now = client
+                .upgrade()
+                .is_some_and(|c| c.scores().avoided(Instant::now()).contains(&id));
+            if avoided_now {
+                why.push(format!("{}: avoided", id.short()));
+                continue;
+            }
             match dir::fetch(&links, addr, id).await {
                 Ok(signed) => match dir::check(signed, &network, now_unix()) {
                     Ok(checked) if checked.status.valid_after > current_after => {
@@ -1949,8 +1977,13 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
                             c.set_bootstrap(NOT_READY_PERCENT, &phase);
                         }
                     }
+                    let refill = c.refill.clone();
                     drop(c);
-                    tokio::time::sleep(delay).await;
+                    // A new consensus (new relay addresses) ends the wait early.
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = refill.notified() => {}
+                    }
                     delay = (delay * 2).min(MAX_POOL_RETRY);
                     continue;
                 }
