@@ -1254,7 +1254,7 @@ pub const SELF_CHECK_MAX: Duration = Duration::from_secs(3600);
 
 /// How long a service waits between two checks of its own records: one consensus period
 /// (`fresh_until − valid_after` of `consensus`), within [`SELF_CHECK_MIN`] and
-/// [`SELF_CHECK_MAX`] (§13.7). A real network (hourly consensus) checks hourly; a testnet
+/// [`SELF_CHECK_MAX`] (§13.2). A real network (hourly consensus) checks hourly; a testnet
 /// (4 s) every 10 s.
 pub fn self_check_every(consensus: Option<&crate::consensus::ConsensusStatus>) -> Duration {
     consensus
