@@ -368,6 +368,21 @@ impl RelayScores {
             .collect()
     }
 
+    /// Relays to avoid now that also failed again after a first backoff (more than
+    /// [`FAILURES_BEFORE_AVOIDING`] failures in a row): only these make the guard set take
+    /// new guards (§9.1). A guard whose link just died, or that failed twice, is avoided
+    /// but not yet replaced: when every relay restarts on a new port, the next consensus
+    /// (which clears the scores of relays that moved) comes within its backoff.
+    pub fn avoided_after_retry(&self, now: Instant) -> Vec<NodeId> {
+        self.scores
+            .iter()
+            .filter(|(_, s)| {
+                s.failures > FAILURES_BEFORE_AVOIDING && s.avoid_until.is_some_and(|t| t > now)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The avoided relays with their failure counts, for the status.
     pub fn report(&self, now: Instant) -> Vec<AvoidedRelay> {
         let mut v: Vec<AvoidedRelay> = self
@@ -423,6 +438,22 @@ mod tests {
         s.success(id(1));
         assert!(s.avoided(t0).is_empty());
         assert!(s.report(t0).is_empty());
+    }
+
+    #[test]
+    fn a_guard_is_replaced_only_after_failing_again_after_its_backoff() {
+        let mut s = RelayScores::default();
+        let t0 = Instant::now();
+        // Its link died: avoided at once, not yet a reason to take another guard.
+        s.down(id(1), t0);
+        assert_eq!(s.avoided(t0), vec![id(1)]);
+        assert!(s.avoided_after_retry(t0).is_empty());
+        // Tried again after the backoff and failed again: now it is.
+        s.failure(id(1), t0 + FIRST_BACKOFF);
+        assert_eq!(s.avoided_after_retry(t0 + FIRST_BACKOFF), vec![id(1)]);
+        // A relay that moved (its score cleared) is neither.
+        s.success(id(1));
+        assert!(s.avoided_after_retry(t0 + FIRST_BACKOFF).is_empty());
     }
 
     /// A signed descriptor of a GUARD relay with identity seed `seed`.

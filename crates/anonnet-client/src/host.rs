@@ -411,6 +411,8 @@ struct Service {
     hosted: Arc<HostedService>,
     intros: Mutex<Vec<IntroSlot>>,
     changed: Notify,
+    /// Woken when a lookup of the service's own `.dark` record found none (§12.5).
+    name_lost: Notify,
     /// Woken when an introduction circuit closes.
     intro_lost: Notify,
     rendezvous: Arc<Semaphore>,
@@ -544,6 +546,7 @@ pub fn start(
         hosted: hosted.clone(),
         intros: Mutex::new(Vec::new()),
         changed: Notify::new(),
+        name_lost: Notify::new(),
         intro_lost: Notify::new(),
         rendezvous: Arc::new(Semaphore::new(MAX_RENDEZVOUS)),
         pow,
@@ -561,6 +564,7 @@ pub fn start(
         tokio::spawn(service.clone().serve_queue());
         tokio::spawn(service.clone().update_effort());
     }
+    tokio::spawn(service.clone().check_own_records());
     if hosted.config.dark_name.is_some() {
         tokio::spawn(service.publish_name());
     }
@@ -1073,7 +1077,7 @@ impl Service {
         else {
             return;
         };
-        let owner = IdentityKey::from_seed(&derived(&self.key, "anonnet 2026 dark owner key"));
+        let owner = self.dark_owner();
         loop {
             let now = now_unix();
             let (owner_c, name_c, address) = (
@@ -1136,10 +1140,115 @@ impl Service {
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = self.name_lost.notified() => {
+                    info!(name = %anonnet_net::logging::sensitive(&name), "own name record not found: registering it again");
+                }
                 () = self.hosted.stop.cancelled() => break,
             }
         }
     }
+
+    /// The `.dark` owner key of this service (derived from its key, §12.5).
+    fn dark_owner(&self) -> IdentityKey {
+        IdentityKey::from_seed(&derived(&self.key, "anonnet 2026 dark owner key"))
+    }
+
+    /// Look up the service's own records every [`self_check_every`] and publish again at
+    /// once what is missing (§12.5, §12.7): the descriptor when none of its responsible
+    /// HSDirs for the current period serves one that opens, the `.dark` record when the
+    /// DHT returns none of its owner that is still valid. Only after the first successful
+    /// publication (or registration); failures of the check itself count as missing.
+    async fn check_own_records(self: Arc<Self>) {
+        loop {
+            let wait = match self.client.upgrade() {
+                Some(c) => self_check_every(c.consensus_status().as_ref()),
+                None => return,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.hosted.stop.cancelled() => return,
+            }
+            let Some(client) = self.client.upgrade() else {
+                return;
+            };
+            if self.hosted.published.load(Ordering::Relaxed)
+                && !self.own_descriptor_found(&client).await
+            {
+                info!(service = %anonnet_net::logging::sensitive(self.hosted.address), "own descriptor not found on its HSDirs: publishing it again");
+                self.changed.notify_one();
+            }
+            if self.hosted.name_registered.load(Ordering::Relaxed)
+                && !self.own_name_found(&client).await
+            {
+                self.name_lost.notify_one();
+            }
+        }
+    }
+
+    /// Whether a responsible HSDir of the current period serves a descriptor of this
+    /// service that opens (§12.7).
+    async fn own_descriptor_found(&self, client: &Client) -> bool {
+        let now = now_unix();
+        let period = anonnet_crypto::hs::time_period(now);
+        let Some(key) = crate::hs::descriptor_key(&self.hosted.address, period) else {
+            return false;
+        };
+        let Some((_, hsdirs)) = crate::hsdir::placement_of(client, &self.hosted.address, &[period])
+            .into_iter()
+            .next()
+        else {
+            return false;
+        };
+        if hsdirs.is_empty() {
+            // No consensus to place it with: nothing to check against.
+            return true;
+        }
+        let records = crate::hsdir::fetch(client, &hsdirs, key).await;
+        crate::hs::best_descriptor(&self.hosted.address, &records, now).is_some()
+    }
+
+    /// Whether the DHT returns a valid `.dark` record of this service's owner key for its
+    /// name (§12.5), asked through a circuit (§13.6).
+    async fn own_name_found(&self, client: &Client) -> bool {
+        let Some(name) = self
+            .hosted
+            .config
+            .dark_name
+            .as_deref()
+            .and_then(|n| DarkName::parse(n).ok())
+        else {
+            return true;
+        };
+        let Ok(circuit) = client.build_internal(None, &[]).await else {
+            return false;
+        };
+        let key = crate::hs::name_key(&name);
+        let records = crate::hs::dht_fetch(&circuit, key, RecordKind::DarkName).await;
+        circuit.close();
+        let owner = self.dark_owner().public();
+        let now = now_unix();
+        records.unwrap_or_default().iter().any(|b| {
+            anonnet_wire::hs::DarkRecord::decode(b)
+                .is_ok_and(|d| d.owner == owner && d.expires > now)
+        })
+    }
+}
+
+/// Shortest wait between two checks of a service's own records: 10 s.
+pub const SELF_CHECK_MIN: Duration = Duration::from_secs(10);
+/// Longest wait between two checks of a service's own records (and the wait without a
+/// consensus): 1 hour.
+pub const SELF_CHECK_MAX: Duration = Duration::from_secs(3600);
+
+/// How long a service waits between two checks of its own records: one consensus period
+/// (`fresh_until − valid_after` of `consensus`), within [`SELF_CHECK_MIN`] and
+/// [`SELF_CHECK_MAX`] (§13.2). A real network (hourly consensus) checks hourly; a testnet
+/// (4 s) every 10 s.
+pub fn self_check_every(consensus: Option<&crate::consensus::ConsensusStatus>) -> Duration {
+    consensus
+        .map(|c| Duration::from_secs(c.fresh_until.saturating_sub(c.valid_after)))
+        .unwrap_or(SELF_CHECK_MAX)
+        .clamp(SELF_CHECK_MIN, SELF_CHECK_MAX)
 }
 
 /// Wait before trying a name registration again after it failed (§12.5).
@@ -1406,6 +1515,27 @@ mod tests {
         // Another service's solution does not verify.
         let other = solve(&[0x12; 32], &st.current.seed, 5, [4; 16]);
         assert!(st.effort_of(&id, Some(&other), now).is_err());
+    }
+
+    #[test]
+    fn a_service_checks_its_own_records_once_per_consensus_period_within_bounds() {
+        let period = |secs: u64| crate::consensus::ConsensusStatus {
+            valid_after: 1_000,
+            fresh_until: 1_000 + secs,
+            valid_until: 1_000 + 3 * secs,
+            relays: 5,
+            signatures: 3,
+            authorities: 3,
+            digest: String::new(),
+        };
+        assert_eq!(self_check_every(None), SELF_CHECK_MAX);
+        assert_eq!(self_check_every(Some(&period(4))), SELF_CHECK_MIN);
+        assert_eq!(self_check_every(Some(&period(60))), Duration::from_secs(60));
+        assert_eq!(
+            self_check_every(Some(&period(3600))),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(self_check_every(Some(&period(86_400))), SELF_CHECK_MAX);
     }
 
     #[test]

@@ -369,6 +369,28 @@ impl Client {
             .usable_with(self.config.circuit_handshake.usable());
         let status = c.status.clone();
         if let Ok(mut dir) = self.directory.write() {
+            // A relay listed at another address than before has moved (restarted on
+            // another port, say): its failures were at the old address, so it is tried
+            // again at once (§9.1).
+            let moved: Vec<anonnet_crypto::NodeId> = directory
+                .relays()
+                .filter(|r| {
+                    dir.get(&r.node_id)
+                        .is_some_and(|old| old.descriptor.addresses != r.descriptor.addresses)
+                })
+                .map(|r| r.node_id)
+                .collect();
+            if !moved.is_empty() {
+                let mut scores = self.scores();
+                for id in &moved {
+                    scores.success(*id);
+                }
+                drop(scores);
+                info!(
+                    relays = moved.len(),
+                    "relays moved to new addresses; trying them there"
+                );
+            }
             *dir = directory;
         }
         if let Ok(mut slot) = self.consensus.write() {
@@ -419,15 +441,20 @@ impl Client {
         self.set_bootstrap(5, "fetching consensus");
     }
 
-    /// Where to ask for a consensus, in order: the guards (directory guards, one hop),
-    /// then the authorities and the fallbacks in random order.
+    /// Where to ask for a consensus, in order: the guards (directory guards, one hop) not
+    /// avoided now (a guard whose link just died has likely moved or gone, §9.1), then the
+    /// authorities and the fallbacks in random order.
     fn consensus_sources(
         &self,
         network: &anonnet_dir::Network,
     ) -> Vec<(SocketAddr, anonnet_crypto::NodeId)> {
         let mut out = Vec::new();
+        let avoided = self.scores().avoided(Instant::now());
         if let Ok(dir) = self.directory.read() {
             for g in self.guards() {
+                if avoided.contains(&g) {
+                    continue;
+                }
                 if let Some(r) = dir.get(&g) {
                     if let Some(a) = r.descriptor.addresses.first() {
                         out.push((*a, g));
@@ -638,15 +665,29 @@ impl Client {
         }
     }
 
-    /// The guard set's members usable now (topped up and saved when relays are missing or
-    /// avoided).
+    /// The guard set's members usable now (not in `avoided`); the set is topped up and
+    /// saved when members are missing from the directory or avoided, but an avoided member
+    /// counts as missing only once it failed again after its first backoff
+    /// ([`RelayScores::avoided_after_retry`]), so guards whose links all died at once (every
+    /// relay restarted elsewhere) are not replaced before the next consensus shows where
+    /// they went.
     fn guard_ids(&self, avoided: &[anonnet_crypto::NodeId]) -> Vec<anonnet_crypto::NodeId> {
+        let failing: Vec<anonnet_crypto::NodeId> = if avoided.is_empty() {
+            Vec::new()
+        } else {
+            let again = self.scores().avoided_after_retry(Instant::now());
+            avoided
+                .iter()
+                .copied()
+                .filter(|id| again.contains(id))
+                .collect()
+        };
         let mut guards = match self.guards.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Ok(dir) = self.directory.read() {
-            if !self.is_stopping() && guards.ensure(&dir, avoided, now_unix(), &mut rand::rng()) {
+            if !self.is_stopping() && guards.ensure(&dir, &failing, now_unix(), &mut rand::rng()) {
                 if let Err(e) = guards.save() {
                     anonnet_net::warn_limited!(
                         "cannot save the guard set ({} in the state directory): {e}",
@@ -1772,6 +1813,15 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
         let mut got = None;
         let mut why = Vec::new();
         for (addr, id) in sources {
+            // A guard found down while an earlier source was being asked (every guard's
+            // link dies at once when all relays restart) is not waited for in turn.
+            let avoided_now = client
+                .upgrade()
+                .is_some_and(|c| c.scores().avoided(Instant::now()).contains(&id));
+            if avoided_now {
+                why.push(format!("{}: avoided", id.short()));
+                continue;
+            }
             match dir::fetch(&links, addr, id).await {
                 Ok(signed) => match dir::check(signed, &network, now_unix()) {
                     Ok(checked) if checked.status.valid_after > current_after => {
@@ -1862,10 +1912,18 @@ async fn maintain_prefixes(client: std::sync::Weak<Client>) {
     }
 }
 
+/// Pool circuits that must fail in a row, after the client was ready, before the status
+/// says it is not ready any more (§9.2).
+pub const NOT_READY_AFTER_FAILURES: u32 = 3;
+/// Bootstrap percentage while ready before and no circuit can be built now: 40, the
+/// "building first circuit" step.
+pub const NOT_READY_PERCENT: u8 = 40;
+
 /// Keep `pool_size` clean circuits ready; report bootstrap progress until the first one.
 async fn maintain_pool(client: std::sync::Weak<Client>) {
     let mut delay = POOL_RETRY;
     let mut ready = false;
+    let mut failures_in_a_row: u32 = 0;
     if let Some(c) = client.upgrade() {
         let mut discovered = c.discovered.subscribe();
         drop(c);
@@ -1891,6 +1949,7 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
             match c.build_circuit(port, None).await {
                 Ok(circuit) => {
                     delay = POOL_RETRY;
+                    failures_in_a_row = 0;
                     if !ready {
                         ready = true;
                         info!(
@@ -1910,8 +1969,30 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
 
                 Err(e) => {
                     anonnet_net::warn_limited!("pool circuit failed: {e}; retrying in {delay:?}");
+                    failures_in_a_row += 1;
+                    if ready && failures_in_a_row >= NOT_READY_AFTER_FAILURES {
+                        // Not "ready" while no circuit can be built (relays moved, the
+                        // network is gone): say how much of the directory is failing.
+                        let avoided = c.scores().avoided(Instant::now()).len();
+                        let phase = format!(
+                            "not ready: {avoided} of {} relays unreachable",
+                            c.relay_count()
+                        );
+                        let now = c.bootstrap.borrow().clone();
+                        // Only from "ready" (or to update the counts): an expired consensus
+                        // says "fetching consensus" instead.
+                        let was_ready = now.percent == 100 || now.phase.starts_with("not ready");
+                        if was_ready && now.phase != phase {
+                            c.set_bootstrap(NOT_READY_PERCENT, &phase);
+                        }
+                    }
+                    let refill = c.refill.clone();
                     drop(c);
-                    tokio::time::sleep(delay).await;
+                    // A new consensus (new relay addresses) ends the wait early.
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = refill.notified() => {}
+                    }
                     delay = (delay * 2).min(MAX_POOL_RETRY);
                     continue;
                 }

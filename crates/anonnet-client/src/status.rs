@@ -7,7 +7,9 @@ use serde::Serialize;
 ///
 /// Phases: 0 `starting`, 5 `fetching consensus` (none saved, or the last one expired),
 /// 20 `consensus loaded` (or `directory loaded` without a network), 40 `building first
-/// circuit`, 100 `ready` (a circuit is built; SOCKS requests are served).
+/// circuit`, 100 `ready` (a circuit is built; SOCKS requests are served); back to 40
+/// `not ready: N of M relays unreachable` when, after being ready, pool circuits keep
+/// failing (`docs/protocol.md` §9.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Bootstrap {
     /// 0..=100.

@@ -31,8 +31,8 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use anonnet_dht::{
-    descriptor_key, verify_record_for, Contact, Insert, Lookup, LookupKind, LookupResult,
-    RoutingTable, Storage, StorageCounters, StorageLimits, K,
+    descriptor_key, verify_record_for, Contact, Insert, LoadReport, Lookup, LookupKind,
+    LookupResult, RoutingTable, Storage, StorageCounters, StorageLimits, K,
 };
 
 /// How long one DHT request may take (seconds) before it counts as failed.
@@ -183,6 +183,31 @@ impl DhtNode {
     /// The routing table in its persisted form (`RoutingTable::to_persisted`).
     pub fn persisted(&self) -> Vec<u8> {
         lock(&self.table).to_persisted()
+    }
+
+    /// The records this node stores, valid at `now_unix` (Unix seconds), in the persisted
+    /// form of §11.7.1 (`Storage::to_persisted`); `None` in client mode.
+    pub fn persisted_records(&self, now_unix: u64) -> Option<Vec<u8>> {
+        self.storage
+            .as_ref()
+            .map(|s| lock(s).to_persisted(now_unix))
+    }
+
+    /// Store the records of `bytes` (§11.7.1) again, each checked as a `STORE` is (with the
+    /// name authorities set by [`DhtNode::set_name_authorities`], so set them first) and
+    /// within the storage bounds. A client-mode node loads nothing.
+    ///
+    /// # Errors
+    /// The [`anonnet_wire::WireError`] of a file that does not parse; nothing is stored.
+    pub fn load_records(
+        &self,
+        bytes: &[u8],
+        now_unix: u64,
+    ) -> Result<LoadReport, anonnet_wire::WireError> {
+        match &self.storage {
+            Some(s) => lock(s).load_persisted(bytes, now_unix),
+            None => Ok(LoadReport::default()),
+        }
     }
 
     /// Storage counters (all zero in client mode).

@@ -10,11 +10,12 @@ use anonnet_crypto::dark::{
 };
 use anonnet_crypto::hs::{self, HsError};
 use anonnet_crypto::{verify_descriptor, DescriptorError, NodeId};
+use anonnet_wire::dht::MAX_RECORD_LEN;
 use anonnet_wire::dht::{
     Record, RecordKind, StoreStatus, MAX_RECORDS, REJECT_INVALID, REJECT_STALE, REJECT_TAKEN,
 };
 use anonnet_wire::hs::{DarkRecord, HsDescriptor};
-use anonnet_wire::{SignedDescriptor, WireError};
+use anonnet_wire::{Reader, SignedDescriptor, WireError, Writer};
 
 use crate::descriptor_key;
 
@@ -24,6 +25,77 @@ use crate::descriptor_key;
 pub const MAX_RECORD_TTL: u64 = 3 * 86_400;
 /// Most peers whose request rate [`Storage::allow_request`] tracks at once.
 pub const MAX_RATE_PEERS: usize = 4096;
+
+/// First 16 bytes of [`Storage::to_persisted`] (§11.7.1).
+pub const PERSISTED_MAGIC: &[u8; 16] = b"anonnet-records1";
+/// Most entries [`decode_persisted`] reads: the default [`StorageLimits::total`].
+pub const MAX_PERSISTED_RECORDS: usize = 10_000;
+
+/// One record of a persisted store (§11.7.1), not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedRecord {
+    /// The DHT key it is stored under.
+    pub key: [u8; 32],
+    /// The peer it was attributed to (per-peer bound), as when it was stored.
+    pub from: NodeId,
+    /// The record.
+    pub record: Record,
+}
+
+/// Parse [`Storage::to_persisted`] output: `magic [16] ‖ count u32 ‖ count × (key [32] ‖
+/// from [32] ‖ kind u8 ‖ len u16 ‖ body [len])`, §11.7.1. Nothing is verified here: load
+/// each entry with [`Storage::store`] (or [`Storage::load_persisted`]), which checks it as a
+/// `STORE`.
+///
+/// # Errors
+/// [`WireError`] when the magic is wrong, `count` exceeds [`MAX_PERSISTED_RECORDS`], an
+/// entry is truncated or has an unknown kind or a body over 4096 bytes, or bytes trail.
+pub fn decode_persisted(bytes: &[u8]) -> Result<Vec<PersistedRecord>, WireError> {
+    let mut r = Reader::new(bytes);
+    if r.take(PERSISTED_MAGIC.len())? != PERSISTED_MAGIC {
+        return Err(WireError::Invalid {
+            field: "persisted records",
+            why: "not an anonnet record store (wrong magic)",
+        });
+    }
+    let count = usize::try_from(r.take_u32()?).unwrap_or(usize::MAX);
+    if count > MAX_PERSISTED_RECORDS {
+        return Err(WireError::Invalid {
+            field: "persisted records",
+            why: "more than 10 000 records",
+        });
+    }
+    let mut out = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let key = r.take_array::<32>()?;
+        let from = NodeId(r.take_array::<32>()?);
+        let kind = RecordKind::from_byte(r.take_u8()?)?;
+        let len = usize::from(r.take_u16()?);
+        if len > MAX_RECORD_LEN {
+            return Err(WireError::Invalid {
+                field: "persisted record",
+                why: "body longer than 4096 bytes",
+            });
+        }
+        let body = r.take(len)?.to_vec();
+        out.push(PersistedRecord {
+            key,
+            from,
+            record: Record { kind, body },
+        });
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+/// What [`Storage::load_persisted`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Entries the file held.
+    pub read: usize,
+    /// Entries stored again (they passed every check of a `STORE`).
+    pub loaded: usize,
+}
 
 /// Why a record is not acceptable (for logs and for readers of `VALUE` answers).
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -455,6 +527,55 @@ impl Storage {
         }
     }
 
+    /// The records valid at `now_unix` (Unix seconds) in the form [`decode_persisted`]
+    /// reads (§11.7.1): at most [`StorageLimits::total`] (and [`MAX_PERSISTED_RECORDS`])
+    /// entries, each at most 4096 body bytes, so at most about 41 MB at the default bound.
+    pub fn to_persisted(&self, now_unix: u64) -> Vec<u8> {
+        let live: Vec<(&[u8; 32], &Stored)> = self
+            .by_key
+            .iter()
+            .flat_map(|(k, list)| list.iter().map(move |s| (k, s)))
+            .filter(|(_, s)| s.expires > now_unix && s.record.body.len() <= MAX_RECORD_LEN)
+            .take(self.limits.total.min(MAX_PERSISTED_RECORDS))
+            .collect();
+        let mut w = Writer::new();
+        w.put(PERSISTED_MAGIC);
+        w.put_u32(u32::try_from(live.len()).unwrap_or(0));
+        for (key, s) in live {
+            w.put(key);
+            w.put(s.from.as_bytes());
+            w.put_u8(s.record.kind.to_byte());
+            // Bounded by MAX_RECORD_LEN (4096) above.
+            w.put_u16(s.record.body.len() as u16);
+            w.put(&s.record.body);
+        }
+        w.into_vec()
+    }
+
+    /// Store every record of `bytes` ([`Storage::to_persisted`] output) again as though
+    /// each arrived in a `STORE` from the peer it was attributed to, at `now_unix` (Unix
+    /// seconds): verified again (signature, expiry, key, authority receipts of `.dark`
+    /// records when [`Storage::set_name_authorities`] was called first), and subject to
+    /// every bound. Records that fail are skipped (counted in the storage counters as a
+    /// refused `STORE` would be).
+    ///
+    /// # Errors
+    /// [`WireError`] when `bytes` does not parse ([`decode_persisted`]); nothing is stored
+    /// then.
+    pub fn load_persisted(&mut self, bytes: &[u8], now_unix: u64) -> Result<LoadReport, WireError> {
+        let entries = decode_persisted(bytes)?;
+        let mut report = LoadReport {
+            read: entries.len(),
+            loaded: 0,
+        };
+        for e in entries {
+            if self.store(e.from, e.key, e.record, now_unix).is_ok() {
+                report.loaded += 1;
+            }
+        }
+        Ok(report)
+    }
+
     /// Records held (expired ones included until [`Storage::expire`] runs).
     pub fn len(&self) -> usize {
         self.total
@@ -865,6 +986,94 @@ mod tests {
         let (_, owner2) = with_receipts(1, NOW - 50, &[0, 2]);
         assert!(verify_record_for(&key, &owner2, NOW, Some(&other)).is_err());
         assert!(verify_record_for(&key, &owner2, NOW, Some(&names)).is_ok());
+    }
+
+    #[test]
+    fn persisted_records_load_again_and_are_verified_again() {
+        use anonnet_crypto::dark::NameAuthorities;
+        let mut s = Storage::new(StorageLimits::default());
+        let (k1, r1) = rec(1, NOW - 100);
+        let (k2, r2) = hs_record(5);
+        let (k3, r3) = dark_record(1, "example", NOW - 100);
+        s.store(peer(1), k1, r1.clone(), NOW).unwrap();
+        s.store(peer(2), k2, r2.clone(), NOW).unwrap();
+        s.store(peer(2), k3, r3.clone(), NOW).unwrap();
+        let bytes = s.to_persisted(NOW);
+        assert!(bytes.starts_with(PERSISTED_MAGIC));
+        assert_eq!(decode_persisted(&bytes).unwrap().len(), 3);
+
+        let mut back = Storage::new(StorageLimits::default());
+        let report = back.load_persisted(&bytes, NOW + 10).unwrap();
+        assert_eq!(report, LoadReport { read: 3, loaded: 3 });
+        assert_eq!(back.get(&k1, NOW + 10), vec![r1]);
+        assert_eq!(back.get(&k2, NOW + 10), vec![r2]);
+        assert_eq!(back.get(&k3, NOW + 10), vec![r3]);
+        // The per-peer attribution survives: peer 2 holds two of its 64.
+        assert_eq!(back.peer_count(&peer(2)), 2);
+
+        // Loaded after the hidden-service descriptor (3 h) expired: skipped.
+        let mut later = Storage::new(StorageLimits::default());
+        let report = later.load_persisted(&bytes, NOW + 4 * 3600).unwrap();
+        assert_eq!(report, LoadReport { read: 3, loaded: 2 });
+        assert!(later.get(&k2, NOW + 4 * 3600).is_empty());
+
+        // A network that needs authority receipts: the receipt-less name is dropped.
+        let mut strict = Storage::new(StorageLimits::default());
+        strict.set_name_authorities(Some(NameAuthorities {
+            network_id: [7; 32],
+            identities: vec![identity(500).public()],
+            needed: 1,
+        }));
+        let report = strict.load_persisted(&bytes, NOW + 10).unwrap();
+        assert_eq!(report, LoadReport { read: 3, loaded: 2 });
+        assert!(strict.get(&k3, NOW + 10).is_empty());
+
+        // A record whose body was altered on disk fails its signature and is skipped.
+        let mut tampered = bytes.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let mut t = Storage::new(StorageLimits::default());
+        assert_eq!(t.load_persisted(&tampered, NOW + 10).unwrap().loaded, 2);
+        assert_eq!(t.counters().rejected_invalid, 1);
+
+        // A small bound: only that many get back in.
+        let mut small = Storage::new(StorageLimits {
+            total: 1,
+            ..StorageLimits::default()
+        });
+        assert_eq!(small.load_persisted(&bytes, NOW + 10).unwrap().loaded, 1);
+        assert_eq!(small.len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_persisted_store_is_an_error_and_stores_nothing() {
+        let mut s = Storage::new(StorageLimits::default());
+        let (k1, r1) = rec(1, NOW - 100);
+        s.store(peer(1), k1, r1, NOW).unwrap();
+        let bytes = s.to_persisted(NOW);
+        let mut empty = Storage::new(StorageLimits::default());
+        for bad in [
+            &b""[..],
+            &b"not a record store at all"[..],
+            &bytes[..bytes.len() - 1],
+            &[bytes.as_slice(), &[0]].concat()[..],
+        ] {
+            assert!(empty.load_persisted(bad, NOW).is_err());
+        }
+        // A count over the bound is refused before anything is read.
+        let mut huge = PERSISTED_MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_persisted(&huge).is_err());
+        assert!(empty.is_empty());
+        // Expired records are not written.
+        let (k2, r2) = rec(2, NOW - 100);
+        s.store(peer(1), k2, r2, NOW).unwrap();
+        assert_eq!(
+            decode_persisted(&s.to_persisted(NOW + 86_400))
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod exit_policy;
 mod hs;
 pub mod keystore;
 pub mod onion_keys;
+mod records;
 mod squat;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 pub use exit_policy::{Action, ExitPolicy, ExitRule};
+pub use records::{DHT_RECORDS_FILE, HSDIR_RECORDS_FILE, RECORDS_SAVE_EVERY};
 
 /// How long a relay descriptor is valid (seconds): 24 hours.
 pub const DESCRIPTOR_LIFETIME: u64 = 24 * 3600;
@@ -530,6 +532,8 @@ impl Relay {
                 shared.dht.set_name_authorities(network.name_authorities());
             }
         }
+        // After the name authorities: loaded `.dark` records must carry their receipts.
+        records::load_dht_records(&shared, &config.data_dir);
         let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor.clone());
         if let Some(network) = &config.network {
             tasks.spawn(directory::upload_descriptors(
@@ -900,6 +904,7 @@ async fn maintenance(
     descriptor_tx: tokio::sync::watch::Sender<SignedDescriptor>,
 ) {
     let stats_file = config.data_dir.join("stats.json");
+    let mut records = records::RecordKeeper::new(&config.data_dir);
     let mut last = serde_json::Value::Null;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut refresh = tokio::time::interval(DESCRIPTOR_REFRESH);
@@ -908,8 +913,12 @@ async fn maintenance(
     tokio::pin!(onion_check);
     loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => break,
+            () = shared.shutdown.cancelled() => {
+                records.tick(&shared, true);
+                break;
+            }
             _ = tick.tick() => {
+                records.tick(&shared, false);
                 let mut now = shared.stats.to_json();
                 now["links_inbound"] = endpoint.inbound_links().into();
                 now["links_refused"] = endpoint.inbound_refused().into();

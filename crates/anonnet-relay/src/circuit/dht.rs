@@ -156,7 +156,9 @@ pub(super) async fn serve_dht_request(
     }
 }
 
-fn lock_hsdir(shared: &RelayShared) -> std::sync::MutexGuard<'_, anonnet_dht::storage::Storage> {
+pub(crate) fn lock_hsdir(
+    shared: &RelayShared,
+) -> std::sync::MutexGuard<'_, anonnet_dht::storage::Storage> {
     shared
         .hsdir
         .lock()
@@ -166,7 +168,12 @@ fn lock_hsdir(shared: &RelayShared) -> std::sync::MutexGuard<'_, anonnet_dht::st
 /// Keep a verified hidden-service descriptor (`record`, under its DHT index `key`) when
 /// this relay is one of its responsible HSDirs under the consensus it holds (§12.7).
 /// True when it is stored (or already was).
-fn store_as_hsdir(shared: &RelayShared, key: [u8; 32], record: Record, now: u64) -> bool {
+pub(crate) fn store_as_hsdir(
+    shared: &RelayShared,
+    key: [u8; 32],
+    record: Record,
+    now: u64,
+) -> bool {
     let Ok(desc) = anonnet_wire::hs::HsDescriptor::decode(&record.body) else {
         return false;
     };

@@ -159,6 +159,7 @@ mod leg;
 use self::core::*;
 use backward::*;
 use dht::*;
+pub(crate) use dht::{lock_hsdir, store_as_hsdir};
 use exit::*;
 pub(crate) use leg::serve_leg;
 use leg::*;

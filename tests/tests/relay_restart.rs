@@ -1,0 +1,286 @@
+//! Issue 18 items 3 and 4, end to end: every relay of a testnet is SIGKILLed and started
+//! again from its own data directory and config (`listen = "127.0.0.1:0"`, so on a new
+//! port). The running client fetches a page again within 60 s (it takes the new addresses
+//! from the next consensus), and `demo.dark` resolves from a fresh client within 60 s (the
+//! relays load the records they had stored, `dht-records` and `hsdir-records`,
+//! docs/protocol.md §11.7.1). The client's guard set does not grow because its guards moved.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anonnet_tests::{
+    anonnet_bin, cli_json, curl_socks, serve_files, spawn_lines, temp_dir, Testnet,
+};
+use bytes::Bytes;
+
+const PAGE: &[u8] = b"reached again after every relay moved\n";
+
+/// The restarted relays; killed when the test ends, however it ends.
+struct Relays(Vec<Child>);
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn sigkill(pid: u64) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "relay {pid} still alive after SIGKILL");
+}
+
+/// Start `anonnet relay --config CONFIG` and wait (at most 30 s) for its `RELAY ready`
+/// line; returns the child and its new address.
+fn start_relay(config: &Path) -> (Child, String) {
+    let log = config.parent().unwrap().join("relay-restarted.log");
+    let (child, rx) = spawn_lines(
+        Command::new(anonnet_bin())
+            .args(["relay", "--exit-with-parent", "--config"])
+            .arg(config)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap())),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{} not ready within 30 s", config.display()));
+        if let Some(rest) = line.strip_prefix("RELAY ready ") {
+            let addr = rest.split(' ').nth(1).unwrap().to_owned();
+            return (child, addr);
+        }
+    }
+}
+
+/// A client daemon with a fresh state directory `state` (listeners on free ports) on the
+/// testnet whose client config is `template`; returns it and its SOCKS address.
+fn start_fresh_client(template: &Path, state: &Path) -> (Child, std::net::SocketAddr) {
+    std::fs::create_dir_all(state).unwrap();
+    let config: String = std::fs::read_to_string(template)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("socks_listen") {
+                "socks_listen = \"127.0.0.1:0\"".to_owned()
+            } else if l.starts_with("http_listen") {
+                "http_listen = \"127.0.0.1:0\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = state.join("client.toml");
+    std::fs::write(&path, config).unwrap();
+    let (child, rx) = spawn_lines(
+        Command::new(anonnet_bin())
+            .args(["run", "--exit-with-parent", "--config"])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(state.join("client.log")).unwrap(),
+            )),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the fresh client prints SOCKS5 ready");
+        if let Some(addr) = line.strip_prefix("SOCKS5 ready on ") {
+            return (child, addr.trim().parse().unwrap());
+        }
+    }
+}
+
+/// Fetch `url` through `socks` until it succeeds or `within` has passed; the time it took,
+/// or every error.
+fn fetch_within(
+    socks: std::net::SocketAddr,
+    url: &str,
+    out: &Path,
+    within: Duration,
+) -> Result<Duration, Vec<String>> {
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    while started.elapsed() < within {
+        let (code, err) = curl_socks(socks, url, out);
+        if code == 0 {
+            return Ok(started.elapsed());
+        }
+        errors.push(format!("{:?}: curl exit {code}: {err}", started.elapsed()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(errors)
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_relay_restarted_on_a_new_port_and_the_network_and_demo_dark_come_back() {
+    let dir = temp_dir("relay-restart");
+    let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
+    let root: PathBuf = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || run(&root, port))
+        .await
+        .unwrap();
+}
+
+fn run(dir: &Path, port: u16) {
+    let net = Testnet::start(5, dir);
+    let layout = net.layout();
+    let client_config = net.client_config();
+    let url = format!("http://127.0.0.1:{port}/");
+    let page = dir.join("page");
+
+    // Before: the page and demo.dark work, and the relays have written their stores.
+    fetch_within(net.socks, &url, &page, Duration::from_secs(30)).expect("page before");
+    fetch_within(
+        net.socks,
+        "http://demo.dark/",
+        &dir.join("demo"),
+        Duration::from_secs(60),
+    )
+    .expect("demo.dark before");
+    let relays: Vec<(u64, PathBuf, String)> = layout["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let name = r["name"].as_str().unwrap();
+            (
+                r["pid"].as_u64().unwrap(),
+                dir.join(name).join("relay.toml"),
+                r["addr"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let saved = |file: &str| {
+        relays
+            .iter()
+            .filter(|(_, config, _)| file_len(&config.parent().unwrap().join(file)) > 20)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (saved("dht-records") == 0 || saved("hsdir-records") == 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(saved("dht-records") > 0, "no relay wrote dht-records");
+    assert!(saved("hsdir-records") > 0, "no relay wrote hsdir-records");
+    let guards_before = cli_json(&["status"], &client_config)["guards"].clone();
+    eprintln!("guards before: {guards_before}");
+
+    // Every relay crashes and comes back from its own data directory on a new port.
+    for (pid, _, _) in &relays {
+        sigkill(*pid);
+    }
+    let restarted_at = Instant::now();
+    let mut children = Relays(Vec::new());
+    for (_, config, old) in &relays {
+        let (child, addr) = start_relay(config);
+        assert_ne!(&addr, old, "a new port");
+        children.0.push(child);
+    }
+    eprintln!("relays restarted in {:?}", restarted_at.elapsed());
+
+    // The running client fetches the page again within 60 s; meanwhile its status says
+    // it is not ready rather than 100 %.
+    let mut phases: Vec<String> = Vec::new();
+    let started = Instant::now();
+    let mut recovered = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let (code, _) = curl_socks(net.socks, &url, &page);
+        if code == 0 {
+            recovered = Some(restarted_at.elapsed());
+            break;
+        }
+        let s = cli_json(&["status"], &client_config);
+        let phase = format!(
+            "{} % {}",
+            s["bootstrap"]["percent"], s["bootstrap"]["phase"]
+        );
+        if phases.last() != Some(&phase) {
+            phases.push(phase);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let recovered = recovered.unwrap_or_else(|| {
+        panic!("the running client did not recover within 60 s; its phases: {phases:?}")
+    });
+    assert_eq!(std::fs::read(&page).unwrap(), PAGE);
+    eprintln!(
+        "running client: page again {recovered:?} after the restart; phases meanwhile: {phases:?}"
+    );
+    // Not 100 % "ready" all along: "not ready: N of M relays unreachable", or "fetching
+    // consensus" when the one it held expired meanwhile (a testnet's lasts 3 periods, 12 s).
+    if recovered > Duration::from_secs(10) {
+        assert!(
+            phases.iter().any(|p| !p.starts_with("100 ")),
+            "while no circuit could be built the status said {phases:?}"
+        );
+    }
+
+    // demo.dark resolves from a fresh client within 60 s of the restart.
+    let (mut fresh, socks) = start_fresh_client(&client_config, &dir.join("fresh-client"));
+    let left = Duration::from_secs(60).saturating_sub(restarted_at.elapsed());
+    let got = fetch_within(socks, "http://demo.dark/", &dir.join("demo2"), left);
+    let _ = fresh.kill();
+    let _ = fresh.wait();
+    got.unwrap_or_else(|e| panic!("demo.dark from a fresh client within 60 s: {e:?}"));
+    eprintln!(
+        "fresh client: demo.dark {:?} after the restart",
+        restarted_at.elapsed()
+    );
+
+    // The relays loaded what they had stored (verified again).
+    let logs: String = relays
+        .iter()
+        .map(|(_, c, _)| {
+            std::fs::read_to_string(c.parent().unwrap().join("relay-restarted.log"))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        logs.contains("loaded stored DHT records"),
+        "a relay loaded its DHT records"
+    );
+    assert!(
+        logs.contains("loaded stored hidden-service descriptors"),
+        "a relay loaded its HSDir records"
+    );
+
+    // The client is ready again, and its guards are the ones it had.
+    let status = cli_json(&["status"], &client_config);
+    assert_eq!(status["bootstrap"]["percent"], 100, "{status}");
+    let guards_after = status["guards"].clone();
+    eprintln!("guards after: {guards_after}");
+    assert_eq!(
+        guards_after, guards_before,
+        "the guard set did not change because its guards moved"
+    );
+    drop(children);
+}
