@@ -231,6 +231,50 @@ impl Drop for Testnet {
     }
 }
 
+/// Start a client daemon with a fresh state directory `state` on the testnet whose client
+/// config is `template` (its listeners moved to free ports, its log `state/client.log`);
+/// returns it and its SOCKS address once it prints `SOCKS5 ready` (at most 120 s). The
+/// caller kills and waits for the child.
+#[allow(clippy::zombie_processes)]
+pub fn start_fresh_client(template: &Path, state: &Path) -> (Child, SocketAddr) {
+    std::fs::create_dir_all(state).unwrap();
+    let config: String = std::fs::read_to_string(template)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("socks_listen") {
+                "socks_listen = \"127.0.0.1:0\"".to_owned()
+            } else if l.starts_with("http_listen") {
+                "http_listen = \"127.0.0.1:0\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = state.join("client.toml");
+    std::fs::write(&path, config).unwrap();
+    let (child, rx) = spawn_lines(
+        Command::new(anonnet_bin())
+            .args(["run", "--exit-with-parent", "--config"])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(state.join("client.log")).unwrap(),
+            )),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the fresh client prints SOCKS5 ready");
+        if let Some(addr) = line.strip_prefix("SOCKS5 ready on ") {
+            return (child, addr.trim().parse().unwrap());
+        }
+    }
+}
+
 /// Every `*.log` file under `dir` (a testnet directory: relays, authorities, client,
 /// service), for tests that check what the logs say.
 pub fn log_files(dir: &Path) -> Vec<PathBuf> {

@@ -10,7 +10,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anonnet_tests::{anonnet_bin, curl_socks, socks_connect_reply, spawn_lines, temp_dir, Testnet};
+use anonnet_tests::{
+    anonnet_bin, curl_socks, socks_connect_reply, spawn_lines, start_fresh_client, temp_dir,
+    Testnet,
+};
 
 const PAGE: &str = "Hello from the anonnet testnet";
 
@@ -216,47 +219,6 @@ fn stop_service(pid: u64) {
     }
 }
 
-/// Start a client daemon with a fresh state directory `state` on the testnet whose client
-/// config is `template` (listeners on free ports); returns it and its SOCKS address. The
-/// caller kills and waits for the child.
-#[allow(clippy::zombie_processes)]
-fn start_fresh_client(template: &str, state: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    std::fs::create_dir_all(state).unwrap();
-    let config: String = std::fs::read_to_string(template)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("socks_listen") {
-                "socks_listen = \"127.0.0.1:0\"".to_owned()
-            } else if l.starts_with("http_listen") {
-                "http_listen = \"127.0.0.1:0\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = state.join("client.toml");
-    std::fs::write(&path, config).unwrap();
-    let (child, rx) = spawn_lines(
-        Command::new(anonnet_bin())
-            .args(["run", "--exit-with-parent", "--config"])
-            .arg(&path)
-            .stdin(Stdio::piped())
-            .stderr(log_file(&path, "client.log")),
-    );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the fresh client prints SOCKS5 ready");
-        if let Some(addr) = line.strip_prefix("SOCKS5 ready on ") {
-            return (child, addr.trim().parse().unwrap());
-        }
-    }
-}
-
 /// Fetch `url` through the SOCKS proxy at `socks` once; the body, or curl's error.
 fn fetch_once(
     socks: std::net::SocketAddr,
@@ -327,7 +289,7 @@ fn withholding_and_stale_hsdirs_neither_hide_the_service_nor_hold_back_a_new_des
     // through at its first attempt.
     for round in 0..3 {
         let state = dir.join(format!("fresh-client-{round}"));
-        let (mut client, socks) = start_fresh_client(&client_config, &state);
+        let (mut client, socks) = start_fresh_client(std::path::Path::new(&client_config), &state);
         let started = Instant::now();
         let got = fetch_once(socks, &url, &state.join("page.html"));
         let took = started.elapsed();

@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anonnet_tests::{
-    anonnet_bin, cli_json, curl_socks, serve_files, spawn_lines, temp_dir, Testnet,
+    anonnet_bin, cli_json, curl_socks, serve_files, spawn_lines, start_fresh_client, temp_dir,
+    Testnet,
 };
 use bytes::Bytes;
 
@@ -70,47 +71,6 @@ fn start_relay(config: &Path) -> (Child, String) {
         if let Some(rest) = line.strip_prefix("RELAY ready ") {
             let addr = rest.split(' ').nth(1).unwrap().to_owned();
             return (child, addr);
-        }
-    }
-}
-
-/// A client daemon with a fresh state directory `state` (listeners on free ports) on the
-/// testnet whose client config is `template`; returns it and its SOCKS address.
-fn start_fresh_client(template: &Path, state: &Path) -> (Child, std::net::SocketAddr) {
-    std::fs::create_dir_all(state).unwrap();
-    let config: String = std::fs::read_to_string(template)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("socks_listen") {
-                "socks_listen = \"127.0.0.1:0\"".to_owned()
-            } else if l.starts_with("http_listen") {
-                "http_listen = \"127.0.0.1:0\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = state.join("client.toml");
-    std::fs::write(&path, config).unwrap();
-    let (child, rx) = spawn_lines(
-        Command::new(anonnet_bin())
-            .args(["run", "--exit-with-parent", "--config"])
-            .arg(&path)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(state.join("client.log")).unwrap(),
-            )),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the fresh client prints SOCKS5 ready");
-        if let Some(addr) = line.strip_prefix("SOCKS5 ready on ") {
-            return (child, addr.trim().parse().unwrap());
         }
     }
 }
