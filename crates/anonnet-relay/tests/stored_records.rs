@@ -9,28 +9,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anonnet_crypto::{sign_descriptor, IdentityKey};
 use anonnet_dht::storage::PERSISTED_MAGIC;
-use anonnet_relay::{Limits, Relay, RelayConfig, DHT_RECORDS_FILE};
+use anonnet_relay::{Relay, DHT_RECORDS_FILE};
 use anonnet_wire::dht::Record;
 use anonnet_wire::{HandshakeSet, RelayDescriptor};
 
+mod common;
+
 async fn start(dir: &Path) -> Relay {
-    Relay::start(RelayConfig {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
-        exit_policy: None,
-        guard: false,
-        circuit_handshakes: HandshakeSet::ALL,
-        bandwidth: 1,
-        descriptor_file: None,
-        limits: Limits::default(),
-        dht_bootstrap: Vec::new(),
-        network: None,
-        hsdir_behaviour: Default::default(),
-        squat_dark_name: None,
-    })
-    .await
-    .unwrap()
+    Relay::start(common::relay_config(dir)).await.unwrap()
 }
 
 /// A relay-descriptor record of the relay with identity seed `seed`, and its DHT key.

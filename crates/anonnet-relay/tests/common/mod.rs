@@ -39,15 +39,28 @@ pub async fn exit_relay(name: &str) -> TestRelay {
         .tempdir()
         .unwrap();
     let relay = Relay::start(RelayConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
         exit_policy: Some(ExitPolicy::with_rules(vec![ExitRule {
             action: Action::Accept,
             net: "127.0.0.0/8".parse().unwrap(),
             ports: PortRange::ALL,
         }])),
         guard: true,
+        ..relay_config(dir.path())
+    })
+    .await
+    .unwrap();
+    TestRelay { relay, _dir: dir }
+}
+
+/// The config of a plain relay (no exit, no guard, no network) on 127.0.0.1:0 keeping its
+/// data in `data_dir`.
+pub fn relay_config(data_dir: &std::path::Path) -> RelayConfig {
+    RelayConfig {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        exit_policy: None,
+        guard: false,
         circuit_handshakes: anonnet_wire::HandshakeSet::ALL,
         bandwidth: 1,
         descriptor_file: None,
@@ -56,10 +69,7 @@ pub async fn exit_relay(name: &str) -> TestRelay {
         network: None,
         hsdir_behaviour: Default::default(),
         squat_dark_name: None,
-    })
-    .await
-    .unwrap();
-    TestRelay { relay, _dir: dir }
+    }
 }
 
 /// Open a leg to `relay` and send a type-1 `CREATE` naming `onion_key`; returns the leg,
