@@ -1066,15 +1066,18 @@ impl Service {
         Ok(stored)
     }
 
-    /// Register the `.dark` name (proof of work in a blocking task) and keep it fresh.
-    async fn publish_name(self: Arc<Self>) {
-        let Some(name) = self
-            .hosted
+    /// The service's `.dark` name, when it has a valid one (§12.5).
+    fn dark_name(&self) -> Option<DarkName> {
+        self.hosted
             .config
             .dark_name
             .as_deref()
             .and_then(|n| DarkName::parse(n).ok())
-        else {
+    }
+
+    /// Register the `.dark` name (proof of work in a blocking task) and keep it fresh.
+    async fn publish_name(self: Arc<Self>) {
+        let Some(name) = self.dark_name() else {
             return;
         };
         let owner = self.dark_owner();
@@ -1210,13 +1213,7 @@ impl Service {
     /// Whether the DHT returns a valid `.dark` record of this service's owner key for its
     /// name (§12.5), asked through a circuit (§13.6).
     async fn own_name_found(&self, client: &Client) -> bool {
-        let Some(name) = self
-            .hosted
-            .config
-            .dark_name
-            .as_deref()
-            .and_then(|n| DarkName::parse(n).ok())
-        else {
+        let Some(name) = self.dark_name() else {
             return true;
         };
         let Ok(circuit) = client.build_internal(None, &[]).await else {
