@@ -21,6 +21,21 @@ fn status_json(config: &str) -> serde_json::Value {
     anonnet_tests::cli_json(&["status"], std::path::Path::new(config))
 }
 
+/// How many of the testnet's directory authorities (under `dir`) hold `demo` in their
+/// name registry (`auth-*/names`, §12.5 "Registration"), and how many there are.
+fn registrations(dir: &std::path::Path) -> (usize, usize) {
+    let registries: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let is_authority = path.file_name()?.to_str()?.starts_with("auth-");
+            is_authority.then(|| std::fs::read_to_string(path.join("names")).unwrap_or_default())
+        })
+        .collect();
+    let registered = registries.iter().filter(|r| r.contains("demo")).count();
+    (registered, registries.len())
+}
+
 /// Fetch `url` through SOCKS, trying up to `tries` times; returns the body and the time
 /// of the successful attempt.
 fn fetch(net: &Testnet, url: &str, tries: usize) -> (String, Duration) {
@@ -116,19 +131,10 @@ fn hidden_service_by_address_and_name_survives_a_restart() {
     // The name resolved because a majority of the authorities registered it to the
     // service's owner key (relays and clients refuse records without their receipts);
     // each authority keeps its registry in `names` (§12.5 "Registration").
-    let registries: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let is_authority = path.file_name()?.to_str()?.starts_with("auth-");
-            is_authority.then(|| std::fs::read_to_string(path.join("names")).unwrap_or_default())
-        })
-        .collect();
-    let registered = registries.iter().filter(|r| r.contains("demo")).count();
+    let (registered, authorities) = registrations(&dir);
     assert!(
-        registered * 2 > registries.len(),
-        "demo registered at {registered} of {} authorities",
-        registries.len()
+        registered * 2 > authorities,
+        "demo registered at {registered} of {authorities} authorities"
     );
 
     // No DHT value lookup left the client's own QUIC endpoint: every descriptor and name
@@ -369,6 +375,21 @@ fn a_squatting_relay_cannot_take_a_registered_name() {
         invalid(&stats)
     );
 
+    // The service registers its name with the authorities after the testnet is ready:
+    // wait (bounded) until a majority holds it, so the fetch below tests the squatter, not
+    // the race with the registration.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (registered, authorities) = registrations(&dir);
+        if registered * 2 > authorities {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "demo registered at {registered} of {authorities} authorities after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The client has never resolved the name: no pin protects it, only the receipts.
     let (body, took) = fetch(&net, &format!("http://{name}/"), 3);
     assert!(body.contains(PAGE), "{body}");
