@@ -401,6 +401,11 @@ mod tests {
                     "e5f6a7b8".repeat(8),
                     "01234567".repeat(8),
                 ],
+                addresses: vec![
+                    "10.1.0.1:4000".into(),
+                    "10.2.0.1:4000".into(),
+                    "10.3.0.1:4000".into(),
+                ],
                 age_secs: 65.2,
                 build_ms: 4.25,
                 streams: 1,

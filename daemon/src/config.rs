@@ -47,6 +47,11 @@ pub const MAX_TESTNET_RELAYS: usize = 64;
 /// other private range; public addresses stay allowed).
 pub const TESTNET_EXIT_POLICY: &[&str] = &["accept 127.0.0.0/8:*", "accept [::1]/128:*"];
 
+/// Exit policy of `anonnet testnet --wan`'s relays: the emulated hosts' 10.0.0.0/8 (the
+/// demo site and every process each have an address in it; nothing there is routed
+/// outside the machine).
+pub const TESTNET_WAN_EXIT_POLICY: &[&str] = &["accept 10.0.0.0/8:*"];
+
 /// The allowed forms of an exit policy line, quoted in errors.
 const POLICY_SYNTAX: &str = "expected \"accept|reject NET:PORTS\" where NET is a CIDR \
      (10.0.0.0/8, [fd00::]/8), a bare IP (1.2.3.4, [::1]) or * (any; *4 / *6 for one \

@@ -171,6 +171,7 @@ fn control_status(s: ClientStatus) -> Status {
             .map(|c| CircuitInfo {
                 id: c.id,
                 path: c.path,
+                addresses: c.addresses,
                 age_secs: c.age_secs,
                 build_ms: c.build_ms,
                 streams: c.streams,
@@ -264,6 +265,7 @@ mod tests {
             circuits: vec![ClientCircuit {
                 id: 9,
                 path: vec!["ab".repeat(32); 3],
+                addresses: vec!["10.1.0.1:4000".into(); 3],
                 age_secs: 1.5,
                 build_ms: 4.0,
                 streams: 2,

@@ -18,6 +18,7 @@ mod services;
 mod shutdown;
 mod site;
 mod testnet;
+mod wan;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -165,6 +166,16 @@ enum Command {
         /// even when idle (its `pow_min_effort`), so clients solve puzzles of it.
         #[arg(long, value_name = "EFFORT", default_value_t = 0)]
         service_pow_effort: u32,
+        /// Put every process in its own network namespace on an address in its own /16 of
+        /// 10.0.0.0/8, joined by emulated links: "lan" (1 ms, 1 Gbit/s), "broadband"
+        /// (5-40 ms per host, 100 Mbit/s, 0.1 % loss) or "lossy" (as broadband, 2 % loss,
+        /// 20 Mbit/s). Needs root and vde2; the proxies stay reachable on loopback.
+        #[arg(long, value_name = "PROFILE", value_parser = wan::WanProfile::parse)]
+        wan: Option<wan::WanProfile>,
+        /// Seed of the per-host link delays of --wan [default: random; printed in
+        /// testnet.json].
+        #[arg(long, value_name = "N", requires = "wan")]
+        wan_seed: Option<u64>,
     },
     /// Look a host name up (or an address's name) through the network, as
     /// `tor-resolve` does: the running daemon's exit answers; nothing is resolved here.
@@ -345,6 +356,8 @@ fn main() -> ExitCode {
                 stale_hsdirs,
                 squatting_relays,
                 service_pow_effort,
+                wan,
+                wan_seed,
             } => {
                 let shape = testnet::NetworkShape {
                     authorities: authorities.unwrap_or(testnet::DEFAULT_AUTHORITIES),
@@ -360,6 +373,10 @@ fn main() -> ExitCode {
                 } else {
                     "hybrid"
                 };
+                let wan = wan.map(|profile| testnet::WanOptions {
+                    profile,
+                    seed: wan_seed.unwrap_or_else(rand::random),
+                });
                 run_testnet(
                     relays,
                     shape,
@@ -370,6 +387,7 @@ fn main() -> ExitCode {
                     config,
                     cli.log_level,
                     metrics,
+                    wan,
                 )
                 .await
             }
@@ -681,6 +699,7 @@ async fn run_testnet(
     config: Option<PathBuf>,
     log_level: Option<LogLevel>,
     metrics: bool,
+    wan: Option<testnet::WanOptions>,
 ) -> Result<(), Error> {
     let mut shutdown = Shutdown::new(false).map_err(Error::io("signal handlers"))?;
     let file = match &config {
@@ -698,15 +717,18 @@ async fn run_testnet(
         http: http.or(file.http_listen).unwrap_or(default_http),
         dir: dir.or(file.dir),
         exit_policy: file.exit_policy.unwrap_or_else(|| {
-            config::TESTNET_EXIT_POLICY
-                .iter()
-                .map(|l| (*l).to_owned())
-                .collect()
+            let policy = if wan.is_some() {
+                config::TESTNET_WAN_EXIT_POLICY
+            } else {
+                config::TESTNET_EXIT_POLICY
+            };
+            policy.iter().map(|l| (*l).to_owned()).collect()
         }),
         log_level: log_level.map(LogLevel::as_str),
         shape,
         circuit_handshake,
         metrics,
+        wan,
     };
     testnet::run(options, &mut shutdown).await
 }

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::shutdown::Shutdown;
 use crate::site::DemoSite;
+use crate::wan::{Host, Wan, WanProfile};
 use crate::{create_private_dir, print_line, Error};
 use anonnet_daemon::config::{listeners_clash, toml_string};
 
@@ -132,7 +133,25 @@ pub struct TestnetOptions {
     pub circuit_handshake: &'static str,
     /// `--metrics`: a Prometheus endpoint on every authority, relay and the client.
     pub metrics: bool,
+    /// `--wan PROFILE`: every process in its own network namespace behind an emulated
+    /// link (crate::wan), instead of all on 127.0.0.1.
+    pub wan: Option<WanOptions>,
 }
+
+/// The emulated WAN of `--wan`.
+#[derive(Debug, Clone, Copy)]
+pub struct WanOptions {
+    /// How the links behave.
+    pub profile: WanProfile,
+    /// Seed of the per-host delays (`--wan-seed`), so a run can be repeated.
+    pub seed: u64,
+}
+
+/// The port every authority listens on in its own namespace (a WAN testnet needs no free
+/// port search: each host has its own port space).
+const WAN_AUTHORITY_PORT: u16 = 7000;
+/// The demo site's port in its own namespace.
+const WAN_SITE_PORT: u16 = 80;
 
 /// What `--metrics` adds to a generated config: the endpoint on a free loopback port.
 const METRICS_SECTION: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
@@ -167,6 +186,8 @@ fn metrics_url(lines: &[String]) -> serde_json::Value {
 /// One child process of the testnet.
 struct ChildProc {
     name: String,
+    /// Its network namespace on a WAN testnet.
+    netns: Option<String>,
     log: PathBuf,
     child: Child,
     /// Held open while the child should run: closing it tells the child to exit.
@@ -187,6 +208,29 @@ impl ChildProc {
 struct Testnet {
     children: Vec<ChildProc>,
     site: Option<JoinHandle<()>>,
+    /// The emulated WAN (`--wan`), stopped after the children.
+    wan: Option<Wan>,
+}
+
+impl Testnet {
+    /// A namespace of its own for the process `name` when the testnet runs on an emulated
+    /// WAN; `None` on loopback.
+    async fn place(&mut self, name: &str) -> Result<Option<Host>, Error> {
+        match self.wan.as_mut() {
+            Some(wan) => wan.add_host(name).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The address a process on `host` listens on: its WAN address, or 127.0.0.1.
+fn host_ip(host: Option<&Host>) -> std::net::IpAddr {
+    host.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |h| h.addr.into())
+}
+
+/// `"netns"` of a process in `testnet.json` (null on loopback).
+fn netns_json(host: Option<&Host>) -> serde_json::Value {
+    host.map_or(serde_json::Value::Null, |h| h.netns.clone().into())
 }
 
 /// A relay's `RELAY ready` line.
@@ -273,6 +317,9 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     }
     let exe = std::env::current_exe().map_err(Error::io("finding the anonnet executable"))?;
     info!(dir = %dir.display(), relays = options.relays, "starting testnet");
+    if let Some(w) = options.wan {
+        net.wan = Some(Wan::start(&dir.join("wan"), w.profile, w.seed).await?);
+    }
 
     let (network_file, authorities_info) = start_authorities(&dir, &exe, options, net).await?;
 
@@ -288,12 +335,14 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         for i in wave {
             let rdir = dir.join(format!("relay-{i}"));
             create_private_dir(&rdir)?;
+            let host = net.place(&format!("relay-{i}")).await?;
             let config = rdir.join("relay.toml");
             write_file(
                 &config,
                 &with_metrics(
                     relay_toml(
                         i,
+                        SocketAddr::new(host_ip(host.as_ref()), 0),
                         &options.exit_policy,
                         &bootstrap,
                         &network_file,
@@ -305,6 +354,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
             )?;
             let child = spawn(
                 &exe,
+                host.as_ref(),
                 format!("relay-{i}"),
                 &["relay", "--config"],
                 &config,
@@ -343,6 +393,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
                 "hsdir_behaviour": options.shape.hsdir_behaviour(i, options.relays),
                 "squats": options.shape.squats(i),
                 "pid": child.pid(),
+                "netns": child.netns.clone(),
                 "node_id": relay.node_id,
                 "addr": relay.addr.to_string(),
                 "descriptor": relay.descriptor.display().to_string(),
@@ -352,15 +403,42 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         }
     }
 
-    let site = DemoSite::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .map_err(Error::io("binding the demo site on 127.0.0.1"))?;
+    let site_host = net.place("site").await?;
+    let site = match &site_host {
+        None => DemoSite::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(Error::io("binding the demo site on 127.0.0.1"))?,
+        Some(h) => {
+            let addr = SocketAddr::new(h.addr.into(), WAN_SITE_PORT);
+            let listener = crate::wan::in_netns(&h.netns, move || {
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })
+            .map_err(Error::io(format!(
+                "binding the demo site on {addr} in {}",
+                h.netns
+            )))?;
+            DemoSite::from_std(listener)
+                .map_err(Error::io(format!("serving the demo site on {addr}")))?
+        }
+    };
     let site_addr = site.local_addr();
     net.site = Some(tokio::spawn(site.serve()));
     info!(addr = %site_addr, "demo site listening");
 
     let cdir = dir.join("client");
     create_private_dir(&cdir)?;
+    let client_host = net.place("client").await?;
+    // On a WAN the proxies listen inside the client's namespace and are forwarded from
+    // the addresses asked for.
+    let auto = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (client_socks, client_http) = if client_host.is_some() {
+        (auto, auto)
+    } else {
+        (options.socks, options.http)
+    };
+    let same_subnet = options.wan.is_none();
     let config = cdir.join("client.toml");
     // The client knows the authorities (network.toml) and two fallback relays; the
     // consensus gives it the rest.
@@ -370,10 +448,11 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
         &with_metrics(
             with_handshake(
                 &client_toml(
-                    options.socks,
-                    options.http,
+                    client_socks,
+                    client_http,
                     &client_bootstrap,
                     &network_file,
+                    same_subnet,
                 ),
                 options.circuit_handshake,
             ),
@@ -383,6 +462,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     let client_log = cdir.join("client.log");
     let mut client = spawn(
         &exe,
+        client_host.as_ref(),
         "client".into(),
         &["run", "--config"],
         &config,
@@ -402,12 +482,12 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
     // The demo site as a hidden service, hosted by a daemon of its own.
     let sdir = dir.join("service");
     create_private_dir(&sdir)?;
+    let service_host = net.place("service").await?;
     let service_config = sdir.join("service.toml");
     let key_file = anonnet_daemon::config::default_service_key(&sdir, site_addr);
     let address = anonnet_client::host::load_or_create_key(&key_file)
         .map_err(|e| Error::Testnet(e.to_string()))?
         .address();
-    let auto = SocketAddr::from(([127, 0, 0, 1], 0));
     write_file(
         &service_config,
         &format!(
@@ -419,7 +499,7 @@ name = {}
 pow_min_effort = {}
 ",
             with_handshake(
-                &client_toml(auto, auto, &client_bootstrap, &network_file),
+                &client_toml(auto, auto, &client_bootstrap, &network_file, same_subnet),
                 options.circuit_handshake,
             )
             .replace(
@@ -435,6 +515,7 @@ control_listen = \"auto\""
     let service_log = sdir.join("service.log");
     let mut service = spawn(
         &exe,
+        service_host.as_ref(),
         "service".into(),
         &["run", "--config"],
         &service_config,
@@ -460,13 +541,24 @@ control_listen = \"auto\""
         "authorities": authorities_info,
         "relays": ready_info,
         "bootstrap": client_bootstrap.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
+        "wan": net.wan.as_ref().map_or(serde_json::Value::Null, |w| serde_json::json!({
+            "profile": w.profile().name(),
+            "seed": w.seed(),
+            "hosts": w.hosts().iter().map(Host::to_json).collect::<Vec<_>>(),
+        })),
+        "site": {
+            "addr": site_addr.to_string(),
+            "netns": netns_json(site_host.as_ref()),
+        },
         "client": {
             "pid": client_pid,
+            "netns": netns_json(client_host.as_ref()),
             "config": config.display().to_string(),
             "metrics": ready.as_ref().map_or(serde_json::Value::Null, |l| metrics_url(l)),
         },
         "service": {
             "pid": service_pid,
+            "netns": netns_json(service_host.as_ref()),
             "config": service_config.display().to_string(),
             "address": address.to_host(),
             "name": format!("{DEMO_NAME}.dark"),
@@ -486,23 +578,27 @@ control_listen = \"auto\""
                 ))
             })
     };
-    let socks = addr_in(SOCKS_READY)?;
-    let http = addr_in(HTTP_READY)?;
+    let mut socks = addr_in(SOCKS_READY)?;
+    let mut http = addr_in(HTTP_READY)?;
     service_ready?;
+    if let (Some(wan), Some(host)) = (net.wan.as_mut(), client_host.as_ref()) {
+        socks = wan.forward(options.socks, host, socks).await?;
+        http = wan.forward(options.http, host, http).await?;
+    }
 
     if let Some(line) = lines.iter().find(|l| l.starts_with(CONSENSUS_READY)) {
         print_line(line)?;
     }
     print_line(&format!("{SOCKS_READY}{socks}"))?;
-    print_line(&format!(
-        "curl --socks5-hostname {socks} http://localhost:{}/",
-        site_addr.port()
-    ))?;
+    // On loopback the exits may reach "localhost"; on a WAN the site has its own address.
+    let site_url = if site_host.is_some() {
+        format!("http://{site_addr}/")
+    } else {
+        format!("http://localhost:{}/", site_addr.port())
+    };
+    print_line(&format!("curl --socks5-hostname {socks} {site_url}"))?;
     print_line(&format!("{HTTP_READY}{http}"))?;
-    print_line(&format!(
-        "curl -x http://{http} http://localhost:{}/",
-        site_addr.port()
-    ))?;
+    print_line(&format!("curl -x http://{http} {site_url}"))?;
     if let Some(line) = lines.iter().find(|l| l.starts_with(crate::metrics::READY)) {
         print_line(line)?;
     }
@@ -513,8 +609,13 @@ control_listen = \"auto\""
     print_line(&format!(
         "curl --socks5-hostname {socks} http://{DEMO_NAME}.dark/"
     ))?;
+    // On a WAN the control API listens inside the client's namespace.
+    let in_ns = client_host
+        .as_ref()
+        .map(|h| format!("ip netns exec {} ", shell_word(&h.netns)))
+        .unwrap_or_default();
     print_line(&format!(
-        "anonnet --config {} status",
+        "{in_ns}anonnet --config {} status",
         shell_word(&config.display().to_string())
     ))?;
     print_line(&format!(
@@ -569,6 +670,7 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 
 fn relay_toml(
     i: usize,
+    listen: SocketAddr,
     exit_policy: &[String],
     dht_bootstrap: &[PathBuf],
     network: &Path,
@@ -587,7 +689,7 @@ fn relay_toml(
         "# Generated by `anonnet testnet` for relay-{i}. Paths are relative to this file.\n\
          [relay]\n\
          data_dir = \".\"\n\
-         listen = \"127.0.0.1:0\"\n\
+         listen = {}\n\
          guard = true\n\
          network = {}\n\
          test_hsdir_behaviour = {}\n\
@@ -599,6 +701,7 @@ fn relay_toml(
          \n\
          [dht]\n\
          bootstrap = [{}]\n",
+        toml_string(&listen.to_string()),
         toml_string(&network.display().to_string()),
         toml_string(hsdir_behaviour),
         policy.join(", "),
@@ -620,7 +723,14 @@ fn client_toml(
     http: SocketAddr,
     descriptors: &[PathBuf],
     network: &Path,
+    same_subnet: bool,
 ) -> String {
+    let same_subnet = if same_subnet {
+        "# Every testnet relay is on 127.0.0.1: allow one /16 in a path (test only).\n\
+         allow_same_subnet_paths = true\n"
+    } else {
+        ""
+    };
     let bootstrap: Vec<String> = descriptors
         .iter()
         .map(|d| format!("    {},\n", toml_string(&d.display().to_string())))
@@ -632,8 +742,7 @@ fn client_toml(
          http_listen = {}\n\
          state_dir = \".\"\n\
          network = {}\n\
-         # Every testnet relay is on 127.0.0.1: allow one /16 in a path (test only).\n\
-         allow_same_subnet_paths = true\n\
+         {same_subnet}\
          bootstrap = [\n{}]\n",
         toml_string(&socks.to_string()),
         toml_string(&http.to_string()),
@@ -674,17 +783,21 @@ async fn start_authorities(
         create_private_dir(&adir)?;
         let (identity, _) = anonnet_relay::keystore::load_keys(&adir)
             .map_err(|e| Error::Testnet(format!("authority keys: {e}")))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        let host = net.place(&format!("auth-{k}")).await?;
+        let addr = match &host {
+            Some(h) => SocketAddr::new(h.addr.into(), WAN_AUTHORITY_PORT),
+            None => SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
+        };
         entries.push_str(&format!(
             "\n[[authority]]\nname = \"auth-{k}\"\nidentity = \"{}\"\naddress = \"{addr}\"\n",
             hex::encode(identity.public())
         ));
-        planned.push((k, adir, addr));
+        planned.push((k, adir, addr, host));
     }
     let network_file = dir.join("network.toml");
     write_file(&network_file, &entries)?;
     let first_child = net.children.len();
-    for (k, adir, addr) in &planned {
+    for (k, adir, addr, host) in &planned {
         let config = adir.join("authority.toml");
         write_file(
             &config,
@@ -692,6 +805,7 @@ async fn start_authorities(
         )?;
         let child = spawn(
             exe,
+            host.as_ref(),
             format!("auth-{k}"),
             &["authority", "--config"],
             &config,
@@ -702,7 +816,7 @@ async fn start_authorities(
     }
     let deadline = Instant::now() + RELAY_READY_TIMEOUT;
     let mut info_out = Vec::with_capacity(planned.len());
-    for (child, (_, adir, addr)) in net.children.iter_mut().skip(first_child).zip(&planned) {
+    for (child, (_, adir, addr, _)) in net.children.iter_mut().skip(first_child).zip(&planned) {
         let lines = read_ready(
             child,
             &ready_prefixes(&[AUTHORITY_READY], options.metrics),
@@ -719,6 +833,7 @@ async fn start_authorities(
         info_out.push(serde_json::json!({
             "name": child.name,
             "pid": child.pid(),
+            "netns": child.netns.clone(),
             "node_id": node_id,
             "addr": addr.to_string(),
             "config": adir.join("authority.toml").display().to_string(),
@@ -759,9 +874,11 @@ fn authority_toml(listen: SocketAddr, network: &Path, shape: &NetworkShape) -> S
 }
 
 /// Start `exe [--log-level L] ARGS CONFIG --exit-with-parent`, stdout piped, stderr to
-/// `log`.
+/// `log`; inside `host`'s namespace when given (`ip netns exec` execs, so the pid is the
+/// daemon's).
 fn spawn(
     exe: &Path,
+    host: Option<&Host>,
     name: String,
     args: &[&str],
     config: &Path,
@@ -770,7 +887,10 @@ fn spawn(
 ) -> Result<ChildProc, Error> {
     let stderr =
         std::fs::File::create(log).map_err(Error::io(format!("creating {}", log.display())))?;
-    let mut command = Command::new(exe);
+    let mut command = match host {
+        Some(h) => Wan::command(h, exe),
+        None => Command::new(exe),
+    };
     if let Some(level) = log_level {
         command.args(["--log-level", level]);
     }
@@ -788,6 +908,7 @@ fn spawn(
     let stdin = child.stdin.take();
     Ok(ChildProc {
         name,
+        netns: host.map(|h| h.netns.clone()),
         log: log.to_path_buf(),
         child,
         stdin,
@@ -946,6 +1067,9 @@ impl Testnet {
                 }
             }
         }
+        if let Some(mut wan) = self.wan.take() {
+            wan.stop().await;
+        }
     }
 }
 
@@ -976,6 +1100,7 @@ mod tests {
             .map(|s| (*s).to_owned())
             .collect();
         let relay = dir.join("relay.toml");
+        let auto: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let network = dir.join("network.toml");
         std::fs::write(
             &network,
@@ -987,14 +1112,14 @@ mod tests {
         .unwrap();
         std::fs::write(
             &relay,
-            relay_toml(1, &policy, &[], &network, "honest", Some(DEMO_NAME)),
+            relay_toml(1, auto, &policy, &[], &network, "honest", Some(DEMO_NAME)),
         )
         .unwrap();
         let s = anonnet_daemon::config::load_relay(&relay).unwrap();
         assert_eq!(s.relay.squat_dark_name.as_deref(), Some(DEMO_NAME));
         std::fs::write(
             &relay,
-            relay_toml(1, &policy, &[], &network, "honest", None),
+            relay_toml(1, auto, &policy, &[], &network, "honest", None),
         )
         .unwrap();
         let s = anonnet_daemon::config::load_relay(&relay).unwrap();
@@ -1009,8 +1134,7 @@ mod tests {
         let descs: Vec<PathBuf> = (1..=3)
             .map(|i| dir.join(format!("r \"{i}\".desc")))
             .collect();
-        let auto = "127.0.0.1:0".parse().unwrap();
-        std::fs::write(&client, client_toml(auto, auto, &descs, &network)).unwrap();
+        std::fs::write(&client, client_toml(auto, auto, &descs, &network, true)).unwrap();
         let auth = dir.join("authority.toml");
         let shape = NetworkShape {
             authorities: 1,

@@ -554,6 +554,12 @@ impl Client {
                     .map(|s| CircuitInfo {
                         id: s.circuit.id(),
                         path: path_hex(&s.circuit),
+                        addresses: s
+                            .circuit
+                            .addresses()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect(),
                         age_secs: s.circuit.created().elapsed().as_secs_f64(),
                         build_ms: s.circuit.build_time().as_secs_f64() * 1000.0,
                         streams: s.circuit.stream_count(),

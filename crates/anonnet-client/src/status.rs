@@ -34,6 +34,8 @@ pub struct CircuitInfo {
     pub id: u64,
     /// NodeIds (hex) of guard, middle, exit.
     pub path: Vec<String>,
+    /// The relays' QUIC addresses (`IP:PORT`), in path order.
+    pub addresses: Vec<String>,
     /// Seconds since it was built.
     pub age_secs: f64,
     /// Build time (milliseconds).

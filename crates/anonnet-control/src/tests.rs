@@ -41,6 +41,11 @@ impl ControlHandler for TestHandler {
             circuits: vec![CircuitInfo {
                 id: 1,
                 path: vec!["11".repeat(32), "22".repeat(32), "33".repeat(32)],
+                addresses: vec![
+                    "10.1.0.1:4000".into(),
+                    "10.2.0.1:4000".into(),
+                    "10.3.0.1:4000".into(),
+                ],
                 age_secs: 1.0,
                 build_ms: 2.0,
                 streams: 0,

@@ -28,6 +28,10 @@ pub struct CircuitInfo {
     pub id: u64,
     /// NodeIds (64 hex digits each) of guard, middle, exit.
     pub path: Vec<String>,
+    /// Each relay's QUIC address (`IP:PORT`), in path order (empty from daemons older
+    /// than this field).
+    #[serde(default)]
+    pub addresses: Vec<String>,
     /// Seconds since it was built.
     pub age_secs: f64,
     /// Build time in milliseconds.
@@ -315,6 +319,11 @@ mod tests {
             circuits: vec![CircuitInfo {
                 id: 7,
                 path: vec!["aa".repeat(32), "bb".repeat(32), "cc".repeat(32)],
+                addresses: vec![
+                    "10.1.0.1:4000".into(),
+                    "10.2.0.1:4000".into(),
+                    "10.3.0.1:4000".into(),
+                ],
                 age_secs: 12.5,
                 build_ms: 3.25,
                 streams: 1,

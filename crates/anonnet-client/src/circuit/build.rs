@@ -218,6 +218,7 @@ impl CircuitPrefix {
         let circuit = Arc::new(Circuit {
             id: NEXT_CIRCUIT.fetch_add(1, Ordering::Relaxed),
             ids: hops.iter().map(|h| h.node_id).collect(),
+            addrs: hops.iter().map(|h| h.addr).collect(),
             last: hops.last().copied(),
             path,
             ends_at_exit,

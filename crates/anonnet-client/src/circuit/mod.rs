@@ -310,6 +310,8 @@ pub struct Circuit {
     id: u64,
     /// NodeIds of every relay, guard first.
     ids: Vec<NodeId>,
+    /// The QUIC address of every relay, in the order of `ids`.
+    addrs: Vec<std::net::SocketAddr>,
     /// The relays chosen from the directory (all of `ids`, or all but an end named by
     /// link specifiers).
     path: Vec<VerifiedDescriptor>,
@@ -464,6 +466,12 @@ impl Circuit {
     /// The NodeIds of the path, guard first (relays only).
     pub fn path(&self) -> Vec<NodeId> {
         self.ids.clone()
+    }
+
+    /// The QUIC address of each relay of the path, guard first (for the status display:
+    /// anyone can check that no two share a /16).
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        self.addrs.clone()
     }
 
     /// How long the build took.
