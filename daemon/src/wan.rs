@@ -301,11 +301,15 @@ impl Wan {
                 .arg(WAN_IF),
         )?;
         let plugs = format!("{}:{}", sw.display(), self.core.display());
+        // The management socket lets a test or a person change the link while it runs
+        // (`unixcmd -s DIR/wan/wf-NAME.mgmt loss 5`).
         self.helper(
             &format!("{name} wirefilter"),
             Command::new("wirefilter")
                 .args(["-v", &plugs])
-                .args(link.wirefilter_args()),
+                .args(link.wirefilter_args())
+                .arg("-M")
+                .arg(self.dir.join(format!("wf-{name}.mgmt"))),
         )?;
         let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
         while ip(&["-n", &netns, "link", "show", WAN_IF]).await.is_err() {

@@ -8,18 +8,40 @@
 //! stream `SENDME` after the application consumed [`STREAM_INCREMENT`] cells. The sender
 //! checks each circuit SENDME's tag against the tag it recorded when it sealed that cell
 //! (constant-time): a SENDME for cells never received cannot be forged, so a client cannot
-//! make an exit flood, nor an exit a client. Windows are counted in cells so that an
-//! RTT-based controller (Tor's prop 324) can later replace the fixed sizes without a new
-//! cell format.
+//! make an exit flood, nor an exit a client.
+//!
+//! The circuit window is a congestion window ([`Vegas`], after Tor's prop 324): it starts
+//! at [`CIRCUIT_WINDOW`], grows while the round trip of each acknowledged cell shows no
+//! queue building on the path, and shrinks back (never below [`CWND_MIN`]) when one does.
+//! Stream windows grow with a reader that keeps up (doubling per window, up to
+//! [`STREAM_WINDOW_MAX`]), so one stream is not capped at 500 cells per round trip on a
+//! long path while a stalled reader still costs at most its window (§6.4).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
-/// Unacknowledged `DATA` cells allowed per circuit and direction.
+/// Unacknowledged `DATA` cells allowed per circuit and direction at the start: the
+/// initial congestion window.
 pub const CIRCUIT_WINDOW: u32 = 1000;
 /// Cells acknowledged by one circuit `SENDME`.
 pub const CIRCUIT_INCREMENT: u32 = 100;
-/// Unacknowledged `DATA` cells allowed per stream and direction.
+/// Smallest congestion window (cells): the fixed window of protocol v2 before congestion
+/// control, so a path the controller misjudges is never slower than it was.
+pub const CWND_MIN: u32 = CIRCUIT_WINDOW;
+/// Largest congestion window (cells, ≈ 9.5 MiB of payload): enough for 70 % of 100 Mbit/s
+/// at a 700 ms circuit round trip.
+pub const CWND_MAX: u32 = 10_000;
+/// Vegas: below this estimated queue (cells) the window grows in steady state.
+pub const VEGAS_ALPHA: u32 = 300;
+/// Vegas: above this estimated queue (cells) the window shrinks.
+pub const VEGAS_BETA: u32 = 600;
+/// Vegas: slow start ends when the estimated queue exceeds this (cells).
+pub const VEGAS_GAMMA: u32 = 300;
+/// Unacknowledged `DATA` cells allowed per stream and direction at the start (and all a
+/// reader that does not keep up ever gets).
 pub const STREAM_WINDOW: u32 = 500;
+/// Largest stream window (cells, ≈ 3.8 MiB of payload) a reader that keeps up grows to.
+pub const STREAM_WINDOW_MAX: u32 = 4000;
 /// Cells acknowledged by one stream `SENDME`.
 pub const STREAM_INCREMENT: u32 = 50;
 
@@ -39,46 +61,152 @@ pub enum FlowError {
 }
 
 /// The sending side's record of circuit `SENDME`s due: every [`CIRCUIT_INCREMENT`]-th
-/// `DATA` cell's layer tag, at most `CIRCUIT_WINDOW / CIRCUIT_INCREMENT` (10) entries.
+/// `DATA` cell's layer tag and when it was sealed, at most `CWND_MAX / CIRCUIT_INCREMENT`
+/// (100) entries, and the congestion window they drive.
 #[derive(Debug, Default)]
 pub struct SendmeTags {
     /// `DATA` cells sealed since the last recorded tag, 0..[`CIRCUIT_INCREMENT`]: a count
     /// that restarts, so it never wraps out of step with the receiver's (a running `u32`
     /// total did after 2^32 cells, which is not a multiple of 100).
     since_tag: u32,
-    expected: VecDeque<[u8; 16]>,
+    expected: VecDeque<([u8; 16], Instant)>,
+    /// `DATA` cells sealed and not yet acknowledged.
+    inflight: u32,
+    vegas: Vegas,
 }
 
 impl SendmeTags {
-    /// Record a `DATA` cell just sealed with layer tag `tag`.
-    pub fn on_data_sent(&mut self, tag: [u8; 16]) {
+    /// Record a `DATA` cell sealed at `now` with layer tag `tag`.
+    pub fn on_data_sent(&mut self, tag: [u8; 16], now: Instant) {
         self.since_tag += 1;
+        self.inflight = self.inflight.saturating_add(1);
         if self.since_tag >= CIRCUIT_INCREMENT {
             self.since_tag = 0;
-            if self.expected.len() >= (CIRCUIT_WINDOW / CIRCUIT_INCREMENT) as usize {
+            if self.expected.len() >= (CWND_MAX / CIRCUIT_INCREMENT) as usize {
                 // Cannot happen while the sender respects its window; keep the bound anyway.
                 self.expected.pop_front();
             }
-            self.expected.push_back(tag);
+            self.expected.push_back((tag, now));
         }
     }
 
-    /// Check a circuit `SENDME`; on success the sender may send [`CIRCUIT_INCREMENT`] more
-    /// cells.
+    /// Check a circuit `SENDME` that arrived at `now`. On success returns how far the
+    /// package window opens (cells, may be negative): [`CIRCUIT_INCREMENT`] for the cells
+    /// acknowledged plus the congestion window's change ([`Vegas::on_sendme`]).
     ///
     /// # Errors
     /// [`FlowError::UnexpectedSendme`] when none is due, [`FlowError::BadSendmeTag`] when the
     /// tag differs (compared in constant time).
-    pub fn on_sendme(&mut self, tag: &[u8; 16]) -> Result<(), FlowError> {
-        let want = self
+    pub fn on_sendme(&mut self, tag: &[u8; 16], now: Instant) -> Result<i64, FlowError> {
+        let (want, sent) = self
             .expected
             .pop_front()
             .ok_or(FlowError::UnexpectedSendme)?;
-        if ct_eq(&want, tag) {
-            Ok(())
-        } else {
-            Err(FlowError::BadSendmeTag)
+        if !ct_eq(&want, tag) {
+            return Err(FlowError::BadSendmeTag);
         }
+        let before = self.vegas.cwnd();
+        let after = self
+            .vegas
+            .on_sendme(now.saturating_duration_since(sent), self.inflight);
+        self.inflight = self.inflight.saturating_sub(CIRCUIT_INCREMENT);
+        Ok(i64::from(CIRCUIT_INCREMENT) + i64::from(after) - i64::from(before))
+    }
+
+    /// The congestion window now (cells).
+    pub fn cwnd(&self) -> u32 {
+        self.vegas.cwnd()
+    }
+}
+
+/// A circuit's congestion window, TCP Vegas as Tor's prop 324 adapts it: each circuit
+/// `SENDME` gives a round-trip sample (the acknowledged cell's seal to the `SENDME`'s
+/// arrival), smoothed as Tor does (`ewma = (2 × sample + (N − 1) × ewma) / (N + 1)` with
+/// `N = max(2, cwnd / 200)`, half a window of `SENDME`s) so that one late `SENDME` does not
+/// end slow start; with `min_rtt` the smallest sample seen, the path's capacity is
+/// estimated as `bdp = cwnd × min_rtt / ewma` and the cells queued on it as
+/// `queue = cwnd − bdp`.
+///
+/// - Slow start: while `queue ≤` [`VEGAS_GAMMA`], each `SENDME` grows the window by
+///   [`CIRCUIT_INCREMENT`] (doubling per round trip); past it, the window drops to
+///   `bdp + GAMMA` and slow start ends for good.
+/// - Steady state: once per window's worth of acknowledged cells, grow by one increment
+///   when `queue <` [`VEGAS_ALPHA`], shrink by one when `queue >` [`VEGAS_BETA`].
+/// - Only a sender that filled its window (in flight within one increment of it) grows
+///   it, so an idle or application-limited circuit keeps the window it has.
+/// - Always within [`CWND_MIN`]..=[`CWND_MAX`]. The floor is the fixed window of protocol
+///   v2, so on a path with noisy round trips (loopback under CPU load) the controller
+///   never makes a circuit slower than it was.
+#[derive(Debug, Clone)]
+pub struct Vegas {
+    cwnd: u32,
+    slow_start: bool,
+    min_rtt: Option<Duration>,
+    /// The smoothed round trip.
+    ewma_rtt: Option<Duration>,
+    /// Cells acknowledged since the last steady-state update.
+    acked: u32,
+}
+
+impl Default for Vegas {
+    fn default() -> Self {
+        Vegas {
+            cwnd: CIRCUIT_WINDOW,
+            slow_start: true,
+            min_rtt: None,
+            ewma_rtt: None,
+            acked: 0,
+        }
+    }
+}
+
+impl Vegas {
+    /// The congestion window (cells).
+    pub fn cwnd(&self) -> u32 {
+        self.cwnd
+    }
+
+    /// Whether the controller is still in slow start.
+    pub fn in_slow_start(&self) -> bool {
+        self.slow_start
+    }
+
+    /// A `SENDME` acknowledged [`CIRCUIT_INCREMENT`] cells after `rtt`, with `inflight`
+    /// cells unacknowledged just before it. Returns the new window (cells).
+    pub fn on_sendme(&mut self, rtt: Duration, inflight: u32) -> u32 {
+        let rtt = rtt.max(Duration::from_micros(1));
+        let min_rtt = self.min_rtt.map_or(rtt, |m| m.min(rtt));
+        self.min_rtt = Some(min_rtt);
+        let n = (self.cwnd / (2 * CIRCUIT_INCREMENT)).max(2);
+        let ewma = self
+            .ewma_rtt
+            .map_or(rtt, |prev| (rtt * 2 + prev * (n - 1)) / (n + 1));
+        self.ewma_rtt = Some(ewma);
+        let cwnd = u128::from(self.cwnd);
+        let bdp = cwnd * min_rtt.as_nanos() / ewma.as_nanos().max(1);
+        let bdp = u32::try_from(bdp).unwrap_or(CWND_MAX);
+        let queue = self.cwnd.saturating_sub(bdp);
+        let window_full = inflight + CIRCUIT_INCREMENT >= self.cwnd;
+        if self.slow_start {
+            if queue > VEGAS_GAMMA {
+                self.slow_start = false;
+                self.cwnd = bdp.saturating_add(VEGAS_GAMMA);
+            } else if window_full {
+                self.cwnd = self.cwnd.saturating_add(CIRCUIT_INCREMENT);
+            }
+        } else {
+            self.acked = self.acked.saturating_add(CIRCUIT_INCREMENT);
+            if self.acked >= self.cwnd {
+                self.acked = 0;
+                if queue > VEGAS_BETA {
+                    self.cwnd = self.cwnd.saturating_sub(CIRCUIT_INCREMENT);
+                } else if queue < VEGAS_ALPHA && window_full {
+                    self.cwnd = self.cwnd.saturating_add(CIRCUIT_INCREMENT);
+                }
+            }
+        }
+        self.cwnd = self.cwnd.clamp(CWND_MIN, CWND_MAX);
+        self.cwnd
     }
 }
 
@@ -112,10 +240,18 @@ impl CircuitDeliverWindow {
 }
 
 /// The receiving side of a stream window: cells arrive, the application consumes them,
-/// and every [`STREAM_INCREMENT`] consumed cells earn the sender a stream `SENDME`.
+/// and every [`STREAM_INCREMENT`] consumed cells earn the sender a stream `SENDME`. When
+/// the application keeps up (at most one increment buffered when a `SENDME` falls due)
+/// and the window is below [`STREAM_WINDOW_MAX`], a second `SENDME` goes with it: the
+/// window grows by one increment per increment consumed, doubling per window.
 #[derive(Debug)]
 pub struct StreamDeliverWindow {
+    /// Cells the sender may still send.
     window: u32,
+    /// The window's size: what the sender may have unacknowledged.
+    size: u32,
+    /// Cells received and not yet consumed.
+    buffered: u32,
     consumed: u32,
 }
 
@@ -123,6 +259,8 @@ impl Default for StreamDeliverWindow {
     fn default() -> Self {
         StreamDeliverWindow {
             window: STREAM_WINDOW,
+            size: STREAM_WINDOW,
+            buffered: 0,
             consumed: 0,
         }
     }
@@ -138,19 +276,31 @@ impl StreamDeliverWindow {
             .window
             .checked_sub(1)
             .ok_or(FlowError::WindowExceeded)?;
+        self.buffered += 1;
         Ok(())
     }
 
-    /// The application consumed one cell's data. Returns true when a stream `SENDME` is
-    /// due now (the window then grows by [`STREAM_INCREMENT`]).
-    pub fn on_consumed(&mut self) -> bool {
+    /// The application consumed one cell's data. Returns how many stream `SENDME`s are
+    /// due now: 0, 1 (every [`STREAM_INCREMENT`] cells), or 2 when the window grows.
+    pub fn on_consumed(&mut self) -> u32 {
+        self.buffered = self.buffered.saturating_sub(1);
         self.consumed += 1;
-        if self.consumed == STREAM_INCREMENT {
-            self.consumed = 0;
-            self.window += STREAM_INCREMENT;
-            return true;
+        if self.consumed < STREAM_INCREMENT {
+            return 0;
         }
-        false
+        self.consumed = 0;
+        self.window += STREAM_INCREMENT;
+        if self.buffered <= STREAM_INCREMENT && self.size < STREAM_WINDOW_MAX {
+            self.size += STREAM_INCREMENT;
+            self.window += STREAM_INCREMENT;
+            return 2;
+        }
+        1
+    }
+
+    /// The window's size now (cells).
+    pub fn size(&self) -> u32 {
+        self.size
     }
 }
 
@@ -159,6 +309,7 @@ mod tests {
 
     #[test]
     fn sendme_tags_stay_in_step_over_millions_of_cells() {
+        let now = Instant::now();
         // The sender's and the receiver's counts restart every 100 cells, so no count can
         // wrap (a u32 total did after 2^32 cells). 5 million cells, SENDMEs as they fall due.
         let mut tags = SendmeTags::default();
@@ -166,9 +317,9 @@ mod tests {
         for i in 0..5_000_000u64 {
             let mut tag = [0u8; 16];
             tag[..8].copy_from_slice(&i.to_be_bytes());
-            tags.on_data_sent(tag);
+            tags.on_data_sent(tag, now);
             if let Some(echo) = deliver.on_data(tag) {
-                tags.on_sendme(&echo).unwrap();
+                tags.on_sendme(&echo, now).unwrap();
             }
         }
         assert!(tags.expected.is_empty());
@@ -179,6 +330,7 @@ mod tests {
 
     #[test]
     fn sendme_tags_stay_in_step_across_2_pow_32_cells() {
+        let now = Instant::now();
         // The state both ends hold after 2^32 − 500 cells with every SENDME answered is
         // the count since the last recorded tag, (2^32 − 500) mod 100 on each side;
         // continue from there for 1,500 cells, across 2^32, where a running u32 total
@@ -187,7 +339,7 @@ mod tests {
         let phase = u32::try_from(start % u64::from(CIRCUIT_INCREMENT)).unwrap();
         let mut tags = SendmeTags {
             since_tag: phase,
-            expected: VecDeque::new(),
+            ..SendmeTags::default()
         };
         let mut deliver = CircuitDeliverWindow {
             since_sendme: phase,
@@ -196,10 +348,10 @@ mod tests {
         for i in start..start + 1_500 {
             let mut tag = [0u8; 16];
             tag[..8].copy_from_slice(&i.to_be_bytes());
-            tags.on_data_sent(tag);
+            tags.on_data_sent(tag, now);
             if let Some(echo) = deliver.on_data(tag) {
                 assert_eq!(i % 100, 99, "the 100th cell of each increment is echoed");
-                tags.on_sendme(&echo).unwrap();
+                tags.on_sendme(&echo, now).unwrap();
                 answered += 1;
             }
         }
@@ -215,11 +367,12 @@ mod tests {
 
     #[test]
     fn sendme_proves_receipt_of_the_hundredth_cell() {
+        let now = Instant::now();
         let mut sender = SendmeTags::default();
         let mut receiver = CircuitDeliverWindow::default();
         let mut due = Vec::new();
         for i in 1..=CIRCUIT_WINDOW {
-            sender.on_data_sent(tag(i));
+            sender.on_data_sent(tag(i), now);
             if let Some(t) = receiver.on_data(tag(i)) {
                 due.push(t);
             }
@@ -229,13 +382,19 @@ mod tests {
         // A forged tag is refused; the right ones are accepted in order.
         let mut forged = SendmeTags::default();
         for i in 1..=100 {
-            forged.on_data_sent(tag(i));
+            forged.on_data_sent(tag(i), now);
         }
-        assert_eq!(forged.on_sendme(&tag(99)), Err(FlowError::BadSendmeTag));
+        assert_eq!(
+            forged.on_sendme(&tag(99), now),
+            Err(FlowError::BadSendmeTag)
+        );
         for t in &due {
-            sender.on_sendme(t).unwrap();
+            sender.on_sendme(t, now).unwrap();
         }
-        assert_eq!(sender.on_sendme(&due[0]), Err(FlowError::UnexpectedSendme));
+        assert_eq!(
+            sender.on_sendme(&due[0], now).map(|_| ()),
+            Err(FlowError::UnexpectedSendme)
+        );
     }
 
     #[test]
@@ -245,9 +404,12 @@ mod tests {
             s.on_data().unwrap();
         }
         assert_eq!(s.on_data(), Err(FlowError::WindowExceeded));
+        // The reader was slow (a whole window buffered): one SENDME per increment, no
+        // growth.
         for i in 0..STREAM_INCREMENT {
-            assert_eq!(s.on_consumed(), i + 1 == STREAM_INCREMENT);
+            assert_eq!(s.on_consumed(), u32::from(i + 1 == STREAM_INCREMENT));
         }
+        assert_eq!(s.size(), STREAM_WINDOW);
         s.on_data().unwrap();
     }
 
@@ -260,5 +422,132 @@ mod tests {
             .filter(|i| c.on_data(tag(*i)).is_some())
             .count();
         assert_eq!(due as u32, 30);
+    }
+
+    /// Drive a sender that always fills its window through `rounds` round trips of
+    /// `rtt(cwnd)`; returns the window after each round trip.
+    fn drive(vegas: &mut Vegas, rounds: usize, rtt: impl Fn(u32) -> Duration) -> Vec<u32> {
+        let mut out = Vec::new();
+        for _ in 0..rounds {
+            let cwnd = vegas.cwnd();
+            for _ in 0..cwnd / CIRCUIT_INCREMENT {
+                vegas.on_sendme(rtt(cwnd), vegas.cwnd());
+            }
+            out.push(vegas.cwnd());
+        }
+        out
+    }
+
+    #[test]
+    fn vegas_grows_on_an_empty_long_path_and_settles_at_its_capacity() {
+        // A path of 400 ms that carries 2,500 cells per round trip: beyond that many in
+        // flight, the excess queues and the round trip grows with it.
+        let capacity = 2_500u32;
+        let rtt = |cwnd: u32| {
+            let queued = cwnd.saturating_sub(capacity);
+            Duration::from_millis(400) + Duration::from_millis(400) * queued / capacity
+        };
+        let mut v = Vegas::default();
+        let cwnds = drive(&mut v, 60, rtt);
+        // Slow start doubles per round trip while nothing queues.
+        assert_eq!(cwnds[0], 2 * CIRCUIT_WINDOW, "{cwnds:?}");
+        assert!(!v.in_slow_start(), "left slow start: {cwnds:?}");
+        // It settles with the queue between alpha and beta (plus one increment).
+        let last = *cwnds.last().unwrap();
+        assert!(
+            last >= capacity + VEGAS_ALPHA - CIRCUIT_INCREMENT
+                && last <= capacity + VEGAS_BETA + CIRCUIT_INCREMENT,
+            "{cwnds:?}"
+        );
+    }
+
+    #[test]
+    fn vegas_never_leaves_its_bounds_and_an_idle_sender_does_not_grow() {
+        // Round trips jumping between 0.1 and 5 ms (loopback under load) never take the
+        // window below the old fixed window.
+        let mut v = Vegas::default();
+        for i in 0..10_000u32 {
+            let rtt = Duration::from_micros(if i % 3 == 0 { 5_000 } else { 100 });
+            let w = v.on_sendme(rtt, v.cwnd());
+            assert!((CWND_MIN..=CWND_MAX).contains(&w));
+        }
+        // A path with no queue at all: the window grows to the cap and stays there.
+        let mut v = Vegas::default();
+        let cwnds = drive(&mut v, 40, |_| Duration::from_millis(300));
+        assert_eq!(*cwnds.last().unwrap(), CWND_MAX, "{cwnds:?}");
+        // A sender with little in flight (application-limited) keeps its window.
+        let mut v = Vegas::default();
+        for _ in 0..1_000 {
+            v.on_sendme(Duration::from_millis(300), 150);
+        }
+        assert_eq!(v.cwnd(), CIRCUIT_WINDOW);
+    }
+
+    #[test]
+    fn sendme_tags_measure_the_round_trip_and_open_the_window_by_the_change() {
+        let t0 = Instant::now();
+        let mut tags = SendmeTags::default();
+        let mut deliver = CircuitDeliverWindow::default();
+        // The whole window goes out, then the SENDMEs come back 300 ms after their cells:
+        // the window was full, nothing queued, so slow start adds an increment each.
+        let mut due = Vec::new();
+        for i in 1..=CIRCUIT_WINDOW {
+            tags.on_data_sent(tag(i), t0);
+            due.extend(deliver.on_data(tag(i)));
+        }
+        let opened: Vec<i64> = due
+            .iter()
+            .map(|echo| {
+                tags.on_sendme(echo, t0 + Duration::from_millis(300))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(opened.first(), Some(&200), "{opened:?}");
+        assert!(tags.cwnd() > CIRCUIT_WINDOW);
+        // With only one increment in flight, a SENDME just gives the increment back.
+        let mut tags = SendmeTags::default();
+        for i in 1..=CIRCUIT_INCREMENT {
+            tags.on_data_sent(tag(i), t0);
+        }
+        let echo = tag(CIRCUIT_INCREMENT);
+        assert_eq!(
+            tags.on_sendme(&echo, t0 + Duration::from_millis(300)),
+            Ok(100)
+        );
+    }
+
+    #[test]
+    fn a_reader_that_keeps_up_grows_the_stream_window_up_to_its_cap() {
+        let mut s = StreamDeliverWindow::default();
+        let mut sendmes = 0;
+        // Cells arrive and are consumed at once, for 20,000 cells.
+        for _ in 0..20_000 {
+            s.on_data().unwrap();
+            sendmes += s.on_consumed();
+        }
+        assert_eq!(s.size(), STREAM_WINDOW_MAX);
+        // One SENDME per increment, plus one per increment of growth.
+        assert_eq!(
+            sendmes,
+            20_000 / STREAM_INCREMENT + (STREAM_WINDOW_MAX - STREAM_WINDOW) / STREAM_INCREMENT
+        );
+        // A reader that then stalls costs at most the grown window.
+        let mut taken = 0;
+        while s.on_data().is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, STREAM_WINDOW_MAX);
+    }
+
+    #[test]
+    fn one_late_sendme_does_not_end_slow_start() {
+        let mut v = Vegas::default();
+        for i in 0..30 {
+            // 300 ms each, one of them 400 ms (a burst queued at a link for a moment).
+            let rtt = Duration::from_millis(if i == 3 { 400 } else { 300 });
+            v.on_sendme(rtt, v.cwnd());
+        }
+        assert!(v.in_slow_start(), "cwnd {}", v.cwnd());
+        assert_eq!(v.cwnd(), CIRCUIT_WINDOW + 30 * CIRCUIT_INCREMENT);
     }
 }

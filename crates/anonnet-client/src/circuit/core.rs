@@ -85,7 +85,8 @@ pub(super) enum CloseReason {
     /// A circuit `SENDME` whose tag is not the one recorded, or with none due (§6.4).
     #[error("exit sent a circuit SENDME that proves nothing")]
     BadCircuitSendme,
-    /// A stream `SENDME` that would open the package window beyond 500 cells (§6.4).
+    /// A stream `SENDME` that would open the package window beyond `STREAM_WINDOW_MAX`
+    /// (4000) cells (§6.4).
     #[error("exit sent an unexpected stream SENDME")]
     UnexpectedStreamSendme,
     /// More `DATA` than the stream deliver window allows (500 cells, §6.4).
@@ -219,15 +220,15 @@ impl ReaderCore {
             | RelayMsg::Sendme(None)
             | RelayMsg::Resolved(_) => self.stream_cell(stream_id, msg, tag, streams),
             RelayMsg::Sendme(Some(echo)) => {
-                let proven = self
+                let open = self
                     .sendme_tags
                     .lock()
-                    .map(|mut t| t.on_sendme(&echo).is_ok())
-                    .unwrap_or(false);
-                if !proven {
+                    .ok()
+                    .and_then(|mut t| t.on_sendme(&echo, std::time::Instant::now()).ok());
+                let Some(open) = open else {
                     return Err(CloseReason::BadCircuitSendme);
-                }
-                self.package.add_permits(CIRCUIT_INCREMENT as usize);
+                };
+                anonnet_net::open_window(&self.package, open);
                 Ok(ReaderEvent::Nothing)
             }
             RelayMsg::Begin { target, port } if exit >= self.relays => {
@@ -319,7 +320,7 @@ impl ReaderCore {
             }
             RelayMsg::Sendme(None) => {
                 let inc = STREAM_INCREMENT as usize;
-                if entry.package.available_permits() + inc > STREAM_WINDOW as usize {
+                if entry.package.available_permits() + inc > STREAM_WINDOW_MAX as usize {
                     return Err(CloseReason::UnexpectedStreamSendme);
                 }
                 entry.package.add_permits(inc);
@@ -420,7 +421,7 @@ impl WriterCore {
             .map_err(SealError::Onion)?;
         if hop + 1 == self.layers.len() && matches!(cell.msg, RelayMsg::Data(_)) {
             if let Ok(mut tags) = self.sendme_tags.lock() {
-                tags.on_data_sent(tag);
+                tags.on_data_sent(tag, std::time::Instant::now());
             }
         }
         self.buf
@@ -592,7 +593,8 @@ mod tests {
         let mut n = Net::new();
         n.streams.lock().unwrap().half_closed.close(StreamId(5));
         let mut sendmes = 0;
-        for _ in 0..STREAM_WINDOW {
+        // The largest window the stream could have grown to (§6.4).
+        for _ in 0..STREAM_WINDOW_MAX {
             assert!(matches!(
                 n.receive(EXIT, 5, data()),
                 Ok(ReaderEvent::Nothing)
@@ -600,7 +602,8 @@ mod tests {
             sendmes += usize::from(n.reader.poll_sendme().is_some());
         }
         assert_eq!(
-            sendmes, 5,
+            sendmes,
+            (STREAM_WINDOW_MAX / CIRCUIT_INCREMENT) as usize,
             "tolerated DATA still counts for the circuit window"
         );
         assert_unexpected(n.receive(EXIT, 5, data()));
@@ -689,16 +692,31 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_sendme_when_none_is_due_closes_the_circuit() {
+    fn a_stream_sendme_beyond_the_largest_window_closes_the_circuit() {
+        // A receiver grows a stream window with extra SENDMEs up to STREAM_WINDOW_MAX;
+        // one more than that can only be a peer breaking flow control.
         let mut n = Net::new();
         let (_rx, entry) = n.open_stream(1);
+        for _ in 0..(STREAM_WINDOW_MAX - STREAM_WINDOW) / STREAM_INCREMENT {
+            assert!(matches!(
+                n.receive(EXIT, 1, RelayMsg::Sendme(None)),
+                Ok(ReaderEvent::Nothing)
+            ));
+        }
+        assert_eq!(
+            entry.package.available_permits(),
+            STREAM_WINDOW_MAX as usize
+        );
         assert_eq!(
             n.receive(EXIT, 1, RelayMsg::Sendme(None)).unwrap_err(),
             CloseReason::UnexpectedStreamSendme
         );
-        // Once 50 cells were sent, one is due and opens the window again.
+        // Once 50 cells were sent, one is due again and opens the window.
         let mut n = Net::new();
         let (_rx, entry2) = n.open_stream(1);
+        for _ in 0..(STREAM_WINDOW_MAX - STREAM_WINDOW) / STREAM_INCREMENT {
+            n.receive(EXIT, 1, RelayMsg::Sendme(None)).unwrap();
+        }
         entry2
             .package
             .try_acquire_many(STREAM_INCREMENT)
@@ -708,9 +726,7 @@ mod tests {
             n.receive(EXIT, 1, RelayMsg::Sendme(None)),
             Ok(ReaderEvent::Nothing)
         ));
-        assert_eq!(entry2.package.available_permits(), STREAM_WINDOW as usize);
         assert!(n.receive(EXIT, 1, RelayMsg::Sendme(None)).is_err());
-        drop(entry);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use anonnet_net::LinkManager;
 use anonnet_wire::cell::CellCommand;
 use anonnet_wire::flow::{
     CircuitDeliverWindow, SendmeTags, StreamDeliverWindow, CIRCUIT_INCREMENT, CIRCUIT_WINDOW,
-    STREAM_INCREMENT, STREAM_WINDOW,
+    CWND_MAX, STREAM_INCREMENT, STREAM_WINDOW, STREAM_WINDOW_MAX,
 };
 use anonnet_wire::{
     Create, CreateHybrid, Created, CreatedHybrid, Destroy, DestroyReason, EndReason, RelayCell,
@@ -53,14 +53,15 @@ use tracing::{debug, Instrument};
 
 /// Relay messages queued towards the guard, shared by all streams of a circuit.
 const FORWARD_QUEUE: usize = 64;
-/// Circuit `SENDME`s waiting for the writer. The exit sends at most `CIRCUIT_WINDOW` cells
-/// beyond the last `SENDME` it received, so at most `CIRCUIT_WINDOW / CIRCUIT_INCREMENT`
-/// (10) can be due at once; a full queue means the exit overran its window.
-const SENDME_QUEUE: usize = (CIRCUIT_WINDOW / CIRCUIT_INCREMENT) as usize + 2;
-/// Events queued towards one stream: a whole stream window of `DATA` plus `CONNECTED`
-/// and `END`, so the circuit reader never waits on a stream whose exit respects flow
+/// Circuit `SENDME`s waiting for the writer. The exit sends at most its congestion window
+/// (at most `CWND_MAX` cells) beyond the last `SENDME` it received, so at most
+/// `CWND_MAX / CIRCUIT_INCREMENT` (100) can be due at once; a full queue means the exit
+/// overran the largest window.
+const SENDME_QUEUE: usize = (CWND_MAX / CIRCUIT_INCREMENT) as usize + 2;
+/// Events queued towards one stream: the largest stream window of `DATA` plus `CONNECTED`
+/// and `END` (the queue allocates as it fills, not up front), so the circuit reader never waits on a stream whose exit respects flow
 /// control (§6.4).
-const STREAM_QUEUE: usize = STREAM_WINDOW as usize + 8;
+const STREAM_QUEUE: usize = STREAM_WINDOW_MAX as usize + 8;
 /// Longest wait for the QUIC link to the guard.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Streams open at once on one circuit.
@@ -181,7 +182,7 @@ impl HalfClosed {
             }
         }
         self.closed += 1;
-        self.streams.insert(id, (STREAM_WINDOW, self.closed));
+        self.streams.insert(id, (STREAM_WINDOW_MAX, self.closed));
     }
 
     /// A cell for stream `id`, which has no open stream: `Ok` when a half-closed stream may
@@ -791,7 +792,7 @@ mod tests {
         let mut h = HalfClosed::default();
         h.close(StreamId(3));
         assert!(h.on_cell(StreamId(3), &RelayMsg::Connected).is_ok());
-        for _ in 0..STREAM_WINDOW {
+        for _ in 0..STREAM_WINDOW_MAX {
             h.on_cell(StreamId(3), &data()).unwrap();
         }
         assert!(h.on_cell(StreamId(3), &data()).is_err(), "past the window");

@@ -140,8 +140,8 @@ impl AsyncRead for DataStream {
                         .deliver
                         .lock()
                         .map(|mut w| w.on_consumed())
-                        .unwrap_or(false);
-                    if due {
+                        .unwrap_or(0);
+                    for _ in 0..due {
                         self.send_stream_sendme();
                     }
                 }

@@ -330,22 +330,23 @@ impl ForwardCore {
             // No padding is negotiated: a DROP is a cell nobody should send (§6.6).
             RelayMsg::Drop => Err(Refusal::Unexpected("DROP")),
             RelayMsg::Sendme(Some(echo)) => {
-                self.flow
+                let open = self
+                    .flow
                     .tags
                     .lock()
                     .map_err(|_| Refusal::Destroy(DestroyReason::Internal))?
-                    .on_sendme(&echo)
+                    .on_sendme(&echo, std::time::Instant::now())
                     .map_err(|e| {
                         anonnet_net::warn_limited!("destroying circuit: {e}");
                         Refusal::Destroy(DestroyReason::Protocol)
                     })?;
-                self.flow.package.add_permits(CIRCUIT_INCREMENT as usize);
+                anonnet_net::open_window(&self.flow.package, open);
                 Ok(Step::Handled)
             }
             RelayMsg::Sendme(None) => {
                 if let Some(slot) = self.streams.get(&id) {
                     let inc = STREAM_INCREMENT as usize;
-                    if slot.package.available_permits() + inc > STREAM_WINDOW as usize {
+                    if slot.package.available_permits() + inc > STREAM_WINDOW_MAX as usize {
                         anonnet_net::warn_limited!(
                             "destroying circuit: stream {}: unexpected SENDME",
                             id.0
@@ -611,7 +612,7 @@ impl BackwardCore {
             .map_err(|_| DestroyReason::Internal)?;
         if matches!(msg.msg, RelayMsg::Data(_)) {
             if let Ok(mut tags) = self.flow.tags.lock() {
-                tags.on_data_sent(tag);
+                tags.on_data_sent(tag, std::time::Instant::now());
             }
         }
         Ok(())

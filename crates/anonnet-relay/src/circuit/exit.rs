@@ -53,14 +53,14 @@ impl ClosedStreams {
     pub(super) fn tolerate_data(&mut self, id: StreamId) -> bool {
         self.seen.get_mut(&id).is_some_and(|(data, _)| {
             *data += 1;
-            *data <= STREAM_WINDOW
+            *data <= STREAM_WINDOW_MAX
         })
     }
 
     pub(super) fn tolerate_sendme(&mut self, id: StreamId) -> bool {
         self.seen.get_mut(&id).is_some_and(|(_, sendmes)| {
             *sendmes += 1;
-            *sendmes <= STREAM_WINDOW / STREAM_INCREMENT
+            *sendmes <= STREAM_WINDOW_MAX / STREAM_INCREMENT
         })
     }
 }
@@ -313,9 +313,9 @@ pub(super) async fn exit_stream(
                 break;
             }
             // Written to the destination: consumed. Every 50 cells earn the client a
-            // stream SENDME.
-            let due = deliver.lock().map(|mut d| d.on_consumed()).unwrap_or(false);
-            if due {
+            // stream SENDME (two while the window grows).
+            let due = deliver.lock().map(|mut d| d.on_consumed()).unwrap_or(0);
+            for _ in 0..due {
                 let sendme = RelayCell::new(id, RelayMsg::Sendme(None));
                 let _ = sendme_out.send(sendme).await;
             }

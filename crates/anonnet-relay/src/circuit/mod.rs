@@ -35,8 +35,8 @@ use anonnet_dht::verify_record_for;
 use anonnet_wire::cell::{relay_layout, CellCommand, LayerKind};
 use anonnet_wire::dht::{Record, RecordKind};
 use anonnet_wire::flow::{
-    CircuitDeliverWindow, SendmeTags, StreamDeliverWindow, CIRCUIT_INCREMENT, CIRCUIT_WINDOW,
-    STREAM_INCREMENT, STREAM_WINDOW,
+    CircuitDeliverWindow, SendmeTags, StreamDeliverWindow, CIRCUIT_WINDOW, STREAM_INCREMENT,
+    STREAM_WINDOW, STREAM_WINDOW_MAX,
 };
 use anonnet_wire::relay::{
     COOKIE_LEN, DHT_NOT_FOUND, DHT_OK, DHT_REFUSED, DHT_UNAVAILABLE, ESTABLISH_INTRO_CONTEXT,
@@ -69,9 +69,10 @@ const READ_BATCH: usize = 32;
 const WRITE_BATCH: usize = 32;
 /// Messages buffered for the backward task (originated by this relay).
 const BACKWARD_QUEUE: usize = 64;
-/// `DATA` payloads buffered towards one exit TCP connection: a whole stream window, so a
-/// client that respects flow control never makes the circuit wait on a slow destination.
-const EXIT_WRITE_QUEUE: usize = STREAM_WINDOW as usize + 12;
+/// `DATA` payloads buffered towards one exit TCP connection: the largest stream window (the
+/// queue allocates as it fills), so a client that respects flow control never makes the
+/// circuit wait on a slow destination.
+const EXIT_WRITE_QUEUE: usize = STREAM_WINDOW_MAX as usize + 12;
 /// Most `DATA` cells' worth of bytes an exit stream reads from its TCP connection at once
 /// (about 16 KB with 1024-byte client cells): the bound on what one stream holds while it
 /// waits for window.
@@ -280,11 +281,12 @@ mod tests {
         let mut c = ClosedStreams::default();
         let (a, never) = (StreamId(1), StreamId(2));
         c.insert(a);
-        for _ in 0..STREAM_WINDOW {
+        // The largest window the stream could have grown to (§6.4).
+        for _ in 0..STREAM_WINDOW_MAX {
             assert!(c.tolerate_data(a));
         }
         assert!(!c.tolerate_data(a), "beyond a stream window");
-        for _ in 0..STREAM_WINDOW / STREAM_INCREMENT {
+        for _ in 0..STREAM_WINDOW_MAX / STREAM_INCREMENT {
             assert!(c.tolerate_sendme(a));
         }
         assert!(!c.tolerate_sendme(a));

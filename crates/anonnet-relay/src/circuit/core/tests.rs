@@ -4,6 +4,7 @@
 use super::*;
 use anonnet_crypto::onion::{forward_buffer_len, message_offset};
 use anonnet_crypto::{ClientOnion, HopKeys, HybridClientHandshake, OnionKey, RelayOnion};
+use anonnet_wire::flow::CIRCUIT_INCREMENT;
 use anonnet_wire::FORWARD_MESSAGE_MAX;
 
 fn hop_keys(i: u8) -> HopKeys {
@@ -232,10 +233,11 @@ fn a_refused_begin_tolerates_one_stream_window_then_closes() {
         (end.stream_id, end.msg),
         (StreamId(7), RelayMsg::End(EndReason::ExitPolicy))
     );
-    // ... and tolerates what the client had in flight: a stream window of DATA and the
-    // SENDMEs such a window earns, every 100th DATA still earning a circuit SENDME.
+    // ... and tolerates what the client had in flight: the largest stream window of DATA
+    // and the SENDMEs such a window earns, every 100th DATA still earning a circuit
+    // SENDME.
     let mut last_tag = [0; 16];
-    for i in 1..=STREAM_WINDOW {
+    for i in 1..=STREAM_WINDOW_MAX {
         let (cell, tag) = p.seal(2, data());
         assert!(matches!(p.carry(2, cell), Ok(Step::Handled)), "DATA {i}");
         last_tag = tag;
@@ -246,7 +248,7 @@ fn a_refused_begin_tolerates_one_stream_window_then_closes() {
         assert!(p.forward[2].poll_reply().is_none());
     }
     assert_eq!(last_tag.len(), 16);
-    for _ in 0..STREAM_WINDOW / STREAM_INCREMENT {
+    for _ in 0..STREAM_WINDOW_MAX / STREAM_INCREMENT {
         assert!(matches!(
             p.send(2, RelayMsg::Sendme(None)),
             Ok(Step::Handled)
@@ -345,13 +347,22 @@ fn circuit_sendmes_must_echo_the_tag_of_a_cell_the_client_received() {
 }
 
 #[test]
-fn a_stream_sendme_is_refused_unless_the_exit_used_the_window() {
+fn a_stream_sendme_beyond_the_largest_window_is_refused() {
+    // The client may grow the window with extra SENDMEs up to STREAM_WINDOW_MAX (§6.4);
+    // one more is a violation.
     let mut p = path(3, true);
     let package = open_stream(&mut p, 2);
+    for _ in 0..(STREAM_WINDOW_MAX - STREAM_WINDOW) / STREAM_INCREMENT {
+        assert!(matches!(
+            p.send(2, RelayMsg::Sendme(None)),
+            Ok(Step::Handled)
+        ));
+    }
+    assert_eq!(package.available_permits(), STREAM_WINDOW_MAX as usize);
     assert_eq!(
         p.send(2, RelayMsg::Sendme(None)).err(),
         Some(Refusal::Destroy(DestroyReason::Protocol)),
-        "nothing was sent on the stream"
+        "beyond the largest window"
     );
     let mut p = path(3, true);
     let package2 = open_stream(&mut p, 2);
@@ -364,7 +375,6 @@ fn a_stream_sendme_is_refused_unless_the_exit_used_the_window() {
         Ok(Step::Handled)
     ));
     assert_eq!(package2.available_permits(), STREAM_WINDOW as usize);
-    assert_eq!(package.available_permits(), STREAM_WINDOW as usize);
 }
 
 #[test]
