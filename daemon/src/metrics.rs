@@ -163,6 +163,11 @@ fn client_samples(client: &Client) -> Vec<Sample> {
             c.resolves,
         ),
         counter(
+            "anonnet_client_optimistic_streams",
+            "Streams opened optimistically (request sent right behind BEGIN)",
+            c.optimistic_streams,
+        ),
+        counter(
             "anonnet_client_stream_failures",
             "Stream requests refused or failed",
             c.stream_failures,

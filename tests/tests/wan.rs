@@ -7,6 +7,12 @@
 //! namespace) shows paths whose three relays are in three different /16s, and no
 //! generated config allows same-subnet paths.
 //!
+//! Congestion control and optimistic data (issue 15 items 2–3) are measured here too:
+//! the 16 MiB download must run well above what fixed windows over CUBIC links managed
+//! (0.35 MB/s on this profile), and a warm `GET` through the HTTP proxy must take at most
+//! 1.3 circuit round trips plus the server's time (the exit's TCP connect and request,
+//! two exit–site round trips), both computed from the emulator's configured delays.
+//!
 //! Needs root, `ip` and vde2 (`.ci/run` installs vde2); it fails, naming what is missing,
 //! rather than skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,6 +23,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use anonnet_tests::{anonnet_bin, curl_socks, temp_dir, Testnet};
+
+/// The bottleneck of the broadband profile (bytes per second): every host's link.
+const BOTTLENECK: f64 = 12_500_000.0;
+/// Lower bound asserted on the bulk rate, as a share of [`BOTTLENECK`]: 8 %, three times
+/// the 0.35 MB/s that fixed windows over CUBIC links reached on this profile. The goal
+/// (issue 15) is 70 %; the figure printed is the real one.
+const MIN_SHARE: f64 = 0.08;
 
 /// Bytes of the bulk download (the issue's 16 MiB).
 const BULK: u64 = 16 * 1024 * 1024;
@@ -101,6 +114,15 @@ fn a_broadband_testnet_carries_a_bulk_download_and_a_hidden_service_over_distinc
     assert_eq!(first_bad, None, "the file arrived intact");
     std::fs::remove_file(&out).unwrap();
 
+    let rate = BULK as f64 / bulk_s;
+    assert!(
+        rate >= MIN_SHARE * BOTTLENECK,
+        "16 MiB at {:.2} MB/s: below {:.0} % of the {:.1} MB/s bottleneck",
+        rate / 1e6,
+        MIN_SHARE * 100.0,
+        BOTTLENECK / 1e6
+    );
+
     let anon = layout["service"]["address"].as_str().unwrap().to_owned();
     let page = dir.join("hs.html");
     let t = Instant::now();
@@ -125,9 +147,9 @@ fn a_broadband_testnet_carries_a_bulk_download_and_a_hidden_service_over_distinc
         String::from_utf8_lossy(&out.stderr)
     );
     let circuits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let circuits = circuits.as_array().unwrap();
+    let circuits = circuits.as_array().unwrap().clone();
     assert!(!circuits.is_empty(), "the client has circuits");
-    for c in circuits {
+    for c in &circuits {
         let addrs: Vec<&str> = c["addresses"]
             .as_array()
             .unwrap()
@@ -138,10 +160,92 @@ fn a_broadband_testnet_carries_a_bulk_download_and_a_hidden_service_over_distinc
         let subnets: HashSet<(u8, u8)> = addrs.iter().map(|a| slash16(a)).collect();
         assert_eq!(subnets.len(), 3, "three relays, three /16s: {c}");
     }
+    // Optimistic data: a warm GET through the HTTP proxy. The circuit round trip of the
+    // circuits in use, from the configured one-way delays: each leg crosses two hosts'
+    // links, and a round trip crosses each leg twice.
+    let delay_of = |addr: &str| -> f64 {
+        let ip = addr.split(':').next().unwrap();
+        hosts
+            .iter()
+            .find(|h| h["addr"] == ip)
+            .map(|h| h["delay_ms"].as_f64().unwrap() / 1000.0)
+            .unwrap_or_else(|| panic!("no host has {ip}"))
+    };
+    let client_delay = delay_of(&format!(
+        "{}:0",
+        hosts.iter().find(|h| h["name"] == "client").unwrap()["addr"]
+            .as_str()
+            .unwrap()
+    ));
+    let site_delay = delay_of(&site);
+    let url = format!("http://{site}/");
+    let ttfb = || -> f64 {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "30",
+                "-w",
+                "%{time_starttransfer}",
+                "-x",
+            ])
+            .arg(format!("http://{}", net.http))
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "curl -x: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    };
+    ttfb(); // warms the HTTP proxy's circuit
+    let best = (0..3).map(|_| ttfb()).fold(f64::MAX, f64::min);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(anonnet_bin())
+        .args(["status", "--json", "--config"])
+        .arg(net.client_config())
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        status["counters"]["optimistic_streams"].as_u64().unwrap() >= 4,
+        "the GETs went optimistically: {}",
+        status["counters"]
+    );
+    let mut bound = 0.0f64;
+    let mut rtts = Vec::new();
+    for c in status["circuits"].as_array().unwrap() {
+        if c["state"] != "in use" {
+            continue;
+        }
+        let d: Vec<f64> = c["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| delay_of(a.as_str().unwrap()))
+            .collect();
+        let circuit_rtt = 2.0 * ((client_delay + d[0]) + (d[0] + d[1]) + (d[1] + d[2]));
+        let server = 2.0 * 2.0 * (d[2] + site_delay);
+        rtts.push(circuit_rtt);
+        bound = bound.max(1.3 * circuit_rtt + server);
+    }
+    assert!(!rtts.is_empty(), "a circuit is in use");
+    assert!(
+        best <= bound,
+        "warm GET: time to first byte {best:.3} s, more than 1.3 circuit round trips \
+         ({rtts:?} s) plus the server's time: {bound:.3} s"
+    );
     eprintln!(
-        "wan broadband: ready in {ready_s:.1} s; 16 MiB in {bulk_s:.1} s ({:.2} MiB/s); \
-         hidden service page in {hs_s:.2} s",
-        BULK as f64 / 1048576.0 / bulk_s
+        "wan broadband: ready in {ready_s:.1} s; 16 MiB in {bulk_s:.1} s ({:.2} MB/s, {:.0} % \
+         of the bottleneck); hidden service page in {hs_s:.2} s; warm GET first byte \
+         {best:.3} s (bound {bound:.3} s, circuit RTTs {rtts:?} s)",
+        rate / 1e6,
+        100.0 * rate / BOTTLENECK
     );
     net.stop();
     // stop() waited for the testnet to exit: its namespaces are gone.

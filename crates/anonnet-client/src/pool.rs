@@ -173,6 +173,7 @@ struct CounterAtomics {
     streams_opened: AtomicU64,
     stream_failures: AtomicU64,
     resolves: AtomicU64,
+    optimistic_streams: AtomicU64,
     hs_prefixes_built: AtomicU64,
     hs_prefixes_used: AtomicU64,
 }
@@ -598,6 +599,7 @@ impl Client {
                 streams_opened: c.streams_opened.load(Ordering::Relaxed),
                 stream_failures: c.stream_failures.load(Ordering::Relaxed),
                 resolves: c.resolves.load(Ordering::Relaxed),
+                optimistic_streams: c.optimistic_streams.load(Ordering::Relaxed),
                 hs_prefixes_built: c.hs_prefixes_built.load(Ordering::Relaxed),
                 hs_prefixes_used: c.hs_prefixes_used.load(Ordering::Relaxed),
                 bytes_sent: sc.bytes_sent.load(Ordering::Relaxed),
@@ -968,6 +970,48 @@ impl Client {
                 .stream_failures
                 .fetch_add(1, Ordering::Relaxed),
         };
+        result
+    }
+
+    /// As [`Client::connect_isolated`], but *optimistic* for destinations outside the
+    /// network (§6.5): the stream is returned as soon as `BEGIN` is on its way, so the
+    /// request the caller writes at once costs no extra round trip. A refusal by the exit
+    /// then shows as a read error carrying [`StreamError::Refused`] (see
+    /// [`Circuit::begin_optimistic`]), and no other exit is tried. `.anon`/`.dark`
+    /// destinations are connected as by [`Client::connect_isolated`]. Use it for requests
+    /// that are safe to send again (HTTP `GET`, `HEAD`).
+    ///
+    /// # Errors
+    /// As [`Client::connect_isolated`], for what fails before `BEGIN` is sent.
+    pub async fn connect_optimistic_isolated(
+        &self,
+        target: Target,
+        port: u16,
+        isolation: &IsolationKey,
+    ) -> Result<DataStream, ClientError> {
+        let hidden = matches!(&target, Target::Host(h) if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX));
+        if hidden || !self.is_enabled() || port == 0 {
+            return self.connect_isolated(target, port, isolation).await;
+        }
+        if let Target::Host(h) = &target {
+            anonnet_wire::relay::check_host(h)
+                .map_err(|e| ClientError::BadTarget(e.to_string()))?;
+        }
+        let result = self
+            .on_exit_circuit(port, isolation, |circuit| {
+                let target = target.clone();
+                async move { circuit.begin_optimistic(target, port).await }
+            })
+            .await;
+        let counter = if result.is_ok() {
+            &self.counters.streams_opened
+        } else {
+            &self.counters.stream_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .optimistic_streams
+            .fetch_add(u64::from(result.is_ok()), Ordering::Relaxed);
         result
     }
 

@@ -94,6 +94,9 @@ pub struct Counters {
     pub stream_failures: u64,
     /// `RESOLVE` requests sent to exits (§6.2), answered or not.
     pub resolves: u64,
+    /// Of the streams opened, those opened optimistically (request sent right behind
+    /// `BEGIN`, §6.5).
+    pub optimistic_streams: u64,
     /// Guard → vanguard prefixes pre-built for hidden-service circuits (§9.4).
     pub hs_prefixes_built: u64,
     /// Of those, extended to a named relay (a descriptor fetch, an introduction, a

@@ -66,6 +66,10 @@ pub struct Counters {
     /// daemon older than the field.
     #[serde(default)]
     pub resolves: u64,
+    /// Of `streams_opened`, those opened optimistically: the request sent right behind
+    /// `BEGIN` (docs/protocol.md §6.5); 0 from a daemon older than the field.
+    #[serde(default)]
+    pub optimistic_streams: u64,
     /// Guard → vanguard prefixes pre-built for hidden-service circuits (docs/protocol.md
     /// §9.4).
     #[serde(default)]

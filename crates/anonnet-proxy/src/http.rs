@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonnet_client::{Client, ClientError, ErrorKind, IsolationKey};
+use anonnet_client::{Client, ClientError, ErrorKind, IsolationKey, StreamError};
 use anonnet_wire::Target;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -456,8 +456,28 @@ async fn tunnel(
     Ok(Response::new(text_body(String::new())))
 }
 
+/// The exit's refusal of an optimistic stream inside a hyper error's sources, if that is
+/// what ended it (docs/protocol.md §6.5).
+fn refusal_in(e: &hyper::Error) -> Option<StreamError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<StreamError>() {
+            return Some(refused.clone());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(refused) = io.get_ref().and_then(|i| i.downcast_ref::<StreamError>()) {
+                return Some(refused.clone());
+            }
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// An absolute-form request: one stream to the destination, the request in origin form,
-/// the response relayed as it arrives.
+/// the response relayed as it arrives. `GET` and `HEAD` go optimistically (§6.5): the
+/// request follows `BEGIN` without waiting for `CONNECTED`, one circuit round trip
+/// sooner; a refusal still becomes the status it would have been.
 async fn forward(
     req: Request<Incoming>,
     client: &Client,
@@ -465,10 +485,17 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let (mut parts, body) = req.into_parts();
     let dest = into_origin_form(&mut parts)?;
-    let stream = client
-        .connect_isolated(dest.target.clone(), dest.port, isolation)
-        .await
-        .map_err(|e| Refusal::from_client_error(&e, &dest))?;
+    let optimistic = parts.method == Method::GET || parts.method == Method::HEAD;
+    let stream = if optimistic {
+        client
+            .connect_optimistic_isolated(dest.target.clone(), dest.port, isolation)
+            .await
+    } else {
+        client
+            .connect_isolated(dest.target.clone(), dest.port, isolation)
+            .await
+    }
+    .map_err(|e| Refusal::from_client_error(&e, &dest))?;
     let bad_gateway = |why: String| Refusal {
         status: StatusCode::BAD_GATEWAY,
         reason: why,
@@ -493,9 +520,15 @@ async fn forward(
             strip_hop_by_hop(resp.headers_mut());
             Ok(resp.map(|b| b.boxed()))
         }
-        Ok(Err(e)) => Err(bad_gateway(format!(
-            "{dest} did not send a valid HTTP response: {e}"
-        ))),
+        Ok(Err(e)) => match refusal_in(&e) {
+            Some(refused) => Err(Refusal::from_client_error(
+                &ClientError::Stream(refused),
+                &dest,
+            )),
+            None => Err(bad_gateway(format!(
+                "{dest} did not send a valid HTTP response: {e}"
+            ))),
+        },
         Err(_) => Err(Refusal {
             status: StatusCode::GATEWAY_TIMEOUT,
             reason: format!(

@@ -594,6 +594,50 @@ impl Circuit {
         }
     }
 
+    /// Open a stream to `target:port` through the exit *optimistically* (§6.5 "Optimistic
+    /// data"): `BEGIN` is sent and the stream returned at once, so what the caller writes
+    /// next follows `BEGIN` on the circuit instead of waiting a round trip for
+    /// `CONNECTED`. The first read waits for `CONNECTED`; when the exit refuses, reads
+    /// fail with an [`std::io::Error`] of kind `ConnectionRefused` whose inner error is
+    /// [`StreamError::Refused`] with the exit's reason. Only for requests that may be sent
+    /// again safely: a refused stream's data was never delivered, but one whose exit
+    /// stays silent may have been.
+    ///
+    /// # Errors
+    /// [`StreamError::Circuit`] when the circuit is closed or full.
+    pub async fn begin_optimistic(
+        self: &Arc<Self>,
+        target: Target,
+        port: u16,
+    ) -> Result<DataStream, StreamError> {
+        if self.is_closed() {
+            return Err(CircuitError::Closed.into());
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let entry = StreamEntry {
+            tx,
+            deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
+            package: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
+            resolve: false,
+        };
+        let id = self
+            .streams
+            .lock()
+            .map_err(|_| CircuitError::Closed)?
+            .allocate(entry.clone())
+            .ok_or(CircuitError::TooManyStreams)?;
+        let mut stream = self.stream_handle(id, &entry, Some(rx));
+        stream.awaiting_connected = true;
+        self.forward
+            .send(Forward {
+                hop: self.exit_hop(),
+                cell: RelayCell::new(id, RelayMsg::Begin { target, port }),
+            })
+            .await
+            .map_err(|_| CircuitError::Closed)?;
+        Ok(stream)
+    }
+
     /// Ask the exit to resolve `target` (§6.2): a host name's addresses or an address's
     /// name, waiting at most `timeout` for `RESOLVED`. The stream id is used for this one
     /// question; when the answer does not come in time the stream is ended (`END` DONE)
@@ -725,6 +769,7 @@ impl Circuit {
             deliver: entry.deliver.clone(),
             circuit_window: PollSemaphore::new(self.package.clone()),
             stream_window: PollSemaphore::new(entry.package.clone()),
+            awaiting_connected: false,
             permits: (None, None),
         }
     }

@@ -21,6 +21,9 @@ pub struct DataStream {
     /// Package windows for writing (§6.4).
     pub(super) circuit_window: PollSemaphore,
     pub(super) stream_window: PollSemaphore,
+    /// An optimistic stream (`Circuit::begin_optimistic`) before its `CONNECTED`: `DATA`
+    /// now is a protocol violation, an `END` the exit's refusal.
+    pub(super) awaiting_connected: bool,
     /// Permits acquired for the next DATA cell (circuit, stream).
     pub(super) permits: (
         Option<tokio::sync::OwnedSemaphorePermit>,
@@ -134,6 +137,14 @@ impl AsyncRead for DataStream {
                 Poll::Pending => return Poll::Pending,
             };
             match event {
+                Some(StreamEvent::Data(_)) if self.awaiting_connected => {
+                    self.ended = true;
+                    self.failure = Some(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "DATA before CONNECTED",
+                    ));
+                    self.circuit.close();
+                }
                 Some(StreamEvent::Data(d)) => {
                     self.pending = d;
                     let due = self
@@ -145,7 +156,7 @@ impl AsyncRead for DataStream {
                         self.send_stream_sendme();
                     }
                 }
-                Some(StreamEvent::Connected) => {}
+                Some(StreamEvent::Connected) => self.awaiting_connected = false,
                 // The reader delivers RESOLVED to resolve streams only; never here.
                 Some(StreamEvent::Resolved(_)) => {
                     self.ended = true;
@@ -155,6 +166,15 @@ impl AsyncRead for DataStream {
                     ));
                 }
                 Some(StreamEvent::End(EndReason::Done)) => self.ended = true,
+                // Refused before CONNECTED (an optimistic stream): the reason travels inside
+                // the error, for the proxy to map to its reply.
+                Some(StreamEvent::End(reason)) if self.awaiting_connected => {
+                    self.ended = true;
+                    self.failure = Some(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        super::StreamError::Refused(reason),
+                    ));
+                }
                 Some(StreamEvent::End(reason)) => {
                     self.ended = true;
                     self.failure = Some(io::Error::new(
