@@ -38,7 +38,8 @@ use anonnet_daemon::config::{self, ConfigError};
 /// Name of the port file `anonnet run` writes in its state directory.
 pub const PORTS_FILE: &str = "ports.json";
 
-/// anonnet: an onion-routing anonymity network.
+/// An onion-routing anonymity network: client daemon, relay, directory authority and local
+/// testnet.
 #[derive(Debug, Parser)]
 #[command(name = "anonnet", version, about, long_about = None)]
 struct Cli {
@@ -184,6 +185,15 @@ enum Command {
     /// Control subcommands over the running daemon's control API.
     #[command(flatten)]
     Control(cli::ControlCommand),
+    /// Write the man pages, anonnet.1 and one per subcommand (anonnet-run.1,
+    /// anonnet-service-publish.1, …), into DIR. Hidden: packaging runs it
+    /// (scripts/package-deb.sh), so the pages always match this binary.
+    #[command(hide = true)]
+    Man {
+        /// Directory for the pages (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn parse_authorities(s: &str) -> Result<usize, String> {
@@ -304,6 +314,15 @@ impl Error {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Man { dir } = &cli.command {
+        return match write_man_pages(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("anonnet: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(cli.log_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -341,6 +360,8 @@ fn main() -> ExitCode {
                 exit_with_parent,
             } => run_authority(&config, exit_with_parent).await,
             Command::Consensus(target) => cli::consensus(target, cli.config),
+            // Answered before the runtime starts.
+            Command::Man { .. } => Ok(()),
             Command::Testnet {
                 relays,
                 authorities,
@@ -402,6 +423,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `anonnet man DIR`: the man pages of every visible command, generated from the clap
+/// definitions above (clap_mangen), so they cannot drift from `--help`.
+fn write_man_pages(dir: &Path) -> Result<(), Error> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+        .map_err(Error::io(format!("writing man pages to {}", dir.display())))
 }
 
 /// Logs go to stderr, filtered by `--log-level`, else `RUST_LOG`, else `info`.
@@ -731,4 +761,34 @@ async fn run_testnet(
         wan,
     };
     testnet::run(options, &mut shutdown).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_pages_cover_every_visible_subcommand_and_not_the_hidden_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("man1");
+        write_man_pages(&out).unwrap();
+        for page in [
+            "anonnet.1",
+            "anonnet-run.1",
+            "anonnet-relay.1",
+            "anonnet-status.1",
+            "anonnet-service-publish.1",
+            "anonnet-testnet.1",
+        ] {
+            let text = std::fs::read_to_string(out.join(page)).unwrap();
+            let title = format!(".TH {} 1", page.trim_end_matches(".1"));
+            assert!(text.contains(&title), "{page}: {text}");
+        }
+        assert!(!out.join("anonnet-man.1").exists());
+        assert!(!out.join("anonnet-help.1").exists());
+        let main = std::fs::read_to_string(out.join("anonnet.1")).unwrap();
+        assert!(main.contains("anonnet\\-run(1)"), "{main}");
+        assert!(!main.contains("anonnet\\-man(1)"), "{main}");
+    }
 }

@@ -23,7 +23,7 @@ const UI_QUEUE: usize = 16;
 /// Menu clicks queued for the worker (more are dropped, with a warning).
 const CLICK_QUEUE: usize = 32;
 
-/// anonnet-tray: the anonnet daemon in the system tray.
+/// The anonnet daemon in the system tray.
 ///
 /// Shows whether the daemon is on, connecting, off or in trouble; switches the proxy,
 /// asks for a new identity and publishes local web servers as hidden services, all through
@@ -38,6 +38,10 @@ struct Cli {
     /// Log level on stderr [default: $RUST_LOG, else info].
     #[arg(long, value_enum, value_name = "LEVEL")]
     log_level: Option<LogLevel>,
+    /// Write the man page anonnet-tray.1 into DIR (created if missing) and exit. Hidden:
+    /// packaging runs it (scripts/package-deb.sh), so the page always matches `--help`.
+    #[arg(long, value_name = "DIR", hide = true)]
+    man: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,8 +78,28 @@ fn init_logging(level: Option<LogLevel>) {
         .init();
 }
 
+/// `anonnet-tray --man DIR`: DIR/anonnet-tray.1 from the clap definition (clap_mangen).
+fn write_man_page(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::Man::new(Cli::command()).generate_to(dir)?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.man {
+        return match write_man_page(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "anonnet-tray: error: writing the man page to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(cli.log_level);
 
     let (ui_tx, ui_rx) = std::sync::mpsc::sync_channel::<UiMsg>(UI_QUEUE);
