@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use anonnet_clock::{Clock, Published, Refresh, CHECK_INTERVAL};
+use anonnet_clock::{Clock, Published, Refresh, Schedule, CHECK_INTERVAL};
 use anonnet_crypto::dark::{make_dark_record, DarkName, DARK_POW_BITS};
 use anonnet_crypto::hs::{
     descriptor_index, open_introduce, periods_to_publish, seal_descriptor, HsAddress, HsError,
@@ -1010,50 +1010,38 @@ impl Service {
             return;
         };
         let mut revision = now_unix_millis(&clock);
-        let mut last: Option<Published> = None;
-        // Something other than the deadline asks for a publication (a change, a new
-        // placement, a failed attempt).
-        let mut wanted = true;
+        let mut schedule = Schedule::new(DESCRIPTOR_REFRESH);
         let mut placed = self.placement(clock.unix_now());
         loop {
             let (now, mono) = (clock.unix_now(), clock.mono_now());
             let points: Vec<IntroPoint> = lock(&self.intros).iter().map(|s| s.point).collect();
-            let mut wait = CHECK_INTERVAL;
-            let have_points = !points.is_empty();
             // With no introduction point yet there is nothing to publish: the first one
             // to come up wakes this loop through `changed`.
-            if have_points && (wanted || DESCRIPTOR_REFRESH.due(last.as_ref(), now, mono)) {
+            let mut wait = CHECK_INTERVAL;
+            if !points.is_empty() && schedule.due(now, mono) {
                 placed = self.placement(now);
                 revision = revision.max(now_unix_millis(&clock)) + 1;
+                // A failed attempt is retried soon.
+                wait = DESCRIPTOR_RETRY;
                 match self.publish_once(points, revision, now).await {
                     Ok(stored) if stored > 0 => {
-                        last = Some(DESCRIPTOR_REFRESH.published_now(now, mono));
-                        wanted = false;
+                        schedule.published(DESCRIPTOR_REFRESH.published_now(now, mono));
                         if !self.hosted.published.swap(true, Ordering::Relaxed) {
                             info!(service = %anonnet_net::logging::sensitive(self.hosted.address), stored, "descriptor published");
                         }
                     }
                     Ok(_) => {
                         warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "no HSDir stored the descriptor");
-                        wanted = true;
+                        schedule.failed();
                     }
                     Err(e) => {
                         warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "publishing the descriptor: {e}");
-                        wanted = true;
+                        schedule.failed();
                     }
                 }
             }
-            if wanted {
-                // A failed attempt is retried soon.
-                if have_points {
-                    wait = Duration::from_secs(2);
-                }
-            } else if last.is_some() {
-                wait = DESCRIPTOR_REFRESH.next_check(
-                    last.as_ref(),
-                    clock.unix_now(),
-                    clock.mono_now(),
-                );
+            if !schedule.due(clock.unix_now(), clock.mono_now()) {
+                wait = schedule.wait(clock.unix_now(), clock.mono_now());
             }
             let next = tokio::time::Instant::now() + wait;
             loop {
@@ -1062,12 +1050,12 @@ impl Service {
                     () = self.changed.notified() => {
                         // Let a burst of changes settle into one descriptor.
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        wanted = true;
+                        schedule.want();
                         break;
                     }
                     () = tokio::time::sleep(PLACEMENT_CHECK) => {
                         if self.placement(clock.unix_now()) != placed {
-                            wanted = true;
+                            schedule.want();
                             break;
                         }
                     }
@@ -1149,43 +1137,41 @@ impl Service {
             return;
         };
         let owner = self.dark_owner();
-        let mut last: Option<Published> = None;
-        let mut wanted = true;
+        let mut schedule = Schedule::new(NAME_REFRESH);
         loop {
             let (now, mono) = (clock.unix_now(), clock.mono_now());
             let mut wait = CHECK_INTERVAL;
-            if wanted || NAME_REFRESH.due(last.as_ref(), now, mono) {
+            if schedule.due(now, mono) {
                 match self.register_name(&name, &owner, now).await {
                     Ok(Some((stored, expires))) => {
-                        last = Some(Published {
+                        schedule.published(Published {
                             published: now,
                             expires,
                             at: mono,
                         });
-                        wanted = false;
                         self.hosted.name_registered.store(true, Ordering::Relaxed);
                         info!(name = %anonnet_net::logging::sensitive(&name), stored, "name registered");
                     }
                     Ok(None) => {
                         warn!(name = %anonnet_net::logging::sensitive(&name), "no DHT node stored the name (taken by another owner?)");
-                        wanted = true;
-                        wait = Duration::from_secs(30);
+                        schedule.failed();
+                        wait = NAME_STORE_RETRY;
                     }
                     Err(e) => {
                         warn!(name = %anonnet_net::logging::sensitive(&name), "registering the name: {e}");
-                        wanted = true;
+                        schedule.failed();
                         wait = NAME_REGISTER_RETRY;
                     }
                 }
             }
-            if !wanted {
-                wait = NAME_REFRESH.next_check(last.as_ref(), clock.unix_now(), clock.mono_now());
+            if !schedule.due(clock.unix_now(), clock.mono_now()) {
+                wait = schedule.wait(clock.unix_now(), clock.mono_now());
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.name_lost.notified() => {
                     info!(name = %anonnet_net::logging::sensitive(&name), "own name record not found: registering it again");
-                    wanted = true;
+                    schedule.want();
                 }
                 r = jumps.changed() => {
                     if r.is_err() {
@@ -1347,7 +1333,11 @@ pub fn self_check_every(consensus: Option<&crate::consensus::ConsensusStatus>) -
 }
 
 /// Wait before trying a name registration again after it failed (§12.5).
-const NAME_REGISTER_RETRY: Duration = Duration::from_secs(5);
+pub const NAME_REGISTER_RETRY: Duration = Duration::from_secs(5);
+/// Wait before storing the name again when no DHT node stored it.
+pub const NAME_STORE_RETRY: Duration = Duration::from_secs(30);
+/// Wait before publishing the descriptor again when no HSDir stored it.
+pub const DESCRIPTOR_RETRY: Duration = Duration::from_secs(2);
 /// Circuits (each to another random last relay) one registration round tries.
 const NAME_REGISTER_ATTEMPTS: usize = 3;
 

@@ -210,6 +210,70 @@ impl Refresh {
     }
 }
 
+/// A publisher's state (§16): what it last published, and whether something (a change, a
+/// new placement, a record found missing, a failed attempt) asks for a publication before
+/// [`Refresh`] would. The tokio task around it publishes when [`Schedule::due`], reports
+/// the outcome, and sleeps [`Schedule::wait`] (its own retry delay after a failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    refresh: Refresh,
+    last: Option<Published>,
+    wanted: bool,
+}
+
+impl Schedule {
+    /// Nothing published yet: due at once.
+    pub fn new(refresh: Refresh) -> Schedule {
+        Schedule {
+            refresh,
+            last: None,
+            wanted: true,
+        }
+    }
+
+    /// Publish at the next look, whatever the deadline says.
+    pub fn want(&mut self) {
+        self.wanted = true;
+    }
+
+    /// Whether to publish now.
+    pub fn due(&self, now_unix: u64, now_mono: Instant) -> bool {
+        self.wanted || self.refresh.due(self.last.as_ref(), now_unix, now_mono)
+    }
+
+    /// A publication succeeded: `p` is what the network now holds.
+    pub fn published(&mut self, p: Published) {
+        self.last = Some(p);
+        self.wanted = false;
+    }
+
+    /// A publication failed: it stays due (the caller waits its retry delay first).
+    pub fn failed(&mut self) {
+        self.wanted = true;
+    }
+
+    /// How long to sleep before looking again: zero when due now (after a failure, the
+    /// caller's retry delay applies instead), else the time to the deadline, at most
+    /// [`CHECK_INTERVAL`].
+    pub fn wait(&self, now_unix: u64, now_mono: Instant) -> Duration {
+        if self.wanted {
+            return Duration::ZERO;
+        }
+        self.refresh
+            .next_check(self.last.as_ref(), now_unix, now_mono)
+    }
+
+    /// The last successful publication.
+    pub fn last(&self) -> Option<&Published> {
+        self.last.as_ref()
+    }
+
+    /// The rule this schedule follows.
+    pub fn refresh(&self) -> &Refresh {
+        &self.refresh
+    }
+}
+
 /// A clock jump seen between two ticks of a [`JumpDetector`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockJump {
@@ -366,6 +430,26 @@ mod tests {
         let m = m0 + Duration::from_secs(H);
         assert!(r.due(Some(&p), T0 - 4 * H, m));
         assert!(!r.due(Some(&p), T0 - 4 * H, m - Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn schedule_publishes_on_request_on_failure_and_by_deadline() {
+        let r = Refresh::new(Duration::from_secs(3 * H), Duration::from_secs(2 * H));
+        let m0 = Instant::now();
+        let mut s = Schedule::new(r);
+        assert!(s.due(T0, m0) && s.wait(T0, m0).is_zero());
+        s.failed();
+        assert!(s.due(T0, m0));
+        s.published(r.published_now(T0, m0));
+        assert!(!s.due(T0, m0));
+        assert_eq!(s.wait(T0, m0), CHECK_INTERVAL);
+        assert_eq!(s.last().map(|p| p.expires), Some(T0 + 3 * H));
+        s.want();
+        assert!(s.due(T0, m0));
+        s.published(r.published_now(T0, m0));
+        // Suspended 90 minutes: due at the first look after the resume.
+        assert!(s.due(T0 + 90 * 60, m0 + Duration::from_secs(1)));
+        assert_eq!(s.refresh(), &r);
     }
 
     #[test]
