@@ -346,6 +346,9 @@ pub(crate) struct HsCache {
     address_book: HashMap<String, HsAddress>,
     /// Rendezvous circuits by service address and isolation key, reused by later streams.
     rendezvous: Mutex<HashMap<RendezvousKey, Weak<Circuit>>>,
+    /// Proof-of-work bits a `.dark` record needs: [`DARK_POW_BITS`] (lower only in the
+    /// simulation tests, which mine hundreds of records).
+    name_pow_bits: u32,
 }
 
 impl HsCache {
@@ -359,7 +362,27 @@ impl HsCache {
             pins: Mutex::new(NamePins::load(state_dir)),
             address_book: book,
             rendezvous: Mutex::new(HashMap::new()),
+            name_pow_bits: DARK_POW_BITS,
         }
+    }
+
+    /// The `expires` of the cached descriptor of `address`, served or not.
+    #[cfg(test)]
+    pub(crate) fn descriptor_expires(&self, address: &HsAddress) -> Option<u64> {
+        lock(&self.descriptors).get(address).map(Expiring::expires)
+    }
+
+    /// The end of validity of the cached resolution of `name`, served or not.
+    #[cfg(test)]
+    pub(crate) fn name_expires(&self, name: &DarkName) -> Option<u64> {
+        lock(&self.names).get(name.as_str()).map(Expiring::expires)
+    }
+
+    /// A cache whose `.dark` records need `bits` of work (simulations).
+    #[cfg(test)]
+    pub(crate) fn with_name_pow_bits(mut self, bits: u32) -> Self {
+        self.name_pow_bits = bits;
+        self
     }
 
     /// The cached descriptor of `address` when it was fetched less than
@@ -452,7 +475,7 @@ impl HsCache {
             let Ok(r) = DarkRecord::decode(body) else {
                 continue;
             };
-            match verify_name_record(&r, now, DARK_POW_BITS, authorities) {
+            match verify_name_record(&r, now, self.name_pow_bits, authorities) {
                 Ok(v) if v.name == *name => valid.push(v),
                 Ok(_) => debug!("a record for another name came back"),
                 Err(e) => debug!("ignoring a .dark record: {e}"),
