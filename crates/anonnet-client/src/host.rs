@@ -43,7 +43,7 @@ use crate::Client;
 pub const INTRO_POINTS: usize = 3;
 /// Lifetime of a published descriptor (seconds): 3 hours.
 pub const DESCRIPTOR_LIFETIME: u64 = 3 * 3600;
-/// When an unchanged descriptor is published again (§16): when 2 of its 3 hours of
+/// When an unchanged descriptor is published again (§15): when 2 of its 3 hours of
 /// validity are left, by the wall clock or by the monotonic time since publication (an
 /// hour after publication while the clocks agree). Besides this: on change, on a new
 /// placement, and when the self-check misses it.
@@ -53,7 +53,7 @@ pub const DESCRIPTOR_REFRESH: Refresh = Refresh::new(
 );
 /// Lifetime of a `.dark` record (seconds): 2 days.
 pub const NAME_LIFETIME: u64 = 2 * 86_400;
-/// When the `.dark` record is registered and stored again (§16): when 36 of its 48 hours
+/// When the `.dark` record is registered and stored again (§15): when 36 of its 48 hours
 /// of validity are left (12 hours after registration while the clocks agree), or sooner
 /// when the authorities' receipts run out first.
 pub const NAME_REFRESH: Refresh = Refresh::new(
@@ -1000,7 +1000,7 @@ impl Service {
     /// change, whenever a new consensus or a new time period makes other HSDirs
     /// responsible for it (checked every [`PLACEMENT_CHECK`]), and when
     /// [`DESCRIPTOR_REFRESH`] says the published one is running out (asked at least every
-    /// [`CHECK_INTERVAL`] and at once after a wall-clock jump, §16).
+    /// [`CHECK_INTERVAL`] and at once after a wall-clock jump, §15).
     async fn publish_descriptors(self: Arc<Self>) {
         let Some((clock, mut jumps)) = self
             .client
@@ -1123,7 +1123,7 @@ impl Service {
 
     /// Register the `.dark` name (proof of work in a blocking task) and keep it fresh: again
     /// when [`NAME_REFRESH`] says the stored record is running out (asked at least every
-    /// [`CHECK_INTERVAL`] and at once after a wall-clock jump, §16) and when the
+    /// [`CHECK_INTERVAL`] and at once after a wall-clock jump, §15) and when the
     /// self-check misses it.
     async fn publish_name(self: Arc<Self>) {
         let Some(name) = self.dark_name() else {

@@ -42,12 +42,12 @@ pub const HS_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Descriptors kept in the cache (least recently fetched are dropped first).
 const DESCRIPTOR_CACHE: usize = 256;
 /// A cached descriptor is fetched again after this long (and never served past its own
-/// `expires`, §16).
+/// `expires`, §15).
 const DESCRIPTOR_FRESH: Duration = Duration::from_secs(600);
 /// Names kept in the cache.
 const NAME_CACHE: usize = 256;
 /// A resolved name is looked up again after this long (and never served past its record's
-/// validity, §16).
+/// validity, §15).
 const NAME_FRESH: Duration = Duration::from_secs(600);
 /// Pinned names kept (file `dark-pins.json` in the state directory).
 const MAX_PINS: usize = 4096;

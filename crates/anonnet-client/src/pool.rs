@@ -102,7 +102,7 @@ pub struct ClientConfig {
     /// to its named relay instead of building three hops. 0 turns them off; default 3.
     pub hs_prefixes: usize,
     /// Where the client, its hidden-service caches and the services it hosts read the
-    /// time (§16): the system's clocks, or a test's driven clock.
+    /// time (§15): the system's clocks, or a test's driven clock.
     pub clock: anonnet_clock::Clock,
 }
 
@@ -218,7 +218,7 @@ pub struct Client {
     services: Mutex<Vec<Arc<HostedService>>>,
     /// Whether this client itself was away (suspend, SIGSTOP): then no relay is blamed.
     presence: Mutex<crate::presence::Presence>,
-    /// Wall-clock jumps seen (§16): the count goes up at each; the services' publishers
+    /// Wall-clock jumps seen (§15): the count goes up at each; the services' publishers
     /// look at their deadlines again at once.
     clock_jumps: watch::Sender<u64>,
     jump_detector: Mutex<anonnet_clock::JumpDetector>,
@@ -764,12 +764,12 @@ impl Client {
         p.excuses(now)
     }
 
-    /// The clock the client reads (§16).
+    /// The clock the client reads (§15).
     pub fn clock(&self) -> &anonnet_clock::Clock {
         &self.config.clock
     }
 
-    /// Wall-clock jumps seen since the start (§16): `changed()` on the receiver wakes a
+    /// Wall-clock jumps seen since the start (§15): `changed()` on the receiver wakes a
     /// task at the next one.
     pub fn clock_jumps(&self) -> watch::Receiver<u64> {
         self.clock_jumps.subscribe()

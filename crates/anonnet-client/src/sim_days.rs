@@ -1,4 +1,4 @@
-//! Thirty simulated days on one driven clock (§16, issue 18): a hidden service with a
+//! Thirty simulated days on one driven clock (§15, issue 18): a hidden service with a
 //! `.dark` name, a relay that is its HSDir and DHT node, and clients, run through the real
 //! decision cores — the publishers' [`Schedule`]s with [`DESCRIPTOR_REFRESH`] and
 //! [`NAME_REFRESH`], the relay's [`anonnet_relay::DESCRIPTOR_REFRESH`], the DHT store
@@ -56,9 +56,9 @@ const NAME_POW_BITS: u32 = 8;
 /// How the publishers decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
-    /// §16: wall-clock deadlines, looked at within a minute and at once after a jump.
+    /// §15: wall-clock deadlines, looked at within a minute and at once after a jump.
     Deadlines,
-    /// Before §16: republish on monotonic intervals (1 h, 12 h, the relay 1 h).
+    /// Before §15: republish on monotonic intervals (1 h, 12 h, the relay 1 h).
     MonotonicIntervals,
 }
 
@@ -448,9 +448,6 @@ fn run(policy: Policy, seed: u64) -> Outcome {
             }
         }
 
-        if sec % 60 == 0 {
-            world.storage.expire(now);
-        }
         if sec % CHECK_EVERY == 0 {
             world.check(now, mono, "periodic");
         } else if jumped {
@@ -515,7 +512,7 @@ fn service_and_name_stay_reachable_through_30_days_of_clock_jumps() {
 
 #[test]
 fn monotonic_republication_loses_the_service_after_a_suspend() {
-    // The rule before §16, through the same month: new clients find no descriptor
+    // The rule before §15, through the same month: new clients find no descriptor
     // after a suspend longer than the descriptor's remaining validity.
     let out = run(Policy::MonotonicIntervals, 18);
     let lost = out

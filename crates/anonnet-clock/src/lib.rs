@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The longest a publisher waits between two looks at its deadlines (60 s): a clock step
-/// the jump detector missed is still repaired within this (§16).
+/// the jump detector missed is still repaired within this (§15).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A wall clock that moved this much more (or less) than the monotonic clock between two
@@ -144,7 +144,7 @@ pub struct Published {
     pub at: Instant,
 }
 
-/// When to publish again something that expires (§16): at the latest when its wall-clock
+/// When to publish again something that expires (§15): at the latest when its wall-clock
 /// validity left falls to `margin`, or when `margin` is all that is left of its validity
 /// by the monotonic clock since it was published (the wall clock was stepped back since:
 /// the nodes holding it, on other clocks, still drop it on time).
@@ -210,7 +210,7 @@ impl Refresh {
     }
 }
 
-/// A publisher's state (§16): what it last published, and whether something (a change, a
+/// A publisher's state (§15): what it last published, and whether something (a change, a
 /// new placement, a record found missing, a failed attempt) asks for a publication before
 /// [`Refresh`] would. The tokio task around it publishes when [`Schedule::due`], reports
 /// the outcome, and sleeps [`Schedule::wait`] (its own retry delay after a failure).
@@ -325,7 +325,7 @@ impl JumpDetector {
 }
 
 /// A cached record: served while it is younger than the caller's refetch age and, in
-/// every case, only while its own `expires` is in the future (§16).
+/// every case, only while its own `expires` is in the future (§15).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expiring<T> {
     value: T,

@@ -34,7 +34,7 @@ pub use records::{DHT_RECORDS_FILE, HSDIR_RECORDS_FILE, RECORDS_SAVE_EVERY};
 
 /// How long a relay descriptor is valid (seconds): 24 hours.
 pub const DESCRIPTOR_LIFETIME: u64 = 24 * 3600;
-/// When the descriptor is signed again with fresh times, rewritten and published (§16):
+/// When the descriptor is signed again with fresh times, rewritten and published (§15):
 /// when 23 of its 24 hours of validity are left by the wall clock or by the monotonic
 /// time since it was signed (hourly while the clocks agree). Checked every second, so a
 /// wall-clock jump is repaired at once.
