@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use anonnet_clock::{Clock, Published, Refresh, Schedule, CHECK_INTERVAL};
 use anonnet_crypto::dark::{make_dark_record, DarkName, DARK_POW_BITS};
 use anonnet_crypto::hs::{
     descriptor_index, open_introduce, periods_to_publish, seal_descriptor, HsAddress, HsError,
@@ -40,14 +41,25 @@ use crate::Client;
 
 /// Introduction points a service keeps.
 pub const INTRO_POINTS: usize = 3;
-/// Lifetime of a published descriptor (seconds); republished every hour and on change.
+/// Lifetime of a published descriptor (seconds): 3 hours.
 pub const DESCRIPTOR_LIFETIME: u64 = 3 * 3600;
-/// How often an unchanged descriptor is republished.
-pub const REPUBLISH: Duration = Duration::from_secs(3600);
-/// Lifetime of a `.dark` record (seconds); republished every 12 hours.
+/// When an unchanged descriptor is published again (§15): when 2 of its 3 hours of
+/// validity are left, by the wall clock or by the monotonic time since publication (an
+/// hour after publication while the clocks agree). Besides this: on change, on a new
+/// placement, and when the self-check misses it.
+pub const DESCRIPTOR_REFRESH: Refresh = Refresh::new(
+    Duration::from_secs(DESCRIPTOR_LIFETIME),
+    Duration::from_secs(2 * 3600),
+);
+/// Lifetime of a `.dark` record (seconds): 2 days.
 pub const NAME_LIFETIME: u64 = 2 * 86_400;
-/// How often the `.dark` record is republished.
-pub const NAME_REPUBLISH: Duration = Duration::from_secs(12 * 3600);
+/// When the `.dark` record is registered and stored again (§15): when 36 of its 48 hours
+/// of validity are left (12 hours after registration while the clocks agree), or sooner
+/// when the authorities' receipts run out first.
+pub const NAME_REFRESH: Refresh = Refresh::new(
+    Duration::from_secs(NAME_LIFETIME),
+    Duration::from_secs(36 * 3600),
+);
 /// Rendezvous circuits a service serves at once.
 pub const MAX_RENDEZVOUS: usize = 64;
 /// How often a service checks whether a new consensus moved its descriptors to other
@@ -164,11 +176,12 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Unix time in milliseconds: the floor of a descriptor's `revision` (§13.2), so that a
-/// service restarted within the same second still publishes a higher revision than the
-/// one its previous run left on the HSDirs.
-fn now_unix_millis() -> u64 {
-    std::time::SystemTime::now()
+/// Unix time in milliseconds on `clock`: the floor of a descriptor's `revision` (§13.2),
+/// so that a service restarted within the same second still publishes a higher revision
+/// than the one its previous run left on the HSDirs.
+fn now_unix_millis(clock: &Clock) -> u64 {
+    clock
+        .wall_now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
@@ -984,33 +997,51 @@ impl Service {
     }
 
     /// Publish the descriptor for every period in use, whenever the introduction points
-    /// change, whenever a new consensus makes other HSDirs responsible for it (checked
-    /// every [`PLACEMENT_CHECK`]), and every [`REPUBLISH`].
+    /// change, whenever a new consensus or a new time period makes other HSDirs
+    /// responsible for it (checked every [`PLACEMENT_CHECK`]), and when
+    /// [`DESCRIPTOR_REFRESH`] says the published one is running out (asked at least every
+    /// [`CHECK_INTERVAL`] and at once after a wall-clock jump, §15).
     async fn publish_descriptors(self: Arc<Self>) {
-        let mut revision = now_unix_millis();
+        let Some((clock, mut jumps)) = self
+            .client
+            .upgrade()
+            .map(|c| (c.clock().clone(), c.clock_jumps()))
+        else {
+            return;
+        };
+        let mut revision = now_unix_millis(&clock);
+        let mut schedule = Schedule::new(DESCRIPTOR_REFRESH);
+        let mut placed = self.placement(clock.unix_now());
         loop {
-            let placed = self.placement(now_unix());
+            let (now, mono) = (clock.unix_now(), clock.mono_now());
             let points: Vec<IntroPoint> = lock(&self.intros).iter().map(|s| s.point).collect();
-            let mut wait = REPUBLISH;
             // With no introduction point yet there is nothing to publish: the first one
             // to come up wakes this loop through `changed`.
-            if !points.is_empty() {
-                revision = revision.max(now_unix_millis()) + 1;
-                match self.publish_once(points, revision).await {
+            let mut wait = CHECK_INTERVAL;
+            if !points.is_empty() && schedule.due(now, mono) {
+                placed = self.placement(now);
+                revision = revision.max(now_unix_millis(&clock)) + 1;
+                // A failed attempt is retried soon.
+                wait = DESCRIPTOR_RETRY;
+                match self.publish_once(points, revision, now).await {
                     Ok(stored) if stored > 0 => {
+                        schedule.published(DESCRIPTOR_REFRESH.published_now(now, mono));
                         if !self.hosted.published.swap(true, Ordering::Relaxed) {
                             info!(service = %anonnet_net::logging::sensitive(self.hosted.address), stored, "descriptor published");
                         }
                     }
                     Ok(_) => {
                         warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "no HSDir stored the descriptor");
-                        wait = Duration::from_secs(2);
+                        schedule.failed();
                     }
                     Err(e) => {
                         warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "publishing the descriptor: {e}");
-                        wait = Duration::from_secs(2);
+                        schedule.failed();
                     }
                 }
+            }
+            if !schedule.due(clock.unix_now(), clock.mono_now()) {
+                wait = schedule.wait(clock.unix_now(), clock.mono_now());
             }
             let next = tokio::time::Instant::now() + wait;
             loop {
@@ -1019,12 +1050,20 @@ impl Service {
                     () = self.changed.notified() => {
                         // Let a burst of changes settle into one descriptor.
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                        schedule.want();
                         break;
                     }
                     () = tokio::time::sleep(PLACEMENT_CHECK) => {
-                        if self.placement(now_unix()) != placed {
+                        if self.placement(clock.unix_now()) != placed {
+                            schedule.want();
                             break;
                         }
+                    }
+                    r = jumps.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        break;
                     }
                     () = self.hosted.stop.cancelled() => return,
                 }
@@ -1042,9 +1081,16 @@ impl Service {
         }
     }
 
-    async fn publish_once(&self, points: Vec<IntroPoint>, revision: u64) -> Result<usize, String> {
+    /// Seal and store the descriptor for every period to publish at `now` (Unix
+    /// seconds), valid until [`DESCRIPTOR_REFRESH`]`.expires_at(now)`; returns how many
+    /// HSDirs stored one.
+    async fn publish_once(
+        &self,
+        points: Vec<IntroPoint>,
+        revision: u64,
+        now: u64,
+    ) -> Result<usize, String> {
         let client = self.client.upgrade().ok_or("client stopped")?;
-        let now = now_unix();
         let body = HsDescriptorBody {
             pow: self.pow.as_ref().map(|p| lock(p).params()),
             intro_points: points,
@@ -1055,7 +1101,7 @@ impl Service {
                 &self.key,
                 period,
                 revision,
-                now + DESCRIPTOR_LIFETIME,
+                DESCRIPTOR_REFRESH.expires_at(now),
                 &body,
             )
             .map_err(|e| e.to_string())?;
@@ -1075,80 +1121,118 @@ impl Service {
             .and_then(|n| DarkName::parse(n).ok())
     }
 
-    /// Register the `.dark` name (proof of work in a blocking task) and keep it fresh.
+    /// Register the `.dark` name (proof of work in a blocking task) and keep it fresh: again
+    /// when [`NAME_REFRESH`] says the stored record is running out (asked at least every
+    /// [`CHECK_INTERVAL`] and at once after a wall-clock jump, §15) and when the
+    /// self-check misses it.
     async fn publish_name(self: Arc<Self>) {
         let Some(name) = self.dark_name() else {
             return;
         };
+        let Some((clock, mut jumps)) = self
+            .client
+            .upgrade()
+            .map(|c| (c.clock().clone(), c.clock_jumps()))
+        else {
+            return;
+        };
         let owner = self.dark_owner();
+        let mut schedule = Schedule::new(NAME_REFRESH);
         loop {
-            let now = now_unix();
-            let (owner_c, name_c, address) = (
-                IdentityKey::from_seed(&owner.seed()),
-                name.clone(),
-                self.hosted.address,
-            );
-            let record = tokio::task::spawn_blocking(move || {
-                make_dark_record(
-                    &owner_c,
-                    &name_c,
-                    &address,
-                    now,
-                    now + NAME_LIFETIME,
-                    DARK_POW_BITS,
-                )
-            })
-            .await;
-            let mut wait = NAME_REPUBLISH;
-            let stored = match (record, self.client.upgrade()) {
-                (Ok(mut record), Some(client)) => {
-                    if let Some(network) = &client.config.network {
-                        match register_with_authorities(&client, network, &mut record).await {
-                            Ok(()) => {}
-                            Err(e) => {
-                                warn!(name = %anonnet_net::logging::sensitive(&name), "registering the name with the authorities: {e}");
-                                tokio::select! {
-                                    () = tokio::time::sleep(NAME_REGISTER_RETRY) => continue,
-                                    () = self.hosted.stop.cancelled() => break,
-                                }
-                            }
-                        }
+            let (now, mono) = (clock.unix_now(), clock.mono_now());
+            let mut wait = CHECK_INTERVAL;
+            if schedule.due(now, mono) {
+                match self.register_name(&name, &owner, now).await {
+                    Ok(Some((stored, expires))) => {
+                        schedule.published(Published {
+                            published: now,
+                            expires,
+                            at: mono,
+                        });
+                        self.hosted.name_registered.store(true, Ordering::Relaxed);
+                        info!(name = %anonnet_net::logging::sensitive(&name), stored, "name registered");
                     }
-                    match (record.encode(), client.build_internal(None, &[]).await) {
-                        (Ok(bytes), Ok(circuit)) => {
-                            let key = anonnet_crypto::dark::dark_key(&name);
-                            let r = dht_store(&circuit, key, RecordKind::DarkName, bytes).await;
-                            circuit.close();
-                            r
-                        }
-                        (Err(e), _) => Err(e.to_string()),
-                        (_, Err(e)) => Err(e.to_string()),
+                    Ok(None) => {
+                        warn!(name = %anonnet_net::logging::sensitive(&name), "no DHT node stored the name (taken by another owner?)");
+                        schedule.failed();
+                        wait = NAME_STORE_RETRY;
+                    }
+                    Err(e) => {
+                        warn!(name = %anonnet_net::logging::sensitive(&name), "registering the name: {e}");
+                        schedule.failed();
+                        wait = NAME_REGISTER_RETRY;
                     }
                 }
-                _ => Err("client stopped".into()),
-            };
-            match stored {
-                Ok(n) if n > 0 => {
-                    self.hosted.name_registered.store(true, Ordering::Relaxed);
-                    info!(name = %anonnet_net::logging::sensitive(&name), stored = n, "name registered");
-                }
-                Ok(_) => {
-                    warn!(name = %anonnet_net::logging::sensitive(&name), "no DHT node stored the name (taken by another owner?)");
-                    wait = Duration::from_secs(30);
-                }
-                Err(e) => {
-                    warn!(name = %anonnet_net::logging::sensitive(&name), "registering the name: {e}");
-                    wait = Duration::from_secs(5);
-                }
+            }
+            if !schedule.due(clock.unix_now(), clock.mono_now()) {
+                wait = schedule.wait(clock.unix_now(), clock.mono_now());
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.name_lost.notified() => {
                     info!(name = %anonnet_net::logging::sensitive(&name), "own name record not found: registering it again");
+                    schedule.want();
+                }
+                r = jumps.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
                 }
                 () = self.hosted.stop.cancelled() => break,
             }
         }
+    }
+
+    /// Make a `.dark` record valid from `now` (Unix seconds) for [`NAME_LIFETIME`], have
+    /// the network's authorities vouch for it, and store it in the DHT through a circuit.
+    /// Returns how many DHT nodes stored it and until when it is valid (its own `expires`,
+    /// or earlier when the authorities' receipts run out first), or `None` when no node
+    /// stored it.
+    ///
+    /// # Errors
+    /// Why the authorities did not vouch for it, or the circuit or the store failed.
+    async fn register_name(
+        &self,
+        name: &DarkName,
+        owner: &IdentityKey,
+        now: u64,
+    ) -> Result<Option<(usize, u64)>, String> {
+        let (owner_c, name_c, address) = (
+            IdentityKey::from_seed(&owner.seed()),
+            name.clone(),
+            self.hosted.address,
+        );
+        let expires = NAME_REFRESH.expires_at(now);
+        let mut record = tokio::task::spawn_blocking(move || {
+            make_dark_record(&owner_c, &name_c, &address, now, expires, DARK_POW_BITS)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let client = self.client.upgrade().ok_or("client stopped")?;
+        let authorities = client.config.network.as_ref().map(|n| n.name_authorities());
+        if let Some(network) = &client.config.network {
+            register_with_authorities(&client, network, &mut record)
+                .await
+                .map_err(|e| format!("registering the name with the authorities: {e}"))?;
+        }
+        let valid_until = anonnet_crypto::dark::verify_name_record(
+            &record,
+            now,
+            DARK_POW_BITS,
+            authorities.as_ref(),
+        )
+        .map_err(|e| format!("the record made does not verify: {e}"))?
+        .expires;
+        let bytes = record.encode().map_err(|e| e.to_string())?;
+        let circuit = client
+            .build_internal(None, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let key = anonnet_crypto::dark::dark_key(name);
+        let stored = dht_store(&circuit, key, RecordKind::DarkName, bytes).await;
+        circuit.close();
+        let stored = stored?;
+        Ok((stored > 0).then_some((stored, valid_until)))
     }
 
     /// The `.dark` owner key of this service (derived from its key, §12.5).
@@ -1249,7 +1333,11 @@ pub fn self_check_every(consensus: Option<&crate::consensus::ConsensusStatus>) -
 }
 
 /// Wait before trying a name registration again after it failed (§12.5).
-const NAME_REGISTER_RETRY: Duration = Duration::from_secs(5);
+pub const NAME_REGISTER_RETRY: Duration = Duration::from_secs(5);
+/// Wait before storing the name again when no DHT node stored it.
+pub const NAME_STORE_RETRY: Duration = Duration::from_secs(30);
+/// Wait before publishing the descriptor again when no HSDir stored it.
+pub const DESCRIPTOR_RETRY: Duration = Duration::from_secs(2);
 /// Circuits (each to another random last relay) one registration round tries.
 const NAME_REGISTER_ATTEMPTS: usize = 3;
 

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use anonnet_clock::Expiring;
+
 use anonnet_crypto::dark::{
     dark_key, verify_name_record, DarkName, NameAuthorities, DARK_POW_BITS,
 };
@@ -39,11 +41,13 @@ use crate::circuit::{Circuit, HopSpec};
 pub const HS_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Descriptors kept in the cache (least recently fetched are dropped first).
 const DESCRIPTOR_CACHE: usize = 256;
-/// A cached descriptor is fetched again after this long.
+/// A cached descriptor is fetched again after this long (and never served past its own
+/// `expires`, §15).
 const DESCRIPTOR_FRESH: Duration = Duration::from_secs(600);
 /// Names kept in the cache.
 const NAME_CACHE: usize = 256;
-/// A resolved name is looked up again after this long.
+/// A resolved name is looked up again after this long (and never served past its record's
+/// validity, §15).
 const NAME_FRESH: Duration = Duration::from_secs(600);
 /// Pinned names kept (file `dark-pins.json` in the state directory).
 const MAX_PINS: usize = 4096;
@@ -336,12 +340,15 @@ type RendezvousKey = (HsAddress, Vec<u8>);
 /// address book and rendezvous circuits open to services.
 #[derive(Debug)]
 pub(crate) struct HsCache {
-    descriptors: Mutex<HashMap<HsAddress, (Revised, Instant)>>,
-    names: Mutex<HashMap<String, (HsAddress, Instant)>>,
+    descriptors: Mutex<HashMap<HsAddress, Expiring<Revised>>>,
+    names: Mutex<HashMap<String, Expiring<HsAddress>>>,
     pins: Mutex<NamePins>,
     address_book: HashMap<String, HsAddress>,
     /// Rendezvous circuits by service address and isolation key, reused by later streams.
     rendezvous: Mutex<HashMap<RendezvousKey, Weak<Circuit>>>,
+    /// Proof-of-work bits a `.dark` record needs: [`DARK_POW_BITS`] (lower only in the
+    /// simulation tests, which mine hundreds of records).
+    name_pow_bits: u32,
 }
 
 impl HsCache {
@@ -355,25 +362,60 @@ impl HsCache {
             pins: Mutex::new(NamePins::load(state_dir)),
             address_book: book,
             rendezvous: Mutex::new(HashMap::new()),
+            name_pow_bits: DARK_POW_BITS,
         }
     }
 
-    pub(crate) fn descriptor(&self, address: &HsAddress) -> Option<Revised> {
-        lock(&self.descriptors)
-            .get(address)
-            .filter(|(_, at)| at.elapsed() < DESCRIPTOR_FRESH)
-            .map(|(d, _)| d.clone())
+    /// The `expires` of the cached descriptor of `address`, served or not.
+    #[cfg(test)]
+    pub(crate) fn descriptor_expires(&self, address: &HsAddress) -> Option<u64> {
+        lock(&self.descriptors).get(address).map(Expiring::expires)
     }
 
-    pub(crate) fn put_descriptor(&self, address: HsAddress, body: Revised) {
+    /// The end of validity of the cached resolution of `name`, served or not.
+    #[cfg(test)]
+    pub(crate) fn name_expires(&self, name: &DarkName) -> Option<u64> {
+        lock(&self.names).get(name.as_str()).map(Expiring::expires)
+    }
+
+    /// A cache whose `.dark` records need `bits` of work (simulations).
+    #[cfg(test)]
+    pub(crate) fn with_name_pow_bits(mut self, bits: u32) -> Self {
+        self.name_pow_bits = bits;
+        self
+    }
+
+    /// The cached descriptor of `address` when it was fetched less than
+    /// [`DESCRIPTOR_FRESH`] before `now_mono` and has not expired at `now_unix`.
+    pub(crate) fn descriptor(
+        &self,
+        address: &HsAddress,
+        now_unix: u64,
+        now_mono: Instant,
+    ) -> Option<Revised> {
+        lock(&self.descriptors)
+            .get(address)
+            .and_then(|e| e.fresh(now_unix, now_mono, DESCRIPTOR_FRESH))
+            .cloned()
+    }
+
+    /// Cache `body`, valid until `expires` (Unix seconds), fetched at `fetched`; the entry
+    /// fetched longest ago makes room when the cache is full.
+    pub(crate) fn put_descriptor(
+        &self,
+        address: HsAddress,
+        body: Revised,
+        expires: u64,
+        fetched: Instant,
+    ) {
         let mut map = lock(&self.descriptors);
         if map.len() >= DESCRIPTOR_CACHE && !map.contains_key(&address) {
-            let oldest = map.iter().min_by_key(|(_, (_, at))| *at).map(|(a, _)| *a);
+            let oldest = map.iter().min_by_key(|(_, e)| e.fetched()).map(|(a, _)| *a);
             if let Some(a) = oldest {
                 map.remove(&a);
             }
         }
-        map.insert(address, (body, Instant::now()));
+        map.insert(address, Expiring::new(body, expires, fetched));
     }
 
     pub(crate) fn forget_descriptor(&self, address: &HsAddress) {
@@ -399,25 +441,33 @@ impl HsCache {
         lock(&self.rendezvous).clear();
     }
 
-    /// The address book's entry for `name`, else a fresh cached resolution.
-    pub(crate) fn known_name(&self, name: &DarkName) -> Option<HsAddress> {
+    /// The address book's entry for `name`, else a cached resolution made less than
+    /// [`NAME_FRESH`] before `now_mono` whose record is still valid at `now_unix`.
+    pub(crate) fn known_name(
+        &self,
+        name: &DarkName,
+        now_unix: u64,
+        now_mono: Instant,
+    ) -> Option<HsAddress> {
         if let Some(a) = self.address_book.get(name.as_str()) {
             return Some(*a);
         }
         lock(&self.names)
             .get(name.as_str())
-            .filter(|(_, at)| at.elapsed() < NAME_FRESH)
-            .map(|(a, _)| *a)
+            .and_then(|e| e.fresh(now_unix, now_mono, NAME_FRESH))
+            .copied()
     }
 
     /// Choose among the verified records for `name` (with `authorities`, only those that
     /// carry receipts of a majority of them, §12.5): the pinned owner's if present, else
-    /// the earliest published; pin it. Errors when only other owners' records exist.
+    /// the earliest published; pin it, and cache it (fetched at `fetched`) until the chosen
+    /// record's validity ends. Errors when only other owners' records exist.
     pub(crate) fn choose_name(
         &self,
         name: &DarkName,
         records: &[Bytes],
         now: u64,
+        fetched: Instant,
         authorities: Option<&NameAuthorities>,
     ) -> Result<HsAddress, HsFailure> {
         let mut valid = Vec::new();
@@ -425,7 +475,7 @@ impl HsCache {
             let Ok(r) = DarkRecord::decode(body) else {
                 continue;
             };
-            match verify_name_record(&r, now, DARK_POW_BITS, authorities) {
+            match verify_name_record(&r, now, self.name_pow_bits, authorities) {
                 Ok(v) if v.name == *name => valid.push(v),
                 Ok(_) => debug!("a record for another name came back"),
                 Err(e) => debug!("ignoring a .dark record: {e}"),
@@ -460,13 +510,16 @@ impl HsCache {
                 file: pins.file(),
             });
         }
-        let address = chosen.address;
+        let (address, expires) = (chosen.address, chosen.expires);
         drop(pins);
         let mut names = lock(&self.names);
         if names.len() >= NAME_CACHE {
             names.clear();
         }
-        names.insert(name.as_str().to_owned(), (address, Instant::now()));
+        names.insert(
+            name.as_str().to_owned(),
+            Expiring::new(address, expires, fetched),
+        );
         Ok(address)
     }
 }
@@ -474,18 +527,23 @@ impl HsCache {
 /// An opened descriptor body with the `revision` (§12.3) it was signed under.
 pub(crate) type Revised = (u64, HsDescriptorBody);
 
-/// Open descriptors fetched for `address` and keep the newest that verifies.
-pub(crate) fn best_descriptor(address: &HsAddress, records: &[Bytes], now: u64) -> Option<Revised> {
+/// Open descriptors fetched for `address` and keep the newest that verifies at `now`
+/// (Unix seconds), with its `expires`.
+pub(crate) fn best_descriptor(
+    address: &HsAddress,
+    records: &[Bytes],
+    now: u64,
+) -> Option<(Revised, u64)> {
     records
         .iter()
         .filter_map(|b| HsDescriptor::decode(b).ok())
         .filter_map(|d| {
-            let revision = d.revision;
+            let (revision, expires) = (d.revision, d.expires);
             open_descriptor(&d, address, now)
                 .ok()
-                .map(|b| (revision, b))
+                .map(|b| ((revision, b), expires))
         })
-        .max_by_key(|(r, _)| *r)
+        .max_by_key(|((r, _), _)| *r)
 }
 
 /// The DHT key of `address`'s descriptor for `period`.
@@ -664,7 +722,13 @@ mod tests {
         let later = record(8, &name, &other_site, now - 50);
         assert_eq!(
             cache
-                .choose_name(&name, &[later.clone(), first.clone()], now, None)
+                .choose_name(
+                    &name,
+                    &[later.clone(), first.clone()],
+                    now,
+                    Instant::now(),
+                    None
+                )
                 .unwrap(),
             site
         );
@@ -674,14 +738,20 @@ mod tests {
         // A restarted client reads the pin: only another owner's record → refused.
         let cache = HsCache::new(Some(&dir), HashMap::new());
         let err = cache
-            .choose_name(&name, std::slice::from_ref(&later), now, None)
+            .choose_name(
+                &name,
+                std::slice::from_ref(&later),
+                now,
+                Instant::now(),
+                None,
+            )
             .unwrap_err();
         assert!(matches!(err, HsFailure::OwnerChanged { .. }), "{err}");
         assert!(err.to_string().contains(PINS_FILE), "{err}");
         // The pinned owner's record is still taken when it is there.
         assert_eq!(
             cache
-                .choose_name(&name, &[later, first], now, None)
+                .choose_name(&name, &[later, first], now, Instant::now(), None)
                 .unwrap(),
             site
         );
@@ -691,7 +761,7 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         let err = cache
-            .choose_name(&name, &[Bytes::from(bad)], now, None)
+            .choose_name(&name, &[Bytes::from(bad)], now, Instant::now(), None)
             .unwrap_err();
         assert!(matches!(err, HsFailure::UnknownName(_)), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -702,8 +772,48 @@ mod tests {
         let name = DarkName::parse("wiki").unwrap();
         let booked = ServiceKey::from_seed(&[3; 32]).address();
         let cache = HsCache::new(None, HashMap::from([("wiki".to_owned(), booked)]));
-        assert_eq!(cache.known_name(&name), Some(booked));
-        assert_eq!(cache.known_name(&DarkName::parse("other").unwrap()), None);
+        let (now, mono) = (now_secs(), Instant::now());
+        assert_eq!(cache.known_name(&name, now, mono), Some(booked));
+        assert_eq!(
+            cache.known_name(&DarkName::parse("other").unwrap(), now, mono),
+            None
+        );
+    }
+
+    #[test]
+    fn cached_descriptor_is_not_served_past_its_expires() {
+        let cache = HsCache::new(None, HashMap::new());
+        let a = ServiceKey::from_seed(&[4; 32]).address();
+        let body = HsDescriptorBody {
+            pow: None,
+            intro_points: Vec::new(),
+        };
+        let (t0, m0) = (1_800_000_000u64, Instant::now());
+        cache.put_descriptor(a, (1, body), t0 + 3600, m0);
+        assert!(cache.descriptor(&a, t0, m0).is_some());
+        // The wall clock jumped past `expires` (a suspend): a second later on the
+        // monotonic clock, the entry is young but is not served.
+        assert!(cache
+            .descriptor(&a, t0 + 3600, m0 + Duration::from_secs(1))
+            .is_none());
+        // Old by the monotonic clock though valid: fetched again too.
+        assert!(cache.descriptor(&a, t0, m0 + DESCRIPTOR_FRESH).is_none());
+    }
+
+    #[test]
+    fn cached_name_is_not_served_past_its_record() {
+        let dir = temp_dir("name-expiry");
+        let now = now_secs();
+        let name = DarkName::parse("shop").unwrap();
+        let site = ServiceKey::from_seed(&[1; 32]).address();
+        let cache = HsCache::new(Some(&dir), HashMap::new());
+        // A record published 86 400 − 60 s ago: a minute of validity left.
+        let r = record(7, &name, &site, now - 86_400 + 60);
+        let m0 = Instant::now();
+        assert_eq!(cache.choose_name(&name, &[r], now, m0, None).unwrap(), site);
+        assert_eq!(cache.known_name(&name, now + 59, m0), Some(site));
+        assert_eq!(cache.known_name(&name, now + 60, m0), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -731,6 +841,8 @@ mod tests {
                         intro_points: Vec::new(),
                     },
                 ),
+                u64::MAX,
+                Instant::now(),
             );
         }
         assert_eq!(lock(&cache.descriptors).len(), DESCRIPTOR_CACHE);

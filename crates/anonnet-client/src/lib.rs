@@ -11,6 +11,8 @@ pub mod hs_pow;
 mod hsdir;
 mod pool;
 pub mod presence;
+#[cfg(test)]
+mod sim_days;
 pub mod status;
 pub mod vanguards;
 

@@ -101,6 +101,9 @@ pub struct ClientConfig {
     /// a descriptor fetch, an introduction or a service's rendezvous circuit extends one
     /// to its named relay instead of building three hops. 0 turns them off; default 3.
     pub hs_prefixes: usize,
+    /// Where the client, its hidden-service caches and the services it hosts read the
+    /// time (§15): the system's clocks, or a test's driven clock.
+    pub clock: anonnet_clock::Clock,
 }
 
 impl Default for ClientConfig {
@@ -121,6 +124,7 @@ impl Default for ClientConfig {
             circuit_handshake: crate::circuit::HandshakeKind::default(),
             hs_pow_max_effort: crate::hs::CLIENT_MAX_EFFORT,
             hs_prefixes: 3,
+            clock: anonnet_clock::Clock::real(),
         }
     }
 }
@@ -215,6 +219,10 @@ pub struct Client {
     services: Mutex<Vec<Arc<HostedService>>>,
     /// Whether this client itself was away (suspend, SIGSTOP): then no relay is blamed.
     presence: Mutex<crate::presence::Presence>,
+    /// Wall-clock jumps seen (§15): the count goes up at each; the services' publishers
+    /// look at their deadlines again at once.
+    clock_jumps: watch::Sender<u64>,
+    jump_detector: Mutex<anonnet_clock::JumpDetector>,
 }
 
 impl std::fmt::Debug for Client {
@@ -313,8 +321,13 @@ impl Client {
             hs: HsCache::new(config.state_dir.as_deref(), config.address_book.clone()),
             services: Mutex::new(Vec::new()),
             presence: Mutex::new(crate::presence::Presence::new(
-                Instant::now(),
-                SystemTime::now(),
+                config.clock.mono_now(),
+                config.clock.wall_now(),
+            )),
+            clock_jumps: watch::channel(0).0,
+            jump_detector: Mutex::new(anonnet_clock::JumpDetector::new(
+                config.clock.mono_now(),
+                config.clock.wall_now(),
             )),
             config,
         });
@@ -749,14 +762,43 @@ impl Client {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let now = Instant::now();
-        if let Some(gap) = p.tick(now, SystemTime::now()) {
+        let now = self.config.clock.mono_now();
+        if let Some(gap) = p.tick(now, self.config.clock.wall_now()) {
             info!(
                 away_secs = gap.as_secs(),
                 "this client was away (suspended or stopped); links lost meanwhile blame no relay"
             );
         }
         p.excuses(now)
+    }
+
+    /// The clock the client reads (§15).
+    pub fn clock(&self) -> &anonnet_clock::Clock {
+        &self.config.clock
+    }
+
+    /// Wall-clock jumps seen since the start (§15): `changed()` on the receiver wakes a
+    /// task at the next one.
+    pub fn clock_jumps(&self) -> watch::Receiver<u64> {
+        self.clock_jumps.subscribe()
+    }
+
+    /// Compare the wall clock with the monotonic one; on a jump, log it and wake the
+    /// tasks that wait on [`Client::clock_jumps`].
+    fn tick_jump_detector(&self) {
+        let jump = match self.jump_detector.lock() {
+            Ok(mut d) => d.tick(self.config.clock.mono_now(), self.config.clock.wall_now()),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .tick(self.config.clock.mono_now(), self.config.clock.wall_now()),
+        };
+        if let Some(jump) = jump {
+            info!(
+                ?jump,
+                "the wall clock jumped; checking publication deadlines now"
+            );
+            self.clock_jumps.send_modify(|n| *n += 1);
+        }
     }
 
     /// True once [`Client::shutdown`] has begun.
@@ -1543,7 +1585,11 @@ impl Client {
     /// [`ClientError::HiddenService`] for a malformed or unknown name, or a changed owner.
     pub async fn resolve_name(&self, host: &str) -> Result<HsAddress, ClientError> {
         let name = DarkName::parse(host).map_err(|e| HsFailure::BadName(format!("{host}: {e}")))?;
-        if let Some(a) = self.hs.known_name(&name) {
+        let clock = &self.config.clock;
+        if let Some(a) = self
+            .hs
+            .known_name(&name, clock.unix_now(), clock.mono_now())
+        {
             return Ok(a);
         }
         let authorities = self.config.network.as_ref().map(|n| n.name_authorities());
@@ -1561,10 +1607,13 @@ impl Client {
                     continue;
                 }
             };
-            match self
-                .hs
-                .choose_name(&name, &records, now_unix(), authorities.as_ref())
-            {
+            match self.hs.choose_name(
+                &name,
+                &records,
+                clock.unix_now(),
+                clock.mono_now(),
+                authorities.as_ref(),
+            ) {
                 Ok(address) => return Ok(address),
                 Err(e @ HsFailure::OwnerChanged { .. }) => return Err(e.into()),
                 Err(e) => last = e,
@@ -1590,18 +1639,22 @@ impl Client {
         address: &HsAddress,
         failed: Option<u64>,
     ) -> Result<hs::Revised, ClientError> {
+        let clock = &self.config.clock;
         if failed.is_none() {
-            if let Some(d) = self.hs.descriptor(address) {
+            if let Some(d) = self
+                .hs
+                .descriptor(address, clock.unix_now(), clock.mono_now())
+            {
                 return Ok(d);
             }
         }
-        let now = now_unix();
+        let now = clock.unix_now();
         let no_descriptor = || HsFailure::NoDescriptor(address.to_host());
         let Some(placement) = self.hs_placement() else {
             debug!("no consensus: hidden-service descriptors cannot be placed");
             return Err(no_descriptor().into());
         };
-        let mut found: Option<hs::Revised> = None;
+        let mut found: Option<(hs::Revised, u64)> = None;
         'periods: for period in hs::periods_to_fetch(now) {
             let Some(key) = hs::descriptor_key(address, period) else {
                 continue;
@@ -1613,8 +1666,8 @@ impl Client {
                 let Some(best) = hs::best_descriptor(address, &records, now) else {
                     continue;
                 };
-                let newer = failed.is_none_or(|f| best.0 > f);
-                if found.as_ref().is_none_or(|(r, _)| best.0 > *r) {
+                let newer = failed.is_none_or(|f| best.0 .0 > f);
+                if found.as_ref().is_none_or(|((r, _), _)| best.0 .0 > *r) {
                     found = Some(best);
                 }
                 if newer {
@@ -1622,8 +1675,9 @@ impl Client {
                 }
             }
         }
-        let desc = found.ok_or_else(no_descriptor)?;
-        self.hs.put_descriptor(*address, desc.clone());
+        let (desc, expires) = found.ok_or_else(no_descriptor)?;
+        self.hs
+            .put_descriptor(*address, desc.clone(), expires, clock.mono_now());
         Ok(desc)
     }
 
@@ -1911,6 +1965,7 @@ async fn watch_presence(client: std::sync::Weak<Client>) {
             return;
         }
         let _ = c.excused();
+        c.tick_jump_detector();
     }
 }
 

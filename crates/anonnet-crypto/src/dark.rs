@@ -136,14 +136,23 @@ pub fn verify_name_record(
     min_pow_bits: u32,
     authorities: Option<&NameAuthorities>,
 ) -> Result<VerifiedDarkRecord, DarkError> {
-    let v = verify_dark_record(r, now_unix, min_pow_bits)?;
+    let mut v = verify_dark_record(r, now_unix, min_pow_bits)?;
     if let Some(a) = authorities {
-        let vouched = vouching_authorities(r, a, now_unix);
-        if vouched < a.needed {
+        let mut until: Vec<u64> = valid_receipts(r, a, now_unix)
+            .iter()
+            .map(|receipt| receipt.expires)
+            .collect();
+        if until.len() < a.needed {
             return Err(DarkError::NotRegistered {
-                vouched,
+                vouched: until.len(),
                 needed: a.needed,
             });
+        }
+        // The record verifies while `needed` receipts do: until the `needed`-th latest
+        // receipt expiry.
+        until.sort_unstable_by(|x, y| y.cmp(x));
+        if let Some(last) = a.needed.checked_sub(1).and_then(|i| until.get(i)) {
+            v.expires = v.expires.min(*last);
         }
     }
     Ok(v)
@@ -341,7 +350,9 @@ pub struct VerifiedDarkRecord {
     pub owner: [u8; KEY_LEN],
     /// When it was made (Unix seconds).
     pub published: u64,
-    /// End of validity (Unix seconds).
+    /// End of validity (Unix seconds): the record's `expires`; from
+    /// [`verify_name_record`] with authorities, earlier when fewer than the needed
+    /// receipts would still be valid then.
     pub expires: u64,
 }
 
@@ -680,5 +691,35 @@ mod tests {
         forged.authority = one.authority;
         r.receipts = vec![one, forged];
         assert_eq!(vouching_authorities(&r, &authorities, NOW), 1);
+    }
+
+    #[test]
+    fn name_record_is_valid_only_while_a_majority_of_receipts_is() {
+        let keys: Vec<IdentityKey> = (1..=3u8)
+            .map(|i| IdentityKey::from_seed(&[i; 32]))
+            .collect();
+        let authorities = NameAuthorities {
+            network_id: [0x33; 32],
+            identities: keys.iter().map(IdentityKey::public).collect(),
+            needed: 2,
+        };
+        let mut r = record(8);
+        let own_expires = verify_dark_record(&r, NOW, 8).unwrap().expires;
+        r.receipts = [100, 300, 200]
+            .iter()
+            .zip(&keys)
+            .map(|(secs, k)| {
+                sign_receipt(k, &authorities.network_id, &r.name, &r.owner, NOW + secs)
+            })
+            .collect();
+        // Two receipts remain valid until NOW + 200.
+        let v = verify_name_record(&r, NOW, 8, Some(&authorities)).unwrap();
+        assert_eq!(v.expires, NOW + 200);
+        assert!(verify_name_record(&r, NOW + 200, 8, Some(&authorities)).is_err());
+        // Without authorities, the record's own expiry.
+        assert_eq!(
+            verify_name_record(&r, NOW, 8, None).unwrap().expires,
+            own_expires
+        );
     }
 }

@@ -20,9 +20,9 @@ use anonnet_wire::{RelayDescriptor, SignedDescriptor, WireError};
 pub use lookup::{Lookup, LookupKind, LookupResult};
 pub use routing::{bucket_index, id_in_bucket, Insert, RoutingTable, BUCKETS};
 pub use storage::{
-    decode_persisted, verify_record, verify_record_for, LoadReport, PersistedRecord, RecordError,
-    Storage, StorageCounters, StorageLimits, StoreError, VerifiedRecord, MAX_PERSISTED_RECORDS,
-    MAX_RATE_PEERS, MAX_RECORD_TTL, PERSISTED_MAGIC,
+    decode_persisted, verify_record, verify_record_for, verify_record_with_work, LoadReport,
+    PersistedRecord, RecordError, Storage, StorageCounters, StorageLimits, StoreError,
+    VerifiedRecord, MAX_PERSISTED_RECORDS, MAX_RATE_PEERS, MAX_RECORD_TTL, PERSISTED_MAGIC,
 };
 
 /// Bucket size and replication factor: contacts per k-bucket, contacts per answer, nodes a

@@ -179,6 +179,21 @@ pub fn verify_record_for(
     now_unix: u64,
     names: Option<&NameAuthorities>,
 ) -> Result<VerifiedRecord, RecordError> {
+    verify_record_with_work(key, record, now_unix, names, DARK_POW_BITS)
+}
+
+/// [`verify_record_for`] with `name_pow_bits` of work required of `.dark` records instead
+/// of [`DARK_POW_BITS`] (what [`Storage::set_name_pow_bits`] sets).
+///
+/// # Errors
+/// [`RecordError`] saying which check failed.
+pub fn verify_record_with_work(
+    key: &[u8; 32],
+    record: &Record,
+    now_unix: u64,
+    names: Option<&NameAuthorities>,
+    name_pow_bits: u32,
+) -> Result<VerifiedRecord, RecordError> {
     let (right_key, v) = match record.kind {
         RecordKind::RelayDescriptor => {
             let signed = SignedDescriptor::decode(&record.body)?;
@@ -204,7 +219,7 @@ pub fn verify_record_for(
         }
         RecordKind::DarkName => {
             let dark = DarkRecord::decode(&record.body)?;
-            let v = verify_name_record(&dark, now_unix, DARK_POW_BITS, names)?;
+            let v = verify_name_record(&dark, now_unix, name_pow_bits, names)?;
             let right_key = dark_key(&v.name);
             let v = VerifiedRecord {
                 owner: NodeId::from_identity(&v.owner),
@@ -339,6 +354,8 @@ pub struct Storage {
     /// The network's authorities whose receipts `.dark` records need (§12.5); `None`
     /// outside a network.
     names: Option<NameAuthorities>,
+    /// Proof-of-work bits a `.dark` record needs: [`DARK_POW_BITS`].
+    name_pow_bits: u32,
 }
 
 impl Storage {
@@ -352,7 +369,14 @@ impl Storage {
             rate: HashMap::new(),
             counters: StorageCounters::default(),
             names: None,
+            name_pow_bits: DARK_POW_BITS,
         }
+    }
+
+    /// Require `bits` of proof of work of `.dark` records instead of [`DARK_POW_BITS`]:
+    /// for simulations that mine hundreds of records (a relay never changes it).
+    pub fn set_name_pow_bits(&mut self, bits: u32) {
+        self.name_pow_bits = bits;
     }
 
     /// Require from now on that `.dark` records carry receipts of a majority of `names`
@@ -392,7 +416,13 @@ impl Storage {
         record: Record,
         now_unix: u64,
     ) -> Result<(), StoreError> {
-        let v = match verify_record_for(&key, &record, now_unix, self.names.as_ref()) {
+        let v = match verify_record_with_work(
+            &key,
+            &record,
+            now_unix,
+            self.names.as_ref(),
+            self.name_pow_bits,
+        ) {
             Ok(v) => v,
             Err(_) => {
                 self.counters.rejected_invalid += 1;

@@ -34,8 +34,14 @@ pub use records::{DHT_RECORDS_FILE, HSDIR_RECORDS_FILE, RECORDS_SAVE_EVERY};
 
 /// How long a relay descriptor is valid (seconds): 24 hours.
 pub const DESCRIPTOR_LIFETIME: u64 = 24 * 3600;
-/// How often the descriptor file is rewritten with fresh times (seconds): 1 hour.
-pub const DESCRIPTOR_REFRESH: Duration = Duration::from_secs(3600);
+/// When the descriptor is signed again with fresh times, rewritten and published (§15):
+/// when 23 of its 24 hours of validity are left by the wall clock or by the monotonic
+/// time since it was signed (hourly while the clocks agree). Checked every second, so a
+/// wall-clock jump is repaired at once.
+pub const DESCRIPTOR_REFRESH: anonnet_clock::Refresh = anonnet_clock::Refresh::new(
+    Duration::from_secs(DESCRIPTOR_LIFETIME),
+    Duration::from_secs(23 * 3600),
+);
 /// Longest time between two checks whether the onion key is due for rotation or the
 /// previous one's grace has ended: 1 hour (sooner when the rotation is due sooner).
 pub const ONION_KEY_CHECK: Duration = Duration::from_secs(3600);
@@ -891,8 +897,9 @@ async fn run_dht(
     }
 }
 
-/// Rewrite `stats.json` when counters change and the descriptor every
-/// [`DESCRIPTOR_REFRESH`]; rotate the onion key when due (checked at least every
+/// Rewrite `stats.json` when counters change; sign, rewrite and publish the descriptor
+/// again when [`DESCRIPTOR_REFRESH`] says so (asked every second, with a log line when
+/// the wall clock jumped); rotate the onion key when due (checked at least every
 /// [`ONION_KEY_CHECK`]), store it, and publish a descriptor with the new key at once.
 async fn maintenance(
     identity: IdentityKey,
@@ -907,8 +914,9 @@ async fn maintenance(
     let mut records = records::RecordKeeper::new(&config.data_dir);
     let mut last = serde_json::Value::Null;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut refresh = tokio::time::interval(DESCRIPTOR_REFRESH);
-    refresh.tick().await;
+    let clock = anonnet_clock::Clock::real();
+    let mut jumps = anonnet_clock::JumpDetector::new(clock.mono_now(), clock.wall_now());
+    let mut published = descriptor_published(&descriptor_tx.borrow(), clock.mono_now());
     let onion_check = tokio::time::sleep(next_onion_check(&shared));
     tokio::pin!(onion_check);
     loop {
@@ -918,6 +926,16 @@ async fn maintenance(
                 break;
             }
             _ = tick.tick() => {
+                if let Some(jump) = jumps.tick(clock.mono_now(), clock.wall_now()) {
+                    info!(?jump, "the wall clock jumped; checking the descriptor's validity now");
+                }
+                if DESCRIPTOR_REFRESH.due(published.as_ref(), clock.unix_now(), clock.mono_now()) {
+                    // A failure is retried at the next tick (its warning is rate-limited).
+                    if let Some(d) = publish_descriptor(&identity, &shared, &config, advertise,
+                        &descriptor_file, &descriptor_tx) {
+                        published = descriptor_published(&d, clock.mono_now());
+                    }
+                }
                 records.tick(&shared, false);
                 let mut now = shared.stats.to_json();
                 now["links_inbound"] = endpoint.inbound_links().into();
@@ -944,14 +962,12 @@ async fn maintenance(
                     last = now;
                 }
             }
-            _ = refresh.tick() => {
-                publish_descriptor(&identity, &shared, &config, advertise, &descriptor_file,
-                    &descriptor_tx);
-            }
             () = &mut onion_check => {
                 if check_onion_keys(&shared, &config.data_dir) {
-                    publish_descriptor(&identity, &shared, &config, advertise, &descriptor_file,
-                        &descriptor_tx);
+                    if let Some(d) = publish_descriptor(&identity, &shared, &config, advertise,
+                        &descriptor_file, &descriptor_tx) {
+                        published = descriptor_published(&d, clock.mono_now());
+                    }
                 }
                 onion_check
                     .as_mut()
@@ -1004,8 +1020,22 @@ fn check_onion_keys(shared: &RelayShared, data_dir: &std::path::Path) -> bool {
     rotated
 }
 
+/// When `d` was signed and until when it is valid, as [`DESCRIPTOR_REFRESH`] needs it
+/// (`at`: the monotonic time it was signed); `None` when its body does not decode (then
+/// a new one is due at once).
+fn descriptor_published(d: &SignedDescriptor, at: Instant) -> Option<anonnet_clock::Published> {
+    RelayDescriptor::decode_body(&d.body)
+        .ok()
+        .map(|b| anonnet_clock::Published {
+            published: b.published,
+            expires: b.expires,
+            at,
+        })
+}
+
 /// Sign a descriptor with the current onion key, write it to `descriptor_file`, and hand
-/// it to the authority upload task and the DHT.
+/// it to the authority upload task and the DHT. Returns it, or `None` when it could not
+/// be made (logged).
 fn publish_descriptor(
     identity: &IdentityKey,
     shared: &RelayShared,
@@ -1013,7 +1043,7 @@ fn publish_descriptor(
     advertise: SocketAddr,
     descriptor_file: &std::path::Path,
     descriptor_tx: &tokio::sync::watch::Sender<SignedDescriptor>,
-) {
+) -> Option<SignedDescriptor> {
     let fresh = make_descriptor(identity, shared.current_onion_public(), config, advertise);
     let written = fresh
         .as_ref()
@@ -1026,8 +1056,10 @@ fn publish_descriptor(
     if let Ok(d) = fresh {
         // Upload the re-signed descriptor to the authorities and republish it in the DHT.
         descriptor_tx.send_replace(d.clone());
-        shared.dht.set_descriptor(d);
+        shared.dht.set_descriptor(d.clone());
         let dht = shared.dht.clone();
         tokio::spawn(async move { dht.publish_descriptor().await });
+        return Some(d);
     }
+    None
 }

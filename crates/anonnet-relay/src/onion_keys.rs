@@ -421,7 +421,9 @@ mod tests {
         // Even the longest period authorities accept (one day).
         assert!(c.grace > min_grace_for_consensus(3 * DAY));
         assert!(
-            c.grace > Duration::from_secs(crate::DESCRIPTOR_LIFETIME) + crate::DESCRIPTOR_REFRESH
+            c.grace
+                > Duration::from_secs(crate::DESCRIPTOR_LIFETIME)
+                    + (crate::DESCRIPTOR_REFRESH.lifetime - crate::DESCRIPTOR_REFRESH.margin)
         );
     }
 }
