@@ -529,6 +529,10 @@ struct PortsFile(PathBuf);
 
 impl PortsFile {
     /// Write `{"socks": "IP:PORT", "http": "IP:PORT", …}`, one entry per listener.
+    ///
+    /// # Errors
+    /// The I/O error (with the file's path) when the directory or the file cannot be
+    /// written: a read-only or full state directory.
     fn write(state_dir: &Path, ports: &[(&str, SocketAddr)]) -> Result<PortsFile, Error> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(PORTS_FILE);
@@ -540,6 +544,21 @@ impl PortsFile {
         anonnet_state::write_atomically(&path, body.as_bytes())
             .map_err(Error::io(format!("writing {}", path.display())))?;
         Ok(PortsFile(path))
+    }
+
+    /// [`PortsFile::write`], where failing is not fatal: the proxies work without the
+    /// file, only the CLI and the tray cannot find the daemon, which the warning says.
+    fn write_or_warn(state_dir: &Path, ports: &[(&str, SocketAddr)]) -> Option<PortsFile> {
+        match PortsFile::write(state_dir, ports) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!(
+                    "cannot save {PORTS_FILE}: {e}; the proxies run, but `anonnet status` and \
+                     the tray cannot find this daemon until the state directory is writable"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -602,7 +621,7 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
     if let Some(m) = &metrics {
         ports.push(("metrics", m.local_addr()));
     }
-    let _ports = PortsFile::write(&settings.state_dir, &ports)?;
+    let _ports = PortsFile::write_or_warn(&settings.state_dir, &ports);
 
     let mut client_config = ClientConfig {
         network: Some(settings.network.clone()),

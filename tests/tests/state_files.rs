@@ -11,7 +11,9 @@
 //!
 //! A full disk (root only: a 1 MiB tmpfs as the client's state directory, filled): the
 //! consensus save fails with a WARN naming the file, the old file stays whole, no
-//! temporary file is left, and the daemon keeps serving.
+//! temporary file is left, and the daemon keeps serving; restarted with the state
+//! directory remounted read-only, it starts (its cookie reused, `ports.json` not saved,
+//! with a WARN saying so) and serves.
 //!
 //! Timings are printed: `cargo test -p anonnet-tests --test state_files -- --nocapture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -462,6 +464,27 @@ fn a_full_disk_leaves_the_old_file_no_temporary_file_and_a_warning_naming_it() {
         "full disk: save failed {:.1} s after the disk filled; the log: {}",
         t.elapsed().as_secs_f64(),
         message(&said)
+    );
+    // A restart with the state directory read-only (the first run's ports.json is gone,
+    // which freed room on the full disk): nothing in it can be written, and the daemon
+    // still starts and serves (issue 18 item 5).
+    let cookie = std::fs::read(mnt.join("control.cookie")).unwrap();
+    let ro = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ro.success(), "remounting {} read-only", mnt.display());
+    let log2 = dir.join("full-disk-restart.log");
+    let (mut daemon, socks) = start_client(&config, &log2);
+    let said = log_line(&log2, "cannot save ports.json");
+    assert!(said.contains("WARN"), "{said}");
+    fetch(socks, &url, &out);
+    daemon.stop();
+    assert_eq!(
+        std::fs::read(mnt.join("control.cookie")).unwrap(),
+        cookie,
+        "the valid cookie was reused, not rewritten"
     );
     drop(net);
     drop(tmpfs);
