@@ -600,7 +600,27 @@ control_listen = \"auto\""
     print_line(&format!("{HTTP_READY}{http}"))?;
     print_line(&format!("curl -x http://{http} {site_url}"))?;
     if let Some(line) = lines.iter().find(|l| l.starts_with(crate::metrics::READY)) {
-        print_line(line)?;
+        // On a WAN the endpoint listens in the client's namespace: forward it too, so the
+        // printed URL works from here (the others stay in their namespaces; testnet.json
+        // names each one's).
+        let forwarded = match (net.wan.as_mut(), client_host.as_ref()) {
+            (Some(wan), Some(host)) => {
+                let inner = line
+                    .strip_prefix(crate::metrics::READY)
+                    .and_then(|u| u.trim().strip_prefix("http://"))
+                    .and_then(|u| u.split('/').next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                match inner {
+                    Some(inner) => {
+                        let outer = wan.forward(auto, host, inner).await?;
+                        Some(format!("{}http://{outer}/metrics", crate::metrics::READY))
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        print_line(forwarded.as_deref().unwrap_or(line))?;
     }
     print_line(&format!(
         "Hidden service: http://{address}/ and http://{DEMO_NAME}.dark/ (the demo site)"
