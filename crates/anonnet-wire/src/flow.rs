@@ -32,11 +32,11 @@ pub const CWND_MIN: u32 = CIRCUIT_WINDOW;
 /// at a 700 ms circuit round trip.
 pub const CWND_MAX: u32 = 10_000;
 /// Vegas: below this estimated queue (cells) the window grows in steady state.
-pub const VEGAS_ALPHA: u32 = 800;
+pub const VEGAS_ALPHA: u32 = 300;
 /// Vegas: above this estimated queue (cells) the window shrinks.
-pub const VEGAS_BETA: u32 = 1500;
+pub const VEGAS_BETA: u32 = 600;
 /// Vegas: slow start ends when the estimated queue exceeds this (cells).
-pub const VEGAS_GAMMA: u32 = 800;
+pub const VEGAS_GAMMA: u32 = 300;
 /// Unacknowledged `DATA` cells allowed per stream and direction at the start (and all a
 /// reader that does not keep up ever gets).
 pub const STREAM_WINDOW: u32 = 500;
