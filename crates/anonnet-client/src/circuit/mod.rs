@@ -548,30 +548,7 @@ impl Circuit {
         port: u16,
         timeout: Duration,
     ) -> Result<DataStream, StreamError> {
-        if self.is_closed() {
-            return Err(CircuitError::Closed.into());
-        }
-        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
-        let entry = StreamEntry {
-            tx,
-            deliver: Arc::new(Mutex::new(StreamDeliverWindow::default())),
-            package: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
-            resolve: false,
-        };
-        let id = self
-            .streams
-            .lock()
-            .map_err(|_| CircuitError::Closed)?
-            .allocate(entry.clone())
-            .ok_or(CircuitError::TooManyStreams)?;
-        let mut stream = self.stream_handle(id, &entry, None);
-        self.forward
-            .send(Forward {
-                hop: self.exit_hop(),
-                cell: RelayCell::new(id, RelayMsg::Begin { target, port }),
-            })
-            .await
-            .map_err(|_| CircuitError::Closed)?;
+        let (mut stream, mut rx) = self.send_begin(target, port).await?;
         let answer = tokio::select! {
             a = tokio::time::timeout(timeout, rx.recv()) => a,
             () = self.closed.cancelled() => return Err(CircuitError::Closed.into()),
@@ -594,22 +571,13 @@ impl Circuit {
         }
     }
 
-    /// Open a stream to `target:port` through the exit *optimistically* (§6.5 "Optimistic
-    /// data"): `BEGIN` is sent and the stream returned at once, so what the caller writes
-    /// next follows `BEGIN` on the circuit instead of waiting a round trip for
-    /// `CONNECTED`. The first read waits for `CONNECTED`; when the exit refuses, reads
-    /// fail with an [`std::io::Error`] of kind `ConnectionRefused` whose inner error is
-    /// [`StreamError::Refused`] with the exit's reason. Only for requests that may be sent
-    /// again safely: a refused stream's data was never delivered, but one whose exit
-    /// stays silent may have been.
-    ///
-    /// # Errors
-    /// [`StreamError::Circuit`] when the circuit is closed or full.
-    pub async fn begin_optimistic(
+    /// Allocate a stream, send its `BEGIN`, and return its handle (no receiver yet) and
+    /// the receiver of its events.
+    async fn send_begin(
         self: &Arc<Self>,
         target: Target,
         port: u16,
-    ) -> Result<DataStream, StreamError> {
+    ) -> Result<(DataStream, mpsc::Receiver<StreamEvent>), StreamError> {
         if self.is_closed() {
             return Err(CircuitError::Closed.into());
         }
@@ -626,8 +594,7 @@ impl Circuit {
             .map_err(|_| CircuitError::Closed)?
             .allocate(entry.clone())
             .ok_or(CircuitError::TooManyStreams)?;
-        let mut stream = self.stream_handle(id, &entry, Some(rx));
-        stream.awaiting_connected = true;
+        let stream = self.stream_handle(id, &entry, None);
         self.forward
             .send(Forward {
                 hop: self.exit_hop(),
@@ -635,6 +602,28 @@ impl Circuit {
             })
             .await
             .map_err(|_| CircuitError::Closed)?;
+        Ok((stream, rx))
+    }
+
+    /// Open a stream to `target:port` through the exit *optimistically* (§6.5 "Optimistic
+    /// data"): `BEGIN` is sent and the stream returned at once, so what the caller writes
+    /// next follows `BEGIN` on the circuit instead of waiting a round trip for
+    /// `CONNECTED`. The first read waits for `CONNECTED`; when the exit refuses, reads
+    /// fail with an [`std::io::Error`] of kind `ConnectionRefused` whose inner error is
+    /// [`StreamError::Refused`] with the exit's reason. Only for requests that may be sent
+    /// again safely: a refused stream's data was never delivered, but one whose exit
+    /// stays silent may have been.
+    ///
+    /// # Errors
+    /// [`StreamError::Circuit`] when the circuit is closed or full.
+    pub async fn begin_optimistic(
+        self: &Arc<Self>,
+        target: Target,
+        port: u16,
+    ) -> Result<DataStream, StreamError> {
+        let (mut stream, rx) = self.send_begin(target, port).await?;
+        stream.rx = Some(rx);
+        stream.awaiting_connected = true;
         Ok(stream)
     }
 
