@@ -667,6 +667,7 @@ fn fresh_dir() -> Result<PathBuf, Error> {
     let mut last = None;
     for n in 0..1000 {
         let dir = base.join(format!("anonnet-testnet-{pid}-{n}"));
+        #[cfg_attr(not(unix), allow(unused_mut))]
         let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);

@@ -211,8 +211,14 @@ impl Wan {
     /// switch with its sockets under `dir`.
     ///
     /// # Errors
-    /// [`Error::Testnet`] naming the missing tool or the failed step.
+    /// [`Error::Testnet`] on a system other than Linux, or naming the missing tool or the
+    /// failed step.
     pub async fn start(dir: &Path, profile: WanProfile, seed: u64) -> Result<Wan, Error> {
+        if !cfg!(target_os = "linux") {
+            return Err(Error::Testnet(
+                "--wan needs Linux: it puts every process in its own network namespace".into(),
+            ));
+        }
         for tool in ["ip", "vde_switch", "vde_plug2tap", "wirefilter"] {
             if !on_path(tool) {
                 return Err(Error::Testnet(format!(
@@ -490,6 +496,7 @@ async fn remove_stale_namespaces() {
 ///
 /// # Errors
 /// The I/O error from opening `/run/netns/NETNS`, from setns(2), or from `f`.
+#[cfg(target_os = "linux")]
 pub fn in_netns<T: Send + 'static>(
     netns: &str,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -505,6 +512,21 @@ pub fn in_netns<T: Send + 'static>(
     })
     .join()
     .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+}
+
+/// Network namespaces exist only on Linux: the WAN testnet cannot run elsewhere.
+///
+/// # Errors
+/// Always [`std::io::ErrorKind::Unsupported`].
+#[cfg(not(target_os = "linux"))]
+pub fn in_netns<T: Send + 'static>(
+    _netns: &str,
+    _f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "the WAN testnet needs Linux network namespaces",
+    ))
 }
 
 /// Accept on `listener` and splice each connection to `target` inside `netns`.

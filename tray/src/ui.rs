@@ -1,5 +1,6 @@
-//! The UI thread: the tray icon and its menu (tray-icon, D-Bus StatusNotifierItem through
-//! ksni). `TrayIcon` is `!Send`, so it lives and dies here; the worker sends [`UiMsg`]s.
+//! The UI thread: the tray icon and its menu (tray-icon: a D-Bus StatusNotifierItem through
+//! ksni on Linux, the native notification-area icon on Windows). `TrayIcon` is `!Send`, so
+//! it lives and dies here; the worker sends [`UiMsg`]s.
 
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
@@ -31,35 +32,116 @@ struct Tray {
     items: HashMap<String, Handle>,
 }
 
+/// The UI thread's state: the icons, and the tray icon once the first render came.
+struct Ui {
+    /// Taken when the tray icon is created.
+    icons: Option<HashMap<IconKind, Icon>>,
+    tray: Option<Tray>,
+}
+
+impl Ui {
+    /// Decode the icons.
+    ///
+    /// # Errors
+    /// A message when a built-in icon does not decode (a build defect).
+    fn new() -> Result<Ui, String> {
+        let mut icons = HashMap::new();
+        for kind in [
+            IconKind::Off,
+            IconKind::Bootstrapping,
+            IconKind::On,
+            IconKind::Error,
+        ] {
+            icons.insert(kind, icons::tray_icon(kind)?);
+        }
+        Ok(Ui {
+            icons: Some(icons),
+            tray: None,
+        })
+    }
+
+    /// Handle one message from the worker; `Ok(false)` once it says quit.
+    ///
+    /// # Errors
+    /// A message when the tray icon cannot be created.
+    fn handle(&mut self, msg: UiMsg) -> Result<bool, String> {
+        match msg {
+            UiMsg::Render(render) => match (&mut self.tray, self.icons.take()) {
+                (Some(t), _) => t.show(render),
+                (None, Some(icons)) => self.tray = Some(Tray::new(render, icons)?),
+                (None, None) => {}
+            },
+            UiMsg::Quit => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 /// Show what the worker sends until it says quit (or goes away).
+///
+/// On Linux and the BSDs, tray-icon's ksni backend runs its own D-Bus thread, so this
+/// thread only waits on the channel.
 ///
 /// # Errors
 /// A message when the tray icon cannot be created (no D-Bus session bus).
+#[cfg(not(windows))]
 pub fn run(messages: Receiver<UiMsg>) -> Result<(), String> {
-    let mut icons = HashMap::new();
-    for kind in [
-        IconKind::Off,
-        IconKind::Bootstrapping,
-        IconKind::On,
-        IconKind::Error,
-    ] {
-        icons.insert(kind, icons::tray_icon(kind)?);
-    }
-    let mut icons = Some(icons);
-    let mut tray: Option<Tray> = None;
+    let mut ui = Ui::new()?;
     for msg in messages {
-        match msg {
-            UiMsg::Render(render) => match (&mut tray, icons.take()) {
-                (Some(t), _) => t.show(render),
-                (None, Some(icons)) => tray = Some(Tray::new(render, icons)?),
-                (None, None) => {}
-            },
-            UiMsg::Quit => break,
+        if !ui.handle(msg)? {
+            break;
         }
     }
     // Dropping the TrayIcon takes the item off the bus.
-    drop(tray);
+    drop(ui);
     Ok(())
+}
+
+/// Show what the worker sends until it says quit (or goes away).
+///
+/// On Windows the tray icon's window receives its clicks through the Win32 message queue
+/// of the thread that created it, so this thread runs tao's event loop, and a forwarding
+/// thread turns the worker's messages into the loop's user events.
+///
+/// # Errors
+/// A message when the tray icon cannot be created, or the forwarding thread cannot start.
+#[cfg(windows)]
+pub fn run(messages: Receiver<UiMsg>) -> Result<(), String> {
+    use tao::event::Event;
+    use tao::event_loop::{ControlFlow, EventLoopBuilder};
+    use tao::platform::run_return::EventLoopExtRunReturn;
+
+    let mut event_loop = EventLoopBuilder::<UiMsg>::with_user_event().build();
+    let proxy = event_loop.create_proxy();
+    std::thread::Builder::new()
+        .name("anonnet-tray-ui-forward".into())
+        .spawn(move || {
+            for msg in messages {
+                if proxy.send_event(msg).is_err() {
+                    return;
+                }
+            }
+            // The worker went away without saying quit.
+            let _ = proxy.send_event(UiMsg::Quit);
+        })
+        .map_err(|e| format!("cannot start the UI forwarding thread: {e}"))?;
+    let mut ui = Ui::new()?;
+    let mut failure = None;
+    event_loop.run_return(|event, _, control_flow| {
+        *control_flow = ControlFlow::Wait;
+        if let Event::UserEvent(msg) = event {
+            match ui.handle(msg) {
+                Ok(true) => {}
+                Ok(false) => *control_flow = ControlFlow::Exit,
+                Err(e) => {
+                    failure = Some(e);
+                    *control_flow = ControlFlow::Exit;
+                }
+            }
+        }
+    });
+    drop(ui);
+    failure.map_or(Ok(()), Err)
 }
 
 impl Tray {
@@ -74,10 +156,14 @@ impl Tray {
             builder = builder.with_icon(icon.clone());
         }
         let icon = builder.build().map_err(|e| {
-            format!(
-                "cannot create the tray icon: {e} (it needs a D-Bus session bus: is \
-                 DBUS_SESSION_BUS_ADDRESS set?)"
-            )
+            if cfg!(windows) {
+                format!("cannot create the tray icon: {e}")
+            } else {
+                format!(
+                    "cannot create the tray icon: {e} (it needs a D-Bus session bus: is \
+                     DBUS_SESSION_BUS_ADDRESS set?)"
+                )
+            }
         })?;
         Ok(Tray {
             icon,

@@ -35,8 +35,11 @@ pub const ONION_TIMES_FILE: &str = "onion.key.times";
 /// [`RelayError::Keys`] naming the path when it cannot be created or is group/world
 /// writable.
 pub fn prepare_dir(dir: &Path) -> Result<(), RelayError> {
+    #[cfg_attr(not(unix), allow(unused_variables))]
     let existed = dir.exists();
     fs::create_dir_all(dir).map_err(|e| keys_err(dir, &e.to_string()))?;
+    // Windows: the per-user profile folders `directories` gives are private by their ACLs;
+    // nothing here reads or changes ACLs.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
