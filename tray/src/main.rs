@@ -4,6 +4,7 @@
 mod desktop;
 mod icons;
 mod model;
+mod notify;
 mod proc_net;
 mod ui;
 mod worker;

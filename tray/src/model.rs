@@ -336,6 +336,40 @@ pub fn outcome(request: &Request, result: &Result<Reply, ControlError>) -> Outco
     }
 }
 
+/// A desktop notification: the `summary` and `body` of the Desktop Notifications
+/// Specification's `Notify` (plain text; `body` at most a few lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// One line ("Hidden service published").
+    pub summary: String,
+    /// The details: the address, or why it failed.
+    pub body: String,
+}
+
+/// The notification the outcome of `request` deserves: only a publication gets one, since
+/// it is the one action that takes long (up to [`PUBLISH_TIMEOUT`](crate::worker) while the
+/// descriptor is stored) and whose result the user then wants to paste elsewhere.
+pub fn notification(request: &Request, notice: Option<&Notice>) -> Option<Notification> {
+    if !matches!(request, Request::Publish(_)) {
+        return None;
+    }
+    match notice? {
+        Notice::Published { address, copied } => Some(Notification {
+            summary: "Hidden service published".into(),
+            body: if *copied {
+                format!("{address} is reachable through anonnet. The address is on the clipboard.")
+            } else {
+                format!("{address} is reachable through anonnet.")
+            },
+        }),
+        Notice::Failed { what, why } => Some(Notification {
+            summary: "Publishing failed".into(),
+            body: format!("{what}: {why}"),
+        }),
+        _ => None,
+    }
+}
+
 /// One menu entry. Ids are unique within a menu; the ids of entries with an action are
 /// [`Action::id`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1223,5 +1257,39 @@ mod tests {
             "Unpublish abcdefgh…2345.anon"
         );
         assert_eq!(local_name("10.0.0.1:80".parse().unwrap()), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn only_publishing_is_notified_with_the_address_or_the_reason() {
+        let publish = Request::Publish(PublishRequest {
+            target: "127.0.0.1:8080".into(),
+            port: None,
+        });
+        let published = Notice::Published {
+            address: "abc.anon".into(),
+            copied: true,
+        };
+        let n = notification(&publish, Some(&published)).unwrap();
+        assert_eq!(n.summary, "Hidden service published");
+        assert!(n.body.contains("abc.anon") && n.body.contains("clipboard"));
+        let not_copied = Notice::Published {
+            address: "abc.anon".into(),
+            copied: false,
+        };
+        let n = notification(&publish, Some(&not_copied)).unwrap();
+        assert!(n.body.contains("abc.anon") && !n.body.contains("clipboard"));
+        let failed = Notice::Failed {
+            what: "Publish localhost:8080".into(),
+            why: "the daemon is off".into(),
+        };
+        let n = notification(&publish, Some(&failed)).unwrap();
+        assert_eq!(n.summary, "Publishing failed");
+        assert_eq!(n.body, "Publish localhost:8080: the daemon is off");
+        assert_eq!(notification(&publish, None), None);
+        assert_eq!(notification(&Request::NewIdentity, Some(&failed)), None);
+        assert_eq!(
+            notification(&Request::Unpublish("abc.anon".into()), Some(&published)),
+            None
+        );
     }
 }

@@ -20,6 +20,7 @@ use crate::model::{
     self, outcome, plan, Action, Daemon, Notice, Render, Reply, Request, Running, Services, Step,
     View,
 };
+use crate::notify::Notifier;
 use crate::proc_net;
 
 /// How often the daemon is asked for its state when nothing happens.
@@ -109,6 +110,8 @@ pub struct Worker {
     /// Control address seen at the last refresh.
     control_addr: Option<SocketAddr>,
     clipboard: Arc<Clipboard>,
+    /// Desktop notifications of publications.
+    notifier: Notifier,
     /// Exit status of the daemon this tray started, once it stops.
     started: Option<Receiver<Option<i32>>>,
     ui: SyncSender<UiMsg>,
@@ -127,6 +130,7 @@ impl Worker {
             services_unavailable: None,
             control_addr: None,
             clipboard: Arc::new(Clipboard::default()),
+            notifier: Notifier::default(),
             started: None,
             ui,
             ui_closed: false,
@@ -358,6 +362,12 @@ impl Worker {
             let ok = self.copy(&text).await;
             if let Some(Notice::Published { copied, .. }) = &mut out.notice {
                 *copied = ok;
+            }
+        }
+        if let Some(n) = model::notification(&request, out.notice.as_ref()) {
+            match self.notifier.show(&n).await {
+                Ok(id) => debug!(id, "notification shown"),
+                Err(why) => warn!(%why, "no desktop notification"),
             }
         }
         // A success clears an old message; a pending one is replaced by its outcome.

@@ -2,7 +2,8 @@
 //! StatusNotifierWatcher, and the real `anonnet-tray`. The test reads the tray's menu the
 //! way a tray host does (`com.canonical.dbusmenu.GetLayout` on `/MenuBar`), clicks items
 //! with `Event(id, "clicked", …)`, and checks through the control API that the daemon did
-//! what the menu said.
+//! what the menu said. A minimal notification server on the same bus records the desktop
+//! notifications the tray sends (one after a publication, none otherwise).
 //!
 //! Needs `dbus-daemon` (Debian package `dbus`, installed by `.ci/run`) and the `anonnet`
 //! binary in the same target directory (`cargo build -p anonnet`, or `cargo test
@@ -232,6 +233,84 @@ fn serve_watcher(bus: &SessionBus, watcher: Watcher) -> Connection {
         .unwrap()
 }
 
+// ------------------------------------------------------------------ notifications
+
+const NOTIFICATIONS_NAME: &str = "org.freedesktop.Notifications";
+
+/// One `Notify` call, as a notification server receives it.
+#[derive(Debug, Clone)]
+struct Notified {
+    app_name: String,
+    replaces_id: u32,
+    app_icon: String,
+    summary: String,
+    body: String,
+    desktop_entry: Option<String>,
+}
+
+/// The part of a notification server (Desktop Notifications Specification 1.2) that a
+/// desktop provides: it records every `Notify` and numbers them from 1.
+#[derive(Clone, Default)]
+struct Notifications {
+    received: Arc<Mutex<Vec<Notified>>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl Notifications {
+    #[allow(clippy::too_many_arguments)]
+    fn notify(
+        &self,
+        app_name: &str,
+        replaces_id: u32,
+        app_icon: &str,
+        summary: &str,
+        body: &str,
+        _actions: Vec<String>,
+        hints: HashMap<String, OwnedValue>,
+        _expire_timeout: i32,
+    ) -> u32 {
+        let desktop_entry = hints
+            .get("desktop-entry")
+            .and_then(|v| String::try_from(v.try_clone().ok()?).ok());
+        let mut received = self.received.lock().unwrap();
+        received.push(Notified {
+            app_name: app_name.to_owned(),
+            replaces_id,
+            app_icon: app_icon.to_owned(),
+            summary: summary.to_owned(),
+            body: body.to_owned(),
+            desktop_entry,
+        });
+        u32::try_from(received.len()).unwrap()
+    }
+
+    fn get_capabilities(&self) -> Vec<String> {
+        vec!["body".into()]
+    }
+
+    fn get_server_information(&self) -> (String, String, String, String) {
+        (
+            "anonnet-test".into(),
+            "anonnet".into(),
+            "0".into(),
+            "1.2".into(),
+        )
+    }
+
+    fn close_notification(&self, _id: u32) {}
+}
+
+fn serve_notifications(bus: &SessionBus, server: Notifications) -> Connection {
+    zbus::blocking::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name(NOTIFICATIONS_NAME)
+        .unwrap()
+        .serve_at("/org/freedesktop/Notifications", server)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
 // ------------------------------------------------------------------ the menu over D-Bus
 
 /// One dbusmenu item.
@@ -424,9 +503,11 @@ struct Setup {
     conn: Connection,
     name: String,
     watcher: Watcher,
+    notifications: Notifications,
     // Dropped in this order: the tray, the watcher, the bus, the testnet, its directory.
     tray: Tray,
     _watcher_conn: Connection,
+    _notifications_conn: Connection,
     _bus: SessionBus,
     net: Testnet,
     dir: TestDir,
@@ -441,6 +522,8 @@ fn setup(test: &str) -> Setup {
     let bus = SessionBus::start();
     let watcher = Watcher::default();
     let watcher_conn = serve_watcher(&bus, watcher.clone());
+    let notifications = Notifications::default();
+    let notifications_conn = serve_notifications(&bus, notifications.clone());
     let tray = Tray::start(&bus, &config, dir.join("tray.log"));
     let conn = bus.connect();
     let name = find_item(&conn, tray.pid());
@@ -451,8 +534,10 @@ fn setup(test: &str) -> Setup {
         name,
         dir,
         watcher,
+        notifications,
         tray,
         _watcher_conn: watcher_conn,
+        _notifications_conn: notifications_conn,
         _bus: bus,
         net,
     }
@@ -606,6 +691,8 @@ fn tray_menu_switches_the_proxy_and_asks_for_a_new_identity_over_dbus() {
         .unwrap()
         .iter()
         .any(|n| n.as_str() == name));
+    // Switching the proxy and a new identity show in the menu only: no notification.
+    assert!(s.notifications.received.lock().unwrap().is_empty());
     eprintln!("tray menu test took {:?}", started.elapsed());
 }
 
@@ -664,6 +751,21 @@ fn tray_publishes_a_listening_port_and_it_answers_through_its_anon_address() {
     assert!(m.find(&publish).is_none(), "{publish} still offered");
     assert!(tooltip(conn, name).contains(&service.address));
 
+    // The desktop was told, once, with the address.
+    let n = wait_for(
+        "a desktop notification of the publication",
+        Duration::from_secs(10),
+        || s.notifications.received.lock().unwrap().first().cloned(),
+    );
+    assert_eq!(n.summary, "Hidden service published", "{n:?}");
+    assert!(n.body.contains(&service.address), "{n:?}");
+    assert_eq!(
+        (n.app_name.as_str(), n.app_icon.as_str(), n.replaces_id),
+        ("anonnet", "anonnet", 0),
+        "{n:?}"
+    );
+    assert_eq!(n.desktop_entry.as_deref(), Some("anonnet-tray"), "{n:?}");
+
     // Through the network, by its .anon address.
     let out = s.dir.join("page.html");
     let url = format!("http://{}/", service.address);
@@ -688,5 +790,7 @@ fn tray_publishes_a_listening_port_and_it_answers_through_its_anon_address() {
             .all(|svc| svc.address != service.address || !svc.published)
             .then_some(())
     });
+    // Unpublishing is not announced: still the one notification.
+    assert_eq!(s.notifications.received.lock().unwrap().len(), 1);
     eprintln!("tray publish test took {:?}", started.elapsed());
 }
