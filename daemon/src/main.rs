@@ -10,6 +10,7 @@
 //!   (a daemon prints it before its other ready lines; `anonnet testnet --metrics` prints
 //!   the client's after the proxy lines)
 
+mod browser;
 mod cli;
 mod control;
 mod metrics;
@@ -182,6 +183,11 @@ enum Command {
     /// `tor-resolve` does: the running daemon's exit answers; nothing is resolved here.
     /// Prints the first address (IPv4 first) or the name.
     Resolve(resolve::ResolveArgs),
+    /// Start Chromium or Firefox (whichever is installed) anonymised: a fresh temporary
+    /// profile and an isolation key of its own, every connection through the running
+    /// daemon, WebRTC kept to the proxy, DNS prefetch and QUIC off. The profile is deleted
+    /// when the browser exits.
+    Browser(browser::BrowserArgs),
     /// Control subcommands over the running daemon's control API.
     #[command(flatten)]
     Control(cli::ControlCommand),
@@ -351,6 +357,7 @@ fn main() -> ExitCode {
             } => run_client(config.or(cli.config), exit_with_parent).await,
             Command::Control(command) => cli::run(command, cli.config).await,
             Command::Resolve(args) => resolve::run(args, cli.config).await,
+            Command::Browser(args) => browser::run(args, cli.config).await,
             Command::Relay {
                 config,
                 exit_with_parent,
