@@ -28,8 +28,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use fast_socks5::client::{Config as ClientConfig, Socks5Stream};
+use fast_socks5::server::{AuthMethodSuccessState as _, NoAuthentication, Socks5ServerProtocol};
+use fast_socks5::AuthenticationMethod;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
@@ -359,30 +361,19 @@ pub fn browser_args(
     }
 }
 
-/// The identity proxy's answer to a browser's SOCKS5 greeting `VER ‖ NMETHODS ‖ METHODS`:
-/// `[5, 0]` (no authentication) when offered, else `[5, 0xFF]` (no acceptable method).
-pub fn greeting_reply(methods: &[u8]) -> [u8; 2] {
-    if methods.contains(&0) {
-        [5, 0]
-    } else {
-        [5, 0xFF]
-    }
-}
-
-/// The RFC 1929 username/password request that logs in to the daemon's SOCKS port with
-/// the identity's `key` as username (the password is one byte, `x`).
+/// The username/password login (RFC 1929) that carries the identity's `key` to the
+/// daemon's SOCKS port as its isolation key (the password is one byte, `x`).
 ///
 /// # Errors
-/// A message when `key` is empty or longer than 255 bytes.
-pub fn login_request(key: &str) -> Result<Vec<u8>, String> {
-    let len = u8::try_from(key.len())
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("an isolation key of {} bytes; 1..=255", key.len()))?;
-    let mut out = vec![1, len];
-    out.extend(key.as_bytes());
-    out.extend([1, b'x']);
-    Ok(out)
+/// A message when `key` is empty or longer than 255 bytes (RFC 1929's `ULEN`).
+pub fn login(key: &str) -> Result<AuthenticationMethod, String> {
+    if key.is_empty() || key.len() > 255 {
+        return Err(format!("an isolation key of {} bytes; 1..=255", key.len()));
+    }
+    Ok(AuthenticationMethod::Password {
+        username: key.to_owned(),
+        password: "x".to_owned(),
+    })
 }
 
 /// A new isolation key: `browser-` and 32 random hex digits.
@@ -412,53 +403,34 @@ async fn serve_identity_proxy(listener: TcpListener, upstream: SocketAddr, key: 
     }
 }
 
-/// One browser connection: take its greeting, log in upstream, answer the greeting, then
-/// copy bytes both ways (the request and reply pass through unchanged).
+/// One browser connection: log in to the daemon's SOCKS port with the identity's key,
+/// accept the browser's greeting (no authentication: browsers do not send SOCKS5
+/// credentials), then copy bytes both ways, so the browser's request and the daemon's reply
+/// pass through unchanged. Both greetings go through fast-socks5. The daemon prefers
+/// username/password when offered (anonnet-proxy lists it first), so the key is always
+/// used; `tests/tests/browser.rs` would see two identities share a circuit otherwise.
 ///
 /// # Errors
-/// A description of the step that failed.
-async fn splice_one(mut browser: TcpStream, upstream: SocketAddr, key: &str) -> Result<(), String> {
+/// A description of the step that failed; the browser's connection is closed.
+async fn splice_one(browser: TcpStream, upstream: SocketAddr, key: &str) -> Result<(), String> {
     let _ = browser.set_nodelay(true);
     let handshake = async {
-        let mut head = [0u8; 2];
-        browser
-            .read_exact(&mut head)
-            .await
-            .map_err(|e| e.to_string())?;
-        if head[0] != 5 {
-            return Err(format!("the browser spoke SOCKS version {}", head[0]));
-        }
-        let mut methods = vec![0u8; usize::from(head[1])];
-        browser
-            .read_exact(&mut methods)
-            .await
-            .map_err(|e| e.to_string())?;
-        let reply = greeting_reply(&methods);
-        if reply[1] != 0 {
-            let _ = browser.write_all(&reply).await;
-            return Err("the browser offered no method without authentication".into());
-        }
-        let mut daemon = TcpStream::connect(upstream)
+        let daemon = TcpStream::connect(upstream)
             .await
             .map_err(|e| format!("the daemon's SOCKS port {upstream}: {e}"))?;
         let _ = daemon.set_nodelay(true);
-        let io = |e: std::io::Error| format!("the daemon's SOCKS port {upstream}: {e}");
-        daemon.write_all(&[5, 1, 2]).await.map_err(io)?;
-        let mut choice = [0u8; 2];
-        daemon.read_exact(&mut choice).await.map_err(io)?;
-        if choice != [5, 2] {
-            return Err(format!("the daemon refused username/password: {choice:?}"));
-        }
-        daemon.write_all(&login_request(key)?).await.map_err(io)?;
-        let mut status = [0u8; 2];
-        daemon.read_exact(&mut status).await.map_err(io)?;
-        if status[1] != 0 {
-            return Err("the daemon refused the isolation key".into());
-        }
-        browser.write_all(&reply).await.map_err(|e| e.to_string())?;
-        Ok(daemon)
+        let daemon = Socks5Stream::use_stream(daemon, Some(login(key)?), ClientConfig::default())
+            .await
+            .map_err(|e| format!("logging in to the daemon's SOCKS port {upstream}: {e}"))?
+            .get_socket();
+        let browser = Socks5ServerProtocol::start(browser)
+            .negotiate_auth(&[NoAuthentication])
+            .await
+            .map_err(|e| format!("the browser's greeting: {e}"))?
+            .into_inner();
+        Ok::<_, String>((browser, daemon))
     };
-    let mut daemon = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    let (mut browser, mut daemon) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| "handshake timed out".to_string())??;
     tokio::io::copy_bidirectional(&mut browser, &mut daemon)
@@ -725,6 +697,8 @@ impl Drop for AbortOnDrop {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use fast_socks5::server::{StandardAuthentication, StandardAuthenticationStarted};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     fn strings(args: &[OsString]) -> Vec<String> {
         args.iter()
@@ -854,38 +828,34 @@ mod tests {
     }
 
     #[test]
-    fn identity_proxy_accepts_no_auth_and_logs_in_with_the_key() {
-        assert_eq!(greeting_reply(&[0]), [5, 0]);
-        assert_eq!(greeting_reply(&[2, 0]), [5, 0]);
-        assert_eq!(greeting_reply(&[2]), [5, 0xFF]);
-        assert_eq!(greeting_reply(&[]), [5, 0xFF]);
-        assert_eq!(
-            login_request("browser-ab").unwrap(),
-            b"\x01\x0abrowser-ab\x01x".to_vec()
-        );
-        assert!(login_request("").is_err());
-        assert!(login_request(&"k".repeat(256)).is_err());
+    fn isolation_keys_are_new_each_time_and_fit_a_login() {
+        assert!(login("").is_err());
+        assert!(login(&"k".repeat(256)).is_err());
+        assert!(login(&"k".repeat(255)).is_ok());
         let (a, b) = (new_isolation_key(), new_isolation_key());
         assert_ne!(a, b);
         assert_eq!(a.len(), "browser-".len() + 32);
-        assert!(login_request(&a).is_ok());
+        assert!(login(&a).is_ok());
     }
 
     #[tokio::test]
     async fn identity_proxy_splices_after_logging_in_upstream() {
-        // A fake daemon SOCKS port: expects the login, then echoes.
+        // A fake daemon SOCKS port: expects the login with the key.
         let daemon = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = daemon.local_addr().unwrap();
+        // It negotiates as the daemon does (anonnet-proxy), then echoes.
         let fake = tokio::spawn(async move {
-            let (mut s, _) = daemon.accept().await.unwrap();
-            let mut greet = [0u8; 3];
-            s.read_exact(&mut greet).await.unwrap();
-            assert_eq!(greet, [5, 1, 2]);
-            s.write_all(&[5, 2]).await.unwrap();
-            let mut login = [0u8; 2 + 4 + 2];
-            s.read_exact(&mut login).await.unwrap();
-            assert_eq!(&login, b"\x01\x04key1\x01x");
-            s.write_all(&[1, 0]).await.unwrap();
+            let (s, _) = daemon.accept().await.unwrap();
+            let started = Socks5ServerProtocol::start(s)
+                .negotiate_auth(StandardAuthentication::allow_no_auth(true))
+                .await
+                .unwrap();
+            let StandardAuthenticationStarted::PasswordAuthentication(a) = started else {
+                panic!("the identity proxy logged in without its key");
+            };
+            let (user, pass, a) = a.read_username_password().await.unwrap();
+            assert_eq!((user.as_str(), pass.as_str()), ("key1", "x"));
+            let mut s = a.accept().await.unwrap().into_inner();
             let mut rest = [0u8; 5];
             s.read_exact(&mut rest).await.unwrap();
             s.write_all(&rest).await.unwrap();
