@@ -443,20 +443,20 @@ async fn splice_one(browser: TcpStream, upstream: SocketAddr, key: &str) -> Resu
 struct Profile(PathBuf);
 
 impl Profile {
-    /// Create `anonnet-browser-<random>` under the OS temp directory.
+    /// Create `anonnet-browser-<random>` under the OS temp directory (tempfile: a new
+    /// name, mode 0700 on Unix); deleted by [`Profile`]'s `Drop`, which waits for the
+    /// browser's helper processes.
     ///
     /// # Errors
     /// [`Error::Io`] when it cannot be created.
     fn create() -> Result<Profile, Error> {
-        let bytes: [u8; 8] = rand::random();
-        let dir = std::env::temp_dir().join(format!("anonnet-browser-{}", hex::encode(bytes)));
-        let mut builder = std::fs::DirBuilder::new();
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(&dir)
-            .map_err(Error::io(format!("creating the profile {}", dir.display())))?;
-        Ok(Profile(dir))
+        let dir = tempfile::Builder::new()
+            .prefix("anonnet-browser-")
+            .tempdir()
+            .map_err(Error::io(
+                "creating the browser profile in the temp directory",
+            ))?;
+        Ok(Profile(dir.keep()))
     }
 
     /// Write `files` (relative paths) into the profile.
