@@ -14,8 +14,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use tracing::warn;
-use tray_icon::menu::MenuEvent;
 
 use crate::worker::{Locator, UiMsg, Worker};
 
@@ -105,12 +103,6 @@ fn main() -> ExitCode {
 
     let (ui_tx, ui_rx) = std::sync::mpsc::sync_channel::<UiMsg>(UI_QUEUE);
     let (click_tx, click_rx) = tokio::sync::mpsc::channel::<String>(CLICK_QUEUE);
-    MenuEvent::set_event_handler(Some(move |event: MenuEvent| {
-        if click_tx.try_send(event.id.0).is_err() {
-            warn!("menu click dropped: still busy with earlier ones");
-        }
-    }));
-
     let worker = Worker::new(Locator { config: cli.config }, ui_tx);
     let spawned = std::thread::Builder::new()
         .name("anonnet-tray-worker".into())
@@ -129,7 +121,7 @@ fn main() -> ExitCode {
     }
 
     // The tray icon lives on this thread until the worker says quit (or stops).
-    match ui::run(ui_rx) {
+    match ui::run(ui_rx, click_tx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("anonnet-tray: error: {e}");

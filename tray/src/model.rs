@@ -1,7 +1,7 @@
 //! What the tray shows and what its menu does, as plain data: the daemon's state in,
 //! an icon, a tooltip and a menu out; a clicked entry in, a control API request out.
 //!
-//! No tray-icon types here and no I/O: `ui.rs` turns a [`Render`] into tray-icon calls,
+//! No tray types here and no I/O: `ui/` turns a [`Render`] into ksni or tray-icon calls,
 //! `worker.rs` gathers the [`View`] and carries out the [`Step`]s. Everything here is
 //! unit-tested.
 
@@ -152,7 +152,7 @@ pub enum Action {
 }
 
 impl Action {
-    /// The menu item id that carries this action (tray-icon reports clicks by id).
+    /// The menu item id that carries this action (both tray backends report clicks by id).
     pub fn id(&self) -> String {
         match self {
             Action::ToggleProxy => "proxy".into(),

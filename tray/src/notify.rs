@@ -1,7 +1,7 @@
 //! Desktop notifications: `org.freedesktop.Notifications.Notify` on the session bus (the
 //! Desktop Notifications Specification 1.2), sent by the worker after a publication.
 //!
-//! tray-icon's ksni backend keeps its D-Bus connection to itself, so this opens a second
+//! ksni keeps its D-Bus connection to itself, so this opens a second
 //! connection to the same session bus, once, on the first notification. On Windows there is
 //! no notification here yet (see README.md, "Windows"): [`Notifier::show`] says so.
 

@@ -2,7 +2,7 @@
 //! its event stream says something changed), carries out menu clicks, and sends the UI
 //! thread a new [`Render`] whenever what it shows changes.
 //!
-//! It owns no tray-icon type (those stay on the UI thread, `TrayIcon` is `!Send`); it talks
+//! It owns no tray type (those stay on the UI thread; tray-icon's `TrayIcon` is `!Send`); it talks
 //! to the UI over a bounded channel of [`UiMsg`].
 
 use std::net::SocketAddr;

@@ -426,11 +426,30 @@ fn tooltip(conn: &Connection, name: &str) -> String {
     text
 }
 
-/// The icon's pixels (ARGB32), first pixmap.
+/// The icon's pixmaps (`(width, height, ARGB32)`), as the item lists them.
+fn icon_pixmaps(conn: &Connection, name: &str) -> Vec<(i32, i32, Vec<u8>)> {
+    <Vec<(i32, i32, Vec<u8>)>>::try_from(sni_property(conn, name, "IconPixmap")).unwrap()
+}
+
+/// The icon's largest pixmap.
 fn icon_pixels(conn: &Connection, name: &str) -> (i32, i32, Vec<u8>) {
-    let pixmaps =
-        <Vec<(i32, i32, Vec<u8>)>>::try_from(sni_property(conn, name, "IconPixmap")).unwrap();
-    pixmaps.into_iter().next().expect("an icon pixmap")
+    icon_pixmaps(conn, name)
+        .into_iter()
+        .max_by_key(|(w, _, _)| *w)
+        .expect("an icon pixmap")
+}
+
+/// The host opens the menu: `AboutToShow` on its root item (id 0), as a panel does before
+/// it draws the menu from the layout it fetched.
+fn about_to_show(conn: &Connection, name: &str) {
+    conn.call_method(
+        Some(name),
+        "/MenuBar",
+        Some("com.canonical.dbusmenu"),
+        "AboutToShow",
+        &(0i32),
+    )
+    .unwrap();
 }
 
 /// Poll `f` every 100 ms until it returns `Some`, at most `within`.
@@ -589,9 +608,19 @@ fn tray_menu_switches_the_proxy_and_asks_for_a_new_identity_over_dbus() {
         on_tip.starts_with("On: ") && on_tip.contains("circuit"),
         "{on_tip}"
     );
-    let (w, h, on_icon) = icon_pixels(conn, name);
-    assert_eq!((w, h), (64, 64));
-    assert_eq!(on_icon.len(), 64 * 64 * 4);
+    // Every size, so the host picks the one of its panel instead of scaling one.
+    let sizes: Vec<(i32, i32)> = icon_pixmaps(conn, name)
+        .iter()
+        .map(|(w, h, argb)| {
+            assert_eq!(argb.len(), (w * h * 4) as usize);
+            (*w, *h)
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [(16, 16), (22, 22), (24, 24), (32, 32), (48, 48), (64, 64)]
+    );
+    let (_, _, on_icon) = icon_pixels(conn, name);
     // The daemon's own ports are never offered for publishing.
     let ports = anonnet_control::locate::read_ports(&s.dir.join("client")).unwrap();
     for addr in ports.values() {
@@ -636,6 +665,26 @@ fn tray_menu_switches_the_proxy_and_asks_for_a_new_identity_over_dbus() {
         (icon_pixels(conn, name).2 == on_icon).then_some(())
     });
 
+    // The host opens the menu; a server that starts listening now would add an item
+    // ("Publish localhost:PORT"), which waits until the menu closes: here the click on
+    // "New identity" below. The worker looks for servers every 1.5 s.
+    about_to_show(conn, name);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let publish = format!(
+        "Publish localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let open_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < open_until {
+        let m = menu(conn, name);
+        assert!(
+            m.find(&publish).is_none(),
+            "the layout changed while the menu was open: {:?}",
+            m.labels()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // "New identity": every circuit that existed is retired, and fresh ones are built.
     let before: HashSet<u64> = status(&s.rt, &s.control)
         .circuits
@@ -677,6 +726,15 @@ fn tray_menu_switches_the_proxy_and_asks_for_a_new_identity_over_dbus() {
                 .then_some(())
         },
     );
+
+    // The click closed the menu: the held item is there, and goes with its server.
+    wait_menu(conn, name, "the new item after the menu closed", |m| {
+        m.find(&publish).is_some()
+    });
+    drop(listener);
+    wait_menu(conn, name, "the item gone with its server", |m| {
+        m.find(&publish).is_none()
+    });
 
     // "Quit tray": the tray exits cleanly and leaves the bus.
     click(conn, name, "Quit tray");

@@ -1,6 +1,5 @@
-//! The UI thread: the tray icon and its menu (tray-icon: a D-Bus StatusNotifierItem through
-//! ksni on Linux, the native notification-area icon on Windows). `TrayIcon` is `!Send`, so
-//! it lives and dies here; the worker sends [`UiMsg`]s.
+//! Windows: the native notification-area icon and its menu through tray-icon. `TrayIcon`
+//! is `!Send`, so it lives and dies on the UI thread; the worker sends [`UiMsg`]s.
 
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
@@ -9,14 +8,10 @@ use tracing::{debug, warn};
 use tray_icon::menu::{CheckMenuItem, IsMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
+use super::{send_click, TITLE, TRAY_ID};
 use crate::icons;
 use crate::model::{shape, Entry, IconKind, Render};
 use crate::worker::UiMsg;
-
-/// Id of the StatusNotifierItem (`Id` property).
-const TRAY_ID: &str = "anonnet-tray";
-/// Title shown above the tooltip.
-const TITLE: &str = "anonnet";
 
 /// A menu item we may change later.
 enum Handle {
@@ -52,7 +47,10 @@ impl Ui {
             IconKind::On,
             IconKind::Error,
         ] {
-            icons.insert(kind, icons::tray_icon(kind)?);
+            let icon = icons::largest(kind)?;
+            let icon = Icon::from_rgba(icon.pixels, icon.width, icon.height)
+                .map_err(|e| format!("the {kind:?} icon: {e}"))?;
+            icons.insert(kind, icon);
         }
         Ok(Ui {
             icons: Some(icons),
@@ -79,37 +77,25 @@ impl Ui {
 
 /// Show what the worker sends until it says quit (or goes away).
 ///
-/// On Linux and the BSDs, tray-icon's ksni backend runs its own D-Bus thread, so this
-/// thread only waits on the channel.
-///
-/// # Errors
-/// A message when the tray icon cannot be created (no D-Bus session bus).
-#[cfg(not(windows))]
-pub fn run(messages: Receiver<UiMsg>) -> Result<(), String> {
-    let mut ui = Ui::new()?;
-    for msg in messages {
-        if !ui.handle(msg)? {
-            break;
-        }
-    }
-    // Dropping the TrayIcon takes the item off the bus.
-    drop(ui);
-    Ok(())
-}
-
-/// Show what the worker sends until it says quit (or goes away).
-///
 /// On Windows the tray icon's window receives its clicks through the Win32 message queue
 /// of the thread that created it, so this thread runs tao's event loop, and a forwarding
-/// thread turns the worker's messages into the loop's user events.
+/// thread turns the worker's messages into the loop's user events. Clicks reach `clicks`
+/// through tray-icon's menu event handler.
 ///
 /// # Errors
 /// A message when the tray icon cannot be created, or the forwarding thread cannot start.
-#[cfg(windows)]
-pub fn run(messages: Receiver<UiMsg>) -> Result<(), String> {
+pub fn run(
+    messages: Receiver<UiMsg>,
+    clicks: tokio::sync::mpsc::Sender<String>,
+) -> Result<(), String> {
     use tao::event::Event;
     use tao::event_loop::{ControlFlow, EventLoopBuilder};
     use tao::platform::run_return::EventLoopExtRunReturn;
+    use tray_icon::menu::MenuEvent;
+
+    MenuEvent::set_event_handler(Some(move |event: MenuEvent| {
+        send_click(&clicks, event.id.0);
+    }));
 
     let mut event_loop = EventLoopBuilder::<UiMsg>::with_user_event().build();
     let proxy = event_loop.create_proxy();
@@ -155,16 +141,9 @@ impl Tray {
         if let Some(icon) = icons.get(&render.icon) {
             builder = builder.with_icon(icon.clone());
         }
-        let icon = builder.build().map_err(|e| {
-            if cfg!(windows) {
-                format!("cannot create the tray icon: {e}")
-            } else {
-                format!(
-                    "cannot create the tray icon: {e} (it needs a D-Bus session bus: is \
-                     DBUS_SESSION_BUS_ADDRESS set?)"
-                )
-            }
-        })?;
+        let icon = builder
+            .build()
+            .map_err(|e| format!("cannot create the tray icon: {e}"))?;
         Ok(Tray {
             icon,
             icons,
