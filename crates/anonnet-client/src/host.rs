@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use anonnet_clock::{Clock, Published, Refresh, Schedule, CHECK_INTERVAL};
+use anonnet_clock::{Backoff, Clock, Published, Refresh, Schedule, CHECK_INTERVAL};
 use anonnet_crypto::dark::{make_dark_record, DarkName, DARK_POW_BITS};
 use anonnet_crypto::hs::{
     descriptor_index, open_introduce, periods_to_publish, seal_descriptor, HsAddress, HsError,
@@ -65,6 +65,11 @@ pub const MAX_RENDEZVOUS: usize = 64;
 /// How often a service checks whether a new consensus moved its descriptors to other
 /// HSDirs (§12.7); it republishes when it did.
 const PLACEMENT_CHECK: Duration = Duration::from_secs(5);
+/// First pause after a failed introduction point; doubles up to [`MAX_INTRO_RETRY`], with
+/// jitter ([`Backoff`]).
+const INTRO_RETRY: Duration = Duration::from_millis(500);
+/// Longest pause between introduction-point attempts while they fail.
+const MAX_INTRO_RETRY: Duration = Duration::from_secs(30);
 /// Introductions one introduction point accepts before it is replaced (rend-spec-v3's
 /// `INTRO_POINT_MIN_LIFETIME_INTRODUCTIONS`, §13.2). Its replay cache holds every one of
 /// them: the `E` of an accepted introduction is never forgotten while the point's key lives.
@@ -599,7 +604,7 @@ impl Service {
     /// relay failed, or they were retired after their lifetime or
     /// [`INTRO_POINT_MAX_INTRODUCTIONS`], §13.2) by fresh points with fresh keys.
     async fn keep_intro_points(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(INTRO_RETRY, MAX_INTRO_RETRY);
         loop {
             if self.stopped() {
                 break;
@@ -624,19 +629,18 @@ impl Service {
                         intros.push(slot);
                         self.intros_changed(&intros);
                         drop(intros);
-                        backoff = Duration::from_millis(500);
+                        backoff.reset();
                         continue;
                     }
                     Err(e) => {
                         warn!(service = %anonnet_net::logging::sensitive(self.hosted.address), "introduction point failed: {e}");
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }
             }
             // Retry a failed build after its backoff; with all introduction points up,
             // wait until one of their circuits closes.
             tokio::select! {
-                () = tokio::time::sleep(backoff), if missing > 0 => {}
+                () = tokio::time::sleep(backoff.next_delay()), if missing > 0 => {}
                 () = self.intro_lost.notified(), if missing == 0 => {}
                 () = self.hosted.stop.cancelled() => break,
             }

@@ -10,6 +10,7 @@
 //! end-to-end onion layer and the stream opens inside it.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use anonnet_wire::hs::{
 use anonnet_wire::relay::{COOKIE_LEN, DHT_OK, INTRODUCE_OK};
 use anonnet_wire::{RelayMsg, Target};
 use bytes::Bytes;
+use lru::LruCache;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -39,12 +41,12 @@ use crate::circuit::{Circuit, HopSpec};
 
 /// Longest wait for one answer from a relay on a hidden-service circuit (seconds).
 pub const HS_STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Descriptors kept in the cache (least recently fetched are dropped first).
+/// Descriptors kept in the cache (the least recently used is dropped first).
 const DESCRIPTOR_CACHE: usize = 256;
 /// A cached descriptor is fetched again after this long (and never served past its own
 /// `expires`, §15).
 const DESCRIPTOR_FRESH: Duration = Duration::from_secs(600);
-/// Names kept in the cache.
+/// Names kept in the cache (the least recently used is dropped first).
 const NAME_CACHE: usize = 256;
 /// A resolved name is looked up again after this long (and never served past its record's
 /// validity, §15).
@@ -93,6 +95,11 @@ pub enum HsFailure {
     /// The service did not meet the client at the rendezvous point in time.
     #[error("rendezvous failed: {0}")]
     Rendezvous(String),
+}
+
+/// `n` as a cache capacity (0 is taken as 1).
+fn capacity(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -340,8 +347,9 @@ type RendezvousKey = (HsAddress, Vec<u8>);
 /// address book and rendezvous circuits open to services.
 #[derive(Debug)]
 pub(crate) struct HsCache {
-    descriptors: Mutex<HashMap<HsAddress, Expiring<Revised>>>,
-    names: Mutex<HashMap<String, Expiring<HsAddress>>>,
+    /// Bounded LRU caches (the `lru` crate): [`DESCRIPTOR_CACHE`] and [`NAME_CACHE`] entries.
+    descriptors: Mutex<LruCache<HsAddress, Expiring<Revised>>>,
+    names: Mutex<LruCache<String, Expiring<HsAddress>>>,
     pins: Mutex<NamePins>,
     address_book: HashMap<String, HsAddress>,
     /// Rendezvous circuits by service address and isolation key, reused by later streams.
@@ -357,8 +365,8 @@ impl HsCache {
         book: HashMap<String, HsAddress>,
     ) -> Self {
         HsCache {
-            descriptors: Mutex::new(HashMap::new()),
-            names: Mutex::new(HashMap::new()),
+            descriptors: Mutex::new(LruCache::new(capacity(DESCRIPTOR_CACHE))),
+            names: Mutex::new(LruCache::new(capacity(NAME_CACHE))),
             pins: Mutex::new(NamePins::load(state_dir)),
             address_book: book,
             rendezvous: Mutex::new(HashMap::new()),
@@ -369,13 +377,13 @@ impl HsCache {
     /// The `expires` of the cached descriptor of `address`, served or not.
     #[cfg(test)]
     pub(crate) fn descriptor_expires(&self, address: &HsAddress) -> Option<u64> {
-        lock(&self.descriptors).get(address).map(Expiring::expires)
+        lock(&self.descriptors).peek(address).map(Expiring::expires)
     }
 
     /// The end of validity of the cached resolution of `name`, served or not.
     #[cfg(test)]
     pub(crate) fn name_expires(&self, name: &DarkName) -> Option<u64> {
-        lock(&self.names).get(name.as_str()).map(Expiring::expires)
+        lock(&self.names).peek(name.as_str()).map(Expiring::expires)
     }
 
     /// A cache whose `.dark` records need `bits` of work (simulations).
@@ -400,7 +408,7 @@ impl HsCache {
     }
 
     /// Cache `body`, valid until `expires` (Unix seconds), fetched at `fetched`; the entry
-    /// fetched longest ago makes room when the cache is full.
+    /// used longest ago makes room when the cache is full.
     pub(crate) fn put_descriptor(
         &self,
         address: HsAddress,
@@ -408,18 +416,11 @@ impl HsCache {
         expires: u64,
         fetched: Instant,
     ) {
-        let mut map = lock(&self.descriptors);
-        if map.len() >= DESCRIPTOR_CACHE && !map.contains_key(&address) {
-            let oldest = map.iter().min_by_key(|(_, e)| e.fetched()).map(|(a, _)| *a);
-            if let Some(a) = oldest {
-                map.remove(&a);
-            }
-        }
-        map.insert(address, Expiring::new(body, expires, fetched));
+        lock(&self.descriptors).put(address, Expiring::new(body, expires, fetched));
     }
 
     pub(crate) fn forget_descriptor(&self, address: &HsAddress) {
-        lock(&self.descriptors).remove(address);
+        lock(&self.descriptors).pop(address);
     }
 
     pub(crate) fn rendezvous_circuit(
@@ -512,11 +513,7 @@ impl HsCache {
         }
         let (address, expires) = (chosen.address, chosen.expires);
         drop(pins);
-        let mut names = lock(&self.names);
-        if names.len() >= NAME_CACHE {
-            names.clear();
-        }
-        names.insert(
+        lock(&self.names).put(
             name.as_str().to_owned(),
             Expiring::new(address, expires, fetched),
         );
@@ -826,14 +823,16 @@ mod tests {
     }
 
     #[test]
-    fn descriptor_cache_is_bounded() {
+    fn descriptor_cache_is_bounded_and_drops_the_least_recently_used() {
         let cache = HsCache::new(None, HashMap::new());
-        for i in 0..(DESCRIPTOR_CACHE + 10) {
+        let address = |i: u64| {
             let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let a = ServiceKey::from_seed(&seed).address();
+            seed[..8].copy_from_slice(&i.to_be_bytes());
+            ServiceKey::from_seed(&seed).address()
+        };
+        let put = |i: u64| {
             cache.put_descriptor(
-                a,
+                address(i),
                 (
                     1,
                     HsDescriptorBody {
@@ -843,9 +842,24 @@ mod tests {
                 ),
                 u64::MAX,
                 Instant::now(),
-            );
+            )
+        };
+        let n = DESCRIPTOR_CACHE as u64;
+        for i in 0..n {
+            put(i);
+        }
+        // Reading the first entry makes it the most recently used one.
+        let (now_unix, now_mono) = (now_secs(), Instant::now());
+        assert!(cache.descriptor(&address(0), now_unix, now_mono).is_some());
+        for i in n..n + 10 {
+            put(i);
         }
         assert_eq!(lock(&cache.descriptors).len(), DESCRIPTOR_CACHE);
+        assert!(cache.descriptor(&address(0), now_unix, now_mono).is_some());
+        for i in 1..=10 {
+            assert!(cache.descriptor(&address(i), now_unix, now_mono).is_none());
+        }
+        assert!(cache.descriptor(&address(11), now_unix, now_mono).is_some());
     }
 
     fn now_secs() -> u64 {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anonnet_clock::Backoff;
 use anonnet_net::{Endpoint, LinkManager};
 use anonnet_wire::{EndReason, ResolvedAnswer, SignedDescriptor, Target};
 use tokio::sync::{broadcast, watch, Notify};
@@ -45,9 +46,11 @@ use crate::ClientError;
 const BUILD_ATTEMPTS: usize = 3;
 /// Attempts at opening one stream (each on a fresh circuit after a circuit failure).
 const STREAM_ATTEMPTS: u32 = 3;
-/// First pause before retrying a stream on another circuit; doubles per attempt.
+/// First pause before retrying a stream on another circuit; doubles per attempt, with
+/// jitter ([`Backoff`]).
 const STREAM_RETRY: Duration = Duration::from_millis(100);
-/// First pause after a failed pool build; doubles up to [`MAX_POOL_RETRY`].
+/// First pause after a failed pool build; doubles up to [`MAX_POOL_RETRY`], with jitter
+/// ([`Backoff`]).
 const POOL_RETRY: Duration = Duration::from_millis(500);
 /// Longest pause between pool builds while builds fail.
 const MAX_POOL_RETRY: Duration = Duration::from_secs(30);
@@ -977,8 +980,8 @@ impl Client {
 
     /// Open a stream to `target:port` on a circuit of the `isolation` group: one it already
     /// uses, else a clean pre-built one, else a new one. A circuit that fails under the
-    /// stream is closed and the stream retried on another after a short backoff (100 ms,
-    /// doubling; 3 attempts). Host names go to the exit unresolved.
+    /// stream is closed and the stream retried on another after a short backoff (50–100 ms,
+    /// doubling, with jitter; 3 attempts). Host names go to the exit unresolved.
     ///
     /// # Errors
     /// [`ClientError`]; [`ClientError::kind`] says which reply a front end should give.
@@ -1129,7 +1132,7 @@ impl Client {
     /// exit allows `port`: one it already uses, else a clean pre-built one, else a new one.
     /// A circuit that fails under it is closed, and one whose exit does not answer in time
     /// or is out of streams is retired; then `op` is retried on another after a short
-    /// backoff (100 ms, doubling; 3 attempts).
+    /// backoff (50–100 ms, doubling, with jitter; 3 attempts).
     async fn on_exit_circuit<T, F, Fut>(
         &self,
         port: u16,
@@ -1141,7 +1144,8 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, StreamError>>,
     {
         let mut last = ClientError::Circuit(CircuitError::Closed);
-        for attempt in 0..STREAM_ATTEMPTS {
+        let mut pause = Backoff::new(STREAM_RETRY, STREAM_RETRY * 2u32.pow(STREAM_ATTEMPTS - 1));
+        for _attempt in 0..STREAM_ATTEMPTS {
             let circuit = match self.pick(port, isolation) {
                 Some(c) => c,
                 None => {
@@ -1164,7 +1168,7 @@ impl Client {
                     );
                     circuit.close();
                     last = ClientError::Stream(StreamError::Circuit(e));
-                    tokio::time::sleep(STREAM_RETRY * 2u32.pow(attempt)).await;
+                    tokio::time::sleep(pause.next_delay()).await;
                 }
                 // The exit did not answer in time, or is out of resources: this circuit
                 // takes no more streams, and the request tries another.
@@ -1177,7 +1181,7 @@ impl Client {
                     );
                     self.retire(&circuit);
                     last = ClientError::Stream(e);
-                    tokio::time::sleep(STREAM_RETRY * 2u32.pow(attempt)).await;
+                    tokio::time::sleep(pause.next_delay()).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -1873,7 +1877,8 @@ fn lock_services(
 
 /// Longest wait for the directory (the first consensus) before circuits are tried anyway.
 const DISCOVERY_WAIT: Duration = Duration::from_secs(20);
-/// First pause after a failed consensus fetch; doubles up to [`MAX_CONSENSUS_RETRY`].
+/// First pause after a failed consensus fetch; doubles up to [`MAX_CONSENSUS_RETRY`], with
+/// jitter ([`Backoff`]).
 const CONSENSUS_RETRY: Duration = Duration::from_millis(500);
 /// Longest pause between consensus fetch rounds while none succeeds.
 const MAX_CONSENSUS_RETRY: Duration = Duration::from_secs(4);
@@ -1886,7 +1891,7 @@ const CONSENSUS_TICK: Duration = Duration::from_secs(30);
 /// else the authorities or fallbacks; keep the old one until its `valid_until`, then
 /// stop building circuits until a newer one arrives.
 async fn maintain_consensus(client: std::sync::Weak<Client>) {
-    let mut retry = CONSENSUS_RETRY;
+    let mut retry = Backoff::new(CONSENSUS_RETRY, MAX_CONSENSUS_RETRY);
     let mut due_at: Option<u64> = None;
     loop {
         let Some(c) = client.upgrade() else { return };
@@ -1942,14 +1947,13 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
         match got {
             Some(checked) => {
                 c.install_consensus(checked);
-                retry = CONSENSUS_RETRY;
+                retry.reset();
                 due_at = None;
             }
             None => {
                 debug!("no newer consensus: {}", why.join("; "));
                 drop(c);
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(MAX_CONSENSUS_RETRY);
+                tokio::time::sleep(retry.next_delay()).await;
             }
         }
     }
@@ -1978,7 +1982,7 @@ pub const PREFIX_MAX_AGE: Duration = Duration::from_secs(600);
 /// bootstrapped, dropping those older than [`PREFIX_MAX_AGE`]; a failed build is retried
 /// with the pool's backoff.
 async fn maintain_prefixes(client: std::sync::Weak<Client>) {
-    let mut delay = POOL_RETRY;
+    let mut delay = Backoff::new(POOL_RETRY, MAX_POOL_RETRY);
     if let Some(c) = client.upgrade() {
         let mut ready = c.ready.subscribe();
         drop(c);
@@ -1997,12 +2001,12 @@ async fn maintain_prefixes(client: std::sync::Weak<Client>) {
         }
         if c.prefix_count() < c.config.hs_prefixes {
             match c.build_prefix().await {
-                Ok(()) => delay = POOL_RETRY,
+                Ok(()) => delay.reset(),
                 Err(e) => {
-                    debug!("hidden-service prefix failed: {e}; retrying in {delay:?}");
+                    let wait = delay.next_delay();
+                    debug!("hidden-service prefix failed: {e}; retrying in {wait:?}");
                     drop(c);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_POOL_RETRY);
+                    tokio::time::sleep(wait).await;
                 }
             }
             continue;
@@ -2026,7 +2030,7 @@ pub const NOT_READY_PERCENT: u8 = 40;
 
 /// Keep `pool_size` clean circuits ready; report bootstrap progress until the first one.
 async fn maintain_pool(client: std::sync::Weak<Client>) {
-    let mut delay = POOL_RETRY;
+    let mut delay = Backoff::new(POOL_RETRY, MAX_POOL_RETRY);
     let mut ready = false;
     let mut failures_in_a_row: u32 = 0;
     if let Some(c) = client.upgrade() {
@@ -2053,7 +2057,7 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
             };
             match c.build_circuit(port, None).await {
                 Ok(circuit) => {
-                    delay = POOL_RETRY;
+                    delay.reset();
                     failures_in_a_row = 0;
                     if !ready {
                         ready = true;
@@ -2073,7 +2077,8 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
                 }
 
                 Err(e) => {
-                    anonnet_net::warn_limited!("pool circuit failed: {e}; retrying in {delay:?}");
+                    let wait = delay.next_delay();
+                    anonnet_net::warn_limited!("pool circuit failed: {e}; retrying in {wait:?}");
                     failures_in_a_row += 1;
                     if ready && failures_in_a_row >= NOT_READY_AFTER_FAILURES {
                         // Not "ready" while no circuit can be built (relays moved, the
@@ -2095,10 +2100,9 @@ async fn maintain_pool(client: std::sync::Weak<Client>) {
                     drop(c);
                     // A new consensus (new relay addresses) ends the wait early.
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep(wait) => {}
                         () = refill.notified() => {}
                     }
-                    delay = (delay * 2).min(MAX_POOL_RETRY);
                     continue;
                 }
             }

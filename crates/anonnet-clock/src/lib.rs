@@ -366,6 +366,54 @@ impl<T> Expiring<T> {
     }
 }
 
+/// Delays between retries of something that keeps failing: doubling from `first` up to
+/// `max`, each drawn at random from the upper half of its step ("equal jitter"), so many
+/// nodes that failed together (a relay restart, a network outage) do not retry together.
+///
+/// The `n`-th delay after a [`Backoff::reset`] lies in `[d/2, d]` with
+/// `d = min(first · 2ⁿ, max)`: never longer than the plain doubling schedule it replaces,
+/// never shorter than half of it. The schedule and the jitter are backon's
+/// `ExponentialBuilder` (factor 2, jitter in `[0, 1)` of the step), over half of each step.
+#[derive(Debug)]
+pub struct Backoff {
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
+    max: Duration,
+}
+
+impl Backoff {
+    /// A schedule whose first delay is in `[first/2, first]` and whose delays never exceed
+    /// `max` (`max` below `first` is raised to `first`).
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        use backon::BackoffBuilder as _;
+        let max = max.max(first);
+        let builder = backon::ExponentialBuilder::new()
+            .with_factor(2.0)
+            .with_min_delay(first / 2)
+            .with_max_delay(max / 2)
+            .with_jitter()
+            .without_max_times();
+        Backoff {
+            builder,
+            delays: builder.build(),
+            max,
+        }
+    }
+
+    /// The delay to wait before the next retry (each call moves one step along).
+    pub fn next_delay(&mut self) -> Duration {
+        // The builder sets no limit on attempts or total delay, so `next` always yields;
+        // `max` stands in for the impossible end of the schedule.
+        self.delays.next().unwrap_or(self.max).min(self.max)
+    }
+
+    /// Start again from the first delay (after a success).
+    pub fn reset(&mut self) {
+        use backon::BackoffBuilder as _;
+        self.delays = self.builder.build();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,5 +538,32 @@ mod tests {
         // Older than the refetch age, though still valid.
         assert_eq!(e.fresh(T0, m0 + age, age), None);
         assert_eq!((e.expires(), e.fetched()), (T0 + 100, m0));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_within_half_of_each_step_and_resets() {
+        let (first, max) = (Duration::from_millis(500), Duration::from_secs(30));
+        let mut b = Backoff::new(first, max);
+        let mut distinct = std::collections::HashSet::new();
+        for round in 0..20 {
+            let mut step = first;
+            for _ in 0..12 {
+                let d = b.next_delay();
+                assert!(
+                    d >= step / 2 && d <= step,
+                    "{d:?} outside [{:?}, {step:?}]",
+                    step / 2
+                );
+                distinct.insert(d);
+                step = (step * 2).min(max);
+            }
+            assert_eq!(step, max, "round {round}: the schedule reached its cap");
+            b.reset();
+        }
+        assert!(
+            distinct.len() > 100,
+            "jitter draws different delays: {}",
+            distinct.len()
+        );
     }
 }

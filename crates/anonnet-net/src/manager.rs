@@ -1,35 +1,31 @@
 //! The connection manager: one live link per peer NodeId, reused.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use anonnet_crypto::NodeId;
+use lru::LruCache;
 
 use crate::{Endpoint, Link, NetError};
 
-/// One cached peer. The async mutex serialises dials to that peer: a second `get` waits
-/// for the first one's dial instead of dialing in parallel.
-struct Slot {
-    link: Arc<tokio::sync::Mutex<Option<Link>>>,
-    /// Value of `LinkManager::clock` at the last `get`; the smallest is evicted first.
-    last_used: u64,
-}
+/// One cached peer's link. The async mutex serialises dials to that peer: a second `get`
+/// waits for the first one's dial instead of dialing in parallel.
+type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
 
 /// Keeps at most one live [`Link`] per [`NodeId`] and reuses it; dials when the link is
 /// missing or closed.
 ///
-/// Bounded: at most `max_links` peers are cached. Inserting one more evicts a closed link
-/// if there is one, else the least recently used. Evicting only forgets a link: it stays
-/// open while others hold clones of it (circuits on it keep working) and closes when the
-/// last clone is dropped.
+/// Bounded: at most `max_links` peers are cached, in an LRU cache (the `lru` crate, O(1)
+/// per operation). Inserting one more evicts the least recently used peer; a link that
+/// closed is not used again until it is redialed, so it drifts to that end. Evicting only
+/// forgets a link: it stays open while others hold clones of it (circuits on it keep
+/// working) and closes when the last clone is dropped.
 pub struct LinkManager {
     endpoint: Endpoint,
-    max_links: usize,
-    slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
-    clock: AtomicU64,
+    max_links: NonZeroUsize,
+    slots: std::sync::Mutex<LruCache<NodeId, Slot>>,
 }
 
 impl fmt::Debug for LinkManager {
@@ -46,15 +42,15 @@ impl LinkManager {
     /// A manager dialing from `endpoint` and caching at most `max_links` peers (a value of
     /// 0 is treated as 1).
     pub fn new(endpoint: Endpoint, max_links: usize) -> Self {
+        let max_links = NonZeroUsize::new(max_links).unwrap_or(NonZeroUsize::MIN);
         LinkManager {
             endpoint,
-            max_links: max_links.max(1),
-            slots: std::sync::Mutex::new(HashMap::new()),
-            clock: AtomicU64::new(0),
+            max_links,
+            slots: std::sync::Mutex::new(LruCache::new(max_links)),
         }
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Slot>> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, LruCache<NodeId, Slot>> {
         // A panic elsewhere while holding the lock leaves the map consistent (every update
         // is a single insert/remove), so a poisoned lock is still usable.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
@@ -70,29 +66,12 @@ impl LinkManager {
     /// Those of [`Endpoint::connect`]; a failed dial is not cached.
     pub async fn get(&self, addr: SocketAddr, node_id: NodeId) -> Result<Link, NetError> {
         let cell = {
-            let now = self.clock.fetch_add(1, Ordering::Relaxed);
             let mut slots = self.slots();
-            let cell = match slots.get_mut(&node_id) {
-                Some(slot) => {
-                    slot.last_used = now;
-                    slot.link.clone()
-                }
-                None => {
-                    if slots.len() >= self.max_links {
-                        evict_one(&mut slots);
-                    }
-                    let cell = Arc::new(tokio::sync::Mutex::new(None));
-                    slots.insert(
-                        node_id,
-                        Slot {
-                            link: cell.clone(),
-                            last_used: now,
-                        },
-                    );
-                    cell
-                }
-            };
-            cell
+            // `get_or_insert` marks the peer most recently used, and evicts the least
+            // recently used one when a new peer does not fit.
+            slots
+                .get_or_insert(node_id, || Arc::new(tokio::sync::Mutex::new(None)))
+                .clone()
         };
 
         let mut guard = cell.lock().await;
@@ -111,11 +90,11 @@ impl LinkManager {
                 drop(guard);
                 let mut slots = self.slots();
                 let ours = slots
-                    .get(&node_id)
-                    .is_some_and(|slot| Arc::ptr_eq(&slot.link, &cell));
+                    .peek(&node_id)
+                    .is_some_and(|slot| Arc::ptr_eq(slot, &cell));
                 // Leave the slot if someone else is using or dialing it right now.
                 if ours && Arc::strong_count(&cell) == 2 {
-                    slots.remove(&node_id);
+                    slots.pop(&node_id);
                 }
                 Err(e)
             }
@@ -135,23 +114,5 @@ impl LinkManager {
     /// Whether no peer is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Remove one slot: a closed link if any, else the least recently used.
-fn evict_one(slots: &mut HashMap<NodeId, Slot>) {
-    let closed = slots.iter().find_map(|(id, slot)| {
-        // A slot locked right now is being dialed or read: not closed.
-        let guard = slot.link.try_lock().ok()?;
-        guard.as_ref().is_none_or(Link::is_closed).then_some(*id)
-    });
-    let victim = closed.or_else(|| {
-        slots
-            .iter()
-            .min_by_key(|(_, slot)| slot.last_used)
-            .map(|(id, _)| *id)
-    });
-    if let Some(id) = victim {
-        slots.remove(&id);
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use anonnet_clock::Backoff;
 use anonnet_dir::{
     DirMessage, HsDirPlacement, Network, SignedConsensus, UploadStatus, DIR_STREAM_TAG,
 };
@@ -20,7 +21,8 @@ use crate::now_unix;
 
 /// Longest one directory request may take (seconds).
 pub const DIR_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// First retry delay after a failed upload or fetch; doubles up to [`MAX_RETRY`].
+/// First retry delay after a failed upload or fetch; doubles up to [`MAX_RETRY`], with
+/// jitter ([`Backoff`]).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -111,7 +113,7 @@ pub(crate) async fn upload_descriptors(
     mut descriptor: watch::Receiver<SignedDescriptor>,
     shutdown: CancellationToken,
 ) {
-    let mut retry = FIRST_RETRY;
+    let mut retry = Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
         let desc = descriptor.borrow_and_update().clone();
         let addr = anonnet_crypto::verify_descriptor(&desc, now_unix())
@@ -147,7 +149,7 @@ pub(crate) async fn upload_descriptors(
         }
         let wait = if confirmed > 0 {
             info!("reachability: reachable at {addr_text} (confirmed by {confirmed} of {k} authorities)");
-            retry = FIRST_RETRY;
+            retry.reset();
             None
         } else {
             reasons.dedup();
@@ -155,9 +157,7 @@ pub(crate) async fn upload_descriptors(
                 "reachability: NOT reachable at {addr_text}: {}",
                 reasons.join("; ")
             );
-            let w = retry;
-            retry = (retry * 2).min(MAX_RETRY);
-            Some(w)
+            Some(retry.next_delay())
         };
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -210,7 +210,7 @@ pub(crate) async fn fetch_consensus(
             cache.offer(c, &v, now);
         }
     }
-    let mut retry = FIRST_RETRY;
+    let mut retry = Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
         let mut order: Vec<_> = network.authorities.clone();
         order.shuffle(&mut rand::rng());
@@ -244,15 +244,11 @@ pub(crate) async fn fetch_consensus(
         }
         let wait = match next {
             Some(fresh_until) => {
-                retry = FIRST_RETRY;
+                retry.reset();
                 Duration::from_secs(fresh_until.saturating_sub(now_unix()))
                     + Duration::from_millis(rand::random_range(500..1500))
             }
-            None => {
-                let w = retry;
-                retry = (retry * 2).min(MAX_RETRY);
-                w
-            }
+            None => retry.next_delay(),
         };
         tokio::select! {
             () = shutdown.cancelled() => return,
