@@ -161,35 +161,35 @@ const MAX_HALF_CLOSED: usize = 512;
 /// The client's half-closed streams (§6.6): streams it closed by sending `END`, each with
 /// the `DATA` cells still tolerated (one stream window: what may have been in flight).
 /// Sans-IO: the circuit reader asks it about every stream cell that has no open stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HalfClosed {
-    /// Stream id → `DATA` cells still tolerated, with the order of closing for eviction.
-    streams: HashMap<StreamId, (u32, u64)>,
-    closed: u64,
+    /// Stream id → `DATA` cells still tolerated. An `lru::LruCache` of [`MAX_HALF_CLOSED`]
+    /// read only with `peek_mut`, so its order is the order of closing and a full table
+    /// forgets the stream closed first (O(1)).
+    streams: lru::LruCache<StreamId, u32>,
+}
+
+impl Default for HalfClosed {
+    fn default() -> Self {
+        let cap =
+            std::num::NonZeroUsize::new(MAX_HALF_CLOSED).unwrap_or(std::num::NonZeroUsize::MIN);
+        HalfClosed {
+            streams: lru::LruCache::new(cap),
+        }
+    }
 }
 
 impl HalfClosed {
     /// The client sent `END` on `id`.
     fn close(&mut self, id: StreamId) {
-        if self.streams.len() >= MAX_HALF_CLOSED && !self.streams.contains_key(&id) {
-            let oldest = self
-                .streams
-                .iter()
-                .min_by_key(|(_, (_, order))| *order)
-                .map(|(k, _)| *k);
-            if let Some(old) = oldest {
-                self.streams.remove(&old);
-            }
-        }
-        self.closed += 1;
-        self.streams.insert(id, (STREAM_WINDOW_MAX, self.closed));
+        self.streams.put(id, STREAM_WINDOW_MAX);
     }
 
     /// A cell for stream `id`, which has no open stream: `Ok` when a half-closed stream may
     /// still receive it (`DATA` within the window, `CONNECTED`, a stream `SENDME`, or the
     /// `END` that completes the close), else `Err` naming it: the circuit must close.
     fn on_cell(&mut self, id: StreamId, msg: &RelayMsg) -> Result<(), String> {
-        let Some((left, _)) = self.streams.get_mut(&id) else {
+        let Some(left) = self.streams.peek_mut(&id) else {
             return Err(format!("{} for unknown stream {}", msg_name(msg), id.0));
         };
         match msg {
@@ -201,7 +201,7 @@ impl HalfClosed {
             RelayMsg::Connected | RelayMsg::Sendme(None) => Ok(()),
             // RESOLVED ends a resolve stream as END ends any other (§6.2).
             RelayMsg::End(_) | RelayMsg::Resolved(_) => {
-                self.streams.remove(&id);
+                self.streams.pop(&id);
                 Ok(())
             }
             other => Err(format!("{} for closed stream {}", msg_name(other), id.0)),
@@ -843,7 +843,12 @@ mod tests {
     #[test]
     fn the_half_closed_set_is_bounded_and_forgets_the_oldest() {
         let mut h = HalfClosed::default();
-        for i in 1..=(MAX_HALF_CLOSED as u16 + 10) {
+        for i in 1..=MAX_HALF_CLOSED as u16 {
+            h.close(StreamId(i));
+        }
+        // A cell for a half-closed stream does not make it younger.
+        h.on_cell(StreamId(1), &data()).unwrap();
+        for i in MAX_HALF_CLOSED as u16 + 1..=MAX_HALF_CLOSED as u16 + 10 {
             h.close(StreamId(i));
         }
         assert_eq!(h.streams.len(), MAX_HALF_CLOSED);

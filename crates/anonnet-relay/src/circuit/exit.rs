@@ -19,46 +19,44 @@ pub(super) const MAX_CLOSED_STREAMS: usize = 512;
 /// Exit streams a circuit closed or refused, with the cells from the client still
 /// tolerated for each (§6.6): at most a stream window of `DATA`, the `SENDME`s such a window
 /// earns, and one `END`. Any other cell for a stream the exit does not have is unexpected.
-#[derive(Default)]
 pub(super) struct ClosedStreams {
-    pub(super) order: std::collections::VecDeque<StreamId>,
-    /// Per stream: `DATA` cells and `SENDME`s seen since it closed.
-    pub(super) seen: HashMap<StreamId, (u32, u32)>,
+    /// Per stream: `DATA` cells and `SENDME`s seen since it closed. An `lru::LruCache` of
+    /// [`MAX_CLOSED_STREAMS`] read only with `peek`, so its order is the order of closing
+    /// and a full table forgets the stream closed first (O(1)).
+    pub(super) seen: lru::LruCache<StreamId, (u32, u32)>,
+}
+
+impl Default for ClosedStreams {
+    fn default() -> Self {
+        let cap =
+            std::num::NonZeroUsize::new(MAX_CLOSED_STREAMS).unwrap_or(std::num::NonZeroUsize::MIN);
+        ClosedStreams {
+            seen: lru::LruCache::new(cap),
+        }
+    }
 }
 
 impl ClosedStreams {
     pub(super) fn insert(&mut self, id: StreamId) {
-        if self.seen.contains_key(&id) {
-            return;
+        if !self.seen.contains(&id) {
+            self.seen.push(id, (0, 0));
         }
-        if self.order.len() >= MAX_CLOSED_STREAMS {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        self.order.push_back(id);
-        self.seen.insert(id, (0, 0));
     }
 
     /// Forget `id` (its `END` arrived, or a new `BEGIN` reuses it); true if it was known.
     pub(super) fn remove(&mut self, id: StreamId) -> bool {
-        if self.seen.remove(&id).is_some() {
-            self.order.retain(|s| *s != id);
-            true
-        } else {
-            false
-        }
+        self.seen.pop(&id).is_some()
     }
 
     pub(super) fn tolerate_data(&mut self, id: StreamId) -> bool {
-        self.seen.get_mut(&id).is_some_and(|(data, _)| {
+        self.seen.peek_mut(&id).is_some_and(|(data, _)| {
             *data += 1;
             *data <= STREAM_WINDOW_MAX
         })
     }
 
     pub(super) fn tolerate_sendme(&mut self, id: StreamId) -> bool {
-        self.seen.get_mut(&id).is_some_and(|(_, sendmes)| {
+        self.seen.peek_mut(&id).is_some_and(|(_, sendmes)| {
             *sendmes += 1;
             *sendmes <= STREAM_WINDOW_MAX / STREAM_INCREMENT
         })
