@@ -3,6 +3,8 @@
 //! `docs/protocol.md` §11.7.
 
 use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anonnet_crypto::dark::{
@@ -16,6 +18,12 @@ use anonnet_wire::dht::{
 };
 use anonnet_wire::hs::{DarkRecord, HsDescriptor};
 use anonnet_wire::{Reader, SignedDescriptor, WireError, Writer};
+use governor::clock::FakeRelativeClock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+use lru::LruCache;
 
 use crate::descriptor_key;
 
@@ -329,27 +337,93 @@ struct Stored {
     expires: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct TokenBucket {
-    tokens: f64,
-    last: Instant,
+/// governor's per-key state, kept in a bounded LRU map: each peer's GCRA "theoretical
+/// arrival time" (nanoseconds since the limiter's start), at most [`MAX_RATE_PEERS`] peers;
+/// a new peer at the bound makes the least recently active one be forgotten (O(1)), which
+/// only gives that peer a full burst again.
+struct PeerStates(Arc<Mutex<LruCache<NodeId, Nanos>>>);
+
+impl StateStore for PeerStates {
+    type Key = NodeId;
+
+    fn measure_and_replace<T, F, E>(&self, key: &NodeId, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // The lock makes the read and the write one step, so no compare-and-swap loop.
+        let mut peers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (outcome, arrival) = f(peers.get(key).copied())?;
+        peers.put(*key, arrival);
+        Ok(outcome)
+    }
 }
 
-impl TokenBucket {
-    fn refilled(&self, now: Instant, rate: f64, burst: f64) -> f64 {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        (self.tokens + elapsed * rate).min(burst)
+/// The per-peer request limiter of [`Storage::allow_request`]: governor's GCRA (a token
+/// bucket of [`StorageLimits::burst`] refilled at
+/// [`StorageLimits::requests_per_peer_per_sec`]) over [`PeerStates`], on a clock that only
+/// the `now` given to each call moves (the store stays sans-IO and tests drive time).
+struct RequestLimiter {
+    limiter: RateLimiter<NodeId, PeerStates, FakeRelativeClock, NoOpMiddleware<Nanos>>,
+    /// The same map as the limiter's, for counting.
+    peers: Arc<Mutex<LruCache<NodeId, Nanos>>>,
+    clock: FakeRelativeClock,
+    /// The first `now` seen, and how far the clock has been moved since.
+    origin: Option<Instant>,
+    moved: std::time::Duration,
+}
+
+impl RequestLimiter {
+    fn new(limits: &StorageLimits) -> Self {
+        let rate = NonZeroU32::new(limits.requests_per_peer_per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+        let cap = NonZeroUsize::new(MAX_RATE_PEERS).unwrap_or(NonZeroUsize::MIN);
+        let clock = FakeRelativeClock::default();
+        let peers = Arc::new(Mutex::new(LruCache::new(cap)));
+        RequestLimiter {
+            limiter: RateLimiter::new(
+                Quota::per_second(rate).allow_burst(burst),
+                PeerStates(peers.clone()),
+                clock.clone(),
+            ),
+            peers,
+            clock,
+            origin: None,
+            moved: std::time::Duration::ZERO,
+        }
+    }
+
+    fn check(&mut self, from: NodeId, now: Instant) -> bool {
+        let origin = *self.origin.get_or_insert(now);
+        // Time only moves forward: a `now` earlier than one already seen counts as that one.
+        let since = now.saturating_duration_since(origin);
+        if let Some(step) = since.checked_sub(self.moved).filter(|d| !d.is_zero()) {
+            self.clock.advance(step);
+            self.moved = since;
+        }
+        self.limiter.check_key(&from).is_ok()
+    }
+
+    fn tracked(&self) -> usize {
+        self.peers.lock().map_or(0, |p| p.len())
+    }
+}
+
+impl std::fmt::Debug for RequestLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestLimiter")
+            .field("tracked", &self.tracked())
+            .finish_non_exhaustive()
     }
 }
 
 /// A storage node's records (§11.7). Only records that pass [`verify_record`] get in.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Storage {
     limits: StorageLimits,
     by_key: HashMap<[u8; 32], Vec<Stored>>,
     per_peer: HashMap<NodeId, usize>,
     total: usize,
-    rate: HashMap<NodeId, TokenBucket>,
+    rate: RequestLimiter,
     counters: StorageCounters,
     /// The network's authorities whose receipts `.dark` records need (§12.5); `None`
     /// outside a network.
@@ -366,7 +440,7 @@ impl Storage {
             by_key: HashMap::new(),
             per_peer: HashMap::new(),
             total: 0,
-            rate: HashMap::new(),
+            rate: RequestLimiter::new(&limits),
             counters: StorageCounters::default(),
             names: None,
             name_pow_bits: DARK_POW_BITS,
@@ -623,47 +697,20 @@ impl Storage {
     /// counted in [`StorageCounters::rate_limited`]; answer it with `STORED` `RateLimited`
     /// or by resetting the stream.
     ///
-    /// At most [`MAX_RATE_PEERS`] peers are tracked: when a new peer arrives at the bound,
-    /// peers idle long enough to have a full bucket are forgotten (nothing is lost), and if
-    /// none is, the one with the most tokens.
+    /// The bucket is governor's GCRA; a rate or burst of 0 is taken as 1. At most
+    /// [`MAX_RATE_PEERS`] peers are tracked: a new peer at the bound makes the least
+    /// recently active one be forgotten (it starts again with a full bucket).
     pub fn allow_request(&mut self, from: NodeId, now: Instant) -> bool {
-        let rate = f64::from(self.limits.requests_per_peer_per_sec);
-        let burst = f64::from(self.limits.burst.max(1));
-        if !self.rate.contains_key(&from) && self.rate.len() >= MAX_RATE_PEERS {
-            self.rate
-                .retain(|_, b| b.refilled(now, rate, burst) < burst);
-            if self.rate.len() >= MAX_RATE_PEERS {
-                let fullest = self
-                    .rate
-                    .iter()
-                    .max_by(|a, b| {
-                        a.1.refilled(now, rate, burst)
-                            .total_cmp(&b.1.refilled(now, rate, burst))
-                    })
-                    .map(|(id, _)| *id);
-                if let Some(id) = fullest {
-                    self.rate.remove(&id);
-                }
-            }
-        }
-        let bucket = self.rate.entry(from).or_insert(TokenBucket {
-            tokens: burst,
-            last: now,
-        });
-        bucket.tokens = bucket.refilled(now, rate, burst);
-        bucket.last = bucket.last.max(now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
+        let allowed = self.rate.check(from, now);
+        if !allowed {
             self.counters.rate_limited += 1;
-            false
         }
+        allowed
     }
 
     /// Peers whose request rate is being tracked, at most [`MAX_RATE_PEERS`].
     pub fn tracked_peers(&self) -> usize {
-        self.rate.len()
+        self.rate.tracked()
     }
 
     /// The counters.
@@ -1140,9 +1187,31 @@ mod tests {
             assert!(s.allow_request(id, t0));
             assert!(s.tracked_peers() <= MAX_RATE_PEERS);
         }
-        // Idle peers are forgotten first.
-        let later = t0 + Duration::from_secs(10);
-        assert!(s.allow_request(peer(1), later));
-        assert_eq!(s.tracked_peers(), 1);
+        assert_eq!(s.tracked_peers(), MAX_RATE_PEERS);
+        // A peer that used up its burst is forgotten once MAX_RATE_PEERS others were active
+        // after it (it starts again with a full bucket); while it is among them it is not.
+        let burst = StorageLimits::default().burst;
+        for _ in 0..burst {
+            assert!(s.allow_request(peer(1), t0));
+        }
+        assert!(!s.allow_request(peer(1), t0));
+        for n in 0..(MAX_RATE_PEERS as u32 - 1) {
+            s.allow_request(
+                NodeId(*blake3::hash(&(n + 1_000_000).to_be_bytes()).as_bytes()),
+                t0,
+            );
+        }
+        assert!(!s.allow_request(peer(1), t0), "still tracked, still empty");
+        for n in 0..(MAX_RATE_PEERS as u32) {
+            s.allow_request(
+                NodeId(*blake3::hash(&(n + 2_000_000).to_be_bytes()).as_bytes()),
+                t0,
+            );
+        }
+        assert!(
+            s.allow_request(peer(1), t0),
+            "forgotten: a full bucket again"
+        );
+        assert_eq!(s.tracked_peers(), MAX_RATE_PEERS);
     }
 }
