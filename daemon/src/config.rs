@@ -171,16 +171,18 @@ impl Source {
         Ok(text)
     }
 
+    /// The file deserialized into `T`: toml parses it, and `serde_path_to_error` names the
+    /// key whose value (or whose name, for an unknown key) was refused.
     fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        toml::from_str(&self.text).map_err(|e| {
-            let start = e.span().map(|s| s.start);
-            ConfigError::Invalid {
-                path: self.path.clone(),
-                line: start.map(|s| self.line_of(s)),
-                key: start.and_then(|s| key_at(&self.text, s)),
-                why: e.message().trim().to_owned(),
-            }
-        })
+        let invalid = |e: &toml::de::Error, key: Option<String>| ConfigError::Invalid {
+            path: self.path.clone(),
+            line: e.span().map(|s| self.line_of(s.start)),
+            key,
+            why: e.message().trim().to_owned(),
+        };
+        let document = toml::Deserializer::parse(&self.text).map_err(|e| invalid(&e, None))?;
+        serde_path_to_error::deserialize(document)
+            .map_err(|e| invalid(e.inner(), dotted_key(e.path())))
     }
 
     fn line_of(&self, offset: usize) -> usize {
@@ -209,37 +211,25 @@ impl Source {
     }
 }
 
-/// The dotted key whose key or value starts at `offset`: the table header above it plus
-/// the bare key on its line. `None` inside multi-line values.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let before = text.get(..offset)?;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text.get(line_start..)?.lines().next()?.trim();
-    let table = before.get(..line_start)?.lines().rev().find_map(|l| {
-        let l = l.trim();
-        l.starts_with('[')
-            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
-    });
-    if line.starts_with('[') {
-        // The error is about a table header itself (an unknown section).
-        return Some(
-            line.trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_owned(),
-        );
+/// `path` as the dotted key a person writes (`client.socks_listen`, `authorities[0].name`),
+/// without the segment toml's `Spanned` adds; `None` for the document itself.
+fn dotted_key(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key: k } if k.starts_with("$__serde_spanned_private") => {}
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Unknown => key.push_str(".?"),
+        }
     }
-    let key = line.split('=').next()?.trim();
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
-    if !bare || !line.contains('=') {
-        return None;
-    }
-    Some(match table {
-        Some(t) => format!("{t}.{key}"),
-        None => key.to_owned(),
-    })
+    (!key.is_empty()).then_some(key)
 }
 
 fn parse_addr(value: &str) -> Result<SocketAddr, String> {
