@@ -379,6 +379,9 @@ fn load_srv_secret(dir: &Path) -> Result<Zeroizing<[u8; 32]>, AuthorityError> {
     };
     match std::fs::read(&path) {
         Ok(b) => {
+            let b = Zeroizing::new(b);
+            anonnet_state::check_private_file(&path)
+                .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e)))?;
             let arr: [u8; 32] = b.as_slice().try_into().map_err(|_| {
                 io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,

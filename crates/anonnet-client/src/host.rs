@@ -193,11 +193,12 @@ fn now_unix_millis(clock: &Clock) -> u64 {
 }
 
 /// Load the 32-byte service key seed from `path`, creating it (mode 0600, parent
-/// directories 0700) when it does not exist.
+/// directories 0700) when it does not exist. The file and the directories above it are
+/// checked first ([`anonnet_state::check_private_file`], fs-mistrust).
 ///
 /// # Errors
 /// [`ServiceError::Key`] when the file cannot be read, has the wrong size or cannot be
-/// written.
+/// written, or someone else could read it or replace it.
 pub fn load_or_create_key(path: &Path) -> Result<ServiceKey, ServiceError> {
     let err = |why: String| ServiceError::Key {
         path: path.display().to_string(),
@@ -206,6 +207,7 @@ pub fn load_or_create_key(path: &Path) -> Result<ServiceKey, ServiceError> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let bytes = Zeroizing::new(bytes);
+            anonnet_state::check_private_file(path).map_err(|e| err(e.to_string()))?;
             let seed: [u8; 32] = bytes
                 .as_slice()
                 .try_into()
@@ -216,7 +218,7 @@ pub fn load_or_create_key(path: &Path) -> Result<ServiceKey, ServiceError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = ServiceKey::generate().map_err(|e| err(e.to_string()))?;
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+                anonnet_state::prepare_private_dir(dir).map_err(|e| err(e.to_string()))?;
             }
             // Whole or absent after a crash or a full disk; never replaces a key.
             anonnet_state::create_atomically(path, key.seed().as_slice())

@@ -88,7 +88,8 @@ impl Cookie {
 
     /// Generate a cookie and write it to `<state_dir>/control.cookie` (mode 0600),
     /// replacing an old one ([`Cookie::load_or_create_in`] keeps a valid one). The state directory is created with mode 0700 if missing and
-    /// refused if group or others can write it (they could swap the file).
+    /// refused if someone else can write it or a directory above it (they could swap the
+    /// file).
     ///
     /// # Errors
     /// [`ControlError::File`] naming the directory or file.
@@ -100,16 +101,17 @@ impl Cookie {
     }
 
     /// The cookie in `<state_dir>/control.cookie` when it is valid (64 hex digits) and
-    /// only its owner can read it; otherwise a new one, written there. A file that is not a
+    /// no one else can read it (fs-mistrust); otherwise a new one, written there. A file that is not a
     /// cookie is moved aside to `control.cookie.bad` with a WARN
-    /// ([`anonnet_state::set_aside`]); a cookie that group or others can read is replaced
+    /// ([`anonnet_state::set_aside`]); a cookie that someone else can read is replaced
     /// (it may be known) with a WARN. A valid cookie is not rewritten, so a read-only
     /// state directory holding one does not stop the daemon. The state directory is
     /// checked as in [`Cookie::create_in`].
     ///
     /// # Errors
     /// [`ControlError::File`] naming the directory or file: the directory cannot be
-    /// created or is group/other-writable, or a new cookie cannot be written.
+    /// created or someone else can write it or a directory above it, or a new cookie
+    /// cannot be written.
     pub fn load_or_create_in(state_dir: &Path) -> Result<Cookie, ControlError> {
         prepare_state_dir(state_dir)?;
         let path = state_dir.join(COOKIE_FILE);
@@ -120,13 +122,13 @@ impl Cookie {
                 .ok_or("is not a control cookie (64 hex digits)")
         });
         if let Some(cookie) = loaded {
-            if private_to_owner(&path) {
-                return Ok(cookie);
+            match anonnet_state::check_private_file(&path) {
+                Ok(()) => return Ok(cookie),
+                Err(e) => tracing::warn!(
+                    "{}: {e}; replacing it with a new cookie (the old one may be known)",
+                    path.display()
+                ),
             }
-            tracing::warn!(
-                "{} can be read by group or others; replacing it with a new cookie",
-                path.display()
-            );
         }
         let cookie = Cookie::generate()?;
         cookie.write(&path)?;
@@ -164,45 +166,11 @@ impl Cookie {
     }
 }
 
-/// Whether only the owner may read `path` (always true where there are no Unix modes).
-fn private_to_owner(path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        true
-    }
-}
-
-/// Create `dir` (mode 0700) if missing; refuse it if group or others may write it.
+/// Create `dir` (mode 0700) if missing; refuse it if someone else may write it or a
+/// directory above it ([`anonnet_state::prepare_private_dir`], fs-mistrust).
 fn prepare_state_dir(dir: &Path) -> Result<(), ControlError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| ControlError::file(dir, format!("cannot create state directory: {e}")))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir)
-            .map_err(|e| ControlError::file(dir, e))?
-            .permissions()
-            .mode();
-        if mode & 0o022 != 0 {
-            return Err(ControlError::file(
-                dir,
-                "is writable by group or others; chmod 700 it before the control cookie is \
-                 stored there",
-            ));
-        }
-    }
-    Ok(())
+    anonnet_state::prepare_private_dir(dir)
+        .map_err(|e| ControlError::file(dir, format!("cannot keep the control cookie here: {e}")))
 }
 
 #[cfg(test)]
@@ -295,7 +263,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         let e = Cookie::create_in(&dir).unwrap_err().to_string();
-        assert!(e.contains("writable by group or others"), "{e}");
+        assert!(e.contains("is u=rwx,g=rwx,o=rwx; must be g-w,o-w"), "{e}");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -3,7 +3,8 @@
 //! secret), `onion.key.old` (the previous one, while its grace lasts) and `onion.key.times`
 //! (when each was created or replaced, see [`crate::onion_keys`]). Files are created with
 //! mode 0600 in a directory of mode 0700; before trusting a key file, the directory and file
-//! are checked: not writable by group or others. Onion key files are replaced atomically
+//! are checked with fs-mistrust: no one else may write the file, the directory or any
+//! directory above it, nor read the file. Onion key files are replaced atomically
 //! (a temporary file, fsynced, renamed over the old one, then the directory fsynced).
 
 use std::fs;
@@ -28,34 +29,15 @@ pub const ONION_OLD_FILE: &str = "onion.key.old";
 /// and creation time, the previous key's public part and replacement time, Unix seconds.
 pub const ONION_TIMES_FILE: &str = "onion.key.times";
 
-/// Create `dir` with mode 0700 if missing; refuse an existing directory that group or
-/// others can write (someone else could replace the keys).
+/// Create `dir` with mode 0700 if missing; refuse a directory that someone else can
+/// write, or under a directory someone else can write (they could replace the keys):
+/// [`anonnet_state::prepare_private_dir`] (fs-mistrust).
 ///
 /// # Errors
-/// [`RelayError::Keys`] naming the path when it cannot be created or is group/world
-/// writable.
+/// [`RelayError::Keys`] naming the path when it cannot be created or someone else can
+/// write it or a directory above it.
 pub fn prepare_dir(dir: &Path) -> Result<(), RelayError> {
-    #[cfg_attr(not(unix), allow(unused_variables))]
-    let existed = dir.exists();
-    fs::create_dir_all(dir).map_err(|e| keys_err(dir, &e.to_string()))?;
-    // Windows: the per-user profile folders `directories` gives are private by their ACLs;
-    // nothing here reads or changes ACLs.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if !existed {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .map_err(|e| keys_err(dir, &e.to_string()))?;
-        }
-        let meta = fs::metadata(dir).map_err(|e| keys_err(dir, &e.to_string()))?;
-        if meta.permissions().mode() & 0o022 != 0 {
-            return Err(keys_err(
-                dir,
-                "is writable by group or others; chmod 700 it before keys are stored there",
-            ));
-        }
-    }
-    Ok(())
+    anonnet_state::prepare_private_dir(dir).map_err(|e| keys_err(dir, &e.to_string()))
 }
 
 fn keys_err(path: &Path, why: &str) -> RelayError {
@@ -65,25 +47,10 @@ fn keys_err(path: &Path, why: &str) -> RelayError {
     }
 }
 
-/// Refuse a key file that group or others can read or write.
+/// Refuse a key file that someone else can read or write, or that sits under a directory
+/// someone else can write ([`anonnet_state::check_private_file`], fs-mistrust).
 fn check_private(path: &Path) -> Result<(), RelayError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)
-            .map_err(|e| keys_err(path, &e.to_string()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(keys_err(
-                path,
-                "is readable or writable by group/others; chmod 600 it",
-            ));
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
+    anonnet_state::check_private_file(path).map_err(|e| keys_err(path, &e.to_string()))
 }
 
 /// The 32-byte secret in `path`, `None` when the file does not exist.

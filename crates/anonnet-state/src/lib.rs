@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
+mod private;
+pub use private::{check_private_file, prepare_private_dir, PrivateError};
+
 /// How many `NAME.bad`, `NAME.bad.1` … `NAME.bad.9` a state file may leave before the
 /// oldest name, `NAME.bad`, is reused.
 pub const MAX_SET_ASIDE: usize = 10;
