@@ -296,13 +296,14 @@ pub fn log_files(dir: &Path) -> Vec<PathBuf> {
 /// `anonnet <args> --json --config CONFIG` (a control or file-reading subcommand of the
 /// client whose config is `config`), parsed; panics with its stderr when it fails.
 pub fn cli_json(args: &[&str], config: &Path) -> serde_json::Value {
-    let out = Command::new(anonnet_bin())
-        .args(args)
-        .arg("--json")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
+    let out = output_of(
+        Command::new(anonnet_bin())
+            .args(args)
+            .arg("--json")
+            .arg("--config")
+            .arg(config),
+    )
+    .unwrap();
     assert!(
         out.status.success(),
         "anonnet {args:?}: {}",
@@ -386,17 +387,39 @@ pub async fn socks_connect_reply(socks: SocketAddr, cmd: u8, host: &str, port: u
     reply[1]
 }
 
+/// Run `f`, which blocks (it waits for a child process), without stalling the async tasks
+/// of the calling test's runtime (such as the servers of [`serve_files`]): on a
+/// multi-thread runtime through `tokio::task::block_in_place`, which hands this worker's
+/// tasks to the others first; on a thread outside any runtime (or a `spawn_blocking`
+/// thread) as it is. On a current-thread runtime nothing else can run meanwhile: such
+/// tests must not serve anything from that runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// `cmd`'s output, waited for through [`blocking`].
+pub fn output_of(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    blocking(|| cmd.output())
+}
+
 /// Run system curl through the SOCKS proxy (`--socks5-hostname`, names resolved by the
-/// exit), saving the body to `out`. Returns curl's exit status and stderr.
+/// exit), saving the body to `out`. Returns curl's exit status and stderr. Safe to call
+/// from an async test ([`blocking`]).
 pub fn curl_socks(socks: SocketAddr, url: &str, out: &Path) -> (i32, String) {
-    let o = Command::new("curl")
-        .args(["-sS", "--max-time", "120", "--socks5-hostname"])
-        .arg(socks.to_string())
-        .arg("-o")
-        .arg(out)
-        .arg(url)
-        .output()
-        .expect("curl is installed (.ci/run installs it)");
+    let o = output_of(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "120", "--socks5-hostname"])
+            .arg(socks.to_string())
+            .arg("-o")
+            .arg(out)
+            .arg(url),
+    )
+    .expect("curl is installed (.ci/run installs it)");
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -406,7 +429,8 @@ pub fn curl_socks(socks: SocketAddr, url: &str, out: &Path) -> (i32, String) {
 /// Run system curl through the HTTP proxy (`-x http://PROXY`; with `tunnel`, `-p` makes it
 /// a CONNECT tunnel), body to `out`. Returns the HTTP status curl saw (`%{http_code}`, 0
 /// when none), its exit code and stderr. For a refused CONNECT curl prints the proxy's
-/// status in its error and `%{http_connect}` holds it.
+/// status in its error and `%{http_connect}` holds it. Safe to call from an async test
+/// ([`blocking`]).
 pub fn curl_http(proxy: SocketAddr, url: &str, tunnel: bool, out: &Path) -> CurlResult {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "60", "-x"])
@@ -416,10 +440,7 @@ pub fn curl_http(proxy: SocketAddr, url: &str, tunnel: bool, out: &Path) -> Curl
     if tunnel {
         cmd.arg("-p");
     }
-    let o = cmd
-        .arg(url)
-        .output()
-        .expect("curl is installed (.ci/run installs it)");
+    let o = output_of(cmd.arg(url)).expect("curl is installed (.ci/run installs it)");
     let written = String::from_utf8_lossy(&o.stdout).into_owned();
     let mut codes = written.split_whitespace().map(|c| c.parse().unwrap_or(0));
     CurlResult {

@@ -152,12 +152,13 @@ async fn http_proxy_answers_403_for_exit_policy_and_502_for_closed_port() {
         assert!(status.success());
         let evaluate = |file: &std::path::Path, url: &str| -> String {
             let host = url.split('/').nth(2).unwrap();
-            let o = std::process::Command::new("pactester")
-                .arg("-p")
-                .arg(file)
-                .args(["-u", url, "-h", host])
-                .output()
-                .expect("pactester is installed (.ci/run installs libpacparser-dev)");
+            let o = anonnet_tests::output_of(
+                std::process::Command::new("pactester")
+                    .arg("-p")
+                    .arg(file)
+                    .args(["-u", url, "-h", host]),
+            )
+            .expect("pactester is installed (.ci/run installs libpacparser-dev)");
             assert!(o.status.success(), "{o:?}");
             String::from_utf8_lossy(&o.stdout).trim().to_owned()
         };

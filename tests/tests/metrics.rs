@@ -14,13 +14,14 @@ use prometheus_parse::{Scrape, Value};
 
 /// `GET url` with system curl: the HTTP status, the Content-Type and the body.
 fn curl_get(url: &str, out: &Path) -> (u16, String, String) {
-    let o = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-o"])
-        .arg(out)
-        .args(["-w", "%{http_code} %{content_type}"])
-        .arg(url)
-        .output()
-        .expect("curl is installed (.ci/run installs it)");
+    let o = anonnet_tests::output_of(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o"])
+            .arg(out)
+            .args(["-w", "%{http_code} %{content_type}"])
+            .arg(url),
+    )
+    .expect("curl is installed (.ci/run installs it)");
     assert!(
         o.status.success(),
         "curl {url}: {}",
