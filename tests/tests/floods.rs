@@ -123,6 +123,22 @@ fn read_stats(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_default()).unwrap_or_default()
 }
 
+/// The relay's `stats.json` once `counter` (a JSON pointer such as `/dht/rate_limited`)
+/// reaches `at_least`: the relay rewrites the file every second, so this waits for the
+/// write that follows the flood (bounded: 15 s, then the last file read is returned and
+/// the caller's assertion says what it held).
+async fn stats_once(path: &Path, counter: &str, at_least: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats = read_stats(path);
+        let value = stats.pointer(counter).and_then(|v| v.as_u64()).unwrap_or(0);
+        if value >= at_least || Instant::now() >= deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Fetch the page through SOCKS in a blocking thread; true when the body is right.
 async fn fetch(socks: SocketAddr, url: String, out: PathBuf) -> Result<Duration, String> {
     tokio::task::spawn_blocking(move || {
@@ -326,13 +342,12 @@ async fn relay_and_client_keep_serving_under_circuit_dht_and_silent_socks_floods
     .await;
     stop.store(true, Ordering::Relaxed);
     let peak = rss.join().unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stats = read_stats(&target.stats);
     let CircuitFlood {
         created,
         closed_by_relay,
         refused,
     } = flood;
+    let stats = stats_once(&target.stats, "/circuits_refused_peer_limit", refused).await;
     let held = created - closed_by_relay;
     println!(
         "circuit flood: {created} created ({closed_by_relay} of them closed by the relay, \
@@ -368,8 +383,7 @@ async fn relay_and_client_keep_serving_under_circuit_dht_and_silent_socks_floods
     .await;
     stop.store(true, Ordering::Relaxed);
     let peak = rss.join().unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stats = read_stats(&target.stats);
+    let stats = stats_once(&target.stats, "/dht/rate_limited", refused).await;
     println!(
         "DHT flood: {answered} answered, {refused} refused in {FLOOD_FOR:?}; curl took {took:?}; \
          relay peak RSS {peak} KiB; stats dht.rate_limited {} ({:?})",

@@ -3,6 +3,7 @@
 //! whole-network test is `tests/tests/hidden_service.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,9 +147,22 @@ async fn introduction_point_passes_introductions_and_refuses_forgeries() {
         .unwrap();
     closes(&other).await;
 
-    // When the service's circuit goes, so does its registration.
+    // When the service's circuit goes, so does its registration: wait (bounded) until the
+    // introduction point has none left, then introduce.
+    let intro_relay = relays
+        .iter()
+        .find(|r| r.node_id() == intro.node_id)
+        .unwrap();
+    assert_eq!(intro_relay.stats().intro_points.load(Relaxed), 1);
     service.close();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while intro_relay.stats().intro_points.load(Relaxed) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the registration outlived its circuit"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let late = client.build_internal(Some(intro), &[]).await.unwrap();
     let mut late_rx = late.control_messages();
     late.send_to_last_relay(RelayMsg::Introduce1 {

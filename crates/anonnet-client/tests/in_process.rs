@@ -442,20 +442,33 @@ async fn a_stalled_reader_keeps_buffers_bounded() {
             .map(|r| r.stats().exit_bytes.load(Relaxed))
             .sum::<u64>()
     };
-    // Stall: let the windows fill, then check nothing grows for two more seconds.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let read_at_1s = exit_bytes();
+    // Stall: wait (bounded) until the windows are full and the exit stops reading (no
+    // growth for 250 ms), then observe for two more seconds that nothing grows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut settled = exit_bytes();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = exit_bytes();
+        if now == settled && now > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the exit kept reading: {now} bytes"
+        );
+        settled = now;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let read_at_3s = exit_bytes();
+    let after_2s = exit_bytes();
     let status = client.status();
     let cell_data = anonnet_wire::RelayCell::max_payload(anonnet_wire::BACKWARD_MESSAGE_MAX) as u64;
     assert_eq!(
-        read_at_1s, read_at_3s,
+        settled, after_2s,
         "the exit stopped reading from the destination"
     );
     assert!(
-        read_at_3s <= u64::from(CIRCUIT_WINDOW + 1) * cell_data,
-        "the exit read at most a circuit window: {read_at_3s}"
+        after_2s <= u64::from(CIRCUIT_WINDOW + 1) * cell_data,
+        "the exit read at most a circuit window: {after_2s}"
     );
     assert!(
         status.counters.buffered_bytes <= u64::from(STREAM_WINDOW + 1) * cell_data,
@@ -473,7 +486,7 @@ async fn a_stalled_reader_keeps_buffers_bounded() {
         assert!(n > 0);
         total += n;
     }
-    assert!(exit_bytes() > read_at_3s + (4 << 20));
+    assert!(exit_bytes() > after_2s + (4 << 20));
     stop(&relays).await;
 }
 
@@ -540,6 +553,52 @@ async fn isolation_groups_get_their_own_circuits_from_a_warm_pool() {
         .await
         .unwrap();
     assert_ne!(a.circuit().id(), alice_circuits[0].0);
+    stop(&relays).await;
+}
+
+/// With more isolation groups asking at once than the pool holds clean circuits, the
+/// others are built on demand, and the counter says so (the warm-pool test above asserts
+/// that it stays 0 when the pool suffices).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_pool_count_on_demand_builds() {
+    use anonnet_client::IsolationKey;
+    let dir = tempdir("on-demand");
+    let relays = relays(5, dir.path()).await;
+    let client = Client::start(ClientConfig {
+        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
+        quic_bind: "127.0.0.1:0".parse().unwrap(),
+        allow_same_subnet: true,
+        pool_size: 1,
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client.wait_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    pool_warm(&client, 1).await;
+    assert_eq!(client.status().counters.circuits_built_on_demand, 0);
+    let port = spawn_echo_server().await;
+    let groups: Vec<IsolationKey> = (0..4u8)
+        .map(|i| IsolationKey::from_credentials(&[b'g', i], b"x"))
+        .collect();
+    let streams = futures_util::future::join_all(
+        groups
+            .iter()
+            .map(|g| client.connect_isolated(Target::Ip("127.0.0.1".parse().unwrap()), port, g)),
+    )
+    .await;
+    let circuits: std::collections::HashSet<u64> = streams
+        .into_iter()
+        .map(|s| s.unwrap().circuit().id())
+        .collect();
+    assert_eq!(circuits.len(), 4, "one circuit per isolation group");
+    let on_demand = client.status().counters.circuits_built_on_demand;
+    assert!(
+        (1..=3).contains(&on_demand),
+        "4 groups, 1 pooled circuit: {on_demand} built on demand"
+    );
     stop(&relays).await;
 }
 

@@ -187,6 +187,8 @@ async fn exit_destroys_circuit_on_forged_sendme() {
     })
     .await;
     assert_eq!(got, None);
+    // Not a wait for an event but an observation period: for 300 ms the exit must not read
+    // past the window (a bug would show here as exit_bytes growing).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         relay.stats().exit_bytes.load(Ordering::Relaxed)
