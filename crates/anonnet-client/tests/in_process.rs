@@ -58,16 +58,27 @@ async fn ready_client_with(
     state_dir: Option<std::path::PathBuf>,
     kind: HandshakeKind,
 ) -> std::sync::Arc<Client> {
-    let client = Client::start(ClientConfig {
+    start_ready(ClientConfig {
+        state_dir,
+        circuit_handshake: kind,
+        ..loopback_config(relays)
+    })
+    .await
+}
+
+/// A client config bootstrapping from `relays`, on loopback, same-subnet paths allowed.
+fn loopback_config(relays: &[Relay]) -> ClientConfig {
+    ClientConfig {
         bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
         quic_bind: "127.0.0.1:0".parse().unwrap(),
         allow_same_subnet: true,
-        state_dir,
-        circuit_handshake: kind,
         ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    }
+}
+
+/// Start a client with `config` and wait (20 s at most) until it is ready.
+async fn start_ready(config: ClientConfig) -> std::sync::Arc<Client> {
+    let client = Client::start(config).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), client.wait_ready())
         .await
         .unwrap()
@@ -564,19 +575,11 @@ async fn requests_beyond_the_pool_count_on_demand_builds() {
     use anonnet_client::IsolationKey;
     let dir = tempdir("on-demand");
     let relays = relays(5, dir.path()).await;
-    let client = Client::start(ClientConfig {
-        bootstrap: relays.iter().map(|r| r.descriptor().clone()).collect(),
-        quic_bind: "127.0.0.1:0".parse().unwrap(),
-        allow_same_subnet: true,
+    let client = start_ready(ClientConfig {
         pool_size: 1,
-        ..ClientConfig::default()
+        ..loopback_config(&relays)
     })
-    .await
-    .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), client.wait_ready())
-        .await
-        .unwrap()
-        .unwrap();
+    .await;
     pool_warm(&client, 1).await;
     assert_eq!(client.status().counters.circuits_built_on_demand, 0);
     let port = spawn_echo_server().await;
