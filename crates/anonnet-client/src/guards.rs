@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anonnet_crypto::NodeId;
 use rand::seq::IndexedRandom;
-use rand::Rng;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 

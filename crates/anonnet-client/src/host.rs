@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 
 use anonnet_clock::{Backoff, Clock, Published, Refresh, Schedule, CHECK_INTERVAL};
 use anonnet_crypto::dark::{make_dark_record, DarkName, DARK_POW_BITS};

@@ -34,7 +34,7 @@ use anonnet_wire::hs::HsDescriptorBody;
 use anonnet_wire::{HandshakeSet, RelayDescriptor, SignedDescriptor};
 use bytes::Bytes;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 use crate::host::{DESCRIPTOR_REFRESH, DESCRIPTOR_RETRY, NAME_REFRESH, NAME_STORE_RETRY};
 use crate::hs::{best_descriptor, descriptor_key, periods_to_fetch, HsCache, Revised};

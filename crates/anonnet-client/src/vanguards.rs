@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anonnet_crypto::NodeId;
 use rand::seq::{IndexedRandom, IteratorRandom};
-use rand::Rng;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
-use rand::RngCore;
+use rand::Rng;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use anonnet_wire::cell::{relay_layout, CellCommand, LayerKind, SEQ_LEN, TAG_LEN};

@@ -35,7 +35,7 @@ use anonnet_dht::{
 use anonnet_wire::dht::Record;
 use anonnet_wire::{RelayDescriptor, SignedDescriptor};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 const N: usize = 1000;
 const LOOKUPS: usize = 1000;

@@ -413,7 +413,7 @@ mod tests {
     use std::collections::HashMap;
 
     use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
 
     use super::*;
     use crate::routing::RoutingTable;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anonnet_crypto::NodeId;
 use anonnet_wire::SignedDescriptor;
-use rand::Rng;
+use rand::RngExt;
 
 use crate::{distance, Contact, K};
 
