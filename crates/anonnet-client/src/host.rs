@@ -607,6 +607,9 @@ impl Service {
     /// [`INTRO_POINT_MAX_INTRODUCTIONS`], §13.2) by fresh points with fresh keys.
     async fn keep_intro_points(self: Arc<Self>) {
         let mut backoff = Backoff::new(INTRO_RETRY, MAX_INTRO_RETRY);
+        let Some(mut bootstrap) = self.client.upgrade().map(|c| c.bootstrap_changes()) else {
+            return;
+        };
         loop {
             if self.stopped() {
                 break;
@@ -641,9 +644,21 @@ impl Service {
             }
             // Retry a failed build after its backoff; with all introduction points up,
             // wait until one of their circuits closes.
+            // A client that becomes ready again (a consensus after all relays restarted)
+            // ends the backoff: the failures were the client's, not the relays'.
             tokio::select! {
                 () = tokio::time::sleep(backoff.next_delay()), if missing > 0 => {}
                 () = self.intro_lost.notified(), if missing == 0 => {}
+                r = bootstrap.changed(), if missing > 0 => {
+                    if r.is_err() {
+                        break;
+                    }
+                    // Any change is worth one more attempt (it fails fast while there is
+                    // no consensus); becoming ready also starts the backoff afresh.
+                    if bootstrap.borrow_and_update().percent == 100 {
+                        backoff.reset();
+                    }
+                }
                 () = self.hosted.stop.cancelled() => break,
             }
         }

@@ -498,6 +498,13 @@ impl Client {
         self.directory.read().map(|d| d.len()).unwrap_or(0)
     }
 
+    /// A receiver that sees every change of the bootstrap state (a consensus lost or loaded
+    /// again, circuits failing or built again): the service's introduction-point loop
+    /// retries at once when the client becomes ready instead of finishing its backoff.
+    pub(crate) fn bootstrap_changes(&self) -> watch::Receiver<crate::status::Bootstrap> {
+        self.bootstrap.subscribe()
+    }
+
     fn set_bootstrap(&self, percent: u8, phase: &str) {
         let b = Bootstrap::new(percent, phase);
         info!(percent, phase, "bootstrap");
