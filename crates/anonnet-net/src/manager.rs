@@ -24,7 +24,6 @@ type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
 /// working) and closes when the last clone is dropped.
 pub struct LinkManager {
     endpoint: Endpoint,
-    max_links: NonZeroUsize,
     slots: std::sync::Mutex<LruCache<NodeId, Slot>>,
 }
 
@@ -32,7 +31,7 @@ impl fmt::Debug for LinkManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LinkManager")
             .field("endpoint", &self.endpoint)
-            .field("max_links", &self.max_links)
+            .field("max_links", &self.slots().cap())
             .field("len", &self.len())
             .finish()
     }
@@ -45,7 +44,6 @@ impl LinkManager {
         let max_links = NonZeroUsize::new(max_links).unwrap_or(NonZeroUsize::MIN);
         LinkManager {
             endpoint,
-            max_links,
             slots: std::sync::Mutex::new(LruCache::new(max_links)),
         }
     }
