@@ -111,8 +111,20 @@ impl Testnet {
 
     /// As [`Testnet::start`], with more `anonnet testnet` flags (`--guard-after 30`, …).
     pub fn start_with(relays: usize, dir: &Path, extra: &[&str]) -> Testnet {
+        Testnet::start_logged(relays, dir, extra, None)
+    }
+
+    /// As [`Testnet::start_with`], every daemon logging under the `RUST_LOG` filter
+    /// `log` (for a test whose failure should leave the reasons in the kept logs, e.g.
+    /// `info,anonnet_proxy=debug`: debug lines name destinations, so never in a test
+    /// about what logs contain). `None` leaves the environment as it is.
+    pub fn start_logged(relays: usize, dir: &Path, extra: &[&str], log: Option<&str>) -> Testnet {
+        let mut command = Command::new(anonnet_bin());
+        if let Some(filter) = log {
+            command.env("RUST_LOG", filter);
+        }
         let (child, rx) = spawn_lines(
-            Command::new(anonnet_bin())
+            command
                 .args([
                     "testnet",
                     "--relays",

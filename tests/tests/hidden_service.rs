@@ -51,7 +51,15 @@ fn fetch(net: &Testnet, url: &str, tries: usize) -> (String, Duration) {
         errors.push(format!("curl exit {code}: {err}"));
         std::thread::sleep(Duration::from_millis(500));
     }
-    panic!("fetching {url} failed {tries} times: {errors:?}");
+    // The client's reasons, when its log has them (a testnet started with the proxy at
+    // debug level, see `Testnet::start_logged`).
+    let reasons: Vec<String> = std::fs::read_to_string(net.dir.join("client/client.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("CONNECT failed") || l.contains("ignoring a .dark record"))
+        .map(str::to_owned)
+        .collect();
+    panic!("fetching {url} failed {tries} times: {errors:?}; the client said {reasons:?}");
 }
 
 /// Start `anonnet run --config CONFIG` and wait for its `HIDDEN SERVICE ready` line. The
@@ -332,7 +340,14 @@ fn withholding_and_stale_hsdirs_neither_hide_the_service_nor_hold_back_a_new_des
 #[test]
 fn a_squatting_relay_cannot_take_a_registered_name() {
     let dir = temp_dir("squatter");
-    let mut net = Testnet::start_with(6, &dir, &["--squatting-relays", "1"]);
+    // Debug lines of the proxy and the client's name and descriptor lookups: a failed
+    // fetch below says why (CI saw reply 4 three times once, with nothing at info).
+    let mut net = Testnet::start_logged(
+        6,
+        &dir,
+        &["--squatting-relays", "1"],
+        Some("info,anonnet_proxy=debug,anonnet_client::hs=debug,anonnet_client::hsdir=debug,anonnet_client::pool=debug"),
+    );
     let layout: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("testnet.json")).unwrap()).unwrap();
     let relays = layout["relays"].as_array().unwrap();

@@ -1605,19 +1605,34 @@ impl Client {
         }
         let authorities = self.config.network.as_ref().map(|n| n.name_authorities());
         // A lying last relay can answer with nothing or with records that do not verify
-        // (no receipts, §12.5): ask again through another circuit, a few times.
+        // (no receipts, §12.5): ask again through another circuit, a few times, each
+        // ending at a relay not asked yet (§13.7). In a small network the path rules can
+        // leave one possible last hop (the vanguards are kept for the second hop): the
+        // relays already asked are avoided, and only when no path avoids them all is
+        // any last hop taken again.
         let mut last = HsFailure::UnknownName(name.to_string());
-        for _attempt in 0..NAME_LOOKUP_ATTEMPTS {
-            let circuit = self.build_internal(None, &[]).await?;
+        let mut asked: Vec<anonnet_crypto::NodeId> = Vec::new();
+        for attempt in 0..NAME_LOOKUP_ATTEMPTS {
+            let circuit = match self.build_internal(None, &asked).await {
+                Ok(c) => c,
+                Err(ClientError::Path(_)) if !asked.is_empty() => {
+                    self.build_internal(None, &[]).await?
+                }
+                Err(e) => return Err(e),
+            };
             let records = dht_fetch(&circuit, hs::name_key(&name), RecordKind::DarkName).await;
+            let last_hop = circuit.last_hop().map(|h| h.node_id);
             circuit.close();
+            asked.extend(last_hop);
             let records = match records {
                 Ok(r) => r,
                 Err(e) => {
+                    debug!(attempt, last_hop = ?last_hop, "name lookup failed: {e}");
                     last = HsFailure::UnknownName(format!("{name}: {e}"));
                     continue;
                 }
             };
+            debug!(attempt, last_hop = ?last_hop, records = records.len(), "name lookup answered");
             match self.hs.choose_name(
                 &name,
                 &records,
