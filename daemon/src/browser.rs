@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::shutdown::Shutdown;
 use crate::{cli, config, print_line, Error};
+use anonnet_error::{ErrorKind, HasKind};
 
 /// The window title (Chromium) and window class (Firefox) of an identity's windows.
 pub const WINDOW_TITLE: &str = "anonnet: anonymised browsing";
@@ -544,12 +545,13 @@ async fn running_identity(state_dir: &Path) -> Option<IdentityRecord> {
 /// Run `anonnet browser`. `global_config` is a `--config` given before the subcommand.
 ///
 /// # Errors
-/// [`Error::Control`] with one line: no browser found, the daemon is not running, the
+/// [`Error::Failed`] with one line: no browser found, the daemon is not running, the
 /// browser could not be started; [`Error::Io`] when the profile cannot be written.
 pub async fn run(args: BrowserArgs, global_config: Option<PathBuf>) -> Result<(), Error> {
     let mut shutdown = Shutdown::new(false).map_err(Error::io("signal handlers"))?;
     let path_var = std::env::var_os("PATH").unwrap_or_default();
-    let chosen = choose_browser(args.browser.as_deref(), &path_var).map_err(Error::Control)?;
+    let chosen = choose_browser(args.browser.as_deref(), &path_var)
+        .map_err(|e| Error::failed(ErrorKind::NotFound, e))?;
     let config_file = args.config.clone().or(global_config);
     let state_dir: Option<PathBuf> = match (&args.socks, &config_file) {
         (Some(_), None) => None,
@@ -561,20 +563,12 @@ pub async fn run(args: BrowserArgs, global_config: Option<PathBuf>) -> Result<()
     let socks = match (args.socks, &state_dir) {
         (Some(a), _) => a,
         (None, None) => {
-            return Err(Error::Control(
-                "no SOCKS address: pass --socks ADDR or --config FILE".into(),
+            return Err(Error::failed(
+                ErrorKind::BadRequest,
+                "no SOCKS address: pass --socks ADDR or --config FILE",
             ))
         }
-        (None, Some(dir)) => {
-            let ports = anonnet_control::locate::read_ports(dir)
-                .map_err(|e| Error::Control(format!("{e}; is the daemon running?")))?;
-            *ports.get("socks").ok_or_else(|| {
-                Error::Control(format!(
-                    "{} names no socks port; is the daemon running?",
-                    dir.join("ports.json").display()
-                ))
-            })?
-        }
+        (None, Some(dir)) => cli::running_socks_port(dir)?,
     };
 
     if !args.new_identity {
@@ -614,7 +608,12 @@ pub async fn run(args: BrowserArgs, global_config: Option<PathBuf>) -> Result<()
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::Control(format!("cannot start {}: {e}", program.display())))?;
+        .map_err(|e| {
+            Error::failed(
+                HasKind::kind(&e),
+                format!("cannot start {}: {e}", program.display()),
+            )
+        })?;
     let _record = state_dir.as_deref().and_then(|dir| {
         RecordFile::write(
             dir,
@@ -654,7 +653,7 @@ pub async fn run(args: BrowserArgs, global_config: Option<PathBuf>) -> Result<()
 /// profile and proxy, so a Chromium hands it to its running instance; then return.
 ///
 /// # Errors
-/// [`Error::Control`] when the browser cannot be started.
+/// [`Error::Failed`] when the browser cannot be started.
 async fn open_in_running(record: &IdentityRecord, args: &BrowserArgs) -> Result<(), Error> {
     let mut argv = browser_args(
         record.kind,
@@ -676,7 +675,12 @@ async fn open_in_running(record: &IdentityRecord, args: &BrowserArgs) -> Result<
         .kill_on_drop(true)
         .status()
         .await
-        .map_err(|e| Error::Control(format!("cannot start {}: {e}", record.program.display())))?;
+        .map_err(|e| {
+            Error::failed(
+                HasKind::kind(&e),
+                format!("cannot start {}: {e}", record.program.display()),
+            )
+        })?;
     print_line(&format!(
         "BROWSER opened in the running identity: profile {} ({status}); \
          `anonnet browser --new-identity` starts a new one",

@@ -16,6 +16,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::{config, print_line, Error};
+use anonnet_error::{ErrorKind, HasKind};
 
 /// Hex digits of a relay id shown in human output.
 const SHORT_ID: usize = 8;
@@ -133,7 +134,7 @@ pub fn client_config_path(config: Option<PathBuf>) -> Result<PathBuf, Error> {
 /// subcommand (`anonnet --config FILE status`); one after it wins.
 ///
 /// # Errors
-/// [`Error::Control`] with one line for the user (daemon not running, cookie rejected, …),
+/// [`Error::ControlApi`] for the user (daemon not running, cookie rejected, …),
 /// or a config error.
 pub async fn run(command: ControlCommand, global_config: Option<PathBuf>) -> Result<(), Error> {
     let target = command.target().clone();
@@ -204,16 +205,41 @@ pub async fn run(command: ControlCommand, global_config: Option<PathBuf>) -> Res
     print_line(out.trim_end())
 }
 
+/// The SOCKS port of the daemon whose state directory is `state_dir`, from its
+/// `ports.json`.
+///
+/// # Errors
+/// [`Error::Failed`] of kind [`ErrorKind::DaemonDown`] when the file is missing or
+/// unreadable, or names no SOCKS port.
+pub fn running_socks_port(state_dir: &std::path::Path) -> Result<std::net::SocketAddr, Error> {
+    let ports = anonnet_control::locate::read_ports(state_dir).map_err(|e| {
+        Error::failed(
+            ErrorKind::DaemonDown,
+            format!("{e}; is the daemon running?"),
+        )
+    })?;
+    ports.get("socks").copied().ok_or_else(|| {
+        Error::failed(
+            ErrorKind::DaemonDown,
+            format!(
+                "{} names no socks port; is the daemon running?",
+                state_dir.join("ports.json").display()
+            ),
+        )
+    })
+}
+
 /// The error as one line, with what to do when no daemon answers.
 fn failed(e: ControlError, config: &std::path::Path) -> Error {
-    if e.daemon_down() {
-        Error::Control(format!(
-            "{e}; start it with `anonnet run --config {}`",
+    let hint = if e.daemon_down() {
+        format!(
+            "; start it with `anonnet run --config {}`",
             config.display()
-        ))
+        )
     } else {
-        Error::Control(e.to_string())
-    }
+        String::new()
+    };
+    Error::ControlApi { source: e, hint }
 }
 
 /// `value` as pretty JSON, or as text made by `human`.
@@ -224,7 +250,7 @@ fn render<T: Serialize + ?Sized>(
 ) -> Result<String, Error> {
     if json {
         serde_json::to_string_pretty(value)
-            .map_err(|e| Error::Control(format!("cannot print JSON: {e}")))
+            .map_err(|e| Error::failed(ErrorKind::Internal, format!("cannot print JSON: {e}")))
     } else {
         Ok(human(value))
     }
@@ -517,16 +543,19 @@ pub fn consensus(target: Target, global_config: Option<PathBuf>) -> Result<(), E
         .state_dir
         .join(anonnet_client::consensus::CONSENSUS_FILE);
     let bytes = std::fs::read(&file).map_err(|e| {
-        Error::Control(format!(
-            "no consensus at {}: {e} (the client saves one once it has bootstrapped)",
-            file.display()
-        ))
+        Error::failed(
+            ErrorKind::NotReady,
+            format!(
+                "no consensus at {}: {e} (the client saves one once it has bootstrapped)",
+                file.display()
+            ),
+        )
     })?;
     let signed = anonnet_dir::SignedConsensus::decode(&bytes)
-        .map_err(|e| Error::Control(format!("{}: {e}", file.display())))?;
+        .map_err(|e| Error::failed(e.kind(), format!("{}: {e}", file.display())))?;
     let c = signed
         .verify_signed(&settings.network)
-        .map_err(|e| Error::Control(format!("{}: {e}", file.display())))?;
+        .map_err(|e| Error::failed(e.kind(), format!("{}: {e}", file.display())))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -566,7 +595,7 @@ pub fn consensus(target: Target, global_config: Option<PathBuf>) -> Result<(), E
     };
     if target.json {
         let text = serde_json::to_string_pretty(&listing)
-            .map_err(|e| Error::Control(format!("encoding JSON: {e}")))?;
+            .map_err(|e| Error::failed(ErrorKind::Internal, format!("encoding JSON: {e}")))?;
         return print_line(&text);
     }
     let mut out = format!(

@@ -17,9 +17,10 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::services::Services;
+use crate::services::{PublishError, Services};
 use crate::Error;
 use anonnet_daemon::config::ClientSettings;
+use anonnet_error::HasKind;
 
 /// Events queued for control API readers before the slowest misses the oldest (it then gets
 /// a `lagged` line; the daemon never waits for it).
@@ -31,24 +32,30 @@ const EVENT_QUEUE: usize = 256;
 /// daemon at once with a message naming the key.
 ///
 /// # Errors
-/// [`Error::Control`] naming the file or the address and the config key to change.
+/// [`Error::Failed`] naming the file or the address and the config key to change.
 pub async fn bind(settings: &ClientSettings) -> Result<ControlServer, Error> {
     let cookie = Cookie::load_or_create_in(&settings.state_dir)
-        .map_err(|e| Error::Control(format!("control cookie: {e}")))?;
+        .map_err(|e| Error::failed(e.kind(), format!("control cookie: {e}")))?;
     let addr = settings.control_listen;
     ControlServer::bind(addr, cookie)
         .await
         .map_err(|e| match e {
-            ControlError::Bind { .. } => Error::Control(format!(
-                "{e}. Port {} is taken: change `client.control_listen` in {}, or set it to \
-             \"auto\" to pick a free port",
-                addr.port(),
-                settings.file.display()
-            )),
-            other => Error::Control(format!(
-                "{other} (`client.control_listen` in {})",
-                settings.file.display()
-            )),
+            ControlError::Bind { .. } => Error::failed(
+                e.kind(),
+                format!(
+                    "{e}. Port {} is taken: change `client.control_listen` in {}, or set it \
+                     to \"auto\" to pick a free port",
+                    addr.port(),
+                    settings.file.display()
+                ),
+            ),
+            other => Error::failed(
+                other.kind(),
+                format!(
+                    "{other} (`client.control_listen` in {})",
+                    settings.file.display()
+                ),
+            ),
         })
 }
 
@@ -133,9 +140,13 @@ impl ControlHandler for ClientControl {
             if port == 0 {
                 return Err(HandlerError::BadRequest("port 0 is not allowed".into()));
             }
-            self.services
-                .publish(target, port)
-                .map_err(HandlerError::BadRequest)
+            self.services.publish(target, port).map_err(|e| match e {
+                PublishError::NotLoopback(_) => HandlerError::BadRequest(e.to_string()),
+                PublishError::Service(_) => HandlerError::FailedAs {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                },
+            })
         })
     }
 

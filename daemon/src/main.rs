@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anonnet_client::{Client, ClientConfig, ClientError};
+use anonnet_error::{ErrorKind, HasKind};
 use anonnet_proxy::{HttpProxy, SocksServer};
 use anonnet_relay::{Relay, RelayError};
 use clap::{Parser, Subcommand};
@@ -247,8 +248,13 @@ pub enum Error {
     #[error("relay: {0}")]
     Relay(#[from] RelayError),
     /// A hidden service could not start.
-    #[error("hidden service: {0}")]
-    Service(String),
+    #[error("hidden service: {source} ([[service]] in {file})")]
+    Service {
+        /// The client config file naming the service.
+        file: String,
+        /// Why it could not start.
+        source: anonnet_client::ServiceError,
+    },
     /// The client could not start or bootstrap.
     #[error("client: {0}")]
     Client(#[from] ClientError),
@@ -301,16 +307,59 @@ pub enum Error {
     },
     /// The directory authority could not start.
     #[error("authority: {0}")]
-    Authority(String),
+    Authority(#[from] anonnet_authority::AuthorityError),
     /// The testnet could not start.
     #[error("testnet: {0}")]
     Testnet(String),
-    /// The control API could not start, or a control subcommand failed (one line).
-    #[error("{0}")]
-    Control(String),
+    /// A control subcommand's request to the daemon failed (what to do when no daemon
+    /// answers is added to the text).
+    #[error("{source}{hint}")]
+    ControlApi {
+        /// The control client's error.
+        source: anonnet_control::ControlError,
+        /// Advice appended to it (empty, or `; start it with …`).
+        hint: String,
+    },
+    /// The control API could not start, or a subcommand failed: one line, and the kind
+    /// of failure that chooses the exit status.
+    #[error("{message}")]
+    Failed {
+        /// The kind of failure.
+        kind: ErrorKind,
+        /// What went wrong, for people.
+        message: String,
+    },
+}
+
+impl HasKind for Error {
+    /// Each source's own kind; a missing client config is [`ErrorKind::Config`]; a
+    /// listener that cannot be bound the bind error's kind; the testnet's failures
+    /// [`ErrorKind::LocalResource`] (a process that did not start or become ready).
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) | Error::NoClientConfig { .. } => ErrorKind::Config,
+            Error::Relay(e) => e.kind(),
+            Error::Service { source, .. } => source.kind(),
+            Error::Client(e) => e.kind(),
+            Error::SocksBind { source, .. } | Error::HttpBind { source, .. } => source.kind(),
+            Error::MetricsBind { source, .. } | Error::Io { source, .. } => HasKind::kind(source),
+            Error::Authority(e) => e.kind(),
+            Error::Testnet(_) => ErrorKind::LocalResource,
+            Error::ControlApi { source, .. } => source.kind(),
+            Error::Failed { kind, .. } => *kind,
+        }
+    }
 }
 
 impl Error {
+    /// A failure of `kind` described by `message` (one line).
+    pub fn failed(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error::Failed {
+            kind,
+            message: message.into(),
+        }
+    }
+
     /// An I/O error with what was being done.
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let what = what.into();
@@ -344,10 +393,10 @@ fn main() -> ExitCode {
                 Command::Relay { .. } | Command::Testnet { .. } | Command::Authority { .. }
             )
         {
-            return Err(Error::Control(
+            return Err(Error::failed(
+                ErrorKind::BadRequest,
                 "`--config` before the subcommand names a client config; for `relay`, \
-                 `authority` and `testnet` put `--config FILE` after the subcommand"
-                    .into(),
+                 `authority` and `testnet` put `--config FILE` after the subcommand",
             ));
         }
         match cli.command {
@@ -427,7 +476,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("anonnet: error: {e}");
-            ExitCode::FAILURE
+            // The exit status tells scripts the kind (sysexits.h, docs/errors.md).
+            ExitCode::from(e.kind().exit_code())
         }
     }
 }
@@ -495,7 +545,7 @@ async fn run_authority(config: &Path, exit_with_parent: bool) -> Result<(), Erro
     let authority = Arc::new(
         anonnet_authority::Authority::start(settings.authority)
             .await
-            .map_err(|e| Error::Authority(e.to_string()))?,
+            .map_err(Error::Authority)?,
     );
     let _metrics = metrics::spawn(metrics, || metrics::authority_registry(authority.clone()))?;
     print_line(&format!(
@@ -664,7 +714,10 @@ async fn run_client(config: Option<PathBuf>, exit_with_parent: bool) -> Result<(
         &settings.state_dir,
         settings.services.clone(),
     )
-    .map_err(|e| Error::Service(format!("{e} ([[service]] in {})", settings.file.display())))?;
+    .map_err(|source| Error::Service {
+        file: settings.file.display().to_string(),
+        source,
+    })?;
     // Served during bootstrap too, so the tray can show its progress.
     let _serving_control = control::spawn(control, client.clone(), services);
     let _metrics = metrics::spawn(metrics, || metrics::client_registry(client.clone()))?;

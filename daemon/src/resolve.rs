@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{cli, config, print_line, Error};
+use anonnet_error::ErrorKind;
 
 /// How long the whole question may take (the daemon may need to build a circuit first).
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -144,10 +145,23 @@ fn failure_text(rep: u8) -> &'static str {
     }
 }
 
+/// The kind of a failed reply code (RFC 1928 §6), for the exit status: the inverse of
+/// the proxy's `socks_reply`.
+fn reply_kind(rep: u8) -> ErrorKind {
+    match rep {
+        2 => ErrorKind::NotAllowed,
+        4 => ErrorKind::HostUnreachable,
+        5 => ErrorKind::ConnectionRefused,
+        6 => ErrorKind::Timeout,
+        7 | 8 => ErrorKind::NotImplemented,
+        _ => ErrorKind::CircuitFailed,
+    }
+}
+
 /// Run `anonnet resolve`. `global_config` is a `--config` given before the subcommand.
 ///
 /// # Errors
-/// [`Error::Control`] with one line: the daemon is not running, the name does not resolve
+/// [`Error::Failed`] with one line: the daemon is not running, the name does not resolve
 /// (with the reason the reply code gives), or the SOCKS port answered something else.
 pub async fn run(args: ResolveArgs, global_config: Option<PathBuf>) -> Result<(), Error> {
     let socks = match args.socks {
@@ -155,30 +169,28 @@ pub async fn run(args: ResolveArgs, global_config: Option<PathBuf>) -> Result<()
         None => {
             let path = cli::client_config_path(args.target.config.clone().or(global_config))?;
             let state_dir: PathBuf = config::client_state_dir(&path)?.components().collect();
-            let ports = anonnet_control::locate::read_ports(&state_dir)
-                .map_err(|e| Error::Control(format!("{e}; is the daemon running?")))?;
-            *ports.get("socks").ok_or_else(|| {
-                Error::Control(format!(
-                    "{} names no socks port; is the daemon running?",
-                    state_dir.join("ports.json").display()
-                ))
-            })?
+            cli::running_socks_port(&state_dir)?
         }
     };
     let query = args.name.trim_start_matches('[').trim_end_matches(']');
-    let request = request(query).map_err(Error::Control)?;
+    let request = request(query).map_err(|e| Error::failed(ErrorKind::BadRequest, e))?;
     let reply = tokio::time::timeout(TIMEOUT, ask(socks, args.isolation.as_deref(), &request))
         .await
-        .map_err(|_| Error::Control(format!("no answer from the SOCKS port {socks} in 60 s")))?
-        .map_err(Error::Control)?;
+        .map_err(|_| {
+            Error::failed(
+                ErrorKind::Timeout,
+                format!("no answer from the SOCKS port {socks} in 60 s"),
+            )
+        })?
+        .map_err(|e| Error::failed(ErrorKind::DaemonDown, e))?;
     let answer = match reply {
         Reply::Address(ip) => ip.to_string(),
         Reply::Name(name) => name,
         Reply::Failed(rep) => {
-            return Err(Error::Control(format!(
-                "{query}: {} (SOCKS reply {rep})",
-                failure_text(rep)
-            )))
+            return Err(Error::failed(
+                reply_kind(rep),
+                format!("{query}: {} (SOCKS reply {rep})", failure_text(rep)),
+            ))
         }
     };
     let out = Answer {
@@ -187,7 +199,7 @@ pub async fn run(args: ResolveArgs, global_config: Option<PathBuf>) -> Result<()
     };
     if args.target.json {
         let text = serde_json::to_string_pretty(&out)
-            .map_err(|e| Error::Control(format!("cannot print JSON: {e}")))?;
+            .map_err(|e| Error::failed(ErrorKind::Internal, format!("cannot print JSON: {e}")))?;
         print_line(&text)
     } else {
         print_line(&out.answer)

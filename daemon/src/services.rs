@@ -151,12 +151,11 @@ impl Services {
     /// later gives the same address.
     ///
     /// # Errors
-    /// A message for people: a non-loopback target, or the key file failed.
-    pub fn publish(&self, target: SocketAddr, port: u16) -> Result<ServiceInfo, String> {
+    /// [`PublishError::NotLoopback`] for a non-loopback target,
+    /// [`PublishError::Service`] when the service could not start (its key file failed).
+    pub fn publish(&self, target: SocketAddr, port: u16) -> Result<ServiceInfo, PublishError> {
         if !target.ip().is_loopback() {
-            return Err(format!(
-                "target {target} is not a loopback address: only local servers can be published"
-            ));
+            return Err(PublishError::NotLoopback(target));
         }
         if let Some(s) = self
             .client
@@ -171,7 +170,7 @@ impl Services {
             port,
             key_file: default_service_key(&self.state_dir, target),
         };
-        let hosted = self.publish_saved(saved).map_err(|e| e.to_string())?;
+        let hosted = self.publish_saved(saved)?;
         lock(&self.not_started).retain(|s| s.target != target || s.port != port);
         self.save();
         Ok(info(&hosted))
@@ -186,6 +185,28 @@ impl Services {
             self.save();
         }
         stopped
+    }
+}
+
+/// Why [`Services::publish`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Only local servers can be published.
+    #[error("target {0} is not a loopback address: only local servers can be published")]
+    NotLoopback(SocketAddr),
+    /// The service could not start.
+    #[error(transparent)]
+    Service(#[from] anonnet_client::ServiceError),
+}
+
+impl anonnet_error::HasKind for PublishError {
+    /// [`anonnet_error::ErrorKind::BadRequest`] for a non-loopback target, else the
+    /// service's kind.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            PublishError::NotLoopback(_) => anonnet_error::ErrorKind::BadRequest,
+            PublishError::Service(e) => e.kind(),
+        }
     }
 }
 

@@ -24,9 +24,35 @@ fn missing_relay_config_names_the_file() {
         .args(["relay", "--config", "/nonexistent/anonnet-relay.toml"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // 78: EX_CONFIG (docs/errors.md).
+    assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("/nonexistent/anonnet-relay.toml"), "{err}");
+}
+
+/// The exit status tells the kind of failure (docs/errors.md, sysexits.h): a command line
+/// that cannot work 64, no daemon at the SOCKS port 69.
+#[test]
+fn exit_status_tells_the_kind_of_failure() {
+    let out = anonnet()
+        .args(["--config", "client.toml", "relay", "--config", "relay.toml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("after the subcommand"), "{err}");
+
+    // A port nobody listens on any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let out = anonnet()
+        .args(["resolve", "example.com", "--socks"])
+        .arg(closed.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
 }
 
 #[test]
@@ -39,8 +65,8 @@ fn unknown_config_key_names_file_and_key() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(
         err.contains("relay.toml") && err.contains("listne"),
         "{err}"

@@ -97,6 +97,13 @@ fn tor_resolve_and_anonnet_resolve_are_answered_by_the_exit() {
     assert!(tor_resolve(&socks, true, "10.1.2.3").is_err());
     let err = anonnet_resolve(&config, &["10.1.2.3"]).unwrap_err();
     assert!(err.contains("SOCKS reply 2"), "{err}");
+    // Its exit status is that of the reply's kind, not allowed (77, docs/errors.md).
+    let refused = Command::new(anonnet_bin())
+        .args(["resolve", "10.1.2.3", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(77), "{refused:?}");
     for hidden in [&address, &name] {
         assert!(tor_resolve(&socks, false, hidden).is_err(), "{hidden}");
         let err = anonnet_resolve(&config, &[hidden.as_str()]).unwrap_err();

@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anonnet_control::{ControlError, PublishRequest, ServiceInfo, Status};
+use anonnet_error::{ErrorKind, HasKind};
 
 /// Most "Publish localhost:PORT" entries in the menu itself: the newest listeners (a dev
 /// server just started is among them); the others go to a "More local servers" submenu.
@@ -313,8 +314,9 @@ pub fn outcome(request: &Request, result: &Result<Reply, ControlError>) -> Outco
             services_unavailable: None,
         },
         Ok(_) => Outcome::default(),
-        Err(ControlError::NotImplemented(message))
-            if matches!(request, Request::Publish(_) | Request::Unpublish(_)) =>
+        Err(e @ (ControlError::NotImplemented(message) | ControlError::Api { message, .. }))
+            if e.kind() == ErrorKind::NotImplemented
+                && matches!(request, Request::Publish(_) | Request::Unpublish(_)) =>
         {
             Outcome {
                 notice: Some(Notice::Failed {
@@ -328,12 +330,19 @@ pub fn outcome(request: &Request, result: &Result<Reply, ControlError>) -> Outco
         Err(e) => Outcome {
             notice: Some(Notice::Failed {
                 what: request.describe(),
-                why: e.to_string(),
+                why: failure_text(e),
             }),
             copy: None,
             services_unavailable: None,
         },
     }
+}
+
+/// Why a request failed, for people: the words of its kind
+/// ([`ErrorKind::summary`]), then the error's own text in brackets.
+pub fn failure_text(e: &ControlError) -> String {
+    let kind = e.kind();
+    format!("{} ({e})", kind.summary().trim_end_matches('.'))
 }
 
 /// A desktop notification: the `summary` and `body` of the Desktop Notifications
@@ -1222,12 +1231,27 @@ mod tests {
         let e = ControlError::Api {
             status: 500,
             message: "boom".into(),
+            kind: ErrorKind::Internal,
         };
         let out = outcome(&Request::SetProxy(false), &Err(e));
         assert_eq!(out.services_unavailable, None);
         assert_eq!(
             out.notice.as_ref().map(notice_line).as_deref(),
-            Some("Switch the proxy off failed: the daemon answered 500: boom")
+            Some(
+                "Switch the proxy off failed: Something went wrong inside anonnet \
+                 (the daemon answered 500: boom)"
+            )
+        );
+        // The kind decides, not the words: a daemon that is gone.
+        let e = ControlError::ConnectionRefused {
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        let out = outcome(&Request::NewIdentity, &Err(e));
+        assert!(
+            out.notice.as_ref().map(notice_line).is_some_and(
+                |l| l.starts_with("New identity failed: The anonnet daemon is not running (")
+            ),
+            "{out:?}"
         );
         assert_eq!(
             outcome(&Request::NewIdentity, &Ok(Reply::Done)),

@@ -187,8 +187,13 @@ impl Worker {
             if let Ok(code) = rx.try_recv() {
                 self.started = None;
                 if !matches!(daemon, Daemon::Running(_)) {
-                    let why = desktop::last_line(&self.locator.daemon_log())
-                        .unwrap_or_else(|| format!("it exited with status {}", code.unwrap_or(-1)));
+                    let why = desktop::last_line(&self.locator.daemon_log()).unwrap_or_else(|| {
+                        let code = code.unwrap_or(-1);
+                        match anonnet_error::exit_code_meaning(code) {
+                            Some(words) => format!("it exited with status {code}: {words}"),
+                            None => format!("it exited with status {code}"),
+                        }
+                    });
                     self.view.notice = Some(Notice::Failed {
                         what: "Start daemon".into(),
                         why,

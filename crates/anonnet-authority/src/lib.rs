@@ -76,6 +76,14 @@ pub enum AuthorityError {
          [[authority]] with identity = \"{0}\" and this authority's address"
     )]
     NotInNetwork(String),
+    /// The name registry file does not parse (§12.5).
+    #[error("{path}: {source}")]
+    Names {
+        /// The file.
+        path: PathBuf,
+        /// The line and why.
+        source: names::RegistryLineError,
+    },
     /// A file of the data directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -84,6 +92,23 @@ pub enum AuthorityError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+impl anonnet_error::HasKind for AuthorityError {
+    /// The keys' or the network's kind; an authority missing from its own network file
+    /// or a damaged registry is [`anonnet_error::ErrorKind::Config`]; a file error by its
+    /// I/O kind.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        use anonnet_error::HasKind;
+        match self {
+            AuthorityError::Keys(e) => e.kind(),
+            AuthorityError::Net(e) => e.kind(),
+            AuthorityError::NotInNetwork(_) | AuthorityError::Names { .. } => {
+                anonnet_error::ErrorKind::Config
+            }
+            AuthorityError::Io { source, .. } => HasKind::kind(source),
+        }
+    }
 }
 
 /// What an authority needs to start.
@@ -262,9 +287,9 @@ impl Authority {
         match std::fs::read_to_string(&names_path) {
             Ok(text) => {
                 state.names =
-                    names::NameRegistry::decode(&text).map_err(|why| AuthorityError::Io {
+                    names::NameRegistry::decode(&text).map_err(|source| AuthorityError::Names {
                         path: names_path.clone(),
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+                        source,
                     })?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -37,6 +37,35 @@ pub enum RegisterError {
     Full,
 }
 
+/// A line of the registry file (`names`) that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {why}")]
+pub struct RegistryLineError {
+    /// The line's 1-based number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+impl anonnet_error::HasKind for RegistryLineError {
+    /// The authority's own file is damaged: [`anonnet_error::ErrorKind::Config`] (its
+    /// operator must repair or remove it).
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        anonnet_error::ErrorKind::Config
+    }
+}
+
+impl anonnet_error::HasKind for RegisterError {
+    /// A registration refused: [`anonnet_error::ErrorKind::NotAllowed`] (taken) or
+    /// [`anonnet_error::ErrorKind::Busy`] (full).
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            RegisterError::Taken { .. } => anonnet_error::ErrorKind::NotAllowed,
+            RegisterError::Full => anonnet_error::ErrorKind::Busy,
+        }
+    }
+}
+
 /// Names by their bare lower-case form (`anonnet_crypto::dark::DarkName::as_str`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct NameRegistry {
@@ -124,11 +153,15 @@ impl NameRegistry {
     /// Read [`NameRegistry::encode`]'s text, keeping at most [`MAX_NAMES`] names.
     ///
     /// # Errors
-    /// The 1-based number of the first line that does not parse, and why.
-    pub fn decode(text: &str) -> Result<NameRegistry, String> {
+    /// [`RegistryLineError`]: the 1-based number of the first line that does not parse,
+    /// and why.
+    pub fn decode(text: &str) -> Result<NameRegistry, RegistryLineError> {
         let mut names = HashMap::new();
         for (i, line) in text.lines().enumerate().take(MAX_NAMES) {
-            let bad = |why: &str| format!("line {}: {why}", i + 1);
+            let bad = |why: &str| RegistryLineError {
+                line: i + 1,
+                why: why.to_owned(),
+            };
             let mut fields = line.split(' ');
             let (Some(name), Some(owner), Some(registered), Some(expires), None) = (
                 fields.next(),

@@ -25,32 +25,10 @@ pub use hs::HsFailure;
 pub use pool::{Client, ClientConfig, IsolationKey};
 pub use status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 
-/// What kind of failure an error is, whatever its source. Front ends choose the SOCKS reply
-/// code, HTTP status and the words shown to people from this, never from a message string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The exit policy does not allow the destination.
-    ExitPolicy,
-    /// The destination refused the connection.
-    ConnectionRefused,
-    /// The exit could not resolve or reach the host.
-    HostUnreachable,
-    /// A step timed out (building, connecting).
-    Timeout,
-    /// No circuit could be built or the circuit failed.
-    CircuitFailed,
-    /// The client has no usable relays yet.
-    NotReady,
-    /// The destination or request is malformed.
-    BadRequest,
-    /// Proxying is switched off ("proxy off"): nothing is sent anywhere.
-    Disabled,
-    /// The request is refused here on purpose (a `.dark` name whose owner key changed).
-    NotAllowed,
-    /// Something else went wrong at the exit or here.
-    Other,
-}
+/// The error vocabulary shared by every crate (`anonnet-error`): front ends choose the
+/// SOCKS reply code, HTTP status, exit status and the words shown to people from the
+/// kind, never from a message string.
+pub use anonnet_error::{ErrorKind, HasKind};
 
 /// Errors of the client API.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -89,36 +67,93 @@ pub enum ClientError {
     HiddenService(#[from] HsFailure),
 }
 
-impl ClientError {
-    /// The kind of this failure.
-    pub fn kind(&self) -> ErrorKind {
+impl HasKind for ClientError {
+    /// Not ready (no consensus, too few relays, no endpoint), the path's, circuit's,
+    /// stream's or hidden service's own kind, [`ErrorKind::BadRequest`] for a malformed
+    /// destination, [`ErrorKind::Disabled`] while proxying is off.
+    fn kind(&self) -> ErrorKind {
         match self {
             ClientError::NotEnoughRelays { .. }
             | ClientError::Endpoint(_)
             | ClientError::NoConsensus => ErrorKind::NotReady,
-            ClientError::Path(PathError::NoExitForPort(_)) => ErrorKind::ExitPolicy,
-            ClientError::Path(_) => ErrorKind::NotReady,
-            ClientError::Circuit(CircuitError::Timeout) => ErrorKind::Timeout,
-            ClientError::Circuit(_) => ErrorKind::CircuitFailed,
-            ClientError::Stream(StreamError::Timeout) => ErrorKind::Timeout,
-            ClientError::Stream(StreamError::Circuit(_)) => ErrorKind::CircuitFailed,
-            ClientError::Stream(StreamError::Refused(reason)) => match reason {
+            ClientError::Path(e) => e.kind(),
+            ClientError::Circuit(e) => e.kind(),
+            ClientError::Stream(e) => e.kind(),
+            ClientError::BadTarget(_) => ErrorKind::BadRequest,
+            ClientError::Disabled => ErrorKind::Disabled,
+            ClientError::HiddenService(f) => f.kind(),
+        }
+    }
+}
+
+impl HasKind for PathError {
+    /// [`ErrorKind::ExitPolicy`] when no exit allows the port, else
+    /// [`ErrorKind::NotReady`] (too few relays to choose from).
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PathError::NoExitForPort(_) => ErrorKind::ExitPolicy,
+            _ => ErrorKind::NotReady,
+        }
+    }
+}
+
+impl HasKind for CircuitError {
+    /// [`ErrorKind::Timeout`] for a build that took too long, [`ErrorKind::Protocol`]
+    /// for a hop that broke the protocol, [`ErrorKind::Busy`] for a circuit out of
+    /// stream ids, else [`ErrorKind::CircuitFailed`].
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CircuitError::Timeout => ErrorKind::Timeout,
+            CircuitError::Protocol(_) => ErrorKind::Protocol,
+            CircuitError::TooManyStreams => ErrorKind::Busy,
+            _ => ErrorKind::CircuitFailed,
+        }
+    }
+}
+
+impl HasKind for StreamError {
+    /// The exit's `END` reason (§7.3: policy, refused, unresolvable or unreachable,
+    /// timeout), [`ErrorKind::Timeout`] for no answer, else the circuit's kind.
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StreamError::Timeout => ErrorKind::Timeout,
+            StreamError::Circuit(e) => e.kind(),
+            StreamError::Refused(reason) => match reason {
                 EndReason::ExitPolicy => ErrorKind::ExitPolicy,
                 EndReason::ConnectRefused => ErrorKind::ConnectionRefused,
                 EndReason::ResolveFailed | EndReason::NoRoute => ErrorKind::HostUnreachable,
                 EndReason::Timeout => ErrorKind::Timeout,
-                _ => ErrorKind::Other,
+                EndReason::ResourceLimit => ErrorKind::Busy,
+                _ => ErrorKind::CircuitFailed,
             },
-            ClientError::BadTarget(_) => ErrorKind::BadRequest,
-            ClientError::Disabled => ErrorKind::Disabled,
-            ClientError::HiddenService(f) => match f {
-                HsFailure::BadAddress(_) | HsFailure::BadName(_) => ErrorKind::BadRequest,
-                HsFailure::NoDescriptor(_)
-                | HsFailure::UnknownName(_)
-                | HsFailure::Introduction(_) => ErrorKind::HostUnreachable,
-                HsFailure::Rendezvous(_) => ErrorKind::Timeout,
-                HsFailure::OwnerChanged { .. } => ErrorKind::NotAllowed,
-            },
+        }
+    }
+}
+
+impl HasKind for HsFailure {
+    /// A malformed address or name is [`ErrorKind::BadRequest`]; no descriptor, no
+    /// believable name record or no answering introduction point
+    /// [`ErrorKind::HostUnreachable`]; a service that never came to the rendezvous
+    /// [`ErrorKind::Timeout`]; a changed owner key [`ErrorKind::NotAllowed`].
+    fn kind(&self) -> ErrorKind {
+        match self {
+            HsFailure::BadAddress(_) | HsFailure::BadName(_) => ErrorKind::BadRequest,
+            HsFailure::NoDescriptor(_) | HsFailure::UnknownName(_) | HsFailure::Introduction(_) => {
+                ErrorKind::HostUnreachable
+            }
+            HsFailure::Rendezvous(_) => ErrorKind::Timeout,
+            HsFailure::OwnerChanged { .. } => ErrorKind::NotAllowed,
+        }
+    }
+}
+
+impl HasKind for ServiceError {
+    /// A key file that cannot be read or created is [`ErrorKind::LocalResource`]; a
+    /// name that is not allowed [`ErrorKind::Config`].
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ServiceError::Key { .. } => ErrorKind::LocalResource,
+            ServiceError::Name(_) => ErrorKind::Config,
         }
     }
 }

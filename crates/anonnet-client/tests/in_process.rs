@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anonnet_client::circuit::HandshakeKind;
-use anonnet_client::{Client, ClientConfig, ErrorKind};
+use anonnet_client::{Client, ClientConfig, ErrorKind, HasKind};
 use anonnet_relay::{Action, ExitPolicy, ExitRule, Limits, Relay, RelayConfig};
 use anonnet_wire::{HandshakeSet, PortRange, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -277,16 +277,21 @@ async fn read_body(addr: SocketAddr, resp: Response<Incoming>) -> Result<Bytes, 
         })
 }
 
+/// The error of an answer with an error `status`: its `error` text and its `kind` (from
+/// the status, [`crate::server::kind_of_status`], when the daemon sent none or one this
+/// version does not know).
 fn api_error(status: StatusCode, body: &[u8]) -> ControlError {
-    let message = serde_json::from_slice::<ErrorBody>(body)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_owned());
+    let (message, kind) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error, anonnet_error::ErrorKind::parse(&b.kind)),
+        Err(_) => (String::from_utf8_lossy(body).trim().to_owned(), None),
+    };
     if status == StatusCode::NOT_IMPLEMENTED {
         ControlError::NotImplemented(message)
     } else {
         ControlError::Api {
             status: status.as_u16(),
             message,
+            kind: kind.unwrap_or_else(|| crate::server::kind_of_status(status)),
         }
     }
 }

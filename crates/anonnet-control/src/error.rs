@@ -80,13 +80,15 @@ pub enum ControlError {
         /// The time limit in seconds.
         secs: u64,
     },
-    /// The daemon answered with an error status (its message is kept).
+    /// The daemon answered with an error status (its message and kind are kept).
     #[error("the daemon answered {status}: {message}")]
     Api {
         /// The HTTP status code.
         status: u16,
         /// The daemon's `error` text.
         message: String,
+        /// The daemon's `kind`.
+        kind: anonnet_error::ErrorKind,
     },
     /// The daemon's answer is not what this version understands.
     #[error("unexpected answer from the daemon: {0}")]
@@ -94,6 +96,28 @@ pub enum ControlError {
     /// The feature is not available yet in this daemon (HTTP 501).
     #[error("{0}")]
     NotImplemented(String),
+}
+
+impl anonnet_error::HasKind for ControlError {
+    /// [`anonnet_error::ErrorKind::DaemonDown`] when no daemon answers (as
+    /// [`ControlError::daemon_down`]) or the link to it broke; a refused cookie or a
+    /// non-loopback address [`anonnet_error::ErrorKind::NotAllowed`]; the daemon's own
+    /// kind for its error answers.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        use anonnet_error::ErrorKind as K;
+        match self {
+            ControlError::NotRunning { .. }
+            | ControlError::NoControlPort { .. }
+            | ControlError::ConnectionRefused { .. }
+            | ControlError::Transport { .. } => K::DaemonDown,
+            ControlError::CookieRejected { .. } | ControlError::NotLoopback { .. } => K::NotAllowed,
+            ControlError::File { .. } | ControlError::Bind { .. } => K::LocalResource,
+            ControlError::Timeout { .. } => K::Timeout,
+            ControlError::Api { kind, .. } => *kind,
+            ControlError::Decode(_) => K::Protocol,
+            ControlError::NotImplemented(_) => K::NotImplemented,
+        }
+    }
 }
 
 impl ControlError {

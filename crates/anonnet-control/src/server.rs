@@ -35,6 +35,7 @@ use crate::types::{
     UnpublishRequest,
 };
 use crate::{ControlError, Cookie};
+use anonnet_error::{ErrorKind, HasKind};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -70,6 +71,29 @@ pub enum HandlerError {
     /// It was tried and failed (500).
     #[error("{0}")]
     Failed(String),
+    /// It was tried and failed for a reason of this kind (500, with the kind in the
+    /// answer's `kind`).
+    #[error("{message}")]
+    FailedAs {
+        /// The kind of the failure.
+        kind: ErrorKind,
+        /// What went wrong, one line.
+        message: String,
+    },
+}
+
+impl HasKind for HandlerError {
+    /// [`ErrorKind::BadRequest`], [`ErrorKind::NotFound`],
+    /// [`ErrorKind::NotImplemented`], the kind given, else [`ErrorKind::Internal`].
+    fn kind(&self) -> ErrorKind {
+        match self {
+            HandlerError::BadRequest(_) => ErrorKind::BadRequest,
+            HandlerError::NotFound(_) => ErrorKind::NotFound,
+            HandlerError::NotImplemented(_) => ErrorKind::NotImplemented,
+            HandlerError::Failed(_) => ErrorKind::Internal,
+            HandlerError::FailedAs { kind, .. } => *kind,
+        }
+    }
 }
 
 impl HandlerError {
@@ -78,7 +102,9 @@ impl HandlerError {
             HandlerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HandlerError::NotFound(_) => StatusCode::NOT_FOUND,
             HandlerError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            HandlerError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HandlerError::Failed(_) | HandlerError::FailedAs { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -289,7 +315,7 @@ async fn respond(
 fn answer<T: Serialize>(result: Result<T, HandlerError>) -> Response<ResponseBody> {
     match result {
         Ok(value) => json(StatusCode::OK, &value),
-        Err(e) => error(e.status(), &e.to_string()),
+        Err(e) => error_of_kind(e.status(), e.kind(), &e.to_string()),
     }
 }
 
@@ -304,19 +330,41 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
             with_body(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "application/json",
-                Bytes::from_static(b"{\"error\":\"cannot encode the answer\"}\n"),
+                Bytes::from_static(
+                    b"{\"error\":\"cannot encode the answer\",\"kind\":\"internal\"}\n",
+                ),
             )
         }
     }
 }
 
+/// An error answer: `status`, and `{"error": message, "kind": …}` with the kind that
+/// `status` means here ([`kind_of_status`]).
 fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    error_of_kind(status, kind_of_status(status), message)
+}
+
+fn error_of_kind(status: StatusCode, kind: ErrorKind, message: &str) -> Response<ResponseBody> {
     json(
         status,
         &ErrorBody {
             error: message.to_owned(),
+            kind: kind.as_str().to_owned(),
         },
     )
+}
+
+/// The kind an error status of this API means when nothing more precise is known: 400
+/// and 405 a bad request, 401 not allowed, 404 not found, 501 not implemented, any other
+/// an internal error.
+pub fn kind_of_status(status: StatusCode) -> ErrorKind {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => ErrorKind::BadRequest,
+        StatusCode::UNAUTHORIZED => ErrorKind::NotAllowed,
+        StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::NOT_IMPLEMENTED => ErrorKind::NotImplemented,
+        _ => ErrorKind::Internal,
+    }
 }
 
 fn with_body(

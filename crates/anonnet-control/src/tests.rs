@@ -148,6 +148,7 @@ async fn request_without_or_with_wrong_cookie_is_refused_and_changes_nothing() {
     assert_eq!(code, 401, "{body}");
     let err: ErrorBody = serde_json::from_str(&body).unwrap();
     assert!(err.error.contains("cookie"), "{body}");
+    assert_eq!(err.kind, "not_allowed", "{body}");
 
     let (code, _) = raw(
         addr,
@@ -246,7 +247,7 @@ async fn bad_requests_get_json_errors() {
     assert_eq!(code, 501);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap(),
-        serde_json::json!({"error": SERVICES_LATER})
+        serde_json::json!({"error": SERVICES_LATER, "kind": "not_implemented"})
     );
     assert!(handler.enabled.load(Ordering::SeqCst));
 }

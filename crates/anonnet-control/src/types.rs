@@ -259,6 +259,10 @@ pub struct UnpublishRequest {
 pub struct ErrorBody {
     /// What went wrong, one line, for people.
     pub error: String,
+    /// The kind of failure, for programs: an `anonnet_error::ErrorKind` name
+    /// (`"bad_request"`, `"not_found"`, `"not_implemented"`, …; empty from a daemon older
+    /// than the field). Front ends decide from this, never from `error`'s words.
+    pub kind: String,
 }
 
 /// One line of the event stream (`GET /v1/events`): a JSON object tagged by `event`.

@@ -405,6 +405,19 @@ pub fn verify_dark_record(
     })
 }
 
+impl anonnet_error::HasKind for DarkError {
+    /// A malformed name or address typed by a person is
+    /// [`anonnet_error::ErrorKind::BadRequest`]; a record that does not verify came from
+    /// the DHT: [`anonnet_error::ErrorKind::Protocol`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            DarkError::Name(_) | DarkError::Address(_) => anonnet_error::ErrorKind::BadRequest,
+            DarkError::Signature(e) => anonnet_error::HasKind::kind(e),
+            _ => anonnet_error::ErrorKind::Protocol,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,17 @@ pub fn verify_descriptor(
     })
 }
 
+impl anonnet_error::HasKind for DescriptorError {
+    /// A descriptor that does not verify: [`anonnet_error::ErrorKind::Protocol`] (no
+    /// randomness while signing one: [`anonnet_error::ErrorKind::LocalResource`]).
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            DescriptorError::Signature(e) => anonnet_error::HasKind::kind(e),
+            _ => anonnet_error::ErrorKind::Protocol,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -353,6 +353,17 @@ pub(crate) fn key_schedule(
     (keys, auth)
 }
 
+impl anonnet_error::HasKind for HandshakeError {
+    /// A handshake a peer got wrong is [`anonnet_error::ErrorKind::Protocol`]; no
+    /// randomness is [`anonnet_error::ErrorKind::LocalResource`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            HandshakeError::Rng => anonnet_error::ErrorKind::LocalResource,
+            _ => anonnet_error::ErrorKind::Protocol,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -677,6 +677,27 @@ pub fn open_introduce(
     Ok((buf, ephemeral))
 }
 
+impl anonnet_error::HasKind for AddressError {
+    /// A `.anon` address that does not parse was typed or pasted by someone:
+    /// [`anonnet_error::ErrorKind::BadRequest`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        anonnet_error::ErrorKind::BadRequest
+    }
+}
+
+impl anonnet_error::HasKind for HsError {
+    /// A descriptor or introduction that does not open or verify came from a peer:
+    /// [`anonnet_error::ErrorKind::Protocol`]; no randomness or an unusable own key is
+    /// [`anonnet_error::ErrorKind::LocalResource`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            HsError::Rng | HsError::BadKey => anonnet_error::ErrorKind::LocalResource,
+            HsError::Signature(e) => anonnet_error::HasKind::kind(e),
+            _ => anonnet_error::ErrorKind::Protocol,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,6 +146,14 @@ pub fn verify(service_id: &[u8; 32], seed: &[u8; 32], proof: &PowSolution) -> Re
     equix.verify(&solution).map_err(|_| PowError::Solution)
 }
 
+impl anonnet_error::HasKind for PowError {
+    /// A proof of work that does not check came from a client:
+    /// [`anonnet_error::ErrorKind::Protocol`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        anonnet_error::ErrorKind::Protocol
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,6 +149,18 @@ impl LayerOpener {
     }
 }
 
+impl anonnet_error::HasKind for LayerError {
+    /// A cell that fails its layer came from a peer
+    /// ([`anonnet_error::ErrorKind::Protocol`]); a counter used up is
+    /// [`anonnet_error::ErrorKind::Internal`] (circuits are retired long before).
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            LayerError::Exhausted => anonnet_error::ErrorKind::Internal,
+            _ => anonnet_error::ErrorKind::Protocol,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

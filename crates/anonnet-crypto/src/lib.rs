@@ -37,3 +37,14 @@ pub enum CryptoError {
     #[error("signature does not verify")]
     BadSignature,
 }
+
+impl anonnet_error::HasKind for CryptoError {
+    /// No randomness is [`anonnet_error::ErrorKind::LocalResource`]; a bad key or
+    /// signature came from a peer or a file: [`anonnet_error::ErrorKind::Protocol`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            CryptoError::Rng => anonnet_error::ErrorKind::LocalResource,
+            CryptoError::BadKey | CryptoError::BadSignature => anonnet_error::ErrorKind::Protocol,
+        }
+    }
+}

@@ -607,5 +607,16 @@ impl RelayBackward {
     }
 }
 
+impl anonnet_error::HasKind for OnionError {
+    /// As [`LayerError`]'s kind for a layer failure; anything else about an onion cell
+    /// is a peer's [`anonnet_error::ErrorKind::Protocol`] error.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            OnionError::Layer(e) => anonnet_error::HasKind::kind(e),
+            _ => anonnet_error::ErrorKind::Protocol,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

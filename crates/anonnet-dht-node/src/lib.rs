@@ -662,3 +662,17 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+impl anonnet_error::HasKind for RpcError {
+    /// The link's kind, [`anonnet_error::ErrorKind::Timeout`] for no answer in time,
+    /// [`anonnet_error::ErrorKind::Protocol`] for an answer that does not fit, and
+    /// [`anonnet_error::ErrorKind::CircuitFailed`] for a stream that broke.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            RpcError::Link(e) => anonnet_error::HasKind::kind(e),
+            RpcError::Stream(_) => anonnet_error::ErrorKind::CircuitFailed,
+            RpcError::BadAnswer(_) => anonnet_error::ErrorKind::Protocol,
+            RpcError::Timeout => anonnet_error::ErrorKind::Timeout,
+        }
+    }
+}

@@ -175,6 +175,17 @@ pub(crate) mod test_support {
     }
 }
 
+impl anonnet_error::HasKind for DhtError {
+    /// As the descriptor's kind; no address to announce is
+    /// [`anonnet_error::ErrorKind::Config`] (set `advertise`).
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            DhtError::Descriptor(e) => anonnet_error::HasKind::kind(e),
+            DhtError::NoAddress => anonnet_error::ErrorKind::Config,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_support::*;

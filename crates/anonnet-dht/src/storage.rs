@@ -719,6 +719,27 @@ impl Storage {
     }
 }
 
+impl anonnet_error::HasKind for RecordError {
+    /// A record that does not verify came from a peer:
+    /// [`anonnet_error::ErrorKind::Protocol`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        anonnet_error::ErrorKind::Protocol
+    }
+}
+
+impl anonnet_error::HasKind for StoreError {
+    /// A refused `STORE`: invalid is [`anonnet_error::ErrorKind::Protocol`], full
+    /// [`anonnet_error::ErrorKind::Busy`], stale or another owner's name
+    /// [`anonnet_error::ErrorKind::NotAllowed`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            StoreError::Invalid => anonnet_error::ErrorKind::Protocol,
+            StoreError::Full => anonnet_error::ErrorKind::Busy,
+            StoreError::Stale | StoreError::Taken => anonnet_error::ErrorKind::NotAllowed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -22,7 +22,7 @@ pub use entry::{RelayEntry, RelayFlags};
 pub use flags::{FlagThresholds, RelayHistory};
 pub use hsdir::{HsDirPlacement, HsDirRing};
 pub use msg::{DirMessage, UploadStatus, DIR_STREAM_TAG};
-pub use network::{AuthorityEntry, Network};
+pub use network::{AuthorityEntry, Network, NetworkError};
 
 /// Errors from decoding or checking directory documents. A client that gets one keeps the
 /// consensus it had; an authority drops the vote or upload.
@@ -71,4 +71,16 @@ pub const MAX_CLOCK_SKEW: u64 = 300;
 
 fn invalid(field: &'static str, why: &'static str) -> anonnet_wire::WireError {
     anonnet_wire::WireError::Invalid { field, why }
+}
+
+impl anonnet_error::HasKind for DirError {
+    /// A directory document that does not verify came from an authority, a relay or a
+    /// damaged cache file: [`anonnet_error::ErrorKind::Protocol`]; one not valid now
+    /// (often this machine's clock) is [`anonnet_error::ErrorKind::NotReady`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            DirError::NotValidNow { .. } => anonnet_error::ErrorKind::NotReady,
+            _ => anonnet_error::ErrorKind::Protocol,
+        }
+    }
 }

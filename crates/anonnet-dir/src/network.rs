@@ -32,6 +32,28 @@ pub struct Network {
     pub authorities: Vec<AuthorityEntry>,
 }
 
+/// Why [`Network::new`] refused a network description (a config file's `[network]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    /// The name is empty or longer than [`MAX_NAME_LEN`] bytes (its length).
+    #[error("a network name has 1 to {MAX_NAME_LEN} bytes, not {0}")]
+    NameLength(usize),
+    /// Not 1..=[`MAX_AUTHORITIES`] authorities (how many were given).
+    #[error("a network has 1 to {MAX_AUTHORITIES} authorities, not {0}")]
+    AuthorityCount(usize),
+    /// Two authorities share an identity key (the second one's name).
+    #[error("authority {0} is listed twice")]
+    DuplicateAuthority(String),
+}
+
+impl anonnet_error::HasKind for NetworkError {
+    /// Always [`anonnet_error::ErrorKind::Config`]: a network comes from configuration.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        anonnet_error::ErrorKind::Config
+    }
+}
+
 /// Most authorities a network may have (one byte counts them in documents).
 pub const MAX_AUTHORITIES: usize = 32;
 /// Longest network name (bytes).
@@ -42,20 +64,17 @@ impl Network {
     /// authorities with distinct identities.
     ///
     /// # Errors
-    /// A message saying what is wrong, for the caller to put in its config error.
-    pub fn new(name: String, authorities: Vec<AuthorityEntry>) -> Result<Network, String> {
+    /// [`NetworkError`] saying what is wrong, for the caller to put in its config error.
+    pub fn new(name: String, authorities: Vec<AuthorityEntry>) -> Result<Network, NetworkError> {
         if name.is_empty() || name.len() > MAX_NAME_LEN {
-            return Err(format!("a network name has 1 to {MAX_NAME_LEN} bytes"));
+            return Err(NetworkError::NameLength(name.len()));
         }
         if authorities.is_empty() || authorities.len() > MAX_AUTHORITIES {
-            return Err(format!(
-                "a network has 1 to {MAX_AUTHORITIES} authorities, not {}",
-                authorities.len()
-            ));
+            return Err(NetworkError::AuthorityCount(authorities.len()));
         }
         for (i, a) in authorities.iter().enumerate() {
             if authorities.iter().take(i).any(|b| b.identity == a.identity) {
-                return Err(format!("authority {} is listed twice", a.name));
+                return Err(NetworkError::DuplicateAuthority(a.name.clone()));
             }
         }
         Ok(Network { name, authorities })

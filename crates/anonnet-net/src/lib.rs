@@ -181,5 +181,28 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+impl anonnet_error::HasKind for NetError {
+    /// A port that cannot be bound or no runtime is
+    /// [`anonnet_error::ErrorKind::LocalResource`]; a dial or handshake that fails,
+    /// a lost link or a closed endpoint [`anonnet_error::ErrorKind::CircuitFailed`] (the
+    /// relay is unreachable); a peer of another protocol version or identity
+    /// [`anonnet_error::ErrorKind::Protocol`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        use anonnet_error::ErrorKind as K;
+        match self {
+            NetError::NoRuntime
+            | NetError::Bind { .. }
+            | NetError::LocalAddr(_)
+            | NetError::Certificate(_)
+            | NetError::TlsConfig(_) => K::LocalResource,
+            NetError::Connect { .. }
+            | NetError::Handshake { .. }
+            | NetError::Closed
+            | NetError::Connection(_) => K::CircuitFailed,
+            NetError::Version { .. } | NetError::IdentityMismatch { .. } => K::Protocol,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

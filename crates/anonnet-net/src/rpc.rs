@@ -91,3 +91,17 @@ pub async fn write_frame(send: &mut SendStream, body: &[u8]) -> Result<(), RpcEr
     let _ = send.finish();
     Ok(())
 }
+
+impl anonnet_error::HasKind for RpcError {
+    /// The link's kind, [`anonnet_error::ErrorKind::Timeout`] for no answer in time,
+    /// [`anonnet_error::ErrorKind::Protocol`] for an answer too long, and
+    /// [`anonnet_error::ErrorKind::CircuitFailed`] for a stream that broke.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            RpcError::Link(e) => anonnet_error::HasKind::kind(e),
+            RpcError::Stream(_) => anonnet_error::ErrorKind::CircuitFailed,
+            RpcError::TooLong { .. } => anonnet_error::ErrorKind::Protocol,
+            RpcError::Timeout(_) => anonnet_error::ErrorKind::Timeout,
+        }
+    }
+}

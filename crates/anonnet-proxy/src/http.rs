@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonnet_client::{Client, ClientError, ErrorKind, IsolationKey, StreamError};
+use anonnet_client::{Client, ClientError, ErrorKind, HasKind, IsolationKey, StreamError};
 use anonnet_wire::Target;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -68,12 +68,12 @@ const HOP_BY_HOP: [&str; 7] = [
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// The HTTP status for a failure of this kind: 403 exit policy or refused here (a `.dark`
-/// name whose owner changed), 503 proxying switched off,
+/// name whose owner changed), 503 proxying switched off or a relay too busy,
 /// 504 timeout, 400 bad request, 502 anything else.
 pub fn http_status(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::ExitPolicy | ErrorKind::NotAllowed => StatusCode::FORBIDDEN,
-        ErrorKind::Disabled => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Disabled | ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
@@ -136,6 +136,7 @@ impl Refusal {
             ErrorKind::NotAllowed => format!("refusing {dest}: {e}"),
             ErrorKind::NotReady => format!("the client is not ready yet: {e}"),
             ErrorKind::CircuitFailed => format!("no working circuit to {dest}: {e}"),
+            ErrorKind::Busy => format!("too busy to reach {dest} now: {e}"),
             _ => format!("cannot reach {dest}: {e}"),
         };
         Refusal {
@@ -352,11 +353,7 @@ impl HttpProxy {
         self.listener
             .run("HTTP proxy", move |tcp, permit| {
                 let client = client.clone();
-                async move {
-                    serve_http(tcp, client, permit, timeout)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
+                async move { serve_http(tcp, client, permit, timeout).await }
             })
             .await;
     }
@@ -662,7 +659,8 @@ mod tests {
             ErrorKind::HostUnreachable,
             ErrorKind::CircuitFailed,
             ErrorKind::NotReady,
-            ErrorKind::Other,
+            ErrorKind::Protocol,
+            ErrorKind::Internal,
         ] {
             assert_eq!(http_status(kind), StatusCode::BAD_GATEWAY, "{kind:?}");
         }

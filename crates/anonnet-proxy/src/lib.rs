@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonnet_client::{Client, ClientError, DataStream, ErrorKind, IsolationKey};
+use anonnet_client::{Client, ClientError, DataStream, ErrorKind, HasKind, IsolationKey};
 use anonnet_wire::ResolvedAnswer;
 use anonnet_wire::Target;
 use fast_socks5::server::{
@@ -43,6 +43,70 @@ pub enum ProxyError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+impl anonnet_error::HasKind for ProxyError {
+    /// A listener that cannot be bound: the I/O error's kind (a port in use is
+    /// [`ErrorKind::LocalResource`]).
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ProxyError::Bind { source, .. } => anonnet_error::HasKind::kind(source),
+        }
+    }
+}
+
+/// Why one SOCKS connection ended early. The client was answered with a reply code where
+/// the protocol allows one; the accept loop logs this at debug level only.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The handshake and request did not arrive within the handshake timeout.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The connection closed before its first byte.
+    #[error("closed before the handshake")]
+    ClosedEarly,
+    /// The first byte (or a SOCKS5 request's version byte) is neither 4 nor 5.
+    #[error("not SOCKS4 or SOCKS5 (version byte {0:#04x})")]
+    UnknownVersion(u8),
+    /// The SOCKS5 method negotiation or password sub-negotiation failed (fast-socks5).
+    #[error("SOCKS5 handshake: {0}")]
+    Socks5(#[from] fast_socks5::server::SocksServerError),
+    /// A SOCKS5 address that cannot be read or written (unknown `ATYP`, a name that is
+    /// not UTF-8).
+    #[error("SOCKS5 address: {0}")]
+    Address(#[from] AddrError),
+    /// A SOCKS5 command other than `CONNECT`, `RESOLVE` and `RESOLVE_PTR`.
+    #[error("unsupported SOCKS5 command {0:#04x}")]
+    Command(u8),
+    /// A SOCKS4 request that does not parse ([`socks4::Socks4Error`]).
+    #[error("SOCKS4 request: {0}")]
+    Socks4(#[from] socks4::Socks4Error),
+    /// A `RESOLVE` that asked for, or got, the wrong kind of answer.
+    #[error("{0}")]
+    ResolveKind(&'static str),
+    /// The client could not open the stream or resolve the name (answered with the
+    /// reply of its kind, [`socks_reply`]).
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    /// Reading from or writing to either side failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl anonnet_error::HasKind for SessionError {
+    /// The client's kind for a failed stream or resolve, the I/O error's kind, else
+    /// [`ErrorKind::BadRequest`] (the application spoke SOCKS wrongly) or
+    /// [`ErrorKind::Timeout`] (it was too slow).
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SessionError::HandshakeTimeout => ErrorKind::Timeout,
+            SessionError::Client(e) => e.kind(),
+            SessionError::Io(e) => anonnet_error::HasKind::kind(e),
+            SessionError::ResolveKind(_) => ErrorKind::HostUnreachable,
+            _ => ErrorKind::BadRequest,
+        }
+    }
 }
 
 /// The SOCKS5 reply code for a failure of this kind (RFC 1928 §6).
@@ -112,27 +176,26 @@ impl SocksServer {
 /// handshake and request must arrive within `handshake_timeout` of the call.
 ///
 /// # Errors
-/// A description of why the connection ended early (already answered with a reply code
+/// [`SessionError`]: why the connection ended early (already answered with a reply code
 /// where the protocol allows one).
 pub async fn serve_socks(
     tcp: TcpStream,
     client: Arc<Client>,
     handshake_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let deadline = tokio::time::Instant::now() + handshake_timeout;
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first))
         .await
-        .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SessionError::HandshakeTimeout)??;
     if peeked == 0 {
-        return Err("closed before the handshake".into());
+        return Err(SessionError::ClosedEarly);
     }
     match first[0] {
         5 => serve_socks5(tcp, client, deadline).await,
         socks4::VERSION => serve_socks4(tcp, client, deadline).await,
         // Closed; the accept loop logs the error at debug level.
-        other => Err(format!("not SOCKS4 or SOCKS5 (first byte {other:#04x})")),
+        other => Err(SessionError::UnknownVersion(other)),
     }
 }
 
@@ -152,45 +215,39 @@ pub const SOCKS5_CMD_RESOLVE_PTR: u8 = 0xF1;
 /// read here because fast-socks5 refuses the two Tor commands before returning them.
 ///
 /// # Errors
-/// A description of why the connection ended early (already answered with a reply code
+/// [`SessionError`]: why the connection ended early (already answered with a reply code
 /// where the protocol allows one).
 async fn serve_socks5(
     mut tcp: TcpStream,
     client: Arc<Client>,
     deadline: tokio::time::Instant,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let _ = tcp.set_nodelay(true);
     let handshake = async {
         let started = Socks5ServerProtocol::start(&mut tcp)
             .negotiate_auth(StandardAuthentication::allow_no_auth(true))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let isolation = match started {
             StandardAuthenticationStarted::NoAuthentication(_) => IsolationKey::default(),
             StandardAuthenticationStarted::PasswordAuthentication(a) => {
-                let (user, pass, a) = a
-                    .read_username_password()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (user, pass, a) = a.read_username_password().await?;
                 let key = IsolationKey::from_credentials(user.as_bytes(), pass.as_bytes());
-                a.accept().await.map_err(|e| e.to_string())?;
+                a.accept().await?;
                 key
             }
         };
         let mut header = [0u8; 4];
-        tcp.read_exact(&mut header)
-            .await
-            .map_err(|e| e.to_string())?;
+        tcp.read_exact(&mut header).await?;
         let [version, cmd, _reserved, atyp] = header;
         if version != fast_socks5::consts::SOCKS5_VERSION {
-            return Err(format!("request of SOCKS version {version}"));
+            return Err(SessionError::UnknownVersion(version));
         }
         let target = read_address(&mut tcp, atyp).await;
-        Ok::<_, String>((cmd, target, isolation))
+        Ok::<_, SessionError>((cmd, target, isolation))
     };
     let (cmd, target, isolation) = tokio::time::timeout_at(deadline, handshake)
         .await
-        .map_err(|_| "handshake timed out".to_string())??;
+        .map_err(|_| SessionError::HandshakeTimeout)??;
     let target = match target {
         Ok(t) => t,
         Err(e) => {
@@ -200,7 +257,7 @@ async fn serve_socks5(
                 _ => ReplyError::GeneralFailure,
             };
             let _ = write_socks5_reply(&mut tcp, reply, None).await;
-            return Err(e.to_string());
+            return Err(SessionError::Address(e));
         }
     };
     let (target, port) = match target {
@@ -216,7 +273,7 @@ async fn serve_socks5(
         }
         other => {
             write_socks5_reply(&mut tcp, ReplyError::CommandNotSupported, None).await?;
-            return Err(format!("unsupported command {other:#04x}"));
+            return Err(SessionError::Command(other));
         }
     }
     let stream = match open_stream(&client, target, port, &isolation).await {
@@ -225,7 +282,7 @@ async fn serve_socks5(
             let reply = socks_reply(e.kind());
             debug!("SOCKS5 reply {reply:?}");
             write_socks5_reply(&mut tcp, reply, None).await?;
-            return Err(error_text(&e));
+            return Err(SessionError::Client(e));
         }
     };
     write_socks5_reply(&mut tcp, ReplyError::Succeeded, None).await?;
@@ -239,14 +296,14 @@ async fn serve_socks5(
 /// name or an exit that may not answer, 0x06 when the exit's lookup timed out.
 ///
 /// # Errors
-/// A description of why the request failed (already answered).
+/// [`SessionError`]: why the request failed (already answered).
 async fn socks5_resolve(
     mut tcp: TcpStream,
     client: &Client,
     cmd: u8,
     target: Target,
     isolation: &IsolationKey,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let wrong_kind = match (&target, cmd) {
         (Target::Host(_), SOCKS5_CMD_RESOLVE_PTR) => Some("RESOLVE_PTR of a host name"),
         (Target::Ip(_), SOCKS5_CMD_RESOLVE) => Some("RESOLVE of an address"),
@@ -259,7 +316,7 @@ async fn socks5_resolve(
             return write_socks5_reply(&mut tcp, ReplyError::Succeeded, Some(answer)).await;
         }
         write_socks5_reply(&mut tcp, ReplyError::AddressTypeNotSupported, None).await?;
-        return Err(why.into());
+        return Err(SessionError::ResolveKind(why));
     }
     let answers = match client.resolve_isolated(target, isolation).await {
         Ok(a) => a,
@@ -270,7 +327,7 @@ async fn socks5_resolve(
             };
             debug!("SOCKS5 RESOLVE reply {reply:?}");
             write_socks5_reply(&mut tcp, reply, None).await?;
-            return Err(error_text(&e));
+            return Err(SessionError::Client(e));
         }
     };
     let first_ip = |v4: bool| {
@@ -294,7 +351,9 @@ async fn socks5_resolve(
         // The exit answered with the other kind of answer than the one asked for.
         None => {
             write_socks5_reply(&mut tcp, ReplyError::HostUnreachable, None).await?;
-            Err("the exit's answer had nothing of the kind asked for".into())
+            Err(SessionError::ResolveKind(
+                "the exit's answer had nothing of the kind asked for",
+            ))
         }
     }
 }
@@ -304,16 +363,17 @@ async fn socks5_resolve(
 /// client the exit's address).
 ///
 /// # Errors
-/// The write error, as text.
+/// [`SessionError::Address`] for an address that cannot be encoded,
+/// [`SessionError::Io`] for the write.
 async fn write_socks5_reply(
     tcp: &mut TcpStream,
     reply: ReplyError,
     bound: Option<TargetAddr>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let bound = bound.unwrap_or(TargetAddr::Ip(SocketAddr::from(([0, 0, 0, 0], 0))));
     let mut bytes = vec![fast_socks5::consts::SOCKS5_VERSION, reply.as_u8(), 0];
-    bytes.extend(bound.to_be_bytes().map_err(|e| e.to_string())?);
-    tcp.write_all(&bytes).await.map_err(|e| e.to_string())
+    bytes.extend(bound.to_be_bytes()?);
+    Ok(tcp.write_all(&bytes).await?)
 }
 
 /// Serve one SOCKS4 or SOCKS4a connection ([`socks4`]): the request (before `deadline`),
@@ -323,21 +383,19 @@ async fn serve_socks4(
     mut tcp: TcpStream,
     client: Arc<Client>,
     deadline: tokio::time::Instant,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let _ = tcp.set_nodelay(true);
     let mut buf = Vec::with_capacity(64);
     let parsed = tokio::time::timeout_at(deadline, read_socks4_request(&mut tcp, &mut buf))
         .await
-        .map_err(|_| "handshake timed out".to_string())?;
+        .map_err(|_| SessionError::HandshakeTimeout)?;
     let (request, len) = match parsed {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(e)) => {
-            tcp.write_all(&socks4::reply(false))
-                .await
-                .map_err(|e| e.to_string())?;
-            return Err(e.to_string());
+            tcp.write_all(&socks4::reply(false)).await?;
+            return Err(SessionError::Socks4(e));
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(SessionError::Io(e)),
     };
     let isolation = if request.user_id.is_empty() {
         IsolationKey::default()
@@ -356,15 +414,11 @@ async fn serve_socks4(
     let stream = match open_stream(&client, target, request.port, &isolation).await {
         Ok(s) => s,
         Err(e) => {
-            tcp.write_all(&socks4::reply(false))
-                .await
-                .map_err(|e| e.to_string())?;
-            return Err(error_text(&e));
+            tcp.write_all(&socks4::reply(false)).await?;
+            return Err(SessionError::Client(e));
         }
     };
-    tcp.write_all(&socks4::reply(true))
-        .await
-        .map_err(|e| e.to_string())?;
+    tcp.write_all(&socks4::reply(true)).await?;
     // Data the client sent right behind its request (optimistic data) goes first.
     relay(tcp, stream, buf.get(len..).unwrap_or_default()).await
 }
@@ -375,13 +429,13 @@ async fn serve_socks4(
 /// `.anon`/`.dark` name; the proxy off). Then close.
 ///
 /// # Errors
-/// A description of why the request failed (already answered).
+/// [`SessionError`]: why the request failed (already answered).
 async fn socks4_resolve(
     mut tcp: TcpStream,
     client: &Client,
     target: Target,
     isolation: &IsolationKey,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let answer = match target {
         Target::Ip(std::net::IpAddr::V4(ip)) => Ok(Some(ip)),
         Target::Ip(std::net::IpAddr::V6(_)) => Ok(None),
@@ -394,16 +448,18 @@ async fn socks4_resolve(
                     _ => None,
                 })
             })
-            .map_err(|e| error_text(&e)),
+            .map_err(SessionError::Client),
     };
     let bytes = match &answer {
         Ok(Some(ip)) => socks4::resolved(*ip),
         _ => socks4::reply(false),
     };
-    tcp.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    tcp.write_all(&bytes).await?;
     match answer {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err("RESOLVE over SOCKS4a: no IPv4 answer".into()),
+        Ok(None) => Err(SessionError::ResolveKind(
+            "RESOLVE over SOCKS4a: no IPv4 answer",
+        )),
         Err(e) => Err(e),
     }
 }
@@ -457,16 +513,14 @@ async fn open_stream(
 /// Copy bytes both ways between the SOCKS client and its stream until both directions
 /// have closed, after writing `early` (client bytes read along with its request) to the
 /// stream.
-async fn relay(mut tcp: TcpStream, mut stream: DataStream, early: &[u8]) -> Result<(), String> {
+async fn relay(
+    mut tcp: TcpStream,
+    mut stream: DataStream,
+    early: &[u8],
+) -> Result<(), SessionError> {
     if !early.is_empty() {
-        stream.write_all(early).await.map_err(|e| e.to_string())?;
+        stream.write_all(early).await?;
     }
-    tokio::io::copy_bidirectional(&mut tcp, &mut stream)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-fn error_text(e: &ClientError) -> String {
-    format!("{e} ({:?})", e.kind())
+    tokio::io::copy_bidirectional(&mut tcp, &mut stream).await?;
+    Ok(())
 }

@@ -53,10 +53,11 @@ impl Listener {
     /// Accept forever, running `serve` on each connection in its own task with a permit
     /// that counts against [`MAX_CONNECTIONS`](crate::MAX_CONNECTIONS) until `serve` drops
     /// it; `what` names the front end in logs.
-    pub(crate) async fn run<F, Fut>(self, what: &'static str, serve: F)
+    pub(crate) async fn run<F, Fut, E>(self, what: &'static str, serve: F)
     where
         F: Fn(TcpStream, OwnedSemaphorePermit) -> Fut,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
     {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {

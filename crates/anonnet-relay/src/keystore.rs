@@ -34,10 +34,13 @@ pub const ONION_TIMES_FILE: &str = "onion.key.times";
 /// [`anonnet_state::prepare_private_dir`] (fs-mistrust).
 ///
 /// # Errors
-/// [`RelayError::Keys`] naming the path when it cannot be created or someone else can
-/// write it or a directory above it.
+/// [`RelayError::Untrusted`] naming the path when it cannot be created or someone else
+/// can write it or a directory above it.
 pub fn prepare_dir(dir: &Path) -> Result<(), RelayError> {
-    anonnet_state::prepare_private_dir(dir).map_err(|e| keys_err(dir, &e.to_string()))
+    anonnet_state::prepare_private_dir(dir).map_err(|source| RelayError::Untrusted {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn keys_err(path: &Path, why: &str) -> RelayError {
@@ -50,7 +53,10 @@ fn keys_err(path: &Path, why: &str) -> RelayError {
 /// Refuse a key file that someone else can read or write, or that sits under a directory
 /// someone else can write ([`anonnet_state::check_private_file`], fs-mistrust).
 fn check_private(path: &Path) -> Result<(), RelayError> {
-    anonnet_state::check_private_file(path).map_err(|e| keys_err(path, &e.to_string()))
+    anonnet_state::check_private_file(path).map_err(|source| RelayError::Untrusted {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The 32-byte secret in `path`, `None` when the file does not exist.

@@ -61,9 +61,27 @@ pub enum RelayError {
     /// The QUIC endpoint could not be set up (e.g. the port is taken).
     #[error(transparent)]
     Net(#[from] anonnet_net::NetError),
-    /// The configuration cannot make a valid descriptor.
+    /// A key file or the data directory is not private enough (fs-mistrust's verdict).
+    #[error("key store {path}: {source}")]
+    Untrusted {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why it is refused.
+        source: anonnet_state::PrivateError,
+    },
+    /// The listen address is unspecified (`0.0.0.0`/`::`) and no `advertise` is set:
+    /// other relays could not dial what the descriptor would say.
+    #[error("listen address {listen} is unspecified; set `advertise` to a reachable address")]
+    Unadvertised {
+        /// The bound address.
+        listen: SocketAddr,
+    },
+    /// The descriptor could not be signed (§4.2).
     #[error("relay descriptor: {0}")]
-    Descriptor(String),
+    Descriptor(#[from] anonnet_crypto::descriptor::DescriptorError),
+    /// The descriptor could not be encoded (a field too long for §4.2).
+    #[error("relay descriptor: {0}")]
+    DescriptorEncoding(#[from] anonnet_wire::WireError),
     /// Saving a state file (descriptor, stats, DHT table, cached consensus) failed; the
     /// old file is left whole.
     #[error("cannot save {path}: {source}")]
@@ -73,6 +91,26 @@ pub enum RelayError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+impl anonnet_error::HasKind for RelayError {
+    /// Key files: [`anonnet_error::ErrorKind::Permission`] when not private,
+    /// [`anonnet_error::ErrorKind::LocalResource`] when unreadable or unwritable; the
+    /// endpoint by its own kind; no address to advertise
+    /// [`anonnet_error::ErrorKind::Config`]; a descriptor by its kind; a state file by
+    /// its I/O kind.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        use anonnet_error::HasKind;
+        match self {
+            RelayError::Keys { .. } => anonnet_error::ErrorKind::LocalResource,
+            RelayError::Untrusted { source, .. } => source.kind(),
+            RelayError::Net(e) => e.kind(),
+            RelayError::Unadvertised { .. } => anonnet_error::ErrorKind::Config,
+            RelayError::Descriptor(e) => e.kind(),
+            RelayError::DescriptorEncoding(e) => e.kind(),
+            RelayError::Write { source, .. } => HasKind::kind(source),
+        }
+    }
 }
 
 /// Resource limits and timers of a relay (`docs/protocol.md` §8.4).
@@ -483,9 +521,7 @@ impl Relay {
         let local_addr = endpoint.local_addr()?;
         let advertise = config.advertise.unwrap_or(local_addr);
         if advertise.ip().is_unspecified() {
-            return Err(RelayError::Descriptor(format!(
-                "listen address {local_addr} is unspecified; set `advertise` to a reachable address"
-            )));
+            return Err(RelayError::Unadvertised { listen: local_addr });
         }
         let exit_policy = config.exit_policy.clone().map(Arc::new);
         let stats = Arc::new(Stats::default());
@@ -660,9 +696,7 @@ impl Drop for Relay {
 }
 
 fn descriptor_text(d: &SignedDescriptor) -> Result<String, RelayError> {
-    d.to_base64()
-        .map(|t| t + "\n")
-        .map_err(|e| RelayError::Descriptor(e.to_string()))
+    Ok(d.to_base64()? + "\n")
 }
 
 /// Load the onion keys, drop an expired previous key, rotate a due current one and store
@@ -728,8 +762,7 @@ fn make_descriptor(
         published,
         expires: published + DESCRIPTOR_LIFETIME,
     };
-    anonnet_crypto::sign_descriptor(identity, &desc)
-        .map_err(|e| RelayError::Descriptor(e.to_string()))
+    Ok(anonnet_crypto::sign_descriptor(identity, &desc)?)
 }
 
 /// The routing table saved in `file` ([`DHT_TABLE_FILE`]), or an empty one. A file that
@@ -1045,11 +1078,13 @@ fn publish_descriptor(
     descriptor_tx: &tokio::sync::watch::Sender<SignedDescriptor>,
 ) -> Option<SignedDescriptor> {
     let fresh = make_descriptor(identity, shared.current_onion_public(), config, advertise);
-    let written = fresh
-        .as_ref()
-        .map_err(|e| RelayError::Descriptor(e.to_string()))
-        .and_then(descriptor_text)
-        .and_then(|t| write_atomically(descriptor_file, t.as_bytes()));
+    let written = match &fresh {
+        Ok(d) => descriptor_text(d).and_then(|t| write_atomically(descriptor_file, t.as_bytes())),
+        Err(e) => {
+            anonnet_net::warn_limited!("refreshing descriptor: {e}");
+            Ok(())
+        }
+    };
     if let Err(e) = written {
         anonnet_net::warn_limited!("refreshing descriptor: {e}");
     }

@@ -74,6 +74,17 @@ pub fn check_private_file(path: &Path) -> Result<(), PrivateError> {
         .map_err(|e| untrusted(path, &e))
 }
 
+impl anonnet_error::HasKind for PrivateError {
+    /// [`anonnet_error::ErrorKind::Permission`] for an untrusted path,
+    /// [`anonnet_error::ErrorKind::LocalResource`] when the check itself could not run.
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            PrivateError::Setup(_) => anonnet_error::ErrorKind::LocalResource,
+            PrivateError::Untrusted { .. } => anonnet_error::ErrorKind::Permission,
+        }
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

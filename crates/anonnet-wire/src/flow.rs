@@ -304,6 +304,13 @@ impl StreamDeliverWindow {
     }
 }
 
+impl anonnet_error::HasKind for FlowError {
+    /// A peer that breaks flow control broke the protocol (§6.4).
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        anonnet_error::ErrorKind::Protocol
+    }
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -62,3 +62,11 @@ pub enum WireError {
 pub(crate) fn invalid(field: &'static str, why: &'static str) -> WireError {
     WireError::Invalid { field, why }
 }
+
+impl anonnet_error::HasKind for WireError {
+    /// Bytes that do not decode come from a peer (or a damaged file): always
+    /// [`anonnet_error::ErrorKind::Protocol`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        anonnet_error::ErrorKind::Protocol
+    }
+}
