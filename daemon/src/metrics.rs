@@ -8,7 +8,6 @@
 //! gauges without it. The endpoint has no authentication: bind it to loopback, or to an
 //! address only the scraper reaches.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,7 +21,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -30,9 +28,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::broadcast;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// Scrapes served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 8;
@@ -454,38 +452,16 @@ impl MetricsServer {
     /// other methods 405.
     pub async fn serve(self, registry: Registry) {
         let registry = Arc::new(registry);
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, peer) = match self.listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    warn!("metrics accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        let limits = anonnet_control::server::LocalHttp {
+            what: "metrics",
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+        };
+        anonnet_control::server::serve_local_http(self.listener, limits, move |req| {
             let registry = registry.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let registry = registry.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &registry)) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(16 * 1024)
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-                if let Err(e) = served {
-                    debug!(%peer, "metrics connection ended: {e}");
-                }
-                drop(permit);
-            });
-        }
+            async move { respond(&req, &registry) }
+        })
+        .await;
     }
 }
 

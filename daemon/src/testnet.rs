@@ -660,29 +660,20 @@ fn shell_word(word: &str) -> String {
     }
 }
 
-/// A new, empty directory `anonnet-testnet-<pid>-<n>` under the OS temp dir.
+/// A new, empty directory `anonnet-testnet-XXXXXX` (mode 0700) under the OS temp dir,
+/// made by `tempfile` and kept: the testnet's files stay for the person to read.
 fn fresh_dir() -> Result<PathBuf, Error> {
-    let base = std::env::temp_dir();
-    let pid = std::process::id();
-    let mut last = None;
-    for n in 0..1000 {
-        let dir = base.join(format!("anonnet-testnet-{pid}-{n}"));
-        #[cfg_attr(not(unix), allow(unused_mut))]
-        let mut builder = std::fs::DirBuilder::new();
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        match builder.create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(Error::io(format!("creating {}", dir.display()))(e)),
-        }
-    }
-    Err(Error::io(format!(
-        "creating a testnet directory in {}",
-        base.display()
-    ))(
-        last.unwrap_or_else(|| std::io::Error::other("no free name")),
-    ))
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("anonnet-testnet-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    builder
+        .tempdir()
+        .map(tempfile::TempDir::keep)
+        .map_err(Error::io(format!(
+            "creating a testnet directory in {}",
+            std::env::temp_dir().display()
+        )))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {

@@ -197,40 +197,77 @@ impl ControlServer {
     /// Serve requests with `handler` until this future is dropped (or its task aborted).
     /// Failed accepts (too many open files) are logged and retried after a pause.
     pub async fn serve(self, handler: Arc<dyn ControlHandler>) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, peer) = match self.listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!("control API accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+        let cookie = self.cookie;
+        let limits = LocalHttp {
+            what: "control API",
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+        };
+        serve_local_http(self.listener, limits, move |req| {
             let handler = handler.clone();
-            let cookie = self.cookie.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    let cookie = cookie.clone();
-                    async move { Ok::<_, Infallible>(respond(req, handler, &cookie).await) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(16 * 1024)
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-                if let Err(e) = served {
-                    debug!(%peer, "control connection ended: {e}");
-                }
-                drop(permit);
+            let cookie = cookie.clone();
+            async move { respond(req, handler, &cookie).await }
+        })
+        .await;
+    }
+}
+
+/// The bounds of a small local HTTP/1.1 server ([`serve_local_http`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalHttp {
+    /// Names the server in log lines ("control API", "metrics").
+    pub what: &'static str,
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a connection has to send each request head, in seconds' precision.
+    pub header_timeout: Duration,
+}
+
+/// Accept on `listener` until the future is dropped and answer each request with
+/// `answer`, over HTTP/1.1 (hyper): at most `limits.max_connections` connections at once,
+/// each request head within `limits.header_timeout`, 16 KiB of buffer per connection.
+/// Shared by the control API and the daemon's metrics endpoint. A failed accept (usually
+/// EMFILE) is logged at WARN and retried after 100 ms; a connection's error at DEBUG.
+pub async fn serve_local_http<F, Fut, B>(listener: TcpListener, limits: LocalHttp, answer: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let what = limits.what;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!("{what} accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = answer.clone();
+                async move { Ok::<_, Infallible>(answer(req).await) }
             });
-        }
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+            if let Err(e) = served {
+                debug!(%peer, "{what} connection ended: {e}");
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -240,11 +240,10 @@ pub fn save_onion_keys(dir: &Path, ring: &OnionKeyRing) -> Result<(), RelayError
     let old_path = dir.join(ONION_OLD_FILE);
     match ring.previous() {
         Some((key, _)) => write_private(&old_path, key.secret_bytes().as_slice())?,
-        None => match fs::remove_file(&old_path) {
-            Ok(()) => sync_dir(dir).map_err(|e| keys_err(dir, &e.to_string()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(keys_err(&old_path, &e.to_string())),
-        },
+        None => {
+            anonnet_state::remove_durably(&old_path)
+                .map_err(|e| keys_err(&old_path, &e.to_string()))?;
+        }
     }
     write_private(
         &dir.join(ONION_FILE),
@@ -277,14 +276,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RelayError> {
     anonnet_state::write_atomically(path, bytes).map_err(|e| keys_err(path, &e.to_string()))
 }
 
-/// Make a removal in `dir` durable (a no-op where directories cannot be opened).
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    fs::File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

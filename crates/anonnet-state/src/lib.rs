@@ -47,6 +47,23 @@ pub fn create_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Remove `path` so that the removal survives a power cut (the directory is fsynced
+/// after it, best effort, as [`write_atomically`] does for a rename). Returns false when
+/// there was no such file.
+///
+/// # Errors
+/// The I/O error of the removal other than `NotFound`.
+pub fn remove_durably(path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            sync_dir(parent_dir(path));
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A temporary file `.NAME.XXXXXX` beside `path` (mode 0600 on Unix) holding `bytes`,
 /// fsynced; removed when dropped unless persisted.
 fn synced_temporary(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
