@@ -111,6 +111,23 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl anonnet_error::HasKind for ConfigError {
+    /// A file that does not exist is [`anonnet_error::ErrorKind::NotFound`], one that
+    /// cannot be read for permissions [`anonnet_error::ErrorKind::Permission`]; a key or
+    /// value that is not allowed is [`anonnet_error::ErrorKind::Config`].
+    fn kind(&self) -> anonnet_error::ErrorKind {
+        match self {
+            ConfigError::Read { source, .. } => match anonnet_error::HasKind::kind(source) {
+                k @ (anonnet_error::ErrorKind::NotFound | anonnet_error::ErrorKind::Permission) => {
+                    k
+                }
+                _ => anonnet_error::ErrorKind::Config,
+            },
+            ConfigError::Invalid { .. } => anonnet_error::ErrorKind::Config,
+        }
+    }
+}
+
 /// Largest file a config names that is read into memory (a relay descriptor file is one
 /// base64 line of about 200 bytes): 64 KiB, so a mistaken path (a log, `/dev/zero`) gets
 /// an error instead of filling memory.
@@ -1009,18 +1026,18 @@ pub fn parse_control_listen(value: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// `client.state_dir`, resolved: relative to the file, else the OS state directory.
+/// `client.state_dir`, resolved by the rule the CLI and the tray use to find the daemon
+/// (`anonnet_control::locate::resolve_state_dir`): relative to the file, else the OS
+/// state directory.
 fn state_dir_of(src: &Source, c: &ClientSection) -> Result<PathBuf, ConfigError> {
-    match &c.state_dir {
-        Some(d) => Ok(src.path(d.get_ref())),
-        None => anonnet_control::locate::default_state_dir().ok_or_else(|| {
-            src.invalid(
-                "client.state_dir",
-                None::<&Spanned<()>>,
-                "no default: this user has no home directory; set a directory".into(),
-            )
-        }),
-    }
+    let configured = c.state_dir.as_ref().map(|d| d.get_ref().as_str());
+    anonnet_control::locate::resolve_state_dir(&src.path, configured).ok_or_else(|| {
+        src.invalid(
+            "client.state_dir",
+            None::<&Spanned<()>>,
+            "no default: this user has no home directory; set a directory".into(),
+        )
+    })
 }
 
 /// The state directory a client config file names, for the control subcommands: the

@@ -337,7 +337,8 @@ impl HasKind for Error {
     /// [`ErrorKind::LocalResource`] (a process that did not start or become ready).
     fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config(_) | Error::NoClientConfig { .. } => ErrorKind::Config,
+            Error::Config(e) => e.kind(),
+            Error::NoClientConfig { .. } => ErrorKind::Config,
             Error::Relay(e) => e.kind(),
             Error::Service { source, .. } => source.kind(),
             Error::Client(e) => e.kind(),

@@ -25,8 +25,8 @@ fn missing_relay_config_names_the_file() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    // 78: EX_CONFIG (docs/errors.md).
-    assert_eq!(out.status.code(), Some(78), "{err}");
+    // 66: EX_NOINPUT, a file that is not there (docs/errors.md).
+    assert_eq!(out.status.code(), Some(66), "{err}");
     assert!(err.contains("/nonexistent/anonnet-relay.toml"), "{err}");
 }
 
