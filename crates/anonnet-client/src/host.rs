@@ -154,17 +154,46 @@ pub struct PowStatus {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
-    /// The key file could not be read or created.
-    #[error("service key {path}: {why}")]
-    Key {
+    /// The key file could not be read or written.
+    #[error("service key {}: {source}", path.display())]
+    KeyIo {
         /// The file.
-        path: String,
-        /// What went wrong.
-        why: String,
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
     },
-    /// The `.dark` name is not allowed.
-    #[error("service name {0}")]
-    Name(String),
+    /// The key file, or a directory above it, is not private enough (fs-mistrust).
+    #[error("service key {}: {source}", path.display())]
+    KeyUntrusted {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why it is refused.
+        source: anonnet_state::PrivateError,
+    },
+    /// The key file does not hold the 32-byte seed.
+    #[error("service key {}: {len} bytes, expected 32", path.display())]
+    KeySize {
+        /// The file.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// No randomness for a new key.
+    #[error("service key {}: {source}", path.display())]
+    KeyGenerate {
+        /// The file it was for.
+        path: PathBuf,
+        /// The error.
+        source: anonnet_crypto::CryptoError,
+    },
+    /// The `.dark` name is not allowed (§12.5).
+    #[error("service name {name}: {source}")]
+    Name {
+        /// The name asked for.
+        name: String,
+        /// Why it is not allowed.
+        source: anonnet_crypto::dark::DarkError,
+    },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -197,35 +226,47 @@ fn now_unix_millis(clock: &Clock) -> u64 {
 /// checked first ([`anonnet_state::check_private_file`], fs-mistrust).
 ///
 /// # Errors
-/// [`ServiceError::Key`] when the file cannot be read, has the wrong size or cannot be
-/// written, or someone else could read it or replace it.
+/// [`ServiceError::KeyIo`] when the file cannot be read or written,
+/// [`ServiceError::KeySize`] when it does not hold 32 bytes,
+/// [`ServiceError::KeyUntrusted`] when someone else could read it or replace it,
+/// [`ServiceError::KeyGenerate`] when no randomness is available for a new one.
 pub fn load_or_create_key(path: &Path) -> Result<ServiceKey, ServiceError> {
-    let err = |why: String| ServiceError::Key {
-        path: path.display().to_string(),
-        why,
+    let io = |source| ServiceError::KeyIo {
+        path: path.to_path_buf(),
+        source,
+    };
+    let untrusted = |at: &Path| {
+        let at = at.to_path_buf();
+        move |source| ServiceError::KeyUntrusted { path: at, source }
     };
     match std::fs::read(path) {
         Ok(bytes) => {
             let bytes = Zeroizing::new(bytes);
-            anonnet_state::check_private_file(path).map_err(|e| err(e.to_string()))?;
-            let seed: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| err(format!("{} bytes, expected 32", bytes.len())))?;
+            anonnet_state::check_private_file(path).map_err(untrusted(path))?;
+            let seed: [u8; 32] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ServiceError::KeySize {
+                        path: path.to_path_buf(),
+                        len: bytes.len(),
+                    })?;
             let seed = Zeroizing::new(seed);
             Ok(ServiceKey::from_seed(&seed))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = ServiceKey::generate().map_err(|e| err(e.to_string()))?;
+            let key = ServiceKey::generate().map_err(|source| ServiceError::KeyGenerate {
+                path: path.to_path_buf(),
+                source,
+            })?;
             if let Some(dir) = path.parent() {
-                anonnet_state::prepare_private_dir(dir).map_err(|e| err(e.to_string()))?;
+                anonnet_state::prepare_private_dir(dir).map_err(untrusted(dir))?;
             }
             // Whole or absent after a crash or a full disk; never replaces a key.
-            anonnet_state::create_atomically(path, key.seed().as_slice())
-                .map_err(|e| err(e.to_string()))?;
+            anonnet_state::create_atomically(path, key.seed().as_slice()).map_err(io)?;
             Ok(key)
         }
-        Err(e) => Err(err(e.to_string())),
+        Err(e) => Err(io(e)),
     }
 }
 
@@ -521,7 +562,10 @@ pub fn start(
 ) -> Result<Arc<HostedService>, ServiceError> {
     let key = load_or_create_key(&config.key_file)?;
     if let Some(name) = &config.dark_name {
-        DarkName::parse(name).map_err(|e| ServiceError::Name(format!("{name}: {e}")))?;
+        DarkName::parse(name).map_err(|source| ServiceError::Name {
+            name: name.clone(),
+            source,
+        })?;
     }
     let hosted = Arc::new(HostedService {
         address: key.address(),

@@ -148,12 +148,17 @@ impl HasKind for HsFailure {
 }
 
 impl HasKind for ServiceError {
-    /// A key file that cannot be read or created is [`ErrorKind::LocalResource`]; a
-    /// name that is not allowed [`ErrorKind::Config`].
+    /// A key file that cannot be read or written: the I/O error's kind; not private:
+    /// [`ErrorKind::Permission`]; of the wrong size or with no randomness for a new one:
+    /// [`ErrorKind::LocalResource`]; a name that is not allowed [`ErrorKind::Config`].
     fn kind(&self) -> ErrorKind {
         match self {
-            ServiceError::Key { .. } => ErrorKind::LocalResource,
-            ServiceError::Name(_) => ErrorKind::Config,
+            ServiceError::KeyIo { source, .. } => HasKind::kind(source),
+            ServiceError::KeyUntrusted { source, .. } => source.kind(),
+            ServiceError::KeySize { .. } | ServiceError::KeyGenerate { .. } => {
+                ErrorKind::LocalResource
+            }
+            ServiceError::Name { .. } => ErrorKind::Config,
         }
     }
 }
