@@ -49,6 +49,10 @@ struct Opts {
     /// The `anonnet` binary (default: the one beside this bench).
     #[arg(long)]
     anonnet_bin: Option<PathBuf>,
+    /// Run the relay under this program (e.g. `heaptrack`, to see where its memory goes).
+    /// The RSS and CPU figures are then those of the wrapper's process.
+    #[arg(long)]
+    wrap: Option<String>,
 }
 
 /// A `/proc/PID` reading: resident memory in KiB and CPU time in clock ticks.
@@ -97,7 +101,12 @@ fn clock_ticks() -> f64 {
 
 /// Start `anonnet relay` in `dir` with limits above `circuits`; its child, its pid and
 /// the descriptor file from its `RELAY ready` line.
-fn start_relay(bin: &Path, dir: &Path, circuits: usize) -> Res<(Child, PathBuf)> {
+fn start_relay(
+    bin: &Path,
+    wrap: Option<&str>,
+    dir: &Path,
+    circuits: usize,
+) -> Res<(Child, PathBuf)> {
     let limit = circuits + 1000;
     // A relay belongs to a network; this one's only authority is a port nobody answers
     // on, so the relay serves circuits without ever being in a consensus (its uploads
@@ -119,7 +128,15 @@ fn start_relay(bin: &Path, dir: &Path, circuits: usize) -> Res<(Child, PathBuf)>
              [limits]\nmax_circuits = {limit}\nmax_circuits_per_client_ip = {limit}\n"
         ),
     )?;
-    let mut child = Command::new(bin)
+    let mut command = match wrap {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
         .args(["relay", "--config"])
         .arg(&config)
         .arg("--exit-with-parent")
@@ -220,7 +237,8 @@ fn main() -> Res<()> {
     let dir = tempfile::Builder::new()
         .prefix("anonnet-bench-idle-")
         .tempdir()?;
-    let (mut relay, desc_file) = start_relay(&bin, dir.path(), opts.circuits)?;
+    let (mut relay, desc_file) =
+        start_relay(&bin, opts.wrap.as_deref(), dir.path(), opts.circuits)?;
     let pid = relay.id();
     let result = (|| -> Res<()> {
         let signed = anonnet_wire::SignedDescriptor::from_base64(
@@ -280,6 +298,13 @@ fn main() -> Res<()> {
         runtime.shutdown_timeout(Duration::from_secs(2));
         Ok(())
     })();
+    // Closing its stdin stops the relay (`--exit-with-parent`) and lets a wrapper such as
+    // heaptrack write its data; it is killed only if it has not stopped within 30 s.
+    drop(relay.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && matches!(relay.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = relay.kill();
     let _ = relay.wait();
     result

@@ -163,18 +163,18 @@ const MAX_HALF_CLOSED: usize = 512;
 /// Sans-IO: the circuit reader asks it about every stream cell that has no open stream.
 #[derive(Debug)]
 struct HalfClosed {
-    /// Stream id → `DATA` cells still tolerated. An `lru::LruCache` of [`MAX_HALF_CLOSED`]
-    /// read only with `peek_mut`, so its order is the order of closing and a full table
-    /// forgets the stream closed first (O(1)).
+    /// Stream id → `DATA` cells still tolerated. An `lru::LruCache` of at most
+    /// [`MAX_HALF_CLOSED`] read only with `peek_mut`, so its order is the order of closing
+    /// and a full table forgets the stream closed first (O(1)). Unbounded for `lru` and
+    /// bounded by [`HalfClosed::close`], so that its table grows with use instead of
+    /// being allocated whole with every circuit.
     streams: lru::LruCache<StreamId, u32>,
 }
 
 impl Default for HalfClosed {
     fn default() -> Self {
-        let cap =
-            std::num::NonZeroUsize::new(MAX_HALF_CLOSED).unwrap_or(std::num::NonZeroUsize::MIN);
         HalfClosed {
-            streams: lru::LruCache::new(cap),
+            streams: lru::LruCache::unbounded(),
         }
     }
 }
@@ -182,6 +182,9 @@ impl Default for HalfClosed {
 impl HalfClosed {
     /// The client sent `END` on `id`.
     fn close(&mut self, id: StreamId) {
+        if !self.streams.contains(&id) && self.streams.len() >= MAX_HALF_CLOSED {
+            self.streams.pop_lru();
+        }
         self.streams.put(id, STREAM_WINDOW_MAX);
     }
 

@@ -21,17 +21,18 @@ pub(super) const MAX_CLOSED_STREAMS: usize = 512;
 /// earns, and one `END`. Any other cell for a stream the exit does not have is unexpected.
 pub(super) struct ClosedStreams {
     /// Per stream: `DATA` cells and `SENDME`s seen since it closed. An `lru::LruCache` of
-    /// [`MAX_CLOSED_STREAMS`] read only with `peek`, so its order is the order of closing
-    /// and a full table forgets the stream closed first (O(1)).
+    /// at most [`MAX_CLOSED_STREAMS`] read only with `peek`, so its order is the order of
+    /// closing and a full table forgets the stream closed first (O(1)). Unbounded for
+    /// `lru` and bounded by [`ClosedStreams::insert`]: `LruCache::new(512)` allocated its
+    /// whole table with every circuit, 17 KB of an idle circuit's 29 KB
+    /// (docs/performance.md, idle circuits).
     pub(super) seen: lru::LruCache<StreamId, (u32, u32)>,
 }
 
 impl Default for ClosedStreams {
     fn default() -> Self {
-        let cap =
-            std::num::NonZeroUsize::new(MAX_CLOSED_STREAMS).unwrap_or(std::num::NonZeroUsize::MIN);
         ClosedStreams {
-            seen: lru::LruCache::new(cap),
+            seen: lru::LruCache::unbounded(),
         }
     }
 }
@@ -39,6 +40,9 @@ impl Default for ClosedStreams {
 impl ClosedStreams {
     pub(super) fn insert(&mut self, id: StreamId) {
         if !self.seen.contains(&id) {
+            if self.seen.len() >= MAX_CLOSED_STREAMS {
+                self.seen.pop_lru();
+            }
             self.seen.push(id, (0, 0));
         }
     }
