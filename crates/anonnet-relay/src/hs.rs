@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use anonnet_wire::relay::COOKIE_LEN;
-use anonnet_wire::RelayCell;
 use tokio::sync::mpsc;
 
 use crate::circuit::Teardown;
@@ -30,7 +29,7 @@ pub(crate) struct IntroEntry {
     /// The service circuit that registered.
     pub(crate) circuit: u64,
     /// Messages this relay originates on that circuit (for `INTRODUCE2`).
-    pub(crate) out: mpsc::Sender<RelayCell>,
+    pub(crate) out: mpsc::Sender<crate::circuit::OutCell>,
     /// Room for a relay message on that circuit (bytes of the inner area).
     pub(crate) area: usize,
 }
@@ -40,7 +39,7 @@ pub(crate) struct RendezvousEntry {
     pub(crate) circuit: u64,
     pub(crate) cell_len: usize,
     /// Messages this relay originates on the client circuit (for `RENDEZVOUS2`).
-    pub(crate) out: mpsc::Sender<RelayCell>,
+    pub(crate) out: mpsc::Sender<crate::circuit::OutCell>,
     /// The client circuit's backward input.
     pub(crate) backward: mpsc::Sender<crate::circuit::CellBatch>,
     /// Set when the service arrives: where the client circuit's forward cells go.
@@ -109,7 +108,10 @@ impl HsRegistry {
     }
 
     /// The service circuit registered under `auth_key`: its message queue and area.
-    pub(crate) fn intro(&self, auth_key: &[u8; 32]) -> Option<(mpsc::Sender<RelayCell>, usize)> {
+    pub(crate) fn intro(
+        &self,
+        auth_key: &[u8; 32],
+    ) -> Option<(mpsc::Sender<crate::circuit::OutCell>, usize)> {
         lock(&self.intro)
             .get(auth_key)
             .map(|e| (e.out.clone(), e.area))

@@ -11,7 +11,7 @@ pub(super) struct BackwardTask {
     pub(super) core: BackwardCore,
     pub(super) prev_send: SendStream,
     pub(super) next_rx: mpsc::Receiver<CellBatch>,
-    pub(super) out_rx: mpsc::Receiver<RelayCell>,
+    pub(super) out_rx: mpsc::Receiver<OutCell>,
     pub(super) teardown: Arc<Teardown>,
 }
 
@@ -110,5 +110,5 @@ impl BackwardTask {
 /// or a message this relay originates.
 pub(super) enum Backward {
     Cells(CellBatch),
-    Message(RelayCell),
+    Message(OutCell),
 }

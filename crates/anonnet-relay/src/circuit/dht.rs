@@ -43,7 +43,7 @@ impl ForwardTask {
             };
             for msg in answers {
                 if out
-                    .send(RelayCell::new(StreamId::CIRCUIT, msg))
+                    .send(Box::new(RelayCell::new(StreamId::CIRCUIT, msg)))
                     .await
                     .is_err()
                 {

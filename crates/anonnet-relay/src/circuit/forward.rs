@@ -102,7 +102,7 @@ impl ForwardTask {
         let handled = self.carry_out(step).await;
         // Replies the core owes the client (SENDMEs, END, EXTENDED, TRUNCATED).
         while let Some(reply) = self.core.poll_reply() {
-            let _ = self.out.send(reply).await;
+            let _ = self.out.send(Box::new(reply)).await;
         }
         handled
     }
@@ -142,7 +142,9 @@ impl ForwardTask {
                 // circuit has no next hop yet), then the extension, bounded in time.
                 self.flush_forward().await?;
                 let kind = request.kind;
-                let result = tokio::time::timeout(EXTEND_TIMEOUT, self.extend(request))
+                // Boxed: the extension's state (dial, handshake) is large and needed
+                // once; inline it would be part of every idle circuit's task.
+                let result = tokio::time::timeout(EXTEND_TIMEOUT, Box::pin(self.extend(request)))
                     .await
                     .unwrap_or(Err(DestroyReason::Timeout));
                 self.core.extended(kind, result);
@@ -183,7 +185,8 @@ impl ForwardTask {
             }
             Step::Role(msg) => {
                 self.flush_forward().await?;
-                self.role(msg).await
+                // Boxed for the same reason: hidden-service and DHT roles are rare.
+                Box::pin(self.role(msg)).await
             }
         }
     }
@@ -263,7 +266,10 @@ impl ForwardTask {
     }
 
     pub(super) async fn send_back(&self, stream_id: StreamId, msg: RelayMsg) {
-        let _ = self.out.send(RelayCell::new(stream_id, msg)).await;
+        let _ = self
+            .out
+            .send(Box::new(RelayCell::new(stream_id, msg)))
+            .await;
     }
 
     /// A §13 message for this hop's hidden-service or DHT role.

@@ -80,7 +80,7 @@ impl ForwardTask {
                         StreamId::CIRCUIT,
                         RelayMsg::Introduce2 { auth_key, sealed },
                     );
-                    match service.try_send(msg) {
+                    match service.try_send(Box::new(msg)) {
                         Ok(()) => {
                             self.shared
                                 .stats
@@ -180,10 +180,10 @@ impl ForwardTask {
         );
         let _ = client
             .out
-            .send(RelayCell::new(
+            .send(Box::new(RelayCell::new(
                 StreamId::CIRCUIT,
                 RelayMsg::Rendezvous2 { server_pk, auth },
-            ))
+            )))
             .await;
         Ok(())
     }
