@@ -251,8 +251,11 @@ fn main() -> Res<()> {
         let started = Instant::now();
         let circuits = runtime.block_on(build_circuits(verified, opts.circuits, opts.parallel))?;
         let build_time = started.elapsed();
-        // Let the relay settle (stats.json is rewritten within a second).
-        std::thread::sleep(Duration::from_secs(2));
+        // Wait (at most 10 s) until the relay's stats.json counts every circuit.
+        let settle = Instant::now() + Duration::from_secs(10);
+        while circuits_open(dir.path()) < Some(circuits.len() as u64) && Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let built = sample(pid)?;
         std::thread::sleep(Duration::from_secs(opts.idle_secs));
         let idle = sample(pid)?;
