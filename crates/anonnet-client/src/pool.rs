@@ -432,6 +432,13 @@ impl Client {
             // takes the progress on to 100 %.
             self.set_bootstrap(20, "consensus loaded");
         }
+        // Top the guard set up from this consensus now, not at the next circuit build: in a
+        // young network relays earn the Guard flag one consensus after another, and a
+        // client whose pool is full builds nothing for a long time, so its set would stay
+        // smaller than NUM_GUARDS (§9.1) however many guards the network has by then.
+        if !self.is_stopping() {
+            let _ = self.guard_ids(&[]);
+        }
         self.discovered.send_replace(true);
         self.refill.notify_one();
     }
