@@ -744,7 +744,8 @@ impl Service {
         wait_for(&mut rx, "INTRO_ESTABLISHED", |m| {
             matches!(m, RelayMsg::IntroEstablished).then_some(())
         })
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         info!(
             service = %anonnet_net::logging::sensitive(self.hosted.address),
             intro = %relay.node_id.short(),

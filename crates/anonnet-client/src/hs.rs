@@ -37,7 +37,7 @@ use lru::LruCache;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::circuit::{Circuit, HopSpec};
+use crate::circuit::{Circuit, CircuitError, HopSpec};
 
 /// Longest wait for one answer from a relay on a hidden-service circuit (seconds).
 pub const HS_STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +57,7 @@ const MAX_PINS: usize = 4096;
 pub const PINS_FILE: &str = "dark-pins.json";
 
 /// Why a hidden-service connection failed.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
 pub enum HsFailure {
     /// The `.anon` address is mistyped (checked before any network traffic).
@@ -89,12 +89,57 @@ pub enum HsFailure {
         /// The pins file.
         file: String,
     },
-    /// Every introduction point refused or failed.
+    /// Every introduction point refused or failed; the last one's reason.
     #[error("introduction failed: {0}")]
-    Introduction(String),
-    /// The service did not meet the client at the rendezvous point in time.
+    Introduction(#[source] HsStep),
+    /// The service did not meet the client at the rendezvous point in time, or its answer
+    /// did not complete the end-to-end handshake.
     #[error("rendezvous failed: {0}")]
-    Rendezvous(String),
+    Rendezvous(#[source] HsStep),
+}
+
+/// Why one step of a hidden-service connection failed (§13.4): the cause kept for
+/// [`HsFailure`]'s `source()` chain.
+#[derive(Debug, thiserror::Error, Clone)]
+#[non_exhaustive]
+pub enum HsStep {
+    /// The relay message `what` (e.g. `INTRODUCE_ACK`) did not come within the step
+    /// timeout ([`HS_STEP_TIMEOUT`]).
+    #[error("no {what} within {timeout:?}")]
+    Timeout {
+        /// The relay message waited for.
+        what: &'static str,
+        /// The step timeout.
+        timeout: Duration,
+    },
+    /// The circuit closed while waiting for the relay message `what`.
+    #[error("circuit closed while waiting for {what}")]
+    Closed {
+        /// The relay message waited for.
+        what: &'static str,
+    },
+    /// Sending on the circuit failed.
+    #[error("circuit: {0}")]
+    Circuit(#[from] CircuitError),
+    /// No circuit to the introduction point could be built.
+    #[error("introduction point unreachable: {0}")]
+    Unreachable(#[source] Box<crate::ClientError>),
+    /// The introduction point answered `INTRODUCE_ACK` with this status (§12.4: 1 = the
+    /// service is unknown there, 2 = busy, …).
+    #[error("introduction point answered status {0}")]
+    Refused(u8),
+    /// The descriptor lists no introduction point.
+    #[error("the descriptor lists no introduction point")]
+    NoIntroductionPoint,
+    /// The end-to-end handshake could not start or finish (§13.4).
+    #[error("end-to-end handshake: {0}")]
+    Handshake(#[from] anonnet_crypto::HandshakeError),
+    /// The `INTRODUCE1` plaintext could not be encoded (§12.4).
+    #[error("INTRODUCE1 plaintext: {0}")]
+    Encode(#[from] anonnet_wire::WireError),
+    /// The `INTRODUCE1` payload could not be sealed to the point's key (§12.4).
+    #[error("INTRODUCE1 sealing: {0}")]
+    Seal(#[from] anonnet_crypto::hs::HsError),
 }
 
 /// `n` as a cache capacity (0 is taken as 1).
@@ -131,14 +176,19 @@ pub fn link_of(hop: &HopSpec) -> RelayLink {
 /// [`HS_STEP_TIMEOUT`]. Other messages are skipped.
 pub(crate) async fn wait_for<T>(
     rx: &mut mpsc::Receiver<RelayMsg>,
-    what: &str,
+    what: &'static str,
     mut want: impl FnMut(RelayMsg) -> Option<T>,
-) -> Result<T, String> {
+) -> Result<T, HsStep> {
     let deadline = tokio::time::Instant::now() + HS_STEP_TIMEOUT;
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => return Err(format!("no {what} within {HS_STEP_TIMEOUT:?}")),
-            Ok(None) => return Err(format!("circuit closed while waiting for {what}")),
+            Err(_) => {
+                return Err(HsStep::Timeout {
+                    what,
+                    timeout: HS_STEP_TIMEOUT,
+                })
+            }
+            Ok(None) => return Err(HsStep::Closed { what }),
             Ok(Some(m)) => {
                 if let Some(t) = want(m) {
                     return Ok(t);
@@ -174,7 +224,8 @@ pub(crate) async fn dht_fetch(
             } => Some((status, count, body)),
             _ => None,
         })
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         if status != DHT_OK {
             return Ok(records);
         }
@@ -206,7 +257,8 @@ pub(crate) async fn dht_store(
         RelayMsg::DhtResult { status, count, .. } => Some((status, count)),
         _ => None,
     })
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(if status == DHT_OK {
         usize::from(count)
     } else {
@@ -240,6 +292,7 @@ pub(crate) async fn register_name(
         _ => None,
     })
     .await
+    .map_err(|e| e.to_string())
 }
 
 /// The periods whose descriptor a client tries, in order: the current one, then the
@@ -579,7 +632,7 @@ impl Introduction {
         rendezvous: RelayLink,
     ) -> Result<Self, HsFailure> {
         let handshake = ClientHandshake::start_hs(address.node_id(), point.enc_key)
-            .map_err(|e| HsFailure::Introduction(e.to_string()))?;
+            .map_err(|e| HsFailure::Introduction(e.into()))?;
         Ok(Introduction {
             cookie,
             rendezvous,
@@ -601,10 +654,10 @@ impl Introduction {
             client_pk: self.handshake.hello().client_pk,
         }
         .encode()
-        .map_err(|e| HsFailure::Introduction(e.to_string()))?;
+        .map_err(|e| HsFailure::Introduction(e.into()))?;
         seal_introduce(&point.enc_key, &point.auth_key, &plain)
             .map(Bytes::from)
-            .map_err(|e| HsFailure::Introduction(e.to_string()))
+            .map_err(|e| HsFailure::Introduction(e.into()))
     }
 }
 
@@ -613,12 +666,11 @@ pub(crate) async fn introduce(
     circuit: &Circuit,
     auth_key: [u8; 32],
     sealed: Bytes,
-) -> Result<(), String> {
+) -> Result<(), HsStep> {
     let mut rx = circuit.control_messages();
     circuit
         .send_to_last_relay(RelayMsg::Introduce1 { auth_key, sealed })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let status = wait_for(&mut rx, "INTRODUCE_ACK", |m| match m {
         RelayMsg::IntroduceAck(s) => Some(s),
         _ => None,
@@ -627,7 +679,7 @@ pub(crate) async fn introduce(
     if status == INTRODUCE_OK {
         Ok(())
     } else {
-        Err(format!("introduction point answered status {status}"))
+        Err(HsStep::Refused(status))
     }
 }
 

@@ -18,10 +18,12 @@ pub mod vanguards;
 
 use anonnet_wire::EndReason;
 
-pub use circuit::{Circuit, CircuitError, CircuitPrefix, DataStream, StreamError};
+pub use circuit::{
+    Circuit, CircuitError, CircuitPrefix, DataStream, HandshakeFailure, StreamError,
+};
 pub use directory::{Directory, PathError, PathRequest};
 pub use host::{HostedService, ServiceConfig, ServiceError};
-pub use hs::HsFailure;
+pub use hs::{HsFailure, HsStep};
 pub use pool::{Client, ClientConfig, IsolationKey};
 pub use status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 
@@ -31,7 +33,7 @@ pub use status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 pub use anonnet_error::{ErrorKind, HasKind};
 
 /// Errors of the client API.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
 pub enum ClientError {
     /// Too few usable relay descriptors to build a circuit.
@@ -49,9 +51,9 @@ pub enum ClientError {
     /// The stream failed.
     #[error(transparent)]
     Stream(#[from] StreamError),
-    /// The QUIC endpoint could not be created.
+    /// The QUIC endpoint could not be created (the UDP socket could not be bound, say).
     #[error("client endpoint: {0}")]
-    Endpoint(String),
+    Endpoint(#[source] std::sync::Arc<anonnet_net::NetError>),
     /// The destination is malformed.
     #[error("bad destination: {0}")]
     BadTarget(String),
@@ -68,14 +70,13 @@ pub enum ClientError {
 }
 
 impl HasKind for ClientError {
-    /// Not ready (no consensus, too few relays, no endpoint), the path's, circuit's,
+    /// Not ready (no consensus, too few relays), the endpoint's, path's, circuit's,
     /// stream's or hidden service's own kind, [`ErrorKind::BadRequest`] for a malformed
     /// destination, [`ErrorKind::Disabled`] while proxying is off.
     fn kind(&self) -> ErrorKind {
         match self {
-            ClientError::NotEnoughRelays { .. }
-            | ClientError::Endpoint(_)
-            | ClientError::NoConsensus => ErrorKind::NotReady,
+            ClientError::NotEnoughRelays { .. } | ClientError::NoConsensus => ErrorKind::NotReady,
+            ClientError::Endpoint(e) => e.as_ref().kind(),
             ClientError::Path(e) => e.kind(),
             ClientError::Circuit(e) => e.kind(),
             ClientError::Stream(e) => e.kind(),

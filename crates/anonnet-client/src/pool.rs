@@ -38,7 +38,7 @@ use crate::consensus::{self as dir, Checked, ConsensusStatus};
 use crate::directory::{Directory, PathRequest};
 use crate::guards::{GuardSet, RelayScores};
 use crate::host::{self, HostedService, ServiceConfig, ServiceError};
-use crate::hs::{self, dht_fetch, HsCache, HsFailure, Introduction};
+use crate::hs::{self, dht_fetch, HsCache, HsFailure, HsStep, Introduction};
 use crate::status::{Bootstrap, CircuitInfo, ClientEvent, ClientStatus, Counters};
 use crate::ClientError;
 
@@ -292,8 +292,8 @@ impl Client {
             }
         }
         let ready_now = config.network.is_none() || consensus.is_some();
-        let endpoint =
-            Endpoint::client(config.quic_bind).map_err(|e| ClientError::Endpoint(e.to_string()))?;
+        let endpoint = Endpoint::client(config.quic_bind)
+            .map_err(|e| ClientError::Endpoint(std::sync::Arc::new(e)))?;
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let links = Arc::new(LinkManager::new(endpoint, 256));
         let client = Arc::new(Client {
@@ -1743,7 +1743,8 @@ impl Client {
                 }
             }
         }
-        let mut last = ClientError::HiddenService(HsFailure::Introduction("no attempt".into()));
+        let mut last =
+            ClientError::HiddenService(HsFailure::Introduction(HsStep::NoIntroductionPoint));
         let mut failed = None;
         // After an unanswered attempt at a service with proof of work, the next one
         // solves at least twice the effort it used (prop 327's retry, §13.9).
@@ -1836,7 +1837,7 @@ impl Client {
             .last_hop()
             .ok_or(ClientError::Circuit(CircuitError::Closed))?;
         let mut first_circuit = first_circuit;
-        let mut why = String::from("the descriptor lists no introduction point");
+        let mut why = HsStep::NoIntroductionPoint;
         for point in &points {
             let intro = Introduction::new(address, point, cookie, hs::link_of(&rp_hop))?;
             let sealed = intro.sealed(point, pow)?;
@@ -1850,7 +1851,7 @@ impl Client {
             let circuit = match circuit {
                 Ok(c) => c,
                 Err(e) => {
-                    why = format!("introduction point unreachable: {e}");
+                    why = HsStep::Unreachable(Box::new(e));
                     continue;
                 }
             };
@@ -1872,7 +1873,7 @@ impl Client {
                     server_pk: reply.0,
                     auth: reply.1,
                 })
-                .map_err(|e| HsFailure::Rendezvous(format!("end-to-end handshake: {e}")))?;
+                .map_err(|e| HsFailure::Rendezvous(e.into()))?;
             rp_circuit.add_end_to_end_hop(&keys, false);
             return Ok(rp_circuit);
         }
@@ -1890,7 +1891,7 @@ fn blamed_relay(
     match e {
         CircuitError::Extend { hop, .. } => ids.get(hop + 1).copied(),
         CircuitError::Handshake { hop, .. } => ids.get(*hop).copied(),
-        CircuitError::Link(..) => ids.first().copied(),
+        CircuitError::Link { .. } | CircuitError::LinkTimeout(_) => ids.first().copied(),
         _ => None,
     }
 }

@@ -50,12 +50,21 @@ pub enum RpcError {
     /// The QUIC link could not be opened (includes a NodeId mismatch).
     #[error("link: {0}")]
     Link(#[from] anonnet_net::NetError),
-    /// The stream broke or the peer closed it early.
-    #[error("stream: {0}")]
-    Stream(String),
-    /// The answer did not parse, or does not answer the request.
+    /// Writing the request failed (the peer stopped the stream, or the link is gone).
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading the answer failed (the stream ended early, was reset, or the link is gone).
+    #[error("stream read: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// Our own request could not be framed (longer than the frame allows, §12).
+    #[error("request: {0}")]
+    Request(#[source] anonnet_wire::WireError),
+    /// The answer's frame or message did not parse.
     #[error("bad answer: {0}")]
-    BadAnswer(String),
+    BadAnswer(#[from] anonnet_wire::WireError),
+    /// The answer parsed but is not an answer to the request (another type or id).
+    #[error("bad answer: does not answer the request")]
+    NotAnAnswer,
     /// No answer in [`QUERY_TIMEOUT`].
     #[error("timed out")]
     Timeout,
@@ -283,16 +292,13 @@ impl DhtNode {
         let exchange = async {
             let link = self.links.get(contact.addr, contact.node_id).await?;
             let (mut send, mut recv) = link.open_bi().await?;
-            let framed = frame_request(&msg).map_err(|e| RpcError::BadAnswer(e.to_string()))?;
-            send.write_all(&framed)
-                .await
-                .map_err(|e| RpcError::Stream(e.to_string()))?;
+            let framed = frame_request(&msg).map_err(RpcError::Request)?;
+            send.write_all(&framed).await?;
             let _ = send.finish();
             let answer = read_framed(&mut recv).await?;
-            let answer =
-                DhtMessage::decode(&answer).map_err(|e| RpcError::BadAnswer(e.to_string()))?;
+            let answer = DhtMessage::decode(&answer)?;
             if !answer.answers(&msg) {
-                return Err(RpcError::BadAnswer("does not answer the request".into()));
+                return Err(RpcError::NotAnAnswer);
             }
             Ok(answer)
         };
@@ -645,14 +651,10 @@ impl DhtNode {
 
 async fn read_framed(recv: &mut RecvStream) -> Result<Vec<u8>, RpcError> {
     let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
-        .await
-        .map_err(|e| RpcError::Stream(e.to_string()))?;
-    let n = frame_len(len).map_err(|e| RpcError::BadAnswer(e.to_string()))?;
+    recv.read_exact(&mut len).await?;
+    let n = frame_len(len)?;
     let mut body = vec![0u8; n];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| RpcError::Stream(e.to_string()))?;
+    recv.read_exact(&mut body).await?;
     Ok(body)
 }
 
@@ -665,13 +667,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl anonnet_error::HasKind for RpcError {
     /// The link's kind, [`anonnet_error::ErrorKind::Timeout`] for no answer in time,
-    /// [`anonnet_error::ErrorKind::Protocol`] for an answer that does not fit, and
+    /// [`anonnet_error::ErrorKind::Protocol`] for an answer that does not fit,
+    /// [`anonnet_error::ErrorKind::Internal`] for a request we could not frame, and
     /// [`anonnet_error::ErrorKind::CircuitFailed`] for a stream that broke.
     fn kind(&self) -> anonnet_error::ErrorKind {
         match self {
             RpcError::Link(e) => anonnet_error::HasKind::kind(e),
-            RpcError::Stream(_) => anonnet_error::ErrorKind::CircuitFailed,
-            RpcError::BadAnswer(_) => anonnet_error::ErrorKind::Protocol,
+            RpcError::Write(_) | RpcError::Read(_) => anonnet_error::ErrorKind::CircuitFailed,
+            RpcError::Request(_) => anonnet_error::ErrorKind::Internal,
+            RpcError::BadAnswer(_) | RpcError::NotAnAnswer => anonnet_error::ErrorKind::Protocol,
             RpcError::Timeout => anonnet_error::ErrorKind::Timeout,
         }
     }

@@ -188,16 +188,14 @@ impl Endpoint {
         let cert = tls::certified_key(identity, &provider)?;
 
         let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| NetError::TlsConfig(e.to_string()))?
+            .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(OptionalEd25519Client::new(provider.clone())))
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(cert.clone())));
         // Version 2 first: rustls picks the first of ours that the client offers.
         server_tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
         // Clients never resume (see `client_tls`), so tickets would be wasted bytes.
         server_tls.send_tls13_tickets = 0;
-        let server_crypto = QuicServerConfig::try_from(server_tls)
-            .map_err(|e| NetError::TlsConfig(e.to_string()))?;
+        let server_crypto = QuicServerConfig::try_from(server_tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server_config.transport_config(transport.clone());
 
@@ -303,8 +301,7 @@ impl Endpoint {
 
     fn client_tls(&self, verifier: Arc<PinnedServer>) -> Result<quinn::ClientConfig, NetError> {
         let builder = rustls::ClientConfig::builder_with_provider(self.inner.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| NetError::TlsConfig(e.to_string()))?
+            .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut tls = match &self.inner.cert {
@@ -322,8 +319,7 @@ impl Endpoint {
         tls.enable_sni = false;
         // A resumption ticket would let a relay link two of our connections.
         tls.resumption = rustls::client::Resumption::disabled();
-        let crypto =
-            QuicClientConfig::try_from(tls).map_err(|e| NetError::TlsConfig(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.inner.transport.clone());
         Ok(config)

@@ -70,12 +70,23 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
-    /// Building the self-signed certificate from the identity key failed.
-    #[error("cannot build the TLS certificate from the identity key: {0}")]
-    Certificate(String),
-    /// The rustls or QUIC crypto configuration was refused (a bug, not a network event).
+    /// Building the self-signed certificate from the identity key failed at `step`
+    /// (PKCS#8 encoding, rcgen loading or signing, rustls accepting the key).
+    #[error("cannot build the TLS certificate from the identity key ({step}): {source}")]
+    Certificate {
+        /// Which step failed.
+        step: &'static str,
+        /// The library's error (ed25519-dalek's PKCS#8, rcgen or rustls).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// rustls refused the TLS configuration (a bug, not a network event).
     #[error("TLS configuration: {0}")]
-    TlsConfig(String),
+    TlsConfig(#[from] rustls::Error),
+    /// quinn found no TLS 1.3 cipher suite it can use for QUIC's initial packets in the
+    /// configuration (a bug, not a network event).
+    #[error("QUIC crypto configuration: {0}")]
+    QuicCrypto(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     /// A dial could not even start (e.g. an unusable address).
     #[error("cannot dial {addr}: {source}")]
     Connect {
@@ -193,8 +204,9 @@ impl anonnet_error::HasKind for NetError {
             NetError::NoRuntime
             | NetError::Bind { .. }
             | NetError::LocalAddr(_)
-            | NetError::Certificate(_)
-            | NetError::TlsConfig(_) => K::LocalResource,
+            | NetError::Certificate { .. }
+            | NetError::TlsConfig(_)
+            | NetError::QuicCrypto(_) => K::LocalResource,
             NetError::Connect { .. }
             | NetError::Handshake { .. }
             | NetError::Closed

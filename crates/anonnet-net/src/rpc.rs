@@ -16,9 +16,12 @@ pub enum RpcError {
     /// Opening the stream failed (link lost).
     #[error(transparent)]
     Link(#[from] NetError),
-    /// Reading or writing the stream failed.
-    #[error("stream: {0}")]
-    Stream(String),
+    /// Writing the stream failed (the peer stopped it, or the link is gone).
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading the stream failed (it ended early, was reset, or the link is gone).
+    #[error("stream read: {0}")]
+    Read(#[from] quinn::ReadExactError),
     /// The answer's length prefix exceeds the caller's bound (bytes).
     #[error("answer of {len} bytes exceeds {max}")]
     TooLong {
@@ -46,9 +49,7 @@ pub async fn request(
 ) -> Result<Vec<u8>, RpcError> {
     let exchange = async {
         let (mut send, mut recv) = link.open_bi().await?;
-        send.write_all(&[tag])
-            .await
-            .map_err(|e| RpcError::Stream(e.to_string()))?;
+        send.write_all(&[tag]).await?;
         write_frame(&mut send, body).await?;
         read_frame(&mut recv, max_answer).await
     };
@@ -60,34 +61,28 @@ pub async fn request(
 /// Read `len u32 ‖ body` (the tag, if any, already read), refusing `len > max`.
 ///
 /// # Errors
-/// [`RpcError::Stream`] on a read failure, [`RpcError::TooLong`] past the bound.
+/// [`RpcError::Read`] on a read failure, [`RpcError::TooLong`] past the bound.
 pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, RpcError> {
     let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
-        .await
-        .map_err(|e| RpcError::Stream(e.to_string()))?;
+    recv.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
         return Err(RpcError::TooLong { len, max });
     }
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| RpcError::Stream(e.to_string()))?;
+    recv.read_exact(&mut body).await?;
     Ok(body)
 }
 
 /// Write `len u32 ‖ body` and finish the stream.
 ///
 /// # Errors
-/// [`RpcError::Stream`] when the peer stopped reading or the link is gone.
+/// [`RpcError::Write`] when the peer stopped reading or the link is gone.
 pub async fn write_frame(send: &mut SendStream, body: &[u8]) -> Result<(), RpcError> {
     let mut framed = Vec::with_capacity(body.len() + 4);
     framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
     framed.extend_from_slice(body);
-    send.write_all(&framed)
-        .await
-        .map_err(|e| RpcError::Stream(e.to_string()))?;
+    send.write_all(&framed).await?;
     let _ = send.finish();
     Ok(())
 }
@@ -99,7 +94,7 @@ impl anonnet_error::HasKind for RpcError {
     fn kind(&self) -> anonnet_error::ErrorKind {
         match self {
             RpcError::Link(e) => anonnet_error::HasKind::kind(e),
-            RpcError::Stream(_) => anonnet_error::ErrorKind::CircuitFailed,
+            RpcError::Write(_) | RpcError::Read(_) => anonnet_error::ErrorKind::CircuitFailed,
             RpcError::TooLong { .. } => anonnet_error::ErrorKind::Protocol,
             RpcError::Timeout(_) => anonnet_error::ErrorKind::Timeout,
         }

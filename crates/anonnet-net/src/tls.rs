@@ -97,22 +97,38 @@ pub(crate) fn certified_key(
     let pkcs8 = identity
         .signing_key()
         .to_pkcs8_der()
-        .map_err(|e| NetError::Certificate(format!("PKCS#8 encoding: {e}")))?;
+        .map_err(|e| NetError::Certificate {
+            step: "PKCS#8 encoding",
+            source: Box::new(e),
+        })?;
     let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
-        .map_err(|e| NetError::Certificate(format!("loading the key: {e}")))?;
-    let mut params = rcgen::CertificateParams::new(vec![CERT_NAME.to_string()])
-        .map_err(|e| NetError::Certificate(e.to_string()))?;
+        .map_err(|e| NetError::Certificate {
+            step: "loading the key",
+            source: Box::new(e),
+        })?;
+    let mut params = rcgen::CertificateParams::new(vec![CERT_NAME.to_string()]).map_err(|e| {
+        NetError::Certificate {
+            step: "certificate parameters",
+            source: Box::new(e),
+        }
+    })?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     let cert = params
         .self_signed(&key_pair)
-        .map_err(|e| NetError::Certificate(format!("signing: {e}")))?;
+        .map_err(|e| NetError::Certificate {
+            step: "signing",
+            source: Box::new(e),
+        })?;
     let certified = CertifiedKey::from_der(
         vec![cert.der().clone()],
         PrivateKeyDer::Pkcs8(pkcs8),
         provider,
     )
-    .map_err(|e| NetError::Certificate(format!("rustls rejected the key: {e}")))?;
+    .map_err(|e| NetError::Certificate {
+        step: "rustls accepting the key",
+        source: Box::new(e),
+    })?;
     Ok(Arc::new(certified))
 }
 

@@ -76,20 +76,17 @@ impl Circuit {
         // A dead guard's UDP port may swallow QUIC Initials silently: give up early.
         let link = tokio::time::timeout(LINK_TIMEOUT, links.get(guard.addr, guard.node_id))
             .await
-            .map_err(|_| CircuitError::Link(guard.node_id.short(), "timed out".into()))?
-            .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
-        let (mut send, mut recv) = link
-            .open_bi()
-            .await
-            .map_err(|e| CircuitError::Link(guard.node_id.short(), e.to_string()))?;
+            .map_err(|_| CircuitError::LinkTimeout(guard.node_id.short()))?
+            .map_err(|e| link_error(&guard, e))?;
+        let (mut send, mut recv) = link.open_bi().await.map_err(|e| link_error(&guard, e))?;
 
-        let hs = HopHandshake::start(guard_kind, &guard).map_err(|e| hs_err(0, e.to_string()))?;
-        send.write_all(&hs.create().map_err(|e| hs_err(0, e.to_string()))?)
+        let hs = HopHandshake::start(guard_kind, &guard).map_err(|e| hs_err(0, e.into()))?;
+        send.write_all(&hs.create().map_err(|e| hs_err(0, e.into()))?)
             .await
             .map_err(|_| CircuitError::Closed)?;
         let mut reply = read_cell(&mut recv, CELL_LEN).await?;
         if let Ok(d) = Destroy::decode(&reply) {
-            return Err(hs_err(0, format!("guard refused CREATE: {:?}", d.reason)));
+            return Err(hs_err(0, HandshakeFailure::Refused(d.reason)));
         }
         if guard_kind == HandshakeKind::Hybrid {
             reply.extend_from_slice(&read_cell(&mut recv, CELL_LEN).await?);
@@ -129,16 +126,15 @@ fn choose_handshake(
     kind.for_relay(offered).ok_or_else(|| {
         hs_err(
             hop,
-            format!(
-                "relay answers handshake types {:?}, none usable with {}",
-                offered.types(),
-                kind.name()
-            ),
+            HandshakeFailure::NoUsableType {
+                offered: offered.types(),
+                ours: kind.name(),
+            },
         )
     })
 }
 
-fn hs_err(hop: usize, why: String) -> CircuitError {
+fn hs_err(hop: usize, why: HandshakeFailure) -> CircuitError {
     CircuitError::Handshake { hop, why }
 }
 
@@ -290,7 +286,7 @@ impl CircuitPrefix {
     ) -> Result<(), CircuitError> {
         let hop = self.hops.len();
         let last = hop - 1;
-        let hs = HopHandshake::start(hop_kind, &relay).map_err(|e| hs_err(hop, e.to_string()))?;
+        let hs = HopHandshake::start(hop_kind, &relay).map_err(|e| hs_err(hop, e.into()))?;
         for msg in hs.extend_messages(relay.addr) {
             let mut cell = vec![0u8; forward_buffer_len(last)];
             let msg_len = msg
@@ -298,10 +294,10 @@ impl CircuitPrefix {
                     cell.get_mut(message_offset(last)..message_offset(last) + FORWARD_MESSAGE_MAX)
                         .unwrap_or_default(),
                 )
-                .map_err(|e| hs_err(hop, e.to_string()))?;
+                .map_err(|e| hs_err(hop, e.into()))?;
             self.onion
                 .seal_forward(&mut cell, last, msg_len)
-                .map_err(|e| hs_err(hop, e.to_string()))?;
+                .map_err(|e| hs_err(hop, e.into()))?;
             cell.truncate(CELL_LEN);
             self.send
                 .write_all(&cell)
@@ -360,5 +356,12 @@ impl CircuitPrefix {
         self.hops.push(relay);
         self.kinds.push(hop_kind);
         Ok(())
+    }
+}
+
+fn link_error(guard: &HopSpec, e: anonnet_net::NetError) -> CircuitError {
+    CircuitError::Link {
+        guard: guard.node_id.short(),
+        source: std::sync::Arc::new(e),
     }
 }

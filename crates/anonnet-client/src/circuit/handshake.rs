@@ -139,17 +139,20 @@ impl HopHandshake {
     }
 
     /// Finish with the guard's `CREATED` cells; returns the keys and `Y`.
-    pub(super) fn finish_created(self, cells: &[u8]) -> Result<(HopKeys, [u8; 32]), String> {
+    pub(super) fn finish_created(
+        self,
+        cells: &[u8],
+    ) -> Result<(HopKeys, [u8; 32]), HandshakeFailure> {
         let reply = match &self {
             HopHandshake::Classical(_) => {
-                let c = Created::decode(cells).map_err(|_| "no CREATED".to_string())?;
+                let c = Created::decode(cells).map_err(|_| HandshakeFailure::NoCreated)?;
                 let mut bytes = c.server_pk.to_vec();
                 bytes.extend_from_slice(&c.auth);
                 bytes
             }
             HopHandshake::Hybrid(_) => {
                 CreatedHybrid::decode(cells)
-                    .map_err(|_| "no CREATED".to_string())?
+                    .map_err(|_| HandshakeFailure::NoCreated)?
                     .reply
             }
         };
@@ -158,20 +161,19 @@ impl HopHandshake {
 
     /// Finish with the relay's reply bytes (`Y ‖ AUTH` for type 1, `Y ‖ CT ‖ AUTH` for
     /// type 2); returns the keys and `Y`.
-    pub(super) fn finish(self, reply: &[u8]) -> Result<(HopKeys, [u8; 32]), String> {
+    pub(super) fn finish(self, reply: &[u8]) -> Result<(HopKeys, [u8; 32]), HandshakeFailure> {
         let mut y = [0u8; 32];
-        y.copy_from_slice(reply.get(..32).ok_or("short handshake reply")?);
+        y.copy_from_slice(reply.get(..32).ok_or(HandshakeFailure::ShortReply)?);
         let keys = match self {
             HopHandshake::Classical(hs) => {
                 let auth: [u8; 32] = reply
                     .get(32..64)
                     .and_then(|a| a.try_into().ok())
-                    .ok_or("short handshake reply")?;
+                    .ok_or(HandshakeFailure::ShortReply)?;
                 hs.finish(&anonnet_crypto::ServerReply { server_pk: y, auth })
             }
             HopHandshake::Hybrid(hs) => hs.finish(reply),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         Ok((keys, y))
     }
 }

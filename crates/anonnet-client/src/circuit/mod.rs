@@ -68,19 +68,29 @@ pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_STREAMS_PER_CIRCUIT: usize = 512;
 
 /// Why a circuit could not be built or used.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
 pub enum CircuitError {
-    /// The QUIC link to the guard failed.
-    #[error("link to guard {0}: {1}")]
-    Link(String, String),
+    /// The QUIC link to the guard failed (dial, handshake, identity or stream).
+    #[error("link to guard {guard}: {source}")]
+    Link {
+        /// The guard's short NodeId.
+        guard: String,
+        /// The link layer's error.
+        #[source]
+        source: std::sync::Arc<anonnet_net::NetError>,
+    },
+    /// The QUIC link to the guard was not up within [`LINK_TIMEOUT`].
+    #[error("link to guard {0}: no answer within {LINK_TIMEOUT:?}")]
+    LinkTimeout(String),
     /// A hop refused or broke the handshake.
     #[error("hop {hop} handshake: {why}")]
     Handshake {
         /// 0 = guard.
         hop: usize,
         /// What happened.
-        why: String,
+        #[source]
+        why: HandshakeFailure,
     },
     /// A hop could not extend the circuit (`TRUNCATED` or `DESTROY` with this reason).
     #[error("hop {hop} could not extend: {reason:?}")]
@@ -104,8 +114,41 @@ pub enum CircuitError {
     Protocol(String),
 }
 
+/// Why the handshake with one hop failed (§5, §6.2).
+#[derive(Debug, thiserror::Error, Clone)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// The relay advertises handshake types (§9.2) of which none is usable with this
+    /// client's setting.
+    #[error("relay answers handshake types {offered:?}, none usable with {ours}")]
+    NoUsableType {
+        /// The type numbers the relay's descriptor lists.
+        offered: Vec<u16>,
+        /// This client's `circuit_handshake` setting.
+        ours: &'static str,
+    },
+    /// The guard answered `CREATE` with `DESTROY` and this reason.
+    #[error("guard refused CREATE: {0:?}")]
+    Refused(DestroyReason),
+    /// The guard's answer is not a `CREATED` cell of the handshake type asked for.
+    #[error("no CREATED")]
+    NoCreated,
+    /// The hop's reply is shorter than its handshake type's (bytes).
+    #[error("short handshake reply")]
+    ShortReply,
+    /// The handshake's cryptography failed (bad key, wrong AUTH, …).
+    #[error(transparent)]
+    Crypto(#[from] anonnet_crypto::HandshakeError),
+    /// The `CREATE` or `EXTEND` message could not be encoded.
+    #[error("encoding: {0}")]
+    Encode(#[from] anonnet_wire::WireError),
+    /// The `EXTEND` cell could not be sealed in onion layers.
+    #[error("onion layers: {0}")]
+    Onion(#[from] anonnet_crypto::OnionError),
+}
+
 /// Why a stream could not be opened.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
 pub enum StreamError {
     /// The exit answered `END` with this reason.
