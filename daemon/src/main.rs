@@ -179,6 +179,12 @@ enum Command {
         /// testnet.json].
         #[arg(long, value_name = "N", requires = "wan")]
         wan_seed: Option<u64>,
+        /// For benchmarks: N more client daemons (0..=32) beside the main one, each with
+        /// its own state and proxies (in its own namespace with --wan); their SOCKS and
+        /// HTTP addresses are listed in testnet.json under "clients".
+        #[arg(long, value_name = "N", default_value_t = 0,
+              value_parser = clap::value_parser!(u16).range(0..=32))]
+        extra_clients: u16,
     },
     /// Look a host name up (or an address's name) through the network, as
     /// `tor-resolve` does: the running daemon's exit answers; nothing is resolved here.
@@ -436,6 +442,7 @@ fn main() -> ExitCode {
                 service_pow_effort,
                 wan,
                 wan_seed,
+                extra_clients,
             } => {
                 let shape = testnet::NetworkShape {
                     authorities: authorities.unwrap_or(testnet::DEFAULT_AUTHORITIES),
@@ -466,6 +473,7 @@ fn main() -> ExitCode {
                     cli.log_level,
                     metrics,
                     wan,
+                    usize::from(extra_clients),
                 )
                 .await
             }
@@ -810,6 +818,7 @@ async fn run_testnet(
     log_level: Option<LogLevel>,
     metrics: bool,
     wan: Option<testnet::WanOptions>,
+    extra_clients: usize,
 ) -> Result<(), Error> {
     let mut shutdown = Shutdown::new(false).map_err(Error::io("signal handlers"))?;
     let file = match &config {
@@ -839,6 +848,7 @@ async fn run_testnet(
         circuit_handshake,
         metrics,
         wan,
+        extra_clients,
     };
     testnet::run(options, &mut shutdown).await
 }

@@ -136,6 +136,10 @@ pub struct TestnetOptions {
     /// `--wan PROFILE`: every process in its own network namespace behind an emulated
     /// link (crate::wan), instead of all on 127.0.0.1.
     pub wan: Option<WanOptions>,
+    /// `--extra-clients N`: client daemons beside the main one (`client-2` …), each with
+    /// its own state, proxies (on loopback, forwarded from its namespace on a WAN) and
+    /// namespace; listed in `testnet.json` under `"clients"`, not printed.
+    pub extra_clients: usize,
 }
 
 /// The emulated WAN of `--wan`.
@@ -535,6 +539,8 @@ control_listen = \"auto\""
     )
     .await;
     net.children.push(service);
+    let extra_clients =
+        start_extra_clients(&dir, &exe, options, net, &client_bootstrap, &network_file).await?;
     // Who is who, for tools and tests: `testnet.json`.
     let layout = serde_json::json!({
         "network": network_file.display().to_string(),
@@ -556,6 +562,7 @@ control_listen = \"auto\""
             "config": config.display().to_string(),
             "metrics": ready.as_ref().map_or(serde_json::Value::Null, |l| metrics_url(l)),
         },
+        "clients": extra_clients,
         "service": {
             "pid": service_pid,
             "netns": netns_json(service_host.as_ref()),
@@ -567,19 +574,8 @@ control_listen = \"auto\""
     });
     write_file(&dir.join("testnet.json"), &layout.to_string())?;
     let lines = ready?;
-    let addr_in = |prefix: &str| -> Result<SocketAddr, Error> {
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|a| a.trim().parse().ok())
-            .ok_or_else(|| {
-                Error::Testnet(format!(
-                    "the client printed a malformed ready line: {lines:?}"
-                ))
-            })
-    };
-    let mut socks = addr_in(SOCKS_READY)?;
-    let mut http = addr_in(HTTP_READY)?;
+    let mut socks = ready_addr(&lines, SOCKS_READY, "the client")?;
+    let mut http = ready_addr(&lines, HTTP_READY, "the client")?;
     service_ready?;
     if let (Some(wan), Some(host)) = (net.wan.as_mut(), client_host.as_ref()) {
         socks = wan.forward(options.socks, host, socks).await?;
@@ -645,6 +641,97 @@ control_listen = \"auto\""
         service_log.display()
     ))?;
     Ok(())
+}
+
+/// The address on the ready line of `lines` that starts with `prefix` (`SOCKS5 ready on
+/// ADDR`).
+///
+/// # Errors
+/// [`Error::Testnet`] naming `who` when no such line holds an address.
+fn ready_addr(lines: &[String], prefix: &str, who: &str) -> Result<SocketAddr, Error> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|a| a.trim().parse().ok())
+        .ok_or_else(|| Error::Testnet(format!("{who} printed a malformed ready line: {lines:?}")))
+}
+
+/// Start `options.extra_clients` more client daemons (`client-2` …), all at once, and wait
+/// for each one's ready lines; on a WAN each gets its own namespace and its proxies are
+/// forwarded to free loopback ports. Returns their `testnet.json` entries (name, pid,
+/// netns, config, socks, http, metrics).
+///
+/// # Errors
+/// [`Error::Testnet`] when one does not start or print its ready lines in time.
+async fn start_extra_clients(
+    dir: &Path,
+    exe: &Path,
+    options: &TestnetOptions,
+    net: &mut Testnet,
+    bootstrap: &[PathBuf],
+    network_file: &Path,
+) -> Result<Vec<serde_json::Value>, Error> {
+    let auto = SocketAddr::from(([127, 0, 0, 1], 0));
+    let first = net.children.len();
+    let mut placed = Vec::with_capacity(options.extra_clients);
+    for i in 2..options.extra_clients + 2 {
+        let name = format!("client-{i}");
+        let cdir = dir.join(&name);
+        create_private_dir(&cdir)?;
+        let host = net.place(&name).await?;
+        let config = cdir.join("client.toml");
+        write_file(
+            &config,
+            &with_metrics(
+                with_handshake(
+                    &client_toml(auto, auto, bootstrap, network_file, options.wan.is_none()),
+                    options.circuit_handshake,
+                ),
+                options.metrics,
+            ),
+        )?;
+        let child = spawn(
+            exe,
+            host.as_ref(),
+            name,
+            &["run", "--config"],
+            &config,
+            &cdir.join("client.log"),
+            options.log_level,
+        )?;
+        net.children.push(child);
+        placed.push((host, config));
+    }
+    let deadline = Instant::now() + CLIENT_READY_TIMEOUT;
+    let mut out = Vec::with_capacity(placed.len());
+    for (k, (host, config)) in placed.into_iter().enumerate() {
+        let Some(child) = net.children.get_mut(first + k) else {
+            break;
+        };
+        let lines = read_ready(
+            child,
+            &ready_prefixes(&[CONSENSUS_READY, SOCKS_READY, HTTP_READY], options.metrics),
+            deadline,
+        )
+        .await?;
+        let (name, pid) = (child.name.clone(), child.pid());
+        let mut socks = ready_addr(&lines, SOCKS_READY, &name)?;
+        let mut http = ready_addr(&lines, HTTP_READY, &name)?;
+        if let (Some(wan), Some(h)) = (net.wan.as_mut(), host.as_ref()) {
+            socks = wan.forward(auto, h, socks).await?;
+            http = wan.forward(auto, h, http).await?;
+        }
+        out.push(serde_json::json!({
+            "name": name,
+            "pid": pid,
+            "netns": netns_json(host.as_ref()),
+            "config": config.display().to_string(),
+            "socks": socks.to_string(),
+            "http": http.to_string(),
+            "metrics": metrics_url(&lines),
+        }));
+    }
+    Ok(out)
 }
 
 /// `word` as one POSIX shell word: as is when it is plain, else in single quotes.

@@ -63,14 +63,25 @@ fn a_broadband_testnet_carries_a_bulk_download_and_a_hidden_service_over_distinc
     }
     let dir = temp_dir("wan");
     let started = Instant::now();
-    let mut net = Testnet::start_with(3, &dir, &["--wan", "broadband", "--wan-seed", "15"]);
+    let mut net = Testnet::start_with(
+        3,
+        &dir,
+        &[
+            "--wan",
+            "broadband",
+            "--wan-seed",
+            "15",
+            "--extra-clients",
+            "1",
+        ],
+    );
     let ready_s = started.elapsed().as_secs_f64();
     let layout = net.layout();
     let wan = &layout["wan"];
     assert_eq!(wan["profile"], "broadband");
     let hosts = wan["hosts"].as_array().unwrap();
-    // 3 authorities, 3 relays, the site, the client and the service.
-    assert_eq!(hosts.len(), 9, "{hosts:?}");
+    // 3 authorities, 3 relays, the site, the client, the service and client-2.
+    assert_eq!(hosts.len(), 10, "{hosts:?}");
     let nets: HashSet<(u8, u8)> = hosts
         .iter()
         .map(|h| slash16(&format!("{}:0", h["addr"].as_str().unwrap())))
@@ -132,8 +143,22 @@ fn a_broadband_testnet_carries_a_bulk_download_and_a_hidden_service_over_distinc
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("Hello from the anonnet testnet"), "{html}");
 
-    // The control API listens in the client's namespace.
+    // The extra client (`--extra-clients 1`, what bench-scale uses): a daemon of its own
+    // in a namespace of its own, its SOCKS port forwarded to loopback like the first's.
+    let extra = &layout["clients"][0];
+    assert_eq!(extra["name"], "client-2", "{extra}");
     let netns = layout["client"]["netns"].as_str().unwrap().to_owned();
+    let extra_ns = extra["netns"].as_str().unwrap().to_owned();
+    assert_ne!(extra_ns, netns);
+    let extra_socks: SocketAddr = extra["socks"].as_str().unwrap().parse().unwrap();
+    assert!(extra_socks.ip().is_loopback(), "{extra}");
+    let (code, err) = curl_socks(extra_socks, &format!("http://{site}/"), &page);
+    assert_eq!(code, 0, "through the extra client: {err}");
+    assert!(std::fs::read_to_string(&page)
+        .unwrap()
+        .contains("Hello from the anonnet testnet"));
+
+    // The control API listens in the client's namespace.
     let out = Command::new("ip")
         .args(["netns", "exec", &netns])
         .arg(anonnet_bin())
@@ -251,5 +276,8 @@ fn a_broadband_testnet_carries_a_bulk_download_and_a_hidden_service_over_distinc
     // stop() waited for the testnet to exit: its namespaces are gone.
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
-    assert!(!left.contains(&netns), "namespaces deleted at stop: {left}");
+    assert!(
+        !left.contains(&netns) && !left.contains(&extra_ns),
+        "namespaces deleted at stop: {left}"
+    );
 }
