@@ -206,6 +206,54 @@ pub struct Wan {
     forwards: Vec<JoinHandle<()>>,
 }
 
+/// The kernel's IPv4 neighbour (ARP) table limits, shared by every network namespace.
+const NEIGH_SYSCTL: &str = "/proc/sys/net/ipv4/neigh/default";
+
+/// Make the kernel's neighbour table, which every namespace shares (1,024 entries by
+/// default, `gc_thresh3`), hold an entry for every pair of `hosts` hosts on the one L2
+/// segment, plus room for the rest of the machine: past the limit the kernel refuses new
+/// entries ("neighbor table overflow") and hosts added later cannot reach anyone (with 65
+/// hosts, 4,160 entries). The limits are only raised, never lowered, and not restored at
+/// stop (another testnet may be running; entries cost memory only while they exist).
+///
+/// # Errors
+/// [`Error::Testnet`] when the limits cannot be read or raised.
+fn ensure_neighbour_room(hosts: usize) -> Result<(), Error> {
+    // Room for the next power of two of hosts (at least 64), so a growing testnet raises
+    // the limits a few times, not at every host.
+    let room_for = hosts.next_power_of_two().max(64);
+    let needed = room_for * (room_for - 1) + 1024;
+    let read = |name: &str| -> Result<usize, Error> {
+        let path = format!("{NEIGH_SYSCTL}/{name}");
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| Error::Testnet(format!("cannot read {path}")))
+    };
+    let (thresh2, thresh3) = (read("gc_thresh2")?, read("gc_thresh3")?);
+    if thresh3 >= 2 * needed && thresh2 >= needed {
+        return Ok(());
+    }
+    for (name, value) in [
+        ("gc_thresh3", thresh3.max(2 * needed)),
+        ("gc_thresh2", thresh2.max(needed)),
+    ] {
+        let path = format!("{NEIGH_SYSCTL}/{name}");
+        std::fs::write(&path, value.to_string()).map_err(|e| {
+            Error::Testnet(format!(
+                "cannot raise {path} to {value} for {hosts} WAN hosts: {e}"
+            ))
+        })?;
+    }
+    info!(
+        hosts,
+        gc_thresh2 = thresh2.max(needed),
+        gc_thresh3 = thresh3.max(2 * needed),
+        "raised the kernel's neighbour table limits for the WAN testnet"
+    );
+    Ok(())
+}
+
 impl Wan {
     /// Check the tools, remove namespaces left behind by dead testnets, and start the core
     /// switch with its sockets under `dir`.
@@ -279,6 +327,7 @@ impl Wan {
                 "the WAN testnet holds at most {MAX_HOSTS} hosts"
             )));
         }
+        ensure_neighbour_room(n)?;
         let octet = u8::try_from(n).unwrap_or(u8::MAX);
         let netns = format!("{}{name}", self.prefix);
         let addr = Ipv4Addr::new(10, octet, 0, 1);
