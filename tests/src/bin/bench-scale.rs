@@ -14,8 +14,9 @@
 //! (`--socks5-hostname`): one bulk download of `--bulk-mib` MiB from the demo site (checked
 //! for its length), and for the whole run a page fetch of the demo site every
 //! `--page-interval-ms`, every `--hs-every`-th of them a visit to the demo hidden service
-//! (its `.anon` address) instead. Meanwhile every relay's resident memory (`VmRSS`) is
-//! sampled every 5 s; at the end each relay's peak (`VmHWM`) is read too.
+//! (its `.anon` address) instead. Meanwhile every relay's resident memory (`VmRSS`, and
+//! `RssAnon`, its own memory without the binary's pages that all relays share) is sampled
+//! every 5 s; at the end each relay's peak (`VmHWM`) is read too.
 //!
 //! It prints one line per request kind (count, failures, median and 99th percentile in
 //! ms), the relays' peak RSS, and each client's consensus (`anonnet status --json`, run
@@ -314,10 +315,14 @@ fn run(opts: &Opts) -> Res<bool> {
     }
     // Relay memory while the workload runs.
     let mut peak_rss: Vec<u64> = vec![0; relay_pids.len()];
+    let mut peak_anon: Vec<u64> = vec![0; relay_pids.len()];
     while Instant::now() < end {
         for (k, (_, pid)) in relay_pids.iter().enumerate() {
             if let Some(rss) = proc_kib(*pid, "VmRSS:") {
                 peak_rss[k] = peak_rss[k].max(rss);
+            }
+            if let Some(anon) = proc_kib(*pid, "RssAnon:") {
+                peak_anon[k] = peak_anon[k].max(anon);
             }
         }
         std::thread::sleep(SAMPLE_EVERY.min(end.saturating_duration_since(Instant::now())));
@@ -366,6 +371,7 @@ fn run(opts: &Opts) -> Res<bool> {
         &relay_pids,
         &peak_rss,
         &hwm,
+        &peak_anon,
         &digests,
         &split,
     ))
@@ -511,6 +517,7 @@ fn report(
     relays: &[(String, u32)],
     peak_rss: &[u64],
     hwm: &[u64],
+    peak_anon: &[u64],
     digests: &[(String, u64, String)],
     split: &[u64],
 ) -> bool {
@@ -551,12 +558,19 @@ fn report(
     let mut sorted: Vec<u64> = by_rss.iter().map(|(_, k)| *k).collect();
     sorted.sort_unstable();
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+    let mut anon: Vec<u64> = peak_anon.to_vec();
+    anon.sort_unstable();
     if let Some((k, kib)) = by_rss.first() {
         println!(
-            "relay peak RSS: busiest {} {:.1} MiB, median {:.1} MiB",
+            "relay peak RSS: busiest {} {:.1} MiB ({:.1} MiB of it anonymous), median {:.1} MiB; \
+             anonymous memory (the relay's own, without the binary's shared pages): largest \
+             {:.1} MiB, median {:.1} MiB",
             relays.get(*k).map_or("?", |r| r.0.as_str()),
             mib(*kib),
-            mib(median)
+            mib(peak_anon.get(*k).copied().unwrap_or(0)),
+            mib(median),
+            mib(anon.last().copied().unwrap_or(0)),
+            mib(anon.get(anon.len() / 2).copied().unwrap_or(0))
         );
     }
     for (name, valid_after, d) in digests {
