@@ -206,6 +206,9 @@ pub struct Wan {
     forwards: Vec<JoinHandle<()>>,
 }
 
+/// Times a host's TAP plug is started before its setup fails.
+const TAP_ATTEMPTS: u32 = 3;
+
 /// The kernel's IPv4 neighbour (ARP) table limits, shared by every network namespace.
 const NEIGH_SYSCTL: &str = "/proc/sys/net/ipv4/neigh/default";
 
@@ -348,13 +351,6 @@ impl Wan {
             Command::new("vde_switch").arg("-s").arg(&sw),
         )?;
         wait_for(&sw.join("ctl"), &format!("{name}'s vde_switch")).await?;
-        self.helper(
-            &format!("{name} tap"),
-            Command::new("ip")
-                .args(["netns", "exec", &netns, "vde_plug2tap", "-s"])
-                .arg(&sw)
-                .arg(WAN_IF),
-        )?;
         let plugs = format!("{}:{}", sw.display(), self.core.display());
         // The management socket lets a test or a person change the link while it runs
         // (`unixcmd -s DIR/wan/wf-NAME.mgmt loss 5`).
@@ -366,27 +362,33 @@ impl Wan {
                 .arg("-M")
                 .arg(self.dir.join(format!("wf-{name}.mgmt"))),
         )?;
-        let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
-        while ip(&["-n", &netns, "link", "show", WAN_IF]).await.is_err() {
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Testnet(format!(
-                    "{name}: vde_plug2tap did not create {WAN_IF} in {netns} within {}s",
-                    SETUP_TIMEOUT.as_secs()
-                )));
+        // The TAP device lives as long as its vde_plug2tap. One of 65 once exited right
+        // after creating it (the address could not be added: "Cannot find device"), so a
+        // plug whose device is gone again is started anew, at most TAP_ATTEMPTS times.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let tap = format!("{name} tap");
+            self.helper(
+                &tap,
+                Command::new("ip")
+                    .args(["netns", "exec", &netns, "vde_plug2tap", "-s"])
+                    .arg(&sw)
+                    .arg(WAN_IF),
+            )?;
+            let up = self.configure_tap(name, &netns, addr).await;
+            match up {
+                Ok(()) => break,
+                Err(e) if attempt < TAP_ATTEMPTS => {
+                    warn!(
+                        host = name,
+                        attempt, "TAP device lost, starting its plug again: {e}"
+                    );
+                    self.drop_helper(&tap).await;
+                }
+                Err(e) => return Err(e),
             }
-            tokio::time::sleep(SETUP_POLL).await;
         }
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{addr}/8"),
-            "dev",
-            WAN_IF,
-        ])
-        .await?;
-        ip(&["-n", &netns, "link", "set", WAN_IF, "up"]).await?;
         info!(
             host = name,
             %addr,
@@ -452,6 +454,43 @@ impl Wan {
             if let Err(e) = ip(&["netns", "del", &host.netns]).await {
                 warn!("deleting namespace {}: {e}", host.netns);
             }
+        }
+    }
+
+    /// Wait for `host`'s TAP device in `netns`, give it `addr`/8 and bring it up.
+    ///
+    /// # Errors
+    /// [`Error::Testnet`] when the device does not appear within [`SETUP_TIMEOUT`] or an
+    /// `ip` step fails (the device vanished with its plug, say).
+    async fn configure_tap(&self, host: &str, netns: &str, addr: Ipv4Addr) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+        while ip(&["-n", netns, "link", "show", WAN_IF]).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Testnet(format!(
+                    "{host}: vde_plug2tap did not create {WAN_IF} in {netns} within {}s",
+                    SETUP_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(SETUP_POLL).await;
+        }
+        ip(&[
+            "-n",
+            netns,
+            "addr",
+            "add",
+            &format!("{addr}/8"),
+            "dev",
+            WAN_IF,
+        ])
+        .await?;
+        ip(&["-n", netns, "link", "set", WAN_IF, "up"]).await
+    }
+
+    /// Stop and forget the helper called `name` (killed, waited for).
+    async fn drop_helper(&mut self, name: &str) {
+        if let Some(i) = self.helpers.iter().position(|h| h.name == name) {
+            let mut h = self.helpers.remove(i);
+            let _ = h.child.kill().await;
         }
     }
 
