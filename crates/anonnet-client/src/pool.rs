@@ -432,11 +432,17 @@ impl Client {
             // takes the progress on to 100 %.
             self.set_bootstrap(20, "consensus loaded");
         }
-        // Top the guard set up from this consensus now, not at the next circuit build: in a
-        // young network relays earn the Guard flag one consensus after another, and a
-        // client whose pool is full builds nothing for a long time, so its set would stay
-        // smaller than NUM_GUARDS (§9.1) however many guards the network has by then.
-        if !self.is_stopping() {
+        // A set not yet full is topped up from this consensus now, not at the next circuit
+        // build: in a young network relays earn the Guard flag one consensus after
+        // another, and a client whose pool is full builds nothing for a long time, so its
+        // set would stay smaller than NUM_GUARDS (§9.1) however many guards the network
+        // has by then. A full set is left to path selection: a guard missing from one
+        // consensus (its relay restarting, say) must not bring in a new guard for good.
+        let short = match self.guards.lock() {
+            Ok(g) => g.ids().len() < crate::guards::NUM_GUARDS,
+            Err(poisoned) => poisoned.into_inner().ids().len() < crate::guards::NUM_GUARDS,
+        };
+        if short && !self.is_stopping() {
             let _ = self.guard_ids(&[]);
         }
         self.discovered.send_replace(true);
