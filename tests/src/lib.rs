@@ -219,22 +219,28 @@ impl Testnet {
     }
 
     pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
+        terminate(&mut self.child, Duration::from_secs(15));
+    }
+}
+
+/// Stop `child`: SIGTERM, then wait up to `grace` for it to exit (polled every 50 ms),
+/// then SIGKILL and reap it. Nothing is done to a child that has already exited.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Testnet {

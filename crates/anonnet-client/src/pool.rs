@@ -438,11 +438,7 @@ impl Client {
         // set would stay smaller than NUM_GUARDS (§9.1) however many guards the network
         // has by then. A full set is left to path selection: a guard missing from one
         // consensus (its relay restarting, say) must not bring in a new guard for good.
-        let short = match self.guards.lock() {
-            Ok(g) => g.ids().len() < crate::guards::NUM_GUARDS,
-            Err(poisoned) => poisoned.into_inner().ids().len() < crate::guards::NUM_GUARDS,
-        };
-        if short && !self.is_stopping() {
+        if self.guards().len() < crate::guards::NUM_GUARDS && !self.is_stopping() {
             let _ = self.guard_ids(&[]);
         }
         self.discovered.send_replace(true);

@@ -157,18 +157,7 @@ struct Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        anonnet_tests::terminate(&mut self.child, Duration::from_secs(60));
         if self.keep {
             eprintln!("kept {}", self.dir.display());
         } else {
