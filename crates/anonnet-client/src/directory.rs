@@ -186,12 +186,16 @@ impl Directory {
         let apart = |a: &VerifiedDescriptor, b: &VerifiedDescriptor| {
             a.node_id != b.node_id && (req.allow_same_subnet || subnet(a) != subnet(b))
         };
-        let too_few = PathError::NotEnoughRelays(3);
-        // Try each exit choice a few times; small networks may pin the others down.
-        for _ in 0..8 {
-            let exit = *exits
-                .choose_weighted(rng, weight)
-                .map_err(|_| too_few.clone())?;
+        // Draw an exit; when no guard or middle fits beside it, drop it and draw again
+        // among the rest. Whether an exit fits does not depend on the draw, so this draws
+        // from the exits that fit, weighted as before. In a young network the only guard
+        // may carry nearly all the measured bandwidth: a fixed number of redraws would
+        // almost always pick it as the exit again and fail.
+        while !exits.is_empty() {
+            let Ok(exit) = exits.choose_weighted(rng, weight).copied() else {
+                break;
+            };
+            exits.retain(|r| r.node_id != exit.node_id);
             let guards: Vec<&VerifiedDescriptor> = usable
                 .iter()
                 .copied()
@@ -217,7 +221,7 @@ impl Directory {
             };
             return Ok(vec![(*guard).clone(), (*middle).clone(), exit.clone()]);
         }
-        Err(too_few)
+        Err(PathError::NotEnoughRelays(3))
     }
 
     /// A guard and a middle for a circuit whose last hop is a relay named elsewhere (an
@@ -666,6 +670,48 @@ pub(crate) mod tests {
         };
         let p = dir.choose_prefix(&lenient, &mut rng).unwrap();
         assert!(![id(1), id(3)].contains(&p[1].node_id));
+    }
+
+    #[test]
+    fn a_path_is_found_when_the_only_guard_carries_most_of_the_bandwidth() {
+        // A young network (the CI failure of stop 29): one relay has earned Guard and
+        // been measured at 2 MB/s; the two others are exits at 20 kB/s. Drawing the exit
+        // by weight picks the guard about 99 times in 100, and the path must still be
+        // found: guard 1, then the two others as middle and exit.
+        let mut dir = Directory::new();
+        for (seed, flags, bandwidth) in [
+            (1, FLAG_GUARD | FLAG_EXIT, 2_000_000),
+            (2, FLAG_EXIT, 20_000),
+            (3, FLAG_EXIT, 20_000),
+        ] {
+            let id = IdentityKey::from_seed(&[seed; 32]);
+            let mut d =
+                RelayDescriptor::decode_body(&relay(seed, flags, vec![PortRange::ALL]).body)
+                    .unwrap();
+            d.bandwidth = bandwidth;
+            dir.insert(&anonnet_crypto::sign_descriptor(&id, &d).unwrap(), 200)
+                .unwrap();
+        }
+        let guard = [IdentityKey::from_seed(&[1; 32]).node_id()];
+        let mut rng = rand::rng();
+        for req in [
+            PathRequest {
+                guards: &guard,
+                ..PathRequest::port(80)
+            },
+            PathRequest {
+                any_last_hop: true,
+                guards: &guard,
+                ..PathRequest::port(0)
+            },
+        ] {
+            for _ in 0..500 {
+                let p = dir.choose_path(&req, &mut rng).unwrap();
+                assert_eq!(p[0].node_id, guard[0]);
+                assert_ne!(p[1].node_id, p[2].node_id);
+                assert!(!guard.contains(&p[2].node_id));
+            }
+        }
     }
 
     #[test]
