@@ -233,14 +233,25 @@ fn run(dir: &Path, port: u16) {
         "a relay loaded its HSDir records"
     );
 
-    // The client is ready again, and its guards are the ones it had.
+    // The client is ready again, and it kept every guard it had: moving did not cost a
+    // guard its place. In this young network the set may have held fewer than 3 guards
+    // before the restart (few relays had the Guard flag yet) and been topped up since
+    // (protocol §9.1); it never grows past 3.
     let status = cli_json(&["status"], &client_config);
     assert_eq!(status["bootstrap"]["percent"], 100, "{status}");
     let guards_after = status["guards"].clone();
     eprintln!("guards after: {guards_after}");
-    assert_eq!(
-        guards_after, guards_before,
-        "the guard set did not change because its guards moved"
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (before, after) = (list(&guards_before), list(&guards_after));
+    assert!(
+        before.iter().all(|g| after.contains(g)) && after.len() <= 3,
+        "the guard set kept its guards when they moved: before {before:?}, after {after:?}"
     );
     drop(children);
 }
