@@ -105,7 +105,9 @@ impl HasKind for CircuitError {
     fn kind(&self) -> ErrorKind {
         match self {
             CircuitError::Timeout => ErrorKind::Timeout,
-            CircuitError::Protocol(_) => ErrorKind::Protocol,
+            CircuitError::Protocol(_)
+            | CircuitError::Unrecognised(_)
+            | CircuitError::Malformed(_) => ErrorKind::Protocol,
             CircuitError::TooManyStreams => ErrorKind::Busy,
             _ => ErrorKind::CircuitFailed,
         }

@@ -277,7 +277,8 @@ impl CircuitPrefix {
     ///
     /// # Errors
     /// [`CircuitError::Extend`] for `TRUNCATED` or a `DESTROY`, [`CircuitError::Protocol`]
-    /// for another answer, [`CircuitError::Handshake`] when the reply does not verify,
+    /// for another answer, [`CircuitError::Unrecognised`] / [`CircuitError::Malformed`]
+    /// for a cell that does not open or decode, [`CircuitError::Handshake`] when the reply does not verify,
     /// [`CircuitError::Closed`] when the link is gone.
     async fn extend(
         &mut self,
@@ -318,9 +319,9 @@ impl CircuitPrefix {
             let (from, range, _) = self
                 .onion
                 .open_backward(&mut reply)
-                .map_err(|e| CircuitError::Protocol(e.to_string()))?;
+                .map_err(CircuitError::Unrecognised)?;
             let msg = RelayCell::decode(&Bytes::from(reply).slice(range))
-                .map_err(|e| CircuitError::Protocol(e.to_string()))?;
+                .map_err(CircuitError::Malformed)?;
             match (from == last, msg.msg, answer.as_mut()) {
                 (true, RelayMsg::Extended { server_pk, auth }, None)
                     if hop_kind == HandshakeKind::Classical =>

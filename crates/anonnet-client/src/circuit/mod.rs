@@ -112,6 +112,13 @@ pub enum CircuitError {
     /// A relay sent something the protocol does not allow.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// A cell came back that no hop's onion layer opens (§6.1: its digest matched at no
+    /// hop), so some relay on the path altered or forged it.
+    #[error("a cell no hop recognises: {0}")]
+    Unrecognised(#[source] anonnet_crypto::OnionError),
+    /// A hop's relay cell opened but does not decode (§6.2).
+    #[error("malformed relay cell: {0}")]
+    Malformed(#[source] anonnet_wire::WireError),
 }
 
 /// Why the handshake with one hop failed (§5, §6.2).
