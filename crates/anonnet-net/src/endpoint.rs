@@ -14,7 +14,10 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
 use crate::tls::{self, OptionalEd25519Client, PinnedServer};
-use crate::{transport_config, NetError, ALPN, ALPN_V1, PROTOCOL_VERSION, VERSION_CLOSE_CODE};
+use crate::{
+    dial_transport_config, transport_config, NetError, ALPN, ALPN_V1, PROTOCOL_VERSION,
+    VERSION_CLOSE_CODE,
+};
 
 /// Inbound handshakes a relay endpoint runs at once; further peers wait in quinn's queue
 /// of incoming connections until one finishes and is taken by [`Endpoint::accept`].
@@ -119,6 +122,7 @@ pub struct Endpoint {
 struct Inner {
     quic: quinn::Endpoint,
     provider: Arc<CryptoProvider>,
+    /// Transport of the links this endpoint dials ([`dial_transport_config`]).
     transport: Arc<quinn::TransportConfig>,
     /// Relays: the certificate presented to peers (also when dialing). Clients: None.
     cert: Option<Arc<CertifiedKey>>,
@@ -185,6 +189,7 @@ impl Endpoint {
     ) -> Result<Self, NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let transport = Arc::new(transport_config());
+        let dial_transport = Arc::new(dial_transport_config());
         let cert = tls::certified_key(identity, &provider)?;
 
         let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -216,7 +221,7 @@ impl Endpoint {
             inner: Arc::new(Inner {
                 quic,
                 provider,
-                transport,
+                transport: dial_transport,
                 cert: Some(cert),
                 node_id: Some(identity.node_id()),
                 incoming: Some(Mutex::new(rx)),
@@ -252,7 +257,7 @@ impl Endpoint {
             inner: Arc::new(Inner {
                 quic,
                 provider,
-                transport: Arc::new(transport_config()),
+                transport: Arc::new(dial_transport_config()),
                 cert: None,
                 node_id: None,
                 incoming: None,

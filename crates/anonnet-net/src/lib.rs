@@ -130,6 +130,15 @@ pub enum NetError {
     /// The endpoint was closed with [`Endpoint::close`].
     #[error("endpoint closed")]
     Closed,
+    /// Not dialed: this peer, at this address, failed a dial or let its link time out
+    /// `ago` (less than the memory of [`LinkManager::remember_unreachable`]).
+    #[error("peer at {addr} was unreachable {ago:?} ago; not dialed again yet")]
+    RecentlyUnreachable {
+        /// The address that was not dialed.
+        addr: SocketAddr,
+        /// How long ago it was found unreachable.
+        ago: std::time::Duration,
+    },
     /// The link was closed or lost while opening or accepting a stream.
     #[error("link lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
@@ -192,6 +201,19 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+/// [`transport_config`] for links we dial: the same, except that the peer may open no
+/// stream towards us. In anonnet only the dialing side opens streams (circuit legs,
+/// directory and DHT requests, authority tests; docs/protocol.md §10), and quinn-proto
+/// sets up per-stream-id state for every stream the peer is allowed at connection start
+/// (about 0.3 MiB for [`MAX_BIDI_STREAMS`]), so allowing none saves that on every link a
+/// node dials (docs/performance.md, "A network at scale"). A peer that opens a stream
+/// anyway waits on flow control for ever; nothing of ours does.
+pub fn dial_transport_config() -> quinn::TransportConfig {
+    let mut t = transport_config();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    t
+}
+
 impl anonnet_error::HasKind for NetError {
     /// A port that cannot be bound or no runtime is
     /// [`anonnet_error::ErrorKind::LocalResource`]; a dial or handshake that fails,
@@ -209,6 +231,7 @@ impl anonnet_error::HasKind for NetError {
             | NetError::QuicCrypto(_) => K::LocalResource,
             NetError::Connect { .. }
             | NetError::Handshake { .. }
+            | NetError::RecentlyUnreachable { .. }
             | NetError::Closed
             | NetError::Connection(_) => K::CircuitFailed,
             NetError::Version { .. } | NetError::IdentityMismatch { .. } => K::Protocol,
