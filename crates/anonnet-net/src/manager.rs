@@ -4,15 +4,28 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anonnet_crypto::NodeId;
 use lru::LruCache;
+use tokio::sync::oneshot;
 
 use crate::{Endpoint, Link, NetError};
 
 /// One cached peer's link. The async mutex serialises dials to that peer: a second `get`
 /// waits for the first one's dial instead of dialing in parallel.
-type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// A cached link, and (with [`LinkManager::remember_unreachable`]) the guard of the task
+/// that watches it close: dropping the entry (replaced, evicted) ends that task, so it
+/// never keeps a forgotten link open.
+struct Cached {
+    link: Link,
+    _watch: Option<oneshot::Sender<()>>,
+}
+
+/// Peers found unreachable, by NodeId: the address dialed and when.
+type Unreachable = Arc<std::sync::Mutex<LruCache<NodeId, (SocketAddr, Instant)>>>;
 
 /// Keeps at most one live [`Link`] per [`NodeId`] and reuses it; dials when the link is
 /// missing or closed.
@@ -22,9 +35,15 @@ type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
 /// closed is not used again until it is redialed, so it drifts to that end. Evicting only
 /// forgets a link: it stays open while others hold clones of it (circuits on it keep
 /// working) and closes when the last clone is dropped.
+///
+/// With [`LinkManager::remember_unreachable`] (relays), a peer whose dial failed, or whose
+/// link closed by QUIC idle timeout (it stopped answering: crashed, or cut off), is not
+/// dialed again at the same address for a while: [`LinkManager::get`] fails at once with
+/// [`NetError::RecentlyUnreachable`] instead of waiting for another handshake timeout.
 pub struct LinkManager {
     endpoint: Endpoint,
     slots: std::sync::Mutex<LruCache<NodeId, Slot>>,
+    unreachable: Option<(Duration, Unreachable)>,
 }
 
 impl fmt::Debug for LinkManager {
@@ -45,7 +64,34 @@ impl LinkManager {
         LinkManager {
             endpoint,
             slots: std::sync::Mutex::new(LruCache::new(max_links)),
+            unreachable: None,
         }
+    }
+
+    /// Remember for `memory` each peer found unreachable (a failed dial, or a link closed
+    /// by idle timeout), at most as many peers as links are cached, and do not dial it again
+    /// at that address meanwhile (docs/protocol.md §10, "Unreachable peers"). A relay sets
+    /// this so that `EXTEND`s towards a neighbour that just died fail at once
+    /// (`TRUNCATED` with `ConnectFailed`) and the client tries another path, as C tor's
+    /// relays remember failed OR connections. Must be called inside a tokio runtime, as
+    /// the close watchers are tasks.
+    #[must_use]
+    pub fn remember_unreachable(mut self, memory: Duration) -> Self {
+        let cap = self.slots().cap();
+        self.unreachable = Some((memory, Arc::new(std::sync::Mutex::new(LruCache::new(cap)))));
+        self
+    }
+
+    /// When `node_id` at `addr` was found unreachable less than the memory ago: that time.
+    pub(crate) fn unreachable_since(&self, node_id: &NodeId, addr: SocketAddr) -> Option<Instant> {
+        let (memory, map) = self.unreachable.as_ref()?;
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        let &(at, since) = map.peek(node_id)?;
+        if since.elapsed() >= *memory {
+            map.pop(node_id);
+            return None;
+        }
+        (at == addr).then_some(since)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, LruCache<NodeId, Slot>> {
@@ -73,18 +119,34 @@ impl LinkManager {
         };
 
         let mut guard = cell.lock().await;
-        if let Some(link) = guard.as_ref() {
-            if !link.is_closed() {
-                return Ok(link.clone());
+        if let Some(cached) = guard.as_ref() {
+            if !cached.link.is_closed() {
+                return Ok(cached.link.clone());
             }
         }
         *guard = None;
-        match self.endpoint.connect(addr, node_id).await {
+        let dialed = match self.unreachable_since(&node_id, addr) {
+            Some(since) => Err(NetError::RecentlyUnreachable {
+                addr,
+                ago: since.elapsed(),
+            }),
+            None => self.endpoint.connect(addr, node_id).await,
+        };
+        match dialed {
             Ok(link) => {
-                *guard = Some(link.clone());
+                let watch = self.watch(&link, node_id, addr);
+                *guard = Some(Cached {
+                    link: link.clone(),
+                    _watch: watch,
+                });
                 Ok(link)
             }
             Err(e) => {
+                if let (Some((_, map)), NetError::Handshake { .. } | NetError::Connect { .. }) =
+                    (&self.unreachable, &e)
+                {
+                    record(map, node_id, addr);
+                }
                 drop(guard);
                 let mut slots = self.slots();
                 let ours = slots
@@ -97,6 +159,26 @@ impl LinkManager {
                 Err(e)
             }
         }
+    }
+
+    /// With the memory on: a task that notes the peer unreachable when `link` closes by
+    /// idle timeout; it ends when the returned guard is dropped or the link closes.
+    fn watch(&self, link: &Link, node_id: NodeId, addr: SocketAddr) -> Option<oneshot::Sender<()>> {
+        let (_, map) = self.unreachable.as_ref()?;
+        let map = map.clone();
+        let conn = link.connection().clone();
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(async move {
+            tokio::select! {
+                reason = conn.closed() => {
+                    if matches!(reason, quinn::ConnectionError::TimedOut) {
+                        record(&map, node_id, addr);
+                    }
+                }
+                _ = stopped => {}
+            }
+        });
+        Some(stop)
     }
 
     /// The endpoint links are dialed from.
@@ -113,4 +195,11 @@ impl LinkManager {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Note `node_id` at `addr` unreachable from now.
+fn record(map: &Unreachable, node_id: NodeId, addr: SocketAddr) {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .put(node_id, (addr, Instant::now()));
 }

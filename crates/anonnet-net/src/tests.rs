@@ -214,6 +214,35 @@ async fn bidi_stream_round_trips_bytes() {
     .await;
 }
 
+/// Only the dialing side opens streams (`dial_transport_config`): the side that accepted
+/// a link may open none towards the dialer, relay or client, while the dialer's own
+/// streams still flow.
+#[tokio::test]
+async fn the_accepting_side_may_open_no_stream_towards_the_dialer() {
+    bounded(async {
+        let (server, server_id, mut accepted) = relay();
+        let relay_dialer = Endpoint::relay(&IdentityKey::generate().unwrap(), loopback()).unwrap();
+        let client = Endpoint::client(loopback()).unwrap();
+        for dialer in [&relay_dialer, &client] {
+            let link = dialer
+                .connect(server.local_addr().unwrap(), server_id)
+                .await
+                .unwrap();
+            let theirs = accepted.recv().await.unwrap();
+            // quinn's `open_bi` waits for the peer's stream credit, which never comes.
+            let opened = tokio::time::timeout(Duration::from_millis(300), theirs.open_bi()).await;
+            assert!(opened.is_err(), "the accepting side opened a stream");
+            let (mut send, _recv) = link.open_bi().await.unwrap();
+            send.write_all(b"circuit leg").await.unwrap();
+            let (_s, mut recv) = theirs.accept_bi().await.unwrap();
+            let mut got = [0u8; 11];
+            recv.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"circuit leg");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn closed_endpoint_stops_accepting_and_dialing() {
     bounded(async {
@@ -751,4 +780,67 @@ async fn link_handshake_and_bulk_timing() {
             (BULK >> 20) as f64 / secs
         );
     }
+}
+
+/// A relay that stops answering (its runtime blocked, as a crashed or cut-off host): the
+/// link to it closes by idle timeout, and a manager with `remember_unreachable` then fails
+/// a new `get` for that peer at once instead of dialing and waiting again; the memory
+/// holds that address only.
+#[test]
+fn a_peer_whose_link_timed_out_is_not_dialed_again_for_a_while() {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (freeze_tx, freeze_rx) = std::sync::mpsc::channel::<()>();
+    let silent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (server, id, _accepted) = relay();
+            ready_tx.send((server.local_addr().unwrap(), id)).unwrap();
+            // Keep serving until told to freeze, then block this runtime's only thread.
+            let freeze = tokio::task::spawn_blocking(move || freeze_rx.recv());
+            let _ = freeze.await;
+            std::thread::sleep(Duration::from_millis(
+                u64::from(MAX_IDLE_TIMEOUT_MS) + 3_000,
+            ));
+            drop(server);
+        });
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(bounded(async {
+        let (addr, id) = ready_rx.recv().unwrap();
+        let manager = LinkManager::new(Endpoint::client(loopback()).unwrap(), 8)
+            .remember_unreachable(Duration::from_secs(30));
+        let link = manager.get(addr, id).await.unwrap();
+        freeze_tx.send(()).unwrap();
+        let reason = link.connection().closed().await;
+        assert!(
+            matches!(reason, quinn::ConnectionError::TimedOut),
+            "{reason:?}"
+        );
+        // The watcher task records the timeout as the connection closes (bounded wait).
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while manager.unreachable_since(&id, addr).is_none() {
+            assert!(std::time::Instant::now() < deadline, "timeout not recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(manager.unreachable_since(&id, loopback_unused()).is_none());
+        let started = std::time::Instant::now();
+        let again = manager.get(addr, id).await;
+        assert!(
+            matches!(again, Err(NetError::RecentlyUnreachable { addr: a, .. }) if a == addr),
+            "{again:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }));
+    silent.join().unwrap();
+}
+
+/// A loopback UDP address with nothing bound to it (bound once, then released).
+fn loopback_unused() -> SocketAddr {
+    std::net::UdpSocket::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }

@@ -32,6 +32,10 @@ use tracing::{debug, info, warn, Instrument};
 pub use exit_policy::{Action, ExitPolicy, ExitRule};
 pub use records::{DHT_RECORDS_FILE, HSDIR_RECORDS_FILE, RECORDS_SAVE_EVERY};
 
+/// How long a relay does not dial again a neighbour (at the same address) whose dial
+/// failed or whose link timed out: `EXTEND`s towards it are answered `TRUNCATED`
+/// (`ConnectFailed`) at once meanwhile (docs/protocol.md §10, "Unreachable peers"), 10 s.
+pub const UNREACHABLE_MEMORY: Duration = Duration::from_secs(10);
 /// How long a relay descriptor is valid (seconds): 24 hours.
 pub const DESCRIPTOR_LIFETIME: u64 = 24 * 3600;
 /// When the descriptor is signed again with fresh times, rewritten and published (§15):
@@ -533,7 +537,10 @@ impl Relay {
             .clone()
             .unwrap_or_else(|| config.data_dir.join("descriptor"));
         write_atomically(&descriptor_file, descriptor_text(&descriptor)?.as_bytes())?;
-        let links = Arc::new(LinkManager::new(endpoint.clone(), config.limits.max_links));
+        let links = Arc::new(
+            LinkManager::new(endpoint.clone(), config.limits.max_links)
+                .remember_unreachable(UNREACHABLE_MEMORY),
+        );
         let table_file = config.data_dir.join(DHT_TABLE_FILE);
         let table = load_dht_table(&table_file, node_id);
         let dht = DhtNode::relay(
