@@ -472,7 +472,15 @@ async fn restarting_the_client_keeps_guards_and_services() {
     )
     .await
     .unwrap_or_else(|e| panic!("request before the restart: {e}{}", logs(&dir, &[])));
-    let before = status(&state).await;
+    // A young network may have flagged fewer than 3 relays Guard yet; the client tops its
+    // set up from each consensus it installs (protocol §9.1). Wait for a full set (bounded),
+    // so that what the restart must keep is the whole set.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut before = status(&state).await;
+    while before.guards.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        before = status(&state).await;
+    }
     assert_eq!(before.guards.len(), 3, "{before:?}");
     assert!(before.counters.streams_opened >= 1, "{before:?}");
     let guard_file = std::fs::read(state.join("guards.json")).unwrap();
