@@ -73,8 +73,9 @@ impl LinkManager {
     /// at that address meanwhile (docs/protocol.md §10, "Unreachable peers"). A relay sets
     /// this so that `EXTEND`s towards a neighbour that just died fail at once
     /// (`TRUNCATED` with `ConnectFailed`) and the client tries another path, as C tor's
-    /// relays remember failed OR connections. Must be called inside a tokio runtime, as
-    /// the close watchers are tasks.
+    /// relays remember failed OR connections. Each link dialed then gets a small task
+    /// (spawned by [`LinkManager::get`]) that notes its close reason; the task ends when
+    /// the link closes or leaves the cache.
     #[must_use]
     pub fn remember_unreachable(mut self, memory: Duration) -> Self {
         let cap = self.slots().cap();
