@@ -330,6 +330,35 @@ pub fn cli_json(args: &[&str], config: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The status of the client daemon whose state directory (control cookie and port) is
+/// `state_dir`, through its control API; panics when it does not answer within 10 s.
+pub async fn client_status(state_dir: &Path) -> anonnet_control::Status {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        anonnet_control::ControlClient::from_state_dir(state_dir)
+            .unwrap()
+            .status()
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("the control API answered within 10 s")
+}
+
+/// Wait, at most `bound`, until the client's guard set holds
+/// [`anonnet_client::guards::NUM_GUARDS`] guards, asking its status every 500 ms; returns
+/// the last status (the caller asserts on it). A young network flags relays Guard one
+/// consensus after another, and the client tops its set up from each consensus it installs
+/// (protocol §9.1), without sending anything.
+pub async fn wait_for_full_guard_set(state_dir: &Path, bound: Duration) -> anonnet_control::Status {
+    let deadline = Instant::now() + bound;
+    let mut s = client_status(state_dir).await;
+    while s.guards.len() < anonnet_client::guards::NUM_GUARDS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s = client_status(state_dir).await;
+    }
+    s
+}
+
 /// Serve `files` (path → body) over HTTP/1.1 on 127.0.0.1:0 with hyper; returns the port.
 pub async fn serve_files(files: Vec<(String, Bytes)>) -> u16 {
     serve_files_at("127.0.0.1:0", files).await.port()

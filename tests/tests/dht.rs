@@ -12,19 +12,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
-use anonnet_control::{ControlClient, Status};
-use anonnet_tests::{anonnet_bin, curl_socks, serve_files, temp_dir, Testnet};
+use anonnet_tests::{
+    anonnet_bin, client_status, curl_socks, serve_files, temp_dir, wait_for_full_guard_set, Testnet,
+};
 use bytes::Bytes;
 
 const PAGE: &[u8] = b"found through the DHT\n";
-
-async fn status(state_dir: &std::path::Path) -> Status {
-    ControlClient::from_state_dir(state_dir)
-        .unwrap()
-        .status()
-        .await
-        .unwrap()
-}
 
 fn kill(pid: u64) {
     let _ = Command::new("kill")
@@ -55,10 +48,10 @@ async fn client_learns_relays_from_the_consensus_and_survives_losing_its_fallbac
 
     // The consensus lists at least 18 of the 20 relays (all once every one was tested).
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut s = status(&client_state).await;
+    let mut s = client_status(&client_state).await;
     while s.relays < 18 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        s = status(&client_state).await;
+        s = client_status(&client_state).await;
     }
     assert!(
         s.relays >= 18,
@@ -71,7 +64,7 @@ async fn client_learns_relays_from_the_consensus_and_survives_losing_its_fallbac
     let (code, err) = curl_socks(net.socks, &url, &dir.join("page"));
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read(dir.join("page")).unwrap(), PAGE);
-    let s = status(&client_state).await;
+    let s = client_status(&client_state).await;
     let used: HashSet<String> = s.circuits.iter().flat_map(|c| c.path.clone()).collect();
     assert!(
         used.iter().any(|id| !bootstrap.contains(id)),
@@ -81,12 +74,7 @@ async fn client_learns_relays_from_the_consensus_and_survives_losing_its_fallbac
     // (it is earned once measured), so the guard set may hold fewer than 3 at first. The
     // client tops its set up from every consensus it installs (one every few seconds
     // here), without building a circuit: no traffic is sent while waiting.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut s = s;
-    while s.guards.len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        s = status(&client_state).await;
-    }
+    let s = wait_for_full_guard_set(&client_state, Duration::from_secs(60)).await;
     let guards_before = s.guards.clone();
     assert_eq!(
         guards_before.len(),
@@ -128,7 +116,7 @@ async fn client_learns_relays_from_the_consensus_and_survives_losing_its_fallbac
 
     let (code, err) = curl_socks(socks, &url, &dir.join("page2"));
     assert_eq!(code, 0, "after the restart: {err}");
-    let s = status(&client_state).await;
+    let s = client_status(&client_state).await;
     assert!(
         s.guards.starts_with(&guards_before),
         "guards kept across the restart: {guards_before:?} then {:?}",

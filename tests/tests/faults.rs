@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anonnet_control::{CircuitInfo, ControlClient, Status};
-use anonnet_tests::{anonnet_bin, serve_files, temp_dir, Testnet};
+use anonnet_control::{CircuitInfo, ControlClient};
+use anonnet_tests::{
+    anonnet_bin, client_status, serve_files, temp_dir, wait_for_full_guard_set, Testnet,
+};
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -81,18 +83,6 @@ async fn serve_slow() -> u16 {
         }
     });
     port
-}
-
-async fn status(state_dir: &Path) -> Status {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        ControlClient::from_state_dir(state_dir)
-            .unwrap()
-            .status()
-            .await
-            .unwrap()
-    })
-    .await
-    .expect("the control API answered within 10 s")
 }
 
 fn signal(sig: &str, pid: u64) {
@@ -285,7 +275,7 @@ async fn round(net: &Testnet, role: Role, sig: &str, port: u16) -> Result<Round,
     // Bounded: the download is carried by an "in use" circuit and bytes have arrived.
     let deadline = Instant::now() + Duration::from_secs(30);
     let circuit: CircuitInfo = loop {
-        let s = status(&state).await;
+        let s = client_status(&state).await;
         let size = std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
         let busy: Vec<&CircuitInfo> = s
             .circuits
@@ -330,7 +320,7 @@ async fn round(net: &Testnet, role: Role, sig: &str, port: u16) -> Result<Round,
     let (st, stderr) = match tokio::time::timeout(FAIL_BOUND, curl_result(download)).await {
         Ok(r) => r,
         Err(_) => {
-            let s = status(&state).await;
+            let s = client_status(&state).await;
             return Err(format!(
                 "{what}: the download still runs {FAIL_BOUND:?} later (file {} bytes, {} at \
                  the kill); client circuits {:?}{}",
@@ -356,7 +346,7 @@ async fn round(net: &Testnet, role: Role, sig: &str, port: u16) -> Result<Round,
     let attempts = match fetch_until(net.socks, &url, &small, killed_at + RECOVER_BOUND).await {
         Ok(n) => n,
         Err(e) => {
-            let s = status(&state).await;
+            let s = client_status(&state).await;
             return Err(format!(
                 "{what}: the download failed after {:.2} s ({}), but no request succeeded \
                  within {RECOVER_BOUND:?} of the kill: {e}; client circuits {:?}{}",
@@ -368,7 +358,7 @@ async fn round(net: &Testnet, role: Role, sig: &str, port: u16) -> Result<Round,
         }
     };
     let time_to_success = killed_at.elapsed();
-    let s = status(&state).await;
+    let s = client_status(&state).await;
     let now: Vec<&CircuitInfo> = s.circuits.iter().filter(|c| c.state == "in use").collect();
     if now.is_empty()
         || now
@@ -475,12 +465,7 @@ async fn restarting_the_client_keeps_guards_and_services() {
     // A young network may have flagged fewer than 3 relays Guard yet; the client tops its
     // set up from each consensus it installs (protocol §9.1). Wait for a full set (bounded),
     // so that what the restart must keep is the whole set.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut before = status(&state).await;
-    while before.guards.len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        before = status(&state).await;
-    }
+    let before = wait_for_full_guard_set(&state, Duration::from_secs(60)).await;
     assert_eq!(before.guards.len(), 3, "{before:?}");
     assert!(before.counters.streams_opened >= 1, "{before:?}");
     let guard_file = std::fs::read(state.join("guards.json")).unwrap();
@@ -540,7 +525,7 @@ async fn restarting_the_client_keeps_guards_and_services() {
     // Keep draining its stdout so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
-    let after = status(&state).await;
+    let after = client_status(&state).await;
     assert_eq!(
         after.counters.streams_opened, 0,
         "the control API answering is the new daemon's: {after:?}"
@@ -555,7 +540,7 @@ async fn restarting_the_client_keeps_guards_and_services() {
     let attempts = fetch_until(socks, &url, &out, Instant::now() + Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("request after the restart: {e}{}", logs(&dir, &[])));
-    let s = status(&state).await;
+    let s = client_status(&state).await;
     assert_eq!(
         s.guards,
         before.guards,
