@@ -123,7 +123,7 @@ struct Inner {
     quic: quinn::Endpoint,
     provider: Arc<CryptoProvider>,
     /// Transport of the links this endpoint dials ([`dial_transport_config`]).
-    transport: Arc<quinn::TransportConfig>,
+    dial_transport: Arc<quinn::TransportConfig>,
     /// Relays: the certificate presented to peers (also when dialing). Clients: None.
     cert: Option<Arc<CertifiedKey>>,
     node_id: Option<NodeId>,
@@ -188,8 +188,6 @@ impl Endpoint {
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
-        let transport = Arc::new(transport_config());
-        let dial_transport = Arc::new(dial_transport_config());
         let cert = tls::certified_key(identity, &provider)?;
 
         let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -202,7 +200,7 @@ impl Endpoint {
         server_tls.send_tls13_tickets = 0;
         let server_crypto = QuicServerConfig::try_from(server_tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(transport.clone());
+        server_config.transport_config(Arc::new(transport_config()));
 
         let quic = quinn::Endpoint::server(server_config, bind)
             .map_err(|source| NetError::Bind { addr: bind, source })?;
@@ -221,7 +219,7 @@ impl Endpoint {
             inner: Arc::new(Inner {
                 quic,
                 provider,
-                transport: dial_transport,
+                dial_transport: Arc::new(dial_transport_config()),
                 cert: Some(cert),
                 node_id: Some(identity.node_id()),
                 incoming: Some(Mutex::new(rx)),
@@ -257,7 +255,7 @@ impl Endpoint {
             inner: Arc::new(Inner {
                 quic,
                 provider,
-                transport: Arc::new(dial_transport_config()),
+                dial_transport: Arc::new(dial_transport_config()),
                 cert: None,
                 node_id: None,
                 incoming: None,
@@ -326,7 +324,7 @@ impl Endpoint {
         tls.resumption = rustls::client::Resumption::disabled();
         let crypto = QuicClientConfig::try_from(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(self.inner.transport.clone());
+        config.transport_config(self.inner.dial_transport.clone());
         Ok(config)
     }
 
@@ -335,8 +333,8 @@ impl Endpoint {
     /// check proves the peer holds that key. Relay endpoints present their certificate,
     /// client endpoints none.
     ///
-    /// There is no timeout here besides QUIC's idle timeout (60 s, see
-    /// [`transport_config`]); callers wrap this in their own deadline.
+    /// There is no timeout here besides QUIC's idle timeout (6 s, see
+    /// [`dial_transport_config`]); callers wrap this in their own deadline.
     ///
     /// # Errors
     /// [`NetError::IdentityMismatch`] when the peer proves another identity (or a non-Ed25519
