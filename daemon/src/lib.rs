@@ -2,3 +2,4 @@
 //! the config fuzz target (`fuzz/fuzz_targets/config.rs`, docs/fuzzing.md).
 
 pub mod config;
+pub mod netns;

@@ -414,7 +414,7 @@ async fn start(options: &TestnetOptions, net: &mut Testnet) -> Result<(), Error>
             .map_err(Error::io("binding the demo site on 127.0.0.1"))?,
         Some(h) => {
             let addr = SocketAddr::new(h.addr.into(), WAN_SITE_PORT);
-            let listener = crate::wan::in_netns(&h.netns, move || {
+            let listener = anonnet_daemon::netns::in_netns(&h.netns, move || {
                 let l = std::net::TcpListener::bind(addr)?;
                 l.set_nonblocking(true)?;
                 Ok(l)

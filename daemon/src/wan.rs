@@ -34,10 +34,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rand::{Rng, RngExt, SeedableRng};
-use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+use anonnet_daemon::netns::forward_into;
 
 use crate::Error;
 
@@ -419,15 +420,10 @@ impl Wan {
         host: &Host,
         target: SocketAddr,
     ) -> Result<SocketAddr, Error> {
-        let listener = TcpListener::bind(listen)
+        let (bound, task) = forward_into(listen, &host.netns, target)
             .await
             .map_err(Error::io(format!("listening on {listen}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(Error::io("reading a listener's address"))?;
-        let netns = host.netns.clone();
-        self.forwards
-            .push(tokio::spawn(forward_loop(listener, netns, target)));
+        self.forwards.push(task);
         Ok(bound)
     }
 
@@ -575,88 +571,6 @@ async fn remove_stale_namespaces() {
                 warn!("{e}");
             }
         }
-    }
-}
-
-/// Run `f` on a fresh thread that has entered the network namespace `netns`; sockets it
-/// creates stay in that namespace. (A fresh thread, because setns(2) changes the calling
-/// thread for good.)
-///
-/// # Errors
-/// The I/O error from opening `/run/netns/NETNS`, from setns(2), or from `f`.
-#[cfg(target_os = "linux")]
-pub fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    let path = Path::new("/run/netns").join(netns);
-    let ns = std::fs::File::open(&path)?;
-    std::thread::spawn(move || {
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&ns),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )?;
-        f()
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("namespace thread panicked"))?
-}
-
-/// Network namespaces exist only on Linux: the WAN testnet cannot run elsewhere.
-///
-/// # Errors
-/// Always [`std::io::ErrorKind::Unsupported`].
-#[cfg(not(target_os = "linux"))]
-pub fn in_netns<T: Send + 'static>(
-    _netns: &str,
-    _f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "the WAN testnet needs Linux network namespaces",
-    ))
-}
-
-/// Accept on `listener` and splice each connection to `target` inside `netns`.
-async fn forward_loop(listener: TcpListener, netns: String, target: SocketAddr) {
-    loop {
-        let (mut inbound, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                debug!("forwarder accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let netns = netns.clone();
-        tokio::spawn(async move {
-            let ns = netns.clone();
-            let outbound = tokio::task::spawn_blocking(move || {
-                in_netns(&ns, move || {
-                    let s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10))?;
-                    s.set_nonblocking(true)?;
-                    Ok(s)
-                })
-            })
-            .await;
-            let outbound = match outbound {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!("forwarder connect in {netns}: {e}");
-                    return;
-                }
-                Err(e) => {
-                    debug!("forwarder task: {e}");
-                    return;
-                }
-            };
-            let Ok(mut outbound) = tokio::net::TcpStream::from_std(outbound) else {
-                return;
-            };
-            let _ = inbound.set_nodelay(true);
-            let _ = outbound.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-        });
     }
 }
 
