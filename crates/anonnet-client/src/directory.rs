@@ -151,8 +151,9 @@ impl Directory {
     /// Choose guard, middle and exit (§9.1): three distinct relays, the exit's policy
     /// summary allowing the port, no two in the same /16 (IPv4) or /32 (IPv6) unless
     /// `allow_same_subnet`, the first hop one of `req.guards` (or, when that list is empty, any
-    /// relay flagged guard), none in `req.avoid`, and the exit outside `req.other_exits` when
-    /// another exit allows the port. Each position is drawn weighted by advertised bandwidth.
+    /// relay flagged guard), none in `req.avoid`, and the exit outside `req.other_exits` (and
+    /// `req.vanguards`) when another exit allows the port and fits a path; when none does,
+    /// any exit that fits. Each position is drawn weighted by advertised bandwidth.
     ///
     /// # Errors
     /// [`PathError::NoExitForPort`] when no exit allows the port,
@@ -167,30 +168,55 @@ impl Directory {
             .values()
             .filter(|r| !req.avoid.contains(&r.node_id))
             .collect();
-        let weight = |r: &&VerifiedDescriptor| bandwidth_weight(r);
-        let mut exits: Vec<&VerifiedDescriptor> = usable
+        let all_exits: Vec<&VerifiedDescriptor> = usable
             .iter()
             .copied()
             .filter(|r| req.any_last_hop || r.descriptor.exit_allows_port(req.port))
             .collect();
-        if exits.is_empty() {
+        if all_exits.is_empty() {
             return Err(PathError::NoExitForPort(req.port));
         }
-        if exits.iter().any(|r| !req.other_exits.contains(&r.node_id)) {
-            exits.retain(|r| !req.other_exits.contains(&r.node_id));
+        let mut preferred = all_exits.clone();
+        if preferred
+            .iter()
+            .any(|r| !req.other_exits.contains(&r.node_id))
+        {
+            preferred.retain(|r| !req.other_exits.contains(&r.node_id));
         }
         // Leave the vanguards free for the second hop when another last hop exists.
-        if exits.iter().any(|r| !req.vanguards.contains(&r.node_id)) {
-            exits.retain(|r| !req.vanguards.contains(&r.node_id));
+        if preferred
+            .iter()
+            .any(|r| !req.vanguards.contains(&r.node_id))
+        {
+            preferred.retain(|r| !req.vanguards.contains(&r.node_id));
         }
+        // Those are preferences: when none of the preferred exits fits a path (in a young
+        // network, the only other exit may be the only guard), any exit that fits will do.
+        let fallback = (preferred.len() < all_exits.len()).then_some(all_exits);
+        for exits in std::iter::once(preferred).chain(fallback) {
+            if let Some(path) = self.path_with_exit_from(exits, req, usable.as_slice(), rng) {
+                return Ok(path);
+            }
+        }
+        Err(PathError::NotEnoughRelays(3))
+    }
+
+    /// Draw an exit from `exits`; when no guard or middle (from `usable`) fits beside it,
+    /// drop it and draw again among the rest. Whether an exit fits does not depend on the
+    /// draw, so this draws from the exits that fit, weighted as before. In a young network
+    /// the only guard may carry nearly all the measured bandwidth: a fixed number of
+    /// redraws would almost always pick it as the exit again and fail.
+    fn path_with_exit_from(
+        &self,
+        mut exits: Vec<&VerifiedDescriptor>,
+        req: &PathRequest<'_>,
+        usable: &[&VerifiedDescriptor],
+        rng: &mut impl Rng,
+    ) -> Option<Vec<VerifiedDescriptor>> {
+        let weight = |r: &&VerifiedDescriptor| bandwidth_weight(r);
         let apart = |a: &VerifiedDescriptor, b: &VerifiedDescriptor| {
             a.node_id != b.node_id && (req.allow_same_subnet || subnet(a) != subnet(b))
         };
-        // Draw an exit; when no guard or middle fits beside it, drop it and draw again
-        // among the rest. Whether an exit fits does not depend on the draw, so this draws
-        // from the exits that fit, weighted as before. In a young network the only guard
-        // may carry nearly all the measured bandwidth: a fixed number of redraws would
-        // almost always pick it as the exit again and fail.
         while !exits.is_empty() {
             let Ok(exit) = exits.choose_weighted(rng, weight).copied() else {
                 break;
@@ -219,9 +245,9 @@ impl Directory {
             let Some(middle) = choose_middle(&middles, req, rng) else {
                 continue;
             };
-            return Ok(vec![(*guard).clone(), (*middle).clone(), exit.clone()]);
+            return Some(vec![(*guard).clone(), (*middle).clone(), exit.clone()]);
         }
-        Err(PathError::NotEnoughRelays(3))
+        None
     }
 
     /// A guard and a middle for a circuit whose last hop is a relay named elsewhere (an
@@ -711,6 +737,32 @@ pub(crate) mod tests {
                 assert_ne!(p[1].node_id, p[2].node_id);
                 assert!(!guard.contains(&p[2].node_id));
             }
+        }
+        // The pool already has circuits through exits 2 and 3 (the CI failure of
+        // 2026-12-07: "not enough relays" after the first circuits, bootstrap back at
+        // 40 %): the only other exit is the guard, so a path reuses exit 2 or 3.
+        let used = [
+            IdentityKey::from_seed(&[2; 32]).node_id(),
+            IdentityKey::from_seed(&[3; 32]).node_id(),
+        ];
+        let req = PathRequest {
+            guards: &guard,
+            other_exits: &used,
+            ..PathRequest::port(80)
+        };
+        for _ in 0..100 {
+            let p = dir.choose_path(&req, &mut rng).unwrap();
+            assert_eq!(p[0].node_id, guard[0]);
+            assert!(used.contains(&p[2].node_id));
+        }
+        // And the preference still holds when it can: with exit 2 in use, exit 3.
+        let req = PathRequest {
+            guards: &guard,
+            other_exits: &used[..1],
+            ..PathRequest::port(80)
+        };
+        for _ in 0..100 {
+            assert_eq!(dir.choose_path(&req, &mut rng).unwrap()[2].node_id, used[1]);
         }
     }
 
