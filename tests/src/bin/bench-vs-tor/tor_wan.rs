@@ -425,7 +425,15 @@ impl TorWan {
                 .filter_map(|&i| relays.get(i).copied())
                 .collect();
             let t0 = Instant::now();
-            let reply = ctl.command(&format!("EXTENDCIRCUIT 0 {}", fps.join(",")))?;
+            // A relay missing from the client's current consensus is answered `552 No such
+            // router`: that sample is lost, the run goes on.
+            let reply = match ctl.command(&format!("EXTENDCIRCUIT 0 ${}", fps.join(",$"))) {
+                Ok(r) => r,
+                Err(e) => {
+                    log(&format!("tor circuit build not started: {e}"));
+                    continue;
+                }
+            };
             let id = reply
                 .last()
                 .and_then(|l| l.strip_prefix("250 EXTENDED "))
