@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod congestion;
 mod endpoint;
 pub mod logging;
 mod manager;
@@ -170,8 +171,9 @@ pub const PAD_TO_MTU: bool = false;
 /// windows [`STREAM_RECEIVE_WINDOW`] / [`CONNECTION_RECEIVE_WINDOW`] /
 /// [`CONNECTION_SEND_WINDOW`], keep-alive [`KEEP_ALIVE_INTERVAL`], idle timeout
 /// [`MAX_IDLE_TIMEOUT_MS`], ACK frequency [`ACK_ELICITING_THRESHOLD`] / [`ACK_DELAY`],
-/// congestion control BBR (quinn marks its BBR experimental; CUBIC collapses under the
-/// loss of real paths, see the body).
+/// congestion control BBR with its window capped to twice what the link has in flight
+/// ([`congestion::CappedBbrConfig`]; quinn marks its BBR experimental; CUBIC collapses
+/// under the loss of real paths, see the body).
 ///
 /// `pad_to_mtu` is OFF, against DESIGN §4 "Circuits", because it breaks bulk transfers in
 /// quinn-proto 0.11.19: `PacketBuilder::finish_and_track` counts a *padded* ACK-only packet
@@ -196,8 +198,9 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.ack_frequency_config(Some(acks));
     // BBR, not quinn's default CUBIC: on the WAN testnet's broadband profile (0.1 % loss
     // per link direction) CUBIC held a 3-hop download to 0.35 MB/s and BBR to 1.0 MB/s
-    // (docs/performance.md); loopback throughput was the same.
-    t.congestion_controller_factory(std::sync::Arc::new(quinn::congestion::BbrConfig::default()));
+    // (docs/performance.md); loopback throughput was the same. Its window is capped to
+    // what the link uses, which keeps quinn's pacing on (crate::congestion).
+    t.congestion_controller_factory(std::sync::Arc::new(congestion::CappedBbrConfig::default()));
     t
 }
 

@@ -1,0 +1,242 @@
+//! Link congestion control: quinn's BBR with its window held to what the link uses
+//! (docs/protocol.md §10, "Congestion control of links").
+//!
+//! quinn-proto 0.11.19's BBR never leaves startup while the sender is application-limited,
+//! and in startup it adds every acknowledged byte to its window. A relay link is nearly
+//! always application-limited (the circuits' own windows decide what is sent, §6.4), so the
+//! window grows without end: 40–140 MB after a 64 MiB download on the `broadband` WAN
+//! testnet. quinn paces at the window per round trip, so such a window disables pacing;
+//! each circuit SENDME then releases its 100 cells at once, and the bursts overflow
+//! buffers on the path (on the emulated WAN 2.4–3.6 % of the link's packets were lost with
+//! the emulator's own loss switched off, 0.3 % with CUBIC's paced window). Every loss
+//! stalls the circuit's in-order stream for a link round trip, which the circuit's Vegas
+//! reads as queueing.
+//!
+//! [`CappedBbrConfig`] builds BBR, and [`CappedWindow`] caps the window it reports at twice
+//! the most bytes the link had in flight over the last one to two round trips (the
+//! "validated" window of RFC 7661, new-CWV), never below BBR's initial window: the link may still double what it
+//! sends every round trip, and pacing stays at most about twice the rate in use.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetrics};
+use quinn_proto::RttEstimator;
+
+/// The factory of [`CappedWindow`]-wrapped BBR for [`quinn::TransportConfig::congestion_controller_factory`].
+#[derive(Debug, Clone, Default)]
+pub struct CappedBbrConfig {
+    bbr: Arc<BbrConfig>,
+}
+
+impl ControllerFactory for CappedBbrConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(CappedWindow::new(
+            self.bbr.clone().build(now, current_mtu),
+            now,
+        ))
+    }
+}
+
+/// A congestion controller (quinn's BBR here) whose window is capped at twice the most
+/// bytes in flight in the current and the previous period of one smoothed round trip
+/// (so over the last one to two round trips), at least its initial window (bytes). See
+/// the module doc.
+pub struct CappedWindow {
+    inner: Box<dyn Controller>,
+    /// The smallest cap (bytes): BBR's initial window.
+    floor: u64,
+    /// Bytes in flight now, as last told by quinn plus what was sent since (bytes).
+    in_flight: u64,
+    /// Most bytes in flight in the current round-trip period.
+    current_max: u64,
+    /// Most bytes in flight in the period before.
+    previous_max: u64,
+    period_start: Instant,
+    /// quinn's smoothed round trip: the length of a period.
+    srtt: Duration,
+}
+
+impl CappedWindow {
+    /// Wrap `inner`, created at `now`. Until quinn reports a round trip, a period lasts
+    /// 100 ms.
+    pub fn new(inner: Box<dyn Controller>, now: Instant) -> CappedWindow {
+        CappedWindow {
+            floor: inner.initial_window(),
+            inner,
+            in_flight: 0,
+            current_max: 0,
+            previous_max: 0,
+            period_start: now,
+            srtt: Duration::from_millis(100),
+        }
+    }
+
+    fn cap(&self) -> u64 {
+        self.current_max
+            .max(self.previous_max)
+            .saturating_mul(2)
+            .max(self.floor)
+    }
+
+    fn note_in_flight(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.period_start) >= self.srtt {
+            self.previous_max = self.current_max;
+            self.current_max = 0;
+            self.period_start = now;
+        }
+        self.current_max = self.current_max.max(self.in_flight);
+    }
+}
+
+impl Controller for CappedWindow {
+    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.in_flight = self.in_flight.saturating_add(bytes);
+        self.note_in_flight(now);
+        self.inner.on_sent(now, bytes, last_packet_number);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        self.srtt = rtt.get().max(Duration::from_millis(1));
+        self.inner.on_ack(now, sent, bytes, app_limited, rtt);
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+    ) {
+        self.in_flight = in_flight;
+        self.note_in_flight(now);
+        self.inner
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.inner
+            .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.inner.on_mtu_update(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        self.inner.window().min(self.cap())
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut m = self.inner.metrics();
+        m.congestion_window = self.window();
+        m
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(CappedWindow {
+            inner: self.inner.clone_box(),
+            floor: self.floor,
+            in_flight: self.in_flight,
+            current_max: self.current_max,
+            previous_max: self.previous_max,
+            period_start: self.period_start,
+            srtt: self.srtt,
+        })
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.inner.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A controller whose window has run away, as quinn's BBR's does on a busy link.
+    struct Runaway;
+
+    impl Controller for Runaway {
+        fn on_congestion_event(&mut self, _: Instant, _: Instant, _: bool, _: u64) {}
+        fn on_mtu_update(&mut self, _: u16) {}
+        fn window(&self) -> u64 {
+            100 << 20
+        }
+        fn clone_box(&self) -> Box<dyn Controller> {
+            Box::new(Runaway)
+        }
+        fn initial_window(&self) -> u64 {
+            12_000
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn Any> {
+            self
+        }
+    }
+
+    /// One 100 ms period in which `packets` packets of 1,200 bytes go out and are then all
+    /// acknowledged.
+    fn period(c: &mut CappedWindow, now: &mut Instant, packets: u64) {
+        for pn in 0..packets {
+            c.on_sent(*now, 1_200, pn);
+        }
+        *now += Duration::from_millis(100);
+        c.on_end_acks(*now, 0, true, Some(packets));
+    }
+
+    #[test]
+    fn the_window_follows_what_the_link_has_in_flight() {
+        let mut now = Instant::now();
+        let mut c = CappedWindow::new(Box::new(Runaway), now);
+        // Nothing sent yet: the initial window, not the runaway one.
+        assert_eq!(c.window(), 12_000);
+        // 50 packets in flight per round trip: twice that, so pacing stays near the rate.
+        period(&mut c, &mut now, 50);
+        assert_eq!(c.window(), 2 * 50 * 1_200);
+        // A sender with more to send may double every round trip.
+        period(&mut c, &mut now, 100);
+        assert_eq!(c.window(), 2 * 100 * 1_200);
+        period(&mut c, &mut now, 200);
+        assert_eq!(c.window(), 2 * 200 * 1_200);
+        // While a period runs, the one before still counts.
+        c.on_sent(now, 1_200, 0);
+        assert_eq!(c.window(), 2 * 200 * 1_200);
+        c.on_end_acks(now, 0, true, Some(0));
+        // Once it sends less, the cap follows within two round trips, down to the floor.
+        period(&mut c, &mut now, 20);
+        assert_eq!(c.window(), 2 * 20 * 1_200);
+        period(&mut c, &mut now, 2);
+        period(&mut c, &mut now, 2);
+        assert_eq!(c.window(), 12_000);
+        assert_eq!(c.metrics().congestion_window, 12_000);
+    }
+
+    #[test]
+    fn a_smaller_inner_window_is_kept() {
+        // The cap only ever lowers BBR's window: BBR's own limits (startup, recovery,
+        // PROBE_RTT) still apply when they are smaller.
+        let now = Instant::now();
+        let inner = Arc::new(BbrConfig::default()).build(now, 1_200);
+        let initial = inner.initial_window();
+        let c = CappedWindow::new(inner, now);
+        assert_eq!(c.window(), initial);
+    }
+}
