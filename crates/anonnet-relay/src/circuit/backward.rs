@@ -16,12 +16,17 @@ pub(super) struct BackwardTask {
 }
 
 impl BackwardTask {
-    pub(super) async fn run(mut self) {
-        self.relay_cells().await;
-        match self.teardown.plan(false).to_prev {
-            Some(reason) => send_destroy(&mut self.prev_send, self.cell_len, reason).await,
-            None => {
-                let _ = self.prev_send.finish();
+    /// The backward task, until the circuit ends. A plain function returning the future
+    /// (not an `async fn`), so that the task struct is stored once in it.
+    pub(super) fn run(self) -> impl std::future::Future<Output = ()> {
+        let mut this = self;
+        async move {
+            this.relay_cells().await;
+            match this.teardown.plan(false).to_prev {
+                Some(reason) => send_destroy(&mut this.prev_send, this.cell_len, reason).await,
+                None => {
+                    let _ = this.prev_send.finish();
+                }
             }
         }
     }

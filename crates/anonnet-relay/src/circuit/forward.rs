@@ -4,43 +4,52 @@
 use super::*;
 
 impl ForwardTask {
-    pub(super) async fn run(mut self, mut prev_rx: mpsc::Receiver<CellBatch>) {
-        loop {
-            let cells = tokio::select! {
-                biased;
-                () = self.teardown.token.cancelled() => break,
-                c = prev_rx.recv() => c,
-            };
-            let Some(mut cells) = cells else { break };
-            let mut handled = Ok(());
-            while handled.is_ok() && cells.len() >= self.cell_len {
-                let cell = cells.split_to(self.cell_len);
-                handled = self.handle_cell(cell).await;
+    /// The forward task: cells from the previous hop until the circuit ends, then its
+    /// teardown. A plain function returning the future (not an `async fn`), so that the
+    /// task struct is stored once in it, not as argument and local both.
+    pub(super) fn run(
+        self,
+        mut prev_rx: mpsc::Receiver<CellBatch>,
+    ) -> impl std::future::Future<Output = ()> {
+        let mut this = self;
+        async move {
+            loop {
+                let cells = tokio::select! {
+                    biased;
+                    () = this.teardown.token.cancelled() => break,
+                    c = prev_rx.recv() => c,
+                };
+                let Some(mut cells) = cells else { break };
+                let mut handled = Ok(());
+                while handled.is_ok() && cells.len() >= this.cell_len {
+                    let cell = cells.split_to(this.cell_len);
+                    handled = this.handle_cell(cell).await;
+                }
+                // Cells opened before a DESTROY or a bad cell still go to the next hop, as
+                // they did when each was written on its own.
+                let flushed = this.flush_forward().await;
+                if let Err(Violation(reason)) = handled.and(flushed) {
+                    this.teardown.destroy(reason);
+                    break;
+                }
             }
-            // Cells opened before a DESTROY or a bad cell still go to the next hop, as
-            // they did when each was written on its own.
-            let flushed = self.flush_forward().await;
-            if let Err(Violation(reason)) = handled.and(flushed) {
-                self.teardown.destroy(reason);
-                break;
+            this.teardown.destroy(DestroyReason::Finished);
+            if let Some(key) = this.hs.intro_key.take() {
+                let stats = &this.shared.stats;
+                this.shared.hs.remove_intro(&key, this.hs.circuit, stats);
             }
-        }
-        self.teardown.destroy(DestroyReason::Finished);
-        if let Some(key) = self.hs.intro_key.take() {
-            let stats = &self.shared.stats;
-            self.shared.hs.remove_intro(&key, self.hs.circuit, stats);
-        }
-        if let Some(cookie) = self.hs.cookie.take() {
-            self.shared.hs.remove_rendezvous(&cookie, self.hs.circuit);
-        }
-        for slot in self.core.take_streams() {
-            slot.token.cancel();
-        }
-        if let Some(mut next) = self.next_send.take() {
-            match self.teardown.plan(true).to_next {
-                Some(reason) => send_destroy(&mut next, CELL_LEN, reason).await,
-                None => {
-                    let _ = next.finish();
+            if let Some(cookie) = this.hs.cookie.take() {
+                this.shared.hs.remove_rendezvous(&cookie, this.hs.circuit);
+            }
+            for slot in this.core.take_streams() {
+                slot.token.cancel();
+            }
+            if let Some(mut next) = this.next_send.take() {
+                match this.teardown.plan(true).to_next {
+                    Some(reason) => send_destroy(&mut next, CELL_LEN, reason).await,
+                    None => {
+                        let _ = next.finish();
+                    }
                 }
             }
         }
@@ -126,7 +135,7 @@ impl ForwardTask {
                     .get()
                     .ok_or(Violation(DestroyReason::Protocol))?;
                 let sent = tokio::select! {
-                    r = splice.backward.send(cell) => r.is_ok(),
+                    r = splice.backward.send(Box::new(cell)) => r.is_ok(),
                     () = self.teardown.token.cancelled() => true,
                     () = splice.teardown.token.cancelled() => false,
                 };

@@ -47,7 +47,7 @@ pub(super) fn spawn_leg_reader(
             if whole < batch.len() {
                 partial = batch.split_off(whole);
             }
-            if tx.send(batch).await.is_err() {
+            if tx.send(Box::new(batch)).await.is_err() {
                 break;
             }
         }
@@ -62,82 +62,91 @@ pub(crate) async fn serve_leg(
     peer: crate::PeerKey,
     pending: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let from_relay = peer.is_relay();
-    let mut prefix = [first, 0, 0];
-    let created = tokio::time::timeout(EXTEND_TIMEOUT, async {
-        recv.read_exact(prefix.get_mut(1..)?).await.ok()?;
-        let cell_len = Create::peek_cell_len(&prefix).ok()?;
-        let mut cell = vec![0u8; cell_len];
-        cell.get_mut(..Create::PREFIX_LEN)?.copy_from_slice(&prefix);
-        recv.read_exact(cell.get_mut(Create::PREFIX_LEN..)?)
-            .await
-            .ok()?;
-        match create_handshake_type(&cell)? {
-            HANDSHAKE_NTOR_V1 => Some(CreateKind::Ntor(Create::decode(&cell).ok()?)),
-            HANDSHAKE_HYBRID_V2 => {
-                // A type-2 CREATE takes a second cell (§4.2).
-                cell.resize(HYBRID_CELLS_LEN, 0);
-                recv.read_exact(cell.get_mut(CELL_LEN..)?).await.ok()?;
-                Some(CreateKind::Hybrid(CreateHybrid::decode(&cell).ok()?))
+    // The handshake runs in this block and the circuit's future is awaited after it, so
+    // nothing of the handshake (the CREATE cells, the keys) is stored in this task's
+    // future while the circuit lives (docs/performance.md, idle circuits).
+    let (circuit, _permit) = {
+        let from_relay = peer.is_relay();
+        let mut prefix = [first, 0, 0];
+        let created = tokio::time::timeout(EXTEND_TIMEOUT, async {
+            recv.read_exact(prefix.get_mut(1..)?).await.ok()?;
+            let cell_len = Create::peek_cell_len(&prefix).ok()?;
+            let mut cell = vec![0u8; cell_len];
+            cell.get_mut(..Create::PREFIX_LEN)?.copy_from_slice(&prefix);
+            recv.read_exact(cell.get_mut(Create::PREFIX_LEN..)?)
+                .await
+                .ok()?;
+            match create_handshake_type(&cell)? {
+                HANDSHAKE_NTOR_V1 => Some(CreateKind::Ntor(Create::decode(&cell).ok()?)),
+                HANDSHAKE_HYBRID_V2 => {
+                    // A type-2 CREATE takes a second cell (§4.2).
+                    cell.resize(HYBRID_CELLS_LEN, 0);
+                    recv.read_exact(cell.get_mut(CELL_LEN..)?).await.ok()?;
+                    Some(CreateKind::Hybrid(CreateHybrid::decode(&cell).ok()?))
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    })
-    .await;
-    drop(pending);
-    let cell_len = CELL_LEN;
-    let Ok(Some(create)) = created else {
-        debug!("leg closed before a valid CREATE");
-        return;
-    };
-    let Some(_permit) = shared.circuit_permit(peer) else {
-        debug!(from_relay, "circuit limit reached; refusing CREATE");
-        if let Ok(d) = (Destroy {
-            reason: DestroyReason::ResourceLimit,
         })
-        .encode(cell_len)
-        {
-            let _ = send.write_all(&d).await;
-        }
-        return;
-    };
-    // The current onion key, or the previous one during its grace; any other is refused.
-    let (bytes, keys, server_pk) = match answer_create(&shared, &create) {
-        Ok(r) => r,
-        Err(e) => {
-            debug!("handshake refused: {e}");
+        .await;
+        drop(pending);
+        let cell_len = CELL_LEN;
+        let Ok(Some(create)) = created else {
+            debug!("leg closed before a valid CREATE");
+            return;
+        };
+        let Some(permit) = shared.circuit_permit(peer) else {
+            debug!(from_relay, "circuit limit reached; refusing CREATE");
             if let Ok(d) = (Destroy {
-                reason: DestroyReason::Protocol,
+                reason: DestroyReason::ResourceLimit,
             })
             .encode(cell_len)
             {
                 let _ = send.write_all(&d).await;
             }
             return;
+        };
+        // The current onion key, or the previous one during its grace; any other is refused.
+        let (bytes, keys, server_pk) = match answer_create(&shared, &create) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("handshake refused: {e}");
+                if let Ok(d) = (Destroy {
+                    reason: DestroyReason::Protocol,
+                })
+                .encode(cell_len)
+                {
+                    let _ = send.write_all(&d).await;
+                }
+                return;
+            }
+        };
+        // Neither the CREATE nor the CREATED bytes are needed any more: freed here, not
+        // when the circuit ends (about 4 KB per circuit, docs/performance.md).
+        let handshake = create.name();
+        drop(create);
+        if send.write_all(&bytes).await.is_err() {
+            return;
         }
-    };
-    // Neither the CREATE nor the CREATED bytes are needed any more: freed here, not
-    // when the circuit ends (about 4 KB per circuit, docs/performance.md).
-    let handshake = create.name();
-    drop(create);
-    if send.write_all(&bytes).await.is_err() {
-        return;
-    }
-    drop(bytes);
-    shared
-        .stats
-        .circuits_created
-        .fetch_add(1, Ordering::Relaxed);
-    if !from_relay {
+        drop(bytes);
         shared
             .stats
-            .circuits_from_clients
+            .circuits_created
             .fetch_add(1, Ordering::Relaxed);
-    }
-    debug!(from_relay, handshake, "circuit created");
-    let onion = anonnet_crypto::RelayOnion::new(&keys);
-    drop(keys);
-    run_circuit(shared, cell_len, onion, server_pk, send, recv).await;
+        if !from_relay {
+            shared
+                .stats
+                .circuits_from_clients
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(from_relay, handshake, "circuit created");
+        let onion = anonnet_crypto::RelayOnion::new(&keys);
+        drop(keys);
+        (
+            run_circuit(shared, cell_len, onion, server_pk, send, recv),
+            permit,
+        )
+    };
+    circuit.await;
 }
 
 /// A leg's `CREATE`, of either handshake type (§4.2).

@@ -149,8 +149,11 @@ impl Teardown {
 }
 
 /// Whole cells of one leg, back to back: what a leg reader reads in one go (a cell of
-/// `cell_len` bytes at every multiple of `cell_len`).
-pub(crate) type CellBatch = BytesMut;
+/// `cell_len` bytes at every multiple of `cell_len`). Boxed, like [`OutCell`]: a tokio
+/// channel allocates its first block of 32 slots with the channel, so each of a circuit's
+/// two leg queues then takes 288 bytes instead of 1,056 (one allocation per read batch,
+/// not per cell; docs/performance.md, idle circuits).
+pub(crate) type CellBatch = Box<BytesMut>;
 
 mod backward;
 mod core;
@@ -169,14 +172,22 @@ use exit::*;
 pub(crate) use leg::serve_leg;
 use leg::*;
 
-async fn run_circuit(
+/// Start a circuit whose `CREATE` was answered: spawn its leg reader and backward task,
+/// and return the forward task's future, which ends when the circuit does.
+///
+/// A plain function, not an `async fn`, on purpose: everything is built before the
+/// returned future exists, so the onion keys and the task structs are stored once, inside
+/// the future that uses them. An `async fn` keeps its arguments and the locals moved out
+/// of them side by side for its whole life, which made each idle circuit's task 6.9 kB
+/// (docs/performance.md, idle circuits).
+fn run_circuit(
     shared: Arc<RelayShared>,
     cell_len: usize,
     onion: anonnet_crypto::RelayOnion,
     binding: [u8; 32],
     prev_send: SendStream,
     prev_recv: RecvStream,
-) {
+) -> impl std::future::Future<Output = ()> {
     let teardown = Arc::new(Teardown::new(shared.shutdown.child_token()));
     let (prev_tx, prev_rx) = mpsc::channel(LEG_QUEUE);
     spawn_leg_reader(prev_recv, cell_len, prev_tx, teardown.clone(), Origin::Prev);
@@ -221,9 +232,12 @@ async fn run_circuit(
             dht_requests: Arc::new(Semaphore::new(DHT_REQUESTS_PER_CIRCUIT)),
         },
     };
-    forward.run(prev_rx).await;
-    let _ = backward.await;
-    debug!(ended = ?teardown.ended(), "circuit closed");
+    let forward = forward.run(prev_rx);
+    async move {
+        forward.await;
+        let _ = backward.await;
+        debug!(ended = ?teardown.ended(), "circuit closed");
+    }
 }
 
 /// Local numbering of circuits (registrations remember which circuit made them).
