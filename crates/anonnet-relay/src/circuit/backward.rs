@@ -10,7 +10,8 @@ pub(super) struct BackwardTask {
     pub(super) cell_len: usize,
     pub(super) core: BackwardCore,
     pub(super) prev_send: SendStream,
-    pub(super) next_rx: mpsc::Receiver<CellBatch>,
+    /// The next-hop queue, once the forward task has opened it ([`Out::NextLeg`]).
+    pub(super) next_rx: Option<mpsc::Receiver<CellBatch>>,
     pub(super) out_rx: mpsc::Receiver<OutCell>,
     pub(super) teardown: Arc<Teardown>,
 }
@@ -37,7 +38,9 @@ impl BackwardTask {
             let first = tokio::select! {
                 biased;
                 () = self.teardown.token.cancelled() => break,
-                Some(cells) = self.next_rx.recv() => Backward::Cells(cells),
+                Some(cells) = recv_next(&mut self.next_rx), if self.next_rx.is_some() => {
+                    Backward::Cells(cells)
+                }
                 Some(msg) = self.out_rx.recv() => Backward::Message(msg),
                 else => break,
             };
@@ -62,9 +65,10 @@ impl BackwardTask {
                 if cells >= WRITE_BATCH {
                     break;
                 }
-                item = match self.next_rx.try_recv() {
-                    Ok(cells) => Some(Backward::Cells(cells)),
-                    Err(_) => self.out_rx.try_recv().ok().map(Backward::Message),
+                let next = self.next_rx.as_mut().and_then(|rx| rx.try_recv().ok());
+                item = match next {
+                    Some(cells) => Some(Backward::Cells(cells)),
+                    None => self.out_rx.try_recv().ok().map(Backward::Message),
                 };
             }
             if batch.is_empty() {
@@ -98,10 +102,16 @@ impl BackwardTask {
     ) -> Result<usize, DestroyReason> {
         let sealed = match item {
             Backward::Cells(cells) => self.core.wrap_from_next(&cells, batch)?,
-            Backward::Message(msg) => {
-                self.core.originate(&msg, batch)?;
-                1
-            }
+            Backward::Message(msg) => match *msg {
+                Out::Cell(cell) => {
+                    self.core.originate(&cell, batch)?;
+                    1
+                }
+                Out::NextLeg(rx) => {
+                    self.next_rx = Some(rx);
+                    0
+                }
+            },
         };
         self.shared
             .stats
@@ -116,4 +126,13 @@ impl BackwardTask {
 pub(super) enum Backward {
     Cells(CellBatch),
     Message(OutCell),
+}
+
+/// The next batch from the next-hop queue; never ready while there is none (the caller's
+/// `select!` disables the branch then).
+async fn recv_next(next: &mut Option<mpsc::Receiver<CellBatch>>) -> Option<CellBatch> {
+    match next {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }

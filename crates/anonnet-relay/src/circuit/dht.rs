@@ -43,7 +43,7 @@ impl ForwardTask {
             };
             for msg in answers {
                 if out
-                    .send(Box::new(RelayCell::new(StreamId::CIRCUIT, msg)))
+                    .send(out_cell(RelayCell::new(StreamId::CIRCUIT, msg)))
                     .await
                     .is_err()
                 {

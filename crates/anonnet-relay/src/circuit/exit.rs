@@ -220,7 +220,7 @@ pub(super) async fn resolve_stream(
         error = matches!(&answer, RelayMsg::End(_)),
         "exit answered RESOLVE"
     );
-    let _ = out.send(Box::new(RelayCell::new(id, answer))).await;
+    let _ = out.send(out_cell(RelayCell::new(id, answer))).await;
 }
 
 /// Resolve (at the exit), apply the exit policy to the resolved address, connect, then
@@ -244,7 +244,7 @@ pub(super) async fn exit_stream(
     let send = |msg: RelayMsg| {
         let out = out.clone();
         async move {
-            let _ = out.send(Box::new(RelayCell::new(id, msg))).await;
+            let _ = out.send(out_cell(RelayCell::new(id, msg))).await;
         }
     };
     let connect = async {
@@ -319,7 +319,7 @@ pub(super) async fn exit_stream(
             let due = deliver.lock().map(|mut d| d.on_consumed()).unwrap_or(0);
             for _ in 0..due {
                 let sendme = RelayCell::new(id, RelayMsg::Sendme(None));
-                let _ = sendme_out.send(Box::new(sendme)).await;
+                let _ = sendme_out.send(out_cell(sendme)).await;
             }
         }
         let _ = wr.shutdown().await;
@@ -366,7 +366,7 @@ pub(super) async fn exit_stream(
             let chunk = buf.split_to(buf.len().min(max_payload)).freeze();
             let n = chunk.len();
             let sent = tokio::select! {
-                r = out.send(Box::new(RelayCell::new(id, RelayMsg::Data(chunk)))) => r.is_ok(),
+                r = out.send(out_cell(RelayCell::new(id, RelayMsg::Data(chunk)))) => r.is_ok(),
                 () = token.cancelled() => false,
             };
             if !sent {

@@ -51,7 +51,10 @@ impl ForwardTask {
         if !kind.valid(&reply) {
             return Err(DestroyReason::Protocol);
         }
-        let tx = self.next_tx.take().ok_or(DestroyReason::Internal)?;
+        let tx = self
+            .open_next_queue()
+            .await
+            .map_err(|Violation(reason)| reason)?;
         spawn_leg_reader(recv, CELL_LEN, tx, self.teardown.clone(), Origin::Next);
         self.next_send = Some(send);
         self.shared
@@ -59,5 +62,25 @@ impl ForwardTask {
             .circuits_extended
             .fetch_add(1, Ordering::Relaxed);
         Ok(reply)
+    }
+
+    /// Create the next-hop queue (cells from the next leg, or from the circuit joined at
+    /// this rendezvous point) and hand its receiving end to the backward task through the
+    /// backward queue; the sender is returned. Until this, a circuit has no such queue.
+    ///
+    /// # Errors
+    /// [`DestroyReason::Internal`] when the queue was opened before or the backward task
+    /// has ended.
+    pub(super) async fn open_next_queue(&mut self) -> Result<mpsc::Sender<CellBatch>, Violation> {
+        if self.next_opened {
+            return Err(Violation(DestroyReason::Internal));
+        }
+        self.next_opened = true;
+        let (tx, rx) = mpsc::channel(LEG_QUEUE);
+        self.out
+            .send(Box::new(Out::NextLeg(rx)))
+            .await
+            .map_err(|_| Violation(DestroyReason::Internal))?;
+        Ok(tx)
     }
 }

@@ -111,7 +111,7 @@ impl ForwardTask {
         let handled = self.carry_out(step).await;
         // Replies the core owes the client (SENDMEs, END, EXTENDED, TRUNCATED).
         while let Some(reply) = self.core.poll_reply() {
-            let _ = self.out.send(Box::new(reply)).await;
+            let _ = self.out.send(out_cell(reply)).await;
         }
         handled
     }
@@ -277,7 +277,7 @@ impl ForwardTask {
     pub(super) async fn send_back(&self, stream_id: StreamId, msg: RelayMsg) {
         let _ = self
             .out
-            .send(Box::new(RelayCell::new(stream_id, msg)))
+            .send(out_cell(RelayCell::new(stream_id, msg)))
             .await;
     }
 

@@ -7,7 +7,7 @@ impl ForwardTask {
     /// only state in which it may become an introduction or rendezvous circuit.
     pub(super) fn is_bare_end(&self) -> bool {
         self.core.is_bare_end()
-            && self.next_tx.is_some()
+            && !self.next_opened
             && self.hs.intro_key.is_none()
             && self.hs.cookie.is_none()
             && self.hs.splice.get().is_none()
@@ -80,7 +80,7 @@ impl ForwardTask {
                         StreamId::CIRCUIT,
                         RelayMsg::Introduce2 { auth_key, sealed },
                     );
-                    match service.try_send(Box::new(msg)) {
+                    match service.try_send(out_cell(msg)) {
                         Ok(()) => {
                             self.shared
                                 .stats
@@ -106,10 +106,7 @@ impl ForwardTask {
         if !self.is_bare_end() {
             return Err(Violation(DestroyReason::Protocol));
         }
-        let backward = self
-            .next_tx
-            .take()
-            .ok_or(Violation(DestroyReason::Internal))?;
+        let backward = self.open_next_queue().await?;
         let entry = RendezvousEntry {
             circuit: self.hs.circuit,
             cell_len: self.cell_len,
@@ -149,10 +146,7 @@ impl ForwardTask {
             client.teardown.destroy(DestroyReason::Protocol);
             return Err(Violation(DestroyReason::Protocol));
         }
-        let own_backward = self
-            .next_tx
-            .take()
-            .ok_or(Violation(DestroyReason::Internal))?;
+        let own_backward = self.open_next_queue().await?;
         let _ = client.splice.set(Splice {
             backward: own_backward,
             teardown: self.teardown.clone(),
@@ -180,7 +174,7 @@ impl ForwardTask {
         );
         let _ = client
             .out
-            .send(Box::new(RelayCell::new(
+            .send(out_cell(RelayCell::new(
                 StreamId::CIRCUIT,
                 RelayMsg::Rendezvous2 { server_pk, auth },
             )))

@@ -67,10 +67,23 @@ const READ_BATCH: usize = 32;
 /// Most cells the backward task gathers into one QUIC write: the cells already queued when
 /// it wakes up, so a lone cell is never delayed.
 const WRITE_BATCH: usize = 32;
-/// A message this relay originates towards the client, boxed: the backward queue's first
-/// block of 32 slots then takes 256 bytes with every circuit instead of 4.4 kB
-/// (docs/performance.md, idle circuits).
-pub(crate) type OutCell = Box<RelayCell>;
+/// What the backward task takes from its queue (besides the next hop's cells).
+pub(crate) enum Out {
+    /// A message this relay originates towards the client.
+    Cell(RelayCell),
+    /// The receiving end of the next-hop queue, created only when the circuit is extended
+    /// or joined at a rendezvous point (a circuit that ends here never allocates one).
+    NextLeg(mpsc::Receiver<CellBatch>),
+}
+
+/// An [`Out`] item, boxed: the backward queue's first block of 32 slots then takes 256
+/// bytes with every circuit instead of 4.4 kB (docs/performance.md, idle circuits).
+pub(crate) type OutCell = Box<Out>;
+
+/// A message this relay originates, ready for the backward queue.
+pub(crate) fn out_cell(cell: RelayCell) -> OutCell {
+    Box::new(Out::Cell(cell))
+}
 /// Messages buffered for the backward task (originated by this relay).
 const BACKWARD_QUEUE: usize = 64;
 /// `DATA` payloads buffered towards one exit TCP connection: the largest stream window (the
@@ -191,7 +204,6 @@ fn run_circuit(
     let teardown = Arc::new(Teardown::new(shared.shutdown.child_token()));
     let (prev_tx, prev_rx) = mpsc::channel(LEG_QUEUE);
     spawn_leg_reader(prev_recv, cell_len, prev_tx, teardown.clone(), Origin::Prev);
-    let (next_tx, next_rx) = mpsc::channel(LEG_QUEUE);
     let (out_tx, out_rx) = mpsc::channel(BACKWARD_QUEUE);
     let flow = Arc::new(CircuitFlow::new());
     let backward = tokio::spawn(
@@ -200,7 +212,7 @@ fn run_circuit(
             cell_len,
             core: BackwardCore::new(onion.backward, flow.clone()),
             prev_send,
-            next_rx,
+            next_rx: None,
             out_rx,
             teardown: teardown.clone(),
         }
@@ -218,7 +230,7 @@ fn run_circuit(
         core,
         next_send: None,
         forward_out: BytesMut::new(),
-        next_tx: Some(next_tx),
+        next_opened: false,
         out: out_tx,
         flow,
         teardown: teardown.clone(),
@@ -278,8 +290,9 @@ struct ForwardTask {
     /// Cells opened for the next hop, written in one QUIC write per batch from the
     /// previous hop.
     forward_out: BytesMut,
-    /// Given to the next-hop reader once the circuit is extended.
-    next_tx: Option<mpsc::Sender<CellBatch>>,
+    /// Whether the next-hop queue exists yet ([`ForwardTask::open_next_queue`]): once the
+    /// circuit is extended or joined it does, and it is never opened twice.
+    next_opened: bool,
     out: mpsc::Sender<OutCell>,
     flow: Arc<CircuitFlow>,
     teardown: Arc<Teardown>,
