@@ -1,5 +1,5 @@
 //! Link congestion control: quinn's BBR with its window held to what the link uses
-//! (docs/protocol.md §10, "Congestion control of links").
+//! (docs/protocol.md §8.1, links' congestion control).
 //!
 //! quinn-proto 0.11.19's BBR never leaves startup while the sender is application-limited,
 //! and in startup it adds every acknowledged byte to its window. A relay link is nearly
@@ -14,8 +14,9 @@
 //!
 //! [`CappedBbrConfig`] builds BBR, and [`CappedWindow`] caps the window it reports at twice
 //! the most bytes the link had in flight over the last one to two round trips (the
-//! "validated" window of RFC 7661, new-CWV), never below BBR's initial window: the link may still double what it
-//! sends every round trip, and pacing stays at most about twice the rate in use.
+//! "validated" window of RFC 7661, new-CWV), never below BBR's initial window: the link
+//! may still double what it sends every round trip, and pacing stays at most about twice
+//! the rate in use.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -172,17 +173,18 @@ impl Controller for CappedWindow {
 mod tests {
     use super::*;
 
-    /// A controller whose window has run away, as quinn's BBR's does on a busy link.
-    struct Runaway;
+    /// A controller with a fixed window (bytes) and a 12,000-byte initial window: with
+    /// 100 MiB, one whose window has run away, as quinn's BBR's does on a busy link.
+    struct Fixed(u64);
 
-    impl Controller for Runaway {
+    impl Controller for Fixed {
         fn on_congestion_event(&mut self, _: Instant, _: Instant, _: bool, _: u64) {}
         fn on_mtu_update(&mut self, _: u16) {}
         fn window(&self) -> u64 {
-            100 << 20
+            self.0
         }
         fn clone_box(&self) -> Box<dyn Controller> {
-            Box::new(Runaway)
+            Box::new(Fixed(self.0))
         }
         fn initial_window(&self) -> u64 {
             12_000
@@ -191,6 +193,8 @@ mod tests {
             self
         }
     }
+
+    const RUNAWAY: u64 = 100 << 20;
 
     /// One 100 ms period in which `packets` packets of 1,200 bytes go out and are then all
     /// acknowledged.
@@ -205,7 +209,7 @@ mod tests {
     #[test]
     fn the_window_follows_what_the_link_has_in_flight() {
         let mut now = Instant::now();
-        let mut c = CappedWindow::new(Box::new(Runaway), now);
+        let mut c = CappedWindow::new(Box::new(Fixed(RUNAWAY)), now);
         // Nothing sent yet: the initial window, not the runaway one.
         assert_eq!(c.window(), 12_000);
         // 50 packets in flight per round trip: twice that, so pacing stays near the rate.
@@ -231,12 +235,13 @@ mod tests {
 
     #[test]
     fn a_smaller_inner_window_is_kept() {
-        // The cap only ever lowers BBR's window: BBR's own limits (startup, recovery,
+        // The cap only ever lowers the inner window: BBR's own limits (startup, recovery,
         // PROBE_RTT) still apply when they are smaller.
-        let now = Instant::now();
-        let inner = Arc::new(BbrConfig::default()).build(now, 1_200);
-        let initial = inner.initial_window();
-        let c = CappedWindow::new(inner, now);
-        assert_eq!(c.window(), initial);
+        let mut now = Instant::now();
+        let mut c = CappedWindow::new(Box::new(Fixed(30_000)), now);
+        period(&mut c, &mut now, 50);
+        assert_eq!(c.cap(), 2 * 50 * 1_200);
+        assert_eq!(c.window(), 30_000);
+        assert_eq!(c.metrics().congestion_window, 30_000);
     }
 }
