@@ -55,28 +55,47 @@ impl ForwardTask {
         }
     }
 
-    /// Write the cells gathered for the next hop, if any, in one QUIC write.
+    /// Pass on the cells gathered for what follows this hop, if any, at once: in one QUIC
+    /// write to the next relay, or as one batch to the backward task of the circuit joined
+    /// at this rendezvous point (which wraps them as if they came from its next hop,
+    /// §13.5).
     ///
     /// # Errors
-    /// [`DestroyReason::ChannelClosed`] when the next leg is gone.
+    /// [`DestroyReason::ChannelClosed`] when the next leg or the joined circuit is gone,
+    /// [`DestroyReason::Protocol`] when the circuit has neither.
     pub(super) async fn flush_forward(&mut self) -> Result<(), Violation> {
         if self.forward_out.is_empty() {
             return Ok(());
         }
-        let chunk = self.forward_out.split().freeze();
-        let next = self
-            .next_send
-            .as_mut()
-            .ok_or(Violation(DestroyReason::Protocol))?;
-        let written = tokio::select! {
-            r = next.write_chunk(chunk) => r.is_ok(),
-            () = self.teardown.token.cancelled() => false,
-        };
-        if written {
-            Ok(())
-        } else {
-            Err(Violation(DestroyReason::ChannelClosed))
+        if let Some(next) = self.next_send.as_mut() {
+            let chunk = self.forward_out.split().freeze();
+            let written = tokio::select! {
+                r = next.write_chunk(chunk) => r.is_ok(),
+                () = self.teardown.token.cancelled() => false,
+            };
+            return if written {
+                Ok(())
+            } else {
+                Err(Violation(DestroyReason::ChannelClosed))
+            };
         }
+        let splice = self
+            .hs
+            .splice
+            .get()
+            .ok_or(Violation(DestroyReason::Protocol))?;
+        let cells = Box::new(self.forward_out.split());
+        let sent = tokio::select! {
+            r = splice.backward.send(cells) => r.is_ok(),
+            () = self.teardown.token.cancelled() => true,
+            () = splice.teardown.token.cancelled() => false,
+        };
+        if !sent {
+            self.teardown
+                .destroy_from(Origin::Next, DestroyReason::ChannelClosed);
+            return Err(Violation(DestroyReason::ChannelClosed));
+        }
+        Ok(())
     }
 
     /// One cell from the previous hop: the core decides, the shell carries it out.
@@ -120,30 +139,11 @@ impl ForwardTask {
     async fn carry_out(&mut self, step: Step) -> Result<(), Violation> {
         match step {
             Step::Padding | Step::Handled => Ok(()),
-            // Re-padded to the same size by the core; gathered and written once per batch
-            // (flush_forward).
-            Step::ToNext(cell) => {
+            // Re-padded to the same size by the core (for the next relay) or as the other
+            // circuit's next hop would send it (for a circuit joined at this rendezvous
+            // point): gathered and passed on once per batch (flush_forward).
+            Step::ToNext(cell) | Step::ToJoined(cell) => {
                 self.forward_out.extend_from_slice(&cell);
-                Ok(())
-            }
-            Step::ToJoined(cell) => {
-                // The end of a circuit joined at this rendezvous point: the other circuit's
-                // backward task wraps the cell as if it came from its next hop (§13.5).
-                let splice = self
-                    .hs
-                    .splice
-                    .get()
-                    .ok_or(Violation(DestroyReason::Protocol))?;
-                let sent = tokio::select! {
-                    r = splice.backward.send(Box::new(cell)) => r.is_ok(),
-                    () = self.teardown.token.cancelled() => true,
-                    () = splice.teardown.token.cancelled() => false,
-                };
-                if !sent {
-                    self.teardown
-                        .destroy_from(Origin::Next, DestroyReason::ChannelClosed);
-                    return Err(Violation(DestroyReason::ChannelClosed));
-                }
                 Ok(())
             }
             Step::Extend(request) => {

@@ -287,8 +287,8 @@ struct ForwardTask {
     cell_len: usize,
     core: ForwardCore,
     next_send: Option<SendStream>,
-    /// Cells opened for the next hop, written in one QUIC write per batch from the
-    /// previous hop.
+    /// Cells opened for what follows this hop (the next relay, or the circuit joined at
+    /// this rendezvous point), passed on once per batch from the previous hop.
     forward_out: BytesMut,
     /// Whether the next-hop queue exists yet ([`ForwardTask::open_next_queue`]): once the
     /// circuit is extended or joined it does, and it is never opened twice.
