@@ -103,12 +103,15 @@ pub struct PathTimes {
     /// What a telescoping build waits for: the round trips to the guard, to the middle
     /// and to the exit, added.
     pub build_rtts_s: f64,
+    /// The server's part of a request's time to first byte, seen from the exit: two
+    /// exit–site round trips (the TCP handshake, then the request and its first byte).
+    pub server_s: f64,
 }
 
 impl PathTimes {
-    /// The times of a path whose client has one-way delay `client_ms` and whose guard,
-    /// middle and exit have `hops_ms`.
-    pub fn of(client_ms: f64, hops_ms: [f64; 3]) -> PathTimes {
+    /// The times of a path whose client has one-way delay `client_ms`, whose guard,
+    /// middle and exit have `hops_ms` and whose destination site has `site_ms`.
+    pub fn of(client_ms: f64, hops_ms: [f64; 3], site_ms: f64) -> PathTimes {
         let [g, m, e] = hops_ms;
         let to_guard = 2.0 * (client_ms + g);
         let to_middle = to_guard + 2.0 * (g + m);
@@ -116,6 +119,7 @@ impl PathTimes {
         PathTimes {
             rtt_s: to_exit / 1000.0,
             build_rtts_s: (to_guard + to_middle + to_exit) / 1000.0,
+            server_s: 2.0 * 2.0 * (e + site_ms) / 1000.0,
         }
     }
 }
@@ -164,6 +168,8 @@ pub struct TorWan {
     /// The onion service's address (`….onion`).
     pub onion: String,
     client_delay_ms: f64,
+    /// The demo site's configured one-way delay (ms).
+    site_delay_ms: f64,
 }
 
 impl TorWan {
@@ -232,6 +238,7 @@ impl TorWan {
             .build()?;
         let mut net = TorWan {
             client_delay_ms: host("client")?.delay_ms,
+            site_delay_ms: host("site")?.delay_ms,
             nodes,
             children: Vec::new(),
             rt,
@@ -504,7 +511,11 @@ impl TorWan {
                 })
                 .collect();
             if let [g, m, e] = d[..] {
-                out.push(PathTimes::of(self.client_delay_ms, [g, m, e]));
+                out.push(PathTimes::of(
+                    self.client_delay_ms,
+                    [g, m, e],
+                    self.site_delay_ms,
+                ));
             }
         }
         Ok(out)
@@ -775,10 +786,12 @@ mod tests {
     #[test]
     fn a_circuit_round_trip_crosses_each_link_twice() {
         // client 10 ms, hops 20, 30, 40 ms: links 30 + 50 + 70 = 150 ms one way.
-        let t = PathTimes::of(10.0, [20.0, 30.0, 40.0]);
+        let t = PathTimes::of(10.0, [20.0, 30.0, 40.0], 5.0);
         assert!((t.rtt_s - 0.300).abs() < 1e-9, "{t:?}");
         // A build waits 60 + 160 + 300 ms.
         assert!((t.build_rtts_s - 0.520).abs() < 1e-9, "{t:?}");
+        // The exit–site link is 45 ms one way: two round trips, 180 ms.
+        assert!((t.server_s - 0.180).abs() < 1e-9, "{t:?}");
     }
 
     #[test]
