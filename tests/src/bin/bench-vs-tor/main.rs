@@ -291,6 +291,10 @@ struct WanFigures {
     seed: Option<u64>,
     /// The smallest link rate (MiB/s).
     bottleneck_mib_s: Option<f64>,
+    /// One TCP download of the bulk object straight from the client's namespace to the
+    /// site, over the same two emulated links and no relay (MiB/s): what one TCP
+    /// connection of this machine's kernel reaches on the profile.
+    direct_mib_s: Option<f64>,
     /// Median circuit round trip of each network's built circuits, from the configured
     /// delays (ms).
     anonnet_rtt_ms: Option<f64>,
@@ -351,6 +355,11 @@ fn run_wan(
                 &plan.small_url,
             )?)
         };
+        log("direct TCP download from the client's namespace to the site");
+        let direct = curl(net.netns.as_deref(), None, None, &plan.big_url, 1200)?;
+        let direct_mib_s =
+            (direct.ok && direct.total > 0.0).then(|| direct.size as f64 / MIB / direct.total);
+        log(&format!("direct: {direct_mib_s:.2?} MiB/s"));
         let mut a = measure_common("anonnet", net.socks, &net.pids()?, &plan)?;
         let anonnet_times = net.circuit_times(&hosts)?;
         let builds = net.circuit_builds(runs.circ_runs, &plan.small_url)?;
@@ -383,6 +392,7 @@ fn run_wan(
             profile: profile.to_owned(),
             seed: net.layout["wan"]["seed"].as_u64(),
             bottleneck_mib_s: tor_wan::bottleneck_mib_s(&hosts),
+            direct_mib_s,
             anonnet_rtt_ms: ms(&anonnet_times, |p| p.rtt_s),
             tor_rtt_ms: ms(&tor_times, |p| p.rtt_s),
             anonnet_build_rtts_ms: ms(&anonnet_times, |p| p.build_rtts_s),
@@ -1586,6 +1596,13 @@ fn render(a: &Figures, t: &Figures, extra: &Extra, runs: &Runs) -> String {
                 ),
                 w.bottleneck_mib_s,
                 w.bottleneck_mib_s,
+                2,
+                "",
+            );
+            row(
+                "direct TCP download client → site, no relays, same links (MiB/s)".to_owned(),
+                w.direct_mib_s,
+                w.direct_mib_s,
                 2,
                 "",
             );
