@@ -31,12 +31,19 @@ pub const CWND_MIN: u32 = CIRCUIT_WINDOW;
 /// Largest congestion window (cells, ≈ 9.5 MiB of payload): enough for 70 % of 100 Mbit/s
 /// at a 700 ms circuit round trip.
 pub const CWND_MAX: u32 = 10_000;
-/// Vegas: below this estimated queue (cells) the window grows in steady state.
+/// Vegas: below this estimated queue (cells) the window grows in steady state, or below
+/// [`VEGAS_ALPHA_PCT`] % of the window when that is more.
 pub const VEGAS_ALPHA: u32 = 300;
-/// Vegas: above this estimated queue (cells) the window shrinks.
+/// Vegas: above this estimated queue (cells) the window shrinks, or above
+/// [`VEGAS_BETA_PCT`] % of the window when that is more.
 pub const VEGAS_BETA: u32 = 600;
-/// Vegas: slow start ends when the estimated queue exceeds this (cells).
+/// Vegas: slow start ends when the estimated queue exceeds this (cells), or
+/// [`VEGAS_ALPHA_PCT`] % of the window when that is more.
 pub const VEGAS_GAMMA: u32 = 300;
+/// Vegas: α and γ as a share of the window (percent), for large windows.
+pub const VEGAS_ALPHA_PCT: u32 = 25;
+/// Vegas: β as a share of the window (percent), for large windows.
+pub const VEGAS_BETA_PCT: u32 = 35;
 /// Round-trip samples a [`Vegas`] keeps for its standing round trip: half of the largest
 /// window's `SENDME`s.
 const STANDING_SAMPLES: usize = (CWND_MAX / (2 * CIRCUIT_INCREMENT)) as usize;
@@ -133,11 +140,19 @@ impl SendmeTags {
 /// `min_rtt` the smallest sample seen, the path's capacity is estimated as
 /// `bdp = cwnd × min_rtt / standing` and the cells queued on it as `queue = cwnd − bdp`.
 ///
-/// - Slow start: while `queue ≤` [`VEGAS_GAMMA`], each `SENDME` grows the window by
+/// - The thresholds grow with the window: `α = max(`[`VEGAS_ALPHA`]`, 25 % of cwnd)`,
+///   `β = max(`[`VEGAS_BETA`]`, 35 % of cwnd)`, `γ = max(`[`VEGAS_GAMMA`]`, 25 % of cwnd)`.
+///   Loss stalls on a long path raise most samples, the smallest recent one too (on the
+///   `broadband` WAN testnet only 13 % of the exit's samples were within 35 % of
+///   `min_rtt`), so fixed thresholds read a third of any large window as queued and held
+///   it near 1,400 cells. With shares, a window settles where the standing round trip is
+///   1.33–1.54 × `min_rtt`: a real queue may add up to about half the base round trip
+///   (600 fixed cells add as much at 20 Mbit/s and a 240 ms circuit).
+/// - Slow start: while `queue ≤ γ`, each `SENDME` grows the window by
 ///   [`CIRCUIT_INCREMENT`] (doubling per round trip); past it, the window drops to
-///   `bdp + GAMMA` and slow start ends for good.
+///   `bdp + γ` and slow start ends for good.
 /// - Steady state: once per window's worth of acknowledged cells, grow by one increment
-///   when `queue <` [`VEGAS_ALPHA`], shrink by one when `queue >` [`VEGAS_BETA`].
+///   when `queue < α`, shrink by one when `queue > β`.
 /// - Only a sender that filled its window (in flight within one increment of it) grows
 ///   it, so an idle or application-limited circuit keeps the window it has.
 /// - Always within [`CWND_MIN`]..=[`CWND_MAX`]. The floor is the fixed window of protocol
@@ -201,10 +216,14 @@ impl Vegas {
         let bdp = u32::try_from(bdp).unwrap_or(CWND_MAX);
         let queue = self.cwnd.saturating_sub(bdp);
         let window_full = inflight + CIRCUIT_INCREMENT >= self.cwnd;
+        let share = |pct: u32| self.cwnd / 100 * pct;
+        let alpha = VEGAS_ALPHA.max(share(VEGAS_ALPHA_PCT));
+        let beta = VEGAS_BETA.max(share(VEGAS_BETA_PCT));
+        let gamma = VEGAS_GAMMA.max(share(VEGAS_ALPHA_PCT));
         if self.slow_start {
-            if queue > VEGAS_GAMMA {
+            if queue > gamma {
                 self.slow_start = false;
-                self.cwnd = bdp.saturating_add(VEGAS_GAMMA);
+                self.cwnd = bdp.saturating_add(gamma);
             } else if window_full {
                 self.cwnd = self.cwnd.saturating_add(CIRCUIT_INCREMENT);
             }
@@ -212,9 +231,9 @@ impl Vegas {
             self.acked = self.acked.saturating_add(CIRCUIT_INCREMENT);
             if self.acked >= self.cwnd {
                 self.acked = 0;
-                if queue > VEGAS_BETA {
+                if queue > beta {
                     self.cwnd = self.cwnd.saturating_sub(CIRCUIT_INCREMENT);
-                } else if queue < VEGAS_ALPHA && window_full {
+                } else if queue < alpha && window_full {
                     self.cwnd = self.cwnd.saturating_add(CIRCUIT_INCREMENT);
                 }
             }
@@ -473,13 +492,16 @@ mod tests {
         // Slow start doubles per round trip while nothing queues.
         assert_eq!(cwnds[0], 2 * CIRCUIT_WINDOW, "{cwnds:?}");
         assert!(!v.in_slow_start(), "left slow start: {cwnds:?}");
-        // It settles with the queue between alpha and beta (plus one increment).
+        // It settles with the queue between alpha and beta (plus one increment): here
+        // their shares of the window, 25 % and 35 %, so cwnd = capacity / (1 − share).
         let last = *cwnds.last().unwrap();
+        let settled = |pct: u32| capacity * 100 / (100 - pct);
         assert!(
-            last >= capacity + VEGAS_ALPHA - CIRCUIT_INCREMENT
-                && last <= capacity + VEGAS_BETA + CIRCUIT_INCREMENT,
+            last >= settled(VEGAS_ALPHA_PCT) - CIRCUIT_INCREMENT
+                && last <= settled(VEGAS_BETA_PCT) + CIRCUIT_INCREMENT,
             "{cwnds:?}"
         );
+        assert!(last < 2 * capacity, "{cwnds:?}");
     }
 
     #[test]
@@ -502,9 +524,28 @@ mod tests {
                 + Duration::from_millis(300) * cwnd.saturating_sub(3_000) / 3_000
         });
         assert!(
-            *cwnds.last().unwrap() <= 3_000 + VEGAS_BETA + CIRCUIT_INCREMENT,
+            *cwnds.last().unwrap() <= 3_000 * 100 / (100 - VEGAS_BETA_PCT) + CIRCUIT_INCREMENT,
             "{cwnds:?}"
         );
+    }
+
+    #[test]
+    fn stalls_that_raise_most_samples_do_not_hold_a_large_window() {
+        // What the exit saw on the `broadband` WAN testnet: stalls so frequent that only
+        // one SENDME in 200 comes back unstalled (4 % were within 10 % of `min_rtt`),
+        // the others 25 % late. Half a window of samples (at most 50) mostly holds no
+        // unstalled one, so the standing round trip reads 1.25 × `min_rtt`: 20 % of any
+        // window looks queued. With fixed thresholds (α 300, β 600 cells) the window
+        // left slow start at 1,820 cells and crept to 2,200 in 120 round trips; with
+        // thresholds that are shares of the window it grows to the cap.
+        let mut v = Vegas::default();
+        let mut i = 0u32;
+        let cwnds = drive(&mut v, 120, |_| {
+            let stalled = !i.is_multiple_of(200);
+            i += 1;
+            Duration::from_millis(if stalled { 375 } else { 300 })
+        });
+        assert!(*cwnds.last().unwrap() >= 8_000, "{cwnds:?}");
     }
 
     #[test]
