@@ -691,18 +691,15 @@ fn curl_bulk(socks: SocketAddr, url: &str, max_s: u64) -> Res<(Curl, Option<f64>
         let mut buf = vec![0u8; 256 * 1024];
         let mut last: Option<Instant> = None;
         loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let now = Instant::now();
-            if n > 0 {
-                if let Some(l) = last {
-                    let gap = (now - l).as_secs_f64();
-                    longest = Some(longest.map_or(gap, |m| m.max(gap)));
-                }
-                last = Some(now);
+            if matches!(body.read(&mut buf), Ok(0) | Err(_)) {
+                break;
             }
+            let now = Instant::now();
+            if let Some(l) = last {
+                let gap = (now - l).as_secs_f64();
+                longest = Some(longest.map_or(gap, |m| m.max(gap)));
+            }
+            last = Some(now);
         }
     }
     let status = child.wait()?;
