@@ -303,6 +303,9 @@ impl GuardSet {
 struct Score {
     failures: u32,
     avoid_until: Option<Instant>,
+    /// It failed again once a backoff was over (not only in a retry forced while every
+    /// usable relay was avoided).
+    failed_after_backoff: bool,
 }
 
 /// Circuit-build successes and failures per relay; a relay that failed
@@ -331,7 +334,11 @@ impl RelayScores {
         let s = self.scores.entry(id).or_insert(Score {
             failures: 0,
             avoid_until: None,
+            failed_after_backoff: false,
         });
+        if s.avoid_until.is_some_and(|t| t <= now) {
+            s.failed_after_backoff = true;
+        }
         s.failures = s.failures.saturating_add(1);
         if s.failures >= FAILURES_BEFORE_AVOIDING {
             let doublings = (s.failures - FAILURES_BEFORE_AVOIDING).min(16);
@@ -368,17 +375,16 @@ impl RelayScores {
             .collect()
     }
 
-    /// Relays to avoid now that also failed again after a first backoff (more than
-    /// [`FAILURES_BEFORE_AVOIDING`] failures in a row): only these make the guard set take
-    /// new guards (§9.1). A guard whose link just died, or that failed twice, is avoided
-    /// but not yet replaced: when every relay restarts on a new port, the next consensus
-    /// (which clears the scores of relays that moved) comes within its backoff.
+    /// Relays to avoid now that also failed again once a backoff was over: only these make
+    /// the guard set take new guards (§9.1). A guard whose link just died, or that failed
+    /// twice, is avoided but not yet replaced, and so is one that failed again only in a
+    /// retry made during its backoff (when every guard is avoided, builds use them anyway):
+    /// when every relay restarts on a new port, the next consensus (which clears the
+    /// scores of relays that moved) comes within the backoff.
     pub fn avoided_after_retry(&self, now: Instant) -> Vec<NodeId> {
         self.scores
             .iter()
-            .filter(|(_, s)| {
-                s.failures > FAILURES_BEFORE_AVOIDING && s.avoid_until.is_some_and(|t| t > now)
-            })
+            .filter(|(_, s)| s.failed_after_backoff && s.avoid_until.is_some_and(|t| t > now))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -448,7 +454,17 @@ mod tests {
         s.down(id(1), t0);
         assert_eq!(s.avoided(t0), vec![id(1)]);
         assert!(s.avoided_after_retry(t0).is_empty());
+        // Retries during the backoff (every guard avoided, so they are used anyway) that
+        // fail are not that reason either, however many.
+        for secs in [1, 3, 10] {
+            s.failure(id(1), t0 + Duration::from_secs(secs));
+            assert!(s
+                .avoided_after_retry(t0 + Duration::from_secs(secs))
+                .is_empty());
+        }
+        assert_eq!(s.avoided(t0 + FIRST_BACKOFF), vec![id(1)]);
         // Tried again after the backoff and failed again: now it is.
+        let t0 = t0 + FIRST_BACKOFF * 64;
         s.failure(id(1), t0 + FIRST_BACKOFF);
         assert_eq!(s.avoided_after_retry(t0 + FIRST_BACKOFF), vec![id(1)]);
         // A relay that moved (its score cleared) is neither.
