@@ -12,7 +12,8 @@
 //!
 //! The circuit window is a congestion window ([`Vegas`], after Tor's prop 324): it starts
 //! at [`CIRCUIT_WINDOW`], grows while the round trip of each acknowledged cell shows no
-//! queue building on the path, and shrinks back (never below [`CWND_MIN`]) when one does.
+//! queue building on the path (or the delivery rate shows that the stalls raising it are
+//! not one), and shrinks back (never below [`CWND_MIN`]) when one does.
 //! Stream windows grow with a reader that keeps up (doubling per window, up to
 //! [`STREAM_WINDOW_MAX`]), so one stream is not capped at 500 cells per round trip on a
 //! long path while a stalled reader still costs at most its window (§6.4).
@@ -44,6 +45,9 @@ pub const VEGAS_GAMMA: u32 = 300;
 pub const VEGAS_ALPHA_PCT: u32 = 25;
 /// Vegas: β as a share of the window (percent), for large windows.
 pub const VEGAS_BETA_PCT: u32 = 35;
+/// The congestion window is at least this share (percent) of the highest delivery rate of
+/// the last one to two round trips times `min_rtt` ([`Vegas`], protocol §6.4).
+pub const RATE_FLOOR_GAIN_PCT: u32 = 150;
 /// Round-trip samples a [`Vegas`] keeps for its standing round trip: half of the largest
 /// window's `SENDME`s.
 const STANDING_SAMPLES: usize = (CWND_MAX / (2 * CIRCUIT_INCREMENT)) as usize;
@@ -79,10 +83,24 @@ pub struct SendmeTags {
     /// that restarts, so it never wraps out of step with the receiver's (a running `u32`
     /// total did after 2^32 cells, which is not a multiple of 100).
     since_tag: u32,
-    expected: VecDeque<([u8; 16], Instant)>,
+    expected: VecDeque<Expected>,
     /// `DATA` cells sealed and not yet acknowledged.
     inflight: u32,
+    /// Cells acknowledged so far, and when the last `SENDME` came.
+    delivered: u64,
+    delivered_at: Option<Instant>,
     vegas: Vegas,
+}
+
+/// A circuit `SENDME` due: the tag of the cell that completes the increment, when it was
+/// sealed, and the acknowledged count and time of the last `SENDME` before it (the start
+/// of its delivery-rate sample, as BBR's).
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    tag: [u8; 16],
+    sent: Instant,
+    delivered: u64,
+    delivered_at: Instant,
 }
 
 impl SendmeTags {
@@ -96,7 +114,12 @@ impl SendmeTags {
                 // Cannot happen while the sender respects its window; keep the bound anyway.
                 self.expected.pop_front();
             }
-            self.expected.push_back((tag, now));
+            self.expected.push_back(Expected {
+                tag,
+                sent: now,
+                delivered: self.delivered,
+                delivered_at: self.delivered_at.unwrap_or(now),
+            });
         }
     }
 
@@ -108,17 +131,24 @@ impl SendmeTags {
     /// [`FlowError::UnexpectedSendme`] when none is due, [`FlowError::BadSendmeTag`] when the
     /// tag differs (compared in constant time).
     pub fn on_sendme(&mut self, tag: &[u8; 16], now: Instant) -> Result<i64, FlowError> {
-        let (want, sent) = self
+        let due = self
             .expected
             .pop_front()
             .ok_or(FlowError::UnexpectedSendme)?;
-        if !ct_eq(&want, tag) {
+        if !ct_eq(&due.tag, tag) {
             return Err(FlowError::BadSendmeTag);
         }
+        self.delivered = self.delivered.saturating_add(u64::from(CIRCUIT_INCREMENT));
+        self.delivered_at = Some(now);
+        // Cells acknowledged since the last SENDME before this cell was sealed, over the
+        // time since that SENDME: at least this cell's round trip, so a burst of SENDMEs
+        // after a stall cannot claim more than a window per round trip.
+        let interval = now.saturating_duration_since(due.delivered_at);
+        let rate = delivery_rate(self.delivered.saturating_sub(due.delivered), interval);
         let before = self.vegas.cwnd();
-        let after = self
-            .vegas
-            .on_sendme(now.saturating_duration_since(sent), self.inflight);
+        let after =
+            self.vegas
+                .on_sendme(now.saturating_duration_since(due.sent), self.inflight, rate);
         self.inflight = self.inflight.saturating_sub(CIRCUIT_INCREMENT);
         Ok(i64::from(CIRCUIT_INCREMENT) + i64::from(after) - i64::from(before))
     }
@@ -129,30 +159,43 @@ impl SendmeTags {
     }
 }
 
-/// A circuit's congestion window, TCP Vegas as Tor's prop 324 adapts it: each circuit
-/// `SENDME` gives a round-trip sample (the acknowledged cell's seal to the `SENDME`'s
-/// arrival). The current round trip is the *standing* one: the smallest of the last
-/// `N = max(2, cwnd / 200)` samples (half a window of `SENDME`s, about half a round trip),
-/// as Copa measures queueing. A queue on the path raises every sample; a lost packet
-/// raises only the samples of the cells that waited behind its retransmission on one
-/// link's ordered stream, so random loss does not read as queueing (on the `broadband`
-/// WAN testnet, 0.2 % loss per link held a smoothed-RTT Vegas at about 1,200 cells). With
-/// `min_rtt` the smallest sample seen, the path's capacity is estimated as
-/// `bdp = cwnd × min_rtt / standing` and the cells queued on it as `queue = cwnd − bdp`.
+/// A circuit's congestion window, TCP Vegas as Tor's prop 324 adapts it, with BBR's
+/// delivery rate beside the round trip. Each circuit `SENDME` gives a round-trip sample
+/// (the acknowledged cell's seal to the `SENDME`'s arrival) and a delivery-rate sample
+/// (cells acknowledged since the `SENDME` before that cell was sealed, over the time since
+/// that `SENDME`: at least one round trip).
 ///
-/// - The thresholds grow with the window: `α = max(`[`VEGAS_ALPHA`]`, 25 % of cwnd)`,
-///   `β = max(`[`VEGAS_BETA`]`, 35 % of cwnd)`, `γ = max(`[`VEGAS_GAMMA`]`, 25 % of cwnd)`.
-///   Loss stalls on a long path raise most samples, the smallest recent one too (on the
-///   `broadband` WAN testnet only 13 % of the exit's samples were within 35 % of
-///   `min_rtt`), so fixed thresholds read a third of any large window as queued and held
-///   it near 1,400 cells. With shares, a window settles where the standing round trip is
-///   1.33–1.54 × `min_rtt`: a real queue may add up to about half the base round trip
-///   (600 fixed cells add as much at 20 Mbit/s and a 240 ms circuit).
-/// - Slow start: while `queue ≤ γ`, each `SENDME` grows the window by
-///   [`CIRCUIT_INCREMENT`] (doubling per round trip); past it, the window drops to
-///   `bdp + γ` and slow start ends for good.
-/// - Steady state: once per window's worth of acknowledged cells, grow by one increment
-///   when `queue < α`, shrink by one when `queue > β`.
+/// - **Standing round trip:** the smallest of the last `N = max(2, cwnd / 200)` samples
+///   (half a window of `SENDME`s, about half a round trip), as Copa measures queueing. A
+///   queue on the path raises every sample; a lost packet raises only the samples of the
+///   cells that waited behind its retransmission on one link's ordered stream.
+/// - **Capacity:** with `min_rtt` the smallest sample seen, the path holds
+///   `bdp = max(cwnd × min_rtt / standing, rate × min_rtt)` cells, `rate` the highest
+///   delivery rate of this round trip and the last (at most `cwnd`), and
+///   `queue = cwnd − bdp` of them are queued. At a real bottleneck both terms give the
+///   same answer (the rate is the bottleneck's); when loss stalls raise most round-trip
+///   samples (on the `broadband` WAN testnet only 13 % of the exit's samples were within
+///   35 % of `min_rtt`) the cells still arrive, a little late, and the rate shows that
+///   nothing is queued.
+/// - **Thresholds** grow with the window: `α = max(`[`VEGAS_ALPHA`]`, 25 % of cwnd)`,
+///   `β = max(`[`VEGAS_BETA`]`, 35 % of cwnd)`, `γ = max(`[`VEGAS_GAMMA`]`, 25 % of cwnd)`,
+///   so a window settles where the standing round trip is 1.33–1.54 × `min_rtt`.
+/// - **Slow start:** each `SENDME` of a full window grows it by [`CIRCUIT_INCREMENT`]
+///   (doubling per round trip). It ends when `queue > γ` and the delivery rate did not
+///   grow by a quarter over the last round trip in which the window was full (BBR's
+///   full-pipe test): a window still doubling its rate is not queueing, whatever one
+///   stalled round trip says. The window then drops to where `γ` is a quarter of it,
+///   `bdp + max(`[`VEGAS_GAMMA`]`, bdp / 3)`, and slow start ends for good. Until a rate
+///   sample exists, the round trip alone decides.
+/// - **Steady state:** once per window's worth of acknowledged cells, grow by one
+///   increment when `queue < α`, shrink by one when `queue > β`.
+/// - **Rate floor:** the window never falls below [`RATE_FLOOR_GAIN_PCT`] % of
+///   `max_rate × min_rtt`, what the path was seen to deliver in the last round trip or
+///   two with room for the stalls (BBR's window is twice it). When stalls raise the round
+///   trip by more than β allows, a window held by the thresholds alone delivers less than
+///   the links could; the floor keeps it at what was delivered. At a real bottleneck
+///   `max_rate` is the bottleneck's, so the floor holds 1.5 × its bdp, about what β
+///   allows anyway (1.54 ×).
 /// - Only a sender that filled its window (in flight within one increment of it) grows
 ///   it, so an idle or application-limited circuit keeps the window it has.
 /// - Always within [`CWND_MIN`]..=[`CWND_MAX`]. The floor is the fixed window of protocol
@@ -167,6 +210,18 @@ pub struct Vegas {
     recent: VecDeque<Duration>,
     /// Cells acknowledged since the last steady-state update.
     acked: u32,
+    /// Cells acknowledged in all, and the count at which this round trip ends.
+    delivered: u64,
+    round_end: u64,
+    /// Highest delivery rate (cells per second) of this round trip and of the last one.
+    rate_this_round: u64,
+    rate_last_round: u64,
+    /// Whether the window was full at some `SENDME` of this round trip.
+    full_this_round: bool,
+    /// The rate the full-pipe test compares with (0: no sample yet), and whether the rate
+    /// grew by a quarter over it in the last full round trip.
+    full_rate: u64,
+    rate_growing: bool,
 }
 
 impl Default for Vegas {
@@ -177,6 +232,13 @@ impl Default for Vegas {
             min_rtt: None,
             recent: VecDeque::new(),
             acked: 0,
+            delivered: 0,
+            round_end: 0,
+            rate_this_round: 0,
+            rate_last_round: 0,
+            full_this_round: false,
+            full_rate: 0,
+            rate_growing: false,
         }
     }
 }
@@ -193,8 +255,9 @@ impl Vegas {
     }
 
     /// A `SENDME` acknowledged [`CIRCUIT_INCREMENT`] cells after `rtt`, with `inflight`
-    /// cells unacknowledged just before it. Returns the new window (cells).
-    pub fn on_sendme(&mut self, rtt: Duration, inflight: u32) -> u32 {
+    /// cells unacknowledged just before it and `rate` the delivery-rate sample it gives
+    /// (cells per second; `None` when it has none). Returns the new window (cells).
+    pub fn on_sendme(&mut self, rtt: Duration, inflight: u32, rate: Option<u64>) -> u32 {
         let rtt = rtt.max(Duration::from_micros(1));
         let min_rtt = self.min_rtt.map_or(rtt, |m| m.min(rtt));
         self.min_rtt = Some(min_rtt);
@@ -202,6 +265,8 @@ impl Vegas {
             self.recent.pop_front();
         }
         self.recent.push_back(rtt);
+        let window_full = inflight + CIRCUIT_INCREMENT >= self.cwnd;
+        self.track_rate(inflight, rate, window_full);
         let n = (self.cwnd / (2 * CIRCUIT_INCREMENT)).max(2) as usize;
         let standing = self
             .recent
@@ -212,18 +277,19 @@ impl Vegas {
             .copied()
             .unwrap_or(rtt);
         let cwnd = u128::from(self.cwnd);
-        let bdp = cwnd * min_rtt.as_nanos() / standing.as_nanos().max(1);
-        let bdp = u32::try_from(bdp).unwrap_or(CWND_MAX);
+        let by_delay = cwnd * min_rtt.as_nanos() / standing.as_nanos().max(1);
+        let max_rate = self.rate_this_round.max(self.rate_last_round);
+        let by_rate = (u128::from(max_rate) * min_rtt.as_nanos() / 1_000_000_000).min(cwnd);
+        let bdp = u32::try_from(by_delay.max(by_rate)).unwrap_or(CWND_MAX);
         let queue = self.cwnd.saturating_sub(bdp);
-        let window_full = inflight + CIRCUIT_INCREMENT >= self.cwnd;
         let share = |pct: u32| self.cwnd / 100 * pct;
         let alpha = VEGAS_ALPHA.max(share(VEGAS_ALPHA_PCT));
         let beta = VEGAS_BETA.max(share(VEGAS_BETA_PCT));
         let gamma = VEGAS_GAMMA.max(share(VEGAS_ALPHA_PCT));
         if self.slow_start {
-            if queue > gamma {
+            if queue > gamma && !self.rate_growing {
                 self.slow_start = false;
-                self.cwnd = bdp.saturating_add(gamma);
+                self.cwnd = bdp.saturating_add(VEGAS_GAMMA.max(bdp / 3));
             } else if window_full {
                 self.cwnd = self.cwnd.saturating_add(CIRCUIT_INCREMENT);
             }
@@ -238,9 +304,55 @@ impl Vegas {
                 }
             }
         }
-        self.cwnd = self.cwnd.clamp(CWND_MIN, CWND_MAX);
+        // The window never falls below what the path was seen to deliver, with room for
+        // the stalls: at a real bottleneck 1.5 × its bdp, what β allows anyway.
+        let floor = u128::from(max_rate) * min_rtt.as_nanos() * u128::from(RATE_FLOOR_GAIN_PCT)
+            / (100 * 1_000_000_000);
+        let floor = u32::try_from(floor).unwrap_or(CWND_MAX);
+        self.cwnd = self.cwnd.max(floor).clamp(CWND_MIN, CWND_MAX);
         self.cwnd
     }
+
+    /// Count round trips (one ends when the cells in flight at its start are
+    /// acknowledged), keep the highest rate of each, and at the end of each round trip in
+    /// which the window was full, test whether the rate grew by a quarter.
+    fn track_rate(&mut self, inflight: u32, rate: Option<u64>, window_full: bool) {
+        self.delivered = self.delivered.saturating_add(u64::from(CIRCUIT_INCREMENT));
+        if self.delivered >= self.round_end {
+            // The round trip before this SENDME is over: this SENDME's sample opens the
+            // next one.
+            if self.full_this_round && self.full_rate > 0 {
+                self.rate_growing = self.rate_this_round >= self.full_rate.saturating_mul(5) / 4;
+                if self.rate_growing {
+                    self.full_rate = self.rate_this_round;
+                }
+            }
+            self.rate_last_round = self.rate_this_round;
+            self.rate_this_round = 0;
+            self.full_this_round = false;
+            self.round_end = self
+                .delivered
+                .saturating_add(u64::from(inflight.saturating_sub(CIRCUIT_INCREMENT)));
+        }
+        if let Some(r) = rate {
+            self.rate_this_round = self.rate_this_round.max(r);
+            if self.full_rate == 0 {
+                self.full_rate = r;
+                self.rate_growing = true;
+            }
+        }
+        self.full_this_round |= window_full;
+    }
+}
+
+/// Cells per second that `cells` acknowledged over `interval` make; `None` for an empty
+/// interval.
+fn delivery_rate(cells: u64, interval: Duration) -> Option<u64> {
+    let ns = interval.as_nanos();
+    if ns == 0 {
+        return None;
+    }
+    u64::try_from(u128::from(cells) * 1_000_000_000 / ns).ok()
 }
 
 fn ct_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
@@ -471,11 +583,127 @@ mod tests {
         for _ in 0..rounds {
             let cwnd = vegas.cwnd();
             for _ in 0..cwnd / CIRCUIT_INCREMENT {
-                vegas.on_sendme(rtt(cwnd), vegas.cwnd());
+                vegas.on_sendme(rtt(cwnd), vegas.cwnd(), None);
             }
             out.push(vegas.cwnd());
         }
         out
+    }
+
+    /// A sender that always has data, through [`SendmeTags`], over a path with a
+    /// bottleneck of `capacity` cells per second and a base round trip of `base`; each
+    /// `SENDME` is held back by `stall` with probability `stall_pct` % (a loss on one
+    /// link's ordered stream; later `SENDME`s wait behind it). Returns the cells
+    /// acknowledged in each second of `secs`, and the window at the end.
+    fn simulate(
+        capacity: u64,
+        base: Duration,
+        stall_pct: u64,
+        stall: Duration,
+        secs: u64,
+    ) -> (Vec<u64>, u32) {
+        let t0 = Instant::now();
+        let mut tags = SendmeTags::default();
+        let mut package = i64::from(CIRCUIT_WINDOW);
+        let mut due: VecDeque<(Duration, [u8; 16])> = VecDeque::new();
+        let (mut sent, mut now, mut last_departure, mut last_arrival) =
+            (0u32, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut per_second = vec![0u64; secs as usize];
+        let per_cell = Duration::from_nanos(1_000_000_000 / capacity);
+        loop {
+            while package > 0 {
+                sent += 1;
+                package -= 1;
+                tags.on_data_sent(tag(sent), t0 + now);
+                last_departure = last_departure.max(now) + per_cell;
+                if sent.is_multiple_of(CIRCUIT_INCREMENT) {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let held = if seed % 100 < stall_pct {
+                        stall
+                    } else {
+                        Duration::ZERO
+                    };
+                    last_arrival = last_arrival.max(last_departure + base + held);
+                    due.push_back((last_arrival, tag(sent)));
+                }
+            }
+            let Some((at, echo)) = due.pop_front() else {
+                break;
+            };
+            now = at;
+            let Some(slot) = per_second.get_mut(now.as_secs() as usize) else {
+                break;
+            };
+            *slot += u64::from(CIRCUIT_INCREMENT);
+            package += tags.on_sendme(&echo, t0 + now).unwrap();
+        }
+        (per_second, tags.cwnd())
+    }
+
+    #[test]
+    fn loss_stalls_do_not_end_slow_start_before_the_bottleneck() {
+        // 100 Mbit/s (12,000 cells a second) over a 300 ms path: 3,600 cells in flight
+        // fill it. A third of the SENDMEs are held back a link round trip (100 ms), and
+        // the ones behind them with them, so most round-trip samples read a third of the
+        // window as queued. The round trip alone ended slow start early and grew the
+        // window by an increment per round trip from there: 52 % of the bottleneck in
+        // seconds 3-5, 73 % in seconds 6-9. The delivery rate, still doubling, keeps slow
+        // start going until the bottleneck: all of it from the third second.
+        let capacity = 12_000;
+        let (per_second, cwnd) = simulate(
+            capacity,
+            Duration::from_millis(300),
+            33,
+            Duration::from_millis(100),
+            10,
+        );
+        let early: u64 = per_second[3..6].iter().sum::<u64>() / 3;
+        assert!(
+            early * 100 >= capacity * 90,
+            "{early} cells/s of {capacity} in seconds 3-5: {per_second:?}, cwnd {cwnd}"
+        );
+        // At the bottleneck the window holds at most twice the path's 3,600 cells: the
+        // queue within β of it, plus the cells the stalls hold back.
+        assert!(cwnd <= 2 * 3_600, "cwnd {cwnd}: {per_second:?}");
+
+        // Without stalls, slow start ends at the bottleneck and the window settles with
+        // the queue between α and β (25-35 % of the window), all of the rate delivered.
+        let (per_second, cwnd) =
+            simulate(capacity, Duration::from_millis(300), 0, Duration::ZERO, 20);
+        let settled = |pct: u32| 3_600 * 100 / (100 - pct);
+        assert!(
+            (settled(VEGAS_ALPHA_PCT) - 2 * CIRCUIT_INCREMENT
+                ..=settled(VEGAS_BETA_PCT) + CIRCUIT_INCREMENT)
+                .contains(&cwnd),
+            "cwnd {cwnd}: {per_second:?}"
+        );
+        let late: u64 = per_second[10..20].iter().sum::<u64>() / 10;
+        assert!(late * 100 >= capacity * 98, "{late}: {per_second:?}");
+    }
+
+    #[test]
+    fn stalls_beyond_beta_do_not_shrink_the_window_below_what_was_delivered() {
+        // The same path, with a SENDME in three held back a whole base round trip (300 ms)
+        // and the later ones with it: the standing round trip often reads half the window
+        // as queued, more than β. Without the rate floor the window fell back to
+        // 5,500 cells and the circuit delivered 73 % of the bottleneck in seconds 5-14;
+        // with it, the window keeps 1.5 × what was delivered, and more than 85 % arrives.
+        let capacity = 12_000;
+        let (per_second, cwnd) = simulate(
+            capacity,
+            Duration::from_millis(300),
+            30,
+            Duration::from_millis(300),
+            15,
+        );
+        let late: u64 = per_second[5..15].iter().sum::<u64>() / 10;
+        assert!(
+            late * 100 >= capacity * 85,
+            "{late} cells/s of {capacity}: {per_second:?}, cwnd {cwnd}"
+        );
     }
 
     #[test]
@@ -555,7 +783,7 @@ mod tests {
         let mut v = Vegas::default();
         for i in 0..10_000u32 {
             let rtt = Duration::from_micros(if i % 3 == 0 { 5_000 } else { 100 });
-            let w = v.on_sendme(rtt, v.cwnd());
+            let w = v.on_sendme(rtt, v.cwnd(), None);
             assert!((CWND_MIN..=CWND_MAX).contains(&w));
         }
         // A path with no queue at all: the window grows to the cap and stays there.
@@ -565,7 +793,7 @@ mod tests {
         // A sender with little in flight (application-limited) keeps its window.
         let mut v = Vegas::default();
         for _ in 0..1_000 {
-            v.on_sendme(Duration::from_millis(300), 150);
+            v.on_sendme(Duration::from_millis(300), 150, None);
         }
         assert_eq!(v.cwnd(), CIRCUIT_WINDOW);
     }
@@ -632,7 +860,7 @@ mod tests {
         for i in 0..30 {
             // 300 ms each, one of them 400 ms (a burst queued at a link for a moment).
             let rtt = Duration::from_millis(if i == 3 { 400 } else { 300 });
-            v.on_sendme(rtt, v.cwnd());
+            v.on_sendme(rtt, v.cwnd(), None);
         }
         assert!(v.in_slow_start(), "cwnd {}", v.cwnd());
         assert_eq!(v.cwnd(), CIRCUIT_WINDOW + 30 * CIRCUIT_INCREMENT);
