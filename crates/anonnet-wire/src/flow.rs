@@ -173,10 +173,11 @@ impl SendmeTags {
 ///   `bdp = max(cwnd × min_rtt / standing, rate × min_rtt)` cells, `rate` the highest
 ///   delivery rate of this round trip and the last (at most `cwnd`), and
 ///   `queue = cwnd − bdp` of them are queued. At a real bottleneck both terms give the
-///   same answer (the rate is the bottleneck's); when loss stalls raise most round-trip
-///   samples (on the `broadband` WAN testnet only 13 % of the exit's samples were within
-///   35 % of `min_rtt`) the cells still arrive, a little late, and the rate shows that
-///   nothing is queued.
+///   same answer (the rate is the bottleneck's); when loss stalls raise some round-trip
+///   samples, the highest recent rate still counts the round trips they spared, so the
+///   larger estimate reads less of the window as queued than the round trips alone. (On
+///   the `broadband` WAN testnet stalls raise most samples: only 13 % of the exit's were
+///   within 35 % of `min_rtt`; there the rate floor below does more.)
 /// - **Thresholds** grow with the window: `α = max(`[`VEGAS_ALPHA`]`, 25 % of cwnd)`,
 ///   `β = max(`[`VEGAS_BETA`]`, 35 % of cwnd)`, `γ = max(`[`VEGAS_GAMMA`]`, 25 % of cwnd)`,
 ///   so a window settles where the standing round trip is 1.33–1.54 × `min_rtt`.
