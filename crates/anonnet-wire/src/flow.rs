@@ -211,9 +211,9 @@ pub struct Vegas {
     recent: VecDeque<Duration>,
     /// Cells acknowledged since the last steady-state update.
     acked: u32,
-    /// Cells acknowledged in all, and the count at which this round trip ends.
-    delivered: u64,
-    round_end: u64,
+    /// Cells still to be acknowledged before this round trip ends (the cells that were in
+    /// flight when it began).
+    round_left: u32,
     /// Highest delivery rate (cells per second) of this round trip and of the last one.
     rate_this_round: u64,
     rate_last_round: u64,
@@ -233,8 +233,7 @@ impl Default for Vegas {
             min_rtt: None,
             recent: VecDeque::new(),
             acked: 0,
-            delivered: 0,
-            round_end: 0,
+            round_left: 0,
             rate_this_round: 0,
             rate_last_round: 0,
             full_this_round: false,
@@ -318,8 +317,8 @@ impl Vegas {
     /// acknowledged), keep the highest rate of each, and at the end of each round trip in
     /// which the window was full, test whether the rate grew by a quarter.
     fn track_rate(&mut self, inflight: u32, rate: Option<u64>, window_full: bool) {
-        self.delivered = self.delivered.saturating_add(u64::from(CIRCUIT_INCREMENT));
-        if self.delivered >= self.round_end {
+        self.round_left = self.round_left.saturating_sub(CIRCUIT_INCREMENT);
+        if self.round_left == 0 {
             // The round trip before this SENDME is over: this SENDME's sample opens the
             // next one.
             if self.full_this_round && self.full_rate > 0 {
@@ -331,9 +330,7 @@ impl Vegas {
             self.rate_last_round = self.rate_this_round;
             self.rate_this_round = 0;
             self.full_this_round = false;
-            self.round_end = self
-                .delivered
-                .saturating_add(u64::from(inflight.saturating_sub(CIRCUIT_INCREMENT)));
+            self.round_left = inflight.saturating_sub(CIRCUIT_INCREMENT);
         }
         if let Some(r) = rate {
             self.rate_this_round = self.rate_this_round.max(r);
