@@ -641,6 +641,12 @@ mod tests {
         (per_second, tags.cwnd())
     }
 
+    /// Mean cells acknowledged per second over `secs` of a [`simulate`] run.
+    fn mean(per_second: &[u64], secs: std::ops::Range<usize>) -> u64 {
+        let n = secs.len() as u64;
+        per_second[secs].iter().sum::<u64>() / n
+    }
+
     #[test]
     fn loss_stalls_do_not_end_slow_start_before_the_bottleneck() {
         // 100 Mbit/s (12,000 cells a second) over a 300 ms path: 3,600 cells in flight
@@ -658,7 +664,7 @@ mod tests {
             Duration::from_millis(100),
             10,
         );
-        let early: u64 = per_second[3..6].iter().sum::<u64>() / 3;
+        let early = mean(&per_second, 3..6);
         assert!(
             early * 100 >= capacity * 90,
             "{early} cells/s of {capacity} in seconds 3-5: {per_second:?}, cwnd {cwnd}"
@@ -678,7 +684,7 @@ mod tests {
                 .contains(&cwnd),
             "cwnd {cwnd}: {per_second:?}"
         );
-        let late: u64 = per_second[10..20].iter().sum::<u64>() / 10;
+        let late = mean(&per_second, 10..20);
         assert!(late * 100 >= capacity * 98, "{late}: {per_second:?}");
     }
 
@@ -697,7 +703,7 @@ mod tests {
             Duration::from_millis(300),
             15,
         );
-        let late: u64 = per_second[5..15].iter().sum::<u64>() / 10;
+        let late = mean(&per_second, 5..15);
         assert!(
             late * 100 >= capacity * 85,
             "{late} cells/s of {capacity}: {per_second:?}, cwnd {cwnd}"
