@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 use crate::tls::{self, OptionalEd25519Client, PinnedServer};
 use crate::{
     dial_transport_config, transport_config, NetError, ALPN, ALPN_V1, PROTOCOL_VERSION,
-    VERSION_CLOSE_CODE,
+    UDP_SOCKET_BUFFER, VERSION_CLOSE_CODE,
 };
 
 /// Inbound handshakes a relay endpoint runs at once; further peers wait in quinn's queue
@@ -202,7 +202,7 @@ impl Endpoint {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server_config.transport_config(Arc::new(transport_config()));
 
-        let quic = quinn::Endpoint::server(server_config, bind)
+        let quic = quic_endpoint(bind, Some(server_config))
             .map_err(|source| NetError::Bind { addr: bind, source })?;
 
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
@@ -249,8 +249,8 @@ impl Endpoint {
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, NetError> {
         tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
-        let quic = quinn::Endpoint::client(bind)
-            .map_err(|source| NetError::Bind { addr: bind, source })?;
+        let quic =
+            quic_endpoint(bind, None).map_err(|source| NetError::Bind { addr: bind, source })?;
         Ok(Endpoint {
             inner: Arc::new(Inner {
                 quic,
@@ -580,5 +580,96 @@ impl Link {
     pub fn close(&self) {
         self.conn
             .close(quinn::VarInt::from_u32(CLOSE_CODE), b"link closed");
+    }
+}
+
+/// The quinn endpoint of a node on the socket [`udp_socket`] binds at `bind`: accepting
+/// with `server` if given (a relay), dialing only if not (a client, whose IPv6 socket also
+/// takes IPv4, as quinn's `Endpoint::client` makes it). Must be called inside a tokio
+/// runtime.
+///
+/// # Errors
+/// The socket's creation or `bind` error (address in use, not local, no permission).
+fn quic_endpoint(
+    bind: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let dual_stack = server.is_none();
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        udp_socket(bind, dual_stack)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A UDP socket bound at `bind` for which the kernel was asked for [`UDP_SOCKET_BUFFER`]
+/// bytes of receive and send buffer (docs/protocol.md §8.1, "Socket buffers"); with
+/// `dual_stack`, an IPv6 socket also takes IPv4 where the system allows it. The kernel
+/// caps the buffers at `net.core.rmem_max` / `wmem_max`; a smaller grant is logged once
+/// per process at `info` and is not an error.
+///
+/// # Errors
+/// The socket's creation or `bind` error (address in use, not local, no permission).
+fn udp_socket(bind: SocketAddr, dual_stack: bool) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() && dual_stack {
+        // Best effort, as quinn does: a v6-only socket still dials IPv6 relays.
+        let _ = sock.set_only_v6(false);
+    }
+    // Best effort: a refused size leaves the kernel's default, what quinn would use.
+    let _ = sock.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    sock.bind(&bind.into())?;
+    // Linux reports twice what it grants (it counts its own bookkeeping in), so a grant
+    // below the size asked for is at most half of it.
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    if granted < UDP_SOCKET_BUFFER {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            tracing::info!(
+                "UDP receive buffer is {granted} bytes, less than the {UDP_SOCKET_BUFFER} \
+                 asked for: bursts of packets may be dropped before anonnet reads them; \
+                 raise net.core.rmem_max (Linux) to at least {UDP_SOCKET_BUFFER}"
+            );
+        });
+    }
+    Ok(sock.into())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod socket_tests {
+    use super::*;
+
+    fn sysctl(name: &str) -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_socket_gets_the_larger_buffer_the_kernel_allows() {
+        let sock = udp_socket("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let granted = socket2::SockRef::from(&sock).recv_buffer_size().unwrap();
+        // Linux grants min(asked, rmem_max) and reports twice that.
+        let expected = 2 * UDP_SOCKET_BUFFER.min(sysctl("rmem_max"));
+        assert_eq!(granted, expected);
+        assert!(
+            sysctl("rmem_max") <= sysctl("rmem_default") || granted > sysctl("rmem_default"),
+            "more than the default of {} bytes: {granted}",
+            sysctl("rmem_default")
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_socket_also_takes_ipv4() {
+        // The wildcard: Linux makes a socket bound to one IPv6 address v6-only anyway.
+        let Ok(sock) = udp_socket("[::]:0".parse().unwrap(), true) else {
+            return; // no IPv6 on this machine
+        };
+        assert!(!socket2::SockRef::from(&sock).only_v6().unwrap());
     }
 }
