@@ -176,8 +176,9 @@ pub const PAD_TO_MTU: bool = false;
 /// windows [`STREAM_RECEIVE_WINDOW`] / [`CONNECTION_RECEIVE_WINDOW`] /
 /// [`CONNECTION_SEND_WINDOW`], keep-alive [`KEEP_ALIVE_INTERVAL`], idle timeout
 /// [`MAX_IDLE_TIMEOUT_MS`], ACK frequency [`ACK_ELICITING_THRESHOLD`] / [`ACK_DELAY`],
-/// congestion control BBR with its window capped to twice what the link has in flight and
-/// losses passed on only above 2 % ([`congestion::CappedBbrConfig`]; quinn marks its BBR
+/// congestion control BBR with its window capped at [`congestion::CAP_GAIN_PCT`] % of what
+/// the link has in flight and losses passed on only above 2 %
+/// ([`congestion::CappedBbrConfig`]; quinn marks its BBR
 /// experimental; CUBIC collapses under the loss of real paths, see the body). quinn's
 /// default fair queuing of streams of equal priority stays on: circuits sharing a link
 /// are sent in turn.

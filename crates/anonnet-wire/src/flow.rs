@@ -54,8 +54,11 @@ const STANDING_SAMPLES: usize = (CWND_MAX / (2 * CIRCUIT_INCREMENT)) as usize;
 /// Unacknowledged `DATA` cells allowed per stream and direction at the start (and all a
 /// reader that does not keep up ever gets).
 pub const STREAM_WINDOW: u32 = 500;
-/// Largest stream window (cells, ≈ 3.8 MiB of payload) a reader that keeps up grows to.
-pub const STREAM_WINDOW_MAX: u32 = 4000;
+/// Largest stream window (cells, ≈ 7.5 MiB of payload) a reader that keeps up grows to.
+/// 4000 until 2026-12-07: on the `broadband` WAN testnet the exit then waited on the
+/// stream window most of each second, since loss repairs on the links stretch a circuit's
+/// round trip to twice its base (docs/performance.md).
+pub const STREAM_WINDOW_MAX: u32 = 8000;
 /// Cells acknowledged by one stream `SENDME`.
 pub const STREAM_INCREMENT: u32 = 50;
 
