@@ -67,10 +67,10 @@ impl ControllerFactory for CappedBbrConfig {
 }
 
 /// A congestion controller (quinn's BBR here) whose window is capped at [`CAP_GAIN_PCT`] %
-/// of the most bytes in flight in the current and the previous period of one smoothed round trip
-/// (so over the last one to two round trips), at least its initial window (bytes), and
-/// which hears of losses only above [`LOSS_THRESHOLD_INV`]'s rate over the same two
-/// periods, or on persistent congestion. See the module doc.
+/// of the most bytes in flight in the current and the previous period of one smoothed
+/// round trip (so over the last one to two round trips), at least its initial window
+/// (bytes), and which hears of losses only above [`LOSS_THRESHOLD_INV`]'s rate over the
+/// same two periods, or on persistent congestion. See the module doc.
 pub struct CappedWindow {
     inner: Box<dyn Controller>,
     /// The smallest cap (bytes): BBR's initial window.

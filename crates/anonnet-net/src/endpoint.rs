@@ -657,11 +657,6 @@ mod socket_tests {
         // Linux grants min(asked, rmem_max) and reports twice that.
         let expected = 2 * UDP_SOCKET_BUFFER.min(sysctl("rmem_max"));
         assert_eq!(granted, expected);
-        assert!(
-            sysctl("rmem_max") <= sysctl("rmem_default") || granted > sysctl("rmem_default"),
-            "more than the default of {} bytes: {granted}",
-            sysctl("rmem_default")
-        );
     }
 
     #[test]
