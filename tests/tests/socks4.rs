@@ -4,13 +4,14 @@
 //! `.anon` address and by `.dark` name; different SOCKS4 user ids get different circuits
 //! (read from the client's counters through its control API); a `BIND` and a `CONNECT` to a
 //! closed port sent by hand get reply 91; a connection that speaks neither SOCKS version is
-//! closed; and no log names where the user went.
+//! closed; and no log names where the user went. A client that pipelines (sends its
+//! request before the SOCKS reply) has it travel with `BEGIN`, over SOCKS5 and SOCKS4.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use anonnet_control::{ControlClient, Status};
-use anonnet_tests::{log_files, serve_files, temp_dir, Testnet};
+use anonnet_tests::{log_files, serve_files, temp_dir, TestDir, Testnet};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -65,6 +66,26 @@ async fn in_use(control: &ControlClient) -> Vec<u64> {
     ids
 }
 
+/// A 3-relay testnet in a fresh directory (which must outlive it), and the port of a
+/// local server of [`PAGE`].
+async fn start(name: &str) -> (TestDir, Testnet, u16) {
+    let dir = temp_dir(name);
+    let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
+    let net = tokio::task::spawn_blocking({
+        let dir = dir.to_path_buf();
+        move || Testnet::start(3, &dir)
+    })
+    .await
+    .unwrap();
+    (dir, net, port)
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// Send raw SOCKS4 `request` bytes and return the reply's `CD` byte, or `None` when the
 /// server closed the connection without a reply (bounded: 30 s).
 async fn raw_socks4(socks: std::net::SocketAddr, request: &[u8]) -> Option<u8> {
@@ -88,14 +109,7 @@ async fn raw_socks4(socks: std::net::SocketAddr, request: &[u8]) -> Option<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks4_and_socks4a_connect_isolate_by_user_id_and_refuse_bind() {
-    let dir = temp_dir("socks4");
-    let port = serve_files(vec![("/".into(), Bytes::from_static(PAGE))]).await;
-    let mut net = tokio::task::spawn_blocking({
-        let dir = dir.to_path_buf();
-        move || Testnet::start(3, &dir)
-    })
-    .await
-    .unwrap();
+    let (dir, mut net, port) = start("socks4").await;
     let socks = net.socks.to_string();
     let control = ControlClient::from_state_dir(&dir.join("client")).unwrap();
     // Let the pool fill (bounded), so the circuits counted below are the only ones in use.
@@ -156,10 +170,7 @@ async fn socks4_and_socks4a_connect_isolate_by_user_id_and_refuse_bind() {
     bind.extend_from_slice(&port.to_be_bytes());
     bind.extend_from_slice(&[127, 0, 0, 1, 0]);
     assert_eq!(raw_socks4(net.socks, &bind).await, Some(91));
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = closed_port();
     let mut connect = vec![4, 1];
     connect.extend_from_slice(&closed.to_be_bytes());
     connect.extend_from_slice(&[127, 0, 0, 1, b'c', 0]);
@@ -196,4 +207,91 @@ async fn socks4_and_socks4a_connect_isolate_by_user_id_and_refuse_bind() {
         "logs name destinations:\n{}",
         leaks.join("\n")
     );
+}
+
+/// Send `request` (a SOCKS request and the bytes behind it) in one write; return the
+/// reply of `reply_len` bytes and everything the proxy sent after it until it closed
+/// (bounded: 30 s).
+async fn pipelined(
+    socks: std::net::SocketAddr,
+    request: &[u8],
+    reply_len: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(socks).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut reply = vec![0u8; reply_len];
+        s.read_exact(&mut reply).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        (reply, rest)
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("the SOCKS port answered in time")
+}
+
+/// Streams opened optimistically so far (the client's counter, docs/protocol.md §6.5).
+async fn optimistic(control: &ControlClient) -> u64 {
+    control.status().await.unwrap().counters.optimistic_streams
+}
+
+/// A client that sends its request behind its SOCKS request, before the reply (as Tor
+/// Browser does), has it travel right behind `BEGIN` (docs/protocol.md §6.5) and still
+/// gets the reply code of what the exit answered; a client that waits for the reply
+/// (curl) opens its stream as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_socks_requests_travel_with_begin() {
+    let (dir, mut net, port) = start("socks-pipelined").await;
+    let control = ControlClient::from_state_dir(&dir.join("client")).unwrap();
+    let get = b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    let socks5 = |port: u16| {
+        // Greeting (no authentication), CONNECT 127.0.0.1:port, then the GET.
+        let mut r = vec![5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1];
+        r.extend_from_slice(&port.to_be_bytes());
+        r.extend_from_slice(get);
+        r
+    };
+
+    // curl waits for the reply: not optimistic.
+    let before = optimistic(&control).await;
+    let body = curl_retried(
+        &["--socks5-hostname", &net.socks.to_string()],
+        &format!("http://127.0.0.1:{port}/"),
+    )
+    .await;
+    assert_eq!(body, PAGE);
+    assert_eq!(optimistic(&control).await, before, "curl's stream waited");
+
+    // SOCKS5, pipelined: method reply, success, then the page.
+    let (reply, rest) = pipelined(net.socks, &socks5(port), 2 + 10).await;
+    assert_eq!(reply[..4], [5, 0, 5, 0], "{reply:?}");
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(answer.starts_with("HTTP/1."), "{answer}");
+    assert!(rest.ends_with(PAGE), "{answer}");
+    assert_eq!(optimistic(&control).await, before + 1, "went with BEGIN");
+
+    // SOCKS4, pipelined.
+    let mut request = vec![4, 1];
+    request.extend_from_slice(&port.to_be_bytes());
+    request.extend_from_slice(&[127, 0, 0, 1, 0]);
+    request.extend_from_slice(get);
+    let (reply, rest) = pipelined(net.socks, &request, 8).await;
+    assert_eq!(reply[..2], [0, 90], "{reply:?}");
+    assert!(rest.ends_with(PAGE), "{}", String::from_utf8_lossy(&rest));
+    assert_eq!(optimistic(&control).await, before + 2, "went with BEGIN");
+
+    // The exit's refusal still chooses the reply: a closed port is 0x05 (connection
+    // refused) over SOCKS5 and 91 over SOCKS4, and nothing follows.
+    let closed = closed_port();
+    let (reply, rest) = pipelined(net.socks, &socks5(closed), 2 + 10).await;
+    assert_eq!(reply[..4], [5, 0, 5, 5], "{reply:?}");
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut request = vec![4, 1];
+    request.extend_from_slice(&closed.to_be_bytes());
+    request.extend_from_slice(&[127, 0, 0, 1, 0]);
+    request.extend_from_slice(get);
+    let (reply, _) = pipelined(net.socks, &request, 8).await;
+    assert_eq!(reply[..2], [0, 91], "{reply:?}");
+    net.stop();
 }

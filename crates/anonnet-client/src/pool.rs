@@ -1076,6 +1076,45 @@ impl Client {
         result
     }
 
+    /// As [`Client::connect_isolated`] for a caller that already holds the first bytes
+    /// of the stream (`early`: what a SOCKS client sent right behind its request, before
+    /// our reply), which go optimistically right behind `BEGIN` (§6.5, as
+    /// [`Client::connect_optimistic_isolated`]); returns once the exit answered
+    /// `CONNECTED`, so the caller can still tell its application whether the stream
+    /// opened. With `early` empty it is [`Client::connect_isolated`]. When the exit
+    /// refuses, the bytes were not delivered and no other exit is tried: the caller
+    /// answers with the refusal, as the application asked for this destination only.
+    ///
+    /// # Errors
+    /// As [`Client::connect_optimistic_isolated`]; then [`ClientError::Stream`] with
+    /// [`StreamError::Refused`] (the exit's `END` reason) or [`StreamError::Timeout`]
+    /// when no answer came within the stream timeout (30 s by default), or
+    /// [`StreamError::Circuit`] when the circuit closed meanwhile.
+    pub async fn connect_isolated_with_early_data(
+        &self,
+        target: Target,
+        port: u16,
+        isolation: &IsolationKey,
+        early: &[u8],
+    ) -> Result<DataStream, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        if early.is_empty() {
+            return self.connect_isolated(target, port, isolation).await;
+        }
+        let mut stream = self
+            .connect_optimistic_isolated(target, port, isolation)
+            .await?;
+        let closed = || StreamError::Circuit(CircuitError::Closed);
+        let answer = tokio::time::timeout(self.config.stream_timeout, async {
+            stream.write_all(early).await.map_err(|_| closed())?;
+            stream.flush().await.map_err(|_| closed())?;
+            stream.connected().await
+        })
+        .await
+        .unwrap_or(Err(StreamError::Timeout));
+        answer.map(|()| stream).map_err(ClientError::from)
+    }
+
     async fn open_stream(
         &self,
         target: Target,

@@ -276,7 +276,8 @@ async fn serve_socks5(
             return Err(SessionError::Command(other));
         }
     }
-    let stream = match open_stream(&client, target, port, &isolation).await {
+    let early = early_data(&tcp);
+    let stream = match open_stream(&client, target, port, &isolation, &early).await {
         Ok(s) => s,
         Err(e) => {
             let reply = socks_reply(e.kind());
@@ -286,7 +287,25 @@ async fn serve_socks5(
         }
     };
     write_socks5_reply(&mut tcp, ReplyError::Succeeded, None).await?;
-    relay(tcp, stream, &[]).await
+    relay(tcp, stream).await
+}
+
+/// Most bytes a SOCKS client may have sent behind its request that go optimistically
+/// with `BEGIN` (§6.5): 16 KiB, 17 `DATA` cells, well inside a new stream's window of 500.
+pub const EARLY_DATA_MAX: usize = 16 * 1024;
+
+/// What the client already sent behind its request (at most [`EARLY_DATA_MAX`] bytes),
+/// without waiting: a client that pipelines (sends its first bytes before our reply, as
+/// Tor Browser does) has them travel right behind `BEGIN`. Bytes that arrive later, and
+/// every byte of a client that waits for the reply, go once the stream is open.
+fn early_data(tcp: &TcpStream) -> Vec<u8> {
+    let mut buf = vec![0u8; EARLY_DATA_MAX];
+    match tcp.try_read(&mut buf) {
+        Ok(n) => buf.truncate(n),
+        // Nothing queued (WouldBlock), or an error the copy loop will meet again.
+        Err(_) => buf.clear(),
+    }
+    buf
 }
 
 /// Answer `RESOLVE` (a name's first address, IPv4 preferred, in BND.ADDR) or `RESOLVE_PTR`
@@ -411,7 +430,9 @@ async fn serve_socks4(
     if request.command == socks4::CMD_RESOLVE {
         return socks4_resolve(tcp, &client, target, &isolation).await;
     }
-    let stream = match open_stream(&client, target, request.port, &isolation).await {
+    // Data the client sent right behind its request goes with BEGIN (§6.5).
+    let early = buf.get(len..).unwrap_or_default();
+    let stream = match open_stream(&client, target, request.port, &isolation, early).await {
         Ok(s) => s,
         Err(e) => {
             tcp.write_all(&socks4::reply(false)).await?;
@@ -419,8 +440,7 @@ async fn serve_socks4(
         }
     };
     tcp.write_all(&socks4::reply(true)).await?;
-    // Data the client sent right behind its request (optimistic data) goes first.
-    relay(tcp, stream, buf.get(len..).unwrap_or_default()).await
+    relay(tcp, stream).await
 }
 
 /// Answer a SOCKS4a `RESOLVE` (Tor's extension): the first IPv4 answer of an exit's
@@ -488,7 +508,8 @@ async fn read_socks4_request(
 }
 
 /// Open a stream to `target:port` for a SOCKS `CONNECT` on a circuit of the `isolation`
-/// group. A failure is logged at debug level only (logs never name the destination), and
+/// group, with `early` (what the client sent behind its request) right behind `BEGIN`
+/// ([`Client::connect_isolated_with_early_data`]). A failure is logged at debug level only (logs never name the destination), and
 /// with a warning when proxying is switched off.
 ///
 /// # Errors
@@ -498,9 +519,10 @@ async fn open_stream(
     target: Target,
     port: u16,
     isolation: &IsolationKey,
+    early: &[u8],
 ) -> Result<DataStream, ClientError> {
     client
-        .connect_isolated(target, port, isolation)
+        .connect_isolated_with_early_data(target, port, isolation, early)
         .await
         .inspect_err(|e| {
             if e.kind() == ErrorKind::Disabled {
@@ -511,16 +533,8 @@ async fn open_stream(
 }
 
 /// Copy bytes both ways between the SOCKS client and its stream until both directions
-/// have closed, after writing `early` (client bytes read along with its request) to the
-/// stream.
-async fn relay(
-    mut tcp: TcpStream,
-    mut stream: DataStream,
-    early: &[u8],
-) -> Result<(), SessionError> {
-    if !early.is_empty() {
-        stream.write_all(early).await?;
-    }
+/// have closed.
+async fn relay(mut tcp: TcpStream, mut stream: DataStream) -> Result<(), SessionError> {
     tokio::io::copy_bidirectional(&mut tcp, &mut stream).await?;
     Ok(())
 }

@@ -72,6 +72,100 @@ impl DataStream {
         let _ = self.circuit.forward.try_send(end);
     }
 
+    /// Take in one event from the circuit reader (`None`: the circuit closed): `DATA`
+    /// becomes the pending bytes (and earns stream `SENDME`s as it is consumed),
+    /// `CONNECTED` ends an optimistic stream's wait, `END` or a broken rule ends the
+    /// stream with the error the next read reports.
+    fn on_event(&mut self, event: Option<StreamEvent>) {
+        match event {
+            Some(StreamEvent::Data(_)) if self.awaiting_connected => {
+                self.ended = true;
+                self.failure = Some(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "DATA before CONNECTED",
+                ));
+                self.circuit.close();
+            }
+            Some(StreamEvent::Data(d)) => {
+                self.pending = d;
+                let due = self
+                    .deliver
+                    .lock()
+                    .map(|mut w| w.on_consumed())
+                    .unwrap_or(0);
+                for _ in 0..due {
+                    self.send_stream_sendme();
+                }
+            }
+            Some(StreamEvent::Connected) => self.awaiting_connected = false,
+            // The reader delivers RESOLVED to resolve streams only; never here.
+            Some(StreamEvent::Resolved(_)) => {
+                self.ended = true;
+                self.failure = Some(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "RESOLVED on a data stream",
+                ));
+            }
+            Some(StreamEvent::End(EndReason::Done)) => self.ended = true,
+            // Refused before CONNECTED (an optimistic stream): the reason travels inside
+            // the error, for the proxy to map to its reply.
+            Some(StreamEvent::End(reason)) if self.awaiting_connected => {
+                self.ended = true;
+                self.failure = Some(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    super::StreamError::Refused(reason),
+                ));
+            }
+            Some(StreamEvent::End(reason)) => {
+                self.ended = true;
+                self.failure = Some(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("stream ended by the exit: {reason:?}"),
+                ));
+            }
+            None => {
+                self.ended = true;
+                self.failure = Some(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "circuit closed",
+                ));
+            }
+        }
+    }
+
+    /// Wait for the exit's answer to an optimistic stream's `BEGIN` (§6.5): returns once
+    /// `CONNECTED` came, at once for a stream that was not opened optimistically (or whose
+    /// `CONNECTED` came already). Reads only that answer: `DATA` the exit sends behind it
+    /// stays for the next read.
+    ///
+    /// # Errors
+    /// [`StreamError::Refused`] with the exit's reason when it answered `END` (`DONE`
+    /// included) instead; [`StreamError::Circuit`] when the circuit closed first or the
+    /// exit sent `DATA` before `CONNECTED` (a protocol violation: the circuit is closed).
+    pub async fn connected(&mut self) -> Result<(), StreamError> {
+        while self.awaiting_connected && !self.ended {
+            let event = match self.rx.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => None,
+            };
+            self.on_event(event);
+        }
+        if !self.awaiting_connected {
+            return Ok(());
+        }
+        let refused = self
+            .failure
+            .as_ref()
+            .and_then(|e| e.get_ref())
+            .and_then(|inner| inner.downcast_ref::<StreamError>())
+            .cloned();
+        match refused {
+            Some(e) => Err(e),
+            None if self.failure.is_none() => Err(StreamError::Refused(EndReason::Done)),
+            None => Err(CircuitError::Closed.into()),
+        }
+    }
+
     /// Tell the exit that 50 more cells were consumed. Never waits: when the circuit's
     /// queue is full the SENDME goes from a small task instead.
     pub(super) fn send_stream_sendme(&self) {
@@ -136,60 +230,7 @@ impl AsyncRead for DataStream {
                 Poll::Pending if got_bytes => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
             };
-            match event {
-                Some(StreamEvent::Data(_)) if self.awaiting_connected => {
-                    self.ended = true;
-                    self.failure = Some(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "DATA before CONNECTED",
-                    ));
-                    self.circuit.close();
-                }
-                Some(StreamEvent::Data(d)) => {
-                    self.pending = d;
-                    let due = self
-                        .deliver
-                        .lock()
-                        .map(|mut w| w.on_consumed())
-                        .unwrap_or(0);
-                    for _ in 0..due {
-                        self.send_stream_sendme();
-                    }
-                }
-                Some(StreamEvent::Connected) => self.awaiting_connected = false,
-                // The reader delivers RESOLVED to resolve streams only; never here.
-                Some(StreamEvent::Resolved(_)) => {
-                    self.ended = true;
-                    self.failure = Some(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "RESOLVED on a data stream",
-                    ));
-                }
-                Some(StreamEvent::End(EndReason::Done)) => self.ended = true,
-                // Refused before CONNECTED (an optimistic stream): the reason travels inside
-                // the error, for the proxy to map to its reply.
-                Some(StreamEvent::End(reason)) if self.awaiting_connected => {
-                    self.ended = true;
-                    self.failure = Some(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        super::StreamError::Refused(reason),
-                    ));
-                }
-                Some(StreamEvent::End(reason)) => {
-                    self.ended = true;
-                    self.failure = Some(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        format!("stream ended by the exit: {reason:?}"),
-                    ));
-                }
-                None => {
-                    self.ended = true;
-                    self.failure = Some(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "circuit closed",
-                    ));
-                }
-            }
+            self.on_event(event);
         }
     }
 }
