@@ -759,11 +759,14 @@ fn measure_common(name: &str, socks: SocketAddr, pids: &Pids, plan: &Plan<'_>) -
     let (host, port, path) = split_url(&plan.small_url)?;
     let mut pipelined = Vec::new();
     for _ in 0..plan.ttfb_runs {
-        let once = tokio::time::timeout(
-            Duration::from_secs(60),
-            pipelined_ttfb(socks, &host, port, &path),
-        );
-        if let Ok(Ok(Some(secs))) = rt.block_on(once) {
+        let once = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                pipelined_ttfb(socks, &host, port, &path),
+            )
+            .await
+        });
+        if let Ok(Ok(Some(secs))) = once {
             pipelined.push(secs * 1000.0);
         }
     }
