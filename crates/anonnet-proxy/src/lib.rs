@@ -286,6 +286,7 @@ async fn serve_socks5(
             return Err(SessionError::Client(e));
         }
     };
+    drop(early);
     write_socks5_reply(&mut tcp, ReplyError::Succeeded, None).await?;
     relay(tcp, stream).await
 }
@@ -298,6 +299,9 @@ pub const EARLY_DATA_MAX: usize = 16 * 1024;
 /// without waiting: a client that pipelines (sends its first bytes before our reply, as
 /// Tor Browser does) has them travel right behind `BEGIN`. Bytes that arrive later, and
 /// every byte of a client that waits for the reply, go once the stream is open.
+///
+/// The buffer shrinks to what was read (none at all for a client that waits), so an open
+/// SOCKS connection holds no 16 KiB for the early bytes it did not send.
 fn early_data(tcp: &TcpStream) -> Vec<u8> {
     let mut buf = vec![0u8; EARLY_DATA_MAX];
     match tcp.try_read(&mut buf) {
@@ -305,6 +309,7 @@ fn early_data(tcp: &TcpStream) -> Vec<u8> {
         // Nothing queued (WouldBlock), or an error the copy loop will meet again.
         Err(_) => buf.clear(),
     }
+    buf.shrink_to_fit();
     buf
 }
 
