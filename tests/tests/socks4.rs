@@ -293,5 +293,58 @@ async fn pipelined_socks_requests_travel_with_begin() {
     request.extend_from_slice(get);
     let (reply, _) = pipelined(net.socks, &request, 8).await;
     assert_eq!(reply[..2], [0, 91], "{reply:?}");
+
+    // A hidden service, by `.anon` address (each read below also needs the service to end
+    // the stream when its server closes after an HTTP/1.0 response): warmed by curl (the descriptor is published
+    // and the default group's rendezvous circuit cached), then pipelined on that circuit;
+    // then as a SOCKS5 user of its own, whose first stream is pipelined on a rendezvous
+    // circuit built for it.
+    let address = net.layout()["service"]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = curl_retried(
+        &["--socks5-hostname", &net.socks.to_string()],
+        &format!("http://{address}/"),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&body).contains(DEMO));
+    let hidden = |port: u16, user: Option<&str>| {
+        let mut r = match user {
+            // Greeting (username/password), then the credentials.
+            Some(u) => {
+                let mut r = vec![5, 1, 2, 1, u8::try_from(u.len()).unwrap()];
+                r.extend_from_slice(u.as_bytes());
+                r.extend_from_slice(&[1, b'x']);
+                r
+            }
+            None => vec![5, 1, 0],
+        };
+        r.extend_from_slice(&[5, 1, 0, 3, u8::try_from(address.len()).unwrap()]);
+        r.extend_from_slice(address.as_bytes());
+        r.extend_from_slice(&port.to_be_bytes());
+        r.extend_from_slice(get);
+        r
+    };
+    let count = optimistic(&control).await;
+    let (reply, rest) = pipelined(net.socks, &hidden(80, None), 2 + 10).await;
+    assert_eq!(reply[..4], [5, 0, 5, 0], "{reply:?}");
+    assert!(String::from_utf8_lossy(&rest).contains(DEMO));
+    // The service refuses a port it does not serve: the exit-policy reply (0x02); the
+    // GET that followed BEGIN did not cost the circuit, which serves the next stream.
+    let (reply, rest) = pipelined(net.socks, &hidden(81, None), 2 + 10).await;
+    assert_eq!(reply[..4], [5, 0, 5, 2], "{reply:?}");
+    assert!(rest.is_empty(), "{rest:?}");
+    let (reply, rest) = pipelined(net.socks, &hidden(80, None), 2 + 10).await;
+    assert_eq!(reply[..4], [5, 0, 5, 0], "{reply:?}");
+    assert!(String::from_utf8_lossy(&rest).contains(DEMO));
+    let (reply, rest) = pipelined(net.socks, &hidden(80, Some("carol")), 2 + 2 + 10).await;
+    assert_eq!(reply[..6], [5, 2, 1, 0, 5, 0], "{reply:?}");
+    assert!(String::from_utf8_lossy(&rest).contains(DEMO));
+    assert_eq!(
+        optimistic(&control).await,
+        count + 3,
+        "the three streams the service accepted went with BEGIN"
+    );
     net.stop();
 }

@@ -29,6 +29,8 @@ use anonnet_wire::hs::{HsDescriptorBody, IntroPoint, IntroducePlaintext, PowPara
 use anonnet_wire::relay::ESTABLISH_INTRO_CONTEXT;
 use anonnet_wire::{EndReason, RelayMsg};
 use tokio::net::TcpStream;
+
+use crate::circuit::DataStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -1470,6 +1472,32 @@ async fn register_with_authorities(
     Err(why)
 }
 
+/// Copy bytes both ways between a client's stream and the local server until the server
+/// has closed its side: then the stream ends (`END` DONE, as an exit answers its
+/// destination's EOF, §6.3), even while the client's side is still open; a server that
+/// marks the end of a response by closing (HTTP/1.0, `Connection: close`) would otherwise
+/// leave the client waiting. The client's `END` closes the server's write side
+/// (`shutdown`), and the server's answer still comes back.
+async fn relay_local(tcp: TcpStream, stream: DataStream) {
+    use tokio::io::AsyncWriteExt;
+    let (mut from_client, mut to_client) = tokio::io::split(stream);
+    let (mut from_server, mut to_server) = tcp.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+        let _ = to_server.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+        let _ = to_client.flush().await;
+    };
+    tokio::pin!(down);
+    tokio::select! {
+        () = up => (&mut down).await,
+        () = &mut down => {}
+    }
+    // Both halves of the stream drop here: END goes to the client.
+}
+
 /// Connect each stream the client opens on `circuit` to the local server.
 async fn serve_streams(
     circuit: Arc<Circuit>,
@@ -1493,7 +1521,7 @@ async fn serve_streams(
         let target = config.target;
         tokio::spawn(async move {
             let tcp = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(target)).await;
-            let mut tcp = match tcp {
+            let tcp = match tcp {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     debug!("local server {target}: {e}");
@@ -1508,8 +1536,7 @@ async fn serve_streams(
             if stream.accept().await.is_err() {
                 return;
             }
-            let mut stream = stream;
-            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
+            relay_local(tcp, stream).await;
         });
     }
     circuit.close();

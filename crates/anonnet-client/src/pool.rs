@@ -1008,6 +1008,18 @@ impl Client {
         port: u16,
         isolation: &IsolationKey,
     ) -> Result<DataStream, ClientError> {
+        self.connect_with(target, port, isolation, &[]).await
+    }
+
+    /// [`Client::connect_isolated`], with `early` sent optimistically behind `BEGIN` when
+    /// the destination is a hidden service (see [`Client::connect_isolated_with_early_data`]).
+    async fn connect_with(
+        &self,
+        target: Target,
+        port: u16,
+        isolation: &IsolationKey,
+        early: &[u8],
+    ) -> Result<DataStream, ClientError> {
         if !self.is_enabled() {
             return Err(ClientError::Disabled);
         }
@@ -1020,7 +1032,7 @@ impl Client {
         }
         let result = match &target {
             Target::Host(h) if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX) => {
-                self.connect_hidden(h, port, isolation).await
+                self.connect_hidden(h, port, isolation, early).await
             }
             _ => self.open_stream(target, port, isolation).await,
         };
@@ -1097,22 +1109,59 @@ impl Client {
         isolation: &IsolationKey,
         early: &[u8],
     ) -> Result<DataStream, ClientError> {
-        use tokio::io::AsyncWriteExt;
-        if early.is_empty() {
-            return self.connect_isolated(target, port, isolation).await;
+        let hidden = matches!(&target, Target::Host(h) if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX));
+        if early.is_empty() || hidden {
+            return self.connect_with(target, port, isolation, early).await;
         }
         let mut stream = self
             .connect_optimistic_isolated(target, port, isolation)
             .await?;
+        self.send_early(&mut stream, early).await?;
+        Ok(stream)
+    }
+
+    /// Write `early` on an optimistic `stream` and wait for its `CONNECTED`, at most the
+    /// stream timeout.
+    ///
+    /// # Errors
+    /// [`StreamError::Refused`] (the far end's `END`), [`StreamError::Timeout`],
+    /// [`StreamError::Circuit`] (the circuit closed, or broke the protocol).
+    async fn send_early(&self, stream: &mut DataStream, early: &[u8]) -> Result<(), StreamError> {
+        use tokio::io::AsyncWriteExt;
         let closed = || StreamError::Circuit(CircuitError::Closed);
-        let answer = tokio::time::timeout(self.config.stream_timeout, async {
+        tokio::time::timeout(self.config.stream_timeout, async {
             stream.write_all(early).await.map_err(|_| closed())?;
             stream.flush().await.map_err(|_| closed())?;
             stream.connected().await
         })
         .await
-        .unwrap_or(Err(StreamError::Timeout));
-        answer.map(|()| stream).map_err(ClientError::from)
+        .unwrap_or(Err(StreamError::Timeout))
+    }
+
+    /// A stream to a hidden service's `port` on a rendezvous circuit, with `early` (when
+    /// not empty) sent right behind `BEGIN` and `CONNECTED` awaited as for any stream.
+    ///
+    /// # Errors
+    /// As [`Circuit::begin`]; with `early`, as [`Client::send_early`].
+    async fn hs_begin(
+        &self,
+        circuit: &Arc<Circuit>,
+        address: &HsAddress,
+        port: u16,
+        early: &[u8],
+    ) -> Result<DataStream, StreamError> {
+        let target = hs::begin_target(address);
+        if early.is_empty() {
+            return circuit
+                .begin(target, port, self.config.stream_timeout)
+                .await;
+        }
+        let mut stream = circuit.begin_optimistic(target, port).await?;
+        self.send_early(&mut stream, early).await?;
+        self.counters
+            .optimistic_streams
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(stream)
     }
 
     async fn open_stream(
@@ -1755,11 +1804,17 @@ impl Client {
         Ok(desc)
     }
 
+    /// A stream to the hidden service `host` (`.anon` address or `.dark` name): on the
+    /// group's cached rendezvous circuit to it, else through a fresh descriptor,
+    /// introduction and rendezvous (two attempts). `early` travels behind `BEGIN` (§6.5);
+    /// when a cached circuit fails under it, it is sent again on the fresh one, as Tor
+    /// replays optimistic data on a retried stream.
     async fn connect_hidden(
         &self,
         host: &str,
         port: u16,
         isolation: &IsolationKey,
+        early: &[u8],
     ) -> Result<DataStream, ClientError> {
         let started = Instant::now();
         let address = if is_suffix(host, DARK_SUFFIX) {
@@ -1769,10 +1824,7 @@ impl Client {
         };
         self.counters.hs_connects.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = self.hs.rendezvous_circuit(&address, &isolation.0) {
-            match c
-                .begin(hs::begin_target(&address), port, self.config.stream_timeout)
-                .await
-            {
+            match self.hs_begin(&c, &address, port, early).await {
                 Ok(s) => {
                     hs::log_connected(&address, started, true);
                     return Ok(s);
@@ -1794,9 +1846,7 @@ impl Client {
             let (revision, desc) = self.hs_descriptor(&address, failed).await?;
             match self.rendezvous_with(&address, &desc, min_effort).await {
                 Ok(circuit) => {
-                    let stream = circuit
-                        .begin(hs::begin_target(&address), port, self.config.stream_timeout)
-                        .await?;
+                    let stream = self.hs_begin(&circuit, &address, port, early).await?;
                     self.hs
                         .put_rendezvous_circuit(address, &isolation.0, &circuit);
                     hs::log_connected(&address, started, false);
