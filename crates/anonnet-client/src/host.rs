@@ -29,14 +29,12 @@ use anonnet_wire::hs::{HsDescriptorBody, IntroPoint, IntroducePlaintext, PowPara
 use anonnet_wire::relay::ESTABLISH_INTRO_CONTEXT;
 use anonnet_wire::{EndReason, RelayMsg};
 use tokio::net::TcpStream;
-
-use crate::circuit::DataStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::circuit::{Circuit, IncomingStream};
+use crate::circuit::{Circuit, DataStream, IncomingStream};
 use crate::hs::{dht_store, hop_of, link_of, wait_for};
 use crate::hs_pow::{effort_bucket, EffortController, IntroQueue, EFFORT_BUCKETS};
 use crate::Client;

@@ -1031,7 +1031,7 @@ impl Client {
                 .map_err(|e| ClientError::BadTarget(e.to_string()))?;
         }
         let result = match &target {
-            Target::Host(h) if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX) => {
+            Target::Host(h) if is_hidden(&target) => {
                 self.connect_hidden(h, port, isolation, early).await
             }
             _ => self.open_stream(target, port, isolation).await,
@@ -1062,7 +1062,7 @@ impl Client {
         port: u16,
         isolation: &IsolationKey,
     ) -> Result<DataStream, ClientError> {
-        let hidden = matches!(&target, Target::Host(h) if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX));
+        let hidden = is_hidden(&target);
         if hidden || !self.is_enabled() || port == 0 {
             return self.connect_isolated(target, port, isolation).await;
         }
@@ -1096,6 +1096,8 @@ impl Client {
     /// opened. With `early` empty it is [`Client::connect_isolated`]. When the exit
     /// refuses, the bytes were not delivered and no other exit is tried: the caller
     /// answers with the refusal, as the application asked for this destination only.
+    /// To a hidden service the bytes go the same way on the rendezvous circuit; when a
+    /// cached one fails under them they are sent again on a fresh one (§6.5).
     ///
     /// # Errors
     /// As [`Client::connect_optimistic_isolated`]; then [`ClientError::Stream`] with
@@ -1109,7 +1111,7 @@ impl Client {
         isolation: &IsolationKey,
         early: &[u8],
     ) -> Result<DataStream, ClientError> {
-        let hidden = matches!(&target, Target::Host(h) if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX));
+        let hidden = is_hidden(&target);
         if early.is_empty() || hidden {
             return self.connect_with(target, port, isolation, early).await;
         }
@@ -1298,6 +1300,11 @@ impl Client {
 /// most of the time, and any exit answers it, so the client uses the circuits its web
 /// streams use rather than building others.
 pub const RESOLVE_PORT: u16 = 80;
+
+/// Whether `target` is a hidden service: a `.anon` address or a `.dark` name.
+fn is_hidden(target: &Target) -> bool {
+    matches!(target, Target::Host(h) if is_suffix(h, ANON_SUFFIX) || is_suffix(h, DARK_SUFFIX))
+}
 
 fn is_suffix(host: &str, suffix: &str) -> bool {
     host.len() > suffix.len()
