@@ -411,6 +411,16 @@ pub async fn socks_connect_reply(socks: SocketAddr, cmd: u8, host: &str, port: u
     let mut choice = [0u8; 2];
     s.read_exact(&mut choice).await.unwrap();
     assert_eq!(choice, [5, 0]);
+    s.write_all(&socks5_request(cmd, host, port)).await.unwrap();
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).await.unwrap();
+    reply[1]
+}
+
+/// A SOCKS5 request (RFC 1928 §4): `VER 5 ‖ CMD ‖ RSV 0 ‖ ATYP ‖ DST.ADDR ‖ DST.PORT`,
+/// the address as IPv4 (ATYP 1) or IPv6 (ATYP 4) when `host` is one, else as a name
+/// (ATYP 3, at most 255 bytes: panics beyond).
+pub fn socks5_request(cmd: u8, host: &str, port: u16) -> Vec<u8> {
     let mut req = vec![5, cmd, 0];
     match host.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(a)) => {
@@ -423,15 +433,12 @@ pub async fn socks_connect_reply(socks: SocketAddr, cmd: u8, host: &str, port: u
         }
         Err(_) => {
             req.push(3);
-            req.push(host.len() as u8);
+            req.push(u8::try_from(host.len()).expect("a host name of at most 255 bytes"));
             req.extend_from_slice(host.as_bytes());
         }
     }
     req.extend_from_slice(&port.to_be_bytes());
-    s.write_all(&req).await.unwrap();
-    let mut reply = [0u8; 2];
-    s.read_exact(&mut reply).await.unwrap();
-    reply[1]
+    req
 }
 
 /// Run `f`, which blocks (it waits for a child process), without stalling the async tasks

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anonnet_control::{ControlClient, Status};
-use anonnet_tests::{log_files, serve_files, temp_dir, TestDir, Testnet};
+use anonnet_tests::{log_files, serve_files, socks5_request, temp_dir, TestDir, Testnet};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -247,8 +247,8 @@ async fn pipelined_socks_requests_travel_with_begin() {
     let get = b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
     let socks5 = |port: u16| {
         // Greeting (no authentication), CONNECT 127.0.0.1:port, then the GET.
-        let mut r = vec![5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1];
-        r.extend_from_slice(&port.to_be_bytes());
+        let mut r = vec![5, 1, 0];
+        r.extend(socks5_request(1, "127.0.0.1", port));
         r.extend_from_slice(get);
         r
     };
@@ -320,9 +320,7 @@ async fn pipelined_socks_requests_travel_with_begin() {
             }
             None => vec![5, 1, 0],
         };
-        r.extend_from_slice(&[5, 1, 0, 3, u8::try_from(address.len()).unwrap()]);
-        r.extend_from_slice(address.as_bytes());
-        r.extend_from_slice(&port.to_be_bytes());
+        r.extend(socks5_request(1, &address, port));
         r.extend_from_slice(get);
         r
     };

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Instant;
 
-use anonnet_tests::{anonnet_bin, curl_socks, temp_dir, Testnet};
+use anonnet_tests::{anonnet_bin, curl_socks, socks5_request, temp_dir, Testnet};
 
 /// The bottleneck of the broadband profile (bytes per second): every host's link.
 const BOTTLENECK: f64 = 12_500_000.0;
@@ -234,18 +234,18 @@ fn a_broadband_testnet_carries_a_bulk_download_and_a_hidden_service_over_distinc
     // sends it: it travels right behind BEGIN too (§6.5), on the same circuit (the
     // default isolation group), and the reply still waits for CONNECTED.
     let site_addr: SocketAddr = site.parse().unwrap();
-    let std::net::IpAddr::V4(site_ip) = site_addr.ip() else {
-        panic!("the site has an IPv4 address: {site}")
-    };
     let socks_ttfb = || -> f64 {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(net.socks).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
             .unwrap();
         s.set_nodelay(true).unwrap();
-        let mut request = vec![5, 1, 0, 5, 1, 0, 1];
-        request.extend_from_slice(&site_ip.octets());
-        request.extend_from_slice(&site_addr.port().to_be_bytes());
+        let mut request = vec![5, 1, 0];
+        request.extend(socks5_request(
+            1,
+            &site_addr.ip().to_string(),
+            site_addr.port(),
+        ));
         request.extend_from_slice(format!("GET / HTTP/1.0\r\nHost: {site}\r\n\r\n").as_bytes());
         let t0 = Instant::now();
         s.write_all(&request).unwrap();

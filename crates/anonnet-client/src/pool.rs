@@ -1111,8 +1111,7 @@ impl Client {
         isolation: &IsolationKey,
         early: &[u8],
     ) -> Result<DataStream, ClientError> {
-        let hidden = is_hidden(&target);
-        if early.is_empty() || hidden {
+        if early.is_empty() || is_hidden(&target) {
             return self.connect_with(target, port, isolation, early).await;
         }
         let mut stream = self

@@ -850,21 +850,10 @@ fn split_url(url: &str) -> Res<(String, u16, String)> {
 
 /// The SOCKS5 greeting (no authentication) and `CONNECT` request for `host:port` (an
 /// IPv4 address or a name, sent unresolved).
-fn socks5_connect(host: &str, port: u16) -> Res<Vec<u8>> {
-    let mut req = vec![5u8, 1, 0, 5, 1, 0];
-    match host.parse::<std::net::Ipv4Addr>() {
-        Ok(ip) => {
-            req.push(1);
-            req.extend_from_slice(&ip.octets());
-        }
-        Err(_) => {
-            req.push(3);
-            req.push(u8::try_from(host.len())?);
-            req.extend_from_slice(host.as_bytes());
-        }
-    }
-    req.extend_from_slice(&port.to_be_bytes());
-    Ok(req)
+fn socks5_connect(host: &str, port: u16) -> Vec<u8> {
+    let mut req = vec![5u8, 1, 0];
+    req.extend(anonnet_tests::socks5_request(1, host, port));
+    req
 }
 
 /// A GET of `path` sent in the same write as the SOCKS5 greeting and request, before any
@@ -874,7 +863,7 @@ fn socks5_connect(host: &str, port: u16) -> Res<Vec<u8>> {
 async fn pipelined_ttfb(socks: SocketAddr, host: &str, port: u16, path: &str) -> Res<Option<f64>> {
     let mut s = tokio::net::TcpStream::connect(socks).await?;
     s.set_nodelay(true)?;
-    let mut req = socks5_connect(host, port)?;
+    let mut req = socks5_connect(host, port);
     req.extend_from_slice(format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n").as_bytes());
     let t0 = Instant::now();
     s.write_all(&req).await?;
@@ -894,7 +883,7 @@ async fn pipelined_ttfb(socks: SocketAddr, host: &str, port: u16, path: &str) ->
 async fn socks_get(socks: SocketAddr, host: &str, port: u16, path: &str) -> Res<bool> {
     let mut s = tokio::net::TcpStream::connect(socks).await?;
     s.set_nodelay(true)?;
-    s.write_all(&socks5_connect(host, port)?).await?;
+    s.write_all(&socks5_connect(host, port)).await?;
     let mut head = [0u8; 2];
     s.read_exact(&mut head).await?;
     let mut reply = [0u8; 10];
