@@ -145,11 +145,40 @@ fn run(dir: &Path, port: u16) {
             .filter(|(_, config, _)| file_len(&config.parent().unwrap().join(file)) > 20)
             .count()
     };
+    // A relay writes its stores at most every 5 s (RECORDS_SAVE_EVERY): a file that is
+    // merely not empty may hold the relays' descriptors and not yet the `.dark` record, and
+    // a relay killed then comes back without it. In this 5-relay network the name is
+    // stored on every relay (8 replicas); wait until every file holds it (at most 20 s;
+    // at least one must), so that what is checked below is that they load it.
+    let name_key = anonnet_crypto::dark::dark_key(
+        &anonnet_crypto::dark::DarkName::parse("demo.dark").unwrap(),
+    );
+    let holding_name = || {
+        relays
+            .iter()
+            .filter(|(_, config, _)| {
+                std::fs::read(config.parent().unwrap().join("dht-records"))
+                    .ok()
+                    .and_then(|b| anonnet_dht::storage::decode_persisted(&b).ok())
+                    .is_some_and(|records| records.iter().any(|r| r.key == name_key))
+            })
+            .count()
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while (saved("dht-records") == 0 || saved("hsdir-records") == 0) && Instant::now() < deadline {
+    while (holding_name() < relays.len() || saved("hsdir-records") == 0)
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(saved("dht-records") > 0, "no relay wrote dht-records");
+    let holding = holding_name();
+    eprintln!(
+        "relays whose dht-records hold demo.dark: {holding} of {}",
+        relays.len()
+    );
+    assert!(
+        holding > 0,
+        "no relay wrote the .dark record to dht-records"
+    );
     assert!(saved("hsdir-records") > 0, "no relay wrote hsdir-records");
     let guards_before = cli_json(&["status"], &client_config)["guards"].clone();
     eprintln!("guards before: {guards_before}");

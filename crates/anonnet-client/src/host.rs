@@ -1311,6 +1311,9 @@ impl Service {
     /// HSDirs for the current period serves one that opens, the `.dark` record when the
     /// DHT returns none of its owner that is still valid. Only after the first successful
     /// publication (or registration); failures of the check itself count as missing.
+    /// Without a consensus (none yet, or the last one expired) nothing is checked: the
+    /// loop looks again every [`SELF_CHECK_MIN`], so a check follows within one period of
+    /// the next consensus.
     async fn check_own_records(self: Arc<Self>) {
         loop {
             let wait = match self.client.upgrade() {
@@ -1324,6 +1327,9 @@ impl Service {
             let Some(client) = self.client.upgrade() else {
                 return;
             };
+            if client.consensus_status().is_none() {
+                continue;
+            }
             if self.hosted.published.load(Ordering::Relaxed)
                 && !self.own_descriptor_found(&client).await
             {
@@ -1383,18 +1389,20 @@ impl Service {
 
 /// Shortest wait between two checks of a service's own records: 10 s.
 pub const SELF_CHECK_MIN: Duration = Duration::from_secs(10);
-/// Longest wait between two checks of a service's own records (and the wait without a
-/// consensus): 1 hour.
+/// Longest wait between two checks of a service's own records: 1 hour.
 pub const SELF_CHECK_MAX: Duration = Duration::from_secs(3600);
 
 /// How long a service waits between two checks of its own records: one consensus period
 /// (`fresh_until − valid_after` of `consensus`), within [`SELF_CHECK_MIN`] and
 /// [`SELF_CHECK_MAX`] (§13.2). A real network (hourly consensus) checks hourly; a testnet
-/// (4 s) every 10 s.
+/// (4 s) every 10 s. Without a consensus [`SELF_CHECK_MIN`]: the service looks again soon
+/// for one to check with. (It waited [`SELF_CHECK_MAX`] until 2026-12-08: a service whose
+/// consensus lapsed for a moment, as when every relay restarts, then did not notice its
+/// lost `.dark` record for an hour.)
 pub fn self_check_every(consensus: Option<&crate::consensus::ConsensusStatus>) -> Duration {
     consensus
         .map(|c| Duration::from_secs(c.fresh_until.saturating_sub(c.valid_after)))
-        .unwrap_or(SELF_CHECK_MAX)
+        .unwrap_or(SELF_CHECK_MIN)
         .clamp(SELF_CHECK_MIN, SELF_CHECK_MAX)
 }
 
@@ -1704,7 +1712,7 @@ mod tests {
             authorities: 3,
             digest: String::new(),
         };
-        assert_eq!(self_check_every(None), SELF_CHECK_MAX);
+        assert_eq!(self_check_every(None), SELF_CHECK_MIN);
         assert_eq!(self_check_every(Some(&period(4))), SELF_CHECK_MIN);
         assert_eq!(self_check_every(Some(&period(60))), Duration::from_secs(60));
         assert_eq!(
