@@ -43,7 +43,7 @@ use quinn_proto::RttEstimator;
 /// Losses reach the inner controller only when more than one byte in this many sent over
 /// the last one to two round trips was lost (50: 2 %, BBRv2's `loss_thresh`), or on
 /// persistent congestion.
-const LOSS_THRESHOLD_INV: u64 = 50;
+pub const LOSS_THRESHOLD_INV: u64 = 50;
 
 /// The cap on the window, in percent of the most bytes in flight over the last one to two
 /// round trips (docs/protocol.md §8.1). On the `broadband` WAN testnet one download ran at
