@@ -4,10 +4,12 @@
 //! (evaluated with pacparser's `pactester`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use anonnet_tests::{curl_http, serve_files, temp_dir, TestDir, Testnet};
+use anonnet_tests::{cli_json, curl_http, serve_files, temp_dir, TestDir, Testnet};
 use bytes::Bytes;
 
 const PAGE: &[u8] = b"<html><body>hello through the anonnet HTTP proxy</body></html>\n";
+/// What the testnet's hidden service serves.
+const DEMO: &str = "Hello from the anonnet testnet";
 
 /// A loopback port nothing listens on (bound, then released).
 fn closed_port() -> u16 {
@@ -55,6 +57,8 @@ async fn curl_fetches_a_page_through_the_http_proxy_by_get_and_by_connect() {
     assert_eq!(ports["socks"], net.socks.to_string(), "{ports}");
 
     let dir = net.dir.clone();
+    let layout = net.layout();
+    let client_config = net.client_config();
     tokio::task::spawn_blocking(move || {
         // Absolute-form GET, by IP.
         let out = dir.join("get.html");
@@ -78,6 +82,41 @@ async fn curl_fetches_a_page_through_the_http_proxy_by_get_and_by_connect() {
         let r = curl_http(http, &format!("http://127.0.0.1:{port}/"), true, &out);
         assert_eq!((r.exit, r.connect_status, r.status), (0, 200, 200), "{r:?}");
         assert_eq!(std::fs::read(&out).unwrap(), PAGE);
+
+        // The testnet's hidden service, by `.anon` address. The first GET builds the
+        // rendezvous circuit (waiting for the descriptor to be published); the next go
+        // optimistically on it, the request right behind `BEGIN` (docs/protocol.md §6.5,
+        // §13.5). A port the service does not serve is the service's refusal, 403, and
+        // the circuit serves the GET after it.
+        let address = layout["service"]["address"].as_str().unwrap().to_owned();
+        let url = format!("http://{address}/");
+        let out = dir.join("hidden.html");
+        let started = std::time::Instant::now();
+        let mut r = curl_http(http, &url, false, &out);
+        while r.status != 200 && started.elapsed() < std::time::Duration::from_secs(60) {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            r = curl_http(http, &url, false, &out);
+        }
+        assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
+        let optimistic = || {
+            cli_json(&["status"], &client_config)["counters"]["optimistic_streams"]
+                .as_u64()
+                .unwrap()
+        };
+        let before = optimistic();
+        let r = curl_http(http, &url, false, &out);
+        assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
+        assert!(String::from_utf8_lossy(&std::fs::read(&out).unwrap()).contains(DEMO));
+        let r = curl_http(http, &format!("http://{address}:81/"), false, &out);
+        assert_eq!(r.status, 403, "{r:?}");
+        let r = curl_http(http, &url, false, &out);
+        assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
+        assert!(String::from_utf8_lossy(&std::fs::read(&out).unwrap()).contains(DEMO));
+        assert_eq!(
+            optimistic(),
+            before + 3,
+            "the warm GETs to the hidden service went with BEGIN"
+        );
     })
     .await
     .unwrap();

@@ -51,6 +51,17 @@ const NAME_CACHE: usize = 256;
 /// A resolved name is looked up again after this long (and never served past its record's
 /// validity, §15).
 const NAME_FRESH: Duration = Duration::from_secs(600);
+/// How long a rendezvous circuit is kept open with no stream opened on it (seconds), so
+/// that the next page of the same service (same isolation group) costs one circuit round
+/// trip rather than a new introduction and rendezvous (§13.5). A circuit with open streams
+/// lives as long as they do.
+pub const RENDEZVOUS_IDLE: Duration = Duration::from_secs(60);
+/// How long after its first stream a rendezvous circuit still takes new ones (Tor's
+/// `MaxCircuitDirtiness`, 10 minutes, as for the pool's pre-built prefixes).
+pub const RENDEZVOUS_DIRTY: Duration = Duration::from_secs(600);
+/// Idle rendezvous circuits kept open at most (the least recently used is let go first):
+/// each holds one of its service's rendezvous slots (`MAX_RENDEZVOUS`, 64).
+pub const RENDEZVOUS_KEPT: usize = 16;
 /// Pinned names kept (file `dark-pins.json` in the state directory).
 const MAX_PINS: usize = 4096;
 /// File in the state directory with the first owner key seen for each `.dark` name.
@@ -396,6 +407,31 @@ impl NamePins {
 /// A service address and an isolation key.
 type RendezvousKey = (HsAddress, Vec<u8>);
 
+/// A rendezvous circuit in the cache: held open ([`RENDEZVOUS_IDLE`]) while recently used,
+/// else only as long as its streams hold it. (`C` is [`Circuit`]; the tests use a stand-in.)
+#[derive(Debug)]
+struct KeptRendezvous<C> {
+    circuit: Weak<C>,
+    /// The cache's own reference, dropped once the circuit is idle, dirty or crowded out.
+    held: Option<Arc<C>>,
+    first_used: Instant,
+    last_used: Instant,
+}
+
+/// What the rendezvous cache needs to know of a circuit.
+trait Closable {
+    fn is_closed(&self) -> bool;
+}
+
+impl Closable for Circuit {
+    fn is_closed(&self) -> bool {
+        Circuit::is_closed(self)
+    }
+}
+
+/// The rendezvous cache's map.
+type KeptMap<C> = HashMap<RendezvousKey, KeptRendezvous<C>>;
+
 /// The client's hidden-service caches: descriptors, resolved names, name pins, the local
 /// address book and rendezvous circuits open to services.
 #[derive(Debug)]
@@ -405,8 +441,9 @@ pub(crate) struct HsCache {
     names: Mutex<LruCache<String, Expiring<HsAddress>>>,
     pins: Mutex<NamePins>,
     address_book: HashMap<String, HsAddress>,
-    /// Rendezvous circuits by service address and isolation key, reused by later streams.
-    rendezvous: Mutex<HashMap<RendezvousKey, Weak<Circuit>>>,
+    /// Rendezvous circuits by service address and isolation key, reused by later streams
+    /// for [`RENDEZVOUS_DIRTY`]; at most [`RENDEZVOUS_KEPT`] held open while idle.
+    rendezvous: Mutex<KeptMap<Circuit>>,
     /// Proof-of-work bits a `.dark` record needs: [`DARK_POW_BITS`] (lower only in the
     /// simulation tests, which mine hundreds of records).
     name_pow_bits: u32,
@@ -476,21 +513,43 @@ impl HsCache {
         lock(&self.descriptors).pop(address);
     }
 
+    /// The open rendezvous circuit to `address` for the isolation group `iso`, if one
+    /// takes new streams (younger than [`RENDEZVOUS_DIRTY`] since its first); marked used
+    /// at `now`.
     pub(crate) fn rendezvous_circuit(
         &self,
         address: &HsAddress,
         iso: &[u8],
+        now: Instant,
     ) -> Option<Arc<Circuit>> {
         let mut map = lock(&self.rendezvous);
-        map.retain(|_, c| c.upgrade().is_some_and(|c| !c.is_closed()));
-        map.get(&(*address, iso.to_vec())).and_then(Weak::upgrade)
+        expire_rendezvous(&mut map, now);
+        let kept = map.get_mut(&(*address, iso.to_vec()))?;
+        let circuit = kept.circuit.upgrade()?;
+        kept.last_used = now;
+        Some(circuit)
     }
 
-    pub(crate) fn put_rendezvous_circuit(&self, address: HsAddress, iso: &[u8], c: &Arc<Circuit>) {
-        lock(&self.rendezvous).insert((address, iso.to_vec()), Arc::downgrade(c));
+    /// Cache `c`, the rendezvous circuit just built to `address` for `iso`, held open while
+    /// it is used; when more than [`RENDEZVOUS_KEPT`] are held, the least recently used
+    /// one is let go (it closes once its streams end).
+    pub(crate) fn put_rendezvous_circuit(
+        &self,
+        address: HsAddress,
+        iso: &[u8],
+        c: &Arc<Circuit>,
+        now: Instant,
+    ) {
+        keep_rendezvous(&mut lock(&self.rendezvous), (address, iso.to_vec()), c, now);
     }
 
-    /// Forget every rendezvous circuit (new identity).
+    /// Let go of the rendezvous circuits idle for [`RENDEZVOUS_IDLE`] or dirty for
+    /// [`RENDEZVOUS_DIRTY`] at `now`, and forget the closed ones (called every second).
+    pub(crate) fn expire_rendezvous(&self, now: Instant) {
+        expire_rendezvous(&mut lock(&self.rendezvous), now);
+    }
+
+    /// Forget every rendezvous circuit (new identity); those no stream uses close.
     pub(crate) fn clear_circuits(&self) {
         lock(&self.rendezvous).clear();
     }
@@ -576,6 +635,50 @@ impl HsCache {
 
 /// An opened descriptor body with the `revision` (§12.3) it was signed under.
 pub(crate) type Revised = (u64, HsDescriptorBody);
+
+/// [`HsCache::put_rendezvous_circuit`] on the locked map.
+fn keep_rendezvous<C: Closable>(
+    map: &mut KeptMap<C>,
+    key: RendezvousKey,
+    c: &Arc<C>,
+    now: Instant,
+) {
+    expire_rendezvous(map, now);
+    map.insert(
+        key,
+        KeptRendezvous {
+            circuit: Arc::downgrade(c),
+            held: Some(c.clone()),
+            first_used: now,
+            last_used: now,
+        },
+    );
+    let held = map.values().filter(|k| k.held.is_some()).count();
+    for _ in RENDEZVOUS_KEPT..held {
+        let oldest = map
+            .values_mut()
+            .filter(|k| k.held.is_some())
+            .min_by_key(|k| k.last_used);
+        if let Some(k) = oldest {
+            k.held = None;
+        }
+    }
+    // What no stream held closed with it.
+    map.retain(|_, k| k.circuit.strong_count() > 0);
+}
+
+/// [`HsCache::expire_rendezvous`] on the locked map: drop the cache's reference to a
+/// circuit idle for [`RENDEZVOUS_IDLE`] or first used [`RENDEZVOUS_DIRTY`] ago, and the
+/// entries of circuits that closed or are dirty.
+fn expire_rendezvous<C: Closable>(map: &mut KeptMap<C>, now: Instant) {
+    map.retain(|_, k| {
+        let dirty = now.saturating_duration_since(k.first_used) >= RENDEZVOUS_DIRTY;
+        if dirty || now.saturating_duration_since(k.last_used) >= RENDEZVOUS_IDLE {
+            k.held = None;
+        }
+        !dirty && k.circuit.upgrade().is_some_and(|c| !c.is_closed())
+    });
+}
 
 /// Open descriptors fetched for `address` and keep the newest that verifies at `now`
 /// (Unix seconds), with its `expires`.
@@ -827,6 +930,78 @@ mod tests {
             cache.known_name(&DarkName::parse("other").unwrap(), now, mono),
             None
         );
+    }
+
+    /// A stand-in for a circuit: closed when dropped, as a [`Circuit`] is, or by hand.
+    #[derive(Debug, Default)]
+    struct Fake(std::sync::atomic::AtomicBool);
+
+    impl Closable for Fake {
+        fn is_closed(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn rendezvous_circuits_are_held_while_used_then_let_go() {
+        let key = |i: u8| (ServiceKey::from_seed(&[i; 32]).address(), vec![i]);
+        let t0 = Instant::now();
+        let mut map: KeptMap<Fake> = HashMap::new();
+        let used = |map: &mut KeptMap<Fake>, i: u8, now: Instant| {
+            expire_rendezvous(map, now);
+            let k = map.get_mut(&key(i))?;
+            k.last_used = now;
+            k.circuit.upgrade()
+        };
+
+        // Held with no stream on it, and found again while used within RENDEZVOUS_IDLE.
+        let c = Arc::new(Fake::default());
+        keep_rendezvous(&mut map, key(0), &c, t0);
+        let weak = Arc::downgrade(&c);
+        drop(c);
+        let step = RENDEZVOUS_IDLE - Duration::from_secs(1);
+        let mut now = t0;
+        for _ in 0..3 {
+            now += step;
+            assert!(used(&mut map, 0, now).is_some(), "kept while used");
+        }
+        // Idle for RENDEZVOUS_IDLE: let go, and with no stream on it, gone.
+        expire_rendezvous(&mut map, now + RENDEZVOUS_IDLE);
+        assert!(weak.upgrade().is_none() && map.is_empty());
+
+        // A stream (another reference) keeps it past the idle time, but once dirty it
+        // takes no new stream.
+        let c = Arc::new(Fake::default());
+        keep_rendezvous(&mut map, key(1), &c, t0);
+        expire_rendezvous(&mut map, t0 + RENDEZVOUS_IDLE);
+        assert!(used(&mut map, 1, t0 + RENDEZVOUS_IDLE).is_some());
+        assert!(used(&mut map, 1, t0 + RENDEZVOUS_DIRTY).is_none());
+        assert!(map.is_empty() && !c.is_closed());
+
+        // A closed circuit is not offered.
+        let c = Arc::new(Fake::default());
+        keep_rendezvous(&mut map, key(2), &c, t0);
+        c.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(used(&mut map, 2, t0).is_none());
+
+        // At most RENDEZVOUS_KEPT held: the least recently used is let go first.
+        let n = u8::try_from(RENDEZVOUS_KEPT).unwrap() + 2;
+        let circuits: Vec<std::sync::Weak<Fake>> = (0..n)
+            .map(|i| {
+                let c = Arc::new(Fake::default());
+                keep_rendezvous(
+                    &mut map,
+                    key(10 + i),
+                    &c,
+                    t0 + Duration::from_millis(i.into()),
+                );
+                Arc::downgrade(&c)
+            })
+            .collect();
+        let held = circuits.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(held, RENDEZVOUS_KEPT);
+        assert!(circuits[..2].iter().all(|w| w.upgrade().is_none()));
+        assert_eq!(map.len(), RENDEZVOUS_KEPT);
     }
 
     #[test]

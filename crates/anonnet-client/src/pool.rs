@@ -1046,13 +1046,14 @@ impl Client {
         result
     }
 
-    /// As [`Client::connect_isolated`], but *optimistic* for destinations outside the
-    /// network (§6.5): the stream is returned as soon as `BEGIN` is on its way, so the
-    /// request the caller writes at once costs no extra round trip. A refusal by the exit
-    /// then shows as a read error carrying [`StreamError::Refused`] (see
-    /// [`Circuit::begin_optimistic`]), and no other exit is tried. `.anon`/`.dark`
-    /// destinations are connected as by [`Client::connect_isolated`]. Use it for requests
-    /// that are safe to send again (HTTP `GET`, `HEAD`).
+    /// As [`Client::connect_isolated`], but *optimistic* (§6.5): the stream is returned as
+    /// soon as `BEGIN` is on its way, so the request the caller writes at once costs no
+    /// extra round trip. A refusal by the exit (or the hidden service) then shows as a
+    /// read error carrying [`StreamError::Refused`] (see [`Circuit::begin_optimistic`]),
+    /// and no other exit is tried. A `.anon`/`.dark` destination goes optimistically on
+    /// the group's cached rendezvous circuit to it (§13.5); without one the stream waits
+    /// for `CONNECTED` on the circuit built for it, as by [`Client::connect_isolated`].
+    /// Use it for requests that are safe to send again (HTTP `GET`, `HEAD`).
     ///
     /// # Errors
     /// As [`Client::connect_isolated`], for what fails before `BEGIN` is sent.
@@ -1062,9 +1063,16 @@ impl Client {
         port: u16,
         isolation: &IsolationKey,
     ) -> Result<DataStream, ClientError> {
-        let hidden = is_hidden(&target);
-        if hidden || !self.is_enabled() || port == 0 {
+        if !self.is_enabled() || port == 0 {
             return self.connect_isolated(target, port, isolation).await;
+        }
+        if let Target::Host(h) = &target {
+            if is_hidden(&target) {
+                if let Some(s) = self.hs_begin_cached_optimistic(h, port, isolation).await? {
+                    return Ok(s);
+                }
+                return self.connect_isolated(target, port, isolation).await;
+            }
         }
         if let Target::Host(h) = &target {
             anonnet_wire::relay::check_host(h)
@@ -1137,6 +1145,60 @@ impl Client {
         })
         .await
         .unwrap_or(Err(StreamError::Timeout))
+    }
+
+    /// An optimistic stream (§6.5) to the hidden service `host` on the group's cached
+    /// rendezvous circuit to it, counted as opened; `None` when there is no such circuit
+    /// or it can take no new stream (the caller then connects as for any stream).
+    ///
+    /// # Errors
+    /// As [`Client::hidden_address`].
+    async fn hs_begin_cached_optimistic(
+        &self,
+        host: &str,
+        port: u16,
+        isolation: &IsolationKey,
+    ) -> Result<Option<DataStream>, ClientError> {
+        let started = Instant::now();
+        let address = self.hidden_address(host).await?;
+        let Some(c) = self
+            .hs
+            .rendezvous_circuit(&address, &isolation.0, Instant::now())
+        else {
+            return Ok(None);
+        };
+        match c.begin_optimistic(hs::begin_target(&address), port).await {
+            Ok(s) => {
+                for counter in [
+                    &self.counters.hs_connects,
+                    &self.counters.streams_opened,
+                    &self.counters.optimistic_streams,
+                ] {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                hs::log_connected(&address, started, true);
+                Ok(Some(s))
+            }
+            Err(e) => {
+                debug!("cached rendezvous circuit failed: {e}");
+                c.close();
+                Ok(None)
+            }
+        }
+    }
+
+    /// The address of the hidden service `host`: a `.anon` address parsed, a `.dark` name
+    /// resolved ([`Client::resolve_name`]).
+    ///
+    /// # Errors
+    /// [`ClientError::HiddenService`] for a malformed address, or as
+    /// [`Client::resolve_name`].
+    async fn hidden_address(&self, host: &str) -> Result<HsAddress, ClientError> {
+        if is_suffix(host, DARK_SUFFIX) {
+            self.resolve_name(host).await
+        } else {
+            HsAddress::parse(host).map_err(|e| HsFailure::BadAddress(e.to_string()).into())
+        }
     }
 
     /// A stream to a hidden service's `port` on a rendezvous circuit, with `early` (when
@@ -1823,13 +1885,12 @@ impl Client {
         early: &[u8],
     ) -> Result<DataStream, ClientError> {
         let started = Instant::now();
-        let address = if is_suffix(host, DARK_SUFFIX) {
-            self.resolve_name(host).await?
-        } else {
-            HsAddress::parse(host).map_err(|e| HsFailure::BadAddress(e.to_string()))?
-        };
+        let address = self.hidden_address(host).await?;
         self.counters.hs_connects.fetch_add(1, Ordering::Relaxed);
-        if let Some(c) = self.hs.rendezvous_circuit(&address, &isolation.0) {
+        if let Some(c) = self
+            .hs
+            .rendezvous_circuit(&address, &isolation.0, Instant::now())
+        {
             match self.hs_begin(&c, &address, port, early).await {
                 Ok(s) => {
                     hs::log_connected(&address, started, true);
@@ -1854,7 +1915,7 @@ impl Client {
                 Ok(circuit) => {
                     let stream = self.hs_begin(&circuit, &address, port, early).await?;
                     self.hs
-                        .put_rendezvous_circuit(address, &isolation.0, &circuit);
+                        .put_rendezvous_circuit(address, &isolation.0, &circuit, Instant::now());
                     hs::log_connected(&address, started, false);
                     return Ok(stream);
                 }
@@ -2087,7 +2148,8 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
 }
 
 /// Tick the absence detector every [`crate::presence::TICK`], so a resume is noticed even
-/// before anything fails.
+/// before anything fails, and let idle rendezvous circuits go
+/// ([`crate::hs::RENDEZVOUS_IDLE`]).
 async fn watch_presence(client: std::sync::Weak<Client>) {
     loop {
         tokio::time::sleep(crate::presence::TICK).await;
@@ -2097,6 +2159,7 @@ async fn watch_presence(client: std::sync::Weak<Client>) {
         }
         let _ = c.excused();
         c.tick_jump_detector();
+        c.hs.expire_rendezvous(Instant::now());
     }
 }
 
