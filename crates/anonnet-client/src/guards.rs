@@ -227,17 +227,30 @@ impl GuardSet {
     /// [`NUM_GUARDS`] guards of the set are in `dir` and not in `avoid`, adding
     /// guard-flagged relays (weighted by bandwidth) as needed, at most [`MAX_GUARDS`] in
     /// all (a full set first drops its oldest guard missing from `dir`, else stops adding).
-    /// Returns true when the set changed (then [`GuardSet::save`] it).
+    /// A guard missing from `dir` for less than `grace` seconds (a relay restarting is
+    /// left out of a consensus or two while the authorities test it again) keeps its place
+    /// as long as another guard of the set is usable: it is not replaced, only skipped by
+    /// path selection until it is listed again. Returns true when the set changed (then
+    /// [`GuardSet::save`] it).
     pub fn ensure(
         &mut self,
         dir: &Directory,
         avoid: &[NodeId],
         now_unix: u64,
+        grace: u64,
         rng: &mut impl Rng,
     ) -> bool {
         let usable = |id: &NodeId| dir.get(id).is_some() && !avoid.contains(id);
         let mut changed = self.expire(dir, now_unix);
-        while self.guards.iter().filter(|g| usable(&g.id)).count() < NUM_GUARDS {
+        let any_usable = self.guards.iter().any(|g| usable(&g.id));
+        let holds_place = |g: &Guard| {
+            usable(&g.id)
+                || (any_usable
+                    && !avoid.contains(&g.id)
+                    && g.unlisted_since
+                        .is_some_and(|t| now_unix.saturating_sub(t) < grace))
+        };
+        while self.guards.iter().filter(|g| holds_place(g)).count() < NUM_GUARDS {
             let candidates: Vec<_> = dir
                 .guard_candidates()
                 .into_iter()
@@ -486,22 +499,22 @@ mod tests {
             .map(|i| dir.insert(&guard_relay(i), 1000).unwrap())
             .collect();
         let mut g = GuardSet::default();
-        assert!(g.ensure(&dir, &[], 1, &mut rng));
+        assert!(g.ensure(&dir, &[], 1, 0, &mut rng));
         let first = g.ids();
         assert_eq!(first.len(), NUM_GUARDS);
-        assert!(!g.ensure(&dir, &[], 2, &mut rng), "nothing to add");
+        assert!(!g.ensure(&dir, &[], 2, 0, &mut rng), "nothing to add");
 
         // Every guard keeps failing: each round avoids all of them, and the set grows to
         // MAX_GUARDS, never past it; the first guards stay first.
         for round in 0..30 {
             let avoid = g.ids();
-            g.ensure(&dir, &avoid, 10 + round, &mut rng);
+            g.ensure(&dir, &avoid, 10 + round, 0, &mut rng);
             assert!(g.ids().len() <= MAX_GUARDS, "{}", g.ids().len());
         }
         assert_eq!(g.ids().len(), MAX_GUARDS);
         assert_eq!(g.ids()[..NUM_GUARDS], first[..]);
         assert!(
-            !g.ensure(&dir, &g.ids(), 99, &mut rng),
+            !g.ensure(&dir, &g.ids(), 99, 0, &mut rng),
             "full: no more guards"
         );
 
@@ -518,7 +531,7 @@ mod tests {
             .copied()
             .filter(|id| *id != first[0])
             .collect();
-        assert!(g.ensure(&smaller, &avoid, 100, &mut rng));
+        assert!(g.ensure(&smaller, &avoid, 100, 0, &mut rng));
         let now = g.ids();
         assert_eq!(now.len(), MAX_GUARDS);
         assert!(!now.contains(&first[1]), "the unlisted guard made room");
@@ -527,6 +540,63 @@ mod tests {
             !members.contains(&now[MAX_GUARDS - 1]),
             "a new guard was added last"
         );
+    }
+
+    #[test]
+    fn a_guard_left_out_of_a_consensus_keeps_its_place_within_the_grace() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut dir = Directory::new();
+        let ids: Vec<NodeId> = (1..=10)
+            .map(|i| dir.insert(&guard_relay(i), 1000).unwrap())
+            .collect();
+        let without = |gone: &[NodeId]| {
+            let mut d = Directory::new();
+            for (i, id) in (1..=10).zip(&ids) {
+                if !gone.contains(id) {
+                    d.insert(&guard_relay(i), 1000).unwrap();
+                }
+            }
+            d
+        };
+        let mut g = GuardSet::default();
+        g.ensure(&dir, &[], 100, 8, &mut rng);
+        let first = g.ids();
+        assert_eq!(first.len(), NUM_GUARDS);
+
+        // One guard restarting: missing from the next consensus, not replaced within the
+        // grace (8 s here), replaced once it is over.
+        let smaller = without(&first[1..2]);
+        g.ensure(&smaller, &[], 101, 8, &mut rng);
+        assert_eq!(g.ids(), first, "kept its place");
+        g.ensure(&smaller, &[], 108, 8, &mut rng);
+        assert_eq!(g.ids(), first, "still within the grace");
+        g.ensure(&smaller, &[], 109, 8, &mut rng);
+        assert_eq!(g.ids().len(), NUM_GUARDS + 1, "replaced after the grace");
+        assert_eq!(g.ids()[..NUM_GUARDS], first[..]);
+
+        // Listed again within the grace: nothing changes, and its clock starts over.
+        let mut g = GuardSet::default();
+        g.ensure(&dir, &[], 100, 8, &mut rng);
+        g.ensure(&smaller_of(&g, 1, &without), &[], 101, 8, &mut rng);
+        g.ensure(&dir, &[], 105, 8, &mut rng);
+        g.ensure(&smaller_of(&g, 1, &without), &[], 106, 8, &mut rng);
+        g.ensure(&smaller_of(&g, 1, &without), &[], 113, 8, &mut rng);
+        assert_eq!(g.ids().len(), NUM_GUARDS);
+
+        // With no guard of the set usable, the grace does not hold: the client must be
+        // able to build circuits.
+        let mut g = GuardSet::default();
+        g.ensure(&dir, &[], 100, 8, &mut rng);
+        let first = g.ids();
+        g.ensure(&without(&first), &[], 101, 8, &mut rng);
+        assert_eq!(g.ids().len(), 2 * NUM_GUARDS, "three new guards at once");
+        assert_eq!(g.ids()[..NUM_GUARDS], first[..]);
+    }
+
+    /// `dir` without the `i`-th guard of `g` (`without` builds it).
+    fn smaller_of(g: &GuardSet, i: usize, without: &dyn Fn(&[NodeId]) -> Directory) -> Directory {
+        without(&g.ids()[i..=i])
     }
 
     #[test]
@@ -542,10 +612,10 @@ mod tests {
             drop_unlisted: 100,
         };
         let mut g = GuardSet::load_with(None, l);
-        assert!(g.ensure(&dir, &[], 1000, &mut rng));
+        assert!(g.ensure(&dir, &[], 1000, 0, &mut rng));
         let first = g.ids();
         // Within every lifetime nothing changes.
-        assert!(!g.ensure(&dir, &[], 1299, &mut rng));
+        assert!(!g.ensure(&dir, &[], 1299, 0, &mut rng));
         assert_eq!(g.ids(), first);
         // The first guard leaves the directory: noted, kept while under drop_unlisted.
         let mut smaller = Directory::new();
@@ -564,17 +634,17 @@ mod tests {
                 break;
             }
         }
-        g.ensure(&smaller, &[], 1200, &mut rng);
+        g.ensure(&smaller, &[], 1200, 0, &mut rng);
         assert!(g.ids().contains(&first[0]), "kept while unlisted briefly");
-        g.ensure(&smaller, &[], 1300, &mut rng);
+        g.ensure(&smaller, &[], 1300, 0, &mut rng);
         assert!(!g.ids().contains(&first[0]), "dropped after 100 s unlisted");
         // Past 4/3 of the lifetime every original guard has been rotated out.
-        g.ensure(&dir, &[], 1000 + 401, &mut rng);
+        g.ensure(&dir, &[], 1000 + 401, 0, &mut rng);
         assert!(first.iter().all(|f| !g.ids().contains(f)), "{:?}", g.ids());
         assert_eq!(g.ids().len(), NUM_GUARDS);
         // An empty directory (no consensus) drops nothing.
         let before = g.ids();
-        assert!(!g.ensure(&Directory::new(), &[], 99_999, &mut rng));
+        assert!(!g.ensure(&Directory::new(), &[], 99_999, 0, &mut rng));
         assert_eq!(g.ids(), before);
     }
 

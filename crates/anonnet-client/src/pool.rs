@@ -722,12 +722,20 @@ impl Client {
                 .filter(|id| again.contains(id))
                 .collect()
         };
+        // A guard left out of the consensus keeps its place for two consensus periods
+        // (two hours on a real network): a relay that restarts is listed again once the
+        // authorities have tested it (protocol §9.1).
+        let grace = self
+            .consensus_status()
+            .map_or(0, |c| 2 * c.fresh_until.saturating_sub(c.valid_after));
         let mut guards = match self.guards.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Ok(dir) = self.directory.read() {
-            if !self.is_stopping() && guards.ensure(&dir, &failing, now_unix(), &mut rand::rng()) {
+            if !self.is_stopping()
+                && guards.ensure(&dir, &failing, now_unix(), grace, &mut rand::rng())
+            {
                 if let Err(e) = guards.save() {
                     anonnet_net::warn_limited!(
                         "cannot save the guard set ({} in the state directory): {e}",
@@ -2073,11 +2081,19 @@ const MAX_CONSENSUS_RETRY: Duration = Duration::from_secs(4);
 /// Longest single sleep of the consensus task: it wakes at least this often to re-check
 /// wall-clock deadlines (a suspend or a clock step moves them).
 const CONSENSUS_TICK: Duration = Duration::from_secs(30);
+/// When the consensus sources asked so far have not answered within this long, the next
+/// one is asked too (at most [`CONSENSUS_PARALLEL`] at once), as Tor's clients do when
+/// they bootstrap (prop 210): a guard whose link died unnoticed, or a fallback that moved,
+/// then costs this and not its whole timeout.
+const CONSENSUS_STAGGER: Duration = Duration::from_secs(2);
+/// Consensus sources asked at once at most.
+const CONSENSUS_PARALLEL: usize = 3;
 
 /// Keep a fresh consensus (§14.6): once `fresh_until` has passed (plus a random delay of
 /// up to half a period, so clients do not all ask at once), fetch one from the guards,
-/// else the authorities or fallbacks; keep the old one until its `valid_until`, then
-/// stop building circuits until a newer one arrives.
+/// else the authorities or fallbacks, one after another, the next one also asked when
+/// none answered within [`CONSENSUS_STAGGER`]; keep the old one until its `valid_until`,
+/// then stop building circuits until a newer one arrives.
 async fn maintain_consensus(client: std::sync::Weak<Client>) {
     let mut retry = Backoff::new(CONSENSUS_RETRY, MAX_CONSENSUS_RETRY);
     let mut due_at: Option<u64> = None;
@@ -2109,28 +2125,53 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
         drop(c);
         let mut got = None;
         let mut why = Vec::new();
-        for (addr, id) in sources {
-            // A guard found down while an earlier source was being asked (every guard's
-            // link dies at once when all relays restart) is not waited for in turn.
-            let avoided_now = client
-                .upgrade()
-                .is_some_and(|c| c.scores().avoided(Instant::now()).contains(&id));
-            if avoided_now {
-                why.push(format!("{}: avoided", id.short()));
-                continue;
-            }
-            match dir::fetch(&links, addr, id).await {
-                Ok(signed) => match dir::check(signed, &network, now_unix()) {
-                    Ok(checked) if checked.status.valid_after > current_after => {
-                        got = Some(checked);
-                        break;
+        let mut sources = sources.into_iter();
+        let mut more = true;
+        // Dropping the set when one answered aborts the other requests.
+        let mut asking = tokio::task::JoinSet::new();
+        loop {
+            if more && asking.len() < CONSENSUS_PARALLEL {
+                // A guard found down while an earlier source was being asked (every
+                // guard's link dies at once when all relays restart) is not asked.
+                let next = sources.by_ref().find(|(_, id)| {
+                    let avoided = client
+                        .upgrade()
+                        .is_some_and(|c| c.scores().avoided(Instant::now()).contains(id));
+                    if avoided {
+                        why.push(format!("{}: avoided", id.short()));
                     }
-                    Ok(_) => why.push(format!("{}: no newer consensus", id.short())),
-                    Err(e) => why.push(format!("{}: {e}", id.short())),
-                },
-                Err(e) => why.push(format!("{}: {e}", id.short())),
+                    !avoided
+                });
+                match next {
+                    Some((addr, id)) => {
+                        let links = links.clone();
+                        asking.spawn(async move { (id, dir::fetch(&links, addr, id).await) });
+                    }
+                    None => more = false,
+                }
+            }
+            if asking.is_empty() {
+                break;
+            }
+            let stagger = more && asking.len() < CONSENSUS_PARALLEL;
+            tokio::select! {
+                Some(done) = asking.join_next() => {
+                    let Ok((id, fetched)) = done else { continue };
+                    match fetched.and_then(|signed| {
+                        dir::check(signed, &network, now_unix()).map_err(|e| e.to_string())
+                    }) {
+                        Ok(checked) if checked.status.valid_after > current_after => {
+                            got = Some(checked);
+                            break;
+                        }
+                        Ok(_) => why.push(format!("{}: no newer consensus", id.short())),
+                        Err(e) => why.push(format!("{}: {e}", id.short())),
+                    }
+                }
+                () = tokio::time::sleep(CONSENSUS_STAGGER), if stagger => {}
             }
         }
+        drop(asking);
         let Some(c) = client.upgrade() else { return };
         match got {
             Some(checked) => {
