@@ -1008,7 +1008,8 @@ impl Client {
     /// doubling, with jitter; 3 attempts). Host names go to the exit unresolved.
     ///
     /// # Errors
-    /// [`ClientError`]; [`ClientError::kind`] says which reply a front end should give.
+    /// [`ClientError`]; its kind ([`anonnet_error::HasKind::kind`]) says which reply a
+    /// front end should give.
     /// [`ClientError::Disabled`] while proxying is off.
     pub async fn connect_isolated(
         &self,
@@ -1259,7 +1260,7 @@ impl Client {
     }
 
     /// Ask an exit to resolve `target` (§6.2, §8.3) on a circuit of the `isolation` group
-    /// (one that can carry port-[`RESOLVE_PORT`] streams, picked or built as for a
+    /// (one that can carry port-80 streams, `RESOLVE_PORT`, picked or built as for a
     /// stream, with the same retries): a host name gives its addresses (1..=16, IPv4
     /// first), an address its name. Nothing is resolved locally.
     ///
