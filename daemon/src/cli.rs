@@ -534,7 +534,7 @@ struct ConsensusListing {
 /// required, so an expired one can still be inspected).
 ///
 /// # Errors
-/// A config error, or [`Error::Control`] when there is no consensus file or it does not
+/// A config error, or [`Error::Failed`] when there is no consensus file or it does not
 /// verify.
 pub fn consensus(target: Target, global_config: Option<PathBuf>) -> Result<(), Error> {
     let path = client_config_path(target.config.clone().or(global_config))?;

@@ -22,7 +22,7 @@
 //! other without routes while each sits in its own /16 (the client's path rule, protocol
 //! §9.1, sees distinct networks). Nothing is routed outside the machine: the root
 //! namespace gets no 10/8 address. The client's SOCKS and HTTP listeners are reached from
-//! the root namespace through [`forward`], which listens on the root loopback and connects
+//! the root namespace through [`Wan::forward`], which listens on the root loopback and connects
 //! inside the client's namespace.
 //!
 //! Needs root (or `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`), `ip` (iproute2), and `vde_switch`,

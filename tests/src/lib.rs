@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The `anonnet` binary built by `cargo test --workspace` (target/<profile>/anonnet).
+/// The `anonnet` binary built by `cargo test --workspace` (`target/<profile>/anonnet`).
 pub fn anonnet_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();

@@ -159,7 +159,7 @@ pub struct VerifiedRecord {
 ///   under its blinded key ([`hs::verify_descriptor`]: signature, `expires > now`), and
 ///   `key` is its index;
 /// - [`RecordKind::DarkName`]: the body decodes as a [`DarkRecord`], it verifies
-///   ([`verify_dark_record`] with [`DARK_POW_BITS`]: signature, work, `expires > now`,
+///   ([`anonnet_crypto::dark::verify_dark_record`] with [`DARK_POW_BITS`]: signature, work, `expires > now`,
 ///   `published ≤ now + 3600`), and `key == dark_key(name)`.
 ///
 /// Storage nodes call it before storing; readers call it on every record of a `VALUE`

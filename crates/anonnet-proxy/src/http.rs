@@ -53,7 +53,7 @@ pub const DEFAULT_HTTP_PORT: u16 = 80;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the proxy's own
 /// credentials and the legacy `Proxy-Connection`.
-const HOP_BY_HOP: [&str; 7] = [
+pub const HOP_BY_HOP: [&str; 7] = [
     "proxy-connection",
     "proxy-authorization",
     "connection",

@@ -1,6 +1,6 @@
 //! The UI thread: the tray icon and its menu. On Linux and the BSDs a D-Bus
 //! StatusNotifierItem with a `com.canonical.dbusmenu` menu, served by ksni ([`sni`]); on
-//! Windows the native notification-area icon through tray-icon ([`windows`]). Both turn
+//! Windows the native notification-area icon through tray-icon (`windows.rs`). Both turn
 //! the worker's [`Render`](crate::model::Render)s into what the platform shows and send
 //! the ids of clicked items ([`Action::id`](crate::model::Action::id)) back.
 
