@@ -29,6 +29,80 @@ fn raw_request(proxy: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A server on loopback that closes the first connection for each request line (method
+/// and path) after reading its head, without answering, and answers `200 ok` to the next
+/// ones. Returns its port and how many connections each request line got.
+fn closes_first_connection() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let counts = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(16) {
+            let Ok(mut conn) = conn else { break };
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                match conn.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let text = String::from_utf8_lossy(&head);
+            let line: String = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .split(' ')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                let n = seen.entry(line).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if n > 1 {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        }
+    });
+    (port, counts)
+}
+
+/// curl through the HTTP proxy with extra `args` (`-I`, `-d x`): the status (0 if none).
+fn curl_with(proxy: std::net::SocketAddr, args: &[&str], url: &str) -> u16 {
+    let o = anonnet_tests::output_of(
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "60",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-x",
+            ])
+            .arg(format!("http://{proxy}"))
+            .args(args)
+            .arg(url),
+    )
+    .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
 /// A 3-relay testnet in a fresh directory, which must outlive it.
 async fn start_testnet(name: &str) -> (TestDir, Testnet) {
     let dir = temp_dir(name);
@@ -117,6 +191,18 @@ async fn curl_fetches_a_page_through_the_http_proxy_by_get_and_by_connect() {
             before + 3,
             "the warm GETs to the hidden service went with BEGIN"
         );
+
+        // A destination that closes the connection without answering: an optimistic GET or
+        // HEAD is sent once more (and answered), a POST is not (502).
+        let (flaky, seen) = closes_first_connection();
+        let url = format!("http://127.0.0.1:{flaky}/x");
+        assert_eq!(curl_with(http, &[], &url), 200);
+        assert_eq!(curl_with(http, &["-I"], &url), 200);
+        assert_eq!(curl_with(http, &["-d", "x"], &url), 502);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.get("GET /x"), Some(&2), "{seen:?}");
+        assert_eq!(seen.get("HEAD /x"), Some(&2), "{seen:?}");
+        assert_eq!(seen.get("POST /x"), Some(&1), "{seen:?}");
     })
     .await
     .unwrap();

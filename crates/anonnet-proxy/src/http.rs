@@ -474,15 +474,28 @@ fn refusal_in(e: &hyper::Error) -> Option<StreamError> {
 /// An absolute-form request: one stream to the destination, the request in origin form,
 /// the response relayed as it arrives. `GET` and `HEAD` go optimistically (§6.5): the
 /// request follows `BEGIN` without waiting for `CONNECTED`, one circuit round trip
-/// sooner; a refusal still becomes the status it would have been.
+/// sooner; a refusal still becomes the status it would have been. When an optimistic
+/// request without a body gets no response head at all (its circuit failed under it, or
+/// the connection closed first), it is sent once more on a stream opened the
+/// non-optimistic way (which tries other circuits, §9.3), as Tor replays optimistic data
+/// on a retried stream and as browsers retry an idempotent request.
 async fn forward(
     req: Request<Incoming>,
     client: &Client,
     isolation: &IsolationKey,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    use hyper::body::Body as _;
     let (mut parts, body) = req.into_parts();
     let dest = into_origin_form(&mut parts)?;
     let optimistic = parts.method == Method::GET || parts.method == Method::HEAD;
+    let replay = (optimistic && body.is_end_stream()).then(|| {
+        let mut head = Request::new(http_body_util::Empty::<Bytes>::new());
+        *head.method_mut() = parts.method.clone();
+        *head.uri_mut() = parts.uri.clone();
+        *head.version_mut() = parts.version;
+        *head.headers_mut() = parts.headers.clone();
+        head
+    });
     let stream = if optimistic {
         client
             .connect_optimistic_isolated(dest.target.clone(), dest.port, isolation)
@@ -493,46 +506,97 @@ async fn forward(
             .await
     }
     .map_err(|e| Refusal::from_client_error(&e, &dest))?;
-    let bad_gateway = |why: String| Refusal {
-        status: StatusCode::BAD_GATEWAY,
-        reason: why,
-    };
+    match exchange(stream, Request::from_parts(parts, body), &dest).await {
+        Err(Exchange::NoResponse(e)) => {
+            let Some(head) = replay else {
+                return Err(Exchange::NoResponse(e).into_refusal(&dest));
+            };
+            debug!("no response to an optimistic request ({e}); sending it again");
+            let stream = client
+                .connect_isolated(dest.target.clone(), dest.port, isolation)
+                .await
+                .map_err(|e| Refusal::from_client_error(&e, &dest))?;
+            exchange(stream, head, &dest)
+                .await
+                .map_err(|e| e.into_refusal(&dest))
+        }
+        other => other.map_err(|e| e.into_refusal(&dest)),
+    }
+}
+
+/// How one request on one stream failed ([`exchange`]).
+enum Exchange {
+    /// Already the answer to give.
+    Refused(Refusal),
+    /// No response head came, for this reason (hyper's error).
+    NoResponse(String),
+}
+
+impl Exchange {
+    /// The answer to give: the refusal, or 502 when no valid response came.
+    fn into_refusal(self, dest: &Destination) -> Refusal {
+        match self {
+            Exchange::Refused(r) => r,
+            Exchange::NoResponse(e) => Refusal {
+                status: StatusCode::BAD_GATEWAY,
+                reason: format!("{dest} did not send a valid HTTP response: {e}"),
+            },
+        }
+    }
+}
+
+/// Send `req` on `stream` (HTTP/1.1, header case kept) and wait, at most
+/// [`RESPONSE_TIMEOUT`], for the response head; the response with its hop-by-hop headers
+/// removed.
+///
+/// # Errors
+/// [`Exchange::Refused`]: the stream's refusal as its status (§6.5), 502 when hyper cannot
+/// speak HTTP on the stream, 504 after [`RESPONSE_TIMEOUT`]; [`Exchange::NoResponse`] when
+/// the connection ended or broke before a valid response head.
+async fn exchange<B>(
+    stream: anonnet_client::circuit::DataStream,
+    req: Request<B>,
+    dest: &Destination,
+) -> Result<Response<ProxyBody>, Exchange>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .preserve_header_case(true)
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| bad_gateway(format!("cannot speak HTTP to {dest}: {e}")))?;
+        .map_err(|e| {
+            Exchange::Refused(Refusal {
+                status: StatusCode::BAD_GATEWAY,
+                reason: format!("cannot speak HTTP to {dest}: {e}"),
+            })
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!("upstream HTTP connection ended: {e}");
         }
     });
-    let sent = tokio::time::timeout(
-        RESPONSE_TIMEOUT,
-        sender.send_request(Request::from_parts(parts, body)),
-    )
-    .await;
-    match sent {
+    match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(req)).await {
         Ok(Ok(mut resp)) => {
             strip_hop_by_hop(resp.headers_mut());
             Ok(resp.map(|b| b.boxed()))
         }
-        Ok(Err(e)) => match refusal_in(&e) {
-            Some(refused) => Err(Refusal::from_client_error(
+        Ok(Err(e)) => Err(match refusal_in(&e) {
+            Some(refused) => Exchange::Refused(Refusal::from_client_error(
                 &ClientError::Stream(refused),
-                &dest,
+                dest,
             )),
-            None => Err(bad_gateway(format!(
-                "{dest} did not send a valid HTTP response: {e}"
-            ))),
-        },
-        Err(_) => Err(Refusal {
+            None => Exchange::NoResponse(e.to_string()),
+        }),
+        Err(_) => Err(Exchange::Refused(Refusal {
             status: StatusCode::GATEWAY_TIMEOUT,
             reason: format!(
                 "{dest} did not answer within {} s",
                 RESPONSE_TIMEOUT.as_secs()
             ),
-        }),
+        })),
     }
 }
 
