@@ -101,10 +101,19 @@ pub async fn fetch(
     node_id: NodeId,
 ) -> Result<SignedConsensus, String> {
     let link = links.get(addr, node_id).await.map_err(|e| e.to_string())?;
+    fetch_on(&link).await
+}
+
+/// Ask for the consensus on `link`, a link already open to the node (§14.2: a directory
+/// stream), waiting at most [`FETCH_TIMEOUT`].
+///
+/// # Errors
+/// As [`fetch`], but for the link.
+pub async fn fetch_on(link: &anonnet_net::Link) -> Result<SignedConsensus, String> {
     let body = DirMessage::GetConsensus
         .encode()
         .map_err(|e| e.to_string())?;
-    let answer = rpc::request(&link, DIR_STREAM_TAG, &body, MAX_MESSAGE_LEN, FETCH_TIMEOUT)
+    let answer = rpc::request(link, DIR_STREAM_TAG, &body, MAX_MESSAGE_LEN, FETCH_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     match DirMessage::decode(&answer).map_err(|e| e.to_string())? {

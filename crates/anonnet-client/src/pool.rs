@@ -2082,19 +2082,26 @@ const MAX_CONSENSUS_RETRY: Duration = Duration::from_secs(4);
 /// Longest single sleep of the consensus task: it wakes at least this often to re-check
 /// wall-clock deadlines (a suspend or a clock step moves them).
 const CONSENSUS_TICK: Duration = Duration::from_secs(30);
-/// When the consensus sources asked so far have not answered within this long, the next
-/// one is asked too (at most [`CONSENSUS_PARALLEL`] at once), as Tor's clients do when
-/// they bootstrap (prop 210): a guard whose link died unnoticed, or a fallback that moved,
-/// then costs this and not its whole timeout.
+/// When the sources asked so far have not answered within this long, the next one is asked
+/// too (at most [`CONSENSUS_PARALLEL`] at once), as Tor's clients do when they bootstrap
+/// (prop 210): a fallback that moved, or a source that is down, then costs this and not
+/// its whole connect timeout. While the client still holds a valid consensus and a link to
+/// one of the sources asked is up, the request is given [`CONSENSUS_STAGGER_HELD`]
+/// instead, so that a slow download (780 KB for 10,000 relays, seconds on a slow link) is
+/// not asked for twice when nothing is urgent.
 const CONSENSUS_STAGGER: Duration = Duration::from_secs(2);
+/// See [`CONSENSUS_STAGGER`]: a whole request timeout ([`dir::FETCH_TIMEOUT`]), but at most
+/// until [`CONSENSUS_STAGGER`] after the held consensus expires.
+const CONSENSUS_STAGGER_HELD: Duration = dir::FETCH_TIMEOUT;
 /// Consensus sources asked at once at most.
 const CONSENSUS_PARALLEL: usize = 3;
 
 /// Keep a fresh consensus (§14.6): once `fresh_until` has passed (plus a random delay of
 /// up to half a period, so clients do not all ask at once), fetch one from the guards,
 /// else the authorities or fallbacks, one after another, the next one also asked when
-/// none answered within [`CONSENSUS_STAGGER`]; keep the old one until its `valid_until`,
-/// then stop building circuits until a newer one arrives.
+/// none answered within [`CONSENSUS_STAGGER`] ([`CONSENSUS_STAGGER_HELD`] while the one
+/// held is valid); keep the old one until its `valid_until`, then stop building circuits
+/// until a newer one arrives.
 async fn maintain_consensus(client: std::sync::Weak<Client>) {
     let mut retry = Backoff::new(CONSENSUS_RETRY, MAX_CONSENSUS_RETRY);
     let mut due_at: Option<u64> = None;
@@ -2130,8 +2137,13 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
         let mut more = true;
         // Dropping the set when one answered aborts the other requests.
         let mut asking = tokio::task::JoinSet::new();
+        // Requests in flight whose link is up (counted by the tasks once connected).
+        let linked = Arc::new(AtomicU64::new(0));
+        // Whether to ask the next source now: at the start, after a failed answer, and when
+        // the stagger ran out.
+        let mut launch = true;
         loop {
-            if more && asking.len() < CONSENSUS_PARALLEL {
+            if launch && more && asking.len() < CONSENSUS_PARALLEL {
                 // A guard found down while an earlier source was being asked (every
                 // guard's link dies at once when all relays restart) is not asked.
                 let next = sources.by_ref().find(|(_, id)| {
@@ -2145,8 +2157,15 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
                 });
                 match next {
                     Some((addr, id)) => {
-                        let links = links.clone();
-                        asking.spawn(async move { (id, dir::fetch(&links, addr, id).await) });
+                        let (links, linked) = (links.clone(), linked.clone());
+                        asking.spawn(async move {
+                            let link = match links.get(addr, id).await {
+                                Ok(l) => l,
+                                Err(e) => return (id, false, Err(e.to_string())),
+                            };
+                            linked.fetch_add(1, Ordering::Relaxed);
+                            (id, true, dir::fetch_on(&link).await)
+                        });
                     }
                     None => more = false,
                 }
@@ -2154,10 +2173,27 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
             if asking.is_empty() {
                 break;
             }
-            let stagger = more && asking.len() < CONSENSUS_PARALLEL;
+            // While the held consensus is valid and a request is on its way over an open
+            // link, no hurry, but only until the consensus expires.
+            let valid_for = client
+                .upgrade()
+                .and_then(|c| c.consensus_status())
+                .map_or(0, |s| s.valid_until.saturating_sub(now_unix()));
+            let held = valid_for > 0 && linked.load(Ordering::Relaxed) > 0;
+            let after = if held {
+                CONSENSUS_STAGGER_HELD
+                    .min(Duration::from_secs(valid_for).saturating_add(CONSENSUS_STAGGER))
+            } else {
+                CONSENSUS_STAGGER
+            };
+            let room = more && asking.len() < CONSENSUS_PARALLEL;
             tokio::select! {
                 Some(done) = asking.join_next() => {
-                    let Ok((id, fetched)) = done else { continue };
+                    launch = true;
+                    let Ok((id, was_linked, fetched)) = done else { continue };
+                    if was_linked {
+                        linked.fetch_sub(1, Ordering::Relaxed);
+                    }
                     match fetched.and_then(|signed| {
                         dir::check(signed, &network, now_unix()).map_err(|e| e.to_string())
                     }) {
@@ -2169,7 +2205,10 @@ async fn maintain_consensus(client: std::sync::Weak<Client>) {
                         Err(e) => why.push(format!("{}: {e}", id.short())),
                     }
                 }
-                () = tokio::time::sleep(CONSENSUS_STAGGER), if stagger => {}
+                () = tokio::time::sleep(after), if room => {
+                    // A link that came up meanwhile gets the longer wait, unless this was it.
+                    launch = held || valid_for == 0 || linked.load(Ordering::Relaxed) == 0;
+                }
             }
         }
         drop(asking);
