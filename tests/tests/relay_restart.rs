@@ -224,18 +224,21 @@ fn run(dir: &Path, port: u16) {
     eprintln!(
         "running client: page again {recovered:?} after the restart; phases meanwhile: {phases:?}"
     );
-    // Within 20 s, though 60 s is the bound asked for: the links to the old addresses die
-    // after the 6 s idle timeout, and a consensus source that does not answer (a guard
-    // whose link died unnoticed, a fallback that moved) delays the next one by 2 s, not
-    // by its whole timeout (CONSENSUS_STAGGER). Asked one after another, the two moved
-    // fallbacks made this 18–30 s on a loaded machine.
+    // Within 25 s, though 60 s is the bound asked for: the links to the old addresses die
+    // after the 6 s idle timeout, and a consensus source that does not answer (a fallback
+    // that moved) delays the next one by 2 s, not by its whole timeout (CONSENSUS_STAGGER).
+    // Asked one after another, the two moved fallbacks made this 18–30 s on a loaded
+    // machine; since, 5–15 s.
     assert!(
-        recovered < Duration::from_secs(20),
+        recovered < Duration::from_secs(25),
         "the running client took {recovered:?} to fetch the page again; phases {phases:?}"
     );
     // Not 100 % "ready" all along: "not ready: N of M relays unreachable", or "fetching
     // consensus" when the one it held expired meanwhile (a testnet's lasts 3 periods, 12 s).
-    if recovered > Duration::from_secs(10) {
+    // Checked when a fetch failed after a long wait (the status is read after each failed
+    // one): a first fetch that waited and then got the page saw no failure, and no status
+    // was read meanwhile (phases empty), as the consensus now comes back within one fetch.
+    if recovered > Duration::from_secs(10) && !phases.is_empty() {
         assert!(
             phases.iter().any(|p| !p.starts_with("100 ")),
             "while no circuit could be built the status said {phases:?}"
